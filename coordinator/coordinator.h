@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * coordinator.h - the engine: embeddings, attention with a KV cache, routers, shared
+ * experts, sampling; routed experts go through the MoE seam (struct co_moe_ops), which is
+ * in-process workers here and the cluster later.
+ *
+ * Batches are sets of (sequence, position, token) rows, so prefill of one prompt, decode
+ * of many sequences and a mix of both are one call.
+ */
+#ifndef FERRY_COORDINATOR_H
+#define FERRY_COORDINATOR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+/* ==== the MoE seam ========================================================================== */
+
+/* Routed-expert work for one MoE layer of one micro-batch. The engine calls dispatch() with
+ * the normalized hidden states and every token's top-k (expert, weight), computes the shared
+ * experts, then calls combine(), which must ADD sum_j w_j * Expert_j(x[t]) into out[t].
+ * Each op returns 0 or a negative errno (the forward pass fails with it). */
+struct co_moe_ops {
+	const char *name;
+	int (*dispatch)(void *ctx, int layer, int mb, const float *x /* [n][hidden] */, int n_tok,
+			const int32_t *expert /* [n][k] */, const float *weight /* [n][k] */, int k);
+	int (*combine)(void *ctx, int layer, int mb, float *out /* [n][hidden], += */);
+	void (*destroy)(void *ctx);
+};
+
+struct co_moe {
+	const struct co_moe_ops *ops;
+	void *ctx;
+};
+
+/* In-process experts: n_workers slot tables, expert e of every layer on worker e % n_workers
+ * (a worker per table, computed one after the other). Binds the routed experts from ck,
+ * which must outlive it. Errors: -EINVAL, -ENOMEM, -ENOENT (missing tensor, err names it). */
+int co_moe_local_create(const struct model_ckpt *ck, int n_workers, struct co_moe *ret,
+			struct fr_error *err);
+void co_moe_destroy(struct co_moe *moe);
+
+/* ==== the engine ============================================================================ */
+
+struct co_engine;
+
+struct co_engine_opts {
+	int max_seqs;      /* sequences with a KV cache slot (default 1) */
+	int max_ctx;       /* positions per sequence (default: max_position_embeddings) */
+	int max_batch;     /* rows per forward call (default 512) */
+};
+
+/* Per-request routing knobs (DeepSeekMoE paper analyses). Zero-initialized = the model's. */
+struct co_route_knobs {
+	int top_k;          /* 0 = config's num_experts_per_tok */
+	int mask_top;       /* drop the r highest-scoring experts before picking top-k */
+	bool no_shared;     /* skip the shared experts */
+};
+
+/* w and moe are borrowed and must outlive the engine. Allocates the KV cache
+ * (max_seqs * max_ctx * layers * 2 * kv_heads * head_dim floats) up front.
+ * Errors: -EINVAL (opts), -ENOMEM (err says how much was asked). */
+int co_engine_create(const struct model_weights *w, struct co_moe moe,
+		     const struct co_engine_opts *opts, struct co_engine **ret,
+		     struct fr_error *err);
+void co_engine_destroy(struct co_engine *e);
+
+/* One forward pass over n rows. Row i is token tokens[i] of sequence seq[i] at position
+ * pos[i]; rows of one sequence must be in increasing position order and its cache must
+ * already hold positions [0, pos). Logits of row i go to logits[i] when want_logits is NULL
+ * or want_logits[i]; logits is [n][vocab] (rows not wanted are left untouched).
+ * knobs may be NULL. Errors: -EINVAL (ids, positions or sizes out of range),
+ * errors from the MoE seam. */
+int co_engine_forward(struct co_engine *e, int n, const int32_t *tokens, const int32_t *seq,
+		      const int32_t *pos, const bool *want_logits, const struct co_route_knobs *knobs,
+		      float *logits);
+
+/* Forgets a sequence's cache (its slot can be reused from position 0). */
+void co_engine_reset_seq(struct co_engine *e, int seq);
+
+const struct model_config *co_engine_config(const struct co_engine *e);
+
+/* Per-kernel time accounting of forward passes (for benchmarks). */
+enum co_prof {
+	CO_PROF_EMBED, CO_PROF_NORM, CO_PROF_QKV, CO_PROF_ROPE, CO_PROF_ATTN, CO_PROF_O,
+	CO_PROF_DENSE, CO_PROF_ROUTER, CO_PROF_SHARED, CO_PROF_EXPERTS, CO_PROF_LMHEAD,
+	CO_PROF__COUNT,
+};
+const char *co_prof_name(enum co_prof p);
+/* Nanoseconds per category since creation or the last reset. */
+void co_engine_prof(const struct co_engine *e, uint64_t ret_ns[CO_PROF__COUNT]);
+void co_engine_prof_reset(struct co_engine *e);
+
+/* ==== sampling =============================================================================== */
+
+struct co_sampler {
+	float temperature;  /* 0 = greedy (argmax, ties to the lowest id) */
+	float top_p;        /* (0, 1], 1 = off */
+	uint64_t rng;       /* splitmix64 state, seeded by the caller */
+};
+
+/* Picks a token from logits[vocab]. scratch: 2 * vocab floats-worth (vocab floats +
+ * vocab int32). */
+int32_t co_sample(struct co_sampler *s, const float *logits, int vocab, void *scratch);
+int32_t co_argmax(const float *logits, int vocab);
+
+#endif

@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+#include <getopt.h>
+
+#include "ctl/ctl.h"
+
+const struct ctl_cmd *const ctl_cmds[] = {
+	&ctl_cmd_run,
+	&ctl_cmd_model,
+	&ctl_cmd_tokenize,
+	&ctl_cmd_detokenize,
+	NULL,
+};
+
+void ctl_getopt_reset(void)
+{
+	/* glibc: optind = 0 re-initialises getopt completely. */
+	optind = 0;
+	opterr = 0;
+}

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* scalar.c - the reference implementation of every CPU op. Plain C, sequential sums,
+ * fp32 accumulation: what the SIMD tables are tested against. */
+#include <math.h>
+
+#include "kernels/cpu/cpu-internal.h"
+
+static inline float weight_at(const struct kn_mat *w, size_t i)
+{
+	switch (w->dtype) {
+	case KN_DTYPE_BF16:
+		return kn_bf16_to_f32(((const uint16_t *)w->data)[i]);
+	case KN_DTYPE_F16:
+		return kn_f16_to_f32(((const uint16_t *)w->data)[i]);
+	case KN_DTYPE_F32:
+	default:
+		return ((const float *)w->data)[i];
+	}
+}
+
+void kn_scalar_matmul(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	for (int t = 0; t < n; t++) {
+		const float *xt = x + (size_t)t * w->cols;
+		for (int r = r0; r < r1; r++) {
+			size_t base = (size_t)r * w->cols;
+			float acc = 0.0f;
+			for (int c = 0; c < w->cols; c++)
+				acc += weight_at(w, base + c) * xt[c];
+			y[(size_t)t * w->rows + r] = acc;
+		}
+	}
+}
+
+void kn_scalar_rmsnorm(float *y, const float *x, const float *g, int dim, float eps)
+{
+	float ss = 0.0f;
+	for (int i = 0; i < dim; i++)
+		ss += x[i] * x[i];
+	float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+	for (int i = 0; i < dim; i++)
+		y[i] = x[i] * inv * g[i];
+}
+
+void kn_scalar_swiglu(float *out, const float *gate, const float *up, int n)
+{
+	for (int i = 0; i < n; i++) {
+		float g = gate[i];
+		out[i] = g / (1.0f + expf(-g)) * up[i];
+	}
+}
+
+void kn_scalar_axpy(float *y, float a, const float *x, int n)
+{
+	for (int i = 0; i < n; i++)
+		y[i] += a * x[i];
+}
+
+float kn_scalar_dot(const float *x, const float *y, int n)
+{
+	float acc = 0.0f;
+	for (int i = 0; i < n; i++)
+		acc += x[i] * y[i];
+	return acc;
+}
+
+void kn_scalar_softmax(float *x, int n)
+{
+	float max = x[0], sum = 0.0f;
+	for (int i = 1; i < n; i++)
+		if (x[i] > max)
+			max = x[i];
+	for (int i = 0; i < n; i++) {
+		x[i] = expf(x[i] - max);
+		sum += x[i];
+	}
+	float inv = 1.0f / sum;
+	for (int i = 0; i < n; i++)
+		x[i] *= inv;
+}
+
+void kn_scalar_attend(float *out, const float *q, const float *k, const float *v, int n_ctx,
+		      int head_dim, size_t stride, float scale, float *scratch)
+{
+	for (int j = 0; j < n_ctx; j++)
+		scratch[j] = kn_scalar_dot(q, k + (size_t)j * stride, head_dim) * scale;
+	kn_scalar_softmax(scratch, n_ctx);
+	for (int d = 0; d < head_dim; d++)
+		out[d] = 0.0f;
+	for (int j = 0; j < n_ctx; j++)
+		kn_scalar_axpy(out, scratch[j], v + (size_t)j * stride, head_dim);
+}
+
+const struct kn_ops kn_ops_scalar = {
+	.name = "scalar",
+	.matmul = kn_scalar_matmul,
+	.rmsnorm = kn_scalar_rmsnorm,
+	.swiglu = kn_scalar_swiglu,
+	.axpy = kn_scalar_axpy,
+	.dot = kn_scalar_dot,
+	.softmax = kn_scalar_softmax,
+	.attend = kn_scalar_attend,
+};

@@ -1,0 +1,334 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kernels.c - ISA selection, threading and the ops built from the per-ISA primitives. */
+#include <assert.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "kernels/cpu/cpu-internal.h"
+
+size_t kn_dtype_size(enum kn_dtype dt)
+{
+	return dt == KN_DTYPE_F32 ? 4 : 2;
+}
+
+const char *kn_dtype_name(enum kn_dtype dt)
+{
+	switch (dt) {
+	case KN_DTYPE_F32:
+		return "F32";
+	case KN_DTYPE_BF16:
+		return "BF16";
+	case KN_DTYPE_F16:
+		return "F16";
+	}
+	return "?";
+}
+
+float kn_f16_to_f32(uint16_t h)
+{
+	uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+	uint32_t exp = (h >> 10) & 0x1fu;
+	uint32_t man = h & 0x3ffu;
+	union { uint32_t u; float f; } v;
+
+	if (exp == 0) {
+		/* zero or subnormal: man * 2^-24 exactly */
+		float f = (float)man * 5.9604644775390625e-8f;
+		return sign ? -f : f;
+	}
+	if (exp == 31)
+		v.u = sign | 0x7f800000u | (man << 13);
+	else
+		v.u = sign | ((exp + 112u) << 23) | (man << 13);
+	return v.f;
+}
+
+uint16_t kn_f32_to_f16(float f)
+{
+	union { float f; uint32_t u; } v = { .f = f };
+	uint32_t sign = (v.u >> 16) & 0x8000u;
+	uint32_t abs = v.u & 0x7fffffffu;
+
+	if (abs > 0x7f800000u)
+		return (uint16_t)(sign | 0x7e00u);
+	if (abs >= 0x477ff000u) /* rounds to >= 65520: inf */
+		return (uint16_t)(sign | 0x7c00u);
+	if (abs < 0x38800000u) {
+		/* subnormal half (or zero): round abs value to a multiple of 2^-24 */
+		float a = fabsf(f) * 16777216.0f;
+		return (uint16_t)(sign | (uint32_t)nearbyintf(a));
+	}
+	uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u); /* round to nearest even on bit 13 */
+	return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
+}
+
+void kn_to_f32(float *dst, const void *src, enum kn_dtype dt, size_t n)
+{
+	const uint16_t *h = src;
+	switch (dt) {
+	case KN_DTYPE_F32:
+		memcpy(dst, src, n * sizeof(float));
+		break;
+	case KN_DTYPE_BF16:
+		for (size_t i = 0; i < n; i++)
+			dst[i] = kn_bf16_to_f32(h[i]);
+		break;
+	case KN_DTYPE_F16:
+		for (size_t i = 0; i < n; i++)
+			dst[i] = kn_f16_to_f32(h[i]);
+		break;
+	}
+}
+
+void kn_from_f32(void *dst, enum kn_dtype dt, const float *src, size_t n)
+{
+	uint16_t *h = dst;
+	switch (dt) {
+	case KN_DTYPE_F32:
+		memcpy(dst, src, n * sizeof(float));
+		break;
+	case KN_DTYPE_BF16:
+		for (size_t i = 0; i < n; i++)
+			h[i] = kn_f32_to_bf16(src[i]);
+		break;
+	case KN_DTYPE_F16:
+		for (size_t i = 0; i < n; i++)
+			h[i] = kn_f32_to_f16(src[i]);
+		break;
+	}
+}
+
+/* ---- selection ------------------------------------------------------------------------------- */
+
+static const struct kn_ops *g_ops;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static int g_threads;
+
+static bool cpu_can_run(const char *name)
+{
+	__builtin_cpu_init();
+	if (strcmp(name, "scalar") == 0)
+		return true;
+	if (strcmp(name, "avx2") == 0)
+		return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+	if (strcmp(name, "avx512") == 0)
+		return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+		       __builtin_cpu_supports("avx512vl");
+	if (strcmp(name, "avx512bf16") == 0)
+		return cpu_can_run("avx512")
+#if defined(__clang__) || __GNUC__ >= 11
+		       && __builtin_cpu_supports("avx512bf16")
+#else
+		       && false
+#endif
+			;
+	return false;
+}
+
+/* Best first. */
+static const struct kn_ops *const all_ops[] = {
+#ifdef KN_HAVE_AVX512
+	&kn_ops_avx512bf16,
+	&kn_ops_avx512,
+#endif
+#ifdef KN_HAVE_AVX2
+	&kn_ops_avx2,
+#endif
+	&kn_ops_scalar,
+};
+
+const struct kn_ops *kn_ops_get(const char *name)
+{
+	for (size_t i = 0; i < FR_ARRAY_SIZE(all_ops); i++)
+		if (strcmp(all_ops[i]->name, name) == 0)
+			return cpu_can_run(name) ? all_ops[i] : NULL;
+	return NULL;
+}
+
+const char *const *kn_ops_available(void)
+{
+	static const char *names[FR_ARRAY_SIZE(all_ops) + 1];
+	size_t n = 0;
+	for (size_t i = 0; i < FR_ARRAY_SIZE(all_ops); i++)
+		if (cpu_can_run(all_ops[i]->name))
+			names[n++] = all_ops[i]->name;
+	names[n] = NULL;
+	return names;
+}
+
+static void init_once(void)
+{
+	const char *want = getenv("FERRY_ISA");
+	const char *env_threads = getenv("FERRY_THREADS");
+	int64_t t;
+
+	if (want && *want) {
+		g_ops = kn_ops_get(want);
+		if (!g_ops)
+			fr_warn("kn", "FERRY_ISA=%s is not available on this CPU; choosing automatically",
+				want);
+	}
+	for (size_t i = 0; !g_ops && i < FR_ARRAY_SIZE(all_ops); i++)
+		if (cpu_can_run(all_ops[i]->name))
+			g_ops = all_ops[i];
+	if (env_threads && fr_parse_i64(env_threads, 1, 1024, &t) == 0)
+		g_threads = (int)t;
+	else
+		g_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (g_threads < 1)
+		g_threads = 1;
+	fr_dbg("kn", "isa=%s threads=%d", g_ops->name, g_threads);
+}
+
+void kn_init(void)
+{
+	pthread_once(&g_once, init_once);
+}
+
+const struct kn_ops *kn_ops(void)
+{
+	kn_init();
+	return g_ops;
+}
+
+void kn_set_threads(int n)
+{
+	kn_init();
+	g_threads = n < 1 ? 1 : n;
+}
+
+int kn_threads(void)
+{
+	kn_init();
+	return g_threads;
+}
+
+/* ---- threaded entry points ----------------------------------------------------------------- */
+
+void kn_matmul(float *y, const float *x, const struct kn_mat *w, int n)
+{
+	const struct kn_ops *ops = kn_ops();
+	/* Split rows in chunks of 16 so each thread streams a contiguous slab of W. */
+	int nth = g_threads;
+	size_t work = (size_t)w->rows * (size_t)w->cols * (size_t)n;
+	if (work < 32768 || w->rows < 32)
+		nth = 1;
+	if (nth == 1) {
+		ops->matmul(y, x, w, n, 0, w->rows);
+		return;
+	}
+	int blocks = FR_DIV_ROUND_UP(w->rows, 16);
+#pragma omp parallel num_threads(nth)
+	{
+		int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+		int b0 = (int)((long)blocks * tid / nt), b1 = (int)((long)blocks * (tid + 1) / nt);
+		int r0 = b0 * 16, r1 = FR_MIN(b1 * 16, w->rows);
+		if (r0 < r1)
+			ops->matmul(y, x, w, n, r0, r1);
+	}
+}
+
+void kn_rmsnorm(float *y, const float *x, const float *g, int n, int dim, float eps)
+{
+	const struct kn_ops *ops = kn_ops();
+	for (int t = 0; t < n; t++)
+		ops->rmsnorm(y + (size_t)t * dim, x + (size_t)t * dim, g, dim, eps);
+}
+
+void kn_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, float theta)
+{
+	int half = head_dim / 2;
+	for (int t = 0; t < n; t++) {
+		for (int j = 0; j < half; j++) {
+			/* Angles in double: the fp64 cross-check and llama.cpp agree to ~1e-6 this way. */
+			double inv = pow((double)theta, -2.0 * j / head_dim);
+			double a = (double)pos[t] * inv;
+			float c = (float)cos(a), s = (float)sin(a);
+			for (int h = 0; h < n_heads; h++) {
+				float *v = x + ((size_t)t * n_heads + h) * head_dim;
+				float x0 = v[j], x1 = v[j + half];
+				v[j] = x0 * c - x1 * s;
+				v[j + half] = x1 * c + x0 * s;
+			}
+		}
+	}
+}
+
+void kn_swiglu(float *out, const float *gate, const float *up, int n)
+{
+	kn_ops()->swiglu(out, gate, up, n);
+}
+
+size_t kn_attention_scratch_size(int max_ctx)
+{
+	kn_init();
+	return (size_t)g_threads * (size_t)max_ctx;
+}
+
+void kn_attention(float *out, const float *q, const float *kc, const float *vc, int n,
+		  const int32_t *pos, int n_heads, int n_kv_heads, int head_dim, float *scratch,
+		  size_t scratch_floats)
+{
+	const struct kn_ops *ops = kn_ops();
+	int group = n_heads / n_kv_heads;
+	size_t stride = (size_t)n_kv_heads * head_dim;
+	float scale = 1.0f / sqrtf((float)head_dim);
+	int jobs = n * n_heads;
+	int nth = jobs < 2 ? 1 : g_threads;
+	size_t per = scratch_floats / (size_t)nth;
+	assert(n_heads % n_kv_heads == 0);
+
+#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+	for (int job = 0; job < jobs; job++) {
+		int t = job / n_heads, h = job % n_heads, kvh = h / group;
+		float *sc = scratch + per * (size_t)omp_get_thread_num();
+		int n_ctx = pos[t] + 1;
+		assert((size_t)n_ctx <= per);
+		ops->attend(out + ((size_t)t * n_heads + h) * head_dim,
+			    q + ((size_t)t * n_heads + h) * head_dim, kc + (size_t)kvh * head_dim,
+			    vc + (size_t)kvh * head_dim, n_ctx, head_dim, stride, scale, sc);
+	}
+}
+
+void kn_gate(const float *logits, const struct kn_gate_opts *o, int32_t *ret_idx, float *ret_w,
+	     float *scratch)
+{
+	int ne = o->n_experts;
+	float *score = scratch, *sel = scratch + ne;
+
+	for (int e = 0; e < ne; e++)
+		score[e] = logits[e];
+	if (o->scoring == KN_SCORING_SOFTMAX)
+		kn_scalar_softmax(score, ne);
+	else
+		for (int e = 0; e < ne; e++)
+			score[e] = 1.0f / (1.0f + expf(-score[e]));
+	for (int e = 0; e < ne; e++)
+		sel[e] = o->bias ? score[e] + o->bias[e] : score[e];
+
+	/* Partial selection: skip the mask_top best, keep the next k. Ties go to the lower id. */
+	float sum = 0.0f;
+	for (int i = 0; i < o->mask_top + o->k; i++) {
+		int best = -1;
+		for (int e = 0; e < ne; e++)
+			if (sel[e] != -INFINITY && (best < 0 || sel[e] > sel[best]))
+				best = e;
+		sel[best] = -INFINITY;
+		if (i < o->mask_top)
+			continue;
+		ret_idx[i - o->mask_top] = best;
+		ret_w[i - o->mask_top] = score[best];
+		sum += score[best];
+	}
+	float mul = o->routed_scaling;
+	if (o->norm_topk_prob)
+		mul /= sum + 1e-20f;
+	if (mul != 1.0f)
+		for (int i = 0; i < o->k; i++)
+			ret_w[i] *= mul;
+}

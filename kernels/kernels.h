@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * kernels.h - compute kernels, one API over CPU ISAs (and later CUDA).
+ *
+ * Conventions
+ *  - Activations are fp32, row-major. Weights are a struct kn_mat: [rows][cols] row-major in
+ *    F32, BF16 or F16, rows = output features (the PyTorch Linear layout, so HF tensors are
+ *    used in place, straight from the mmap). Accumulation is always fp32.
+ *  - Every op has a scalar reference (kn_ops_get("scalar")); the SIMD tables are tested
+ *    against it. kn_init() picks the best table the CPU supports (AVX-512 with BF16 where
+ *    present, else AVX2+FMA, else scalar); FERRY_ISA=scalar|avx2|avx512 overrides it.
+ *  - The top-level kn_* functions use the selected table and spread work over the kernel
+ *    thread count (kn_set_threads; OpenMP underneath).
+ *  - Nothing here allocates on a hot path, logs, or fails on valid shapes: shapes are the
+ *    caller's invariant (assert-checked in debug builds).
+ */
+#ifndef FERRY_KERNELS_H
+#define FERRY_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum kn_dtype {
+	KN_DTYPE_F32 = 0,
+	KN_DTYPE_BF16,
+	KN_DTYPE_F16,
+};
+
+/* Bytes per element; name as in safetensors ("F32", "BF16", "F16"). */
+size_t kn_dtype_size(enum kn_dtype dt);
+const char *kn_dtype_name(enum kn_dtype dt);
+
+/* A weight matrix viewed in place. data is not owned. */
+struct kn_mat {
+	const void *data;     /* [rows][cols] dtype, row-major */
+	enum kn_dtype dtype;
+	int rows;             /* output features */
+	int cols;             /* input features */
+};
+
+/* ---- scalar conversions (exact widening; round-to-nearest-even narrowing) ---------------- */
+
+static inline float kn_bf16_to_f32(uint16_t h)
+{
+	union { uint32_t u; float f; } v = { .u = (uint32_t)h << 16 };
+	return v.f;
+}
+
+static inline uint16_t kn_f32_to_bf16(float f)
+{
+	union { float f; uint32_t u; } v = { .f = f };
+	if ((v.u & 0x7fffffffu) > 0x7f800000u) /* NaN: keep it a quiet NaN */
+		return (uint16_t)((v.u >> 16) | 0x40);
+	v.u += 0x7fffu + ((v.u >> 16) & 1u);
+	return (uint16_t)(v.u >> 16);
+}
+
+float kn_f16_to_f32(uint16_t h);
+uint16_t kn_f32_to_f16(float f);
+
+/* dst[n] fp32 <- src[n] of dtype dt; and the reverse. */
+void kn_to_f32(float *dst, const void *src, enum kn_dtype dt, size_t n);
+void kn_from_f32(void *dst, enum kn_dtype dt, const float *src, size_t n);
+
+/* ---- gating ------------------------------------------------------------------------------------ */
+
+enum kn_scoring {
+	KN_SCORING_SOFTMAX = 0, /* DeepSeekMoE v1/v2: softmax over all routed experts */
+	KN_SCORING_SIGMOID,     /* DeepSeek-V3: sigmoid scores, normalized over the chosen k */
+};
+
+struct kn_gate_opts {
+	enum kn_scoring scoring;
+	int n_experts;
+	int k;                   /* experts chosen per token, 1..n_experts - mask_top */
+	int mask_top;            /* analysis knob: drop the r highest-scoring experts first */
+	bool norm_topk_prob;     /* renormalize the chosen weights to sum to 1 */
+	float routed_scaling;    /* multiply the final weights (1.0 = none) */
+	const float *bias;       /* [n_experts] or NULL: added to scores for *selection* only */
+};
+
+/* ---- the op table ----------------------------------------------------------------------------- */
+
+struct kn_ops {
+	const char *name; /* "scalar", "avx2", "avx512", "avx512bf16" */
+
+	/* y[n][w->rows] = x[n][w->cols] . W^T, rows in [r0, r1) only (threads split rows). */
+	void (*matmul)(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1);
+	/* y[i] = x[i] / sqrt(mean(x^2) + eps) * g[i], one row of dim. */
+	void (*rmsnorm)(float *y, const float *x, const float *g, int dim, float eps);
+	/* out[i] = silu(gate[i]) * up[i] */
+	void (*swiglu)(float *out, const float *gate, const float *up, int n);
+	/* y[i] += a * x[i] */
+	void (*axpy)(float *y, float a, const float *x, int n);
+	/* sum x[i]*y[i] */
+	float (*dot)(const float *x, const float *y, int n);
+	/* In place, numerically stable. */
+	void (*softmax)(float *x, int n);
+	/* One query head over n_ctx cached positions: out[hd] = softmax(q.K^T * scale) V.
+	 * k, v: [n_ctx] rows with stride `stride` floats; scratch: [n_ctx] floats. */
+	void (*attend)(float *out, const float *q, const float *k, const float *v, int n_ctx,
+		       int head_dim, size_t stride, float scale, float *scratch);
+};
+
+/* Selects the table (idempotent, thread-safe). Honors $FERRY_ISA. */
+void kn_init(void);
+/* The active table; kn_init() is called if needed. */
+const struct kn_ops *kn_ops(void);
+/* A named table if this CPU can run it, else NULL ("scalar" always exists). */
+const struct kn_ops *kn_ops_get(const char *name);
+/* Names of all tables this CPU can run, NULL-terminated. */
+const char *const *kn_ops_available(void);
+
+/* Kernel threads used by the kn_* entry points below (default: all online CPUs). */
+void kn_set_threads(int n);
+int kn_threads(void);
+
+/* ---- entry points (active table, threaded) ------------------------------------------------------ */
+
+/* y[n][w->rows] = x[n][w->cols] . W^T */
+void kn_matmul(float *y, const float *x, const struct kn_mat *w, int n);
+/* Row-wise RMSNorm of x[n][dim] into y (may alias). */
+void kn_rmsnorm(float *y, const float *x, const float *g, int n, int dim, float eps);
+/* In-place RoPE, HF rotate_half layout: within each head dim j pairs with j + hd/2,
+ * angle = pos * theta^(-2j/hd). x: [n][n_heads][head_dim], pos[n]. */
+void kn_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, float theta);
+void kn_swiglu(float *out, const float *gate, const float *up, int n);
+
+/* Causal attention for n new tokens of ONE sequence whose keys/values already sit in the
+ * cache (including the new ones): token i attends to cache rows [0, pos[i]].
+ * q: [n][n_heads][hd]; kc, vc: [ctx][n_kv_heads][hd]; out: [n][n_heads][hd].
+ * scratch: n_threads * max_ctx floats, see kn_attention_scratch_size(). */
+void kn_attention(float *out, const float *q, const float *kc, const float *vc, int n,
+		  const int32_t *pos, int n_heads, int n_kv_heads, int head_dim, float *scratch,
+		  size_t scratch_floats);
+size_t kn_attention_scratch_size(int max_ctx);
+
+/* Routing for one token: scores from router logits, pick k, weights.
+ * ret_idx[k] expert ids (descending selection score), ret_w[k] weights.
+ * scratch: 2 * n_experts floats. */
+void kn_gate(const float *logits, const struct kn_gate_opts *o, int32_t *ret_idx, float *ret_w,
+	     float *scratch);
+
+#endif /* FERRY_KERNELS_H */

@@ -1,0 +1,3 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* gen.c - placeholder, being written. */
+#include "model/model.h"

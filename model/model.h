@@ -1,0 +1,220 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * model.h - HuggingFace DeepSeekMoE model directories: config.json, safetensors (single or
+ * sharded, mmapped), weight binding with shape checks, the byte-level BPE tokenizer, and
+ * the synthetic checkpoint generator.
+ *
+ * Every parser here takes untrusted input: it validates everything, returns 0 or a negative
+ * errno, and on failure fills the caller's struct fr_error with a message that names the
+ * file, the tensor or the field. Nothing here crashes, hangs or allocates without bound on
+ * bad input (each parser has a fuzz target under tests/fuzz/).
+ */
+#ifndef FERRY_MODEL_H
+#define FERRY_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+#include "kernels/kernels.h"
+
+/* ==== config.json ======================================================================== */
+
+#define MODEL_MAX_LAYERS 1024
+#define MODEL_MAX_EXPERTS 4096
+
+struct model_config {
+	char model_type[32];        /* "deepseek" (v1); "deepseek_v3"-style gating via fields */
+	int vocab_size;
+	int hidden_size;
+	int intermediate_size;      /* dense FFN width */
+	int moe_intermediate_size;  /* one routed expert's width */
+	int num_hidden_layers;
+	int num_attention_heads;
+	int num_key_value_heads;    /* defaults to num_attention_heads */
+	int head_dim;               /* derived: hidden_size / num_attention_heads */
+	int n_routed_experts;       /* 0 = dense model */
+	int n_shared_experts;       /* 0 = none */
+	int num_experts_per_tok;    /* top-k */
+	int first_k_dense_replace;  /* default 0 */
+	int moe_layer_freq;         /* default 1 */
+	int max_position_embeddings;/* default 2048 */
+	double rms_norm_eps;        /* default 1e-6 */
+	double rope_theta;          /* default 10000 */
+	bool norm_topk_prob;        /* default false */
+	bool attention_bias;        /* must be false (no bias tensors supported) */
+	bool tie_word_embeddings;   /* default false */
+	enum kn_scoring scoring_func;   /* "softmax" (default) or "sigmoid" */
+	double routed_scaling_factor;   /* default 1.0 */
+	bool has_expert_bias;       /* topk_method "noaux_tc": e_score_correction_bias tensors */
+	int bos_token_id;           /* -1 when null/absent */
+	int eos_token_id;           /* -1 when null/absent */
+	enum kn_dtype torch_dtype;  /* default BF16 */
+};
+
+/* Parses config.json text (len bytes, need not be NUL-terminated) into *ret, applying HF
+ * defaults and checking every field's type, range and consistency. Errors: -EINVAL (bad
+ * JSON, missing/mistyped/inconsistent field; err names it), -ENOTSUP (a valid but
+ * unsupported feature, e.g. rope_scaling, attention_bias, hidden_act other than silu). */
+int model_config_parse(const char *json, size_t len, struct model_config *ret,
+		       struct fr_error *err);
+/* Reads DIR/config.json and parses it. Errors as above plus -errno from the file. */
+int model_config_load(const char *dir, struct model_config *ret, struct fr_error *err);
+/* Writes cfg as an HF config.json (full key set of deepseek-moe-16b-base) to path. */
+int model_config_write(const struct model_config *cfg, const char *path, struct fr_error *err);
+
+/* HF rule: MoE iff n_routed_experts > 0, l >= first_k_dense_replace, l % moe_layer_freq == 0 */
+bool model_layer_is_moe(const struct model_config *cfg, int layer);
+/* Number of MoE layers and the index of layer l among them (-1 if dense). */
+int model_n_moe_layers(const struct model_config *cfg);
+int model_moe_index(const struct model_config *cfg, int layer);
+
+/* ==== safetensors ========================================================================= */
+
+#define MODEL_MAX_DIMS 4
+
+struct model_tensor {
+	const char *name;           /* owned by the file */
+	enum kn_dtype dtype;
+	int ndim;
+	int64_t shape[MODEL_MAX_DIMS];
+	const void *data;           /* mmapped, little-endian, read-only */
+	size_t nbytes;
+	const char *path;           /* the file it lives in, for messages */
+};
+
+struct model_st_file;
+
+/* mmaps one .safetensors file and validates its header: 8-byte length within the file,
+ * JSON object, every entry's dtype (F32/BF16/F16; others -> -ENOTSUP), shape, data_offsets
+ * inside the data section, dtype x shape == byte length, no overlapping ranges, unique
+ * names. The data is never read here. *ret owned by the caller (model_st_close). */
+int model_st_open(const char *path, struct model_st_file **ret, struct fr_error *err);
+void model_st_close(struct model_st_file *f);
+size_t model_st_count(const struct model_st_file *f);
+const struct model_tensor *model_st_tensor(const struct model_st_file *f, size_t i);
+const struct model_tensor *model_st_find(const struct model_st_file *f, const char *name);
+
+/* The same header validation over an in-memory image of a whole file (for fuzzing and
+ * tests). On success *ret is a file that borrows buf (must outlive it). */
+int model_st_open_buffer(const void *buf, size_t len, const char *label,
+			 struct model_st_file **ret, struct fr_error *err);
+
+/* ==== checkpoint directories ============================================================ */
+
+struct model_ckpt;
+
+/* Opens an HF model directory: config.json, then model.safetensors.index.json (sharded:
+ * every shard it names is opened, every tensor must be in the shard the index says) or a
+ * single model.safetensors. *ret owned by the caller (model_ckpt_close). */
+int model_ckpt_open(const char *dir, struct model_ckpt **ret, struct fr_error *err);
+void model_ckpt_close(struct model_ckpt *ck);
+const struct model_config *model_ckpt_config(const struct model_ckpt *ck);
+const char *model_ckpt_dir(const struct model_ckpt *ck);
+/* NULL if absent. */
+const struct model_tensor *model_ckpt_find(const struct model_ckpt *ck, const char *name);
+
+/* Parses a model.safetensors.index.json text into a name -> shard-file map; exposed for
+ * fuzzing. Calls cb(name, file, ctx) per entry; a negative return from cb stops and is
+ * returned. Errors: -EINVAL with err naming the problem. */
+int model_index_parse(const char *json, size_t len,
+		      int (*cb)(const char *name, const char *file, void *ctx), void *ctx,
+		      struct fr_error *err);
+
+/* ==== weights ============================================================================= */
+
+/* A SwiGLU MLP: down(silu(gate(x)) * up(x)). gate/up [width][hidden], down [hidden][width]. */
+struct model_ffn {
+	struct kn_mat gate, up, down;
+};
+
+struct model_layer {
+	float *attn_norm;           /* [hidden] f32, owned (widened from the checkpoint) */
+	float *ffn_norm;            /* [hidden] f32, owned */
+	struct kn_mat q, k, v, o;   /* q [heads*hd][hidden], k/v [kv_heads*hd][hidden], o [hidden][heads*hd] */
+	bool moe;
+	struct model_ffn dense;     /* dense layers only */
+	struct kn_mat router;       /* MoE: [n_routed][hidden] */
+	float *router_bias;         /* MoE with has_expert_bias: [n_routed] f32, owned; else NULL */
+	bool has_shared;
+	struct model_ffn shared;    /* MoE with n_shared_experts > 0: width moe_inter * n_shared */
+	struct model_ffn *experts;  /* MoE: [n_routed], owned array; data NULL unless bound */
+};
+
+struct model_weights {
+	const struct model_config *cfg; /* borrowed from the checkpoint */
+	struct kn_mat embed;        /* [vocab][hidden] */
+	struct kn_mat lm_head;      /* [vocab][hidden] (the embedding when tied) */
+	float *final_norm;          /* [hidden] f32, owned */
+	struct model_layer *layers; /* [num_hidden_layers], owned */
+};
+
+enum model_bind_flags {
+	MODEL_BIND_ALL = 0,
+	MODEL_BIND_NO_ROUTED = 1 << 0, /* coordinator side: skip routed experts */
+};
+
+/* Looks up and shape/dtype-checks every tensor the config implies (routed experts unless
+ * MODEL_BIND_NO_ROUTED), so a wrong checkpoint fails here and not mid-request. Weights point
+ * into the checkpoint's mmaps: ck must outlive *ret. Errors: -ENOENT (tensor missing),
+ * -EINVAL (wrong shape or dtype), err names the tensor and file. */
+int model_weights_bind(const struct model_ckpt *ck, unsigned flags, struct model_weights **ret,
+		       struct fr_error *err);
+/* Binds one routed expert (layer, e) into *ret (a worker loading only its slots). */
+int model_expert_bind(const struct model_ckpt *ck, int layer, int expert, struct model_ffn *ret,
+		      struct fr_error *err);
+void model_weights_free(struct model_weights *w);
+
+/* ==== tokenizer (byte-level BPE from HF tokenizer.json) ==================================== */
+
+struct model_tokenizer;
+
+/* Loads tokenizer.json text: model BPE (vocab + merges), pre_tokenizer (Sequence of Split
+ * regexes with PCRE2 + ByteLevel), added/special tokens, ByteLevel decoder. Errors: -EINVAL
+ * (malformed; err names the field), -ENOTSUP (a valid but unsupported component). */
+int model_tokenizer_parse(const char *json, size_t len, struct model_tokenizer **ret,
+			  struct fr_error *err);
+int model_tokenizer_load(const char *path, struct model_tokenizer **ret, struct fr_error *err);
+void model_tokenizer_free(struct model_tokenizer *tk);
+
+/* Encodes len bytes of text (invalid UTF-8 handled deterministically, never an error).
+ * add_special: prepend BOS as the post-processor would. *ret_ids heap, caller frees. */
+int model_tokenizer_encode(const struct model_tokenizer *tk, const char *text, size_t len,
+			   bool add_special, int32_t **ret_ids, size_t *ret_n);
+/* Decodes ids to bytes (skip_special drops special tokens). *ret_text heap, NUL-terminated.
+ * Errors: -EINVAL for an id out of range. */
+int model_tokenizer_decode(const struct model_tokenizer *tk, const int32_t *ids, size_t n,
+			   bool skip_special, char **ret_text, size_t *ret_len);
+int model_tokenizer_vocab_size(const struct model_tokenizer *tk);
+int model_tokenizer_bos(const struct model_tokenizer *tk); /* -1 if none */
+int model_tokenizer_eos(const struct model_tokenizer *tk); /* -1 if none */
+
+/* ==== synthetic checkpoints ================================================================= */
+
+enum model_preset {
+	MODEL_PRESET_TINY = 0,
+	MODEL_PRESET_2B,
+	MODEL_PRESET_16B,
+	MODEL_PRESET_145B,
+};
+
+/* "tiny", "2b", "16b", "145b" -> preset; -EINVAL otherwise. */
+int model_preset_parse(const char *name, enum model_preset *ret);
+/* Fills the HF config of a preset (ARCHITECTURE §1 table). */
+void model_preset_config(enum model_preset p, struct model_config *ret);
+
+struct model_gen_opts {
+	enum model_preset preset;
+	int layers;                 /* 0 = the preset's count */
+	enum kn_dtype dtype;        /* F32 or BF16 */
+	uint64_t seed;
+	int shards;                 /* 1 = model.safetensors; N > 1 = index + N shards */
+};
+
+/* Writes a deterministic synthetic checkpoint (config.json + safetensors [+ index]) into
+ * dir (created if needed), streaming tensor by tensor: memory use is bounded by one row
+ * block, not the model size. Same opts -> byte-identical files. */
+int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *err);
+
+#endif /* FERRY_MODEL_H */
