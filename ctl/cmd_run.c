@@ -1,17 +1,342 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+/* cmd_run.c - `ferryctl run`: evaluate a prompt and generate, in this process. */
+#include <errno.h>
+#include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "coordinator/coordinator.h"
 #include "ctl/ctl.h"
+
+struct run_opts {
+	const char *model;
+	const char *tokens;
+	const char *dump_logits;
+	int max_new;
+	float temperature;
+	float top_p;
+	uint64_t seed;
+	int workers;
+	int threads;
+	bool stop_at_eos;
+	bool stats;
+	struct co_route_knobs knobs;
+};
+
+static const char run_usage[] =
+	"Usage: ferryctl run --model DIR --tokens \"ID ID ...\" [OPTIONS]\n"
+	"\n"
+	"Evaluates the prompt in one prefill, then generates --max-new tokens; prints the\n"
+	"generated ids on stdout, space-separated.\n"
+	"\n"
+	"  -m, --model DIR          HF model directory (config.json + safetensors)\n"
+	"  -t, --tokens IDS         prompt token ids, space or comma separated\n"
+	"  -n, --max-new N          tokens to generate (default 16; 0 = only evaluate)\n"
+	"  -d, --dump-logits FILE   write the logits of every prompt position, then of every\n"
+	"                           generated step, as raw little-endian float32 [rows][vocab]\n"
+	"      --temperature T      0 = greedy (default 0)\n"
+	"      --top-p P            nucleus sampling mass in (0, 1] (default 1)\n"
+	"      --seed S             sampling seed (default 0)\n"
+	"      --stop-at-eos        stop when the model emits eos_token_id\n"
+	"      --top-k K            routed experts per token (default: the config's)\n"
+	"      --mask-top R         mask the R highest-scoring routed experts per token\n"
+	"      --no-shared          disable the shared experts\n"
+	"      --workers N          in-process expert workers (default 1)\n"
+	"      --threads N          kernel threads (default: all CPUs)\n"
+	"      --stats              print timing and throughput on stderr\n"
+	"  -h, --help               this text\n";
+
+enum {
+	OPT_TEMP = 256, OPT_TOPP, OPT_SEED, OPT_EOS, OPT_TOPK, OPT_MASK, OPT_NOSHARED,
+	OPT_WORKERS, OPT_THREADS, OPT_STATS,
+};
+
+static const struct option run_longopts[] = {
+	{ "model", required_argument, NULL, 'm' },
+	{ "tokens", required_argument, NULL, 't' },
+	{ "max-new", required_argument, NULL, 'n' },
+	{ "dump-logits", required_argument, NULL, 'd' },
+	{ "temperature", required_argument, NULL, OPT_TEMP },
+	{ "top-p", required_argument, NULL, OPT_TOPP },
+	{ "seed", required_argument, NULL, OPT_SEED },
+	{ "stop-at-eos", no_argument, NULL, OPT_EOS },
+	{ "top-k", required_argument, NULL, OPT_TOPK },
+	{ "mask-top", required_argument, NULL, OPT_MASK },
+	{ "no-shared", no_argument, NULL, OPT_NOSHARED },
+	{ "workers", required_argument, NULL, OPT_WORKERS },
+	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "stats", no_argument, NULL, OPT_STATS },
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static int int_arg(const char *name, const char *s, int64_t min, int64_t max, int64_t *ret,
+		   struct fr_error *err)
+{
+	if (fr_parse_i64(s, min, max, ret) < 0)
+		return fr_error_set(err, -EINVAL, "--%s: '%s' is not an integer in [%lld, %lld]", name,
+				    s, (long long)min, (long long)max);
+	return 0;
+}
+
+/* Returns 0, 1 for --help, or -EINVAL. */
+static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error *err)
+{
+	int64_t v;
+	double d;
+	int c;
+
+	memset(o, 0, sizeof(*o));
+	o->max_new = 16;
+	o->top_p = 1.0f;
+	o->workers = 1;
+	ctl_getopt_reset();
+	while ((c = getopt_long(argc, argv, ":m:t:n:d:h", run_longopts, NULL)) != -1) {
+		switch (c) {
+		case 'm':
+			o->model = optarg;
+			break;
+		case 't':
+			o->tokens = optarg;
+			break;
+		case 'n':
+			if (int_arg("max-new", optarg, 0, 1 << 20, &v, err) < 0)
+				return -EINVAL;
+			o->max_new = (int)v;
+			break;
+		case 'd':
+			o->dump_logits = optarg;
+			break;
+		case OPT_TEMP:
+			if (fr_parse_double(optarg, &d) < 0 || d < 0 || d > 100)
+				return fr_error_set(err, -EINVAL, "--temperature: '%s' is not in [0, 100]", optarg);
+			o->temperature = (float)d;
+			break;
+		case OPT_TOPP:
+			if (fr_parse_double(optarg, &d) < 0 || !(d > 0 && d <= 1))
+				return fr_error_set(err, -EINVAL, "--top-p: '%s' is not in (0, 1]", optarg);
+			o->top_p = (float)d;
+			break;
+		case OPT_SEED:
+			if (int_arg("seed", optarg, 0, INT64_MAX, &v, err) < 0)
+				return -EINVAL;
+			o->seed = (uint64_t)v;
+			break;
+		case OPT_EOS:
+			o->stop_at_eos = true;
+			break;
+		case OPT_TOPK:
+			if (int_arg("top-k", optarg, 1, MODEL_MAX_EXPERTS, &v, err) < 0)
+				return -EINVAL;
+			o->knobs.top_k = (int)v;
+			break;
+		case OPT_MASK:
+			if (int_arg("mask-top", optarg, 0, MODEL_MAX_EXPERTS, &v, err) < 0)
+				return -EINVAL;
+			o->knobs.mask_top = (int)v;
+			break;
+		case OPT_NOSHARED:
+			o->knobs.no_shared = true;
+			break;
+		case OPT_WORKERS:
+			if (int_arg("workers", optarg, 1, 1024, &v, err) < 0)
+				return -EINVAL;
+			o->workers = (int)v;
+			break;
+		case OPT_THREADS:
+			if (int_arg("threads", optarg, 1, 1024, &v, err) < 0)
+				return -EINVAL;
+			o->threads = (int)v;
+			break;
+		case OPT_STATS:
+			o->stats = true;
+			break;
+		case 'h':
+			return 1;
+		case ':':
+			return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
+		default:
+			return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
+	if (!o->model)
+		return fr_error_set(err, -EINVAL, "--model DIR is required");
+	if (!o->tokens)
+		return fr_error_set(err, -EINVAL, "--tokens is required");
+	return 0;
+}
+
+static int write_all(FILE *f, const float *rows, size_t n_rows, int vocab)
+{
+	/* The format is little-endian; so is every host Ferry builds for (x86-64, aarch64). */
+	return fwrite(rows, sizeof(float) * (size_t)vocab, n_rows, f) == n_rows ? 0 : -EIO;
+}
+
+static int run_exec(const struct run_opts *o)
+{
+	struct fr_error err = { { 0 } };
+	struct model_ckpt *ck = NULL;
+	struct model_weights *w = NULL;
+	struct co_moe moe = { 0 };
+	struct co_engine *e = NULL;
+	const struct model_config *c;
+	int32_t *ids = NULL, *seq = NULL, *pos = NULL;
+	float *logits = NULL;
+	void *scratch = NULL;
+	FILE *dump = NULL;
+	size_t n_prompt;
+	int rc, ret = CTL_EXIT_FAIL;
+	uint64_t t0, t1, t2;
+
+	if (o->threads)
+		kn_set_threads(o->threads);
+	if ((rc = model_ckpt_open(o->model, &ck, &err)) < 0)
+		goto out;
+	c = model_ckpt_config(ck);
+	if ((rc = fr_parse_ids(o->tokens, c->vocab_size, &ids, &n_prompt, &err)) < 0) {
+		fr_error_prefix(&err, rc, "--tokens");
+		goto out;
+	}
+	if (n_prompt == 0) {
+		fr_error_set(&err, -EINVAL, "--tokens: the prompt is empty");
+		goto out;
+	}
+	int k = o->knobs.top_k ? o->knobs.top_k : c->num_experts_per_tok;
+	if (model_n_moe_layers(c) > 0 && k + o->knobs.mask_top > c->n_routed_experts) {
+		fr_error_set(&err, -EINVAL, "--top-k %d plus --mask-top %d exceed the %d routed experts",
+			     k, o->knobs.mask_top, c->n_routed_experts);
+		goto out;
+	}
+	size_t total = n_prompt + (size_t)o->max_new;
+	if (total > (size_t)c->max_position_embeddings) {
+		fr_error_set(&err, -EINVAL,
+			     "prompt (%zu) + --max-new (%d) exceed max_position_embeddings (%d)",
+			     n_prompt, o->max_new, c->max_position_embeddings);
+		goto out;
+	}
+	if ((rc = model_weights_bind(ck, MODEL_BIND_NO_ROUTED, &w, &err)) < 0)
+		goto out;
+	if (model_n_moe_layers(c) > 0 && (rc = co_moe_local_create(ck, o->workers, &moe, &err)) < 0)
+		goto out;
+	struct co_engine_opts eo = { .max_seqs = 1, .max_ctx = (int)total,
+				     .max_batch = (int)FR_MIN(n_prompt, 512) };
+	if ((rc = co_engine_create(w, moe, &eo, &e, &err)) < 0)
+		goto out;
+
+	ids = realloc(ids, total * sizeof(*ids));
+	seq = calloc(total, sizeof(*seq));
+	pos = malloc(total * sizeof(*pos));
+	logits = malloc(n_prompt * (size_t)c->vocab_size * sizeof(float));
+	scratch = malloc((size_t)c->vocab_size * 8);
+	if (!ids || !seq || !pos || !logits || !scratch) {
+		fr_error_set(&err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < total; i++)
+		pos[i] = (int32_t)i;
+	if (o->dump_logits && !(dump = fopen(o->dump_logits, "wb"))) {
+		fr_error_set(&err, -errno, "%s: %s", o->dump_logits, strerror(errno));
+		goto out;
+	}
+
+	t0 = fr_now_ns();
+	bool *want = NULL;
+	if (!dump) {
+		/* Only the last prompt position's logits are needed. */
+		want = calloc(n_prompt, sizeof(*want));
+		if (!want) {
+			fr_error_set(&err, -ENOMEM, "out of memory");
+			goto out;
+		}
+		want[n_prompt - 1] = true;
+	}
+	rc = co_engine_forward(e, (int)n_prompt, ids, seq, pos, want, &o->knobs, logits);
+	free(want);
+	if (rc < 0) {
+		fr_error_set(&err, rc, "prefill failed: %s", strerror(-rc));
+		goto out;
+	}
+	if (dump && write_all(dump, logits, n_prompt, c->vocab_size) < 0) {
+		fr_error_set(&err, -EIO, "%s: write failed", o->dump_logits);
+		goto out;
+	}
+	t1 = fr_now_ns();
+
+	struct co_sampler smp = { .temperature = o->temperature, .top_p = o->top_p, .rng = o->seed };
+	float *last = logits + (n_prompt - 1) * (size_t)c->vocab_size;
+	size_t n_gen = 0;
+	for (size_t i = n_prompt; i < total; i++) {
+		int32_t tok = co_sample(&smp, last, c->vocab_size, scratch);
+		ids[i] = tok;
+		n_gen++;
+		printf("%s%d", n_gen > 1 ? " " : "", tok);
+		fflush(stdout);
+		if (i + 1 == total || (o->stop_at_eos && tok == c->eos_token_id))
+			break;
+		rc = co_engine_forward(e, 1, ids + i, seq + i, pos + i, NULL, &o->knobs, logits);
+		if (rc < 0) {
+			fr_error_set(&err, rc, "decode step %zu failed: %s", n_gen, strerror(-rc));
+			goto out;
+		}
+		last = logits;
+		if (dump && write_all(dump, logits, 1, c->vocab_size) < 0) {
+			fr_error_set(&err, -EIO, "%s: write failed", o->dump_logits);
+			goto out;
+		}
+	}
+	printf("\n");
+	t2 = fr_now_ns();
+	if (o->stats) {
+		double pre_s = (double)(t1 - t0) / 1e9, dec_s = (double)(t2 - t1) / 1e9;
+		fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.2f tok/s); isa=%s threads=%d\n",
+			n_prompt, pre_s, (double)n_prompt / pre_s, n_gen, dec_s,
+			n_gen > 1 ? (double)(n_gen - 1) / dec_s : 0.0, kn_ops()->name, kn_threads());
+	}
+	ret = CTL_EXIT_OK;
+out:
+	if (dump && fclose(dump) != 0 && ret == CTL_EXIT_OK) {
+		fr_error_set(&err, -EIO, "%s: close failed", o->dump_logits);
+		ret = CTL_EXIT_FAIL;
+	}
+	if (ret != CTL_EXIT_OK)
+		fprintf(stderr, "ferryctl run: %s\n", err.msg[0] ? err.msg : "failed");
+	co_engine_destroy(e);
+	co_moe_destroy(&moe);
+	model_weights_free(w);
+	model_ckpt_close(ck);
+	free(ids);
+	free(seq);
+	free(pos);
+	free(logits);
+	free(scratch);
+	return ret;
+}
 
 static int run_main(int argc, char **argv)
 {
-	fprintf(stderr, "ferryctl run: not built yet\n");
-	return CTL_EXIT_FAIL;
+	struct fr_error err = { { 0 } };
+	struct run_opts o;
+	int rc = run_parse(argc, argv, &o, &err);
+
+	if (rc == 1) {
+		fputs(run_usage, stdout);
+		return CTL_EXIT_OK;
+	}
+	if (rc < 0) {
+		fprintf(stderr, "ferryctl run: %s\n(see ferryctl run --help)\n", err.msg);
+		return CTL_EXIT_USAGE;
+	}
+	return run_exec(&o);
 }
 
 static int run_parse_only(int argc, char **argv, struct fr_error *err)
 {
-	return 0;
+	struct run_opts o;
+	int rc = run_parse(argc, argv, &o, err);
+	return rc < 0 ? rc : 0;
 }
 
 const struct ctl_cmd ctl_cmd_run = { "run", "run a model in this process", run_main,

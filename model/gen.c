@@ -1,3 +1,890 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* gen.c - placeholder, being written. */
+/*
+ * gen.c - presets and the synthetic checkpoint generator.
+ *
+ * Presets (ARCHITECTURE §1). Widths the table leaves open, and why:
+ *   tiny  golden tiny-a's shape (hidden 128, 4 heads, 4 layers, 2 shared + 16 routed, top-4,
+ *         expert 64, dense 256) with vocab 1024: 2.09M parameters.
+ *   2b    the DeepSeekMoE paper's validation model: 9 layers, hidden 1280, 10 heads, 1 + 63
+ *         experts, top-7, 8K vocab (the paper's tokenizer for this size). Expert width 968 =
+ *         0.25 x a dense FFN of 3872 (layer 0 is that dense FFN, as in the HF family):
+ *         1,998,657,280 parameters (2.0B).
+ *   16b   deepseek-moe-16b-base's config.json verbatim: 16,375,728,128 parameters (16.4B).
+ *   145b  the paper's 145B: 62 layers, hidden 4096, 32 heads, 4 + 128 experts of 1408, top-12,
+ *         vocab 102400. Layer 0's dense FFN width 12288 (3 x hidden) puts the coordinator side
+ *         (all but routed experts) at 9.40B parameters = 18.8 GB in bf16; the total is then
+ *         144,494,809,088 (144.5B; the table's 144.6B needs a dense width of ~20900, which
+ *         would push the coordinator side to 19.0 GB).
+ *
+ * Weights. Element i of tensor T is a pure function of (seed, T's name, i): a counter-based
+ * splitmix64 stream keyed by a hash of the name feeds Box-Muller pairs (elements 2j, 2j+1
+ * share pair j), computed in double, scaled, and rounded once to f32. BF16 files hold the
+ * round-to-nearest-even of those f32 values, so a BF16 and an F32 checkpoint of one seed are
+ * twins, and sharding or generation order never changes a value. Scales keep activations
+ * O(1) at every size: projections std 1/sqrt(fan_in); o_proj, dense and shared down_proj
+ * 0.5/sqrt(fan_in) (they add to the residual every layer); routed down_proj 1/sqrt(fan_in)
+ * (their outputs are weighted by routing probabilities well below 1); router 2/sqrt(hidden)
+ * so routing is not flat; embeddings std 1; lm_head 1/sqrt(hidden) (logits std ~1, max a few);
+ * norm weights 1 + 0.1 N(0,1).
+ *
+ * Files are streamed: all headers are computed from the config first, then each tensor is
+ * generated in blocks of GEN_BLOCK elements and written, so memory is the tensor table plus
+ * two blocks, whatever the model size.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "model/model.h"
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "safetensors data is little-endian; gen.c writes host floats as they are"
+#endif
+
+#define GEN_BLOCK (1u << 18)     /* elements generated and written per write() */
+#define GEN_MAX_SHARDS 256
+#define GEN_NAME_MAX 96
+
+/* ---- presets ---------------------------------------------------------------------------- */
+
+static const char *const preset_names[] = {
+	[MODEL_PRESET_TINY] = "tiny",
+	[MODEL_PRESET_2B] = "2b",
+	[MODEL_PRESET_16B] = "16b",
+	[MODEL_PRESET_145B] = "145b",
+};
+
+int model_preset_parse(const char *name, enum model_preset *ret)
+{
+	if (!name)
+		return -EINVAL;
+	for (size_t i = 0; i < FR_ARRAY_SIZE(preset_names); i++)
+		if (strcmp(name, preset_names[i]) == 0) {
+			*ret = (enum model_preset)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+const char *model_preset_name(enum model_preset p)
+{
+	if ((unsigned)p >= FR_ARRAY_SIZE(preset_names))
+		return "?";
+	return preset_names[p];
+}
+
+void model_preset_config(enum model_preset p, struct model_config *ret)
+{
+	struct model_config c = {
+		.model_type = "deepseek",
+		.first_k_dense_replace = 1,
+		.moe_layer_freq = 1,
+		.max_position_embeddings = 4096,
+		.rms_norm_eps = 1e-6,
+		.rope_theta = 10000.0,
+		.norm_topk_prob = false,
+		.scoring_func = KN_SCORING_SOFTMAX,
+		.routed_scaling_factor = 1.0,
+		.bos_token_id = 100000,
+		.eos_token_id = 100001,
+		.torch_dtype = KN_DTYPE_BF16,
+	};
+
+	switch (p) {
+	case MODEL_PRESET_TINY:
+	default:
+		c.vocab_size = 1024;
+		c.hidden_size = 128;
+		c.intermediate_size = 256;
+		c.moe_intermediate_size = 64;
+		c.num_hidden_layers = 4;
+		c.num_attention_heads = 4;
+		c.n_shared_experts = 2;
+		c.n_routed_experts = 16;
+		c.num_experts_per_tok = 4;
+		c.max_position_embeddings = 2048;
+		c.bos_token_id = 0;
+		c.eos_token_id = 1;
+		break;
+	case MODEL_PRESET_2B:
+		c.vocab_size = 8192;
+		c.hidden_size = 1280;
+		c.intermediate_size = 3872;
+		c.moe_intermediate_size = 968;
+		c.num_hidden_layers = 9;
+		c.num_attention_heads = 10;
+		c.n_shared_experts = 1;
+		c.n_routed_experts = 63;
+		c.num_experts_per_tok = 7;
+		c.max_position_embeddings = 2048;
+		c.bos_token_id = 0;
+		c.eos_token_id = 1;
+		break;
+	case MODEL_PRESET_16B:
+		c.vocab_size = 102400;
+		c.hidden_size = 2048;
+		c.intermediate_size = 10944;
+		c.moe_intermediate_size = 1408;
+		c.num_hidden_layers = 28;
+		c.num_attention_heads = 16;
+		c.n_shared_experts = 2;
+		c.n_routed_experts = 64;
+		c.num_experts_per_tok = 6;
+		break;
+	case MODEL_PRESET_145B:
+		c.vocab_size = 102400;
+		c.hidden_size = 4096;
+		c.intermediate_size = 12288;
+		c.moe_intermediate_size = 1408;
+		c.num_hidden_layers = 62;
+		c.num_attention_heads = 32;
+		c.n_shared_experts = 4;
+		c.n_routed_experts = 128;
+		c.num_experts_per_tok = 12;
+		break;
+	}
+	c.num_key_value_heads = c.num_attention_heads;
+	c.head_dim = c.hidden_size / c.num_attention_heads;
+	*ret = c;
+}
+
+/* ---- parameter counts ------------------------------------------------------------------- */
+
+void model_param_count(const struct model_config *cfg, struct model_param_counts *ret)
+{
+	const int64_t h = cfg->hidden_size;
+	const int64_t hd = cfg->head_dim ? cfg->head_dim : h / FR_MAX(cfg->num_attention_heads, 1);
+	const int64_t q = (int64_t)cfg->num_attention_heads * hd;
+	const int64_t kv = (int64_t)cfg->num_key_value_heads * hd;
+	const int64_t m = cfg->moe_intermediate_size;
+	struct model_param_counts c = { 0 };
+
+	c.coordinator = (int64_t)cfg->vocab_size * h * (cfg->tie_word_embeddings ? 1 : 2) + h;
+	for (int l = 0; l < cfg->num_hidden_layers; l++) {
+		c.coordinator += 2 * h + q * h + 2 * kv * h + h * q;
+		if (model_layer_is_moe(cfg, l)) {
+			int64_t expert = 3 * h * m;
+			c.coordinator += (int64_t)cfg->n_routed_experts * h;
+			if (cfg->has_expert_bias)
+				c.coordinator += cfg->n_routed_experts;
+			c.coordinator += cfg->n_shared_experts * expert;
+			c.routed += cfg->n_routed_experts * expert;
+			c.active += cfg->num_experts_per_tok * expert;
+		} else {
+			c.coordinator += 3 * h * cfg->intermediate_size;
+		}
+	}
+	c.total = c.coordinator + c.routed;
+	c.active += c.coordinator;
+	*ret = c;
+}
+
+/* ---- config.json -------------------------------------------------------------------------- */
+
+static const char *dtype_torch_name(enum kn_dtype dt)
+{
+	switch (dt) {
+	case KN_DTYPE_F32:
+		return "float32";
+	case KN_DTYPE_F16:
+		return "float16";
+	case KN_DTYPE_BF16:
+	default:
+		return "bfloat16";
+	}
+}
+
+/* Shortest %.Ng (N in 15..17) that reads back exactly: Python's repr for the usual values
+ * (1e-06, 10000.0, 0.001) and still exact for any double. */
+static int real_precision(const double *v, size_t n)
+{
+	for (int p = 15; p < 17; p++) {
+		bool ok = true;
+		for (size_t i = 0; i < n && ok; i++) {
+			char buf[40];
+			snprintf(buf, sizeof(buf), "%.*g", p, v[i]);
+			ok = strtod(buf, NULL) == v[i];
+		}
+		if (ok)
+			return p;
+	}
+	return 17;
+}
+
+static json_t *token_id_json(int id)
+{
+	return id < 0 ? json_null() : json_integer(id);
+}
+
+int model_config_write(const struct model_config *cfg, const char *path, struct fr_error *err)
+{
+	const double reals[] = { cfg->rms_norm_eps, cfg->rope_theta, cfg->routed_scaling_factor,
+				 0.0, 0.001, 0.02 };
+	char tmp[4096];
+	json_t *root = NULL, *arch = NULL;
+	char *text = NULL;
+	FILE *f = NULL;
+	int rc = -ENOMEM;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return fr_error_set(err, -ENAMETOOLONG, "%s: path too long", path);
+
+	root = json_object();
+	arch = json_array();
+	if (!root || !arch || json_array_append_new(arch, json_string("DeepseekForCausalLM")))
+		goto fail_nomem;
+	/* The key set of deepseek-moe-16b-base's config.json, plus the V3-style gating keys
+	 * only when they differ from v1's defaults. */
+	if (json_object_set_new(root, "architectures", arch) ||
+	    json_object_set_new(root, "attention_bias", json_boolean(cfg->attention_bias)) ||
+	    json_object_set_new(root, "attention_dropout", json_real(0.0)) ||
+	    json_object_set_new(root, "aux_loss_alpha", json_real(0.001)) ||
+	    json_object_set_new(root, "bos_token_id", token_id_json(cfg->bos_token_id)) ||
+	    json_object_set_new(root, "eos_token_id", token_id_json(cfg->eos_token_id)) ||
+	    json_object_set_new(root, "first_k_dense_replace",
+				json_integer(cfg->first_k_dense_replace)) ||
+	    json_object_set_new(root, "hidden_act", json_string("silu")) ||
+	    json_object_set_new(root, "hidden_size", json_integer(cfg->hidden_size)) ||
+	    json_object_set_new(root, "initializer_range", json_real(0.02)) ||
+	    json_object_set_new(root, "intermediate_size", json_integer(cfg->intermediate_size)) ||
+	    json_object_set_new(root, "max_position_embeddings",
+				json_integer(cfg->max_position_embeddings)) ||
+	    json_object_set_new(root, "model_type",
+				json_string(cfg->model_type[0] ? cfg->model_type : "deepseek")) ||
+	    json_object_set_new(root, "moe_intermediate_size",
+				json_integer(cfg->moe_intermediate_size)) ||
+	    json_object_set_new(root, "moe_layer_freq", json_integer(cfg->moe_layer_freq)) ||
+	    json_object_set_new(root, "n_routed_experts", json_integer(cfg->n_routed_experts)) ||
+	    json_object_set_new(root, "n_shared_experts", json_integer(cfg->n_shared_experts)) ||
+	    json_object_set_new(root, "norm_topk_prob", json_boolean(cfg->norm_topk_prob)) ||
+	    json_object_set_new(root, "num_attention_heads",
+				json_integer(cfg->num_attention_heads)) ||
+	    json_object_set_new(root, "num_experts_per_tok",
+				json_integer(cfg->num_experts_per_tok)) ||
+	    json_object_set_new(root, "num_hidden_layers", json_integer(cfg->num_hidden_layers)) ||
+	    json_object_set_new(root, "num_key_value_heads",
+				json_integer(cfg->num_key_value_heads)) ||
+	    json_object_set_new(root, "pretraining_tp", json_integer(1)) ||
+	    json_object_set_new(root, "rms_norm_eps", json_real(cfg->rms_norm_eps)) ||
+	    json_object_set_new(root, "rope_scaling", json_null()) ||
+	    json_object_set_new(root, "rope_theta", json_real(cfg->rope_theta)) ||
+	    json_object_set_new(root, "scoring_func",
+				json_string(cfg->scoring_func == KN_SCORING_SIGMOID ? "sigmoid"
+										    : "softmax")) ||
+	    json_object_set_new(root, "seq_aux", json_true()) ||
+	    json_object_set_new(root, "tie_word_embeddings",
+				json_boolean(cfg->tie_word_embeddings)) ||
+	    json_object_set_new(root, "torch_dtype",
+				json_string(dtype_torch_name(cfg->torch_dtype))) ||
+	    json_object_set_new(root, "transformers_version", json_string("4.36.0")) ||
+	    json_object_set_new(root, "use_cache", json_true()) ||
+	    json_object_set_new(root, "vocab_size", json_integer(cfg->vocab_size)))
+		goto fail_nomem_arch_owned;
+	if (cfg->routed_scaling_factor != 1.0 &&
+	    json_object_set_new(root, "routed_scaling_factor",
+				json_real(cfg->routed_scaling_factor)))
+		goto fail_nomem_arch_owned;
+	if (cfg->has_expert_bias &&
+	    json_object_set_new(root, "topk_method", json_string("noaux_tc")))
+		goto fail_nomem_arch_owned;
+
+	/* As transformers writes it: json.dumps(indent=2, sort_keys=True) + "\n". */
+	text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS |
+					JSON_REAL_PRECISION(real_precision(reals,
+									   FR_ARRAY_SIZE(reals))));
+	if (!text)
+		goto fail_nomem_arch_owned;
+
+	f = fopen(tmp, "we");
+	if (!f) {
+		rc = fr_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	if (fputs(text, f) < 0 || fputc('\n', f) < 0) {
+		rc = fr_error_set(err, -errno, "%s: write: %s", tmp, strerror(errno));
+		goto out_unlink;
+	}
+	if (fclose(f) != 0) {
+		f = NULL;
+		rc = fr_error_set(err, -errno, "%s: close: %s", tmp, strerror(errno));
+		goto out_unlink;
+	}
+	f = NULL;
+	if (rename(tmp, path) < 0) {
+		rc = fr_error_set(err, -errno, "%s: rename to %s: %s", tmp, path, strerror(errno));
+		goto out_unlink;
+	}
+	rc = 0;
+	goto out;
+
+fail_nomem:
+	json_decref(arch);
+fail_nomem_arch_owned:
+	rc = fr_error_set(err, -ENOMEM, "%s: out of memory building config.json", path);
+	goto out;
+out_unlink:
+	if (f)
+		fclose(f);
+	f = NULL;
+	unlink(tmp);
+out:
+	free(text);
+	json_decref(root);
+	return rc;
+}
+
+/* ---- the tensor table --------------------------------------------------------------------- */
+
+enum gen_init {
+	GEN_INIT_NORMAL = 0,  /* std * N(0,1) */
+	GEN_INIT_NORM,        /* 1 + 0.1 N(0,1) */
+};
+
+struct gen_tensor {
+	char name[GEN_NAME_MAX];
+	int ndim;
+	int64_t shape[2];
+	enum gen_init init;
+	double std;
+	uint64_t numel;
+	uint64_t offset;            /* within its shard's data section */
+	int shard;
+};
+
+struct gen_table {
+	struct gen_tensor *t;
+	size_t n, cap;
+	int rc;                     /* sticky -ENOMEM */
+};
+
+static void table_add(struct gen_table *tb, enum gen_init init, double std, int64_t rows,
+		      int64_t cols, const char *fmt, ...) FR_PRINTF(6, 7);
+
+static void table_add(struct gen_table *tb, enum gen_init init, double std, int64_t rows,
+		      int64_t cols, const char *fmt, ...)
+{
+	struct gen_tensor *t;
+	va_list ap;
+
+	if (tb->rc)
+		return;
+	if (tb->n == tb->cap) {
+		size_t cap = tb->cap ? tb->cap * 2 : 256;
+		void *p = realloc(tb->t, cap * sizeof(*tb->t));
+		if (!p) {
+			tb->rc = -ENOMEM;
+			return;
+		}
+		tb->t = p;
+		tb->cap = cap;
+	}
+	t = &tb->t[tb->n++];
+	memset(t, 0, sizeof(*t));
+	va_start(ap, fmt);
+	vsnprintf(t->name, sizeof(t->name), fmt, ap);
+	va_end(ap);
+	t->init = init;
+	t->std = std;
+	t->ndim = cols ? 2 : 1;
+	t->shape[0] = rows;
+	t->shape[1] = cols;
+	t->numel = (uint64_t)rows * (uint64_t)(cols ? cols : 1);
+}
+
+static void table_ffn(struct gen_table *tb, const char *prefix, int64_t h, int64_t width,
+		      double down_gain)
+{
+	const double s_in = 1.0 / sqrt((double)h), s_down = down_gain / sqrt((double)width);
+
+	table_add(tb, GEN_INIT_NORMAL, s_in, width, h, "%s.gate_proj.weight", prefix);
+	table_add(tb, GEN_INIT_NORMAL, s_in, width, h, "%s.up_proj.weight", prefix);
+	table_add(tb, GEN_INIT_NORMAL, s_down, h, width, "%s.down_proj.weight", prefix);
+}
+
+/* Every tensor in HF DeepseekForCausalLM order (the order of golden tiny-a's header). */
+static int table_build(const struct model_config *cfg, struct gen_table *tb)
+{
+	const int64_t h = cfg->hidden_size, hd = cfg->head_dim;
+	const int64_t q = (int64_t)cfg->num_attention_heads * hd;
+	const int64_t kv = (int64_t)cfg->num_key_value_heads * hd;
+	const double s_h = 1.0 / sqrt((double)h);
+	char prefix[GEN_NAME_MAX];
+
+	memset(tb, 0, sizeof(*tb));
+	table_add(tb, GEN_INIT_NORMAL, 1.0, cfg->vocab_size, h, "model.embed_tokens.weight");
+	for (int l = 0; l < cfg->num_hidden_layers; l++) {
+		table_add(tb, GEN_INIT_NORM, 0, h, 0, "model.layers.%d.input_layernorm.weight", l);
+		table_add(tb, GEN_INIT_NORMAL, s_h, q, h, "model.layers.%d.self_attn.q_proj.weight", l);
+		table_add(tb, GEN_INIT_NORMAL, s_h, kv, h, "model.layers.%d.self_attn.k_proj.weight", l);
+		table_add(tb, GEN_INIT_NORMAL, s_h, kv, h, "model.layers.%d.self_attn.v_proj.weight", l);
+		table_add(tb, GEN_INIT_NORMAL, 0.5 / sqrt((double)q), h, q,
+			  "model.layers.%d.self_attn.o_proj.weight", l);
+		table_add(tb, GEN_INIT_NORM, 0, h, 0,
+			  "model.layers.%d.post_attention_layernorm.weight", l);
+		if (!model_layer_is_moe(cfg, l)) {
+			snprintf(prefix, sizeof(prefix), "model.layers.%d.mlp", l);
+			table_ffn(tb, prefix, h, cfg->intermediate_size, 0.5);
+			continue;
+		}
+		table_add(tb, GEN_INIT_NORMAL, 2.0 * s_h, cfg->n_routed_experts, h,
+			  "model.layers.%d.mlp.gate.weight", l);
+		for (int e = 0; e < cfg->n_routed_experts; e++) {
+			snprintf(prefix, sizeof(prefix), "model.layers.%d.mlp.experts.%d", l, e);
+			table_ffn(tb, prefix, h, cfg->moe_intermediate_size, 1.0);
+		}
+		if (cfg->n_shared_experts > 0) {
+			snprintf(prefix, sizeof(prefix), "model.layers.%d.mlp.shared_experts", l);
+			table_ffn(tb, prefix, h,
+				  (int64_t)cfg->moe_intermediate_size * cfg->n_shared_experts, 0.5);
+		}
+	}
+	table_add(tb, GEN_INIT_NORM, 0, h, 0, "model.norm.weight");
+	if (!cfg->tie_word_embeddings)
+		table_add(tb, GEN_INIT_NORMAL, s_h, cfg->vocab_size, h, "lm_head.weight");
+	if (tb->rc) {
+		free(tb->t);
+		memset(tb, 0, sizeof(*tb));
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/* ---- values --------------------------------------------------------------------------------- */
+
+static inline uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+#define GEN_GOLDEN 0x9E3779B97F4A7C15ull
+
+static uint64_t tensor_key(uint64_t seed, const char *name)
+{
+	uint64_t hsh = 0xcbf29ce484222325ull; /* FNV-1a */
+
+	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+		hsh = (hsh ^ *p) * 0x100000001b3ull;
+	return mix64(hsh ^ mix64(seed + GEN_GOLDEN));
+}
+
+/* out[0..n) = values of elements [start, start + n) of t (start even). */
+static void gen_block(const struct gen_tensor *t, uint64_t key, uint64_t start, size_t n,
+		      float *out)
+{
+	const double scale = t->init == GEN_INIT_NORM ? 0.1 : t->std;
+	const double bias = t->init == GEN_INIT_NORM ? 1.0 : 0.0;
+	const int64_t npairs = (int64_t)((n + 1) / 2);
+	const uint64_t pair0 = start / 2;
+
+#pragma omp parallel for schedule(static) if (n >= 8192)
+	for (int64_t j = 0; j < npairs; j++) {
+		uint64_t c = 2 * (pair0 + (uint64_t)j);
+		uint64_t r1 = mix64(key + (c + 1) * GEN_GOLDEN);
+		uint64_t r2 = mix64(key + (c + 2) * GEN_GOLDEN);
+		double u1 = (double)((r1 >> 11) + 1) * 0x1p-53; /* (0, 1]: log is finite */
+		double u2 = (double)(r2 >> 11) * 0x1p-53;
+		double rad = sqrt(-2.0 * log(u1)), th = 6.283185307179586 * u2;
+		size_t i = 2 * (size_t)j;
+
+		out[i] = (float)(bias + scale * rad * cos(th));
+		if (i + 1 < n)
+			out[i + 1] = (float)(bias + scale * rad * sin(th));
+	}
+}
+
+/* ---- writing ---------------------------------------------------------------------------------- */
+
+struct gen_shard {
+	char name[64];              /* model.safetensors or model-0000k-of-0000N.safetensors */
+	size_t first, count;        /* tensor index range */
+	uint64_t data_bytes;
+	char *header;               /* padded JSON, header_len bytes; owned */
+	size_t header_len;
+};
+
+struct gen_ctx {
+	const struct model_gen_opts *o;
+	const char *dir;
+	struct fr_error *err;
+	struct gen_table tb;
+	struct gen_shard *shards;
+	int n_shards;
+	size_t esize;
+	uint64_t done, total;
+	float *fbuf;                /* [GEN_BLOCK] f32 */
+	uint16_t *hbuf;             /* [GEN_BLOCK] bf16 (NULL for F32) */
+};
+
+struct strbuf {
+	char *p;
+	size_t len, cap;
+	int rc;
+};
+
+static void sb_printf(struct strbuf *sb, const char *fmt, ...) FR_PRINTF(2, 3);
+
+static void sb_printf(struct strbuf *sb, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	if (sb->rc)
+		return;
+	for (;;) {
+		size_t room = sb->cap - sb->len;
+		va_start(ap, fmt);
+		n = vsnprintf(sb->p ? sb->p + sb->len : NULL, room, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			sb->rc = -EINVAL;
+			return;
+		}
+		if ((size_t)n < room) {
+			sb->len += (size_t)n;
+			return;
+		}
+		size_t cap = FR_MAX(sb->cap * 2, sb->len + (size_t)n + 4096);
+		char *p = realloc(sb->p, cap);
+		if (!p) {
+			sb->rc = -ENOMEM;
+			return;
+		}
+		sb->p = p;
+		sb->cap = cap;
+	}
+}
+
+/* Compact JSON like golden tiny-a's: __metadata__ first, tensors in model order, padded with
+ * spaces to a multiple of 8. */
+static int shard_header(struct gen_ctx *g, struct gen_shard *s)
+{
+	const char *dt = kn_dtype_name(g->o->dtype);
+	struct strbuf sb = { 0 };
+
+	sb_printf(&sb, "{\"__metadata__\":{\"format\":\"pt\"}");
+	for (size_t i = s->first; i < s->first + s->count; i++) {
+		const struct gen_tensor *t = &g->tb.t[i];
+		uint64_t end = t->offset + t->numel * g->esize;
+		sb_printf(&sb, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%" PRId64, t->name, dt,
+			  t->shape[0]);
+		if (t->ndim == 2)
+			sb_printf(&sb, ",%" PRId64, t->shape[1]);
+		sb_printf(&sb, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", t->offset, end);
+	}
+	sb_printf(&sb, "}");
+	while (!sb.rc && sb.len % 8)
+		sb_printf(&sb, " ");
+	if (sb.rc) {
+		free(sb.p);
+		return fr_error_set(g->err, sb.rc, "%s: out of memory building the header", s->name);
+	}
+	s->header = sb.p;
+	s->header_len = sb.len;
+	return 0;
+}
+
+/* Tensors go to shards in model order; a tensor belongs to the shard its byte midpoint falls
+ * in (how golden tiny-b was split), so shards have roughly equal bytes. */
+static int plan_shards(struct gen_ctx *g)
+{
+	const int n = g->n_shards;
+	uint64_t total = 0, cum = 0;
+	int rc;
+
+	for (size_t i = 0; i < g->tb.n; i++)
+		total += g->tb.t[i].numel * g->esize;
+	g->shards = calloc((size_t)n, sizeof(*g->shards));
+	if (!g->shards)
+		return fr_error_set(g->err, -ENOMEM, "out of memory");
+	for (size_t i = 0; i < g->tb.n; i++) {
+		struct gen_tensor *t = &g->tb.t[i];
+		uint64_t bytes = t->numel * g->esize;
+		/* 128-bit: cum * n can pass 2^64 for 145b-sized models */
+		unsigned __int128 mid2 = (unsigned __int128)(2 * cum + bytes) * (unsigned)n;
+		int k = (int)(mid2 / ((unsigned __int128)2 * total));
+		t->shard = FR_MIN(k, n - 1);
+		cum += bytes;
+	}
+	for (size_t i = 0; i < g->tb.n; i++) {
+		struct gen_tensor *t = &g->tb.t[i];
+		struct gen_shard *s = &g->shards[t->shard];
+		if (s->count == 0)
+			s->first = i;
+		s->count++;
+		t->offset = s->data_bytes;
+		s->data_bytes += t->numel * g->esize;
+	}
+	for (int k = 0; k < n; k++) {
+		struct gen_shard *s = &g->shards[k];
+		if (s->count == 0)
+			return fr_error_set(g->err, -EINVAL,
+					    "--shards %d: too many shards for %zu tensors (shard %d "
+					    "would be empty)", n, g->tb.n, k + 1);
+		if (n == 1)
+			snprintf(s->name, sizeof(s->name), "model.safetensors");
+		else
+			snprintf(s->name, sizeof(s->name), "model-%05d-of-%05d.safetensors", k + 1,
+				 n);
+		if ((rc = shard_header(g, s)) < 0)
+			return rc;
+		g->total += 8 + s->header_len + s->data_bytes;
+	}
+	return 0;
+}
+
+static int write_all(int fd, const void *buf, size_t len, const char *path, struct fr_error *err)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t w = write(fd, p, FR_MIN(len, (size_t)1 << 30));
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return fr_error_set(err, -errno, "%s: write: %s", path, strerror(errno));
+		}
+		p += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
+static void progress(struct gen_ctx *g, uint64_t bytes)
+{
+	g->done += bytes;
+	if (g->o->progress)
+		g->o->progress(g->done, g->total, g->o->progress_ctx);
+}
+
+static int write_tensor(struct gen_ctx *g, int fd, const char *path, const struct gen_tensor *t)
+{
+	const uint64_t key = tensor_key(g->o->seed, t->name);
+	int rc;
+
+	for (uint64_t start = 0; start < t->numel; start += GEN_BLOCK) {
+		size_t n = (size_t)FR_MIN((uint64_t)GEN_BLOCK, t->numel - start);
+		const void *buf = g->fbuf;
+
+		gen_block(t, key, start, n, g->fbuf);
+		if (g->o->dtype == KN_DTYPE_BF16) {
+			for (size_t i = 0; i < n; i++)
+				g->hbuf[i] = kn_f32_to_bf16(g->fbuf[i]);
+			buf = g->hbuf;
+		}
+		if ((rc = write_all(fd, buf, n * g->esize, path, g->err)) < 0)
+			return rc;
+		progress(g, n * g->esize);
+	}
+	return 0;
+}
+
+static int path_join(char *buf, size_t size, const char *dir, const char *prefix,
+		     const char *name, const char *suffix, struct fr_error *err)
+{
+	if (snprintf(buf, size, "%s/%s%s%s", dir, prefix, name, suffix) >= (int)size)
+		return fr_error_set(err, -ENAMETOOLONG, "%s/%s: path too long", dir, name);
+	return 0;
+}
+
+/* Writes one shard under ".NAME.tmp"; the caller renames it. */
+static int write_shard(struct gen_ctx *g, const struct gen_shard *s, const char *tmp)
+{
+	uint8_t len8[8];
+	int fd, rc;
+
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return fr_error_set(g->err, -errno, "%s: %s", tmp, strerror(errno));
+	for (int i = 0; i < 8; i++)
+		len8[i] = (uint8_t)((uint64_t)s->header_len >> (8 * i));
+	if ((rc = write_all(fd, len8, 8, tmp, g->err)) < 0 ||
+	    (rc = write_all(fd, s->header, s->header_len, tmp, g->err)) < 0)
+		goto out;
+	progress(g, 8 + s->header_len);
+	for (size_t i = s->first; i < s->first + s->count; i++)
+		if ((rc = write_tensor(g, fd, tmp, &g->tb.t[i])) < 0)
+			goto out;
+out:
+	if (close(fd) < 0 && rc == 0)
+		rc = fr_error_set(g->err, -errno, "%s: close: %s", tmp, strerror(errno));
+	return rc;
+}
+
+/* model.safetensors.index.json as transformers writes it (indent 2, sorted keys). */
+static int write_index(struct gen_ctx *g, const char *path, const char *tmp)
+{
+	json_t *root = json_object(), *meta = json_object(), *map = json_object();
+	uint64_t total = 0;
+	int rc = -ENOMEM;
+	char *text = NULL;
+	FILE *f = NULL;
+
+	if (!root || !meta || !map)
+		goto nomem;
+	for (size_t i = 0; i < g->tb.n; i++) {
+		const struct gen_tensor *t = &g->tb.t[i];
+		total += t->numel * g->esize;
+		if (json_object_set_new(map, t->name, json_string(g->shards[t->shard].name)))
+			goto nomem;
+	}
+	if (json_object_set_new(meta, "total_size", json_integer((json_int_t)total)))
+		goto nomem;
+	/* json_object_set_new takes the reference even when it fails. */
+	rc = json_object_set_new(root, "metadata", meta);
+	meta = NULL;
+	if (rc)
+		goto nomem;
+	rc = json_object_set_new(root, "weight_map", map);
+	map = NULL;
+	if (rc)
+		goto nomem;
+	text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+	if (!text)
+		goto nomem;
+
+	f = fopen(tmp, "we");
+	if (!f) {
+		rc = fr_error_set(g->err, -errno, "%s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	if (fputs(text, f) < 0 || fputc('\n', f) < 0) {
+		rc = fr_error_set(g->err, -errno, "%s: write: %s", tmp, strerror(errno));
+		fclose(f);
+		unlink(tmp);
+		goto out;
+	}
+	if (fclose(f) != 0) {
+		rc = fr_error_set(g->err, -errno, "%s: close: %s", tmp, strerror(errno));
+		unlink(tmp);
+		goto out;
+	}
+	if (rename(tmp, path) < 0) {
+		rc = fr_error_set(g->err, -errno, "%s: rename: %s", tmp, strerror(errno));
+		unlink(tmp);
+		goto out;
+	}
+	rc = 0;
+	goto out;
+nomem:
+	rc = fr_error_set(g->err, -ENOMEM, "%s: out of memory building the index", path);
+out:
+	free(text);
+	json_decref(meta);
+	json_decref(map);
+	json_decref(root);
+	return rc;
+}
+
+static int gen_check_opts(const struct model_gen_opts *o, const struct model_config *preset,
+			  struct fr_error *err)
+{
+	if ((unsigned)o->preset >= FR_ARRAY_SIZE(preset_names))
+		return fr_error_set(err, -EINVAL, "unknown preset %d", (int)o->preset);
+	if (o->layers < 0 || o->layers > preset->num_hidden_layers)
+		return fr_error_set(err, -EINVAL, "layers %d: preset %s has 1..%d layers", o->layers,
+				    preset_names[o->preset], preset->num_hidden_layers);
+	if (o->dtype != KN_DTYPE_F32 && o->dtype != KN_DTYPE_BF16)
+		return fr_error_set(err, -EINVAL, "dtype %s: only F32 and BF16 are generated",
+				    kn_dtype_name(o->dtype));
+	if (o->shards < 1 || o->shards > GEN_MAX_SHARDS)
+		return fr_error_set(err, -EINVAL, "shards %d: must be 1..%d", o->shards,
+				    GEN_MAX_SHARDS);
+	return 0;
+}
+
+int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *err)
+{
+	struct model_config cfg;
+	struct gen_ctx g = { .o = o, .dir = dir, .err = err };
+	char path[4096], tmp[4096];
+	int rc, k;
+
+	model_preset_config(o->preset, &cfg);
+	if ((rc = gen_check_opts(o, &cfg, err)) < 0)
+		return rc;
+	if (o->layers > 0)
+		cfg.num_hidden_layers = o->layers;
+	cfg.first_k_dense_replace = FR_MIN(cfg.first_k_dense_replace, cfg.num_hidden_layers);
+	cfg.torch_dtype = o->dtype;
+	g.esize = kn_dtype_size(o->dtype);
+	g.n_shards = o->shards;
+
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
+		return fr_error_set(err, -errno, "%s: mkdir: %s", dir, strerror(errno));
+
+	if ((rc = table_build(&cfg, &g.tb)) < 0) {
+		rc = fr_error_set(err, rc, "out of memory listing tensors");
+		goto out;
+	}
+	if ((rc = plan_shards(&g)) < 0)
+		goto out;
+	g.fbuf = malloc(GEN_BLOCK * sizeof(float));
+	g.hbuf = o->dtype == KN_DTYPE_BF16 ? malloc(GEN_BLOCK * sizeof(uint16_t)) : NULL;
+	if (!g.fbuf || (o->dtype == KN_DTYPE_BF16 && !g.hbuf)) {
+		rc = fr_error_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	fr_info("model", "gen preset=%s layers=%d dtype=%s seed=%" PRIu64 " shards=%d "
+		"tensors=%zu bytes=%" PRIu64 " dir=%s", preset_names[o->preset],
+		cfg.num_hidden_layers, kn_dtype_name(o->dtype), o->seed, o->shards, g.tb.n,
+		g.total, dir);
+
+	for (k = 0; k < g.n_shards; k++) {
+		const struct gen_shard *s = &g.shards[k];
+		if ((rc = path_join(tmp, sizeof(tmp), dir, ".", s->name, ".tmp", err)) < 0)
+			goto out;
+		if ((rc = write_shard(&g, s, tmp)) < 0) {
+			unlink(tmp);
+			goto out;
+		}
+	}
+	/* All shards are complete: only now do they get their real names. */
+	for (k = 0; k < g.n_shards; k++) {
+		const struct gen_shard *s = &g.shards[k];
+		if ((rc = path_join(tmp, sizeof(tmp), dir, ".", s->name, ".tmp", err)) < 0 ||
+		    (rc = path_join(path, sizeof(path), dir, "", s->name, "", err)) < 0)
+			goto out;
+		if (rename(tmp, path) < 0) {
+			rc = fr_error_set(err, -errno, "%s: rename: %s", tmp, strerror(errno));
+			goto out;
+		}
+	}
+	if ((rc = path_join(path, sizeof(path), dir, "", "model.safetensors.index.json", "",
+			    err)) < 0 ||
+	    (rc = path_join(tmp, sizeof(tmp), dir, ".", "model.safetensors.index.json", ".tmp",
+			    err)) < 0)
+		goto out;
+	if (g.n_shards > 1) {
+		if ((rc = write_index(&g, path, tmp)) < 0)
+			goto out;
+	} else if (unlink(path) == 0) {
+		/* A stale index from an earlier sharded run would shadow model.safetensors. */
+		fr_info("model", "removed stale %s", path);
+	}
+	if ((rc = path_join(path, sizeof(path), dir, "", "config.json", "", err)) < 0 ||
+	    (rc = model_config_write(&cfg, path, err)) < 0)
+		goto out;
+	rc = 0;
+out:
+	if (rc < 0)
+		for (k = 0; k < g.n_shards && g.shards; k++)
+			if (path_join(tmp, sizeof(tmp), dir, ".", g.shards[k].name, ".tmp", NULL) == 0)
+				unlink(tmp);
+	if (g.shards)
+		for (k = 0; k < g.n_shards; k++)
+			free(g.shards[k].header);
+	free(g.shards);
+	free(g.tb.t);
+	free(g.fbuf);
+	free(g.hbuf);
+	return rc;
+}

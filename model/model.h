@@ -201,20 +201,41 @@ enum model_preset {
 
 /* "tiny", "2b", "16b", "145b" -> preset; -EINVAL otherwise. */
 int model_preset_parse(const char *name, enum model_preset *ret);
-/* Fills the HF config of a preset (ARCHITECTURE §1 table). */
+/* The preset's name ("tiny", ...); "?" for an unknown value. */
+const char *model_preset_name(enum model_preset p);
+/* Fills the HF config of a preset (ARCHITECTURE §1 table; the widths the table leaves open
+ * are chosen and documented in model/gen.c). torch_dtype is BF16. */
 void model_preset_config(enum model_preset p, struct model_config *ret);
+
+/* Parameter counts implied by a config (no checkpoint needed). */
+struct model_param_counts {
+	int64_t total;
+	int64_t routed;             /* routed experts: the expert workers' share */
+	int64_t coordinator;        /* the rest: embeddings, attention, norms, routers, shared
+	                             * experts, dense FFNs, lm_head */
+	int64_t active;             /* used per token: coordinator + k routed experts per layer */
+};
+void model_param_count(const struct model_config *cfg, struct model_param_counts *ret);
 
 struct model_gen_opts {
 	enum model_preset preset;
-	int layers;                 /* 0 = the preset's count */
-	enum kn_dtype dtype;        /* F32 or BF16 */
+	int layers;                 /* 0 = the preset's count; else 1..preset count (trims, keeps
+	                             * first_k_dense_replace: 2 = one dense + one MoE layer) */
+	enum kn_dtype dtype;        /* F32 or BF16 (BF16 = round-to-nearest-even of the F32 values) */
 	uint64_t seed;
-	int shards;                 /* 1 = model.safetensors; N > 1 = index + N shards */
+	int shards;                 /* 1 = model.safetensors; N > 1 = index + N shards (<= 256) */
+	/* Optional: called after each written block with bytes written so far and the total of
+	 * all safetensors files; may be NULL. */
+	void (*progress)(uint64_t done, uint64_t total, void *ctx);
+	void *progress_ctx;
 };
 
 /* Writes a deterministic synthetic checkpoint (config.json + safetensors [+ index]) into
  * dir (created if needed), streaming tensor by tensor: memory use is bounded by one row
- * block, not the model size. Same opts -> byte-identical files. */
+ * block, not the model size. Same opts -> byte-identical files. Each value depends only on
+ * (seed, tensor name, element index), so sharding and dtype never change values. Every file
+ * is written under a temporary name and renamed when complete. Errors: -EINVAL (bad opts;
+ * err says which), -errno from the file system (err names the file). */
 int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *err);
 
 #endif /* FERRY_MODEL_H */

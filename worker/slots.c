@@ -1,2 +1,207 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+/* slots.c - expert slots and grouped expert compute (one matmul per slot per batch). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "worker/worker.h"
+
+struct slot {
+	int expert;               /* logical expert id, -1 = empty */
+	struct model_ffn ffn;     /* borrowed views */
+};
+
+struct wk_slots {
+	const struct model_config *cfg;
+	int n_layers;             /* MoE layers */
+	int n_slots;              /* per layer */
+	struct slot *slots;       /* [n_layers][n_slots] */
+	uint64_t *last_ns;        /* [n_layers] */
+
+	/* Scratch, grown to the largest batch seen. */
+	size_t cap_pairs, cap_rows;
+	int32_t *cnt;             /* [n_slots + 1] */
+	int32_t *order_tok;       /* [pairs] token of each pair, grouped by slot */
+	float *order_w;           /* [pairs] */
+	float *xs, *g, *u, *d;    /* [rows][hidden or width] */
+};
+
+int wk_slots_create(const struct model_config *cfg, int n_slots, struct wk_slots **ret)
+{
+	struct wk_slots *s;
+	int n_layers = model_n_moe_layers(cfg);
+
+	if (n_slots <= 0 || n_layers <= 0)
+		return -EINVAL;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->cfg = cfg;
+	s->n_layers = n_layers;
+	s->n_slots = n_slots;
+	s->slots = calloc((size_t)n_layers * (size_t)n_slots, sizeof(*s->slots));
+	s->last_ns = calloc((size_t)n_layers, sizeof(*s->last_ns));
+	s->cnt = calloc((size_t)n_slots + 1, sizeof(*s->cnt));
+	if (!s->slots || !s->last_ns || !s->cnt) {
+		wk_slots_destroy(s);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < (size_t)n_layers * (size_t)n_slots; i++)
+		s->slots[i].expert = -1;
+	*ret = s;
+	return 0;
+}
+
+void wk_slots_destroy(struct wk_slots *s)
+{
+	if (!s)
+		return;
+	free(s->slots);
+	free(s->last_ns);
+	free(s->cnt);
+	free(s->order_tok);
+	free(s->order_w);
+	free(s->xs);
+	free(s->g);
+	free(s->u);
+	free(s->d);
+	free(s);
+}
+
+int wk_slots_count(const struct wk_slots *s)
+{
+	return s->n_slots;
+}
+
+static struct slot *slot_at(const struct wk_slots *s, int moe_layer, int slot)
+{
+	if (moe_layer < 0 || moe_layer >= s->n_layers || slot < 0 || slot >= s->n_slots)
+		return NULL;
+	return &s->slots[(size_t)moe_layer * s->n_slots + slot];
+}
+
+int wk_slot_set(struct wk_slots *s, int moe_layer, int slot, int expert,
+		const struct model_ffn *ffn)
+{
+	struct slot *sl = slot_at(s, moe_layer, slot);
+	int h = s->cfg->hidden_size, w = s->cfg->moe_intermediate_size;
+
+	if (!sl || expert < 0 || expert >= s->cfg->n_routed_experts)
+		return -EINVAL;
+	if (ffn->gate.rows != w || ffn->gate.cols != h || ffn->up.rows != w ||
+	    ffn->up.cols != h || ffn->down.rows != h || ffn->down.cols != w)
+		return -EINVAL;
+	sl->expert = expert;
+	sl->ffn = *ffn;
+	return 0;
+}
+
+int wk_slot_expert(const struct wk_slots *s, int moe_layer, int slot)
+{
+	const struct slot *sl = slot_at(s, moe_layer, slot);
+	return sl ? sl->expert : -1;
+}
+
+static int grow(struct wk_slots *s, size_t pairs)
+{
+	size_t h = (size_t)s->cfg->hidden_size, w = (size_t)s->cfg->moe_intermediate_size;
+
+	if (pairs > s->cap_pairs) {
+		int32_t *t = realloc(s->order_tok, pairs * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		s->order_tok = t;
+		float *f = realloc(s->order_w, pairs * sizeof(*f));
+		if (!f)
+			return -ENOMEM;
+		s->order_w = f;
+		s->cap_pairs = pairs;
+	}
+	/* One slot's rows never exceed the token count, itself <= pairs. */
+	if (pairs > s->cap_rows) {
+		float *xs = realloc(s->xs, pairs * h * sizeof(float));
+		if (!xs)
+			return -ENOMEM;
+		s->xs = xs;
+		float *d = realloc(s->d, pairs * h * sizeof(float));
+		if (!d)
+			return -ENOMEM;
+		s->d = d;
+		float *g = realloc(s->g, pairs * w * sizeof(float));
+		if (!g)
+			return -ENOMEM;
+		s->g = g;
+		float *u = realloc(s->u, pairs * w * sizeof(float));
+		if (!u)
+			return -ENOMEM;
+		s->u = u;
+		s->cap_rows = pairs;
+	}
+	return 0;
+}
+
+int wk_compute(struct wk_slots *s, int moe_layer, const struct wk_batch *b, float *out)
+{
+	const struct kn_ops *ops = kn_ops();
+	int h = s->cfg->hidden_size, w = s->cfg->moe_intermediate_size;
+	size_t n_pairs;
+	uint64_t t0 = fr_now_ns();
+	int rc;
+
+	if (moe_layer < 0 || moe_layer >= s->n_layers || b->n_tok < 0 || b->pair_off[0] != 0)
+		return -EINVAL;
+	n_pairs = (size_t)b->pair_off[b->n_tok];
+	for (int t = 0; t < b->n_tok; t++)
+		if (b->pair_off[t + 1] < b->pair_off[t])
+			return -EINVAL;
+	for (size_t i = 0; i < n_pairs; i++) {
+		const struct slot *sl = slot_at(s, moe_layer, b->slot[i]);
+		if (!sl || sl->expert < 0)
+			return -EINVAL;
+	}
+	if ((rc = grow(s, n_pairs ? n_pairs : 1)) < 0)
+		return rc;
+
+	/* Counting sort of pairs by slot; within a slot, tokens stay in order. */
+	memset(s->cnt, 0, ((size_t)s->n_slots + 1) * sizeof(*s->cnt));
+	for (size_t i = 0; i < n_pairs; i++)
+		s->cnt[b->slot[i] + 1]++;
+	for (int i = 0; i < s->n_slots; i++)
+		s->cnt[i + 1] += s->cnt[i];
+	for (int t = 0; t < b->n_tok; t++) {
+		for (int32_t p = b->pair_off[t]; p < b->pair_off[t + 1]; p++) {
+			int32_t at = s->cnt[b->slot[p]]++;
+			s->order_tok[at] = t;
+			s->order_w[at] = b->weight[p];
+		}
+	}
+	/* cnt[i] now holds the end of slot i; recover starts by walking back. */
+	memset(out, 0, (size_t)b->n_tok * (size_t)h * sizeof(float));
+	int32_t start = 0;
+	for (int sl_i = 0; sl_i < s->n_slots; sl_i++) {
+		int32_t end = s->cnt[sl_i];
+		int rows = end - start;
+		if (rows > 0) {
+			const struct slot *sl = slot_at(s, moe_layer, sl_i);
+			for (int r = 0; r < rows; r++)
+				memcpy(s->xs + (size_t)r * h, b->x + (size_t)s->order_tok[start + r] * h,
+				       (size_t)h * sizeof(float));
+			kn_matmul(s->g, s->xs, &sl->ffn.gate, rows);
+			kn_matmul(s->u, s->xs, &sl->ffn.up, rows);
+			kn_swiglu(s->g, s->g, s->u, rows * w);
+			kn_matmul(s->d, s->g, &sl->ffn.down, rows);
+			for (int r = 0; r < rows; r++)
+				ops->axpy(out + (size_t)s->order_tok[start + r] * h, s->order_w[start + r],
+					  s->d + (size_t)r * h, h);
+		}
+		start = end;
+	}
+	s->last_ns[moe_layer] = fr_now_ns() - t0;
+	return 0;
+}
+
+void wk_last_stats(const struct wk_slots *s, int moe_layer, uint64_t *ret_ns)
+{
+	if (ret_ns && moe_layer >= 0 && moe_layer < s->n_layers)
+		*ret_ns = s->last_ns[moe_layer];
+}

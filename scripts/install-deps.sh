@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what Ferry needs to build and test on Debian 12 (run as root or with sudo).
+set -euo pipefail
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+pkgs=(
+  build-essential meson ninja-build pkg-config clang llvm
+  libjansson-dev libpcre2-dev libopenblas-dev libinih-dev
+  libibverbs-dev librdmacm-dev
+  xz-utils
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
