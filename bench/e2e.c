@@ -1,0 +1,208 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * e2e - end-to-end single-process throughput: prefill and decode tokens/s on a checkpoint,
+ * peak RSS, the share of time per kernel, and decode against the memory-bandwidth ceiling
+ * measured in the same run (bytes of weights one decode step must stream / read bandwidth).
+ *
+ * Usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "coordinator/coordinator.h"
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_double);
+	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static size_t mat_bytes(const struct kn_mat *m)
+{
+	return (size_t)m->rows * m->cols * kn_dtype_size(m->dtype);
+}
+
+/* Weight bytes one token touches in a decode step (top-k routed experts, not all). */
+static size_t active_bytes(const struct model_weights *w, int k)
+{
+	const struct model_config *c = w->cfg;
+	size_t b = mat_bytes(&w->lm_head);
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		const struct model_layer *L = &w->layers[l];
+		b += mat_bytes(&L->q) + mat_bytes(&L->k) + mat_bytes(&L->v) + mat_bytes(&L->o);
+		if (!L->moe) {
+			b += mat_bytes(&L->dense.gate) + mat_bytes(&L->dense.up) + mat_bytes(&L->dense.down);
+			continue;
+		}
+		b += mat_bytes(&L->router);
+		if (L->has_shared)
+			b += mat_bytes(&L->shared.gate) + mat_bytes(&L->shared.up) + mat_bytes(&L->shared.down);
+		/* Routed experts are bound lazily by the workers; size one from the config. */
+		b += (size_t)k * 3 * c->hidden_size * c->moe_intermediate_size *
+		     kn_dtype_size(L->q.dtype);
+	}
+	return b;
+}
+
+/* Plain streaming read of n bytes with the kernel threads: the bandwidth ceiling. */
+static double read_bw(size_t n, int reps)
+{
+	float *buf = malloc(n);
+	double *t = malloc((size_t)reps * sizeof(*t));
+	volatile float sink = 0;
+	size_t nf = n / sizeof(float);
+	for (size_t i = 0; i < nf; i++)
+		buf[i] = (float)(i & 7);
+	for (int r = 0; r < reps; r++) {
+		uint64_t t0 = fr_now_ns();
+		float acc = 0;
+#pragma omp parallel for reduction(+ : acc) num_threads(kn_threads())
+		for (size_t i = 0; i < nf; i++)
+			acc += buf[i];
+		sink += acc;
+		t[r] = (double)(fr_now_ns() - t0) / 1e9;
+	}
+	double bw = (double)n / median(t, reps);
+	free(buf);
+	free(t);
+	(void)sink;
+	return bw;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "model", required_argument, NULL, 'm' }, { "prompt", required_argument, NULL, 'p' },
+		{ "gen", required_argument, NULL, 'g' },   { "batch", required_argument, NULL, 'b' },
+		{ "threads", required_argument, NULL, 't' }, { "reps", required_argument, NULL, 'r' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *model = NULL;
+	int n_prompt = 256, n_gen = 16, batch = 1, reps = 3, c;
+	struct fr_error err = { { 0 } };
+
+	while ((c = getopt_long(argc, argv, "m:p:g:b:t:r:", opts, NULL)) != -1) {
+		switch (c) {
+		case 'm': model = optarg; break;
+		case 'p': n_prompt = atoi(optarg); break;
+		case 'g': n_gen = atoi(optarg); break;
+		case 'b': batch = atoi(optarg); break;
+		case 't': kn_set_threads(atoi(optarg)); break;
+		case 'r': reps = atoi(optarg); break;
+		default:
+			fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]\n");
+			return 2;
+		}
+	}
+	if (!model || n_prompt < 1 || n_gen < 1 || batch < 1 || reps < 1) {
+		fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]\n");
+		return 2;
+	}
+
+	struct model_ckpt *ck;
+	struct model_weights *w;
+	struct co_moe moe = { 0 };
+	struct co_engine *e;
+	if (model_ckpt_open(model, &ck, &err) < 0 || model_weights_bind(ck, MODEL_BIND_NO_ROUTED, &w, &err) < 0 ||
+	    co_moe_local_create(ck, 1, &moe, &err) < 0) {
+		fprintf(stderr, "e2e: %s\n", err.msg);
+		return 1;
+	}
+	const struct model_config *cfg = model_ckpt_config(ck);
+	int ctx = n_prompt + n_gen + 1;
+	struct co_engine_opts eo = { .max_seqs = batch, .max_ctx = ctx, .max_batch = FR_MAX(n_prompt, batch) };
+	if (co_engine_create(w, moe, &eo, &e, &err) < 0) {
+		fprintf(stderr, "e2e: %s\n", err.msg);
+		return 1;
+	}
+
+	size_t rows = (size_t)FR_MAX(n_prompt, batch);
+	int32_t *tok = malloc(rows * sizeof(*tok)), *seq = calloc(rows, sizeof(*seq)),
+		*pos = malloc(rows * sizeof(*pos));
+	bool *want = calloc(rows, sizeof(*want));
+	float *logits = malloc(rows * (size_t)cfg->vocab_size * sizeof(float));
+	double *t_pre = malloc((size_t)reps * sizeof(double)), *t_dec = malloc((size_t)reps * sizeof(double));
+	uint64_t prof[CO_PROF__COUNT], prof_total[CO_PROF__COUNT] = { 0 };
+	uint64_t rng = 42;
+
+	for (int r = 0; r < reps; r++) {
+		/* Prefill: one sequence of n_prompt tokens, logits of the last one only. */
+		for (int i = 0; i < n_prompt; i++) {
+			tok[i] = (int32_t)(fr_splitmix64(&rng) % (uint64_t)cfg->vocab_size);
+			seq[i] = 0;
+			pos[i] = i;
+			want[i] = i == n_prompt - 1;
+		}
+		for (int s = 0; s < batch; s++)
+			co_engine_reset_seq(e, s);
+		uint64_t t0 = fr_now_ns();
+		if (co_engine_forward(e, n_prompt, tok, seq, pos, want, NULL, logits) < 0)
+			return 1;
+		t_pre[r] = (double)(fr_now_ns() - t0) / 1e9;
+		/* The other sequences of the batch get a 1-token prompt. */
+		for (int s = 1; s < batch; s++) {
+			int32_t s32 = s, p0 = 0;
+			co_engine_forward(e, 1, tok, &s32, &p0, NULL, NULL, logits);
+		}
+		/* Decode: batch sequences, one token each per step. */
+		co_engine_prof_reset(e);
+		t0 = fr_now_ns();
+		for (int g = 0; g < n_gen; g++) {
+			for (int s = 0; s < batch; s++) {
+				tok[s] = co_argmax(logits + (size_t)s * cfg->vocab_size, cfg->vocab_size);
+				seq[s] = s;
+				pos[s] = (s == 0 ? n_prompt : 1) + g;
+			}
+			if (co_engine_forward(e, batch, tok, seq, pos, NULL, NULL, logits) < 0)
+				return 1;
+		}
+		t_dec[r] = (double)(fr_now_ns() - t0) / 1e9;
+		co_engine_prof(e, prof);
+		for (int i = 0; i < CO_PROF__COUNT; i++)
+			prof_total[i] += prof[i];
+	}
+
+	double pre = median(t_pre, reps), dec = median(t_dec, reps);
+	double dec_tps = (double)n_gen * batch / dec;
+	size_t act = active_bytes(w, cfg->num_experts_per_tok);
+	double bw = read_bw((size_t)512 << 20, 5);
+	double ceil_tps = bw / (double)act;
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+
+	printf("model %s: %d layers, hidden %d, %d routed (top-%d), dtype %s; isa=%s threads=%d\n", model,
+	       cfg->num_hidden_layers, cfg->hidden_size, cfg->n_routed_experts, cfg->num_experts_per_tok,
+	       kn_dtype_name(w->embed.dtype), kn_ops()->name, kn_threads());
+	printf("%-34s %12s\n", "metric", "value");
+	printf("%-34s %12.1f\n", "prefill tokens/s (median)", n_prompt / pre);
+	printf("%-34s %12.2f\n", "decode tokens/s (median)", dec_tps);
+	printf("%-34s %12.1f\n", "decode weight bytes/token (MB)", (double)act / 1e6);
+	printf("%-34s %12.2f\n", "read bandwidth ceiling (GB/s)", bw / 1e9);
+	printf("%-34s %12.2f\n", "decode tokens/s ceiling (batch 1)", ceil_tps);
+	if (batch == 1)
+		printf("%-34s %12.2f\n", "decode ratio (ours / ceiling)", dec_tps / ceil_tps);
+	printf("%-34s %12.0f\n", "peak RSS (MiB)", (double)ru.ru_maxrss / 1024.0);
+	uint64_t sum = 0;
+	for (int i = 0; i < CO_PROF__COUNT; i++)
+		sum += prof_total[i];
+	printf("\ndecode time share per kernel:\n");
+	for (int i = 0; i < CO_PROF__COUNT; i++)
+		if (prof_total[i])
+			printf("  %-18s %6.1f%%\n", co_prof_name(i), 100.0 * (double)prof_total[i] / (double)sum);
+
+	co_engine_destroy(e);
+	co_moe_destroy(&moe);
+	model_weights_free(w);
+	model_ckpt_close(ck);
+	free(tok); free(seq); free(pos); free(want); free(logits); free(t_pre); free(t_dec);
+	return 0;
+}

@@ -1,0 +1,494 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * avx2.c - AVX2 + FMA (+ F16C) versions of the CPU ops.
+ *
+ * matmul has two shapes of loop:
+ *  - few tokens (decode): a "dot" tile of R weight rows x T tokens, reading W rows straight
+ *    from the mmap once, 16 columns per step, one 8-lane accumulator per output. BF16 rows
+ *    are widened exactly with a shift (even elements) and a mask (odd elements), so x is
+ *    de-interleaved to match.
+ *  - many tokens (prefill): W is packed 16 rows x KC columns at a time into an fp32 panel
+ *    (k-major), and a 6-token x 16-row outer-product tile sweeps all tokens over it.
+ * Within one path every output is summed in the same order whatever its position in a
+ * tile, so a split of rows over threads never changes a result bit.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "common/common.h"
+#include "kernels/cpu/cpu-internal.h"
+
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 16")
+
+/* Token count from which matmul packs W and runs the outer-product tile. */
+#define GEMM_MIN_N 4
+#define KC 256 /* columns per packed panel: 16 x 256 fp32 = 16 KiB, stays in L1 */
+#define MT 6   /* tokens per outer-product tile: 12 accumulators */
+
+INLINE float hsum(__m256 v)
+{
+	__m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+	s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+	s = _mm_add_ss(s, _mm_movehdup_ps(s));
+	return _mm_cvtss_f32(s);
+}
+
+/* Lanes [0, n) set, n in [0, 8]. */
+INLINE __m256i tail_mask(int n)
+{
+	static const int32_t m[16] = { -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0 };
+	return _mm256_loadu_si256((const __m256i *)(m + 8 - n));
+}
+
+/* ---- exp ---------------------------------------------------------------------------------- */
+
+/* expf to ~1-2 ulp over the whole float range: Cody-Waite reduction to |r| <= ln2/2, the
+ * Cephes degree-6 polynomial, and 2^n applied as two factors so n = +-128..150 neither
+ * overflows the exponent field early nor loses subnormal results. NaN stays NaN. */
+INLINE __m256 exp256(__m256 x)
+{
+	x = _mm256_min_ps(_mm256_set1_ps(89.0f), x); /* min/max keep x when it is NaN */
+	x = _mm256_max_ps(_mm256_set1_ps(-104.0f), x);
+	__m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+				   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	__m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+	r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+	__m256 p = _mm256_set1_ps(1.9875691500e-4f);
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+	p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+	p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+	p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+	__m256i ni = _mm256_cvtps_epi32(n);
+	__m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+	__m256i bias = _mm256_set1_epi32(127);
+	__m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+	__m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+	return _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+}
+
+/* ---- matmul: few tokens ------------------------------------------------------------------------ */
+
+INLINE size_t dt_size(enum kn_dtype dt)
+{
+	return dt == KN_DTYPE_F32 ? 4 : 2;
+}
+
+/* 16 weights starting at element `off` as two fp32 vectors (exact widening). For BF16 the
+ * vectors hold the even and the odd elements; load_x16 arranges x the same way. */
+INLINE void load_w16(const void *base, size_t off, enum kn_dtype dt, __m256 *w0, __m256 *w1)
+{
+	if (dt == KN_DTYPE_F32) {
+		const float *p = (const float *)base + off;
+		*w0 = _mm256_loadu_ps(p);
+		*w1 = _mm256_loadu_ps(p + 8);
+	} else if (dt == KN_DTYPE_F16) {
+		const uint16_t *p = (const uint16_t *)base + off;
+		*w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+		*w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
+	} else {
+		__m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + off));
+		*w0 = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+		*w1 = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
+	}
+}
+
+INLINE void load_x16(const float *p, enum kn_dtype dt, __m256 *x0, __m256 *x1)
+{
+	__m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + 8);
+	if (dt == KN_DTYPE_BF16) {
+		__m256 lo = _mm256_permute2f128_ps(a, b, 0x20); /* x0..3 x8..11 */
+		__m256 hi = _mm256_permute2f128_ps(a, b, 0x31); /* x4..7 x12..15 */
+		*x0 = _mm256_shuffle_ps(lo, hi, 0x88);          /* even */
+		*x1 = _mm256_shuffle_ps(lo, hi, 0xdd);          /* odd */
+	} else {
+		*x0 = a;
+		*x1 = b;
+	}
+}
+
+/* y[t+j][r+i] for i < R, j < T (R * T <= 8). */
+INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
+		     const int T, const enum kn_dtype dt)
+{
+	const int cols = w->cols;
+	const size_t es = dt_size(dt);
+	__m256 acc[8], xv[8], w0, w1;
+	int k = 0;
+
+	UNROLL for (int i = 0; i < R * T; i++)
+		acc[i] = _mm256_setzero_ps();
+	for (; k + 16 <= cols; k += 16) {
+		UNROLL for (int j = 0; j < T; j++)
+			load_x16(x + (size_t)(t + j) * cols + k, dt, &xv[2 * j], &xv[2 * j + 1]);
+		UNROLL for (int i = 0; i < R; i++) {
+			load_w16(w->data, (size_t)(r + i) * cols + k, dt, &w0, &w1);
+			UNROLL for (int j = 0; j < T; j++) {
+				acc[i * T + j] = _mm256_fmadd_ps(w0, xv[2 * j], acc[i * T + j]);
+				acc[i * T + j] = _mm256_fmadd_ps(w1, xv[2 * j + 1], acc[i * T + j]);
+			}
+		}
+	}
+	if (k < cols) {
+		/* The last < 16 columns go through zero-padded copies: same order as a full step. */
+		int rem = cols - k;
+		float xt[16];
+		_Alignas(32) unsigned char wt[64];
+		UNROLL for (int j = 0; j < T; j++) {
+			memset(xt, 0, sizeof(xt));
+			memcpy(xt, x + (size_t)(t + j) * cols + k, (size_t)rem * sizeof(float));
+			load_x16(xt, dt, &xv[2 * j], &xv[2 * j + 1]);
+		}
+		UNROLL for (int i = 0; i < R; i++) {
+			memset(wt, 0, sizeof(wt));
+			memcpy(wt, (const char *)w->data + ((size_t)(r + i) * cols + k) * es,
+			       (size_t)rem * es);
+			load_w16(wt, 0, dt, &w0, &w1);
+			UNROLL for (int j = 0; j < T; j++) {
+				acc[i * T + j] = _mm256_fmadd_ps(w0, xv[2 * j], acc[i * T + j]);
+				acc[i * T + j] = _mm256_fmadd_ps(w1, xv[2 * j + 1], acc[i * T + j]);
+			}
+		}
+	}
+	UNROLL for (int i = 0; i < R; i++)
+		UNROLL for (int j = 0; j < T; j++)
+			y[(size_t)(t + j) * w->rows + r + i] = hsum(acc[i * T + j]);
+}
+
+INLINE void matmul_dot(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
+		       const enum kn_dtype dt)
+{
+	int r = r0;
+	if (n == 1) {
+		for (; r + 8 <= r1; r += 8)
+			dot_tile(y, x, w, 0, r, 8, 1, dt);
+		for (; r < r1; r++)
+			dot_tile(y, x, w, 0, r, 1, 1, dt);
+		return;
+	}
+	for (; r + 4 <= r1; r += 4) {
+		int t = 0;
+		for (; t + 2 <= n; t += 2)
+			dot_tile(y, x, w, t, r, 4, 2, dt);
+		if (t < n)
+			dot_tile(y, x, w, t, r, 4, 1, dt);
+	}
+	for (; r < r1; r++) {
+		int t = 0;
+		for (; t + 2 <= n; t += 2)
+			dot_tile(y, x, w, t, r, 1, 2, dt);
+		if (t < n)
+			dot_tile(y, x, w, t, r, 1, 1, dt);
+	}
+}
+
+/* ---- matmul: many tokens ------------------------------------------------------------------ */
+
+INLINE __m256 load_w8(const void *base, size_t off, enum kn_dtype dt)
+{
+	if (dt == KN_DTYPE_F32)
+		return _mm256_loadu_ps((const float *)base + off);
+	__m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)base + off));
+	if (dt == KN_DTYPE_F16)
+		return _mm256_cvtph_ps(h);
+	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+INLINE void transpose8(__m256 m[8])
+{
+	__m256 t[8], s[8];
+	for (int i = 0; i < 4; i++) {
+		t[2 * i] = _mm256_unpacklo_ps(m[2 * i], m[2 * i + 1]);
+		t[2 * i + 1] = _mm256_unpackhi_ps(m[2 * i], m[2 * i + 1]);
+	}
+	for (int i = 0; i < 2; i++) {
+		s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+		s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+		s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+		s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+	}
+	for (int i = 0; i < 4; i++) {
+		m[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
+		m[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
+	}
+}
+
+/* wp[k][16] = W[r + i][k0 + k] as fp32 for i < nr, 0 for the rows past nr. */
+INLINE void pack_panel(float *wp, const struct kn_mat *w, int r, int nr, int k0, int kc,
+		       const enum kn_dtype dt)
+{
+	const size_t cols = (size_t)w->cols;
+	int k = 0;
+	for (; k + 8 <= kc; k += 8) {
+		for (int h = 0; h < 2; h++) {
+			__m256 m[8];
+			for (int i = 0; i < 8; i++) {
+				int row = h * 8 + i;
+				m[i] = row < nr ? load_w8(w->data, (size_t)(r + row) * cols + k0 + k, dt)
+						: _mm256_setzero_ps();
+			}
+			transpose8(m);
+			for (int c = 0; c < 8; c++)
+				_mm256_store_ps(wp + (size_t)(k + c) * 16 + h * 8, m[c]);
+		}
+	}
+	for (; k < kc; k++) {
+		for (int i = 0; i < 16; i++) {
+			float v = 0.0f;
+			if (i < nr) {
+				size_t o = (size_t)(r + i) * cols + k0 + k;
+				const uint16_t *h = w->data;
+				v = dt == KN_DTYPE_F32	 ? ((const float *)w->data)[o]
+				    : dt == KN_DTYPE_F16 ? kn_f16_to_f32(h[o])
+							 : kn_bf16_to_f32(h[o]);
+			}
+			wp[(size_t)k * 16 + i] = v;
+		}
+	}
+}
+
+/* y[j][0..nr) (+)= sum_k x[j][k] * wp[k][0..nr) for j < M tokens; sequential in k. */
+INLINE void gemm_tile(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int kc,
+		      int nr, bool first, const int M)
+{
+	__m256 acc[2 * MT];
+	__m256i m0 = tail_mask(FR_MIN(nr, 8)), m1 = tail_mask(FR_MAX(nr - 8, 0));
+
+	UNROLL for (int j = 0; j < M; j++) {
+		if (first) {
+			acc[2 * j] = _mm256_setzero_ps();
+			acc[2 * j + 1] = _mm256_setzero_ps();
+		} else if (nr == 16) {
+			acc[2 * j] = _mm256_loadu_ps(y + j * ldy);
+			acc[2 * j + 1] = _mm256_loadu_ps(y + j * ldy + 8);
+		} else {
+			acc[2 * j] = _mm256_maskload_ps(y + j * ldy, m0);
+			acc[2 * j + 1] = _mm256_maskload_ps(y + j * ldy + 8, m1);
+		}
+	}
+	for (int k = 0; k < kc; k++) {
+		__m256 w0 = _mm256_load_ps(wp + (size_t)k * 16);
+		__m256 w1 = _mm256_load_ps(wp + (size_t)k * 16 + 8);
+		UNROLL for (int j = 0; j < M; j++) {
+			__m256 b = _mm256_broadcast_ss(x + j * ldx + k);
+			acc[2 * j] = _mm256_fmadd_ps(b, w0, acc[2 * j]);
+			acc[2 * j + 1] = _mm256_fmadd_ps(b, w1, acc[2 * j + 1]);
+		}
+	}
+	UNROLL for (int j = 0; j < M; j++) {
+		if (nr == 16) {
+			_mm256_storeu_ps(y + j * ldy, acc[2 * j]);
+			_mm256_storeu_ps(y + j * ldy + 8, acc[2 * j + 1]);
+		} else {
+			_mm256_maskstore_ps(y + j * ldy, m0, acc[2 * j]);
+			_mm256_maskstore_ps(y + j * ldy + 8, m1, acc[2 * j + 1]);
+		}
+	}
+}
+
+static void gemm_tiles(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int kc,
+		       int nr, bool first, int n)
+{
+	int t = 0;
+	for (; t + MT <= n; t += MT)
+		gemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, MT);
+	switch (n - t) {
+	case 5:
+		gemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, 5);
+		break;
+	case 4:
+		gemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, 4);
+		break;
+	case 3:
+		gemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, 3);
+		break;
+	case 2:
+		gemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, 2);
+		break;
+	case 1:
+		gemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, 1);
+		break;
+	}
+}
+
+INLINE void matmul_gemm(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
+			const enum kn_dtype dt)
+{
+	_Alignas(64) float wp[KC * 16];
+	for (int r = r0; r < r1; r += 16) {
+		int nr = FR_MIN(16, r1 - r);
+		for (int k0 = 0; k0 < w->cols; k0 += KC) {
+			int kc = FR_MIN(KC, w->cols - k0);
+			pack_panel(wp, w, r, nr, k0, kc, dt);
+			gemm_tiles(y + r, (size_t)w->rows, x + k0, (size_t)w->cols, wp, kc, nr, k0 == 0,
+				   n);
+		}
+	}
+}
+
+static void matmul_f32(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	if (n >= GEMM_MIN_N)
+		matmul_gemm(y, x, w, n, r0, r1, KN_DTYPE_F32);
+	else
+		matmul_dot(y, x, w, n, r0, r1, KN_DTYPE_F32);
+}
+
+static void matmul_bf16(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	if (n >= GEMM_MIN_N)
+		matmul_gemm(y, x, w, n, r0, r1, KN_DTYPE_BF16);
+	else
+		matmul_dot(y, x, w, n, r0, r1, KN_DTYPE_BF16);
+}
+
+static void matmul_f16(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	if (n >= GEMM_MIN_N)
+		matmul_gemm(y, x, w, n, r0, r1, KN_DTYPE_F16);
+	else
+		matmul_dot(y, x, w, n, r0, r1, KN_DTYPE_F16);
+}
+
+static void avx2_matmul(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	switch (w->dtype) {
+	case KN_DTYPE_F32:
+		matmul_f32(y, x, w, n, r0, r1);
+		break;
+	case KN_DTYPE_BF16:
+		matmul_bf16(y, x, w, n, r0, r1);
+		break;
+	case KN_DTYPE_F16:
+		matmul_f16(y, x, w, n, r0, r1);
+		break;
+	}
+}
+
+/* ---- vector ops ---------------------------------------------------------------------------- */
+
+static float avx2_dot(const float *x, const float *y, int n)
+{
+	__m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+	int i = 0;
+	for (; i + 16 <= n; i += 16) {
+		a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+		a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+	}
+	for (; i < n; i += 8) {
+		__m256i m = tail_mask(FR_MIN(n - i, 8));
+		a0 = _mm256_fmadd_ps(_mm256_maskload_ps(x + i, m), _mm256_maskload_ps(y + i, m), a0);
+	}
+	return hsum(_mm256_add_ps(a0, a1));
+}
+
+static void avx2_axpy(float *y, float a, const float *x, int n)
+{
+	__m256 va = _mm256_set1_ps(a);
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+	if (i < n) {
+		__m256i m = tail_mask(n - i);
+		__m256 v = _mm256_fmadd_ps(va, _mm256_maskload_ps(x + i, m), _mm256_maskload_ps(y + i, m));
+		_mm256_maskstore_ps(y + i, m, v);
+	}
+}
+
+static void avx2_rmsnorm(float *y, const float *x, const float *g, int dim, float eps)
+{
+	float inv = 1.0f / sqrtf(avx2_dot(x, x, dim) / (float)dim + eps);
+	__m256 vi = _mm256_set1_ps(inv);
+	int i = 0;
+	for (; i + 8 <= dim; i += 8) {
+		__m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vi);
+		_mm256_storeu_ps(y + i, _mm256_mul_ps(v, _mm256_loadu_ps(g + i)));
+	}
+	if (i < dim) {
+		__m256i m = tail_mask(dim - i);
+		__m256 v = _mm256_mul_ps(_mm256_maskload_ps(x + i, m), vi);
+		_mm256_maskstore_ps(y + i, m, _mm256_mul_ps(v, _mm256_maskload_ps(g + i, m)));
+	}
+}
+
+INLINE __m256 silu_mul(__m256 g, __m256 u)
+{
+	__m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+	return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
+
+static void avx2_swiglu(float *out, const float *gate, const float *up, int n)
+{
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(out + i, silu_mul(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+	if (i < n) {
+		__m256i m = tail_mask(n - i);
+		__m256 v = silu_mul(_mm256_maskload_ps(gate + i, m), _mm256_maskload_ps(up + i, m));
+		_mm256_maskstore_ps(out + i, m, v);
+	}
+}
+
+static void avx2_softmax(float *x, int n)
+{
+	__m256 vmax = _mm256_set1_ps(-INFINITY), vsum = _mm256_setzero_ps();
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+	if (i < n) {
+		__m256i m = tail_mask(n - i);
+		__m256 v = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), _mm256_maskload_ps(x + i, m),
+					    _mm256_castsi256_ps(m));
+		vmax = _mm256_max_ps(vmax, v);
+	}
+	__m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+	m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+	m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+	__m256 mx = _mm256_set1_ps(_mm_cvtss_f32(m4));
+
+	for (i = 0; i + 8 <= n; i += 8) {
+		__m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx));
+		_mm256_storeu_ps(x + i, e);
+		vsum = _mm256_add_ps(vsum, e);
+	}
+	if (i < n) {
+		__m256i m = tail_mask(n - i);
+		__m256 e = exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, m), mx));
+		e = _mm256_and_ps(e, _mm256_castsi256_ps(m));
+		_mm256_maskstore_ps(x + i, m, e);
+		vsum = _mm256_add_ps(vsum, e);
+	}
+	__m256 vi = _mm256_set1_ps(1.0f / hsum(vsum));
+	for (i = 0; i + 8 <= n; i += 8)
+		_mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
+	if (i < n) {
+		__m256i m = tail_mask(n - i);
+		_mm256_maskstore_ps(x + i, m, _mm256_mul_ps(_mm256_maskload_ps(x + i, m), vi));
+	}
+}
+
+static void avx2_attend(float *out, const float *q, const float *k, const float *v, int n_ctx,
+			int head_dim, size_t stride, float scale, float *scratch)
+{
+	for (int j = 0; j < n_ctx; j++)
+		scratch[j] = avx2_dot(q, k + (size_t)j * stride, head_dim) * scale;
+	avx2_softmax(scratch, n_ctx);
+	memset(out, 0, (size_t)head_dim * sizeof(float));
+	for (int j = 0; j < n_ctx; j++)
+		avx2_axpy(out, scratch[j], v + (size_t)j * stride, head_dim);
+}
+
+const struct kn_ops kn_ops_avx2 = {
+	.name = "avx2",
+	.matmul = avx2_matmul,
+	.rmsnorm = avx2_rmsnorm,
+	.swiglu = avx2_swiglu,
+	.axpy = avx2_axpy,
+	.dot = avx2_dot,
+	.softmax = avx2_softmax,
+	.attend = avx2_attend,
+};
