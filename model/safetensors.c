@@ -39,6 +39,10 @@ static uint64_t st_hash(const char *s)
 	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
 	for (; *s; s++)
 		h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+	/* FNV's low bits are weak and the table is indexed by them: finish with a mixer. */
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdull;
+	h ^= h >> 33;
 	return h;
 }
 

@@ -224,7 +224,7 @@ static void test_bad(void)
 		{ "", "invalid JSON" },
 		{ "not json", "invalid JSON" },
 		{ "[1, 2]", "not an object" },
-		{ "\"deepseek\"", "not an object" },
+		{ "\"deepseek\"", "invalid JSON" },
 		{ "{\"model_type\": \"deepseek\", \"model_type\": \"deepseek\"}", "duplicate" },
 		{ "{\"model_type\": \"deepseek\", \"vocab_size\": 512", "invalid JSON" },
 		{ "{\"vocab_size\": 99999999999999999999999}", "invalid JSON" },

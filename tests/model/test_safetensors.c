@@ -71,7 +71,7 @@ out:
 static void test_many(void)
 {
 	enum { N = 40000 };
-	size_t cap = (size_t)N * 96 + 64, n = 0, len;
+	size_t cap = (size_t)N * 160 + 64, n = 0, len;
 	char *hdr = malloc(cap);
 	struct model_st_file *f = NULL;
 	struct fr_error err = { { 0 } };

@@ -1,0 +1,257 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test_kn_ops.c - every op of every table this CPU can run, against the scalar reference
+ * (and matmul/dot against an fp64 sum for the tolerance), on random inputs and odd shapes. */
+#include <float.h>
+
+#include "kn-test.h"
+
+static const struct kn_ops *ref;
+
+/* Tolerance of an fp32 sum of n products whose absolute values add up to sumabs. */
+static double sum_tol(int n, double sumabs)
+{
+	return 8.0 * FLT_EPSILON * sqrt((double)n + 1.0) * sumabs + 1e-30;
+}
+
+static void *make_weights(const float *wf, size_t n, enum kn_dtype dt)
+{
+	void *p = malloc(n * kn_dtype_size(dt) + 1);
+	if (!p) {
+		perror("malloc");
+		exit(1);
+	}
+	kn_from_f32(p, dt, wf, n);
+	return p;
+}
+
+static void test_matmul(const struct kn_ops *ops, enum kn_dtype dt, int rows, int cols, int n)
+{
+	size_t nw = (size_t)rows * cols, ny = (size_t)n * rows;
+	float *wf = kt_rand_vec(nw, 1.0f), *x = kt_rand_vec((size_t)n * cols, 1.0f);
+	void *wd = make_weights(wf, nw, dt);
+	struct kn_mat w = { .data = wd, .dtype = dt, .rows = rows, .cols = cols };
+	float *y = kt_alloc(ny), *y2 = kt_alloc(ny), *yr = kt_alloc(ny);
+	float *wx = kt_alloc(nw); /* the weights as the kernels see them */
+	kn_to_f32(wx, wd, dt, nw);
+
+	ref->matmul(yr, x, &w, n, 0, rows);
+	ops->matmul(y, x, &w, n, 0, rows);
+	for (int t = 0; t < n; t++) {
+		for (int r = 0; r < rows; r++) {
+			double sumabs = 0.0, exact = 0.0;
+			for (int c = 0; c < cols; c++) {
+				double p = (double)wx[(size_t)r * cols + c] * x[(size_t)t * cols + c];
+				sumabs += fabs(p);
+				exact += p;
+			}
+			size_t i = (size_t)t * rows + r;
+			double tol = sum_tol(cols, sumabs);
+			KT_CHECK(fabs(y[i] - yr[i]) <= 2 * tol && fabs(y[i] - exact) <= tol,
+				 "%s matmul %s %dx%d n=%d: y[%d][%d]=%.9g scalar %.9g fp64 %.9g",
+				 ops->name, kn_dtype_name(dt), rows, cols, n, t, r, y[i], yr[i], exact);
+		}
+	}
+
+	/* A row range writes only its rows, and the same bits as the whole call: any split of
+	 * rows over threads gives the same result. */
+	int a = kt_randint(0, rows), b = kt_randint(a, rows);
+	for (size_t i = 0; i < ny; i++)
+		y2[i] = 12345.0f;
+	ops->matmul(y2, x, &w, n, a, b);
+	for (int t = 0; t < n; t++)
+		for (int r = 0; r < rows; r++) {
+			size_t i = (size_t)t * rows + r;
+			if (r >= a && r < b)
+				KT_CHECK(memcmp(&y2[i], &y[i], sizeof(float)) == 0,
+					 "%s matmul %s %dx%d n=%d rows [%d,%d): y[%d][%d] %.9g != %.9g",
+					 ops->name, kn_dtype_name(dt), rows, cols, n, a, b, t, r, y2[i],
+					 y[i]);
+			else
+				KT_CHECK(y2[i] == 12345.0f, "%s matmul rows [%d,%d) wrote row %d",
+					 ops->name, a, b, r);
+		}
+	free(wf), free(x), free(wd), free(y), free(y2), free(yr), free(wx);
+}
+
+static void test_rmsnorm(const struct kn_ops *ops, int dim)
+{
+	float *x = kt_rand_vec(dim, 3.0f), *g = kt_rand_vec(dim, 2.0f);
+	float *y = kt_alloc(dim), *yr = kt_alloc(dim), *xa = kt_alloc(dim);
+	ref->rmsnorm(yr, x, g, dim, 1e-6f);
+	ops->rmsnorm(y, x, g, dim, 1e-6f);
+	memcpy(xa, x, dim * sizeof(float));
+	ops->rmsnorm(xa, xa, g, dim, 1e-6f); /* in place */
+	for (int i = 0; i < dim; i++) {
+		KT_CHECK(fabsf(y[i] - yr[i]) <= 1e-5f * fabsf(yr[i]) + 1e-30f,
+			 "%s rmsnorm dim=%d [%d]: %.9g vs %.9g", ops->name, dim, i, y[i], yr[i]);
+		KT_CHECK(xa[i] == y[i], "%s rmsnorm in place dim=%d [%d]", ops->name, dim, i);
+	}
+	free(x), free(g), free(y), free(yr), free(xa);
+}
+
+static double ulp_err(float got, double want)
+{
+	if (isnan(want))
+		return isnan(got) ? 0.0 : INFINITY;
+	if (isinf(want) || isinf(got))
+		return got == want ? 0.0 : INFINITY;
+	double aw = fabs(want);
+	if (aw < FLT_MIN)
+		aw = FLT_MIN;
+	int e;
+	frexp(aw, &e);
+	double ulp = ldexp(1.0, e - 24);
+	return fabs((double)got - want) / ulp;
+}
+
+static void test_swiglu(const struct kn_ops *ops, int n)
+{
+	float *gate = kt_rand_vec(n, 12.0f), *up = kt_rand_vec(n, 2.0f);
+	float *o = kt_alloc(n), *orf = kt_alloc(n);
+	ref->swiglu(orf, gate, up, n);
+	ops->swiglu(o, gate, up, n);
+	for (int i = 0; i < n; i++) {
+		double g = gate[i], want = g / (1.0 + exp(-g)) * up[i];
+		KT_CHECK(ulp_err(o[i], want) <= 4.0 && ulp_err(o[i], orf[i]) <= 6.0,
+			 "%s swiglu n=%d [%d] g=%.9g: %.9g scalar %.9g fp64 %.9g", ops->name, n, i,
+			 gate[i], o[i], orf[i], want);
+	}
+	free(gate), free(up), free(o), free(orf);
+}
+
+/* exp over its whole range, including overflow, underflow, subnormal results and NaN. */
+static void test_swiglu_range(const struct kn_ops *ops)
+{
+	enum { N = 4096 + 12 };
+	static float gate[N], up[N], o[N], orf[N];
+	double worst = 0.0;
+	for (int i = 0; i < 4096; i++) {
+		gate[i] = -110.0f + 220.0f * (float)i / 4096.0f + kt_randf() * 0.01f;
+		up[i] = 1.0f;
+	}
+	const float special[12] = { INFINITY, -INFINITY, NAN,	 1e30f,	 -1e30f, 88.72f,
+				    -88.72f,  89.5f,	 -89.5f, 103.9f, -87.4f, -1e-30f };
+	for (int i = 0; i < 12; i++) {
+		gate[4096 + i] = special[i];
+		up[4096 + i] = 1.5f;
+	}
+	ops->swiglu(o, gate, up, N);
+	ref->swiglu(orf, gate, up, N);
+	for (int i = 0; i < N; i++) {
+		/* fp64 except that exp(-g) is rounded to float, as an exact expf would be: where
+		 * it overflows the fp32 formula gives -0, and so must the kernel. */
+		double g = gate[i], e32 = (float)exp(-g);
+		double want = isinf(g) ? (g > 0 ? g * up[i] : NAN) : g / (1.0 + e32) * up[i];
+		double e = ulp_err(o[i], want);
+		if (i < 4096 && e > worst)
+			worst = e;
+		KT_CHECK(e <= 4.0 || (isnan(o[i]) && isnan(orf[i])),
+			 "%s swiglu g=%.9g: %.9g (scalar %.9g, fp64 %.9g, %.1f ulp)", ops->name,
+			 gate[i], o[i], orf[i], want, e);
+	}
+	printf("  %s: swiglu worst %.2f ulp over [-110, 110]\n", ops->name, worst);
+}
+
+static void test_axpy(const struct kn_ops *ops, int n)
+{
+	float *x = kt_rand_vec(n, 1.0f), *y = kt_rand_vec(n, 1.0f), *yr = kt_alloc(n);
+	float a = kt_randf() * 3.0f;
+	memcpy(yr, y, n * sizeof(float));
+	float *y0 = kt_alloc(n);
+	memcpy(y0, y, n * sizeof(float));
+	ref->axpy(yr, a, x, n);
+	ops->axpy(y, a, x, n);
+	for (int i = 0; i < n; i++)
+		KT_CHECK(fabsf(y[i] - yr[i]) <= 2.0f * FLT_EPSILON * (fabsf(y0[i]) + fabsf(a * x[i])),
+			 "%s axpy n=%d [%d]: %.9g vs %.9g", ops->name, n, i, y[i], yr[i]);
+	free(x), free(y), free(yr), free(y0);
+}
+
+static void test_dot(const struct kn_ops *ops, int n)
+{
+	float *x = kt_rand_vec(n, 1.0f), *y = kt_rand_vec(n, 1.0f);
+	double sumabs = 0.0, exact = 0.0;
+	for (int i = 0; i < n; i++) {
+		sumabs += fabs((double)x[i] * y[i]);
+		exact += (double)x[i] * y[i];
+	}
+	float d = ops->dot(x, y, n), dr = ref->dot(x, y, n);
+	double tol = sum_tol(n, sumabs);
+	KT_CHECK(fabs(d - dr) <= 2 * tol && fabs(d - exact) <= tol,
+		 "%s dot n=%d: %.9g scalar %.9g fp64 %.9g", ops->name, n, d, dr, exact);
+	free(x), free(y);
+}
+
+static void test_softmax(const struct kn_ops *ops, int n)
+{
+	float *x = kt_rand_vec(n, 20.0f), *xr = kt_alloc(n);
+	memcpy(xr, x, n * sizeof(float));
+	ref->softmax(xr, n);
+	ops->softmax(x, n);
+	double sum = 0.0;
+	for (int i = 0; i < n; i++) {
+		sum += x[i];
+		KT_CHECK(fabsf(x[i] - xr[i]) <= (8.0f + sqrtf((float)n)) * FLT_EPSILON * xr[i] + 1e-37f,
+			 "%s softmax n=%d [%d]: %.9g vs %.9g", ops->name, n, i, x[i], xr[i]);
+	}
+	KT_CHECK(fabs(sum - 1.0) < 1e-5, "%s softmax n=%d sums to %.9g", ops->name, n, sum);
+	free(x), free(xr);
+}
+
+static void test_attend(const struct kn_ops *ops, int n_ctx, int hd)
+{
+	size_t stride = (size_t)hd * 3 + 1;
+	float *q = kt_rand_vec(hd, 2.0f), *k = kt_rand_vec(n_ctx * stride, 2.0f);
+	float *v = kt_rand_vec(n_ctx * stride, 1.0f);
+	float *o = kt_rand_vec(hd, 1.0f), *orf = kt_alloc(hd), *sc = kt_alloc(n_ctx);
+	float scale = 1.0f / sqrtf((float)hd);
+	ref->attend(orf, q, k, v, n_ctx, hd, stride, scale, sc);
+	ops->attend(o, q, k, v, n_ctx, hd, stride, scale, sc);
+	for (int d = 0; d < hd; d++)
+		KT_CHECK(fabsf(o[d] - orf[d]) <= 2e-6f, "%s attend ctx=%d hd=%d [%d]: %.9g vs %.9g",
+			 ops->name, n_ctx, hd, d, o[d], orf[d]);
+	free(q), free(k), free(v), free(o), free(orf), free(sc);
+}
+
+int main(void)
+{
+	static const int mm_shapes[][3] = {
+		/* rows, cols, n */
+		{ 1, 1, 1 },	 { 3, 7, 1 },	  { 8, 16, 1 },	   { 9, 17, 1 },    { 17, 33, 1 },
+		{ 24, 1000, 1 }, { 19, 130, 2 },  { 13, 100, 3 },  { 40, 255, 4 },  { 33, 257, 5 },
+		{ 16, 256, 6 },	 { 37, 513, 7 },  { 64, 300, 13 }, { 5, 1030, 9 },  { 70, 64, 2 },
+		{ 2, 3, 17 },	 { 31, 520, 33 }, { 48, 8, 12 },   { 100, 31, 1 },  { 18, 777, 11 },
+	};
+	static const int sizes[] = { 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 64, 100, 1027 };
+	static const int att[][2] = { { 1, 1 }, { 3, 7 }, { 17, 16 }, { 100, 64 }, { 33, 128 }, { 5, 9 } };
+
+	kt_seed("test_kn_ops");
+	ref = kn_ops_get("scalar");
+	KT_CHECK(ref && strcmp(ref->name, "scalar") == 0, "no scalar table");
+	if (!ref)
+		return kt_finish("test_kn_ops");
+
+	for (const char *const *name = kn_ops_available(); *name; name++) {
+		const struct kn_ops *ops = kn_ops_get(*name);
+		KT_CHECK(ops && strcmp(ops->name, *name) == 0, "kn_ops_get(%s)", *name);
+		if (!ops)
+			continue;
+		printf("table %s\n", ops->name);
+		for (int dt = KN_DTYPE_F32; dt <= KN_DTYPE_F16; dt++)
+			for (size_t s = 0; s < FR_ARRAY_SIZE(mm_shapes); s++)
+				test_matmul(ops, (enum kn_dtype)dt, mm_shapes[s][0], mm_shapes[s][1],
+					    mm_shapes[s][2]);
+		for (size_t s = 0; s < FR_ARRAY_SIZE(sizes); s++) {
+			test_rmsnorm(ops, sizes[s]);
+			test_swiglu(ops, sizes[s]);
+			test_axpy(ops, sizes[s]);
+			test_dot(ops, sizes[s]);
+			test_softmax(ops, sizes[s]);
+		}
+		test_swiglu_range(ops);
+		for (size_t s = 0; s < FR_ARRAY_SIZE(att); s++)
+			test_attend(ops, att[s][0], att[s][1]);
+	}
+	KT_CHECK(kn_ops_get("no-such-isa") == NULL, "kn_ops_get of an unknown name");
+	return kt_finish("test_kn_ops");
+}
