@@ -44,6 +44,11 @@
 
 #include "model/model.h"
 
+/* Values must not depend on the compiler fusing a*b+c (clang contracts by default). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors data is little-endian; gen.c writes host floats as they are"
 #endif
@@ -218,6 +223,41 @@ static int real_precision(const double *v, size_t n)
 	return 17;
 }
 
+/* jansson writes exponents as "1e-6" / "1e16"; Python (which wrote every HF config) as
+ * "1e-06" / "1e+16". Rewrites the exponents of numbers (not inside strings). Returns a new
+ * heap string or NULL. */
+static char *py_exponents(const char *text)
+{
+	size_t len = strlen(text);
+	char *out = malloc(2 * len + 1), *o = out;
+	bool in_str = false;
+
+	if (!out)
+		return NULL;
+	for (const char *p = text; *p; p++) {
+		*o++ = *p;
+		if (in_str) {
+			if (*p == '\\' && p[1])
+				*o++ = *++p;
+			else if (*p == '"')
+				in_str = false;
+			continue;
+		}
+		if (*p == '"') {
+			in_str = true;
+		} else if ((*p == 'e' || *p == 'E') && p > text && p[-1] >= '0' && p[-1] <= '9') {
+			if (p[1] == '-' || p[1] == '+')
+				*o++ = *++p;
+			else
+				*o++ = '+';
+			if (p[1] >= '0' && p[1] <= '9' && !(p[2] >= '0' && p[2] <= '9'))
+				*o++ = '0';
+		}
+	}
+	*o = 0;
+	return out;
+}
+
 static json_t *token_id_json(int id)
 {
 	return id < 0 ? json_null() : json_integer(id);
@@ -301,6 +341,13 @@ int model_config_write(const struct model_config *cfg, const char *path, struct 
 									   FR_ARRAY_SIZE(reals))));
 	if (!text)
 		goto fail_nomem_arch_owned;
+	{
+		char *fixed = py_exponents(text);
+		free(text);
+		text = fixed;
+		if (!text)
+			goto fail_nomem_arch_owned;
+	}
 
 	f = fopen(tmp, "we");
 	if (!f) {
@@ -476,28 +523,128 @@ static uint64_t tensor_key(uint64_t seed, const char *name)
 	return mix64(hsh ^ mix64(seed + GEN_GOLDEN));
 }
 
-/* out[0..n) = values of elements [start, start + n) of t (start even). */
-static void gen_block(const struct gen_tensor *t, uint64_t key, uint64_t start, size_t n,
-		      float *out)
+/*
+ * Box-Muller in float with our own log and sincos: only +, -, *, /, sqrt (IEEE, no
+ * contraction, no libm), so values are the same on every compiler, libm and ISA, and the
+ * inner loop vectorizes (each SIMD lane computes exactly what the scalar code would).
+ * One 64-bit draw per pair j: its top 24 bits give u1 in (0, 1] (so |values| <= 5.77 sigma),
+ * the next 24 the angle. Polynomial errors (~1e-9) are below the f32 rounding.
+ */
+#define GEN_SUB 1024 /* pairs per inner block (stack arrays) */
+
+union gen_fbits {
+	float f;
+	int32_t i;
+};
+
+/* v0[j], v1[j] = the pair (pair0 + j), j < cnt, already scaled. */
+static void gen_pairs(uint64_t key, uint64_t pair0, int cnt, float scale, float bias,
+		      float *restrict v0, float *restrict v1)
 {
-	const double scale = t->init == GEN_INIT_NORM ? 0.1 : t->std;
-	const double bias = t->init == GEN_INIT_NORM ? 1.0 : 0.0;
-	const int64_t npairs = (int64_t)((n + 1) / 2);
-	const uint64_t pair0 = start / 2;
+	int32_t k1[GEN_SUB], k2[GEN_SUB];
+	float r2[GEN_SUB];
 
-#pragma omp parallel for schedule(static) if (n >= 8192)
-	for (int64_t j = 0; j < npairs; j++) {
-		uint64_t c = 2 * (pair0 + (uint64_t)j);
-		uint64_t r1 = mix64(key + (c + 1) * GEN_GOLDEN);
-		uint64_t r2 = mix64(key + (c + 2) * GEN_GOLDEN);
-		double u1 = (double)((r1 >> 11) + 1) * 0x1p-53; /* (0, 1]: log is finite */
-		double u2 = (double)(r2 >> 11) * 0x1p-53;
-		double rad = sqrt(-2.0 * log(u1)), th = 6.283185307179586 * u2;
-		size_t i = 2 * (size_t)j;
+	for (int j = 0; j < cnt; j++) {
+		uint64_t r = mix64(key + (pair0 + (uint64_t)j + 1) * GEN_GOLDEN);
+		k1[j] = (int32_t)(r >> 40);
+		k2[j] = (int32_t)((r >> 16) & 0xffffff);
+	}
+#pragma omp simd
+	for (int j = 0; j < cnt; j++) {
+		/* ln(u), u = m 2^e with m in [sqrt(1/2), sqrt(2)): ln m = 2 atanh(s). */
+		union gen_fbits u = { .f = (float)(k1[j] + 1) * 0x1p-24f }, mb;
+		int32_t mant = u.i & 0x7fffff;
+		int32_t up = mant > 0x3504f3; /* 1.mant > sqrt(2): use m / 2, e + 1 */
+		int32_t e = ((u.i >> 23) & 0xff) - 127 + up;
+		mb.i = mant | ((127 - up) << 23);
+		float m = mb.f;
+		float sa = (m - 1.0f) / (m + 1.0f); /* |s| <= 0.1716 */
+		float za = sa * sa;
+		float p = 1.0f / 9;
+		p = 1.0f / 7 + za * p;
+		p = 1.0f / 5 + za * p;
+		p = 1.0f / 3 + za * p;
+		p = 1.0f + za * p;
+		float lnu = (float)e * 0.69314718f + 2.0f * sa * p;
+		r2[j] = -2.0f * lnu;
+	}
+	/* Its own loop: sqrtf's errno path (never taken, r2 >= 0) keeps GCC from vectorizing
+	 * a loop that contains it. */
+	for (int j = 0; j < cnt; j++)
+		r2[j] = sqrtf(r2[j]);
+#pragma omp simd
+	for (int j = 0; j < cnt; j++) {
+		float rad = r2[j];
+		/* A uniform angle: quadrant q (2 bits) plus x in [-pi/4, pi/4); any uniform angle
+		 * serves, and this one needs no range reduction. */
+		int32_t q = k2[j] >> 22;
+		float x = ((float)(k2[j] & 0x3fffff) * 0x1p-22f - 0.5f) * 1.57079633f;
+		float z = x * x;
+		float sn = 1.0f / 362880;
+		sn = -1.0f / 5040 + z * sn;
+		sn = 1.0f / 120 + z * sn;
+		sn = -1.0f / 6 + z * sn;
+		sn = x + x * z * sn;
+		float cs = -1.0f / 3628800;
+		cs = 1.0f / 40320 + z * cs;
+		cs = -1.0f / 720 + z * cs;
+		cs = 1.0f / 24 + z * cs;
+		cs = -0.5f + z * cs;
+		cs = 1.0f + z * cs;
+		/* Turn by q quarters: (s, c) -> 1: (c, -s), 2: (-s, -c), 3: (-c, s). */
+		int32_t swap = -(q & 1);
+		union gen_fbits bs = { .f = sn }, bc = { .f = cs }, ra, rb;
+		ra.i = (bs.i & ~swap) | (bc.i & swap);
+		rb.i = (bc.i & ~swap) | (bs.i & swap);
+		ra.i ^= (int32_t)((uint32_t)(q & 2) << 30);
+		rb.i ^= (int32_t)((uint32_t)((q + 1) & 2) << 30);
+		v0[j] = bias + scale * (rad * rb.f);
+		v1[j] = bias + scale * (rad * ra.f);
+	}
+}
 
-		out[i] = (float)(bias + scale * rad * cos(th));
-		if (i + 1 < n)
-			out[i + 1] = (float)(bias + scale * rad * sin(th));
+/* Round-to-nearest-even, as kn_f32_to_bf16 (generated values are never NaN). */
+static inline uint16_t gen_bf16(float f)
+{
+	union gen_fbits v = { .f = f };
+	uint32_t u = (uint32_t)v.i;
+	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Elements [start, start + n) of t (start even) into out, as dtype (F32 or BF16). */
+static void gen_block(const struct gen_tensor *t, uint64_t key, uint64_t start, size_t n,
+		      enum kn_dtype dtype, void *out)
+{
+	const float scale = t->init == GEN_INIT_NORM ? 0.1f : (float)t->std;
+	const float bias = t->init == GEN_INIT_NORM ? 1.0f : 0.0f;
+	const size_t npairs = (n + 1) / 2;
+	const int64_t nsub = (int64_t)FR_DIV_ROUND_UP(npairs, (size_t)GEN_SUB);
+
+#pragma omp parallel for schedule(static) if (nsub >= 8)
+	for (int64_t b = 0; b < nsub; b++) {
+		float v0[GEN_SUB], v1[GEN_SUB];
+		size_t j0 = (size_t)b * GEN_SUB;
+		int cnt = (int)FR_MIN((size_t)GEN_SUB, npairs - j0);
+		size_t i0 = 2 * j0, full = (size_t)cnt - (i0 + 2 * (size_t)cnt > n);
+
+		gen_pairs(key, start / 2 + j0, cnt, scale, bias, v0, v1);
+		if (dtype == KN_DTYPE_F32) {
+			float *o = (float *)out + i0;
+			for (size_t j = 0; j < full; j++) {
+				o[2 * j] = v0[j];
+				o[2 * j + 1] = v1[j];
+			}
+			if (full < (size_t)cnt)
+				o[2 * full] = v0[full];
+		} else {
+			uint16_t *o = (uint16_t *)out + i0;
+			for (size_t j = 0; j < full; j++) {
+				o[2 * j] = gen_bf16(v0[j]);
+				o[2 * j + 1] = gen_bf16(v1[j]);
+			}
+			if (full < (size_t)cnt)
+				o[2 * full] = gen_bf16(v0[full]);
+		}
 	}
 }
 
@@ -520,8 +667,7 @@ struct gen_ctx {
 	int n_shards;
 	size_t esize;
 	uint64_t done, total;
-	float *fbuf;                /* [GEN_BLOCK] f32 */
-	uint16_t *hbuf;             /* [GEN_BLOCK] bf16 (NULL for F32) */
+	void *buf;                  /* [GEN_BLOCK] of the output dtype */
 };
 
 struct strbuf {
@@ -672,15 +818,9 @@ static int write_tensor(struct gen_ctx *g, int fd, const char *path, const struc
 
 	for (uint64_t start = 0; start < t->numel; start += GEN_BLOCK) {
 		size_t n = (size_t)FR_MIN((uint64_t)GEN_BLOCK, t->numel - start);
-		const void *buf = g->fbuf;
 
-		gen_block(t, key, start, n, g->fbuf);
-		if (g->o->dtype == KN_DTYPE_BF16) {
-			for (size_t i = 0; i < n; i++)
-				g->hbuf[i] = kn_f32_to_bf16(g->fbuf[i]);
-			buf = g->hbuf;
-		}
-		if ((rc = write_all(fd, buf, n * g->esize, path, g->err)) < 0)
+		gen_block(t, key, start, n, g->o->dtype, g->buf);
+		if ((rc = write_all(fd, g->buf, n * g->esize, path, g->err)) < 0)
 			return rc;
 		progress(g, n * g->esize);
 	}
@@ -827,13 +967,12 @@ int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *
 	}
 	if ((rc = plan_shards(&g)) < 0)
 		goto out;
-	g.fbuf = malloc(GEN_BLOCK * sizeof(float));
-	g.hbuf = o->dtype == KN_DTYPE_BF16 ? malloc(GEN_BLOCK * sizeof(uint16_t)) : NULL;
-	if (!g.fbuf || (o->dtype == KN_DTYPE_BF16 && !g.hbuf)) {
+	g.buf = malloc(GEN_BLOCK * g.esize);
+	if (!g.buf) {
 		rc = fr_error_set(err, -ENOMEM, "out of memory");
 		goto out;
 	}
-	fr_info("model", "gen preset=%s layers=%d dtype=%s seed=%" PRIu64 " shards=%d "
+	fr_dbg("model", "gen preset=%s layers=%d dtype=%s seed=%" PRIu64 " shards=%d "
 		"tensors=%zu bytes=%" PRIu64 " dir=%s", preset_names[o->preset],
 		cfg.num_hidden_layers, kn_dtype_name(o->dtype), o->seed, o->shards, g.tb.n,
 		g.total, dir);
@@ -884,7 +1023,6 @@ out:
 			free(g.shards[k].header);
 	free(g.shards);
 	free(g.tb.t);
-	free(g.fbuf);
-	free(g.hbuf);
+	free(g.buf);
 	return rc;
 }

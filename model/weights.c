@@ -7,6 +7,17 @@
 
 #include "model/model.h"
 
+/* Kernels read tensors in place as float / uint16_t arrays: their data must be aligned to
+ * the element size. Every writer we know pads headers so it is; refuse files that are not. */
+static int check_aligned(const struct model_tensor *t, struct fr_error *err)
+{
+	if ((uintptr_t)t->data % kn_dtype_size(t->dtype) != 0)
+		return fr_error_set(err, -ENOTSUP,
+				    "%s: tensor %s is not aligned to its %zu-byte elements in the file",
+				    t->path, t->name, kn_dtype_size(t->dtype));
+	return 0;
+}
+
 /* Finds name and checks it is a 2-D [rows][cols] matrix; fills *ret as a view. */
 static int bind_mat(const struct model_ckpt *ck, const char *name, int rows, int cols,
 		    struct kn_mat *ret, struct fr_error *err)
@@ -25,6 +36,8 @@ static int bind_mat(const struct model_ckpt *ck, const char *name, int rows, int
 				    "%s: tensor %s has shape [%s], the config implies [%d, %d]",
 				    t->path, name, got, rows, cols);
 	}
+	if (check_aligned(t, err) < 0)
+		return -ENOTSUP;
 	ret->data = t->data;
 	ret->dtype = t->dtype;
 	ret->rows = rows;
@@ -45,6 +58,8 @@ static int bind_vec(const struct model_ckpt *ck, const char *name, int n, float 
 	if (t->ndim != 1 || t->shape[0] != n)
 		return fr_error_set(err, -EINVAL, "%s: tensor %s should be a vector of %d, has %d dims (first %lld)",
 				    t->path, name, n, t->ndim, t->ndim ? (long long)t->shape[0] : 0LL);
+	if (check_aligned(t, err) < 0)
+		return -ENOTSUP;
 	v = malloc((size_t)n * sizeof(*v));
 	if (!v)
 		return fr_error_set(err, -ENOMEM, "out of memory");

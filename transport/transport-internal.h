@@ -26,7 +26,9 @@ struct tp_ops {
 	void (*ep_fini)(struct tp_ep *ep);
 	int (*put)(struct tp_ep *ep, const struct tp_mem *local, size_t local_off,
 		   uint64_t remote_off, size_t len, uint32_t imm, unsigned flags, uint64_t cookie);
-	void (*credits_released)(struct tp_ep *ep); /* user released; maybe return credits */
+	/* The user released arrivals (ep->released grew): publish now or when
+	 * tp__should_return_credits() says so. */
+	void (*credits_released)(struct tp_ep *ep);
 	int (*poll)(struct tp_context *ctx, struct tp_event *evs, int max);
 	/* Before sleeping: returns 1 if work is pending (do not sleep), else 0. */
 	int (*arm)(struct tp_context *ctx);

@@ -214,6 +214,20 @@ static void test_values(const struct st_file *f32)
 	stats(t, &m, &s);
 	printf("embed mean %.4f std %.4f\n", m, s);
 	CHECK(fabs(m) < 0.01 && fabs(s - 1) < 0.01);
+	{
+		/* Normal, not just unit variance: kurtosis 3, 4.55% beyond 2 sigma. */
+		size_t n = t->nbytes / 4, tail = 0;
+		double m4 = 0;
+		for (size_t i = 0; i < n; i++) {
+			double v = f32_at(t, i);
+			m4 += v * v * v * v;
+			tail += fabs(v) > 2;
+		}
+		m4 /= (double)n;
+		printf("embed kurtosis %.4f, beyond 2 sigma %.4f%%\n", m4, 100.0 * tail / n);
+		CHECK(fabs(m4 - 3) < 0.08);
+		CHECK(fabs((double)tail / n - 0.0455) < 0.003);
+	}
 	t = st_find(f32, "model.layers.3.self_attn.q_proj.weight");
 	stats(t, &m, &s);
 	printf("q_proj mean %.4f std %.4f (want %.4f)\n", m, s, 1 / sqrt(128.0));

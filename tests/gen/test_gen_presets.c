@@ -179,6 +179,29 @@ static void test_roundtrip(const char *tmpdir)
 		CHECK(rc == 0);
 		CHECK(config_equal(&c, &back));
 	}
+	/* V3-style gating keys, other reals, a null eos. */
+	model_preset_config(MODEL_PRESET_TINY, &c);
+	c.scoring_func = KN_SCORING_SIGMOID;
+	c.routed_scaling_factor = 2.5;
+	c.has_expert_bias = true;
+	c.norm_topk_prob = true;
+	c.rms_norm_eps = 1e-5;
+	c.rope_theta = 1e11;
+	c.eos_token_id = -1;
+	snprintf(path, sizeof(path), "%s/config.json", tmpdir);
+	CHECK(model_config_write(&c, path, &err) == 0);
+	CHECK(model_config_load(tmpdir, &back, &err) == 0);
+	CHECK(config_equal(&c, &back));
+	{
+		size_t len;
+		char *text = (char *)g_slurp(path, &len);
+		CHECK(strstr(text, "\"rms_norm_eps\": 1e-05,\n"));
+		CHECK(strstr(text, "\"rope_theta\": 100000000000.0,\n"));
+		CHECK(strstr(text, "\"topk_method\": \"noaux_tc\""));
+		CHECK(strstr(text, "\"eos_token_id\": null,"));
+		free(text);
+	}
+
 	snprintf(path, sizeof(path), "%s/config.json.tmp", tmpdir);
 	CHECK(!g_exists(path));
 	snprintf(path, sizeof(path), "%s/no/such/dir/config.json", tmpdir);
