@@ -41,13 +41,14 @@ static const char gen_usage[] =
 	"and bf16 files hold the rounded values of the f32 ones. Memory stays bounded (a few MB)\n"
 	"whatever the size; files appear under their final names only when complete.\n"
 	"\n"
-	"  -p, --preset NAME   tiny (2.1M params), 2b (2.0B), 16b (16.4B, deepseek-moe-16b-base's\n"
+	"  -p, --preset NAME   tiny (2.0M params), 2b (2.0B), 16b (16.4B, deepseek-moe-16b-base's\n"
 	"                      config), 145b (144.5B)\n"
 	"  -l, --layers N      keep the first N layers (first_k_dense_replace stays, so 2 gives one\n"
 	"                      dense and one MoE layer); default: all\n"
 	"  -d, --dtype T       bf16 (default) or f32\n"
 	"  -s, --seed S        weight seed, 0..2^64-1 (default 0)\n"
 	"  -n, --shards N      split into N files of about equal size (default 1, at most 256)\n"
+	"  -j, --threads N     generator threads (default 1; more help only on idle cores)\n"
 	"  -q, --quiet         no progress on stderr\n"
 	"  -h, --help          this text\n"
 	"\n"
@@ -68,6 +69,7 @@ static const struct option gen_longopts[] = {
 	{ "dtype", required_argument, NULL, 'd' },
 	{ "seed", required_argument, NULL, 's' },
 	{ "shards", required_argument, NULL, 'n' },
+	{ "threads", required_argument, NULL, 'j' },
 	{ "quiet", no_argument, NULL, OPT_QUIET },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
@@ -116,7 +118,7 @@ static int model_parse(int argc, char **argv, struct model_cmd_opts *o, const ch
 		o->sub = MODEL_SUB_GEN;
 		*ret_usage = gen_usage;
 		longopts = gen_longopts;
-		shortopts = ":p:l:d:s:n:qh";
+		shortopts = ":p:l:d:s:n:j:qh";
 	} else if (!strcmp(argv[1], "info")) {
 		o->sub = MODEL_SUB_INFO;
 		*ret_usage = info_usage;
@@ -166,6 +168,13 @@ static int model_parse(int argc, char **argv, struct model_cmd_opts *o, const ch
 						    "--shards: '%s' is not an integer in [1, 256]",
 						    optarg);
 			o->gen.shards = (int)v;
+			break;
+		case 'j':
+			if (fr_parse_i64(optarg, 1, 1024, &v) < 0)
+				return fr_error_set(err, -EINVAL,
+						    "--threads: '%s' is not an integer in [1, 1024]",
+						    optarg);
+			o->gen.threads = (int)v;
 			break;
 		case OPT_QUIET:
 			o->quiet = true;

@@ -4,7 +4,7 @@
  *
  * Presets (ARCHITECTURE §1). Widths the table leaves open, and why:
  *   tiny  golden tiny-a's shape (hidden 128, 4 heads, 4 layers, 2 shared + 16 routed, top-4,
- *         expert 64, dense 256) with vocab 1024: 2.09M parameters.
+ *         expert 64, dense 256) with vocab 1024: 1,956,992 parameters.
  *   2b    the DeepSeekMoE paper's validation model: 9 layers, hidden 1280, 10 heads, 1 + 63
  *         experts, top-7, 8K vocab (the paper's tokenizer for this size). Expert width 968 =
  *         0.25 x a dense FFN of 3872 (layer 0 is that dense FFN, as in the HF family):
@@ -17,8 +17,9 @@
  *         would push the coordinator side to 19.0 GB).
  *
  * Weights. Element i of tensor T is a pure function of (seed, T's name, i): a counter-based
- * splitmix64 stream keyed by a hash of the name feeds Box-Muller pairs (elements 2j, 2j+1
- * share pair j), computed in double, scaled, and rounded once to f32. BF16 files hold the
+ * splitmix64 stream keyed by a hash of the name gives one 64-bit draw per Box-Muller pair
+ * (elements 2j, 2j+1), computed in f32 with our own log/sincos (see gen_pairs: the same
+ * bits on every compiler and ISA; tails cut at 5.77 sigma), then scaled. BF16 files hold the
  * round-to-nearest-even of those f32 values, so a BF16 and an F32 checkpoint of one seed are
  * twins, and sharding or generation order never changes a value. Scales keep activations
  * O(1) at every size: projections std 1/sqrt(fan_in); o_proj, dense and shared down_proj
@@ -28,8 +29,8 @@
  * norm weights 1 + 0.1 N(0,1).
  *
  * Files are streamed: all headers are computed from the config first, then each tensor is
- * generated in blocks of GEN_BLOCK elements and written, so memory is the tensor table plus
- * two blocks, whatever the model size.
+ * generated in blocks of GEN_BLOCK elements and written, so memory is the tensor table (about
+ * 150 bytes a tensor) plus one block, whatever the model size.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -53,7 +54,7 @@
 #error "safetensors data is little-endian; gen.c writes host floats as they are"
 #endif
 
-#define GEN_BLOCK (1u << 18)     /* elements generated and written per write() */
+#define GEN_BLOCK (1u << 20)     /* elements generated and written per write() */
 #define GEN_MAX_SHARDS 256
 #define GEN_NAME_MAX 96
 
@@ -613,14 +614,14 @@ static inline uint16_t gen_bf16(float f)
 
 /* Elements [start, start + n) of t (start even) into out, as dtype (F32 or BF16). */
 static void gen_block(const struct gen_tensor *t, uint64_t key, uint64_t start, size_t n,
-		      enum kn_dtype dtype, void *out)
+		      enum kn_dtype dtype, int threads, void *out)
 {
 	const float scale = t->init == GEN_INIT_NORM ? 0.1f : (float)t->std;
 	const float bias = t->init == GEN_INIT_NORM ? 1.0f : 0.0f;
 	const size_t npairs = (n + 1) / 2;
 	const int64_t nsub = (int64_t)FR_DIV_ROUND_UP(npairs, (size_t)GEN_SUB);
 
-#pragma omp parallel for schedule(static) if (nsub >= 8)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (threads > 1 && nsub >= 8)
 	for (int64_t b = 0; b < nsub; b++) {
 		float v0[GEN_SUB], v1[GEN_SUB];
 		size_t j0 = (size_t)b * GEN_SUB;
@@ -819,7 +820,7 @@ static int write_tensor(struct gen_ctx *g, int fd, const char *path, const struc
 	for (uint64_t start = 0; start < t->numel; start += GEN_BLOCK) {
 		size_t n = (size_t)FR_MIN((uint64_t)GEN_BLOCK, t->numel - start);
 
-		gen_block(t, key, start, n, g->o->dtype, g->buf);
+		gen_block(t, key, start, n, g->o->dtype, FR_MAX(g->o->threads, 1), g->buf);
 		if ((rc = write_all(fd, g->buf, n * g->esize, path, g->err)) < 0)
 			return rc;
 		progress(g, n * g->esize);
@@ -935,6 +936,8 @@ static int gen_check_opts(const struct model_gen_opts *o, const struct model_con
 	if (o->dtype != KN_DTYPE_F32 && o->dtype != KN_DTYPE_BF16)
 		return fr_error_set(err, -EINVAL, "dtype %s: only F32 and BF16 are generated",
 				    kn_dtype_name(o->dtype));
+	if (o->threads < 0 || o->threads > 1024)
+		return fr_error_set(err, -EINVAL, "threads %d: must be 0..1024", o->threads);
 	if (o->shards < 1 || o->shards > GEN_MAX_SHARDS)
 		return fr_error_set(err, -EINVAL, "shards %d: must be 1..%d", o->shards,
 				    GEN_MAX_SHARDS);

@@ -224,6 +224,9 @@ struct model_gen_opts {
 	enum kn_dtype dtype;        /* F32 or BF16 (BF16 = round-to-nearest-even of the F32 values) */
 	uint64_t seed;
 	int shards;                 /* 1 = model.safetensors; N > 1 = index + N shards (<= 256) */
+	int threads;                /* generator threads; 0 or 1 = one. Values never depend on it.
+	                             * More help only on idle cores: on a busy host, threads that
+	                             * wait for each other at every block cost more than they win */
 	/* Optional: called after each written block with bytes written so far and the total of
 	 * all safetensors files; may be NULL. */
 	void (*progress)(uint64_t done, uint64_t total, void *ctx);

@@ -109,6 +109,7 @@ int main(int argc, char **argv)
 	EXPECT(2, "--seed: '-1'", "model", "gen", "--preset", "tiny", "--seed", "-1", sub);
 	EXPECT(2, "--seed: '12x'", "model", "gen", "--preset", "tiny", "--seed", "12x", sub);
 	EXPECT(2, "--shards: '0'", "model", "gen", "--preset", "tiny", "--shards", "0", sub);
+	EXPECT(2, "--threads: '0'", "model", "gen", "--preset", "tiny", "-j", "0", sub);
 	EXPECT(2, "missing DIR", "model", "gen", "--preset", "tiny");
 	EXPECT(2, "unexpected argument", "model", "gen", "--preset", "tiny", sub, "extra");
 	EXPECT(2, "unknown option --bogus", "model", "gen", "--preset", "tiny", "--bogus", sub);

@@ -119,16 +119,22 @@ static const struct st_tensor *st_find(const struct st_file *f, const char *name
 	return NULL;
 }
 
-static int gen(const char *dir, enum model_preset p, int layers, enum kn_dtype dt,
-	       uint64_t seed, int shards)
+static int gen_threads(const char *dir, enum model_preset p, int layers, enum kn_dtype dt,
+		       uint64_t seed, int shards, int threads)
 {
 	struct model_gen_opts o = { .preset = p, .layers = layers, .dtype = dt, .seed = seed,
-				    .shards = shards };
+				    .shards = shards, .threads = threads };
 	struct fr_error err = { { 0 } };
 	int rc = model_gen(&o, dir, &err);
 	if (rc < 0)
 		fprintf(stderr, "model_gen %s: %s\n", dir, err.msg);
 	return rc;
+}
+
+static int gen(const char *dir, enum model_preset p, int layers, enum kn_dtype dt,
+	       uint64_t seed, int shards)
+{
+	return gen_threads(dir, p, layers, dt, seed, shards, 1);
 }
 
 static bool files_equal(const char *a, const char *b)
@@ -352,7 +358,7 @@ int main(void)
 
 	/* Determinism: the same options twice give the same bytes; another seed does not. */
 	CHECK(gen(a, MODEL_PRESET_TINY, 0, KN_DTYPE_F32, 7, 1) == 0);
-	CHECK(gen(b, MODEL_PRESET_TINY, 0, KN_DTYPE_F32, 7, 1) == 0);
+	CHECK(gen_threads(b, MODEL_PRESET_TINY, 0, KN_DTYPE_F32, 7, 1, 3) == 0); /* threads too */
 	CHECK(gen(c, MODEL_PRESET_TINY, 0, KN_DTYPE_F32, 8, 1) == 0);
 	path2(pa, sizeof(pa), a, "model.safetensors");
 	path2(pb, sizeof(pb), b, "model.safetensors");
