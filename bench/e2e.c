@@ -53,25 +53,30 @@ static size_t active_bytes(const struct model_weights *w, int k)
 	return b;
 }
 
-/* Plain streaming read of n bytes with the kernel threads: the bandwidth ceiling. */
+/* Plain streaming read of n bytes with the kernel threads: the bandwidth ceiling. Integer
+ * sums in four independent lanes, so the loop is bound by memory, not by an add chain. */
 static double read_bw(size_t n, int reps)
 {
-	float *buf = malloc(n);
+	uint64_t *buf = malloc(n);
 	double *t = malloc((size_t)reps * sizeof(*t));
-	volatile float sink = 0;
-	size_t nf = n / sizeof(float);
-	for (size_t i = 0; i < nf; i++)
-		buf[i] = (float)(i & 7);
+	volatile uint64_t sink = 0;
+	size_t nw = n / sizeof(uint64_t) / 4 * 4;
+	for (size_t i = 0; i < nw; i++)
+		buf[i] = i;
 	for (int r = 0; r < reps; r++) {
 		uint64_t t0 = fr_now_ns();
-		float acc = 0;
-#pragma omp parallel for reduction(+ : acc) num_threads(kn_threads())
-		for (size_t i = 0; i < nf; i++)
-			acc += buf[i];
-		sink += acc;
+		uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp parallel for reduction(+ : a0, a1, a2, a3) num_threads(kn_threads())
+		for (size_t i = 0; i < nw; i += 4) {
+			a0 += buf[i];
+			a1 += buf[i + 1];
+			a2 += buf[i + 2];
+			a3 += buf[i + 3];
+		}
+		sink += a0 + a1 + a2 + a3;
 		t[r] = (double)(fr_now_ns() - t0) / 1e9;
 	}
-	double bw = (double)n / median(t, reps);
+	double bw = (double)(nw * sizeof(uint64_t)) / median(t, reps);
 	free(buf);
 	free(t);
 	(void)sink;
