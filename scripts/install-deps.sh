@@ -6,7 +6,8 @@ SUDO=
 pkgs=(
   build-essential meson ninja-build pkg-config clang llvm
   libjansson-dev libpcre2-dev libopenblas-dev libinih-dev
-  libibverbs-dev librdmacm-dev
+  libibverbs-dev librdmacm-dev ibverbs-providers
+  libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
   xz-utils
 )
 missing=()

@@ -235,10 +235,15 @@ static void shm_credits_released(struct tp_ep *e)
 {
 	struct shm_ep *ep = SHM_EP(e);
 	atomic_store_explicit(&ep->in->head, e->released, memory_order_release);
-	e->released_sent = e->released;
 	atomic_thread_fence(memory_order_seq_cst);
-	if (atomic_load_explicit(&ep->in->prod_sleeping, memory_order_relaxed))
+	/* Wake a sleeping sender for a quarter window or when we are caught up, not for
+	 * every slot: one wakeup per credit would ping-pong both processes through epoll. */
+	if (atomic_load_explicit(&ep->in->prod_sleeping, memory_order_relaxed) &&
+	    (e->released - e->released_sent >= FR_MAX(1u, e->ctx->cfg.recv_depth / 4) ||
+	     e->released == atomic_load_explicit(&ep->in->tail, memory_order_relaxed))) {
 		ring_doorbell(ep->peer_doorbell);
+		e->released_sent = e->released;
+	}
 }
 
 static void drain_doorbell(struct shm_ctx *ctx)
@@ -263,6 +268,10 @@ static void check_sockets(struct shm_ctx *ctx)
 		if (ep->e.status < 0)
 			continue;
 		ssize_t r = recv(ep->sock, &b, 1, MSG_DONTWAIT);
+		if (r != 0 && !(r < 0 && errno != EAGAIN && errno != EINTR) && r <= 0)
+			continue;
+		/* failed either way: stop the level-triggered fd from waking tp_wait */
+		epoll_ctl(ctx->c.epfd, EPOLL_CTL_DEL, ep->sock, NULL);
 		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
 			tp__ep_fail(&ep->e, -ECONNRESET, "peer closed its socket (process gone?)");
 		else if (r > 0)

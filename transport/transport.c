@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -487,11 +488,15 @@ int tp_wait(struct tp_context *ctx, struct tp_event *evs, int max, int timeout_m
 	struct epoll_event ee[16];
 	int n;
 
-	do {
+	for (unsigned i = 0;; i++) {
 		n = tp_poll(ctx, evs, max);
 		if (n != 0)
 			return n;
-	} while (fr_now_ns() < spin_end);
+		if (fr_now_ns() >= spin_end)
+			break;
+		if (i >= 16)
+			sched_yield(); /* the peer may need this core (oversubscribed hosts, rxe) */
+	}
 
 	if (ctx->ops->arm(ctx) == 0 && ctx->n_failed_unreported == 0) {
 		int t = timeout_ms;

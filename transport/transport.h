@@ -27,6 +27,9 @@
  *             Unsignalled puts keep their local buffer busy until a later signalled one
  *             completes (selective signalling). At most send_depth puts are in flight per
  *             endpoint; beyond that tp_put_imm() returns -EAGAIN until tp_poll() reaps.
+ *   progress  puts that do not fit the socket at once (tcp) and credit returns move only
+ *             inside tp_poll()/tp_wait(): keep polling until a signalled put's
+ *             TP_EV_SEND_DONE before idling elsewhere (e.g. blocking on another fd).
  *   failure   a peer that dies (process killed, QP in error, socket closed) puts the
  *             endpoint in error: one TP_EV_EP_ERROR is raised (within peer_timeout_ms
  *             for hosts that vanish; at once when the kernel reports the close), signalled

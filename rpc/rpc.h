@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * rpc.h - Ferry's control plane: protobuf-c messages over the gRPC C core.
+ *
+ * Messages are generated from proto/ferry/v1/ (all .proto files) at build time; include them as
+ * "rpc/inference.pb-c.h", "rpc/internal.pb-c.h", "rpc/admin.pb-c.h". Method paths are the
+ * gRPC ones ("/ferry.v1.Inference/Health"); RPC_M_* below name every method we serve.
+ *
+ * Server: rpc_server_create() on an address, rpc_server_add_method() for each method, then
+ * rpc_server_start(). One completion queue and one poller thread per server; each accepted
+ * call runs its handler on a thread of its own, so a handler may block (stream, sleep, wait
+ * on the engine). Handlers see an already unpacked request and return a gRPC status code;
+ * a request that does not unpack is answered INVALID_ARGUMENT without calling the handler.
+ *
+ * Client: rpc_channel_create(), then rpc_unary() (blocking, with a deadline) or
+ * rpc_stream_open() / rpc_stream_next() for server-streaming methods. Channels are
+ * thread-safe; each call is used by one thread.
+ *
+ * Errors: 0 or a negative errno. A gRPC status is converted at one place,
+ * rpc_status_to_errno(); the message in struct fr_error carries the status name and the
+ * peer's detail ("/ferry.v1.Inference/Generate: INVALID_ARGUMENT: empty prompt").
+ *
+ * Credentials: insecure only for now (loopback and trusted networks). struct rpc_creds is
+ * the place TLS will go; pass NULL meanwhile.
+ */
+#ifndef FERRY_RPC_H
+#define FERRY_RPC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <grpc/status.h>
+#include <protobuf-c/protobuf-c.h>
+
+#include "common/common.h"
+
+#define RPC_M_GENERATE "/ferry.v1.Inference/Generate"
+#define RPC_M_HEALTH "/ferry.v1.Inference/Health"
+#define RPC_M_JOIN "/ferry.v1.Internal/Join"
+#define RPC_M_HEARTBEAT "/ferry.v1.Internal/Heartbeat"
+#define RPC_M_GET_ASSIGNMENT "/ferry.v1.Internal/GetAssignment"
+#define RPC_M_LOAD_EXPERTS "/ferry.v1.Internal/LoadExperts"
+#define RPC_M_UNLOAD_EXPERTS "/ferry.v1.Internal/UnloadExperts"
+#define RPC_M_REPORT_STATS "/ferry.v1.Internal/ReportStats"
+#define RPC_M_GET_LOAD "/ferry.v1.Admin/GetLoad"
+
+/* Largest message either side accepts (gRPC's own default is 4 MiB). */
+#define RPC_MAX_MESSAGE_BYTES (16u << 20)
+
+/* ---- credentials ------------------------------------------------------------------------ */
+
+enum rpc_creds_kind {
+	RPC_CREDS_INSECURE = 0,
+	/* RPC_CREDS_TLS: certificate, key and CA paths, later. */
+};
+
+/* Owned by the caller; only read during the create call. NULL means insecure. */
+struct rpc_creds {
+	enum rpc_creds_kind kind;
+};
+
+/* ---- status mapping --------------------------------------------------------------------- */
+
+/* OK -> 0; CANCELLED -> -ECANCELED; DEADLINE_EXCEEDED -> -ETIMEDOUT; INVALID_ARGUMENT ->
+ * -EINVAL; NOT_FOUND -> -ENOENT; ALREADY_EXISTS -> -EEXIST; PERMISSION_DENIED -> -EPERM;
+ * UNAUTHENTICATED -> -EACCES; RESOURCE_EXHAUSTED and UNAVAILABLE -> -EAGAIN (retry later);
+ * FAILED_PRECONDITION -> -ESTALE; ABORTED -> -ECONNABORTED; OUT_OF_RANGE -> -ERANGE;
+ * UNIMPLEMENTED -> -ENOSYS; DATA_LOSS -> -EBADMSG; INTERNAL, UNKNOWN, others -> -EIO. */
+int rpc_status_to_errno(grpc_status_code code);
+/* The reverse, for handlers that hold a -errno: a negative errno -> the closest status. */
+grpc_status_code rpc_status_from_errno(int neg_errno);
+/* "INVALID_ARGUMENT", ... ("UNKNOWN_STATUS" for codes outside the enum). */
+const char *rpc_status_name(grpc_status_code code);
+
+/* ---- server ------------------------------------------------------------------------------ */
+
+struct rpc_server;
+struct rpc_call;
+
+enum rpc_method_kind {
+	RPC_METHOD_UNARY = 0,
+	RPC_METHOD_SERVER_STREAMING,
+};
+
+/*
+ * Runs on the call's own thread. req is the unpacked request, owned by the library and
+ * valid until the handler returns. A unary handler calls rpc_call_send() exactly once
+ * before returning GRPC_STATUS_OK (the response then goes out together with the status);
+ * a streaming handler calls it once per message, each call blocking until written.
+ * Returning anything but OK sends that status (with rpc_call_set_detail()'s text) and drops
+ * any unary response. Handlers must return soon after rpc_call_send() fails or
+ * rpc_call_cancelled() turns true (client gone, deadline passed, server shutting down).
+ */
+typedef grpc_status_code (*rpc_handler_fn)(struct rpc_call *call, const ProtobufCMessage *req,
+					   void *arg);
+
+/* Creates a server listening on addr ("127.0.0.1:0" picks a free port; see
+ * rpc_server_port()). creds: NULL or insecure. Methods are added before rpc_server_start().
+ * Returns 0, -EINVAL (bad argument, TLS asked for), -EADDRINUSE (cannot bind addr: in use,
+ * or not an address of this host), -ENOMEM. *ret_server is set on success only. */
+int rpc_server_create(const char *addr, const struct rpc_creds *creds,
+		      struct rpc_server **ret_server, struct fr_error *err);
+
+/* Registers one method. path is copied. req_desc describes the request message
+ * (&ferry__v1__health_request__descriptor); arg is passed to fn untouched (caller owns it,
+ * and keeps it alive until rpc_server_destroy() returns). Only before rpc_server_start().
+ * Returns 0, -EINVAL (NULL argument, duplicate path, server started), -E2BIG (more than
+ * 32 methods), -ENOMEM. */
+int rpc_server_add_method(struct rpc_server *srv, const char *path, enum rpc_method_kind kind,
+			  const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn fn, void *arg,
+			  struct fr_error *err);
+
+/* Starts serving: the poller thread runs from here to rpc_server_destroy().
+ * Returns 0, -EINVAL (already started, no methods), -ENOMEM, or -errno from pthread_create. */
+int rpc_server_start(struct rpc_server *srv, struct fr_error *err);
+
+/* The TCP port the server is bound to (useful after "host:0"). */
+int rpc_server_port(const struct rpc_server *srv);
+
+/* Stops accepting calls, cancels the calls in flight (their handlers see rpc_call_send()
+ * fail), waits for every handler to return and every call state to be freed, then destroys
+ * the server. Accepts NULL and a server that was never started. */
+void rpc_server_destroy(struct rpc_server *srv);
+
+/* Sends one response message (see rpc_handler_fn). msg is only read; the caller keeps it.
+ * Returns 0, -ECANCELED (client cancelled or server shutting down), -ETIMEDOUT (deadline
+ * passed), -EALREADY (second message on a unary call), -EMSGSIZE (over
+ * RPC_MAX_MESSAGE_BYTES), -ENOMEM. */
+int rpc_call_send(struct rpc_call *call, const ProtobufCMessage *msg);
+
+/* True once the call can no longer succeed: cancelled by the client, deadline passed, or
+ * server shutdown. Cheap; poll it between expensive steps. */
+bool rpc_call_cancelled(struct rpc_call *call);
+
+/* Milliseconds until the client's deadline (INT64_MAX without one; <= 0 when passed). */
+int64_t rpc_call_remaining_ms(struct rpc_call *call);
+
+/* The method path being served (owned by the server). */
+const char *rpc_call_method(const struct rpc_call *call);
+
+/* Sets the status detail sent with a non-OK status and returns code, so a handler reads
+ * `return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "empty prompt");`. */
+grpc_status_code rpc_call_fail(struct rpc_call *call, grpc_status_code code, const char *fmt,
+			       ...) FR_PRINTF(3, 4);
+
+/* ---- client ------------------------------------------------------------------------------ */
+
+struct rpc_channel;
+struct rpc_stream;
+
+/* Creates a channel to target ("127.0.0.1:5000", "dns:host:port"). Connection happens
+ * lazily on the first call. creds: NULL or insecure. Returns 0, -EINVAL, -ENOMEM. */
+int rpc_channel_create(const char *target, const struct rpc_creds *creds,
+		       struct rpc_channel **ret_channel, struct fr_error *err);
+/* Calls on the channel must have finished (streams destroyed). Accepts NULL. */
+void rpc_channel_destroy(struct rpc_channel *ch);
+
+/* One blocking unary call. req is only read. timeout_ms <= 0 means no deadline. On success
+ * *ret_resp is a message of resp_desc's type that the caller frees with
+ * protobuf_c_message_free_unpacked(*ret_resp, NULL). Returns 0, the peer's status through
+ * rpc_status_to_errno() (-ETIMEDOUT when the deadline passed, -EAGAIN when the server is
+ * unreachable), -EBADMSG (response does not unpack), -EMSGSIZE, -ENOMEM. */
+int rpc_unary(struct rpc_channel *ch, const char *method, const ProtobufCMessage *req,
+	      const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+	      ProtobufCMessage **ret_resp, struct fr_error *err);
+
+/* Starts a server-streaming call; the request is sent at once. timeout_ms <= 0 means no
+ * deadline; the deadline covers the whole stream. Returns 0 (then rpc_stream_destroy() it),
+ * -EINVAL, -EMSGSIZE, -ENOMEM, or a mapped status when the call fails to start. */
+int rpc_stream_open(struct rpc_channel *ch, const char *method, const ProtobufCMessage *req,
+		    const ProtobufCMessageDescriptor *resp_desc, int64_t timeout_ms,
+		    struct rpc_stream **ret_stream, struct fr_error *err);
+
+/* Waits for the next message. Returns 1 with *ret_msg set (free it with
+ * protobuf_c_message_free_unpacked), 0 at the end of a stream that finished with OK, or a
+ * negative errno: the final status mapped (-ECANCELED after rpc_stream_cancel(), -ETIMEDOUT
+ * at the deadline, ...), -EBADMSG for a message that does not unpack. After a return <= 0
+ * every further call returns the same value. */
+int rpc_stream_next(struct rpc_stream *st, ProtobufCMessage **ret_msg, struct fr_error *err);
+
+/* Cancels the call; the server's handler sees rpc_call_cancelled(). Safe to call from
+ * another thread while rpc_stream_next() waits (which then returns -ECANCELED). */
+void rpc_stream_cancel(struct rpc_stream *st);
+
+/* Cancels the call if still running and frees everything. Accepts NULL. */
+void rpc_stream_destroy(struct rpc_stream *st);
+
+#endif /* FERRY_RPC_H */

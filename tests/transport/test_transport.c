@@ -1,0 +1,625 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_transport.c - the transport suite, unchanged over every backend.
+ *
+ *   test_transport --backend shm|tcp|verbs [--case NAME|all] [--seed N]
+ *
+ * Each case forks: the parent is side A, the child side B, each with its own context.
+ * Address blobs and barriers travel over a socketpair (the "out of band" channel).
+ * Payloads are random from a printed seed and checked by regenerating them.
+ * verbs: side A uses $TP_TEST_DEV_A (else $RDMA_VM_DEV0, else auto), side B likewise.
+ * Exit 0 pass, 1 fail, 77 skipped (reason printed).
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "transport/transport.h"
+
+#define REGION (9u << 20)
+#define DEPTH 16
+#define SDEPTH 32
+#define CASE_TIMEOUT_S 90
+
+static enum tp_backend g_backend;
+static uint64_t g_seed;
+static int g_ctl = -1;
+static char g_side = '?';
+
+#define FAIL(...)                                                                           \
+	do {                                                                                \
+		fprintf(stderr, "FAIL side %c %s:%d: ", g_side, __func__, __LINE__);        \
+		fprintf(stderr, __VA_ARGS__);                                               \
+		fprintf(stderr, "\n");                                                      \
+		_exit(1);                                                                   \
+	} while (0)
+#define CHECK(c)                                                                            \
+	do {                                                                                \
+		if (!(c))                                                                   \
+			FAIL("check failed: %s", #c);                                       \
+	} while (0)
+#define CHECK_RC(expr)                                                                      \
+	do {                                                                                \
+		int rc_ = (expr);                                                           \
+		if (rc_ < 0)                                                                \
+			FAIL("%s: %s", #expr, strerror(-rc_));                              \
+	} while (0)
+
+struct side {
+	struct tp_context *ctx;
+	struct tp_mem *recv, *send;
+	struct tp_ep *ep;
+};
+
+/* ---- payloads ---- */
+
+static void gen(uint8_t *p, size_t len, uint64_t stream, uint64_t idx)
+{
+	uint64_t st = g_seed ^ (stream * 0x9E3779B97F4A7C15ull) ^ (idx * 0xD1B54A32D192ED03ull);
+	size_t i = 0;
+	for (; i + 8 <= len; i += 8) {
+		uint64_t v = fr_splitmix64(&st);
+		memcpy(p + i, &v, 8);
+	}
+	uint64_t v = fr_splitmix64(&st);
+	for (; i < len; i++, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+static int verify(const uint8_t *p, size_t len, uint64_t stream, uint64_t idx)
+{
+	static uint8_t *tmp;
+	if (!tmp)
+		tmp = malloc(REGION);
+	gen(tmp, len, stream, idx);
+	return memcmp(p, tmp, len) == 0;
+}
+
+/* ---- out-of-band channel ---- */
+
+static void ctl_write(const void *b, size_t n)
+{
+	if (write(g_ctl, b, n) != (ssize_t)n)
+		FAIL("ctl write: %s", strerror(errno));
+}
+
+static void ctl_read(void *b, size_t n)
+{
+	size_t got = 0;
+	while (got < n) {
+		ssize_t r = read(g_ctl, (char *)b + got, n - got);
+		if (r <= 0)
+			FAIL("ctl read: %s", r ? strerror(errno) : "peer gone");
+		got += (size_t)r;
+	}
+}
+
+static void barrier(void)
+{
+	char c = 'b';
+	ctl_write(&c, 1);
+	ctl_read(&c, 1);
+}
+
+static const char *dev_for_side(char side)
+{
+	const char *d = getenv(side == 'A' ? "TP_TEST_DEV_A" : "TP_TEST_DEV_B");
+	if (!d)
+		d = getenv(side == 'A' ? "RDMA_VM_DEV0" : "RDMA_VM_DEV1");
+	return d;
+}
+
+static void side_open(struct side *s, uint32_t peer_timeout_ms)
+{
+	struct tp_config cfg = {
+		.backend = g_backend,
+		.device = dev_for_side(g_side),
+		.gid_index = -1,
+		.send_depth = SDEPTH,
+		.recv_depth = DEPTH,
+		.peer_timeout_ms = peer_timeout_ms,
+		.connect_timeout_ms = 30000,
+	};
+	uint8_t blob[TP_ADDR_MAX], peer[TP_ADDR_MAX];
+	size_t len;
+	uint32_t plen;
+
+	int rc = tp_context_create(&cfg, &s->ctx);
+	if (rc == -EOPNOTSUPP || rc == -ENODEV) {
+		printf("SKIP: backend %s unavailable here: %s\n", tp_backend_name(g_backend),
+		       strerror(-rc));
+		fflush(stdout);
+		_exit(77);
+	}
+	CHECK_RC(rc);
+	CHECK_RC(tp_mem_alloc(s->ctx, REGION, &s->recv));
+	CHECK_RC(tp_mem_alloc(s->ctx, REGION, &s->send));
+	CHECK_RC(tp_ep_create(s->ctx, s->recv, s, &s->ep));
+	CHECK_RC(tp_ep_address(s->ep, blob, sizeof(blob), &len));
+	plen = (uint32_t)len;
+	ctl_write(&plen, 4);
+	ctl_write(blob, len);
+	ctl_read(&plen, 4);
+	CHECK(plen <= sizeof(peer));
+	ctl_read(peer, plen);
+	CHECK_RC(tp_ep_connect(s->ep, peer, plen));
+	CHECK(tp_ep_remote_len(s->ep) == REGION);
+}
+
+static void side_close(struct side *s)
+{
+	tp_ep_destroy(s->ep);
+	tp_mem_free(s->recv);
+	tp_mem_free(s->send);
+	tp_context_destroy(s->ctx);
+}
+
+/* Waits for the next event (any type) up to timeout_s. */
+static struct tp_event next_event(struct side *s, int timeout_s)
+{
+	struct tp_event ev;
+	uint64_t end = fr_now_ns() + (uint64_t)timeout_s * 1000000000ull;
+	while (fr_now_ns() < end) {
+		int n = tp_wait(s->ctx, &ev, 1, 200);
+		CHECK_RC(n);
+		if (n == 1)
+			return ev;
+	}
+	FAIL("no event within %d s", timeout_s);
+}
+
+/* ---- cases ---- */
+
+static const size_t sizes[] = { 1,	   2,	   3,	  7,	    63,	     64,     65,
+				255,	   4095,   4096,  4097,	    65535,   65536,  65537,
+				131071,	   262147, 1048579, 4194303, 8388608, 0 };
+
+static uint64_t size_roff(size_t i)
+{
+	return (i * 977) % 4096;
+}
+
+/* Every size from 1 B to 8 MiB (odd ones included), one at a time, checked at B. */
+static void case_sizes(char side)
+{
+	struct side s;
+	side_open(&s, 5000);
+	size_t n = FR_ARRAY_SIZE(sizes);
+	if (side == 'A') {
+		uint8_t *src = tp_mem_ptr(s.send);
+		for (size_t i = 0; i < n; i++) {
+			size_t loff = i % 13;
+			gen(src + loff, sizes[i], 1, i);
+			int rc;
+			while ((rc = tp_put_imm(s.ep, s.send, loff, size_roff(i), sizes[i],
+						(uint32_t)i, TP_PUT_SIGNAL, i)) == -EAGAIN)
+				FAIL("unexpected back-pressure with nothing in flight");
+			CHECK_RC(rc);
+			struct tp_event ev = next_event(&s, 60);
+			CHECK(ev.type == TP_EV_SEND_DONE && ev.status == 0 && ev.cookie == i);
+			char ack;
+			ctl_read(&ack, 1); /* the ranges overlap: wait until B has checked */
+		}
+	} else {
+		for (size_t i = 0; i < n; i++) {
+			struct tp_event ev = next_event(&s, 60);
+			CHECK(ev.type == TP_EV_ARRIVAL);
+			if (ev.imm != i || ev.len != sizes[i])
+				FAIL("arrival %zu: imm %u len %llu, want len %zu", i, ev.imm,
+				     (unsigned long long)ev.len, sizes[i]);
+			if (!verify((uint8_t *)tp_mem_ptr(s.recv) + size_roff(i), sizes[i], 1, i))
+			{
+				const uint8_t *q = (uint8_t *)tp_mem_ptr(s.recv) + size_roff(i);
+				FAIL("arrival %zu (%zu bytes at %llu): payload corrupt (%02x %02x)", i,
+				     sizes[i], (unsigned long long)size_roff(i), q[0], sizes[i] > 1 ? q[1] : 0);
+			}
+			CHECK_RC(tp_ep_release(s.ep, 1));
+			ctl_write("k", 1);
+		}
+	}
+	barrier();
+	side_close(&s);
+}
+
+#define STREAM_N 600
+#define SLOT (64u << 10)
+
+static size_t stream_len(char from, uint64_t i)
+{
+	uint64_t st = g_seed ^ (uint64_t)from ^ (i << 8);
+	uint64_t r = fr_splitmix64(&st);
+	switch (r % 4) {
+	case 0:
+		return (size_t)(r >> 8) % 64; /* tiny (inline), 0 included */
+	case 1:
+		return 1 + (size_t)(r >> 8) % 1024;
+	default:
+		return 1 + (size_t)(r >> 8) % SLOT;
+	}
+}
+
+/* Both sides stream STREAM_N puts at each other through DEPTH ring slots (wrap-around,
+ * many in flight, selective signalling), checking order and payloads, releasing lazily. */
+static void case_stream(char side)
+{
+	struct side s;
+	char peer_side = side == 'A' ? 'B' : 'A';
+	uint64_t sent = 0, done_upto = 0, recvd = 0, held = 0, hold_max = 0, eagain = 0;
+	uint64_t st = g_seed ^ (uint64_t)side;
+	uint8_t *src, *dst;
+
+	side_open(&s, 5000);
+	src = tp_mem_ptr(s.send);
+	dst = tp_mem_ptr(s.recv);
+	uint64_t end = fr_now_ns() + 60000000000ull;
+	while (sent < STREAM_N || recvd < STREAM_N || done_upto < STREAM_N) {
+		if (fr_now_ns() > end)
+			FAIL("stuck: sent %llu done %llu recvd %llu", (unsigned long long)sent,
+			     (unsigned long long)done_upto, (unsigned long long)recvd);
+		while (sent < STREAM_N && sent - done_upto < SDEPTH) {
+			size_t len = stream_len(side, sent);
+			size_t loff = (size_t)(sent % SDEPTH) * SLOT;
+			gen(src + loff, len, (uint64_t)side, sent);
+			bool sig = sent % 4 == 3 || sent == STREAM_N - 1;
+			int rc = tp_put_imm(s.ep, s.send, loff, (sent % DEPTH) * SLOT, len,
+					    (uint32_t)sent, sig ? TP_PUT_SIGNAL : 0, sent);
+			if (rc == -EAGAIN) {
+				eagain++;
+				break;
+			}
+			CHECK_RC(rc);
+			sent++;
+		}
+		struct tp_event evs[8];
+		int n = tp_wait(s.ctx, evs, 8, 100);
+		CHECK_RC(n);
+		for (int i = 0; i < n; i++) {
+			struct tp_event *ev = &evs[i];
+			CHECK(ev->ep == s.ep && ev->ep_user == &s);
+			if (ev->type == TP_EV_SEND_DONE) {
+				CHECK(ev->status == 0 && ev->cookie + 1 > done_upto);
+				done_upto = ev->cookie + 1;
+			} else if (ev->type == TP_EV_ARRIVAL) {
+				if (ev->imm != recvd)
+					FAIL("out of order: imm %u, expected %llu", ev->imm,
+					     (unsigned long long)recvd);
+				size_t len = stream_len(peer_side, recvd);
+				CHECK(ev->len == len);
+				if (!verify(dst + (recvd % DEPTH) * SLOT, len, (uint64_t)peer_side,
+					    recvd))
+					FAIL("arrival %llu corrupt", (unsigned long long)recvd);
+				recvd++;
+				held++;
+			} else {
+				FAIL("unexpected event %d status %d", ev->type, ev->status);
+			}
+		}
+		/* Hold a few arrivals back at random before releasing them (lazy consumer). */
+		if (held && (n == 0 || held > hold_max)) {
+			CHECK_RC(tp_ep_release(s.ep, (uint32_t)held));
+			held = 0;
+			hold_max = fr_splitmix64(&st) % 4;
+		}
+	}
+	if (held)
+		CHECK_RC(tp_ep_release(s.ep, (uint32_t)held));
+	CHECK(tp_ep_release(s.ep, 1) == -EINVAL);
+	fprintf(stderr, "side %c: stream done, %llu EAGAIN\n", side, (unsigned long long)eagain);
+	barrier();
+	side_close(&s);
+}
+
+/* Back-pressure: DEPTH puts fill the peer's window; the next one is -EAGAIN for as long
+ * as the peer holds them, and goes through once it releases. */
+static void case_backpressure(char side)
+{
+	struct side s;
+	struct tp_event evs[8];
+	side_open(&s, 5000);
+	if (side == 'A') {
+		uint8_t *src = tp_mem_ptr(s.send);
+		gen(src, 4096, 3, 0);
+		for (uint32_t i = 0; i < DEPTH; i++) {
+			int rc;
+			while ((rc = tp_put_imm(s.ep, s.send, 0, i * 4096u, 4096, i, 0, 0)) ==
+			       -EAGAIN)
+				CHECK_RC(tp_wait(s.ctx, evs, 8, 10)); /* send queue */
+			CHECK_RC(rc);
+		}
+		CHECK(tp_put_imm(s.ep, s.send, 0, REGION - 10, 11, 0, 0, 0) == -EINVAL);
+		CHECK(tp_put_imm(s.ep, s.send, REGION - 10, 0, 11, 0, 0, 0) == -EINVAL);
+		uint64_t end = fr_now_ns() + 300000000ull;
+		while (fr_now_ns() < end) {
+			CHECK(tp_put_imm(s.ep, s.send, 0, DEPTH * 4096u, 4096, DEPTH, 0, 0) ==
+			      -EAGAIN);
+			CHECK_RC(tp_wait(s.ctx, evs, 8, 20));
+		}
+		char go = 'g';
+		ctl_write(&go, 1);
+		end = fr_now_ns() + 30000000000ull;
+		int rc;
+		while ((rc = tp_put_imm(s.ep, s.send, 0, DEPTH * 4096u, 4096, DEPTH, TP_PUT_SIGNAL,
+					7)) == -EAGAIN) {
+			CHECK(fr_now_ns() < end);
+			CHECK_RC(tp_wait(s.ctx, evs, 8, 50));
+		}
+		CHECK_RC(rc);
+		struct tp_event ev = next_event(&s, 30);
+		CHECK(ev.type == TP_EV_SEND_DONE && ev.cookie == 7);
+	} else {
+		for (uint32_t i = 0; i < DEPTH; i++) {
+			struct tp_event ev = next_event(&s, 30);
+			CHECK(ev.type == TP_EV_ARRIVAL && ev.imm == i && ev.len == 4096);
+		}
+		CHECK(tp_ep_release(s.ep, DEPTH + 1) == -EINVAL);
+		char go;
+		ctl_read(&go, 1);
+		for (uint32_t i = 0; i < DEPTH; i++)
+			CHECK(verify((uint8_t *)tp_mem_ptr(s.recv) + i * 4096u, 4096, 3, 0));
+		CHECK_RC(tp_ep_release(s.ep, DEPTH));
+		struct tp_event ev = next_event(&s, 30);
+		CHECK(ev.type == TP_EV_ARRIVAL && ev.imm == DEPTH);
+		CHECK_RC(tp_ep_release(s.ep, 1));
+	}
+	barrier();
+	side_close(&s);
+}
+
+static double cpu_s(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 +
+	       (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+}
+
+/* An idle tp_wait sleeps (no busy loop), and wakes for a put. */
+static void case_idle(char side)
+{
+	struct side s;
+	struct tp_event ev;
+	side_open(&s, 5000);
+	if (side == 'B') {
+		double c0 = cpu_s();
+		uint64_t t0 = fr_now_ns();
+		while (fr_now_ns() - t0 < 400000000ull)
+			CHECK(tp_wait(s.ctx, &ev, 1, 400) == 0);
+		double used = cpu_s() - c0;
+		fprintf(stderr, "idle wait: %.1f ms CPU over 400 ms\n", used * 1e3);
+		CHECK(used < 0.06);
+		char go = 'g';
+		ctl_write(&go, 1);
+		ev = next_event(&s, 30); /* sleeps in epoll; the put must wake it */
+		CHECK(ev.type == TP_EV_ARRIVAL && ev.imm == 42 && ev.len == 5);
+		CHECK_RC(tp_ep_release(s.ep, 1));
+	} else {
+		char go;
+		ctl_read(&go, 1);
+		usleep(100000);
+		CHECK_RC(tp_put_imm(s.ep, s.send, 0, 0, 5, 42, 0, 0));
+		(void)tp_poll(s.ctx, &ev, 1);
+	}
+	barrier();
+	side_close(&s);
+}
+
+/* A tears everything down with large puts in flight; B sees an endpoint error, never a
+ * hang, and every arrival it did see is intact. */
+static void case_teardown(char side)
+{
+	struct side s;
+	side_open(&s, 3000);
+	if (side == 'A') {
+		uint8_t *src = tp_mem_ptr(s.send);
+		for (uint32_t i = 0; i < 8; i++)
+			gen(src + (size_t)i * (1u << 20), 1u << 20, 4, i);
+		barrier();
+		for (uint32_t i = 0; i < 64; i++) {
+			int rc = tp_put_imm(s.ep, s.send, (size_t)(i % 8) << 20, (i % 8) << 20,
+					    1u << 20, i, i % 4 == 3 ? TP_PUT_SIGNAL : 0, i);
+			if (rc == -EAGAIN)
+				break;
+			CHECK_RC(rc);
+		}
+		side_close(&s); /* puts still in flight */
+	} else {
+		barrier();
+		uint32_t got = 0;
+		for (;;) {
+			struct tp_event ev = next_event(&s, 60);
+			if (ev.type == TP_EV_EP_ERROR) {
+				CHECK(ev.status < 0 && tp_ep_status(s.ep) == ev.status);
+				break;
+			}
+			CHECK(ev.type == TP_EV_ARRIVAL && ev.imm == got && ev.len == 1u << 20);
+			if (!verify((uint8_t *)tp_mem_ptr(s.recv) + ((size_t)(got % 8) << 20),
+				    1u << 20, 4, got % 8))
+				FAIL("arrival %u corrupt", got);
+			got++;
+			CHECK_RC(tp_ep_release(s.ep, 1));
+		}
+		fprintf(stderr, "teardown: %u arrivals before the error\n", got);
+		CHECK(tp_put_imm(s.ep, s.send, 0, 0, 1, 0, 0, 0) < 0);
+		side_close(&s);
+	}
+}
+
+/* Peer death mid-transfer: the survivor (A, the parent) kills B with SIGKILL while a
+ * stream is running in the direction given, and must get TP_EV_EP_ERROR. */
+static void death(char side, pid_t child, bool a_sends)
+{
+	struct side s;
+	struct tp_event evs[8];
+	side_open(&s, 3000);
+	bool sender = (side == 'A') == a_sends;
+	uint64_t sent = 0, recvd = 0, done = 0;
+	uint64_t t_kill = 0;
+	uint8_t *src = tp_mem_ptr(s.send);
+	gen(src, 8 * SLOT, 5, 0);
+	for (;;) {
+		if (sender) {
+			for (;;) {
+				int rc = tp_put_imm(s.ep, s.send, (sent % 8) * SLOT,
+						    (sent % DEPTH) * SLOT, SLOT, (uint32_t)sent,
+						    TP_PUT_SIGNAL, sent);
+				if (rc == -EAGAIN)
+					break;
+				if (rc < 0) {
+					CHECK(side == 'A' && t_kill);
+					break;
+				}
+				sent++;
+			}
+		}
+		int n = tp_wait(s.ctx, evs, 8, 100);
+		CHECK_RC(n);
+		for (int i = 0; i < n; i++) {
+			if (evs[i].type == TP_EV_EP_ERROR) {
+				CHECK(side == 'A' && t_kill);
+				double dt = (double)(fr_now_ns() - t_kill) * 1e-9;
+				fprintf(stderr, "peer death noticed after %.3f s (%s), %llu sent, "
+						"%llu received\n",
+					dt, strerror(-evs[i].status), (unsigned long long)sent,
+					(unsigned long long)recvd);
+				CHECK(tp_put_imm(s.ep, s.send, 0, 0, 1, 0, 0, 0) < 0);
+				/* drain: completions with errors may follow; nothing may hang */
+				while (tp_poll(s.ctx, evs, 8) > 0)
+					;
+				side_close(&s);
+				return;
+			}
+			if (evs[i].type == TP_EV_SEND_DONE) {
+				if (evs[i].status == 0)
+					done++;
+				else
+					CHECK(t_kill);
+			} else if (evs[i].type == TP_EV_ARRIVAL) {
+				recvd++;
+				CHECK_RC(tp_ep_release(s.ep, 1));
+			}
+		}
+		if (side == 'A' && !t_kill && (sender ? done : recvd) >= 40) {
+			CHECK(kill(child, SIGKILL) == 0);
+			t_kill = fr_now_ns();
+		}
+		if (t_kill && fr_now_ns() - t_kill > 30000000000ull)
+			FAIL("peer death not reported within 30 s");
+	}
+}
+
+static void case_death_receiver(char side, pid_t child)
+{
+	death(side, child, true);
+}
+
+static void case_death_sender(char side, pid_t child)
+{
+	death(side, child, false);
+}
+
+struct tcase {
+	const char *name;
+	void (*fn)(char side);
+	void (*fn_pid)(char side, pid_t child);
+};
+
+static const struct tcase cases[] = {
+	{ "sizes", case_sizes, NULL },
+	{ "stream", case_stream, NULL },
+	{ "backpressure", case_backpressure, NULL },
+	{ "idle", case_idle, NULL },
+	{ "teardown", case_teardown, NULL },
+	{ "death-receiver", NULL, case_death_receiver },
+	{ "death-sender", NULL, case_death_sender },
+};
+
+static int run_case(const struct tcase *c)
+{
+	int sv[2], status;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return 1;
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0)
+		return 1;
+	if (pid == 0) {
+		close(sv[0]);
+		g_ctl = sv[1];
+		g_side = 'B';
+		alarm(CASE_TIMEOUT_S);
+		if (c->fn)
+			c->fn('B');
+		else
+			c->fn_pid('B', 0);
+		fflush(NULL);
+		_exit(0);
+	}
+	close(sv[1]);
+	g_ctl = sv[0];
+	g_side = 'A';
+	alarm(CASE_TIMEOUT_S);
+	uint64_t t0 = fr_now_ns();
+	if (c->fn)
+		c->fn('A');
+	else
+		c->fn_pid('A', pid);
+	alarm(0);
+	close(g_ctl);
+	if (waitpid(pid, &status, 0) < 0)
+		return 1;
+	bool killed_ok = !c->fn && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+	if (!killed_ok && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+		if (WIFEXITED(status) && WEXITSTATUS(status) == 77)
+			return 77;
+		fprintf(stderr, "case %s: side B failed (status 0x%x)\n", c->name, status);
+		return 1;
+	}
+	printf("ok %s/%s (%.2f s)\n", tp_backend_name(g_backend), c->name,
+	       (double)(fr_now_ns() - t0) * 1e-9);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	const char *backend = NULL, *which = "all";
+	g_seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+	for (int i = 1; i + 1 < argc; i += 2) {
+		if (!strcmp(argv[i], "--backend"))
+			backend = argv[i + 1];
+		else if (!strcmp(argv[i], "--case"))
+			which = argv[i + 1];
+		else if (!strcmp(argv[i], "--seed"))
+			g_seed = strtoull(argv[i + 1], NULL, 0);
+	}
+	if (!backend || tp_backend_parse(backend, &g_backend) < 0) {
+		fprintf(stderr, "usage: %s --backend shm|tcp|verbs [--case NAME|all] [--seed N]\n",
+			argv[0]);
+		return 2;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	printf("transport suite: backend %s, seed 0x%llx\n", backend, (unsigned long long)g_seed);
+	int found = 0, rc = 0;
+	for (size_t i = 0; i < FR_ARRAY_SIZE(cases); i++) {
+		if (strcmp(which, "all") && strcmp(which, cases[i].name))
+			continue;
+		found++;
+		int r = run_case(&cases[i]);
+		if (r == 77)
+			return 77;
+		if (r)
+			rc = 1;
+	}
+	if (!found) {
+		fprintf(stderr, "no case named %s\n", which);
+		return 2;
+	}
+	return rc;
+}
