@@ -14,6 +14,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -380,6 +381,7 @@ static void run_backend(enum tp_backend b)
 		else
 			have = perftest_ceiling("ib_write_lat", sz, &clat) &&
 			       perftest_ceiling("ib_write_bw", sz, &cbw);
+		have = have && isfinite(clat) && isfinite(cbw) && clat > 0 && cbw > 0;
 		if (have)
 			printf("%-6s %8zu %9.1f %9.1f %9.1f %6.2f %8.2f %8.2f %6.2f\n",
 			       tp_backend_name(b), sz, p50, p99, clat, p50 / clat, bw, cbw, bw / cbw);

@@ -294,7 +294,7 @@ static int shm_poll(struct tp_context *c, struct tp_event *evs, int max)
 				.cookie = ep->comp[ep->comp_head++ % c->cfg.send_depth] };
 		if (e->status < 0)
 			continue;
-		e->peer_released = atomic_load_explicit(&ep->out->head, memory_order_acquire);
+		tp__credits_in(e, atomic_load_explicit(&ep->out->head, memory_order_acquire));
 		uint64_t tail = atomic_load_explicit(&ep->in->tail, memory_order_acquire);
 		if (tail - e->released > c->cfg.recv_depth || tail < e->delivered) {
 			tp__ep_fail(e, -EPROTO, "arrival ring overrun (tail %llu)",

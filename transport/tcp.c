@@ -126,19 +126,13 @@ static int tcp_ep_pack(const struct tp_ep *e, uint8_t *extra, size_t cap, size_t
 static int tcp_ep_connect(struct tp_ep *e, int fd, const uint8_t *extra, size_t extra_len)
 {
 	struct tcp_ep *ep = TCP_EP(e);
-	uint32_t tmo = e->ctx->cfg.peer_timeout_ms;
-	int one = 1, idle = (int)FR_MAX(1u, tmo / 3000), cnt = 2;
-	unsigned int utmo = tmo;
+	int one = 1;
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = ep };
 
 	ep->fd = fd;
 	/* A vanished host is noticed by keepalive (idle) or the user timeout (unacked data). */
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0 ||
-	    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one)) < 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle)) < 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &idle, sizeof(idle)) < 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt)) < 0 ||
-	    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &utmo, sizeof(utmo)) < 0 ||
+	    tp__sock_liveness(fd, e->ctx->cfg.peer_timeout_ms) < 0 ||
 	    epoll_ctl(e->ctx->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
 		int rc = -errno;
 		fr_err("tp.tcp", "peer=%s: socket setup: %s", e->peer, strerror(-rc));
@@ -274,8 +268,7 @@ static int handle_hdr(struct tcp_ep *ep)
 	if (type == MSG_CREDIT) {
 		if (a > e->puts)
 			return -EPROTO;
-		if (a > e->peer_released)
-			e->peer_released = a;
+		tp__credits_in(e, a);
 		return 0;
 	}
 	if (type != MSG_PUT || a > e->recv->len || len > e->recv->len - a ||

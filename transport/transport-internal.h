@@ -42,6 +42,7 @@ struct tp_context {
 	int epfd;
 	struct tp_ep *eps; /* doubly linked through ep->next/prev */
 	uint32_t n_failed_unreported;
+	uint64_t credit_epoch; /* bumped whenever credits come back: tp_wait returns on it */
 };
 
 struct tp_mem {
@@ -94,6 +95,14 @@ static inline bool tp__have_credit(const struct tp_ep *ep)
 {
 	return ep->puts - ep->peer_released < ep->peer_recv_depth;
 }
+/* The peer has released v arrivals in all (cumulative; stale values are ignored). */
+static inline void tp__credits_in(struct tp_ep *ep, uint64_t v)
+{
+	if (v > ep->peer_released) {
+		ep->peer_released = v;
+		ep->ctx->credit_epoch++;
+	}
+}
 /* True if released-but-untold credits should go back now: a quarter of the window has
  * piled up, or the sender may be running dry (more than half its window in use). */
 static inline bool tp__should_return_credits(const struct tp_ep *ep)
@@ -121,6 +130,9 @@ int tp__io_full(int fd, void *buf, size_t len, bool wr, uint64_t deadline_ns);
 int tp__send_fds(int sock, const int *fds, int nfds, const void *data, size_t len);
 int tp__recv_fds(int sock, int *fds, int nfds, void *data, size_t len, uint64_t deadline_ns);
 int tp__set_nonblock(int fd);
+/* Keepalive + TCP_USER_TIMEOUT so that a vanished host (not only a dead process) is
+ * noticed within about timeout_ms. */
+int tp__sock_liveness(int fd, uint32_t timeout_ms);
 void tp__boot_addr_str(const struct tp_boot_addr *a, char *buf, size_t cap);
 
 extern const struct tp_ops tp_shm_ops, tp_tcp_ops;

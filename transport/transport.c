@@ -485,13 +485,14 @@ int tp_wait(struct tp_context *ctx, struct tp_event *evs, int max, int timeout_m
 {
 	uint64_t start = fr_now_ns();
 	uint64_t spin_end = start + (uint64_t)ctx->cfg.spin_us * 1000;
+	uint64_t epoch = ctx->credit_epoch;
 	struct epoll_event ee[16];
 	int n;
 
 	for (unsigned i = 0;; i++) {
 		n = tp_poll(ctx, evs, max);
-		if (n != 0)
-			return n;
+		if (n != 0 || ctx->credit_epoch != epoch)
+			return n; /* an event, or credits came back (a blocked put may retry) */
 		if (fr_now_ns() >= spin_end)
 			break;
 		if (i >= 16)

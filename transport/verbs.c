@@ -487,6 +487,8 @@ static int vb_ep_connect(struct tp_ep *e, int fd, const uint8_t *extra, size_t e
 	rc = tp__io_full(fd, &r, 1, true, deadline);
 	if (rc == 0)
 		rc = tp__io_full(fd, &r, 1, false, deadline);
+	if (rc == 0)
+		rc = tp__sock_liveness(fd, e->ctx->cfg.peer_timeout_ms);
 	if (rc == 0 && epoll_ctl(e->ctx->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
 		rc = -errno;
 	if (rc < 0) {
@@ -604,8 +606,8 @@ static int handle_wc(struct tp_context *c, const struct ibv_wc *wc, struct tp_ev
 			uint64_t v = le64toh(ep->ctrl[slot]);
 			if (v > e->puts)
 				vb_fail(ep, -EPROTO, "credit beyond puts");
-			else if (v > e->peer_released)
-				e->peer_released = v;
+			else
+				tp__credits_in(e, v);
 			return 0;
 		}
 		if (e->arrivals - e->released >= c->cfg.recv_depth) {

@@ -92,6 +92,7 @@ INLINE void load_w16(const void *base, size_t off, enum kn_dtype dt, __m256 *w0,
 		*w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8)));
 	} else {
 		__m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + off));
+		__asm__("" : "+x"(v)); /* one load feeding both halves, not two folded loads */
 		*w0 = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 		*w1 = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
 	}
@@ -111,7 +112,7 @@ INLINE void load_x16(const float *p, enum kn_dtype dt, __m256 *x0, __m256 *x1)
 	}
 }
 
-/* y[t+j][r+i] for i < R, j < T (R * T <= 8). */
+/* y[t+j][r+i] for i < R, j < T (R * T <= 8, T <= 4). */
 INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
 		     const int T, const enum kn_dtype dt)
 {

@@ -209,7 +209,6 @@ static void test_gate(void)
 		logits[e] = (e % 4 == 1) ? 1.0f : 0.5f; /* 1, 5, 9, 13 tie on top, then 0, 2, ... */
 	struct kn_gate_opts t = { .scoring = KN_SCORING_SOFTMAX, .n_experts = 16, .k = 6,
 				  .routed_scaling = 1.0f };
-	kn_gate(logits, &t, idx, w, sc);
 	int32_t idx6[6];
 	float w6[6];
 	kn_gate(logits, &t, idx6, w6, sc);

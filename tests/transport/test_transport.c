@@ -454,11 +454,22 @@ static void case_teardown(char side)
 
 /* Peer death mid-transfer: the survivor (A, the parent) kills B with SIGKILL while a
  * stream is running in the direction given, and must get TP_EV_EP_ERROR. */
-static void death(char side, pid_t child, bool a_sends)
+static void netem(const char *op)
+{
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "tc qdisc %s dev %s root%s", op, getenv("RDMA_VM_NETDEV0"),
+		 strcmp(op, "add") ? "" : " netem loss 100%");
+	if (system(cmd) != 0)
+		FAIL("%s failed", cmd);
+}
+
+/* link_loss: instead of killing B, A's link goes silent (verbs in the VM): the QP must
+ * fail on its own (retry exceeded) within about peer_timeout_ms. */
+static void death_mode(char side, pid_t child, bool a_sends, bool link_loss)
 {
 	struct side s;
 	struct tp_event evs[8];
-	side_open(&s, 3000);
+	side_open(&s, link_loss ? 2000 : 3000);
 	bool sender = (side == 'A') == a_sends;
 	uint64_t sent = 0, recvd = 0, done = 0;
 	uint64_t t_kill = 0;
@@ -483,6 +494,8 @@ static void death(char side, pid_t child, bool a_sends)
 		CHECK_RC(n);
 		for (int i = 0; i < n; i++) {
 			if (evs[i].type == TP_EV_EP_ERROR) {
+				if (side == 'B' && link_loss)
+					pause(); /* A kills us once it saw its own error */
 				CHECK(side == 'A' && t_kill);
 				double dt = (double)(fr_now_ns() - t_kill) * 1e-9;
 				fprintf(stderr, "peer death noticed after %.3f s (%s), %llu sent, "
@@ -493,6 +506,11 @@ static void death(char side, pid_t child, bool a_sends)
 				/* drain: completions with errors may follow; nothing may hang */
 				while (tp_poll(s.ctx, evs, 8) > 0)
 					;
+				if (link_loss) {
+					CHECK(dt < 20);
+					netem("del");
+					kill(child, SIGKILL);
+				}
 				side_close(&s);
 				return;
 			}
@@ -507,9 +525,16 @@ static void death(char side, pid_t child, bool a_sends)
 			}
 		}
 		if (side == 'A' && !t_kill && (sender ? done : recvd) >= 40) {
-			CHECK(kill(child, SIGKILL) == 0);
+			if (link_loss)
+				netem("add");
+			else
+				CHECK(kill(child, SIGKILL) == 0);
 			t_kill = fr_now_ns();
 		}
+		if (link_loss && t_kill && side == 'A' && n == 0)
+			fprintf(stderr, "link-loss: +%.1f s sent %llu done %llu status %d\n",
+				(double)(fr_now_ns() - t_kill) * 1e-9, (unsigned long long)sent,
+				(unsigned long long)done, tp_ep_status(s.ep));
 		if (t_kill && fr_now_ns() - t_kill > 30000000000ull)
 			FAIL("peer death not reported within 30 s");
 	}
@@ -517,18 +542,24 @@ static void death(char side, pid_t child, bool a_sends)
 
 static void case_death_receiver(char side, pid_t child)
 {
-	death(side, child, true);
+	death_mode(side, child, true, false);
 }
 
 static void case_death_sender(char side, pid_t child)
 {
-	death(side, child, false);
+	death_mode(side, child, false, false);
+}
+
+static void case_link_loss(char side, pid_t child)
+{
+	death_mode(side, child, true, true);
 }
 
 struct tcase {
 	const char *name;
 	void (*fn)(char side);
 	void (*fn_pid)(char side, pid_t child);
+	bool vm_only; /* verbs inside ../shared/rdma-vm (root, tc, netem) */
 };
 
 static const struct tcase cases[] = {
@@ -539,6 +570,7 @@ static const struct tcase cases[] = {
 	{ "teardown", case_teardown, NULL },
 	{ "death-receiver", NULL, case_death_receiver },
 	{ "death-sender", NULL, case_death_sender },
+	{ "link-loss", NULL, case_link_loss, true },
 };
 
 static int run_case(const struct tcase *c)
@@ -611,6 +643,11 @@ int main(int argc, char **argv)
 		if (strcmp(which, "all") && strcmp(which, cases[i].name))
 			continue;
 		found++;
+		if (cases[i].vm_only && (g_backend != TP_BACKEND_VERBS || !getenv("RDMA_VM"))) {
+			printf("skip %s/%s: needs verbs inside the RDMA VM\n", backend,
+			       cases[i].name);
+			continue;
+		}
 		int r = run_case(&cases[i]);
 		if (r == 77)
 			return 77;

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * gemm - prefill-shaped products (n >= 256 tokens): GFLOP/s of kn_matmul with F32 and BF16
+ * weights against OpenBLAS cblas_sgemm on the same shape in f32, same thread count.
+ * Prints a table; the target is ratio >= 0.7.
+ *
+ *   build/bench/gemm [reps]      (default 5 repetitions per cell, medians reported)
+ */
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/common.h"
+#include "kernels/kernels.h"
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static uint64_t median(uint64_t *v, int n)
+{
+	qsort(v, (size_t)n, sizeof(*v), cmp_u64);
+	return v[n / 2];
+}
+
+int main(int argc, char **argv)
+{
+	static const int shapes[][3] = {
+		/* tokens, cols (in), rows (out) */
+		{ 256, 2048, 2048 },
+		{ 512, 2048, 1408 },
+		{ 256, 1408, 2048 },
+		{ 256, 2048, 10944 },
+	};
+	int reps = argc > 1 ? atoi(argv[1]) : 5;
+	uint64_t rng = 7;
+
+	if (reps < 1)
+		reps = 1;
+	kn_init();
+	printf("gemm: y[n][rows] = x[n][cols] . W^T, isa=%s, medians of %d runs\n", kn_ops()->name,
+	       reps);
+	printf("%-18s %3s %10s %10s %10s %8s %8s\n", "n x cols x rows", "thr", "blas GF/s",
+	       "F32 GF/s", "BF16 GF/s", "F32/blas", "BF16/blas");
+	for (size_t s = 0; s < FR_ARRAY_SIZE(shapes); s++) {
+		int n = shapes[s][0], cols = shapes[s][1], rows = shapes[s][2];
+		size_t nw = (size_t)rows * cols;
+		float *wf = malloc(nw * sizeof(float)), *x = malloc((size_t)n * cols * sizeof(float));
+		uint16_t *wb = malloc(nw * sizeof(uint16_t));
+		float *y = malloc((size_t)n * rows * sizeof(float));
+		uint64_t *t = malloc((size_t)reps * sizeof(uint64_t));
+		if (!wf || !x || !wb || !y || !t) {
+			fprintf(stderr, "gemm: out of memory\n");
+			return 1;
+		}
+		for (size_t i = 0; i < nw; i++)
+			wf[i] = (float)(fr_rand_unit(&rng) - 0.5);
+		for (size_t i = 0; i < (size_t)n * cols; i++)
+			x[i] = (float)(fr_rand_unit(&rng) - 0.5);
+		kn_from_f32(wb, KN_DTYPE_BF16, wf, nw);
+		struct kn_mat mf = { .data = wf, .dtype = KN_DTYPE_F32, .rows = rows, .cols = cols };
+		struct kn_mat mb = { .data = wb, .dtype = KN_DTYPE_BF16, .rows = rows, .cols = cols };
+		double flop = 2.0 * n * (double)cols * rows;
+
+		for (int nth = 1; nth <= 2; nth++) {
+			double gf[3];
+			openblas_set_num_threads(nth);
+			kn_set_threads(nth);
+			for (int which = 0; which < 3; which++) {
+				for (int r = -1; r < reps; r++) { /* r = -1 warms up */
+					uint64_t t0 = fr_now_ns();
+					if (which == 0)
+						cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows,
+							    cols, 1.0f, x, cols, wf, cols, 0.0f, y, rows);
+					else
+						kn_matmul(y, x, which == 1 ? &mf : &mb, n);
+					if (r >= 0)
+						t[r] = fr_now_ns() - t0;
+				}
+				gf[which] = flop / (double)median(t, reps);
+			}
+			char name[48];
+			snprintf(name, sizeof(name), "%dx%dx%d", n, cols, rows);
+			printf("%-18s %3d %10.1f %10.1f %10.1f %8.2f %8.2f\n", name, nth, gf[0], gf[1],
+			       gf[2], gf[1] / gf[0], gf[2] / gf[0]);
+			fflush(stdout);
+		}
+		free(wf), free(x), free(wb), free(y), free(t);
+	}
+	return 0;
+}

@@ -1,0 +1,438 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * avx512.c - AVX-512 (F/BW/VL) versions of the CPU ops; the same design as avx2.c with
+ * 16 lanes: a dot tile for few tokens (32 columns a step, BF16 split into even/odd halves by
+ * shift and mask), a packed 32-row panel and 8-token outer-product tile for many tokens.
+ * Tails use masked loads, which read as zeros past the end: the same sums as a full step.
+ *
+ * kn_ops_avx512bf16 is the same code under the name the selector prefers on CPUs with
+ * AVX512_BF16. It does NOT use _mm512_dpbf16_ps: that instruction takes both operands as
+ * bf16, so x would be rounded to 8 mantissa bits (and it flushes subnormals), which breaks
+ * the engine's 3e-5 match against fp32 references. Widening bf16 weights with a shift is
+ * exact and costs one integer op per 16 weights; fp32 FMA accumulation then matches avx512
+ * bit for bit.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "common/common.h"
+#include "kernels/cpu/cpu-internal.h"
+
+#define INLINE static inline __attribute__((always_inline))
+#define UNROLL _Pragma("GCC unroll 16")
+
+#define GEMM_MIN_N 4
+#define KC 256 /* columns per packed panel: 32 x 256 fp32 = 32 KiB */
+#define MT 8   /* tokens per outer-product tile: 16 accumulators */
+
+INLINE __mmask16 mask16(int n) /* lanes [0, n), n in [0, 16] */
+{
+	return (__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1u);
+}
+
+/* ---- exp: see avx2.c --------------------------------------------------------------------- */
+
+INLINE __m512 exp512(__m512 x)
+{
+	x = _mm512_min_ps(_mm512_set1_ps(89.0f), x); /* keeps x when it is NaN */
+	x = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);
+	__m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+					_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	__m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+	r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+	__m512 p = _mm512_set1_ps(1.9875691500e-4f);
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+	p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+	p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+	__m512i ni = _mm512_cvtps_epi32(n);
+	__m512i n1 = _mm512_srai_epi32(ni, 1), n2 = _mm512_sub_epi32(ni, n1);
+	__m512i bias = _mm512_set1_epi32(127);
+	__m512 s1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, bias), 23));
+	__m512 s2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n2, bias), 23));
+	return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
+}
+
+/* ---- matmul: few tokens -------------------------------------------------------------------- */
+
+/* Weights [off, off + rem) (rem <= 32, zeros past it) as two fp32 vectors; BF16 as the even
+ * and the odd elements, which load_x32 matches. */
+INLINE void load_w32(const void *base, size_t off, int rem, enum kn_dtype dt, __m512 *w0,
+		     __m512 *w1)
+{
+	__mmask16 m0 = mask16(rem), m1 = mask16(rem - 16 > 0 ? rem - 16 : 0);
+	if (dt == KN_DTYPE_F32) {
+		const float *p = (const float *)base + off;
+		*w0 = _mm512_maskz_loadu_ps(m0, p);
+		*w1 = _mm512_maskz_loadu_ps(m1, p + 16);
+	} else if (dt == KN_DTYPE_F16) {
+		const uint16_t *p = (const uint16_t *)base + off;
+		*w0 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m0, p));
+		*w1 = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m1, p + 16));
+	} else {
+		__mmask32 m = rem >= 32 ? 0xffffffffu : (1u << rem) - 1u;
+		__m512i v = _mm512_maskz_loadu_epi16(m, (const uint16_t *)base + off);
+		*w0 = _mm512_castsi512_ps(_mm512_slli_epi32(v, 16));
+		*w1 = _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u)));
+	}
+}
+
+INLINE void load_x32(const float *p, int rem, enum kn_dtype dt, __m512 *x0, __m512 *x1)
+{
+	__m512 a = _mm512_maskz_loadu_ps(mask16(rem), p);
+	__m512 b = _mm512_maskz_loadu_ps(mask16(rem - 16 > 0 ? rem - 16 : 0), p + 16);
+	if (dt == KN_DTYPE_BF16) {
+		const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24,
+						     26, 28, 30);
+		const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25,
+						     27, 29, 31);
+		*x0 = _mm512_permutex2var_ps(a, ie, b);
+		*x1 = _mm512_permutex2var_ps(a, io, b);
+	} else {
+		*x0 = a;
+		*x1 = b;
+	}
+}
+
+/* y[t+j][r+i] for i < R, j < T (R * T <= 16). */
+INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
+		     const int T, const enum kn_dtype dt)
+{
+	const int cols = w->cols;
+	__m512 acc[16], xv[8], w0, w1;
+
+	UNROLL for (int i = 0; i < R * T; i++)
+		acc[i] = _mm512_setzero_ps();
+	for (int k = 0; k < cols; k += 32) {
+		int rem = FR_MIN(32, cols - k);
+		UNROLL for (int j = 0; j < T; j++)
+			load_x32(x + (size_t)(t + j) * cols + k, rem, dt, &xv[2 * j], &xv[2 * j + 1]);
+		UNROLL for (int i = 0; i < R; i++) {
+			load_w32(w->data, (size_t)(r + i) * cols + k, rem, dt, &w0, &w1);
+			UNROLL for (int j = 0; j < T; j++) {
+				acc[i * T + j] = _mm512_fmadd_ps(w0, xv[2 * j], acc[i * T + j]);
+				acc[i * T + j] = _mm512_fmadd_ps(w1, xv[2 * j + 1], acc[i * T + j]);
+			}
+		}
+	}
+	UNROLL for (int i = 0; i < R; i++)
+		UNROLL for (int j = 0; j < T; j++)
+			y[(size_t)(t + j) * w->rows + r + i] = _mm512_reduce_add_ps(acc[i * T + j]);
+}
+
+INLINE void matmul_dot(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
+		       const enum kn_dtype dt)
+{
+	int r = r0;
+	if (n == 1) {
+		for (; r + 8 <= r1; r += 8)
+			dot_tile(y, x, w, 0, r, 8, 1, dt);
+		for (; r < r1; r++)
+			dot_tile(y, x, w, 0, r, 1, 1, dt);
+		return;
+	}
+	for (; r + 4 <= r1; r += 4) {
+		int t = 0;
+		for (; t + 2 <= n; t += 2)
+			dot_tile(y, x, w, t, r, 4, 2, dt);
+		if (t < n)
+			dot_tile(y, x, w, t, r, 4, 1, dt);
+	}
+	for (; r < r1; r++) {
+		int t = 0;
+		for (; t + 2 <= n; t += 2)
+			dot_tile(y, x, w, t, r, 1, 2, dt);
+		if (t < n)
+			dot_tile(y, x, w, t, r, 1, 1, dt);
+	}
+}
+
+/* ---- matmul: many tokens ------------------------------------------------------------------ */
+
+INLINE __m256 load_w8(const void *base, size_t off, enum kn_dtype dt)
+{
+	if (dt == KN_DTYPE_F32)
+		return _mm256_loadu_ps((const float *)base + off);
+	__m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)base + off));
+	if (dt == KN_DTYPE_F16)
+		return _mm256_cvtph_ps(h);
+	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+INLINE void transpose8(__m256 m[8])
+{
+	__m256 t[8], s[8];
+	for (int i = 0; i < 4; i++) {
+		t[2 * i] = _mm256_unpacklo_ps(m[2 * i], m[2 * i + 1]);
+		t[2 * i + 1] = _mm256_unpackhi_ps(m[2 * i], m[2 * i + 1]);
+	}
+	for (int i = 0; i < 2; i++) {
+		s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+		s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xee);
+		s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+		s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xee);
+	}
+	for (int i = 0; i < 4; i++) {
+		m[i] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x20);
+		m[i + 4] = _mm256_permute2f128_ps(s[i], s[i + 4], 0x31);
+	}
+}
+
+/* wp[k][32] = W[r + i][k0 + k] as fp32 for i < nr, 0 for the rows past nr. */
+INLINE void pack_panel(float *wp, const struct kn_mat *w, int r, int nr, int k0, int kc,
+		       const enum kn_dtype dt)
+{
+	const size_t cols = (size_t)w->cols;
+	int k = 0;
+	for (; k + 8 <= kc; k += 8) {
+		for (int h = 0; h < 4; h++) {
+			__m256 m[8];
+			for (int i = 0; i < 8; i++) {
+				int row = h * 8 + i;
+				m[i] = row < nr ? load_w8(w->data, (size_t)(r + row) * cols + k0 + k, dt)
+						: _mm256_setzero_ps();
+			}
+			transpose8(m);
+			for (int c = 0; c < 8; c++)
+				_mm256_store_ps(wp + (size_t)(k + c) * 32 + h * 8, m[c]);
+		}
+	}
+	for (; k < kc; k++) {
+		for (int i = 0; i < 32; i++) {
+			float v = 0.0f;
+			if (i < nr) {
+				size_t o = (size_t)(r + i) * cols + k0 + k;
+				const uint16_t *h = w->data;
+				v = dt == KN_DTYPE_F32	 ? ((const float *)w->data)[o]
+				    : dt == KN_DTYPE_F16 ? kn_f16_to_f32(h[o])
+							 : kn_bf16_to_f32(h[o]);
+			}
+			wp[(size_t)k * 32 + i] = v;
+		}
+	}
+}
+
+/* y[j][0..nr) (+)= sum_k x[j][k] * wp[k][0..nr) for j < M tokens; sequential in k. */
+INLINE void gemm_tile(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int kc,
+		      int nr, bool first, const int M)
+{
+	__m512 acc[2 * MT];
+	__mmask16 m0 = mask16(FR_MIN(nr, 16)), m1 = mask16(FR_MAX(nr - 16, 0));
+
+	UNROLL for (int j = 0; j < M; j++) {
+		if (first) {
+			acc[2 * j] = _mm512_setzero_ps();
+			acc[2 * j + 1] = _mm512_setzero_ps();
+		} else {
+			acc[2 * j] = _mm512_maskz_loadu_ps(m0, y + j * ldy);
+			acc[2 * j + 1] = _mm512_maskz_loadu_ps(m1, y + j * ldy + 16);
+		}
+	}
+	for (int k = 0; k < kc; k++) {
+		__m512 w0 = _mm512_load_ps(wp + (size_t)k * 32);
+		__m512 w1 = _mm512_load_ps(wp + (size_t)k * 32 + 16);
+		UNROLL for (int j = 0; j < M; j++) {
+			__m512 b = _mm512_set1_ps(x[j * ldx + k]);
+			acc[2 * j] = _mm512_fmadd_ps(b, w0, acc[2 * j]);
+			acc[2 * j + 1] = _mm512_fmadd_ps(b, w1, acc[2 * j + 1]);
+		}
+	}
+	UNROLL for (int j = 0; j < M; j++) {
+		_mm512_mask_storeu_ps(y + j * ldy, m0, acc[2 * j]);
+		_mm512_mask_storeu_ps(y + j * ldy + 16, m1, acc[2 * j + 1]);
+	}
+}
+
+static void gemm_tiles(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int kc,
+		       int nr, bool first, int n)
+{
+	int t = 0;
+	for (; t + MT <= n; t += MT)
+		gemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, MT);
+	float *yt = y + t * ldy;
+	const float *xt = x + t * ldx;
+	switch (n - t) {
+	case 7:
+		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 7);
+		break;
+	case 6:
+		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 6);
+		break;
+	case 5:
+		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 5);
+		break;
+	case 4:
+		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 4);
+		break;
+	case 3:
+		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 3);
+		break;
+	case 2:
+		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 2);
+		break;
+	case 1:
+		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 1);
+		break;
+	}
+}
+
+INLINE void matmul_gemm(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
+			const enum kn_dtype dt)
+{
+	_Alignas(64) float wp[KC * 32];
+	for (int r = r0; r < r1; r += 32) {
+		int nr = FR_MIN(32, r1 - r);
+		for (int k0 = 0; k0 < w->cols; k0 += KC) {
+			int kc = FR_MIN(KC, w->cols - k0);
+			pack_panel(wp, w, r, nr, k0, kc, dt);
+			gemm_tiles(y + r, (size_t)w->rows, x + k0, (size_t)w->cols, wp, kc, nr, k0 == 0,
+				   n);
+		}
+	}
+}
+
+static void matmul_f32(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	if (n >= GEMM_MIN_N)
+		matmul_gemm(y, x, w, n, r0, r1, KN_DTYPE_F32);
+	else
+		matmul_dot(y, x, w, n, r0, r1, KN_DTYPE_F32);
+}
+
+static void matmul_bf16(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	if (n >= GEMM_MIN_N)
+		matmul_gemm(y, x, w, n, r0, r1, KN_DTYPE_BF16);
+	else
+		matmul_dot(y, x, w, n, r0, r1, KN_DTYPE_BF16);
+}
+
+static void matmul_f16(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	if (n >= GEMM_MIN_N)
+		matmul_gemm(y, x, w, n, r0, r1, KN_DTYPE_F16);
+	else
+		matmul_dot(y, x, w, n, r0, r1, KN_DTYPE_F16);
+}
+
+static void avx512_matmul(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	switch (w->dtype) {
+	case KN_DTYPE_F32:
+		matmul_f32(y, x, w, n, r0, r1);
+		break;
+	case KN_DTYPE_BF16:
+		matmul_bf16(y, x, w, n, r0, r1);
+		break;
+	case KN_DTYPE_F16:
+		matmul_f16(y, x, w, n, r0, r1);
+		break;
+	}
+}
+
+/* ---- vector ops ---------------------------------------------------------------------------- */
+
+static float avx512_dot(const float *x, const float *y, int n)
+{
+	__m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+	int i = 0;
+	for (; i + 32 <= n; i += 32) {
+		a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), a0);
+		a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), a1);
+	}
+	for (; i < n; i += 16) {
+		__mmask16 m = mask16(n - i);
+		a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i), a0);
+	}
+	return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+static void avx512_axpy(float *y, float a, const float *x, int n)
+{
+	__m512 va = _mm512_set1_ps(a);
+	for (int i = 0; i < n; i += 16) {
+		__mmask16 m = mask16(n - i);
+		__m512 v = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i),
+					   _mm512_maskz_loadu_ps(m, y + i));
+		_mm512_mask_storeu_ps(y + i, m, v);
+	}
+}
+
+static void avx512_rmsnorm(float *y, const float *x, const float *g, int dim, float eps)
+{
+	__m512 vi = _mm512_set1_ps(1.0f / sqrtf(avx512_dot(x, x, dim) / (float)dim + eps));
+	for (int i = 0; i < dim; i += 16) {
+		__mmask16 m = mask16(dim - i);
+		__m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vi);
+		_mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, g + i)));
+	}
+}
+
+static void avx512_swiglu(float *out, const float *gate, const float *up, int n)
+{
+	for (int i = 0; i < n; i += 16) {
+		__mmask16 m = mask16(n - i);
+		__m512 g = _mm512_maskz_loadu_ps(m, gate + i), u = _mm512_maskz_loadu_ps(m, up + i);
+		__m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), g));
+		__m512 v = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e)), u);
+		_mm512_mask_storeu_ps(out + i, m, v);
+	}
+}
+
+static void avx512_softmax(float *x, int n)
+{
+	__m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
+	for (int i = 0; i < n; i += 16)
+		vmax = _mm512_max_ps(vmax, _mm512_mask_loadu_ps(vmax, mask16(n - i), x + i));
+	__m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+	for (int i = 0; i < n; i += 16) {
+		__mmask16 m = mask16(n - i);
+		__m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mx));
+		e = _mm512_maskz_mov_ps(m, e);
+		_mm512_mask_storeu_ps(x + i, m, e);
+		vsum = _mm512_add_ps(vsum, e);
+	}
+	__m512 vi = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+	for (int i = 0; i < n; i += 16) {
+		__mmask16 m = mask16(n - i);
+		_mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vi));
+	}
+}
+
+static void avx512_attend(float *out, const float *q, const float *k, const float *v, int n_ctx,
+			  int head_dim, size_t stride, float scale, float *scratch)
+{
+	for (int j = 0; j < n_ctx; j++)
+		scratch[j] = avx512_dot(q, k + (size_t)j * stride, head_dim) * scale;
+	avx512_softmax(scratch, n_ctx);
+	memset(out, 0, (size_t)head_dim * sizeof(float));
+	for (int j = 0; j < n_ctx; j++)
+		avx512_axpy(out, scratch[j], v + (size_t)j * stride, head_dim);
+}
+
+const struct kn_ops kn_ops_avx512 = {
+	.name = "avx512",
+	.matmul = avx512_matmul,
+	.rmsnorm = avx512_rmsnorm,
+	.swiglu = avx512_swiglu,
+	.axpy = avx512_axpy,
+	.dot = avx512_dot,
+	.softmax = avx512_softmax,
+	.attend = avx512_attend,
+};
+
+/* Same numerics as kn_ops_avx512; see the comment at the top. */
+const struct kn_ops kn_ops_avx512bf16 = {
+	.name = "avx512bf16",
+	.matmul = avx512_matmul,
+	.rmsnorm = avx512_rmsnorm,
+	.swiglu = avx512_swiglu,
+	.axpy = avx512_axpy,
+	.dot = avx512_dot,
+	.softmax = avx512_softmax,
+	.attend = avx512_attend,
+};
