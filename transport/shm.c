@@ -163,7 +163,8 @@ static int shm_ep_connect(struct tp_ep *e, int fd, const uint8_t *extra, size_t 
 		goto fail;
 	}
 	ep->peer_map = theirs.region_map;
-	ep->peer_region = mmap(NULL, ep->peer_map, PROT_READ | PROT_WRITE, MAP_SHARED, pfds[0], 0);
+	ep->peer_region = mmap(NULL, ep->peer_map, PROT_READ | PROT_WRITE,
+			       MAP_SHARED | MAP_POPULATE, pfds[0], 0);
 	if (ep->peer_region == MAP_FAILED) {
 		rc = -errno;
 		goto fail;

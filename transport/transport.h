@@ -160,7 +160,8 @@ int tp_ep_release(struct tp_ep *ep, uint32_t n);
 int tp_poll(struct tp_context *ctx, struct tp_event *evs, int max);
 /* Like tp_poll() but blocks up to timeout_ms (-1: forever) when nothing is ready: spins for
  * spin_us, then sleeps in epoll on the context's fds (completion channel, sockets, eventfd
- * doorbells), so an idle process burns no CPU. May return 0 early when progress happened
+ * doorbells), so an idle process burns no CPU (it wakes at most 4 times a second to run
+ * the liveness watchdogs). May return 0 early when progress happened
  * without an event (credits came back): callers loop on their own deadline. */
 int tp_wait(struct tp_context *ctx, struct tp_event *evs, int max, int timeout_ms);
 

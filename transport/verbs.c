@@ -67,6 +67,8 @@ struct vb_ep {
 	struct vb_sqe *sq;
 	uint32_t sq_size, rq_size, since_signal;
 	uint64_t sq_posted, sq_done;
+	uint64_t sig_seq;     /* 1 + seq of the last signalled WR (a completion is owed) */
+	uint64_t progress_ns; /* when sq_done last moved, or a completion became owed */
 	uint32_t psn, peer_qpn, peer_psn, peer_rkey;
 	uint64_t peer_addr;
 	uint16_t peer_lid;
@@ -523,6 +525,9 @@ static int post_send(struct vb_ep *ep, struct ibv_send_wr *wr, bool user_signal,
 	if (sig) {
 		wr->send_flags |= IBV_SEND_SIGNALED;
 		ep->since_signal = 0;
+		if (ep->sig_seq <= ep->sq_done)
+			ep->progress_ns = fr_now_ns();
+		ep->sig_seq = ep->sq_posted + 1;
 	}
 	int rc = ibv_post_send(ep->qp, wr, &bad);
 	if (rc) {
@@ -621,8 +626,10 @@ static int handle_wc(struct tp_context *c, const struct ibv_wc *wc, struct tp_ev
 		return 1;
 	}
 	const struct vb_sqe *s = &ep->sq[slot];
-	if (s->seq + 1 > ep->sq_done)
+	if (s->seq + 1 > ep->sq_done) {
 		ep->sq_done = s->seq + 1; /* signalled: everything before it is done too */
+		ep->progress_ns = fr_now_ns();
+	}
 	if (wc->status != IBV_WC_SUCCESS && wc->status != IBV_WC_WR_FLUSH_ERR)
 		vb_fail(ep, wc->status == IBV_WC_RETRY_EXC_ERR ? -ETIMEDOUT : -EIO,
 			ibv_wc_status_str(wc->status));
@@ -635,8 +642,18 @@ static int handle_wc(struct tp_context *c, const struct ibv_wc *wc, struct tp_ev
 	return 1;
 }
 
+/* Liveness: the bootstrap socket closes when the peer process dies; a peer host that
+ * vanishes shows as an owed completion that does not come (the provider's own retry
+ * limit is not trusted: soft-RoCE retransmits for ever) or by TCP keepalive. */
 static void check_sockets(struct vb_ctx *ctx)
 {
+	uint64_t now = fr_now_ns(), limit = (uint64_t)ctx->c.cfg.peer_timeout_ms * 1000000;
+	for (struct tp_ep *e = ctx->c.eps; e; e = e->next) {
+		struct vb_ep *ep = VB_EP(e);
+		if (e->connected && e->status == 0 && ep->sig_seq > ep->sq_done &&
+		    now - ep->progress_ns > limit)
+			vb_fail(ep, -ETIMEDOUT, "no send completion within peer_timeout_ms");
+	}
 	struct epoll_event ee[16];
 	int n = epoll_wait(ctx->c.epfd, ee, FR_ARRAY_SIZE(ee), 0);
 	for (int i = 0; i < n; i++) {

@@ -1,0 +1,259 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * placement.h - where routed experts live and how much work each worker gets
+ * (ARCHITECTURE §5).
+ *
+ * Slot model. Every worker w has slots[w] slots per MoE layer (from its memory or config;
+ * 0 = the worker holds nothing, e.g. it is dead). A layer's slots are numbered globally:
+ * worker w owns the global ids slot_base[w] .. slot_base[w+1]-1, its local slot s is global
+ * id slot_base[w] + s. Every slot holds one logical expert; every expert has at least one
+ * replica; total slots >= routed experts and the surplus holds replicas of hot experts.
+ *
+ * Load model used by the solver: an expert's load (tokens, or any non-negative weight) is
+ * split evenly between its replicas; a worker's load in a layer is the sum over its slots.
+ * The solver minimises the largest worker load of every layer.
+ *
+ * Three parts:
+ *   co_place_*        solver, routing table, replica choice per token, quality metrics
+ *   co_load_*         sliding-window load accounting (tokens and compute time)
+ *   co_load_profile_* load-profile files: the solver's input from disk
+ *
+ * Everything returns 0 or a negative errno; -EINVAL failures that a user can cause fill a
+ * struct fr_error naming the problem. Nothing here logs, prints or exits.
+ */
+#ifndef FERRY_COORDINATOR_PLACEMENT_H
+#define FERRY_COORDINATOR_PLACEMENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+
+/* Shape limits (input validation; far above any DeepSeekMoE model). */
+#define CO_PLACE_MAX_LAYERS 4096
+#define CO_PLACE_MAX_EXPERTS 65536
+#define CO_PLACE_MAX_WORKERS 16384
+#define CO_PLACE_MAX_SLOTS (1 << 20)           /* total slots of one layer */
+#define CO_PLACE_MAX_CELLS (1 << 26)           /* n_layers * total slots */
+
+/* ==== placement ============================================================================= */
+
+/* One physical copy of a logical expert. */
+struct co_place_replica {
+	int32_t worker;
+	int32_t slot; /* local slot index on that worker */
+};
+
+/* A placement of every MoE layer. Allocated by co_place_solve() / co_place_from_table(),
+ * released with co_place_destroy(); read-only for everyone else. */
+struct co_placement {
+	int n_layers;
+	int n_experts;
+	int n_workers;
+	int total_slots;                 /* per layer: sum of slots[] */
+	int32_t *slots;                  /* [n_workers] slots per layer of each worker */
+	int32_t *slot_base;              /* [n_workers + 1] prefix sums of slots[] */
+	int32_t *slot_worker;            /* [total_slots] worker owning each global slot */
+	int32_t *slot_expert;            /* [n_layers][total_slots] logical expert in each slot */
+	/* Routing table: the replicas of (layer l, expert e) are
+	 * rep[l * total_slots + rep_off[l * (n_experts + 1) + e] .. + rep_off[... + e + 1]),
+	 * ordered by worker, then slot. Use co_place_replicas(). */
+	int32_t *rep_off;                /* [n_layers][n_experts + 1] */
+	struct co_place_replica *rep;    /* [n_layers][total_slots] */
+};
+
+struct co_place_problem {
+	int n_layers;
+	int n_experts;             /* routed experts per MoE layer */
+	int n_workers;
+	const int *slots;          /* [n_workers] slots per layer, >= 0; borrowed for the call */
+	const double *load;        /* [n_layers][n_experts] finite, >= 0; NULL = uniform;
+				    * borrowed for the call */
+};
+
+enum co_place_algo {
+	CO_PLACE_ALGO_FERRY = 0,   /* default: see co_place_solve() */
+	CO_PLACE_ALGO_EPLB,        /* EPLB's global policy only (baseline, comparisons) */
+};
+
+struct co_place_opts {
+	enum co_place_algo algo;
+	/* 0 or 1: no guarantee. k >= 2: every expert has replicas on at least k different
+	 * workers (each expert then gets at least k replicas). */
+	int min_distinct;
+	/* With a previous placement: accept a layer whose largest worker load is up to
+	 * (1 + migrate_tolerance) x the best one found, if it moves fewer experts. 0 = best
+	 * load first (moves only break ties); e.g. 0.05 keeps the old placement of a layer
+	 * unless the new one is more than 5% better. Must be finite and >= 0. */
+	double migrate_tolerance;
+};
+
+/*
+ * Computes a placement of every layer.
+ *
+ * Per layer: replicas go one at a time to the expert with the highest load per replica
+ * (EPLB's replication; with min_distinct = k every expert starts with k), then replicas
+ * are packed heaviest-first onto the least-loaded worker with a free slot (EPLB's packing,
+ * generalised to unequal slot counts), once as-is and once preferring workers that do not
+ * yet hold the expert. Each packing is improved by local search on the most loaded worker
+ * (swapping two replicas between workers, or handing a slot of a cold expert to a hot
+ * one), which never raises the largest load: with algo FERRY the result is never worse than
+ * EPLB's global policy. With prev (same n_layers, n_experts, n_workers), the previous layout
+ * of each layer and a local search started from it are candidates too, workers with equal
+ * slot counts are permuted and slots within a worker reordered to keep experts where they
+ * were, and migrate_tolerance trades load for moved experts (see co_place_moves()).
+ *
+ * pb, opts (NULL = defaults) and prev (may be NULL) are borrowed. *ret is owned by the
+ * caller (co_place_destroy()).
+ * Errors: -EINVAL with err naming the problem: a shape out of range, a negative or
+ * non-finite load "(layer, expert)", fewer slots than experts ("need at least N slots"),
+ * a min_distinct guarantee the slots cannot give, prev of another shape. -ENOMEM.
+ */
+int co_place_solve(const struct co_place_problem *pb, const struct co_place_opts *opts,
+		   const struct co_placement *prev, struct co_placement **ret,
+		   struct fr_error *err);
+
+/* Builds a placement from an explicit table (a layout read back, or the default
+ * expert-e-on-worker-e%n one): slot_expert is [n_layers][sum slots], copied.
+ * Errors: -EINVAL (shapes; an expert id out of range; an expert with no replica, named),
+ * -ENOMEM. */
+int co_place_from_table(int n_layers, int n_experts, int n_workers, const int *slots,
+			const int32_t *slot_expert, struct co_placement **ret,
+			struct fr_error *err);
+
+/* Accepts NULL. */
+void co_place_destroy(struct co_placement *p);
+
+/* The replicas of (layer, expert) and their number; NULL/0 when out of range. */
+const struct co_place_replica *co_place_replicas(const struct co_placement *p, int layer,
+						 int expert, int *ret_n);
+
+/* Logical expert in (layer, worker, local slot), or -1 when out of range. */
+int co_place_expert_at(const struct co_placement *p, int layer, int worker, int slot);
+
+/* Checks the invariants: every slot holds a valid expert, every expert has >= 1 replica,
+ * the routing table matches the slots, and (min_distinct >= 2) every expert is on at least
+ * min_distinct workers. Returns 0 or -EINVAL with err naming the first violation. */
+int co_place_check(const struct co_placement *p, int min_distinct, struct fr_error *err);
+
+/* ---- quality ---- */
+
+struct co_place_stats {
+	double max_load;      /* largest worker load */
+	double mean_load;     /* mean over workers that have slots */
+	double balancedness;  /* mean / max; 1 when there is no load */
+};
+
+/* Worker loads of one layer under a load row (load[n_experts], NULL = uniform), expert
+ * loads split evenly between replicas: ret[n_workers]. Errors: -EINVAL (layer). */
+int co_place_worker_loads(const struct co_placement *p, int layer, const double *load,
+			  double *ret);
+
+/* Per-layer stats under a profile (load[n_layers][n_experts], NULL = uniform):
+ * ret[n_layers]. Errors: -EINVAL. */
+int co_place_evaluate(const struct co_placement *p, const double *load,
+		      struct co_place_stats *ret);
+
+/* Migration cost from a to b: the number of (layer, worker, slot) whose expert differs,
+ * i.e. the expert weights workers must load to go from a to b. Returns the count, or
+ * -EINVAL when the shapes (layers, experts, slots per worker) differ. */
+long co_place_moves(const struct co_placement *a, const struct co_placement *b);
+
+/* ---- dispatch ---- */
+
+/*
+ * Replica choice for one layer of one batch: for every token t and each of its k experts
+ * expert[t * k + j] (in that order), the replica whose worker has the least load so far,
+ * ties to the lowest worker, then the lowest slot; that worker's load then grows by one
+ * token. worker_tokens[n_workers] is the running load, in/out: zero it per batch (or seed
+ * it with tokens already sent). ret[n_tok * k] receives the replicas.
+ * Errors: -EINVAL (layer, sizes, an expert id out of range; nothing is written to ret
+ * beyond the bad entry, worker_tokens counts the entries before it).
+ */
+int co_place_choose(const struct co_placement *p, int layer, int n_tok, int k,
+		    const int32_t *expert, int64_t *worker_tokens, struct co_place_replica *ret);
+
+/* ==== sliding-window load accounting ====================================================== */
+
+/* Token counts per (layer, expert), per (layer, global slot) - which gives per (layer,
+ * worker) and per worker - and compute time per (worker, layer), summed over the last
+ * `window` steps. A step is whatever the caller advances with co_load_next_step() (a forward
+ * step, a time bucket). Counters are physical: slot ids refer to (worker, slot), whichever
+ * expert a slot holds. Per-step counters saturate at UINT32_MAX tokens. Not thread-safe:
+ * one writer, or the caller locks. Memory: window * (n_layers * (n_experts + total_slots) * 4
+ * + n_workers * n_layers * 8) bytes. */
+struct co_load;
+
+/* slots[n_workers] is copied. Errors: -EINVAL (shapes, window < 1 or > 1<<20), -ENOMEM. */
+int co_load_create(int n_layers, int n_experts, int n_workers, const int *slots, int window,
+		   struct co_load **ret, struct fr_error *err);
+/* Accepts NULL. */
+void co_load_destroy(struct co_load *ld);
+
+/* Closes the current step and opens a new, empty one; once `window` steps are held the
+ * oldest one leaves the sums. */
+void co_load_next_step(struct co_load *ld);
+/* Forgets everything (one empty step). */
+void co_load_reset(struct co_load *ld);
+/* Steps now in the window, the current one included: 1 .. window. */
+int co_load_window_steps(const struct co_load *ld);
+
+/* Counts n routed (token, expert) pairs of a layer in the current step: expert[i] went to
+ * replica rep[i] (rep may be NULL: expert counts only). Errors: -EINVAL (an id out of range;
+ * nothing is counted then). */
+int co_load_record(struct co_load *ld, int layer, int n, const int32_t *expert,
+		   const struct co_place_replica *rep);
+/* Adds a worker's measured compute time for a layer to the current step. Errors: -EINVAL. */
+int co_load_record_time(struct co_load *ld, int worker, int layer, uint64_t ns);
+
+/* Window sums. ret sizes: [n_experts], [total_slots], [n_workers], [n_workers].
+ * layer -1 in worker_tokens/worker_time sums over all layers. Errors: -EINVAL (layer). */
+int co_load_expert_tokens(const struct co_load *ld, int layer, uint64_t *ret);
+int co_load_slot_tokens(const struct co_load *ld, int layer, uint64_t *ret);
+int co_load_worker_tokens(const struct co_load *ld, int layer, uint64_t *ret);
+int co_load_worker_time(const struct co_load *ld, int layer, uint64_t *ret);
+
+enum co_load_metric {
+	CO_LOAD_TOKENS = 0,   /* tokens routed to each worker */
+	CO_LOAD_TIME,         /* measured compute time of each worker: device-level load */
+};
+/* mean / max of one layer's (-1: all layers') worker loads over the window, the mean taken
+ * over workers with slots; 1 when nothing was recorded. Errors: -EINVAL. */
+int co_load_balancedness(const struct co_load *ld, int layer, enum co_load_metric m,
+			 double *ret);
+/* The window's tokens per (layer, expert) as a solver profile: ret[n_layers][n_experts]. */
+void co_load_profile_get(const struct co_load *ld, double *ret);
+
+/* ==== load-profile files ==================================================================== */
+
+/*
+ * A load profile is JSON:
+ *
+ *   { "layers": [ [l0e0, l0e1, ...], [l1e0, ...], ... ],    required
+ *     "n_layers": 61, "n_experts": 128,                       optional, checked
+ *     "comment": "anything" }                                 optional
+ *
+ * "layers" holds one array per MoE layer, all of the same length (the routed experts),
+ * of finite numbers >= 0 (token counts or relative loads; scale does not matter). Other
+ * keys and duplicate keys are rejected.
+ */
+struct co_load_profile {
+	int n_layers;
+	int n_experts;
+	double *load;   /* [n_layers][n_experts], heap, owned by the profile */
+};
+
+/* Parses len bytes of JSON. want_layers / want_experts: required sizes, 0 = any.
+ * Errors: -EINVAL with err naming the problem and where ("layers[3][17]: -1 is negative",
+ * "invalid JSON at line 2 column 5: ..."), -ENOMEM. *ret is owned by the caller
+ * (co_load_profile_fini()); written only on success. */
+int co_load_profile_parse(const char *json, size_t len, int want_layers, int want_experts,
+			  struct co_load_profile *ret, struct fr_error *err);
+/* Same from a file (at most 64 MiB); messages start with the path. Adds -errno of the read. */
+int co_load_profile_read(const char *path, int want_layers, int want_experts,
+			 struct co_load_profile *ret, struct fr_error *err);
+/* Frees the loads; accepts a zeroed profile. */
+void co_load_profile_fini(struct co_load_profile *pr);
+
+#endif /* FERRY_COORDINATOR_PLACEMENT_H */
