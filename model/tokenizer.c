@@ -246,31 +246,6 @@ static uint32_t utf8_next(const unsigned char *s, size_t *i)
 	return c;
 }
 
-static size_t utf8_put(char *out, uint32_t c)
-{
-	unsigned char *o = (unsigned char *)out;
-	if (c < 0x80) {
-		o[0] = (unsigned char)c;
-		return 1;
-	}
-	if (c < 0x800) {
-		o[0] = (unsigned char)(0xC0 | (c >> 6));
-		o[1] = (unsigned char)(0x80 | (c & 0x3F));
-		return 2;
-	}
-	if (c < 0x10000) {
-		o[0] = (unsigned char)(0xE0 | (c >> 12));
-		o[1] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
-		o[2] = (unsigned char)(0x80 | (c & 0x3F));
-		return 3;
-	}
-	o[0] = (unsigned char)(0xF0 | (c >> 18));
-	o[1] = (unsigned char)(0x80 | ((c >> 12) & 0x3F));
-	o[2] = (unsigned char)(0x80 | ((c >> 6) & 0x3F));
-	o[3] = (unsigned char)(0x80 | (c & 0x3F));
-	return 4;
-}
-
 /* WHATWG UTF-8 decode step: the length of a valid sequence at s[0..n), or 0 when s starts an
  * invalid one, in which case *bad is the length of its maximal subpart (>= 1). */
 static size_t utf8_valid_len(const unsigned char *s, size_t n, size_t *bad)
@@ -595,7 +570,7 @@ static int regex_compile(const char *pat, size_t len, bool literal, const char *
 	pcre2_code *re;
 
 	if (len > TK_MAX_PATTERN)
-		return fr_error_set(err, -EINVAL, "%s: pattern of %zu bytes is too long", what, len);
+		return fr_error_set(err, -EINVAL, "tokenizer.json: %s: pattern of %zu bytes is too long", what, len);
 	if (literal) {
 		if (buf_add(&p, pat, len) < 0)
 			return fr_error_set(err, -ENOMEM, "out of memory");
@@ -603,16 +578,16 @@ static int regex_compile(const char *pat, size_t len, bool literal, const char *
 		rc = regex_from_js(pat, len, &p);
 		if (rc < 0) {
 			free(p.p);
-			return fr_error_set(err, rc, "%s: bad regex '%.*s'", what, (int)FR_MIN(len, 200), pat);
+			return fr_error_set(err, rc, "tokenizer.json: %s: bad regex '%.*s'", what, (int)FR_MIN(len, 200), pat);
 		}
 	}
 	re = pcre2_compile((PCRE2_SPTR)p.p, p.len,
-			   PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C | (literal ? PCRE2_LITERAL : 0),
+			   literal ? PCRE2_UTF | PCRE2_LITERAL : PCRE2_UTF | PCRE2_UCP | PCRE2_NEVER_BACKSLASH_C,
 			   &ec, &eo, NULL);
 	if (!re) {
 		PCRE2_UCHAR msg[160];
 		pcre2_get_error_message(ec, msg, sizeof(msg));
-		rc = fr_error_set(err, -EINVAL, "%s: bad regex '%.*s' at offset %zu: %s", what,
+		rc = fr_error_set(err, -EINVAL, "tokenizer.json: %s: bad regex '%.*s' at offset %zu: %s", what,
 				  (int)FR_MIN(len, 200), pat, (size_t)eo, (const char *)msg);
 		free(p.p);
 		return rc;
