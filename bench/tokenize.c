@@ -158,7 +158,7 @@ int main(int argc, char **argv)
 	char tpath[4096], cpath[4096];
 	struct fr_error err = { { 0 } };
 	struct model_tokenizer *tk;
-	struct input corpus = { .name = "test corpus (2.7k docs)" }, prose = { .name = "English prose, 4 KiB" },
+	struct input corpus = { .name = "test corpus, 2.7k docs" }, prose = { .name = "English prose, 4 KiB" },
 		     code = { .name = "C-like code, 4 KiB" };
 
 	snprintf(tpath, sizeof(tpath), "%s", argc > 1 ? argv[1] : "");

@@ -76,7 +76,7 @@ static int side_open(struct side *s, enum tp_backend b, const char *dev)
 	struct tp_config cfg = { .backend = b, .device = dev, .gid_index = -1,
 				 .recv_depth = SLOTS, .send_depth = 64 };
 	uint8_t blob[TP_ADDR_MAX], peer[TP_ADDR_MAX];
-	size_t len;
+	size_t len = 0;
 	uint32_t l;
 	int rc = tp_context_create(&cfg, &s->ctx);
 	if (rc < 0)

@@ -44,7 +44,7 @@
 
 #include "model/model.h"
 
-#define TK_MAX_ID (1 << 24)          /* ids above this are refused as malformed */
+#define TK_MAX_ID (1 << 21)          /* ids from here on are refused as malformed */
 #define TK_MAX_TOKEN_BYTES (1 << 16)
 #define TK_MAX_FILE_BYTES (512u << 20)
 #define TK_MAX_PATTERN 8192

@@ -371,6 +371,7 @@ struct ws {
 	int32_t *rep;               /* [E] replicas */
 	int32_t *ndist;             /* [E] distinct workers holding the expert */
 	int32_t *head, *nxt, *prv;  /* [E], [S], [S] */
+	int32_t *cnt;               /* [E][W] replicas of e on w; NULL for huge shapes */
 	double *wl;                 /* [W] worker loads */
 	/* scratch */
 	double *delta;              /* [W], zero between uses */
@@ -381,6 +382,7 @@ struct ws {
 	int32_t *xcnt;              /* [W] zero between uses */
 	int32_t *zv1, *zv2;         /* [E] local search bounds, see ls_cold_bounds() */
 	double *zb1, *zb2;          /* [E] */
+	double *wmax;               /* [W] heaviest replica on each worker */
 	struct item *items;         /* [S] */
 	int32_t *heap;              /* [E] */
 	int32_t *ecount;            /* [E] zero between uses */
@@ -395,6 +397,8 @@ static inline double ws_weight(const struct ws *s, int e)
 static int ws_count_on(const struct ws *s, int e, int w)
 {
 	int n = 0;
+	if (s->cnt)
+		return s->cnt[(size_t)e * s->W + w];
 	for (int g = s->head[e]; g >= 0; g = s->nxt[g])
 		n += s->sw[g] == w;
 	return n;
@@ -411,6 +415,10 @@ static void ws_recompute_worker(struct ws *s, int w)
 /* Loads a complete layout se[S] (copied unless it is s->se) and derives everything else. */
 static void ws_set(struct ws *s, const int32_t *se)
 {
+	if (s->cnt) /* clear what the old lists recorded */
+		for (int e = 0; e < s->E; e++)
+			for (int g = s->head[e]; g >= 0; g = s->nxt[g])
+				s->cnt[(size_t)e * s->W + s->sw[g]] = 0;
 	if (se != s->se)
 		memcpy(s->se, se, sizeof(*se) * (size_t)s->S);
 	for (int e = 0; e < s->E; e++) {
@@ -427,6 +435,8 @@ static void ws_set(struct ws *s, const int32_t *se)
 			s->prv[s->head[e]] = g;
 		s->head[e] = g;
 		s->rep[e]++;
+		if (s->cnt)
+			s->cnt[(size_t)e * s->W + s->sw[g]]++;
 	}
 	for (int w = 0; w < s->W; w++) {
 		s->stamp_gen++;
@@ -462,9 +472,13 @@ static void ws_assign(struct ws *s, int g, int e)
 	if (s->nxt[g] >= 0)
 		s->prv[s->nxt[g]] = s->prv[g];
 	s->rep[x]--;
+	if (s->cnt)
+		s->cnt[(size_t)x * s->W + w]--;
 
 	if (ws_count_on(s, e, w) == 0)
 		s->ndist[e]++;
+	if (s->cnt)
+		s->cnt[(size_t)e * s->W + w]++;
 	s->prv[g] = -1;
 	s->nxt[g] = s->head[e];
 	if (s->head[e] >= 0)
@@ -744,28 +758,38 @@ static void local_search(struct ws *s)
 		if (M <= 0)
 			return;
 		ls_cold_bounds(s);
+		for (int w = 0; w < s->W; w++) {
+			s->wmax[w] = 0;
+			for (int g = s->base[w]; g < s->base[w + 1]; g++)
+				s->wmax[w] = FR_MAX(s->wmax[w], ws_weight(s, s->se[g]));
+		}
 		for (int ga = s->base[wa]; ga < s->base[wa + 1]; ga++) {
 			int x = s->se[ga];
 			double wx = ws_weight(s, x);
 			bool seen = false;
 
-			/* swap with a lighter replica elsewhere */
-			for (int gb = 0; gb < s->S; gb++) {
-				int wb = s->sw[gb], y = s->se[gb];
-				double wy, m;
-				if (wb == wa || y == x)
+			/* swap with a lighter replica elsewhere; wb ends at wl[wb] + wx - wy,
+			 * which even wb's heaviest replica may not bring below best_m */
+			for (int wb = 0; wb < s->W; wb++) {
+				if (wb == wa || s->wl[wb] + wx - s->wmax[wb] >= best_m)
 					continue;
-				wy = ws_weight(s, y);
-				if (wy >= wx)
-					continue;
-				m = FR_MAX(M - wx + wy, s->wl[wb] + wx - wy);
-				if (m >= best_m || !ws_move_ok(s, x, wa, wb) ||
-				    !ws_move_ok(s, y, wb, wa))
-					continue;
-				best_m = m;
-				kind = 1;
-				bg1 = ga;
-				bg2 = gb;
+				for (int gb = s->base[wb]; gb < s->base[wb + 1]; gb++) {
+					int y = s->se[gb];
+					double wy, m;
+					if (y == x)
+						continue;
+					wy = ws_weight(s, y);
+					if (wy >= wx)
+						continue;
+					m = FR_MAX(M - wx + wy, s->wl[wb] + wx - wy);
+					if (m >= best_m || !ws_move_ok(s, x, wa, wb) ||
+					    !ws_move_ok(s, y, wb, wa))
+						continue;
+					best_m = m;
+					kind = 1;
+					bg1 = ga;
+					bg2 = gb;
+				}
 			}
 			/* hand some slot of a cold expert to x (once per distinct x on wa) */
 			for (int g = s->base[wa]; g < ga && !seen; g++)
@@ -782,7 +806,12 @@ static void local_search(struct ws *s)
 			bool off_wa = M - s->xcnt[wa] * gain < best_m;
 			for (int g = 0; g < s->S; g++) {
 				int z = s->se[g], d = s->sw[g];
-				if (z == x || s->rep[z] < 2 || (d != wa && !off_wa))
+				if (d != wa && (!off_wa || s->wl[d] - s->wmax[d] + ny -
+								   s->xcnt[d] * gain >= best_m)) {
+					g = s->base[d + 1] - 1; /* nothing on d can do */
+					continue;
+				}
+				if (z == x || s->rep[z] < 2)
 					continue;
 				if (d != wa &&
 				    s->wl[d] - ws_weight(s, z) + ny - s->xcnt[d] * gain >= best_m)
@@ -1033,6 +1062,9 @@ struct cand {
 	int32_t *se;   /* [S], aligned */
 };
 
+/* Largest experts x workers for the dense count matrix (64 MiB). */
+#define SOLVER_DENSE_MAX ((size_t)1 << 24)
+
 struct solver {
 	struct ws s;
 	struct align_scratch as;
@@ -1086,6 +1118,7 @@ static int solver_init(struct solver *sv, const struct co_placement *p, int need
 	    !(s->zv2 = solver_alloc(sv, E, sizeof(int32_t))) ||
 	    !(s->zb1 = solver_alloc(sv, E, sizeof(double))) ||
 	    !(s->zb2 = solver_alloc(sv, E, sizeof(double))) ||
+	    !(s->wmax = solver_alloc(sv, W, sizeof(double))) ||
 	    !(s->items = solver_alloc(sv, S, sizeof(struct item))) ||
 	    !(s->heap = solver_alloc(sv, E, sizeof(int32_t))) ||
 	    !(s->ecount = solver_alloc(sv, E, sizeof(int32_t))) ||
@@ -1106,6 +1139,11 @@ static int solver_init(struct solver *sv, const struct co_placement *p, int need
 	for (int i = 0; i < CAND__COUNT; i++)
 		if (!(sv->c[i].se = solver_alloc(sv, S, sizeof(int32_t))))
 			return -ENOMEM;
+	/* O(1) replica counts where the matrix is small (it is for real models) */
+	if (E * W <= SOLVER_DENSE_MAX && !(s->cnt = solver_alloc(sv, E * W, sizeof(int32_t))))
+		return -ENOMEM;
+	for (size_t e = 0; e < E; e++)
+		s->head[e] = -1; /* empty lists: ws_set() clears cnt through them */
 	return 0;
 }
 

@@ -203,7 +203,7 @@ static void test_vs_eplb(uint64_t *rng)
 
 static void test_unequal_and_distinct(uint64_t *rng)
 {
-	for (int c = 0; c < 60; c++) {
+	for (int c = 0; c < (T_SANITIZED ? 12 : 60); c++) {
 		int W = t_rand_int(rng, 2, 24), E = t_rand_int(rng, 4, 96), L = t_rand_int(rng, 1, 3);
 		int need = c % 3 == 0 ? 2 : c % 3 == 1 ? 1 : t_rand_int(rng, 2, FR_MIN(W, 3));
 		int *cap = t_xmalloc(sizeof(int) * (size_t)W);
