@@ -288,6 +288,7 @@ static int run_exec(const struct run_opts *o)
 		}
 	}
 	printf("\n");
+	fflush(stdout);
 	t2 = fr_now_ns();
 	if (o->stats) {
 		double pre_s = (double)(t1 - t0) / 1e9, dec_s = (double)(t2 - t1) / 1e9;
