@@ -18,6 +18,7 @@ struct co_engine {
 
 	float *kc, *vc;          /* [layers][max_seqs][max_ctx][kv_dim] f32 */
 	int32_t *seq_len;        /* [max_seqs] positions held in the cache */
+	int32_t *seq_next;       /* [max_seqs] scratch: check_batch's running lengths */
 
 	/* Scratch for max_batch rows. */
 	float *h;                /* [B][hidden] residual stream */
@@ -70,6 +71,7 @@ void co_engine_destroy(struct co_engine *e)
 	free(e->kc);
 	free(e->vc);
 	free(e->seq_len);
+	free(e->seq_next);
 	free(e->h);
 	free(e->xn);
 	free(e->q);
@@ -129,6 +131,7 @@ int co_engine_create(const struct model_weights *w, struct co_moe moe,
 	e->kc = alloc_floats(cache_n);
 	e->vc = alloc_floats(cache_n);
 	e->seq_len = calloc((size_t)e->o.max_seqs, sizeof(*e->seq_len));
+	e->seq_next = calloc((size_t)e->o.max_seqs, sizeof(*e->seq_next));
 	e->h = alloc_floats(B * c->hidden_size);
 	e->xn = alloc_floats(B * c->hidden_size);
 	e->tmp = alloc_floats(B * c->hidden_size);
@@ -145,7 +148,7 @@ int co_engine_create(const struct model_weights *w, struct co_moe moe,
 	e->attn_scratch_n = kn_attention_scratch_size(e->o.max_ctx);
 	e->attn_scratch = alloc_floats(e->attn_scratch_n);
 	e->rows = malloc(B * sizeof(int32_t));
-	if (!e->kc || !e->vc || !e->seq_len || !e->h || !e->xn || !e->tmp || !e->q || !e->att ||
+	if (!e->kc || !e->vc || !e->seq_len || !e->seq_next || !e->h || !e->xn || !e->tmp || !e->q || !e->att ||
 	    !e->k || !e->v || !e->g || !e->u || !e->rl || !e->top_idx || !e->top_w ||
 	    !e->gate_scratch || !e->attn_scratch || !e->rows) {
 		co_engine_destroy(e);
@@ -294,14 +297,12 @@ static int check_batch(struct co_engine *e, int n, const int32_t *tokens, const 
 		    seq[i] >= e->o.max_seqs || pos[i] < 0 || pos[i] >= e->o.max_ctx)
 			return -EINVAL;
 	}
-	/* Each sequence's rows must continue its cache without gaps. */
+	/* Each sequence's rows must continue its cache (or an earlier row) without gaps. */
+	memcpy(e->seq_next, e->seq_len, (size_t)e->o.max_seqs * sizeof(*e->seq_next));
 	for (int i = 0; i < n; i++) {
-		int expect = e->seq_len[seq[i]];
-		for (int j = 0; j < i; j++)
-			if (seq[j] == seq[i] && pos[j] + 1 > expect)
-				expect = pos[j] + 1;
-		if (pos[i] > expect)
+		if (pos[i] > e->seq_next[seq[i]])
 			return -EINVAL;
+		e->seq_next[seq[i]] = FR_MAX(e->seq_next[seq[i]], pos[i] + 1);
 	}
 	return 0;
 }
