@@ -13,7 +13,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "coordinator/placement/placement.h"
 #include "model/model.h"
+#include "transport/transport.h"
+#include "worker/worker.h"
+
+/* Most micro-batches a forward pass is split into (and that the seam must track). */
+#define CO_MAX_MICRO_BATCHES 8
 
 /* ==== the MoE seam ========================================================================== */
 
@@ -41,6 +47,37 @@ int co_moe_local_create(const struct model_ckpt *ck, int n_workers, struct co_mo
 			struct fr_error *err);
 void co_moe_destroy(struct co_moe *moe);
 
+/* Remote experts: the cluster's data path (ARCHITECTURE §2, §4). Worker w is reached
+ * through eps[w] (connected; its receive region recv[w] holds ring.slots combine slots,
+ * see worker.h) and holds the slots placement p gives it. Per layer and micro-batch,
+ * dispatch() picks for every (token, expert) the replica on the worker with the least load
+ * in this micro-batch (co_place_choose), sends each token ONCE to each worker holding any
+ * of its experts, as one dispatch frame per worker with the token's (slot, weight) pairs,
+ * and returns without waiting; combine() waits for the combine frames of exactly the
+ * workers it sent to and adds their partials. Up to ring.slots micro-batches may be
+ * outstanding; the frame of micro-batch mb uses ring slot mb % ring.slots.
+ *
+ * Everything (ctx, eps, recv, p, load) is borrowed and used only from the thread calling
+ * the ops. */
+struct co_remote_opts {
+	struct wk_ring ring;          /* the geometry every worker announced (same for all) */
+	enum fp_dtype wire;           /* FP_DTYPE_BF16 (default when 0) or FP_DTYPE_F32 */
+	int timeout_ms;               /* combine() waits at most this long (default 30000) */
+	struct co_load *load;         /* NULL, or where tokens per expert/slot are counted */
+	uint32_t epoch;               /* written into every frame's step_epoch */
+};
+
+/* Errors: -EINVAL (shapes: placement vs config vs ring, err says which), -ENOMEM.
+ * At run time the ops return -ETIMEDOUT (a worker did not answer: err names it),
+ * -ECONNRESET (a worker's endpoint failed), -EBADMSG (a malformed combine frame), -E2BIG
+ * (a micro-batch larger than ring.tokens). co_moe_remote_error() has the text. */
+int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx, int n_workers,
+			 struct tp_ep *const *eps, struct tp_mem *const *recv,
+			 const struct co_placement *p, const struct co_remote_opts *o,
+			 struct co_moe *ret, struct fr_error *err);
+/* Text of the last run-time failure of a remote MoE ("" if none). */
+const char *co_moe_remote_error(const struct co_moe *moe);
+
 /* ==== the engine ============================================================================ */
 
 struct co_engine;
@@ -49,6 +86,8 @@ struct co_engine_opts {
 	int max_seqs;      /* sequences with a KV cache slot (default 1) */
 	int max_ctx;       /* positions per sequence (default: max_position_embeddings) */
 	int max_batch;     /* rows per forward call (default 512) */
+	int micro_batches; /* m: ping-pong micro-batches per forward call (default 1, at most
+	                    * CO_MAX_MICRO_BATCHES); a call of n < m rows uses n */
 };
 
 /* Per-request routing knobs (DeepSeekMoE paper analyses). Zero-initialized = the model's. */

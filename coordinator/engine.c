@@ -112,6 +112,12 @@ int co_engine_create(const struct model_weights *w, struct co_moe moe,
 	e->o.max_seqs = opts && opts->max_seqs > 0 ? opts->max_seqs : 1;
 	e->o.max_ctx = opts && opts->max_ctx > 0 ? opts->max_ctx : c->max_position_embeddings;
 	e->o.max_batch = opts && opts->max_batch > 0 ? opts->max_batch : 512;
+	e->o.micro_batches = opts && opts->micro_batches > 0 ? opts->micro_batches : 1;
+	if (e->o.micro_batches > CO_MAX_MICRO_BATCHES) {
+		co_engine_destroy(e);
+		return fr_error_set(err, -EINVAL, "micro_batches %d: at most %d", opts->micro_batches,
+				    CO_MAX_MICRO_BATCHES);
+	}
 	if (e->o.max_ctx > c->max_position_embeddings) {
 		co_engine_destroy(e);
 		return fr_error_set(err, -EINVAL, "max_ctx %d exceeds max_position_embeddings %d",
@@ -181,71 +187,93 @@ static float *cache_row(const struct co_engine *e, float *base, int layer, int s
 	return base + idx;
 }
 
-/* y[n][hidden] = FFN(x) for a SwiGLU MLP, using e->g, e->u as scratch. */
-static void ffn(struct co_engine *e, const struct model_ffn *f, const float *x, float *y, int n)
+/* A micro-batch: rows [r0, r0 + n) of the current chunk, and where it stands. */
+struct mb_state {
+	int r0, n;
+	const int32_t *seq, *pos; /* of row r0 */
+	int layer;                /* next layer to run; num_hidden_layers when done */
+	bool pending;             /* routed experts of `layer` dispatched, not yet combined */
+};
+
+/* y[n][hidden] = FFN(x) for a SwiGLU MLP, with g/u ([n][ffn_w]) as scratch. */
+static void ffn(const struct model_ffn *f, const float *x, float *y, int n, float *g, float *u)
 {
-	kn_matmul(e->g, x, &f->gate, n);
-	kn_matmul(e->u, x, &f->up, n);
-	kn_swiglu(e->g, e->g, e->u, n * f->gate.rows);
-	kn_matmul(y, e->g, &f->down, n);
+	kn_matmul(g, x, &f->gate, n);
+	kn_matmul(u, x, &f->up, n);
+	kn_swiglu(g, g, u, n * f->gate.rows);
+	kn_matmul(y, g, &f->down, n);
 }
 
-static void attention_block(struct co_engine *e, int l, int n, const int32_t *seq,
-			    const int32_t *pos)
+/* out[i] += add[i] for n rows of hidden floats. */
+static void add_rows(float *out, const float *add, int n, int hs)
+{
+	const struct kn_ops *ops = kn_ops();
+	for (int i = 0; i < n; i++)
+		ops->axpy(out + (size_t)i * hs, 1.0f, add + (size_t)i * hs, hs);
+}
+
+static void attention_block(struct co_engine *e, int l, const struct mb_state *mb)
 {
 	const struct model_config *c = e->c;
 	const struct model_layer *L = &e->w->layers[l];
-	const struct kn_ops *ops = kn_ops();
-	int hs = c->hidden_size;
+	int hs = c->hidden_size, n = mb->n;
+	size_t r0 = (size_t)mb->r0;
+	float *h = e->h + r0 * hs, *xn = e->xn + r0 * hs, *tmp = e->tmp + r0 * hs;
+	float *q = e->q + r0 * e->q_dim, *att = e->att + r0 * e->q_dim;
+	float *k = e->k + r0 * e->kv_dim, *v = e->v + r0 * e->kv_dim;
+	const int32_t *seq = mb->seq, *pos = mb->pos;
 	PROF_BEGIN();
 
-	kn_rmsnorm(e->xn, e->h, L->attn_norm, n, hs, (float)c->rms_norm_eps);
+	kn_rmsnorm(xn, h, L->attn_norm, n, hs, (float)c->rms_norm_eps);
 	PROF_END(CO_PROF_NORM);
-	kn_matmul(e->q, e->xn, &L->q, n);
-	kn_matmul(e->k, e->xn, &L->k, n);
-	kn_matmul(e->v, e->xn, &L->v, n);
+	kn_matmul(q, xn, &L->q, n);
+	kn_matmul(k, xn, &L->k, n);
+	kn_matmul(v, xn, &L->v, n);
 	PROF_END(CO_PROF_QKV);
-	kn_rope(e->q, n, c->num_attention_heads, c->head_dim, pos, (float)c->rope_theta);
-	kn_rope(e->k, n, c->num_key_value_heads, c->head_dim, pos, (float)c->rope_theta);
+	kn_rope(q, n, c->num_attention_heads, c->head_dim, pos, (float)c->rope_theta);
+	kn_rope(k, n, c->num_key_value_heads, c->head_dim, pos, (float)c->rope_theta);
 	PROF_END(CO_PROF_ROPE);
 	for (int i = 0; i < n; i++) {
-		memcpy(cache_row(e, e->kc, l, seq[i], pos[i]), e->k + (size_t)i * e->kv_dim,
+		memcpy(cache_row(e, e->kc, l, seq[i], pos[i]), k + (size_t)i * e->kv_dim,
 		       (size_t)e->kv_dim * sizeof(float));
-		memcpy(cache_row(e, e->vc, l, seq[i], pos[i]), e->v + (size_t)i * e->kv_dim,
+		memcpy(cache_row(e, e->vc, l, seq[i], pos[i]), v + (size_t)i * e->kv_dim,
 		       (size_t)e->kv_dim * sizeof(float));
 	}
-	/* Runs of consecutive rows of one sequence attend over that sequence's cache. */
+	/* Runs of consecutive rows of one sequence attend over that sequence's cache (which
+	 * holds the rows of earlier micro-batches: they ran this layer first). */
 	for (int i = 0; i < n;) {
 		int j = i + 1;
 		while (j < n && seq[j] == seq[i])
 			j++;
-		kn_attention(e->att + (size_t)i * e->q_dim, e->q + (size_t)i * e->q_dim,
+		kn_attention(att + (size_t)i * e->q_dim, q + (size_t)i * e->q_dim,
 			     cache_row(e, e->kc, l, seq[i], 0), cache_row(e, e->vc, l, seq[i], 0),
 			     j - i, pos + i, c->num_attention_heads, c->num_key_value_heads,
 			     c->head_dim, e->attn_scratch, e->attn_scratch_n);
 		i = j;
 	}
 	PROF_END(CO_PROF_ATTN);
-	kn_matmul(e->tmp, e->att, &L->o, n);
-	for (int i = 0; i < n; i++)
-		ops->axpy(e->h + (size_t)i * hs, 1.0f, e->tmp + (size_t)i * hs, hs);
+	kn_matmul(tmp, att, &L->o, n);
+	add_rows(h, tmp, n, hs);
 	PROF_END(CO_PROF_O);
 }
 
-static int ffn_block(struct co_engine *e, int l, int n, const struct co_route_knobs *kb)
+/* First half of a layer's FFN: the dense FFN outright, or router + dispatch of the
+ * routed experts (mb->pending is then set and ffn_finish() completes the layer). */
+static int ffn_start(struct co_engine *e, int l, struct mb_state *mb, int mbi,
+		     const struct co_route_knobs *kb)
 {
 	const struct model_config *c = e->c;
 	const struct model_layer *L = &e->w->layers[l];
-	const struct kn_ops *ops = kn_ops();
-	int hs = c->hidden_size, rc;
+	int hs = c->hidden_size, n = mb->n, rc;
+	size_t r0 = (size_t)mb->r0;
+	float *h = e->h + r0 * hs, *xn = e->xn + r0 * hs, *tmp = e->tmp + r0 * hs;
 	PROF_BEGIN();
 
-	kn_rmsnorm(e->xn, e->h, L->ffn_norm, n, hs, (float)c->rms_norm_eps);
+	kn_rmsnorm(xn, h, L->ffn_norm, n, hs, (float)c->rms_norm_eps);
 	PROF_END(CO_PROF_NORM);
 	if (!L->moe) {
-		ffn(e, &L->dense, e->xn, e->tmp, n);
-		for (int i = 0; i < n; i++)
-			ops->axpy(e->h + (size_t)i * hs, 1.0f, e->tmp + (size_t)i * hs, hs);
+		ffn(&L->dense, xn, tmp, n, e->g + r0 * e->ffn_w, e->u + r0 * e->ffn_w);
+		add_rows(h, tmp, n, hs);
 		PROF_END(CO_PROF_DENSE);
 		return 0;
 	}
@@ -259,24 +287,68 @@ static int ffn_block(struct co_engine *e, int l, int n, const struct co_route_kn
 		.routed_scaling = (float)c->routed_scaling_factor,
 		.bias = L->router_bias,
 	};
-	kn_matmul(e->rl, e->xn, &L->router, n);
+	float *rl = e->rl + r0 * e->max_k, *top_w = e->top_w + r0 * e->max_k;
+	int32_t *top_idx = e->top_idx + r0 * e->max_k;
+	kn_matmul(rl, xn, &L->router, n);
 	for (int i = 0; i < n; i++)
-		kn_gate(e->rl + (size_t)i * c->n_routed_experts, &go, e->top_idx + (size_t)i * go.k,
-			e->top_w + (size_t)i * go.k, e->gate_scratch);
+		kn_gate(rl + (size_t)i * c->n_routed_experts, &go, top_idx + (size_t)i * go.k,
+			top_w + (size_t)i * go.k, e->gate_scratch);
 	PROF_END(CO_PROF_ROUTER);
-	rc = e->moe.ops->dispatch(e->moe.ctx, l, 0, e->xn, n, e->top_idx, e->top_w, go.k);
+	rc = e->moe.ops->dispatch(e->moe.ctx, l, mbi, xn, n, top_idx, top_w, go.k);
+	PROF_END(CO_PROF_EXPERTS);
 	if (rc < 0)
 		return rc;
-	PROF_END(CO_PROF_EXPERTS);
-	/* Shared experts run while the routed ones are out (on the cluster, truly in parallel). */
+	mb->pending = true;
+	return 0;
+}
+
+/* Second half of a MoE layer: shared experts (computed while the routed ones are out),
+ * then the routed partials. */
+static int ffn_finish(struct co_engine *e, int l, struct mb_state *mb, int mbi,
+		      const struct co_route_knobs *kb)
+{
+	const struct model_layer *L = &e->w->layers[l];
+	int hs = e->c->hidden_size, n = mb->n, rc;
+	size_t r0 = (size_t)mb->r0;
+	float *h = e->h + r0 * hs, *xn = e->xn + r0 * hs, *tmp = e->tmp + r0 * hs;
+	PROF_BEGIN();
+
 	if (L->has_shared && !(kb && kb->no_shared)) {
-		ffn(e, &L->shared, e->xn, e->tmp, n);
-		for (int i = 0; i < n; i++)
-			ops->axpy(e->h + (size_t)i * hs, 1.0f, e->tmp + (size_t)i * hs, hs);
+		ffn(&L->shared, xn, tmp, n, e->g + r0 * e->ffn_w, e->u + r0 * e->ffn_w);
+		add_rows(h, tmp, n, hs);
 	}
 	PROF_END(CO_PROF_SHARED);
-	rc = e->moe.ops->combine(e->moe.ctx, l, 0, e->h);
+	rc = e->moe.ops->combine(e->moe.ctx, l, mbi, h);
 	PROF_END(CO_PROF_EXPERTS);
+	mb->pending = false;
+	return rc;
+}
+
+/* Runs a micro-batch's layers until it has dispatched routed experts or is done. */
+static int mb_advance(struct co_engine *e, struct mb_state *mb, int mbi,
+		      const struct co_route_knobs *kb)
+{
+	int rc;
+
+	while (mb->layer < e->c->num_hidden_layers) {
+		attention_block(e, mb->layer, mb);
+		if ((rc = ffn_start(e, mb->layer, mb, mbi, kb)) < 0)
+			return rc;
+		if (mb->pending)
+			return 0;
+		mb->layer++;
+	}
+	return 0;
+}
+
+/* After a failure, collects what is still out so the seam is clean for the next call. */
+static int fail_pending(struct co_engine *e, struct mb_state *mbs, int m, int rc)
+{
+	for (int j = 0; j < m; j++)
+		if (mbs[j].pending) {
+			(void)e->moe.ops->combine(e->moe.ctx, mbs[j].layer, j, e->tmp);
+			mbs[j].pending = false;
+		}
 	return rc;
 }
 
@@ -307,6 +379,43 @@ static int check_batch(struct co_engine *e, int n, const int32_t *tokens, const 
 	return 0;
 }
 
+/*
+ * Micro-batch ping-pong (MegaScale-Infer): the rows are split into m contiguous
+ * micro-batches. Each one runs attention and its router up to the next MoE layer and
+ * dispatches; then, in order, each pending micro-batch computes its shared experts,
+ * combines, and runs on to its next dispatch - so the attention of one overlaps the routed
+ * experts of the others on the workers. Micro-batch j reaches every layer after j-1 did,
+ * so the KV cache rows a later micro-batch attends to (earlier positions of its sequences,
+ * which sit in earlier rows) are always written first.
+ */
+static int run_layers(struct co_engine *e, int n, const int32_t *seq, const int32_t *pos,
+		      const struct co_route_knobs *kb)
+{
+	struct mb_state mbs[CO_MAX_MICRO_BATCHES];
+	int m = FR_MIN(e->o.micro_batches, n), rc, busy;
+
+	for (int j = 0; j < m; j++) {
+		int r0 = (int)((int64_t)n * j / m), r1 = (int)((int64_t)n * (j + 1) / m);
+		mbs[j] = (struct mb_state){ .r0 = r0, .n = r1 - r0, .seq = seq + r0, .pos = pos + r0 };
+		if ((rc = mb_advance(e, &mbs[j], j, kb)) < 0)
+			return fail_pending(e, mbs, m, rc);
+	}
+	do {
+		busy = 0;
+		for (int j = 0; j < m; j++) {
+			if (!mbs[j].pending)
+				continue;
+			if ((rc = ffn_finish(e, mbs[j].layer, &mbs[j], j, kb)) < 0)
+				return fail_pending(e, mbs, m, rc);
+			mbs[j].layer++;
+			if ((rc = mb_advance(e, &mbs[j], j, kb)) < 0)
+				return fail_pending(e, mbs, m, rc);
+			busy |= mbs[j].pending;
+		}
+	} while (busy);
+	return 0;
+}
+
 static int forward_chunk(struct co_engine *e, int n, const int32_t *tokens, const int32_t *seq,
 			 const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
 			 float *logits)
@@ -324,11 +433,8 @@ static int forward_chunk(struct co_engine *e, int n, const int32_t *tokens, cons
 			  e->w->embed.dtype, (size_t)hs);
 	PROF_END(CO_PROF_EMBED);
 
-	for (int l = 0; l < c->num_hidden_layers; l++) {
-		attention_block(e, l, n, seq, pos);
-		if ((rc = ffn_block(e, l, n, kb)) < 0)
-			return rc;
-	}
+	if ((rc = run_layers(e, n, seq, pos, kb)) < 0)
+		return rc;
 	/* Rows of a sequence come in position order: its last row sets the cache length. */
 	for (int i = 0; i < n; i++)
 		e->seq_len[seq[i]] = pos[i] + 1;

@@ -13,37 +13,54 @@
 #include "coordinator/coordinator.h"
 #include "worker/worker.h"
 
-struct local_worker {
-	struct wk_slots *slots;
-	/* The batch this worker got for the current layer. */
+/* One worker's share of one micro-batch. */
+struct local_batch {
 	int n_tok;
-	int32_t *tok;        /* [max_tok] engine row of each token sent */
-	int32_t *pair_off;   /* [max_tok + 1] */
-	int32_t *slot;       /* [max_tok * k] */
-	float *weight;       /* [max_tok * k] */
-	float *x;            /* [max_tok][hidden] */
-	float *partial;      /* [max_tok][hidden] */
+	int32_t *tok;        /* [cap_tok] engine row of each token sent */
+	int32_t *pair_off;   /* [cap_tok + 1] */
+	int32_t *slot;       /* [cap_pairs] */
+	float *weight;       /* [cap_pairs] */
+	float *x;            /* [cap_tok][hidden] */
+	float *partial;      /* [cap_tok][hidden] */
+};
+
+/* State of one micro-batch between dispatch and combine. */
+struct local_mb {
+	int pending_layer;   /* layer dispatched and not yet combined, -1 none */
+	size_t cap_tok, cap_pairs;
+	struct local_batch *b; /* [n_workers] */
 };
 
 struct moe_local {
 	const struct model_config *cfg;
 	int n_workers;
-	struct local_worker *w;
+	struct wk_slots **slots; /* [n_workers] */
 	int32_t *owner;      /* [n_routed] worker of expert e (same in every layer) */
 	int32_t *slot_of;    /* [n_routed] its slot there */
-	size_t cap_tok, cap_pairs;
-	int pending_layer;   /* layer dispatched and not yet combined, -1 none */
+	struct local_mb mb[CO_MAX_MICRO_BATCHES];
 };
 
-static int grow(struct moe_local *m, int n_tok, int k)
+static void batch_free(struct local_batch *w)
+{
+	free(w->tok);
+	free(w->pair_off);
+	free(w->slot);
+	free(w->weight);
+	free(w->x);
+	free(w->partial);
+}
+
+static int grow(struct moe_local *m, struct local_mb *mb, int n_tok, int k)
 {
 	size_t h = (size_t)m->cfg->hidden_size;
 	size_t pairs = (size_t)n_tok * (size_t)k;
 
-	if ((size_t)n_tok <= m->cap_tok && pairs <= m->cap_pairs)
+	if (!mb->b && !(mb->b = calloc((size_t)m->n_workers, sizeof(*mb->b))))
+		return -ENOMEM;
+	if ((size_t)n_tok <= mb->cap_tok && pairs <= mb->cap_pairs)
 		return 0;
 	for (int i = 0; i < m->n_workers; i++) {
-		struct local_worker *w = &m->w[i];
+		struct local_batch *w = &mb->b[i];
 		void *p;
 #define GROW(field, count)                                                                  \
 	do {                                                                                \
@@ -60,33 +77,37 @@ static int grow(struct moe_local *m, int n_tok, int k)
 		GROW(partial, (size_t)n_tok * h);
 #undef GROW
 	}
-	m->cap_tok = (size_t)n_tok;
-	m->cap_pairs = pairs;
+	mb->cap_tok = (size_t)n_tok;
+	mb->cap_pairs = pairs;
 	return 0;
 }
 
-static int local_dispatch(void *ctx, int layer, int mb, const float *x, int n_tok,
+static int local_dispatch(void *ctx, int layer, int mbi, const float *x, int n_tok,
 			  const int32_t *expert, const float *weight, int k)
 {
 	struct moe_local *m = ctx;
 	size_t h = (size_t)m->cfg->hidden_size;
 	int moe_layer = model_moe_index(m->cfg, layer);
+	struct local_mb *mb;
 	int rc;
 
-	if (moe_layer < 0 || m->pending_layer >= 0)
+	if (moe_layer < 0 || mbi < 0 || mbi >= CO_MAX_MICRO_BATCHES)
 		return -EINVAL;
-	if ((rc = grow(m, n_tok, k)) < 0)
+	mb = &m->mb[mbi];
+	if (mb->pending_layer >= 0)
+		return -EINVAL;
+	if ((rc = grow(m, mb, n_tok, k)) < 0)
 		return rc;
 	for (int i = 0; i < m->n_workers; i++) {
-		m->w[i].n_tok = 0;
-		m->w[i].pair_off[0] = 0;
+		mb->b[i].n_tok = 0;
+		mb->b[i].pair_off[0] = 0;
 	}
 	for (int t = 0; t < n_tok; t++) {
 		for (int j = 0; j < k; j++) {
 			int e = expert[(size_t)t * k + j];
 			if (e < 0 || e >= m->cfg->n_routed_experts)
 				return -EINVAL;
-			struct local_worker *w = &m->w[m->owner[e]];
+			struct local_batch *w = &mb->b[m->owner[e]];
 			/* First pair of this token for this worker: the token joins its batch. */
 			if (w->n_tok == 0 || w->tok[w->n_tok - 1] != t) {
 				w->tok[w->n_tok] = t;
@@ -100,31 +121,33 @@ static int local_dispatch(void *ctx, int layer, int mb, const float *x, int n_to
 		}
 	}
 	for (int i = 0; i < m->n_workers; i++) {
-		struct local_worker *w = &m->w[i];
+		struct local_batch *w = &mb->b[i];
 		if (w->n_tok == 0)
 			continue;
 		struct wk_batch b = {
 			.n_tok = w->n_tok, .x = w->x, .pair_off = w->pair_off,
 			.slot = w->slot, .weight = w->weight,
 		};
-		if ((rc = wk_compute(w->slots, moe_layer, &b, w->partial)) < 0)
+		if ((rc = wk_compute(m->slots[i], moe_layer, &b, w->partial)) < 0)
 			return rc;
 	}
-	m->pending_layer = layer;
+	mb->pending_layer = layer;
 	return 0;
 }
 
-static int local_combine(void *ctx, int layer, int mb, float *out)
+static int local_combine(void *ctx, int layer, int mbi, float *out)
 {
 	struct moe_local *m = ctx;
 	const struct kn_ops *ops = kn_ops();
 	int h = m->cfg->hidden_size;
+	struct local_mb *mb;
 
-	if (m->pending_layer != layer)
+	if (mbi < 0 || mbi >= CO_MAX_MICRO_BATCHES || m->mb[mbi].pending_layer != layer)
 		return -EINVAL;
-	m->pending_layer = -1;
+	mb = &m->mb[mbi];
+	mb->pending_layer = -1;
 	for (int i = 0; i < m->n_workers; i++) {
-		struct local_worker *w = &m->w[i];
+		struct local_batch *w = &mb->b[i];
 		for (int r = 0; r < w->n_tok; r++)
 			ops->axpy(out + (size_t)w->tok[r] * h, 1.0f, w->partial + (size_t)r * h, h);
 	}
@@ -136,17 +159,14 @@ static void local_destroy(void *ctx)
 	struct moe_local *m = ctx;
 	if (!m)
 		return;
-	for (int i = 0; m->w && i < m->n_workers; i++) {
-		struct local_worker *w = &m->w[i];
-		wk_slots_destroy(w->slots);
-		free(w->tok);
-		free(w->pair_off);
-		free(w->slot);
-		free(w->weight);
-		free(w->x);
-		free(w->partial);
+	for (int i = 0; m->slots && i < m->n_workers; i++)
+		wk_slots_destroy(m->slots[i]);
+	for (int j = 0; j < CO_MAX_MICRO_BATCHES; j++) {
+		for (int i = 0; m->mb[j].b && i < m->n_workers; i++)
+			batch_free(&m->mb[j].b[i]);
+		free(m->mb[j].b);
 	}
-	free(m->w);
+	free(m->slots);
 	free(m->owner);
 	free(m->slot_of);
 	free(m);
@@ -176,17 +196,18 @@ int co_moe_local_create(const struct model_ckpt *ck, int n_workers, struct co_mo
 		return fr_error_set(err, -ENOMEM, "out of memory");
 	m->cfg = c;
 	m->n_workers = n_workers;
-	m->pending_layer = -1;
-	m->w = calloc((size_t)n_workers, sizeof(*m->w));
+	for (int j = 0; j < CO_MAX_MICRO_BATCHES; j++)
+		m->mb[j].pending_layer = -1;
+	m->slots = calloc((size_t)n_workers, sizeof(*m->slots));
 	m->owner = calloc((size_t)c->n_routed_experts, sizeof(*m->owner));
 	m->slot_of = calloc((size_t)c->n_routed_experts, sizeof(*m->slot_of));
-	if (!m->w || !m->owner || !m->slot_of) {
+	if (!m->slots || !m->owner || !m->slot_of) {
 		rc = fr_error_set(err, -ENOMEM, "out of memory");
 		goto fail;
 	}
 	int per = FR_DIV_ROUND_UP(c->n_routed_experts, n_workers);
 	for (int i = 0; i < n_workers; i++)
-		if ((rc = wk_slots_create(c, per, &m->w[i].slots)) < 0) {
+		if ((rc = wk_slots_create(c, per, &m->slots[i])) < 0) {
 			fr_error_set(err, rc, "cannot create %d slots", per);
 			goto fail;
 		}
@@ -200,7 +221,7 @@ int co_moe_local_create(const struct model_ckpt *ck, int n_workers, struct co_mo
 			m->slot_of[e] = e / n_workers;
 			if ((rc = model_expert_bind(ck, l, e, &ffn, err)) < 0)
 				goto fail;
-			if ((rc = wk_slot_set(m->w[m->owner[e]].slots, ml, m->slot_of[e], e, &ffn)) < 0) {
+			if ((rc = wk_slot_set(m->slots[m->owner[e]], ml, m->slot_of[e], e, &ffn)) < 0) {
 				fr_error_set(err, rc, "layer %d expert %d: cannot fill its slot", l, e);
 				goto fail;
 			}

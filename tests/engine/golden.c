@@ -2,7 +2,8 @@
 /*
  * golden.c - the single-process engine against the golden references (../shared/golden):
  * every reference sequence's logits within 3e-5 max abs, same argmax at every position,
- * and the same greedy continuation, with 1 and 3 in-process workers.
+ * and the same greedy continuation, with 1, 2 and 3 in-process workers and 1, 2 and 3
+ * ping-pong micro-batches.
  *
  * Usage: golden [SET ...]   (default: every set under $FERRY_GOLDEN)
  */
@@ -79,7 +80,7 @@ static float compare(const char *what, const float *got, const float *ref, size_
 	return worst;
 }
 
-static void run_set(const char *dir, int workers)
+static void run_set(const char *dir, int workers, int mbs)
 {
 	struct fr_error err = { { 0 } };
 	struct model_ckpt *ck = NULL;
@@ -96,7 +97,8 @@ static void run_set(const char *dir, int workers)
 		goto out;
 	}
 	const struct model_config *c = model_ckpt_config(ck);
-	struct co_engine_opts eo = { .max_seqs = 2, .max_ctx = 256, .max_batch = 64 };
+	struct co_engine_opts eo = { .max_seqs = 2, .max_ctx = 256, .max_batch = 64,
+				      .micro_batches = mbs };
 	if (co_engine_create(w, moe, &eo, &e, &err) < 0) {
 		CHECK(0, "%s: %s", dir, err.msg);
 		goto out;
@@ -125,7 +127,8 @@ static void run_set(const char *dir, int workers)
 		CHECK(ref != NULL, "%s", path);
 		if (ref && co_engine_forward(e, (int)n, ids, seq, pos, NULL, NULL, got) == 0) {
 			char what[256];
-			snprintf(what, sizeof(what), "%s seq %d (T=%zu, %d workers)", dir, k, n, workers);
+			snprintf(what, sizeof(what), "%s seq %d (T=%zu, %d workers, %d micro-batches)", dir, k,
+				 n, workers, mbs);
 			float d = compare(what, got, ref, n, c->vocab_size);
 			worst = FR_MAX(worst, d);
 		} else if (ref) {
@@ -176,7 +179,8 @@ static void run_set(const char *dir, int workers)
 		}
 		free(prompt);
 	}
-	printf("%s: %d worker(s), max abs diff %.3g (bar %.0e)\n", dir, workers, worst, TOL);
+	printf("%s: %d worker(s), %d micro-batch(es), max abs diff %.3g (bar %.0e)\n", dir, workers,
+	       mbs, worst, TOL);
 out:
 	co_engine_destroy(e);
 	co_moe_destroy(&moe);
@@ -192,8 +196,9 @@ int main(int argc, char **argv)
 	printf("isa=%s threads=%d\n", kn_ops()->name, kn_threads());
 	if (argc > 1) {
 		for (int i = 1; i < argc; i++, n_sets++) {
-			run_set(argv[i], 1);
-			run_set(argv[i], 3);
+			run_set(argv[i], 1, 1);
+			run_set(argv[i], 3, 2);
+			run_set(argv[i], 2, 3);
 		}
 	} else {
 		if (!root) {
@@ -211,8 +216,9 @@ int main(int argc, char **argv)
 			struct stat st;
 			snprintf(dir, sizeof(dir), "%s/%s", root, ents[i]->d_name);
 			if (ents[i]->d_name[0] != '.' && stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) {
-				run_set(dir, 1);
-				run_set(dir, 3);
+				run_set(dir, 1, 1);
+				run_set(dir, 3, 2);
+				run_set(dir, 2, 3);
 				n_sets++;
 			}
 			free(ents[i]);
