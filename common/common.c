@@ -117,6 +117,11 @@ static void log_init_once(void)
 	g_log.syslog_prefix = pfx && strcmp(pfx, "syslog") == 0;
 }
 
+const char *fr_log_level_name(enum fr_log_level lvl)
+{
+	return (unsigned)lvl < FR_ARRAY_SIZE(level_names) ? level_names[lvl] : "?";
+}
+
 int fr_log_set_levels(const char *spec)
 {
 	pthread_once(&g_log.once, log_init_once);
@@ -301,4 +306,29 @@ int fr_parse_ids(const char *s, int64_t max_id, int32_t **ret_ids, size_t *ret_n
 	*ret_ids = ids;
 	*ret_n = n;
 	return 0;
+}
+
+int fr_strv_push(char ***v, int *n, const char *fmt, ...)
+{
+	char *s, **p = realloc(*v, (size_t)(*n + 1) * sizeof(**v));
+	va_list ap;
+	int rc;
+
+	if (!p)
+		return -ENOMEM;
+	*v = p;
+	va_start(ap, fmt);
+	rc = vasprintf(&s, fmt, ap);
+	va_end(ap);
+	if (rc < 0)
+		return -ENOMEM;
+	p[(*n)++] = s;
+	return 0;
+}
+
+void fr_strv_free(char **v, int n)
+{
+	for (int i = 0; v && i < n; i++)
+		free(v[i]);
+	free(v);
 }

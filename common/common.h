@@ -53,6 +53,8 @@ bool fr_log_enabled(enum fr_log_level lvl, const char *comp);
 /* Parses "info", "debug" or a list "warn,model=debug,tp.verbs=info". Returns 0 or -EINVAL.
  * Also read once from $FERRY_LOG at first use. */
 int fr_log_set_levels(const char *spec);
+/* "error", "warn", "info", "debug" ("?" out of range). */
+const char *fr_log_level_name(enum fr_log_level lvl);
 
 #define fr_err(comp, ...) fr_log(FR_LOG_ERROR, comp, __VA_ARGS__)
 #define fr_warn(comp, ...) fr_log(FR_LOG_WARN, comp, __VA_ARGS__)
@@ -97,5 +99,10 @@ static inline double fr_rand_unit(uint64_t *state)
 {
 	return (double)(fr_splitmix64(state) >> 11) * (1.0 / 9007199254740992.0);
 }
+
+/* Appends a formatted string to a heap vector of n strings. Returns 0 or -ENOMEM. */
+int fr_strv_push(char ***v, int *n, const char *fmt, ...) FR_PRINTF(3, 4);
+/* Frees the n strings and the vector. Accepts NULL. */
+void fr_strv_free(char **v, int n);
 
 #endif /* FERRY_COMMON_H */

@@ -68,9 +68,17 @@ struct co_remote_opts {
 };
 
 /* Errors: -EINVAL (shapes: placement vs config vs ring, err says which), -ENOMEM.
- * At run time the ops return -ETIMEDOUT (a worker did not answer: err names it),
- * -ECONNRESET (a worker's endpoint failed), -EBADMSG (a malformed combine frame), -E2BIG
- * (a micro-batch larger than ring.tokens). co_moe_remote_error() has the text. */
+ * At run time the ops return -ETIMEDOUT (a worker did not answer: err names it and the
+ * layer/micro-batch), -ECONNRESET (a worker's endpoint failed), -EBADMSG (a malformed or
+ * unexpected combine frame), -E2BIG (a micro-batch larger than ring.tokens, or a token
+ * with more than ring.max_pairs experts on one worker), -EINVAL (misuse: a dense layer, mb
+ * outside 0..255, a ring slot still busy, a combine without its dispatch), -ENOBUFS (one
+ * micro-batch left uncombined while 4 x ring.slots later frames queued behind it).
+ * co_moe_remote_error() has the text. Errors found before anything is sent leave the ring
+ * usable; the others (timeout, a failed endpoint that owed a frame, a bad frame) are
+ * sticky: frames in flight could land in reused slots, so every later op returns the same
+ * error and the caller rebuilds the MoE over fresh endpoints. The destroy op waits up to
+ * timeout_ms for puts still reading its send buffers (tcp sends from them in place). */
 int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx, int n_workers,
 			 struct tp_ep *const *eps, struct tp_mem *const *recv,
 			 const struct co_placement *p, const struct co_remote_opts *o,

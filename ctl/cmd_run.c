@@ -8,9 +8,14 @@
 
 #include "coordinator/coordinator.h"
 #include "ctl/ctl.h"
+#ifdef FERRY_HAVE_GRPC
+#include "rpc/inference.pb-c.h"
+#include "rpc/rpc.h"
+#endif
 
 struct run_opts {
 	const char *model;
+	const char *cluster;
 	const char *tokens;
 	const char *dump_logits;
 	int max_new;
@@ -26,11 +31,14 @@ struct run_opts {
 
 static const char run_usage[] =
 	"Usage: ferryctl run --model DIR --tokens \"ID ID ...\" [OPTIONS]\n"
+	"       ferryctl run --cluster ADDR --tokens \"ID ID ...\" [OPTIONS]\n"
 	"\n"
 	"Evaluates the prompt in one prefill, then generates --max-new tokens; prints the\n"
-	"generated ids on stdout, space-separated.\n"
+	"generated ids on stdout, space-separated. With --cluster the same happens on a\n"
+	"running ferry-coordinator (ferry.v1.Inference/Generate), with the same output.\n"
 	"\n"
 	"  -m, --model DIR          HF model directory (config.json + safetensors)\n"
+	"  -c, --cluster ADDR       coordinator's gRPC address (host:port) instead of --model\n"
 	"  -t, --tokens IDS         prompt token ids, space or comma separated\n"
 	"  -n, --max-new N          tokens to generate (default 16; 0 = only evaluate)\n"
 	"  -d, --dump-logits FILE   write the logits of every prompt position, then of every\n"
@@ -42,8 +50,8 @@ static const char run_usage[] =
 	"      --top-k K            routed experts per token (default: the config's)\n"
 	"      --mask-top R         mask the R highest-scoring routed experts per token\n"
 	"      --no-shared          disable the shared experts\n"
-	"      --workers N          in-process expert workers (default 1)\n"
-	"      --threads N          kernel threads (default: all CPUs)\n"
+	"      --workers N          in-process expert workers (default 1; not with --cluster)\n"
+	"      --threads N          kernel threads (default: all CPUs; not with --cluster)\n"
 	"      --stats              print timing and throughput on stderr\n"
 	"  -h, --help               this text\n";
 
@@ -54,6 +62,7 @@ enum {
 
 static const struct option run_longopts[] = {
 	{ "model", required_argument, NULL, 'm' },
+	{ "cluster", required_argument, NULL, 'c' },
 	{ "tokens", required_argument, NULL, 't' },
 	{ "max-new", required_argument, NULL, 'n' },
 	{ "dump-logits", required_argument, NULL, 'd' },
@@ -92,10 +101,13 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 	o->top_p = 1.0f;
 	o->workers = 1;
 	ctl_getopt_reset();
-	while ((c = getopt_long(argc, argv, ":m:t:n:d:h", run_longopts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, ":m:c:t:n:d:h", run_longopts, NULL)) != -1) {
 		switch (c) {
 		case 'm':
 			o->model = optarg;
+			break;
+		case 'c':
+			o->cluster = optarg;
 			break;
 		case 't':
 			o->tokens = optarg;
@@ -162,8 +174,11 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 	}
 	if (optind < argc)
 		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
-	if (!o->model)
-		return fr_error_set(err, -EINVAL, "--model DIR is required");
+	if (!o->model == !o->cluster)
+		return fr_error_set(err, -EINVAL, "give exactly one of --model DIR and --cluster ADDR");
+	if (o->cluster && (o->workers != 1 || o->threads))
+		return fr_error_set(err, -EINVAL, "--workers and --threads apply to --model only "
+				    "(the cluster's configuration decides)");
 	if (!o->tokens)
 		return fr_error_set(err, -EINVAL, "--tokens is required");
 	return 0;
@@ -316,6 +331,100 @@ out:
 	return ret;
 }
 
+/* The same run through a cluster: one Generate stream. */
+static int run_cluster(const struct run_opts *o)
+{
+#ifdef FERRY_HAVE_GRPC
+	Ferry__V1__GenerateRequest req = FERRY__V1__GENERATE_REQUEST__INIT;
+	struct fr_error err = { { 0 } };
+	struct rpc_channel *ch = NULL;
+	struct rpc_stream *st = NULL;
+	int32_t *ids = NULL;
+	size_t n_prompt, n_gen = 0, n_rows = 0;
+	FILE *dump = NULL;
+	int rc, ret = CTL_EXIT_FAIL;
+	uint64_t t0 = fr_now_ns(), t1 = 0;
+
+	if ((rc = fr_parse_ids(o->tokens, INT32_MAX, &ids, &n_prompt, &err)) < 0) {
+		fr_error_prefix(&err, rc, "--tokens");
+		goto out;
+	}
+	if (n_prompt == 0) {
+		fr_error_set(&err, -EINVAL, "--tokens: the prompt is empty");
+		goto out;
+	}
+	if (o->dump_logits && !(dump = fopen(o->dump_logits, "wb"))) {
+		fr_error_set(&err, -errno, "%s: %s", o->dump_logits, strerror(errno));
+		goto out;
+	}
+	req.n_prompt_tokens = n_prompt;
+	req.prompt_tokens = ids;
+	/* --max-new 0 only evaluates: ask for one token and drop it (its logits row is the
+	 * prompt's last, which comes with the prompt rows). */
+	req.max_tokens = (uint32_t)FR_MAX(o->max_new, 1);
+	req.temperature = o->temperature;
+	req.top_p = o->top_p;
+	req.seed = o->seed;
+	req.return_logits = dump != NULL;
+	req.routed_top_k = (uint32_t)o->knobs.top_k;
+	req.mask_top = (uint32_t)o->knobs.mask_top;
+	req.no_shared_experts = o->knobs.no_shared;
+	req.ignore_eos = !o->stop_at_eos;
+	if ((rc = rpc_channel_create(o->cluster, NULL, &ch, &err)) < 0 ||
+	    (rc = rpc_stream_open(ch, RPC_M_GENERATE, &req.base,
+				  &ferry__v1__generate_response__descriptor, 0, &st, &err)) < 0)
+		goto out;
+	for (;;) {
+		Ferry__V1__GenerateResponse *m = NULL;
+		rc = rpc_stream_next(st, (ProtobufCMessage **)&m, &err);
+		if (rc <= 0)
+			break;
+		if (m->n_logits && m->logits_rows &&
+		    m->n_logits % m->logits_rows == 0 && dump) {
+			if (fwrite(m->logits, sizeof(float), m->n_logits, dump) != m->n_logits) {
+				protobuf_c_message_free_unpacked(&m->base, NULL);
+				fr_error_set(&err, -EIO, "%s: write failed", o->dump_logits);
+				goto out;
+			}
+			n_rows += m->logits_rows;
+		}
+		for (size_t i = 0; i < m->n_tokens && o->max_new > 0; i++) {
+			if (!t1)
+				t1 = fr_now_ns();
+			printf("%s%d", n_gen++ ? " " : "", m->tokens[i]);
+			fflush(stdout);
+		}
+		protobuf_c_message_free_unpacked(&m->base, NULL);
+	}
+	if (rc < 0)
+		goto out;
+	printf("\n");
+	fflush(stdout);
+	if (o->stats) {
+		uint64_t t2 = fr_now_ns();
+		double pre_s = (double)((t1 ? t1 : t2) - t0) / 1e9, dec_s = (double)(t2 - (t1 ? t1 : t2)) / 1e9;
+		fprintf(stderr, "cluster %s: first token after %.3f s (%zu prompt tokens); decode: %zu "
+			"tokens in %.3f s (%.2f tok/s); %zu logits rows\n", o->cluster, pre_s, n_prompt,
+			n_gen, dec_s, n_gen > 1 ? (double)(n_gen - 1) / dec_s : 0.0, n_rows);
+	}
+	ret = CTL_EXIT_OK;
+out:
+	rpc_stream_destroy(st);
+	rpc_channel_destroy(ch);
+	if (dump && fclose(dump) != 0 && ret == CTL_EXIT_OK) {
+		fr_error_set(&err, -EIO, "%s: close failed", o->dump_logits);
+		ret = CTL_EXIT_FAIL;
+	}
+	if (ret != CTL_EXIT_OK)
+		fprintf(stderr, "ferryctl run: %s\n", err.msg[0] ? err.msg : "failed");
+	free(ids);
+	return ret;
+#else
+	fprintf(stderr, "ferryctl run: --cluster needs gRPC, which this build lacks\n");
+	return CTL_EXIT_FAIL;
+#endif
+}
+
 static int run_main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
@@ -330,7 +439,7 @@ static int run_main(int argc, char **argv)
 		fprintf(stderr, "ferryctl run: %s\n(see ferryctl run --help)\n", err.msg);
 		return CTL_EXIT_USAGE;
 	}
-	return run_exec(&o);
+	return o.cluster ? run_cluster(&o) : run_exec(&o);
 }
 
 static int run_parse_only(int argc, char **argv, struct fr_error *err)
@@ -340,5 +449,5 @@ static int run_parse_only(int argc, char **argv, struct fr_error *err)
 	return rc < 0 ? rc : 0;
 }
 
-const struct ctl_cmd ctl_cmd_run = { "run", "run a model in this process", run_main,
+const struct ctl_cmd ctl_cmd_run = { "run", "run a model, in this process or on a cluster", run_main,
 				     run_parse_only };

@@ -8,6 +8,10 @@ const struct ctl_cmd *const ctl_cmds[] = {
 	&ctl_cmd_model,
 	&ctl_cmd_tokenize,
 	&ctl_cmd_detokenize,
+#ifdef FERRY_HAVE_GRPC
+	&ctl_cmd_up,
+	&ctl_cmd_load,
+#endif
 	NULL,
 };
 

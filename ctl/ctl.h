@@ -29,6 +29,8 @@ extern const struct ctl_cmd ctl_cmd_run;
 extern const struct ctl_cmd ctl_cmd_model;
 extern const struct ctl_cmd ctl_cmd_tokenize;
 extern const struct ctl_cmd ctl_cmd_detokenize;
+extern const struct ctl_cmd ctl_cmd_up;     /* with gRPC only */
+extern const struct ctl_cmd ctl_cmd_load;   /* with gRPC only */
 
 /* All commands, NULL-terminated. */
 extern const struct ctl_cmd *const ctl_cmds[];

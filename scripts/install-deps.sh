@@ -5,7 +5,7 @@ SUDO=
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 pkgs=(
   build-essential meson ninja-build pkg-config clang llvm
-  libjansson-dev libpcre2-dev libopenblas-dev libinih-dev
+  libjansson-dev libpcre2-dev libopenblas-dev libinih-dev libssl-dev libsystemd-dev
   libibverbs-dev librdmacm-dev ibverbs-providers
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
   xz-utils

@@ -73,6 +73,11 @@ int wk_slots_count(const struct wk_slots *s)
 	return s->n_slots;
 }
 
+const struct model_config *wk_slots_config(const struct wk_slots *s)
+{
+	return s->cfg;
+}
+
 static struct slot *slot_at(const struct wk_slots *s, int moe_layer, int slot)
 {
 	if (moe_layer < 0 || moe_layer >= s->n_layers || slot < 0 || slot >= s->n_slots)

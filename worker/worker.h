@@ -12,9 +12,12 @@
 #ifndef FERRY_WORKER_H
 #define FERRY_WORKER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "model/model.h"
+#include "proto/frames.h"
+#include "transport/transport.h"
 
 struct wk_slots;
 
@@ -23,6 +26,8 @@ struct wk_slots;
 int wk_slots_create(const struct model_config *cfg, int n_slots, struct wk_slots **ret);
 void wk_slots_destroy(struct wk_slots *s);
 int wk_slots_count(const struct wk_slots *s);
+/* The config the table was created with (borrowed from the caller of wk_slots_create). */
+const struct model_config *wk_slots_config(const struct wk_slots *s);
 
 /* Puts expert `expert` (weights in *ffn, borrowed) into (moe_layer, slot); replaces what
  * was there. Errors: -EINVAL (indices out of range, shapes not the config's). */
@@ -51,11 +56,6 @@ void wk_last_stats(const struct wk_slots *s, int moe_layer, uint64_t *ret_ns);
 
 /* ==== the data plane: serving dispatch frames over the transport =========================== */
 
-#include <stdbool.h>
-
-#include "proto/frames.h"
-#include "transport/transport.h"
-
 /*
  * Ring geometry. Each direction of a coordinator<->worker endpoint is a ring of
  * `slots` equal slots in the receiver's region; the frame of micro-batch mb goes to slot
@@ -71,7 +71,9 @@ struct wk_ring {
 	uint32_t hidden;      /* model hidden size */
 	uint32_t max_pairs;   /* most (slot, weight) pairs one token may carry to one worker */
 };
-/* Bytes of one dispatch / combine slot; 0 when a field is out of the frame limits. */
+/* Bytes of one dispatch / combine slot (sized for f32 vectors, so either wire dtype fits);
+ * 0 when a field is out of the frame limits or slots > 256 (the imm carries 8 bits of
+ * micro-batch). */
 size_t wk_ring_dispatch_slot(const struct wk_ring *r);
 size_t wk_ring_combine_slot(const struct wk_ring *r);
 
@@ -100,19 +102,24 @@ struct wk_server_opts {
  * answered in arrival order.
  *
  * ctx, ep (connected), recv (the endpoint's receive region, ring.slots dispatch slots)
- * and slots are borrowed. The server allocates and registers its own send ring.
- * Errors: -EINVAL (ring does not fit recv or the peer's region), -ENOMEM.
+ * and slots are borrowed. The server allocates and registers its own send ring. While
+ * run() runs, the server takes every event of ctx: give it a context of its own.
+ * Errors: -EINVAL (ring out of limits or does not fit recv or the peer's region),
+ * -ENOMEM.
  */
 int wk_server_create(struct wk_slots *slots, struct tp_context *ctx, struct tp_ep *ep,
 		     struct tp_mem *recv, const struct wk_server_opts *o,
 		     struct wk_server **ret, struct fr_error *err);
-/* Processes frames for up to timeout_ms (-1: until stopped or failed), sleeping in
- * tp_wait() while idle. Returns 0 (timeout or wk_server_stop()), -ECONNRESET (the
- * coordinator's endpoint failed or closed: err says why) or -EBADMSG (a frame failed
- * validation, err names the field; the server refuses to go on, since a coordinator that
- * sends malformed frames cannot be trusted with the rest of the ring). */
+/* Processes frames for up to timeout_ms (-1: until stopped or failed; 0: what is ready
+ * now), sleeping in tp_wait() while idle. Returns 0 (timeout or wk_server_stop()),
+ * -ECONNRESET (the coordinator's endpoint failed or closed: err says why) or -EBADMSG (a
+ * frame failed validation, err names the field and the layer/micro-batch; the server
+ * refuses to go on, since a coordinator that sends malformed frames cannot be trusted
+ * with the rest of the ring), or rarely -ENOMEM (expert scratch) or a context-wide
+ * transport error. Every failure is final: later calls return it again, same text. */
 int wk_server_run(struct wk_server *w, int timeout_ms, struct fr_error *err);
-/* Makes a running wk_server_run() return 0 soon. Thread- and signal-safe. */
+/* Makes a running wk_server_run() return 0 within ~100 ms, and every later call at once
+ * (a stop that races the start of run() is not lost). Thread- and signal-safe. */
 void wk_server_stop(struct wk_server *w);
 /* Counters since the last take, then reset. Thread-safe (the control-plane thread reads
  * them while run() serves). ret_tokens/ret_ns: [n_moe_layers] token-expert pairs computed

@@ -20,7 +20,7 @@ expect() { # code, pattern, args...
   fi
 }
 expect 2 "unknown command" frobnicate
-expect 2 "model DIR is required" run --tokens "1 2"
+expect 2 "give exactly one of --model DIR and --cluster ADDR" run --tokens "1 2"
 expect 2 "tokens is required" run --model "$golden"
 expect 2 "max-new" run --model "$golden" --tokens 1 --max-new -3
 expect 2 "top-p" run --model "$golden" --tokens 1 --top-p 0
@@ -32,6 +32,20 @@ expect 1 "prompt is empty" run --model "$golden" --tokens " "
 expect 1 "exceed max_position_embeddings" run --model "$golden" --tokens 1 --max-new 100000
 expect 1 "exceed the 16 routed experts" run --model "$golden" --tokens 1 --top-k 10 --mask-top 8
 expect 1 "config.json" run --model "$tmp/nonexistent" --tokens 1
+expect 2 "give exactly one of --model DIR and --cluster ADDR" run --model "$golden" --cluster 127.0.0.1:1 --tokens 1
+expect 2 "apply to --model only" run --cluster 127.0.0.1:1 --tokens 1 --workers 2
+if "$ferryctl" --help | grep -q '^  up '; then
+  expect 2 "--model DIR is required" up
+  expect 2 "--workers: '0' is not an integer" up --model "$golden" --workers 0
+  expect 2 "--transport: 'ib' is not shm, tcp or verbs" up --model "$golden" --transport ib
+  expect 2 "--wire: 'fp8' is not bf16 or f32" up --model "$golden" --wire fp8
+  expect 2 "--listen" up --model "$golden" --listen
+  expect 1 "config.json" up --model "$tmp/nonexistent"
+  expect 2 "--cluster ADDR is required" load
+  expect 2 "--layer: 'x'" load --cluster 127.0.0.1:1 --layer x
+  expect 1 "UNAVAILABLE" load --cluster 127.0.0.1:1
+  expect 1 "UNAVAILABLE" run --cluster 127.0.0.1:1 --tokens "1 2"
+fi
 # A checkpoint missing a tensor fails at start-up, naming it.
 mkdir "$tmp/cut"
 cp "$golden/config.json" "$tmp/cut/"

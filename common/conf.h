@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * conf.h - table-driven INI configuration (ARCHITECTURE §7): a daemon describes every key
+ * once, as a const array of struct conf_key pointing into its own config struct, and gets
+ * defaults, file parsing, command-line overrides, --print-config and a documented example
+ * file from that one table.
+ *
+ * File syntax (inih underneath): "[section]" headers, "key = value" lines, comments on
+ * lines starting with ';' or '#', and inline comments after whitespace and ';'
+ * ("workers = 4 ; one per host"). Leading whitespace is ignored (there are no continuation
+ * lines). A line may hold at most CONF_MAX_LINE bytes. Every key belongs to a section; an
+ * unknown section or key, a key given twice, a bad value or a syntax error refuses the
+ * whole file, naming "path:line: [section] key: problem".
+ *
+ * Value syntax and the C type each conf_type writes at `offset` into the caller's struct:
+ *   CONF_STR          char *     any text without control characters; empty = NULL (unset)
+ *   CONF_INT          int        decimal integer
+ *   CONF_U64          uint64_t   decimal integer >= 0
+ *   CONF_DOUBLE       double     finite decimal number ("0.5", "1e-3")
+ *   CONF_BOOL         bool       true/false, yes/no, on/off, 1/0 (any case)
+ *   CONF_ENUM         int        one of enum_names (exact match); stored as its index
+ *   CONF_SIZE         uint64_t   bytes: "4096", or a number with K, M, G or T (powers of
+ *                                1024; "64M", "2G", also "64MiB", "2GB")
+ *   CONF_DURATION_MS  uint64_t   milliseconds: "500ms", "5s", "2m", "1h", a plain number is ms
+ * Numeric values are checked against [min, max] (for CONF_SIZE in bytes, for
+ * CONF_DURATION_MS in milliseconds); min == max == 0 means the C type's whole range.
+ *
+ * Loading is all or nothing: on any error dst is left exactly as it was.
+ */
+#ifndef FERRY_COMMON_CONF_H
+#define FERRY_COMMON_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "common/common.h"
+
+/* Longest line a config file may hold, newline included (inih's line buffer less the NUL). */
+#define CONF_MAX_LINE 199
+/* Largest config file or string accepted. */
+#define CONF_MAX_BYTES (1u << 20)
+
+enum conf_type {
+	CONF_STR = 0,
+	CONF_INT,
+	CONF_U64,
+	CONF_DOUBLE,
+	CONF_BOOL,
+	CONF_ENUM,
+	CONF_SIZE,
+	CONF_DURATION_MS,
+};
+
+struct conf_key {
+	const char *section;            /* "cluster"; letters, digits, '_' and '-' */
+	const char *key;                /* "workers"; same alphabet, unique within its section */
+	enum conf_type type;
+	size_t offset;                  /* offsetof(struct my_config, field) */
+	int64_t min, max;               /* inclusive range of numeric types; 0, 0: unbounded */
+	const char *const *enum_names;  /* CONF_ENUM: NULL-terminated list of names */
+	const char *def;                /* default, in file syntax; NULL: zero / NULL string */
+	const char *doc;                /* one or more sentences for conf_write_doc() */
+};
+
+/*
+ * Writes every key's default into dst (NULL / 0 where def is NULL). dst's previous
+ * contents are overwritten, not freed: call it on a fresh struct or after conf_free().
+ * Errors: -EINVAL when a table default does not parse (a bug in the table; err names the
+ * key), -ENOMEM. On error dst is unchanged.
+ */
+int conf_defaults(const struct conf_key *keys, size_t n, void *dst, struct fr_error *err);
+
+/*
+ * Parses the INI file at path and applies every value it sets on top of dst (which must
+ * have been initialised by conf_defaults(); strings it replaces are freed). Keys the file
+ * does not mention keep their value.
+ * Errors (err set, dst unchanged): -ENOENT and other open/read errors ("path: No such
+ * file or directory"), -EFBIG (over CONF_MAX_BYTES), -EINVAL ("path:line: [section] key:
+ * problem" for an unknown section or key, a duplicate key, a bad or out-of-range value, a
+ * syntax error, an over-long line or a NUL byte), -ENOMEM.
+ */
+int conf_load_file(const struct conf_key *keys, size_t n, const char *path, void *dst,
+		   struct fr_error *err);
+
+/* The same from memory: text[len] need not be NUL-terminated and may hold any bytes.
+ * name is what messages call it in place of a path ("<string>"). */
+int conf_load_string(const struct conf_key *keys, size_t n, const char *name, const char *text,
+		     size_t len, void *dst, struct fr_error *err);
+
+/*
+ * Applies one override "section.key=value" (whitespace around the parts is ignored; an
+ * empty value unsets a string). For command-line --set. dst as for conf_load_file().
+ * Errors (err set, dst unchanged): -EINVAL (no '=' or '.', unknown section or key, bad or
+ * out-of-range value, a string the INI syntax could not write back), -ENOMEM.
+ */
+int conf_set(const struct conf_key *keys, size_t n, const char *assignment, void *dst,
+	     struct fr_error *err);
+
+/* Writes the effective configuration of src as an INI file (--print-config): every key,
+ * grouped by section in table order, in a form conf_load_file() reads back to the same
+ * values. Unset strings are written as "key =". */
+void conf_dump(const struct conf_key *keys, size_t n, const void *src, FILE *f);
+
+/* Writes an example INI file documenting every key: its doc text, type, range and default,
+ * then the key itself commented out with its default ("#workers = 1"). The file parses
+ * as-is and sets nothing. */
+void conf_write_doc(const struct conf_key *keys, size_t n, FILE *f);
+
+/* Frees every CONF_STR string of dst and sets it to NULL. Accepts a dst never loaded. */
+void conf_free(const struct conf_key *keys, size_t n, void *dst);
+
+/* Index of (section, key) in keys, or -1. */
+int conf_find(const struct conf_key *keys, size_t n, const char *section, const char *key);
+
+/* Checks an address of the form "host:port" (host a name, an IPv4 address or "[IPv6]";
+ * port 1..65535) or "unix:/path" (gRPC's Unix socket form). Returns 0 or -EINVAL with err
+ * saying what is wrong (the caller names the key). */
+int conf_check_hostport(const char *addr, struct fr_error *err);
+/* The same for a listen address, where port 0 (the kernel picks one) is allowed too. */
+int conf_check_listen(const char *addr, struct fr_error *err);
+
+#endif /* FERRY_COMMON_CONF_H */

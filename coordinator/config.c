@@ -1,0 +1,172 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * config.c - ferry-coordinator's key table and the checks that span several keys. The doc
+ * strings are what `conf_write_doc()` prints, so they are written for an operator.
+ */
+#include "coordinator/config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* CONF_ENUM stores an int; these enums are written through it. */
+_Static_assert(sizeof(enum tp_backend) == sizeof(int), "enum tp_backend is not int-sized");
+_Static_assert(sizeof(enum co_wire_dtype) == sizeof(int), "enum co_wire_dtype is not int-sized");
+_Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is not int-sized");
+
+/* In the order of enum tp_backend / co_wire_dtype / fr_log_level. */
+static const char *const backend_names[] = { "shm", "tcp", "verbs", NULL };
+static const char *const wire_names[] = { "bf16", "f32", NULL };
+static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
+
+#define OFF(f) offsetof(struct co_config, f)
+#define DAY_MS (24 * 3600 * 1000LL)
+
+const struct conf_key co_config_keys[] = {
+	{ "model", "path", CONF_STR, OFF(model.path),
+	  .doc = "Checkpoint directory (config.json, *.safetensors, tokenizer). Required." },
+
+	{ "server", "listen", CONF_STR, OFF(server.listen), .def = "127.0.0.1:7400",
+	  .doc = "gRPC address for clients, ferryctl and workers: host:port, [IPv6]:port or "
+		 "unix:/path. Use 0.0.0.0:7400 to accept workers from other hosts." },
+	{ "server", "admin_token_file", CONF_STR, OFF(server.admin_token_file),
+	  .doc = "File holding the bearer token that Admin calls (ferryctl) must present; mode "
+		 "0600 or stricter. Unset: no token is checked, so anyone who can reach listen "
+		 "may call Admin methods; only sensible on a loopback address." },
+
+	{ "cluster", "secret_file", CONF_STR, OFF(cluster.secret_file),
+	  .doc = "File holding the cluster secret (at least 16 bytes, mode 0600 or stricter) "
+		 "that authenticates worker joins; every worker needs the same one. Required "
+		 "unless insecure is true." },
+	{ "cluster", "insecure", CONF_BOOL, OFF(cluster.insecure), .def = "false",
+	  .doc = "Accept workers without authentication (secret_file is not used). For local "
+		 "development only." },
+	{ "cluster", "workers", CONF_INT, OFF(cluster.workers), 1, 1024, .def = "1",
+	  .doc = "Number of workers to wait for before serving requests." },
+	{ "cluster", "join_timeout", CONF_DURATION_MS, OFF(cluster.join_timeout_ms), 1, DAY_MS,
+	  .def = "60s",
+	  .doc = "How long to wait at start-up for all workers to join before giving up." },
+	{ "cluster", "heartbeat_interval", CONF_DURATION_MS, OFF(cluster.heartbeat_interval_ms),
+	  10, 3600 * 1000LL, .def = "1s",
+	  .doc = "How often workers send heartbeats; a worker that misses three is marked dead." },
+	{ "cluster", "max_skew", CONF_DURATION_MS, OFF(cluster.max_skew_ms), 100, DAY_MS,
+	  .def = "30s",
+	  .doc = "Largest difference between a worker's clock and ours that a join may show. "
+		 "Joins are also refused when their nonce was seen within this window." },
+
+	{ "placement", "load_profile", CONF_STR, OFF(placement.load_profile),
+	  .doc = "JSON file of expected load per (layer, expert) for the first placement "
+		 "(format in coordinator/placement/placement.h). Unset: uniform load." },
+	{ "placement", "min_distinct", CONF_INT, OFF(placement.min_distinct), 0, 16384,
+	  .def = "0",
+	  .doc = "With k >= 2, every expert gets replicas on at least k different workers, so "
+		 "that losing a worker never loses an expert. 0 or 1: no such guarantee." },
+
+	{ "engine", "micro_batches", CONF_INT, OFF(engine.micro_batches), 1, 8, .def = "2",
+	  .doc = "Micro-batches per step: attention of one overlaps the experts of another. "
+		 "Workers need [transport] ring_slots at least this large." },
+	{ "engine", "max_batch", CONF_INT, OFF(engine.max_batch), 1, 65536, .def = "256",
+	  .doc = "Most tokens in one forward step (prefill chunks and decode tokens together)." },
+	{ "engine", "max_seqs", CONF_INT, OFF(engine.max_seqs), 1, 65536, .def = "16",
+	  .doc = "Most sequences batched at once." },
+	{ "engine", "max_ctx", CONF_INT, OFF(engine.max_ctx), 0, 1 << 24, .def = "0",
+	  .doc = "Cap on context length (prompt and generated tokens). 0: the model's." },
+	{ "engine", "threads", CONF_INT, OFF(engine.threads), 0, 4096, .def = "0",
+	  .doc = "CPU threads for the coordinator's layers. 0: all CPUs." },
+
+	{ "transport", "backend", CONF_ENUM, OFF(transport.backend), .enum_names = backend_names,
+	  .def = "shm",
+	  .doc = "Data plane to the workers: shm (same host), tcp, or verbs (RDMA)." },
+	{ "transport", "bind_addr", CONF_STR, OFF(transport.bind_addr), .def = "127.0.0.1",
+	  .doc = "Local address the data plane listens on and connects from (tcp and verbs); "
+		 "an address the workers can reach." },
+	{ "transport", "device", CONF_STR, OFF(transport.device),
+	  .doc = "verbs: RDMA device name (\"mlx5_0\", \"rxe0\"). Unset: the first usable one." },
+	{ "transport", "port", CONF_INT, OFF(transport.port), 0, 255, .def = "0",
+	  .doc = "verbs: port number of the device. 0: the first active port." },
+	{ "transport", "gid_index", CONF_INT, OFF(transport.gid_index), -1, 1023, .def = "-1",
+	  .doc = "verbs: GID index. -1: auto (the RoCEv2 IPv4-mapped GID)." },
+	{ "transport", "mtu", CONF_INT, OFF(transport.mtu), 0, 4096, .def = "0",
+	  .doc = "verbs: path MTU cap in bytes (256, 512, 1024, 2048 or 4096). 0: the port's "
+		 "active MTU." },
+	{ "transport", "wire_dtype", CONF_ENUM, OFF(transport.wire_dtype), .enum_names = wire_names,
+	  .def = "bf16",
+	  .doc = "Format of activations on the wire: bf16 (half the bytes) or f32." },
+	{ "transport", "expert_timeout", CONF_DURATION_MS, OFF(transport.expert_timeout_ms), 1,
+	  DAY_MS, .def = "30s",
+	  .doc = "How long to wait for a worker's expert results before marking it dead and "
+		 "re-dispatching to replicas." },
+	{ "transport", "peer_timeout", CONF_DURATION_MS, OFF(transport.peer_timeout_ms), 1,
+	  DAY_MS, .def = "5s",
+	  .doc = "How quickly a dead peer host is detected on the data plane." },
+
+	{ "log", "level", CONF_ENUM, OFF(log.level), .enum_names = level_names, .def = "info",
+	  .doc = "Log level of every component. $FERRY_LOG, when set, takes precedence and "
+		 "can also set levels per component (\"info,tp.verbs=debug\")." },
+};
+
+const size_t co_config_n_keys = FR_ARRAY_SIZE(co_config_keys);
+
+int co_config_validate(const struct co_config *cfg, struct fr_error *err)
+{
+	int rc, mtu = cfg->transport.mtu;
+
+	if (!cfg->model.path)
+		return fr_error_set(err, -EINVAL, "[model] path: not set (the checkpoint directory "
+				    "is required)");
+	if (!cfg->cluster.secret_file && !cfg->cluster.insecure)
+		return fr_error_set(err, -EINVAL, "[cluster] secret_file: not set (required unless "
+				    "[cluster] insecure = true)");
+	if ((rc = conf_check_listen(cfg->server.listen, err)) < 0)
+		return fr_error_prefix(err, rc, "[server] listen");
+	if (!cfg->transport.bind_addr)
+		return fr_error_set(err, -EINVAL, "[transport] bind_addr: not set");
+	if (mtu != 0 && (mtu < 256 || (mtu & (mtu - 1)) != 0))
+		return fr_error_set(err, -EINVAL, "[transport] mtu: %d is not 0, 256, 512, 1024, "
+				    "2048 or 4096", mtu);
+	if (cfg->engine.max_batch < cfg->engine.micro_batches)
+		return fr_error_set(err, -EINVAL, "[engine] max_batch: %d is less than [engine] "
+				    "micro_batches (%d): every micro-batch needs a token",
+				    cfg->engine.max_batch, cfg->engine.micro_batches);
+	if (cfg->placement.min_distinct > cfg->cluster.workers)
+		return fr_error_set(err, -EINVAL, "[placement] min_distinct: %d is more than "
+				    "[cluster] workers (%d)", cfg->placement.min_distinct,
+				    cfg->cluster.workers);
+	return 0;
+}
+
+int co_config_load(const char *path, char *const *overrides, int n_overrides,
+		   struct co_config *ret, struct fr_error *err)
+{
+	struct co_config cfg;
+	int rc;
+
+	if ((rc = conf_defaults(co_config_keys, co_config_n_keys, &cfg, err)) < 0)
+		return rc;
+	rc = conf_load_file(co_config_keys, co_config_n_keys, path ? path : CO_CONFIG_DEFAULT_PATH,
+			    &cfg, err);
+	/* Without --config a missing default file means "defaults and --set only". */
+	if (rc == -ENOENT && !path)
+		rc = 0;
+	for (int i = 0; rc == 0 && i < n_overrides; i++)
+		rc = conf_set(co_config_keys, co_config_n_keys, overrides[i], &cfg, err);
+	if (rc == 0)
+		rc = co_config_validate(&cfg, err);
+	if (rc < 0) {
+		co_config_free(&cfg);
+		return rc;
+	}
+	*ret = cfg;
+	return 0;
+}
+
+void co_config_free(struct co_config *cfg)
+{
+	if (cfg)
+		conf_free(co_config_keys, co_config_n_keys, cfg);
+}
+
+void co_config_dump(const struct co_config *cfg, FILE *f)
+{
+	conf_dump(co_config_keys, co_config_n_keys, cfg, f);
+}

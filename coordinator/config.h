@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * config.h - ferry-coordinator's configuration: /etc/ferry/coordinator.conf plus --set
+ * overrides (ARCHITECTURE §7). Every key is described once in co_config_keys[]; the example
+ * deploy/coordinator.conf documents all of them (a test keeps it complete).
+ *
+ * The struct mirrors the file: cfg.cluster.workers is "[cluster] workers". Durations are in
+ * milliseconds (fields named *_ms), strings are owned by the struct (NULL = not set).
+ */
+#ifndef FERRY_COORDINATOR_CONFIG_H
+#define FERRY_COORDINATOR_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+#include "common/conf.h"
+#include "transport/transport.h"
+
+#define CO_CONFIG_DEFAULT_PATH "/etc/ferry/coordinator.conf"
+
+/* [transport] wire_dtype: activations on the data plane. */
+enum co_wire_dtype {
+	CO_WIRE_BF16 = 0,
+	CO_WIRE_F32,
+};
+
+struct co_config {
+	struct {
+		char *path;                  /* checkpoint directory; required */
+	} model;
+	struct {
+		char *listen;                /* gRPC "host:port" (default 127.0.0.1:7400) */
+		char *admin_token_file;      /* bearer token for Admin calls; NULL: no token */
+	} server;
+	struct {
+		char *secret_file;           /* HMAC key for Join; required unless insecure */
+		bool insecure;               /* unauthenticated joins (local development only) */
+		int workers;                 /* workers to wait for before serving (1..1024) */
+		uint64_t join_timeout_ms;    /* how long to wait for them (default 60 s) */
+		uint64_t heartbeat_interval_ms; /* told to workers in JoinResponse (default 1 s) */
+		uint64_t max_skew_ms;        /* Join timestamp tolerance (default 30 s) */
+	} cluster;
+	struct {
+		char *load_profile;          /* JSON load profile for the first placement; NULL: uniform */
+		int min_distinct;            /* >= 2: every expert on that many workers; 0: no guarantee */
+	} placement;
+	struct {
+		int micro_batches;           /* ping-pong micro-batches per step (1..8, default 2) */
+		int max_batch;               /* tokens per forward step (default 256) */
+		int max_seqs;                /* sequences batched at once (default 16) */
+		int max_ctx;                 /* context length cap; 0: the model's */
+		int threads;                 /* CPU threads; 0: all CPUs */
+	} engine;
+	struct {
+		enum tp_backend backend;     /* shm | tcp | verbs (default shm) */
+		char *bind_addr;             /* bootstrap listen address (default 127.0.0.1) */
+		char *device;                /* verbs device ("mlx5_0"); NULL: auto */
+		int port;                    /* verbs port; 0: first active */
+		int gid_index;               /* verbs GID index; -1: auto (RoCEv2) */
+		int mtu;                     /* verbs path MTU cap in bytes; 0: the port's */
+		enum co_wire_dtype wire_dtype; /* bf16 | f32 (default bf16) */
+		uint64_t expert_timeout_ms;  /* a worker's answer to a dispatch (default 30 s) */
+		uint64_t peer_timeout_ms;    /* dead-peer detection (default 5 s) */
+	} transport;
+	struct {
+		enum fr_log_level level;     /* error | warn | info | debug (default info) */
+	} log;
+};
+
+/* The key table behind co_config (for conf_dump(), conf_write_doc() and tests). */
+extern const struct conf_key co_config_keys[];
+extern const size_t co_config_n_keys;
+
+/*
+ * Loads the configuration: defaults, then the file, then each override
+ * ("section.key=value", as given to --set) in order, then co_config_validate().
+ * path NULL means CO_CONFIG_DEFAULT_PATH, which may be missing (defaults and overrides
+ * only); a path given explicitly must exist. overrides may be NULL when n_overrides is 0.
+ * On success *ret owns its strings (co_config_free()); on error *ret is untouched.
+ * Errors (err set): -ENOENT/-EACCES/... (the file), -EINVAL (see conf_load_file(),
+ * conf_set() and co_config_validate()), -ENOMEM.
+ */
+int co_config_load(const char *path, char *const *overrides, int n_overrides,
+		   struct co_config *ret, struct fr_error *err);
+
+/* Cross-key checks: model.path set; cluster.secret_file set unless cluster.insecure;
+ * server.listen and transport.bind_addr well-formed; transport.mtu 0 or a power of two in
+ * [256, 4096]; engine.max_batch >= engine.micro_batches; placement.min_distinct <=
+ * cluster.workers. Returns 0 or -EINVAL naming the keys. */
+int co_config_validate(const struct co_config *cfg, struct fr_error *err);
+
+/* Frees the strings. Accepts a zeroed struct. */
+void co_config_free(struct co_config *cfg);
+
+/* The effective configuration, as INI (--print-config). */
+void co_config_dump(const struct co_config *cfg, FILE *f);
+
+#endif /* FERRY_COORDINATOR_CONFIG_H */

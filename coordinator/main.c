@@ -1,0 +1,209 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * ferry-coordinator: the daemon over coordinator/server.c - configuration (INI + command
+ * line), signals, systemd notification.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include "coordinator/config.h"
+#include "coordinator/server.h"
+#include "kernels/kernels.h"
+#include "rpc/auth.h"
+
+static const char usage[] =
+	"Usage: ferry-coordinator [OPTIONS]\n"
+	"\n"
+	"Runs embeddings, attention, routers and shared experts of a DeepSeekMoE model and\n"
+	"serves ferry.v1.Inference over gRPC once its expert workers have joined.\n"
+	"\n"
+	"  -c, --config FILE       INI configuration (default " CO_CONFIG_DEFAULT_PATH ";\n"
+	"                          a missing default file is fine, see deploy/coordinator.conf)\n"
+	"  -s, --set SECTION.KEY=VALUE  override one configuration key (repeatable)\n"
+	"  -m, --model DIR         same as --set model.path=DIR\n"
+	"  -l, --listen ADDR       same as --set server.listen=ADDR\n"
+	"  -w, --workers N         same as --set cluster.workers=N\n"
+	"  -t, --transport NAME    same as --set transport.backend=NAME (shm, tcp, verbs)\n"
+	"      --secret-file FILE  same as --set cluster.secret_file=FILE\n"
+	"      --insecure          same as --set cluster.insecure=true (local development)\n"
+	"      --print-config      print the effective configuration and exit\n"
+	"  -V, --version           print the version and exit\n"
+	"  -h, --help              this text\n"
+	"\n"
+	"Exit status: 0 after SIGTERM/SIGINT and a clean drain; 1 when the cluster failed\n"
+	"(a worker did not join or load in time, impossible placement, a worker died);\n"
+	"2 for bad arguments or configuration.\n";
+
+enum { OPT_SECRET = 256, OPT_INSECURE, OPT_PRINT };
+
+static const struct option longopts[] = {
+	{ "config", required_argument, NULL, 'c' },
+	{ "set", required_argument, NULL, 's' },
+	{ "model", required_argument, NULL, 'm' },
+	{ "listen", required_argument, NULL, 'l' },
+	{ "workers", required_argument, NULL, 'w' },
+	{ "transport", required_argument, NULL, 't' },
+	{ "secret-file", required_argument, NULL, OPT_SECRET },
+	{ "insecure", no_argument, NULL, OPT_INSECURE },
+	{ "print-config", no_argument, NULL, OPT_PRINT },
+	{ "version", no_argument, NULL, 'V' },
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static struct co_server *g_srv;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	if (g_srv)
+		co_server_stop(g_srv);
+}
+
+static void *watchdog_main(void *arg)
+{
+	uint64_t usec = *(uint64_t *)arg;
+	for (;;) {
+		usleep((useconds_t)(usec / 2));
+		sd_notify(0, "WATCHDOG=1");
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	struct fr_error err = { { 0 } };
+	struct co_config cfg = { 0 };
+	const char *config_path = NULL;
+	char **ov = NULL;
+	int n_ov = 0, c, rc, ret = 2;
+	bool print = false;
+	uint8_t *secret = NULL;
+	size_t secret_len = 0;
+
+	while ((c = getopt_long(argc, argv, "c:s:m:l:w:t:Vh", longopts, NULL)) != -1) {
+		rc = 0;
+		switch (c) {
+		case 'c': config_path = optarg; break;
+		case 's': rc = fr_strv_push(&ov, &n_ov, "%s", optarg); break;
+		case 'm': rc = fr_strv_push(&ov, &n_ov, "model.path=%s", optarg); break;
+		case 'l': rc = fr_strv_push(&ov, &n_ov, "server.listen=%s", optarg); break;
+		case 'w': rc = fr_strv_push(&ov, &n_ov, "cluster.workers=%s", optarg); break;
+		case 't': rc = fr_strv_push(&ov, &n_ov, "transport.backend=%s", optarg); break;
+		case OPT_SECRET: rc = fr_strv_push(&ov, &n_ov, "cluster.secret_file=%s", optarg); break;
+		case OPT_INSECURE: rc = fr_strv_push(&ov, &n_ov, "cluster.insecure=true"); break;
+		case OPT_PRINT: print = true; break;
+		case 'V': printf("ferry-coordinator %s\n", FERRY_VERSION); return 0;
+		case 'h': fputs(usage, stdout); return 0;
+		default:
+			fprintf(stderr, "(see ferry-coordinator --help)\n");
+			return 2;
+		}
+		if (rc < 0) {
+			fprintf(stderr, "ferry-coordinator: out of memory\n");
+			return 1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "ferry-coordinator: unexpected argument '%s'\n(see ferry-coordinator --help)\n",
+			argv[optind]);
+		return 2;
+	}
+	if (co_config_load(config_path, ov, n_ov, &cfg, &err) < 0 ||
+	    co_config_validate(&cfg, &err) < 0) {
+		fprintf(stderr, "ferry-coordinator: %s\n", err.msg);
+		goto out;
+	}
+	if (print) {
+		co_config_dump(&cfg, stdout);
+		ret = 0;
+		goto out;
+	}
+	fr_log_set_levels(fr_log_level_name(cfg.log.level));
+	if (getenv("FERRY_LOG"))
+		fr_log_set_levels(getenv("FERRY_LOG"));
+	if (cfg.engine.threads)
+		kn_set_threads(cfg.engine.threads);
+	if (!cfg.cluster.insecure &&
+	    rpc_auth_secret_load(cfg.cluster.secret_file, &secret, &secret_len, &err) < 0) {
+		fprintf(stderr, "ferry-coordinator: %s\n", err.msg);
+		goto out;
+	}
+
+	struct co_server_opts o = {
+		.model_path = cfg.model.path,
+		.listen = cfg.server.listen,
+		.secret = secret,
+		.secret_len = secret_len,
+		.insecure = cfg.cluster.insecure,
+		.workers = cfg.cluster.workers,
+		.join_timeout_ms = (int)cfg.cluster.join_timeout_ms,
+		.heartbeat_ms = (int)cfg.cluster.heartbeat_interval_ms,
+		.max_skew_ms = (int)cfg.cluster.max_skew_ms,
+		.load_profile = cfg.placement.load_profile,
+		.min_distinct = cfg.placement.min_distinct,
+		.micro_batches = cfg.engine.micro_batches,
+		.max_batch = cfg.engine.max_batch,
+		.max_seqs = cfg.engine.max_seqs,
+		.max_ctx = cfg.engine.max_ctx,
+		.load_window = 1024,
+		.tp = {
+			.backend = cfg.transport.backend,
+			.device = cfg.transport.device,
+			.port = cfg.transport.port,
+			.gid_index = cfg.transport.gid_index,
+			.gid_index_set = cfg.transport.gid_index >= 0,
+			.mtu = (uint32_t)cfg.transport.mtu,
+			.peer_timeout_ms = (uint32_t)cfg.transport.peer_timeout_ms,
+			.bind_addr = cfg.transport.bind_addr,
+		},
+		.wire = cfg.transport.wire_dtype == CO_WIRE_F32 ? FP_DTYPE_F32 : FP_DTYPE_BF16,
+		.expert_timeout_ms = (int)cfg.transport.expert_timeout_ms,
+	};
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	ret = 1;
+	if (co_server_create(&o, &g_srv, &err) < 0) {
+		fr_err("coordinator", "%s", err.msg);
+		goto out;
+	}
+	/* ferryctl up and scripts read the bound port from this line. */
+	printf("ferry-coordinator listening on port %d\n", co_server_port(g_srv));
+	fflush(stdout);
+	uint64_t wd_usec = 0;
+	pthread_t wd;
+	if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0)
+		pthread_create(&wd, NULL, watchdog_main, &wd_usec);
+	sd_notify(0, "STATUS=waiting for workers");
+	if (co_server_start(g_srv, &err) < 0) {
+		fr_err("coordinator", "%s", err.msg);
+		goto out;
+	}
+	sd_notify(0, "READY=1\nSTATUS=serving");
+	rc = co_server_wait(g_srv, &err);
+	sd_notify(0, "STOPPING=1");
+	if (rc < 0) {
+		fr_err("coordinator", "%s", err.msg);
+		goto out;
+	}
+	fr_info("coordinator", "stopping: draining requests and workers");
+	ret = 0;
+out:
+	co_server_destroy(g_srv);
+	g_srv = NULL;
+	co_config_free(&cfg);
+	fr_strv_free(ov, n_ov);
+	rpc_auth_secret_free(secret, secret_len);
+	return ret;
+}

@@ -1,0 +1,657 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * moe_remote.c - the MoE seam served by expert workers over the transport: the
+ * coordinator's half of the data path (ARCHITECTURE §2, §4; worker/serve.c is the other).
+ *
+ * dispatch() chooses a replica per (token, expert), groups the pairs by worker, encodes one
+ * dispatch frame per worker into that worker's send slot of the micro-batch and puts it;
+ * it waits only for back-pressure (a send slot whose previous put has not completed, no
+ * credit). combine() then waits for the answers of exactly the workers it sent to and adds
+ * them in worker order, so a run is reproducible whatever order frames arrive in.
+ *
+ * Several micro-batches may be out at once. Whatever op is polling records every event:
+ * a combine frame of another micro-batch stays in its ring slot, noted and unreleased,
+ * until that micro-batch's combine() reads it. Arrivals are released in the order they
+ * came (tp_ep_release() hands back the oldest), so one consumed ahead of an older frame
+ * waits in a small per-worker queue until the older one is consumed too.
+ *
+ * Failures of the ring itself (a worker's endpoint failed while it owed us a frame, a
+ * malformed or unexpected frame, a timeout) are sticky: every later op returns the same
+ * error, since frames still in flight could land in slots reused later. Errors found
+ * before anything is sent (sizes, ids, a dead worker) leave the MoE usable.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/coordinator.h"
+#include "kernels/kernels.h"
+
+/* Combine partials are added straight from the receive region. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the data path reads frame vectors in place and needs a little-endian host"
+#endif
+
+#define RM_COMP "co.remote"
+#define RM_MAX_MB 255 /* the imm carries 8 bits of micro-batch */
+#define N_EVENTS 64
+
+/* One worker's share of one ring slot's micro-batch. */
+struct rw_slot {
+	uint32_t n_tok;        /* tokens sent; 0 = nothing sent */
+	uint32_t *rows;        /* [ring.tokens] micro-batch row of each token sent */
+	bool arrived;          /* its combine frame landed (and is unreleased) */
+	uint64_t len;          /* bytes of that frame */
+	bool send_busy;        /* the dispatch put from this send slot has not completed */
+};
+
+/* An arrival not yet released. */
+struct rw_arrival {
+	uint32_t slot;
+	bool consumed;
+};
+
+struct rworker {
+	struct tp_ep *ep;        /* borrowed */
+	struct tp_mem *recv;     /* [ring.slots][cslot] combine frames, borrowed */
+	struct tp_mem *send;     /* [ring.slots][dslot] dispatch frames, owned */
+	int status;              /* 0, or the negative errno its endpoint failed with */
+	struct rw_slot *slot;    /* [ring.slots] */
+	struct rw_arrival *q;    /* [q_cap] unreleased arrivals, oldest first */
+	uint32_t q_head, q_n;
+
+	/* Dispatch build scratch (one micro-batch at a time). */
+	int32_t last_tok;        /* last token that joined this worker's batch, -1 none */
+	uint32_t n_pairs;
+	uint16_t *counts;        /* [ring.tokens] pairs per token */
+	uint16_t *pslot;         /* [ring.tokens * ring.max_pairs] local slot of each pair */
+	float *pweight;          /* [ring.tokens * ring.max_pairs] */
+};
+
+/* A micro-batch in flight, per ring slot. */
+struct rm_mb {
+	bool active;
+	int layer;               /* model layer */
+	int moe_layer;
+	int mb;
+	int n_tok;
+};
+
+struct moe_remote {
+	const struct model_config *cfg;
+	struct tp_context *ctx;
+	const struct co_placement *p;
+	struct co_remote_opts o;
+	int n_workers;
+	int hidden;
+	size_t dslot, cslot;
+	size_t esize;            /* bytes per wire element */
+	uint32_t q_cap;
+
+	struct rworker *w;       /* [n_workers] */
+	struct rm_mb *mbs;       /* [ring.slots] */
+
+	int64_t *worker_tokens;  /* [n_workers] co_place_choose's running load */
+	struct co_place_replica *rep; /* [ring.tokens * n_routed_experts] */
+	void *vec;               /* [ring.tokens][hidden] wire dtype: one worker's vectors */
+	float *row;              /* [hidden] a bf16 partial widened */
+
+	int failed;              /* sticky run-time error, 0 none */
+	struct fr_error msg;     /* text of the last run-time failure */
+	struct tp_event evs[N_EVENTS];
+};
+
+static FR_PRINTF(4, 0) int vfail(struct moe_remote *m, bool sticky, int rc, const char *fmt,
+				 va_list ap)
+{
+	vsnprintf(m->msg.msg, sizeof(m->msg.msg), fmt, ap);
+	if (sticky && !m->failed)
+		m->failed = rc;
+	fr_warn(RM_COMP, "%s", m->msg.msg);
+	return rc;
+}
+
+/* A run-time failure found before anything was sent: the ring is as it was. */
+static FR_PRINTF(3, 4) int soft(struct moe_remote *m, int rc, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	rc = vfail(m, false, rc, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+/* A failure of the ring itself: every later op returns rc. */
+static FR_PRINTF(3, 4) int hard(struct moe_remote *m, int rc, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	rc = vfail(m, true, rc, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+static int worker_of(const struct moe_remote *m, const struct tp_ep *ep)
+{
+	for (int i = 0; i < m->n_workers; i++)
+		if (m->w[i].ep == ep)
+			return i;
+	return -1;
+}
+
+static int on_arrival(struct moe_remote *m, int wi, const struct tp_event *ev)
+{
+	struct rworker *w = &m->w[wi];
+	uint32_t layer = ev->imm >> 16, mb = (ev->imm >> 8) & 0xffu, kind = ev->imm & 0xffu;
+	uint32_t slot = mb % m->o.ring.slots;
+	struct rm_mb *s = &m->mbs[slot];
+	struct rw_slot *ws = &w->slot[slot];
+
+	if (kind != FP_KIND_COMBINE || !s->active || (uint32_t)s->mb != mb ||
+	    (uint32_t)s->moe_layer != layer || !ws->n_tok || ws->arrived)
+		return hard(m, -EBADMSG,
+			    "worker w%d: unexpected frame (imm 0x%08x: MoE layer %u mb %u kind %u)",
+			    wi, ev->imm, layer, mb, kind);
+	if (ev->len > m->cslot)
+		return hard(m, -EBADMSG,
+			    "worker w%d: MoE layer %u mb %u: %llu byte frame, a ring slot has %zu",
+			    wi, layer, mb, (unsigned long long)ev->len, m->cslot);
+	if (w->q_n == m->q_cap)
+		return hard(m, -ENOBUFS,
+			    "worker w%d: %u frames unreleased behind an older one; combine "
+			    "micro-batches in the order they were dispatched", wi, w->q_n);
+	w->q[(w->q_head + w->q_n++) % m->q_cap] = (struct rw_arrival){ .slot = slot };
+	ws->arrived = true;
+	ws->len = ev->len;
+	return 0;
+}
+
+/* Marks slot's arrival consumed and hands back every consumed one at the queue head. */
+static int consume(struct moe_remote *m, int wi, uint32_t slot)
+{
+	struct rworker *w = &m->w[wi];
+	uint32_t n = 0;
+
+	for (uint32_t i = 0; i < w->q_n; i++) {
+		struct rw_arrival *a = &w->q[(w->q_head + i) % m->q_cap];
+		if (a->slot == slot && !a->consumed) {
+			a->consumed = true;
+			break;
+		}
+	}
+	while (w->q_n > 0 && w->q[w->q_head].consumed) {
+		w->q_head = (w->q_head + 1) % m->q_cap;
+		w->q_n--;
+		n++;
+	}
+	int rc = n ? tp_ep_release(w->ep, n) : 0;
+	if (rc < 0)
+		return hard(m, -EPROTO, "worker w%d: release of %u frames: %s", wi, n,
+			    strerror(-rc));
+	return 0;
+}
+
+/* Makes progress for up to timeout_ms (0: without sleeping) and records every event. */
+static int pump(struct moe_remote *m, int timeout_ms)
+{
+	int n = timeout_ms > 0 ? tp_wait(m->ctx, m->evs, N_EVENTS, timeout_ms)
+			       : tp_poll(m->ctx, m->evs, N_EVENTS);
+	if (n < 0)
+		return hard(m, n, "transport: %s", strerror(-n));
+	for (int i = 0; i < n; i++) {
+		const struct tp_event *ev = &m->evs[i];
+		int wi = worker_of(m, ev->ep), rc;
+		if (wi < 0)
+			continue; /* another user's endpoint on a shared context */
+		struct rworker *w = &m->w[wi];
+		switch (ev->type) {
+		case TP_EV_SEND_DONE:
+			if (ev->cookie < m->o.ring.slots)
+				w->slot[ev->cookie].send_busy = false;
+			if (ev->status < 0 && !w->status)
+				w->status = ev->status;
+			break;
+		case TP_EV_ARRIVAL:
+			if ((rc = on_arrival(m, wi, ev)) < 0)
+				return rc;
+			break;
+		case TP_EV_EP_ERROR:
+			/* Fatal only to an op that needs this worker. */
+			w->status = ev->status ? ev->status : -ECONNRESET;
+			fr_warn(RM_COMP, "worker w%d: endpoint failed: %s", wi,
+				strerror(-w->status));
+			break;
+		}
+	}
+	return 0;
+}
+
+static int remaining_ms(uint64_t deadline)
+{
+	uint64_t now = fr_now_ns();
+	if (now >= deadline)
+		return 0;
+	return (int)FR_MIN((deadline - now + 999999u) / 1000000u, (uint64_t)INT32_MAX);
+}
+
+static int dead_worker(struct moe_remote *m, int wi, const char *doing, int layer, int mb)
+{
+	return hard(m, -ECONNRESET, "worker w%d: endpoint failed (%s) %s layer %d mb %d",
+		    wi, strerror(-m->w[wi].status), doing, layer, mb);
+}
+
+/* Encodes worker wi's share of micro-batch s and puts it, waiting out back-pressure. */
+static int send_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_t slot,
+		    const float *x, uint64_t deadline)
+{
+	struct rworker *w = &m->w[wi];
+	struct rw_slot *ws = &w->slot[slot];
+	size_t h = (size_t)m->hidden;
+	int rc;
+
+	while (ws->send_busy) {
+		if (w->status < 0)
+			return dead_worker(m, wi, "sending", s->layer, s->mb);
+		int t = remaining_ms(deadline);
+		if (t == 0)
+			return hard(m, -ETIMEDOUT,
+				    "worker w%d: layer %d mb %d: its send slot was not free "
+				    "within %d ms", wi, s->layer, s->mb, m->o.timeout_ms);
+		if ((rc = pump(m, t)) < 0)
+			return rc;
+	}
+	for (uint32_t r = 0; r < ws->n_tok; r++) {
+		const float *src = x + (size_t)ws->rows[r] * h;
+		if (m->o.wire == FP_DTYPE_BF16)
+			kn_from_f32((uint16_t *)m->vec + r * h, KN_DTYPE_BF16, src, h);
+		else
+			memcpy((float *)m->vec + r * h, src, h * sizeof(float));
+	}
+	struct fp_dispatch d = {
+		.h = { .dtype = m->o.wire, .layer = (uint16_t)s->moe_layer,
+		       .micro_batch = (uint16_t)s->mb, .step_epoch = m->o.epoch,
+		       .n_tokens = ws->n_tok, .hidden = (uint32_t)h, .n_pairs = w->n_pairs },
+		.token_rows = ws->rows,
+		.pair_counts = w->counts,
+		.slots = w->pslot,
+		.weights = w->pweight,
+		.vectors = m->vec,
+	};
+	size_t off = (size_t)slot * m->dslot, len;
+	uint8_t *dst = (uint8_t *)tp_mem_ptr(w->send) + off;
+	/* Cannot fail: counts and weights were checked while building, sizes by the ring. */
+	if ((rc = fp_dispatch_encode(&d, dst, m->dslot, &len)) < 0)
+		return hard(m, rc, "worker w%d: layer %d mb %d: cannot encode: %s", wi,
+			    s->layer, s->mb, strerror(-rc));
+	uint32_t imm = wk_imm((uint32_t)s->moe_layer, (uint32_t)s->mb, FP_KIND_DISPATCH);
+	for (;;) {
+		rc = tp_put_imm(w->ep, w->send, off, off, len, imm, TP_PUT_SIGNAL, slot);
+		if (rc != -EAGAIN)
+			break;
+		int t = remaining_ms(deadline);
+		if (t == 0)
+			return hard(m, -ETIMEDOUT,
+				    "worker w%d: layer %d mb %d: no credit to send within %d ms",
+				    wi, s->layer, s->mb, m->o.timeout_ms);
+		if ((rc = pump(m, t)) < 0)
+			return rc;
+	}
+	if (rc < 0 && tp_ep_status(w->ep) < 0) {
+		w->status = tp_ep_status(w->ep);
+		return dead_worker(m, wi, "sending", s->layer, s->mb);
+	}
+	if (rc < 0)
+		return hard(m, rc, "worker w%d: layer %d mb %d: put: %s", wi, s->layer, s->mb,
+			    strerror(-rc));
+	ws->send_busy = true;
+	return 0;
+}
+
+static int remote_dispatch(void *ctx, int layer, int mb, const float *x, int n_tok,
+			   const int32_t *expert, const float *weight, int k)
+{
+	struct moe_remote *m = ctx;
+	const struct wk_ring *ring = &m->o.ring;
+	int moe_layer = model_moe_index(m->cfg, layer), rc;
+
+	if (m->failed)
+		return m->failed;
+	if (moe_layer < 0)
+		return soft(m, -EINVAL, "layer %d is not a MoE layer", layer);
+	if (mb < 0 || mb > RM_MAX_MB)
+		return soft(m, -EINVAL, "micro-batch %d out of range 0..%d", mb, RM_MAX_MB);
+	uint32_t slot = (uint32_t)mb % ring->slots;
+	struct rm_mb *s = &m->mbs[slot];
+	if (s->active)
+		return soft(m, -EINVAL,
+			    "layer %d mb %d: ring slot %u still holds layer %d mb %d", layer, mb,
+			    slot, s->layer, s->mb);
+	if (n_tok < 0 || k < 1 || k > m->cfg->n_routed_experts)
+		return soft(m, -EINVAL, "layer %d mb %d: %d tokens, top-%d", layer, mb,
+			    n_tok, k);
+	if ((uint32_t)n_tok > ring->tokens)
+		return soft(m, -E2BIG, "layer %d mb %d: %d tokens, the ring holds %u",
+			    layer, mb, n_tok, ring->tokens);
+	/* Reap completions first: send slots and credits come back through events. */
+	if ((rc = pump(m, 0)) < 0)
+		return rc;
+
+	size_t n_pairs = (size_t)n_tok * (size_t)k;
+	memset(m->worker_tokens, 0, (size_t)m->n_workers * sizeof(*m->worker_tokens));
+	if ((rc = co_place_choose(m->p, moe_layer, n_tok, k, expert, m->worker_tokens, m->rep)) < 0)
+		return soft(m, rc, "layer %d mb %d: replica choice failed (expert id out "
+			    "of range?)", layer, mb);
+
+	/* Group pairs by worker; a token joins a worker's batch at its first pair there. */
+	for (int i = 0; i < m->n_workers; i++) {
+		m->w[i].last_tok = -1;
+		m->w[i].n_pairs = 0;
+		m->w[i].slot[slot].n_tok = 0;
+	}
+	for (int t = 0; t < n_tok; t++) {
+		for (int j = 0; j < k; j++) {
+			size_t i = (size_t)t * k + j;
+			const struct co_place_replica *r = &m->rep[i];
+			struct rworker *w = &m->w[r->worker];
+			struct rw_slot *ws = &w->slot[slot];
+			if (!isfinite(weight[i]))
+				return soft(m, -EINVAL,
+					    "layer %d mb %d: token %d weight %d is not finite",
+					    layer, mb, t, j);
+			if (w->last_tok != t) {
+				w->last_tok = t;
+				ws->rows[ws->n_tok] = (uint32_t)t;
+				w->counts[ws->n_tok++] = 0;
+			}
+			if (w->counts[ws->n_tok - 1] == ring->max_pairs)
+				return soft(m, -E2BIG,
+					    "layer %d mb %d: token %d has over %u experts on "
+					    "worker w%d (ring max_pairs)", layer, mb, t,
+					    ring->max_pairs, r->worker);
+			w->counts[ws->n_tok - 1]++;
+			w->pslot[w->n_pairs] = (uint16_t)r->slot;
+			w->pweight[w->n_pairs++] = weight[i];
+		}
+	}
+	for (int i = 0; i < m->n_workers; i++)
+		if (m->w[i].slot[slot].n_tok && m->w[i].status < 0)
+			return soft(m, -ECONNRESET,
+				    "worker w%d: endpoint failed (%s), layer %d mb %d needs it",
+				    i, strerror(-m->w[i].status), layer, mb);
+	if (m->o.load &&
+	    (rc = co_load_record(m->o.load, moe_layer, (int)n_pairs, expert, m->rep)) < 0)
+		return soft(m, rc, "layer %d mb %d: load accounting refused the batch", layer,
+			    mb);
+
+	/* Active before the first put: its answers may arrive while later puts wait. */
+	*s = (struct rm_mb){ .active = true, .layer = layer, .moe_layer = moe_layer, .mb = mb,
+			     .n_tok = n_tok };
+	uint64_t deadline = fr_now_ns() + (uint64_t)m->o.timeout_ms * 1000000u;
+	for (int i = 0; i < m->n_workers; i++) {
+		if (!m->w[i].slot[slot].n_tok)
+			continue;
+		if ((rc = send_one(m, i, s, slot, x, deadline)) < 0)
+			return rc;
+	}
+	/* One more turn so tcp writes what did not fit the socket before the engine computes
+	 * the shared experts. */
+	return pump(m, 0);
+}
+
+/* Checks worker wi's combine frame of micro-batch s and adds it into out. */
+static int add_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_t slot,
+		   float *out)
+{
+	const struct kn_ops *ops = kn_ops();
+	struct rworker *w = &m->w[wi];
+	struct rw_slot *ws = &w->slot[slot];
+	const uint8_t *buf = (const uint8_t *)tp_mem_ptr(w->recv) + (size_t)slot * m->cslot;
+	struct fr_error ferr = { { 0 } };
+	struct fp_combine_view v;
+	size_t h = (size_t)m->hidden;
+
+	if (fp_combine_decode(buf, (size_t)ws->len, &v, &ferr) < 0)
+		return hard(m, -EBADMSG, "worker w%d: layer %d mb %d: %s", wi, s->layer,
+			    s->mb, ferr.msg);
+	if (v.frame_len != ws->len || v.h.layer != s->moe_layer || v.h.micro_batch != s->mb ||
+	    v.h.step_epoch != m->o.epoch || v.h.hidden != h || v.h.dtype != m->o.wire ||
+	    v.h.n_tokens != ws->n_tok)
+		return hard(m, -EBADMSG,
+			    "worker w%d: layer %d mb %d: combine frame of (layer %u, mb %u, "
+			    "epoch %u, hidden %u, dtype %d, %u tokens) does not answer the "
+			    "dispatch", wi, s->layer, s->mb, v.h.layer, v.h.micro_batch,
+			    v.h.step_epoch, v.h.hidden, (int)v.h.dtype, v.h.n_tokens);
+	for (uint32_t r = 0; r < ws->n_tok; r++)
+		if (fp_le32(v.token_rows + 4ull * r) != ws->rows[r])
+			return hard(m, -EBADMSG,
+				    "worker w%d: layer %d mb %d: token %u is row %u, sent %u",
+				    wi, s->layer, s->mb, r, fp_le32(v.token_rows + 4ull * r),
+				    ws->rows[r]);
+	for (uint32_t r = 0; r < ws->n_tok; r++) {
+		const float *src;
+		if (m->o.wire == FP_DTYPE_BF16) {
+			kn_to_f32(m->row, v.partials + r * h * 2, KN_DTYPE_BF16, h);
+			src = m->row;
+		} else {
+			src = (const float *)(const void *)(v.partials + r * h * 4);
+		}
+		ops->axpy(out + (size_t)ws->rows[r] * h, 1.0f, src, (int)h);
+	}
+	return consume(m, wi, slot);
+}
+
+static int remote_combine(void *ctx, int layer, int mb, float *out)
+{
+	struct moe_remote *m = ctx;
+	int rc;
+
+	if (m->failed)
+		return m->failed;
+	if (mb < 0 || mb > RM_MAX_MB)
+		return soft(m, -EINVAL, "micro-batch %d out of range 0..%d", mb, RM_MAX_MB);
+	uint32_t slot = (uint32_t)mb % m->o.ring.slots;
+	struct rm_mb *s = &m->mbs[slot];
+	if (!s->active || s->mb != mb || s->layer != layer)
+		return soft(m, -EINVAL, "combine of layer %d mb %d, which was not dispatched",
+			    layer, mb);
+
+	uint64_t deadline = fr_now_ns() + (uint64_t)m->o.timeout_ms * 1000000u;
+	/* Worker order, not arrival order: the same sums in the same order on every run. */
+	for (int i = 0; i < m->n_workers; i++) {
+		struct rw_slot *ws = &m->w[i].slot[slot];
+		if (!ws->n_tok)
+			continue;
+		while (!ws->arrived) {
+			if (m->w[i].status < 0)
+				return dead_worker(m, i, "while it owed", layer, mb);
+			int t = remaining_ms(deadline);
+			if (t == 0)
+				return hard(m, -ETIMEDOUT,
+					    "worker w%d: no combine frame for layer %d mb %d "
+					    "within %d ms", i, layer, mb, m->o.timeout_ms);
+			if ((rc = pump(m, t)) < 0)
+				return rc;
+		}
+		if ((rc = add_one(m, i, s, slot, out)) < 0)
+			return rc;
+		ws->arrived = false;
+		ws->n_tok = 0;
+	}
+	s->active = false;
+	return 0;
+}
+
+/* Waits (bounded) for the completions of puts still reading the send rings: tcp sends
+ * from them in place. */
+static void drain_sends(struct moe_remote *m)
+{
+	uint64_t deadline = fr_now_ns() + (uint64_t)m->o.timeout_ms * 1000000u;
+
+	for (;;) {
+		bool busy = false;
+		for (int i = 0; i < m->n_workers && !busy; i++)
+			for (uint32_t s = 0; m->w[i].slot && m->w[i].status == 0 &&
+					     s < m->o.ring.slots; s++)
+				busy |= m->w[i].slot[s].send_busy;
+		int t = remaining_ms(deadline);
+		if (!busy || t == 0 || pump(m, t) < 0)
+			return;
+	}
+}
+
+static void remote_destroy(void *ctx)
+{
+	struct moe_remote *m = ctx;
+	if (!m)
+		return;
+	if (m->w && m->mbs)
+		drain_sends(m);
+	for (int i = 0; m->w && i < m->n_workers; i++) {
+		struct rworker *w = &m->w[i];
+		for (uint32_t s = 0; w->slot && s < m->o.ring.slots; s++)
+			free(w->slot[s].rows);
+		free(w->slot);
+		free(w->q);
+		free(w->counts);
+		free(w->pslot);
+		free(w->pweight);
+		tp_mem_free(w->send);
+	}
+	free(m->w);
+	free(m->mbs);
+	free(m->worker_tokens);
+	free(m->rep);
+	free(m->vec);
+	free(m->row);
+	free(m);
+}
+
+static const struct co_moe_ops remote_ops = {
+	.name = "remote",
+	.dispatch = remote_dispatch,
+	.combine = remote_combine,
+	.destroy = remote_destroy,
+};
+
+int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx, int n_workers,
+			 struct tp_ep *const *eps, struct tp_mem *const *recv,
+			 const struct co_placement *p, const struct co_remote_opts *o,
+			 struct co_moe *ret, struct fr_error *err)
+{
+	const struct wk_ring *ring = &o->ring;
+	size_t dslot = wk_ring_dispatch_slot(ring), cslot = wk_ring_combine_slot(ring);
+	int n_moe = model_n_moe_layers(cfg);
+	enum fp_dtype wire = o->wire ? o->wire : FP_DTYPE_BF16;
+	struct moe_remote *m;
+	int rc;
+
+	if (n_moe <= 0 || cfg->n_routed_experts <= 0)
+		return fr_error_set(err, -EINVAL, "model has no MoE layers");
+	if (n_workers < 1 || !eps || !recv)
+		return fr_error_set(err, -EINVAL, "%d workers", n_workers);
+	if (p->n_layers != n_moe || p->n_experts != cfg->n_routed_experts ||
+	    p->n_workers != n_workers)
+		return fr_error_set(err, -EINVAL,
+				    "placement of %d layers x %d experts on %d workers, model has "
+				    "%d MoE layers x %d experts and there are %d workers",
+				    p->n_layers, p->n_experts, p->n_workers, n_moe,
+				    cfg->n_routed_experts, n_workers);
+	for (int i = 0; i < n_workers; i++)
+		if (p->slots[i] > UINT16_MAX + 1)
+			return fr_error_set(err, -EINVAL, "worker w%d: %d slots per layer, frames "
+					    "address %d", i, p->slots[i], UINT16_MAX + 1);
+	if (!dslot || !cslot)
+		return fr_error_set(err, -EINVAL,
+				    "ring out of limits (slots %u, tokens %u, hidden %u, "
+				    "max_pairs %u)", ring->slots, ring->tokens, ring->hidden,
+				    ring->max_pairs);
+	if ((int)ring->hidden != cfg->hidden_size)
+		return fr_error_set(err, -EINVAL, "ring hidden %u, model hidden %d", ring->hidden,
+				    cfg->hidden_size);
+	if (wire != FP_DTYPE_BF16 && wire != FP_DTYPE_F32)
+		return fr_error_set(err, -EINVAL, "wire dtype %d", (int)wire);
+	if (o->timeout_ms < 0)
+		return fr_error_set(err, -EINVAL, "timeout %d ms", o->timeout_ms);
+	for (int i = 0; i < n_workers; i++) {
+		if (!eps[i] || !recv[i])
+			return fr_error_set(err, -EINVAL, "worker w%d: no endpoint", i);
+		if (tp_mem_len(recv[i]) < ring->slots * cslot)
+			return fr_error_set(err, -EINVAL,
+					    "worker w%d: receive region of %zu bytes, the ring "
+					    "needs %u x %zu", i, tp_mem_len(recv[i]), ring->slots,
+					    cslot);
+		if (tp_ep_remote_len(eps[i]) < ring->slots * dslot)
+			return fr_error_set(err, -EINVAL,
+					    "worker w%d: its region has %zu bytes, the ring needs "
+					    "%u x %zu", i, tp_ep_remote_len(eps[i]), ring->slots,
+					    dslot);
+	}
+
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	m->cfg = cfg;
+	m->ctx = ctx;
+	m->p = p;
+	m->o = *o;
+	m->o.wire = wire;
+	m->o.timeout_ms = o->timeout_ms ? o->timeout_ms : 30000;
+	m->n_workers = n_workers;
+	m->hidden = cfg->hidden_size;
+	m->dslot = dslot;
+	m->cslot = cslot;
+	m->esize = fp_dtype_size(wire);
+	/* Unreleased frames: one per active slot, plus consumed ones stuck behind an older
+	 * frame when micro-batches are combined out of dispatch order. */
+	m->q_cap = 4 * ring->slots;
+
+	size_t tok = ring->tokens, pairs = tok * ring->max_pairs, h = (size_t)m->hidden;
+	m->w = calloc((size_t)n_workers, sizeof(*m->w));
+	m->mbs = calloc(ring->slots, sizeof(*m->mbs));
+	m->worker_tokens = calloc((size_t)n_workers, sizeof(*m->worker_tokens));
+	m->rep = malloc(tok * (size_t)cfg->n_routed_experts * sizeof(*m->rep));
+	m->vec = malloc(tok * h * m->esize);
+	m->row = malloc(h * sizeof(*m->row));
+	if (!m->w || !m->mbs || !m->worker_tokens || !m->rep || !m->vec || !m->row)
+		goto nomem;
+	for (int i = 0; i < n_workers; i++) {
+		struct rworker *w = &m->w[i];
+		w->ep = eps[i];
+		w->recv = recv[i];
+		w->slot = calloc(ring->slots, sizeof(*w->slot));
+		w->q = calloc(m->q_cap, sizeof(*w->q));
+		w->counts = malloc(tok * sizeof(*w->counts));
+		w->pslot = malloc(pairs * sizeof(*w->pslot));
+		w->pweight = malloc(pairs * sizeof(*w->pweight));
+		if (!w->slot || !w->q || !w->counts || !w->pslot || !w->pweight)
+			goto nomem;
+		for (uint32_t s = 0; s < ring->slots; s++)
+			if (!(w->slot[s].rows = malloc(tok * sizeof(*w->slot[s].rows))))
+				goto nomem;
+		if ((rc = tp_mem_alloc(ctx, ring->slots * dslot, &w->send)) < 0) {
+			fr_error_set(err, rc,
+				     "worker w%d: cannot allocate its %u x %zu byte send ring: %s",
+				     i, ring->slots, dslot, strerror(-rc));
+			goto fail;
+		}
+	}
+	ret->ops = &remote_ops;
+	ret->ctx = m;
+	return 0;
+nomem:
+	rc = fr_error_set(err, -ENOMEM, "out of memory for %d workers x %u slots x %u tokens",
+			  n_workers, ring->slots, ring->tokens);
+fail:
+	remote_destroy(m);
+	return rc;
+}
+
+const char *co_moe_remote_error(const struct co_moe *moe)
+{
+	if (!moe || moe->ops != &remote_ops)
+		return "";
+	return ((const struct moe_remote *)moe->ctx)->msg.msg;
+}

@@ -1,0 +1,1239 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * server.c - ferry-coordinator: worker registry, placement, engine over remote experts and
+ * the gRPC services (see server.h for the life cycle).
+ *
+ * Threads. The thread that calls co_server_start() owns the transport while the cluster
+ * forms: gRPC Join handlers only queue a worker and wait for that thread to create its
+ * endpoint, so the transport context is never used from two threads at once. Once serving,
+ * every forward pass (and so every use of the transport) runs under engine_mu, from the
+ * Generate handlers' threads; a request takes the lock per step, so concurrent requests
+ * interleave step by step. Cluster state (workers, placement, status) is under mu.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "coordinator/coordinator.h"
+#include "coordinator/placement/placement.h"
+#include "coordinator/server.h"
+#include "rpc/admin.pb-c.h"
+#include "rpc/auth.h"
+#include "rpc/inference.pb-c.h"
+#include "rpc/internal.pb-c.h"
+#include "rpc/rpc.h"
+#include "worker/worker.h"
+
+#define LOG_COMP "coordinator"
+#define MAX_WORKERS 1024
+#define NAME_MAX_LEN 64
+/* Logits rows per GenerateResponse: stay well under RPC_MAX_MESSAGE_BYTES. */
+#define LOGITS_MSG_BYTES (8u << 20)
+
+enum worker_state {
+	W_JOINING,   /* Join handler waits for the endpoint */
+	W_READY,     /* endpoint created, handler answered; connect pending */
+	W_CONNECTED,
+	W_LOADED,    /* acknowledged its slots */
+	W_FAILED,
+};
+
+struct srv_worker {
+	int index;
+	char name[NAME_MAX_LEN + 1];
+	enum worker_state state;
+	uint32_t slot_capacity;
+	uint8_t blob[TP_ADDR_MAX];     /* the worker's address */
+	size_t blob_len;
+	uint8_t my_blob[TP_ADDR_MAX];  /* ours for it */
+	size_t my_blob_len;
+	char fail[256];                /* why W_FAILED */
+	struct tp_mem *recv;
+	struct tp_ep *ep;
+	uint64_t last_heartbeat_ns;
+};
+
+enum srv_status { S_STARTING, S_SERVING, S_DRAINING, S_FAILED };
+
+struct co_server {
+	struct co_server_opts o;
+	char *model_path, *listen, *load_profile;
+	uint8_t *secret;
+	struct model_ckpt *ck;
+	const struct model_config *cfg;
+	struct model_weights *w;
+	struct rpc_server *rpc;
+	struct rpc_auth_replay *replay;
+	struct tp_context *tp;
+	struct wk_ring ring;           /* the geometry of the first worker; all must match */
+	bool ring_set;
+
+	pthread_mutex_t mu;            /* everything below up to engine_mu */
+	pthread_cond_t cv;
+	enum srv_status status;
+	struct srv_worker *workers;    /* [o.workers] */
+	int n_joined;
+	uint64_t epoch;
+	struct co_placement *place;
+	char place_err[512];           /* set when the placement is impossible */
+	int active;                    /* Generate calls running */
+	bool *seq_busy;                /* [max_seqs] */
+	char fail[512];                /* why S_FAILED */
+
+	pthread_mutex_t engine_mu;     /* engine, moe, load, the transport while serving */
+	struct co_engine *engine;
+	struct co_moe moe;
+	struct co_load *load;
+	int max_ctx;
+
+	volatile sig_atomic_t stop;
+};
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static void deadline_in(struct timespec *ts, int ms)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+	ts->tv_sec += ms / 1000;
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+static bool past(const struct timespec *ts)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	return now.tv_sec > ts->tv_sec || (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
+}
+
+static const char *status_name(enum srv_status st)
+{
+	static const char *const n[] = { "starting", "serving", "draining", "failed" };
+	return n[st];
+}
+
+/* Marks the whole cluster failed (under mu). */
+static void fail_cluster_locked(struct co_server *s, const char *why)
+{
+	if (s->status == S_FAILED)
+		return;
+	fr_err(LOG_COMP, "cluster failed: %s", why);
+	snprintf(s->fail, sizeof(s->fail), "%s", why);
+	s->status = S_FAILED;
+	pthread_cond_broadcast(&s->cv);
+}
+
+/* ---- Internal service --------------------------------------------------------------------- */
+
+static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
+{
+	const Ferry__V1__JoinRequest *r = (const Ferry__V1__JoinRequest *)req;
+	Ferry__V1__JoinResponse resp = FERRY__V1__JOIN_RESPONSE__INIT;
+	Ferry__V1__TransportAddress ta = FERRY__V1__TRANSPORT_ADDRESS__INIT, *tap = &ta;
+	struct co_server *s = arg;
+	struct fr_error err = { { 0 } };
+	const char *backend = tp_backend_name(s->o.tp.backend);
+	const char *name = r->worker_name && r->worker_name[0] ? r->worker_name : "(unnamed)";
+	struct srv_worker *w;
+	struct timespec dl;
+	grpc_status_code st;
+	int idx;
+
+	if (!s->o.insecure &&
+	    rpc_auth_join_verify(r, s->secret, s->o.secret_len, s->replay, rpc_auth_now_ms(),
+				 (uint64_t)s->o.max_skew_ms, &err) < 0) {
+		fr_warn(LOG_COMP, "refused join of worker '%.64s': %s", name, err.msg);
+		return rpc_call_fail(call, GRPC_STATUS_UNAUTHENTICATED, "join refused: %s", err.msg);
+	}
+	if (strlen(name) > NAME_MAX_LEN)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "worker_name longer than %d bytes", NAME_MAX_LEN);
+	if (r->hidden_size != (uint32_t)s->cfg->hidden_size ||
+	    r->n_routed_experts != (uint32_t)s->cfg->n_routed_experts) {
+		fr_warn(LOG_COMP, "refused join of worker '%s': checkpoint shape differs", name);
+		return rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				     "worker checkpoint has hidden_size %u and %u routed experts, the "
+				     "coordinator's has %d and %d",
+				     r->hidden_size, r->n_routed_experts, s->cfg->hidden_size,
+				     s->cfg->n_routed_experts);
+	}
+	if (r->n_transport_addresses != 1 || !r->transport_addresses[0]->backend ||
+	    strcmp(r->transport_addresses[0]->backend, backend) != 0 ||
+	    r->transport_addresses[0]->blob.len > TP_ADDR_MAX)
+		return rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				     "the cluster's data plane is %s: send exactly one %s address",
+				     backend, backend);
+	uint32_t per_mb = (uint32_t)FR_DIV_ROUND_UP(s->o.max_batch, s->o.micro_batches);
+	if (r->ring_slots < (uint32_t)s->o.micro_batches || r->ring_tokens < per_mb)
+		return rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				     "worker ring of %u slots x %u tokens is too small: the coordinator "
+				     "runs %d micro-batches of up to %u tokens",
+				     r->ring_slots, r->ring_tokens, s->o.micro_batches, per_mb);
+	if (r->slot_capacity == 0 || r->slot_capacity > CO_PLACE_MAX_EXPERTS)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "slot_capacity %u out of range", r->slot_capacity);
+
+	pthread_mutex_lock(&s->mu);
+	if (s->ring_set && (r->ring_slots != s->ring.slots || r->ring_tokens != s->ring.tokens)) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				   "worker ring %u x %u differs from the cluster's %u x %u",
+				   r->ring_slots, r->ring_tokens, s->ring.slots, s->ring.tokens);
+		goto unlock;
+	}
+	if (s->status != S_STARTING || s->n_joined >= s->o.workers) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+				   "cluster is full (%d of %d workers joined, %s)", s->n_joined,
+				   s->o.workers, status_name(s->status));
+		goto unlock;
+	}
+	for (int i = 0; i < s->n_joined; i++)
+		if (strcmp(s->workers[i].name, name) == 0) {
+			st = rpc_call_fail(call, GRPC_STATUS_ALREADY_EXISTS,
+					   "a worker named '%s' already joined", name);
+			goto unlock;
+		}
+	if (!s->ring_set) {
+		s->ring = (struct wk_ring){ .slots = r->ring_slots, .tokens = r->ring_tokens,
+					    .hidden = (uint32_t)s->cfg->hidden_size,
+					    .max_pairs = (uint32_t)s->cfg->n_routed_experts };
+		s->ring_set = true;
+	}
+	idx = s->n_joined++;
+	w = &s->workers[idx];
+	memset(w, 0, sizeof(*w));
+	w->index = idx;
+	snprintf(w->name, sizeof(w->name), "%s", name);
+	w->state = W_JOINING;
+	w->slot_capacity = r->slot_capacity;
+	w->blob_len = r->transport_addresses[0]->blob.len;
+	memcpy(w->blob, r->transport_addresses[0]->blob.data, w->blob_len);
+	w->last_heartbeat_ns = fr_now_ns();
+	pthread_cond_broadcast(&s->cv);
+	deadline_in(&dl, 10000);
+	while (w->state == W_JOINING && s->status == S_STARTING && !past(&dl))
+		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
+	if (w->state != W_READY) {
+		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "join of '%s' failed: %s", name,
+				   w->state == W_FAILED ? w->fail : "coordinator did not set it up");
+		goto unlock;
+	}
+	resp.worker_index = (uint32_t)idx;
+	resp.epoch = s->epoch;
+	resp.heartbeat_interval_ms = (uint32_t)s->o.heartbeat_ms;
+	ta.backend = (char *)backend;
+	ta.blob.data = w->my_blob;
+	ta.blob.len = w->my_blob_len;
+	resp.n_transport_addresses = 1;
+	resp.transport_addresses = &tap;
+	resp.wire_dtype = (char *)(s->o.wire == FP_DTYPE_F32 ? "f32" : "bf16");
+	fr_info(LOG_COMP, "worker %d '%s' joined: %u slots per layer, ring %u x %u", idx, w->name,
+		w->slot_capacity, r->ring_slots, r->ring_tokens);
+	rpc_call_send(call, &resp.base);
+	st = GRPC_STATUS_OK;
+unlock:
+	pthread_mutex_unlock(&s->mu);
+	return st;
+}
+
+/* The worker record for a request's worker_index, or NULL (call already failed). */
+static struct srv_worker *worker_of(struct co_server *s, struct rpc_call *call, uint32_t index,
+				    grpc_status_code *st)
+{
+	if (index >= (uint32_t)s->n_joined) {
+		*st = rpc_call_fail(call, GRPC_STATUS_NOT_FOUND, "no worker with index %u", index);
+		return NULL;
+	}
+	return &s->workers[index];
+}
+
+static grpc_status_code on_heartbeat(struct rpc_call *call, const ProtobufCMessage *req,
+				     void *arg)
+{
+	const Ferry__V1__HeartbeatRequest *r = (const Ferry__V1__HeartbeatRequest *)req;
+	Ferry__V1__HeartbeatResponse resp = FERRY__V1__HEARTBEAT_RESPONSE__INIT;
+	struct co_server *s = arg;
+	grpc_status_code st = GRPC_STATUS_OK;
+	struct srv_worker *w;
+
+	pthread_mutex_lock(&s->mu);
+	if ((w = worker_of(s, call, r->worker_index, &st))) {
+		w->last_heartbeat_ns = fr_now_ns();
+		resp.epoch = s->epoch;
+		resp.drain = s->status == S_DRAINING || s->status == S_FAILED || s->stop;
+		rpc_call_send(call, &resp.base);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return st;
+}
+
+static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufCMessage *req,
+					  void *arg)
+{
+	const Ferry__V1__GetAssignmentRequest *r = (const Ferry__V1__GetAssignmentRequest *)req;
+	Ferry__V1__GetAssignmentResponse resp = FERRY__V1__GET_ASSIGNMENT_RESPONSE__INIT;
+	struct co_server *s = arg;
+	grpc_status_code st = GRPC_STATUS_OK;
+	Ferry__V1__SlotAssignment *sa = NULL, **sap = NULL;
+	struct srv_worker *w;
+	struct timespec dl;
+
+	pthread_mutex_lock(&s->mu);
+	if (!(w = worker_of(s, call, r->worker_index, &st)))
+		goto unlock;
+	/* Long poll: the placement exists once every worker joined. */
+	int64_t wait_ms = FR_MIN(rpc_call_remaining_ms(call), (int64_t)s->o.join_timeout_ms);
+	deadline_in(&dl, (int)FR_MAX(wait_ms, 0));
+	while (!s->place && !s->place_err[0] && s->status == S_STARTING && !past(&dl) &&
+	       !rpc_call_cancelled(call))
+		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
+	if (s->place_err[0]) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s", s->place_err);
+		goto unlock;
+	}
+	if (!s->place) {
+		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "placement not ready (%s, %d of %d "
+				   "workers joined)", status_name(s->status), s->n_joined, s->o.workers);
+		goto unlock;
+	}
+	const struct co_placement *p = s->place;
+	size_t n = (size_t)p->n_layers * (size_t)p->slots[w->index];
+	sa = calloc(n ? n : 1, sizeof(*sa));
+	sap = calloc(n ? n : 1, sizeof(*sap));
+	if (!sa || !sap) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto unlock;
+	}
+	size_t k = 0;
+	for (int l = 0; l < p->n_layers; l++)
+		for (int j = 0; j < p->slots[w->index]; j++, k++) {
+			ferry__v1__slot_assignment__init(&sa[k]);
+			sa[k].layer = (uint32_t)l;
+			sa[k].slot = (uint32_t)j;
+			sa[k].expert = (uint32_t)co_place_expert_at(p, l, w->index, j);
+			sap[k] = &sa[k];
+		}
+	resp.epoch = s->epoch;
+	resp.n_slots = n;
+	resp.slots = sap;
+	rpc_call_send(call, &resp.base);
+unlock:
+	pthread_mutex_unlock(&s->mu);
+	free(sa);
+	free(sap);
+	return st;
+}
+
+static grpc_status_code on_load_experts(struct rpc_call *call, const ProtobufCMessage *req,
+					void *arg)
+{
+	const Ferry__V1__LoadExpertsRequest *r = (const Ferry__V1__LoadExpertsRequest *)req;
+	Ferry__V1__LoadExpertsResponse resp = FERRY__V1__LOAD_EXPERTS_RESPONSE__INIT;
+	struct co_server *s = arg;
+	grpc_status_code st = GRPC_STATUS_OK;
+	struct srv_worker *w;
+
+	pthread_mutex_lock(&s->mu);
+	if (!(w = worker_of(s, call, r->worker_index, &st)))
+		goto unlock;
+	if (!s->place || r->epoch != s->epoch) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				   "epoch %llu is not the one in force (%llu)",
+				   (unsigned long long)r->epoch, (unsigned long long)s->epoch);
+		goto unlock;
+	}
+	const struct co_placement *p = s->place;
+	size_t want = (size_t)p->n_layers * (size_t)p->slots[w->index];
+	if (r->n_slots != want) {
+		st = rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				   "loaded %zu slots, the assignment has %zu", r->n_slots, want);
+		goto unlock;
+	}
+	for (size_t i = 0; i < r->n_slots; i++) {
+		const Ferry__V1__SlotAssignment *a = r->slots[i];
+		if (co_place_expert_at(p, (int)a->layer, w->index, (int)a->slot) != (int)a->expert) {
+			st = rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+					   "slot (layer %u, slot %u) holds expert %u, assigned %d",
+					   a->layer, a->slot, a->expert,
+					   co_place_expert_at(p, (int)a->layer, w->index, (int)a->slot));
+			goto unlock;
+		}
+	}
+	if (w->state == W_CONNECTED)
+		w->state = W_LOADED;
+	fr_info(LOG_COMP, "worker %d '%s' loaded %zu slots (epoch %llu)", w->index, w->name,
+		r->n_slots, (unsigned long long)r->epoch);
+	pthread_cond_broadcast(&s->cv);
+	resp.loaded = (uint32_t)r->n_slots;
+	rpc_call_send(call, &resp.base);
+unlock:
+	pthread_mutex_unlock(&s->mu);
+	return st;
+}
+
+static grpc_status_code on_unload_experts(struct rpc_call *call, const ProtobufCMessage *req,
+					  void *arg)
+{
+	const Ferry__V1__UnloadExpertsRequest *r = (const Ferry__V1__UnloadExpertsRequest *)req;
+	Ferry__V1__UnloadExpertsResponse resp = FERRY__V1__UNLOAD_EXPERTS_RESPONSE__INIT;
+	struct co_server *s = arg;
+	grpc_status_code st = GRPC_STATUS_OK;
+
+	pthread_mutex_lock(&s->mu);
+	if (worker_of(s, call, r->worker_index, &st)) {
+		/* Slots are only released by rebalancing, which keeps no record of them yet. */
+		resp.unloaded = (uint32_t)r->n_slots;
+		rpc_call_send(call, &resp.base);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return st;
+}
+
+static grpc_status_code on_report_stats(struct rpc_call *call, const ProtobufCMessage *req,
+					void *arg)
+{
+	const Ferry__V1__ReportStatsRequest *r = (const Ferry__V1__ReportStatsRequest *)req;
+	Ferry__V1__ReportStatsResponse resp = FERRY__V1__REPORT_STATS_RESPONSE__INIT;
+	struct co_server *s = arg;
+	grpc_status_code st = GRPC_STATUS_OK;
+
+	pthread_mutex_lock(&s->mu);
+	struct srv_worker *w = worker_of(s, call, r->worker_index, &st);
+	pthread_mutex_unlock(&s->mu);
+	if (!w)
+		return st;
+	int n_moe = model_n_moe_layers(s->cfg);
+	for (size_t i = 0; i < r->n_layers; i++)
+		if (r->layers[i]->layer >= (uint32_t)n_moe)
+			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+					     "layers[%zu]: MoE layer %u out of range (%d)", i,
+					     r->layers[i]->layer, n_moe);
+	pthread_mutex_lock(&s->engine_mu);
+	if (s->load)
+		for (size_t i = 0; i < r->n_layers; i++)
+			co_load_record_time(s->load, w->index, (int)r->layers[i]->layer,
+					    r->layers[i]->busy_ns);
+	pthread_mutex_unlock(&s->engine_mu);
+	rpc_call_send(call, &resp.base);
+	return st;
+}
+
+/* ---- Inference service -------------------------------------------------------------------- */
+
+static grpc_status_code on_health(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
+{
+	Ferry__V1__HealthResponse resp = FERRY__V1__HEALTH_RESPONSE__INIT;
+	struct co_server *s = arg;
+
+	pthread_mutex_lock(&s->mu);
+	switch (s->status) {
+	case S_SERVING:
+		resp.status = FERRY__V1__HEALTH_RESPONSE__STATUS__STATUS_SERVING;
+		break;
+	case S_DRAINING:
+		resp.status = FERRY__V1__HEALTH_RESPONSE__STATUS__STATUS_DRAINING;
+		break;
+	default:
+		resp.status = FERRY__V1__HEALTH_RESPONSE__STATUS__STATUS_NOT_SERVING;
+	}
+	resp.version = (char *)FERRY_VERSION;
+	resp.workers = (uint32_t)s->n_joined;
+	resp.epoch = s->epoch;
+	pthread_mutex_unlock(&s->mu);
+	rpc_call_send(call, &resp.base);
+	return GRPC_STATUS_OK;
+}
+
+struct gen_req {
+	int seq;
+	int n_prompt;
+	int max_new;
+	int32_t *ids;      /* [n_prompt + max_new] */
+	int32_t *pos;
+	int32_t *seqv;
+	bool *want;
+	float *logits;     /* [rows][vocab] */
+	void *scratch;
+};
+
+static void gen_free(struct gen_req *g)
+{
+	free(g->ids);
+	free(g->pos);
+	free(g->seqv);
+	free(g->want);
+	free(g->logits);
+	free(g->scratch);
+}
+
+/* Streams rows [0, n) of logits in messages of at most LOGITS_MSG_BYTES. */
+static int send_logit_rows(struct rpc_call *call, const float *logits, int n, int vocab,
+			   uint32_t prompt_tokens)
+{
+	int per = (int)FR_MAX(1u, LOGITS_MSG_BYTES / ((unsigned)vocab * sizeof(float)));
+
+	for (int r = 0; r < n; r += per) {
+		Ferry__V1__GenerateResponse m = FERRY__V1__GENERATE_RESPONSE__INIT;
+		int rows = FR_MIN(per, n - r);
+		m.logits = (float *)logits + (size_t)r * vocab;
+		m.n_logits = (size_t)rows * vocab;
+		m.logits_rows = (uint32_t)rows;
+		if (r == 0)
+			m.prompt_tokens = prompt_tokens;
+		int rc = rpc_call_send(call, &m.base);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static grpc_status_code gen_check(struct co_server *s, struct rpc_call *call,
+				  const Ferry__V1__GenerateRequest *r, struct co_route_knobs *kb,
+				  int *ret_max_new)
+{
+	const struct model_config *c = s->cfg;
+
+	if (r->n_prompt_tokens == 0)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "empty prompt");
+	for (size_t i = 0; i < r->n_prompt_tokens; i++)
+		if (r->prompt_tokens[i] < 0 || r->prompt_tokens[i] >= c->vocab_size)
+			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+					     "prompt_tokens[%zu] = %d is not a token id (vocab_size %d)",
+					     i, r->prompt_tokens[i], c->vocab_size);
+	if (!isfinite(r->temperature) || r->temperature < 0)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "temperature must be finite and >= 0");
+	if (!isfinite(r->top_p) || r->top_p < 0 || r->top_p > 1)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "top_p must be in (0, 1]");
+	if (r->request_id && strlen(r->request_id) > 64)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "request_id longer than 64 bytes");
+	int k = r->routed_top_k ? (int)r->routed_top_k : c->num_experts_per_tok;
+	if (r->routed_top_k > (uint32_t)c->n_routed_experts ||
+	    r->mask_top > (uint32_t)c->n_routed_experts ||
+	    k + (int)r->mask_top > c->n_routed_experts)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "routed_top_k %d plus mask_top %u exceed the %d routed experts",
+				     k, r->mask_top, c->n_routed_experts);
+	if (r->n_prompt_tokens >= (size_t)s->max_ctx)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "prompt of %zu tokens leaves no room in the context of %d",
+				     r->n_prompt_tokens, s->max_ctx);
+	int room = s->max_ctx - (int)r->n_prompt_tokens;
+	int max_new = r->max_tokens ? (int)FR_MIN(r->max_tokens, (uint32_t)INT32_MAX) : FR_MIN(room, 256);
+	if (max_new > room)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "prompt (%zu) + max_tokens (%d) exceed the context of %d",
+				     r->n_prompt_tokens, max_new, s->max_ctx);
+	if (r->return_logits && (size_t)c->vocab_size * sizeof(float) > LOGITS_MSG_BYTES)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "return_logits: a row of %d logits exceeds the message limit",
+				     c->vocab_size);
+	*kb = (struct co_route_knobs){ .top_k = (int)r->routed_top_k, .mask_top = (int)r->mask_top,
+				       .no_shared = r->no_shared_experts };
+	*ret_max_new = max_new;
+	return GRPC_STATUS_OK;
+}
+
+/* One forward pass under the engine lock, with its step's load accounting. */
+static int engine_step(struct co_server *s, int n, const int32_t *tok, const int32_t *seq,
+		       const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
+		       float *logits, char *why, size_t why_cap)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->engine_mu);
+	rc = co_engine_forward(s->engine, n, tok, seq, pos, want, kb, logits);
+	if (rc < 0)
+		snprintf(why, why_cap, "%s", co_moe_remote_error(&s->moe)[0] ?
+			 co_moe_remote_error(&s->moe) : strerror(-rc));
+	co_load_next_step(s->load);
+	pthread_mutex_unlock(&s->engine_mu);
+	if (rc < 0 && rc != -EINVAL) {
+		pthread_mutex_lock(&s->mu);
+		fail_cluster_locked(s, why);
+		pthread_mutex_unlock(&s->mu);
+	}
+	return rc;
+}
+
+static grpc_status_code on_generate(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
+{
+	const Ferry__V1__GenerateRequest *r = (const Ferry__V1__GenerateRequest *)req;
+	struct co_server *s = arg;
+	const struct model_config *c = s->cfg;
+	struct gen_req g = { .seq = -1 };
+	struct co_route_knobs kb;
+	grpc_status_code st;
+	char why[512];
+	int rc, max_new = 0;
+
+	if ((st = gen_check(s, call, r, &kb, &max_new)) != GRPC_STATUS_OK)
+		return st;
+	pthread_mutex_lock(&s->mu);
+	if (s->status != S_SERVING) {
+		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "coordinator is %s%s%s",
+				   status_name(s->status), s->fail[0] ? ": " : "", s->fail);
+		pthread_mutex_unlock(&s->mu);
+		return st;
+	}
+	for (int i = 0; i < s->o.max_seqs; i++)
+		if (!s->seq_busy[i]) {
+			s->seq_busy[i] = true;
+			g.seq = i;
+			break;
+		}
+	if (g.seq < 0) {
+		pthread_mutex_unlock(&s->mu);
+		return rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+				     "all %d sequence slots are busy: retry later", s->o.max_seqs);
+	}
+	s->active++;
+	pthread_mutex_unlock(&s->mu);
+
+	g.n_prompt = (int)r->n_prompt_tokens;
+	g.max_new = max_new;
+	size_t total = (size_t)g.n_prompt + (size_t)max_new;
+	size_t rows = r->return_logits ? (size_t)g.n_prompt : 1;
+	g.ids = malloc(total * sizeof(*g.ids));
+	g.pos = malloc(total * sizeof(*g.pos));
+	g.seqv = malloc(total * sizeof(*g.seqv));
+	g.want = calloc((size_t)g.n_prompt, sizeof(*g.want));
+	g.logits = malloc(rows * (size_t)c->vocab_size * sizeof(float));
+	g.scratch = malloc((size_t)c->vocab_size * 8);
+	if (!g.ids || !g.pos || !g.seqv || !g.want || !g.logits || !g.scratch) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < total; i++) {
+		g.pos[i] = (int32_t)i;
+		g.seqv[i] = g.seq;
+	}
+	memcpy(g.ids, r->prompt_tokens, (size_t)g.n_prompt * sizeof(*g.ids));
+	for (int i = 0; i < g.n_prompt; i++)
+		g.want[i] = r->return_logits || i == g.n_prompt - 1;
+
+	pthread_mutex_lock(&s->engine_mu);
+	co_engine_reset_seq(s->engine, g.seq);
+	pthread_mutex_unlock(&s->engine_mu);
+	/* Rows of logits land at their row index; without return_logits only the last row is
+	 * wanted, and it must land in row 0 of the one-row buffer. */
+	float *pl = r->return_logits ? g.logits : g.logits - (size_t)(g.n_prompt - 1) * c->vocab_size;
+	rc = engine_step(s, g.n_prompt, g.ids, g.seqv, g.pos, g.want, &kb, pl, why, sizeof(why));
+	if (rc < 0) {
+		st = rpc_call_fail(call, rc == -EINVAL ? GRPC_STATUS_INVALID_ARGUMENT :
+				   GRPC_STATUS_UNAVAILABLE, "prefill failed: %s", why);
+		goto out;
+	}
+	if (r->return_logits &&
+	    send_logit_rows(call, g.logits, g.n_prompt, c->vocab_size, (uint32_t)g.n_prompt) < 0) {
+		st = GRPC_STATUS_CANCELLED;
+		goto out;
+	}
+
+	struct co_sampler smp = { .temperature = r->temperature,
+				  .top_p = r->top_p > 0 ? r->top_p : 1.0f, .rng = r->seed };
+	float *last = g.logits + (r->return_logits ? (size_t)(g.n_prompt - 1) * c->vocab_size : 0);
+	bool sent_logits = true; /* the row that sampled token 0 went with the prompt rows */
+	for (int i = 0; i < max_new; i++) {
+		Ferry__V1__GenerateResponse m = FERRY__V1__GENERATE_RESPONSE__INIT;
+		int32_t tok = co_sample(&smp, last, c->vocab_size, g.scratch);
+		int p = g.n_prompt + i;
+		bool stop = (!r->ignore_eos && tok == c->eos_token_id);
+		for (size_t j = 0; j < r->n_stop_tokens && !stop; j++)
+			stop = tok == r->stop_tokens[j];
+		g.ids[p] = tok;
+		m.n_tokens = 1;
+		m.tokens = &g.ids[p];
+		m.offset = (uint32_t)i;
+		if (i == 0 && !r->return_logits)
+			m.prompt_tokens = (uint32_t)g.n_prompt;
+		if (!sent_logits) {
+			m.logits = last;
+			m.n_logits = (size_t)c->vocab_size;
+			m.logits_rows = 1;
+		}
+		if (stop)
+			m.finish_reason = FERRY__V1__FINISH_REASON__FINISH_REASON_STOP;
+		else if (i + 1 == max_new)
+			m.finish_reason = p + 1 >= s->max_ctx ?
+				FERRY__V1__FINISH_REASON__FINISH_REASON_CONTEXT :
+				FERRY__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+		if (rpc_call_send(call, &m.base) < 0) {
+			st = GRPC_STATUS_CANCELLED;
+			goto out;
+		}
+		if (m.finish_reason)
+			break;
+		if (rpc_call_cancelled(call)) {
+			st = GRPC_STATUS_CANCELLED;
+			goto out;
+		}
+		last = g.logits;
+		rc = engine_step(s, 1, &g.ids[p], &g.seqv[p], &g.pos[p], NULL, &kb, last, why,
+				 sizeof(why));
+		if (rc < 0) {
+			st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "decode step %d failed: %s",
+					   i + 1, why);
+			goto out;
+		}
+		sent_logits = !r->return_logits;
+	}
+	st = GRPC_STATUS_OK;
+out:
+	gen_free(&g);
+	pthread_mutex_lock(&s->mu);
+	s->seq_busy[g.seq] = false;
+	s->active--;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	return st;
+}
+
+/* ---- Admin service ------------------------------------------------------------------------ */
+
+static grpc_status_code on_get_load(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
+{
+	const Ferry__V1__GetLoadRequest *r = (const Ferry__V1__GetLoadRequest *)req;
+	Ferry__V1__GetLoadResponse resp = FERRY__V1__GET_LOAD_RESPONSE__INIT;
+	struct co_server *s = arg;
+	int n_moe = model_n_moe_layers(s->cfg), n_w = s->o.workers;
+	Ferry__V1__LayerWorkerLoad *lw = NULL, **lwp = NULL;
+	Ferry__V1__LayerBalance *lb = NULL, **lbp = NULL;
+	uint64_t *tok = NULL, *ns = NULL;
+	grpc_status_code st = GRPC_STATUS_OK;
+	int *layers = NULL, n_layers;
+
+	for (size_t i = 0; i < r->n_layers; i++)
+		if (r->layers[i] >= (uint32_t)n_moe)
+			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+					     "layer %u out of range: the model has %d MoE layers",
+					     r->layers[i], n_moe);
+	n_layers = r->n_layers ? (int)r->n_layers : n_moe;
+	layers = malloc((size_t)FR_MAX(n_layers, 1) * sizeof(*layers));
+	lw = calloc((size_t)FR_MAX(n_layers * n_w, 1), sizeof(*lw));
+	lwp = calloc((size_t)FR_MAX(n_layers * n_w, 1), sizeof(*lwp));
+	lb = calloc((size_t)FR_MAX(n_layers, 1), sizeof(*lb));
+	lbp = calloc((size_t)FR_MAX(n_layers, 1), sizeof(*lbp));
+	tok = calloc((size_t)n_w, sizeof(*tok));
+	ns = calloc((size_t)n_w, sizeof(*ns));
+	if (!layers || !lw || !lwp || !lb || !lbp || !tok || !ns) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+	for (int i = 0; i < n_layers; i++)
+		layers[i] = r->n_layers ? (int)r->layers[i] : i;
+
+	pthread_mutex_lock(&s->engine_mu);
+	if (!s->load || !s->place) {
+		pthread_mutex_unlock(&s->engine_mu);
+		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "the cluster is not serving yet");
+		goto out;
+	}
+	for (int i = 0; i < n_layers; i++) {
+		uint64_t sum = 0;
+		co_load_worker_tokens(s->load, layers[i], tok);
+		co_load_worker_time(s->load, layers[i], ns);
+		for (int w = 0; w < n_w; w++)
+			sum += tok[w];
+		for (int w = 0; w < n_w; w++) {
+			Ferry__V1__LayerWorkerLoad *x = &lw[i * n_w + w];
+			ferry__v1__layer_worker_load__init(x);
+			x->layer = (uint32_t)layers[i];
+			x->worker_index = (uint32_t)w;
+			x->tokens = tok[w];
+			x->fraction = sum ? (double)tok[w] / (double)sum : 0.0;
+			x->busy_ns = ns[w];
+			x->slots = (uint32_t)s->place->slots[w];
+			lwp[i * n_w + w] = x;
+		}
+		ferry__v1__layer_balance__init(&lb[i]);
+		lb[i].layer = (uint32_t)layers[i];
+		co_load_balancedness(s->load, layers[i], CO_LOAD_TOKENS, &lb[i].balancedness);
+		co_load_balancedness(s->load, layers[i], CO_LOAD_TIME, &lb[i].balancedness_time);
+		lbp[i] = &lb[i];
+	}
+	resp.window_ns = 0;
+	pthread_mutex_unlock(&s->engine_mu);
+	pthread_mutex_lock(&s->mu);
+	resp.epoch = s->epoch;
+	pthread_mutex_unlock(&s->mu);
+	resp.n_loads = (size_t)n_layers * n_w;
+	resp.loads = lwp;
+	resp.n_layers = (size_t)n_layers;
+	resp.layers = lbp;
+	rpc_call_send(call, &resp.base);
+out:
+	free(layers);
+	free(lw);
+	free(lwp);
+	free(lb);
+	free(lbp);
+	free(tok);
+	free(ns);
+	return st;
+}
+
+/* ---- life cycle --------------------------------------------------------------------------- */
+
+static int add_methods(struct co_server *s, struct fr_error *err)
+{
+	static const struct {
+		const char *path;
+		enum rpc_method_kind kind;
+		const ProtobufCMessageDescriptor *desc;
+		rpc_handler_fn fn;
+	} m[] = {
+		{ RPC_M_JOIN, RPC_METHOD_UNARY, &ferry__v1__join_request__descriptor, on_join },
+		{ RPC_M_HEARTBEAT, RPC_METHOD_UNARY, &ferry__v1__heartbeat_request__descriptor,
+		  on_heartbeat },
+		{ RPC_M_GET_ASSIGNMENT, RPC_METHOD_UNARY,
+		  &ferry__v1__get_assignment_request__descriptor, on_get_assignment },
+		{ RPC_M_LOAD_EXPERTS, RPC_METHOD_UNARY, &ferry__v1__load_experts_request__descriptor,
+		  on_load_experts },
+		{ RPC_M_UNLOAD_EXPERTS, RPC_METHOD_UNARY,
+		  &ferry__v1__unload_experts_request__descriptor, on_unload_experts },
+		{ RPC_M_REPORT_STATS, RPC_METHOD_UNARY, &ferry__v1__report_stats_request__descriptor,
+		  on_report_stats },
+		{ RPC_M_HEALTH, RPC_METHOD_UNARY, &ferry__v1__health_request__descriptor, on_health },
+		{ RPC_M_GENERATE, RPC_METHOD_SERVER_STREAMING,
+		  &ferry__v1__generate_request__descriptor, on_generate },
+		{ RPC_M_GET_LOAD, RPC_METHOD_UNARY, &ferry__v1__get_load_request__descriptor,
+		  on_get_load },
+	};
+	int rc;
+
+	for (size_t i = 0; i < FR_ARRAY_SIZE(m); i++)
+		if ((rc = rpc_server_add_method(s->rpc, m[i].path, m[i].kind, m[i].desc, m[i].fn, s,
+						err)) < 0)
+			return rc;
+	return 0;
+}
+
+int co_server_create(const struct co_server_opts *o, struct co_server **ret,
+		     struct fr_error *err)
+{
+	struct co_server *s;
+	int rc;
+
+	if (!o->model_path || !o->listen || o->workers < 1 || o->workers > MAX_WORKERS ||
+	    o->micro_batches < 1 || o->micro_batches > CO_MAX_MICRO_BATCHES || o->max_batch < 1 ||
+	    o->max_seqs < 1 || (!o->insecure && (!o->secret || o->secret_len == 0)))
+		return fr_error_set(err, -EINVAL, "coordinator options out of range");
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	s->o = *o;
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	pthread_mutex_init(&s->engine_mu, NULL);
+	s->model_path = strdup(o->model_path);
+	s->listen = strdup(o->listen);
+	s->load_profile = o->load_profile ? strdup(o->load_profile) : NULL;
+	s->secret = o->secret_len ? malloc(o->secret_len) : NULL;
+	s->workers = calloc((size_t)o->workers, sizeof(*s->workers));
+	s->seq_busy = calloc((size_t)o->max_seqs, sizeof(*s->seq_busy));
+	if (!s->model_path || !s->listen || (o->load_profile && !s->load_profile) ||
+	    (o->secret_len && !s->secret) || !s->workers || !s->seq_busy) {
+		co_server_destroy(s);
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	}
+	if (o->secret_len)
+		memcpy(s->secret, o->secret, o->secret_len);
+	s->o.model_path = s->model_path;
+	s->o.listen = s->listen;
+	s->o.load_profile = s->load_profile;
+	s->o.secret = s->secret;
+
+	if ((rc = model_ckpt_open(s->model_path, &s->ck, err)) < 0)
+		goto fail;
+	s->cfg = model_ckpt_config(s->ck);
+	if (model_n_moe_layers(s->cfg) == 0) {
+		rc = fr_error_set(err, -EINVAL, "%s: the model has no MoE layers to distribute",
+				  s->model_path);
+		goto fail;
+	}
+	s->max_ctx = o->max_ctx > 0 ? FR_MIN(o->max_ctx, s->cfg->max_position_embeddings) :
+				      s->cfg->max_position_embeddings;
+	if ((rc = model_weights_bind(s->ck, MODEL_BIND_NO_ROUTED, &s->w, err)) < 0)
+		goto fail;
+	if ((rc = rpc_auth_replay_create(0, &s->replay)) < 0) {
+		fr_error_set(err, rc, "out of memory");
+		goto fail;
+	}
+	if ((rc = tp_context_create(&o->tp, &s->tp)) < 0) {
+		fr_error_set(err, rc, "cannot open the %s transport: %s", tp_backend_name(o->tp.backend),
+			     strerror(-rc));
+		goto fail;
+	}
+	if ((rc = rpc_server_create(s->listen, NULL, &s->rpc, err)) < 0 ||
+	    (rc = add_methods(s, err)) < 0 || (rc = rpc_server_start(s->rpc, err)) < 0)
+		goto fail;
+	fr_info(LOG_COMP, "listening on %s (port %d), waiting for %d worker(s), %s transport",
+		s->listen, rpc_server_port(s->rpc), o->workers, tp_backend_name(o->tp.backend));
+	*ret = s;
+	return 0;
+fail:
+	co_server_destroy(s);
+	return rc;
+}
+
+int co_server_port(const struct co_server *s)
+{
+	return rpc_server_port(s->rpc);
+}
+
+/* Creates the endpoint of a joining worker (this thread owns the transport). */
+static int setup_endpoint(struct co_server *s, struct srv_worker *w, struct fr_error *err)
+{
+	size_t slot = wk_ring_combine_slot(&s->ring);
+	int rc;
+
+	if (!slot)
+		return fr_error_set(err, -EINVAL, "ring %u x %u is out of the frame limits",
+				    s->ring.slots, s->ring.tokens);
+	if ((rc = tp_mem_alloc(s->tp, slot * s->ring.slots, &w->recv)) < 0 ||
+	    (rc = tp_ep_create(s->tp, w->recv, w, &w->ep)) < 0 ||
+	    (rc = tp_ep_address(w->ep, w->my_blob, sizeof(w->my_blob), &w->my_blob_len)) < 0)
+		return fr_error_set(err, rc, "worker %d: cannot create its endpoint: %s", w->index,
+				    strerror(-rc));
+	return 0;
+}
+
+static int wait_joins(struct co_server *s, struct fr_error *err)
+{
+	struct timespec dl;
+	int connected = 0, rc;
+
+	deadline_in(&dl, s->o.join_timeout_ms);
+	pthread_mutex_lock(&s->mu);
+	while (connected < s->o.workers) {
+		struct srv_worker *w = NULL;
+		for (int i = 0; i < s->n_joined && !w; i++)
+			if (s->workers[i].state == W_JOINING)
+				w = &s->workers[i];
+		if (!w) {
+			if (s->stop) {
+				pthread_mutex_unlock(&s->mu);
+				return fr_error_set(err, -ECANCELED, "stopped while workers joined");
+			}
+			if (past(&dl)) {
+				pthread_mutex_unlock(&s->mu);
+				return fr_error_set(err, -ETIMEDOUT,
+						    "only %d of %d workers joined within %d ms", connected,
+						    s->o.workers, s->o.join_timeout_ms);
+			}
+			struct timespec tick;
+			deadline_in(&tick, 200);
+			pthread_cond_timedwait(&s->cv, &s->mu, &tick);
+			continue;
+		}
+		/* Endpoint creation and connect run unlocked: other joins may queue meanwhile. */
+		pthread_mutex_unlock(&s->mu);
+		rc = setup_endpoint(s, w, err);
+		pthread_mutex_lock(&s->mu);
+		if (rc < 0) {
+			w->state = W_FAILED;
+			snprintf(w->fail, sizeof(w->fail), "%s", err->msg);
+			pthread_cond_broadcast(&s->cv);
+			pthread_mutex_unlock(&s->mu);
+			return rc;
+		}
+		w->state = W_READY;
+		pthread_cond_broadcast(&s->cv);
+		pthread_mutex_unlock(&s->mu);
+		rc = tp_ep_connect(w->ep, w->blob, w->blob_len);
+		pthread_mutex_lock(&s->mu);
+		if (rc < 0) {
+			w->state = W_FAILED;
+			pthread_mutex_unlock(&s->mu);
+			return fr_error_set(err, -EIO, "worker %d '%s': data-plane connect failed: %s",
+					    w->index, w->name, strerror(-rc));
+		}
+		w->state = W_CONNECTED;
+		connected++;
+		fr_info(LOG_COMP, "worker %d '%s': %s endpoint connected", w->index, w->name,
+			tp_backend_name(s->o.tp.backend));
+	}
+	pthread_mutex_unlock(&s->mu);
+	return 0;
+}
+
+static int solve_placement(struct co_server *s, struct fr_error *err)
+{
+	int n_moe = model_n_moe_layers(s->cfg), n_exp = s->cfg->n_routed_experts;
+	struct co_placement *p = NULL;
+	double *load = NULL;
+	int *slots, rc;
+	long total = 0;
+
+	slots = calloc((size_t)s->o.workers, sizeof(*slots));
+	if (!slots)
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	for (int i = 0; i < s->o.workers; i++) {
+		slots[i] = (int)s->workers[i].slot_capacity;
+		total += slots[i];
+	}
+	if (total < n_exp) {
+		rc = fr_error_set(err, -EINVAL, "impossible placement: the %d workers offer %ld slots "
+				  "per MoE layer, the model has %d routed experts (raise the workers' "
+				  "slots or add workers)", s->o.workers, total, n_exp);
+		goto out;
+	}
+	if (s->load_profile) {
+		struct co_load_profile lp = { 0 };
+		if ((rc = co_load_profile_read(s->load_profile, n_moe, n_exp, &lp, err)) < 0)
+			goto out;
+		load = lp.load; /* taken over: freed below */
+	}
+	struct co_place_problem pb = { .n_layers = n_moe, .n_experts = n_exp,
+				       .n_workers = s->o.workers, .slots = slots, .load = load };
+	struct co_place_opts po = { .min_distinct = s->o.min_distinct };
+	if ((rc = co_place_solve(&pb, &po, NULL, &p, err)) < 0) {
+		fr_error_prefix(err, rc, "impossible placement");
+		goto out;
+	}
+	struct co_place_stats *st = calloc((size_t)n_moe, sizeof(*st));
+	if (st && co_place_evaluate(p, load, st) == 0) {
+		double worst = 1.0;
+		for (int l = 0; l < n_moe; l++)
+			worst = FR_MIN(worst, st[l].balancedness);
+		fr_info(LOG_COMP, "placement: %ld slots per layer for %d experts on %d workers, "
+			"worst layer balancedness %.3f (%s profile)", total, n_exp, s->o.workers, worst,
+			load ? "measured" : "uniform");
+	}
+	free(st);
+	pthread_mutex_lock(&s->mu);
+	s->place = p;
+	s->epoch = 1;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	p = NULL;
+	rc = 0;
+out:
+	if (rc < 0) {
+		pthread_mutex_lock(&s->mu);
+		snprintf(s->place_err, sizeof(s->place_err), "%s", err->msg);
+		pthread_cond_broadcast(&s->cv);
+		pthread_mutex_unlock(&s->mu);
+	}
+	co_place_destroy(p);
+	free(load);
+	free(slots);
+	return rc;
+}
+
+static int wait_loaded(struct co_server *s, struct fr_error *err)
+{
+	struct timespec dl;
+	int rc = 0;
+
+	deadline_in(&dl, s->o.join_timeout_ms);
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		int loaded = 0;
+		for (int i = 0; i < s->o.workers; i++)
+			loaded += s->workers[i].state == W_LOADED;
+		if (loaded == s->o.workers)
+			break;
+		/* A worker that fails to load (say, its checkpoint lacks a tensor) exits, which
+		 * closes its endpoint: see that instead of waiting out the timeout. */
+		for (int i = 0; i < s->o.workers; i++) {
+			struct srv_worker *w = &s->workers[i];
+			if (w->state != W_LOADED && tp_ep_status(w->ep) < 0) {
+				rc = fr_error_set(err, -ECONNRESET, "worker %d '%s' left before loading "
+						  "its slots (see its log)", i, w->name);
+				goto out;
+			}
+		}
+		if (s->stop) {
+			rc = fr_error_set(err, -ECANCELED, "stopped while workers loaded");
+			goto out;
+		}
+		if (past(&dl)) {
+			rc = fr_error_set(err, -ETIMEDOUT, "only %d of %d workers loaded their slots "
+					  "within %d ms", loaded, s->o.workers, s->o.join_timeout_ms);
+			goto out;
+		}
+		pthread_mutex_unlock(&s->mu);
+		/* Poll the transport so endpoint failures surface (this thread owns it). */
+		struct tp_event ev[8];
+		(void)tp_wait(s->tp, ev, 8, 100);
+		pthread_mutex_lock(&s->mu);
+	}
+out:
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+int co_server_start(struct co_server *s, struct fr_error *err)
+{
+	int n_moe = model_n_moe_layers(s->cfg), rc;
+	struct tp_ep **eps = NULL;
+	struct tp_mem **recv = NULL;
+
+	if ((rc = wait_joins(s, err)) < 0 || (rc = solve_placement(s, err)) < 0 ||
+	    (rc = wait_loaded(s, err)) < 0)
+		goto fail;
+	eps = calloc((size_t)s->o.workers, sizeof(*eps));
+	recv = calloc((size_t)s->o.workers, sizeof(*recv));
+	if (!eps || !recv) {
+		rc = fr_error_set(err, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	for (int i = 0; i < s->o.workers; i++) {
+		eps[i] = s->workers[i].ep;
+		recv[i] = s->workers[i].recv;
+	}
+	if ((rc = co_load_create(n_moe, s->cfg->n_routed_experts, s->o.workers, s->place->slots,
+				 s->o.load_window, &s->load, err)) < 0)
+		goto fail;
+	struct co_remote_opts ro = { .ring = s->ring, .wire = s->o.wire,
+				     .timeout_ms = s->o.expert_timeout_ms, .load = s->load,
+				     .epoch = (uint32_t)s->epoch };
+	if ((rc = co_moe_remote_create(s->cfg, s->tp, s->o.workers, eps, recv, s->place, &ro,
+				       &s->moe, err)) < 0)
+		goto fail;
+	struct co_engine_opts eo = { .max_seqs = s->o.max_seqs, .max_ctx = s->max_ctx,
+				     .max_batch = s->o.max_batch,
+				     .micro_batches = s->o.micro_batches };
+	if ((rc = co_engine_create(s->w, s->moe, &eo, &s->engine, err)) < 0)
+		goto fail;
+	pthread_mutex_lock(&s->mu);
+	s->status = S_SERVING;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	fr_info(LOG_COMP, "serving: %d workers, %d micro-batches of up to %d tokens, %s wire, "
+		"epoch %llu", s->o.workers, s->o.micro_batches,
+		FR_DIV_ROUND_UP(s->o.max_batch, s->o.micro_batches),
+		s->o.wire == FP_DTYPE_F32 ? "f32" : "bf16", (unsigned long long)s->epoch);
+	free(eps);
+	free(recv);
+	return 0;
+fail:
+	free(eps);
+	free(recv);
+	pthread_mutex_lock(&s->mu);
+	fail_cluster_locked(s, err->msg);
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+int co_server_wait(struct co_server *s, struct fr_error *err)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&s->mu);
+	while (!s->stop && s->status != S_FAILED) {
+		struct timespec tick;
+		deadline_in(&tick, 200);
+		pthread_cond_timedwait(&s->cv, &s->mu, &tick);
+		/* Heartbeats: a worker silent for three intervals is reported (its endpoint
+		 * failure, when it comes, fails the cluster). */
+		uint64_t now = fr_now_ns();
+		for (int i = 0; i < s->n_joined; i++) {
+			struct srv_worker *w = &s->workers[i];
+			uint64_t silent = now - w->last_heartbeat_ns;
+			if (w->state == W_LOADED && silent > 3ull * s->o.heartbeat_ms * 1000000ull) {
+				fr_warn(LOG_COMP, "worker %d '%s' missed heartbeats for %llu ms", i,
+					w->name, (unsigned long long)(silent / 1000000));
+				w->last_heartbeat_ns = now;
+			}
+		}
+	}
+	if (s->status == S_FAILED)
+		rc = fr_error_set(err, -EIO, "%s", s->fail);
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+int co_server_forward(struct co_server *s, int n, const int32_t *tokens, const int32_t *seq,
+		      const int32_t *pos, const bool *want_logits, float *logits)
+{
+	char why[512];
+
+	pthread_mutex_lock(&s->mu);
+	bool ok = s->status == S_SERVING;
+	pthread_mutex_unlock(&s->mu);
+	if (!ok)
+		return -EAGAIN;
+	for (int i = 0; i < n; i++)
+		if (pos[i] == 0) {
+			pthread_mutex_lock(&s->engine_mu);
+			co_engine_reset_seq(s->engine, seq[i]);
+			pthread_mutex_unlock(&s->engine_mu);
+		}
+	return engine_step(s, n, tokens, seq, pos, want_logits, NULL, logits, why, sizeof(why));
+}
+
+void co_server_prof(struct co_server *s, uint64_t ret_ns[])
+{
+	pthread_mutex_lock(&s->engine_mu);
+	if (s->engine) {
+		co_engine_prof(s->engine, ret_ns);
+		co_engine_prof_reset(s->engine);
+	}
+	pthread_mutex_unlock(&s->engine_mu);
+}
+
+void co_server_stop(struct co_server *s)
+{
+	s->stop = 1;
+}
+
+void co_server_destroy(struct co_server *s)
+{
+	if (!s)
+		return;
+	/* Drain: no new requests; running ones finish (bounded), then the workers are told
+	 * to drain by their next heartbeat. */
+	pthread_mutex_lock(&s->mu);
+	if (s->status == S_SERVING || s->status == S_STARTING)
+		s->status = S_DRAINING;
+	struct timespec dl;
+	deadline_in(&dl, 10000);
+	while (s->active > 0 && !past(&dl))
+		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
+	if (s->active > 0)
+		fr_warn(LOG_COMP, "%d request(s) still running after 10 s: cancelling them", s->active);
+	int hb = s->o.heartbeat_ms;
+	bool any = s->n_joined > 0 && s->status != S_FAILED;
+	pthread_mutex_unlock(&s->mu);
+	if (any && hb > 0 && s->rpc) {
+		/* Give the workers one heartbeat to hear "drain" before their endpoints close. */
+		struct timespec ts = { .tv_sec = (hb + 100) / 1000, .tv_nsec = (long)((hb + 100) % 1000) * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+	rpc_server_destroy(s->rpc);
+	co_engine_destroy(s->engine);
+	co_moe_destroy(&s->moe);
+	co_load_destroy(s->load);
+	for (int i = 0; s->workers && i < s->n_joined; i++) {
+		tp_ep_destroy(s->workers[i].ep);
+		tp_mem_free(s->workers[i].recv);
+	}
+	tp_context_destroy(s->tp);
+	co_place_destroy(s->place);
+	rpc_auth_replay_destroy(s->replay);
+	model_weights_free(s->w);
+	model_ckpt_close(s->ck);
+	free(s->workers);
+	free(s->seq_busy);
+	free(s->model_path);
+	free(s->listen);
+	free(s->load_profile);
+	free(s->secret);
+	pthread_mutex_destroy(&s->mu);
+	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->engine_mu);
+	free(s);
+}

@@ -1,0 +1,79 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * server.h - ferry-coordinator as a library: the gRPC services (Inference, Internal, Admin),
+ * the worker registry, placement and the engine over remote experts. coordinator/main.c is
+ * a thin daemon over it (configuration, signals, sd_notify).
+ *
+ * Life of a server:
+ *   co_server_create()  opens the checkpoint (everything but the routed experts), starts
+ *                       the gRPC server; workers may join from here on.
+ *   co_server_start()   waits for opts.workers joins (each gets its transport endpoint
+ *                       created and connected by this thread), solves the placement from the
+ *                       workers' slot capacities, publishes it (epoch 1), waits for every
+ *                       worker to load its slots, then builds the engine: Health says
+ *                       SERVING from here on.
+ *   co_server_wait()    returns when a stop was asked (co_server_stop(), signal-safe) or the
+ *                       cluster failed (a worker's endpoint died: no replacement yet).
+ *   co_server_destroy() drains: refuses new requests, lets running ones finish (bounded),
+ *                       tells workers to drain through their heartbeats, then releases
+ *                       everything (endpoints, registrations, the gRPC server).
+ */
+#ifndef FERRY_COORDINATOR_SERVER_H
+#define FERRY_COORDINATOR_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+#include "proto/frames.h"
+#include "transport/transport.h"
+
+struct co_server_opts {
+	const char *model_path;        /* checkpoint directory */
+	const char *listen;            /* gRPC address ("127.0.0.1:7400", port 0 = any) */
+	const uint8_t *secret;         /* cluster secret (NULL only with insecure) */
+	size_t secret_len;
+	bool insecure;                 /* accept joins without an HMAC (local development) */
+	int workers;                   /* workers to wait for before serving */
+	int join_timeout_ms;           /* co_server_start() bound for joins and loads */
+	int heartbeat_ms;              /* interval told to workers */
+	int max_skew_ms;               /* join timestamp tolerance */
+	const char *load_profile;      /* NULL = uniform placement */
+	int min_distinct;              /* placement: replicas of every expert on >= k workers */
+	int micro_batches;             /* ping-pong micro-batches (>= 1) */
+	int max_batch;                 /* rows per forward pass */
+	int max_seqs;                  /* concurrent sequences */
+	int max_ctx;                   /* positions per sequence (0 = the model's) */
+	int load_window;               /* load accounting window, forward steps */
+	struct tp_config tp;           /* data-plane transport */
+	enum fp_dtype wire;            /* activations on the wire */
+	int expert_timeout_ms;         /* combine deadline */
+};
+
+struct co_server;
+
+int co_server_create(const struct co_server_opts *o, struct co_server **ret,
+		     struct fr_error *err);
+/* The port the gRPC server listens on. */
+int co_server_port(const struct co_server *s);
+/* Errors: -ETIMEDOUT (workers did not join or load in time, err says which), -EINVAL
+ * (impossible placement: fewer slots than experts, named), -EIO (a transport endpoint
+ * could not connect), -ECANCELED (stopped meanwhile). */
+int co_server_start(struct co_server *s, struct fr_error *err);
+/* Blocks until co_server_stop() or a failure. Returns 0 (stopped) or the failure. */
+int co_server_wait(struct co_server *s, struct fr_error *err);
+/* Async-signal-safe. */
+void co_server_stop(struct co_server *s);
+
+/* One forward pass of the serving engine (co_engine_forward() under the engine lock, with
+ * the step's load accounting), for callers that batch themselves (benchmarks, the
+ * scheduler). Sequence ids must not collide with running Generate calls: use them only
+ * when no request is running. Errors: -EAGAIN (not serving), co_engine_forward()'s. */
+int co_server_forward(struct co_server *s, int n, const int32_t *tokens, const int32_t *seq,
+		      const int32_t *pos, const bool *want_logits, float *logits);
+/* The engine's per-kernel time since the last call (then reset). */
+void co_server_prof(struct co_server *s, uint64_t ret_ns[]);
+void co_server_destroy(struct co_server *s);
+
+#endif /* FERRY_COORDINATOR_SERVER_H */

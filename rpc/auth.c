@@ -1,0 +1,343 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * auth.c - Join HMAC, replay cache, admin bearer token, secret files (see auth.h).
+ * OpenSSL's libcrypto is used for HMAC-SHA256, SHA-256, CRYPTO_memcmp and OPENSSL_cleanse
+ * only; its error queue is cleared where a call fails so that it never leaks into a
+ * later, unrelated caller.
+ */
+#include "rpc/auth.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+/* ---- secret files ------------------------------------------------------------------------ */
+
+int rpc_auth_secret_load(const char *path, uint8_t **ret, size_t *ret_len, struct fr_error *err)
+{
+	uint8_t *buf = NULL;
+	size_t got = 0, cap;
+	struct stat st;
+	int fd, rc;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0)
+		return fr_error_set(err, -errno, "secret file %s: %s", path, strerror(errno));
+	/* fstat of the open file, not stat of the path: what we check is what we read */
+	if (fstat(fd, &st) < 0) {
+		rc = fr_error_set(err, -errno, "secret file %s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		rc = fr_error_set(err, -EINVAL, "secret file %s: not a regular file", path);
+		goto out;
+	}
+	if (st.st_mode & 077) {
+		rc = fr_error_set(err, -EACCES, "secret file %s: mode %04o, must not be accessible "
+				  "by group or others (chmod 600 %s)", path,
+				  (unsigned)(st.st_mode & 07777), path);
+		goto out;
+	}
+	if (st.st_size > RPC_AUTH_SECRET_MAX + 2) {
+		rc = fr_error_set(err, -EFBIG, "secret file %s: %lld bytes, more than %d", path,
+				  (long long)st.st_size, RPC_AUTH_SECRET_MAX);
+		goto out;
+	}
+	/* Room for a trailing "\r\n" and one byte more, so that a file that grew since fstat
+	 * is noticed rather than cut. */
+	cap = RPC_AUTH_SECRET_MAX + 3;
+	if (!(buf = malloc(cap))) {
+		rc = fr_error_set(err, -ENOMEM, "secret file %s: out of memory", path);
+		goto out;
+	}
+	for (;;) {
+		ssize_t r = read(fd, buf + got, cap - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			rc = fr_error_set(err, -errno, "secret file %s: read: %s", path, strerror(errno));
+			goto out;
+		}
+		if (r == 0)
+			break;
+		got += (size_t)r;
+		if (got == cap)
+			break;
+	}
+	if (got == cap) {
+		rc = fr_error_set(err, -EFBIG, "secret file %s: more than %d bytes", path,
+				  RPC_AUTH_SECRET_MAX);
+		goto out;
+	}
+	while (got && (buf[got - 1] == '\n' || buf[got - 1] == '\r'))
+		got--;
+	if (got > RPC_AUTH_SECRET_MAX) {
+		rc = fr_error_set(err, -EFBIG, "secret file %s: more than %d bytes", path,
+				  RPC_AUTH_SECRET_MAX);
+		goto out;
+	}
+	if (got == 0) {
+		rc = fr_error_set(err, -EINVAL, "secret file %s: empty", path);
+		goto out;
+	}
+	if (got < RPC_AUTH_SECRET_MIN) {
+		rc = fr_error_set(err, -EINVAL, "secret file %s: %zu bytes, a secret needs at least "
+				  "%d (make one with: openssl rand -hex 32 > %s)", path, got,
+				  RPC_AUTH_SECRET_MIN, path);
+		goto out;
+	}
+	*ret = buf;
+	*ret_len = got;
+	buf = NULL;
+	rc = 0;
+out:
+	if (buf) {
+		OPENSSL_cleanse(buf, cap);
+		free(buf);
+	}
+	close(fd);
+	return rc;
+}
+
+void rpc_auth_secret_free(uint8_t *secret, size_t len)
+{
+	if (secret) {
+		OPENSSL_cleanse(secret, len);
+		free(secret);
+	}
+}
+
+/* ---- Join HMAC ----------------------------------------------------------------------------- */
+
+uint64_t rpc_auth_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* HMAC-SHA256 of req serialized with hmac empty. */
+static int join_mac(const Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
+		    uint8_t mac[RPC_AUTH_HMAC_LEN], struct fr_error *err)
+{
+	Ferry__V1__JoinRequest tmp = *req;
+	unsigned int mac_len = 0;
+	uint8_t *buf;
+	size_t n;
+	int rc = 0;
+
+	if (len > INT_MAX)
+		return fr_error_set(err, -EINVAL, "secret of %zu bytes is too long", len);
+	tmp.hmac.len = 0;
+	tmp.hmac.data = NULL;
+	n = ferry__v1__join_request__get_packed_size(&tmp);
+	if (!(buf = malloc(n ? n : 1)))
+		return fr_error_set(err, -ENOMEM, "join HMAC: out of memory for %zu bytes", n);
+	if (ferry__v1__join_request__pack(&tmp, buf) != n) {
+		rc = fr_error_set(err, -EIO, "join HMAC: protobuf-c packed a different length");
+	} else if (!HMAC(EVP_sha256(), secret, (int)len, buf, n, mac, &mac_len) ||
+		   mac_len != RPC_AUTH_HMAC_LEN) {
+		ERR_clear_error();
+		rc = fr_error_set(err, -EIO, "join HMAC: OpenSSL HMAC-SHA256 failed");
+	}
+	free(buf);
+	return rc;
+}
+
+static int random_nonce(uint64_t *ret)
+{
+	uint64_t v = 0;
+
+	while (v == 0) { /* 0 reads as "no nonce" on the wire */
+		uint8_t *p = (uint8_t *)&v;
+		size_t got = 0;
+		while (got < sizeof(v)) {
+			ssize_t r = getrandom(p + got, sizeof(v) - got, 0);
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r < 0)
+				return -errno;
+			got += (size_t)r;
+		}
+	}
+	*ret = v;
+	return 0;
+}
+
+int rpc_auth_join_sign(Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
+		       struct fr_error *err)
+{
+	uint64_t old_nonce = req->nonce, old_ts = req->timestamp_unix_ms, nonce = 0;
+	uint8_t mac[RPC_AUTH_HMAC_LEN];
+	int rc;
+
+	if (!secret || !len)
+		return fr_error_set(err, -EINVAL, "join sign: empty secret");
+	if (req->hmac.len || req->hmac.data)
+		return fr_error_set(err, -EINVAL, "join sign: hmac already set");
+	if ((rc = random_nonce(&nonce)) < 0)
+		return fr_error_set(err, -EIO, "join sign: getrandom: %s", strerror(-rc));
+	req->nonce = nonce;
+	req->timestamp_unix_ms = rpc_auth_now_ms();
+	if ((rc = join_mac(req, secret, len, mac, err)) < 0)
+		goto fail;
+	if (!(req->hmac.data = malloc(RPC_AUTH_HMAC_LEN))) {
+		rc = fr_error_set(err, -ENOMEM, "join sign: out of memory");
+		goto fail;
+	}
+	memcpy(req->hmac.data, mac, RPC_AUTH_HMAC_LEN);
+	req->hmac.len = RPC_AUTH_HMAC_LEN;
+	return 0;
+fail:
+	req->nonce = old_nonce;
+	req->timestamp_unix_ms = old_ts;
+	return rc;
+}
+
+/* ---- replay cache ---------------------------------------------------------------------------- */
+
+struct replay_entry {
+	uint64_t nonce;
+	uint64_t expires_ms;   /* the nonce's timestamp + the skew window */
+};
+
+/* A flat array, scanned whole: joins are rare (one per worker start) and the capacity is a
+ * few thousand, so a scan costs microseconds and keeps expiry trivial. */
+struct rpc_auth_replay {
+	pthread_mutex_t lock;
+	size_t cap, n;
+	struct replay_entry *e;   /* [cap] */
+};
+
+int rpc_auth_replay_create(size_t capacity, struct rpc_auth_replay **ret)
+{
+	struct rpc_auth_replay *r = calloc(1, sizeof(*r));
+
+	if (!capacity)
+		capacity = 4096;
+	if (!r || !(r->e = calloc(capacity, sizeof(*r->e)))) {
+		free(r);
+		return -ENOMEM;
+	}
+	r->cap = capacity;
+	pthread_mutex_init(&r->lock, NULL);
+	*ret = r;
+	return 0;
+}
+
+void rpc_auth_replay_destroy(struct rpc_auth_replay *r)
+{
+	if (!r)
+		return;
+	pthread_mutex_destroy(&r->lock);
+	free(r->e);
+	free(r);
+}
+
+/* Forgets expired nonces, then remembers this one. -EACCES if present, -EAGAIN if full. */
+static int replay_insert(struct rpc_auth_replay *r, uint64_t nonce, uint64_t expires_ms,
+			 uint64_t now_ms)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&r->lock);
+	for (size_t i = 0; i < r->n;) {
+		if (r->e[i].expires_ms < now_ms) {
+			r->e[i] = r->e[--r->n];
+			continue;
+		}
+		if (r->e[i].nonce == nonce)
+			rc = -EACCES;
+		i++;
+	}
+	if (rc == 0 && r->n == r->cap)
+		rc = -EAGAIN;
+	if (rc == 0)
+		r->e[r->n++] = (struct replay_entry){ nonce, expires_ms };
+	pthread_mutex_unlock(&r->lock);
+	return rc;
+}
+
+int rpc_auth_join_verify(const Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
+			 struct rpc_auth_replay *replay, uint64_t now_ms, uint64_t max_skew_ms,
+			 struct fr_error *err)
+{
+	uint8_t mac[RPC_AUTH_HMAC_LEN];
+	uint64_t ts = req->timestamp_unix_ms, skew, expires;
+	int rc;
+
+	if (!secret || !len)
+		return fr_error_set(err, -EINVAL, "join verify: empty secret");
+	if (!replay)
+		return fr_error_set(err, -EINVAL, "join verify: no replay cache");
+	if (req->hmac.len != RPC_AUTH_HMAC_LEN || !req->hmac.data)
+		return fr_error_set(err, -EACCES, "bad HMAC (%zu bytes, expected %d)",
+				    req->hmac.len, RPC_AUTH_HMAC_LEN);
+	if ((rc = join_mac(req, secret, len, mac, err)) < 0)
+		return rc;
+	if (CRYPTO_memcmp(mac, req->hmac.data, RPC_AUTH_HMAC_LEN) != 0)
+		return fr_error_set(err, -EACCES, "bad HMAC (wrong cluster secret, or the request "
+				    "was altered)");
+	skew = now_ms > ts ? now_ms - ts : ts - now_ms;
+	if (skew > max_skew_ms)
+		return fr_error_set(err, -EACCES, "timestamp skew of %llu ms (limit %llu ms): "
+				    "check the clocks (NTP) of both hosts",
+				    (unsigned long long)skew, (unsigned long long)max_skew_ms);
+	if (req->nonce == 0)
+		return fr_error_set(err, -EACCES, "missing nonce");
+	if (__builtin_add_overflow(ts, max_skew_ms, &expires))
+		expires = UINT64_MAX;
+	rc = replay_insert(replay, req->nonce, expires, now_ms);
+	if (rc == -EACCES)
+		return fr_error_set(err, -EACCES, "replayed nonce %016llx",
+				    (unsigned long long)req->nonce);
+	if (rc == -EAGAIN)
+		return fr_error_set(err, -EAGAIN, "replay cache full (%zu joins within the skew "
+				    "window): retry later", replay->cap);
+	return 0;
+}
+
+/* ---- admin bearer token --------------------------------------------------------------------- */
+
+static int sha256(const void *p, size_t n, uint8_t out[32])
+{
+	unsigned int len = 0;
+
+	if (!EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) || len != 32) {
+		ERR_clear_error();
+		return -EIO;
+	}
+	return 0;
+}
+
+int rpc_auth_bearer_check(const char *header_value, const uint8_t *token, size_t len)
+{
+	uint8_t want[32], got[32];
+	const char *p;
+
+	if (!header_value || !token || !len)
+		return -EACCES;
+	if (strncasecmp(header_value, "Bearer", 6) != 0 || header_value[6] != ' ')
+		return -EACCES;
+	for (p = header_value + 6; *p == ' '; p++)
+		;
+	if (!*p)
+		return -EACCES;
+	/* Hash both sides: the compare below then runs on 32 bytes whatever was presented. */
+	if (sha256(token, len, want) < 0 || sha256(p, strlen(p), got) < 0)
+		return -EACCES;
+	return CRYPTO_memcmp(want, got, sizeof(want)) == 0 ? 0 : -EACCES;
+}

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * auth.h - authentication of the control plane (ARCHITECTURE §7).
+ *
+ * Join: a worker proves it holds the cluster secret with an HMAC-SHA256 over its
+ * JoinRequest serialized with hmac empty (protobuf-c's packing, which orders fields by
+ * number: both ends are this code). A random nonce and a wall-clock timestamp make each
+ * join single-use: the coordinator refuses a timestamp more than max_skew away from its
+ * clock and a nonce it has seen within that window (a captured Join cannot be replayed).
+ *
+ * Admin: ferryctl presents "authorization: Bearer <token>", compared in constant time.
+ *
+ * Secrets are read from files that only their owner may read (mode 0600 or stricter).
+ */
+#ifndef FERRY_RPC_AUTH_H
+#define FERRY_RPC_AUTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+#include "rpc/internal.pb-c.h"
+
+#define RPC_AUTH_HMAC_LEN 32       /* HMAC-SHA256 */
+#define RPC_AUTH_SECRET_MIN 16     /* bytes a secret must have */
+#define RPC_AUTH_SECRET_MAX 4096   /* bytes a secret file may have */
+
+/*
+ * Reads a secret (cluster secret or admin token) from path: a regular file that is not
+ * readable, writable or executable by group or others (mode & 077 == 0), holding
+ * RPC_AUTH_SECRET_MIN..RPC_AUTH_SECRET_MAX bytes once trailing newlines ("\n", "\r\n")
+ * are stripped. The bytes are used as they are (no hex or base64 decoding).
+ * On success *ret is a heap copy the caller frees with rpc_auth_secret_free().
+ * Errors (err names the path): -ENOENT etc. (open), -EACCES (the mode: "mode 0644, must
+ * not be accessible by group or others"), -EINVAL (not a regular file, empty, shorter
+ * than RPC_AUTH_SECRET_MIN), -EFBIG, -ENOMEM.
+ */
+int rpc_auth_secret_load(const char *path, uint8_t **ret, size_t *ret_len, struct fr_error *err);
+
+/* Wipes and frees a secret from rpc_auth_secret_load(). Accepts NULL. */
+void rpc_auth_secret_free(uint8_t *secret, size_t len);
+
+/*
+ * Fills req->nonce (getrandom, never 0), req->timestamp_unix_ms (CLOCK_REALTIME) and
+ * req->hmac. Every other field must be final: changing one afterwards breaks the HMAC.
+ * req->hmac must be empty on entry; on success req->hmac.data is a malloc'ed
+ * RPC_AUTH_HMAC_LEN-byte buffer the caller owns (free() it, or let a protobuf-c
+ * *__free_unpacked of a message with the default allocator do so).
+ * Errors: -EINVAL (empty secret, hmac already set), -ENOMEM, -EIO (getrandom or OpenSSL
+ * failed).
+ */
+int rpc_auth_join_sign(Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
+		       struct fr_error *err);
+
+/* Replay cache of Join nonces: remembers each accepted nonce until its timestamp leaves the
+ * skew window. Bounded (capacity nonces) and thread-safe. */
+struct rpc_auth_replay;
+
+/* capacity 0 means 4096. Errors: -ENOMEM. */
+int rpc_auth_replay_create(size_t capacity, struct rpc_auth_replay **ret);
+/* Accepts NULL. */
+void rpc_auth_replay_destroy(struct rpc_auth_replay *r);
+
+/*
+ * Checks a JoinRequest, in this order: HMAC (constant-time compare), timestamp within
+ * max_skew_ms of now_ms (Unix milliseconds, from the caller so that tests can move time),
+ * nonce not seen in the window. On success the nonce is remembered in replay.
+ * Errors, err holding the reason: -EACCES "bad HMAC" (missing, wrong length or wrong
+ * value: a wrong secret and a tampered field look the same), "timestamp skew of N ms
+ * (limit M ms)", "replayed nonce", "missing nonce"; -EAGAIN (replay cache full of live
+ * nonces: retry later); -EINVAL (empty secret, replay NULL); -ENOMEM; -EIO (OpenSSL).
+ */
+int rpc_auth_join_verify(const Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
+			 struct rpc_auth_replay *replay, uint64_t now_ms, uint64_t max_skew_ms,
+			 struct fr_error *err);
+
+/* Wall clock in Unix milliseconds (the now_ms of rpc_auth_join_verify()). */
+uint64_t rpc_auth_now_ms(void);
+
+/*
+ * Checks an "authorization" header value against the admin token: "Bearer <token>" (scheme
+ * case-insensitive, one or more spaces). The comparison takes the same time whatever the
+ * presented token (both sides are hashed first, so not even the length leaks).
+ * Returns 0, or -EACCES (NULL or malformed header, wrong token, empty expected token).
+ */
+int rpc_auth_bearer_check(const char *header_value, const uint8_t *token, size_t len);
+
+#endif /* FERRY_RPC_AUTH_H */

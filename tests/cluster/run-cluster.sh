@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The cluster against the single-process engine and the golden references: for every golden
+# set, over shm and tcp, with 1, 2 and 3 workers, with and without replicas, `ferryctl up`
+# starts a coordinator and workers (f32 wire), and `ferryctl run --cluster` must give
+#   - every reference sequence's logits within 1e-5 of `ferryctl run --model` (same process
+#     layout, one process) and within 3e-5 of the references,
+#   - the reference greedy tokens, and greedy logits within 3e-5.
+# One bf16-wire cluster per set must give the reference greedy tokens too.
+#
+# Usage: run-cluster.sh FERRYCTL CMP_F32 [TRANSPORTS]   (default transports: "shm tcp")
+set -euo pipefail
+ferryctl=$1 cmp=$2
+transports=${3:-shm tcp}
+tmp=$(mktemp -d)
+up_pid=
+cleanup() {
+  if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# Starts `ferryctl up` with the given options; sets $addr.
+up() {
+  : > "$tmp/up.out"
+  "$ferryctl" up --listen 127.0.0.1:0 --threads 1 --timeout 60 "$@" > "$tmp/up.out" 2> "$tmp/up.err" &
+  up_pid=$!
+  for _ in $(seq 600); do
+    addr=$(sed -n 's/^address: //p' "$tmp/up.out")
+    [ -n "$addr" ] && return 0
+    kill -0 "$up_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "ferryctl up $* did not come up:" >&2
+  cat "$tmp/up.err" >&2
+  exit 1
+}
+
+down() {
+  kill -TERM "$up_pid"
+  if ! wait "$up_pid"; then
+    echo "ferryctl up did not stop cleanly:" >&2
+    cat "$tmp/up.err" >&2
+    exit 1
+  fi
+  up_pid=
+}
+
+n=0
+for set in "$FERRY_GOLDEN"/*/; do
+  set=${set%/}
+  name=$(basename "$set")
+  vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab_size'])" "$set/config.json")
+  prompt=$(cat "$set/ref_greedy_prompt.txt")
+  np=$(wc -w < "$set/ref_greedy_prompt.txt")
+  ng=$(wc -w < "$set/ref_greedy_tokens.txt")
+  want=$(cat "$set/ref_greedy_tokens.txt")
+  # The single-process engine's logits of every reference sequence.
+  for toks in "$set"/ref_tokens_*.txt; do
+    k=${toks##*_}; k=${k%.txt}
+    "$ferryctl" run --model "$set" --threads 1 --tokens "$(cat "$toks")" --max-new 0 \
+      --dump-logits "$tmp/local_$k.f32" > /dev/null
+  done
+  for tp in $transports; do
+    for shape in "1 0" "2 0" "3 0" "2 1" "3 3"; do
+      read -r workers replicas <<< "$shape"
+      what="$name $tp $workers worker(s) +$replicas replica slot(s)"
+      up --model "$set" --workers "$workers" --replicas "$replicas" --transport "$tp" --wire f32
+      for toks in "$set"/ref_tokens_*.txt; do
+        k=${toks##*_}; k=${k%.txt}
+        "$ferryctl" run --cluster "$addr" --tokens "$(cat "$toks")" --max-new 0 \
+          --dump-logits "$tmp/c.f32" > /dev/null
+        echo -n "$what seq $k vs engine: "
+        "$cmp" "$tmp/c.f32" "$tmp/local_$k.f32" "$vocab" 1e-5
+        echo -n "$what seq $k vs reference: "
+        "$cmp" "$tmp/c.f32" "$set/ref_logits_$k.f32" "$vocab" 3e-5
+        n=$((n + 2))
+      done
+      out=$("$ferryctl" run --cluster "$addr" --tokens "$prompt" --max-new "$ng" --dump-logits "$tmp/g.f32")
+      if [ "$out" != "$want" ]; then
+        echo "$what greedy: got '$out'" >&2
+        echo "$what greedy: want '$want'" >&2
+        exit 1
+      fi
+      echo -n "$what greedy: "
+      "$cmp" "$tmp/g.f32" "$set/ref_greedy_logits.f32" "$vocab" 3e-5 $((np - 1))
+      n=$((n + 1))
+      down
+    done
+  done
+  up --model "$set" --workers 2 --transport shm --wire bf16
+  out=$("$ferryctl" run --cluster "$addr" --tokens "$prompt" --max-new "$ng")
+  if [ "$out" != "$want" ]; then
+    echo "$name bf16 wire greedy: got '$out', want '$want'" >&2
+    exit 1
+  fi
+  echo "$name bf16 wire greedy: tokens identical"
+  n=$((n + 1))
+  "$ferryctl" load --cluster "$addr" > "$tmp/load.txt"
+  grep -q 'balancedness' "$tmp/load.txt" || { echo "ferryctl load printed no balancedness" >&2; cat "$tmp/load.txt" >&2; exit 1; }
+  down
+done
+[ "$n" -gt 0 ] || { echo "no golden sets under $FERRY_GOLDEN" >&2; exit 1; }
+echo "$n checks passed"

@@ -1,0 +1,417 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * agent.c - ferry-worker: control plane (Join, GetAssignment, LoadExperts, Heartbeat,
+ * ReportStats over gRPC) around the data-plane server (serve.c).
+ *
+ * Threads: the caller of wk_agent_run() owns the transport and serves frames; a control
+ * thread heartbeats and reports load every heartbeat interval, and stops the server when
+ * the coordinator asks to drain or stops answering for long.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rpc/auth.h"
+#include "rpc/internal.pb-c.h"
+#include "rpc/rpc.h"
+#include "worker/agent.h"
+#include "worker/worker.h"
+
+#define LOG_COMP "worker"
+#define RPC_TIMEOUT_MS 5000
+
+struct wk_agent {
+	struct wk_agent_opts o;
+	char *name, *coordinator, *model_path;
+	uint8_t *secret;
+	struct model_ckpt *ck;
+	const struct model_config *cfg;
+	struct tp_context *tp;
+	struct tp_mem *recv;
+	struct tp_ep *ep;
+	struct wk_ring ring;
+	struct rpc_channel *ch;
+	struct wk_slots *slots;
+	struct wk_server *srv;
+
+	uint32_t index;
+	uint64_t epoch;
+	uint32_t heartbeat_ms;
+	enum fp_dtype wire;
+
+	pthread_t ctl;
+	bool ctl_started;
+	atomic_bool ctl_quit;
+	atomic_bool drained;
+	volatile sig_atomic_t stop;
+};
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+/* Slots that fit memory_limit: one slot per MoE layer holds an expert's three matrices. */
+static int auto_slots(const struct wk_agent *a)
+{
+	const struct model_config *c = a->cfg;
+	uint64_t per = 3ull * (uint64_t)c->hidden_size * (uint64_t)c->moe_intermediate_size *
+		       kn_dtype_size(c->torch_dtype) *
+		       (uint64_t)model_n_moe_layers(c);
+	uint64_t lim = a->o.memory_limit;
+
+	if (!lim) {
+		long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+		lim = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz / 10 * 9 : 0;
+	}
+	uint64_t n = per ? lim / per : 0;
+	return (int)FR_MIN(n, (uint64_t)c->n_routed_experts);
+}
+
+int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct fr_error *err)
+{
+	struct wk_agent *a;
+	int rc;
+
+	if (!o->name || !o->coordinator || !o->model_path || o->ring_slots < 1 ||
+	    o->ring_tokens < 1 || o->slots < 0 || (!o->insecure && (!o->secret || !o->secret_len)))
+		return fr_error_set(err, -EINVAL, "worker options out of range");
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	a->o = *o;
+	a->name = strdup(o->name);
+	a->coordinator = strdup(o->coordinator);
+	a->model_path = strdup(o->model_path);
+	a->secret = o->secret_len ? malloc(o->secret_len) : NULL;
+	if (!a->name || !a->coordinator || !a->model_path || (o->secret_len && !a->secret)) {
+		wk_agent_destroy(a);
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	}
+	if (o->secret_len)
+		memcpy(a->secret, o->secret, o->secret_len);
+	if ((rc = model_ckpt_open(a->model_path, &a->ck, err)) < 0)
+		goto fail;
+	a->cfg = model_ckpt_config(a->ck);
+	if (model_n_moe_layers(a->cfg) == 0) {
+		rc = fr_error_set(err, -EINVAL, "%s: the model has no MoE layers", a->model_path);
+		goto fail;
+	}
+	if (!a->o.slots && !(a->o.slots = auto_slots(a))) {
+		rc = fr_error_set(err, -EINVAL, "memory limit too small for one expert slot per layer");
+		goto fail;
+	}
+	a->ring = (struct wk_ring){ .slots = o->ring_slots, .tokens = o->ring_tokens,
+				    .hidden = (uint32_t)a->cfg->hidden_size,
+				    .max_pairs = (uint32_t)a->cfg->n_routed_experts };
+	size_t slot = wk_ring_dispatch_slot(&a->ring);
+	if (!slot) {
+		rc = fr_error_set(err, -EINVAL, "ring of %u x %u tokens is out of the frame limits",
+				  o->ring_slots, o->ring_tokens);
+		goto fail;
+	}
+	if ((rc = tp_context_create(&o->tp, &a->tp)) < 0) {
+		fr_error_set(err, rc, "cannot open the %s transport: %s",
+			     tp_backend_name(o->tp.backend), strerror(-rc));
+		goto fail;
+	}
+	if ((rc = tp_mem_alloc(a->tp, slot * o->ring_slots, &a->recv)) < 0 ||
+	    (rc = tp_ep_create(a->tp, a->recv, a, &a->ep)) < 0) {
+		fr_error_set(err, rc, "cannot create the data-plane endpoint (%zu MiB ring): %s",
+			     slot * o->ring_slots >> 20, strerror(-rc));
+		goto fail;
+	}
+	if ((rc = wk_slots_create(a->cfg, a->o.slots, &a->slots)) < 0) {
+		fr_error_set(err, rc, "cannot create %d slots", a->o.slots);
+		goto fail;
+	}
+	if ((rc = rpc_channel_create(a->coordinator, NULL, &a->ch, err)) < 0)
+		goto fail;
+	*ret = a;
+	return 0;
+fail:
+	wk_agent_destroy(a);
+	return rc;
+}
+
+/* Join, retried while the coordinator is unreachable or not ready. */
+static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_error *err)
+{
+	Ferry__V1__JoinRequest req = FERRY__V1__JOIN_REQUEST__INIT;
+	Ferry__V1__TransportAddress ta = FERRY__V1__TRANSPORT_ADDRESS__INIT, *tap = &ta;
+	uint8_t blob[TP_ADDR_MAX];
+	size_t blob_len;
+	uint64_t t_end = fr_now_ns() + (uint64_t)a->o.join_timeout_ms * 1000000ull;
+	int rc;
+
+	if ((rc = tp_ep_address(a->ep, blob, sizeof(blob), &blob_len)) < 0)
+		return fr_error_set(err, rc, "endpoint address: %s", strerror(-rc));
+	req.worker_name = a->name;
+	req.host_memory_bytes = a->o.memory_limit;
+	req.slot_capacity = (uint32_t)a->o.slots;
+	ta.backend = (char *)tp_backend_name(a->o.tp.backend);
+	ta.blob.data = blob;
+	ta.blob.len = blob_len;
+	req.n_transport_addresses = 1;
+	req.transport_addresses = &tap;
+	req.ring_slots = a->ring.slots;
+	req.ring_tokens = a->ring.tokens;
+	req.hidden_size = (uint32_t)a->cfg->hidden_size;
+	req.n_routed_experts = (uint32_t)a->cfg->n_routed_experts;
+	for (;;) {
+		free(req.hmac.data); /* a fresh nonce and timestamp each try */
+		req.hmac.data = NULL;
+		req.hmac.len = 0;
+		if (!a->o.insecure && (rc = rpc_auth_join_sign(&req, a->secret, a->o.secret_len,
+								 err)) < 0)
+			break;
+		rc = rpc_unary(a->ch, RPC_M_JOIN, &req.base, &ferry__v1__join_response__descriptor,
+			       RPC_TIMEOUT_MS, (ProtobufCMessage **)ret, err);
+		/* -EAGAIN: unreachable or not ready yet; anything else is an answer. */
+		if (rc != -EAGAIN && rc != -ETIMEDOUT)
+			break;
+		if (a->stop || fr_now_ns() > t_end) {
+			char last[sizeof(err->msg)];
+			snprintf(last, sizeof(last), "%s", err->msg);
+			rc = fr_error_set(err, -ETIMEDOUT, "coordinator %s did not accept the join "
+					  "within %d ms: %s", a->coordinator, a->o.join_timeout_ms, last);
+			break;
+		}
+		sleep_ms(200);
+	}
+	free(req.hmac.data);
+	return rc;
+}
+
+static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
+		      struct fr_error *err)
+{
+	Ferry__V1__GetAssignmentRequest req = FERRY__V1__GET_ASSIGNMENT_REQUEST__INIT;
+	Ferry__V1__GetAssignmentResponse *resp = NULL;
+	Ferry__V1__LoadExpertsResponse *lr = NULL;
+	const struct model_config *c = a->cfg;
+	uint64_t t_end = fr_now_ns() + (uint64_t)a->o.join_timeout_ms * 1000000ull;
+	int n_moe = model_n_moe_layers(c), rc;
+	int *layer_of = NULL;
+
+	req.worker_index = a->index;
+	for (;;) {
+		rc = rpc_unary(a->ch, RPC_M_GET_ASSIGNMENT, &req.base,
+			       &ferry__v1__get_assignment_response__descriptor, RPC_TIMEOUT_MS,
+			       (ProtobufCMessage **)&resp, err);
+		if ((rc != -EAGAIN && rc != -ETIMEDOUT) || a->stop || fr_now_ns() > t_end)
+			break;
+	}
+	if (rc < 0)
+		return fr_error_prefix(err, rc, "no slot assignment");
+	/* MoE layer index -> model layer, for the tensor names. */
+	layer_of = calloc((size_t)n_moe, sizeof(*layer_of));
+	if (!layer_of) {
+		rc = fr_error_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	for (int l = 0; l < c->num_hidden_layers; l++)
+		if (model_moe_index(c, l) >= 0)
+			layer_of[model_moe_index(c, l)] = l;
+	for (size_t i = 0; i < resp->n_slots; i++) {
+		const Ferry__V1__SlotAssignment *s = resp->slots[i];
+		struct model_ffn ffn;
+		if (s->layer >= (uint32_t)n_moe || s->slot >= (uint32_t)a->o.slots ||
+		    s->expert >= (uint32_t)c->n_routed_experts) {
+			rc = fr_error_set(err, -EBADMSG, "assignment (layer %u, slot %u, expert %u) is "
+					  "out of range", s->layer, s->slot, s->expert);
+			goto out;
+		}
+		if ((rc = model_expert_bind(a->ck, layer_of[s->layer], (int)s->expert, &ffn, err)) < 0) {
+			fr_error_prefix(err, rc, "cannot load expert %u of layer %d into slot %u",
+					s->expert, layer_of[s->layer], s->slot);
+			goto out;
+		}
+		if ((rc = wk_slot_set(a->slots, (int)s->layer, (int)s->slot, (int)s->expert, &ffn)) < 0) {
+			fr_error_set(err, rc, "slot (layer %u, slot %u): cannot hold expert %u", s->layer,
+				     s->slot, s->expert);
+			goto out;
+		}
+	}
+	a->epoch = resp->epoch;
+	ack->worker_index = a->index;
+	ack->epoch = resp->epoch;
+	ack->n_slots = resp->n_slots;
+	ack->slots = resp->slots;
+	rc = rpc_unary(a->ch, RPC_M_LOAD_EXPERTS, &ack->base,
+		       &ferry__v1__load_experts_response__descriptor, RPC_TIMEOUT_MS,
+		       (ProtobufCMessage **)&lr, err);
+	if (rc < 0) {
+		fr_error_prefix(err, rc, "load acknowledgement refused");
+		goto out;
+	}
+	fr_info(LOG_COMP, "%s: loaded %zu slots (%d per MoE layer), epoch %llu", a->name,
+		resp->n_slots, a->o.slots, (unsigned long long)a->epoch);
+out:
+	ack->n_slots = 0;
+	ack->slots = NULL;
+	if (lr)
+		protobuf_c_message_free_unpacked(&lr->base, NULL);
+	if (resp)
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+	free(layer_of);
+	return rc;
+}
+
+/* Control thread: heartbeat + stats every interval; stops the server on drain or when
+ * the coordinator has been unreachable for three intervals. */
+static void *ctl_main(void *arg)
+{
+	struct wk_agent *a = arg;
+	int n_moe = model_n_moe_layers(a->cfg), misses = 0;
+	uint64_t *tok = calloc((size_t)n_moe, sizeof(*tok));
+	uint64_t *ns = calloc((size_t)n_moe, sizeof(*ns));
+	Ferry__V1__LayerStats *ls = calloc((size_t)n_moe, sizeof(*ls));
+	Ferry__V1__LayerStats **lsp = calloc((size_t)n_moe, sizeof(*lsp));
+	uint64_t t_last = fr_now_ns();
+
+	while (!atomic_load(&a->ctl_quit) && tok && ns && ls && lsp) {
+		struct fr_error err = { { 0 } };
+		Ferry__V1__HeartbeatRequest hb = FERRY__V1__HEARTBEAT_REQUEST__INIT;
+		Ferry__V1__HeartbeatResponse *hr = NULL;
+		Ferry__V1__ReportStatsRequest sr = FERRY__V1__REPORT_STATS_REQUEST__INIT;
+		Ferry__V1__ReportStatsResponse *srr = NULL;
+		uint64_t frames = 0, now;
+		int rc;
+
+		for (uint32_t slept = 0; slept < a->heartbeat_ms && !atomic_load(&a->ctl_quit);
+		     slept += 50)
+			sleep_ms(50);
+		if (atomic_load(&a->ctl_quit))
+			break;
+		hb.worker_index = a->index;
+		hb.epoch = a->epoch;
+		rc = rpc_unary(a->ch, RPC_M_HEARTBEAT, &hb.base,
+			       &ferry__v1__heartbeat_response__descriptor, RPC_TIMEOUT_MS,
+			       (ProtobufCMessage **)&hr, &err);
+		if (rc < 0) {
+			if (++misses == 3)
+				fr_warn(LOG_COMP, "%s: coordinator unreachable: %s", a->name, err.msg);
+			continue;
+		}
+		misses = 0;
+		if (hr->drain) {
+			fr_info(LOG_COMP, "%s: coordinator asks to drain", a->name);
+			atomic_store(&a->drained, true);
+			wk_server_stop(a->srv);
+		}
+		protobuf_c_message_free_unpacked(&hr->base, NULL);
+
+		wk_server_take_stats(a->srv, tok, ns, &frames);
+		now = fr_now_ns();
+		for (int l = 0; l < n_moe; l++) {
+			ferry__v1__layer_stats__init(&ls[l]);
+			ls[l].layer = (uint32_t)l;
+			ls[l].tokens = tok[l];
+			ls[l].busy_ns = ns[l];
+			lsp[l] = &ls[l];
+		}
+		sr.worker_index = a->index;
+		sr.epoch = a->epoch;
+		sr.window_ns = now - t_last;
+		sr.n_layers = (size_t)n_moe;
+		sr.layers = lsp;
+		sr.frames = frames;
+		t_last = now;
+		if (rpc_unary(a->ch, RPC_M_REPORT_STATS, &sr.base,
+			      &ferry__v1__report_stats_response__descriptor, RPC_TIMEOUT_MS,
+			      (ProtobufCMessage **)&srr, &err) == 0)
+			protobuf_c_message_free_unpacked(&srr->base, NULL);
+	}
+	free(tok);
+	free(ns);
+	free(ls);
+	free(lsp);
+	return NULL;
+}
+
+int wk_agent_run(struct wk_agent *a, struct fr_error *err)
+{
+	Ferry__V1__JoinResponse *jr = NULL;
+	Ferry__V1__LoadExpertsRequest ack = FERRY__V1__LOAD_EXPERTS_REQUEST__INIT;
+	int rc;
+
+	if ((rc = join(a, &jr, err)) < 0) {
+		fr_error_prefix(err, rc, "join refused by %s", a->coordinator);
+		goto out;
+	}
+	if (jr->n_transport_addresses != 1 || jr->transport_addresses[0]->blob.len > TP_ADDR_MAX ||
+	    (strcmp(jr->wire_dtype, "bf16") != 0 && strcmp(jr->wire_dtype, "f32") != 0)) {
+		rc = fr_error_set(err, -EBADMSG, "malformed join response");
+		goto out;
+	}
+	a->index = jr->worker_index;
+	a->epoch = jr->epoch;
+	a->heartbeat_ms = jr->heartbeat_interval_ms ? jr->heartbeat_interval_ms : 1000;
+	a->wire = strcmp(jr->wire_dtype, "f32") == 0 ? FP_DTYPE_F32 : FP_DTYPE_BF16;
+	fr_info(LOG_COMP, "%s: joined %s as worker %u (%s wire)", a->name, a->coordinator, a->index,
+		jr->wire_dtype);
+	rc = tp_ep_connect(a->ep, jr->transport_addresses[0]->blob.data,
+			   jr->transport_addresses[0]->blob.len);
+	if (rc < 0) {
+		rc = fr_error_set(err, -EIO, "data-plane connect to the coordinator failed: %s",
+				  strerror(-rc));
+		goto out;
+	}
+	if ((rc = load_slots(a, &ack, err)) < 0)
+		goto out;
+	struct wk_server_opts so = { .ring = a->ring, .name = a->name };
+	if ((rc = wk_server_create(a->slots, a->tp, a->ep, a->recv, &so, &a->srv, err)) < 0)
+		goto out;
+	if ((rc = pthread_create(&a->ctl, NULL, ctl_main, a)) != 0) {
+		rc = fr_error_set(err, -rc, "cannot start the control thread");
+		goto out;
+	}
+	a->ctl_started = true;
+	if (a->stop)
+		wk_server_stop(a->srv);
+	rc = wk_server_run(a->srv, -1, err);
+	if (rc == -ECONNRESET && atomic_load(&a->drained))
+		rc = 0; /* the coordinator closed the data plane after asking us to drain */
+out:
+	if (a->ctl_started) {
+		atomic_store(&a->ctl_quit, true);
+		pthread_join(a->ctl, NULL);
+		a->ctl_started = false;
+	}
+	if (jr)
+		protobuf_c_message_free_unpacked(&jr->base, NULL);
+	return rc;
+}
+
+void wk_agent_stop(struct wk_agent *a)
+{
+	a->stop = 1;
+	if (a->srv)
+		wk_server_stop(a->srv);
+}
+
+void wk_agent_destroy(struct wk_agent *a)
+{
+	if (!a)
+		return;
+	wk_server_destroy(a->srv);
+	rpc_channel_destroy(a->ch);
+	tp_ep_destroy(a->ep);
+	tp_mem_free(a->recv);
+	tp_context_destroy(a->tp);
+	wk_slots_destroy(a->slots);
+	model_ckpt_close(a->ck);
+	free(a->name);
+	free(a->coordinator);
+	free(a->model_path);
+	free(a->secret);
+	free(a);
+}

@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * config.c - ferry-worker's key table and the checks that span several keys. The doc
+ * strings are what `conf_write_doc()` prints, so they are written for an operator.
+ */
+#include "worker/config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+_Static_assert(sizeof(enum tp_backend) == sizeof(int), "enum tp_backend is not int-sized");
+_Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is not int-sized");
+
+/* In the order of enum tp_backend / fr_log_level. */
+static const char *const backend_names[] = { "shm", "tcp", "verbs", NULL };
+static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
+
+#define OFF(f) offsetof(struct wk_config, f)
+#define DAY_MS (24 * 3600 * 1000LL)
+
+const struct conf_key wk_config_keys[] = {
+	{ "worker", "name", CONF_STR, OFF(worker.name),
+	  .doc = "Stable name of this worker in logs, metrics and ferryctl (at most 64 "
+		 "letters, digits, '.', '_' or '-'). Unset: the host name." },
+	{ "worker", "coordinator", CONF_STR, OFF(worker.coordinator), .def = "127.0.0.1:7400",
+	  .doc = "The coordinator's gRPC address (its [server] listen): host:port, "
+		 "[IPv6]:port or unix:/path." },
+	{ "worker", "slots", CONF_INT, OFF(worker.slots), 0, 65536, .def = "0",
+	  .doc = "Expert slots per MoE layer this worker offers. 0: as many as fit in "
+		 "memory_limit." },
+	{ "worker", "memory_limit", CONF_SIZE, OFF(worker.memory_limit), .def = "0",
+	  .doc = "Memory for expert weights. 0: 90% of the host's RAM." },
+	{ "worker", "threads", CONF_INT, OFF(worker.threads), 0, 4096, .def = "0",
+	  .doc = "CPU threads for expert compute. 0: all CPUs." },
+
+	{ "model", "path", CONF_STR, OFF(model.path),
+	  .doc = "This worker's own copy of the checkpoint directory (the same checkpoint as "
+		 "the coordinator's). Required." },
+
+	{ "cluster", "secret_file", CONF_STR, OFF(cluster.secret_file),
+	  .doc = "File holding the cluster secret (the coordinator's [cluster] secret_file; "
+		 "at least 16 bytes, mode 0600 or stricter). Required unless insecure is true." },
+	{ "cluster", "insecure", CONF_BOOL, OFF(cluster.insecure), .def = "false",
+	  .doc = "Join without authentication (the coordinator must be insecure too). For "
+		 "local development only." },
+
+	{ "transport", "backend", CONF_ENUM, OFF(transport.backend), .enum_names = backend_names,
+	  .def = "shm",
+	  .doc = "Data plane to the coordinator: shm (same host), tcp, or verbs (RDMA)." },
+	{ "transport", "bind_addr", CONF_STR, OFF(transport.bind_addr), .def = "127.0.0.1",
+	  .doc = "Local address the data plane listens on (tcp and verbs); an address the "
+		 "coordinator can reach." },
+	{ "transport", "device", CONF_STR, OFF(transport.device),
+	  .doc = "verbs: RDMA device name (\"mlx5_0\", \"rxe0\"). Unset: the first usable one." },
+	{ "transport", "port", CONF_INT, OFF(transport.port), 0, 255, .def = "0",
+	  .doc = "verbs: port number of the device. 0: the first active port." },
+	{ "transport", "gid_index", CONF_INT, OFF(transport.gid_index), -1, 1023, .def = "-1",
+	  .doc = "verbs: GID index. -1: auto (the RoCEv2 IPv4-mapped GID)." },
+	{ "transport", "mtu", CONF_INT, OFF(transport.mtu), 0, 4096, .def = "0",
+	  .doc = "verbs: path MTU cap in bytes (256, 512, 1024, 2048 or 4096). 0: the port's "
+		 "active MTU." },
+	{ "transport", "ring_slots", CONF_INT, OFF(transport.ring_slots), 1, 64, .def = "4",
+	  .doc = "Micro-batches that may be in flight to this worker at once; at least the "
+		 "coordinator's [engine] micro_batches." },
+	{ "transport", "ring_tokens", CONF_INT, OFF(transport.ring_tokens), 1, 1 << 20,
+	  .def = "512",
+	  .doc = "Largest micro-batch this worker accepts, in tokens; at least the "
+		 "coordinator's [engine] max_batch divided by its micro_batches." },
+	{ "transport", "peer_timeout", CONF_DURATION_MS, OFF(transport.peer_timeout_ms), 1,
+	  DAY_MS, .def = "5s",
+	  .doc = "How quickly a dead peer host is detected on the data plane." },
+
+	{ "log", "level", CONF_ENUM, OFF(log.level), .enum_names = level_names, .def = "info",
+	  .doc = "Log level of every component. $FERRY_LOG, when set, takes precedence and "
+		 "can also set levels per component (\"info,tp.verbs=debug\")." },
+};
+
+const size_t wk_config_n_keys = FR_ARRAY_SIZE(wk_config_keys);
+
+int wk_config_validate(const struct wk_config *cfg, struct fr_error *err)
+{
+	const char *name = cfg->worker.name;
+	int rc, mtu = cfg->transport.mtu;
+
+	if (!cfg->model.path)
+		return fr_error_set(err, -EINVAL, "[model] path: not set (the worker's checkpoint "
+				    "directory is required)");
+	if (!cfg->cluster.secret_file && !cfg->cluster.insecure)
+		return fr_error_set(err, -EINVAL, "[cluster] secret_file: not set (required unless "
+				    "[cluster] insecure = true)");
+	if (!name || !*name)
+		return fr_error_set(err, -EINVAL, "[worker] name: not set");
+	if (strlen(name) > WK_CONFIG_NAME_MAX)
+		return fr_error_set(err, -EINVAL, "[worker] name: %zu bytes, more than %d",
+				    strlen(name), WK_CONFIG_NAME_MAX);
+	for (const char *p = name; *p; p++) {
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+		      (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-'))
+			return fr_error_set(err, -EINVAL, "[worker] name: \"%s\" may hold only "
+					    "letters, digits, '.', '_' and '-'", name);
+	}
+	if ((rc = conf_check_hostport(cfg->worker.coordinator, err)) < 0)
+		return fr_error_prefix(err, rc, "[worker] coordinator");
+	if (!cfg->transport.bind_addr)
+		return fr_error_set(err, -EINVAL, "[transport] bind_addr: not set");
+	if (mtu != 0 && (mtu < 256 || (mtu & (mtu - 1)) != 0))
+		return fr_error_set(err, -EINVAL, "[transport] mtu: %d is not 0, 256, 512, 1024, "
+				    "2048 or 4096", mtu);
+	return 0;
+}
+
+/* worker.name defaults to the host name, cut at the first '.' (a short name reads better
+ * in logs and still tells hosts apart within a cluster). */
+static int default_name(struct wk_config *cfg, struct fr_error *err)
+{
+	char host[256];
+	size_t n;
+
+	if (cfg->worker.name)
+		return 0;
+	if (gethostname(host, sizeof(host)) < 0)
+		return fr_error_set(err, -errno, "[worker] name: not set and gethostname() failed: "
+				    "%s", strerror(errno));
+	host[sizeof(host) - 1] = '\0';
+	n = strcspn(host, ".");
+	host[n] = '\0';
+	if (!(cfg->worker.name = strdup(host)))
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	return 0;
+}
+
+int wk_config_load(const char *path, char *const *overrides, int n_overrides,
+		   struct wk_config *ret, struct fr_error *err)
+{
+	struct wk_config cfg;
+	int rc;
+
+	if ((rc = conf_defaults(wk_config_keys, wk_config_n_keys, &cfg, err)) < 0)
+		return rc;
+	rc = conf_load_file(wk_config_keys, wk_config_n_keys, path ? path : WK_CONFIG_DEFAULT_PATH,
+			    &cfg, err);
+	/* Without --config a missing default file means "defaults and --set only". */
+	if (rc == -ENOENT && !path)
+		rc = 0;
+	for (int i = 0; rc == 0 && i < n_overrides; i++)
+		rc = conf_set(wk_config_keys, wk_config_n_keys, overrides[i], &cfg, err);
+	if (rc == 0)
+		rc = default_name(&cfg, err);
+	if (rc == 0)
+		rc = wk_config_validate(&cfg, err);
+	if (rc < 0) {
+		wk_config_free(&cfg);
+		return rc;
+	}
+	*ret = cfg;
+	return 0;
+}
+
+void wk_config_free(struct wk_config *cfg)
+{
+	if (cfg)
+		conf_free(wk_config_keys, wk_config_n_keys, cfg);
+}
+
+void wk_config_dump(const struct wk_config *cfg, FILE *f)
+{
+	conf_dump(wk_config_keys, wk_config_n_keys, cfg, f);
+}

@@ -1,0 +1,80 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * config.h - ferry-worker's configuration: /etc/ferry/worker.conf (the systemd template
+ * uses /etc/ferry/worker-%i.conf) plus --set overrides (ARCHITECTURE §7). Every key is
+ * described once in wk_config_keys[]; deploy/worker.conf documents all of them.
+ *
+ * The struct mirrors the file: cfg.transport.ring_slots is "[transport] ring_slots".
+ * Durations are in milliseconds (*_ms), sizes in bytes, strings owned by the struct
+ * (NULL = not set).
+ */
+#ifndef FERRY_WORKER_CONFIG_H
+#define FERRY_WORKER_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/common.h"
+#include "common/conf.h"
+#include "transport/transport.h"
+
+#define WK_CONFIG_DEFAULT_PATH "/etc/ferry/worker.conf"
+/* JoinRequest.worker_name is at most 64 bytes. */
+#define WK_CONFIG_NAME_MAX 64
+
+struct wk_config {
+	struct {
+		char *name;                  /* stable worker name; wk_config_load() fills in the
+		                              * hostname when unset */
+		char *coordinator;           /* coordinator's gRPC "host:port" (default 127.0.0.1:7400) */
+		int slots;                   /* expert slots per MoE layer; 0: as many as fit */
+		uint64_t memory_limit;       /* bytes for expert weights; 0: 90% of RAM */
+		int threads;                 /* CPU threads; 0: all CPUs */
+	} worker;
+	struct {
+		char *path;                  /* this worker's copy of the checkpoint; required */
+	} model;
+	struct {
+		char *secret_file;           /* HMAC key for Join; required unless insecure */
+		bool insecure;               /* join without authentication (local development) */
+	} cluster;
+	struct {
+		enum tp_backend backend;     /* shm | tcp | verbs (default shm) */
+		char *bind_addr;             /* data-plane listen address (default 127.0.0.1) */
+		char *device;                /* verbs device; NULL: auto */
+		int port;                    /* verbs port; 0: first active */
+		int gid_index;               /* verbs GID index; -1: auto */
+		int mtu;                     /* verbs path MTU cap; 0: the port's */
+		int ring_slots;              /* micro-batches in flight per endpoint (default 4) */
+		int ring_tokens;             /* largest micro-batch in tokens (default 512) */
+		uint64_t peer_timeout_ms;    /* dead-peer detection (default 5 s) */
+	} transport;
+	struct {
+		enum fr_log_level level;     /* error | warn | info | debug (default info) */
+	} log;
+};
+
+extern const struct conf_key wk_config_keys[];
+extern const size_t wk_config_n_keys;
+
+/*
+ * Loads the configuration: defaults, the file, each override ("section.key=value") in
+ * order, worker.name from gethostname() if still unset, then wk_config_validate().
+ * path NULL means WK_CONFIG_DEFAULT_PATH, which may be missing; a path given explicitly
+ * must exist. On success *ret owns its strings (wk_config_free()); on error *ret is
+ * untouched. Errors (err set): the file's open/read errors, -EINVAL, -ENOMEM.
+ */
+int wk_config_load(const char *path, char *const *overrides, int n_overrides,
+		   struct wk_config *ret, struct fr_error *err);
+
+/* Cross-key checks: model.path set; cluster.secret_file set unless cluster.insecure;
+ * worker.name 1..64 bytes of letters, digits, '.', '_' and '-'; worker.coordinator
+ * host:port; transport.bind_addr set; transport.mtu 0 or a power of two in [256, 4096].
+ * Returns 0 or -EINVAL naming the key. */
+int wk_config_validate(const struct wk_config *cfg, struct fr_error *err);
+
+void wk_config_free(struct wk_config *cfg);
+void wk_config_dump(const struct wk_config *cfg, FILE *f);
+
+#endif /* FERRY_WORKER_CONFIG_H */

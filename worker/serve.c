@@ -1,0 +1,464 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * serve.c - the worker's data path: dispatch frames in, grouped expert compute, combine
+ * frames out (ARCHITECTURE §2, §4).
+ *
+ * One server per coordinator endpoint. Arrivals queue in a FIFO of at most ring.slots
+ * entries (one per ring slot: the coordinator reuses a slot only after it has our answer)
+ * and are answered strictly in order: decode in place, compute, encode into the combine
+ * slot of the same micro-batch, put, release. A step that cannot go on now (the combine
+ * slot's previous put not yet complete, no credit at the coordinator) leaves the entry at
+ * the head and the loop sleeps in tp_wait() until an event or credit return wakes it.
+ * Every scratch buffer is sized to the ring at create: nothing is allocated per frame.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+#include "worker/worker.h"
+
+/* Frames are read and written in place: vectors are little-endian on the wire. */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the data path reads frame vectors in place and needs a little-endian host"
+#endif
+
+#define WK_COMP "wk"
+#define RING_ALIGN 4096u
+#define RING_MAX_SLOTS 256u /* the imm carries 8 bits of micro-batch */
+#define WAIT_SLICE_MS 100   /* longest sleep between two looks at the stop flag */
+#define N_EVENTS 32
+
+/* ---- ring geometry ------------------------------------------------------------------- */
+
+static bool ring_ok(const struct wk_ring *r)
+{
+	return r->slots >= 1 && r->slots <= RING_MAX_SLOTS && r->tokens >= 1 &&
+	       r->tokens <= FP_MAX_TOKENS && r->hidden >= 1 && r->hidden <= FP_MAX_HIDDEN &&
+	       r->max_pairs >= 1 && r->max_pairs <= FP_MAX_PAIRS_PER_TOKEN;
+}
+
+static size_t round_slot(size_t n)
+{
+	return (n + RING_ALIGN - 1) / RING_ALIGN * RING_ALIGN;
+}
+
+/* Sized for f32 vectors, the larger wire dtype, so either dtype fits every slot. */
+size_t wk_ring_dispatch_slot(const struct wk_ring *r)
+{
+	size_t len;
+
+	if (!ring_ok(r) || fp_dispatch_size(r->tokens, r->hidden, r->tokens * r->max_pairs,
+					    FP_DTYPE_F32, &len) < 0)
+		return 0;
+	return round_slot(len);
+}
+
+size_t wk_ring_combine_slot(const struct wk_ring *r)
+{
+	size_t len;
+
+	if (!ring_ok(r) || fp_combine_size(r->tokens, r->hidden, FP_DTYPE_F32, &len) < 0)
+		return 0;
+	return round_slot(len);
+}
+
+/* ---- the server ------------------------------------------------------------------------ */
+
+/* An arrival waiting for its answer. */
+struct pending {
+	uint32_t imm;
+	uint64_t len;
+	uint32_t slot;         /* ring slot: micro-batch % ring.slots */
+	bool encoded;          /* the combine frame sits in its send slot, put not yet posted */
+	size_t frame_len;      /* of the encoded combine frame */
+	uint16_t layer;        /* MoE layer, for the stats */
+	uint32_t n_pairs;
+	uint64_t ns;
+};
+
+struct wk_server {
+	struct wk_slots *slots;
+	struct tp_context *ctx;
+	struct tp_ep *ep;
+	struct tp_mem *recv;   /* [ring.slots][dslot] dispatch frames, borrowed */
+	struct tp_mem *send;   /* [ring.slots][cslot] combine frames, owned */
+	struct wk_ring ring;
+	size_t dslot, cslot;
+	int n_layers;          /* MoE layers of the slot table */
+	int n_slots;           /* slots per layer of the slot table */
+	char name[32];
+
+	bool *send_busy;       /* [ring.slots] a put from this send slot is not complete */
+	struct pending *fifo;  /* [ring.slots] arrivals not yet answered, oldest first */
+	uint32_t fifo_head, fifo_n;
+
+	/* Scratch for one frame, sized to the ring. */
+	float *x;              /* [tokens][hidden] f32: bf16 vectors widened */
+	float *out;            /* [tokens][hidden] f32 partials */
+	uint16_t *out16;       /* [tokens][hidden] bf16 partials for a bf16 reply */
+	uint32_t *rows;        /* [tokens] token rows, host order */
+	int32_t *pair_off;     /* [tokens + 1] */
+	int32_t *pair_slot;    /* [tokens * max_pairs] */
+	float *pair_w;         /* [tokens * max_pairs] */
+
+	int failed;            /* sticky -EBADMSG / -ECONNRESET once run() gave up */
+	struct fr_error fail_msg;
+	atomic_bool stop;
+
+	pthread_mutex_t lock;  /* guards the counters below */
+	uint64_t *st_tokens;   /* [n_layers] token-expert pairs computed */
+	uint64_t *st_ns;       /* [n_layers] compute nanoseconds */
+	uint64_t st_frames;
+
+	struct tp_event evs[N_EVENTS];
+};
+
+void wk_server_destroy(struct wk_server *w)
+{
+	if (!w)
+		return;
+	tp_mem_free(w->send);
+	free(w->send_busy);
+	free(w->fifo);
+	free(w->x);
+	free(w->out);
+	free(w->out16);
+	free(w->rows);
+	free(w->pair_off);
+	free(w->pair_slot);
+	free(w->pair_w);
+	free(w->st_tokens);
+	free(w->st_ns);
+	pthread_mutex_destroy(&w->lock);
+	free(w);
+}
+
+int wk_server_create(struct wk_slots *slots, struct tp_context *ctx, struct tp_ep *ep,
+		     struct tp_mem *recv, const struct wk_server_opts *o,
+		     struct wk_server **ret, struct fr_error *err)
+{
+	const struct model_config *cfg = wk_slots_config(slots);
+	const struct wk_ring *r = &o->ring;
+	const char *name = o->name ? o->name : "worker";
+	struct wk_server *w;
+	size_t dslot = wk_ring_dispatch_slot(r), cslot = wk_ring_combine_slot(r);
+	int rc;
+
+	if (!dslot || !cslot)
+		return fr_error_set(err, -EINVAL,
+				    "%s: ring out of limits (slots %u, tokens %u, hidden %u, "
+				    "max_pairs %u)", name, r->slots, r->tokens, r->hidden,
+				    r->max_pairs);
+	if ((int)r->hidden != cfg->hidden_size)
+		return fr_error_set(err, -EINVAL, "%s: ring hidden %u, model hidden %d", name,
+				    r->hidden, cfg->hidden_size);
+	if (tp_mem_len(recv) < r->slots * dslot)
+		return fr_error_set(err, -EINVAL,
+				    "%s: receive region of %zu bytes, the ring needs %u x %zu",
+				    name, tp_mem_len(recv), r->slots, dslot);
+	if (tp_ep_remote_len(ep) < r->slots * cslot)
+		return fr_error_set(err, -EINVAL,
+				    "%s: the coordinator's region has %zu bytes, the ring needs "
+				    "%u x %zu", name, tp_ep_remote_len(ep), r->slots, cslot);
+
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return fr_error_set(err, -ENOMEM, "%s: out of memory", name);
+	pthread_mutex_init(&w->lock, NULL);
+	atomic_init(&w->stop, false);
+	w->slots = slots;
+	w->ctx = ctx;
+	w->ep = ep;
+	w->recv = recv;
+	w->ring = *r;
+	w->dslot = dslot;
+	w->cslot = cslot;
+	w->n_layers = model_n_moe_layers(cfg);
+	w->n_slots = wk_slots_count(slots);
+	snprintf(w->name, sizeof(w->name), "%s", name);
+
+	size_t vec = (size_t)r->tokens * r->hidden, pairs = (size_t)r->tokens * r->max_pairs;
+	w->send_busy = calloc(r->slots, sizeof(*w->send_busy));
+	w->fifo = calloc(r->slots, sizeof(*w->fifo));
+	w->x = malloc(vec * sizeof(*w->x));
+	w->out = malloc(vec * sizeof(*w->out));
+	w->out16 = malloc(vec * sizeof(*w->out16));
+	w->rows = malloc(r->tokens * sizeof(*w->rows));
+	w->pair_off = malloc((r->tokens + (size_t)1) * sizeof(*w->pair_off));
+	w->pair_slot = malloc(pairs * sizeof(*w->pair_slot));
+	w->pair_w = malloc(pairs * sizeof(*w->pair_w));
+	w->st_tokens = calloc((size_t)w->n_layers, sizeof(*w->st_tokens));
+	w->st_ns = calloc((size_t)w->n_layers, sizeof(*w->st_ns));
+	if (!w->send_busy || !w->fifo || !w->x || !w->out || !w->out16 || !w->rows ||
+	    !w->pair_off || !w->pair_slot || !w->pair_w || !w->st_tokens || !w->st_ns) {
+		rc = fr_error_set(err, -ENOMEM, "%s: out of memory for a ring of %u x %u tokens",
+				  name, r->slots, r->tokens);
+		goto fail;
+	}
+	if ((rc = tp_mem_alloc(ctx, r->slots * cslot, &w->send)) < 0) {
+		fr_error_set(err, rc, "%s: cannot allocate the %u x %zu byte send ring: %s", name,
+			     r->slots, cslot, strerror(-rc));
+		goto fail;
+	}
+	*ret = w;
+	return 0;
+fail:
+	wk_server_destroy(w);
+	return rc;
+}
+
+void wk_server_stop(struct wk_server *w)
+{
+	atomic_store(&w->stop, true);
+}
+
+void wk_server_take_stats(struct wk_server *w, uint64_t *ret_tokens, uint64_t *ret_ns,
+			  uint64_t *ret_frames)
+{
+	size_t n = (size_t)w->n_layers;
+
+	pthread_mutex_lock(&w->lock);
+	if (ret_tokens)
+		memcpy(ret_tokens, w->st_tokens, n * sizeof(*ret_tokens));
+	if (ret_ns)
+		memcpy(ret_ns, w->st_ns, n * sizeof(*ret_ns));
+	if (ret_frames)
+		*ret_frames = w->st_frames;
+	memset(w->st_tokens, 0, n * sizeof(*w->st_tokens));
+	memset(w->st_ns, 0, n * sizeof(*w->st_ns));
+	w->st_frames = 0;
+	pthread_mutex_unlock(&w->lock);
+}
+
+/* Records a failure that ends the service; later run() calls return it again. */
+static FR_PRINTF(4, 5) int fail(struct wk_server *w, struct fr_error *err, int rc,
+				const char *fmt, ...)
+{
+	char what[400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	w->failed = rc;
+	fr_error_set(&w->fail_msg, rc, "%s: %s", w->name, what);
+	fr_warn(WK_COMP, "%s", w->fail_msg.msg);
+	if (err)
+		*err = w->fail_msg;
+	return rc;
+}
+
+#define BAD(...) fail(w, err, -EBADMSG, __VA_ARGS__)
+
+/* Queues an arrival. The checks here need only the imm: where the frame sits. */
+static int on_arrival(struct wk_server *w, const struct tp_event *ev, struct fr_error *err)
+{
+	uint32_t layer = ev->imm >> 16, mb = (ev->imm >> 8) & 0xffu, kind = ev->imm & 0xffu;
+	uint32_t slot = mb % w->ring.slots;
+
+	if (kind != FP_KIND_DISPATCH)
+		return BAD("arrival imm 0x%08x: kind %u is not dispatch", ev->imm, kind);
+	if (ev->len > w->dslot)
+		return BAD("layer %u mb %u: %llu bytes, a ring slot has %zu", layer, mb,
+			   (unsigned long long)ev->len, w->dslot);
+	/* A slot still queued means the coordinator overwrote a frame not yet answered. */
+	for (uint32_t i = 0; i < w->fifo_n; i++)
+		if (w->fifo[(w->fifo_head + i) % w->ring.slots].slot == slot)
+			return BAD("layer %u mb %u: ring slot %u reused before it was answered",
+				   layer, mb, slot);
+	/* Cannot overflow: ring.slots entries, each a distinct slot. */
+	w->fifo[(w->fifo_head + w->fifo_n++) % w->ring.slots] =
+		(struct pending){ .imm = ev->imm, .len = ev->len, .slot = slot };
+	return 0;
+}
+
+/* Decodes, computes and encodes the answer of p into its send slot. */
+static int answer(struct wk_server *w, struct pending *p, struct fr_error *err)
+{
+	const uint8_t *buf = (const uint8_t *)tp_mem_ptr(w->recv) + (size_t)p->slot * w->dslot;
+	uint32_t layer = p->imm >> 16, mb = (p->imm >> 8) & 0xffu;
+	const struct wk_ring *r = &w->ring;
+	struct fr_error ferr = { { 0 } };
+	struct fp_dispatch_view v;
+	int rc;
+
+	if (fp_dispatch_decode(buf, (size_t)p->len, (uint32_t)w->n_slots, &v, &ferr) < 0)
+		return BAD("layer %u mb %u: %s", layer, mb, ferr.msg);
+	const struct fp_header *h = &v.h;
+	if (h->layer != layer || (h->micro_batch & 0xffu) != mb ||
+	    h->micro_batch % r->slots != p->slot)
+		return BAD("frame (layer %u, mb %u) does not match imm (%u, %u)", h->layer,
+			   h->micro_batch, layer, mb);
+	if (v.frame_len != p->len)
+		return BAD("layer %u mb %u: frame of %zu bytes in a put of %llu", layer, mb,
+			   v.frame_len, (unsigned long long)p->len);
+	if ((int)h->layer >= w->n_layers)
+		return BAD("layer %u: the model has %d MoE layers", layer, w->n_layers);
+	if (h->hidden != r->hidden)
+		return BAD("layer %u mb %u: hidden %u, ring %u", layer, mb, h->hidden, r->hidden);
+	if (h->n_tokens > r->tokens || h->n_pairs > (uint64_t)r->tokens * r->max_pairs)
+		return BAD("layer %u mb %u: %u tokens / %u pairs, the ring holds %u / %llu", layer,
+			   mb, h->n_tokens, h->n_pairs, r->tokens,
+			   (unsigned long long)r->tokens * r->max_pairs);
+
+	uint32_t n = h->n_tokens, q = 0;
+	w->pair_off[0] = 0;
+	for (uint32_t t = 0; t < n; t++) {
+		w->rows[t] = fp_le32(v.token_rows + 4ull * t);
+		uint32_t c = fp_le16(v.pair_counts + 2ull * t);
+		for (uint32_t j = 0; j < c; j++, q++) {
+			const uint8_t *pp = v.pairs + (size_t)FP_PAIR_SIZE * q;
+			w->pair_slot[q] = fp_le16(pp);
+			w->pair_w[q] = fp_lef32(pp + 4);
+			/* The coordinator's routing table disagrees with what we hold. */
+			if (wk_slot_expert(w->slots, h->layer, w->pair_slot[q]) < 0)
+				return BAD("layer %u mb %u: pair %u names empty slot %d", layer, mb,
+					   q, w->pair_slot[q]);
+		}
+		w->pair_off[t + 1] = (int32_t)q;
+	}
+
+	const float *x;
+	size_t nv = (size_t)n * r->hidden;
+	if (h->dtype == FP_DTYPE_BF16) {
+		kn_to_f32(w->x, v.vectors, KN_DTYPE_BF16, nv);
+		x = w->x;
+	} else {
+		x = (const float *)(const void *)v.vectors; /* 16-byte aligned, LE host */
+	}
+	struct wk_batch b = {
+		.n_tok = (int)n, .x = x, .pair_off = w->pair_off, .slot = w->pair_slot,
+		.weight = w->pair_w,
+	};
+	if ((rc = wk_compute(w->slots, h->layer, &b, w->out)) < 0)
+		return fail(w, err, rc, "layer %u mb %u: compute: %s", layer, mb, strerror(-rc));
+	wk_last_stats(w->slots, h->layer, &p->ns);
+
+	const void *partials = w->out;
+	if (h->dtype == FP_DTYPE_BF16) {
+		kn_from_f32(w->out16, KN_DTYPE_BF16, w->out, nv);
+		partials = w->out16;
+	}
+	struct fp_combine c = {
+		.h = { .dtype = h->dtype, .layer = h->layer, .micro_batch = h->micro_batch,
+		       .step_epoch = h->step_epoch, .n_tokens = n, .hidden = h->hidden },
+		.token_rows = w->rows,
+		.partials = partials,
+	};
+	uint8_t *dst = (uint8_t *)tp_mem_ptr(w->send) + (size_t)p->slot * w->cslot;
+	if ((rc = fp_combine_encode(&c, dst, w->cslot, &p->frame_len)) < 0)
+		return fail(w, err, rc, "layer %u mb %u: cannot encode the combine frame: %s",
+			    layer, mb, strerror(-rc));
+	p->layer = h->layer;
+	p->n_pairs = h->n_pairs;
+	p->encoded = true;
+	return 0;
+}
+
+/* Answers queued arrivals in order until the queue is empty or the head must wait. */
+static int drain(struct wk_server *w, struct fr_error *err)
+{
+	while (w->fifo_n > 0) {
+		struct pending *p = &w->fifo[w->fifo_head];
+		uint32_t mb = (p->imm >> 8) & 0xffu;
+		size_t off = (size_t)p->slot * w->cslot;
+		int rc;
+
+		if (!p->encoded) {
+			if (w->send_busy[p->slot])
+				return 0; /* its previous answer is still being sent */
+			if ((rc = answer(w, p, err)) < 0)
+				return rc;
+		}
+		rc = tp_put_imm(w->ep, w->send, off, off, p->frame_len,
+				wk_imm(p->layer, mb, FP_KIND_COMBINE), TP_PUT_SIGNAL, p->slot);
+		if (rc == -EAGAIN)
+			return 0; /* the coordinator has not released enough combines yet */
+		if (rc < 0 && tp_ep_status(w->ep) < 0)
+			return fail(w, err, -ECONNRESET, "coordinator endpoint failed: %s",
+				    strerror(-tp_ep_status(w->ep)));
+		if (rc < 0)
+			return fail(w, err, rc, "layer %u mb %u: put of the combine frame: %s",
+				    p->layer, mb, strerror(-rc));
+		w->send_busy[p->slot] = true;
+		/* answer() is done with the dispatch frame: its slot may be rewritten. */
+		if ((rc = tp_ep_release(w->ep, 1)) < 0)
+			return fail(w, err, -EPROTO, "release: %s", strerror(-rc));
+		pthread_mutex_lock(&w->lock);
+		w->st_tokens[p->layer] += p->n_pairs;
+		w->st_ns[p->layer] += p->ns;
+		w->st_frames++;
+		pthread_mutex_unlock(&w->lock);
+		w->fifo_head = (w->fifo_head + 1) % w->ring.slots;
+		w->fifo_n--;
+	}
+	return 0;
+}
+
+static int on_events(struct wk_server *w, int n, struct fr_error *err)
+{
+	for (int i = 0; i < n; i++) {
+		const struct tp_event *ev = &w->evs[i];
+		int rc;
+
+		/* The context serves this endpoint only; anything else is not ours to judge. */
+		if (ev->ep != w->ep)
+			continue;
+		switch (ev->type) {
+		case TP_EV_SEND_DONE:
+			if (ev->status < 0)
+				return fail(w, err, -ECONNRESET, "combine put failed: %s",
+					    strerror(-ev->status));
+			if (ev->cookie < w->ring.slots)
+				w->send_busy[ev->cookie] = false;
+			break;
+		case TP_EV_ARRIVAL:
+			if ((rc = on_arrival(w, ev, err)) < 0)
+				return rc;
+			break;
+		case TP_EV_EP_ERROR:
+			return fail(w, err, -ECONNRESET, "coordinator endpoint failed: %s",
+				    strerror(ev->status ? -ev->status : ECONNRESET));
+		}
+	}
+	return 0;
+}
+
+int wk_server_run(struct wk_server *w, int timeout_ms, struct fr_error *err)
+{
+	uint64_t deadline = fr_now_ns() + (uint64_t)FR_MAX(timeout_ms, 0) * 1000000u;
+	int rc;
+
+	if (w->failed) {
+		if (err)
+			*err = w->fail_msg;
+		return w->failed;
+	}
+	for (;;) {
+		if ((rc = drain(w, err)) < 0)
+			return rc;
+		if (atomic_load(&w->stop))
+			return 0;
+		/* Bounded sleeps: stop() is seen within WAIT_SLICE_MS without a wake-up fd. */
+		int slice = WAIT_SLICE_MS;
+		if (timeout_ms >= 0) {
+			uint64_t now = fr_now_ns();
+			uint64_t left = now < deadline ? (deadline - now) / 1000000u : 0;
+			if (left == 0 && timeout_ms > 0)
+				return 0;
+			slice = (int)FR_MIN(left, (uint64_t)WAIT_SLICE_MS);
+		}
+		int n = tp_wait(w->ctx, w->evs, N_EVENTS, slice);
+		if (n < 0)
+			return fail(w, err, n, "tp_wait: %s", strerror(-n));
+		if ((rc = on_events(w, n, err)) < 0)
+			return rc;
+		if (timeout_ms == 0)
+			return drain(w, err); /* one look, no sleeping */
+	}
+}
