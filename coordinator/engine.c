@@ -391,7 +391,7 @@ static int check_batch(struct co_engine *e, int n, const int32_t *tokens, const 
 static int run_layers(struct co_engine *e, int n, const int32_t *seq, const int32_t *pos,
 		      const struct co_route_knobs *kb)
 {
-	struct mb_state mbs[CO_MAX_MICRO_BATCHES];
+	struct mb_state mbs[CO_MAX_MICRO_BATCHES] = { { 0 } };
 	int m = FR_MIN(e->o.micro_batches, n), rc, busy;
 
 	for (int j = 0; j < m; j++) {

@@ -84,6 +84,7 @@ struct co_server {
 	struct co_placement *place;
 	char place_err[512];           /* set when the placement is impossible */
 	int active;                    /* Generate calls running */
+	uint64_t n_served;             /* Generate calls that ran */
 	bool *seq_busy;                /* [max_seqs] */
 	char fail[512];                /* why S_FAILED */
 
@@ -694,6 +695,7 @@ out:
 	pthread_mutex_lock(&s->mu);
 	s->seq_busy[g.seq] = false;
 	s->active--;
+	s->n_served++;
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 	return st;
@@ -1205,9 +1207,16 @@ void co_server_destroy(struct co_server *s)
 		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
 	if (s->active > 0)
 		fr_warn(LOG_COMP, "%d request(s) still running after 10 s: cancelling them", s->active);
+	bool served = s->n_served > 0;
 	int hb = s->o.heartbeat_ms;
 	bool any = s->n_joined > 0 && s->status != S_FAILED;
 	pthread_mutex_unlock(&s->mu);
+	if (served && s->rpc) {
+		/* Handlers that just returned still have their final status in flight; let it
+		 * reach the clients before the server cancels what is left. */
+		struct timespec ts = { .tv_nsec = 200 * 1000000L };
+		nanosleep(&ts, NULL);
+	}
 	if (any && hb > 0 && s->rpc) {
 		/* Give the workers one heartbeat to hear "drain" before their endpoints close. */
 		struct timespec ts = { .tv_sec = (hb + 100) / 1000, .tv_nsec = (long)((hb + 100) % 1000) * 1000000L };

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# A cluster that cannot form fails fast with messages naming the problem, on both sides:
+#   - a worker without the cluster secret is refused (and the coordinator logs it),
+#   - a worker whose checkpoint lacks an expert tensor names the tensor and leaves,
+#   - too few slots for the routed experts (impossible placement) is named,
+#   - a worker checkpoint of another shape, and a data-plane ring too small for the
+#     coordinator's micro-batches, are refused at join.
+# Then: a worker killed while the cluster serves fails the request with UNAVAILABLE (never
+# a hang) and the coordinator exits non-zero naming the worker.
+#
+# Usage: run-failures.sh COORDINATOR_BIN WORKER_BIN FERRYCTL
+set -uo pipefail
+co_bin=$1 wk_bin=$2 ferryctl=$3
+golden=$FERRY_GOLDEN/tiny-a
+other=$FERRY_GOLDEN/tiny-b
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail=0
+: > "$tmp/empty.conf"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/secret"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/wrong"
+chmod 600 "$tmp/secret" "$tmp/wrong"
+
+# Checkpoint copy without one expert tensor.
+mkdir "$tmp/cut"
+cp "$golden/config.json" "$tmp/cut/"
+python3 - "$golden/model.safetensors" "$tmp/cut/model.safetensors" <<'PY'
+import json, struct, sys
+src, dst = sys.argv[1:]
+b = open(src, "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+hdr = json.loads(b[8:8 + n])
+del hdr["model.layers.2.mlp.experts.5.up_proj.weight"]
+h = json.dumps(hdr).encode()
+h += b" " * (-len(h) % 8)
+open(dst, "wb").write(struct.pack("<Q", len(h)) + h + b[8 + n:])
+PY
+
+# Starts a coordinator (extra args after the worker count); sets $port and $co.
+coordinator() {
+  local workers=$1; shift
+  "$co_bin" -c "$tmp/empty.conf" -m "$golden" -l 127.0.0.1:0 -w "$workers" \
+    --secret-file "$tmp/secret" -s cluster.join_timeout=20s "$@" > "$tmp/co.out" 2> "$tmp/co.err" &
+  co=$!
+  pids+=("$co")
+  port=
+  for _ in $(seq 100); do
+    port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out")
+    [ -n "$port" ] && return 0
+    sleep 0.1
+  done
+  echo "coordinator did not start:" >&2; cat "$tmp/co.err" >&2; exit 1
+}
+
+worker() { # name, extra args...
+  local name=$1; shift
+  "$wk_bin" -c "$tmp/empty.conf" -C "127.0.0.1:$port" -n "$name" "$@" 2> "$tmp/$name.err" &
+  pids+=($!)
+  last=$!
+}
+
+# check WHAT PID WANT_RC FILE PATTERN: the process exits with WANT_RC and FILE has PATTERN.
+check() {
+  local what=$1 pid=$2 want=$3 file=$4 pat=$5 rc
+  for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "FAIL: $what: still running after 30 s" >&2; kill -KILL "$pid"; fail=1; return
+  fi
+  wait "$pid"; rc=$?
+  if [ "$rc" -ne "$want" ] || ! grep -q -- "$pat" "$file"; then
+    echo "FAIL: $what: exit $rc (want $want), $file lacks '$pat':" >&2
+    cat "$file" >&2
+    fail=1
+  else
+    echo "ok: $what: exit $rc: $(grep -m1 -- "$pat" "$file")"
+  fi
+}
+
+# 1. Wrong secret: refused, and the coordinator says so.
+coordinator 1
+worker w0 -m "$golden" --secret-file "$tmp/wrong"
+check "worker with a wrong secret" "$last" 1 "$tmp/w0.err" "UNAUTHENTICATED: join refused: bad HMAC"
+grep -q "refused join of worker 'w0': bad HMAC" "$tmp/co.err" ||
+  { echo "FAIL: the coordinator did not log the refused join" >&2; cat "$tmp/co.err" >&2; fail=1; }
+# Without any secret (insecure) too.
+worker w1 -m "$golden" --insecure
+check "worker without a secret" "$last" 1 "$tmp/w1.err" "UNAUTHENTICATED"
+# 2. Another model's checkpoint, and a ring too small: refused at join.
+worker w2 -m "$other" --secret-file "$tmp/secret"
+check "worker with another model" "$last" 1 "$tmp/w2.err" "FAILED_PRECONDITION: worker checkpoint has hidden_size 96"
+worker w3 -m "$golden" --secret-file "$tmp/secret" -s transport.ring_tokens=4
+check "worker with a small ring" "$last" 1 "$tmp/w3.err" "FAILED_PRECONDITION: worker ring of 4 slots x 4 tokens is too small\|ring of . slots x 4 tokens is too small"
+kill -TERM "$co"; wait "$co"
+
+# 3. A checkpoint without an expert tensor: the worker names it, the coordinator gives up.
+coordinator 1
+worker w0 -m "$tmp/cut" --secret-file "$tmp/secret"
+check "worker missing a tensor" "$last" 1 "$tmp/w0.err" "model.layers.2.mlp.experts.5.up_proj.weight"
+check "coordinator of that worker" "$co" 1 "$tmp/co.err" "worker 0 'w0' left before loading its slots"
+
+# 4. Fewer slots than experts.
+coordinator 2
+worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 4
+w0=$last
+worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 4
+check "coordinator with too few slots" "$co" 1 "$tmp/co.err" "impossible placement: the 2 workers offer 8 slots per MoE layer, the model has 16 routed experts"
+check "worker of an impossible placement" "$w0" 1 "$tmp/w0.err" "impossible placement"
+
+# 5. A worker killed while serving: the request fails (UNAVAILABLE, no hang) and the
+#    coordinator exits naming it.
+coordinator 2 -s transport.peer_timeout=2s
+worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 8
+w0=$last
+worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 8
+for _ in $(seq 100); do
+  "$ferryctl" run --cluster "127.0.0.1:$port" --tokens 1 --max-new 1 > /dev/null 2>&1 && break
+  sleep 0.2
+done
+kill -KILL "$w0"; wait "$w0" 2>/dev/null
+timeout 60 "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "1 2 3" --max-new 4 > /dev/null 2> "$tmp/run.err"
+rc=$?
+if [ $rc -ne 1 ] || ! grep -q "UNAVAILABLE: .*w0" "$tmp/run.err"; then
+  echo "FAIL: request after a worker died: exit $rc:" >&2; cat "$tmp/run.err" >&2; fail=1
+else
+  echo "ok: request after a worker died: $(head -1 "$tmp/run.err")"
+fi
+check "coordinator after a worker died" "$co" 1 "$tmp/co.err" "cluster failed: .*w0"
+exit $fail
