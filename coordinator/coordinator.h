@@ -65,6 +65,7 @@ struct co_remote_opts {
 	int timeout_ms;               /* combine() waits at most this long (default 30000) */
 	struct co_load *load;         /* NULL, or where tokens per expert/slot are counted */
 	uint32_t epoch;               /* written into every frame's step_epoch */
+	const char *const *names;     /* NULL, or [n_workers] worker names for messages */
 };
 
 /* Errors: -EINVAL (shapes: placement vs config vs ring, err says which), -ENOMEM.
@@ -90,12 +91,22 @@ const char *co_moe_remote_error(const struct co_moe *moe);
 
 struct co_engine;
 
+/* Positions per KV cache block unless co_engine_opts.block_size says otherwise. */
+#define CO_KV_BLOCK_SIZE 16
+
+/* The KV cache is paged (vLLM): one pool of kv_blocks blocks of block_size positions (every
+ * layer's keys and values for them), handed to sequences as they grow and taken back by
+ * co_engine_reset_seq(). */
 struct co_engine_opts {
-	int max_seqs;      /* sequences with a KV cache slot (default 1) */
-	int max_ctx;       /* positions per sequence (default: max_position_embeddings) */
+	int max_seqs;      /* sequence ids 0..max_seqs-1 (default 1) */
+	int max_ctx;       /* positions per sequence, at most (default: max_position_embeddings) */
 	int max_batch;     /* rows per forward call (default 512) */
 	int micro_batches; /* m: ping-pong micro-batches per forward call (default 1, at most
 	                    * CO_MAX_MICRO_BATCHES); a call of n < m rows uses n */
+	int kv_blocks;     /* KV pool size in blocks (0: max_seqs * ceil(max_ctx / block_size),
+	                    * every sequence can reach max_ctx at once) */
+	int block_size;    /* positions per block (0: CO_KV_BLOCK_SIZE); results do not depend
+	                    * on it */
 };
 
 /* Per-request routing knobs (DeepSeekMoE paper analyses). Zero-initialized = the model's. */
@@ -105,9 +116,10 @@ struct co_route_knobs {
 	bool no_shared;     /* skip the shared experts */
 };
 
-/* w and moe are borrowed and must outlive the engine. Allocates the KV cache
- * (max_seqs * max_ctx * layers * 2 * kv_heads * head_dim floats) up front.
- * Errors: -EINVAL (opts), -ENOMEM (err says how much was asked). */
+/* w and moe are borrowed and must outlive the engine. Allocates the KV pool
+ * (kv_blocks * block_size * layers * 2 * kv_heads * head_dim floats) up front; its pages are
+ * touched as blocks are first used. Errors: -EINVAL (opts, err says which), -ENOMEM (err says
+ * how much was asked). */
 int co_engine_create(const struct model_weights *w, struct co_moe moe,
 		     const struct co_engine_opts *opts, struct co_engine **ret,
 		     struct fr_error *err);
@@ -117,14 +129,27 @@ void co_engine_destroy(struct co_engine *e);
  * pos[i]; rows of one sequence must be in increasing position order and its cache must
  * already hold positions [0, pos). Logits of row i go to logits[i] when want_logits is NULL
  * or want_logits[i]; logits is [n][vocab] (rows not wanted are left untouched).
- * knobs may be NULL. Errors: -EINVAL (ids, positions or sizes out of range),
- * errors from the MoE seam. */
+ * knobs may be NULL. Before any row runs, every sequence gets the KV blocks its new length
+ * needs, all or nothing. Errors: -EINVAL (ids, positions or sizes out of range), -ENOSPC
+ * (too few free blocks; nothing was touched: retry once sequences are reset), errors from
+ * the MoE seam (the blocks already given stay with their sequences until reset). */
 int co_engine_forward(struct co_engine *e, int n, const int32_t *tokens, const int32_t *seq,
 		      const int32_t *pos, const bool *want_logits, const struct co_route_knobs *knobs,
 		      float *logits);
 
-/* Forgets a sequence's cache (its slot can be reused from position 0). */
+/* Forgets a sequence's cache and returns its blocks to the pool at once (the id can be
+ * reused from position 0). Ids out of range are ignored. */
 void co_engine_reset_seq(struct co_engine *e, int seq);
+
+/* For a scheduler's admission control: positions per block, the pool size, blocks free now,
+ * and how many more blocks sequence seq needs to hold new_len positions (0 if it has them;
+ * -EINVAL for a seq or new_len out of range, new_len > max_ctx included). A forward call
+ * fails with -ENOSPC iff the sum over its sequences of blocks_needed(seq, highest
+ * position of seq in the call + 1) exceeds free_blocks. */
+int co_engine_block_size(const struct co_engine *e);
+int co_engine_kv_blocks(const struct co_engine *e);
+int co_engine_free_blocks(const struct co_engine *e);
+int co_engine_blocks_needed(const struct co_engine *e, int seq, int new_len);
 
 const struct model_config *co_engine_config(const struct co_engine *e);
 

@@ -85,8 +85,8 @@ int main(int argc, char **argv)
 	char **ov = NULL;
 	int n_ov = 0, c, rc, ret = 2;
 	bool print = false;
-	uint8_t *secret = NULL;
-	size_t secret_len = 0;
+	uint8_t *secret = NULL, *admin = NULL;
+	size_t secret_len = 0, admin_len = 0;
 
 	while ((c = getopt_long(argc, argv, "c:s:m:l:w:t:Vh", longopts, NULL)) != -1) {
 		rc = 0;
@@ -137,12 +137,20 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	if (cfg.server.admin_token_file &&
+	    rpc_auth_secret_load(cfg.server.admin_token_file, &admin, &admin_len, &err) < 0) {
+		fprintf(stderr, "ferry-coordinator: [server] admin_token_file: %s\n", err.msg);
+		goto out;
+	}
+
 	struct co_server_opts o = {
 		.model_path = cfg.model.path,
 		.listen = cfg.server.listen,
 		.secret = secret,
 		.secret_len = secret_len,
 		.insecure = cfg.cluster.insecure,
+		.admin_token = admin,
+		.admin_token_len = admin_len,
 		.workers = cfg.cluster.workers,
 		.join_timeout_ms = (int)cfg.cluster.join_timeout_ms,
 		.heartbeat_ms = (int)cfg.cluster.heartbeat_interval_ms,
@@ -205,5 +213,6 @@ out:
 	co_config_free(&cfg);
 	fr_strv_free(ov, n_ov);
 	rpc_auth_secret_free(secret, secret_len);
+	rpc_auth_secret_free(admin, admin_len);
 	return ret;
 }

@@ -99,10 +99,13 @@ struct moe_remote {
 	void *vec;               /* [ring.tokens][hidden] wire dtype: one worker's vectors */
 	float *row;              /* [hidden] a bf16 partial widened */
 
+	char (*wname)[80];       /* [n_workers] "1 'node-b'" (index and name) for messages */
 	int failed;              /* sticky run-time error, 0 none */
 	struct fr_error msg;     /* text of the last run-time failure */
 	struct tp_event evs[N_EVENTS];
 };
+
+#define WN(m, i) ((m)->wname[i])
 
 static FR_PRINTF(4, 0) int vfail(struct moe_remote *m, bool sticky, int rc, const char *fmt,
 				 va_list ap)
@@ -153,16 +156,16 @@ static int on_arrival(struct moe_remote *m, int wi, const struct tp_event *ev)
 	if (kind != FP_KIND_COMBINE || !s->active || (uint32_t)s->mb != mb ||
 	    (uint32_t)s->moe_layer != layer || !ws->n_tok || ws->arrived)
 		return hard(m, -EBADMSG,
-			    "worker w%d: unexpected frame (imm 0x%08x: MoE layer %u mb %u kind %u)",
-			    wi, ev->imm, layer, mb, kind);
+			    "worker %s: unexpected frame (imm 0x%08x: MoE layer %u mb %u kind %u)",
+			    WN(m, wi), ev->imm, layer, mb, kind);
 	if (ev->len > m->cslot)
 		return hard(m, -EBADMSG,
-			    "worker w%d: MoE layer %u mb %u: %llu byte frame, a ring slot has %zu",
-			    wi, layer, mb, (unsigned long long)ev->len, m->cslot);
+			    "worker %s: MoE layer %u mb %u: %llu byte frame, a ring slot has %zu",
+			    WN(m, wi), layer, mb, (unsigned long long)ev->len, m->cslot);
 	if (w->q_n == m->q_cap)
 		return hard(m, -ENOBUFS,
-			    "worker w%d: %u frames unreleased behind an older one; combine "
-			    "micro-batches in the order they were dispatched", wi, w->q_n);
+			    "worker %s: %u frames unreleased behind an older one; combine "
+			    "micro-batches in the order they were dispatched", WN(m, wi), w->q_n);
 	w->q[(w->q_head + w->q_n++) % m->q_cap] = (struct rw_arrival){ .slot = slot };
 	ws->arrived = true;
 	ws->len = ev->len;
@@ -189,7 +192,7 @@ static int consume(struct moe_remote *m, int wi, uint32_t slot)
 	}
 	int rc = n ? tp_ep_release(w->ep, n) : 0;
 	if (rc < 0)
-		return hard(m, -EPROTO, "worker w%d: release of %u frames: %s", wi, n,
+		return hard(m, -EPROTO, "worker %s: release of %u frames: %s", WN(m, wi), n,
 			    strerror(-rc));
 	return 0;
 }
@@ -221,7 +224,7 @@ static int pump(struct moe_remote *m, int timeout_ms)
 		case TP_EV_EP_ERROR:
 			/* Fatal only to an op that needs this worker. */
 			w->status = ev->status ? ev->status : -ECONNRESET;
-			fr_warn(RM_COMP, "worker w%d: endpoint failed: %s", wi,
+			fr_warn(RM_COMP, "worker %s: endpoint failed: %s", WN(m, wi),
 				strerror(-w->status));
 			break;
 		}
@@ -239,8 +242,8 @@ static int remaining_ms(uint64_t deadline)
 
 static int dead_worker(struct moe_remote *m, int wi, const char *doing, int layer, int mb)
 {
-	return hard(m, -ECONNRESET, "worker w%d: endpoint failed (%s) %s layer %d mb %d",
-		    wi, strerror(-m->w[wi].status), doing, layer, mb);
+	return hard(m, -ECONNRESET, "worker %s: endpoint failed (%s) %s layer %d mb %d",
+		    WN(m, wi), strerror(-m->w[wi].status), doing, layer, mb);
 }
 
 /* Encodes worker wi's share of micro-batch s and puts it, waiting out back-pressure. */
@@ -258,8 +261,8 @@ static int send_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_
 		int t = remaining_ms(deadline);
 		if (t == 0)
 			return hard(m, -ETIMEDOUT,
-				    "worker w%d: layer %d mb %d: its send slot was not free "
-				    "within %d ms", wi, s->layer, s->mb, m->o.timeout_ms);
+				    "worker %s: layer %d mb %d: its send slot was not free "
+				    "within %d ms", WN(m, wi), s->layer, s->mb, m->o.timeout_ms);
 		if ((rc = pump(m, t)) < 0)
 			return rc;
 	}
@@ -284,7 +287,7 @@ static int send_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_
 	uint8_t *dst = (uint8_t *)tp_mem_ptr(w->send) + off;
 	/* Cannot fail: counts and weights were checked while building, sizes by the ring. */
 	if ((rc = fp_dispatch_encode(&d, dst, m->dslot, &len)) < 0)
-		return hard(m, rc, "worker w%d: layer %d mb %d: cannot encode: %s", wi,
+		return hard(m, rc, "worker %s: layer %d mb %d: cannot encode: %s", WN(m, wi),
 			    s->layer, s->mb, strerror(-rc));
 	uint32_t imm = wk_imm((uint32_t)s->moe_layer, (uint32_t)s->mb, FP_KIND_DISPATCH);
 	for (;;) {
@@ -294,8 +297,8 @@ static int send_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_
 		int t = remaining_ms(deadline);
 		if (t == 0)
 			return hard(m, -ETIMEDOUT,
-				    "worker w%d: layer %d mb %d: no credit to send within %d ms",
-				    wi, s->layer, s->mb, m->o.timeout_ms);
+				    "worker %s: layer %d mb %d: no credit to send within %d ms",
+				    WN(m, wi), s->layer, s->mb, m->o.timeout_ms);
 		if ((rc = pump(m, t)) < 0)
 			return rc;
 	}
@@ -304,7 +307,7 @@ static int send_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_
 		return dead_worker(m, wi, "sending", s->layer, s->mb);
 	}
 	if (rc < 0)
-		return hard(m, rc, "worker w%d: layer %d mb %d: put: %s", wi, s->layer, s->mb,
+		return hard(m, rc, "worker %s: layer %d mb %d: put: %s", WN(m, wi), s->layer, s->mb,
 			    strerror(-rc));
 	ws->send_busy = true;
 	return 0;
@@ -369,8 +372,8 @@ static int remote_dispatch(void *ctx, int layer, int mb, const float *x, int n_t
 			if (w->counts[ws->n_tok - 1] == ring->max_pairs)
 				return soft(m, -E2BIG,
 					    "layer %d mb %d: token %d has over %u experts on "
-					    "worker w%d (ring max_pairs)", layer, mb, t,
-					    ring->max_pairs, r->worker);
+					    "worker %s (ring max_pairs)", layer, mb, t,
+					    ring->max_pairs, WN(m, r->worker));
 			w->counts[ws->n_tok - 1]++;
 			w->pslot[w->n_pairs] = (uint16_t)r->slot;
 			w->pweight[w->n_pairs++] = weight[i];
@@ -379,8 +382,8 @@ static int remote_dispatch(void *ctx, int layer, int mb, const float *x, int n_t
 	for (int i = 0; i < m->n_workers; i++)
 		if (m->w[i].slot[slot].n_tok && m->w[i].status < 0)
 			return soft(m, -ECONNRESET,
-				    "worker w%d: endpoint failed (%s), layer %d mb %d needs it",
-				    i, strerror(-m->w[i].status), layer, mb);
+				    "worker %s: endpoint failed (%s), layer %d mb %d needs it",
+				    WN(m, i), strerror(-m->w[i].status), layer, mb);
 	if (m->o.load &&
 	    (rc = co_load_record(m->o.load, moe_layer, (int)n_pairs, expert, m->rep)) < 0)
 		return soft(m, rc, "layer %d mb %d: load accounting refused the batch", layer,
@@ -414,21 +417,21 @@ static int add_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_t
 	size_t h = (size_t)m->hidden;
 
 	if (fp_combine_decode(buf, (size_t)ws->len, &v, &ferr) < 0)
-		return hard(m, -EBADMSG, "worker w%d: layer %d mb %d: %s", wi, s->layer,
+		return hard(m, -EBADMSG, "worker %s: layer %d mb %d: %s", WN(m, wi), s->layer,
 			    s->mb, ferr.msg);
 	if (v.frame_len != ws->len || v.h.layer != s->moe_layer || v.h.micro_batch != s->mb ||
 	    v.h.step_epoch != m->o.epoch || v.h.hidden != h || v.h.dtype != m->o.wire ||
 	    v.h.n_tokens != ws->n_tok)
 		return hard(m, -EBADMSG,
-			    "worker w%d: layer %d mb %d: combine frame of (layer %u, mb %u, "
+			    "worker %s: layer %d mb %d: combine frame of (layer %u, mb %u, "
 			    "epoch %u, hidden %u, dtype %d, %u tokens) does not answer the "
-			    "dispatch", wi, s->layer, s->mb, v.h.layer, v.h.micro_batch,
+			    "dispatch", WN(m, wi), s->layer, s->mb, v.h.layer, v.h.micro_batch,
 			    v.h.step_epoch, v.h.hidden, (int)v.h.dtype, v.h.n_tokens);
 	for (uint32_t r = 0; r < ws->n_tok; r++)
 		if (fp_le32(v.token_rows + 4ull * r) != ws->rows[r])
 			return hard(m, -EBADMSG,
-				    "worker w%d: layer %d mb %d: token %u is row %u, sent %u",
-				    wi, s->layer, s->mb, r, fp_le32(v.token_rows + 4ull * r),
+				    "worker %s: layer %d mb %d: token %u is row %u, sent %u",
+				    WN(m, wi), s->layer, s->mb, r, fp_le32(v.token_rows + 4ull * r),
 				    ws->rows[r]);
 	for (uint32_t r = 0; r < ws->n_tok; r++) {
 		const float *src;
@@ -470,8 +473,8 @@ static int remote_combine(void *ctx, int layer, int mb, float *out)
 			int t = remaining_ms(deadline);
 			if (t == 0)
 				return hard(m, -ETIMEDOUT,
-					    "worker w%d: no combine frame for layer %d mb %d "
-					    "within %d ms", i, layer, mb, m->o.timeout_ms);
+					    "worker %s: no combine frame for layer %d mb %d "
+					    "within %d ms", WN(m, i), layer, mb, m->o.timeout_ms);
 			if ((rc = pump(m, t)) < 0)
 				return rc;
 		}
@@ -522,6 +525,7 @@ static void remote_destroy(void *ctx)
 	}
 	free(m->w);
 	free(m->mbs);
+	free(m->wname);
 	free(m->worker_tokens);
 	free(m->rep);
 	free(m->vec);
@@ -610,13 +614,21 @@ int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx,
 
 	size_t tok = ring->tokens, pairs = tok * ring->max_pairs, h = (size_t)m->hidden;
 	m->w = calloc((size_t)n_workers, sizeof(*m->w));
+	m->wname = calloc((size_t)n_workers, sizeof(*m->wname));
 	m->mbs = calloc(ring->slots, sizeof(*m->mbs));
 	m->worker_tokens = calloc((size_t)n_workers, sizeof(*m->worker_tokens));
 	m->rep = malloc(tok * (size_t)cfg->n_routed_experts * sizeof(*m->rep));
 	m->vec = malloc(tok * h * m->esize);
 	m->row = malloc(h * sizeof(*m->row));
-	if (!m->w || !m->mbs || !m->worker_tokens || !m->rep || !m->vec || !m->row)
+	if (!m->w || !m->wname || !m->mbs || !m->worker_tokens || !m->rep || !m->vec || !m->row)
 		goto nomem;
+	for (int i = 0; i < n_workers; i++) {
+		if (o->names && o->names[i])
+			snprintf(m->wname[i], sizeof(m->wname[i]), "%d '%.64s'", i, o->names[i]);
+		else
+			snprintf(m->wname[i], sizeof(m->wname[i]), "w%d", i);
+	}
+	m->o.names = NULL; /* borrowed for this call only */
 	for (int i = 0; i < n_workers; i++) {
 		struct rworker *w = &m->w[i];
 		w->ep = eps[i];

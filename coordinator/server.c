@@ -58,6 +58,7 @@ struct srv_worker {
 	struct tp_mem *recv;
 	struct tp_ep *ep;
 	uint64_t last_heartbeat_ns;
+	bool told_place_err;           /* got the impossible-placement answer */
 };
 
 enum srv_status { S_STARTING, S_SERVING, S_DRAINING, S_FAILED };
@@ -66,6 +67,7 @@ struct co_server {
 	struct co_server_opts o;
 	char *model_path, *listen, *load_profile;
 	uint8_t *secret;
+	uint8_t *admin_token;
 	struct model_ckpt *ck;
 	const struct model_config *cfg;
 	struct model_weights *w;
@@ -299,6 +301,8 @@ static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufC
 		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
 	if (s->place_err[0]) {
 		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s", s->place_err);
+		w->told_place_err = true;
+		pthread_cond_broadcast(&s->cv);
 		goto unlock;
 	}
 	if (!s->place) {
@@ -703,6 +707,24 @@ out:
 
 /* ---- Admin service ------------------------------------------------------------------------ */
 
+/* Every Admin call: the bearer token, when one is configured. */
+static grpc_status_code admin_auth(struct co_server *s, struct rpc_call *call)
+{
+	char hdr[1024];
+
+	if (!s->admin_token)
+		return GRPC_STATUS_OK;
+	if (rpc_call_metadata(call, "authorization", hdr, sizeof(hdr)) < 0 ||
+	    rpc_auth_bearer_check(hdr, s->admin_token, s->o.admin_token_len) < 0) {
+		fr_warn(LOG_COMP, "%s: refused: missing or wrong admin bearer token",
+			rpc_call_method(call));
+		return rpc_call_fail(call, GRPC_STATUS_UNAUTHENTICATED,
+				     "admin calls need \"authorization: Bearer <token>\" with the "
+				     "coordinator's admin token");
+	}
+	return GRPC_STATUS_OK;
+}
+
 static grpc_status_code on_get_load(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
 {
 	const Ferry__V1__GetLoadRequest *r = (const Ferry__V1__GetLoadRequest *)req;
@@ -715,6 +737,8 @@ static grpc_status_code on_get_load(struct rpc_call *call, const ProtobufCMessag
 	grpc_status_code st = GRPC_STATUS_OK;
 	int *layers = NULL, n_layers;
 
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
 	for (size_t i = 0; i < r->n_layers; i++)
 		if (r->layers[i] >= (uint32_t)n_moe)
 			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
@@ -851,6 +875,14 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	}
 	if (o->secret_len)
 		memcpy(s->secret, o->secret, o->secret_len);
+	if (o->admin_token_len) {
+		if (!(s->admin_token = malloc(o->admin_token_len))) {
+			co_server_destroy(s);
+			return fr_error_set(err, -ENOMEM, "out of memory");
+		}
+		memcpy(s->admin_token, o->admin_token, o->admin_token_len);
+	}
+	s->o.admin_token = s->admin_token;
 	s->o.model_path = s->model_path;
 	s->o.listen = s->listen;
 	s->o.load_profile = s->load_profile;
@@ -1099,11 +1131,20 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 	if ((rc = co_load_create(n_moe, s->cfg->n_routed_experts, s->o.workers, s->place->slots,
 				 s->o.load_window, &s->load, err)) < 0)
 		goto fail;
+	const char **names = calloc((size_t)s->o.workers, sizeof(*names));
+	if (!names) {
+		rc = fr_error_set(err, -ENOMEM, "out of memory");
+		goto fail;
+	}
+	for (int i = 0; i < s->o.workers; i++)
+		names[i] = s->workers[i].name;
 	struct co_remote_opts ro = { .ring = s->ring, .wire = s->o.wire,
 				     .timeout_ms = s->o.expert_timeout_ms, .load = s->load,
-				     .epoch = (uint32_t)s->epoch };
-	if ((rc = co_moe_remote_create(s->cfg, s->tp, s->o.workers, eps, recv, s->place, &ro,
-				       &s->moe, err)) < 0)
+				     .epoch = (uint32_t)s->epoch, .names = names };
+	rc = co_moe_remote_create(s->cfg, s->tp, s->o.workers, eps, recv, s->place, &ro, &s->moe,
+				  err);
+	free(names);
+	if (rc < 0)
 		goto fail;
 	struct co_engine_opts eo = { .max_seqs = s->o.max_seqs, .max_ctx = s->max_ctx,
 				     .max_batch = s->o.max_batch,
@@ -1125,6 +1166,19 @@ fail:
 	free(eps);
 	free(recv);
 	pthread_mutex_lock(&s->mu);
+	if (s->place_err[0]) {
+		/* Let the workers hear why (their GetAssignment is waiting) before going. */
+		struct timespec dl;
+		deadline_in(&dl, 3000);
+		for (;;) {
+			int told = 0;
+			for (int i = 0; i < s->n_joined; i++)
+				told += s->workers[i].told_place_err;
+			if (told == s->n_joined || past(&dl))
+				break;
+			pthread_cond_timedwait(&s->cv, &s->mu, &dl);
+		}
+	}
 	fail_cluster_locked(s, err->msg);
 	pthread_mutex_unlock(&s->mu);
 	return rc;
@@ -1241,6 +1295,7 @@ void co_server_destroy(struct co_server *s)
 	free(s->listen);
 	free(s->load_profile);
 	free(s->secret);
+	free(s->admin_token);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->engine_mu);

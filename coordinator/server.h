@@ -35,6 +35,9 @@ struct co_server_opts {
 	const uint8_t *secret;         /* cluster secret (NULL only with insecure) */
 	size_t secret_len;
 	bool insecure;                 /* accept joins without an HMAC (local development) */
+	const uint8_t *admin_token;    /* Admin calls need "authorization: Bearer <token>";
+	                                * NULL: no check */
+	size_t admin_token_len;
 	int workers;                   /* workers to wait for before serving */
 	int join_timeout_ms;           /* co_server_start() bound for joins and loads */
 	int heartbeat_ms;              /* interval told to workers */

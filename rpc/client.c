@@ -19,6 +19,11 @@
 struct rpc_channel {
 	grpc_channel *ch;
 	char *target;
+	/* Metadata sent with every call (the admin bearer token); lives as long as the
+	 * channel, so no batch ever outlives it. */
+	char *bearer;          /* "Bearer <token>" */
+	grpc_metadata md;
+	size_t n_md;
 };
 
 struct rpc_stream {
@@ -81,8 +86,26 @@ void rpc_channel_destroy(struct rpc_channel *ch)
 		return;
 	grpc_channel_destroy(ch->ch);
 	free(ch->target);
+	free(ch->bearer);
 	free(ch);
 	grpc_shutdown();
+}
+
+int rpc_channel_set_bearer(struct rpc_channel *ch, const uint8_t *token, size_t len)
+{
+	char *b;
+
+	if (!ch || !token || !len || memchr(token, '\n', len) || memchr(token, '\0', len) ||
+	    memchr(token, '\r', len))
+		return -EINVAL;
+	if (asprintf(&b, "Bearer %.*s", (int)len, (const char *)token) < 0)
+		return -ENOMEM;
+	free(ch->bearer);
+	ch->bearer = b;
+	ch->md.key = grpc_slice_from_static_string("authorization");
+	ch->md.value = grpc_slice_from_static_buffer(b, strlen(b));
+	ch->n_md = 1;
+	return 0;
 }
 
 /* Pluck cq drained and destroyed; every tag started on it must have been plucked. */
@@ -154,6 +177,8 @@ int rpc_unary(struct rpc_channel *ch, const char *method, const ProtobufCMessage
 	grpc_metadata_array_init(&trail_md);
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].data.send_initial_metadata.count = ch->n_md;
+	ops[0].data.send_initial_metadata.metadata = ch->n_md ? &ch->md : NULL;
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = send;
 	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -235,6 +260,8 @@ int rpc_stream_open(struct rpc_channel *ch, const char *method, const ProtobufCM
 
 	memset(ops, 0, sizeof(ops));
 	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].data.send_initial_metadata.count = ch->n_md;
+	ops[0].data.send_initial_metadata.metadata = ch->n_md ? &ch->md : NULL;
 	ops[1].op = GRPC_OP_SEND_MESSAGE;
 	ops[1].data.send_message.send_message = send;
 	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;

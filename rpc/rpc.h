@@ -135,6 +135,9 @@ bool rpc_call_cancelled(struct rpc_call *call);
 /* Milliseconds until the client's deadline (INT64_MAX without one; <= 0 when passed). */
 int64_t rpc_call_remaining_ms(struct rpc_call *call);
 
+/* Copies the value of request metadata `key` (lowercase, e.g. "authorization") into
+ * buf[cap], NUL-terminated. Returns its length, -ENOENT (absent) or -E2BIG. */
+int rpc_call_metadata(const struct rpc_call *call, const char *key, char *buf, size_t cap);
 /* The method path being served (owned by the server). */
 const char *rpc_call_method(const struct rpc_call *call);
 
@@ -152,6 +155,10 @@ struct rpc_stream;
  * lazily on the first call. creds: NULL or insecure. Returns 0, -EINVAL, -ENOMEM. */
 int rpc_channel_create(const char *target, const struct rpc_creds *creds,
 		       struct rpc_channel **ret_channel, struct fr_error *err);
+/* Sends "authorization: Bearer <token>" with every later call on the channel (the Admin
+ * service's credential). token must not contain NUL, CR or LF. Returns 0, -EINVAL, -ENOMEM.
+ * Not thread-safe against calls in flight: set it right after rpc_channel_create(). */
+int rpc_channel_set_bearer(struct rpc_channel *ch, const uint8_t *token, size_t len);
 /* Calls on the channel must have finished (streams destroyed). Accepts NULL. */
 void rpc_channel_destroy(struct rpc_channel *ch);
 

@@ -218,6 +218,25 @@ int64_t rpc_call_remaining_ms(struct rpc_call *c)
 	return rpc__ms_until(c->deadline);
 }
 
+int rpc_call_metadata(const struct rpc_call *c, const char *key, char *buf, size_t cap)
+{
+	size_t klen = strlen(key);
+
+	for (size_t i = 0; i < c->md.count; i++) {
+		const grpc_metadata *m = &c->md.metadata[i];
+		if (GRPC_SLICE_LENGTH(m->key) != klen ||
+		    memcmp(GRPC_SLICE_START_PTR(m->key), key, klen) != 0)
+			continue;
+		size_t vlen = GRPC_SLICE_LENGTH(m->value);
+		if (vlen >= cap)
+			return -E2BIG;
+		memcpy(buf, GRPC_SLICE_START_PTR(m->value), vlen);
+		buf[vlen] = '\0';
+		return (int)vlen;
+	}
+	return -ENOENT;
+}
+
 const char *rpc_call_method(const struct rpc_call *c)
 {
 	return c->m->path;

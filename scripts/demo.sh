@@ -1,19 +1,50 @@
 #!/usr/bin/env bash
 # The main job on one machine: install dependencies, build, generate a small synthetic
-# DeepSeekMoE checkpoint and run it.
-#   MODEL_DIR   where the checkpoint goes (default: build/models/tiny)
+# DeepSeekMoE checkpoint, start a local cluster on it (one ferry-coordinator and WORKERS
+# ferry-workers over shared memory: `ferryctl up`), stream a generation through the
+# coordinator's gRPC API, show the per-worker expert load, and stop the cluster.
+#   MODEL_DIR   where the checkpoint goes (default: build/models/$PRESET)
 #   PRESET      tiny|2b|16b|145b (default tiny), LAYERS (default: the preset's)
+#   WORKERS     expert workers (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 [ -d build ] || meson setup build >/dev/null
 ninja -C build
 PRESET=${PRESET:-tiny}
+WORKERS=${WORKERS:-2}
 MODEL_DIR=${MODEL_DIR:-build/models/$PRESET}
 ferryctl=build/ctl/ferryctl
 if [ ! -f "$MODEL_DIR/config.json" ]; then
   $ferryctl model gen --preset "$PRESET" ${LAYERS:+--layers "$LAYERS"} "$MODEL_DIR"
 fi
 $ferryctl model info "$MODEL_DIR" || true
-echo "== ferryctl run --model $MODEL_DIR --tokens \"1 2 3 4 5 6 7 8\" --max-new 32 --stats"
-$ferryctl run --model "$MODEL_DIR" --tokens "1 2 3 4 5 6 7 8" --max-new 32 --stats
+
+log=$(mktemp)
+up_pid=
+cleanup() {
+  if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
+  rm -f "$log"
+}
+trap cleanup EXIT
+echo "== ferryctl up --model $MODEL_DIR --workers $WORKERS --listen 127.0.0.1:0"
+$ferryctl up --model "$MODEL_DIR" --workers "$WORKERS" --listen 127.0.0.1:0 > "$log" &
+up_pid=$!
+addr=
+for _ in $(seq 1200); do
+  addr=$(sed -n 's/^address: //p' "$log")
+  [ -n "$addr" ] && break
+  kill -0 "$up_pid" 2>/dev/null || { echo "the cluster did not start" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$addr" ] || { echo "the cluster did not start in time" >&2; exit 1; }
+cat "$log"
+echo "== ferryctl run --cluster $addr --tokens \"1 2 3 4 5 6 7 8\" --max-new 32 --stats"
+$ferryctl run --cluster "$addr" --tokens "1 2 3 4 5 6 7 8" --max-new 32 --stats
+echo "== ferryctl load --cluster $addr"
+sleep 1.2 # one heartbeat: the workers' measured compute time arrives with it
+$ferryctl load --cluster "$addr"
+echo "== stopping the cluster"
+kill -TERM "$up_pid"
+wait "$up_pid"
+up_pid=

@@ -208,6 +208,15 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 			       (ProtobufCMessage **)&resp, err);
 		if ((rc != -EAGAIN && rc != -ETIMEDOUT) || a->stop || fr_now_ns() > t_end)
 			break;
+		/* A coordinator that gave up has closed our data-plane endpoint. */
+		struct tp_event ev[4];
+		(void)tp_poll(a->tp, ev, 4);
+		if (tp_ep_status(a->ep) < 0) {
+			rc = fr_error_set(err, -ECONNRESET, "the coordinator went away before "
+					  "assigning slots (see its log)");
+			break;
+		}
+		sleep_ms(100);
 	}
 	if (rc < 0)
 		return fr_error_prefix(err, rc, "no slot assignment");

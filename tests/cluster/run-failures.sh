@@ -24,7 +24,8 @@ fail=0
 : > "$tmp/empty.conf"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/secret"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/wrong"
-chmod 600 "$tmp/secret" "$tmp/wrong"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/admin"
+chmod 600 "$tmp/secret" "$tmp/wrong" "$tmp/admin"
 
 # Checkpoint copy without one expert tensor.
 mkdir "$tmp/cut"
@@ -113,7 +114,7 @@ check "worker of an impossible placement" "$w0" 1 "$tmp/w0.err" "impossible plac
 
 # 5. A worker killed while serving: the request fails (UNAVAILABLE, no hang) and the
 #    coordinator exits naming it.
-coordinator 2 -s transport.peer_timeout=2s
+coordinator 2 -s transport.peer_timeout=2s -s server.admin_token_file="$tmp/admin"
 worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 8
 w0=$last
 worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 8
@@ -121,6 +122,24 @@ for _ in $(seq 100); do
   "$ferryctl" run --cluster "127.0.0.1:$port" --tokens 1 --max-new 1 > /dev/null 2>&1 && break
   sleep 0.2
 done
+# The admin API needs the bearer token.
+if "$ferryctl" load --cluster "127.0.0.1:$port" > /dev/null 2> "$tmp/load.err" ||
+   ! grep -q "UNAUTHENTICATED" "$tmp/load.err"; then
+  echo "FAIL: ferryctl load without the admin token was not refused:" >&2; cat "$tmp/load.err" >&2; fail=1
+else
+  echo "ok: ferryctl load without the admin token: $(head -1 "$tmp/load.err")"
+fi
+if "$ferryctl" load --cluster "127.0.0.1:$port" --token-file "$tmp/wrong" > /dev/null 2> "$tmp/load.err" ||
+   ! grep -q "UNAUTHENTICATED" "$tmp/load.err"; then
+  echo "FAIL: ferryctl load with a wrong token was not refused" >&2; fail=1
+fi
+if ! FERRY_ADMIN_TOKEN_FILE="$tmp/admin" "$ferryctl" load --cluster "127.0.0.1:$port" > "$tmp/load.out"; then
+  echo "FAIL: ferryctl load with the admin token failed" >&2; fail=1
+else
+  echo "ok: ferryctl load with the admin token: $(grep -m1 balancedness "$tmp/load.out")"
+fi
+grep -q "refused: missing or wrong admin bearer token" "$tmp/co.err" ||
+  { echo "FAIL: the coordinator did not log the refused admin call" >&2; fail=1; }
 kill -KILL "$w0"; wait "$w0" 2>/dev/null
 timeout 60 "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "1 2 3" --max-new 4 > /dev/null 2> "$tmp/run.err"
 rc=$?
