@@ -24,6 +24,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/placement/placement.h"
 #include "coordinator/server.h"
+#include "coordinator/serving.h"
 #include "rpc/admin.pb-c.h"
 #include "rpc/auth.h"
 #include "rpc/inference.pb-c.h"
@@ -85,13 +86,13 @@ struct co_server {
 	uint64_t epoch;
 	struct co_placement *place;
 	char place_err[512];           /* set when the placement is impossible */
-	int active;                    /* Generate calls running */
-	uint64_t n_served;             /* Generate calls that ran */
-	bool *seq_busy;                /* [max_seqs] */
+	struct co_serving serving;     /* Generate/Score context */
 	char fail[512];                /* why S_FAILED */
 
 	pthread_mutex_t engine_mu;     /* engine, moe, load, the transport while serving */
 	struct co_engine *engine;
+	struct co_sched *sched;
+	struct model_tokenizer *tok;   /* NULL without tokenizer.json */
 	struct co_moe moe;
 	struct co_load *load;
 	int max_ctx;
@@ -458,97 +459,6 @@ static grpc_status_code on_health(struct rpc_call *call, const ProtobufCMessage 
 	return GRPC_STATUS_OK;
 }
 
-struct gen_req {
-	int seq;
-	int n_prompt;
-	int max_new;
-	int32_t *ids;      /* [n_prompt + max_new] */
-	int32_t *pos;
-	int32_t *seqv;
-	bool *want;
-	float *logits;     /* [rows][vocab] */
-	void *scratch;
-};
-
-static void gen_free(struct gen_req *g)
-{
-	free(g->ids);
-	free(g->pos);
-	free(g->seqv);
-	free(g->want);
-	free(g->logits);
-	free(g->scratch);
-}
-
-/* Streams rows [0, n) of logits in messages of at most LOGITS_MSG_BYTES. */
-static int send_logit_rows(struct rpc_call *call, const float *logits, int n, int vocab,
-			   uint32_t prompt_tokens)
-{
-	int per = (int)FR_MAX(1u, LOGITS_MSG_BYTES / ((unsigned)vocab * sizeof(float)));
-
-	for (int r = 0; r < n; r += per) {
-		Ferry__V1__GenerateResponse m = FERRY__V1__GENERATE_RESPONSE__INIT;
-		int rows = FR_MIN(per, n - r);
-		m.logits = (float *)logits + (size_t)r * vocab;
-		m.n_logits = (size_t)rows * vocab;
-		m.logits_rows = (uint32_t)rows;
-		if (r == 0)
-			m.prompt_tokens = prompt_tokens;
-		int rc = rpc_call_send(call, &m.base);
-		if (rc < 0)
-			return rc;
-	}
-	return 0;
-}
-
-static grpc_status_code gen_check(struct co_server *s, struct rpc_call *call,
-				  const Ferry__V1__GenerateRequest *r, struct co_route_knobs *kb,
-				  int *ret_max_new)
-{
-	const struct model_config *c = s->cfg;
-
-	if (r->n_prompt_tokens == 0)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "empty prompt");
-	for (size_t i = 0; i < r->n_prompt_tokens; i++)
-		if (r->prompt_tokens[i] < 0 || r->prompt_tokens[i] >= c->vocab_size)
-			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-					     "prompt_tokens[%zu] = %d is not a token id (vocab_size %d)",
-					     i, r->prompt_tokens[i], c->vocab_size);
-	if (!isfinite(r->temperature) || r->temperature < 0)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-				     "temperature must be finite and >= 0");
-	if (!isfinite(r->top_p) || r->top_p < 0 || r->top_p > 1)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "top_p must be in (0, 1]");
-	if (r->request_id && strlen(r->request_id) > 64)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-				     "request_id longer than 64 bytes");
-	int k = r->routed_top_k ? (int)r->routed_top_k : c->num_experts_per_tok;
-	if (r->routed_top_k > (uint32_t)c->n_routed_experts ||
-	    r->mask_top > (uint32_t)c->n_routed_experts ||
-	    k + (int)r->mask_top > c->n_routed_experts)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-				     "routed_top_k %d plus mask_top %u exceed the %d routed experts",
-				     k, r->mask_top, c->n_routed_experts);
-	if (r->n_prompt_tokens >= (size_t)s->max_ctx)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-				     "prompt of %zu tokens leaves no room in the context of %d",
-				     r->n_prompt_tokens, s->max_ctx);
-	int room = s->max_ctx - (int)r->n_prompt_tokens;
-	int max_new = r->max_tokens ? (int)FR_MIN(r->max_tokens, (uint32_t)INT32_MAX) : FR_MIN(room, 256);
-	if (max_new > room)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-				     "prompt (%zu) + max_tokens (%d) exceed the context of %d",
-				     r->n_prompt_tokens, max_new, s->max_ctx);
-	if (r->return_logits && (size_t)c->vocab_size * sizeof(float) > LOGITS_MSG_BYTES)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-				     "return_logits: a row of %d logits exceeds the message limit",
-				     c->vocab_size);
-	*kb = (struct co_route_knobs){ .top_k = (int)r->routed_top_k, .mask_top = (int)r->mask_top,
-				       .no_shared = r->no_shared_experts };
-	*ret_max_new = max_new;
-	return GRPC_STATUS_OK;
-}
-
 /* One forward pass under the engine lock, with its step's load accounting. */
 static int engine_step(struct co_server *s, int n, const int32_t *tok, const int32_t *seq,
 		       const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
@@ -571,138 +481,39 @@ static int engine_step(struct co_server *s, int n, const int32_t *tok, const int
 	return rc;
 }
 
-static grpc_status_code on_generate(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
+/* The scheduler's view of the engine: a forward pass under the engine lock. */
+static int sched_forward(void *ctx, int n, const int32_t *tok, const int32_t *seq,
+			 const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
+			 float *logits, struct fr_error *err)
 {
-	const Ferry__V1__GenerateRequest *r = (const Ferry__V1__GenerateRequest *)req;
-	struct co_server *s = arg;
-	const struct model_config *c = s->cfg;
-	struct gen_req g = { .seq = -1 };
-	struct co_route_knobs kb;
-	grpc_status_code st;
 	char why[512];
-	int rc, max_new = 0;
+	int rc = engine_step(ctx, n, tok, seq, pos, want, kb, logits, why, sizeof(why));
+	if (rc < 0)
+		fr_error_set(err, rc, "%s", why);
+	return rc;
+}
 
-	if ((st = gen_check(s, call, r, &kb, &max_new)) != GRPC_STATUS_OK)
-		return st;
+static void sched_release(void *ctx, int seq)
+{
+	struct co_server *s = ctx;
+	pthread_mutex_lock(&s->engine_mu);
+	co_engine_reset_seq(s->engine, seq);
+	pthread_mutex_unlock(&s->engine_mu);
+}
+
+/* NULL while serving, else why not (Generate/Score answer UNAVAILABLE with it). */
+static const char *serving_unavailable(void *ctx, char *buf, size_t cap)
+{
+	struct co_server *s = ctx;
+	const char *why = NULL;
+
 	pthread_mutex_lock(&s->mu);
 	if (s->status != S_SERVING) {
-		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "coordinator is %s%s%s",
-				   status_name(s->status), s->fail[0] ? ": " : "", s->fail);
-		pthread_mutex_unlock(&s->mu);
-		return st;
+		snprintf(buf, cap, "%s%s%s", status_name(s->status), s->fail[0] ? ": " : "", s->fail);
+		why = buf;
 	}
-	for (int i = 0; i < s->o.max_seqs; i++)
-		if (!s->seq_busy[i]) {
-			s->seq_busy[i] = true;
-			g.seq = i;
-			break;
-		}
-	if (g.seq < 0) {
-		pthread_mutex_unlock(&s->mu);
-		return rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED,
-				     "all %d sequence slots are busy: retry later", s->o.max_seqs);
-	}
-	s->active++;
 	pthread_mutex_unlock(&s->mu);
-
-	g.n_prompt = (int)r->n_prompt_tokens;
-	g.max_new = max_new;
-	size_t total = (size_t)g.n_prompt + (size_t)max_new;
-	size_t rows = r->return_logits ? (size_t)g.n_prompt : 1;
-	g.ids = malloc(total * sizeof(*g.ids));
-	g.pos = malloc(total * sizeof(*g.pos));
-	g.seqv = malloc(total * sizeof(*g.seqv));
-	g.want = calloc((size_t)g.n_prompt, sizeof(*g.want));
-	g.logits = malloc(rows * (size_t)c->vocab_size * sizeof(float));
-	g.scratch = malloc((size_t)c->vocab_size * 8);
-	if (!g.ids || !g.pos || !g.seqv || !g.want || !g.logits || !g.scratch) {
-		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-		goto out;
-	}
-	for (size_t i = 0; i < total; i++) {
-		g.pos[i] = (int32_t)i;
-		g.seqv[i] = g.seq;
-	}
-	memcpy(g.ids, r->prompt_tokens, (size_t)g.n_prompt * sizeof(*g.ids));
-	for (int i = 0; i < g.n_prompt; i++)
-		g.want[i] = r->return_logits || i == g.n_prompt - 1;
-
-	pthread_mutex_lock(&s->engine_mu);
-	co_engine_reset_seq(s->engine, g.seq);
-	pthread_mutex_unlock(&s->engine_mu);
-	/* Rows of logits land at their row index; without return_logits only the last row is
-	 * wanted, and it must land in row 0 of the one-row buffer. */
-	float *pl = r->return_logits ? g.logits : g.logits - (size_t)(g.n_prompt - 1) * c->vocab_size;
-	rc = engine_step(s, g.n_prompt, g.ids, g.seqv, g.pos, g.want, &kb, pl, why, sizeof(why));
-	if (rc < 0) {
-		st = rpc_call_fail(call, rc == -EINVAL ? GRPC_STATUS_INVALID_ARGUMENT :
-				   GRPC_STATUS_UNAVAILABLE, "prefill failed: %s", why);
-		goto out;
-	}
-	if (r->return_logits &&
-	    send_logit_rows(call, g.logits, g.n_prompt, c->vocab_size, (uint32_t)g.n_prompt) < 0) {
-		st = GRPC_STATUS_CANCELLED;
-		goto out;
-	}
-
-	struct co_sampler smp = { .temperature = r->temperature,
-				  .top_p = r->top_p > 0 ? r->top_p : 1.0f, .rng = r->seed };
-	float *last = g.logits + (r->return_logits ? (size_t)(g.n_prompt - 1) * c->vocab_size : 0);
-	bool sent_logits = true; /* the row that sampled token 0 went with the prompt rows */
-	for (int i = 0; i < max_new; i++) {
-		Ferry__V1__GenerateResponse m = FERRY__V1__GENERATE_RESPONSE__INIT;
-		int32_t tok = co_sample(&smp, last, c->vocab_size, g.scratch);
-		int p = g.n_prompt + i;
-		bool stop = (!r->ignore_eos && tok == c->eos_token_id);
-		for (size_t j = 0; j < r->n_stop_tokens && !stop; j++)
-			stop = tok == r->stop_tokens[j];
-		g.ids[p] = tok;
-		m.n_tokens = 1;
-		m.tokens = &g.ids[p];
-		m.offset = (uint32_t)i;
-		if (i == 0 && !r->return_logits)
-			m.prompt_tokens = (uint32_t)g.n_prompt;
-		if (!sent_logits) {
-			m.logits = last;
-			m.n_logits = (size_t)c->vocab_size;
-			m.logits_rows = 1;
-		}
-		if (stop)
-			m.finish_reason = FERRY__V1__FINISH_REASON__FINISH_REASON_STOP;
-		else if (i + 1 == max_new)
-			m.finish_reason = p + 1 >= s->max_ctx ?
-				FERRY__V1__FINISH_REASON__FINISH_REASON_CONTEXT :
-				FERRY__V1__FINISH_REASON__FINISH_REASON_LENGTH;
-		if (rpc_call_send(call, &m.base) < 0) {
-			st = GRPC_STATUS_CANCELLED;
-			goto out;
-		}
-		if (m.finish_reason)
-			break;
-		if (rpc_call_cancelled(call)) {
-			st = GRPC_STATUS_CANCELLED;
-			goto out;
-		}
-		last = g.logits;
-		rc = engine_step(s, 1, &g.ids[p], &g.seqv[p], &g.pos[p], NULL, &kb, last, why,
-				 sizeof(why));
-		if (rc < 0) {
-			st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "decode step %d failed: %s",
-					   i + 1, why);
-			goto out;
-		}
-		sent_logits = !r->return_logits;
-	}
-	st = GRPC_STATUS_OK;
-out:
-	gen_free(&g);
-	pthread_mutex_lock(&s->mu);
-	s->seq_busy[g.seq] = false;
-	s->active--;
-	s->n_served++;
-	pthread_cond_broadcast(&s->cv);
-	pthread_mutex_unlock(&s->mu);
-	return st;
+	return why;
 }
 
 /* ---- Admin service ------------------------------------------------------------------------ */
@@ -832,16 +643,21 @@ static int add_methods(struct co_server *s, struct fr_error *err)
 		  on_report_stats },
 		{ RPC_M_HEALTH, RPC_METHOD_UNARY, &ferry__v1__health_request__descriptor, on_health },
 		{ RPC_M_GENERATE, RPC_METHOD_SERVER_STREAMING,
-		  &ferry__v1__generate_request__descriptor, on_generate },
+		  &ferry__v1__generate_request__descriptor, co_handle_generate },
+		{ RPC_M_SCORE, RPC_METHOD_UNARY, &ferry__v1__score_request__descriptor,
+		  co_handle_score },
 		{ RPC_M_GET_LOAD, RPC_METHOD_UNARY, &ferry__v1__get_load_request__descriptor,
 		  on_get_load },
 	};
 	int rc;
 
-	for (size_t i = 0; i < FR_ARRAY_SIZE(m); i++)
-		if ((rc = rpc_server_add_method(s->rpc, m[i].path, m[i].kind, m[i].desc, m[i].fn, s,
+	for (size_t i = 0; i < FR_ARRAY_SIZE(m); i++) {
+		void *arg = m[i].fn == co_handle_generate || m[i].fn == co_handle_score ?
+			(void *)&s->serving : (void *)s;
+		if ((rc = rpc_server_add_method(s->rpc, m[i].path, m[i].kind, m[i].desc, m[i].fn, arg,
 						err)) < 0)
 			return rc;
+	}
 	return 0;
 }
 
@@ -867,9 +683,8 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	s->load_profile = o->load_profile ? strdup(o->load_profile) : NULL;
 	s->secret = o->secret_len ? malloc(o->secret_len) : NULL;
 	s->workers = calloc((size_t)o->workers, sizeof(*s->workers));
-	s->seq_busy = calloc((size_t)o->max_seqs, sizeof(*s->seq_busy));
 	if (!s->model_path || !s->listen || (o->load_profile && !s->load_profile) ||
-	    (o->secret_len && !s->secret) || !s->workers || !s->seq_busy) {
+	    (o->secret_len && !s->secret) || !s->workers) {
 		co_server_destroy(s);
 		return fr_error_set(err, -ENOMEM, "out of memory");
 	}
@@ -900,6 +715,21 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 				      s->cfg->max_position_embeddings;
 	if ((rc = model_weights_bind(s->ck, MODEL_BIND_NO_ROUTED, &s->w, err)) < 0)
 		goto fail;
+	char tpath[4096];
+	snprintf(tpath, sizeof(tpath), "%s/tokenizer.json", s->model_path);
+	if (access(tpath, F_OK) == 0) {
+		if ((rc = model_tokenizer_load(tpath, &s->tok, err)) < 0)
+			goto fail;
+		if (model_tokenizer_vocab_size(s->tok) > s->cfg->vocab_size)
+			fr_warn(LOG_COMP, "%s has %d tokens, the model's vocab_size is %d: text whose "
+				"ids do not fit is refused", tpath, model_tokenizer_vocab_size(s->tok),
+				s->cfg->vocab_size);
+	} else {
+		fr_info(LOG_COMP, "%s: no tokenizer.json: clients must send token ids", s->model_path);
+	}
+	s->serving = (struct co_serving){ .cfg = s->cfg, .tok = s->tok, .max_ctx = s->max_ctx,
+					  .default_max_tokens = 256,
+					  .unavailable = serving_unavailable, .ctx = s };
 	if ((rc = rpc_auth_replay_create(0, &s->replay)) < 0) {
 		fr_error_set(err, rc, "out of memory");
 		goto fail;
@@ -1151,6 +981,18 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 				     .micro_batches = s->o.micro_batches };
 	if ((rc = co_engine_create(s->w, s->moe, &eo, &s->engine, err)) < 0)
 		goto fail;
+	int bs = 16;
+	struct co_sched_opts so = {
+		.max_seqs = s->o.max_seqs, .max_batch = s->o.max_batch,
+		.prefill_chunk = s->o.prefill_chunk, .max_ctx = s->max_ctx,
+		.kv_blocks = s->o.max_seqs * FR_DIV_ROUND_UP(s->max_ctx, bs), .block_size = bs,
+		.queue_max = s->o.queue_max, .vocab = s->cfg->vocab_size,
+		.eos = s->cfg->eos_token_id,
+	};
+	struct co_sched_engine se = { .forward = sched_forward, .release = sched_release, .ctx = s };
+	if ((rc = co_sched_create(&so, &se, &s->sched, err)) < 0)
+		goto fail;
+	s->serving.sched = s->sched;
 	pthread_mutex_lock(&s->mu);
 	s->status = S_SERVING;
 	pthread_cond_broadcast(&s->cv);
@@ -1255,13 +1097,24 @@ void co_server_destroy(struct co_server *s)
 	pthread_mutex_lock(&s->mu);
 	if (s->status == S_SERVING || s->status == S_STARTING)
 		s->status = S_DRAINING;
-	struct timespec dl;
-	deadline_in(&dl, 10000);
-	while (s->active > 0 && !past(&dl))
-		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
-	if (s->active > 0)
-		fr_warn(LOG_COMP, "%d request(s) still running after 10 s: cancelling them", s->active);
-	bool served = s->n_served > 0;
+	pthread_mutex_unlock(&s->mu);
+	bool served = false;
+	if (s->sched) {
+		struct co_sched_stats st;
+		uint64_t end = fr_now_ns() + 10000000000ull;
+		for (;;) {
+			co_sched_stats(s->sched, &st);
+			if ((!st.running && !st.queued) || fr_now_ns() > end)
+				break;
+			struct timespec ts = { .tv_nsec = 20 * 1000000L };
+			nanosleep(&ts, NULL);
+		}
+		if (st.running || st.queued)
+			fr_warn(LOG_COMP, "%d request(s) still running after 10 s: cancelling them",
+				st.running + st.queued);
+		served = st.finished > 0;
+	}
+	pthread_mutex_lock(&s->mu);
 	int hb = s->o.heartbeat_ms;
 	bool any = s->n_joined > 0 && s->status != S_FAILED;
 	pthread_mutex_unlock(&s->mu);
@@ -1276,7 +1129,9 @@ void co_server_destroy(struct co_server *s)
 		struct timespec ts = { .tv_sec = (hb + 100) / 1000, .tv_nsec = (long)((hb + 100) % 1000) * 1000000L };
 		nanosleep(&ts, NULL);
 	}
+	/* Handlers first (they hold requests), then the scheduler (it drives the engine). */
 	rpc_server_destroy(s->rpc);
+	co_sched_destroy(s->sched);
 	co_engine_destroy(s->engine);
 	co_moe_destroy(&s->moe);
 	co_load_destroy(s->load);
@@ -1290,7 +1145,7 @@ void co_server_destroy(struct co_server *s)
 	model_weights_free(s->w);
 	model_ckpt_close(s->ck);
 	free(s->workers);
-	free(s->seq_busy);
+	model_tokenizer_free(s->tok);
 	free(s->model_path);
 	free(s->listen);
 	free(s->load_profile);

@@ -47,6 +47,8 @@ struct co_server_opts {
 	int micro_batches;             /* ping-pong micro-batches (>= 1) */
 	int max_batch;                 /* rows per forward pass */
 	int max_seqs;                  /* concurrent sequences */
+	int prefill_chunk;             /* prompt rows per request per step (0: max_batch / 2) */
+	int queue_max;                 /* waiting requests before RESOURCE_EXHAUSTED (0: 256) */
 	int max_ctx;                   /* positions per sequence (0 = the model's) */
 	int load_window;               /* load accounting window, forward steps */
 	struct tp_config tp;           /* data-plane transport */

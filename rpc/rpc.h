@@ -36,6 +36,10 @@
 
 #define RPC_M_GENERATE "/ferry.v1.Inference/Generate"
 #define RPC_M_HEALTH "/ferry.v1.Inference/Health"
+#define RPC_M_SCORE "/ferry.v1.Inference/Score"
+#define RPC_M_TOKENIZE "/ferry.v1.Inference/Tokenize"
+#define RPC_M_DETOKENIZE "/ferry.v1.Inference/Detokenize"
+#define RPC_M_MODEL_INFO "/ferry.v1.Inference/ModelInfo"
 #define RPC_M_JOIN "/ferry.v1.Internal/Join"
 #define RPC_M_HEARTBEAT "/ferry.v1.Internal/Heartbeat"
 #define RPC_M_GET_ASSIGNMENT "/ferry.v1.Internal/GetAssignment"

@@ -1,0 +1,381 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * serving.c - Generate and Score over the scheduler (see serving.h).
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/serving.h"
+
+#define LOG_COMP "serve"
+/* Logits rows per GenerateResponse: stay well under RPC_MAX_MESSAGE_BYTES. */
+#define LOGITS_MSG_BYTES (8u << 20)
+
+static grpc_status_code status_of(int rc)
+{
+	switch (rc) {
+	case -EINVAL: return GRPC_STATUS_INVALID_ARGUMENT;
+	case -ENOTSUP: return GRPC_STATUS_FAILED_PRECONDITION;
+	case -EAGAIN: return GRPC_STATUS_RESOURCE_EXHAUSTED;
+	case -ESHUTDOWN: return GRPC_STATUS_UNAVAILABLE;
+	case -ENOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
+	default: return GRPC_STATUS_INTERNAL;
+	}
+}
+
+/* Prompt ids from either token ids or text (tokenized). */
+static int prompt_of(const struct co_serving *sv, const int32_t *ids, size_t n_ids,
+		     const char *text, bool add_bos, const char *what, struct co_req_spec *spec,
+		     int32_t **ret_ids, struct fr_error *err)
+{
+	bool has_text = text && text[0];
+	size_t n;
+
+	*ret_ids = NULL;
+	if (has_text == (n_ids > 0))
+		return fr_error_set(err, -EINVAL, "give exactly one of %s and %s_tokens%s", what,
+				    what, has_text ? "" : " (both are empty)");
+	if (!has_text) {
+		if (n_ids > (size_t)sv->max_ctx)
+			return fr_error_set(err, -EINVAL, "%zu prompt tokens exceed the context of %d",
+					    n_ids, sv->max_ctx);
+		for (size_t i = 0; i < n_ids; i++)
+			if (ids[i] < 0 || ids[i] >= sv->cfg->vocab_size)
+				return fr_error_set(err, -EINVAL, "%s_tokens[%zu] = %d is not a token id "
+						    "(vocab_size %d)", what, i, ids[i],
+						    sv->cfg->vocab_size);
+		spec->prompt = ids;
+		spec->n_prompt = (int)n_ids;
+		return 0;
+	}
+	if (!sv->tok)
+		return fr_error_set(err, -ENOTSUP, "model has no tokenizer.json, send token ids");
+	size_t len = strlen(text);
+	if (len > CO_MAX_TEXT_BYTES)
+		return fr_error_set(err, -EINVAL, "%s of %zu bytes exceeds the limit of %u bytes",
+				    what, len, CO_MAX_TEXT_BYTES);
+	int rc = model_tokenizer_encode(sv->tok, text, len, add_bos, ret_ids, &n);
+	if (rc < 0)
+		return fr_error_set(err, rc, "%s: cannot tokenize: %s", what, strerror(-rc));
+	for (size_t i = 0; i < n; i++)
+		if ((*ret_ids)[i] >= sv->cfg->vocab_size) {
+			rc = fr_error_set(err, -EINVAL, "the tokenizer gave id %d, beyond the model's "
+					  "vocab_size %d", (*ret_ids)[i], sv->cfg->vocab_size);
+			free(*ret_ids);
+			*ret_ids = NULL;
+			return rc;
+		}
+	if (n == 0 || n > (size_t)sv->max_ctx) {
+		free(*ret_ids);
+		*ret_ids = NULL;
+		return fr_error_set(err, -EINVAL, n ? "%s is %zu tokens, the context holds %d" :
+				    "%s tokenizes to nothing", what, n, sv->max_ctx);
+	}
+	spec->prompt = *ret_ids;
+	spec->n_prompt = (int)n;
+	return 0;
+}
+
+static int knobs_of(const struct co_serving *sv, uint32_t top_k, uint32_t mask_top,
+		    bool no_shared, struct co_route_knobs *ret, struct fr_error *err)
+{
+	const struct model_config *c = sv->cfg;
+	int k = top_k ? (int)FR_MIN(top_k, (uint32_t)INT32_MAX) : c->num_experts_per_tok;
+
+	if (top_k > (uint32_t)c->n_routed_experts || mask_top > (uint32_t)c->n_routed_experts ||
+	    k + (int)mask_top > c->n_routed_experts)
+		return fr_error_set(err, -EINVAL, "routed_top_k %d plus mask_top %u exceed the %d "
+				    "routed experts", k, mask_top, c->n_routed_experts);
+	*ret = (struct co_route_knobs){ .top_k = (int)top_k, .mask_top = (int)mask_top,
+					.no_shared = no_shared };
+	return 0;
+}
+
+int co_generate_validate(const struct co_serving *sv, const Ferry__V1__GenerateRequest *r,
+			 struct co_req_spec *spec, int32_t **ret_ids, struct fr_error *err)
+{
+	int rc;
+
+	memset(spec, 0, sizeof(*spec));
+	*ret_ids = NULL;
+	spec->kind = CO_REQ_GENERATE;
+	if (!isfinite(r->temperature) || r->temperature < 0)
+		return fr_error_set(err, -EINVAL, "temperature must be finite and >= 0");
+	if (!isfinite(r->top_p) || r->top_p < 0 || r->top_p > 1)
+		return fr_error_set(err, -EINVAL, "top_p must be in (0, 1]");
+	if (r->top_k > (uint32_t)sv->cfg->vocab_size)
+		return fr_error_set(err, -EINVAL, "top_k must be at most vocab_size %d",
+				    sv->cfg->vocab_size);
+	if (!isfinite(r->repetition_penalty) || r->repetition_penalty < 0 ||
+	    r->repetition_penalty > 10)
+		return fr_error_set(err, -EINVAL, "repetition_penalty must be in (0, 10] (0 = off)");
+	if (r->priority > 9)
+		return fr_error_set(err, -EINVAL, "priority must be in [0, 9]");
+	if (r->request_id && strlen(r->request_id) > 64)
+		return fr_error_set(err, -EINVAL, "request_id longer than 64 bytes");
+	if (r->n_stop > CO_MAX_STOP_STRINGS)
+		return fr_error_set(err, -EINVAL, "at most %d stop strings", CO_MAX_STOP_STRINGS);
+	for (size_t i = 0; i < r->n_stop; i++) {
+		size_t n = r->stop[i] ? strlen(r->stop[i]) : 0;
+		if (n == 0 || n > CO_MAX_STOP_LEN)
+			return fr_error_set(err, -EINVAL, "stop[%zu] must be 1..%d bytes", i,
+					    CO_MAX_STOP_LEN);
+	}
+	if ((r->n_stop || r->return_text) && !sv->tok)
+		return fr_error_set(err, -ENOTSUP, "model has no tokenizer.json, send token ids "
+				    "(stop strings and text output need one)");
+	if (r->n_stop_tokens > CO_MAX_STOP_IDS)
+		return fr_error_set(err, -EINVAL, "at most %d stop_tokens", CO_MAX_STOP_IDS);
+	for (size_t i = 0; i < r->n_stop_tokens; i++)
+		if (r->stop_tokens[i] < 0 || r->stop_tokens[i] >= sv->cfg->vocab_size)
+			return fr_error_set(err, -EINVAL, "stop_tokens[%zu] = %d is not a token id",
+					    i, r->stop_tokens[i]);
+	if (r->return_logits && (size_t)sv->cfg->vocab_size * sizeof(float) > LOGITS_MSG_BYTES)
+		return fr_error_set(err, -EINVAL, "return_logits: a row of %d logits exceeds the "
+				    "message limit", sv->cfg->vocab_size);
+	if ((rc = knobs_of(sv, r->routed_top_k, r->mask_top, r->no_shared_experts, &spec->knobs,
+			   err)) < 0)
+		return rc;
+	if ((rc = prompt_of(sv, r->prompt_tokens, r->n_prompt_tokens, r->prompt, r->add_bos,
+			    "prompt", spec, ret_ids, err)) < 0)
+		return rc;
+	int room = sv->max_ctx - spec->n_prompt;
+	if (room < 1) {
+		rc = fr_error_set(err, -EINVAL, "prompt of %d tokens leaves no room in the context "
+				  "of %d", spec->n_prompt, sv->max_ctx);
+		goto fail;
+	}
+	if (r->max_tokens > (uint32_t)room) {
+		rc = fr_error_set(err, -EINVAL, "prompt (%d) + max_tokens (%u) exceed the context "
+				  "of %d", spec->n_prompt, r->max_tokens, sv->max_ctx);
+		goto fail;
+	}
+	spec->max_new = r->max_tokens ? (int)r->max_tokens : FR_MIN(room, sv->default_max_tokens);
+	spec->ignore_eos = r->ignore_eos;
+	spec->stop_ids = r->stop_tokens;
+	spec->n_stop_ids = (int)r->n_stop_tokens;
+	spec->sample = (struct co_sample_params){
+		.temperature = r->temperature,
+		.top_p = r->top_p > 0 ? r->top_p : 1.0f,
+		.top_k = (int)r->top_k,
+		.rep_penalty = r->repetition_penalty,
+		.seed = r->seed,
+	};
+	spec->priority = (int)r->priority;
+	spec->return_logits = r->return_logits;
+	return 0;
+fail:
+	free(*ret_ids);
+	*ret_ids = NULL;
+	return rc;
+}
+
+int co_score_validate(const struct co_serving *sv, const Ferry__V1__ScoreRequest *r,
+		      struct co_req_spec *spec, int32_t **ret_ids, struct fr_error *err)
+{
+	int rc;
+
+	memset(spec, 0, sizeof(*spec));
+	*ret_ids = NULL;
+	spec->kind = CO_REQ_SCORE;
+	spec->sample.top_p = 1.0f;
+	if (r->request_id && strlen(r->request_id) > 64)
+		return fr_error_set(err, -EINVAL, "request_id longer than 64 bytes");
+	if ((rc = knobs_of(sv, r->routed_top_k, r->mask_top, r->no_shared_experts, &spec->knobs,
+			   err)) < 0)
+		return rc;
+	if ((rc = prompt_of(sv, r->tokens, r->n_tokens, r->text, r->add_bos, "text", spec, ret_ids,
+			    err)) < 0) {
+		/* The field is called tokens here, not text_tokens. */
+		if (strstr(err->msg, "text_tokens"))
+			fr_error_set(err, rc, "give exactly one of text and tokens");
+		return rc;
+	}
+	if (spec->n_prompt < 2) {
+		free(*ret_ids);
+		*ret_ids = NULL;
+		return fr_error_set(err, -EINVAL, "scoring needs at least 2 tokens, got %d",
+				    spec->n_prompt);
+	}
+	return 0;
+}
+
+static grpc_status_code unavailable(const struct co_serving *sv, struct rpc_call *call)
+{
+	char buf[512];
+	const char *why = sv->unavailable ? sv->unavailable(sv->ctx, buf, sizeof(buf)) : NULL;
+	return why ? rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "coordinator is %s", why) :
+		     GRPC_STATUS_OK;
+}
+
+/* Waits for the request's next output while watching the client. Returns 1 with news, 0
+ * when the client went away (the request is cancelled). */
+static int next_or_cancel(struct rpc_call *call, struct co_req *req, struct co_req_out *out)
+{
+	for (;;) {
+		if (co_req_next(req, 50, out))
+			return 1;
+		if (rpc_call_cancelled(call)) {
+			co_req_cancel(req);
+			return 0;
+		}
+	}
+}
+
+static Ferry__V1__FinishReason finish_reason(enum co_finish f)
+{
+	switch (f) {
+	case CO_FINISH_LENGTH: return FERRY__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+	case CO_FINISH_STOP: return FERRY__V1__FINISH_REASON__FINISH_REASON_STOP;
+	case CO_FINISH_CONTEXT: return FERRY__V1__FINISH_REASON__FINISH_REASON_CONTEXT;
+	default: return FERRY__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+	}
+}
+
+grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessage *msg, void *arg)
+{
+	const Ferry__V1__GenerateRequest *r = (const Ferry__V1__GenerateRequest *)msg;
+	struct co_serving *sv = arg;
+	struct fr_error err = { { 0 } };
+	struct co_req_spec spec;
+	struct co_req *req = NULL;
+	int32_t *ids = NULL;
+	grpc_status_code st;
+	int rc, vocab = sv->cfg->vocab_size, per = (int)FR_MAX(1u, LOGITS_MSG_BYTES /
+						((unsigned)vocab * sizeof(float)));
+	bool first = true;
+	uint32_t n_gen = 0;
+
+	if ((st = unavailable(sv, call)) != GRPC_STATUS_OK)
+		return st;
+	if ((rc = co_generate_validate(sv, r, &spec, &ids, &err)) < 0)
+		return rpc_call_fail(call, status_of(rc), "%s", err.msg);
+	rc = co_sched_submit(sv->sched, &spec, &req, &err);
+	free(ids);
+	if (rc < 0)
+		return rpc_call_fail(call, status_of(rc), "%s", err.msg);
+
+	for (;;) {
+		struct co_req_out out;
+		if (!next_or_cancel(call, req, &out)) {
+			st = rpc_call_remaining_ms(call) <= 0 ? GRPC_STATUS_DEADLINE_EXCEEDED :
+								 GRPC_STATUS_CANCELLED;
+			goto out;
+		}
+		if (out.finish == CO_FINISH_ERROR) {
+			st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "generation failed: %s",
+					   out.errmsg);
+			goto out;
+		}
+		if (out.finish == CO_FINISH_CANCELLED) {
+			st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "the server is stopping");
+			goto out;
+		}
+		/* Logits rows first (in chunks), then the new tokens; the final message
+		 * carries finish_reason, usage and timing. */
+		int rows_left = out.n_rows;
+		const float *rows = out.logits;
+		do {
+			Ferry__V1__GenerateResponse m = FERRY__V1__GENERATE_RESPONSE__INIT;
+			Ferry__V1__Usage usage = FERRY__V1__USAGE__INIT;
+			Ferry__V1__Timing timing = FERRY__V1__TIMING__INIT;
+			int rws = FR_MIN(rows_left, per);
+			bool last_chunk = rws == rows_left;
+			if (rws) {
+				m.logits = (float *)rows;
+				m.n_logits = (size_t)rws * vocab;
+				m.logits_rows = (uint32_t)rws;
+				rows += (size_t)rws * vocab;
+				rows_left -= rws;
+			}
+			if (last_chunk && out.n_tokens) {
+				m.tokens = (int32_t *)out.tokens;
+				m.n_tokens = (size_t)out.n_tokens;
+				m.offset = (uint32_t)out.offset;
+				n_gen = (uint32_t)(out.offset + out.n_tokens);
+			}
+			if (first) {
+				m.prompt_tokens = (uint32_t)out.n_prompt;
+				first = false;
+			}
+			if (last_chunk && out.finish) {
+				m.finish_reason = finish_reason(out.finish);
+				usage.prompt_tokens = (uint32_t)out.n_prompt;
+				usage.completion_tokens = n_gen;
+				timing.queue_ms = (double)out.queue_ns / 1e6;
+				timing.time_to_first_token_ms = (double)out.first_token_ns / 1e6;
+				timing.total_ms = (double)out.total_ns / 1e6;
+				timing.mean_inter_token_ms = n_gen > 1 ?
+					(double)out.inter_token_ns_sum / 1e6 / (n_gen - 1) : 0.0;
+				m.usage = &usage;
+				m.timing = &timing;
+			}
+			if (!rws && !m.n_tokens && !m.finish_reason)
+				break;
+			if (rpc_call_send(call, &m.base) < 0) {
+				co_req_cancel(req);
+				st = GRPC_STATUS_CANCELLED;
+				goto out;
+			}
+		} while (rows_left > 0);
+		if (out.finish) {
+			st = GRPC_STATUS_OK;
+			goto out;
+		}
+	}
+out:
+	co_req_put(req);
+	return st;
+}
+
+grpc_status_code co_handle_score(struct rpc_call *call, const ProtobufCMessage *msg, void *arg)
+{
+	const Ferry__V1__ScoreRequest *r = (const Ferry__V1__ScoreRequest *)msg;
+	Ferry__V1__ScoreResponse resp = FERRY__V1__SCORE_RESPONSE__INIT;
+	struct co_serving *sv = arg;
+	struct fr_error err = { { 0 } };
+	struct co_req_spec spec;
+	struct co_req *req = NULL;
+	struct co_req_out out;
+	int32_t *ids = NULL;
+	grpc_status_code st;
+	int rc;
+
+	if ((st = unavailable(sv, call)) != GRPC_STATUS_OK)
+		return st;
+	if ((rc = co_score_validate(sv, r, &spec, &ids, &err)) < 0)
+		return rpc_call_fail(call, status_of(rc), "%s", err.msg);
+	if ((rc = co_sched_submit(sv->sched, &spec, &req, &err)) < 0) {
+		st = rpc_call_fail(call, status_of(rc), "%s", err.msg);
+		goto out;
+	}
+	do {
+		if (!next_or_cancel(call, req, &out)) {
+			st = rpc_call_remaining_ms(call) <= 0 ? GRPC_STATUS_DEADLINE_EXCEEDED :
+								 GRPC_STATUS_CANCELLED;
+			goto out;
+		}
+	} while (!out.finish);
+	if (out.finish != CO_FINISH_LENGTH) {
+		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "scoring failed: %s",
+				   out.finish == CO_FINISH_ERROR ? out.errmsg : "the server is stopping");
+		goto out;
+	}
+	double sum = 0;
+	for (int i = 0; i < out.n_logprobs; i++)
+		sum += out.logprobs[i];
+	resp.tokens = (int32_t *)spec.prompt;
+	resp.n_tokens = (size_t)spec.n_prompt;
+	resp.logprobs = (float *)out.logprobs;
+	resp.n_logprobs = (size_t)out.n_logprobs;
+	resp.mean_loss = out.n_logprobs ? -sum / out.n_logprobs : 0.0;
+	rpc_call_send(call, &resp.base);
+	st = GRPC_STATUS_OK;
+out:
+	co_req_put(req);
+	free(ids);
+	return st;
+}

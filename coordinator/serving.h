@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * serving.h - ferry.v1.Inference's Generate and Score over the scheduler: request
+ * validation (shared with the fuzz target), tokenization of text prompts, streaming of
+ * tokens, text deltas and logits, cancellation and deadlines.
+ */
+#ifndef FERRY_COORDINATOR_SERVING_H
+#define FERRY_COORDINATOR_SERVING_H
+
+#include <grpc/status.h>
+#include <protobuf-c/protobuf-c.h>
+
+#include "coordinator/scheduler.h"
+#include "model/model.h"
+#include "rpc/inference.pb-c.h"
+#include "rpc/rpc.h"
+
+#define CO_MAX_STOP_STRINGS 16
+#define CO_MAX_STOP_LEN 256
+#define CO_MAX_STOP_IDS 64
+#define CO_MAX_TEXT_BYTES (1u << 20)
+
+struct co_serving {
+	const struct model_config *cfg;
+	const struct model_tokenizer *tok;  /* NULL: the model has no tokenizer.json */
+	int max_ctx;                        /* positions a request may use */
+	int default_max_tokens;             /* max_tokens 0 means min(this, room left) */
+	struct co_sched *sched;
+	/* NULL while serving, else why not ("draining"); for UNAVAILABLE. */
+	const char *(*unavailable)(void *ctx, char *buf, size_t cap);
+	void *ctx;
+};
+
+/*
+ * Checks a GenerateRequest and turns it into a scheduler spec. Text prompts are tokenized
+ * (*ret_ids is then a heap array the caller frees; else NULL and spec->prompt points into
+ * r). Returns 0, -EINVAL (a field out of range; err names it), -ENOTSUP (text without a
+ * tokenizer: "model has no tokenizer.json, send token ids"), -ENOMEM. Never touches the
+ * scheduler: the fuzz target runs it on random messages.
+ */
+int co_generate_validate(const struct co_serving *sv, const Ferry__V1__GenerateRequest *r,
+			 struct co_req_spec *spec, int32_t **ret_ids, struct fr_error *err);
+/* The same for ScoreRequest. */
+int co_score_validate(const struct co_serving *sv, const Ferry__V1__ScoreRequest *r,
+		      struct co_req_spec *spec, int32_t **ret_ids, struct fr_error *err);
+
+/* rpc handlers; arg is a struct co_serving *. */
+grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessage *req,
+				    void *arg);
+grpc_status_code co_handle_score(struct rpc_call *call, const ProtobufCMessage *req, void *arg);
+
+#endif /* FERRY_COORDINATOR_SERVING_H */
