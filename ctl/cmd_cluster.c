@@ -21,6 +21,7 @@
 #include "ctl/ctl.h"
 #include "model/model.h"
 #include "rpc/admin.pb-c.h"
+#include "rpc/auth.h"
 #include "rpc/inference.pb-c.h"
 #include "rpc/rpc.h"
 #include "transport/transport.h"
@@ -525,6 +526,7 @@ const struct ctl_cmd ctl_cmd_up = { "up", "start a local cluster (coordinator + 
 
 struct load_opts {
 	const char *cluster;
+	const char *token_file;
 	bool json;
 	uint32_t layers[64];
 	size_t n_layers;
@@ -539,16 +541,19 @@ static const char load_usage[] =
 	"the per-worker load; 1 is perfect) by tokens and by time.\n"
 	"\n"
 	"  -c, --cluster ADDR   coordinator's gRPC address\n"
+	"      --token-file F   admin bearer token (the coordinator's [server] admin_token_file;\n"
+	"                       default $FERRY_ADMIN_TOKEN_FILE; none: no token sent)\n"
 	"  -l, --layer L        only this MoE layer (repeatable; default all)\n"
 	"      --json           one JSON object instead of the table\n"
 	"  -h, --help           this text\n";
 
-enum { LOAD_JSON = 256 };
+enum { LOAD_JSON = 256, LOAD_TOKEN };
 
 static const struct option load_longopts[] = {
 	{ "cluster", required_argument, NULL, 'c' },
 	{ "layer", required_argument, NULL, 'l' },
 	{ "json", no_argument, NULL, LOAD_JSON },
+	{ "token-file", required_argument, NULL, LOAD_TOKEN },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -571,6 +576,7 @@ static int load_parse(int argc, char **argv, struct load_opts *o, struct fr_erro
 			o->layers[o->n_layers++] = (uint32_t)v;
 			break;
 		case LOAD_JSON: o->json = true; break;
+		case LOAD_TOKEN: o->token_file = optarg; break;
 		case 'h': return 1;
 		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
 		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
@@ -580,6 +586,8 @@ static int load_parse(int argc, char **argv, struct load_opts *o, struct fr_erro
 		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (!o->cluster)
 		return fr_error_set(err, -EINVAL, "--cluster ADDR is required");
+	if (!o->token_file)
+		o->token_file = getenv("FERRY_ADMIN_TOKEN_FILE");
 	return 0;
 }
 
@@ -645,7 +653,21 @@ static int load_main(int argc, char **argv)
 	}
 	req.n_layers = o.n_layers;
 	req.layers = o.layers;
-	if ((rc = rpc_channel_create(o.cluster, NULL, &ch, &err)) == 0)
+	if (o.token_file) {
+		uint8_t *tok;
+		size_t len;
+		if (rpc_auth_secret_load(o.token_file, &tok, &len, &err) < 0) {
+			fprintf(stderr, "ferryctl load: --token-file: %s\n", err.msg);
+			return CTL_EXIT_FAIL;
+		}
+		if ((rc = rpc_channel_create(o.cluster, NULL, &ch, &err)) == 0 &&
+		    (rc = rpc_channel_set_bearer(ch, tok, len)) < 0)
+			fr_error_set(&err, rc, "--token-file: the token cannot be sent as a header");
+		rpc_auth_secret_free(tok, len);
+	} else {
+		rc = rpc_channel_create(o.cluster, NULL, &ch, &err);
+	}
+	if (rc == 0)
 		rc = rpc_unary(ch, RPC_M_GET_LOAD, &req.base, &ferry__v1__get_load_response__descriptor,
 			       10000, (ProtobufCMessage **)&resp, &err);
 	rpc_channel_destroy(ch);

@@ -8,13 +8,31 @@
 # One bf16-wire cluster per set must give the reference greedy tokens too.
 #
 # Usage: run-cluster.sh FERRYCTL CMP_F32 [TRANSPORTS]   (default transports: "shm tcp")
+# Environment (defaults: the full check above):
+#   CLUSTER_SHAPES          comma-separated "WORKERS REPLICAS" pairs (default "1 0,2 0,3 0,2 1,3 3")
+#   CLUSTER_BF16            1: run the bf16-wire greedy check and `ferryctl load`; 0: skip it
+#   CLUSTER_BF16_TRANSPORT  transport of the bf16-wire cluster (default shm)
+#   CLUSTER_TIMEOUT         `ferryctl up --timeout` in seconds (default 60)
+#   CLUSTER_UP_ARGS         extra `ferryctl up` options, split on whitespace (e.g. --set ...)
 set -euo pipefail
 ferryctl=$1 cmp=$2
 transports=${3:-shm tcp}
+IFS=, read -r -a shapes <<< "${CLUSTER_SHAPES:-1 0,2 0,3 0,2 1,3 3}"
+bf16=${CLUSTER_BF16:-1}
+bf16_tp=${CLUSTER_BF16_TRANSPORT:-shm}
+up_timeout=${CLUSTER_TIMEOUT:-60}
+read -r -a up_args <<< "${CLUSTER_UP_ARGS:-}"
+[[ $up_timeout =~ ^[1-9][0-9]*$ ]] || { echo "CLUSTER_TIMEOUT: '$up_timeout' is not a number of seconds" >&2; exit 1; }
+[[ $bf16 == [01] ]] || { echo "CLUSTER_BF16: '$bf16' is not 0 or 1" >&2; exit 1; }
 tmp=$(mktemp -d)
 up_pid=
 cleanup() {
+  local rc=$?
   if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
+  if [ "$rc" != 0 ] && [ -s "$tmp/up.err" ]; then
+    echo "---- last cluster's log (ferryctl up stderr, tail):" >&2
+    tail -n 40 "$tmp/up.err" >&2
+  fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -22,9 +40,10 @@ trap cleanup EXIT
 # Starts `ferryctl up` with the given options; sets $addr.
 up() {
   : > "$tmp/up.out"
-  "$ferryctl" up --listen 127.0.0.1:0 --threads 1 --timeout 60 "$@" > "$tmp/up.out" 2> "$tmp/up.err" &
+  "$ferryctl" up --listen 127.0.0.1:0 --threads 1 --timeout "$up_timeout" ${up_args[@]+"${up_args[@]}"} "$@" \
+    > "$tmp/up.out" 2> "$tmp/up.err" &
   up_pid=$!
-  for _ in $(seq 600); do
+  for _ in $(seq $((up_timeout * 10))); do
     addr=$(sed -n 's/^address: //p' "$tmp/up.out")
     [ -n "$addr" ] && return 0
     kill -0 "$up_pid" 2>/dev/null || break
@@ -32,6 +51,7 @@ up() {
   done
   echo "ferryctl up $* did not come up:" >&2
   cat "$tmp/up.err" >&2
+  : > "$tmp/up.err"
   exit 1
 }
 
@@ -40,6 +60,7 @@ down() {
   if ! wait "$up_pid"; then
     echo "ferryctl up did not stop cleanly:" >&2
     cat "$tmp/up.err" >&2
+    : > "$tmp/up.err"
     exit 1
   fi
   up_pid=
@@ -61,7 +82,7 @@ for set in "$FERRY_GOLDEN"/*/; do
       --dump-logits "$tmp/local_$k.f32" > /dev/null
   done
   for tp in $transports; do
-    for shape in "1 0" "2 0" "3 0" "2 1" "3 3"; do
+    for shape in "${shapes[@]}"; do
       read -r workers replicas <<< "$shape"
       what="$name $tp $workers worker(s) +$replicas replica slot(s)"
       up --model "$set" --workers "$workers" --replicas "$replicas" --transport "$tp" --wire f32
@@ -87,13 +108,14 @@ for set in "$FERRY_GOLDEN"/*/; do
       down
     done
   done
-  up --model "$set" --workers 2 --transport shm --wire bf16
+  [ "$bf16" = 1 ] || continue
+  up --model "$set" --workers 2 --transport "$bf16_tp" --wire bf16
   out=$("$ferryctl" run --cluster "$addr" --tokens "$prompt" --max-new "$ng")
   if [ "$out" != "$want" ]; then
-    echo "$name bf16 wire greedy: got '$out', want '$want'" >&2
+    echo "$name $bf16_tp bf16 wire greedy: got '$out', want '$want'" >&2
     exit 1
   fi
-  echo "$name bf16 wire greedy: tokens identical"
+  echo "$name $bf16_tp bf16 wire greedy: tokens identical"
   n=$((n + 1))
   "$ferryctl" load --cluster "$addr" > "$tmp/load.txt"
   grep -q 'balancedness' "$tmp/load.txt" || { echo "ferryctl load printed no balancedness" >&2; cat "$tmp/load.txt" >&2; exit 1; }
