@@ -69,6 +69,16 @@ const struct conf_key co_config_keys[] = {
 	  .doc = "Most tokens in one forward step (prefill chunks and decode tokens together)." },
 	{ "engine", "max_seqs", CONF_INT, OFF(engine.max_seqs), 1, 65536, .def = "16",
 	  .doc = "Most sequences batched at once." },
+	{ "engine", "prefill_chunk", CONF_INT, OFF(engine.prefill_chunk), 0, 65536, .def = "0",
+	  .doc = "Most prompt tokens of one request per step, so a long prompt is prefilled in "
+		 "chunks while other requests keep decoding. 0: half of max_batch." },
+	{ "engine", "queue_max", CONF_INT, OFF(engine.queue_max), 1, 1 << 20, .def = "256",
+	  .doc = "Requests that may wait for admission (KV-cache blocks, a sequence slot); "
+		 "beyond that new requests get RESOURCE_EXHAUSTED." },
+	{ "engine", "kv_blocks", CONF_INT, OFF(engine.kv_blocks), 0, 1 << 26, .def = "0",
+	  .doc = "KV-cache pool in blocks of 16 positions, allocated up front. Requests are "
+		 "admitted while their whole context fits; the rest wait. 0: enough for max_seqs "
+		 "sequences of max_ctx positions." },
 	{ "engine", "max_ctx", CONF_INT, OFF(engine.max_ctx), 0, 1 << 24, .def = "0",
 	  .doc = "Cap on context length (prompt and generated tokens). 0: the model's." },
 	{ "engine", "threads", CONF_INT, OFF(engine.threads), 0, 4096, .def = "0",

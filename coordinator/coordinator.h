@@ -131,8 +131,9 @@ void co_engine_destroy(struct co_engine *e);
  * or want_logits[i]; logits is [n][vocab] (rows not wanted are left untouched).
  * knobs may be NULL. Before any row runs, every sequence gets the KV blocks its new length
  * needs, all or nothing. Errors: -EINVAL (ids, positions or sizes out of range), -ENOSPC
- * (too few free blocks; nothing was touched: retry once sequences are reset), errors from
- * the MoE seam (the blocks already given stay with their sequences until reset). */
+ * (too few free blocks; nothing was touched: retry once sequences are reset - or never, if
+ * the call needs more than co_engine_kv_blocks()), errors from the MoE seam (the blocks
+ * already given stay with their sequences until reset). */
 int co_engine_forward(struct co_engine *e, int n, const int32_t *tokens, const int32_t *seq,
 		      const int32_t *pos, const bool *want_logits, const struct co_route_knobs *knobs,
 		      float *logits);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * engine.c - the forward pass: embeddings, attention over a KV cache, routers, shared
+ * engine.c - the forward pass: embeddings, attention over a paged KV cache, routers, shared
  * experts and the lm_head here; routed experts through the MoE seam (struct co_moe).
  */
 #include <errno.h>
@@ -16,7 +16,16 @@ struct co_engine {
 	struct co_engine_opts o;
 	int q_dim, kv_dim, max_k, ffn_w;
 
-	float *kc, *vc;          /* [layers][max_seqs][max_ctx][kv_dim] f32 */
+	/* Paged KV cache (vLLM): one pool of n_blocks blocks of block_size positions; a block id
+	 * names the same rows in every layer. Sequence s holds seq_blocks[s] blocks, its
+	 * position p in block block_table[s][p / block_size]. Free ids are a stack. */
+	float *kc, *vc;          /* [layers][n_blocks][block_size][kv_dim] f32 */
+	int n_blocks, block_size;
+	int max_blocks;          /* per sequence: ceil(max_ctx / block_size) */
+	int32_t *block_table;    /* [max_seqs][max_blocks] block ids */
+	int32_t *seq_blocks;     /* [max_seqs] blocks held */
+	int32_t *free_ids;       /* [n_blocks], the top n_free are free */
+	int n_free;
 	int32_t *seq_len;        /* [max_seqs] positions held in the cache */
 	int32_t *seq_next;       /* [max_seqs] scratch: check_batch's running lengths */
 
@@ -70,6 +79,9 @@ void co_engine_destroy(struct co_engine *e)
 		return;
 	free(e->kc);
 	free(e->vc);
+	free(e->block_table);
+	free(e->seq_blocks);
+	free(e->free_ids);
 	free(e->seq_len);
 	free(e->seq_next);
 	free(e->h);
@@ -102,6 +114,7 @@ int co_engine_create(const struct model_weights *w, struct co_moe moe,
 	const struct model_config *c = w->cfg;
 	struct co_engine *e;
 	size_t B, cache_n;
+	int max_blocks, n_blocks;
 
 	e = calloc(1, sizeof(*e));
 	if (!e)
@@ -123,6 +136,23 @@ int co_engine_create(const struct model_weights *w, struct co_moe moe,
 		return fr_error_set(err, -EINVAL, "max_ctx %d exceeds max_position_embeddings %d",
 				    opts->max_ctx, c->max_position_embeddings);
 	}
+	e->block_size = opts && opts->block_size > 0 ? opts->block_size : CO_KV_BLOCK_SIZE;
+	if (opts && (opts->block_size < 0 || opts->kv_blocks < 0)) {
+		co_engine_destroy(e);
+		return fr_error_set(err, -EINVAL, "block_size %d, kv_blocks %d: must not be negative",
+				    opts->block_size, opts->kv_blocks);
+	}
+	max_blocks = (int)(((int64_t)e->o.max_ctx + e->block_size - 1) / e->block_size);
+	n_blocks = opts && opts->kv_blocks > 0 ? opts->kv_blocks : 0;
+	if (!n_blocks && __builtin_mul_overflow(e->o.max_seqs, max_blocks, &n_blocks)) {
+		co_engine_destroy(e);
+		return fr_error_set(err, -EINVAL, "KV pool of %d seqs x %d blocks is too large",
+				    e->o.max_seqs, max_blocks);
+	}
+	e->max_blocks = max_blocks;
+	e->n_blocks = n_blocks;
+	e->o.kv_blocks = n_blocks;
+	e->o.block_size = e->block_size;
 	if (model_n_moe_layers(c) > 0 && !moe.ops) {
 		co_engine_destroy(e);
 		return fr_error_set(err, -EINVAL, "model has MoE layers but no MoE backend was given");
@@ -133,9 +163,19 @@ int co_engine_create(const struct model_weights *w, struct co_moe moe,
 	e->ffn_w = FR_MAX(c->intermediate_size, c->moe_intermediate_size * c->n_shared_experts);
 	B = (size_t)e->o.max_batch;
 
-	cache_n = (size_t)c->num_hidden_layers * e->o.max_seqs * e->o.max_ctx * e->kv_dim;
+	if (__builtin_mul_overflow((size_t)c->num_hidden_layers * (size_t)e->kv_dim,
+				   (size_t)n_blocks * (size_t)e->block_size, &cache_n) ||
+	    cache_n > SIZE_MAX / 2 / sizeof(float)) {
+		co_engine_destroy(e);
+		return fr_error_set(err, -EINVAL, "KV pool of %d blocks x %d positions is too large",
+				    n_blocks, e->block_size);
+	}
+	/* malloc, not calloc: pages are touched as blocks are first used. */
 	e->kc = alloc_floats(cache_n);
 	e->vc = alloc_floats(cache_n);
+	e->block_table = malloc((size_t)e->o.max_seqs * max_blocks * sizeof(*e->block_table));
+	e->seq_blocks = calloc((size_t)e->o.max_seqs, sizeof(*e->seq_blocks));
+	e->free_ids = malloc((size_t)n_blocks * sizeof(*e->free_ids));
 	e->seq_len = calloc((size_t)e->o.max_seqs, sizeof(*e->seq_len));
 	e->seq_next = calloc((size_t)e->o.max_seqs, sizeof(*e->seq_next));
 	e->h = alloc_floats(B * c->hidden_size);
@@ -154,23 +194,79 @@ int co_engine_create(const struct model_weights *w, struct co_moe moe,
 	e->attn_scratch_n = kn_attention_scratch_size(e->o.max_ctx);
 	e->attn_scratch = alloc_floats(e->attn_scratch_n);
 	e->rows = malloc(B * sizeof(int32_t));
-	if (!e->kc || !e->vc || !e->seq_len || !e->seq_next || !e->h || !e->xn || !e->tmp || !e->q || !e->att ||
+	if (!e->kc || !e->vc || !e->block_table || !e->seq_blocks || !e->free_ids || !e->seq_len ||
+	    !e->seq_next || !e->h || !e->xn || !e->tmp || !e->q || !e->att ||
 	    !e->k || !e->v || !e->g || !e->u || !e->rl || !e->top_idx || !e->top_w ||
 	    !e->gate_scratch || !e->attn_scratch || !e->rows) {
 		co_engine_destroy(e);
 		return fr_error_set(err, -ENOMEM,
-				    "out of memory (KV cache of %zu MiB for %d seqs x %d positions)",
-				    2 * cache_n * sizeof(float) >> 20, opts ? opts->max_seqs : 1,
-				    opts ? opts->max_ctx : 0);
+				    "out of memory (KV cache of %zu MiB: %d blocks x %d positions)",
+				    2 * cache_n * sizeof(float) >> 20, n_blocks, e->block_size);
 	}
+	/* Block 0 on top: a fresh engine hands out ids in increasing order. */
+	for (int i = 0; i < n_blocks; i++)
+		e->free_ids[i] = n_blocks - 1 - i;
+	e->n_free = n_blocks;
 	*ret = e;
 	return 0;
 }
 
 void co_engine_reset_seq(struct co_engine *e, int seq)
 {
-	if (seq >= 0 && seq < e->o.max_seqs)
-		e->seq_len[seq] = 0;
+	if (seq < 0 || seq >= e->o.max_seqs)
+		return;
+	/* Last block pushed first, so the sequence's first block is the next one handed out. */
+	const int32_t *bt = e->block_table + (size_t)seq * e->max_blocks;
+	for (int b = e->seq_blocks[seq] - 1; b >= 0; b--)
+		e->free_ids[e->n_free++] = bt[b];
+	e->seq_blocks[seq] = 0;
+	e->seq_len[seq] = 0;
+}
+
+int co_engine_block_size(const struct co_engine *e)
+{
+	return e->block_size;
+}
+
+int co_engine_kv_blocks(const struct co_engine *e)
+{
+	return e->n_blocks;
+}
+
+int co_engine_free_blocks(const struct co_engine *e)
+{
+	return e->n_free;
+}
+
+static int blocks_for(const struct co_engine *e, int len)
+{
+	return (int)(((int64_t)len + e->block_size - 1) / e->block_size);
+}
+
+int co_engine_blocks_needed(const struct co_engine *e, int seq, int new_len)
+{
+	if (seq < 0 || seq >= e->o.max_seqs || new_len < 0 || new_len > e->o.max_ctx)
+		return -EINVAL;
+	return FR_MAX(blocks_for(e, new_len) - e->seq_blocks[seq], 0);
+}
+
+/* Gives every sequence the blocks for e->seq_next[s] positions (set by check_batch), all or
+ * nothing. */
+static int reserve_blocks(struct co_engine *e)
+{
+	int need = 0;
+
+	for (int s = 0; s < e->o.max_seqs; s++)
+		need += FR_MAX(blocks_for(e, e->seq_next[s]) - e->seq_blocks[s], 0);
+	if (need > e->n_free)
+		return -ENOSPC;
+	for (int s = 0; need && s < e->o.max_seqs; s++) {
+		int32_t *bt = e->block_table + (size_t)s * e->max_blocks;
+		for (int b = e->seq_blocks[s], nb = blocks_for(e, e->seq_next[s]); b < nb; b++, need--)
+			bt[b] = e->free_ids[--e->n_free];
+		e->seq_blocks[s] = FR_MAX(e->seq_blocks[s], blocks_for(e, e->seq_next[s]));
+	}
+	return 0;
 }
 
 #define PROF_BEGIN() uint64_t __t0 = fr_now_ns()
@@ -181,10 +277,21 @@ void co_engine_reset_seq(struct co_engine *e, int seq)
 		__t0 = __t1;                                                                \
 	} while (0)
 
-static float *cache_row(const struct co_engine *e, float *base, int layer, int seq, int pos)
+/* Layer l's part of a pool: [n_blocks][block_size][kv_dim]. */
+static float *layer_pool(const struct co_engine *e, float *base, int l)
 {
-	size_t idx = (((size_t)layer * e->o.max_seqs + seq) * e->o.max_ctx + pos) * e->kv_dim;
-	return base + idx;
+	return base + (size_t)l * e->n_blocks * e->block_size * e->kv_dim;
+}
+
+static const int32_t *seq_table(const struct co_engine *e, int seq)
+{
+	return e->block_table + (size_t)seq * e->max_blocks;
+}
+
+static float *cache_row(const struct co_engine *e, float *pool, int seq, int pos)
+{
+	int32_t blk = seq_table(e, seq)[pos / e->block_size];
+	return pool + ((size_t)blk * e->block_size + pos % e->block_size) * e->kv_dim;
 }
 
 /* A micro-batch: rows [r0, r0 + n) of the current chunk, and where it stands. */
@@ -222,6 +329,7 @@ static void attention_block(struct co_engine *e, int l, const struct mb_state *m
 	float *q = e->q + r0 * e->q_dim, *att = e->att + r0 * e->q_dim;
 	float *k = e->k + r0 * e->kv_dim, *v = e->v + r0 * e->kv_dim;
 	const int32_t *seq = mb->seq, *pos = mb->pos;
+	float *kp = layer_pool(e, e->kc, l), *vp = layer_pool(e, e->vc, l);
 	PROF_BEGIN();
 
 	kn_rmsnorm(xn, h, L->attn_norm, n, hs, (float)c->rms_norm_eps);
@@ -234,9 +342,9 @@ static void attention_block(struct co_engine *e, int l, const struct mb_state *m
 	kn_rope(k, n, c->num_key_value_heads, c->head_dim, pos, (float)c->rope_theta);
 	PROF_END(CO_PROF_ROPE);
 	for (int i = 0; i < n; i++) {
-		memcpy(cache_row(e, e->kc, l, seq[i], pos[i]), k + (size_t)i * e->kv_dim,
+		memcpy(cache_row(e, kp, seq[i], pos[i]), k + (size_t)i * e->kv_dim,
 		       (size_t)e->kv_dim * sizeof(float));
-		memcpy(cache_row(e, e->vc, l, seq[i], pos[i]), v + (size_t)i * e->kv_dim,
+		memcpy(cache_row(e, vp, seq[i], pos[i]), v + (size_t)i * e->kv_dim,
 		       (size_t)e->kv_dim * sizeof(float));
 	}
 	/* Runs of consecutive rows of one sequence attend over that sequence's cache (which
@@ -245,10 +353,10 @@ static void attention_block(struct co_engine *e, int l, const struct mb_state *m
 		int j = i + 1;
 		while (j < n && seq[j] == seq[i])
 			j++;
-		kn_attention(att + (size_t)i * e->q_dim, q + (size_t)i * e->q_dim,
-			     cache_row(e, e->kc, l, seq[i], 0), cache_row(e, e->vc, l, seq[i], 0),
-			     j - i, pos + i, c->num_attention_heads, c->num_key_value_heads,
-			     c->head_dim, e->attn_scratch, e->attn_scratch_n);
+		kn_attention_paged(att + (size_t)i * e->q_dim, q + (size_t)i * e->q_dim, kp, vp,
+				   seq_table(e, seq[i]), e->block_size, j - i, pos + i,
+				   c->num_attention_heads, c->num_key_value_heads, c->head_dim,
+				   e->attn_scratch, e->attn_scratch_n);
 		i = j;
 	}
 	PROF_END(CO_PROF_ATTN);
@@ -423,8 +531,6 @@ static int forward_chunk(struct co_engine *e, int n, const int32_t *tokens, cons
 	const struct model_config *c = e->c;
 	int hs = c->hidden_size, rc, n_rows = 0;
 
-	if ((rc = check_batch(e, n, tokens, seq, pos, kb)) < 0)
-		return rc;
 	PROF_BEGIN();
 	for (int i = 0; i < n; i++)
 		kn_to_f32(e->h + (size_t)i * hs,
@@ -469,6 +575,9 @@ int co_engine_forward(struct co_engine *e, int n, const int32_t *tokens, const i
 {
 	int rc;
 
+	/* The whole call is checked and its blocks reserved before any row runs. */
+	if ((rc = check_batch(e, n, tokens, seq, pos, knobs)) < 0 || (rc = reserve_blocks(e)) < 0)
+		return rc;
 	for (int off = 0; off < n; off += e->o.max_batch) {
 		int m = FR_MIN(e->o.max_batch, n - off);
 		rc = forward_chunk(e, m, tokens + off, seq + off, pos + off,
@@ -477,5 +586,5 @@ int co_engine_forward(struct co_engine *e, int n, const int32_t *tokens, const i
 		if (rc < 0)
 			return rc;
 	}
-	return n > 0 ? 0 : -EINVAL;
+	return 0;
 }

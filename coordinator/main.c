@@ -160,6 +160,9 @@ int main(int argc, char **argv)
 		.micro_batches = cfg.engine.micro_batches,
 		.max_batch = cfg.engine.max_batch,
 		.max_seqs = cfg.engine.max_seqs,
+		.prefill_chunk = cfg.engine.prefill_chunk,
+		.queue_max = cfg.engine.queue_max,
+		.kv_blocks = cfg.engine.kv_blocks,
 		.max_ctx = cfg.engine.max_ctx,
 		.load_window = 1024,
 		.tp = {

@@ -101,12 +101,14 @@ static int32_t sample_draw(const float *logits, int vocab, float temperature, fl
 				heap_pop(c, n - kept);
 				acc += tail[-(ptrdiff_t)kept].p;
 			}
-			sum = acc;
-			acc = 0.0f;
-			for (kept = 0; kept < limit;) {
-				acc += tail[-(ptrdiff_t)kept++].p;
-				if (acc >= top_p * sum)
-					break;
+			if (top_p < 1.0f) {
+				sum = acc;
+				acc = 0.0f;
+				for (kept = 0; kept < limit;) {
+					acc += tail[-(ptrdiff_t)kept++].p;
+					if (acc >= top_p * sum)
+						break;
+				}
 			}
 		} else {
 			for (kept = 0; kept < limit;) {

@@ -56,6 +56,8 @@ struct co_sched {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;           /* work arrived / stop */
 	bool stop;
+	int paused;                  /* co_sched_pause() depth: no admissions while > 0 */
+	pthread_cond_t idle_cv;      /* the running set became empty */
 
 	struct co_req *queue;        /* waiting, arrival order */
 	int n_queued;
@@ -330,6 +332,36 @@ void co_req_put(struct co_req *r)
 	pthread_mutex_unlock(&s->mu);
 }
 
+int co_sched_pause(struct co_sched *s, int timeout_ms)
+{
+	struct timespec dl;
+	int rc = 0;
+
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += timeout_ms / 1000;
+	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&s->mu);
+	s->paused++;
+	while (s->n_running > 0 && rc == 0)
+		if (pthread_cond_timedwait(&s->idle_cv, &s->mu, &dl) == ETIMEDOUT)
+			rc = -ETIMEDOUT;
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+void co_sched_resume(struct co_sched *s)
+{
+	pthread_mutex_lock(&s->mu);
+	if (s->paused > 0)
+		s->paused--;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
 void co_sched_stats(struct co_sched *s, struct co_sched_stats *ret)
 {
 	pthread_mutex_lock(&s->mu);
@@ -337,6 +369,7 @@ void co_sched_stats(struct co_sched *s, struct co_sched_stats *ret)
 	ret->running = s->n_running;
 	ret->queued = s->n_queued;
 	ret->free_blocks = s->o.kv_blocks - s->blocks_reserved;
+	ret->total_blocks = s->o.kv_blocks;
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -347,7 +380,7 @@ static void admit(struct co_sched *s)
 {
 	uint64_t now = fr_now_ns();
 
-	while (s->queue && s->n_running < s->o.max_seqs) {
+	while (s->queue && s->n_running < s->o.max_seqs && !s->paused) {
 		struct co_req *best = NULL;
 		double best_p = -1;
 		for (struct co_req *r = s->queue; r; r = r->next) {
@@ -562,6 +595,7 @@ static void *sched_main(void *arg)
 			break;
 		admit(s);
 		if (!s->running) {
+			pthread_cond_broadcast(&s->idle_cv);
 			pthread_cond_wait(&s->cv, &s->mu);
 			continue;
 		}
@@ -648,6 +682,7 @@ int co_sched_create(const struct co_sched_opts *o, const struct co_sched_engine 
 		s->o.aging_ms = 1000;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
+	pthread_cond_init(&s->idle_cv, NULL);
 	size_t B = (size_t)o->max_batch;
 	s->seq_used = calloc((size_t)o->max_seqs, sizeof(*s->seq_used));
 	s->b_tok = malloc(B * sizeof(*s->b_tok));
@@ -700,5 +735,6 @@ void co_sched_destroy(struct co_sched *s)
 	free(s->logits);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
+	pthread_cond_destroy(&s->idle_cv);
 	free(s);
 }

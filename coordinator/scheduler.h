@@ -140,10 +140,17 @@ void co_req_cancel(struct co_req *r);
 /* Drops the caller's reference (cancels the request if still running). */
 void co_req_put(struct co_req *r);
 
+/* Pauses admission and waits until no request runs (queued ones keep waiting; new ones
+ * queue); co_sched_resume() undoes it. Pauses nest. For exclusive use of the engine
+ * (benchmarks). Returns 0, or -ETIMEDOUT after timeout_ms (still paused: resume). */
+int co_sched_pause(struct co_sched *s, int timeout_ms);
+void co_sched_resume(struct co_sched *s);
+
 /* Counters for Health/metrics and tests. */
 struct co_sched_stats {
 	int running, queued;
 	int free_blocks;           /* KV blocks not reserved by running requests */
+	int total_blocks;          /* the pool */
 	uint64_t steps, rows, finished, refused;
 };
 void co_sched_stats(struct co_sched *s, struct co_sched_stats *ret);

@@ -24,6 +24,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/placement/placement.h"
 #include "coordinator/server.h"
+#include "coordinator/inference.h"
 #include "coordinator/serving.h"
 #include "rpc/admin.pb-c.h"
 #include "rpc/auth.h"
@@ -87,6 +88,7 @@ struct co_server {
 	struct co_placement *place;
 	char place_err[512];           /* set when the placement is impossible */
 	struct co_serving serving;     /* Generate/Score context */
+	struct co_inference_info info; /* Tokenize/Detokenize/ModelInfo context */
 	char fail[512];                /* why S_FAILED */
 
 	pthread_mutex_t engine_mu;     /* engine, moe, load, the transport while serving */
@@ -454,7 +456,16 @@ static grpc_status_code on_health(struct rpc_call *call, const ProtobufCMessage 
 	resp.version = (char *)FERRY_VERSION;
 	resp.workers = (uint32_t)s->n_joined;
 	resp.epoch = s->epoch;
+	struct co_sched *sched = s->status == S_SERVING ? s->sched : NULL;
 	pthread_mutex_unlock(&s->mu);
+	if (sched) {
+		struct co_sched_stats st;
+		co_sched_stats(sched, &st);
+		resp.running = (uint32_t)st.running;
+		resp.queued = (uint32_t)st.queued;
+		resp.kv_blocks_free = (uint32_t)st.free_blocks;
+		resp.kv_blocks_total = (uint32_t)st.total_blocks;
+	}
 	rpc_call_send(call, &resp.base);
 	return GRPC_STATUS_OK;
 }
@@ -498,6 +509,35 @@ static void sched_release(void *ctx, int seq)
 	struct co_server *s = ctx;
 	pthread_mutex_lock(&s->engine_mu);
 	co_engine_reset_seq(s->engine, seq);
+	pthread_mutex_unlock(&s->engine_mu);
+}
+
+/* ModelInfo's placement summary. */
+static void placement_summary(void *ctx, Ferry__V1__PlacementSummary *ret)
+{
+	struct co_server *s = ctx;
+
+	pthread_mutex_lock(&s->mu);
+	ret->epoch = s->epoch;
+	ret->workers = (uint32_t)s->n_joined;
+	if (s->place) {
+		const struct co_placement *p = s->place;
+		ret->worker_slots = calloc((size_t)p->n_workers, sizeof(*ret->worker_slots));
+		if (ret->worker_slots) {
+			ret->n_worker_slots = (size_t)p->n_workers;
+			for (int w = 0; w < p->n_workers; w++)
+				ret->worker_slots[w] = (uint32_t)p->slots[w];
+		}
+		ret->replicas = (uint32_t)(p->total_slots - p->n_experts);
+	}
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_lock(&s->engine_mu);
+	ret->min_balancedness = 1.0;
+	for (int l = 0; s->load && l < model_n_moe_layers(s->cfg); l++) {
+		double b;
+		if (co_load_balancedness(s->load, l, CO_LOAD_TOKENS, &b) == 0)
+			ret->min_balancedness = FR_MIN(ret->min_balancedness, b);
+	}
 	pthread_mutex_unlock(&s->engine_mu);
 }
 
@@ -620,6 +660,109 @@ out:
 	return st;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static grpc_status_code on_bench_engine(struct rpc_call *call, const ProtobufCMessage *req,
+					void *arg)
+{
+	const Ferry__V1__BenchEngineRequest *r = (const Ferry__V1__BenchEngineRequest *)req;
+	Ferry__V1__BenchEngineResponse resp = FERRY__V1__BENCH_ENGINE_RESPONSE__INIT;
+	struct co_server *s = arg;
+	int B = (int)r->batch, steps = r->steps ? (int)FR_MIN(r->steps, 4096u) : 16;
+	int plen = r->prompt_len ? (int)FR_MIN(r->prompt_len, 65536u) : 16, V = s->cfg->vocab_size;
+	grpc_status_code st;
+	char why[512];
+
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
+	if (B < 1 || B > s->o.max_seqs)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "batch must be in [1, %d] (engine.max_seqs)", s->o.max_seqs);
+	if (plen + steps + 2 > s->max_ctx || (int64_t)B * plen > 1 << 22)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "prompt_len %d + steps %d exceed the context of %d", plen, steps,
+				     s->max_ctx);
+	pthread_mutex_lock(&s->mu);
+	bool ok = s->status == S_SERVING;
+	pthread_mutex_unlock(&s->mu);
+	if (!ok)
+		return rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "the cluster is not serving");
+	if (co_sched_pause(s->sched, 60000) < 0) {
+		co_sched_resume(s->sched);
+		return rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE,
+				     "requests kept running for 60 s: cannot measure");
+	}
+	size_t rows = (size_t)B * plen;
+	int32_t *tok = malloc(rows * sizeof(*tok)), *seq = malloc(rows * sizeof(*seq));
+	int32_t *pos = malloc(rows * sizeof(*pos));
+	bool *want = calloc(rows, sizeof(*want));
+	float *logits = malloc((size_t)B * V * sizeof(float) + rows * sizeof(float));
+	uint64_t *t = malloc((size_t)(steps + 2) * sizeof(*t)), rng = r->seed;
+	int rc = -ENOMEM;
+	if (!tok || !seq || !pos || !want || !logits || !t)
+		goto out;
+	/* Prefill every sequence (only the last rows' logits), then decode together. */
+	for (int b = 0; b < B; b++)
+		for (int p = 0; p < plen; p++) {
+			size_t i = (size_t)b * plen + p;
+			tok[i] = (int32_t)(fr_splitmix64(&rng) % (uint64_t)V);
+			seq[i] = b;
+			pos[i] = p;
+		}
+	for (int b = 0; b < B; b++) {
+		pthread_mutex_lock(&s->engine_mu);
+		co_engine_reset_seq(s->engine, b);
+		pthread_mutex_unlock(&s->engine_mu);
+		rc = engine_step(s, plen, tok + (size_t)b * plen, seq + (size_t)b * plen,
+				 pos + (size_t)b * plen, want, NULL, logits, why, sizeof(why));
+		if (rc < 0)
+			goto out;
+	}
+	uint64_t t0 = 0, t_end;
+	for (int k = 0; k < steps + 2; k++) {
+		for (int b = 0; b < B; b++) {
+			tok[b] = (int32_t)(fr_splitmix64(&rng) % (uint64_t)V);
+			seq[b] = b;
+			pos[b] = plen + k;
+		}
+		uint64_t a = fr_now_ns();
+		if (k == 2)
+			t0 = a; /* two warm-up steps */
+		rc = engine_step(s, B, tok, seq, pos, NULL, NULL, logits, why, sizeof(why));
+		if (rc < 0)
+			goto out;
+		t[k] = fr_now_ns() - a;
+	}
+	t_end = fr_now_ns();
+	qsort(t + 2, (size_t)steps, sizeof(*t), cmp_u64);
+	resp.tokens_per_s = (double)B * steps / ((double)(t_end - t0) / 1e9);
+	resp.step_ms_p50 = (double)t[2 + steps / 2] / 1e6;
+	rc = 0;
+out:
+	for (int b = 0; b < B; b++) {
+		pthread_mutex_lock(&s->engine_mu);
+		co_engine_reset_seq(s->engine, b);
+		pthread_mutex_unlock(&s->engine_mu);
+	}
+	co_sched_resume(s->sched);
+	free(tok);
+	free(seq);
+	free(pos);
+	free(want);
+	free(logits);
+	free(t);
+	if (rc < 0)
+		return rpc_call_fail(call, rc == -ENOMEM ? GRPC_STATUS_RESOURCE_EXHAUSTED :
+				     GRPC_STATUS_UNAVAILABLE, "engine benchmark failed: %s",
+				     rc == -ENOMEM ? "out of memory" : why);
+	rpc_call_send(call, &resp.base);
+	return GRPC_STATUS_OK;
+}
+
 /* ---- life cycle --------------------------------------------------------------------------- */
 
 static int add_methods(struct co_server *s, struct fr_error *err)
@@ -646,14 +789,25 @@ static int add_methods(struct co_server *s, struct fr_error *err)
 		  &ferry__v1__generate_request__descriptor, co_handle_generate },
 		{ RPC_M_SCORE, RPC_METHOD_UNARY, &ferry__v1__score_request__descriptor,
 		  co_handle_score },
+		{ RPC_M_TOKENIZE, RPC_METHOD_UNARY, &ferry__v1__tokenize_request__descriptor,
+		  co_handle_tokenize },
+		{ RPC_M_DETOKENIZE, RPC_METHOD_UNARY, &ferry__v1__detokenize_request__descriptor,
+		  co_handle_detokenize },
+		{ RPC_M_MODEL_INFO, RPC_METHOD_UNARY, &ferry__v1__model_info_request__descriptor,
+		  co_handle_model_info },
 		{ RPC_M_GET_LOAD, RPC_METHOD_UNARY, &ferry__v1__get_load_request__descriptor,
 		  on_get_load },
+		{ RPC_M_BENCH_ENGINE, RPC_METHOD_UNARY, &ferry__v1__bench_engine_request__descriptor,
+		  on_bench_engine },
 	};
 	int rc;
 
 	for (size_t i = 0; i < FR_ARRAY_SIZE(m); i++) {
 		void *arg = m[i].fn == co_handle_generate || m[i].fn == co_handle_score ?
 			(void *)&s->serving : (void *)s;
+		if (m[i].fn == co_handle_tokenize || m[i].fn == co_handle_detokenize ||
+		    m[i].fn == co_handle_model_info)
+			arg = &s->info;
 		if ((rc = rpc_server_add_method(s->rpc, m[i].path, m[i].kind, m[i].desc, m[i].fn, arg,
 						err)) < 0)
 			return rc;
@@ -727,6 +881,8 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	} else {
 		fr_info(LOG_COMP, "%s: no tokenizer.json: clients must send token ids", s->model_path);
 	}
+	s->info = (struct co_inference_info){ .cfg = s->cfg, .tok = s->tok, .max_ctx = s->max_ctx,
+					      .placement = placement_summary, .placement_ctx = s };
 	s->serving = (struct co_serving){ .cfg = s->cfg, .tok = s->tok, .max_ctx = s->max_ctx,
 					  .default_max_tokens = 256,
 					  .unavailable = serving_unavailable, .ctx = s };
@@ -978,14 +1134,15 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 		goto fail;
 	struct co_engine_opts eo = { .max_seqs = s->o.max_seqs, .max_ctx = s->max_ctx,
 				     .max_batch = s->o.max_batch,
-				     .micro_batches = s->o.micro_batches };
+				     .micro_batches = s->o.micro_batches,
+				     .kv_blocks = s->o.kv_blocks };
 	if ((rc = co_engine_create(s->w, s->moe, &eo, &s->engine, err)) < 0)
 		goto fail;
-	int bs = 16;
 	struct co_sched_opts so = {
 		.max_seqs = s->o.max_seqs, .max_batch = s->o.max_batch,
 		.prefill_chunk = s->o.prefill_chunk, .max_ctx = s->max_ctx,
-		.kv_blocks = s->o.max_seqs * FR_DIV_ROUND_UP(s->max_ctx, bs), .block_size = bs,
+		.kv_blocks = co_engine_kv_blocks(s->engine),
+		.block_size = co_engine_block_size(s->engine),
 		.queue_max = s->o.queue_max, .vocab = s->cfg->vocab_size,
 		.eos = s->cfg->eos_token_id,
 	};
@@ -998,9 +1155,10 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 	fr_info(LOG_COMP, "serving: %d workers, %d micro-batches of up to %d tokens, %s wire, "
-		"epoch %llu", s->o.workers, s->o.micro_batches,
-		FR_DIV_ROUND_UP(s->o.max_batch, s->o.micro_batches),
-		s->o.wire == FP_DTYPE_F32 ? "f32" : "bf16", (unsigned long long)s->epoch);
+		"epoch %llu; %d sequences, KV pool of %d blocks x %d positions", s->o.workers,
+		s->o.micro_batches, FR_DIV_ROUND_UP(s->o.max_batch, s->o.micro_batches),
+		s->o.wire == FP_DTYPE_F32 ? "f32" : "bf16", (unsigned long long)s->epoch,
+		s->o.max_seqs, co_engine_kv_blocks(s->engine), co_engine_block_size(s->engine));
 	free(eps);
 	free(recv);
 	return 0;

@@ -50,6 +50,7 @@ struct co_server_opts {
 	int prefill_chunk;             /* prompt rows per request per step (0: max_batch / 2) */
 	int queue_max;                 /* waiting requests before RESOURCE_EXHAUSTED (0: 256) */
 	int max_ctx;                   /* positions per sequence (0 = the model's) */
+	int kv_blocks;                 /* KV pool in 16-position blocks (0: max_seqs x max_ctx) */
 	int load_window;               /* load accounting window, forward steps */
 	struct tp_config tp;           /* data-plane transport */
 	enum fp_dtype wire;            /* activations on the wire */

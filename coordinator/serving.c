@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "coordinator/serving.h"
+#include "coordinator/text.h"
 
 #define LOG_COMP "serve"
 /* Logits rows per GenerateResponse: stay well under RPC_MAX_MESSAGE_BYTES. */
@@ -246,17 +247,32 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 	grpc_status_code st;
 	int rc, vocab = sv->cfg->vocab_size, per = (int)FR_MAX(1u, LOGITS_MSG_BYTES /
 						((unsigned)vocab * sizeof(float)));
-	bool first = true;
+	bool first = true, stopped = false;
 	uint32_t n_gen = 0;
+	struct co_detok *dt = NULL;
+	struct co_stop *stop = NULL;
+	char *sv_text_buf = NULL;   /* the final message's joined text */
 
 	if ((st = unavailable(sv, call)) != GRPC_STATUS_OK)
 		return st;
 	if ((rc = co_generate_validate(sv, r, &spec, &ids, &err)) < 0)
 		return rpc_call_fail(call, status_of(rc), "%s", err.msg);
+	/* Text out: asked for, or implied by a text prompt or stop strings. */
+	bool want_text = sv->tok && (r->return_text || (r->prompt && r->prompt[0]) || r->n_stop);
+	if (want_text && ((rc = co_detok_create(sv->tok, CO_DETOK_NO_NUL, &dt)) < 0 ||
+			  (rc = co_stop_create((const char *const *)r->stop, NULL, (int)r->n_stop,
+					       &stop, &err)) < 0)) {
+		free(ids);
+		co_detok_destroy(dt);
+		return rpc_call_fail(call, status_of(rc), "%s", err.msg[0] ? err.msg : strerror(-rc));
+	}
 	rc = co_sched_submit(sv->sched, &spec, &req, &err);
 	free(ids);
-	if (rc < 0)
+	if (rc < 0) {
+		co_detok_destroy(dt);
+		co_stop_destroy(stop);
 		return rpc_call_fail(call, status_of(rc), "%s", err.msg);
+	}
 
 	for (;;) {
 		struct co_req_out out;
@@ -270,10 +286,56 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 					   out.errmsg);
 			goto out;
 		}
-		if (out.finish == CO_FINISH_CANCELLED) {
+		if (out.finish == CO_FINISH_CANCELLED && !stopped) {
 			st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "the server is stopping");
 			goto out;
 		}
+		/* Text of the new tokens through the stop-string matcher; at the end, what the
+		 * detokenizer and the matcher held back. A completed stop string ends the
+		 * request (finish STOP) and neither it nor what follows is sent. */
+		const char *text = NULL;
+		size_t text_len = 0;
+		if (dt && !stopped) {
+			const char *t = NULL;
+			size_t tl = 0;
+			int hit = 0;
+			if (out.n_tokens && co_detok_feed(dt, out.tokens, (size_t)out.n_tokens, &t, &tl) == 0)
+				hit = co_stop_push(stop, t, tl, &text, &text_len);
+			if (out.finish && !hit) {
+				/* Both flushes reuse their buffers: join them in a copy. */
+				char *joined = NULL;
+				size_t jl = 0;
+				if (text_len && (joined = malloc(text_len)))
+					memcpy(joined, text, (jl = text_len));
+				if (co_detok_flush(dt, &t, &tl) == 0 && tl)
+					hit = co_stop_push(stop, t, tl, &text, &text_len);
+				else
+					text_len = 0;
+				const char *rest = NULL;
+				size_t rl = 0;
+				if (!hit)
+					co_stop_flush(stop, &rest, &rl);
+				free(sv_text_buf);
+				sv_text_buf = malloc(jl + text_len + rl + 1);
+				if (sv_text_buf) {
+					memcpy(sv_text_buf, joined ? joined : "", jl);
+					memcpy(sv_text_buf + jl, text ? text : "", text_len);
+					memcpy(sv_text_buf + jl + text_len, rest ? rest : "", rl);
+					text_len = jl + text_len + rl;
+					sv_text_buf[text_len] = '\0';
+					text = sv_text_buf;
+				}
+				free(joined);
+			}
+			if (hit) {
+				stopped = true;
+				co_req_cancel(req);
+				if (!out.finish)
+					out.finish = CO_FINISH_STOP;
+			}
+		}
+		if (stopped && out.finish == CO_FINISH_CANCELLED)
+			out.finish = CO_FINISH_STOP; /* we cancelled it for the stop string */
 		/* Logits rows first (in chunks), then the new tokens; the final message
 		 * carries finish_reason, usage and timing. */
 		int rows_left = out.n_rows;
@@ -301,6 +363,16 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 				m.prompt_tokens = (uint32_t)out.n_prompt;
 				first = false;
 			}
+			/* protobuf-c strings end at NUL: the text (NUL-free: CO_DETOK_NO_NUL) is
+			 * copied into a terminated buffer. */
+			char *tbuf = NULL;
+			if (last_chunk && text_len) {
+				if ((tbuf = malloc(text_len + 1))) {
+					memcpy(tbuf, text, text_len);
+					tbuf[text_len] = '\0';
+					m.text = tbuf;
+				}
+			}
 			if (last_chunk && out.finish) {
 				m.finish_reason = finish_reason(out.finish);
 				usage.prompt_tokens = (uint32_t)out.n_prompt;
@@ -313,9 +385,11 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 				m.usage = &usage;
 				m.timing = &timing;
 			}
-			if (!rws && !m.n_tokens && !m.finish_reason)
+			if (!rws && !m.n_tokens && !m.finish_reason && !tbuf)
 				break;
-			if (rpc_call_send(call, &m.base) < 0) {
+			int src = rpc_call_send(call, &m.base);
+			free(tbuf);
+			if (src < 0) {
 				co_req_cancel(req);
 				st = GRPC_STATUS_CANCELLED;
 				goto out;
@@ -328,6 +402,9 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 	}
 out:
 	co_req_put(req);
+	co_detok_destroy(dt);
+	co_stop_destroy(stop);
+	free(sv_text_buf);
 	return st;
 }
 

@@ -445,8 +445,11 @@ static int up_exec(const struct up_opts *o)
 		}
 		usleep(100000);
 	}
-	printf("ferry cluster up: %d worker(s), %s transport, %s wire\naddress: %s\n", o->workers,
-	       o->transport, o->wire, addr);
+	printf("ferry cluster up: %d worker(s), %s transport, %s wire\naddress: %s\npids: %d",
+	       o->workers, o->transport, o->wire, addr, (int)pids[0]);
+	for (int i = 1; i <= o->workers; i++)
+		printf(" %d", (int)pids[i]);
+	printf("\n");
 	fflush(stdout);
 
 	/* Foreground until a signal or a death. */

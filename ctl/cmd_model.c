@@ -49,10 +49,14 @@ static const char gen_usage[] =
 	"  -s, --seed S        weight seed, 0..2^64-1 (default 0)\n"
 	"  -n, --shards N      split into N files of about equal size (default 1, at most 256)\n"
 	"  -j, --threads N     generator threads (default 1; more help only on idle cores)\n"
+	"  -t, --tokenizer FILE  a HuggingFace tokenizer.json: copied into DIR (with the\n"
+	"                      tokenizer_config.json beside it, if any); the vocabulary size and\n"
+	"                      BOS/EOS ids become the tokenizer's, so text works end to end\n"
 	"  -q, --quiet         no progress on stderr\n"
 	"  -h, --help          this text\n"
 	"\n"
-	"Example: ferryctl model gen --preset 145b --layers 2 /tmp/m145\n";
+	"Example: ferryctl model gen --preset 145b --layers 2 /tmp/m145\n"
+	"         ferryctl model gen --preset tiny --tokenizer tokenizer.json /tmp/tiny\n";
 
 static const char info_usage[] =
 	"Usage: ferryctl model info DIR\n"
@@ -70,6 +74,7 @@ static const struct option gen_longopts[] = {
 	{ "seed", required_argument, NULL, 's' },
 	{ "shards", required_argument, NULL, 'n' },
 	{ "threads", required_argument, NULL, 'j' },
+	{ "tokenizer", required_argument, NULL, 't' },
 	{ "quiet", no_argument, NULL, OPT_QUIET },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
@@ -118,7 +123,7 @@ static int model_parse(int argc, char **argv, struct model_cmd_opts *o, const ch
 		o->sub = MODEL_SUB_GEN;
 		*ret_usage = gen_usage;
 		longopts = gen_longopts;
-		shortopts = ":p:l:d:s:n:j:qh";
+		shortopts = ":p:l:d:s:n:j:t:qh";
 	} else if (!strcmp(argv[1], "info")) {
 		o->sub = MODEL_SUB_INFO;
 		*ret_usage = info_usage;
@@ -175,6 +180,11 @@ static int model_parse(int argc, char **argv, struct model_cmd_opts *o, const ch
 						    "--threads: '%s' is not an integer in [1, 1024]",
 						    optarg);
 			o->gen.threads = (int)v;
+			break;
+		case 't':
+			if (!*optarg)
+				return fr_error_set(err, -EINVAL, "--tokenizer: empty path");
+			o->gen.tokenizer = optarg;
 			break;
 		case OPT_QUIET:
 			o->quiet = true;
@@ -273,20 +283,21 @@ static int gen_exec(struct model_cmd_opts *o)
 		fprintf(stderr, "ferryctl model gen: %s\n", err.msg[0] ? err.msg : strerror(-rc));
 		return CTL_EXIT_FAIL;
 	}
-	/* The summary is recomputed from the config the generator used. */
-	model_preset_config(o->gen.preset, &cfg);
-	if (o->gen.layers)
-		cfg.num_hidden_layers = o->gen.layers;
-	cfg.first_k_dense_replace = FR_MIN(cfg.first_k_dense_replace, cfg.num_hidden_layers);
+	/* The summary comes from the config the generator wrote. */
+	if ((rc = model_config_load(o->dir, &cfg, &err)) < 0) {
+		fprintf(stderr, "ferryctl model gen: %s\n", err.msg[0] ? err.msg : strerror(-rc));
+		return CTL_EXIT_FAIL;
+	}
 	model_param_count(&cfg, &pc);
 	bytes = (uint64_t)pc.total * kn_dtype_size(o->gen.dtype);
 	fmt_count(params, sizeof(params), pc.total);
 	printf("%s: preset %s, %d layers, %s, seed %" PRIu64 ": %s params (%" PRId64 "), "
-	       "%.2f GB of weights in %d safetensors file%s%s, %.1f s\n",
+	       "%.2f GB of weights in %d safetensors file%s%s%s, %.1f s\n",
 	       o->dir, model_preset_name(o->gen.preset), cfg.num_hidden_layers,
 	       kn_dtype_name(o->gen.dtype), o->gen.seed, params, pc.total, (double)bytes / 1e9,
 	       o->gen.shards, o->gen.shards > 1 ? "s" : "",
-	       o->gen.shards > 1 ? " + index" : "", (double)(fr_now_ns() - prog.t0) / 1e9);
+	       o->gen.shards > 1 ? " + index" : "", o->gen.tokenizer ? " + tokenizer.json" : "",
+	       (double)(fr_now_ns() - prog.t0) / 1e9);
 	return CTL_EXIT_OK;
 }
 

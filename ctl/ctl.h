@@ -31,6 +31,10 @@ extern const struct ctl_cmd ctl_cmd_tokenize;
 extern const struct ctl_cmd ctl_cmd_detokenize;
 extern const struct ctl_cmd ctl_cmd_up;     /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_load;   /* with gRPC only */
+extern const struct ctl_cmd ctl_cmd_generate;    /* with gRPC only */
+extern const struct ctl_cmd ctl_cmd_score;       /* with gRPC only */
+extern const struct ctl_cmd ctl_cmd_eval;        /* with gRPC only */
+extern const struct ctl_cmd ctl_cmd_bench_serve; /* with gRPC only */
 
 /* All commands, NULL-terminated. */
 extern const struct ctl_cmd *const ctl_cmds[];

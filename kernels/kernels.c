@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* kernels.c - ISA selection, threading and the ops built from the per-ISA primitives. */
 #include <assert.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
@@ -270,9 +271,10 @@ size_t kn_attention_scratch_size(int max_ctx)
 	return (size_t)g_threads * (size_t)max_ctx;
 }
 
-void kn_attention(float *out, const float *q, const float *kc, const float *vc, int n,
-		  const int32_t *pos, int n_heads, int n_kv_heads, int head_dim, float *scratch,
-		  size_t scratch_floats)
+void kn_attention_paged(float *out, const float *q, const float *kp, const float *vp,
+			const int32_t *blocks, int block_size, int n, const int32_t *pos,
+			int n_heads, int n_kv_heads, int head_dim, float *scratch,
+			size_t scratch_floats)
 {
 	const struct kn_ops *ops = kn_ops();
 	int group = n_heads / n_kv_heads;
@@ -281,7 +283,7 @@ void kn_attention(float *out, const float *q, const float *kc, const float *vc, 
 	int jobs = n * n_heads;
 	int nth = jobs < 2 ? 1 : g_threads;
 	size_t per = scratch_floats / (size_t)nth;
-	assert(n_heads % n_kv_heads == 0);
+	assert(n_heads % n_kv_heads == 0 && block_size > 0);
 
 #pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
 	for (int job = 0; job < jobs; job++) {
@@ -290,9 +292,21 @@ void kn_attention(float *out, const float *q, const float *kc, const float *vc, 
 		int n_ctx = pos[t] + 1;
 		assert((size_t)n_ctx <= per);
 		ops->attend(out + ((size_t)t * n_heads + h) * head_dim,
-			    q + ((size_t)t * n_heads + h) * head_dim, kc + (size_t)kvh * head_dim,
-			    vc + (size_t)kvh * head_dim, n_ctx, head_dim, stride, scale, sc);
+			    q + ((size_t)t * n_heads + h) * head_dim, kp + (size_t)kvh * head_dim,
+			    vp + (size_t)kvh * head_dim, blocks, block_size, n_ctx, head_dim, stride,
+			    scale, sc);
 	}
+}
+
+void kn_attention(float *out, const float *q, const float *kc, const float *vc, int n,
+		  const int32_t *pos, int n_heads, int n_kv_heads, int head_dim, float *scratch,
+		  size_t scratch_floats)
+{
+	static const int32_t one_block = 0;
+
+	/* One block as large as any context. */
+	kn_attention_paged(out, q, kc, vc, &one_block, INT_MAX, n, pos, n_heads, n_kv_heads,
+			   head_dim, scratch, scratch_floats);
 }
 
 void kn_gate(const float *logits, const struct kn_gate_opts *o, int32_t *ret_idx, float *ret_w,

@@ -98,9 +98,14 @@ struct kn_ops {
 	/* In place, numerically stable. */
 	void (*softmax)(float *x, int n);
 	/* One query head over n_ctx cached positions: out[hd] = softmax(q.K^T * scale) V.
-	 * k, v: [n_ctx] rows with stride `stride` floats; scratch: [n_ctx] floats. */
-	void (*attend)(float *out, const float *q, const float *k, const float *v, int n_ctx,
-		       int head_dim, size_t stride, float scale, float *scratch);
+	 * The cache is paged: position j is row j % block_size of block blocks[j / block_size]
+	 * of k and v, whose rows are `stride` floats apart (a block is block_size rows). A
+	 * contiguous cache is one block: blocks = {0}, block_size >= n_ctx. Positions are
+	 * visited in order, so the result does not depend on block_size.
+	 * scratch: [n_ctx] floats. */
+	void (*attend)(float *out, const float *q, const float *k, const float *v,
+		       const int32_t *blocks, int block_size, int n_ctx, int head_dim, size_t stride,
+		       float scale, float *scratch);
 };
 
 /* Selects the table (idempotent, thread-safe). Honors $FERRY_ISA. */
@@ -134,6 +139,14 @@ void kn_swiglu(float *out, const float *gate, const float *up, int n);
 void kn_attention(float *out, const float *q, const float *kc, const float *vc, int n,
 		  const int32_t *pos, int n_heads, int n_kv_heads, int head_dim, float *scratch,
 		  size_t scratch_floats);
+/* kn_attention over a paged cache (vLLM's PagedAttention layout): position p of the sequence
+ * sits in row p % block_size of block blocks[p / block_size] of the pools
+ * kp, vp: [n_blocks][block_size][n_kv_heads][hd]; blocks must cover positions [0, max pos].
+ * Bit-identical to kn_attention over the same rows laid out contiguously. */
+void kn_attention_paged(float *out, const float *q, const float *kp, const float *vp,
+			const int32_t *blocks, int block_size, int n, const int32_t *pos,
+			int n_heads, int n_kv_heads, int head_dim, float *scratch,
+			size_t scratch_floats);
 size_t kn_attention_scratch_size(int max_ctx);
 
 /* Routing for one token: scores from router logits, pick k, weights.

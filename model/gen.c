@@ -161,6 +161,44 @@ void model_preset_config(enum model_preset p, struct model_config *ret)
 	*ret = c;
 }
 
+const char *model_gen_preset_match(const struct model_config *cfg)
+{
+	for (int p = 0; p < MODEL_PRESET__COUNT; p++) {
+		struct model_config c;
+
+		model_preset_config((enum model_preset)p, &c);
+		if (cfg->num_hidden_layers < 1 || cfg->num_hidden_layers > c.num_hidden_layers)
+			continue;
+		/* What model_gen() changes: layers (keeping first_k_dense_replace within them),
+		 * dtype, and vocab / BOS / EOS from a tokenizer. */
+		c.num_hidden_layers = cfg->num_hidden_layers;
+		c.first_k_dense_replace = FR_MIN(c.first_k_dense_replace, c.num_hidden_layers);
+		if (strcmp(cfg->model_type, c.model_type) ||
+		    cfg->hidden_size != c.hidden_size ||
+		    cfg->intermediate_size != c.intermediate_size ||
+		    cfg->moe_intermediate_size != c.moe_intermediate_size ||
+		    cfg->num_attention_heads != c.num_attention_heads ||
+		    cfg->num_key_value_heads != c.num_key_value_heads ||
+		    cfg->head_dim != c.head_dim ||
+		    cfg->n_routed_experts != c.n_routed_experts ||
+		    cfg->n_shared_experts != c.n_shared_experts ||
+		    cfg->num_experts_per_tok != c.num_experts_per_tok ||
+		    cfg->first_k_dense_replace != c.first_k_dense_replace ||
+		    cfg->moe_layer_freq != c.moe_layer_freq ||
+		    cfg->max_position_embeddings != c.max_position_embeddings ||
+		    cfg->rms_norm_eps != c.rms_norm_eps || cfg->rope_theta != c.rope_theta ||
+		    cfg->norm_topk_prob != c.norm_topk_prob ||
+		    cfg->attention_bias != c.attention_bias ||
+		    cfg->tie_word_embeddings != c.tie_word_embeddings ||
+		    cfg->scoring_func != c.scoring_func ||
+		    cfg->routed_scaling_factor != c.routed_scaling_factor ||
+		    cfg->has_expert_bias != c.has_expert_bias)
+			continue;
+		return preset_names[p];
+	}
+	return NULL;
+}
+
 /* ---- parameter counts ------------------------------------------------------------------- */
 
 void model_param_count(const struct model_config *cfg, struct model_param_counts *ret)
@@ -264,23 +302,19 @@ static json_t *token_id_json(int id)
 	return id < 0 ? json_null() : json_integer(id);
 }
 
-int model_config_write(const struct model_config *cfg, const char *path, struct fr_error *err)
+char *model_config_to_json(const struct model_config *cfg)
 {
 	const double reals[] = { cfg->rms_norm_eps, cfg->rope_theta, cfg->routed_scaling_factor,
 				 0.0, 0.001, 0.02 };
-	char tmp[4096];
 	json_t *root = NULL, *arch = NULL;
-	char *text = NULL;
-	FILE *f = NULL;
-	int rc = -ENOMEM;
-
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		return fr_error_set(err, -ENAMETOOLONG, "%s: path too long", path);
+	char *text = NULL, *fixed;
 
 	root = json_object();
 	arch = json_array();
-	if (!root || !arch || json_array_append_new(arch, json_string("DeepseekForCausalLM")))
-		goto fail_nomem;
+	if (!root || !arch || json_array_append_new(arch, json_string("DeepseekForCausalLM"))) {
+		json_decref(arch);
+		goto out;
+	}
 	/* The key set of deepseek-moe-16b-base's config.json, plus the V3-style gating keys
 	 * only when they differ from v1's defaults. */
 	if (json_object_set_new(root, "architectures", arch) ||
@@ -327,28 +361,41 @@ int model_config_write(const struct model_config *cfg, const char *path, struct 
 	    json_object_set_new(root, "transformers_version", json_string("4.36.0")) ||
 	    json_object_set_new(root, "use_cache", json_true()) ||
 	    json_object_set_new(root, "vocab_size", json_integer(cfg->vocab_size)))
-		goto fail_nomem_arch_owned;
+		goto out;
 	if (cfg->routed_scaling_factor != 1.0 &&
 	    json_object_set_new(root, "routed_scaling_factor",
 				json_real(cfg->routed_scaling_factor)))
-		goto fail_nomem_arch_owned;
+		goto out;
 	if (cfg->has_expert_bias &&
 	    json_object_set_new(root, "topk_method", json_string("noaux_tc")))
-		goto fail_nomem_arch_owned;
+		goto out;
 
 	/* As transformers writes it: json.dumps(indent=2, sort_keys=True) + "\n". */
 	text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS |
 					JSON_REAL_PRECISION(real_precision(reals,
 									   FR_ARRAY_SIZE(reals))));
 	if (!text)
-		goto fail_nomem_arch_owned;
-	{
-		char *fixed = py_exponents(text);
-		free(text);
-		text = fixed;
-		if (!text)
-			goto fail_nomem_arch_owned;
-	}
+		goto out;
+	fixed = py_exponents(text);
+	free(text);
+	text = fixed;
+out:
+	json_decref(root);
+	return text;
+}
+
+int model_config_write(const struct model_config *cfg, const char *path, struct fr_error *err)
+{
+	char tmp[4096];
+	char *text = NULL;
+	FILE *f = NULL;
+	int rc;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return fr_error_set(err, -ENAMETOOLONG, "%s: path too long", path);
+	text = model_config_to_json(cfg);
+	if (!text)
+		return fr_error_set(err, -ENOMEM, "%s: out of memory building config.json", path);
 
 	f = fopen(tmp, "we");
 	if (!f) {
@@ -372,11 +419,6 @@ int model_config_write(const struct model_config *cfg, const char *path, struct 
 	rc = 0;
 	goto out;
 
-fail_nomem:
-	json_decref(arch);
-fail_nomem_arch_owned:
-	rc = fr_error_set(err, -ENOMEM, "%s: out of memory building config.json", path);
-	goto out;
 out_unlink:
 	if (f)
 		fclose(f);
@@ -384,7 +426,6 @@ out_unlink:
 	unlink(tmp);
 out:
 	free(text);
-	json_decref(root);
 	return rc;
 }
 
@@ -925,6 +966,95 @@ out:
 	return rc;
 }
 
+/* Copies src to dir/name through dir/.name.tmp, in blocks. */
+static int copy_file(const char *src, const char *dir, const char *name, struct fr_error *err)
+{
+	char path[4096], tmp[4096];
+	char *buf = NULL;
+	int in = -1, out = -1, rc;
+
+	if ((rc = path_join(path, sizeof(path), dir, "", name, "", err)) < 0 ||
+	    (rc = path_join(tmp, sizeof(tmp), dir, ".", name, ".tmp", err)) < 0)
+		return rc;
+	in = open(src, O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		return fr_error_set(err, -errno, "%s: %s", src, strerror(errno));
+	buf = malloc(1 << 16);
+	if (!buf) {
+		rc = fr_error_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (out < 0) {
+		rc = fr_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	for (;;) {
+		ssize_t got = read(in, buf, 1 << 16);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got < 0) {
+			rc = fr_error_set(err, -errno, "%s: read: %s", src, strerror(errno));
+			goto out_unlink;
+		}
+		if (got == 0)
+			break;
+		if ((rc = write_all(out, buf, (size_t)got, tmp, err)) < 0)
+			goto out_unlink;
+	}
+	if (close(out) < 0) {
+		out = -1;
+		rc = fr_error_set(err, -errno, "%s: close: %s", tmp, strerror(errno));
+		goto out_unlink;
+	}
+	out = -1;
+	if (rename(tmp, path) < 0) {
+		rc = fr_error_set(err, -errno, "%s: rename: %s", tmp, strerror(errno));
+		goto out_unlink;
+	}
+	rc = 0;
+	goto out;
+out_unlink:
+	unlink(tmp);
+out:
+	if (out >= 0)
+		close(out);
+	close(in);
+	free(buf);
+	return rc;
+}
+
+/* The tokenizer's vocabulary and BOS/EOS go into cfg; tokenizer.json (and the
+ * tokenizer_config.json beside it, which decides BOS/EOS when present) into dir. */
+static int gen_tokenizer(const char *src, const char *dir, struct model_config *cfg,
+			 struct fr_error *err)
+{
+	struct model_tokenizer *tk;
+	char conf[4096];
+	const char *slash = strrchr(src, '/');
+	int rc;
+
+	if ((rc = model_tokenizer_load(src, &tk, err)) < 0)
+		return rc;
+	cfg->vocab_size = model_tokenizer_vocab_size(tk);
+	cfg->bos_token_id = model_tokenizer_bos(tk);
+	cfg->eos_token_id = model_tokenizer_eos(tk);
+	model_tokenizer_free(tk);
+	if ((rc = copy_file(src, dir, "tokenizer.json", err)) < 0)
+		return rc;
+	if (snprintf(conf, sizeof(conf), "%.*stokenizer_config.json",
+		     slash ? (int)(slash - src + 1) : 0, src) >= (int)sizeof(conf))
+		return fr_error_set(err, -ENAMETOOLONG, "%s: path too long", src);
+	if (access(conf, F_OK) == 0)
+		return copy_file(conf, dir, "tokenizer_config.json", err);
+	/* A stale one from an earlier run would change BOS/EOS under the new tokenizer. */
+	if ((rc = path_join(conf, sizeof(conf), dir, "", "tokenizer_config.json", "", err)) < 0)
+		return rc;
+	if (unlink(conf) == 0)
+		fr_info("model", "removed stale %s", conf);
+	return 0;
+}
+
 static int gen_check_opts(const struct model_gen_opts *o, const struct model_config *preset,
 			  struct fr_error *err)
 {
@@ -963,6 +1093,8 @@ int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *
 
 	if (mkdir(dir, 0755) < 0 && errno != EEXIST)
 		return fr_error_set(err, -errno, "%s: mkdir: %s", dir, strerror(errno));
+	if (o->tokenizer && (rc = gen_tokenizer(o->tokenizer, dir, &cfg, err)) < 0)
+		return rc;
 
 	if ((rc = table_build(&cfg, &g.tb)) < 0) {
 		rc = fr_error_set(err, rc, "out of memory listing tensors");

@@ -63,6 +63,9 @@ int model_config_parse(const char *json, size_t len, struct model_config *ret,
 int model_config_load(const char *dir, struct model_config *ret, struct fr_error *err);
 /* Writes cfg as an HF config.json (full key set of deepseek-moe-16b-base) to path. */
 int model_config_write(const struct model_config *cfg, const char *path, struct fr_error *err);
+/* The text model_config_write() writes (without the final newline): heap, NUL-terminated,
+ * caller frees; NULL when out of memory. */
+char *model_config_to_json(const struct model_config *cfg);
 
 /* HF rule: MoE iff n_routed_experts > 0, l >= first_k_dense_replace, l % moe_layer_freq == 0 */
 bool model_layer_is_moe(const struct model_config *cfg, int layer);
@@ -197,6 +200,7 @@ enum model_preset {
 	MODEL_PRESET_2B,
 	MODEL_PRESET_16B,
 	MODEL_PRESET_145B,
+	MODEL_PRESET__COUNT,
 };
 
 /* "tiny", "2b", "16b", "145b" -> preset; -EINVAL otherwise. */
@@ -206,6 +210,11 @@ const char *model_preset_name(enum model_preset p);
 /* Fills the HF config of a preset (ARCHITECTURE §1 table; the widths the table leaves open
  * are chosen and documented in model/gen.c). torch_dtype is BF16. */
 void model_preset_config(enum model_preset p, struct model_config *ret);
+/* The name of the preset whose shape cfg has, as model_gen() can write it: every field of
+ * the preset's config but those the generator's options change (vocab_size and the BOS/EOS
+ * ids with a tokenizer, torch_dtype, fewer layers with first_k_dense_replace capped by
+ * them). NULL when none matches. */
+const char *model_gen_preset_match(const struct model_config *cfg);
 
 /* Parameter counts implied by a config (no checkpoint needed). */
 struct model_param_counts {
@@ -231,14 +240,20 @@ struct model_gen_opts {
 	 * all safetensors files; may be NULL. */
 	void (*progress)(uint64_t done, uint64_t total, void *ctx);
 	void *progress_ctx;
+	/* Optional tokenizer.json (NULL: none): copied into dir (with the tokenizer_config.json
+	 * beside it, if any); vocab_size becomes its vocabulary size and bos/eos_token_id its
+	 * BOS/EOS (null when it has none), so every id it emits is one the model knows. */
+	const char *tokenizer;
 };
 
-/* Writes a deterministic synthetic checkpoint (config.json + safetensors [+ index]) into
- * dir (created if needed), streaming tensor by tensor: memory use is bounded by one row
- * block, not the model size. Same opts -> byte-identical files. Each value depends only on
- * (seed, tensor name, element index), so sharding and dtype never change values. Every file
- * is written under a temporary name and renamed when complete. Errors: -EINVAL (bad opts;
- * err says which), -errno from the file system (err names the file). */
+/* Writes a deterministic synthetic checkpoint (config.json + safetensors [+ index]
+ * [+ tokenizer.json]) into dir (created if needed), streaming tensor by tensor: memory use
+ * is bounded by one row block (and the tokenizer, when one is given), not the model size.
+ * Same opts -> byte-identical files. Each value depends only on (seed, tensor name, element
+ * index), so sharding and dtype never change values. Every file is written under a
+ * temporary name and renamed when complete; config.json comes last. Errors: -EINVAL (bad
+ * opts; err says which), -ENOTSUP (a tokenizer this library cannot load), -errno from the
+ * file system (err names the file). */
 int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *err);
 
 #endif /* FERRY_MODEL_H */

@@ -47,6 +47,7 @@
 #define RPC_M_UNLOAD_EXPERTS "/ferry.v1.Internal/UnloadExperts"
 #define RPC_M_REPORT_STATS "/ferry.v1.Internal/ReportStats"
 #define RPC_M_GET_LOAD "/ferry.v1.Admin/GetLoad"
+#define RPC_M_BENCH_ENGINE "/ferry.v1.Admin/BenchEngine"
 
 /* Largest message either side accepts (gRPC's own default is 4 MiB). */
 #define RPC_MAX_MESSAGE_BYTES (16u << 20)

@@ -9,6 +9,7 @@ pkgs=(
   libibverbs-dev librdmacm-dev ibverbs-providers
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
   xz-utils
+  python3-grpcio python3-grpc-tools  # tests/py: Python gRPC clients
 )
 missing=()
 for p in "${pkgs[@]}"; do

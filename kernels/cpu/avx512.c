@@ -403,15 +403,25 @@ static void avx512_softmax(float *x, int n)
 	}
 }
 
-static void avx512_attend(float *out, const float *q, const float *k, const float *v, int n_ctx,
-			  int head_dim, size_t stride, float scale, float *scratch)
+static void avx512_attend(float *out, const float *q, const float *k, const float *v,
+		       const int32_t *blocks, int block_size, int n_ctx, int head_dim,
+		       size_t stride, float scale, float *scratch)
 {
-	for (int j = 0; j < n_ctx; j++)
-		scratch[j] = avx512_dot(q, k + (size_t)j * stride, head_dim) * scale;
+	size_t bstride = (size_t)block_size * stride;
+
+	for (int b = 0, j = 0; j < n_ctx; b++, j += block_size) {
+		const float *kb = k + (size_t)blocks[b] * bstride;
+		float *sb = scratch + j;
+		for (int i = 0, m = n_ctx - j < block_size ? n_ctx - j : block_size; i < m; i++)
+			sb[i] = avx512_dot(q, kb + (size_t)i * stride, head_dim) * scale;
+	}
 	avx512_softmax(scratch, n_ctx);
 	memset(out, 0, (size_t)head_dim * sizeof(float));
-	for (int j = 0; j < n_ctx; j++)
-		avx512_axpy(out, scratch[j], v + (size_t)j * stride, head_dim);
+	for (int b = 0, j = 0; j < n_ctx; b++, j += block_size) {
+		const float *vb = v + (size_t)blocks[b] * bstride, *sb = scratch + j;
+		for (int i = 0, m = n_ctx - j < block_size ? n_ctx - j : block_size; i < m; i++)
+			avx512_axpy(out, sb[i], vb + (size_t)i * stride, head_dim);
+	}
 }
 
 const struct kn_ops kn_ops_avx512 = {

@@ -63,6 +63,39 @@ static inline float *kt_rand_vec(size_t n, float scale)
 	return p;
 }
 
+/* A random block table for n positions in blocks of bs: a permutation of the ids of a pool of
+ * *ret_n_pool blocks, a few more than needed. Caller frees it. */
+static inline int32_t *kt_block_table(int n, int bs, int *ret_n_pool)
+{
+	int n_pool = (n + bs - 1) / bs + kt_randint(0, 3);
+	int32_t *perm = malloc((size_t)n_pool * sizeof(*perm));
+	if (!perm) {
+		perror("malloc");
+		exit(1);
+	}
+	for (int i = 0; i < n_pool; i++)
+		perm[i] = i;
+	for (int i = n_pool - 1; i > 0; i--) {
+		int j = kt_randint(0, i), t = perm[i];
+		perm[i] = perm[j];
+		perm[j] = t;
+	}
+	*ret_n_pool = n_pool;
+	return perm;
+}
+
+/* Pages rows[n][row] into a pool of n_pool blocks of bs rows (vLLM layout): position j goes to
+ * row j % bs of block table[j / bs]. Pool rows not written hold noise. Caller frees it. */
+static inline float *kt_page(const float *rows, int n, size_t row, int bs, const int32_t *table,
+			     int n_pool)
+{
+	float *pool = kt_rand_vec((size_t)n_pool * bs * row, 3.0f);
+	for (int j = 0; j < n; j++)
+		memcpy(pool + ((size_t)table[j / bs] * bs + j % bs) * row, rows + (size_t)j * row,
+		       row * sizeof(float));
+	return pool;
+}
+
 #define KT_FAIL(...)                                                                        \
 	do {                                                                                \
 		if (kt_failures++ < 20) {                                                   \

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* test_kn_entry.c - the threaded kn_* entry points on the active table (--isa NAME picks it
- * through FERRY_ISA): rope against fp64, attention against a naive fp64 version, kn_gate
- * against a sort, and bit-identical matmul/attention results for 1 and 2 threads. */
+ * through FERRY_ISA): rope against fp64, attention against a naive fp64 version, paged
+ * attention bit-identical to it, kn_gate against a sort, and bit-identical matmul/attention
+ * results for 1 and 2 threads. */
 #include <float.h>
 
 #include "kn-test.h"
@@ -50,6 +51,22 @@ static void test_attention(int n, int n_heads, int n_kv, int hd, int max_ctx)
 		free(scratch);
 	}
 	KT_CHECK(memcmp(out, out1, q_sz * sizeof(float)) == 0, "attention: 1 and 2 threads differ");
+
+	/* The same cache paged over shuffled blocks: the same bits. */
+	static const int block_sizes[] = { 1, 16, 64 };
+	for (size_t b = 0; b < FR_ARRAY_SIZE(block_sizes); b++) {
+		int bs = block_sizes[b], n_pool;
+		size_t row = (size_t)n_kv * hd, scf = kn_attention_scratch_size(max_ctx);
+		int32_t *bt = kt_block_table(max_ctx, bs, &n_pool);
+		float *kp = kt_page(kc, max_ctx, row, bs, bt, n_pool);
+		float *vp = kt_page(vc, max_ctx, row, bs, bt, n_pool);
+		float *scratch = kt_alloc(scf);
+		kn_attention_paged(out1, q, kp, vp, bt, bs, n, pos, n_heads, n_kv, hd, scratch, scf);
+		KT_CHECK(memcmp(out, out1, q_sz * sizeof(float)) == 0,
+			 "paged attention n=%d heads=%d/%d hd=%d block %d: differs from contiguous", n,
+			 n_heads, n_kv, hd, bs);
+		free(bt), free(kp), free(vp), free(scratch);
+	}
 
 	double scale = 1.0 / sqrt((double)hd);
 	for (int t = 0; t < n; t++)

@@ -200,17 +200,33 @@ static void test_softmax(const struct kn_ops *ops, int n)
 
 static void test_attend(const struct kn_ops *ops, int n_ctx, int hd)
 {
+	static const int32_t zero = 0;
+	static const int block_sizes[] = { 1, 2, 3, 16, 64 };
 	size_t stride = (size_t)hd * 3 + 1;
 	float *q = kt_rand_vec(hd, 2.0f), *k = kt_rand_vec(n_ctx * stride, 2.0f);
 	float *v = kt_rand_vec(n_ctx * stride, 1.0f);
 	float *o = kt_rand_vec(hd, 1.0f), *orf = kt_alloc(hd), *sc = kt_alloc(n_ctx);
+	float *op = kt_alloc(hd);
 	float scale = 1.0f / sqrtf((float)hd);
-	ref->attend(orf, q, k, v, n_ctx, hd, stride, scale, sc);
-	ops->attend(o, q, k, v, n_ctx, hd, stride, scale, sc);
+	ref->attend(orf, q, k, v, &zero, n_ctx, n_ctx, hd, stride, scale, sc);
+	ops->attend(o, q, k, v, &zero, n_ctx, n_ctx, hd, stride, scale, sc);
 	for (int d = 0; d < hd; d++)
 		KT_CHECK(fabsf(o[d] - orf[d]) <= 2e-6f, "%s attend ctx=%d hd=%d [%d]: %.9g vs %.9g",
 			 ops->name, n_ctx, hd, d, o[d], orf[d]);
-	free(q), free(k), free(v), free(o), free(orf), free(sc);
+	/* Paged: the same rows scattered over shuffled blocks give the same bits. */
+	for (size_t b = 0; b < FR_ARRAY_SIZE(block_sizes); b++) {
+		int bs = block_sizes[b];
+		int n_pool;
+		int32_t *bt = kt_block_table(n_ctx, bs, &n_pool);
+		float *kp = kt_page(k, n_ctx, stride, bs, bt, n_pool);
+		float *vp = kt_page(v, n_ctx, stride, bs, bt, n_pool);
+		ops->attend(op, q, kp, vp, bt, bs, n_ctx, hd, stride, scale, sc);
+		KT_CHECK(memcmp(op, o, (size_t)hd * sizeof(float)) == 0,
+			 "%s attend paged ctx=%d hd=%d block %d: differs from contiguous", ops->name,
+			 n_ctx, hd, bs);
+		free(kp), free(vp), free(bt);
+	}
+	free(q), free(k), free(v), free(o), free(orf), free(sc), free(op);
 }
 
 int main(void)
