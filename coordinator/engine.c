@@ -488,8 +488,9 @@ static int check_batch(struct co_engine *e, int n, const int32_t *tokens, const 
 }
 
 /*
- * Micro-batch ping-pong (MegaScale-Infer): the rows are split into m contiguous
- * micro-batches. Each one runs attention and its router up to the next MoE layer and
+ * Micro-batch ping-pong (MegaScale-Infer): after the leading dense layers (run once for
+ * all rows), the rows are split into m contiguous micro-batches. Each one runs
+ * attention and its router up to the next MoE layer and
  * dispatches; then, in order, each pending micro-batch computes its shared experts,
  * combines, and runs on to its next dispatch - so the attention of one overlaps the routed
  * experts of the others on the workers. Micro-batch j reaches every layer after j-1 did,
@@ -500,11 +501,24 @@ static int run_layers(struct co_engine *e, int n, const int32_t *seq, const int3
 		      const struct co_route_knobs *kb)
 {
 	struct mb_state mbs[CO_MAX_MICRO_BATCHES] = { { 0 } };
-	int m = FR_MIN(e->o.micro_batches, n), rc, busy;
+	int m = FR_MIN(e->o.micro_batches, n), rc, busy, first = 0;
 
+	/* Dense layers before the first MoE layer have nothing to overlap with: run them once
+	 * over the whole batch, so their weights are streamed once, not once per
+	 * micro-batch. */
+	if (m > 1) {
+		struct mb_state all = { .r0 = 0, .n = n, .seq = seq, .pos = pos };
+		while (first < e->c->num_hidden_layers && !e->w->layers[first].moe) {
+			attention_block(e, first, &all);
+			if ((rc = ffn_start(e, first, &all, 0, kb)) < 0)
+				return rc;
+			first++;
+		}
+	}
 	for (int j = 0; j < m; j++) {
 		int r0 = (int)((int64_t)n * j / m), r1 = (int)((int64_t)n * (j + 1) / m);
-		mbs[j] = (struct mb_state){ .r0 = r0, .n = r1 - r0, .seq = seq + r0, .pos = pos + r0 };
+		mbs[j] = (struct mb_state){ .r0 = r0, .n = r1 - r0, .seq = seq + r0, .pos = pos + r0,
+					    .layer = first };
 		if ((rc = mb_advance(e, &mbs[j], j, kb)) < 0)
 			return fail_pending(e, mbs, m, rc);
 	}
