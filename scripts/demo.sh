@@ -6,6 +6,8 @@
 #   MODEL_DIR   where the checkpoint goes (default: build/models/$PRESET)
 #   PRESET      tiny|2b|16b|145b (default tiny), LAYERS (default: the preset's)
 #   WORKERS     expert workers (default 2)
+#   TOKENIZER   tokenizer.json for the model (default: DeepSeek-V3's, under tests/data; empty:
+#               none, then the demo sends token ids)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -15,8 +17,11 @@ PRESET=${PRESET:-tiny}
 WORKERS=${WORKERS:-2}
 MODEL_DIR=${MODEL_DIR:-build/models/$PRESET}
 ferryctl=build/ctl/ferryctl
+TOKENIZER=${TOKENIZER-tests/data/tokenizer/tokenizer.json}
 if [ ! -f "$MODEL_DIR/config.json" ]; then
-  $ferryctl model gen --preset "$PRESET" ${LAYERS:+--layers "$LAYERS"} "$MODEL_DIR"
+  mkdir -p "$(dirname "$MODEL_DIR")"
+  $ferryctl model gen --preset "$PRESET" ${LAYERS:+--layers "$LAYERS"} \
+    ${TOKENIZER:+--tokenizer "$TOKENIZER"} "$MODEL_DIR"
 fi
 $ferryctl model info "$MODEL_DIR" || true
 
@@ -39,8 +44,15 @@ for _ in $(seq 1200); do
 done
 [ -n "$addr" ] || { echo "the cluster did not start in time" >&2; exit 1; }
 cat "$log"
-echo "== ferryctl run --cluster $addr --tokens \"1 2 3 4 5 6 7 8\" --max-new 32 --stats"
-$ferryctl run --cluster "$addr" --tokens "1 2 3 4 5 6 7 8" --max-new 32 --stats
+if [ -f "$MODEL_DIR/tokenizer.json" ]; then
+  # Random weights: the text is noise, but it streams through the real path.
+  echo "== ferryctl generate --cluster $addr --max-tokens 32 \"The quick brown fox\""
+  $ferryctl generate --cluster "$addr" --max-tokens 32 --ignore-eos "The quick brown fox"
+  echo
+else
+  echo "== ferryctl run --cluster $addr --tokens \"1 2 3 4 5 6 7 8\" --max-new 32 --stats"
+  $ferryctl run --cluster "$addr" --tokens "1 2 3 4 5 6 7 8" --max-new 32 --stats
+fi
 echo "== ferryctl load --cluster $addr"
 sleep 1.2 # one heartbeat: the workers' measured compute time arrives with it
 $ferryctl load --cluster "$addr"
