@@ -53,9 +53,10 @@ static const char bs_usage[] =
 	"end-of-sequence is ignored by default so the output length is the one asked for.\n"
 	"Reports per level: requests/s, output tokens/s, time to first token (TTFT) and\n"
 	"inter-token latency (ITL) p50/p99 as the clients measured them, and errors; then the\n"
-	"serving engine's own decode tokens/s at batch = concurrency (Admin.BenchEngine: the\n"
-	"same engine without scheduler and streaming API, admission paused meanwhile) and the\n"
-	"ratio served / engine: the server's overhead. The admin token, if the coordinator\n"
+	"serving engine's own tokens/s on the same work at batch = concurrency (Admin.BenchEngine:\n"
+	"prompts of the mean prompt length prefilled together, then the mean output length\n"
+	"decoded together, without scheduler and streaming API, admission paused meanwhile)\n"
+	"and the ratio served / engine: the server's overhead. The admin token, if the coordinator\n"
 	"has one, comes from $FERRY_ADMIN_TOKEN_FILE.\n"
 	"\n"
 	"  -c, --cluster ADDR       coordinator address (default $FERRY_CLUSTER, else\n"
@@ -425,7 +426,7 @@ static void bs_engine_baseline(const struct bs_opts *o, struct rpc_channel *ch,
 	struct fr_error err = { { 0 } };
 
 	req.batch = (uint32_t)r->concurrency;
-	req.steps = 16;
+	req.steps = (uint32_t)FR_MAX(1, (o->output_len.lo + o->output_len.hi) / 2);
 	req.prompt_len = (uint32_t)FR_MAX(1, (o->prompt_len.lo + o->prompt_len.hi) / 2);
 	req.seed = o->seed;
 	if (rpc_unary(ch, RPC_M_BENCH_ENGINE, &req.base, &ferry__v1__bench_engine_response__descriptor,

@@ -38,7 +38,8 @@ struct up_opts {
 	int workers;
 	int replicas;        /* extra slots per worker beyond ceil(experts / workers) */
 	int micro_batches;
-	int threads;         /* kernel threads per process (0: the daemons' default) */
+	int threads;         /* coordinator kernel threads (0: all CPUs) */
+	int worker_threads;  /* kernel threads per worker (0: CPUs / workers, at least 1) */
 	int timeout_s;
 	char **sets;         /* --set, passed to the coordinator */
 	int n_sets;
@@ -59,7 +60,10 @@ static const char up_usage[] =
 	"      --replicas R         extra slots per worker for replicas of hot experts (default 0)\n"
 	"      --micro-batches M    ping-pong micro-batches (default 2)\n"
 	"      --wire DTYPE         activations on the wire: bf16 (default) or f32\n"
-	"      --threads N          kernel threads per process (default: all CPUs)\n"
+	"      --threads N          kernel threads of the coordinator (default: all CPUs) and,\n"
+	"                           unless --worker-threads says otherwise, of each worker\n"
+	"      --worker-threads N   kernel threads per worker (default: CPUs / workers, at\n"
+	"                           least 1, so the processes do not oversubscribe the host)\n"
 	"      --set SECTION.KEY=VALUE  extra coordinator configuration (repeatable)\n"
 	"      --timeout S          give up when not serving after S seconds (default 120)\n"
 	"  -h, --help               this text\n"
@@ -68,7 +72,7 @@ static const char up_usage[] =
 	"died, 2 for bad arguments. The daemons are looked up next to ferryctl (or in\n"
 	"$FERRY_BIN_DIR).\n";
 
-enum { UP_REPLICAS = 256, UP_MB, UP_WIRE, UP_THREADS, UP_SET, UP_TIMEOUT };
+enum { UP_REPLICAS = 256, UP_MB, UP_WIRE, UP_THREADS, UP_SET, UP_TIMEOUT, UP_WTHREADS };
 
 static const struct option up_longopts[] = {
 	{ "model", required_argument, NULL, 'm' },
@@ -79,6 +83,7 @@ static const struct option up_longopts[] = {
 	{ "micro-batches", required_argument, NULL, UP_MB },
 	{ "wire", required_argument, NULL, UP_WIRE },
 	{ "threads", required_argument, NULL, UP_THREADS },
+	{ "worker-threads", required_argument, NULL, UP_WTHREADS },
 	{ "set", required_argument, NULL, UP_SET },
 	{ "timeout", required_argument, NULL, UP_TIMEOUT },
 	{ "help", no_argument, NULL, 'h' },
@@ -146,6 +151,10 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 			break;
 		case UP_THREADS:
 			if (int_opt("threads", optarg, 1, 1024, &o->threads, err) < 0)
+				return -EINVAL;
+			break;
+		case UP_WTHREADS:
+			if (int_opt("worker-threads", optarg, 1, 1024, &o->worker_threads, err) < 0)
 				return -EINVAL;
 			break;
 		case UP_SET:
@@ -399,6 +408,9 @@ static int up_exec(const struct up_opts *o)
 
 	/* The workers. */
 	int slots = FR_DIV_ROUND_UP(cfg.n_routed_experts, o->workers) + o->replicas;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	int wthreads = o->worker_threads ? o->worker_threads : o->threads ? o->threads :
+		       (int)FR_MAX(1, (ncpu > 0 ? ncpu : 1) / o->workers);
 	for (int w = 0; w < o->workers; w++) {
 		if (fr_strv_push(&av, &n_av, "%s", wk_bin) < 0 ||
 		    fr_strv_push(&av, &n_av, "--config=%s", conf) < 0 ||
@@ -408,7 +420,7 @@ static int up_exec(const struct up_opts *o)
 		    fr_strv_push(&av, &n_av, "--slots=%d", FR_MIN(slots, cfg.n_routed_experts)) < 0 ||
 		    fr_strv_push(&av, &n_av, "--transport=%s", o->transport) < 0 ||
 		    fr_strv_push(&av, &n_av, "--secret-file=%s", secret) < 0 ||
-		    (o->threads && fr_strv_push(&av, &n_av, "--set=worker.threads=%d", o->threads) < 0) ||
+		    fr_strv_push(&av, &n_av, "--set=worker.threads=%d", wthreads) < 0 ||
 		    fr_strv_push(&av, &n_av, "%s", "") < 0)
 			goto oom;
 		free(av[n_av - 1]);
