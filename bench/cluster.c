@@ -15,6 +15,7 @@
  *
  * Usage: cluster --model DIR [--workers "1 2 4"] [--batch "1 8 32"] [--steps N]
  *                [--transport shm|tcp] [--threads T] [--worker-threads T] [--wire bf16|f32]
+ * (worker threads default to the CPUs split between the workers, as `ferryctl up` does)
  */
 #include <errno.h>
 #include <getopt.h>
@@ -183,7 +184,11 @@ static int cluster_up(const struct opts *o, int workers, int m, int n_experts, i
 	for (int i = 0; i < workers; i++) {
 		char threads[48];
 		snprintf(name, sizeof(name), "w%d", i);
-		snprintf(threads, sizeof(threads), "worker.threads=%d", o->worker_threads);
+		/* Default: the host's CPUs split between the workers (what ferryctl up does). */
+		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+		int wt = o->worker_threads ? o->worker_threads :
+			 (int)FR_MAX(1, (ncpu > 0 ? ncpu : 1) / workers);
+		snprintf(threads, sizeof(threads), "worker.threads=%d", wt);
 		char *argv[] = { wk, "-c", conf, "--insecure", "-m", (char *)o->model, "-C", port,
 				 "-n", name, "--slots", slots, "-t",
 				 (char *)tp_backend_name(o->backend), "-s", threads, NULL };
@@ -216,7 +221,7 @@ int main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	struct opts o = { .steps = 16, .backend = TP_BACKEND_SHM, .wire = FP_DTYPE_BF16,
-			  .worker_threads = 1 };
+			  .worker_threads = 0 };
 	struct fr_error err = { { 0 } };
 	int c;
 	int64_t v;
@@ -285,7 +290,7 @@ int main(int argc, char **argv)
 	co_moe_destroy(&moe);
 
 	printf("cluster decode vs the single-process engine: %s, %d MoE layers, %s transport, "
-	       "%s wire, kernel threads %d (workers %d each), %d steps, medians of one run\n\n",
+	       "%s wire, kernel threads %d (workers: %d each, 0 = CPUs / workers), %d steps\n\n",
 	       o.model, n_moe, tp_backend_name(o.backend), o.wire == FP_DTYPE_F32 ? "f32" : "bf16",
 	       kn_threads(), o.worker_threads, o.steps);
 	printf("%-8s %-3s %6s %12s %12s %9s %16s %8s\n", "workers", "m", "batch", "engine tok/s",
