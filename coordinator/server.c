@@ -590,6 +590,9 @@ static grpc_status_code on_get_load(struct rpc_call *call, const ProtobufCMessag
 
 	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
 		return st;
+	if (r->n_layers > (size_t)n_moe)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "%zu layers asked, the model has %d MoE layers", r->n_layers, n_moe);
 	for (size_t i = 0; i < r->n_layers; i++)
 		if (r->layers[i] >= (uint32_t)n_moe)
 			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
