@@ -11,6 +11,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <time.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -99,6 +100,11 @@ static inline double fr_rand_unit(uint64_t *state)
 {
 	return (double)(fr_splitmix64(state) >> 11) * (1.0 / 9007199254740992.0);
 }
+
+/* A CLOCK_REALTIME deadline ms milliseconds from now (for pthread_cond_timedwait), and
+ * whether it has passed. */
+void fr_deadline_ms(struct timespec *ret, int ms);
+bool fr_deadline_passed(const struct timespec *ts);
 
 /* Appends a formatted string to a heap vector of n strings. Returns 0 or -ENOMEM. */
 int fr_strv_push(char ***v, int *n, const char *fmt, ...) FR_PRINTF(3, 4);

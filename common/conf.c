@@ -928,3 +928,21 @@ void conf_write_doc(const struct conf_key *keys, size_t n, FILE *f)
 		}
 	}
 }
+
+int conf_load(const struct conf_key *keys, size_t n, const char *path, const char *default_path,
+	      char *const *overrides, int n_overrides, void *dst, struct fr_error *err)
+{
+	int rc;
+
+	if ((rc = conf_defaults(keys, n, dst, err)) < 0)
+		return rc;
+	rc = conf_load_file(keys, n, path ? path : default_path, dst, err);
+	/* Without --config a missing default file means "defaults and --set only". */
+	if (rc == -ENOENT && !path)
+		rc = 0;
+	for (int i = 0; rc == 0 && i < n_overrides; i++)
+		rc = conf_set(keys, n, overrides[i], dst, err);
+	if (rc < 0)
+		conf_free(keys, n, dst);
+	return rc;
+}

@@ -102,6 +102,13 @@ int conf_set(const struct conf_key *keys, size_t n, const char *assignment, void
  * values. Unset strings are written as "key =". */
 void conf_dump(const struct conf_key *keys, size_t n, const void *src, FILE *f);
 
+/* A daemon's configuration: defaults, then the file at path (NULL: default_path, which may
+ * be missing: defaults and overrides only), then the overrides ("section.key=value", as
+ * given to --set) in order. All or nothing: on an error dst holds no allocation.
+ * Errors: conf_load_file()'s and conf_set()'s. */
+int conf_load(const struct conf_key *keys, size_t n, const char *path, const char *default_path,
+	      char *const *overrides, int n_overrides, void *dst, struct fr_error *err);
+
 /* Writes an example INI file documenting every key: its doc text, type, range and default,
  * then the key itself commented out with its default ("#workers = 1"). The file parses
  * as-is and sets nothing. */

@@ -151,17 +151,10 @@ int co_config_load(const char *path, char *const *overrides, int n_overrides,
 	struct co_config cfg;
 	int rc;
 
-	if ((rc = conf_defaults(co_config_keys, co_config_n_keys, &cfg, err)) < 0)
+	if ((rc = conf_load(co_config_keys, co_config_n_keys, path, CO_CONFIG_DEFAULT_PATH,
+			    overrides, n_overrides, &cfg, err)) < 0)
 		return rc;
-	rc = conf_load_file(co_config_keys, co_config_n_keys, path ? path : CO_CONFIG_DEFAULT_PATH,
-			    &cfg, err);
-	/* Without --config a missing default file means "defaults and --set only". */
-	if (rc == -ENOENT && !path)
-		rc = 0;
-	for (int i = 0; rc == 0 && i < n_overrides; i++)
-		rc = conf_set(co_config_keys, co_config_n_keys, overrides[i], &cfg, err);
-	if (rc == 0)
-		rc = co_config_validate(&cfg, err);
+	rc = co_config_validate(&cfg, err);
 	if (rc < 0) {
 		co_config_free(&cfg);
 		return rc;

@@ -116,8 +116,7 @@ int main(int argc, char **argv)
 			argv[optind]);
 		return 2;
 	}
-	if (co_config_load(config_path, ov, n_ov, &cfg, &err) < 0 ||
-	    co_config_validate(&cfg, &err) < 0) {
+	if (co_config_load(config_path, ov, n_ov, &cfg, &err) < 0) { /* validates too */
 		fprintf(stderr, "ferry-coordinator: %s\n", err.msg);
 		goto out;
 	}

@@ -244,15 +244,8 @@ int co_req_next(struct co_req *r, int timeout_ms, struct co_req_out *out)
 	struct timespec dl;
 	int news = 0;
 
-	if (timeout_ms >= 0) {
-		clock_gettime(CLOCK_REALTIME, &dl);
-		dl.tv_sec += timeout_ms / 1000;
-		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
-	}
+	if (timeout_ms >= 0)
+		fr_deadline_ms(&dl, timeout_ms);
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
@@ -337,13 +330,7 @@ int co_sched_pause(struct co_sched *s, int timeout_ms)
 	struct timespec dl;
 	int rc = 0;
 
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += timeout_ms / 1000;
-	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (dl.tv_nsec >= 1000000000L) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000L;
-	}
+	fr_deadline_ms(&dl, timeout_ms);
 	pthread_mutex_lock(&s->mu);
 	s->paused++;
 	while (s->n_running > 0 && rc == 0)

@@ -104,24 +104,6 @@ struct co_server {
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
-static void deadline_in(struct timespec *ts, int ms)
-{
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
-static bool past(const struct timespec *ts)
-{
-	struct timespec now;
-	clock_gettime(CLOCK_REALTIME, &now);
-	return now.tv_sec > ts->tv_sec || (now.tv_sec == ts->tv_sec && now.tv_nsec >= ts->tv_nsec);
-}
-
 static const char *status_name(enum srv_status st)
 {
 	static const char *const n[] = { "starting", "serving", "draining", "failed" };
@@ -225,8 +207,8 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	memcpy(w->blob, r->transport_addresses[0]->blob.data, w->blob_len);
 	w->last_heartbeat_ns = fr_now_ns();
 	pthread_cond_broadcast(&s->cv);
-	deadline_in(&dl, 10000);
-	while (w->state == W_JOINING && s->status == S_STARTING && !past(&dl))
+	fr_deadline_ms(&dl, 10000);
+	while (w->state == W_JOINING && s->status == S_STARTING && !fr_deadline_passed(&dl))
 		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
 	if (w->state != W_READY) {
 		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "join of '%s' failed: %s", name,
@@ -298,8 +280,8 @@ static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufC
 		goto unlock;
 	/* Long poll: the placement exists once every worker joined. */
 	int64_t wait_ms = FR_MIN(rpc_call_remaining_ms(call), (int64_t)s->o.join_timeout_ms);
-	deadline_in(&dl, (int)FR_MAX(wait_ms, 0));
-	while (!s->place && !s->place_err[0] && s->status == S_STARTING && !past(&dl) &&
+	fr_deadline_ms(&dl, (int)FR_MAX(wait_ms, 0));
+	while (!s->place && !s->place_err[0] && s->status == S_STARTING && !fr_deadline_passed(&dl) &&
 	       !rpc_call_cancelled(call))
 		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
 	if (s->place_err[0]) {
@@ -951,7 +933,7 @@ static int wait_joins(struct co_server *s, struct fr_error *err)
 	struct timespec dl;
 	int connected = 0, rc;
 
-	deadline_in(&dl, s->o.join_timeout_ms);
+	fr_deadline_ms(&dl, s->o.join_timeout_ms);
 	pthread_mutex_lock(&s->mu);
 	while (connected < s->o.workers) {
 		struct srv_worker *w = NULL;
@@ -963,14 +945,14 @@ static int wait_joins(struct co_server *s, struct fr_error *err)
 				pthread_mutex_unlock(&s->mu);
 				return fr_error_set(err, -ECANCELED, "stopped while workers joined");
 			}
-			if (past(&dl)) {
+			if (fr_deadline_passed(&dl)) {
 				pthread_mutex_unlock(&s->mu);
 				return fr_error_set(err, -ETIMEDOUT,
 						    "only %d of %d workers joined within %d ms", connected,
 						    s->o.workers, s->o.join_timeout_ms);
 			}
 			struct timespec tick;
-			deadline_in(&tick, 200);
+			fr_deadline_ms(&tick, 200);
 			pthread_cond_timedwait(&s->cv, &s->mu, &tick);
 			continue;
 		}
@@ -1074,7 +1056,7 @@ static int wait_loaded(struct co_server *s, struct fr_error *err)
 	struct timespec dl;
 	int rc = 0;
 
-	deadline_in(&dl, s->o.join_timeout_ms);
+	fr_deadline_ms(&dl, s->o.join_timeout_ms);
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
 		int loaded = 0;
@@ -1096,7 +1078,7 @@ static int wait_loaded(struct co_server *s, struct fr_error *err)
 			rc = fr_error_set(err, -ECANCELED, "stopped while workers loaded");
 			goto out;
 		}
-		if (past(&dl)) {
+		if (fr_deadline_passed(&dl)) {
 			rc = fr_error_set(err, -ETIMEDOUT, "only %d of %d workers loaded their slots "
 					  "within %d ms", loaded, s->o.workers, s->o.join_timeout_ms);
 			goto out;
@@ -1186,12 +1168,12 @@ fail:
 	if (s->place_err[0]) {
 		/* Let the workers hear why (their GetAssignment is waiting) before going. */
 		struct timespec dl;
-		deadline_in(&dl, 3000);
+		fr_deadline_ms(&dl, 3000);
 		for (;;) {
 			int told = 0;
 			for (int i = 0; i < s->n_joined; i++)
 				told += s->workers[i].told_place_err;
-			if (told == s->n_joined || past(&dl))
+			if (told == s->n_joined || fr_deadline_passed(&dl))
 				break;
 			pthread_cond_timedwait(&s->cv, &s->mu, &dl);
 		}
@@ -1208,7 +1190,7 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 	pthread_mutex_lock(&s->mu);
 	while (!s->stop && s->status != S_FAILED) {
 		struct timespec tick;
-		deadline_in(&tick, 200);
+		fr_deadline_ms(&tick, 200);
 		pthread_cond_timedwait(&s->cv, &s->mu, &tick);
 		/* Heartbeats: a worker silent for three intervals is reported (its endpoint
 		 * failure, when it comes, fails the cluster). */

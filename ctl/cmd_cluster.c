@@ -90,17 +90,6 @@ static const struct option up_longopts[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
-static int int_opt(const char *name, const char *s, int64_t min, int64_t max, int *ret,
-		   struct fr_error *err)
-{
-	int64_t v;
-	if (fr_parse_i64(s, min, max, &v) < 0)
-		return fr_error_set(err, -EINVAL, "--%s: '%s' is not an integer in [%lld, %lld]", name,
-				    s, (long long)min, (long long)max);
-	*ret = (int)v;
-	return 0;
-}
-
 static void up_free(struct up_opts *o)
 {
 	fr_strv_free(o->sets, o->n_sets);
@@ -126,7 +115,7 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 		switch (c) {
 		case 'm': o->model = optarg; break;
 		case 'w':
-			if (int_opt("workers", optarg, 1, UP_MAX_WORKERS, &o->workers, err) < 0)
+			if (ctl_arg_int("workers", optarg, 1, UP_MAX_WORKERS, &o->workers, err) < 0)
 				return -EINVAL;
 			break;
 		case 'l': o->listen = optarg; break;
@@ -137,11 +126,11 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 			o->transport = optarg;
 			break;
 		case UP_REPLICAS:
-			if (int_opt("replicas", optarg, 0, MODEL_MAX_EXPERTS, &o->replicas, err) < 0)
+			if (ctl_arg_int("replicas", optarg, 0, MODEL_MAX_EXPERTS, &o->replicas, err) < 0)
 				return -EINVAL;
 			break;
 		case UP_MB:
-			if (int_opt("micro-batches", optarg, 1, 8, &o->micro_batches, err) < 0)
+			if (ctl_arg_int("micro-batches", optarg, 1, 8, &o->micro_batches, err) < 0)
 				return -EINVAL;
 			break;
 		case UP_WIRE:
@@ -150,11 +139,11 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 			o->wire = optarg;
 			break;
 		case UP_THREADS:
-			if (int_opt("threads", optarg, 1, 1024, &o->threads, err) < 0)
+			if (ctl_arg_int("threads", optarg, 1, 1024, &o->threads, err) < 0)
 				return -EINVAL;
 			break;
 		case UP_WTHREADS:
-			if (int_opt("worker-threads", optarg, 1, 1024, &o->worker_threads, err) < 0)
+			if (ctl_arg_int("worker-threads", optarg, 1, 1024, &o->worker_threads, err) < 0)
 				return -EINVAL;
 			break;
 		case UP_SET:
@@ -163,7 +152,7 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 						    optarg);
 			break;
 		case UP_TIMEOUT:
-			if (int_opt("timeout", optarg, 1, 3600, &o->timeout_s, err) < 0)
+			if (ctl_arg_int("timeout", optarg, 1, 3600, &o->timeout_s, err) < 0)
 				return -EINVAL;
 			break;
 		case 'h': return 1;
@@ -583,7 +572,7 @@ static int load_parse(int argc, char **argv, struct load_opts *o, struct fr_erro
 		switch (c) {
 		case 'c': o->cluster = optarg; break;
 		case 'l':
-			if (int_opt("layer", optarg, 0, 65535, &v, err) < 0)
+			if (ctl_arg_int("layer", optarg, 0, 65535, &v, err) < 0)
 				return -EINVAL;
 			if (o->n_layers == FR_ARRAY_SIZE(o->layers))
 				return fr_error_set(err, -EINVAL, "--layer: at most %zu",

@@ -80,15 +80,6 @@ static const struct option run_longopts[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
-static int int_arg(const char *name, const char *s, int64_t min, int64_t max, int64_t *ret,
-		   struct fr_error *err)
-{
-	if (fr_parse_i64(s, min, max, ret) < 0)
-		return fr_error_set(err, -EINVAL, "--%s: '%s' is not an integer in [%lld, %lld]", name,
-				    s, (long long)min, (long long)max);
-	return 0;
-}
-
 /* Returns 0, 1 for --help, or -EINVAL. */
 static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error *err)
 {
@@ -113,7 +104,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 			o->tokens = optarg;
 			break;
 		case 'n':
-			if (int_arg("max-new", optarg, 0, 1 << 20, &v, err) < 0)
+			if (ctl_arg_i64("max-new", optarg, 0, 1 << 20, &v, err) < 0)
 				return -EINVAL;
 			o->max_new = (int)v;
 			break;
@@ -131,7 +122,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 			o->top_p = (float)d;
 			break;
 		case OPT_SEED:
-			if (int_arg("seed", optarg, 0, INT64_MAX, &v, err) < 0)
+			if (ctl_arg_i64("seed", optarg, 0, INT64_MAX, &v, err) < 0)
 				return -EINVAL;
 			o->seed = (uint64_t)v;
 			break;
@@ -139,12 +130,12 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 			o->stop_at_eos = true;
 			break;
 		case OPT_TOPK:
-			if (int_arg("top-k", optarg, 1, MODEL_MAX_EXPERTS, &v, err) < 0)
+			if (ctl_arg_i64("top-k", optarg, 1, MODEL_MAX_EXPERTS, &v, err) < 0)
 				return -EINVAL;
 			o->knobs.top_k = (int)v;
 			break;
 		case OPT_MASK:
-			if (int_arg("mask-top", optarg, 0, MODEL_MAX_EXPERTS, &v, err) < 0)
+			if (ctl_arg_i64("mask-top", optarg, 0, MODEL_MAX_EXPERTS, &v, err) < 0)
 				return -EINVAL;
 			o->knobs.mask_top = (int)v;
 			break;
@@ -152,12 +143,12 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 			o->knobs.no_shared = true;
 			break;
 		case OPT_WORKERS:
-			if (int_arg("workers", optarg, 1, 1024, &v, err) < 0)
+			if (ctl_arg_i64("workers", optarg, 1, 1024, &v, err) < 0)
 				return -EINVAL;
 			o->workers = (int)v;
 			break;
 		case OPT_THREADS:
-			if (int_arg("threads", optarg, 1, 1024, &v, err) < 0)
+			if (ctl_arg_i64("threads", optarg, 1, 1024, &v, err) < 0)
 				return -EINVAL;
 			o->threads = (int)v;
 			break;

@@ -1,4 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
+#include <errno.h>
 #include <getopt.h>
 
 #include "ctl/ctl.h"
@@ -24,4 +25,22 @@ void ctl_getopt_reset(void)
 	/* glibc: optind = 0 re-initialises getopt completely. */
 	optind = 0;
 	opterr = 0;
+}
+
+int ctl_arg_i64(const char *name, const char *s, int64_t min, int64_t max, int64_t *ret,
+		struct fr_error *err)
+{
+	if (fr_parse_i64(s, min, max, ret) < 0)
+		return fr_error_set(err, -EINVAL, "--%s: '%s' is not an integer in [%lld, %lld]", name,
+				    s, (long long)min, (long long)max);
+	return 0;
+}
+
+int ctl_arg_int(const char *name, const char *s, int min, int max, int *ret, struct fr_error *err)
+{
+	int64_t v;
+	int rc = ctl_arg_i64(name, s, min, max, &v, err);
+	if (rc == 0)
+		*ret = (int)v;
+	return rc;
 }

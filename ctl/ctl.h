@@ -39,6 +39,12 @@ extern const struct ctl_cmd ctl_cmd_bench_serve; /* with gRPC only */
 /* All commands, NULL-terminated. */
 extern const struct ctl_cmd *const ctl_cmds[];
 
+/* --NAME's integer in [min, max]. Returns 0 or -EINVAL with err naming the option. */
+int ctl_arg_i64(const char *name, const char *s, int64_t min, int64_t max, int64_t *ret,
+		struct fr_error *err);
+/* The same into an int (min and max must fit one). */
+int ctl_arg_int(const char *name, const char *s, int min, int max, int *ret, struct fr_error *err);
+
 /* Resets getopt state so a parser can run more than once in a process. */
 void ctl_getopt_reset(void);
 

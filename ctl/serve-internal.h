@@ -27,9 +27,6 @@
 /* $FERRY_CLUSTER or CTL_DEFAULT_CLUSTER. */
 const char *ctl_default_cluster(void);
 
-/* --NAME's integer in [min, max]. Returns 0 or -EINVAL with err naming the option. */
-int ctl_arg_i64(const char *name, const char *s, int64_t min, int64_t max, int64_t *ret,
-		struct fr_error *err);
 /* --NAME's finite number in [min, max] (a NaN or infinity is refused). */
 int ctl_arg_double(const char *name, const char *s, double min, double max, double *ret,
 		   struct fr_error *err);

@@ -21,15 +21,6 @@ const char *ctl_default_cluster(void)
 	return env && *env ? env : CTL_DEFAULT_CLUSTER;
 }
 
-int ctl_arg_i64(const char *name, const char *s, int64_t min, int64_t max, int64_t *ret,
-		struct fr_error *err)
-{
-	if (fr_parse_i64(s, min, max, ret) < 0)
-		return fr_error_set(err, -EINVAL, "--%s: '%s' is not an integer in [%lld, %lld]", name,
-				    s, (long long)min, (long long)max);
-	return 0;
-}
-
 int ctl_arg_double(const char *name, const char *s, double min, double max, double *ret,
 		   struct fr_error *err)
 {

@@ -137,17 +137,10 @@ int wk_config_load(const char *path, char *const *overrides, int n_overrides,
 	struct wk_config cfg;
 	int rc;
 
-	if ((rc = conf_defaults(wk_config_keys, wk_config_n_keys, &cfg, err)) < 0)
+	if ((rc = conf_load(wk_config_keys, wk_config_n_keys, path, WK_CONFIG_DEFAULT_PATH,
+			    overrides, n_overrides, &cfg, err)) < 0)
 		return rc;
-	rc = conf_load_file(wk_config_keys, wk_config_n_keys, path ? path : WK_CONFIG_DEFAULT_PATH,
-			    &cfg, err);
-	/* Without --config a missing default file means "defaults and --set only". */
-	if (rc == -ENOENT && !path)
-		rc = 0;
-	for (int i = 0; rc == 0 && i < n_overrides; i++)
-		rc = conf_set(wk_config_keys, wk_config_n_keys, overrides[i], &cfg, err);
-	if (rc == 0)
-		rc = default_name(&cfg, err);
+	rc = default_name(&cfg, err);
 	if (rc == 0)
 		rc = wk_config_validate(&cfg, err);
 	if (rc < 0) {

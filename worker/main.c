@@ -120,8 +120,7 @@ int main(int argc, char **argv)
 			argv[optind]);
 		goto out;
 	}
-	if (wk_config_load(config_path, ov, n_ov, &cfg, &err) < 0 ||
-	    wk_config_validate(&cfg, &err) < 0) {
+	if (wk_config_load(config_path, ov, n_ov, &cfg, &err) < 0) { /* validates too */
 		fprintf(stderr, "ferry-worker: %s\n", err.msg);
 		goto out;
 	}
