@@ -391,7 +391,7 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 			free(tbuf);
 			if (src < 0) {
 				co_req_cancel(req);
-				st = GRPC_STATUS_CANCELLED;
+				st = rpc_status_from_errno(src);
 				goto out;
 			}
 		} while (rows_left > 0);

@@ -330,8 +330,12 @@ static void *handler_main(void *p)
 		if (status == GRPC_STATUS_OK && m->kind == RPC_METHOD_UNARY && !c->unary_resp)
 			status = rpc_call_fail(c, GRPC_STATUS_INTERNAL, "handler sent no response");
 	}
-	/* A result that comes after the deadline is not one the client waits for any more. */
-	if (status == GRPC_STATUS_OK && rpc__ms_until(c->deadline) <= 0)
+	/* A result that comes after the deadline is not one the client waits for any more; a
+	 * handler that gave up because the deadline passed (CANCELLED) reports it as such. The
+	 * core's own deadline timer may fire a little after ours, so this status can still be
+	 * the one the client sees. */
+	if ((status == GRPC_STATUS_OK || status == GRPC_STATUS_CANCELLED) &&
+	    rpc__ms_until(c->deadline) <= 0)
 		status = rpc_call_fail(c, GRPC_STATUS_DEADLINE_EXCEEDED, "deadline passed");
 	if (status == GRPC_STATUS_OK)
 		c->detail[0] = '\0';
