@@ -91,7 +91,11 @@ const struct conf_key co_config_keys[] = {
 	  .doc = "Local address the data plane listens on and connects from (tcp and verbs); "
 		 "an address the workers can reach." },
 	{ "transport", "device", CONF_STR, OFF(transport.device),
-	  .doc = "verbs: RDMA device name (\"mlx5_0\", \"rxe0\"). Unset: the first usable one." },
+	  .doc = "verbs: RDMA device name (\"mlx5_0\", \"rxe0\"), or a comma-separated list "
+		 "of them (\"mlx5_0,mlx5_1\") to spread the workers over several NICs when one "
+		 "cannot carry them all: one endpoint per device pair, worker i on the device at "
+		 "position i mod n (from 0); port, gid_index and mtu apply to each. A list needs "
+		 "the verbs backend. Unset: the first usable one." },
 	{ "transport", "port", CONF_INT, OFF(transport.port), 0, 255, .def = "0",
 	  .doc = "verbs: port number of the device. 0: the first active port." },
 	{ "transport", "gid_index", CONF_INT, OFF(transport.gid_index), -1, 1023, .def = "-1",
@@ -117,6 +121,63 @@ const struct conf_key co_config_keys[] = {
 
 const size_t co_config_n_keys = FR_ARRAY_SIZE(co_config_keys);
 
+int co_config_devices(const struct co_config *cfg, char ***ret_v, int *ret_n,
+		      struct fr_error *err)
+{
+	const char *list = cfg->transport.device, *p = list;
+	char **v = NULL;
+	int n = 0, rc;
+
+	while (p && *p) {
+		size_t len = strcspn(p, ","), b = 0, e = len;
+		while (b < e && (p[b] == ' ' || p[b] == '\t'))
+			b++;
+		while (e > b && (p[e - 1] == ' ' || p[e - 1] == '\t'))
+			e--;
+		if (b == e) {
+			rc = fr_error_set(err, -EINVAL, "[transport] device: '%s' has an empty "
+					  "device name", list);
+			goto fail;
+		}
+		for (int i = 0; i < n; i++)
+			if (strlen(v[i]) == e - b && !strncmp(v[i], p + b, e - b)) {
+				rc = fr_error_set(err, -EINVAL, "[transport] device: '%s' lists "
+						  "%s twice", list, v[i]);
+				goto fail;
+			}
+		if (n == TP_WAIT_MANY_MAX) {
+			rc = fr_error_set(err, -EINVAL, "[transport] device: '%s' lists more than "
+					  "%d devices", list, TP_WAIT_MANY_MAX);
+			goto fail;
+		}
+		if (fr_strv_push(&v, &n, "%.*s", (int)(e - b), p + b) < 0) {
+			rc = fr_error_set(err, -ENOMEM, "out of memory");
+			goto fail;
+		}
+		p += len;
+		if (*p == ',' && !p[1]) {
+			rc = fr_error_set(err, -EINVAL, "[transport] device: '%s' has an empty "
+					  "device name", list);
+			goto fail;
+		}
+		p += *p == ',';
+	}
+	if (n > 1 && cfg->transport.backend != TP_BACKEND_VERBS) {
+		unsigned bi = (unsigned)cfg->transport.backend;
+		rc = fr_error_set(err, -EINVAL, "[transport] device: '%s' lists %d devices; only "
+				  "[transport] backend = verbs uses more than one (backend is %s)",
+				  list, n, bi < FR_ARRAY_SIZE(backend_names) - 1 ? backend_names[bi]
+										 : "?");
+		goto fail;
+	}
+	*ret_v = v;
+	*ret_n = n;
+	return 0;
+fail:
+	fr_strv_free(v, n);
+	return rc;
+}
+
 int co_config_validate(const struct co_config *cfg, struct fr_error *err)
 {
 	int rc, mtu = cfg->transport.mtu;
@@ -134,6 +195,11 @@ int co_config_validate(const struct co_config *cfg, struct fr_error *err)
 	if (mtu != 0 && (mtu < 256 || (mtu & (mtu - 1)) != 0))
 		return fr_error_set(err, -EINVAL, "[transport] mtu: %d is not 0, 256, 512, 1024, "
 				    "2048 or 4096", mtu);
+	char **devs;
+	int n_devs;
+	if ((rc = co_config_devices(cfg, &devs, &n_devs, err)) < 0)
+		return rc;
+	fr_strv_free(devs, n_devs);
 	if (cfg->engine.max_batch < cfg->engine.micro_batches)
 		return fr_error_set(err, -EINVAL, "[engine] max_batch: %d is less than [engine] "
 				    "micro_batches (%d): every micro-batch needs a token",

@@ -59,7 +59,8 @@ struct co_config {
 	struct {
 		enum tp_backend backend;     /* shm | tcp | verbs (default shm) */
 		char *bind_addr;             /* bootstrap listen address (default 127.0.0.1) */
-		char *device;                /* verbs device ("mlx5_0"); NULL: auto */
+		char *device;                /* verbs device ("mlx5_0") or comma-separated list of
+		                              * them (one context each); NULL: auto */
 		int port;                    /* verbs port; 0: first active */
 		int gid_index;               /* verbs GID index; -1: auto (RoCEv2) */
 		int mtu;                     /* verbs path MTU cap in bytes; 0: the port's */
@@ -90,9 +91,18 @@ int co_config_load(const char *path, char *const *overrides, int n_overrides,
 
 /* Cross-key checks: model.path set; cluster.secret_file set unless cluster.insecure;
  * server.listen and transport.bind_addr well-formed; transport.mtu 0 or a power of two in
- * [256, 4096]; engine.max_batch >= engine.micro_batches; placement.min_distinct <=
- * cluster.workers. Returns 0 or -EINVAL naming the keys. */
+ * [256, 4096]; transport.device a well-formed list (co_config_devices()), of more than one
+ * device only with the verbs backend; engine.max_batch >= engine.micro_batches;
+ * placement.min_distinct <= cluster.workers. Returns 0 or -EINVAL naming the keys. */
 int co_config_validate(const struct co_config *cfg, struct fr_error *err);
+
+/* [transport] device as a list of device names, blanks around each name dropped: *ret_v
+ * (owned by the caller, fr_strv_free()) holds *ret_n names, none when the key is unset or
+ * empty (auto). Errors: -EINVAL (an empty name, a name listed twice, more than
+ * TP_WAIT_MANY_MAX names, more than one name with a backend other than verbs; err names
+ * the key), -ENOMEM. */
+int co_config_devices(const struct co_config *cfg, char ***ret_v, int *ret_n,
+		      struct fr_error *err);
 
 /* Frees the strings. Accepts a zeroed struct. */
 void co_config_free(struct co_config *cfg);

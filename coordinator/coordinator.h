@@ -57,7 +57,12 @@ void co_moe_destroy(struct co_moe *moe);
  * workers it sent to and adds their partials. Up to ring.slots micro-batches may be
  * outstanding; the frame of micro-batch mb uses ring slot mb % ring.slots.
  *
- * Everything (ctx, eps, recv, p, load) is borrowed and used only from the thread calling
+ * The workers' endpoints may live on several transport contexts (one per local device, so
+ * that no single NIC carries every worker): eps[i] and recv[i] are on one of ctxs[0..n_ctxs),
+ * worker i's send ring is allocated on that same context, and the ops poll every context
+ * and sleep on all of them at once (tp_wait_many()).
+ *
+ * Everything (ctxs, eps, recv, p, load) is borrowed and used only from the thread calling
  * the ops. */
 struct co_remote_opts {
 	struct wk_ring ring;          /* the geometry every worker announced (same for all) */
@@ -68,7 +73,8 @@ struct co_remote_opts {
 	const char *const *names;     /* NULL, or [n_workers] worker names for messages */
 };
 
-/* Errors: -EINVAL (shapes: placement vs config vs ring, err says which), -ENOMEM.
+/* Errors: -EINVAL (shapes: placement vs config vs ring; n_ctxs outside 1..TP_WAIT_MANY_MAX,
+ * an endpoint on none of ctxs; err says which), -ENOMEM, tp_mem_alloc()'s.
  * At run time the ops return -ETIMEDOUT (a worker did not answer: err names it and the
  * layer/micro-batch), -ECONNRESET (a worker's endpoint failed), -EBADMSG (a malformed or
  * unexpected combine frame), -E2BIG (a micro-batch larger than ring.tokens, or a token
@@ -80,10 +86,10 @@ struct co_remote_opts {
  * sticky: frames in flight could land in reused slots, so every later op returns the same
  * error and the caller rebuilds the MoE over fresh endpoints. The destroy op waits up to
  * timeout_ms for puts still reading its send buffers (tcp sends from them in place). */
-int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx, int n_workers,
-			 struct tp_ep *const *eps, struct tp_mem *const *recv,
-			 const struct co_placement *p, const struct co_remote_opts *o,
-			 struct co_moe *ret, struct fr_error *err);
+int co_moe_remote_create(const struct model_config *cfg, struct tp_context *const *ctxs,
+			 int n_ctxs, int n_workers, struct tp_ep *const *eps,
+			 struct tp_mem *const *recv, const struct co_placement *p,
+			 const struct co_remote_opts *o, struct co_moe *ret, struct fr_error *err);
 /* Text of the last run-time failure of a remote MoE ("" if none). */
 const char *co_moe_remote_error(const struct co_moe *moe);
 

@@ -87,6 +87,8 @@ int main(int argc, char **argv)
 	bool print = false;
 	uint8_t *secret = NULL, *admin = NULL;
 	size_t secret_len = 0, admin_len = 0;
+	char **devs = NULL;
+	int n_devs = 0;
 
 	while ((c = getopt_long(argc, argv, "c:s:m:l:w:t:Vh", longopts, NULL)) != -1) {
 		rc = 0;
@@ -136,6 +138,12 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	/* [transport] device may list several verbs devices: one context each. */
+	if (co_config_devices(&cfg, &devs, &n_devs, &err) < 0) {
+		fprintf(stderr, "ferry-coordinator: %s\n", err.msg);
+		goto out;
+	}
+
 	if (cfg.server.admin_token_file &&
 	    rpc_auth_secret_load(cfg.server.admin_token_file, &admin, &admin_len, &err) < 0) {
 		fprintf(stderr, "ferry-coordinator: [server] admin_token_file: %s\n", err.msg);
@@ -166,7 +174,6 @@ int main(int argc, char **argv)
 		.load_window = 1024,
 		.tp = {
 			.backend = cfg.transport.backend,
-			.device = cfg.transport.device,
 			.port = cfg.transport.port,
 			.gid_index = cfg.transport.gid_index,
 			.gid_index_set = cfg.transport.gid_index >= 0,
@@ -174,6 +181,8 @@ int main(int argc, char **argv)
 			.peer_timeout_ms = (uint32_t)cfg.transport.peer_timeout_ms,
 			.bind_addr = cfg.transport.bind_addr,
 		},
+		.tp_devices = (const char *const *)devs,
+		.n_tp_devices = n_devs,
 		.wire = cfg.transport.wire_dtype == CO_WIRE_F32 ? FP_DTYPE_F32 : FP_DTYPE_BF16,
 		.expert_timeout_ms = (int)cfg.transport.expert_timeout_ms,
 	};
@@ -213,6 +222,7 @@ out:
 	co_server_destroy(g_srv);
 	g_srv = NULL;
 	co_config_free(&cfg);
+	fr_strv_free(devs, n_devs);
 	fr_strv_free(ov, n_ov);
 	rpc_auth_secret_free(secret, secret_len);
 	rpc_auth_secret_free(admin, admin_len);

@@ -15,6 +15,9 @@
  * came (tp_ep_release() hands back the oldest), so one consumed ahead of an older frame
  * waits in a small per-worker queue until the older one is consumed too.
  *
+ * Workers may be spread over several transport contexts (one per local device): each
+ * worker's send ring lives on its endpoint's context, and waiting sleeps on all of them.
+ *
  * Failures of the ring itself (a worker's endpoint failed while it owed us a frame, a
  * malformed or unexpected frame, a timeout) are sticky: every later op returns the same
  * error, since frames still in flight could land in slots reused later. Errors found
@@ -82,7 +85,8 @@ struct rm_mb {
 
 struct moe_remote {
 	const struct model_config *cfg;
-	struct tp_context *ctx;
+	struct tp_context **ctxs; /* [n_ctxs] borrowed: one per device, workers spread over them */
+	int n_ctxs;
 	const struct co_placement *p;
 	struct co_remote_opts o;
 	int n_workers;
@@ -197,13 +201,8 @@ static int consume(struct moe_remote *m, int wi, uint32_t slot)
 	return 0;
 }
 
-/* Makes progress for up to timeout_ms (0: without sleeping) and records every event. */
-static int pump(struct moe_remote *m, int timeout_ms)
+static int record(struct moe_remote *m, int n)
 {
-	int n = timeout_ms > 0 ? tp_wait(m->ctx, m->evs, N_EVENTS, timeout_ms)
-			       : tp_poll(m->ctx, m->evs, N_EVENTS);
-	if (n < 0)
-		return hard(m, n, "transport: %s", strerror(-n));
 	for (int i = 0; i < n; i++) {
 		const struct tp_event *ev = &m->evs[i];
 		int wi = worker_of(m, ev->ep), rc;
@@ -228,6 +227,29 @@ static int pump(struct moe_remote *m, int timeout_ms)
 				strerror(-w->status));
 			break;
 		}
+	}
+	return 0;
+}
+
+/* Makes progress for up to timeout_ms (0: without sleeping) and records every event. Every
+ * context is polled (a whole event array each): a worker's completions and credits move
+ * only while its own context is polled. */
+static int pump(struct moe_remote *m, int timeout_ms)
+{
+	int n, rc;
+
+	if (timeout_ms > 0) {
+		n = tp_wait_many(m->ctxs, m->n_ctxs, m->evs, N_EVENTS, timeout_ms);
+		if (n < 0)
+			return hard(m, n, "transport: %s", strerror(-n));
+		return record(m, n);
+	}
+	for (int c = 0; c < m->n_ctxs; c++) {
+		n = tp_poll(m->ctxs[c], m->evs, N_EVENTS);
+		if (n < 0)
+			return hard(m, n, "transport: %s", strerror(-n));
+		if ((rc = record(m, n)) < 0)
+			return rc;
 	}
 	return 0;
 }
@@ -524,6 +546,7 @@ static void remote_destroy(void *ctx)
 		tp_mem_free(w->send);
 	}
 	free(m->w);
+	free(m->ctxs);
 	free(m->mbs);
 	free(m->wname);
 	free(m->worker_tokens);
@@ -540,10 +563,19 @@ static const struct co_moe_ops remote_ops = {
 	.destroy = remote_destroy,
 };
 
-int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx, int n_workers,
-			 struct tp_ep *const *eps, struct tp_mem *const *recv,
-			 const struct co_placement *p, const struct co_remote_opts *o,
-			 struct co_moe *ret, struct fr_error *err)
+/* Index of ep's context in ctxs, -1 if it is not there. */
+static int ctx_index(struct tp_context *const *ctxs, int n_ctxs, const struct tp_ep *ep)
+{
+	for (int c = 0; c < n_ctxs; c++)
+		if (tp_ep_context(ep) == ctxs[c])
+			return c;
+	return -1;
+}
+
+int co_moe_remote_create(const struct model_config *cfg, struct tp_context *const *ctxs,
+			 int n_ctxs, int n_workers, struct tp_ep *const *eps,
+			 struct tp_mem *const *recv, const struct co_placement *p,
+			 const struct co_remote_opts *o, struct co_moe *ret, struct fr_error *err)
 {
 	const struct wk_ring *ring = &o->ring;
 	size_t dslot = wk_ring_dispatch_slot(ring), cslot = wk_ring_combine_slot(ring);
@@ -556,6 +588,9 @@ int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx,
 		return fr_error_set(err, -EINVAL, "model has no MoE layers");
 	if (n_workers < 1 || !eps || !recv)
 		return fr_error_set(err, -EINVAL, "%d workers", n_workers);
+	if (n_ctxs < 1 || n_ctxs > TP_WAIT_MANY_MAX || !ctxs)
+		return fr_error_set(err, -EINVAL, "%d transport contexts (1..%d)", n_ctxs,
+				    TP_WAIT_MANY_MAX);
 	if (p->n_layers != n_moe || p->n_experts != cfg->n_routed_experts ||
 	    p->n_workers != n_workers)
 		return fr_error_set(err, -EINVAL,
@@ -582,6 +617,9 @@ int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx,
 	for (int i = 0; i < n_workers; i++) {
 		if (!eps[i] || !recv[i])
 			return fr_error_set(err, -EINVAL, "worker w%d: no endpoint", i);
+		if (ctx_index(ctxs, n_ctxs, eps[i]) < 0)
+			return fr_error_set(err, -EINVAL, "worker w%d: its endpoint is on none of "
+					    "the %d transport contexts", i, n_ctxs);
 		if (tp_mem_len(recv[i]) < ring->slots * cslot)
 			return fr_error_set(err, -EINVAL,
 					    "worker w%d: receive region of %zu bytes, the ring "
@@ -598,7 +636,7 @@ int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx,
 	if (!m)
 		return fr_error_set(err, -ENOMEM, "out of memory");
 	m->cfg = cfg;
-	m->ctx = ctx;
+	m->n_ctxs = n_ctxs;
 	m->p = p;
 	m->o = *o;
 	m->o.wire = wire;
@@ -620,8 +658,11 @@ int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx,
 	m->rep = malloc(tok * (size_t)cfg->n_routed_experts * sizeof(*m->rep));
 	m->vec = malloc(tok * h * m->esize);
 	m->row = malloc(h * sizeof(*m->row));
-	if (!m->w || !m->wname || !m->mbs || !m->worker_tokens || !m->rep || !m->vec || !m->row)
+	m->ctxs = calloc((size_t)n_ctxs, sizeof(*m->ctxs));
+	if (!m->w || !m->wname || !m->mbs || !m->worker_tokens || !m->rep || !m->vec || !m->row ||
+	    !m->ctxs)
 		goto nomem;
+	memcpy(m->ctxs, ctxs, (size_t)n_ctxs * sizeof(*m->ctxs));
 	for (int i = 0; i < n_workers; i++) {
 		if (o->names && o->names[i])
 			snprintf(m->wname[i], sizeof(m->wname[i]), "%d '%.64s'", i, o->names[i]);
@@ -643,7 +684,8 @@ int co_moe_remote_create(const struct model_config *cfg, struct tp_context *ctx,
 		for (uint32_t s = 0; s < ring->slots; s++)
 			if (!(w->slot[s].rows = malloc(tok * sizeof(*w->slot[s].rows))))
 				goto nomem;
-		if ((rc = tp_mem_alloc(ctx, ring->slots * dslot, &w->send)) < 0) {
+		/* Puts go out from memory of the endpoint's own context (its device). */
+		if ((rc = tp_mem_alloc(tp_ep_context(w->ep), ring->slots * dslot, &w->send)) < 0) {
 			fr_error_set(err, rc,
 				     "worker w%d: cannot allocate its %u x %zu byte send ring: %s",
 				     i, ring->slots, dslot, strerror(-rc));

@@ -5,10 +5,11 @@
  *
  * Threads. The thread that calls co_server_start() owns the transport while the cluster
  * forms: gRPC Join handlers only queue a worker and wait for that thread to create its
- * endpoint, so the transport context is never used from two threads at once. Once serving,
- * every forward pass (and so every use of the transport) runs under engine_mu, from the
- * Generate handlers' threads; a request takes the lock per step, so concurrent requests
- * interleave step by step. Cluster state (workers, placement, status) is under mu.
+ * endpoint, so the transport contexts (one per device, workers spread over them) are never
+ * used from two threads at once. Once serving, every forward pass (and so every use of the
+ * transport) runs under engine_mu, from the Generate handlers' threads; a request takes the
+ * lock per step, so concurrent requests interleave step by step. Cluster state (workers,
+ * placement, status) is under mu.
  */
 #include <errno.h>
 #include <math.h>
@@ -75,7 +76,9 @@ struct co_server {
 	struct model_weights *w;
 	struct rpc_server *rpc;
 	struct rpc_auth_replay *replay;
-	struct tp_context *tp;
+	struct tp_context *tp[TP_WAIT_MANY_MAX]; /* [n_tp] one per device: worker i on i % n_tp */
+	char *tp_dev[TP_WAIT_MANY_MAX];          /* [n_tp] their device names, NULL: auto */
+	int n_tp;
 	struct wk_ring ring;           /* the geometry of the first worker; all must match */
 	bool ring_set;
 
@@ -814,6 +817,44 @@ static int add_methods(struct co_server *s, struct fr_error *err)
 	return 0;
 }
 
+/* One transport context per device of o->tp_devices (or one on o->tp.device). */
+static int open_transport(struct co_server *s, const struct co_server_opts *o,
+			  struct fr_error *err)
+{
+	const char *backend = tp_backend_name(o->tp.backend);
+	int n = o->n_tp_devices > 0 ? o->n_tp_devices : 1, rc;
+
+	if (o->n_tp_devices > TP_WAIT_MANY_MAX || (o->n_tp_devices > 0 && !o->tp_devices))
+		return fr_error_set(err, -EINVAL, "%d transport devices (at most %d)",
+				    o->n_tp_devices, TP_WAIT_MANY_MAX);
+	if (n > 1 && o->tp.backend != TP_BACKEND_VERBS)
+		return fr_error_set(err, -EINVAL, "%d transport devices: only the verbs backend "
+				    "uses more than one (backend is %s)", n, backend);
+	for (int d = 0; d < n; d++) {
+		const char *dev = o->n_tp_devices > 0 ? o->tp_devices[d] : o->tp.device;
+		struct tp_config cfg = o->tp;
+		cfg.device = dev;
+		if (dev && !(s->tp_dev[d] = strdup(dev)))
+			return fr_error_set(err, -ENOMEM, "out of memory");
+		if ((rc = tp_context_create(&cfg, &s->tp[d])) < 0)
+			return fr_error_set(err, rc, "cannot open the %s transport%s%s: %s",
+					    backend, dev ? " on device " : "", dev ? dev : "",
+					    strerror(-rc));
+		s->n_tp = d + 1;
+	}
+	if (n > 1)
+		fr_info(LOG_COMP, "%s transport over %d devices: worker i is served by device "
+			"i %% %d", backend, n, n);
+	return 0;
+}
+
+/* The device serving worker index i, for log lines. */
+static const char *worker_device(const struct co_server *s, int i)
+{
+	const char *d = s->tp_dev[i % s->n_tp];
+	return d ? d : "auto";
+}
+
 int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 		     struct fr_error *err)
 {
@@ -855,6 +896,10 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	s->o.listen = s->listen;
 	s->o.load_profile = s->load_profile;
 	s->o.secret = s->secret;
+	/* Borrowed: open_transport() keeps copies of the device names. */
+	s->o.tp.device = NULL;
+	s->o.tp_devices = NULL;
+	s->o.n_tp_devices = 0;
 
 	if ((rc = model_ckpt_open(s->model_path, &s->ck, err)) < 0)
 		goto fail;
@@ -889,11 +934,8 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 		fr_error_set(err, rc, "out of memory");
 		goto fail;
 	}
-	if ((rc = tp_context_create(&o->tp, &s->tp)) < 0) {
-		fr_error_set(err, rc, "cannot open the %s transport: %s", tp_backend_name(o->tp.backend),
-			     strerror(-rc));
+	if ((rc = open_transport(s, o, err)) < 0)
 		goto fail;
-	}
 	if ((rc = rpc_server_create(s->listen, NULL, &s->rpc, err)) < 0 ||
 	    (rc = add_methods(s, err)) < 0 || (rc = rpc_server_start(s->rpc, err)) < 0)
 		goto fail;
@@ -920,8 +962,10 @@ static int setup_endpoint(struct co_server *s, struct srv_worker *w, struct fr_e
 	if (!slot)
 		return fr_error_set(err, -EINVAL, "ring %u x %u is out of the frame limits",
 				    s->ring.slots, s->ring.tokens);
-	if ((rc = tp_mem_alloc(s->tp, slot * s->ring.slots, &w->recv)) < 0 ||
-	    (rc = tp_ep_create(s->tp, w->recv, w, &w->ep)) < 0 ||
+	/* Workers take the devices in turn: one endpoint per device pair. */
+	struct tp_context *tp = s->tp[w->index % s->n_tp];
+	if ((rc = tp_mem_alloc(tp, slot * s->ring.slots, &w->recv)) < 0 ||
+	    (rc = tp_ep_create(tp, w->recv, w, &w->ep)) < 0 ||
 	    (rc = tp_ep_address(w->ep, w->my_blob, sizeof(w->my_blob), &w->my_blob_len)) < 0)
 		return fr_error_set(err, rc, "worker %d: cannot create its endpoint: %s", w->index,
 				    strerror(-rc));
@@ -980,8 +1024,12 @@ static int wait_joins(struct co_server *s, struct fr_error *err)
 		}
 		w->state = W_CONNECTED;
 		connected++;
-		fr_info(LOG_COMP, "worker %d '%s': %s endpoint connected", w->index, w->name,
-			tp_backend_name(s->o.tp.backend));
+		if (s->o.tp.backend == TP_BACKEND_VERBS)
+			fr_info(LOG_COMP, "worker %d '%s': verbs endpoint connected, device=%s",
+				w->index, w->name, worker_device(s, w->index));
+		else
+			fr_info(LOG_COMP, "worker %d '%s': %s endpoint connected", w->index,
+				w->name, tp_backend_name(s->o.tp.backend));
 	}
 	pthread_mutex_unlock(&s->mu);
 	return 0;
@@ -1086,7 +1134,7 @@ static int wait_loaded(struct co_server *s, struct fr_error *err)
 		pthread_mutex_unlock(&s->mu);
 		/* Poll the transport so endpoint failures surface (this thread owns it). */
 		struct tp_event ev[8];
-		(void)tp_wait(s->tp, ev, 8, 100);
+		(void)tp_wait_many(s->tp, s->n_tp, ev, 8, 100);
 		pthread_mutex_lock(&s->mu);
 	}
 out:
@@ -1126,8 +1174,8 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 	struct co_remote_opts ro = { .ring = s->ring, .wire = s->o.wire,
 				     .timeout_ms = s->o.expert_timeout_ms, .load = s->load,
 				     .epoch = (uint32_t)s->epoch, .names = names };
-	rc = co_moe_remote_create(s->cfg, s->tp, s->o.workers, eps, recv, s->place, &ro, &s->moe,
-				  err);
+	rc = co_moe_remote_create(s->cfg, s->tp, s->n_tp, s->o.workers, eps, recv, s->place, &ro,
+				  &s->moe, err);
 	free(names);
 	if (rc < 0)
 		goto fail;
@@ -1296,7 +1344,10 @@ void co_server_destroy(struct co_server *s)
 		tp_ep_destroy(s->workers[i].ep);
 		tp_mem_free(s->workers[i].recv);
 	}
-	tp_context_destroy(s->tp);
+	for (int d = 0; d < s->n_tp; d++)
+		tp_context_destroy(s->tp[d]);
+	for (int d = 0; d < TP_WAIT_MANY_MAX; d++)
+		free(s->tp_dev[d]);
 	co_place_destroy(s->place);
 	rpc_auth_replay_destroy(s->replay);
 	model_weights_free(s->w);

@@ -53,6 +53,11 @@ struct co_server_opts {
 	int kv_blocks;                 /* KV pool in 16-position blocks (0: max_seqs x max_ctx) */
 	int load_window;               /* load accounting window, forward steps */
 	struct tp_config tp;           /* data-plane transport */
+	const char *const *tp_devices; /* [n_tp_devices] verbs devices (copied): one context on
+	                                * each (tp's settings, tp.device ignored), worker i
+	                                * served by device i % n_tp_devices. 0: one context
+	                                * on tp.device. More than one needs the verbs backend. */
+	int n_tp_devices;
 	enum fp_dtype wire;            /* activations on the wire */
 	int expert_timeout_ms;         /* combine deadline */
 };

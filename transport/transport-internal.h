@@ -43,6 +43,7 @@ struct tp_context {
 	struct tp_ep *eps; /* doubly linked through ep->next/prev */
 	uint32_t n_failed_unreported;
 	uint64_t credit_epoch; /* bumped whenever credits come back: tp_wait returns on it */
+	uint32_t wait_next;    /* tp_wait_many() with this context first: where to start */
 };
 
 struct tp_mem {

@@ -6,6 +6,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -326,6 +327,11 @@ size_t tp_ep_remote_len(const struct tp_ep *ep)
 	return (size_t)ep->remote_len;
 }
 
+struct tp_context *tp_ep_context(const struct tp_ep *ep)
+{
+	return ep->ctx;
+}
+
 int tp_ep_address(const struct tp_ep *ep, void *buf, size_t cap, size_t *ret_len)
 {
 	uint8_t b[TP_ADDR_MAX] = { 0 };
@@ -483,25 +489,88 @@ int tp_poll(struct tp_context *ctx, struct tp_event *evs, int max)
 	return n;
 }
 
-int tp_wait(struct tp_context *ctx, struct tp_event *evs, int max, int timeout_ms)
+/* One tp_poll() of each context until max events, from ctxs[0]->wait_next on. The next call
+ * starts after the context that filled evs (at the one that failed, to report it), so with a
+ * small max a busy context cannot keep the others' events waiting. */
+static int poll_many(struct tp_context *const *ctxs, int n, struct tp_event *evs, int max)
 {
-	uint64_t start = fr_now_ns();
-	uint64_t spin_end = start + (uint64_t)ctx->cfg.spin_us * 1000;
-	uint64_t epoch = ctx->credit_epoch;
-	struct epoll_event ee[16];
-	int n;
+	if (n == 1)
+		return tp_poll(ctxs[0], evs, max);
+	uint32_t start = ctxs[0]->wait_next % (uint32_t)n;
+	int got = 0;
+	for (int k = 0; k < n; k++) {
+		uint32_t i = (start + (uint32_t)k) % (uint32_t)n;
+		int r = tp_poll(ctxs[i], evs + got, max - got);
+		if (r < 0) {
+			ctxs[0]->wait_next = i;
+			return got ? got : r;
+		}
+		got += r;
+		if (got == max) {
+			ctxs[0]->wait_next = i + 1;
+			return got;
+		}
+	}
+	ctxs[0]->wait_next = start + 1;
+	return got;
+}
 
+/* Credit epochs only grow: their sum moves exactly when one of them did. */
+static uint64_t credit_epochs(struct tp_context *const *ctxs, int n)
+{
+	uint64_t sum = 0;
+	for (int i = 0; i < n; i++)
+		sum += ctxs[i]->credit_epoch;
+	return sum;
+}
+
+/* Sleeps until one context's epoll set is ready or t ms passed (EINTR counts as a wake). */
+static int sleep_many(struct tp_context *const *ctxs, int n, int t)
+{
+	if (n == 1) {
+		struct epoll_event ee[16];
+		if (epoll_wait(ctxs[0]->epfd, ee, FR_ARRAY_SIZE(ee), t) < 0 && errno != EINTR)
+			return -errno;
+		return 0;
+	}
+	/* An epoll fd polls readable while its (level-triggered) set has a ready fd. */
+	struct pollfd pfd[TP_WAIT_MANY_MAX];
+	for (int i = 0; i < n; i++)
+		pfd[i] = (struct pollfd){ .fd = ctxs[i]->epfd, .events = POLLIN };
+	if (poll(pfd, (nfds_t)n, t) < 0 && errno != EINTR)
+		return -errno;
+	return 0;
+}
+
+int tp_wait_many(struct tp_context *const *ctxs, int n, struct tp_event *evs, int max,
+		 int timeout_ms)
+{
+	uint64_t start = fr_now_ns(), epoch;
+	uint32_t spin_us = 0;
+	bool pending = false;
+	int got, armed, rc = 0;
+
+	if (n < 1 || n > TP_WAIT_MANY_MAX || max <= 0)
+		return -EINVAL;
+	for (int i = 0; i < n; i++)
+		spin_us = FR_MAX(spin_us, ctxs[i]->cfg.spin_us);
+	epoch = credit_epochs(ctxs, n);
+	uint64_t spin_end = start + (uint64_t)spin_us * 1000;
 	for (unsigned i = 0;; i++) {
-		n = tp_poll(ctx, evs, max);
-		if (n != 0 || ctx->credit_epoch != epoch)
-			return n; /* an event, or credits came back (a blocked put may retry) */
+		got = poll_many(ctxs, n, evs, max);
+		if (got != 0 || credit_epochs(ctxs, n) != epoch)
+			return got; /* an event, or credits came back (a blocked put may retry) */
 		if (fr_now_ns() >= spin_end)
 			break;
 		if (i >= 16)
 			sched_yield(); /* the peer may need this core (oversubscribed hosts, rxe) */
 	}
 
-	if (ctx->ops->arm(ctx) == 0 && ctx->n_failed_unreported == 0) {
+	/* Every context must be armed before sleeping: one with work pending means no sleep. */
+	for (armed = 0; armed < n && !pending; armed++)
+		pending = ctxs[armed]->ops->arm(ctxs[armed]) != 0 ||
+			  ctxs[armed]->n_failed_unreported != 0;
+	if (!pending) {
 		int t = timeout_ms;
 		if (t > 0) {
 			uint64_t spent = (fr_now_ns() - start) / 1000000;
@@ -510,14 +579,17 @@ int tp_wait(struct tp_context *ctx, struct tp_event *evs, int max, int timeout_m
 		/* Wake a few times a second even when idle: liveness watchdogs run in poll. */
 		if (t < 0 || t > 250)
 			t = 250;
-		if (epoll_wait(ctx->epfd, ee, FR_ARRAY_SIZE(ee), t) < 0 && errno != EINTR) {
-			int rc = -errno;
-			if (ctx->ops->disarm)
-				ctx->ops->disarm(ctx);
-			return rc;
-		}
+		rc = sleep_many(ctxs, n, t);
 	}
-	if (ctx->ops->disarm)
-		ctx->ops->disarm(ctx);
-	return tp_poll(ctx, evs, max);
+	for (int i = 0; i < armed; i++)
+		if (ctxs[i]->ops->disarm)
+			ctxs[i]->ops->disarm(ctxs[i]);
+	if (rc < 0)
+		return rc;
+	return poll_many(ctxs, n, evs, max);
+}
+
+int tp_wait(struct tp_context *ctx, struct tp_event *evs, int max, int timeout_ms)
+{
+	return tp_wait_many(&ctx, 1, evs, max, timeout_ms);
 }

@@ -7,7 +7,9 @@
  * Model
  *   context   one per poller thread (and, for verbs, per device/port). Owns the completion
  *             queue, the epoll set and every endpoint created from it. Not thread-safe: a
- *             context and its endpoints are used from one thread at a time.
+ *             context and its endpoints are used from one thread at a time. A thread that
+ *             drives several devices (one endpoint per device pair) opens one context per
+ *             device and waits on all of them with tp_wait_many().
  *   memory    tp_mem_alloc() gives transport-owned memory usable everywhere (for shm it is
  *             a memfd the peer maps); tp_mem_register() wraps caller memory, usable as the
  *             source of puts on every backend and as a receive region on tcp and verbs.
@@ -143,6 +145,8 @@ void tp_ep_destroy(struct tp_ep *ep);
 int tp_ep_status(const struct tp_ep *ep);
 /* Bytes of the peer's receive region (valid after connect). */
 size_t tp_ep_remote_len(const struct tp_ep *ep);
+/* The context the endpoint was created on (borrowed). */
+struct tp_context *tp_ep_context(const struct tp_ep *ep);
 
 /* Puts local[local_off, +len) at remote_off of the peer's receive region and raises one
  * arrival with imm there. len may be 0. With TP_PUT_SIGNAL, one TP_EV_SEND_DONE with
@@ -164,5 +168,21 @@ int tp_poll(struct tp_context *ctx, struct tp_event *evs, int max);
  * the liveness watchdogs). May return 0 early when progress happened
  * without an event (credits came back): callers loop on their own deadline. */
 int tp_wait(struct tp_context *ctx, struct tp_event *evs, int max, int timeout_ms);
+
+#define TP_WAIT_MANY_MAX 32 /* contexts one tp_wait_many() call may wait on */
+
+/* tp_wait() over n contexts (ctxs[0..n), borrowed; distinct, each used only by the calling
+ * thread), for a thread that drives several devices: polls every context, spins for the
+ * largest of their spin_us, then sleeps in epoll on all of them at once (up to timeout_ms,
+ * -1: forever; at most 250 ms at a time so the liveness watchdogs run) and polls again.
+ * Returns up to max events from any of them (0 if none; ev->ep says whose), or 0 early
+ * when credits came back on any context. Fair: while several contexts have events and
+ * max is small, successive calls start at different contexts, so none is starved. A
+ * context-wide failure (tp_poll()'s negative errno) is returned at once when no event was
+ * gathered before it in this call, else by the next call, which polls that context first.
+ * Errors: -EINVAL (n outside 1..TP_WAIT_MANY_MAX, max <= 0), -errno from a context's poll
+ * or from the sleep. */
+int tp_wait_many(struct tp_context *const *ctxs, int n, struct tp_event *evs, int max,
+		 int timeout_ms);
 
 #endif /* FERRY_TRANSPORT_H */

@@ -121,13 +121,15 @@ static void place_build_routing(struct co_placement *p, int l)
 
 	memset(off, 0, sizeof(*off) * ((size_t)E + 1));
 	for (int g = 0; g < S; g++)
-		off[se[g] + 1]++;
+		if (se[g] != CO_PLACE_EMPTY)
+			off[se[g] + 1]++;
 	for (int e = 0; e < E; e++)
 		off[e + 1] += off[e];
 	/* off[e] is used as the fill cursor, then shifted back */
 	for (int g = 0; g < S; g++) {
 		int w = p->slot_worker[g];
-		rep[off[se[g]]++] = (struct co_place_replica){ w, g - p->slot_base[w] };
+		if (se[g] != CO_PLACE_EMPTY)
+			rep[off[se[g]]++] = (struct co_place_replica){ w, g - p->slot_base[w] };
 	}
 	for (int e = E; e > 0; e--)
 		off[e] = off[e - 1];
@@ -204,16 +206,21 @@ int co_place_check(const struct co_placement *p, int min_distinct, struct fr_err
 		const int32_t *se = p->slot_expert + (size_t)l * S;
 		const int32_t *off = p->rep_off + (size_t)l * (E + 1);
 		const struct co_place_replica *rep = p->rep + (size_t)l * S;
+		int filled = 0;
 
-		for (int g = 0; g < S; g++)
+		for (int g = 0; g < S; g++) {
+			if (se[g] == CO_PLACE_EMPTY)
+				continue;
 			if (se[g] < 0 || se[g] >= E)
 				return fr_error_set(err, -EINVAL,
 						    "placement: layer %d slot %d: expert %d out of "
 						    "range", l, g, se[g]);
-		if (off[0] != 0 || off[E] != S)
+			filled++;
+		}
+		if (off[0] != 0 || off[E] != filled)
 			return fr_error_set(err, -EINVAL,
 					    "placement: layer %d: routing table covers %d of %d "
-					    "slots", l, off[E] - off[0], S);
+					    "filled slots", l, off[E] - off[0], filled);
 		for (int e = 0; e < E; e++) {
 			int n = off[e + 1] - off[e], distinct = 0;
 			if (n < 1)
@@ -247,6 +254,70 @@ int co_place_check(const struct co_placement *p, int min_distinct, struct fr_err
 		}
 	}
 	return 0;
+}
+
+int co_place_unload(struct co_placement *p, int worker, int n, const int32_t *layer,
+		    const int32_t *slot, struct fr_error *err)
+{
+	const int S = p->total_slots, E = p->n_experts;
+	int32_t *left;
+	int rc = 0;
+
+	if (worker < 0 || worker >= p->n_workers)
+		return fr_error_set(err, -EINVAL, "unload: worker %d out of range 0..%d", worker,
+				    p->n_workers - 1);
+	if (n < 0 || (n && (!layer || !slot)))
+		return fr_error_set(err, -EINVAL, "unload: bad slot list");
+	/* Replicas each (layer, expert) keeps: all or nothing, so count first. */
+	left = malloc(sizeof(*left) * (size_t)p->n_layers * (size_t)E);
+	if (!left)
+		return fr_error_set(err, -ENOMEM, "unload: out of memory");
+	for (int l = 0; l < p->n_layers; l++)
+		for (int e = 0; e < E; e++)
+			left[(size_t)l * E + e] = p->rep_off[(size_t)l * (E + 1) + e + 1] -
+						  p->rep_off[(size_t)l * (E + 1) + e];
+	for (int i = 0; i < n && rc == 0; i++) {
+		int l = layer[i], e = co_place_expert_at(p, l, worker, slot[i]);
+		if (l < 0 || l >= p->n_layers || slot[i] < 0 || slot[i] >= p->slots[worker])
+			rc = fr_error_set(err, -EINVAL, "unload: (layer %d, slot %d) out of range "
+					  "for worker %d (%d layers, %d slots)", l, slot[i], worker,
+					  p->n_layers, p->slots[worker]);
+		else if (e == CO_PLACE_EMPTY)
+			rc = fr_error_set(err, -EINVAL, "unload: (layer %d, slot %d) of worker %d "
+					  "is empty already", l, slot[i], worker);
+		else if (e < CO_PLACE_EMPTY)
+			rc = fr_error_set(err, -EINVAL, "unload: (layer %d, slot %d) listed twice",
+					  l, slot[i]);
+		else if (--left[(size_t)l * E + e] < 1)
+			rc = fr_error_set(err, -EBUSY, "unload: expert %d of layer %d would have no "
+					  "replica left", e, l);
+		else /* mark now so that a duplicate is caught; undone below on error */
+			p->slot_expert[(size_t)l * S + p->slot_base[worker] + slot[i]] = -2 - e;
+	}
+	for (int i = 0; i < n; i++) {
+		int32_t *se = &p->slot_expert[(size_t)layer[i] * S + p->slot_base[worker] + slot[i]];
+		if (layer[i] < 0 || layer[i] >= p->n_layers || slot[i] < 0 ||
+		    slot[i] >= p->slots[worker] || *se > CO_PLACE_EMPTY - 1)
+			continue;
+		*se = rc < 0 ? -2 - *se : CO_PLACE_EMPTY;
+	}
+	free(left);
+	if (rc < 0)
+		return rc;
+	for (int l = 0; l < p->n_layers; l++)
+		place_build_routing(p, l);
+	return n;
+}
+
+int co_place_filled(const struct co_placement *p, int worker)
+{
+	int n = 0;
+	if (!p || worker < 0 || worker >= p->n_workers)
+		return 0;
+	for (int l = 0; l < p->n_layers; l++)
+		for (int i = 0; i < p->slots[worker]; i++)
+			n += co_place_expert_at(p, l, worker, i) != CO_PLACE_EMPTY;
+	return n;
 }
 
 /* ==== quality ============================================================================== */
@@ -294,17 +365,29 @@ int co_place_evaluate(const struct co_placement *p, const double *load,
 		      struct co_place_stats *ret)
 {
 	double *wl;
+	int32_t *filled;
 
 	if (!p || !ret)
 		return -EINVAL;
 	wl = malloc(sizeof(*wl) * (size_t)p->n_workers);
-	if (!wl)
+	filled = malloc(sizeof(*filled) * (size_t)p->n_workers);
+	if (!wl || !filled) {
+		free(wl);
+		free(filled);
 		return -ENOMEM;
+	}
 	for (int l = 0; l < p->n_layers; l++) {
+		/* the mean is over workers in service in this layer (some slot not unloaded) */
+		for (int w = 0; w < p->n_workers; w++) {
+			filled[w] = 0;
+			for (int i = 0; i < p->slots[w]; i++)
+				filled[w] += co_place_expert_at(p, l, w, i) != CO_PLACE_EMPTY;
+		}
 		co_place_worker_loads(p, l, load ? load + (size_t)l * p->n_experts : NULL, wl);
-		ret[l] = stats_of(wl, p->slots, p->n_workers);
+		ret[l] = stats_of(wl, filled, p->n_workers);
 	}
 	free(wl);
+	free(filled);
 	return 0;
 }
 
@@ -1327,11 +1410,16 @@ int co_place_solve(const struct co_place_problem *pb, const struct co_place_opts
 		goto enomem;
 	for (int l = 0; l < p->n_layers; l++) {
 		struct prev_layer pv;
-		if (prev)
+		bool use_prev = prev != NULL;
+		if (prev) {
 			pv = (struct prev_layer){ prev->slot_expert + (size_t)l * prev->total_slots,
 						  prev->slot_base, prev->slots };
+			/* A layer with unloaded slots is no layout to stay close to. */
+			for (int g = 0; g < prev->total_slots && use_prev; g++)
+				use_prev = pv.se[g] != CO_PLACE_EMPTY;
+		}
 		rc = solve_layer(&sv, uniform ? uniform : pb->load + (size_t)l * p->n_experts,
-				 opts->algo, prev ? &pv : NULL, same_slots,
+				 opts->algo, use_prev ? &pv : NULL, same_slots,
 				 opts->migrate_tolerance,
 				 p->slot_expert + (size_t)l * p->total_slots);
 		if (rc < 0) {

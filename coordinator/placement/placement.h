@@ -47,6 +47,8 @@ struct co_place_replica {
 
 /* A placement of every MoE layer. Allocated by co_place_solve() / co_place_from_table(),
  * released with co_place_destroy(); read-only for everyone else. */
+#define CO_PLACE_EMPTY (-1) /* slot_expert of a slot taken out of service (co_place_unload) */
+
 struct co_placement {
 	int n_layers;
 	int n_experts;
@@ -55,7 +57,8 @@ struct co_placement {
 	int32_t *slots;                  /* [n_workers] slots per layer of each worker */
 	int32_t *slot_base;              /* [n_workers + 1] prefix sums of slots[] */
 	int32_t *slot_worker;            /* [total_slots] worker owning each global slot */
-	int32_t *slot_expert;            /* [n_layers][total_slots] logical expert in each slot */
+	int32_t *slot_expert;            /* [n_layers][total_slots] logical expert in each slot,
+					  * or CO_PLACE_EMPTY */
 	/* Routing table: the replicas of (layer l, expert e) are
 	 * rep[l * total_slots + rep_off[l * (n_experts + 1) + e] .. + rep_off[... + e + 1]),
 	 * ordered by worker, then slot. Use co_place_replicas(). */
@@ -129,10 +132,22 @@ void co_place_destroy(struct co_placement *p);
 const struct co_place_replica *co_place_replicas(const struct co_placement *p, int layer,
 						 int expert, int *ret_n);
 
-/* Logical expert in (layer, worker, local slot), or -1 when out of range. */
+/* Logical expert in (layer, worker, local slot); CO_PLACE_EMPTY for an unloaded slot or
+ * one out of range. */
 int co_place_expert_at(const struct co_placement *p, int layer, int worker, int slot);
 
-/* Checks the invariants: every slot holds a valid expert, every expert has >= 1 replica,
+/* Takes slots (layer[i], slot[i]) of worker out of service, e.g. because the worker
+ * released them (Internal.UnloadExperts) or is leaving: they become CO_PLACE_EMPTY and the
+ * routing table stops choosing them. All or nothing. Returns n, or -EINVAL (a slot out of
+ * range, empty already or listed twice), -EBUSY (some expert would be left without a
+ * replica: named in err), -ENOMEM. Not thread-safe with co_place_choose() on p. */
+int co_place_unload(struct co_placement *p, int worker, int n, const int32_t *layer,
+		    const int32_t *slot, struct fr_error *err);
+/* Slots of worker, over all layers, that hold an expert (are not CO_PLACE_EMPTY). */
+int co_place_filled(const struct co_placement *p, int worker);
+
+/* Checks the invariants: every slot holds a valid expert or is empty, every expert has >= 1
+ * replica,
  * the routing table matches the slots, and (min_distinct >= 2) every expert is on at least
  * min_distinct workers. Returns 0 or -EINVAL with err naming the first violation. */
 int co_place_check(const struct co_placement *p, int min_distinct, struct fr_error *err);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * datapath.c - the cluster data path in one process: a coordinator context and one thread
- * per worker, each with its own transport context, connected over a real backend; the
- * workers serve with wk_server_run(), the coordinator uses co_moe_remote.
+ * datapath.c - the cluster data path in one process: the coordinator's transport contexts
+ * (one, or two as with two local devices, workers spread over them) and one thread per
+ * worker, each with its own transport context, connected over a real backend; the workers
+ * serve with wk_server_run(), the coordinator uses co_moe_remote.
  *
  *   test_datapath --backend shm|tcp --case golden|interleave|death|timeout|badframe
  *
@@ -10,11 +11,13 @@
  *               micro-batches: f32 wire within 1e-5 of the single-process engine and 3e-5
  *               of the references, greedy tokens identical; bf16 wire keeps every argmax
  *               whose reference top-2 gap is clear. Worker counters match the
- *               coordinator's load accounting.
+ *               coordinator's load accounting. Two layouts use two coordinator contexts.
  *   interleave  the seam driven directly with micro-batches out at once, combined in and
- *               out of dispatch order and across layers, against moe_local one at a time.
+ *               out of dispatch order and across layers, against moe_local one at a time
+ *               (three workers over two coordinator contexts).
  *   death       a worker that closes its endpoint holding a frame: combine returns
- *               -ECONNRESET naming it, well within the timeout, and stays failed.
+ *               -ECONNRESET naming it, well within the timeout, and stays failed (the
+ *               dying worker and the serving one on different coordinator contexts).
  *   timeout     a worker that never answers: -ETIMEDOUT naming worker, layer and mb.
  *   badframe    malformed dispatch frames make wk_server_run() return -EBADMSG.
  *
@@ -82,7 +85,8 @@ struct wth {
 struct cluster {
 	int n;
 	struct wk_ring ring;
-	struct tp_context *ctx;
+	int n_ctx;
+	struct tp_context *ctx[2];  /* the coordinator's: worker i on ctx[i % n_ctx] */
 	struct tp_mem *recv[MAX_W]; /* [ring.slots] combine slots each */
 	struct tp_ep *eps[MAX_W];
 	struct wth w[MAX_W];
@@ -154,7 +158,7 @@ static void *worker_main(void *arg)
 }
 
 /* slots[w] is handed over (NULL for workers that do not serve). */
-static void cluster_open(struct cluster *c, int n, const struct wk_ring *ring,
+static void cluster_open(struct cluster *c, int n, int n_ctx, const struct wk_ring *ring,
 			 struct wk_slots **slots, const enum wmode *modes)
 {
 	struct tp_config cfg = tp_cfg();
@@ -163,8 +167,10 @@ static void cluster_open(struct cluster *c, int n, const struct wk_ring *ring,
 	memset(c, 0, sizeof(*c));
 	c->n = n;
 	c->ring = *ring;
-	CHECK(dslot > 0 && cslot > 0);
-	CHECK_RC(tp_context_create(&cfg, &c->ctx));
+	c->n_ctx = n_ctx;
+	CHECK(dslot > 0 && cslot > 0 && n_ctx >= 1 && n_ctx <= 2);
+	for (int d = 0; d < n_ctx; d++)
+		CHECK_RC(tp_context_create(&cfg, &c->ctx[d]));
 	for (int i = 0; i < n; i++) {
 		struct wth *t = &c->w[i];
 		t->c = c;
@@ -174,8 +180,9 @@ static void cluster_open(struct cluster *c, int n, const struct wk_ring *ring,
 		atomic_init(&t->srv, NULL);
 		atomic_init(&t->stop, false);
 		atomic_init(&t->done, false);
-		CHECK_RC(tp_mem_alloc(c->ctx, ring->slots * cslot, &c->recv[i]));
-		CHECK_RC(tp_ep_create(c->ctx, c->recv[i], NULL, &c->eps[i]));
+		struct tp_context *ctx = c->ctx[i % n_ctx];
+		CHECK_RC(tp_mem_alloc(ctx, ring->slots * cslot, &c->recv[i]));
+		CHECK_RC(tp_ep_create(ctx, c->recv[i], NULL, &c->eps[i]));
 		CHECK_RC(tp_context_create(&cfg, &t->ctx));
 		CHECK_RC(tp_mem_alloc(t->ctx, ring->slots * dslot, &t->recv));
 		CHECK_RC(tp_ep_create(t->ctx, t->recv, t, &t->ep));
@@ -218,7 +225,8 @@ static void cluster_close(struct cluster *c)
 		tp_ep_destroy(c->eps[i]);
 		tp_mem_free(c->recv[i]);
 	}
-	tp_context_destroy(c->ctx);
+	for (int d = 0; d < c->n_ctx; d++)
+		tp_context_destroy(c->ctx[d]);
 }
 
 /* A worker's slot table as the placement says, weights bound from the checkpoint. */
@@ -429,6 +437,7 @@ struct layout {
 	int n;
 	int slots[MAX_W];
 	int micro_batches;
+	int n_ctx;       /* coordinator contexts (0: 1) */
 };
 
 /* One layout and wire dtype over one golden set. */
@@ -448,19 +457,22 @@ static void golden_run(struct golden *g, const struct layout *lo, enum fp_dtype 
 		.slots = (uint32_t)m, .tokens = 64, .hidden = (uint32_t)cfg->hidden_size,
 		.max_pairs = (uint32_t)cfg->num_experts_per_tok,
 	};
+	int n_ctx = lo->n_ctx ? lo->n_ctx : 1;
 	char what[256];
-	snprintf(what, sizeof(what), "%s %s %s m=%d %s", strrchr(g->dir, '/') + 1,
-		 tp_backend_name(g_backend), lo->name, m, wire == FP_DTYPE_F32 ? "f32" : "bf16");
+	snprintf(what, sizeof(what), "%s %s %s m=%d%s %s", strrchr(g->dir, '/') + 1,
+		 tp_backend_name(g_backend), lo->name, m, n_ctx > 1 ? " 2ctx" : "",
+		 wire == FP_DTYPE_F32 ? "f32" : "bf16");
 
 	for (int i = 0; i < lo->n; i++)
 		slots[i] = load_slots(g->ck, p, i);
-	cluster_open(&c, lo->n, &ring, slots, NULL);
+	cluster_open(&c, lo->n, n_ctx, &ring, slots, NULL);
 	CHECK_RC(co_load_create(n_moe, cfg->n_routed_experts, lo->n, lo->slots, 1, &load, &err));
 	struct co_remote_opts ro = { .ring = ring, .wire = wire, .timeout_ms = 20000,
 				     .load = load, .epoch = 7 };
 	struct co_engine_opts eo = { .max_seqs = 1, .max_ctx = 256, .max_batch = 64,
 				     .micro_batches = m };
-	if (co_moe_remote_create(cfg, c.ctx, lo->n, c.eps, c.recv, p, &ro, &moe, &err) < 0 ||
+	if (co_moe_remote_create(cfg, c.ctx, c.n_ctx, lo->n, c.eps, c.recv, p, &ro, &moe,
+				 &err) < 0 ||
 	    co_engine_create(g->w, moe, &eo, &e, &err) < 0) {
 		fprintf(stderr, "FAIL %s: %s\n", what, err.msg);
 		t_failures++;
@@ -592,8 +604,9 @@ static void case_golden(void)
 			{ "2 workers", 2, { E / 2, E - E / 2 }, 1 },
 			{ "3 workers", 3, { E / 3, E / 3, E - 2 * (E / 3) }, 1 },
 			{ "3 workers, replicas", 3, { E / 2, E / 2, E / 2 }, 1 },
-			{ "2 workers, replicas", 2, { E - 2, E / 2 + 3 }, 2 },
+			{ "2 workers, replicas", 2, { E - 2, E / 2 + 3 }, 2, 2 },
 			{ "3 workers", 3, { E / 3, E / 3, E - 2 * (E / 3) }, 2 },
+			{ "3 workers", 3, { E / 3, E / 3, E - 2 * (E / 3) }, 2, 2 },
 		};
 		for (size_t i = 0; i < FR_ARRAY_SIZE(layouts); i++)
 			golden_run(&g, &layouts[i], FP_DTYPE_F32);
@@ -693,10 +706,10 @@ static void case_interleave(void)
 	struct wk_ring ring = { .slots = 3, .tokens = 40, .hidden = (uint32_t)h,
 				.max_pairs = (uint32_t)k };
 	struct cluster c;
-	cluster_open(&c, 3, &ring, ws, NULL);
+	cluster_open(&c, 3, 2, &ring, ws, NULL);
 	struct co_moe moe;
 	struct co_remote_opts ro = { .ring = ring, .wire = FP_DTYPE_F32, .timeout_ms = 20000 };
-	CHECK_RC(co_moe_remote_create(cfg, c.ctx, 3, c.eps, c.recv, p, &ro, &moe, &err));
+	CHECK_RC(co_moe_remote_create(cfg, c.ctx, 2, 3, c.eps, c.recv, p, &ro, &moe, &err));
 
 	float *out[3][3];
 	for (int l = 0; l < 3; l++)
@@ -775,11 +788,13 @@ static int faulty_combine(enum wmode mode, int timeout_ms, char *msg, size_t cap
 	struct wk_ring ring = { .slots = 2, .tokens = 32, .hidden = (uint32_t)cfg->hidden_size,
 				.max_pairs = (uint32_t)k };
 	struct cluster c;
-	cluster_open(&c, 2, &ring, ws, modes);
+	/* A dying worker on a context of its own: the other context keeps serving. */
+	int n_ctx = mode == W_DIE ? 2 : 1;
+	cluster_open(&c, 2, n_ctx, &ring, ws, modes);
 	struct co_moe moe;
 	struct co_remote_opts ro = { .ring = ring, .wire = FP_DTYPE_BF16,
 				     .timeout_ms = timeout_ms };
-	CHECK_RC(co_moe_remote_create(cfg, c.ctx, 2, c.eps, c.recv, p, &ro, &moe, &err));
+	CHECK_RC(co_moe_remote_create(cfg, c.ctx, n_ctx, 2, c.eps, c.recv, p, &ro, &moe, &err));
 
 	/* 32 tokens x 4 experts over two workers: both get some. */
 	struct mb_input in;
@@ -849,10 +864,10 @@ static void bad_frame(enum bad what, const char *name, const char *needle)
 	struct wk_ring ring = { .slots = 2, .tokens = 8, .hidden = (uint32_t)h, .max_pairs = 4 };
 	size_t dslot = wk_ring_dispatch_slot(&ring);
 	struct cluster c;
-	cluster_open(&c, 1, &ring, ws, NULL);
+	cluster_open(&c, 1, 1, &ring, ws, NULL);
 
 	struct tp_mem *src;
-	CHECK_RC(tp_mem_alloc(c.ctx, dslot, &src));
+	CHECK_RC(tp_mem_alloc(c.ctx[0], dslot, &src));
 	uint8_t *buf = tp_mem_ptr(src);
 	uint32_t n = what == BAD_TOKENS ? 9 : 2;
 	uint32_t rows[16] = { 0, 1 };
@@ -881,7 +896,7 @@ static void bad_frame(enum bad what, const char *name, const char *needle)
 	uint64_t end = fr_now_ns() + 10000000000ull;
 	bool sent = false;
 	while ((!sent || !atomic_load(&c.w[0].done)) && fr_now_ns() < end) {
-		int got = tp_wait(c.ctx, ev, 4, 20);
+		int got = tp_wait(c.ctx[0], ev, 4, 20);
 		CHECK(got >= 0);
 		for (int i = 0; i < got; i++)
 			sent |= ev[i].type == TP_EV_SEND_DONE;

@@ -4,7 +4,11 @@
 # golden set, f32 wire) over the verbs transport inside the soft-RoCE QEMU guest
 # (../shared/rdma-vm): two workers, no replicas, then the bf16-wire greedy check over verbs.
 # Every process auto-picks the first ACTIVE device (rxe0); rxe talks to itself.
-# Timeouts are generous: the guest runs under TCG, ~100x slower than hardware.
+# Then, in the same guest, the same checks with the coordinator on both devices
+# (--set transport.device=rxe0,rxe1: one endpoint per device pair, worker 0 on rxe0,
+# worker 1 on rxe1 across the veth pair) while the workers still auto-pick rxe0; each
+# cluster's log must show both devices serving a worker.
+# Timeouts are generous: the guest may run under TCG, ~100x slower than hardware.
 # Exit 77 with the reason when the VM cannot start; any mismatch fails.
 set -u
 ferryctl=$1 cmp=$2
@@ -43,6 +47,17 @@ for b in "$ferryctl" "$co_bin" "$wk_bin" "$cmp"; do
 	fi
 done
 cd "$run" || exit 1
+# Inside the guest: $1 the run directory, $2 the comparison tool. Device names come from
+# the guest's environment (RDMA_VM_DEV0/1).
+guest='set -u
+bash "$1/run-cluster.sh" "$1/ferryctl" "$2" verbs || exit
+echo "---- the coordinator on $RDMA_VM_DEV0 and $RDMA_VM_DEV1, the workers on auto"
+CLUSTER_UP_ARGS="$CLUSTER_UP_ARGS --set transport.device=$RDMA_VM_DEV0,$RDMA_VM_DEV1" \
+CLUSTER_LOG_EXPECT="picked device=$RDMA_VM_DEV0 .*[(]configured[)]
+picked device=$RDMA_VM_DEV1 .*[(]configured[)]
+worker 0 .*verbs endpoint connected, device=$RDMA_VM_DEV0\$
+worker 1 .*verbs endpoint connected, device=$RDMA_VM_DEV1\$" \
+exec bash "$1/run-cluster.sh" "$1/ferryctl" "$2" verbs'
 t0=$(date +%s)
 RDMA_VM_TIMEOUT=${RDMA_VM_TIMEOUT:-900} "$vm" env \
 	FERRY_GOLDEN="$FERRY_GOLDEN" \
@@ -53,7 +68,7 @@ RDMA_VM_TIMEOUT=${RDMA_VM_TIMEOUT:-900} "$vm" env \
 	CLUSTER_BF16_TRANSPORT=verbs \
 	CLUSTER_TIMEOUT="${CLUSTER_TIMEOUT:-600}" \
 	CLUSTER_UP_ARGS="${CLUSTER_UP_ARGS:---set transport.expert_timeout=300s --set cluster.join_timeout=600s}" \
-	bash "$run/run-cluster.sh" "$run/ferryctl" "$run/$(basename "$cmp")" verbs
+	bash -c "$guest" run-cluster-in-vm "$run" "$run/$(basename "$cmp")"
 rc=$?
 echo "run-cluster-in-vm: exit $rc after $(($(date +%s) - t0)) s (VM boot included)" >&2
 case $rc in

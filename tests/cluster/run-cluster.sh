@@ -14,6 +14,8 @@
 #   CLUSTER_BF16_TRANSPORT  transport of the bf16-wire cluster (default shm)
 #   CLUSTER_TIMEOUT         `ferryctl up --timeout` in seconds (default 60)
 #   CLUSTER_UP_ARGS         extra `ferryctl up` options, split on whitespace (e.g. --set ...)
+#   CLUSTER_LOG_EXPECT      extended regexes, one per line: each cluster's log (coordinator
+#                           and workers) must match every one of them (e.g. the devices used)
 set -euo pipefail
 ferryctl=$1 cmp=$2
 transports=${3:-shm tcp}
@@ -22,6 +24,8 @@ bf16=${CLUSTER_BF16:-1}
 bf16_tp=${CLUSTER_BF16_TRANSPORT:-shm}
 up_timeout=${CLUSTER_TIMEOUT:-60}
 read -r -a up_args <<< "${CLUSTER_UP_ARGS:-}"
+log_expect=()
+[ -z "${CLUSTER_LOG_EXPECT:-}" ] || mapfile -t log_expect <<< "$CLUSTER_LOG_EXPECT"
 [[ $up_timeout =~ ^[1-9][0-9]*$ ]] || { echo "CLUSTER_TIMEOUT: '$up_timeout' is not a number of seconds" >&2; exit 1; }
 [[ $bf16 == [01] ]] || { echo "CLUSTER_BF16: '$bf16' is not 0 or 1" >&2; exit 1; }
 tmp=$(mktemp -d)
@@ -64,6 +68,15 @@ down() {
     exit 1
   fi
   up_pid=
+  local re
+  for re in ${log_expect[@]+"${log_expect[@]}"}; do
+    [ -n "$re" ] || continue
+    if ! grep -Eq -- "$re" "$tmp/up.err"; then
+      echo "the cluster's log has no line matching '$re'" >&2
+      exit 1
+    fi
+    echo "log: $(grep -Em1 -- "$re" "$tmp/up.err")"
+  done
 }
 
 n=0

@@ -276,6 +276,52 @@ static void test_co_load(const char *dir)
 		t_expect_err("co bind_addr", co_config_load(good, o8, 1, &c, &err), -EINVAL, &err,
 			     "[transport] bind_addr: not set", NULL);
 	}
+	/* [transport] device: one name on any backend, a list only with verbs */
+	{
+		char **v;
+		int n;
+		CHECK(co_config_load(good, NULL, 0, &c, &err) == 0);
+		CHECK(co_config_devices(&c, &v, &n, &err) == 0 && n == 0);
+		fr_strv_free(v, n);
+		co_config_free(&c);
+		char *o1[] = { "transport.device=mlx5_0" };
+		CHECK(co_config_load(good, o1, 1, &c, &err) == 0);
+		CHECK(co_config_devices(&c, &v, &n, &err) == 0 && n == 1 &&
+		      !strcmp(v[0], "mlx5_0"));
+		fr_strv_free(v, n);
+		co_config_free(&c);
+		char *o2[] = { "transport.backend=verbs", "transport.device=mlx5_0, mlx5_1 ,rxe0" };
+		CHECK(co_config_load(good, o2, 2, &c, &err) == 0);
+		CHECK(co_config_devices(&c, &v, &n, &err) == 0 && n == 3 &&
+		      !strcmp(v[0], "mlx5_0") && !strcmp(v[1], "mlx5_1") && !strcmp(v[2], "rxe0"));
+		fr_strv_free(v, n);
+		co_config_free(&c);
+		char *o3[] = { "transport.device=mlx5_0,mlx5_1" };
+		t_expect_err("co device list on tcp", co_config_load(good, o3, 1, &c, &err),
+			     -EINVAL, &err, "[transport] device: 'mlx5_0,mlx5_1' lists 2 devices; "
+			     "only [transport] backend = verbs uses more than one (backend is tcp)",
+			     NULL);
+		char *o4[] = { "transport.backend=shm", "transport.device=a,b" };
+		t_expect_err("co device list on shm", co_config_load(good, o4, 2, &c, &err),
+			     -EINVAL, &err, "[transport] device:", "backend is shm");
+		char *o5[] = { "transport.backend=verbs", "transport.device=mlx5_0,,mlx5_1" };
+		t_expect_err("co device empty name", co_config_load(good, o5, 2, &c, &err), -EINVAL,
+			     &err, "[transport] device: 'mlx5_0,,mlx5_1' has an empty device name",
+			     NULL);
+		char *o6[] = { "transport.backend=verbs", "transport.device=mlx5_0," };
+		t_expect_err("co device trailing comma", co_config_load(good, o6, 2, &c, &err),
+			     -EINVAL, &err, "has an empty device name", NULL);
+		char *o7[] = { "transport.backend=verbs", "transport.device=rxe0,rxe1,rxe0" };
+		t_expect_err("co device twice", co_config_load(good, o7, 2, &c, &err), -EINVAL,
+			     &err, "[transport] device: 'rxe0,rxe1,rxe0' lists rxe0 twice", NULL);
+		char many[512] = "transport.device=";
+		for (int i = 0; i <= TP_WAIT_MANY_MAX; i++)
+			snprintf(many + strlen(many), sizeof(many) - strlen(many), "%sd%d",
+				 i ? "," : "", i);
+		char *o8[] = { "transport.backend=verbs", many };
+		t_expect_err("co device too many", co_config_load(good, o8, 2, &c, &err), -EINVAL,
+			     &err, "[transport] device:", "lists more than");
+	}
 	/* no --config: a missing default file is fine */
 	if (access(CO_CONFIG_DEFAULT_PATH, F_OK) < 0 && errno == ENOENT) {
 		char *o[] = { "model.path=/m", "cluster.insecure=1" };

@@ -2,7 +2,7 @@
 /*
  * test_place_solver.c - the placement solver against a straightforward EPLB global policy,
  * invariants, unequal capacities, the distinct-worker guarantee, migration, impossible
- * configurations, replica choice and speed on the 145B shape.
+ * configurations, replica choice, unloading slots and speed on the 145B shape.
  */
 #include "place_test.h"
 
@@ -562,6 +562,100 @@ static void test_choose(uint64_t *rng)
 	printf("ok   replica choice\n");
 }
 
+/* ---- taking slots out of service ---- */
+
+static void test_unload(uint64_t *rng)
+{
+	/* hand-made, two layers: layer 0 = { w0: 0 2 | w1: 1 0 }, layer 1 = { w0: 1 0 | w1: 1 2 } */
+	int cap[2] = { 2, 2 };
+	int32_t table[8] = { 0, 2, 1, 0, 1, 0, 1, 2 };
+	struct co_placement *p = NULL;
+	struct fr_error err = { { 0 } };
+	CHECK(co_place_from_table(2, 3, 2, cap, table, &p, &err) == 0);
+	if (p) {
+		int32_t l1[1] = { 0 }, s1[1] = { 1 };
+		/* expert 2 of layer 0 lives only in worker 0 slot 1 */
+		CHECK(co_place_unload(p, 0, 1, l1, s1, &err) == -EBUSY);
+		CHECK(strstr(err.msg, "expert 2 of layer 0"));
+		CHECK(co_place_expert_at(p, 0, 0, 1) == 2 && co_place_check(p, 1, &err) == 0);
+		/* all or nothing: a good slot and a bad one leave the placement as it was */
+		int32_t l2[2] = { 1, 0 }, s2[2] = { 0, 1 };
+		CHECK(co_place_unload(p, 0, 2, l2, s2, &err) == -EBUSY);
+		CHECK(co_place_expert_at(p, 1, 0, 0) == 1 && co_place_filled(p, 0) == 4);
+		int32_t l3[2] = { 1, 1 }, s3[2] = { 0, 0 };
+		CHECK(co_place_unload(p, 0, 2, l3, s3, &err) == -EINVAL);
+		CHECK(strstr(err.msg, "listed twice"));
+		CHECK(co_place_expert_at(p, 1, 0, 0) == 1);
+		int32_t l4[1] = { 2 }, s4[1] = { 0 };
+		CHECK(co_place_unload(p, 0, 1, l4, s4, &err) == -EINVAL);
+		CHECK(co_place_unload(p, 2, 1, l1, s1, &err) == -EINVAL);
+		/* worker 0 gives up (layer 0, slot 0) and (layer 1, slot 0): both have replicas */
+		int32_t l5[2] = { 0, 1 }, s5[2] = { 0, 0 };
+		CHECK(co_place_unload(p, 0, 2, l5, s5, &err) == 2);
+		CHECK(co_place_check(p, 1, &err) == 0);
+		CHECK(co_place_expert_at(p, 0, 0, 0) == CO_PLACE_EMPTY);
+		CHECK(co_place_filled(p, 0) == 2 && co_place_filled(p, 1) == 4);
+		CHECK(co_place_unload(p, 0, 1, l5, s5, &err) == -EINVAL); /* empty already */
+		int n;
+		const struct co_place_replica *r = co_place_replicas(p, 0, 0, &n);
+		CHECK(n == 1 && r[0].worker == 1 && r[0].slot == 1);
+		/* choose never picks an unloaded slot */
+		int32_t ex[4] = { 0, 0, 1, 1 };
+		int64_t wt[2] = { 0, 0 };
+		struct co_place_replica out[4];
+		CHECK(co_place_choose(p, 1, 2, 2, ex, wt, out) == 0);
+		for (int i = 0; i < 4; i++)
+			CHECK(co_place_expert_at(p, 1, out[i].worker, out[i].slot) == ex[i]);
+		struct co_place_stats st[2];
+		CHECK(co_place_evaluate(p, NULL, st) == 0);
+		/* layer 0: w0 holds expert 2 (load 1), w1 experts 1 and 0 (load 2) */
+		CHECK(fabs(st[0].max_load - 2.0) < 1e-12 && fabs(st[0].balancedness - 0.75) < 1e-12);
+		co_place_destroy(p);
+	}
+
+	/* random: unload a worker entirely when every expert is on two workers */
+	for (int c = 0; c < 20; c++) {
+		int E = t_rand_int(rng, 4, 32), W = t_rand_int(rng, 2, 6), L = t_rand_int(rng, 1, 3);
+		int *caps = t_xmalloc(sizeof(int) * (size_t)W);
+		for (int w = 0; w < W; w++)
+			caps[w] = FR_DIV_ROUND_UP(2 * E, W) + t_rand_int(rng, 0, 2);
+		p = NULL;
+		struct co_place_opts po = { .min_distinct = 2 };
+		CHECK(co_place_solve(&(struct co_place_problem){ L, E, W, caps, NULL }, &po, NULL,
+				     &p, &err) == 0);
+		if (p) {
+			int w = t_rand_int(rng, 0, W - 1), n = L * caps[w];
+			int32_t *ll = t_xmalloc(sizeof(int32_t) * (size_t)n);
+			int32_t *ss = t_xmalloc(sizeof(int32_t) * (size_t)n);
+			for (int i = 0; i < n; i++) {
+				ll[i] = i / caps[w];
+				ss[i] = i % caps[w];
+			}
+			CHECK(co_place_unload(p, w, n, ll, ss, &err) == n);
+			CHECK(co_place_check(p, 1, &err) == 0);
+			CHECK(co_place_filled(p, w) == 0);
+			for (int l = 0; l < L; l++)
+				for (int e = 0; e < E; e++) {
+					int nr;
+					const struct co_place_replica *r = co_place_replicas(p, l, e, &nr);
+					CHECK(nr >= 1);
+					for (int i = 0; i < nr; i++)
+						CHECK(r[i].worker != w);
+				}
+			/* a new solve with the unloaded placement as prev still works */
+			struct co_placement *q = NULL;
+			CHECK(co_place_solve(&(struct co_place_problem){ L, E, W, caps, NULL }, NULL,
+					     p, &q, &err) == 0);
+			co_place_destroy(q);
+			free(ll);
+			free(ss);
+		}
+		co_place_destroy(p);
+		free(caps);
+	}
+	printf("ok   unload\n");
+}
+
 /* ---- speed: the 145B shape ---- */
 
 static void test_speed(uint64_t *rng)
@@ -619,6 +713,7 @@ int main(void)
 	test_errors();
 	test_migration(&rng);
 	test_choose(&rng);
+	test_unload(&rng);
 	test_speed(&rng);
 	if (t_failures) {
 		fprintf(stderr, "%d failure(s)\n", t_failures);

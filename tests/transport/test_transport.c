@@ -85,21 +85,55 @@ static int verify(const uint8_t *p, size_t len, uint64_t stream, uint64_t idx)
 
 /* ---- out-of-band channel ---- */
 
-static void ctl_write(const void *b, size_t n)
+static void fd_write(int fd, const void *b, size_t n)
 {
-	if (write(g_ctl, b, n) != (ssize_t)n)
+	if (write(fd, b, n) != (ssize_t)n)
 		FAIL("ctl write: %s", strerror(errno));
 }
 
-static void ctl_read(void *b, size_t n)
+static void fd_read(int fd, void *b, size_t n)
 {
 	size_t got = 0;
 	while (got < n) {
-		ssize_t r = read(g_ctl, (char *)b + got, n - got);
+		ssize_t r = read(fd, (char *)b + got, n - got);
 		if (r <= 0)
 			FAIL("ctl read: %s", r ? strerror(errno) : "peer gone");
 		got += (size_t)r;
 	}
+}
+
+static void ctl_write(const void *b, size_t n)
+{
+	fd_write(g_ctl, b, n);
+}
+
+static void ctl_read(void *b, size_t n)
+{
+	fd_read(g_ctl, b, n);
+}
+
+/* Sends ep's address blob over fd. */
+static void blob_send(int fd, const struct tp_ep *ep)
+{
+	uint8_t blob[TP_ADDR_MAX];
+	size_t len;
+	uint32_t plen;
+
+	CHECK_RC(tp_ep_address(ep, blob, sizeof(blob), &len));
+	plen = (uint32_t)len;
+	fd_write(fd, &plen, 4);
+	fd_write(fd, blob, len);
+}
+
+/* Reads the peer's address blob from fd into peer[TP_ADDR_MAX]; returns its length. */
+static uint32_t blob_recv(int fd, uint8_t *peer)
+{
+	uint32_t plen;
+
+	fd_read(fd, &plen, 4);
+	CHECK(plen <= TP_ADDR_MAX);
+	fd_read(fd, peer, plen);
+	return plen;
 }
 
 static void barrier(void)
@@ -117,40 +151,51 @@ static const char *dev_for_side(char side)
 	return d;
 }
 
-static void side_open(struct side *s, uint32_t peer_timeout_ms)
+static struct tp_config test_config(const char *dev, uint32_t peer_timeout_ms)
 {
-	struct tp_config cfg = {
+	return (struct tp_config){
 		.backend = g_backend,
-		.device = dev_for_side(g_side),
+		.device = dev,
 		.gid_index = -1,
 		.send_depth = SDEPTH,
 		.recv_depth = DEPTH,
 		.peer_timeout_ms = peer_timeout_ms,
 		.connect_timeout_ms = 30000,
 	};
-	uint8_t blob[TP_ADDR_MAX], peer[TP_ADDR_MAX];
-	size_t len;
-	uint32_t plen;
+}
 
-	int rc = tp_context_create(&cfg, &s->ctx);
+/* Exits 77 when the backend cannot run here (verbs without a device). */
+static void skip_unavailable(int rc)
+{
 	if (rc == -EOPNOTSUPP || rc == -ENODEV) {
 		printf("SKIP: backend %s unavailable here: %s\n", tp_backend_name(g_backend),
 		       strerror(-rc));
 		fflush(stdout);
 		_exit(77);
 	}
+}
+
+/* Opens a context on dev with one endpoint, connected to the peer at the end of g_ctl. */
+static void side_open_dev(struct side *s, uint32_t peer_timeout_ms, const char *dev)
+{
+	struct tp_config cfg = test_config(dev, peer_timeout_ms);
+	uint8_t peer[TP_ADDR_MAX];
+
+	int rc = tp_context_create(&cfg, &s->ctx);
+	skip_unavailable(rc);
 	CHECK_RC(rc);
 	CHECK_RC(tp_mem_alloc(s->ctx, REGION, &s->recv));
 	CHECK_RC(tp_mem_alloc(s->ctx, REGION, &s->send));
 	CHECK_RC(tp_ep_create(s->ctx, s->recv, s, &s->ep));
-	CHECK_RC(tp_ep_address(s->ep, blob, sizeof(blob), &len));
-	plen = (uint32_t)len;
-	ctl_write(&plen, 4);
-	ctl_write(blob, len);
-	ctl_read(&plen, 4);
-	CHECK(plen <= sizeof(peer));
-	ctl_read(peer, plen);
+	CHECK(tp_ep_context(s->ep) == s->ctx);
+	blob_send(g_ctl, s->ep);
+	uint32_t plen = blob_recv(g_ctl, peer);
 	CHECK_RC(tp_ep_connect(s->ep, peer, plen));
+}
+
+static void side_open(struct side *s, uint32_t peer_timeout_ms)
+{
+	side_open_dev(s, peer_timeout_ms, dev_for_side(g_side));
 	CHECK(tp_ep_remote_len(s->ep) == REGION);
 }
 
@@ -634,6 +679,376 @@ static void case_link_loss(char side, pid_t child)
 	death_mode(side, child, true, true);
 }
 
+/* ---- wait-many: one process, two contexts (one endpoint per device pair) ---- */
+
+#define WM_N 200    /* puts each way on each endpoint, per stream phase */
+#define WM_BURST 8  /* puts of each peer in the fairness check */
+#define WM_NEXT_SLOT ((size_t)(WM_N % DEPTH) * SLOT) /* the ring slot after a stream's */
+
+/* One endpoint's traffic both ways: puts of stream tx out, arrivals of stream rx in. */
+struct wm_stream {
+	struct tp_ep *ep;
+	struct tp_mem *send, *recv;
+	char tx, rx;
+	uint64_t sent, done, recvd;
+};
+
+static void wm_send(struct wm_stream *m)
+{
+	uint8_t *src = tp_mem_ptr(m->send);
+	while (m->sent < WM_N && m->sent - m->done < SDEPTH) {
+		uint64_t i = m->sent;
+		size_t len = stream_len(m->tx, i), loff = (size_t)(i % SDEPTH) * SLOT;
+		gen(src + loff, len, (uint64_t)m->tx, i);
+		bool sig = i % 4 == 3 || i == WM_N - 1;
+		int rc = tp_put_imm(m->ep, m->send, loff, (i % DEPTH) * SLOT, len, (uint32_t)i,
+				    sig ? TP_PUT_SIGNAL : 0, i);
+		if (rc == -EAGAIN)
+			return;
+		CHECK_RC(rc);
+		m->sent++;
+	}
+}
+
+static void wm_event(struct wm_stream *m, const struct tp_event *ev)
+{
+	CHECK(ev->ep == m->ep);
+	if (ev->type == TP_EV_SEND_DONE) {
+		CHECK(ev->status == 0 && ev->cookie + 1 > m->done);
+		m->done = ev->cookie + 1;
+		return;
+	}
+	if (ev->type != TP_EV_ARRIVAL)
+		FAIL("stream %c: unexpected event %d status %d", m->rx, ev->type, ev->status);
+	uint64_t i = m->recvd;
+	size_t len = stream_len(m->rx, i);
+	if (ev->imm != (uint32_t)i || ev->len != len)
+		FAIL("stream %c: arrival imm %u len %llu, want %llu len %zu", m->rx, ev->imm,
+		     (unsigned long long)ev->len, (unsigned long long)i, len);
+	if (!verify((uint8_t *)tp_mem_ptr(m->recv) + (i % DEPTH) * SLOT, len, (uint64_t)m->rx, i))
+		FAIL("stream %c: arrival %llu corrupt", m->rx, (unsigned long long)i);
+	m->recvd++;
+	CHECK_RC(tp_ep_release(m->ep, 1));
+}
+
+static bool wm_finished(const struct wm_stream *m)
+{
+	return m->done == WM_N && m->recvd == WM_N;
+}
+
+/* Puts send[off, +len) at off, cookie imm, retrying back-pressure. No signalled put may be
+ * in flight: no event is owed to us meanwhile. */
+static void wm_put(struct side *s, size_t off, size_t len, uint32_t imm, unsigned flags)
+{
+	uint64_t end = fr_now_ns() + 30000000000ull;
+	struct tp_event ev;
+	int rc;
+
+	while ((rc = tp_put_imm(s->ep, s->send, off, off, len, imm, flags, imm)) == -EAGAIN) {
+		CHECK(fr_now_ns() < end);
+		CHECK(tp_wait(s->ctx, &ev, 1, 50) == 0);
+	}
+	CHECK_RC(rc);
+}
+
+static void wm_wait_done(struct side *s, uint32_t imm)
+{
+	struct tp_event ev = next_event(s, 30);
+	CHECK(ev.type == TP_EV_SEND_DONE && ev.status == 0 && ev.cookie == imm);
+}
+
+/* The peer of A's context k, in its own process: B (k 1) or C (k 0), on the device A's
+ * other context uses, so that verbs traffic crosses between the two devices both ways. */
+static void wm_peer(int k)
+{
+	struct side s;
+	struct tp_event evs[8];
+	char cmd;
+
+	side_open_dev(&s, 3000, dev_for_side(k ? 'A' : 'B'));
+	CHECK(tp_ep_remote_len(s.ep) == (size_t)DEPTH * SLOT);
+	struct wm_stream m = { .ep = s.ep, .send = s.send, .recv = s.recv,
+			       .tx = (char)('p' + k), .rx = (char)('a' + k) };
+	for (int phase = 0; phase < 2; phase++) {
+		uint64_t end = fr_now_ns() + 60000000000ull;
+		while (!wm_finished(&m)) {
+			CHECK(fr_now_ns() < end);
+			wm_send(&m);
+			int n = tp_wait(s.ctx, evs, 8, 100);
+			CHECK_RC(n);
+			for (int i = 0; i < n; i++)
+				wm_event(&m, &evs[i]);
+		}
+		ctl_write("s", 1);
+		if (phase == 1)
+			break;
+
+		/* fairness: a burst, complete before A looks */
+		ctl_read(&cmd, 1);
+		CHECK(cmd == 'f');
+		for (uint32_t i = 0; i < WM_BURST; i++) {
+			gen((uint8_t *)tp_mem_ptr(s.send) + i * 64u, 64, 0x40u + (uint64_t)k, i);
+			wm_put(&s, i * 64u, 64, 0x1000 + i, i == WM_BURST - 1 ? TP_PUT_SIGNAL : 0);
+		}
+		wm_wait_done(&s, 0x1000 + WM_BURST - 1); /* and every earlier one */
+		ctl_write("d", 1);
+
+		/* One put each, carrying its send time, well after A went to sleep: B's, then C's.
+		 * The delays keep each put far from A's 250 ms watchdog wake-ups, so a context
+		 * whose fd A does not sleep on shows ~200 ms of latency. */
+		ctl_read(&cmd, 1);
+		CHECK(cmd == 'w');
+		usleep(k ? 260000 : 560000);
+		uint64_t now = fr_now_ns();
+		memcpy(tp_mem_ptr(s.send), &now, 8);
+		wm_put(&s, 0, 8, 0x2000u + (uint32_t)k, TP_PUT_SIGNAL);
+		wm_wait_done(&s, 0x2000u + (uint32_t)k);
+		ctl_write("w", 1);
+
+		/* C waits here for its SIGKILL; B streams again while A sees C's death */
+		ctl_read(&cmd, 1);
+		CHECK(cmd == 'x' && k == 1);
+		m = (struct wm_stream){ .ep = s.ep, .send = s.send, .recv = s.recv,
+					.tx = (char)('P' + k), .rx = (char)('A' + k) };
+	}
+	/* After A saw C's death: one round trip more, A first, each put into the ring slot
+	 * that follows the stream's (the peer may still be reading the ones before). */
+	struct tp_event ev = next_event(&s, 30);
+	CHECK(ev.type == TP_EV_ARRIVAL && ev.imm == 0x3000 && ev.len == 16);
+	CHECK(verify((uint8_t *)tp_mem_ptr(s.recv) + WM_NEXT_SLOT, 16, 0x60, 0));
+	CHECK_RC(tp_ep_release(s.ep, 1));
+	gen((uint8_t *)tp_mem_ptr(s.send) + WM_NEXT_SLOT, 16, 0x61, 0);
+	wm_put(&s, WM_NEXT_SLOT, 16, 0x3001, TP_PUT_SIGNAL);
+	wm_wait_done(&s, 0x3001);
+	barrier();
+	side_close(&s);
+}
+
+/* A: two contexts (verbs: $RDMA_VM_DEV0 and $RDMA_VM_DEV1), one endpoint each, to peers in
+ * two processes, all driven through tp_wait_many(): streams both ways on both at once with
+ * max 2, a fairness check with max 1, wake-ups from sleep for each context, and the death
+ * of context 0's peer, reported while context 1 streams and works on after it. */
+static void case_wait_many(char side, pid_t child)
+{
+	(void)child;
+	if (side == 'B') {
+		wm_peer(1);
+		return;
+	}
+	/* C, the peer of context 0, is forked before anything is opened (verbs and fork). */
+	int sv[2];
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	fflush(NULL);
+	pid_t c = fork();
+	CHECK(c >= 0);
+	if (c == 0) {
+		close(sv[0]);
+		close(g_ctl);
+		g_ctl = sv[1];
+		g_side = 'C';
+		alarm(CASE_TIMEOUT_S);
+		wm_peer(0);
+		fflush(NULL);
+		_exit(0);
+	}
+	close(sv[1]);
+	int fd[2] = { sv[0], g_ctl }; /* to the peer of context k */
+
+	struct tp_context *ctxs[2];
+	struct tp_mem *send[2], *recv[2];
+	struct tp_ep *ep[2];
+	struct wm_stream m[2];
+	uint8_t peer[2][TP_ADDR_MAX];
+	uint32_t plen[2];
+	for (int k = 0; k < 2; k++) {
+		struct tp_config cfg = test_config(dev_for_side(k ? 'B' : 'A'), 3000);
+		int rc = tp_context_create(&cfg, &ctxs[k]);
+		if (rc == -EOPNOTSUPP || rc == -ENODEV) {
+			kill(c, SIGKILL);
+			waitpid(c, NULL, 0);
+		}
+		skip_unavailable(rc);
+		CHECK_RC(rc);
+		CHECK_RC(tp_mem_alloc(ctxs[k], (size_t)SDEPTH * SLOT, &send[k]));
+		CHECK_RC(tp_mem_alloc(ctxs[k], (size_t)DEPTH * SLOT, &recv[k]));
+		CHECK_RC(tp_ep_create(ctxs[k], recv[k], &m[k], &ep[k]));
+		CHECK(tp_ep_context(ep[k]) == ctxs[k]);
+		blob_send(fd[k], ep[k]);
+		m[k] = (struct wm_stream){ .ep = ep[k], .send = send[k], .recv = recv[k],
+					   .tx = (char)('a' + k), .rx = (char)('p' + k) };
+	}
+	if (g_backend == TP_BACKEND_VERBS)
+		fprintf(stderr, "wait-many: contexts on %s and %s\n",
+			dev_for_side('A') ? dev_for_side('A') : "auto",
+			dev_for_side('B') ? dev_for_side('B') : "auto");
+	for (int k = 0; k < 2; k++)
+		plen[k] = blob_recv(fd[k], peer[k]);
+	for (int k = 0; k < 2; k++)
+		CHECK_RC(tp_ep_connect(ep[k], peer[k], plen[k]));
+	CHECK(tp_wait_many(ctxs, 0, NULL, 1, 0) == -EINVAL);
+	CHECK(tp_wait_many(ctxs, 2, NULL, 0, 0) == -EINVAL);
+	CHECK(tp_wait_many(ctxs, TP_WAIT_MANY_MAX + 1, NULL, 1, 0) == -EINVAL);
+
+	/* 1. Both ways on both endpoints at once; two events per call. */
+	struct tp_event evs[4];
+	uint64_t end = fr_now_ns() + 60000000000ull;
+	while (!wm_finished(&m[0]) || !wm_finished(&m[1])) {
+		CHECK(fr_now_ns() < end);
+		wm_send(&m[0]);
+		wm_send(&m[1]);
+		int n = tp_wait_many(ctxs, 2, evs, 2, 100);
+		CHECK_RC(n);
+		CHECK(n <= 2);
+		for (int i = 0; i < n; i++) {
+			CHECK(evs[i].ep_user == &m[0] || evs[i].ep_user == &m[1]);
+			wm_event(evs[i].ep_user, &evs[i]);
+		}
+	}
+	char cmd;
+	for (int k = 0; k < 2; k++) {
+		fd_read(fd[k], &cmd, 1);
+		CHECK(cmd == 's');
+	}
+
+	/* 2. Fairness: both contexts hold a burst; one event per call must alternate. */
+	for (int k = 0; k < 2; k++)
+		fd_write(fd[k], "f", 1);
+	for (int k = 0; k < 2; k++) {
+		fd_read(fd[k], &cmd, 1);
+		CHECK(cmd == 'd');
+	}
+	usleep(100000); /* tcp: the bytes are written; let them reach our socket */
+	uint32_t got[2] = { 0, 0 };
+	int prev = -1, run = 0, longest = 0;
+	end = fr_now_ns() + 30000000000ull;
+	while (got[0] + got[1] < 2 * WM_BURST) {
+		CHECK(fr_now_ns() < end);
+		int n = tp_wait_many(ctxs, 2, evs, 1, 100);
+		CHECK_RC(n);
+		if (n == 0)
+			continue;
+		int k = evs[0].ep == ep[0] ? 0 : 1;
+		CHECK(evs[0].ep == ep[k] && evs[0].type == TP_EV_ARRIVAL);
+		if (evs[0].imm != 0x1000 + got[k] || evs[0].len != 64)
+			FAIL("context %d: arrival imm 0x%x len %llu, want 0x%x", k, evs[0].imm,
+			     (unsigned long long)evs[0].len, 0x1000 + got[k]);
+		CHECK(verify((uint8_t *)tp_mem_ptr(recv[k]) + got[k] * 64u, 64, 0x40u + (uint64_t)k,
+			     got[k]));
+		got[k]++;
+		CHECK_RC(tp_ep_release(ep[k], 1));
+		run = k == prev ? run + 1 : 1;
+		prev = k;
+		longest = FR_MAX(longest, run);
+	}
+	fprintf(stderr, "wait-many: longest run of one context: %d of %d events\n", longest,
+		2 * WM_BURST);
+	CHECK(longest <= 2);
+
+	/* 3. Asleep in both epoll sets at once: each peer's put wakes us at once. */
+	double c0 = cpu_s();
+	uint64_t t0 = fr_now_ns(), woke_ns[2] = { 0, 0 }, lat_ns[2] = { 0, 0 };
+	for (int k = 0; k < 2; k++)
+		fd_write(fd[k], "w", 1);
+	while (!woke_ns[0] || !woke_ns[1]) {
+		CHECK(fr_now_ns() - t0 < 30000000000ull);
+		int n = tp_wait_many(ctxs, 2, evs, 4, 1000);
+		CHECK_RC(n);
+		for (int i = 0; i < n; i++) {
+			int k = evs[i].ep == ep[0] ? 0 : 1;
+			CHECK(evs[i].ep == ep[k] && evs[i].type == TP_EV_ARRIVAL && !woke_ns[k]);
+			CHECK(evs[i].imm == 0x2000u + (uint32_t)k && evs[i].len == 8);
+			uint64_t put_ns;
+			memcpy(&put_ns, tp_mem_ptr(recv[k]), 8);
+			woke_ns[k] = fr_now_ns();
+			CHECK(put_ns > t0 && put_ns <= woke_ns[k]);
+			lat_ns[k] = woke_ns[k] - put_ns;
+			CHECK_RC(tp_ep_release(ep[k], 1));
+		}
+	}
+	double used = cpu_s() - c0;
+	fprintf(stderr, "wait-many: woken for context 1 at %.0f ms (%.1f ms after its put), "
+		"context 0 at %.0f ms (%.1f ms after), %.1f ms CPU\n",
+		(double)(woke_ns[1] - t0) * 1e-6, (double)lat_ns[1] * 1e-6,
+		(double)(woke_ns[0] - t0) * 1e-6, (double)lat_ns[0] * 1e-6, used * 1e3);
+	CHECK(used < 0.1);
+	CHECK(lat_ns[0] < 100000000ull && lat_ns[1] < 100000000ull);
+	for (int k = 0; k < 2; k++) {
+		fd_read(fd[k], &cmd, 1); /* its put completed: no event is owed to it but ours */
+		CHECK(cmd == 'w');
+	}
+
+	/* 4. C dies: context 0 reports it once while context 1 streams both ways. */
+	CHECK(kill(c, SIGKILL) == 0);
+	uint64_t t_kill = fr_now_ns(), t_err = 0;
+	fd_write(fd[1], "x", 1);
+	m[1] = (struct wm_stream){ .ep = ep[1], .send = send[1], .recv = recv[1], .tx = 'B',
+				   .rx = 'Q' };
+	end = fr_now_ns() + 60000000000ull;
+	uint64_t after_err = 0;
+	while (!t_err || !wm_finished(&m[1])) {
+		CHECK(fr_now_ns() < end);
+		wm_send(&m[1]);
+		int n = tp_wait_many(ctxs, 2, evs, 4, 100);
+		CHECK_RC(n);
+		for (int i = 0; i < n; i++) {
+			if (evs[i].ep == ep[0]) {
+				CHECK(evs[i].type == TP_EV_EP_ERROR && evs[i].status < 0 && !t_err);
+				t_err = fr_now_ns();
+				continue;
+			}
+			after_err += t_err != 0;
+			wm_event(&m[1], &evs[i]);
+		}
+	}
+	fprintf(stderr, "wait-many: context 0's peer death noticed after %.3f s; context 1 had "
+		"%llu events after it\n", (double)(t_err - t_kill) * 1e-9,
+		(unsigned long long)after_err);
+	CHECK(tp_ep_status(ep[0]) < 0);
+	CHECK(tp_put_imm(ep[0], send[0], 0, 0, 1, 0, 0, 0) < 0);
+	/* Context 1 still works now that context 0's failure was reported: a round trip, once
+	 * B is done with the stream. */
+	fd_read(fd[1], &cmd, 1);
+	CHECK(cmd == 's');
+	gen((uint8_t *)tp_mem_ptr(send[1]) + WM_NEXT_SLOT, 16, 0x60, 0);
+	int rc;
+	end = fr_now_ns() + 30000000000ull;
+	while ((rc = tp_put_imm(ep[1], send[1], WM_NEXT_SLOT, WM_NEXT_SLOT, 16, 0x3000,
+				TP_PUT_SIGNAL, 0x3000)) == -EAGAIN) {
+		CHECK(fr_now_ns() < end);
+		CHECK(tp_wait_many(ctxs, 2, evs, 4, 50) == 0); /* nothing else is owed to us */
+	}
+	CHECK_RC(rc);
+	bool put_done = false, reply = false;
+	while (!put_done || !reply) {
+		CHECK(fr_now_ns() < end);
+		int n = tp_wait_many(ctxs, 2, evs, 4, 100);
+		CHECK_RC(n);
+		for (int i = 0; i < n; i++) {
+			CHECK(evs[i].ep == ep[1]);
+			if (evs[i].type == TP_EV_SEND_DONE) {
+				CHECK(evs[i].status == 0 && evs[i].cookie == 0x3000 && !put_done);
+				put_done = true;
+				continue;
+			}
+			CHECK(evs[i].type == TP_EV_ARRIVAL && evs[i].imm == 0x3001 && !reply);
+			const uint8_t *q = (uint8_t *)tp_mem_ptr(recv[1]) + WM_NEXT_SLOT;
+			CHECK(evs[i].len == 16 && verify(q, 16, 0x61, 0));
+			CHECK_RC(tp_ep_release(ep[1], 1));
+			reply = true;
+		}
+	}
+	int st;
+	CHECK(waitpid(c, &st, 0) == c && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
+	close(fd[0]);
+	barrier();
+	for (int k = 0; k < 2; k++) {
+		tp_ep_destroy(ep[k]);
+		tp_mem_free(send[k]);
+		tp_mem_free(recv[k]);
+		tp_context_destroy(ctxs[k]);
+	}
+}
+
 struct tcase {
 	const char *name;
 	void (*fn)(char side);
@@ -651,6 +1066,7 @@ static const struct tcase cases[] = {
 	{ "death-receiver", NULL, case_death_receiver },
 	{ "death-sender", NULL, case_death_sender },
 	{ "link-loss", NULL, case_link_loss, true },
+	{ "wait-many", NULL, case_wait_many },
 };
 
 static int run_case(const struct tcase *c)
