@@ -45,6 +45,7 @@ enum worker_state {
 	W_READY,     /* endpoint created, handler answered; connect pending */
 	W_CONNECTED,
 	W_LOADED,    /* acknowledged its slots */
+	W_RELEASED,  /* unloaded every slot: nothing routes to it, it may leave */
 	W_FAILED,
 };
 
@@ -308,15 +309,19 @@ static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufC
 	}
 	size_t k = 0;
 	for (int l = 0; l < p->n_layers; l++)
-		for (int j = 0; j < p->slots[w->index]; j++, k++) {
+		for (int j = 0; j < p->slots[w->index]; j++) {
+			int e = co_place_expert_at(p, l, w->index, j);
+			if (e == CO_PLACE_EMPTY)
+				continue; /* unloaded: not part of the assignment any more */
 			ferry__v1__slot_assignment__init(&sa[k]);
 			sa[k].layer = (uint32_t)l;
 			sa[k].slot = (uint32_t)j;
-			sa[k].expert = (uint32_t)co_place_expert_at(p, l, w->index, j);
+			sa[k].expert = (uint32_t)e;
 			sap[k] = &sa[k];
+			k++;
 		}
 	resp.epoch = s->epoch;
-	resp.n_slots = n;
+	resp.n_slots = k;
 	resp.slots = sap;
 	rpc_call_send(call, &resp.base);
 unlock:
@@ -324,6 +329,30 @@ unlock:
 	free(sa);
 	free(sap);
 	return st;
+}
+
+/* Every (layer, slot, expert) of a Load/Unload request is what p has worker wi hold. */
+static grpc_status_code check_slots(struct rpc_call *call, const struct co_placement *p, int wi,
+				    Ferry__V1__SlotAssignment *const *slots, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const Ferry__V1__SlotAssignment *a = slots[i];
+		int have = co_place_expert_at(p, (int)a->layer, wi, (int)a->slot);
+		if (have == (int)a->expert)
+			continue;
+		if (a->layer >= (uint32_t)p->n_layers || a->slot >= (uint32_t)p->slots[wi])
+			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+					     "slot (layer %u, slot %u) out of range (%d layers, %d "
+					     "slots)", a->layer, a->slot, p->n_layers, p->slots[wi]);
+		if (have == CO_PLACE_EMPTY)
+			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+					     "slot (layer %u, slot %u) is not in service",
+					     a->layer, a->slot);
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "slot (layer %u, slot %u) holds expert %d, not %u", a->layer,
+				     a->slot, have, a->expert);
+	}
+	return GRPC_STATUS_OK;
 }
 
 static grpc_status_code on_load_experts(struct rpc_call *call, const ProtobufCMessage *req,
@@ -351,16 +380,8 @@ static grpc_status_code on_load_experts(struct rpc_call *call, const ProtobufCMe
 				   "loaded %zu slots, the assignment has %zu", r->n_slots, want);
 		goto unlock;
 	}
-	for (size_t i = 0; i < r->n_slots; i++) {
-		const Ferry__V1__SlotAssignment *a = r->slots[i];
-		if (co_place_expert_at(p, (int)a->layer, w->index, (int)a->slot) != (int)a->expert) {
-			st = rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-					   "slot (layer %u, slot %u) holds expert %u, assigned %d",
-					   a->layer, a->slot, a->expert,
-					   co_place_expert_at(p, (int)a->layer, w->index, (int)a->slot));
-			goto unlock;
-		}
-	}
+	if ((st = check_slots(call, p, w->index, r->slots, r->n_slots)) != GRPC_STATUS_OK)
+		goto unlock;
 	if (w->state == W_CONNECTED)
 		w->state = W_LOADED;
 	fr_info(LOG_COMP, "worker %d '%s' loaded %zu slots (epoch %llu)", w->index, w->name,
@@ -373,21 +394,80 @@ unlock:
 	return st;
 }
 
+/* A worker gives slots up (it is leaving): they leave the routing table between two steps,
+ * so when this answers no step can still send there. */
 static grpc_status_code on_unload_experts(struct rpc_call *call, const ProtobufCMessage *req,
 					  void *arg)
 {
 	const Ferry__V1__UnloadExpertsRequest *r = (const Ferry__V1__UnloadExpertsRequest *)req;
 	Ferry__V1__UnloadExpertsResponse resp = FERRY__V1__UNLOAD_EXPERTS_RESPONSE__INIT;
 	struct co_server *s = arg;
+	struct fr_error err = { { 0 } };
 	grpc_status_code st = GRPC_STATUS_OK;
+	int32_t *layer = NULL, *slot = NULL;
+	struct srv_worker *w;
+	int rc;
 
-	pthread_mutex_lock(&s->mu);
-	if (worker_of(s, call, r->worker_index, &st)) {
-		/* Slots are only released by rebalancing, which keeps no record of them yet. */
-		resp.unloaded = (uint32_t)r->n_slots;
-		rpc_call_send(call, &resp.base);
+	if (!s->o.insecure &&
+	    rpc_auth_verify(&r->base, s->secret, s->o.secret_len, s->replay, rpc_auth_now_ms(),
+			    (uint64_t)s->o.max_skew_ms, &err) < 0) {
+		fr_warn(LOG_COMP, "refused UnloadExperts for worker %u: %s", r->worker_index,
+			err.msg);
+		return rpc_call_fail(call, GRPC_STATUS_UNAUTHENTICATED, "unload refused: %s",
+				     err.msg);
 	}
+	if (r->n_slots > (size_t)INT32_MAX)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "too many slots");
+	layer = malloc(sizeof(*layer) * (r->n_slots + 1));
+	slot = malloc(sizeof(*slot) * (r->n_slots + 1));
+	if (!layer || !slot) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+	/* engine_mu first: no forward pass is choosing replicas while the table changes. */
+	pthread_mutex_lock(&s->engine_mu);
+	pthread_mutex_lock(&s->mu);
+	if (!(w = worker_of(s, call, r->worker_index, &st)))
+		goto unlock;
+	if (s->status != S_SERVING || !s->place) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				   "the cluster is not serving: nothing to unload from");
+		goto unlock;
+	}
+	if (r->epoch != s->epoch) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				   "epoch %llu is not the one in force (%llu)",
+				   (unsigned long long)r->epoch, (unsigned long long)s->epoch);
+		goto unlock;
+	}
+	if ((st = check_slots(call, s->place, w->index, r->slots, r->n_slots)) != GRPC_STATUS_OK)
+		goto unlock;
+	for (size_t i = 0; i < r->n_slots; i++) {
+		layer[i] = (int32_t)r->slots[i]->layer;
+		slot[i] = (int32_t)r->slots[i]->slot;
+	}
+	rc = co_place_unload(s->place, w->index, (int)r->n_slots, layer, slot, &err);
+	if (rc < 0) {
+		fr_warn(LOG_COMP, "worker %d '%s' asked to unload %zu slots: refused: %s", w->index,
+			w->name, r->n_slots, err.msg);
+		st = rpc_call_fail(call, rc == -EBUSY ? GRPC_STATUS_FAILED_PRECONDITION :
+				   rpc_status_from_errno(rc), "%s", err.msg);
+		goto unlock;
+	}
+	resp.unloaded = (uint32_t)rc;
+	resp.remaining = (uint32_t)co_place_filled(s->place, w->index);
+	if (resp.remaining == 0)
+		w->state = W_RELEASED;
+	fr_info(LOG_COMP, "worker %d '%s' unloaded %u slots, %u still in service%s", w->index,
+		w->name, resp.unloaded, resp.remaining,
+		resp.remaining ? "" : ": nothing routes to it any more, it may leave");
+	rpc_call_send(call, &resp.base);
+unlock:
 	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_unlock(&s->engine_mu);
+out:
+	free(layer);
+	free(slot);
 	return st;
 }
 
@@ -1216,7 +1296,8 @@ fail:
 	if (s->place_err[0]) {
 		/* Let the workers hear why (their GetAssignment is waiting) before going. */
 		struct timespec dl;
-		fr_deadline_ms(&dl, 3000);
+		/* generous: a worker still connecting on a loaded host asks late */
+		fr_deadline_ms(&dl, 10000);
 		for (;;) {
 			int told = 0;
 			for (int i = 0; i < s->n_joined; i++)

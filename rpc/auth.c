@@ -130,30 +130,59 @@ uint64_t rpc_auth_now_ms(void)
 }
 
 /* HMAC-SHA256 of req serialized with hmac empty. */
-static int join_mac(const Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
-		    uint8_t mac[RPC_AUTH_HMAC_LEN], struct fr_error *err)
+/* The fields a signed message carries: uint64 nonce, uint64 timestamp_unix_ms, bytes hmac. */
+struct signed_fields {
+	size_t nonce, ts, hmac; /* offsets into the message struct */
+};
+
+static int signed_fields(const ProtobufCMessageDescriptor *d, struct signed_fields *f,
+			 struct fr_error *err)
 {
-	Ferry__V1__JoinRequest tmp = *req;
+	const ProtobufCFieldDescriptor *n = protobuf_c_message_descriptor_get_field_by_name(d, "nonce");
+	const ProtobufCFieldDescriptor *t =
+		protobuf_c_message_descriptor_get_field_by_name(d, "timestamp_unix_ms");
+	const ProtobufCFieldDescriptor *h = protobuf_c_message_descriptor_get_field_by_name(d, "hmac");
+
+	if (!n || !t || !h || n->type != PROTOBUF_C_TYPE_UINT64 ||
+	    t->type != PROTOBUF_C_TYPE_UINT64 || h->type != PROTOBUF_C_TYPE_BYTES ||
+	    n->label == PROTOBUF_C_LABEL_REPEATED || t->label == PROTOBUF_C_LABEL_REPEATED ||
+	    h->label == PROTOBUF_C_LABEL_REPEATED)
+		return fr_error_set(err, -EINVAL, "%s has no nonce, timestamp_unix_ms and hmac "
+				    "fields to sign", d->name);
+	*f = (struct signed_fields){ n->offset, t->offset, h->offset };
+	return 0;
+}
+
+#define FIELD(m, off, type) ((type *)((uint8_t *)(m) + (off)))
+
+/* HMAC-SHA256 of msg packed with its hmac field empty (a shallow copy is packed). */
+static int msg_mac(const ProtobufCMessage *msg, const struct signed_fields *f,
+		   const uint8_t *secret, size_t len, uint8_t mac[RPC_AUTH_HMAC_LEN],
+		   struct fr_error *err)
+{
+	size_t sz = msg->descriptor->sizeof_message, n;
 	unsigned int mac_len = 0;
-	uint8_t *buf;
-	size_t n;
+	uint8_t *tmp, *buf = NULL;
 	int rc = 0;
 
 	if (len > INT_MAX)
 		return fr_error_set(err, -EINVAL, "secret of %zu bytes is too long", len);
-	tmp.hmac.len = 0;
-	tmp.hmac.data = NULL;
-	n = ferry__v1__join_request__get_packed_size(&tmp);
-	if (!(buf = malloc(n ? n : 1)))
-		return fr_error_set(err, -ENOMEM, "join HMAC: out of memory for %zu bytes", n);
-	if (ferry__v1__join_request__pack(&tmp, buf) != n) {
-		rc = fr_error_set(err, -EIO, "join HMAC: protobuf-c packed a different length");
+	if (!(tmp = malloc(sz)))
+		return fr_error_set(err, -ENOMEM, "HMAC: out of memory");
+	memcpy(tmp, msg, sz);
+	*FIELD(tmp, f->hmac, ProtobufCBinaryData) = (ProtobufCBinaryData){ 0, NULL };
+	n = protobuf_c_message_get_packed_size((const ProtobufCMessage *)tmp);
+	if (!(buf = malloc(n ? n : 1))) {
+		rc = fr_error_set(err, -ENOMEM, "HMAC: out of memory for %zu bytes", n);
+	} else if (protobuf_c_message_pack((const ProtobufCMessage *)tmp, buf) != n) {
+		rc = fr_error_set(err, -EIO, "HMAC: protobuf-c packed a different length");
 	} else if (!HMAC(EVP_sha256(), secret, (int)len, buf, n, mac, &mac_len) ||
 		   mac_len != RPC_AUTH_HMAC_LEN) {
 		ERR_clear_error();
-		rc = fr_error_set(err, -EIO, "join HMAC: OpenSSL HMAC-SHA256 failed");
+		rc = fr_error_set(err, -EIO, "HMAC: OpenSSL HMAC-SHA256 failed");
 	}
 	free(buf);
+	free(tmp);
 	return rc;
 }
 
@@ -177,34 +206,49 @@ static int random_nonce(uint64_t *ret)
 	return 0;
 }
 
-int rpc_auth_join_sign(Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
-		       struct fr_error *err)
+int rpc_auth_sign(ProtobufCMessage *msg, const uint8_t *secret, size_t len,
+		  struct fr_error *err)
 {
-	uint64_t old_nonce = req->nonce, old_ts = req->timestamp_unix_ms, nonce = 0;
+	struct signed_fields f;
+	uint64_t *nonce_p, *ts_p, old_nonce, old_ts, nonce = 0;
+	ProtobufCBinaryData *hmac;
 	uint8_t mac[RPC_AUTH_HMAC_LEN];
 	int rc;
 
 	if (!secret || !len)
-		return fr_error_set(err, -EINVAL, "join sign: empty secret");
-	if (req->hmac.len || req->hmac.data)
-		return fr_error_set(err, -EINVAL, "join sign: hmac already set");
+		return fr_error_set(err, -EINVAL, "sign: empty secret");
+	if ((rc = signed_fields(msg->descriptor, &f, err)) < 0)
+		return rc;
+	nonce_p = FIELD(msg, f.nonce, uint64_t);
+	ts_p = FIELD(msg, f.ts, uint64_t);
+	hmac = FIELD(msg, f.hmac, ProtobufCBinaryData);
+	if (hmac->len || hmac->data)
+		return fr_error_set(err, -EINVAL, "sign: hmac already set");
 	if ((rc = random_nonce(&nonce)) < 0)
-		return fr_error_set(err, -EIO, "join sign: getrandom: %s", strerror(-rc));
-	req->nonce = nonce;
-	req->timestamp_unix_ms = rpc_auth_now_ms();
-	if ((rc = join_mac(req, secret, len, mac, err)) < 0)
+		return fr_error_set(err, -EIO, "sign: getrandom: %s", strerror(-rc));
+	old_nonce = *nonce_p;
+	old_ts = *ts_p;
+	*nonce_p = nonce;
+	*ts_p = rpc_auth_now_ms();
+	if ((rc = msg_mac(msg, &f, secret, len, mac, err)) < 0)
 		goto fail;
-	if (!(req->hmac.data = malloc(RPC_AUTH_HMAC_LEN))) {
-		rc = fr_error_set(err, -ENOMEM, "join sign: out of memory");
+	if (!(hmac->data = malloc(RPC_AUTH_HMAC_LEN))) {
+		rc = fr_error_set(err, -ENOMEM, "sign: out of memory");
 		goto fail;
 	}
-	memcpy(req->hmac.data, mac, RPC_AUTH_HMAC_LEN);
-	req->hmac.len = RPC_AUTH_HMAC_LEN;
+	memcpy(hmac->data, mac, RPC_AUTH_HMAC_LEN);
+	hmac->len = RPC_AUTH_HMAC_LEN;
 	return 0;
 fail:
-	req->nonce = old_nonce;
-	req->timestamp_unix_ms = old_ts;
+	*nonce_p = old_nonce;
+	*ts_p = old_ts;
 	return rc;
+}
+
+int rpc_auth_join_sign(Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
+		       struct fr_error *err)
+{
+	return rpc_auth_sign(&req->base, secret, len, err);
 }
 
 /* ---- replay cache ---------------------------------------------------------------------------- */
@@ -271,24 +315,31 @@ static int replay_insert(struct rpc_auth_replay *r, uint64_t nonce, uint64_t exp
 	return rc;
 }
 
-int rpc_auth_join_verify(const Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
-			 struct rpc_auth_replay *replay, uint64_t now_ms, uint64_t max_skew_ms,
-			 struct fr_error *err)
+int rpc_auth_verify(const ProtobufCMessage *msg, const uint8_t *secret, size_t len,
+		    struct rpc_auth_replay *replay, uint64_t now_ms, uint64_t max_skew_ms,
+		    struct fr_error *err)
 {
+	struct signed_fields f;
 	uint8_t mac[RPC_AUTH_HMAC_LEN];
-	uint64_t ts = req->timestamp_unix_ms, skew, expires;
+	uint64_t ts, nonce, skew, expires;
+	const ProtobufCBinaryData *hmac;
 	int rc;
 
 	if (!secret || !len)
-		return fr_error_set(err, -EINVAL, "join verify: empty secret");
+		return fr_error_set(err, -EINVAL, "verify: empty secret");
 	if (!replay)
-		return fr_error_set(err, -EINVAL, "join verify: no replay cache");
-	if (req->hmac.len != RPC_AUTH_HMAC_LEN || !req->hmac.data)
-		return fr_error_set(err, -EACCES, "bad HMAC (%zu bytes, expected %d)",
-				    req->hmac.len, RPC_AUTH_HMAC_LEN);
-	if ((rc = join_mac(req, secret, len, mac, err)) < 0)
+		return fr_error_set(err, -EINVAL, "verify: no replay cache");
+	if ((rc = signed_fields(msg->descriptor, &f, err)) < 0)
 		return rc;
-	if (CRYPTO_memcmp(mac, req->hmac.data, RPC_AUTH_HMAC_LEN) != 0)
+	ts = *FIELD(msg, f.ts, const uint64_t);
+	nonce = *FIELD(msg, f.nonce, const uint64_t);
+	hmac = FIELD(msg, f.hmac, const ProtobufCBinaryData);
+	if (hmac->len != RPC_AUTH_HMAC_LEN || !hmac->data)
+		return fr_error_set(err, -EACCES, "bad HMAC (%zu bytes, expected %d)", hmac->len,
+				    RPC_AUTH_HMAC_LEN);
+	if ((rc = msg_mac(msg, &f, secret, len, mac, err)) < 0)
+		return rc;
+	if (CRYPTO_memcmp(mac, hmac->data, RPC_AUTH_HMAC_LEN) != 0)
 		return fr_error_set(err, -EACCES, "bad HMAC (wrong cluster secret, or the request "
 				    "was altered)");
 	skew = now_ms > ts ? now_ms - ts : ts - now_ms;
@@ -296,18 +347,25 @@ int rpc_auth_join_verify(const Ferry__V1__JoinRequest *req, const uint8_t *secre
 		return fr_error_set(err, -EACCES, "timestamp skew of %llu ms (limit %llu ms): "
 				    "check the clocks (NTP) of both hosts",
 				    (unsigned long long)skew, (unsigned long long)max_skew_ms);
-	if (req->nonce == 0)
+	if (nonce == 0)
 		return fr_error_set(err, -EACCES, "missing nonce");
 	if (__builtin_add_overflow(ts, max_skew_ms, &expires))
 		expires = UINT64_MAX;
-	rc = replay_insert(replay, req->nonce, expires, now_ms);
+	rc = replay_insert(replay, nonce, expires, now_ms);
 	if (rc == -EACCES)
 		return fr_error_set(err, -EACCES, "replayed nonce %016llx",
-				    (unsigned long long)req->nonce);
+				    (unsigned long long)nonce);
 	if (rc == -EAGAIN)
-		return fr_error_set(err, -EAGAIN, "replay cache full (%zu joins within the skew "
-				    "window): retry later", replay->cap);
+		return fr_error_set(err, -EAGAIN, "replay cache full (%zu requests within the "
+				    "skew window): retry later", replay->cap);
 	return 0;
+}
+
+int rpc_auth_join_verify(const Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
+			 struct rpc_auth_replay *replay, uint64_t now_ms, uint64_t max_skew_ms,
+			 struct fr_error *err)
+{
+	return rpc_auth_verify(&req->base, secret, len, replay, now_ms, max_skew_ms, err);
 }
 
 /* ---- admin bearer token --------------------------------------------------------------------- */

@@ -8,6 +8,9 @@
  * join single-use: the coordinator refuses a timestamp more than max_skew away from its
  * clock and a nonce it has seen within that window (a captured Join cannot be replayed).
  *
+ * Requests that change what a worker serves after it joined (UnloadExperts) are signed the
+ * same way, so only a holder of the secret can take slots out of service.
+ *
  * Admin: ferryctl presents "authorization: Bearer <token>", compared in constant time.
  *
  * Secrets are read from files that only their owner may read (mode 0600 or stricter).
@@ -51,6 +54,11 @@ void rpc_auth_secret_free(uint8_t *secret, size_t len);
  */
 int rpc_auth_join_sign(Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
 		       struct fr_error *err);
+/* The same for any message with fields `uint64 nonce`, `uint64 timestamp_unix_ms` and
+ * `bytes hmac` (JoinRequest, UnloadExpertsRequest). Also -EINVAL for a message without
+ * them. */
+int rpc_auth_sign(ProtobufCMessage *msg, const uint8_t *secret, size_t len,
+		  struct fr_error *err);
 
 /* Replay cache of Join nonces: remembers each accepted nonce until its timestamp leaves the
  * skew window. Bounded (capacity nonces) and thread-safe. */
@@ -73,6 +81,11 @@ void rpc_auth_replay_destroy(struct rpc_auth_replay *r);
 int rpc_auth_join_verify(const Ferry__V1__JoinRequest *req, const uint8_t *secret, size_t len,
 			 struct rpc_auth_replay *replay, uint64_t now_ms, uint64_t max_skew_ms,
 			 struct fr_error *err);
+/* The same for any message rpc_auth_sign() signs (one replay cache may serve several
+ * message kinds: nonces are random 64-bit values). */
+int rpc_auth_verify(const ProtobufCMessage *msg, const uint8_t *secret, size_t len,
+		    struct rpc_auth_replay *replay, uint64_t now_ms, uint64_t max_skew_ms,
+		    struct fr_error *err);
 
 /* Wall clock in Unix milliseconds (the now_ms of rpc_auth_join_verify()). */
 uint64_t rpc_auth_now_ms(void);

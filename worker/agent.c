@@ -25,6 +25,7 @@
 
 #define LOG_COMP "worker"
 #define RPC_TIMEOUT_MS 5000
+#define UNLOAD_TIMEOUT_MS 15000 /* waits for the step in flight on the coordinator */
 
 struct wk_agent {
 	struct wk_agent_opts o;
@@ -45,9 +46,12 @@ struct wk_agent {
 	uint32_t heartbeat_ms;
 	enum fp_dtype wire;
 
+	Ferry__V1__GetAssignmentResponse *assign; /* the slots we hold */
+
 	pthread_t ctl;
 	bool ctl_started;
 	atomic_bool ctl_quit;
+	atomic_bool graceful;   /* the control thread handles stop (hands the slots back first) */
 	atomic_bool drained;
 	volatile sig_atomic_t stop;
 };
@@ -263,6 +267,8 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 	}
 	fr_info(LOG_COMP, "%s: loaded %zu slots (%d per MoE layer), epoch %llu", a->name,
 		resp->n_slots, a->o.slots, (unsigned long long)a->epoch);
+	a->assign = resp;
+	resp = NULL;
 out:
 	ack->n_slots = 0;
 	ack->slots = NULL;
@@ -272,6 +278,37 @@ out:
 		protobuf_c_message_free_unpacked(&resp->base, NULL);
 	free(layer_of);
 	return rc;
+}
+
+/* Stopped while serving: hand every slot back. The coordinator takes them out of its
+ * routing table between two steps when other workers hold replicas of all of them, and
+ * then no frame can come any more: the cluster goes on without us. When it refuses (some
+ * expert lives only here, or it is not serving), we leave anyway and say so. */
+static void release_slots(struct wk_agent *a)
+{
+	Ferry__V1__UnloadExpertsRequest req = FERRY__V1__UNLOAD_EXPERTS_REQUEST__INIT;
+	Ferry__V1__UnloadExpertsResponse *resp = NULL;
+	struct fr_error err = { { 0 } };
+	int rc;
+
+	req.worker_index = a->index;
+	req.epoch = a->epoch;
+	req.n_slots = a->assign->n_slots;
+	req.slots = a->assign->slots;
+	rc = a->o.insecure ? 0 : rpc_auth_sign(&req.base, a->secret, a->o.secret_len, &err);
+	if (rc == 0)
+		rc = rpc_unary(a->ch, RPC_M_UNLOAD_EXPERTS, &req.base,
+			       &ferry__v1__unload_experts_response__descriptor, UNLOAD_TIMEOUT_MS,
+			       (ProtobufCMessage **)&resp, &err);
+	if (rc < 0)
+		fr_warn(LOG_COMP, "%s: leaving without handing our %zu slots back (requests that "
+			"need them will fail): %s", a->name, req.n_slots, err.msg);
+	else
+		fr_info(LOG_COMP, "%s: the coordinator took our %u slots out of service; leaving",
+			a->name, resp->unloaded);
+	if (resp)
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
+	free(req.hmac.data);
 }
 
 /* Control thread: heartbeat + stats every interval; stops the server on drain or when
@@ -295,11 +332,18 @@ static void *ctl_main(void *arg)
 		uint64_t frames = 0, now;
 		int rc;
 
-		for (uint32_t slept = 0; slept < a->heartbeat_ms && !atomic_load(&a->ctl_quit);
+		for (uint32_t slept = 0; slept < a->heartbeat_ms && !atomic_load(&a->ctl_quit) &&
+					 !a->stop;
 		     slept += 50)
 			sleep_ms(50);
 		if (atomic_load(&a->ctl_quit))
 			break;
+		if (a->stop) {
+			if (!atomic_load(&a->drained))
+				release_slots(a);
+			wk_server_stop(a->srv);
+			break;
+		}
 		hb.worker_index = a->index;
 		hb.epoch = a->epoch;
 		rc = rpc_unary(a->ch, RPC_M_HEARTBEAT, &hb.base,
@@ -384,8 +428,8 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err)
 		goto out;
 	}
 	a->ctl_started = true;
-	if (a->stop)
-		wk_server_stop(a->srv);
+	/* From here a stop goes through the control thread (see wk_agent_stop). */
+	atomic_store(&a->graceful, true);
 	rc = wk_server_run(a->srv, -1, err);
 	if (rc == -ECONNRESET && atomic_load(&a->drained))
 		rc = 0; /* the coordinator closed the data plane after asking us to drain */
@@ -403,7 +447,8 @@ out:
 void wk_agent_stop(struct wk_agent *a)
 {
 	a->stop = 1;
-	if (a->srv)
+	/* Serving: the control thread hands the slots back, then stops the server. */
+	if (a->srv && !atomic_load(&a->graceful))
 		wk_server_stop(a->srv);
 }
 
@@ -412,6 +457,8 @@ void wk_agent_destroy(struct wk_agent *a)
 	if (!a)
 		return;
 	wk_server_destroy(a->srv);
+	if (a->assign)
+		protobuf_c_message_free_unpacked(&a->assign->base, NULL);
 	rpc_channel_destroy(a->ch);
 	tp_ep_destroy(a->ep);
 	tp_mem_free(a->recv);

@@ -42,7 +42,9 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
  * missing from the checkpoint, err names it), -ETIMEDOUT (coordinator unreachable),
  * -ECONNRESET (the coordinator went away). */
 int wk_agent_run(struct wk_agent *a, struct fr_error *err);
-/* Async-signal-safe. */
+/* Async-signal-safe. While serving, the stop first hands every slot back to the
+ * coordinator (Internal.UnloadExperts, up to 15 s): when other workers hold replicas of all
+ * of them, the cluster stops routing here and goes on without this worker. */
 void wk_agent_stop(struct wk_agent *a);
 void wk_agent_destroy(struct wk_agent *a);
 

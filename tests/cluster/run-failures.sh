@@ -6,7 +6,9 @@
 #   - a worker checkpoint of another shape, and a data-plane ring too small for the
 #     coordinator's micro-batches, are refused at join.
 # Then: a worker killed while the cluster serves fails the request with UNAVAILABLE (never
-# a hang) and the coordinator exits non-zero naming the worker.
+# a hang) and the coordinator exits non-zero naming the worker. A worker stopped with
+# SIGTERM hands its slots back: with replicas elsewhere the cluster goes on without it
+# (same tokens); without, the coordinator refuses naming the expert.
 #
 # Usage: run-failures.sh COORDINATOR_BIN WORKER_BIN FERRYCTL
 set -uo pipefail
@@ -149,4 +151,51 @@ else
   echo "ok: request after a worker died: $(head -1 "$tmp/run.err")"
 fi
 check "coordinator after a worker died" "$co" 1 "$tmp/co.err" "cluster failed: .*w0"
+
+# waits until the cluster on $port answers a request
+serving() {
+  for _ in $(seq 150); do
+    "$ferryctl" run --cluster "127.0.0.1:$port" --tokens 1 --max-new 1 > /dev/null 2>&1 && return 0
+    sleep 0.2
+  done
+  echo "FAIL: the cluster on port $port never served" >&2; cat "$tmp/co.err" >&2; fail=1
+}
+
+# 6. A worker stopped (SIGTERM) whose experts all have replicas elsewhere hands its slots
+#    back (UnloadExperts, signed): the cluster goes on without it, with the same tokens.
+coordinator 3 -s placement.min_distinct=2
+worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 16
+worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 16
+worker w2 -m "$golden" --secret-file "$tmp/secret" --slots 8
+w2=$last
+serving
+"$ferryctl" run --cluster "127.0.0.1:$port" --tokens "5 6 7 8" --max-new 12 > "$tmp/before.out" 2>&1 ||
+  { echo "FAIL: request before the leave:" >&2; cat "$tmp/before.out" >&2; fail=1; }
+kill -TERM "$w2"
+check "worker leaving with replicas elsewhere" "$w2" 0 "$tmp/w2.err" "the coordinator took our 24 slots out of service; leaving"
+grep -q "worker [0-9] 'w2' unloaded 24 slots, 0 still in service" "$tmp/co.err" ||
+  { echo "FAIL: the coordinator did not log the unload:" >&2; cat "$tmp/co.err" >&2; fail=1; }
+for i in 1 2 3; do # more than one step: the departed worker's endpoint fails meanwhile
+  if ! "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "5 6 7 8" --max-new 12 > "$tmp/after.out" 2>&1 ||
+     ! cmp -s "$tmp/before.out" "$tmp/after.out"; then
+    echo "FAIL: request $i after the leave differs or failed:" >&2; cat "$tmp/before.out" "$tmp/after.out" >&2; fail=1
+    break
+  fi
+done
+echo "ok: the cluster serves the same tokens without w2: $(cat "$tmp/after.out")"
+kill -TERM "$co"
+check "coordinator stopped after a worker left" "$co" 0 "$tmp/co.err" "stopping: draining"
+
+# 7. A worker stopped that holds the only replica of some expert: the coordinator refuses
+#    the unload and names the expert; the worker says it leaves without handing back.
+coordinator 2
+worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 8
+w0=$last
+worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 8
+serving
+kill -TERM "$w0"
+check "worker leaving with unreplicated experts" "$w0" 0 "$tmp/w0.err" "leaving without handing our 24 slots back (requests that need them will fail): .*FAILED_PRECONDITION: unload: expert [0-9]* of layer [0-9]* would have no replica left"
+grep -q "worker [0-9] 'w0' asked to unload 24 slots: refused: unload: expert" "$tmp/co.err" ||
+  { echo "FAIL: the coordinator did not log the refused unload:" >&2; cat "$tmp/co.err" >&2; fail=1; }
+kill -TERM "$co"; wait "$co" 2>/dev/null
 exit $fail

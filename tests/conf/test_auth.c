@@ -135,6 +135,42 @@ static void test_roundtrip(uint64_t *st)
 	rpc_auth_replay_destroy(r2);
 }
 
+/* Any message with nonce, timestamp_unix_ms and hmac signs the same way (UnloadExperts). */
+static void test_other_messages(void)
+{
+	Ferry__V1__UnloadExpertsRequest u = FERRY__V1__UNLOAD_EXPERTS_REQUEST__INIT;
+	Ferry__V1__SlotAssignment sa = FERRY__V1__SLOT_ASSIGNMENT__INIT, *sap = &sa;
+	Ferry__V1__HeartbeatRequest hb = FERRY__V1__HEARTBEAT_REQUEST__INIT;
+	struct rpc_auth_replay *r = NULL;
+	struct fr_error err = { { 0 } };
+	uint64_t now = rpc_auth_now_ms();
+
+	CHECK(rpc_auth_replay_create(16, &r) == 0);
+	u.worker_index = 2;
+	u.epoch = 1;
+	sa.layer = 3;
+	sa.slot = 4;
+	sa.expert = 5;
+	u.n_slots = 1;
+	u.slots = &sap;
+	CHECK(rpc_auth_sign(&u.base, secret, sizeof(secret), &err) == 0);
+	CHECK(u.nonce != 0 && u.hmac.len == 32);
+	t_expect_err("unload verify", rpc_auth_verify(&u.base, secret, sizeof(secret), r, now, 30000,
+						      &err), 0, &err, NULL, NULL);
+	t_expect_err("unload replay", rpc_auth_verify(&u.base, secret, sizeof(secret), r, now,
+						      30000, &err), -EACCES, &err, "replayed", NULL);
+	sa.expert = 6; /* a nested field is covered too */
+	t_expect_err("unload tampered", rpc_auth_verify(&u.base, secret, sizeof(secret), r, now,
+							30000, &err), -EACCES, &err, "bad HMAC", NULL);
+	free(u.hmac.data);
+	t_expect_err("no such fields", rpc_auth_sign(&hb.base, secret, sizeof(secret), &err),
+		     -EINVAL, &err, "HeartbeatRequest has no nonce", NULL);
+	t_expect_err("verify no such fields",
+		     rpc_auth_verify(&hb.base, secret, sizeof(secret), r, now, 30000, &err), -EINVAL,
+		     &err, "has no nonce", NULL);
+	rpc_auth_replay_destroy(r);
+}
+
 /* Changing any one field after signing must fail the HMAC. */
 static void test_tamper(uint64_t *st)
 {
@@ -386,6 +422,7 @@ int main(void)
 	other[7] ^= 0x40;
 	test_roundtrip(&st);
 	test_tamper(&st);
+	test_other_messages();
 	test_skew_and_cache(&st);
 	test_threads(&st);
 	test_secret_files();
