@@ -3,7 +3,10 @@
  *
  * Each endpoint's receive region is a memfd the peer maps read-write; a put is the single
  * memcpy into that mapping followed by a slot in the receiver's arrival ring (also a
- * memfd, SPSC, head = released, tail = published, so ring space is the credit window).
+ * memfd, SPSC). A slot is one cache line whose seq the producer stores last: the
+ * consumer polls the next slot's seq alone, so an arrival costs it one cache-line transfer.
+ * head (released) is the credit window; the producer reads it only when a put finds the
+ * window full, so it does not bounce between the processes on every put.
  * Doorbells are per-context eventfds, written only when the other side said it is about to
  * sleep (Dekker-style flag + seq_cst fence on both sides). The Unix socket that carried the
  * descriptors stays open: the kernel closes it when the peer dies, which is how death is
@@ -21,16 +24,16 @@
 #include <unistd.h>
 
 struct shm_slot {
+	_Alignas(64) _Atomic uint64_t seq; /* n + 1 once arrival n (0-based) is in this slot */
 	uint32_t imm;
 	uint32_t zero;
 	uint64_t len;
 };
 
 struct shm_ring {
-	_Alignas(64) _Atomic uint64_t tail;      /* arrivals published by the producer */
 	_Alignas(64) _Atomic uint64_t head;      /* arrivals released by the consumer */
 	_Alignas(64) _Atomic uint32_t cons_sleeping;
-	_Alignas(64) _Atomic uint32_t prod_sleeping;
+	_Alignas(64) _Atomic uint32_t prod_sleeping; /* asleep waiting for credits */
 	_Alignas(64) struct shm_slot slots[];    /* [depth] */
 };
 
@@ -38,6 +41,7 @@ struct shm_ctx {
 	struct tp_context c;
 	int doorbell; /* eventfd the peers write to wake this context */
 	uint64_t last_tick;
+	uint32_t polls; /* the clock is read for the liveness tick every 32 polls only */
 };
 
 struct shm_ep {
@@ -221,9 +225,11 @@ static int shm_put(struct tp_ep *e, const struct tp_mem *local, size_t local_off
 
 	if ((flags & TP_PUT_SIGNAL) && ep->comp_tail - ep->comp_head >= sd)
 		return -EAGAIN;
+	struct shm_slot *sl = &ep->out->slots[t % e->peer_recv_depth];
 	memcpy(ep->peer_region + remote_off, (const uint8_t *)local->ptr + local_off, len);
-	ep->out->slots[t % e->peer_recv_depth] = (struct shm_slot){ .imm = imm, .len = len };
-	atomic_store_explicit(&ep->out->tail, t + 1, memory_order_release);
+	sl->imm = imm;
+	sl->len = len;
+	atomic_store_explicit(&sl->seq, t + 1, memory_order_release);
 	atomic_thread_fence(memory_order_seq_cst);
 	if (atomic_load_explicit(&ep->out->cons_sleeping, memory_order_relaxed))
 		ring_doorbell(ep->peer_doorbell);
@@ -241,10 +247,22 @@ static void shm_credits_released(struct tp_ep *e)
 	 * every slot: one wakeup per credit would ping-pong both processes through epoll. */
 	if (atomic_load_explicit(&ep->in->prod_sleeping, memory_order_relaxed) &&
 	    (e->released - e->released_sent >= FR_MAX(1u, e->ctx->cfg.recv_depth / 4) ||
-	     e->released == atomic_load_explicit(&ep->in->tail, memory_order_relaxed))) {
+	     e->released == e->delivered)) {
 		ring_doorbell(ep->peer_doorbell);
 		e->released_sent = e->released;
 	}
+}
+
+/* The slot of arrival `delivered` does not hold it yet: it still holds the arrival one lap
+ * before, or none (first lap). Anything else than that or the arrival is corruption. */
+static bool slot_empty(uint64_t seq, uint64_t delivered, uint32_t depth)
+{
+	return seq + depth == delivered + 1 || (seq == 0 && delivered < depth);
+}
+
+static void shm_refresh_credits(struct tp_ep *e)
+{
+	tp__credits_in(e, atomic_load_explicit(&SHM_EP(e)->out->head, memory_order_acquire));
 }
 
 static void drain_doorbell(struct shm_ctx *ctx)
@@ -295,23 +313,31 @@ static int shm_poll(struct tp_context *c, struct tp_event *evs, int max)
 				.cookie = ep->comp[ep->comp_head++ % c->cfg.send_depth] };
 		if (e->status < 0)
 			continue;
-		tp__credits_in(e, atomic_load_explicit(&ep->out->head, memory_order_acquire));
-		uint64_t tail = atomic_load_explicit(&ep->in->tail, memory_order_acquire);
-		if (tail - e->released > c->cfg.recv_depth || tail < e->delivered) {
-			tp__ep_fail(e, -EPROTO, "arrival ring overrun (tail %llu)",
-				    (unsigned long long)tail);
-			continue;
-		}
-		e->arrivals = tail;
-		while (e->delivered < tail && n < max) {
-			struct shm_slot s = ep->in->slots[e->delivered % c->cfg.recv_depth];
-			e->delivered++;
+		if (!tp__have_credit(e))
+			shm_refresh_credits(e);
+		while (n < max) {
+			const struct shm_slot *sl = &ep->in->slots[e->delivered % c->cfg.recv_depth];
+			uint64_t seq = atomic_load_explicit(&sl->seq, memory_order_acquire);
+			if (seq != e->delivered + 1) {
+				if (!slot_empty(seq, e->delivered, c->cfg.recv_depth))
+					tp__ep_fail(e, -EPROTO, "arrival ring corrupted (slot seq "
+						    "%llu, expected %llu)", (unsigned long long)seq,
+						    (unsigned long long)e->delivered + 1);
+				break;
+			}
+			if (e->delivered - e->released >= c->cfg.recv_depth) {
+				tp__ep_fail(e, -EPROTO, "arrival ring overrun (arrival %llu with "
+					    "%llu unreleased)", (unsigned long long)seq,
+					    (unsigned long long)(e->delivered - e->released));
+				break;
+			}
 			evs[n++] = (struct tp_event){ .type = TP_EV_ARRIVAL, .ep = e,
-						      .ep_user = e->user, .imm = s.imm,
-						      .len = s.len };
+						      .ep_user = e->user, .imm = sl->imm,
+						      .len = sl->len };
+			e->arrivals = ++e->delivered;
 		}
 	}
-	if (tp__tick(&ctx->last_tick))
+	if ((++ctx->polls & 31) == 0 && tp__tick(&ctx->last_tick))
 		check_sockets(ctx);
 	return n;
 }
@@ -324,17 +350,21 @@ static int shm_arm(struct tp_context *c)
 		if (!e->connected || e->status < 0)
 			continue;
 		atomic_store_explicit(&ep->in->cons_sleeping, 1, memory_order_relaxed);
-		atomic_store_explicit(&ep->out->prod_sleeping, 1, memory_order_relaxed);
+		/* wake for credits only when a put is waiting for them */
+		atomic_store_explicit(&ep->out->prod_sleeping, !tp__have_credit(e),
+				      memory_order_relaxed);
 	}
 	atomic_thread_fence(memory_order_seq_cst);
 	for (struct tp_ep *e = c->eps; e && !pending; e = e->next) {
 		struct shm_ep *ep = SHM_EP(e);
 		if (!e->connected || e->status < 0)
 			continue;
-		pending = atomic_load_explicit(&ep->in->tail, memory_order_relaxed) !=
-				  e->delivered ||
-			  atomic_load_explicit(&ep->out->head, memory_order_relaxed) !=
-				  e->peer_released ||
+		const struct shm_slot *sl = &ep->in->slots[e->delivered % c->cfg.recv_depth];
+		pending = !slot_empty(atomic_load_explicit(&sl->seq, memory_order_relaxed),
+				      e->delivered, c->cfg.recv_depth) ||
+			  (!tp__have_credit(e) &&
+			   atomic_load_explicit(&ep->out->head, memory_order_relaxed) !=
+				   e->peer_released) ||
 			  ep->comp_head != ep->comp_tail;
 	}
 	return pending;
@@ -352,6 +382,7 @@ static void shm_disarm(struct tp_context *c)
 	}
 	drain_doorbell(ctx);
 	ctx->last_tick = 0; /* we may have woken for a closed socket: look now */
+	ctx->polls = 31;
 }
 
 const struct tp_ops tp_shm_ops = {
@@ -366,6 +397,7 @@ const struct tp_ops tp_shm_ops = {
 	.ep_fini = shm_ep_fini,
 	.put = shm_put,
 	.credits_released = shm_credits_released,
+	.refresh_credits = shm_refresh_credits,
 	.poll = shm_poll,
 	.arm = shm_arm,
 	.disarm = shm_disarm,

@@ -30,6 +30,9 @@ struct tp_ops {
 	 * tp__should_return_credits() says so. */
 	void (*credits_released)(struct tp_ep *ep);
 	int (*poll)(struct tp_context *ctx, struct tp_event *evs, int max);
+	/* Optional: a put found no credit; look for credits the peer returned since (backends
+	 * whose credits sit in shared memory read them only when short). */
+	void (*refresh_credits)(struct tp_ep *ep);
 	/* Before sleeping: returns 1 if work is pending (do not sleep), else 0. */
 	int (*arm)(struct tp_context *ctx);
 	void (*disarm)(struct tp_context *ctx); /* after waking; optional */
@@ -43,6 +46,7 @@ struct tp_context {
 	struct tp_ep *eps; /* doubly linked through ep->next/prev */
 	uint32_t n_failed_unreported;
 	uint64_t credit_epoch; /* bumped whenever credits come back: tp_wait returns on it */
+	uint32_t spin_cur_us;  /* tp_wait's current spin, spin_us .. spin_max_us */
 	uint32_t wait_next;    /* tp_wait_many() with this context first: where to start */
 };
 

@@ -86,6 +86,9 @@ int tp_context_create(const struct tp_config *cfg, struct tp_context **ret_ctx)
 	c->peer_timeout_ms = c->peer_timeout_ms ? c->peer_timeout_ms : 5000;
 	c->connect_timeout_ms = c->connect_timeout_ms ? c->connect_timeout_ms : 10000;
 	c->spin_us = c->spin_us ? c->spin_us : 50;
+	c->spin_max_us = c->spin_max_us ? FR_MAX(c->spin_max_us, c->spin_us) :
+					  FR_MAX(250u, c->spin_us);
+	ctx->spin_cur_us = c->spin_us;
 	if (c->send_depth > 65536 || c->recv_depth > 65536) {
 		rc = -EINVAL;
 		goto fail;
@@ -445,6 +448,8 @@ int tp_put_imm(struct tp_ep *ep, const struct tp_mem *local, size_t local_off,
 	int rc = tp__check_put(ep, local, local_off, remote_off, len);
 	if (rc < 0)
 		return rc;
+	if (!tp__have_credit(ep) && ep->ctx->ops->refresh_credits)
+		ep->ctx->ops->refresh_credits(ep);
 	if (!tp__have_credit(ep))
 		return -EAGAIN;
 	rc = ep->ctx->ops->put(ep, local, local_off, remote_off, len, imm, flags, cookie);
@@ -542,6 +547,22 @@ static int sleep_many(struct tp_context *const *ctxs, int n, int t)
 	return 0;
 }
 
+/* After a wait that slept: something came waited_us after the start (woke), or not. An
+ * arrival that a slightly longer spin would have caught sets the spin to that (plus a
+ * quarter); a long or empty wait drops it back to spin_us. */
+static void adapt_spin(struct tp_context *const *ctxs, int n, bool woke, uint64_t waited_us)
+{
+	for (int i = 0; i < n; i++) {
+		struct tp_context *c = ctxs[i];
+		if (woke && waited_us <= c->cfg.spin_max_us)
+			c->spin_cur_us = (uint32_t)FR_MIN((uint64_t)c->cfg.spin_max_us,
+							  FR_MAX((uint64_t)c->spin_cur_us,
+								 waited_us + waited_us / 4));
+		else
+			c->spin_cur_us = c->cfg.spin_us;
+	}
+}
+
 int tp_wait_many(struct tp_context *const *ctxs, int n, struct tp_event *evs, int max,
 		 int timeout_ms)
 {
@@ -553,17 +574,22 @@ int tp_wait_many(struct tp_context *const *ctxs, int n, struct tp_event *evs, in
 	if (n < 1 || n > TP_WAIT_MANY_MAX || max <= 0)
 		return -EINVAL;
 	for (int i = 0; i < n; i++)
-		spin_us = FR_MAX(spin_us, ctxs[i]->cfg.spin_us);
+		spin_us = FR_MAX(spin_us, ctxs[i]->spin_cur_us);
 	epoch = credit_epochs(ctxs, n);
 	uint64_t spin_end = start + (uint64_t)spin_us * 1000;
 	for (unsigned i = 0;; i++) {
 		got = poll_many(ctxs, n, evs, max);
 		if (got != 0 || credit_epochs(ctxs, n) != epoch)
 			return got; /* an event, or credits came back (a blocked put may retry) */
-		if (fr_now_ns() >= spin_end)
+		if ((i & 7) != 7) /* polls go back to back, the clock is read every 8th */
+			continue;
+		uint64_t now = fr_now_ns();
+		if (now >= spin_end)
 			break;
-		if (i >= 16)
-			sched_yield(); /* the peer may need this core (oversubscribed hosts, rxe) */
+		/* Past a few microseconds the peer may need this core (oversubscribed hosts,
+		 * rxe): a yield costs a syscall, so not before. */
+		if (now - start > 4000)
+			sched_yield();
 	}
 
 	/* Every context must be armed before sleeping: one with work pending means no sleep. */
@@ -586,7 +612,10 @@ int tp_wait_many(struct tp_context *const *ctxs, int n, struct tp_event *evs, in
 			ctxs[i]->ops->disarm(ctxs[i]);
 	if (rc < 0)
 		return rc;
-	return poll_many(ctxs, n, evs, max);
+	got = poll_many(ctxs, n, evs, max);
+	adapt_spin(ctxs, n, got != 0 || credit_epochs(ctxs, n) != epoch,
+		   (fr_now_ns() - start) / 1000);
+	return got;
 }
 
 int tp_wait(struct tp_context *ctx, struct tp_event *evs, int max, int timeout_ms)

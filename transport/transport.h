@@ -71,6 +71,8 @@ struct tp_config {
 	uint32_t peer_timeout_ms;  /* detection bound for a dead peer host (default 5000) */
 	uint32_t connect_timeout_ms; /* tp_ep_connect() bound (default 10000) */
 	uint32_t spin_us;          /* tp_wait() busy-poll before sleeping (default 50) */
+	uint32_t spin_max_us;      /* the busy-poll adapts up to this while arrivals keep coming
+	                            * just after it ends (default 250; <= spin_us: fixed) */
 	const char *bind_addr;     /* tcp/verbs bootstrap listen address (default 127.0.0.1) */
 };
 
@@ -165,7 +167,9 @@ int tp_poll(struct tp_context *ctx, struct tp_event *evs, int max);
 /* Like tp_poll() but blocks up to timeout_ms (-1: forever) when nothing is ready: spins for
  * spin_us, then sleeps in epoll on the context's fds (completion channel, sockets, eventfd
  * doorbells), so an idle process burns no CPU (it wakes at most 4 times a second to run
- * the liveness watchdogs). May return 0 early when progress happened
+ * the liveness watchdogs). The spin adapts: when an event came after sleeping but within
+ * spin_max_us of the start, later waits spin that long (a wake-up costs more than the
+ * spin); a wait with nothing for longer than spin_max_us goes back to spin_us. May return 0 early when progress happened
  * without an event (credits came back): callers loop on their own deadline. */
 int tp_wait(struct tp_context *ctx, struct tp_event *evs, int max, int timeout_ms);
 
