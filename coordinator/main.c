@@ -5,14 +5,13 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "common/daemon.h"
 #include "coordinator/config.h"
 #include "coordinator/server.h"
 #include "kernels/kernels.h"
@@ -67,16 +66,6 @@ static void on_signal(int sig)
 		co_server_stop(g_srv);
 }
 
-static void *watchdog_main(void *arg)
-{
-	uint64_t usec = *(uint64_t *)arg;
-	for (;;) {
-		usleep((useconds_t)(usec / 2));
-		sd_notify(0, "WATCHDOG=1");
-	}
-	return NULL;
-}
-
 int main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
@@ -127,9 +116,7 @@ int main(int argc, char **argv)
 		ret = 0;
 		goto out;
 	}
-	fr_log_set_levels(fr_log_level_name(cfg.log.level));
-	if (getenv("FERRY_LOG"))
-		fr_log_set_levels(getenv("FERRY_LOG"));
+	fr_daemon_log_levels(fr_log_level_name(cfg.log.level));
 	if (cfg.engine.threads)
 		kn_set_threads(cfg.engine.threads);
 	if (!cfg.cluster.insecure &&
@@ -186,11 +173,7 @@ int main(int argc, char **argv)
 		.wire = cfg.transport.wire_dtype == CO_WIRE_F32 ? FP_DTYPE_F32 : FP_DTYPE_BF16,
 		.expert_timeout_ms = (int)cfg.transport.expert_timeout_ms,
 	};
-	struct sigaction sa = { .sa_handler = on_signal };
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	fr_daemon_signals(on_signal);
 
 	ret = 1;
 	if (co_server_create(&o, &g_srv, &err) < 0) {
@@ -200,10 +183,7 @@ int main(int argc, char **argv)
 	/* ferryctl up and scripts read the bound port from this line. */
 	printf("ferry-coordinator listening on port %d\n", co_server_port(g_srv));
 	fflush(stdout);
-	uint64_t wd_usec = 0;
-	pthread_t wd;
-	if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0)
-		pthread_create(&wd, NULL, watchdog_main, &wd_usec);
+	fr_daemon_watchdog();
 	sd_notify(0, "STATUS=waiting for workers");
 	if (co_server_start(g_srv, &err) < 0) {
 		fr_err("coordinator", "%s", err.msg);

@@ -5,14 +5,13 @@
  */
 #include <errno.h>
 #include <getopt.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "common/daemon.h"
 #include "kernels/kernels.h"
 #include "rpc/auth.h"
 #include "worker/agent.h"
@@ -72,16 +71,6 @@ static void on_signal(int sig)
 		wk_agent_stop(g_agent);
 }
 
-static void *watchdog_main(void *arg)
-{
-	uint64_t usec = *(uint64_t *)arg;
-	for (;;) {
-		usleep((useconds_t)(usec / 2));
-		sd_notify(0, "WATCHDOG=1");
-	}
-	return NULL;
-}
-
 int main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
@@ -131,9 +120,7 @@ int main(int argc, char **argv)
 		ret = 0;
 		goto out;
 	}
-	fr_log_set_levels(fr_log_level_name(cfg.log.level));
-	if (getenv("FERRY_LOG"))
-		fr_log_set_levels(getenv("FERRY_LOG"));
+	fr_daemon_log_levels(fr_log_level_name(cfg.log.level));
 	if (cfg.worker.threads)
 		kn_set_threads(cfg.worker.threads);
 	if (!cfg.cluster.insecure &&
@@ -165,21 +152,14 @@ int main(int argc, char **argv)
 		.ring_tokens = (uint32_t)cfg.transport.ring_tokens,
 		.join_timeout_ms = 60000,
 	};
-	struct sigaction sa = { .sa_handler = on_signal };
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	fr_daemon_signals(on_signal);
 
 	ret = 1;
 	if (wk_agent_create(&o, &g_agent, &err) < 0) {
 		fr_err("worker", "%s", err.msg);
 		goto out;
 	}
-	uint64_t wd_usec = 0;
-	pthread_t wd;
-	if (sd_watchdog_enabled(0, &wd_usec) > 0 && wd_usec > 0)
-		pthread_create(&wd, NULL, watchdog_main, &wd_usec);
+	fr_daemon_watchdog();
 	sd_notify(0, "READY=1\nSTATUS=joining");
 	rc = wk_agent_run(g_agent, &err);
 	sd_notify(0, "STOPPING=1");
