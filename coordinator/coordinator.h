@@ -92,6 +92,10 @@ int co_moe_remote_create(const struct model_config *cfg, struct tp_context *cons
 			 const struct co_remote_opts *o, struct co_moe *ret, struct fr_error *err);
 /* Text of the last run-time failure of a remote MoE ("" if none). */
 const char *co_moe_remote_error(const struct co_moe *moe);
+/* Between steps (same thread rules as the ops): makes transport progress for up to
+ * timeout_ms and writes into dead[] (at most max) the workers whose endpoint failed since
+ * the last call, each reported once. Returns their number, or the MoE's sticky error. */
+int co_moe_remote_check(struct co_moe *moe, int timeout_ms, int *dead, int max);
 
 /* ==== the engine ============================================================================ */
 

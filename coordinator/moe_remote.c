@@ -62,6 +62,7 @@ struct rworker {
 	struct tp_mem *recv;     /* [ring.slots][cslot] combine frames, borrowed */
 	struct tp_mem *send;     /* [ring.slots][dslot] dispatch frames, owned */
 	int status;              /* 0, or the negative errno its endpoint failed with */
+	bool gone_told;          /* co_moe_remote_check() reported its failure */
 	struct rw_slot *slot;    /* [ring.slots] */
 	struct rw_arrival *q;    /* [q_cap] unreleased arrivals, oldest first */
 	uint32_t q_head, q_n;
@@ -525,6 +526,27 @@ static void drain_sends(struct moe_remote *m)
 		if (!busy || t == 0 || pump(m, t) < 0)
 			return;
 	}
+}
+
+int co_moe_remote_check(struct co_moe *moe, int timeout_ms, int *dead, int max)
+{
+	struct moe_remote *m = moe->ctx;
+	int n = 0, rc;
+
+	if (m->failed)
+		return m->failed;
+	if ((rc = pump(m, timeout_ms)) < 0)
+		return rc;
+	for (int i = 0; i < m->n_workers && n < max; i++) {
+		struct rworker *w = &m->w[i];
+		if (w->status == 0 && tp_ep_status(w->ep) < 0)
+			w->status = tp_ep_status(w->ep);
+		if (w->status < 0 && !w->gone_told) {
+			w->gone_told = true;
+			dead[n++] = i;
+		}
+	}
+	return n;
 }
 
 static void remote_destroy(void *ctx)

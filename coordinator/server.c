@@ -1312,6 +1312,63 @@ fail:
 	return rc;
 }
 
+/* Workers whose endpoint failed while no step needed them (found between steps): their
+ * slots leave the routing table when the other workers hold replicas of all of them, and
+ * the cluster serves on without them. Otherwise the loss is logged and left to the first
+ * step that needs the worker, which fails the cluster naming it. Called without mu. */
+static void check_workers(struct co_server *s)
+{
+	int dead[64], n;
+	struct fr_error err = { { 0 } };
+
+	pthread_mutex_lock(&s->engine_mu);
+	n = co_moe_remote_check(&s->moe, 1, dead, (int)FR_ARRAY_SIZE(dead));
+	if (n <= 0) {
+		pthread_mutex_unlock(&s->engine_mu);
+		return;
+	}
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < n; i++) {
+		struct srv_worker *w = &s->workers[dead[i]];
+		const struct co_placement *p = s->place;
+		int cnt = 0;
+		if (w->state == W_RELEASED) {
+			fr_info(LOG_COMP, "worker %d '%s' left (it had handed its slots back)",
+				w->index, w->name);
+			w->state = W_FAILED;
+			continue;
+		}
+		int32_t *layer = malloc(sizeof(*layer) * (size_t)(p->n_layers * p->slots[w->index] + 1));
+		int32_t *slot = malloc(sizeof(*slot) * (size_t)(p->n_layers * p->slots[w->index] + 1));
+		if (!layer || !slot) {
+			fr_err(LOG_COMP, "worker %d '%s' is gone; out of memory taking its slots out "
+			       "of service", w->index, w->name);
+		} else {
+			for (int l = 0; l < p->n_layers; l++)
+				for (int j = 0; j < p->slots[w->index]; j++)
+					if (co_place_expert_at(p, l, w->index, j) != CO_PLACE_EMPTY) {
+						layer[cnt] = l;
+						slot[cnt++] = j;
+					}
+			if (co_place_unload(s->place, w->index, cnt, layer, slot, &err) >= 0) {
+				fr_warn(LOG_COMP, "worker %d '%s' is gone: its %d slots are out of "
+					"service, replicas on the other workers serve its experts",
+					w->index, w->name, cnt);
+				w->state = W_FAILED;
+				snprintf(w->fail, sizeof(w->fail), "gone, slots out of service");
+			} else {
+				fr_err(LOG_COMP, "worker %d '%s' is gone and its slots cannot leave "
+				       "service (%s): the next request that needs it fails the cluster",
+				       w->index, w->name, err.msg);
+			}
+		}
+		free(layer);
+		free(slot);
+	}
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_unlock(&s->engine_mu);
+}
+
 int co_server_wait(struct co_server *s, struct fr_error *err)
 {
 	int rc = 0;
@@ -1321,8 +1378,13 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 		struct timespec tick;
 		fr_deadline_ms(&tick, 200);
 		pthread_cond_timedwait(&s->cv, &s->mu, &tick);
+		if (s->status == S_SERVING && !s->stop) {
+			pthread_mutex_unlock(&s->mu);
+			check_workers(s);
+			pthread_mutex_lock(&s->mu);
+		}
 		/* Heartbeats: a worker silent for three intervals is reported (its endpoint
-		 * failure, when it comes, fails the cluster). */
+		 * failure, when it comes, is handled by check_workers or fails the cluster). */
 		uint64_t now = fr_now_ns();
 		for (int i = 0; i < s->n_joined; i++) {
 			struct srv_worker *w = &s->workers[i];

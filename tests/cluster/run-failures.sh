@@ -8,7 +8,8 @@
 # Then: a worker killed while the cluster serves fails the request with UNAVAILABLE (never
 # a hang) and the coordinator exits non-zero naming the worker. A worker stopped with
 # SIGTERM hands its slots back: with replicas elsewhere the cluster goes on without it
-# (same tokens); without, the coordinator refuses naming the expert.
+# (same tokens); without, the coordinator refuses naming the expert. A worker killed while
+# the cluster is idle is noticed between steps: with replicas elsewhere it serves on.
 #
 # Usage: run-failures.sh COORDINATOR_BIN WORKER_BIN FERRYCTL
 set -uo pipefail
@@ -186,7 +187,31 @@ echo "ok: the cluster serves the same tokens without w2: $(cat "$tmp/after.out")
 kill -TERM "$co"
 check "coordinator stopped after a worker left" "$co" 0 "$tmp/co.err" "stopping: draining"
 
-# 7. A worker stopped that holds the only replica of some expert: the coordinator refuses
+# 7. A worker killed (SIGKILL) while the cluster is idle, whose experts all have replicas:
+#    the coordinator notices between steps, takes its slots out of service and serves on.
+coordinator 3 -s placement.min_distinct=2
+worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 16
+worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 16
+worker w2 -m "$golden" --secret-file "$tmp/secret" --slots 8
+w2=$last
+serving
+"$ferryctl" run --cluster "127.0.0.1:$port" --tokens "9 10 11" --max-new 12 > "$tmp/before.out" 2>&1 ||
+  { echo "FAIL: request before the kill:" >&2; cat "$tmp/before.out" >&2; fail=1; }
+kill -KILL "$w2"; wait "$w2" 2>/dev/null
+for _ in $(seq 50); do grep -q "'w2' is gone: its 24 slots are out of service" "$tmp/co.err" && break; sleep 0.1; done
+if ! grep -q "worker [0-9] 'w2' is gone: its 24 slots are out of service" "$tmp/co.err"; then
+  echo "FAIL: the coordinator did not take the killed worker's slots out of service:" >&2
+  cat "$tmp/co.err" >&2; fail=1
+elif ! "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "9 10 11" --max-new 12 > "$tmp/after.out" 2>&1 ||
+     ! cmp -s "$tmp/before.out" "$tmp/after.out"; then
+  echo "FAIL: request after the kill differs or failed:" >&2; cat "$tmp/before.out" "$tmp/after.out" >&2; fail=1
+else
+  echo "ok: a killed worker with replicas elsewhere: $(grep -m1 "is gone" "$tmp/co.err"); same tokens after"
+fi
+kill -TERM "$co"
+check "coordinator stopped after a worker was killed" "$co" 0 "$tmp/co.err" "stopping: draining"
+
+# 8. A worker stopped that holds the only replica of some expert: the coordinator refuses
 #    the unload and names the expert; the worker says it leaves without handing back.
 coordinator 2
 worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 8
