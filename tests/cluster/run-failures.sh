@@ -162,51 +162,55 @@ serving() {
   echo "FAIL: the cluster on port $port never served" >&2; cat "$tmp/co.err" >&2; fail=1
 }
 
+# A coordinator and three workers where every expert lives on two of them (w2 is the one
+# that goes); runs TOKENS once into before.out.
+replicated_cluster() {
+  coordinator 3 -s placement.min_distinct=2
+  worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 16
+  worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 16
+  worker w2 -m "$golden" --secret-file "$tmp/secret" --slots 8
+  w2=$last
+  serving
+  "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "$1" --max-new 12 > "$tmp/before.out" 2>&1 ||
+    { echo "FAIL: request before w2 went:" >&2; cat "$tmp/before.out" >&2; fail=1; }
+}
+
+# same_tokens WHAT TOKENS N: N more requests give what before.out holds.
+same_tokens() {
+  for i in $(seq "$3"); do
+    if ! "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "$2" --max-new 12 > "$tmp/after.out" 2>&1 ||
+       ! cmp -s "$tmp/before.out" "$tmp/after.out"; then
+      echo "FAIL: $1: request $i differs or failed:" >&2; cat "$tmp/before.out" "$tmp/after.out" >&2
+      fail=1
+      return
+    fi
+  done
+  echo "ok: $1: same tokens: $(cat "$tmp/after.out")"
+}
+
 # 6. A worker stopped (SIGTERM) whose experts all have replicas elsewhere hands its slots
 #    back (UnloadExperts, signed): the cluster goes on without it, with the same tokens.
-coordinator 3 -s placement.min_distinct=2
-worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 16
-worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 16
-worker w2 -m "$golden" --secret-file "$tmp/secret" --slots 8
-w2=$last
-serving
-"$ferryctl" run --cluster "127.0.0.1:$port" --tokens "5 6 7 8" --max-new 12 > "$tmp/before.out" 2>&1 ||
-  { echo "FAIL: request before the leave:" >&2; cat "$tmp/before.out" >&2; fail=1; }
+replicated_cluster "5 6 7 8"
 kill -TERM "$w2"
 check "worker leaving with replicas elsewhere" "$w2" 0 "$tmp/w2.err" "the coordinator took our 24 slots out of service; leaving"
 grep -q "worker [0-9] 'w2' unloaded 24 slots, 0 still in service" "$tmp/co.err" ||
   { echo "FAIL: the coordinator did not log the unload:" >&2; cat "$tmp/co.err" >&2; fail=1; }
-for i in 1 2 3; do # more than one step: the departed worker's endpoint fails meanwhile
-  if ! "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "5 6 7 8" --max-new 12 > "$tmp/after.out" 2>&1 ||
-     ! cmp -s "$tmp/before.out" "$tmp/after.out"; then
-    echo "FAIL: request $i after the leave differs or failed:" >&2; cat "$tmp/before.out" "$tmp/after.out" >&2; fail=1
-    break
-  fi
-done
-echo "ok: the cluster serves the same tokens without w2: $(cat "$tmp/after.out")"
+# more than one step: the departed worker's endpoint fails meanwhile
+same_tokens "the cluster without w2 (stopped)" "5 6 7 8" 3
 kill -TERM "$co"
 check "coordinator stopped after a worker left" "$co" 0 "$tmp/co.err" "stopping: draining"
 
 # 7. A worker killed (SIGKILL) while the cluster is idle, whose experts all have replicas:
 #    the coordinator notices between steps, takes its slots out of service and serves on.
-coordinator 3 -s placement.min_distinct=2
-worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 16
-worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 16
-worker w2 -m "$golden" --secret-file "$tmp/secret" --slots 8
-w2=$last
-serving
-"$ferryctl" run --cluster "127.0.0.1:$port" --tokens "9 10 11" --max-new 12 > "$tmp/before.out" 2>&1 ||
-  { echo "FAIL: request before the kill:" >&2; cat "$tmp/before.out" >&2; fail=1; }
+replicated_cluster "9 10 11"
 kill -KILL "$w2"; wait "$w2" 2>/dev/null
 for _ in $(seq 50); do grep -q "'w2' is gone: its 24 slots are out of service" "$tmp/co.err" && break; sleep 0.1; done
 if ! grep -q "worker [0-9] 'w2' is gone: its 24 slots are out of service" "$tmp/co.err"; then
   echo "FAIL: the coordinator did not take the killed worker's slots out of service:" >&2
   cat "$tmp/co.err" >&2; fail=1
-elif ! "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "9 10 11" --max-new 12 > "$tmp/after.out" 2>&1 ||
-     ! cmp -s "$tmp/before.out" "$tmp/after.out"; then
-  echo "FAIL: request after the kill differs or failed:" >&2; cat "$tmp/before.out" "$tmp/after.out" >&2; fail=1
 else
-  echo "ok: a killed worker with replicas elsewhere: $(grep -m1 "is gone" "$tmp/co.err"); same tokens after"
+  echo "ok: $(grep -m1 "is gone" "$tmp/co.err")"
+  same_tokens "the cluster without w2 (killed)" "9 10 11" 2
 fi
 kill -TERM "$co"
 check "coordinator stopped after a worker was killed" "$co" 0 "$tmp/co.err" "stopping: draining"
