@@ -282,8 +282,10 @@ static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufC
 	pthread_mutex_lock(&s->mu);
 	if (!(w = worker_of(s, call, r->worker_index, &st)))
 		goto unlock;
-	/* Long poll: the placement exists once every worker joined. */
-	int64_t wait_ms = FR_MIN(rpc_call_remaining_ms(call), (int64_t)s->o.join_timeout_ms);
+	/* Long poll: the placement exists once every worker joined. It ends a little before
+	 * the caller's deadline, so that an answer given at the last moment (the impossible
+	 * placement, which the coordinator counts as told) still reaches the worker. */
+	int64_t wait_ms = FR_MIN(rpc_call_remaining_ms(call) - 250, (int64_t)s->o.join_timeout_ms);
 	fr_deadline_ms(&dl, (int)FR_MAX(wait_ms, 0));
 	while (!s->place && !s->place_err[0] && s->status == S_STARTING && !fr_deadline_passed(&dl) &&
 	       !rpc_call_cancelled(call))
