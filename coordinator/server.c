@@ -292,7 +292,10 @@ static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufC
 		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
 	if (s->place_err[0]) {
 		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "%s", s->place_err);
-		w->told_place_err = true;
+		/* Told only if the worker is still there to hear it: a handler that ran late
+		 * (a starved host) may answer a call its client gave up on; it asks again. */
+		if (!rpc_call_cancelled(call) && rpc_call_remaining_ms(call) > 100)
+			w->told_place_err = true;
 		pthread_cond_broadcast(&s->cv);
 		goto unlock;
 	}

@@ -22,6 +22,7 @@
 #include "rpc/rpc-internal.h"
 
 #define RPC_MAX_METHODS 32
+#define RPC_SHUTDOWN_GRACE_MS 1000 /* for answers in flight at shutdown */
 
 enum rpc_tag_kind {
 	RPC_TAG_NEW = 1,
@@ -587,8 +588,16 @@ void rpc_server_destroy(struct rpc_server *srv)
 		srv->shutting_down = true;
 		pthread_mutex_unlock(&srv->mu);
 		grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->shutdown_tag);
+		/* Calls that are answering (a status just set, a last message) get a moment to
+		 * reach their clients; long polls and streams still running are then cancelled.
+		 * The poller keeps running: calls complete, handlers return, states are freed. */
+		struct timespec grace;
+		fr_deadline_ms(&grace, RPC_SHUTDOWN_GRACE_MS);
+		pthread_mutex_lock(&srv->mu);
+		while ((!srv->shutdown_done || srv->n_live > 0) && !fr_deadline_passed(&grace))
+			pthread_cond_timedwait(&srv->cv, &srv->mu, &grace);
+		pthread_mutex_unlock(&srv->mu);
 		grpc_server_cancel_all_calls(srv->server);
-		/* The poller keeps running: calls complete, handlers return, states are freed. */
 		pthread_mutex_lock(&srv->mu);
 		while (!srv->shutdown_done || srv->n_live > 0)
 			pthread_cond_wait(&srv->cv, &srv->mu);

@@ -48,6 +48,7 @@ PY
 # Starts a coordinator (extra args after the worker count); sets $port and $co.
 coordinator() {
   local workers=$1; shift
+  rm -f "$tmp/co.out" # the previous coordinator's port must not be read for this one's
   "$co_bin" -c "$tmp/empty.conf" -m "$golden" -l 127.0.0.1:0 -w "$workers" \
     --secret-file "$tmp/secret" -s cluster.join_timeout=20s "$@" > "$tmp/co.out" 2> "$tmp/co.err" &
   co=$!
