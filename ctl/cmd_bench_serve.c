@@ -604,17 +604,10 @@ static int bs_main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
 	struct bs_opts o;
-	int rc = bs_parse(argc, argv, &o, &err);
+	int rc = ctl_parsed("bench-serve", bs_usage, bs_parse(argc, argv, &o, &err), &err);
 
-	if (rc == 1) {
-		fputs(bs_usage, stdout);
-		return CTL_EXIT_OK;
-	}
-	if (rc < 0) {
-		fprintf(stderr, "ferryctl bench-serve: %s\n(see ferryctl bench-serve --help)\n",
-			err.msg);
-		return CTL_EXIT_USAGE;
-	}
+	if (rc >= 0)
+		return rc;
 	return bs_exec(&o);
 }
 

@@ -498,19 +498,10 @@ static int up_main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
 	struct up_opts o;
-	int rc = up_parse(argc, argv, &o, &err);
+	int rc = ctl_parsed("up", up_usage, up_parse(argc, argv, &o, &err), &err);
 
-	if (rc == 1) {
-		fputs(up_usage, stdout);
-		up_free(&o);
-		return CTL_EXIT_OK;
-	}
-	if (rc < 0) {
-		fprintf(stderr, "ferryctl up: %s\n(see ferryctl up --help)\n", err.msg);
-		up_free(&o);
-		return CTL_EXIT_USAGE;
-	}
-	rc = up_exec(&o);
+	if (rc < 0)
+		rc = up_exec(&o);
 	up_free(&o);
 	return rc;
 }
@@ -645,16 +636,10 @@ static int load_main(int argc, char **argv)
 	struct fr_error err = { { 0 } };
 	struct rpc_channel *ch = NULL;
 	struct load_opts o;
-	int rc = load_parse(argc, argv, &o, &err);
+	int rc = ctl_parsed("load", load_usage, load_parse(argc, argv, &o, &err), &err);
 
-	if (rc == 1) {
-		fputs(load_usage, stdout);
-		return CTL_EXIT_OK;
-	}
-	if (rc < 0) {
-		fprintf(stderr, "ferryctl load: %s\n(see ferryctl load --help)\n", err.msg);
-		return CTL_EXIT_USAGE;
-	}
+	if (rc >= 0)
+		return rc;
 	req.n_layers = o.n_layers;
 	req.layers = o.layers;
 	if (o.token_file) {

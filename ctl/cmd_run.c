@@ -420,16 +420,10 @@ static int run_main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
 	struct run_opts o;
-	int rc = run_parse(argc, argv, &o, &err);
+	int rc = ctl_parsed("run", run_usage, run_parse(argc, argv, &o, &err), &err);
 
-	if (rc == 1) {
-		fputs(run_usage, stdout);
-		return CTL_EXIT_OK;
-	}
-	if (rc < 0) {
-		fprintf(stderr, "ferryctl run: %s\n(see ferryctl run --help)\n", err.msg);
-		return CTL_EXIT_USAGE;
-	}
+	if (rc >= 0)
+		return rc;
 	return o.cluster ? run_cluster(&o) : run_exec(&o);
 }
 

@@ -546,16 +546,10 @@ static int score_main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
 	struct score_opts o;
-	int rc = score_parse(argc, argv, &o, &err);
+	int rc = ctl_parsed("score", score_usage, score_parse(argc, argv, &o, &err), &err);
 
-	if (rc == 1) {
-		fputs(score_usage, stdout);
-		return CTL_EXIT_OK;
-	}
-	if (rc < 0) {
-		fprintf(stderr, "ferryctl score: %s\n(see ferryctl score --help)\n", err.msg);
-		return CTL_EXIT_USAGE;
-	}
+	if (rc >= 0)
+		return rc;
 	return score_exec(&o);
 }
 
@@ -846,16 +840,10 @@ static int eval_main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
 	struct eval_opts o;
-	int rc = eval_parse(argc, argv, &o, &err);
+	int rc = ctl_parsed("eval", eval_usage, eval_parse(argc, argv, &o, &err), &err);
 
-	if (rc == 1) {
-		fputs(eval_usage, stdout);
-		return CTL_EXIT_OK;
-	}
-	if (rc < 0) {
-		fprintf(stderr, "ferryctl eval: %s\n(see ferryctl eval --help)\n", err.msg);
-		return CTL_EXIT_USAGE;
-	}
+	if (rc >= 0)
+		return rc;
 	return eval_exec(&o);
 }
 

@@ -456,16 +456,10 @@ static int gen_main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
 	struct gen_opts o;
-	int rc = gen_parse(argc, argv, &o, &err);
+	int rc = ctl_parsed("generate", gen_usage, gen_parse(argc, argv, &o, &err), &err);
 
-	if (rc == 1) {
-		fputs(gen_usage, stdout);
-		return CTL_EXIT_OK;
-	}
-	if (rc < 0) {
-		fprintf(stderr, "ferryctl generate: %s\n(see ferryctl generate --help)\n", err.msg);
-		return CTL_EXIT_USAGE;
-	}
+	if (rc >= 0)
+		return rc;
 	return gen_exec(&o);
 }
 

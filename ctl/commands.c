@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 #include <errno.h>
 #include <getopt.h>
+#include <stdio.h>
 
 #include "ctl/ctl.h"
 
@@ -43,4 +44,17 @@ int ctl_arg_int(const char *name, const char *s, int min, int max, int *ret, str
 	if (rc == 0)
 		*ret = (int)v;
 	return rc;
+}
+
+int ctl_parsed(const char *cmd, const char *usage, int rc, const struct fr_error *err)
+{
+	if (rc == 1) {
+		fputs(usage, stdout);
+		return CTL_EXIT_OK;
+	}
+	if (rc < 0) {
+		fprintf(stderr, "ferryctl %s: %s\n(see ferryctl %s --help)\n", cmd, err->msg, cmd);
+		return CTL_EXIT_USAGE;
+	}
+	return -1;
 }

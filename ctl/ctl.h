@@ -45,6 +45,11 @@ int ctl_arg_i64(const char *name, const char *s, int64_t min, int64_t max, int64
 /* The same into an int (min and max must fit one). */
 int ctl_arg_int(const char *name, const char *s, int min, int max, int *ret, struct fr_error *err);
 
+/* What a command's main does with its parser's result rc: 1 (--help) prints usage and
+ * gives CTL_EXIT_OK; a negative rc prints "ferryctl CMD: <err>" and a pointer to --help and
+ * gives CTL_EXIT_USAGE. Returns -1 when the options are good and the command should run. */
+int ctl_parsed(const char *cmd, const char *usage, int rc, const struct fr_error *err);
+
 /* Resets getopt state so a parser can run more than once in a process. */
 void ctl_getopt_reset(void);
 
