@@ -29,6 +29,7 @@
 
 #include "coordinator/coordinator.h"
 #include "coordinator/server.h"
+#include "rpc/auth.h"
 
 #define MAX_LIST 8
 #define PROMPT 8
@@ -162,6 +163,8 @@ static int cluster_up(const struct opts *o, int workers, int m, int n_experts, i
 		      struct cluster_run *c, struct fr_error *err)
 {
 	char wk[PATH_MAX], port[32], slots[32], name[32], conf[] = "/tmp/ferry-bench.XXXXXX";
+	char secret_file[] = "/tmp/ferry-bench-secret.XXXXXX", secret[65];
+	uint8_t raw[32];
 	int rc, fd;
 
 	memset(c, 0, sizeof(*c));
@@ -170,8 +173,23 @@ static int cluster_up(const struct opts *o, int workers, int m, int n_experts, i
 	if ((fd = mkstemp(conf)) < 0)
 		return fr_error_set(err, -errno, "mkstemp failed");
 	close(fd);
+	/* A fresh cluster secret (mkstemp makes the file 0600, as the daemons require). */
+	if (rpc_auth_random(raw, sizeof(raw)) < 0 || (fd = mkstemp(secret_file)) < 0) {
+		unlink(conf);
+		return fr_error_set(err, -EIO, "cannot make a cluster secret");
+	}
+	for (size_t i = 0; i < sizeof(raw); i++)
+		snprintf(secret + 2 * i, 3, "%02x", raw[i]);
+	if (write(fd, secret, 64) != 64) {
+		close(fd);
+		unlink(conf);
+		unlink(secret_file);
+		return fr_error_set(err, -EIO, "cannot write the cluster secret");
+	}
+	close(fd);
 	struct co_server_opts so = {
-		.model_path = o->model, .listen = "127.0.0.1:0", .insecure = true,
+		.model_path = o->model, .listen = "127.0.0.1:0",
+		.secret = (const uint8_t *)secret, .secret_len = 64,
 		.workers = workers, .join_timeout_ms = 120000, .heartbeat_ms = 500,
 		.max_skew_ms = 30000, .micro_batches = m, .max_batch = 256, .max_seqs = max_seqs,
 		.max_ctx = PROMPT + 64, .load_window = 256,
@@ -189,7 +207,8 @@ static int cluster_up(const struct opts *o, int workers, int m, int n_experts, i
 		int wt = o->worker_threads ? o->worker_threads :
 			 (int)FR_MAX(1, (ncpu > 0 ? ncpu : 1) / workers);
 		snprintf(threads, sizeof(threads), "worker.threads=%d", wt);
-		char *argv[] = { wk, "-c", conf, "--insecure", "-m", (char *)o->model, "-C", port,
+		char *argv[] = { wk, "-c", conf, "--secret-file", secret_file, "-m",
+				 (char *)o->model, "-C", port,
 				 "-n", name, "--slots", slots, "-t",
 				 (char *)tp_backend_name(o->backend), "-s", threads, NULL };
 		pid_t pid = fork();
@@ -202,6 +221,7 @@ static int cluster_up(const struct opts *o, int workers, int m, int n_experts, i
 	rc = co_server_start(c->srv, err);
 out:
 	unlink(conf);
+	unlink(secret_file);
 	if (rc < 0)
 		cluster_down(c);
 	return rc;

@@ -38,6 +38,10 @@
 
 /* Longest line a config file may hold, newline included (inih's line buffer less the NUL). */
 #define CONF_MAX_LINE 199
+/* Both daemons' answer to [cluster] insecure = true (the key stays so old files parse). */
+#define CONF_INSECURE_REMOVED                                                               \
+	"[cluster] insecure: no longer supported: every Internal call is authenticated with " \
+	"the cluster secret; set [cluster] secret_file (ferryctl up writes one)"
 /* Largest config file or string accepted. */
 #define CONF_MAX_BYTES (1u << 20)
 

@@ -33,14 +33,26 @@ const struct conf_key co_config_keys[] = {
 	  .doc = "File holding the bearer token that Admin calls (ferryctl) must present; mode "
 		 "0600 or stricter. Unset: no token is checked, so anyone who can reach listen "
 		 "may call Admin methods; only sensible on a loopback address." },
+	{ "server", "stream_buffer", CONF_SIZE, OFF(server.stream_buffer), 4096, 1ULL << 34,
+	  .def = "4M",
+	  .doc = "Bytes of return_logits rows that one Generate stream may have waiting for "
+		 "its client. A client that does not read holds its request back at this mark "
+		 "(its KV-cache blocks stay reserved; other requests go on), so each stream costs "
+		 "the coordinator at most about three times this: the rows held back, the rows "
+		 "being sent and their packed copy." },
+	{ "server", "stall_timeout", CONF_DURATION_MS, OFF(server.stall_timeout_ms), 0, DAY_MS,
+	  .def = "60s",
+	  .doc = "A stream whose client has read nothing for this long while a message waits "
+		 "is cancelled with RESOURCE_EXHAUSTED (\"the client read nothing for ...\") and "
+		 "its KV-cache blocks are freed. 0: never." },
 
 	{ "cluster", "secret_file", CONF_STR, OFF(cluster.secret_file),
 	  .doc = "File holding the cluster secret (at least 16 bytes, mode 0600 or stricter) "
-		 "that authenticates worker joins; every worker needs the same one. Required "
-		 "unless insecure is true." },
+		 "that authenticates workers: their Join, bound to a fresh challenge, and every "
+		 "later Internal call, signed with a per-join session key derived from it. Every "
+		 "worker needs the same one. Required." },
 	{ "cluster", "insecure", CONF_BOOL, OFF(cluster.insecure), .def = "false",
-	  .doc = "Accept workers without authentication (secret_file is not used). For local "
-		 "development only." },
+	  .doc = "Removed: true is refused. Internal calls are always authenticated." },
 	{ "cluster", "workers", CONF_INT, OFF(cluster.workers), 1, 1024, .def = "1",
 	  .doc = "Number of workers to wait for before serving requests." },
 	{ "cluster", "join_timeout", CONF_DURATION_MS, OFF(cluster.join_timeout_ms), 1, DAY_MS,
@@ -185,9 +197,11 @@ int co_config_validate(const struct co_config *cfg, struct fr_error *err)
 	if (!cfg->model.path)
 		return fr_error_set(err, -EINVAL, "[model] path: not set (the checkpoint directory "
 				    "is required)");
-	if (!cfg->cluster.secret_file && !cfg->cluster.insecure)
-		return fr_error_set(err, -EINVAL, "[cluster] secret_file: not set (required unless "
-				    "[cluster] insecure = true)");
+	if (cfg->cluster.insecure)
+		return fr_error_set(err, -EINVAL, "%s", CONF_INSECURE_REMOVED);
+	if (!cfg->cluster.secret_file)
+		return fr_error_set(err, -EINVAL, "[cluster] secret_file: not set (required: it "
+				    "authenticates the workers)");
 	if ((rc = conf_check_listen(cfg->server.listen, err)) < 0)
 		return fr_error_prefix(err, rc, "[server] listen");
 	if (!cfg->transport.bind_addr)

@@ -33,10 +33,12 @@ struct co_config {
 	struct {
 		char *listen;                /* gRPC "host:port" (default 127.0.0.1:7400) */
 		char *admin_token_file;      /* bearer token for Admin calls; NULL: no token */
+		uint64_t stream_buffer;      /* bytes of logits rows per stream (default 4 MiB) */
+		uint64_t stall_timeout_ms;   /* cancel a stream not read this long (0: never) */
 	} server;
 	struct {
-		char *secret_file;           /* HMAC key for Join; required unless insecure */
-		bool insecure;               /* unauthenticated joins (local development only) */
+		char *secret_file;           /* the cluster secret; required */
+		bool insecure;               /* removed: true is refused at load */
 		int workers;                 /* workers to wait for before serving (1..1024) */
 		uint64_t join_timeout_ms;    /* how long to wait for them (default 60 s) */
 		uint64_t heartbeat_interval_ms; /* told to workers in JoinResponse (default 1 s) */
@@ -89,7 +91,7 @@ extern const size_t co_config_n_keys;
 int co_config_load(const char *path, char *const *overrides, int n_overrides,
 		   struct co_config *ret, struct fr_error *err);
 
-/* Cross-key checks: model.path set; cluster.secret_file set unless cluster.insecure;
+/* Cross-key checks: model.path set; cluster.secret_file set, cluster.insecure not;
  * server.listen and transport.bind_addr well-formed; transport.mtu 0 or a power of two in
  * [256, 4096]; transport.device a well-formed list (co_config_devices()), of more than one
  * device only with the verbs backend; engine.max_batch >= engine.micro_batches;

@@ -31,8 +31,7 @@ static const char usage[] =
 	"  -w, --workers N         same as --set cluster.workers=N\n"
 	"  -t, --transport NAME    same as --set transport.backend=NAME (shm, tcp, verbs)\n"
 	"      --secret-file FILE  same as --set cluster.secret_file=FILE\n"
-	"      --insecure          same as --set cluster.insecure=true (local development)\n"
-	"      --print-config      print the effective configuration and exit\n"
+		"      --print-config      print the effective configuration and exit\n"
 	"  -V, --version           print the version and exit\n"
 	"  -h, --help              this text\n"
 	"\n"
@@ -119,8 +118,7 @@ int main(int argc, char **argv)
 	fr_daemon_log_levels(fr_log_level_name(cfg.log.level));
 	if (cfg.engine.threads)
 		kn_set_threads(cfg.engine.threads);
-	if (!cfg.cluster.insecure &&
-	    rpc_auth_secret_load(cfg.cluster.secret_file, &secret, &secret_len, &err) < 0) {
+	if (rpc_auth_secret_load(cfg.cluster.secret_file, &secret, &secret_len, &err) < 0) {
 		fprintf(stderr, "ferry-coordinator: %s\n", err.msg);
 		goto out;
 	}
@@ -142,7 +140,6 @@ int main(int argc, char **argv)
 		.listen = cfg.server.listen,
 		.secret = secret,
 		.secret_len = secret_len,
-		.insecure = cfg.cluster.insecure,
 		.admin_token = admin,
 		.admin_token_len = admin_len,
 		.workers = cfg.cluster.workers,
@@ -157,6 +154,8 @@ int main(int argc, char **argv)
 		.prefill_chunk = cfg.engine.prefill_chunk,
 		.queue_max = cfg.engine.queue_max,
 		.kv_blocks = cfg.engine.kv_blocks,
+		.stream_buffer = (size_t)cfg.server.stream_buffer,
+		.stall_ms = (int64_t)cfg.server.stall_timeout_ms,
 		.max_ctx = cfg.engine.max_ctx,
 		.load_window = 1024,
 		.tp = {

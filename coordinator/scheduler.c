@@ -7,6 +7,7 @@
  * batch, so owners can read results, cancel and submit while the engine runs.
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -36,8 +37,9 @@ struct co_req {
 	uint64_t rng;
 	void *scratch;               /* sampler */
 
-	float *rows;                 /* return_logits: [rows_cap][vocab] */
-	int n_rows, rows_read, rows_cap;
+	float *rows;                 /* return_logits, not yet taken: [rows_cap][vocab] */
+	int n_rows, rows_cap;
+	bool throttled;              /* skipped by the last step: stream buffer full */
 	float *logprobs;             /* SCORE: [n_prompt - 1] */
 
 	enum co_finish finish;
@@ -249,7 +251,7 @@ int co_req_next(struct co_req *r, int timeout_ms, struct co_req_out *out)
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&s->mu);
 	for (;;) {
-		bool more = r->n_read < r->n_gen || r->rows_read < r->n_rows;
+		bool more = r->n_read < r->n_gen || r->n_rows > 0;
 		if (more || r->state == R_DONE)
 			break;
 		if (timeout_ms < 0)
@@ -257,8 +259,8 @@ int co_req_next(struct co_req *r, int timeout_ms, struct co_req_out *out)
 		else if (pthread_cond_timedwait(&r->cv, &s->mu, &dl) == ETIMEDOUT)
 			break;
 	}
-	/* Tokens and rows live in buffers that only grow in place (ids never moves; rows
-	 * may be reallocated, so the owner reads them before its next call). */
+	/* Tokens live in a buffer that never moves (ids); rows change hands: the scheduler
+	 * starts a new buffer for the rows that follow. */
 	if (r->n_read < r->n_gen) {
 		out->tokens = r->ids + r->spec.n_prompt + r->n_read;
 		out->n_tokens = r->n_gen - r->n_read;
@@ -266,10 +268,13 @@ int co_req_next(struct co_req *r, int timeout_ms, struct co_req_out *out)
 		r->n_read = r->n_gen;
 		news = 1;
 	}
-	if (r->rows_read < r->n_rows) {
-		out->logits = r->rows + (size_t)r->rows_read * s->o.vocab;
-		out->n_rows = r->n_rows - r->rows_read;
-		r->rows_read = r->n_rows;
+	if (r->n_rows > 0) {
+		out->logits = r->rows;
+		out->n_rows = r->n_rows;
+		r->rows = NULL;
+		r->n_rows = r->rows_cap = 0;
+		if (r->throttled)
+			pthread_cond_broadcast(&s->cv); /* room again: schedule it */
 		news = 1;
 	}
 	out->n_prompt = r->spec.n_prompt;
@@ -357,6 +362,9 @@ void co_sched_stats(struct co_sched *s, struct co_sched_stats *ret)
 	ret->queued = s->n_queued;
 	ret->free_blocks = s->o.kv_blocks - s->blocks_reserved;
 	ret->total_blocks = s->o.kv_blocks;
+	ret->throttled = 0;
+	for (const struct co_req *r = s->running; r; r = r->next)
+		ret->throttled += r->throttled;
 	pthread_mutex_unlock(&s->mu);
 }
 
@@ -424,10 +432,29 @@ static bool knobs_eq(const struct co_route_knobs *a, const struct co_route_knobs
 	return a->top_k == b->top_k && a->mask_top == b->mask_top && a->no_shared == b->no_shared;
 }
 
-/* Appends a request's rows for this step: its decode row, or its next prompt chunk. */
+/* Rows request r may add before its stream buffer is full (under s->mu). */
+static int rows_room(const struct co_sched *s, const struct co_req *r)
+{
+	if (!r->spec.return_logits)
+		return INT_MAX;
+	size_t row = (size_t)s->o.vocab * sizeof(float);
+	size_t max_rows = FR_MAX(s->o.stream_buffer / row, (size_t)1);
+	return max_rows > (size_t)r->n_rows ? (int)FR_MIN(max_rows - (size_t)r->n_rows,
+							  (size_t)INT_MAX) : 0;
+}
+
+/* Appends a request's rows for this step: its decode row, or its next prompt chunk.
+ * A request whose owner has not taken its logits rows (a client that does not read) is
+ * held back, keeping its KV blocks, until the rows are taken. */
 static int add_rows(struct co_sched *s, struct co_req *r, int n, int budget)
 {
 	int np = r->spec.n_prompt;
+	int room = rows_room(s, r);
+
+	r->throttled = room <= 0;
+	if (r->throttled)
+		return 0;
+	budget = FR_MIN(budget, room);
 
 	if (r->prefilled == np) {
 		int p = np + r->n_gen - 1;
@@ -594,6 +621,12 @@ static void *sched_main(void *arg)
 		for (struct co_req *r = s->running; r && n < s->o.max_batch; r = r->next)
 			if (r->prefilled < r->spec.n_prompt)
 				n += add_rows(s, r, n, s->o.max_batch - n);
+		if (n == 0) {
+			/* Every running request waits for its owner to take rows: sleep until
+			 * co_req_next(), a cancellation or a new request wakes us. */
+			pthread_cond_wait(&s->cv, &s->mu);
+			continue;
+		}
 		/* The scheduler holds a reference on every running request, so they outlive
 		 * the unlocked forward passes even if their owners go. */
 		pthread_mutex_unlock(&s->mu);
@@ -667,6 +700,8 @@ int co_sched_create(const struct co_sched_opts *o, const struct co_sched_engine 
 		s->o.queue_max = 256;
 	if (s->o.aging_ms <= 0)
 		s->o.aging_ms = 1000;
+	if (s->o.stream_buffer == 0)
+		s->o.stream_buffer = CO_SCHED_STREAM_BUFFER_DEFAULT;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	pthread_cond_init(&s->idle_cv, NULL);

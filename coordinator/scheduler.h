@@ -55,7 +55,14 @@ struct co_sched_opts {
 	int aging_ms;        /* priority aging (default 1000) */
 	int vocab;
 	int eos;             /* end-of-sequence id (-1: none) */
+	/* Bytes of return_logits rows a request may hold that its owner has not taken with
+	 * co_req_next() (0: CO_SCHED_STREAM_BUFFER_DEFAULT). A request whose rows reach it is
+	 * not scheduled (its KV blocks stay reserved) until the owner takes them; a prompt
+	 * chunk is cut to what fits. At least one row always fits. */
+	size_t stream_buffer;
 };
+
+#define CO_SCHED_STREAM_BUFFER_DEFAULT ((size_t)4 << 20)
 
 enum co_finish {
 	CO_FINISH_NONE = 0,
@@ -116,8 +123,11 @@ struct co_req_out {
 	const int32_t *tokens;
 	int n_tokens;
 	int offset;                /* index of tokens[0] among the generated tokens */
-	/* return_logits rows since the previous call ([n_rows][vocab]; prompt rows first). */
-	const float *logits;
+	/* return_logits rows since the previous call ([n_rows][vocab] f32; prompt rows
+	 * first). Owned by the caller from here on: free() it (NULL when n_rows is 0). The
+	 * scheduler keeps writing new rows into a buffer of its own, so the caller may send
+	 * these for as long as it likes. */
+	float *logits;
 	int n_rows;
 	/* Set once the request is over. */
 	enum co_finish finish;
@@ -132,7 +142,8 @@ struct co_req_out {
 };
 
 /* Waits up to timeout_ms (-1: forever) for new output. Returns 1 when *out has news
- * (tokens, rows, or the finish), 0 on timeout. */
+ * (tokens, rows, or the finish), 0 on timeout. Taking rows frees room in the request's
+ * stream buffer (a request held back by a full one is scheduled again). */
 int co_req_next(struct co_req *r, int timeout_ms, struct co_req_out *out);
 /* Asks the scheduler to stop the request: queued ones leave at once, running ones at the
  * next step boundary; its KV blocks are freed then. Thread-safe, idempotent. */
@@ -150,6 +161,7 @@ void co_sched_resume(struct co_sched *s);
 struct co_sched_stats {
 	int running, queued;
 	int free_blocks;           /* KV blocks not reserved by running requests */
+	int throttled;             /* running requests held back by a full stream buffer */
 	int total_blocks;          /* the pool */
 	uint64_t steps, rows, finished, refused;
 };

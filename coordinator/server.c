@@ -37,8 +37,6 @@
 #define LOG_COMP "coordinator"
 #define MAX_WORKERS 1024
 #define NAME_MAX_LEN 64
-/* Logits rows per GenerateResponse: stay well under RPC_MAX_MESSAGE_BYTES. */
-#define LOGITS_MSG_BYTES (8u << 20)
 
 enum worker_state {
 	W_JOINING,   /* Join handler waits for the endpoint */
@@ -63,6 +61,9 @@ struct srv_worker {
 	struct tp_ep *ep;
 	uint64_t last_heartbeat_ns;
 	bool told_place_err;           /* got the impossible-placement answer */
+	/* Its session (internal.proto): every request after Join is signed with this key. */
+	uint8_t session_key[RPC_AUTH_KEY_LEN];
+	struct rpc_auth_replay *replay; /* nonces seen in this session */
 };
 
 enum srv_status { S_STARTING, S_SERVING, S_DRAINING, S_FAILED };
@@ -76,7 +77,9 @@ struct co_server {
 	const struct model_config *cfg;
 	struct model_weights *w;
 	struct rpc_server *rpc;
-	struct rpc_auth_replay *replay;
+	struct rpc_auth_replay *replay;          /* Join nonces */
+	struct rpc_auth_challenges *challenges;  /* issued for Joins */
+	uint8_t boot_id[16];
 	struct tp_context *tp[TP_WAIT_MANY_MAX]; /* [n_tp] one per device: worker i on i % n_tp */
 	char *tp_dev[TP_WAIT_MANY_MAX];          /* [n_tp] their device names, NULL: auto */
 	int n_tp;
@@ -141,10 +144,15 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	grpc_status_code st;
 	int idx;
 
-	if (!s->o.insecure &&
-	    rpc_auth_join_verify(r, s->secret, s->o.secret_len, s->replay, rpc_auth_now_ms(),
-				 (uint64_t)s->o.max_skew_ms, &err) < 0) {
-		fr_warn(LOG_COMP, "refused join of worker '%.64s': %s", name, err.msg);
+	/* The HMAC first (it covers the challenge), then the challenge: a forged Join cannot
+	 * use up challenges others were given. */
+	if (rpc_auth_join_verify(r, s->secret, s->o.secret_len, s->replay, rpc_auth_now_ms(),
+				 (uint64_t)s->o.max_skew_ms, &err) < 0 ||
+	    rpc_auth_challenge_take(s->challenges, r->challenge.data, r->challenge.len,
+				    fr_now_ns() / 1000000, &err) < 0) {
+		char peer[128];
+		rpc_call_peer(call, peer, sizeof(peer));
+		fr_warn(LOG_COMP, "refused join of worker '%.64s' from %s: %s", name, peer, err.msg);
 		return rpc_call_fail(call, GRPC_STATUS_UNAUTHENTICATED, "join refused: %s", err.msg);
 	}
 	if (strlen(name) > NAME_MAX_LEN)
@@ -194,6 +202,20 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 					   "a worker named '%s' already joined", name);
 			goto unlock;
 		}
+	/* The session: its key signs every later request of this worker. */
+	uint8_t session_id[RPC_AUTH_SESSION_ID_LEN], key[RPC_AUTH_KEY_LEN];
+	struct rpc_auth_replay *replay = NULL;
+	if (rpc_auth_random(session_id, sizeof(session_id)) < 0 ||
+	    rpc_auth_session_key(s->secret, s->o.secret_len, r->challenge.data, r->challenge.len,
+				 session_id, sizeof(session_id), key, &err) < 0) {
+		st = rpc_call_fail(call, GRPC_STATUS_INTERNAL, "cannot make a session key: %s",
+				   err.msg[0] ? err.msg : "getrandom failed");
+		goto unlock;
+	}
+	if (rpc_auth_replay_create(0, &replay) < 0) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto unlock;
+	}
 	if (!s->ring_set) {
 		s->ring = (struct wk_ring){ .slots = r->ring_slots, .tokens = r->ring_tokens,
 					    .hidden = (uint32_t)s->cfg->hidden_size,
@@ -210,6 +232,8 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	w->blob_len = r->transport_addresses[0]->blob.len;
 	memcpy(w->blob, r->transport_addresses[0]->blob.data, w->blob_len);
 	w->last_heartbeat_ns = fr_now_ns();
+	memcpy(w->session_key, key, sizeof(key));
+	w->replay = replay;
 	pthread_cond_broadcast(&s->cv);
 	fr_deadline_ms(&dl, 10000);
 	while (w->state == W_JOINING && s->status == S_STARTING && !fr_deadline_passed(&dl))
@@ -228,6 +252,8 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	resp.n_transport_addresses = 1;
 	resp.transport_addresses = &tap;
 	resp.wire_dtype = (char *)(s->o.wire == FP_DTYPE_F32 ? "f32" : "bf16");
+	resp.session_id.data = session_id;
+	resp.session_id.len = sizeof(session_id);
 	fr_info(LOG_COMP, "worker %d '%s' joined: %u slots per layer, ring %u x %u", idx, w->name,
 		w->slot_capacity, r->ring_slots, r->ring_tokens);
 	rpc_call_send(call, &resp.base);
@@ -237,15 +263,48 @@ unlock:
 	return st;
 }
 
-/* The worker record for a request's worker_index, or NULL (call already failed). */
-static struct srv_worker *worker_of(struct co_server *s, struct rpc_call *call, uint32_t index,
-				    grpc_status_code *st)
+static grpc_status_code on_challenge(struct rpc_call *call, const ProtobufCMessage *req,
+				     void *arg)
 {
-	if (index >= (uint32_t)s->n_joined) {
-		*st = rpc_call_fail(call, GRPC_STATUS_NOT_FOUND, "no worker with index %u", index);
-		return NULL;
-	}
-	return &s->workers[index];
+	Ferry__V1__ChallengeResponse resp = FERRY__V1__CHALLENGE_RESPONSE__INIT;
+	struct co_server *s = arg;
+	uint8_t c[RPC_AUTH_CHALLENGE_LEN];
+
+	if (rpc_auth_challenge_issue(s->challenges, fr_now_ns() / 1000000, c) < 0)
+		return rpc_call_fail(call, GRPC_STATUS_INTERNAL, "getrandom failed");
+	resp.challenge.data = c;
+	resp.challenge.len = sizeof(c);
+	resp.ttl_ms = (uint32_t)rpc_auth_challenge_ttl(s->challenges);
+	resp.boot_id.data = s->boot_id;
+	resp.boot_id.len = sizeof(s->boot_id);
+	rpc_call_send(call, &resp.base);
+	return GRPC_STATUS_OK;
+}
+
+/* The worker a signed request speaks for, or NULL (the call has failed: no such worker, or
+ * the signature is not that worker's session's). Under s->mu. A refusal is logged with the
+ * caller's address and changes nothing. */
+static struct srv_worker *authed_worker(struct co_server *s, struct rpc_call *call,
+					const ProtobufCMessage *msg, uint32_t index,
+					grpc_status_code *st)
+{
+	struct fr_error err = { { 0 } };
+	const char *what = strrchr(rpc_call_method(call), '/') + 1;
+	char peer[128];
+	int rc = -EACCES;
+
+	if (index < (uint32_t)s->n_joined && s->workers[index].replay &&
+	    (rc = rpc_auth_verify(msg, s->workers[index].session_key, RPC_AUTH_KEY_LEN,
+				  s->workers[index].replay, rpc_auth_now_ms(),
+				  (uint64_t)s->o.max_skew_ms, &err)) == 0)
+		return &s->workers[index];
+	if (index >= (uint32_t)s->n_joined || !s->workers[index].replay)
+		fr_error_set(&err, -EACCES, "worker %u has no session here (join first)", index);
+	rpc_call_peer(call, peer, sizeof(peer));
+	fr_warn(LOG_COMP, "refused %s for worker %u from %s: %s", what, index, peer, err.msg);
+	*st = rpc_call_fail(call, rc == -EAGAIN ? GRPC_STATUS_RESOURCE_EXHAUSTED :
+			    GRPC_STATUS_UNAUTHENTICATED, "%s refused: %s", what, err.msg);
+	return NULL;
 }
 
 static grpc_status_code on_heartbeat(struct rpc_call *call, const ProtobufCMessage *req,
@@ -258,7 +317,7 @@ static grpc_status_code on_heartbeat(struct rpc_call *call, const ProtobufCMessa
 	struct srv_worker *w;
 
 	pthread_mutex_lock(&s->mu);
-	if ((w = worker_of(s, call, r->worker_index, &st))) {
+	if ((w = authed_worker(s, call, &r->base, r->worker_index, &st))) {
 		w->last_heartbeat_ns = fr_now_ns();
 		resp.epoch = s->epoch;
 		resp.drain = s->status == S_DRAINING || s->status == S_FAILED || s->stop;
@@ -280,7 +339,7 @@ static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufC
 	struct timespec dl;
 
 	pthread_mutex_lock(&s->mu);
-	if (!(w = worker_of(s, call, r->worker_index, &st)))
+	if (!(w = authed_worker(s, call, &r->base, r->worker_index, &st)))
 		goto unlock;
 	/* Long poll: the placement exists once every worker joined. It ends a little before
 	 * the caller's deadline, so that an answer given at the last moment (the impossible
@@ -370,7 +429,7 @@ static grpc_status_code on_load_experts(struct rpc_call *call, const ProtobufCMe
 	struct srv_worker *w;
 
 	pthread_mutex_lock(&s->mu);
-	if (!(w = worker_of(s, call, r->worker_index, &st)))
+	if (!(w = authed_worker(s, call, &r->base, r->worker_index, &st)))
 		goto unlock;
 	if (!s->place || r->epoch != s->epoch) {
 		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
@@ -413,14 +472,6 @@ static grpc_status_code on_unload_experts(struct rpc_call *call, const ProtobufC
 	struct srv_worker *w;
 	int rc;
 
-	if (!s->o.insecure &&
-	    rpc_auth_verify(&r->base, s->secret, s->o.secret_len, s->replay, rpc_auth_now_ms(),
-			    (uint64_t)s->o.max_skew_ms, &err) < 0) {
-		fr_warn(LOG_COMP, "refused UnloadExperts for worker %u: %s", r->worker_index,
-			err.msg);
-		return rpc_call_fail(call, GRPC_STATUS_UNAUTHENTICATED, "unload refused: %s",
-				     err.msg);
-	}
 	if (r->n_slots > (size_t)INT32_MAX)
 		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "too many slots");
 	layer = malloc(sizeof(*layer) * (r->n_slots + 1));
@@ -432,7 +483,7 @@ static grpc_status_code on_unload_experts(struct rpc_call *call, const ProtobufC
 	/* engine_mu first: no forward pass is choosing replicas while the table changes. */
 	pthread_mutex_lock(&s->engine_mu);
 	pthread_mutex_lock(&s->mu);
-	if (!(w = worker_of(s, call, r->worker_index, &st)))
+	if (!(w = authed_worker(s, call, &r->base, r->worker_index, &st)))
 		goto unlock;
 	if (s->status != S_SERVING || !s->place) {
 		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
@@ -485,7 +536,7 @@ static grpc_status_code on_report_stats(struct rpc_call *call, const ProtobufCMe
 	grpc_status_code st = GRPC_STATUS_OK;
 
 	pthread_mutex_lock(&s->mu);
-	struct srv_worker *w = worker_of(s, call, r->worker_index, &st);
+	struct srv_worker *w = authed_worker(s, call, &r->base, r->worker_index, &st);
 	pthread_mutex_unlock(&s->mu);
 	if (!w)
 		return st;
@@ -860,6 +911,8 @@ static int add_methods(struct co_server *s, struct fr_error *err)
 		const ProtobufCMessageDescriptor *desc;
 		rpc_handler_fn fn;
 	} m[] = {
+		{ RPC_M_CHALLENGE, RPC_METHOD_UNARY, &ferry__v1__challenge_request__descriptor,
+		  on_challenge },
 		{ RPC_M_JOIN, RPC_METHOD_UNARY, &ferry__v1__join_request__descriptor, on_join },
 		{ RPC_M_HEARTBEAT, RPC_METHOD_UNARY, &ferry__v1__heartbeat_request__descriptor,
 		  on_heartbeat },
@@ -948,7 +1001,7 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 
 	if (!o->model_path || !o->listen || o->workers < 1 || o->workers > MAX_WORKERS ||
 	    o->micro_batches < 1 || o->micro_batches > CO_MAX_MICRO_BATCHES || o->max_batch < 1 ||
-	    o->max_seqs < 1 || (!o->insecure && (!o->secret || o->secret_len == 0)))
+	    o->max_seqs < 1 || !o->secret || o->secret_len == 0)
 		return fr_error_set(err, -EINVAL, "coordinator options out of range");
 	s = calloc(1, sizeof(*s));
 	if (!s)
@@ -1013,10 +1066,15 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	s->info = (struct co_inference_info){ .cfg = s->cfg, .tok = s->tok, .max_ctx = s->max_ctx,
 					      .placement = placement_summary, .placement_ctx = s };
 	s->serving = (struct co_serving){ .cfg = s->cfg, .tok = s->tok, .max_ctx = s->max_ctx,
-					  .default_max_tokens = 256,
+					  .default_max_tokens = 256, .stall_ms = s->o.stall_ms,
 					  .unavailable = serving_unavailable, .ctx = s };
-	if ((rc = rpc_auth_replay_create(0, &s->replay)) < 0) {
+	if ((rc = rpc_auth_replay_create(0, &s->replay)) < 0 ||
+	    (rc = rpc_auth_challenges_create(0, 30000, &s->challenges)) < 0) {
 		fr_error_set(err, rc, "out of memory");
+		goto fail;
+	}
+	if (rpc_auth_random(s->boot_id, sizeof(s->boot_id)) < 0) {
+		rc = fr_error_set(err, -EIO, "getrandom failed");
 		goto fail;
 	}
 	if ((rc = open_transport(s, o, err)) < 0)
@@ -1276,7 +1334,7 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 		.kv_blocks = co_engine_kv_blocks(s->engine),
 		.block_size = co_engine_block_size(s->engine),
 		.queue_max = s->o.queue_max, .vocab = s->cfg->vocab_size,
-		.eos = s->cfg->eos_token_id,
+		.eos = s->cfg->eos_token_id, .stream_buffer = s->o.stream_buffer,
 	};
 	struct co_sched_engine se = { .forward = sched_forward, .release = sched_release, .ctx = s };
 	if ((rc = co_sched_create(&so, &se, &s->sched, err)) < 0)
@@ -1491,6 +1549,7 @@ void co_server_destroy(struct co_server *s)
 	for (int i = 0; s->workers && i < s->n_joined; i++) {
 		tp_ep_destroy(s->workers[i].ep);
 		tp_mem_free(s->workers[i].recv);
+		rpc_auth_replay_destroy(s->workers[i].replay);
 	}
 	for (int d = 0; d < s->n_tp; d++)
 		tp_context_destroy(s->tp[d]);
@@ -1498,6 +1557,7 @@ void co_server_destroy(struct co_server *s)
 		free(s->tp_dev[d]);
 	co_place_destroy(s->place);
 	rpc_auth_replay_destroy(s->replay);
+	rpc_auth_challenges_destroy(s->challenges);
 	model_weights_free(s->w);
 	model_ckpt_close(s->ck);
 	free(s->workers);

@@ -32,9 +32,8 @@
 struct co_server_opts {
 	const char *model_path;        /* checkpoint directory */
 	const char *listen;            /* gRPC address ("127.0.0.1:7400", port 0 = any) */
-	const uint8_t *secret;         /* cluster secret (NULL only with insecure) */
+	const uint8_t *secret;         /* cluster secret: authenticates every Internal call */
 	size_t secret_len;
-	bool insecure;                 /* accept joins without an HMAC (local development) */
 	const uint8_t *admin_token;    /* Admin calls need "authorization: Bearer <token>";
 	                                * NULL: no check */
 	size_t admin_token_len;
@@ -51,6 +50,9 @@ struct co_server_opts {
 	int queue_max;                 /* waiting requests before RESOURCE_EXHAUSTED (0: 256) */
 	int max_ctx;                   /* positions per sequence (0 = the model's) */
 	int kv_blocks;                 /* KV pool in 16-position blocks (0: max_seqs x max_ctx) */
+	size_t stream_buffer;          /* logits bytes a stream may hold unread (0: 4 MiB) */
+	int64_t stall_ms;              /* cancel a stream whose client reads nothing this long
+	                                * (<= 0: never) */
 	int load_window;               /* load accounting window, forward steps */
 	struct tp_config tp;           /* data-plane transport */
 	const char *const *tp_devices; /* [n_tp_devices] verbs devices (copied): one context on

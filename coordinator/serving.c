@@ -3,6 +3,7 @@
  * serving.c - Generate and Score over the scheduler (see serving.h).
  */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,8 +13,6 @@
 #include "coordinator/text.h"
 
 #define LOG_COMP "serve"
-/* Logits rows per GenerateResponse: stay well under RPC_MAX_MESSAGE_BYTES. */
-#define LOGITS_MSG_BYTES (8u << 20)
 
 static grpc_status_code status_of(int rc)
 {
@@ -134,7 +133,7 @@ int co_generate_validate(const struct co_serving *sv, const Ferry__V1__GenerateR
 		if (r->stop_tokens[i] < 0 || r->stop_tokens[i] >= sv->cfg->vocab_size)
 			return fr_error_set(err, -EINVAL, "stop_tokens[%zu] = %d is not a token id",
 					    i, r->stop_tokens[i]);
-	if (r->return_logits && (size_t)sv->cfg->vocab_size * sizeof(float) > LOGITS_MSG_BYTES)
+	if (r->return_logits && (size_t)sv->cfg->vocab_size * sizeof(float) > CO_LOGITS_MSG_BYTES)
 		return fr_error_set(err, -EINVAL, "return_logits: a row of %d logits exceeds the "
 				    "message limit", sv->cfg->vocab_size);
 	if ((rc = knobs_of(sv, r->routed_top_k, r->mask_top, r->no_shared_experts, &spec->knobs,
@@ -201,6 +200,13 @@ int co_score_validate(const struct co_serving *sv, const Ferry__V1__ScoreRequest
 		return fr_error_set(err, -EINVAL, "scoring needs at least 2 tokens, got %d",
 				    spec->n_prompt);
 	}
+	/* The answer carries a token id (varint, <= 5 bytes) and a float per token. */
+	if ((size_t)spec->n_prompt * 16 + 1024 > RPC_MAX_MESSAGE_BYTES) {
+		free(*ret_ids);
+		*ret_ids = NULL;
+		return fr_error_set(err, -EINVAL, "scoring %d tokens would exceed the message limit "
+				    "of %u bytes", spec->n_prompt, RPC_MAX_MESSAGE_BYTES);
+	}
 	return 0;
 }
 
@@ -245,13 +251,16 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 	struct co_req *req = NULL;
 	int32_t *ids = NULL;
 	grpc_status_code st;
-	int rc, vocab = sv->cfg->vocab_size, per = (int)FR_MAX(1u, LOGITS_MSG_BYTES /
-						((unsigned)vocab * sizeof(float)));
+	size_t msg_bytes = sv->logits_msg_bytes ? sv->logits_msg_bytes : CO_LOGITS_MSG_BYTES;
+	int rc, vocab = sv->cfg->vocab_size;
+	int per = (int)FR_MIN(FR_MAX((size_t)1, msg_bytes / ((size_t)vocab * sizeof(float))),
+			      (size_t)INT_MAX);
 	bool first = true, stopped = false;
 	uint32_t n_gen = 0;
 	struct co_detok *dt = NULL;
 	struct co_stop *stop = NULL;
 	char *sv_text_buf = NULL;   /* the final message's joined text */
+	float *held_rows = NULL;    /* logits rows being sent (taken from the scheduler) */
 
 	if ((st = unavailable(sv, call)) != GRPC_STATUS_OK)
 		return st;
@@ -337,9 +346,12 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 		if (stopped && out.finish == CO_FINISH_CANCELLED)
 			out.finish = CO_FINISH_STOP; /* we cancelled it for the stop string */
 		/* Logits rows first (in chunks), then the new tokens; the final message
-		 * carries finish_reason, usage and timing. */
+		 * carries finish_reason, usage and timing. The rows are ours (co_req_next()
+		 * handed them over), so the scheduler goes on while a slow client reads. */
 		int rows_left = out.n_rows;
 		const float *rows = out.logits;
+		free(held_rows);
+		held_rows = out.logits;
 		do {
 			Ferry__V1__GenerateResponse m = FERRY__V1__GENERATE_RESPONSE__INIT;
 			Ferry__V1__Usage usage = FERRY__V1__USAGE__INIT;
@@ -387,11 +399,17 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 			}
 			if (!rws && !m.n_tokens && !m.finish_reason && !tbuf)
 				break;
-			int src = rpc_call_send(call, &m.base);
+			int src = rpc_call_send_within(call, &m.base, sv->stall_ms);
 			free(tbuf);
 			if (src < 0) {
 				co_req_cancel(req);
-				st = rpc_status_from_errno(src);
+				if (src == -ENOBUFS)
+					fr_warn(LOG_COMP, "Generate%s%s: the client read nothing for %lld "
+						"ms: cancelled", r->request_id && r->request_id[0] ?
+						" " : "", r->request_id ? r->request_id : "",
+						(long long)sv->stall_ms);
+				st = src == -ENOBUFS ? GRPC_STATUS_RESOURCE_EXHAUSTED :
+						       rpc_status_from_errno(src);
 				goto out;
 			}
 		} while (rows_left > 0);
@@ -405,6 +423,7 @@ out:
 	co_detok_destroy(dt);
 	co_stop_destroy(stop);
 	free(sv_text_buf);
+	free(held_rows);
 	return st;
 }
 
@@ -449,8 +468,10 @@ grpc_status_code co_handle_score(struct rpc_call *call, const ProtobufCMessage *
 	resp.logprobs = (float *)out.logprobs;
 	resp.n_logprobs = (size_t)out.n_logprobs;
 	resp.mean_loss = out.n_logprobs ? -sum / out.n_logprobs : 0.0;
-	rpc_call_send(call, &resp.base);
-	st = GRPC_STATUS_OK;
+	/* co_score_validate() bounds the prompt so that this fits RPC_MAX_MESSAGE_BYTES. */
+	int src = rpc_call_send(call, &resp.base);
+	st = src < 0 ? rpc_call_fail(call, rpc_status_from_errno(src), "cannot send the scores: "
+				     "%s", strerror(-src)) : GRPC_STATUS_OK;
 out:
 	co_req_put(req);
 	free(ids);

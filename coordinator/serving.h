@@ -19,6 +19,8 @@
 #define CO_MAX_STOP_LEN 256
 #define CO_MAX_STOP_IDS 64
 #define CO_MAX_TEXT_BYTES (1u << 20)
+/* Logits bytes per GenerateResponse: well under RPC_MAX_MESSAGE_BYTES. */
+#define CO_LOGITS_MSG_BYTES (8u << 20)
 
 struct co_serving {
 	const struct model_config *cfg;
@@ -26,6 +28,10 @@ struct co_serving {
 	int max_ctx;                        /* positions a request may use */
 	int default_max_tokens;             /* max_tokens 0 means min(this, room left) */
 	struct co_sched *sched;
+	size_t logits_msg_bytes;            /* logits bytes per GenerateResponse at most
+					     * (0: CO_LOGITS_MSG_BYTES; tests make it small) */
+	int64_t stall_ms;                   /* a stream whose client reads nothing this long is
+					     * cancelled ([server] stall_timeout; <= 0: never) */
 	/* NULL while serving, else why not ("draining"); for UNAVAILABLE. */
 	const char *(*unavailable)(void *ctx, char *buf, size_t cap);
 	void *ctx;

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -366,6 +367,145 @@ int rpc_auth_join_verify(const Ferry__V1__JoinRequest *req, const uint8_t *secre
 			 struct fr_error *err)
 {
 	return rpc_auth_verify(&req->base, secret, len, replay, now_ms, max_skew_ms, err);
+}
+
+/* ---- challenges and sessions ---------------------------------------------------------------- */
+
+int rpc_auth_random(uint8_t *buf, size_t n)
+{
+	size_t got = 0;
+
+	while (got < n) {
+		ssize_t r = getrandom(buf + got, n - got, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -EIO;
+		got += (size_t)r;
+	}
+	return 0;
+}
+
+int rpc_auth_session_key(const uint8_t *secret, size_t len, const uint8_t *challenge,
+			 size_t challenge_len, const uint8_t *session_id, size_t session_id_len,
+			 uint8_t ret_key[RPC_AUTH_KEY_LEN], struct fr_error *err)
+{
+	static const char label[] = "ferry.v1 session key";
+	uint8_t key[RPC_AUTH_KEY_LEN], *msg;
+	unsigned int key_len = 0;
+	size_t n;
+	bool ok;
+
+	if (!secret || !len || len > INT_MAX || !challenge || !challenge_len || !session_id ||
+	    !session_id_len || challenge_len > 4096 || session_id_len > 4096)
+		return fr_error_set(err, -EINVAL, "session key: empty secret, challenge or "
+				    "session id");
+	n = sizeof(label) - 1 + challenge_len + session_id_len;
+	if (!(msg = malloc(n)))
+		return fr_error_set(err, -ENOMEM, "session key: out of memory");
+	memcpy(msg, label, sizeof(label) - 1);
+	memcpy(msg + sizeof(label) - 1, challenge, challenge_len);
+	memcpy(msg + sizeof(label) - 1 + challenge_len, session_id, session_id_len);
+	ok = HMAC(EVP_sha256(), secret, (int)len, msg, n, key, &key_len) &&
+	     key_len == RPC_AUTH_KEY_LEN;
+	free(msg);
+	if (!ok) {
+		ERR_clear_error();
+		return fr_error_set(err, -EIO, "session key: OpenSSL HMAC-SHA256 failed");
+	}
+	memcpy(ret_key, key, sizeof(key));
+	OPENSSL_cleanse(key, sizeof(key));
+	return 0;
+}
+
+struct challenge_entry {
+	uint8_t v[RPC_AUTH_CHALLENGE_LEN];
+	uint64_t issued_ms;
+	bool live;
+};
+
+struct rpc_auth_challenges {
+	pthread_mutex_t lock;
+	uint64_t ttl_ms;
+	size_t cap, next;               /* next: the slot the next issue overwrites (oldest) */
+	struct challenge_entry *e;      /* [cap], a ring in issue order */
+};
+
+int rpc_auth_challenges_create(size_t capacity, uint64_t ttl_ms,
+			       struct rpc_auth_challenges **ret)
+{
+	struct rpc_auth_challenges *c = calloc(1, sizeof(*c));
+
+	if (!capacity)
+		capacity = 256;
+	if (!c || !(c->e = calloc(capacity, sizeof(*c->e)))) {
+		free(c);
+		return -ENOMEM;
+	}
+	c->cap = capacity;
+	c->ttl_ms = ttl_ms ? ttl_ms : 30000;
+	pthread_mutex_init(&c->lock, NULL);
+	*ret = c;
+	return 0;
+}
+
+void rpc_auth_challenges_destroy(struct rpc_auth_challenges *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_destroy(&c->lock);
+	OPENSSL_cleanse(c->e, c->cap * sizeof(*c->e));
+	free(c->e);
+	free(c);
+}
+
+uint64_t rpc_auth_challenge_ttl(const struct rpc_auth_challenges *c)
+{
+	return c->ttl_ms;
+}
+
+int rpc_auth_challenge_issue(struct rpc_auth_challenges *c, uint64_t now_ms,
+			     uint8_t ret[RPC_AUTH_CHALLENGE_LEN])
+{
+	uint8_t v[RPC_AUTH_CHALLENGE_LEN];
+
+	if (rpc_auth_random(v, sizeof(v)) < 0)
+		return -EIO;
+	pthread_mutex_lock(&c->lock);
+	struct challenge_entry *e = &c->e[c->next];
+	c->next = (c->next + 1) % c->cap;
+	memcpy(e->v, v, sizeof(v));
+	e->issued_ms = now_ms;
+	e->live = true;
+	pthread_mutex_unlock(&c->lock);
+	memcpy(ret, v, sizeof(v));
+	return 0;
+}
+
+int rpc_auth_challenge_take(struct rpc_auth_challenges *c, const uint8_t *challenge, size_t len,
+			    uint64_t now_ms, struct fr_error *err)
+{
+	int rc = -EACCES;
+
+	if (len != RPC_AUTH_CHALLENGE_LEN)
+		return fr_error_set(err, -EACCES, "challenge of %zu bytes (expected %d): ask for "
+				    "a Challenge first", len, RPC_AUTH_CHALLENGE_LEN);
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->cap; i++) {
+		struct challenge_entry *e = &c->e[i];
+		if (!e->live || CRYPTO_memcmp(e->v, challenge, len) != 0)
+			continue;
+		e->live = false;
+		if (now_ms >= e->issued_ms && now_ms - e->issued_ms <= c->ttl_ms)
+			rc = 0;
+		break;
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (rc < 0)
+		return fr_error_set(err, rc, "unknown, used or expired challenge (a Join is good "
+				    "once, within %llu ms of its Challenge, on the coordinator that "
+				    "issued it)", (unsigned long long)c->ttl_ms);
+	return 0;
 }
 
 /* ---- admin bearer token --------------------------------------------------------------------- */

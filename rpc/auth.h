@@ -8,8 +8,11 @@
  * join single-use: the coordinator refuses a timestamp more than max_skew away from its
  * clock and a nonce it has seen within that window (a captured Join cannot be replayed).
  *
- * Requests that change what a worker serves after it joined (UnloadExperts) are signed the
- * same way, so only a holder of the secret can take slots out of service.
+ * The Join also carries a single-use challenge the coordinator issued moments before, so a
+ * captured Join is useless later, even against a restarted coordinator. Every request
+ * after the Join is signed the same way under a per-join session key that both sides
+ * derive from the secret (rpc_auth_session_key()), so replays of one session are useless
+ * in the next and nobody without the secret can speak for a worker.
  *
  * Admin: ferryctl presents "authorization: Bearer <token>", compared in constant time.
  *
@@ -86,6 +89,45 @@ int rpc_auth_join_verify(const Ferry__V1__JoinRequest *req, const uint8_t *secre
 int rpc_auth_verify(const ProtobufCMessage *msg, const uint8_t *secret, size_t len,
 		    struct rpc_auth_replay *replay, uint64_t now_ms, uint64_t max_skew_ms,
 		    struct fr_error *err);
+
+/* ---- challenges and sessions (internal.proto's header comment has the protocol) ------- */
+
+#define RPC_AUTH_CHALLENGE_LEN 32
+#define RPC_AUTH_SESSION_ID_LEN 16
+#define RPC_AUTH_KEY_LEN RPC_AUTH_HMAC_LEN
+
+/* Fills buf[n] from getrandom(). Returns 0 or -EIO. */
+int rpc_auth_random(uint8_t *buf, size_t n);
+
+/*
+ * The session key of one join: HMAC-SHA256(secret, "ferry.v1 session key" || challenge ||
+ * session_id). Coordinator and worker both derive it; it never travels, so a peer that saw
+ * the Join and its answer still cannot sign the session's requests. Returns 0, -EINVAL
+ * (empty secret, challenge or session id), -EIO (OpenSSL).
+ */
+int rpc_auth_session_key(const uint8_t *secret, size_t len, const uint8_t *challenge,
+			 size_t challenge_len, const uint8_t *session_id, size_t session_id_len,
+			 uint8_t ret_key[RPC_AUTH_KEY_LEN], struct fr_error *err);
+
+/* Outstanding Join challenges: each issued challenge is accepted once, within ttl_ms of
+ * being issued. At most capacity live ones; issuing past that forgets the oldest (a
+ * client flooding Challenge can make others ask again, never get in). Thread-safe. */
+struct rpc_auth_challenges;
+
+/* capacity 0: 256; ttl_ms 0: 30 s. Errors: -ENOMEM. */
+int rpc_auth_challenges_create(size_t capacity, uint64_t ttl_ms,
+			       struct rpc_auth_challenges **ret);
+/* Accepts NULL. */
+void rpc_auth_challenges_destroy(struct rpc_auth_challenges *c);
+/* A fresh random challenge, remembered from now_ms (monotonic ms). Returns 0 or -EIO. */
+int rpc_auth_challenge_issue(struct rpc_auth_challenges *c, uint64_t now_ms,
+			     uint8_t ret[RPC_AUTH_CHALLENGE_LEN]);
+/* Consumes a challenge: 0 if it was issued, not used and not expired at now_ms; else
+ * -EACCES with err saying "unknown, used or expired challenge" (or its length). */
+int rpc_auth_challenge_take(struct rpc_auth_challenges *c, const uint8_t *challenge, size_t len,
+			    uint64_t now_ms, struct fr_error *err);
+/* Milliseconds a challenge lives. */
+uint64_t rpc_auth_challenge_ttl(const struct rpc_auth_challenges *c);
 
 /* Wall clock in Unix milliseconds (the now_ms of rpc_auth_join_verify()). */
 uint64_t rpc_auth_now_ms(void);

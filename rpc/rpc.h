@@ -40,6 +40,7 @@
 #define RPC_M_TOKENIZE "/ferry.v1.Inference/Tokenize"
 #define RPC_M_DETOKENIZE "/ferry.v1.Inference/Detokenize"
 #define RPC_M_MODEL_INFO "/ferry.v1.Inference/ModelInfo"
+#define RPC_M_CHALLENGE "/ferry.v1.Internal/Challenge"
 #define RPC_M_JOIN "/ferry.v1.Internal/Join"
 #define RPC_M_HEARTBEAT "/ferry.v1.Internal/Heartbeat"
 #define RPC_M_GET_ASSIGNMENT "/ferry.v1.Internal/GetAssignment"
@@ -133,6 +134,14 @@ void rpc_server_destroy(struct rpc_server *srv);
  * RPC_MAX_MESSAGE_BYTES), -ENOMEM. */
 int rpc_call_send(struct rpc_call *call, const ProtobufCMessage *msg);
 
+/* rpc_call_send() for streaming handlers that must not wait on a client forever: when the
+ * client has not taken the message after stall_ms (HTTP/2 flow control holds it while the
+ * client does not read), the call is cancelled with RESOURCE_EXHAUSTED ("the client read
+ * nothing for N ms: its stream was cancelled ...", the status the client sees) and
+ * -ENOBUFS is returned; the handler then returns at once (its own status is not sent).
+ * stall_ms <= 0: no limit. Other errors as rpc_call_send(). */
+int rpc_call_send_within(struct rpc_call *call, const ProtobufCMessage *msg, int64_t stall_ms);
+
 /* True once the call can no longer succeed: cancelled by the client, deadline passed, or
  * server shutdown. Cheap; poll it between expensive steps. */
 bool rpc_call_cancelled(struct rpc_call *call);
@@ -145,6 +154,8 @@ int64_t rpc_call_remaining_ms(struct rpc_call *call);
 int rpc_call_metadata(const struct rpc_call *call, const char *key, char *buf, size_t cap);
 /* The method path being served (owned by the server). */
 const char *rpc_call_method(const struct rpc_call *call);
+/* The client's address as gRPC names it ("ipv4:127.0.0.1:50312"), for logs; cut to cap. */
+void rpc_call_peer(const struct rpc_call *call, char *buf, size_t cap);
 
 /* Sets the status detail sent with a non-OK status and returns code, so a handler reads
  * `return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "empty prompt");`. */

@@ -87,6 +87,7 @@ struct rpc_call {
 	bool op_pending;
 	bool op_ok;
 	bool cancelled;
+	bool stalled;      /* we cancelled it: the client did not read (RESOURCE_EXHAUSTED) */
 
 	/* Handler thread only. */
 	bool sent_initial;
@@ -177,13 +178,19 @@ static int method_arm(struct rpc_server *srv, struct rpc_method *m)
 }
 
 /* Starts one batch with c->t_op and waits for it. Handler thread only; one at a time.
- * Returns 0, -ECANCELED (the batch failed: call cancelled) or -EIO. */
-static int call_run_op(struct rpc_call *c, const grpc_op *ops, size_t n)
+ * With timeout_ms > 0, a batch still pending after that long (a client that does not read
+ * holds a message in HTTP/2 flow control) cancels the call with RESOURCE_EXHAUSTED and
+ * c->detail as the status the client sees. Returns 0, -ECANCELED (the batch failed: call
+ * cancelled), -ENOBUFS (our cancel after timeout_ms) or -EIO. */
+static int call_run_op(struct rpc_call *c, const grpc_op *ops, size_t n, int64_t timeout_ms)
 {
 	struct rpc_server *srv = c->srv;
 	grpc_call_error e;
-	bool ok;
+	struct timespec dl;
+	bool ok, stalled = false;
 
+	if (timeout_ms > 0)
+		fr_deadline_ms(&dl, (int)FR_MIN(timeout_ms, (int64_t)INT32_MAX));
 	pthread_mutex_lock(&srv->mu);
 	c->op_pending = true;
 	pthread_mutex_unlock(&srv->mu);
@@ -195,10 +202,25 @@ static int call_run_op(struct rpc_call *c, const grpc_op *ops, size_t n)
 		fr_err(RPC_LOG, "%s: start_batch failed: %d", c->m->path, (int)e);
 		return -EIO;
 	}
-	while (c->op_pending)
-		pthread_cond_wait(&c->cv, &srv->mu);
+	while (c->op_pending) {
+		if (timeout_ms <= 0 || stalled) {
+			pthread_cond_wait(&c->cv, &srv->mu);
+			continue;
+		}
+		if (pthread_cond_timedwait(&c->cv, &srv->mu, &dl) != ETIMEDOUT || !c->op_pending)
+			continue;
+		/* The batch completes (failed) once the cancel has gone through. */
+		stalled = true;
+		c->stalled = true;
+		pthread_mutex_unlock(&srv->mu);
+		grpc_call_cancel_with_status(c->call, GRPC_STATUS_RESOURCE_EXHAUSTED, c->detail,
+					     NULL);
+		pthread_mutex_lock(&srv->mu);
+	}
 	ok = c->op_ok;
 	pthread_mutex_unlock(&srv->mu);
+	if (stalled)
+		return -ENOBUFS;
 	return ok ? 0 : -ECANCELED;
 }
 
@@ -243,6 +265,14 @@ const char *rpc_call_method(const struct rpc_call *c)
 	return c->m->path;
 }
 
+void rpc_call_peer(const struct rpc_call *c, char *buf, size_t cap)
+{
+	char *peer = c->call ? grpc_call_get_peer(c->call) : NULL;
+
+	snprintf(buf, cap, "%s", peer ? peer : "unknown peer");
+	gpr_free(peer);
+}
+
 grpc_status_code rpc_call_fail(struct rpc_call *c, grpc_status_code code, const char *fmt, ...)
 {
 	va_list ap;
@@ -253,7 +283,7 @@ grpc_status_code rpc_call_fail(struct rpc_call *c, grpc_status_code code, const 
 	return code;
 }
 
-int rpc_call_send(struct rpc_call *c, const ProtobufCMessage *msg)
+static int call_send(struct rpc_call *c, const ProtobufCMessage *msg, int64_t stall_ms)
 {
 	grpc_byte_buffer *bb;
 	grpc_op ops[2];
@@ -279,15 +309,32 @@ int rpc_call_send(struct rpc_call *c, const ProtobufCMessage *msg)
 	ops[n].op = GRPC_OP_SEND_MESSAGE;
 	ops[n].data.send_message.send_message = bb;
 	n++;
-	rc = call_run_op(c, ops, n);
+	if (stall_ms > 0)
+		snprintf(c->detail, sizeof(c->detail), "the client read nothing for %lld ms: its "
+			 "stream was cancelled (a %zu-byte message waited)", (long long)stall_ms,
+			 grpc_byte_buffer_length(bb));
+	rc = call_run_op(c, ops, n, stall_ms);
 	grpc_byte_buffer_destroy(bb);
+	if (rc != -EIO)
+		c->sent_initial = true; /* the batch ran: initial metadata may not go twice */
 	if (rc == 0) {
-		c->sent_initial = true;
+		if (stall_ms > 0)
+			c->detail[0] = '\0';
 		return 0;
 	}
 	if (rc == -ECANCELED && rpc__ms_until(c->deadline) <= 0)
 		return -ETIMEDOUT;
 	return rc;
+}
+
+int rpc_call_send(struct rpc_call *c, const ProtobufCMessage *msg)
+{
+	return call_send(c, msg, 0);
+}
+
+int rpc_call_send_within(struct rpc_call *c, const ProtobufCMessage *msg, int64_t stall_ms)
+{
+	return call_send(c, msg, stall_ms);
 }
 
 static void call_finish(struct rpc_call *c, grpc_status_code status)
@@ -311,7 +358,7 @@ static void call_finish(struct rpc_call *c, grpc_status_code status)
 	ops[n].data.send_status_from_server.status_details = c->detail[0] ? &details : NULL;
 	n++;
 	/* Fails when the client is gone already; nothing more to do then. */
-	(void)call_run_op(c, ops, n);
+	(void)call_run_op(c, ops, n, 0);
 	grpc_slice_unref(details);
 }
 

@@ -17,6 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "rpc/auth.h"
 #include "rpc/internal.pb-c.h"
 #include "rpc/rpc.h"
@@ -42,6 +44,7 @@ struct wk_agent {
 	struct wk_server *srv;
 
 	uint32_t index;
+	uint8_t session_key[RPC_AUTH_KEY_LEN]; /* signs every call after Join */
 	uint64_t epoch;
 	uint32_t heartbeat_ms;
 	enum fp_dtype wire;
@@ -85,7 +88,7 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 	int rc;
 
 	if (!o->name || !o->coordinator || !o->model_path || o->ring_slots < 1 ||
-	    o->ring_tokens < 1 || o->slots < 0 || (!o->insecure && (!o->secret || !o->secret_len)))
+	    o->ring_tokens < 1 || o->slots < 0 || !o->secret || !o->secret_len)
 		return fr_error_set(err, -EINVAL, "worker options out of range");
 	a = calloc(1, sizeof(*a));
 	if (!a)
@@ -145,9 +148,43 @@ fail:
 	return rc;
 }
 
-/* Join, retried while the coordinator is unreachable or not ready. */
+/* Signs a request of our session (nonce, timestamp, hmac under the session key); drops the
+ * previous signature first, so a retried request is signed afresh. */
+static int sign(struct wk_agent *a, ProtobufCMessage *msg, ProtobufCBinaryData *hmac,
+		struct fr_error *err)
+{
+	free(hmac->data);
+	hmac->data = NULL;
+	hmac->len = 0;
+	return rpc_auth_sign(msg, a->session_key, sizeof(a->session_key), err);
+}
+
+/* A fresh challenge from the coordinator, for the next Join. */
+static int challenge(struct wk_agent *a, uint8_t ret[RPC_AUTH_CHALLENGE_LEN],
+		     struct fr_error *err)
+{
+	Ferry__V1__ChallengeRequest req = FERRY__V1__CHALLENGE_REQUEST__INIT;
+	Ferry__V1__ChallengeResponse *resp = NULL;
+	int rc = rpc_unary(a->ch, RPC_M_CHALLENGE, &req.base,
+			   &ferry__v1__challenge_response__descriptor, RPC_TIMEOUT_MS,
+			   (ProtobufCMessage **)&resp, err);
+
+	if (rc < 0)
+		return rc;
+	if (resp->challenge.len != RPC_AUTH_CHALLENGE_LEN)
+		rc = fr_error_set(err, -EBADMSG, "challenge of %zu bytes from %s", resp->challenge.len,
+				  a->coordinator);
+	else
+		memcpy(ret, resp->challenge.data, RPC_AUTH_CHALLENGE_LEN);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	return rc;
+}
+
+/* Join, retried while the coordinator is unreachable or not ready. On success the session
+ * key is set. */
 static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_error *err)
 {
+	uint8_t chal[RPC_AUTH_CHALLENGE_LEN];
 	Ferry__V1__JoinRequest req = FERRY__V1__JOIN_REQUEST__INIT;
 	Ferry__V1__TransportAddress ta = FERRY__V1__TRANSPORT_ADDRESS__INIT, *tap = &ta;
 	uint8_t blob[TP_ADDR_MAX];
@@ -170,14 +207,19 @@ static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_err
 	req.hidden_size = (uint32_t)a->cfg->hidden_size;
 	req.n_routed_experts = (uint32_t)a->cfg->n_routed_experts;
 	for (;;) {
-		free(req.hmac.data); /* a fresh nonce and timestamp each try */
+		free(req.hmac.data); /* a fresh challenge, nonce and timestamp each try */
 		req.hmac.data = NULL;
 		req.hmac.len = 0;
-		if (!a->o.insecure && (rc = rpc_auth_join_sign(&req, a->secret, a->o.secret_len,
-								 err)) < 0)
-			break;
-		rc = rpc_unary(a->ch, RPC_M_JOIN, &req.base, &ferry__v1__join_response__descriptor,
-			       RPC_TIMEOUT_MS, (ProtobufCMessage **)ret, err);
+		rc = challenge(a, chal, err);
+		if (rc == 0) {
+			req.challenge.data = chal;
+			req.challenge.len = sizeof(chal);
+			if ((rc = rpc_auth_join_sign(&req, a->secret, a->o.secret_len, err)) < 0)
+				break;
+			rc = rpc_unary(a->ch, RPC_M_JOIN, &req.base,
+				       &ferry__v1__join_response__descriptor, RPC_TIMEOUT_MS,
+				       (ProtobufCMessage **)ret, err);
+		}
 		/* -EAGAIN: unreachable or not ready yet; anything else is an answer. */
 		if (rc != -EAGAIN && rc != -ETIMEDOUT)
 			break;
@@ -191,6 +233,15 @@ static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_err
 		sleep_ms(200);
 	}
 	free(req.hmac.data);
+	if (rc == 0 && ((*ret)->session_id.len != RPC_AUTH_SESSION_ID_LEN ||
+			(rc = rpc_auth_session_key(a->secret, a->o.secret_len, chal, sizeof(chal),
+						   (*ret)->session_id.data, (*ret)->session_id.len,
+						   a->session_key, err)) < 0)) {
+		if (rc == 0)
+			rc = fr_error_set(err, -EBADMSG, "the join answer has no session id");
+		protobuf_c_message_free_unpacked(&(*ret)->base, NULL);
+		*ret = NULL;
+	}
 	return rc;
 }
 
@@ -207,6 +258,8 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 
 	req.worker_index = a->index;
 	for (;;) {
+		if ((rc = sign(a, &req.base, &req.hmac, err)) < 0)
+			break;
 		rc = rpc_unary(a->ch, RPC_M_GET_ASSIGNMENT, &req.base,
 			       &ferry__v1__get_assignment_response__descriptor, RPC_TIMEOUT_MS,
 			       (ProtobufCMessage **)&resp, err);
@@ -222,6 +275,7 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 		}
 		sleep_ms(100);
 	}
+	free(req.hmac.data);
 	if (rc < 0)
 		return fr_error_prefix(err, rc, "no slot assignment");
 	/* MoE layer index -> model layer, for the tensor names. */
@@ -258,9 +312,10 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 	ack->epoch = resp->epoch;
 	ack->n_slots = resp->n_slots;
 	ack->slots = resp->slots;
-	rc = rpc_unary(a->ch, RPC_M_LOAD_EXPERTS, &ack->base,
-		       &ferry__v1__load_experts_response__descriptor, RPC_TIMEOUT_MS,
-		       (ProtobufCMessage **)&lr, err);
+	if ((rc = sign(a, &ack->base, &ack->hmac, err)) == 0)
+		rc = rpc_unary(a->ch, RPC_M_LOAD_EXPERTS, &ack->base,
+			       &ferry__v1__load_experts_response__descriptor, RPC_TIMEOUT_MS,
+			       (ProtobufCMessage **)&lr, err);
 	if (rc < 0) {
 		fr_error_prefix(err, rc, "load acknowledgement refused");
 		goto out;
@@ -272,6 +327,9 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 out:
 	ack->n_slots = 0;
 	ack->slots = NULL;
+	free(ack->hmac.data);
+	ack->hmac.data = NULL;
+	ack->hmac.len = 0;
 	if (lr)
 		protobuf_c_message_free_unpacked(&lr->base, NULL);
 	if (resp)
@@ -295,7 +353,7 @@ static void release_slots(struct wk_agent *a)
 	req.epoch = a->epoch;
 	req.n_slots = a->assign->n_slots;
 	req.slots = a->assign->slots;
-	rc = a->o.insecure ? 0 : rpc_auth_sign(&req.base, a->secret, a->o.secret_len, &err);
+	rc = sign(a, &req.base, &req.hmac, &err);
 	if (rc == 0)
 		rc = rpc_unary(a->ch, RPC_M_UNLOAD_EXPERTS, &req.base,
 			       &ferry__v1__unload_experts_response__descriptor, UNLOAD_TIMEOUT_MS,
@@ -346,9 +404,11 @@ static void *ctl_main(void *arg)
 		}
 		hb.worker_index = a->index;
 		hb.epoch = a->epoch;
-		rc = rpc_unary(a->ch, RPC_M_HEARTBEAT, &hb.base,
-			       &ferry__v1__heartbeat_response__descriptor, RPC_TIMEOUT_MS,
-			       (ProtobufCMessage **)&hr, &err);
+		if ((rc = sign(a, &hb.base, &hb.hmac, &err)) == 0)
+			rc = rpc_unary(a->ch, RPC_M_HEARTBEAT, &hb.base,
+				       &ferry__v1__heartbeat_response__descriptor, RPC_TIMEOUT_MS,
+				       (ProtobufCMessage **)&hr, &err);
+		free(hb.hmac.data);
 		if (rc < 0) {
 			if (++misses == 3)
 				fr_warn(LOG_COMP, "%s: coordinator unreachable: %s", a->name, err.msg);
@@ -378,10 +438,12 @@ static void *ctl_main(void *arg)
 		sr.layers = lsp;
 		sr.frames = frames;
 		t_last = now;
-		if (rpc_unary(a->ch, RPC_M_REPORT_STATS, &sr.base,
+		if (sign(a, &sr.base, &sr.hmac, &err) == 0 &&
+		    rpc_unary(a->ch, RPC_M_REPORT_STATS, &sr.base,
 			      &ferry__v1__report_stats_response__descriptor, RPC_TIMEOUT_MS,
 			      (ProtobufCMessage **)&srr, &err) == 0)
 			protobuf_c_message_free_unpacked(&srr->base, NULL);
+		free(sr.hmac.data);
 	}
 	free(tok);
 	free(ns);
@@ -469,5 +531,6 @@ void wk_agent_destroy(struct wk_agent *a)
 	free(a->coordinator);
 	free(a->model_path);
 	free(a->secret);
+	OPENSSL_cleanse(a->session_key, sizeof(a->session_key));
 	free(a);
 }

@@ -19,9 +19,8 @@ struct wk_agent_opts {
 	const char *name;              /* worker name (unique in the cluster) */
 	const char *coordinator;       /* gRPC address of the coordinator */
 	const char *model_path;        /* this worker's checkpoint copy */
-	const uint8_t *secret;         /* cluster secret; NULL only with insecure */
+	const uint8_t *secret;         /* cluster secret (signs the Join; derives the session key) */
 	size_t secret_len;
-	bool insecure;                 /* join without an HMAC (coordinator must agree) */
 	int slots;                     /* slots per MoE layer; 0 = as many as memory_limit fits,
 	                                * at most the routed experts */
 	uint64_t memory_limit;         /* bytes for expert weights (used when slots is 0) */

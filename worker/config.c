@@ -41,10 +41,10 @@ const struct conf_key wk_config_keys[] = {
 
 	{ "cluster", "secret_file", CONF_STR, OFF(cluster.secret_file),
 	  .doc = "File holding the cluster secret (the coordinator's [cluster] secret_file; "
-		 "at least 16 bytes, mode 0600 or stricter). Required unless insecure is true." },
+		 "at least 16 bytes, mode 0600 or stricter): signs the Join and every later call "
+		 "to the coordinator. Required." },
 	{ "cluster", "insecure", CONF_BOOL, OFF(cluster.insecure), .def = "false",
-	  .doc = "Join without authentication (the coordinator must be insecure too). For "
-		 "local development only." },
+	  .doc = "Removed: true is refused. Internal calls are always authenticated." },
 
 	{ "transport", "backend", CONF_ENUM, OFF(transport.backend), .enum_names = backend_names,
 	  .def = "shm",
@@ -87,9 +87,11 @@ int wk_config_validate(const struct wk_config *cfg, struct fr_error *err)
 	if (!cfg->model.path)
 		return fr_error_set(err, -EINVAL, "[model] path: not set (the worker's checkpoint "
 				    "directory is required)");
-	if (!cfg->cluster.secret_file && !cfg->cluster.insecure)
-		return fr_error_set(err, -EINVAL, "[cluster] secret_file: not set (required unless "
-				    "[cluster] insecure = true)");
+	if (cfg->cluster.insecure)
+		return fr_error_set(err, -EINVAL, "%s", CONF_INSECURE_REMOVED);
+	if (!cfg->cluster.secret_file)
+		return fr_error_set(err, -EINVAL, "[cluster] secret_file: not set (required: it "
+				    "authenticates this worker to the coordinator)");
 	if (!name || !*name)
 		return fr_error_set(err, -EINVAL, "[worker] name: not set");
 	if (strlen(name) > WK_CONFIG_NAME_MAX)

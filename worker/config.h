@@ -36,8 +36,8 @@ struct wk_config {
 		char *path;                  /* this worker's copy of the checkpoint; required */
 	} model;
 	struct {
-		char *secret_file;           /* HMAC key for Join; required unless insecure */
-		bool insecure;               /* join without authentication (local development) */
+		char *secret_file;           /* the cluster secret; required */
+		bool insecure;               /* removed: true is refused at load */
 	} cluster;
 	struct {
 		enum tp_backend backend;     /* shm | tcp | verbs (default shm) */
@@ -68,7 +68,7 @@ extern const size_t wk_config_n_keys;
 int wk_config_load(const char *path, char *const *overrides, int n_overrides,
 		   struct wk_config *ret, struct fr_error *err);
 
-/* Cross-key checks: model.path set; cluster.secret_file set unless cluster.insecure;
+/* Cross-key checks: model.path set; cluster.secret_file set, cluster.insecure not;
  * worker.name 1..64 bytes of letters, digits, '.', '_' and '-'; worker.coordinator
  * host:port; transport.bind_addr set; transport.mtu 0 or a power of two in [256, 4096].
  * Returns 0 or -EINVAL naming the key. */

@@ -35,8 +35,7 @@ static const char usage[] =
 	"      --slots N           same as --set worker.slots=N\n"
 	"  -t, --transport NAME    same as --set transport.backend=NAME (shm, tcp, verbs)\n"
 	"      --secret-file FILE  same as --set cluster.secret_file=FILE\n"
-	"      --insecure          same as --set cluster.insecure=true (local development)\n"
-	"      --print-config      print the effective configuration and exit\n"
+		"      --print-config      print the effective configuration and exit\n"
 	"  -V, --version           print the version and exit\n"
 	"  -h, --help              this text\n"
 	"\n"
@@ -123,8 +122,7 @@ int main(int argc, char **argv)
 	fr_daemon_log_levels(fr_log_level_name(cfg.log.level));
 	if (cfg.worker.threads)
 		kn_set_threads(cfg.worker.threads);
-	if (!cfg.cluster.insecure &&
-	    rpc_auth_secret_load(cfg.cluster.secret_file, &secret, &secret_len, &err) < 0) {
+	if (rpc_auth_secret_load(cfg.cluster.secret_file, &secret, &secret_len, &err) < 0) {
 		fprintf(stderr, "ferry-worker: %s\n", err.msg);
 		goto out;
 	}
@@ -135,7 +133,6 @@ int main(int argc, char **argv)
 		.model_path = cfg.model.path,
 		.secret = secret,
 		.secret_len = secret_len,
-		.insecure = cfg.cluster.insecure,
 		.slots = cfg.worker.slots,
 		.memory_limit = cfg.worker.memory_limit,
 		.tp = {

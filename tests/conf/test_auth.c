@@ -140,7 +140,7 @@ static void test_other_messages(void)
 {
 	Ferry__V1__UnloadExpertsRequest u = FERRY__V1__UNLOAD_EXPERTS_REQUEST__INIT;
 	Ferry__V1__SlotAssignment sa = FERRY__V1__SLOT_ASSIGNMENT__INIT, *sap = &sa;
-	Ferry__V1__HeartbeatRequest hb = FERRY__V1__HEARTBEAT_REQUEST__INIT;
+	Ferry__V1__ChallengeRequest hb = FERRY__V1__CHALLENGE_REQUEST__INIT;
 	struct rpc_auth_replay *r = NULL;
 	struct fr_error err = { { 0 } };
 	uint64_t now = rpc_auth_now_ms();
@@ -164,7 +164,7 @@ static void test_other_messages(void)
 							30000, &err), -EACCES, &err, "bad HMAC", NULL);
 	free(u.hmac.data);
 	t_expect_err("no such fields", rpc_auth_sign(&hb.base, secret, sizeof(secret), &err),
-		     -EINVAL, &err, "HeartbeatRequest has no nonce", NULL);
+		     -EINVAL, &err, "ChallengeRequest has no nonce", NULL);
 	t_expect_err("verify no such fields",
 		     rpc_auth_verify(&hb.base, secret, sizeof(secret), r, now, 30000, &err), -EINVAL,
 		     &err, "has no nonce", NULL);
@@ -411,6 +411,105 @@ static void test_bearer(void)
 	CHECK(rpc_auth_bearer_check("Bearer x", NULL, 0) == -EACCES);
 }
 
+/* Join challenges (single-use, expiring, bounded) and per-join session keys (a request
+ * signed in one session verifies in no other). */
+static void test_sessions(uint64_t *st)
+{
+	struct rpc_auth_challenges *ch;
+	struct fr_error err = { { 0 } };
+	uint8_t c1[RPC_AUTH_CHALLENGE_LEN], c2[RPC_AUTH_CHALLENGE_LEN], c3[RPC_AUTH_CHALLENGE_LEN];
+	uint64_t t = 1000 + fr_splitmix64(st) % 100000;
+
+	CHECK(rpc_auth_challenges_create(4, 30000, &ch) == 0);
+	CHECK(rpc_auth_challenge_issue(ch, t, c1) == 0 && rpc_auth_challenge_issue(ch, t, c2) == 0);
+	CHECK(memcmp(c1, c2, sizeof(c1)) != 0);
+	t_expect_err("challenge taken", rpc_auth_challenge_take(ch, c1, sizeof(c1), t + 10, &err), 0,
+		     &err, NULL, NULL);
+	t_expect_err("challenge used twice", rpc_auth_challenge_take(ch, c1, sizeof(c1), t + 20,
+								      &err), -EACCES, &err,
+		     "unknown, used or expired challenge", NULL);
+	t_expect_err("challenge expired", rpc_auth_challenge_take(ch, c2, sizeof(c2), t + 30001,
+								   &err), -EACCES, &err,
+		     "unknown, used or expired", NULL);
+	uint8_t forged[RPC_AUTH_CHALLENGE_LEN];
+	for (size_t i = 0; i < sizeof(forged); i++)
+		forged[i] = (uint8_t)fr_splitmix64(st);
+	t_expect_err("challenge unknown", rpc_auth_challenge_take(ch, forged, sizeof(forged), t,
+								   &err), -EACCES, &err,
+		     "unknown, used or expired", NULL);
+	t_expect_err("challenge length", rpc_auth_challenge_take(ch, forged, 5, t, &err), -EACCES,
+		     &err, "challenge of 5 bytes", NULL);
+	t_expect_err("challenge missing", rpc_auth_challenge_take(ch, NULL, 0, t, &err), -EACCES,
+		     &err, "ask for a Challenge first", NULL);
+	/* Past capacity the oldest live one is forgotten, the newest kept. */
+	CHECK(rpc_auth_challenge_issue(ch, t, c3) == 0);
+	for (int i = 0; i < 4; i++) {
+		uint8_t x[RPC_AUTH_CHALLENGE_LEN];
+		CHECK(rpc_auth_challenge_issue(ch, t, x) == 0);
+		if (i == 3)
+			t_expect_err("newest challenge kept",
+				     rpc_auth_challenge_take(ch, x, sizeof(x), t, &err), 0, &err,
+				     NULL, NULL);
+	}
+	t_expect_err("oldest challenge forgotten", rpc_auth_challenge_take(ch, c3, sizeof(c3), t,
+									    &err), -EACCES, &err,
+		     "unknown, used or expired", NULL);
+	rpc_auth_challenges_destroy(ch);
+
+	/* Session keys: a function of secret, challenge and session id, each of which counts. */
+	uint8_t sid[RPC_AUTH_SESSION_ID_LEN], sid2[RPC_AUTH_SESSION_ID_LEN];
+	uint8_t k1[RPC_AUTH_KEY_LEN], k1b[RPC_AUTH_KEY_LEN], k2[RPC_AUTH_KEY_LEN];
+	uint8_t k3[RPC_AUTH_KEY_LEN], k4[RPC_AUTH_KEY_LEN];
+	for (size_t i = 0; i < sizeof(sid); i++) {
+		sid[i] = (uint8_t)fr_splitmix64(st);
+		sid2[i] = sid[i] ^ (i == 3);
+	}
+	CHECK(rpc_auth_session_key(secret, sizeof(secret), c1, sizeof(c1), sid, sizeof(sid), k1,
+				   &err) == 0);
+	CHECK(rpc_auth_session_key(secret, sizeof(secret), c1, sizeof(c1), sid, sizeof(sid), k1b,
+				   &err) == 0);
+	CHECK(rpc_auth_session_key(secret, sizeof(secret), c1, sizeof(c1), sid2, sizeof(sid2), k2,
+				   &err) == 0);
+	CHECK(rpc_auth_session_key(secret, sizeof(secret), c2, sizeof(c2), sid, sizeof(sid), k3,
+				   &err) == 0);
+	CHECK(rpc_auth_session_key(other, sizeof(other), c1, sizeof(c1), sid, sizeof(sid), k4,
+				   &err) == 0);
+	CHECK(memcmp(k1, k1b, sizeof(k1)) == 0);
+	CHECK(memcmp(k1, k2, sizeof(k1)) != 0 && memcmp(k1, k3, sizeof(k1)) != 0 &&
+	      memcmp(k1, k4, sizeof(k1)) != 0);
+	t_expect_err("session key without a challenge",
+		     rpc_auth_session_key(secret, sizeof(secret), NULL, 0, sid, sizeof(sid), k2,
+					  &err), -EINVAL, &err, "empty", NULL);
+
+	/* A Heartbeat of session 1: good in session 1 once, never in session 2. */
+	struct rpc_auth_replay *r1, *r2;
+	CHECK(rpc_auth_replay_create(0, &r1) == 0 && rpc_auth_replay_create(0, &r2) == 0);
+	Ferry__V1__HeartbeatRequest hb = FERRY__V1__HEARTBEAT_REQUEST__INIT;
+	hb.worker_index = 2;
+	hb.epoch = 5;
+	CHECK(rpc_auth_sign(&hb.base, k1, sizeof(k1), &err) == 0);
+	uint64_t now = rpc_auth_now_ms();
+	t_expect_err("session request", rpc_auth_verify(&hb.base, k1, sizeof(k1), r1, now, 30000,
+							 &err), 0, &err, NULL, NULL);
+	t_expect_err("session request replayed", rpc_auth_verify(&hb.base, k1, sizeof(k1), r1, now,
+								  30000, &err), -EACCES, &err,
+		     "replayed", NULL);
+	t_expect_err("request of another session", rpc_auth_verify(&hb.base, k2, sizeof(k2), r2,
+								    now, 30000, &err), -EACCES,
+		     &err, "bad HMAC", NULL);
+	t_expect_err("request under the bare secret", rpc_auth_verify(&hb.base, secret,
+								       sizeof(secret), r2, now,
+								       30000, &err), -EACCES, &err,
+		     "bad HMAC", NULL);
+	hb.worker_index = 3; /* speaking for another worker */
+	t_expect_err("request for another worker", rpc_auth_verify(&hb.base, k1, sizeof(k1), r2,
+								    now, 30000, &err), -EACCES,
+		     &err, "bad HMAC", NULL);
+	free(hb.hmac.data);
+	rpc_auth_replay_destroy(r1);
+	rpc_auth_replay_destroy(r2);
+}
+
 int main(void)
 {
 	uint64_t st = t_seed();
@@ -427,6 +526,7 @@ int main(void)
 	test_threads(&st);
 	test_secret_files();
 	test_bearer();
+	test_sessions(&st);
 	printf("%s (%d failures)\n", t_failures ? "FAIL" : "ok", t_failures);
 	return t_failures != 0;
 }

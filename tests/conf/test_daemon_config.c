@@ -251,11 +251,12 @@ static void test_co_load(const char *dir)
 	{
 		char *o1[] = { "model.path=/m", "cluster.insecure=false" };
 		t_expect_err("co secret required", co_config_load(missing, o1, 2, &c, &err), -EINVAL,
-			     &err, "[cluster] secret_file: not set (required unless [cluster] "
-			     "insecure = true)", NULL);
+			     &err, "[cluster] secret_file: not set (required: it authenticates "
+			     "the workers)", NULL);
+		/* insecure is gone: every Internal call is authenticated. */
 		char *o2[] = { "model.path=/m" };
-		CHECK(co_config_load(missing, o2, 1, &c, &err) == 0 && c.cluster.insecure);
-		co_config_free(&c);
+		t_expect_err("co insecure refused", co_config_load(missing, o2, 1, &c, &err), -EINVAL,
+			     &err, "[cluster] insecure: no longer supported", "secret_file");
 		char *o3[] = { "transport.mtu=1000" };
 		t_expect_err("co mtu", co_config_load(good, o3, 1, &c, &err), -EINVAL, &err,
 			     "[transport] mtu: 1000 is not 0, 256", NULL);
@@ -324,7 +325,7 @@ static void test_co_load(const char *dir)
 	}
 	/* no --config: a missing default file is fine */
 	if (access(CO_CONFIG_DEFAULT_PATH, F_OK) < 0 && errno == ENOENT) {
-		char *o[] = { "model.path=/m", "cluster.insecure=1" };
+		char *o[] = { "model.path=/m", "cluster.secret_file=/s" };
 		CHECK(co_config_load(NULL, o, 2, &c, &err) == 0 && !strcmp(c.model.path, "/m"));
 		co_config_free(&c);
 	} else {
@@ -375,8 +376,11 @@ static void test_wk_load(const char *dir)
 		char *o5[] = { "cluster.secret_file=" };
 		t_expect_err("wk secret", wk_config_load(good, o5, 1, &c, &err), -EINVAL, &err,
 			     "[cluster] secret_file: not set", NULL);
-		char *o6[] = { "cluster.secret_file=", "cluster.insecure=yes", "transport.mtu=4096" };
-		CHECK(wk_config_load(good, o6, 3, &c, &err) == 0 && c.transport.mtu == 4096);
+		char *o6[] = { "cluster.insecure=yes", "transport.mtu=4096" };
+		t_expect_err("wk insecure refused", wk_config_load(good, o6, 2, &c, &err), -EINVAL,
+			     &err, "[cluster] insecure: no longer supported", NULL);
+		char *o6b[] = { "transport.mtu=4096" };
+		CHECK(wk_config_load(good, o6b, 1, &c, &err) == 0 && c.transport.mtu == 4096);
 		wk_config_free(&c);
 		char *o7[] = { "transport.mtu=128" };
 		t_expect_err("wk mtu", wk_config_load(good, o7, 1, &c, &err), -EINVAL, &err,

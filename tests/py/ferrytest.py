@@ -44,16 +44,17 @@ def require_grpc():
          "python3-grpc-tools (scripts/install-deps.sh)" % missing)
 
 
-def gen_stubs(proto_dir, out_dir):
-    """Compiles inference.proto into out_dir and imports it: returns (pb2, pb2_grpc)."""
+def gen_stubs(proto_dir, out_dir, name="inference"):
+    """Compiles NAME.proto into out_dir and imports it: returns (pb2, pb2_grpc)."""
     from grpc_tools import protoc
     import importlib
     args = ["grpc_tools.protoc", "-I" + proto_dir, "--python_out=" + out_dir,
-            "--grpc_python_out=" + out_dir, os.path.join(proto_dir, "inference.proto")]
+            "--grpc_python_out=" + out_dir, os.path.join(proto_dir, name + ".proto")]
     if protoc.main(args) != 0:
-        raise RuntimeError("grpc_tools.protoc failed on %s/inference.proto" % proto_dir)
-    sys.path.insert(0, out_dir)
-    return importlib.import_module("inference_pb2"), importlib.import_module("inference_pb2_grpc")
+        raise RuntimeError("grpc_tools.protoc failed on %s/%s.proto" % (proto_dir, name))
+    if out_dir not in sys.path:
+        sys.path.insert(0, out_dir)
+    return importlib.import_module(name + "_pb2"), importlib.import_module(name + "_pb2_grpc")
 
 
 def model_config(model_dir):

@@ -108,6 +108,27 @@ class Interop:
         assert len(mi.placement.worker_slots) == self.workers
         self.max_context = mi.max_context
 
+    def logits_shapes(self):
+        """The return_logits shapes that once crashed the coordinator (the handler sent rows
+        the scheduler had reallocated): every row arrives, for fast and slow readers."""
+        for n, m in ((128, 2), (120, 10), (127, 20), (100, 40), (10, 200)):
+            if n + m > self.context():
+                continue
+            for slow in (False, True):
+                rows, toks = 0, 0
+                for msg in self.stub.Generate(self.pb.GenerateRequest(
+                        prompt_tokens=[5] * n, max_tokens=m, return_logits=True,
+                        ignore_eos=True), timeout=120):
+                    assert len(msg.logits) == msg.logits_rows * self.vocab, \
+                        "%d logits for %d rows" % (len(msg.logits), msg.logits_rows)
+                    rows += msg.logits_rows
+                    toks += len(msg.tokens)
+                    if slow:
+                        time.sleep(0.02)
+                assert toks == m and rows == n + m - 1, \
+                    "%d/%d: %d tokens, %d rows (want %d, %d)" % (n, m, toks, rows, m, n + m - 1)
+        self.health()
+
     def generate_stream(self):
         n_prompt, n_new = 4, 8
         msgs, times = self.gen(prompt_tokens=[5, 6, 7, 8][:n_prompt], max_tokens=n_new,
@@ -332,6 +353,7 @@ def main():
         c.run("health", t.health)
         c.run("model_info", t.model_info)
         c.run("generate_stream", t.generate_stream)
+        c.run("logits_shapes", t.logits_shapes)
         c.run("generate_deterministic", t.generate_deterministic)
         c.run("cancel", t.cancel)
         c.run("deadline", t.deadline)
