@@ -9,4 +9,6 @@ trap 'chmod -R u+rwX "$tmp"; rm -rf "$tmp"' EXIT
 rc=0
 "$here/gen-certs.sh" "$tmp" || rc=$?
 [ "$rc" = 0 ] || exit "$rc"
-"$1" --case tls --certs "$tmp"
+# The "localhost" check resolves a name: gRPC's c-ares resolver leaks 10 bytes per process
+# under LeakSanitizer (libcares 1.18); the native one (getaddrinfo) does not.
+GRPC_DNS_RESOLVER=native "$1" --case tls --certs "$tmp"
