@@ -950,15 +950,20 @@ static const char *worker_device(const struct co_server *s, int i)
 	return d ? d : "auto";
 }
 
-/* "listen 127.0.0.1:7400: address in use" from rpc_server_create()'s "ADDR: ...". */
-static void listen_error(struct fr_error *err, int rc, const char *what)
+/* "listen 127.0.0.1:7400: address in use" from rpc_server_create()'s "ADDR: ..." (and
+ * "listen ADDR: ..." for its messages that do not start with the address). */
+static void listen_error(struct fr_error *err, int rc, const char *what, const char *addr)
 {
 	char msg[sizeof(err->msg)];
+	size_t n = strlen(addr);
 
 	if (!err)
 		return;
 	memcpy(msg, err->msg, sizeof(msg));
-	fr_error_set(err, rc, "%s %s", what, msg);
+	if (!strncmp(msg, addr, n) && msg[n] == ':')
+		fr_error_set(err, rc, "%s %s", what, msg);
+	else
+		fr_error_set(err, rc, "%s %s: %s", what, addr, msg);
 }
 
 /* ", TLS" / ", mTLS" / "" for the listening log lines. */
@@ -1054,13 +1059,13 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	if ((rc = open_transport(s, o, err)) < 0)
 		goto fail;
 	if ((rc = rpc_server_create(s->listen, o->creds, &s->rpc, err)) < 0) {
-		listen_error(err, rc, "listen");
+		listen_error(err, rc, "listen", s->listen);
 		goto fail;
 	}
 	if (o->cluster_listen &&
 	    (rc = rpc_server_create(o->cluster_listen, o->cluster_creds, &s->rpc_cluster,
 				    err)) < 0) {
-		listen_error(err, rc, "cluster listen");
+		listen_error(err, rc, "cluster listen", o->cluster_listen);
 		goto fail;
 	}
 	if ((rc = add_methods(s, err)) < 0 || (rc = rpc_server_start(s->rpc, err)) < 0 ||

@@ -23,10 +23,10 @@ int rpc__unpack(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
 
 /* The one place credentials are made: insecure ones for NULL or RPC_CREDS_INSECURE, SSL
  * ones from the PEM files of an RPC_CREDS_TLS (loaded and checked as rpc_creds_check()
- * does, with its errors). The caller releases *ret. Call after grpc_init(). */
-int rpc__server_creds(const struct rpc_creds *creds, grpc_server_credentials **ret,
+ * does, with its errors). The caller releases *ret_creds. Call after grpc_init(). */
+int rpc__server_creds(const struct rpc_creds *creds, grpc_server_credentials **ret_creds,
 		      struct fr_error *err);
-int rpc__channel_creds(const struct rpc_creds *creds, grpc_channel_credentials **ret,
+int rpc__channel_creds(const struct rpc_creds *creds, grpc_channel_credentials **ret_creds,
 		       struct fr_error *err);
 
 /* Deadline helpers on the monotonic clock. */

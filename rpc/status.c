@@ -279,7 +279,7 @@ int rpc_creds_check(const struct rpc_creds *creds, bool server, struct fr_error 
 	return 0;
 }
 
-int rpc__server_creds(const struct rpc_creds *creds, grpc_server_credentials **ret,
+int rpc__server_creds(const struct rpc_creds *creds, grpc_server_credentials **ret_creds,
 		      struct fr_error *err)
 {
 	grpc_server_credentials *sc;
@@ -302,11 +302,11 @@ int rpc__server_creds(const struct rpc_creds *creds, grpc_server_credentials **r
 	}
 	if (!sc)
 		return fr_error_set(err, -ENOMEM, "cannot create the server credentials");
-	*ret = sc;
+	*ret_creds = sc;
 	return 0;
 }
 
-int rpc__channel_creds(const struct rpc_creds *creds, grpc_channel_credentials **ret,
+int rpc__channel_creds(const struct rpc_creds *creds, grpc_channel_credentials **ret_creds,
 		       struct fr_error *err)
 {
 	grpc_channel_credentials *cc;
@@ -324,7 +324,7 @@ int rpc__channel_creds(const struct rpc_creds *creds, grpc_channel_credentials *
 	}
 	if (!cc)
 		return fr_error_set(err, -ENOMEM, "cannot create the channel credentials");
-	*ret = cc;
+	*ret_creds = cc;
 	return 0;
 }
 
