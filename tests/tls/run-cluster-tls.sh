@@ -61,6 +61,14 @@ coordinator() {
   echo "coordinator did not start:" >&2; cat "$tmp/co.err" >&2; exit 1
 }
 
+# SIGTERM: a drain exits WANT (0 once serving, 1 while still waiting for workers), and
+# under ASan without leaks or errors (which would exit 134).
+stop_coordinator() { # want
+  local rc
+  kill -TERM "$co"; wait "$co"; rc=$?
+  [ "$rc" = "$1" ] || { bad "coordinator exit $rc after SIGTERM (want $1):"; tail -20 "$tmp/co.err" >&2; }
+}
+
 worker() { # name, extra args...
   local name=$1; shift
   "$wk_bin" -c "$tmp/empty.conf" -C "127.0.0.1:$port" -n "$name" -m "$golden" \
@@ -147,7 +155,7 @@ if [ "$rc" = 1 ] && grep -q "listen 127.0.0.1:$port: address in use" "$tmp/co2.e
 else
   bad "second coordinator on port $port: exit $rc:"; cat "$tmp/co2.err" >&2
 fi
-kill -TERM "$co"; wait "$co"
+stop_coordinator 0
 
 # ---- B. ferryctl up: public TLS, workers over mTLS on [cluster] listen ------------------
 "$ferryctl" up --model "$golden" --workers 2 --listen 127.0.0.1:0 --threads 1 --timeout 60 \
@@ -183,7 +191,7 @@ grep -q "certificate has expired" "$tmp/co.err" &&
 gen 1 "against an expired server certificate" -c "127.0.0.1:$port" --tls-ca "$pki/ca.pem"
 grep -q "certificate verify failed\|UNAVAILABLE" "$tmp/gen.err" || bad "no handshake error shown"
 python_case expired "127.0.0.1:$port"
-kill -TERM "$co"; wait "$co"
+stop_coordinator 1
 
 # ---- D. configuration errors -------------------------------------------------------------
 conf_err() { # what, pattern, args...
