@@ -45,7 +45,34 @@ const struct conf_key co_config_keys[] = {
 	  .doc = "A stream whose client has read nothing for this long while a message waits "
 		 "is cancelled with RESOURCE_EXHAUSTED (\"the client read nothing for ...\") and "
 		 "its KV-cache blocks are freed. 0: never." },
+	{ "server", "tls_cert", CONF_STR, OFF(server.tls_cert),
+	  .doc = "PEM certificate chain (leaf first) that listen presents: with it, the public "
+		 "and Admin API (and Internal, unless [cluster] listen is set) speak TLS only. "
+		 "Its subjectAltName must name the host or IP address clients connect to. "
+		 "Needs tls_key. Unset: plaintext." },
+	{ "server", "tls_key", CONF_STR, OFF(server.tls_key),
+	  .doc = "PEM private key of tls_cert (unencrypted; keep it mode 0600)." },
+	{ "server", "tls_client_ca", CONF_STR, OFF(server.tls_client_ca),
+	  .doc = "PEM CA certificate(s): every client of listen must present a certificate "
+		 "that chains to one of them (mutual TLS); others fail the handshake. Needs "
+		 "tls_cert. Unset: client certificates are not asked for." },
 
+	{ "cluster", "listen", CONF_STR, OFF(cluster.listen),
+	  .doc = "gRPC address for the Internal service that workers call (Join, heartbeats, "
+		 "assignments), when it should not share [server] listen: host:port, "
+		 "[IPv6]:port or unix:/path. Set, Internal is served there only (with Health), "
+		 "with tls_cert, tls_key and tls_client_ca below, and workers' [worker] "
+		 "coordinator points here. Unset: Internal is served on [server] listen with "
+		 "[server]'s TLS settings, and tls_* below must stay unset." },
+	{ "cluster", "tls_cert", CONF_STR, OFF(cluster.tls_cert),
+	  .doc = "PEM certificate chain that [cluster] listen presents to workers. Needs listen "
+		 "and tls_key. Unset: [cluster] listen is plaintext." },
+	{ "cluster", "tls_key", CONF_STR, OFF(cluster.tls_key),
+	  .doc = "PEM private key of tls_cert (unencrypted; keep it mode 0600)." },
+	{ "cluster", "tls_client_ca", CONF_STR, OFF(cluster.tls_client_ca),
+	  .doc = "PEM CA certificate(s) that workers' certificates ([cluster] tls_cert of "
+		 "worker.conf) must chain to (mutual TLS): a worker without one cannot join. "
+		 "Needs tls_cert." },
 	{ "cluster", "secret_file", CONF_STR, OFF(cluster.secret_file),
 	  .doc = "File holding the cluster secret (at least 16 bytes, mode 0600 or stricter) "
 		 "that authenticates workers: their Join, bound to a fresh challenge, and every "
@@ -190,6 +217,29 @@ fail:
 	return rc;
 }
 
+/* tls_cert and tls_key go together; tls_client_ca needs them. */
+static int check_tls(const char *sec, const char *cert, const char *key, const char *ca,
+		     struct fr_error *err)
+{
+	if (cert && !key)
+		return fr_error_set(err, -EINVAL, "[%s] tls_cert: set without [%s] tls_key (the "
+				    "certificate's private key)", sec, sec);
+	if (key && !cert)
+		return fr_error_set(err, -EINVAL, "[%s] tls_key: set without [%s] tls_cert", sec,
+				    sec);
+	if (ca && !cert)
+		return fr_error_set(err, -EINVAL, "[%s] tls_client_ca: set without [%s] tls_cert "
+				    "and tls_key (client certificates are asked for over TLS only)",
+				    sec, sec);
+	return 0;
+}
+
+static bool str_ends_with(const char *s, const char *suffix)
+{
+	size_t n = strlen(s), m = strlen(suffix);
+	return n >= m && !strcmp(s + n - m, suffix);
+}
+
 int co_config_validate(const struct co_config *cfg, struct fr_error *err)
 {
 	int rc, mtu = cfg->transport.mtu;
@@ -204,6 +254,26 @@ int co_config_validate(const struct co_config *cfg, struct fr_error *err)
 				    "authenticates the workers)");
 	if ((rc = conf_check_listen(cfg->server.listen, err)) < 0)
 		return fr_error_prefix(err, rc, "[server] listen");
+	if (cfg->cluster.listen) {
+		if ((rc = conf_check_listen(cfg->cluster.listen, err)) < 0)
+			return fr_error_prefix(err, rc, "[cluster] listen");
+		if (!strcmp(cfg->cluster.listen, cfg->server.listen) &&
+		    !str_ends_with(cfg->cluster.listen, ":0"))
+			return fr_error_set(err, -EINVAL, "[cluster] listen: %s is [server] listen "
+					    "too; unset it to serve Internal there",
+					    cfg->cluster.listen);
+	}
+	if ((rc = check_tls("server", cfg->server.tls_cert, cfg->server.tls_key,
+			    cfg->server.tls_client_ca, err)) < 0 ||
+	    (rc = check_tls("cluster", cfg->cluster.tls_cert, cfg->cluster.tls_key,
+			    cfg->cluster.tls_client_ca, err)) < 0)
+		return rc;
+	if (!cfg->cluster.listen && (cfg->cluster.tls_cert || cfg->cluster.tls_client_ca))
+		return fr_error_set(err, -EINVAL, "[cluster] %s: set without [cluster] listen: "
+				    "Internal is then served on [server] listen with [server] "
+				    "tls_*; set [cluster] listen to give it a listener and TLS of its "
+				    "own, or unset [cluster] tls_*",
+				    cfg->cluster.tls_cert ? "tls_cert" : "tls_client_ca");
 	if (!cfg->transport.bind_addr)
 		return fr_error_set(err, -EINVAL, "[transport] bind_addr: not set");
 	if (mtu != 0 && (mtu < 256 || (mtu & (mtu - 1)) != 0))

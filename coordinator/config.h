@@ -35,8 +35,15 @@ struct co_config {
 		char *admin_token_file;      /* bearer token for Admin calls; NULL: no token */
 		uint64_t stream_buffer;      /* bytes of logits rows per stream (default 4 MiB) */
 		uint64_t stall_timeout_ms;   /* cancel a stream not read this long (0: never) */
+		char *tls_cert;              /* PEM certificate chain; NULL: plaintext */
+		char *tls_key;               /* its PEM private key (with tls_cert) */
+		char *tls_client_ca;         /* PEM CA client certificates must chain to (mTLS) */
 	} server;
 	struct {
+		char *listen;                /* Internal's own "host:port"; NULL: on server.listen */
+		char *tls_cert;              /* listen's PEM certificate chain; NULL: plaintext */
+		char *tls_key;               /* its PEM private key (with tls_cert) */
+		char *tls_client_ca;         /* PEM CA worker certificates must chain to (mTLS) */
 		char *secret_file;           /* the cluster secret; required */
 		bool insecure;               /* removed: true is refused at load */
 		int workers;                 /* workers to wait for before serving (1..1024) */
@@ -92,7 +99,10 @@ int co_config_load(const char *path, char *const *overrides, int n_overrides,
 		   struct co_config *ret, struct fr_error *err);
 
 /* Cross-key checks: model.path set; cluster.secret_file set, cluster.insecure not;
- * server.listen and transport.bind_addr well-formed; transport.mtu 0 or a power of two in
+ * server.listen, cluster.listen (when set) and transport.bind_addr well-formed; cluster.listen
+ * not server.listen; in [server] and in [cluster], tls_cert and tls_key both set or neither,
+ * tls_client_ca only with them; [cluster] tls_* only with cluster.listen (without it
+ * Internal is served on server.listen, with [server]'s TLS); transport.mtu 0 or a power of two in
  * [256, 4096]; transport.device a well-formed list (co_config_devices()), of more than one
  * device only with the verbs backend; engine.max_batch >= engine.micro_batches;
  * placement.min_distinct <= cluster.workers. Returns 0 or -EINVAL naming the keys. */

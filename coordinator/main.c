@@ -16,6 +16,7 @@
 #include "coordinator/server.h"
 #include "kernels/kernels.h"
 #include "rpc/auth.h"
+#include "rpc/rpc.h"
 
 static const char usage[] =
 	"Usage: ferry-coordinator [OPTIONS]\n"
@@ -57,6 +58,15 @@ static const struct option longopts[] = {
 };
 
 static struct co_server *g_srv;
+
+/* [SECTION] tls_*, borrowing cfg's paths: TLS when tls_cert is set, else plaintext. */
+static struct rpc_creds tls_creds(const char *cert, const char *key, const char *ca)
+{
+	if (!cert)
+		return (struct rpc_creds){ .kind = RPC_CREDS_INSECURE };
+	return (struct rpc_creds){ .kind = RPC_CREDS_TLS, .cert_file = cert, .key_file = key,
+				   .ca_file = ca };
+}
 
 static void on_signal(int sig)
 {
@@ -129,6 +139,20 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	/* The TLS files now, before the model is opened. */
+	struct rpc_creds creds = tls_creds(cfg.server.tls_cert, cfg.server.tls_key,
+					   cfg.server.tls_client_ca);
+	struct rpc_creds cluster_creds = tls_creds(cfg.cluster.tls_cert, cfg.cluster.tls_key,
+						   cfg.cluster.tls_client_ca);
+	if (rpc_creds_check(&creds, true, &err) < 0) {
+		fprintf(stderr, "ferry-coordinator: [server] tls_*: %s\n", err.msg);
+		goto out;
+	}
+	if (rpc_creds_check(&cluster_creds, true, &err) < 0) {
+		fprintf(stderr, "ferry-coordinator: [cluster] tls_*: %s\n", err.msg);
+		goto out;
+	}
+
 	if (cfg.server.admin_token_file &&
 	    rpc_auth_secret_load(cfg.server.admin_token_file, &admin, &admin_len, &err) < 0) {
 		fprintf(stderr, "ferry-coordinator: [server] admin_token_file: %s\n", err.msg);
@@ -138,6 +162,9 @@ int main(int argc, char **argv)
 	struct co_server_opts o = {
 		.model_path = cfg.model.path,
 		.listen = cfg.server.listen,
+		.creds = &creds,
+		.cluster_listen = cfg.cluster.listen,
+		.cluster_creds = &cluster_creds,
 		.secret = secret,
 		.secret_len = secret_len,
 		.admin_token = admin,
@@ -179,8 +206,12 @@ int main(int argc, char **argv)
 		fr_err("coordinator", "%s", err.msg);
 		goto out;
 	}
-	/* ferryctl up and scripts read the bound port from this line. */
-	printf("ferry-coordinator listening on port %d\n", co_server_port(g_srv));
+	/* ferryctl up and scripts read the bound port(s) from this line. */
+	if (co_server_cluster_port(g_srv))
+		printf("ferry-coordinator listening on port %d, cluster port %d\n",
+		       co_server_port(g_srv), co_server_cluster_port(g_srv));
+	else
+		printf("ferry-coordinator listening on port %d\n", co_server_port(g_srv));
 	fflush(stdout);
 	fr_daemon_watchdog();
 	sd_notify(0, "STATUS=waiting for workers");

@@ -76,7 +76,8 @@ struct co_server {
 	struct model_ckpt *ck;
 	const struct model_config *cfg;
 	struct model_weights *w;
-	struct rpc_server *rpc;
+	struct rpc_server *rpc;         /* listen: Inference, Admin (and Internal without rpc_cluster) */
+	struct rpc_server *rpc_cluster; /* cluster_listen: Internal and Health; NULL when not set */
 	struct rpc_auth_replay *replay;          /* Join nonces */
 	struct rpc_auth_challenges *challenges;  /* issued for Joins */
 	uint8_t boot_id[16];
@@ -948,8 +949,17 @@ static int add_methods(struct co_server *s, struct fr_error *err)
 		if (m[i].fn == co_handle_tokenize || m[i].fn == co_handle_detokenize ||
 		    m[i].fn == co_handle_model_info)
 			arg = &s->info;
-		if ((rc = rpc_server_add_method(s->rpc, m[i].path, m[i].kind, m[i].desc, m[i].fn, arg,
-						err)) < 0)
+		/* With a cluster listener of its own, Internal is served there only (with
+		 * its own credentials); Health on both, for probes. */
+		bool internal = strncmp(m[i].path, "/ferry.v1.Internal/", 19) == 0;
+		bool health = m[i].fn == on_health;
+		if ((!s->rpc_cluster || !internal) &&
+		    (rc = rpc_server_add_method(s->rpc, m[i].path, m[i].kind, m[i].desc, m[i].fn,
+						arg, err)) < 0)
+			return rc;
+		if (s->rpc_cluster && (internal || health) &&
+		    (rc = rpc_server_add_method(s->rpc_cluster, m[i].path, m[i].kind, m[i].desc,
+						m[i].fn, arg, err)) < 0)
 			return rc;
 	}
 	return 0;
@@ -991,6 +1001,30 @@ static const char *worker_device(const struct co_server *s, int i)
 {
 	const char *d = s->tp_dev[i % s->n_tp];
 	return d ? d : "auto";
+}
+
+/* "listen 127.0.0.1:7400: address in use" from rpc_server_create()'s "ADDR: ..." (and
+ * "listen ADDR: ..." for its messages that do not start with the address). */
+static void listen_error(struct fr_error *err, int rc, const char *what, const char *addr)
+{
+	char msg[sizeof(err->msg)];
+	size_t n = strlen(addr);
+
+	if (!err)
+		return;
+	memcpy(msg, err->msg, sizeof(msg));
+	if (!strncmp(msg, addr, n) && msg[n] == ':')
+		fr_error_set(err, rc, "%s %s", what, msg);
+	else
+		fr_error_set(err, rc, "%s %s: %s", what, addr, msg);
+}
+
+/* ", TLS" / ", mTLS" / "" for the listening log lines. */
+static const char *tls_note(const struct rpc_creds *c)
+{
+	if (!c || c->kind != RPC_CREDS_TLS)
+		return "";
+	return c->ca_file ? ", mTLS" : ", TLS";
 }
 
 int co_server_create(const struct co_server_opts *o, struct co_server **ret,
@@ -1038,6 +1072,9 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	s->o.tp.device = NULL;
 	s->o.tp_devices = NULL;
 	s->o.n_tp_devices = 0;
+	s->o.creds = NULL; /* only read below */
+	s->o.cluster_listen = NULL;
+	s->o.cluster_creds = NULL;
 
 	if ((rc = model_ckpt_open(s->model_path, &s->ck, err)) < 0)
 		goto fail;
@@ -1079,11 +1116,25 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	}
 	if ((rc = open_transport(s, o, err)) < 0)
 		goto fail;
-	if ((rc = rpc_server_create(s->listen, NULL, &s->rpc, err)) < 0 ||
-	    (rc = add_methods(s, err)) < 0 || (rc = rpc_server_start(s->rpc, err)) < 0)
+	if ((rc = rpc_server_create(s->listen, o->creds, &s->rpc, err)) < 0) {
+		listen_error(err, rc, "listen", s->listen);
 		goto fail;
-	fr_info(LOG_COMP, "listening on %s (port %d), waiting for %d worker(s), %s transport",
-		s->listen, rpc_server_port(s->rpc), o->workers, tp_backend_name(o->tp.backend));
+	}
+	if (o->cluster_listen &&
+	    (rc = rpc_server_create(o->cluster_listen, o->cluster_creds, &s->rpc_cluster,
+				    err)) < 0) {
+		listen_error(err, rc, "cluster listen", o->cluster_listen);
+		goto fail;
+	}
+	if ((rc = add_methods(s, err)) < 0 || (rc = rpc_server_start(s->rpc, err)) < 0 ||
+	    (s->rpc_cluster && (rc = rpc_server_start(s->rpc_cluster, err)) < 0))
+		goto fail;
+	fr_info(LOG_COMP, "listening on %s (port %d%s), waiting for %d worker(s), %s transport",
+		s->listen, rpc_server_port(s->rpc), tls_note(o->creds), o->workers,
+		tp_backend_name(o->tp.backend));
+	if (s->rpc_cluster)
+		fr_info(LOG_COMP, "workers join on %s (port %d%s)", o->cluster_listen,
+			rpc_server_port(s->rpc_cluster), tls_note(o->cluster_creds));
 	*ret = s;
 	return 0;
 fail:
@@ -1094,6 +1145,11 @@ fail:
 int co_server_port(const struct co_server *s)
 {
 	return rpc_server_port(s->rpc);
+}
+
+int co_server_cluster_port(const struct co_server *s)
+{
+	return s->rpc_cluster ? rpc_server_port(s->rpc_cluster) : 0;
 }
 
 /* Creates the endpoint of a joining worker (this thread owns the transport). */
@@ -1542,6 +1598,7 @@ void co_server_destroy(struct co_server *s)
 	}
 	/* Handlers first (they hold requests), then the scheduler (it drives the engine). */
 	rpc_server_destroy(s->rpc);
+	rpc_server_destroy(s->rpc_cluster);
 	co_sched_destroy(s->sched);
 	co_engine_destroy(s->engine);
 	co_moe_destroy(&s->moe);

@@ -27,11 +27,16 @@
 
 #include "common/common.h"
 #include "proto/frames.h"
+#include "rpc/rpc.h"
 #include "transport/transport.h"
 
 struct co_server_opts {
 	const char *model_path;        /* checkpoint directory */
 	const char *listen;            /* gRPC address ("127.0.0.1:7400", port 0 = any) */
+	const struct rpc_creds *creds; /* listen's credentials (NULL: plaintext) */
+	const char *cluster_listen;    /* NULL: Internal is served on listen; else on this
+	                                * address only (with Health), and not on listen */
+	const struct rpc_creds *cluster_creds; /* cluster_listen's (NULL: plaintext) */
 	const uint8_t *secret;         /* cluster secret: authenticates every Internal call */
 	size_t secret_len;
 	const uint8_t *admin_token;    /* Admin calls need "authorization: Bearer <token>";
@@ -66,10 +71,15 @@ struct co_server_opts {
 
 struct co_server;
 
+/* The credentials and addresses of o are only read during the call. Errors: -EINVAL (options
+ * out of range, a bad model), rpc_server_create()'s for listen ("listen ADDR: address in
+ * use") and cluster_listen ("cluster listen ADDR: ..."), the model's and transport's. */
 int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 		     struct fr_error *err);
 /* The port the gRPC server listens on. */
 int co_server_port(const struct co_server *s);
+/* The port of the cluster listener; 0 without one (Internal is on co_server_port()). */
+int co_server_cluster_port(const struct co_server *s);
 /* Errors: -ETIMEDOUT (workers did not join or load in time, err says which), -EINVAL
  * (impossible placement: fewer slots than experts, named), -EIO (a transport endpoint
  * could not connect), -ECANCELED (stopped meanwhile). */

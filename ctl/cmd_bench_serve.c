@@ -28,6 +28,7 @@
 
 struct bs_opts {
 	const char *cluster;
+	struct ctl_tls tls;           /* --tls-* */
 	const char *prompt_spec, *output_spec;
 	int64_t conc[BS_MAX_LEVELS];
 	size_t n_conc;
@@ -74,6 +75,7 @@ static const char bs_usage[] =
 	"      --timeout S          deadline per request in seconds (default none)\n"
 	"      --json               one JSON object instead of the table\n"
 	"      --no-engine          skip the engine baseline and the ratio\n"
+	CTL_TLS_USAGE("      ")
 	"  -h, --help               this text\n"
 	"\n"
 	"Exit status: 0 when every level completed requests (errors are counted in the\n"
@@ -96,6 +98,7 @@ static const struct option bs_longopts[] = {
 	{ "timeout", required_argument, NULL, B_TIMEOUT },
 	{ "json", no_argument, NULL, B_JSON },
 	{ "no-engine", no_argument, NULL, B_NOENG },
+	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -165,6 +168,9 @@ static int bs_parse(int argc, char **argv, struct bs_opts *o, struct fr_error *e
 			break;
 		case B_JSON: o->json = true; break;
 		case B_NOENG: o->no_engine = true; break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->tls, c, optarg);
+			break;
 		case 'h': return 1;
 		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
 		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
@@ -176,7 +182,7 @@ static int bs_parse(int argc, char **argv, struct bs_opts *o, struct fr_error *e
 		return fr_error_set(err, -EINVAL, "give at most one of --requests and --duration");
 	if (!o->cluster[0])
 		return fr_error_set(err, -EINVAL, "--cluster: empty address");
-	return 0;
+	return ctl_tls_finish(&o->tls, err);
 }
 
 /* ---- one level ------------------------------------------------------------------------------ */
@@ -529,7 +535,7 @@ static int bs_exec(const struct bs_opts *o)
 	if ((rc = ctl_sig_start(&err)) < 0)
 		goto out;
 	sig = true;
-	if ((rc = rpc_channel_create(o->cluster, NULL, &ch, &err)) < 0)
+	if ((rc = ctl_channel_create(o->cluster, &o->tls, &ch, &err)) < 0)
 		goto out;
 	const char *tf = getenv("FERRY_ADMIN_TOKEN_FILE");
 	if (tf && !o->no_engine) {

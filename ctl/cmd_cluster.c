@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "ctl/ctl.h"
+#include "ctl/serve-internal.h"
 #include "model/model.h"
 #include "rpc/admin.pb-c.h"
 #include "rpc/auth.h"
@@ -43,6 +44,7 @@ struct up_opts {
 	int timeout_s;
 	char **sets;         /* --set, passed to the coordinator */
 	int n_sets;
+	struct ctl_tls tls;  /* --tls-*: how ferryctl and the workers connect */
 };
 
 static const char up_usage[] =
@@ -66,6 +68,10 @@ static const char up_usage[] =
 	"                           least 1, so the processes do not oversubscribe the host)\n"
 	"      --set SECTION.KEY=VALUE  extra coordinator configuration (repeatable)\n"
 	"      --timeout S          give up when not serving after S seconds (default 120)\n"
+	CTL_TLS_USAGE("      ")
+	"                           (for ferryctl and the workers, which get them as\n"
+	"                           [cluster] tls_ca, tls_cert, tls_key; the coordinator's\n"
+	"                           side is --set server.tls_cert=... and friends)\n"
 	"  -h, --help               this text\n"
 	"\n"
 	"Exit status: 0 after a clean stop, 1 when the cluster failed to start or a process\n"
@@ -86,6 +92,7 @@ static const struct option up_longopts[] = {
 	{ "worker-threads", required_argument, NULL, UP_WTHREADS },
 	{ "set", required_argument, NULL, UP_SET },
 	{ "timeout", required_argument, NULL, UP_TIMEOUT },
+	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -155,6 +162,9 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 			if (ctl_arg_int("timeout", optarg, 1, 3600, &o->timeout_s, err) < 0)
 				return -EINVAL;
 			break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->tls, c, optarg);
+			break;
 		case 'h': return 1;
 		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
 		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
@@ -164,7 +174,7 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (!o->model)
 		return fr_error_set(err, -EINVAL, "--model DIR is required");
-	return 0;
+	return ctl_tls_finish(&o->tls, err);
 }
 
 /* Path of a daemon: $FERRY_BIN_DIR/NAME, next to ferryctl, or in the build tree's
@@ -222,8 +232,9 @@ static pid_t spawn(char **argv, int stdout_fd)
 	return pid;
 }
 
-/* Reads "... listening on port N" from the coordinator's stdout. */
-static int read_port(int fd, int timeout_ms)
+/* Reads "... listening on port N[, cluster port M]" from the coordinator's stdout: returns
+ * N, with *ret_cluster_port M (0 without a cluster listener). */
+static int read_port(int fd, int timeout_ms, int *ret_cluster_port)
 {
 	char buf[512];
 	size_t len = 0;
@@ -239,8 +250,11 @@ static int read_port(int fd, int timeout_ms)
 		len += (size_t)n;
 		buf[len] = '\0';
 		char *s = strstr(buf, "listening on port ");
-		if (s && strchr(s, '\n'))
+		if (s && strchr(s, '\n')) {
+			char *cp = strstr(s, ", cluster port ");
+			*ret_cluster_port = cp ? atoi(cp + strlen(", cluster port ")) : 0;
 			return atoi(s + strlen("listening on port "));
+		}
 		if (len == sizeof(buf) - 1)
 			return -EBADMSG;
 	}
@@ -317,10 +331,10 @@ static int up_exec(const struct up_opts *o)
 	struct fr_error err = { { 0 } };
 	struct model_config cfg;
 	char co_bin[PATH_MAX], wk_bin[PATH_MAX], dir[] = "/tmp/ferry-up.XXXXXX";
-	char secret[PATH_MAX] = "", conf[PATH_MAX] = "", addr[300], host[256];
+	char secret[PATH_MAX] = "", conf[PATH_MAX] = "", addr[300], wk_addr[300], host[256];
 	pid_t pids[1 + UP_MAX_WORKERS] = { 0 };
 	struct rpc_channel *ch = NULL;
-	int pipefd[2] = { -1, -1 }, ret = CTL_EXIT_FAIL, port, n_ready = 0;
+	int pipefd[2] = { -1, -1 }, ret = CTL_EXIT_FAIL, port, cluster_port = 0, n_ready = 0;
 	char **av = NULL;
 	int n_av = 0;
 
@@ -387,13 +401,16 @@ static int up_exec(const struct up_opts *o)
 		fr_error_set(&err, -errno, "fork: %s", strerror(errno));
 		goto out;
 	}
-	port = read_port(pipefd[0], 30000);
+	port = read_port(pipefd[0], 30000, &cluster_port);
 	if (port <= 0) {
 		fr_error_set(&err, port ? port : -EBADMSG, "ferry-coordinator did not start (see its "
 			     "log above)");
 		goto out;
 	}
 	snprintf(addr, sizeof(addr), "%s:%d", host, port);
+	/* Workers join on the cluster listener when --set cluster.listen made one (on the
+	 * same host name as --listen: up is one host). */
+	snprintf(wk_addr, sizeof(wk_addr), "%s:%d", host, cluster_port ? cluster_port : port);
 
 	/* The workers. */
 	int slots = FR_DIV_ROUND_UP(cfg.n_routed_experts, o->workers) + o->replicas;
@@ -404,12 +421,18 @@ static int up_exec(const struct up_opts *o)
 		if (fr_strv_push(&av, &n_av, "%s", wk_bin) < 0 ||
 		    fr_strv_push(&av, &n_av, "--config=%s", conf) < 0 ||
 		    fr_strv_push(&av, &n_av, "--model=%s", o->model) < 0 ||
-		    fr_strv_push(&av, &n_av, "--coordinator=%s", addr) < 0 ||
+		    fr_strv_push(&av, &n_av, "--coordinator=%s", wk_addr) < 0 ||
 		    fr_strv_push(&av, &n_av, "--name=w%d", w) < 0 ||
 		    fr_strv_push(&av, &n_av, "--slots=%d", FR_MIN(slots, cfg.n_routed_experts)) < 0 ||
 		    fr_strv_push(&av, &n_av, "--transport=%s", o->transport) < 0 ||
 		    fr_strv_push(&av, &n_av, "--secret-file=%s", secret) < 0 ||
 		    fr_strv_push(&av, &n_av, "--set=worker.threads=%d", wthreads) < 0 ||
+		    (o->tls.ca &&
+		     fr_strv_push(&av, &n_av, "--set=cluster.tls_ca=%s", o->tls.ca) < 0) ||
+		    (o->tls.cert &&
+		     fr_strv_push(&av, &n_av, "--set=cluster.tls_cert=%s", o->tls.cert) < 0) ||
+		    (o->tls.key &&
+		     fr_strv_push(&av, &n_av, "--set=cluster.tls_key=%s", o->tls.key) < 0) ||
 		    fr_strv_push(&av, &n_av, "%s", "") < 0)
 			goto oom;
 		free(av[n_av - 1]);
@@ -425,7 +448,7 @@ static int up_exec(const struct up_opts *o)
 	}
 
 	/* Wait for SERVING, watching for a process that dies. */
-	if (rpc_channel_create(addr, NULL, &ch, &err) < 0)
+	if (ctl_channel_create(addr, &o->tls, &ch, &err) < 0)
 		goto out;
 	uint64_t end = fr_now_ns() + (uint64_t)o->timeout_s * 1000000000ull;
 	while (!serving(ch, &n_ready)) {
@@ -521,6 +544,7 @@ const struct ctl_cmd ctl_cmd_up = { "up", "start a local cluster (coordinator + 
 
 struct load_opts {
 	const char *cluster;
+	struct ctl_tls tls;
 	const char *token_file;
 	bool json;
 	uint32_t layers[64];
@@ -540,6 +564,7 @@ static const char load_usage[] =
 	"                       default $FERRY_ADMIN_TOKEN_FILE; none: no token sent)\n"
 	"  -l, --layer L        only this MoE layer (repeatable; default all)\n"
 	"      --json           one JSON object instead of the table\n"
+	CTL_TLS_USAGE("  ")
 	"  -h, --help           this text\n";
 
 enum { LOAD_JSON = 256, LOAD_TOKEN };
@@ -549,6 +574,7 @@ static const struct option load_longopts[] = {
 	{ "layer", required_argument, NULL, 'l' },
 	{ "json", no_argument, NULL, LOAD_JSON },
 	{ "token-file", required_argument, NULL, LOAD_TOKEN },
+	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -572,6 +598,9 @@ static int load_parse(int argc, char **argv, struct load_opts *o, struct fr_erro
 			break;
 		case LOAD_JSON: o->json = true; break;
 		case LOAD_TOKEN: o->token_file = optarg; break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->tls, c, optarg);
+			break;
 		case 'h': return 1;
 		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
 		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
@@ -583,7 +612,7 @@ static int load_parse(int argc, char **argv, struct load_opts *o, struct fr_erro
 		return fr_error_set(err, -EINVAL, "--cluster ADDR is required");
 	if (!o->token_file)
 		o->token_file = getenv("FERRY_ADMIN_TOKEN_FILE");
-	return 0;
+	return ctl_tls_finish(&o->tls, err);
 }
 
 static void load_print(const Ferry__V1__GetLoadResponse *r, bool json)
@@ -649,12 +678,12 @@ static int load_main(int argc, char **argv)
 			fprintf(stderr, "ferryctl load: --token-file: %s\n", err.msg);
 			return CTL_EXIT_FAIL;
 		}
-		if ((rc = rpc_channel_create(o.cluster, NULL, &ch, &err)) == 0 &&
+		if ((rc = ctl_channel_create(o.cluster, &o.tls, &ch, &err)) == 0 &&
 		    (rc = rpc_channel_set_bearer(ch, tok, len)) < 0)
 			fr_error_set(&err, rc, "--token-file: the token cannot be sent as a header");
 		rpc_auth_secret_free(tok, len);
 	} else {
-		rc = rpc_channel_create(o.cluster, NULL, &ch, &err);
+		rc = ctl_channel_create(o.cluster, &o.tls, &ch, &err);
 	}
 	if (rc == 0)
 		rc = rpc_unary(ch, RPC_M_GET_LOAD, &req.base, &ferry__v1__get_load_response__descriptor,

@@ -9,6 +9,7 @@
 #include "coordinator/coordinator.h"
 #include "ctl/ctl.h"
 #ifdef FERRY_HAVE_GRPC
+#include "ctl/serve-internal.h"
 #include "rpc/inference.pb-c.h"
 #include "rpc/rpc.h"
 #endif
@@ -16,6 +17,7 @@
 struct run_opts {
 	const char *model;
 	const char *cluster;
+	struct ctl_tls tls;          /* --tls-*, with --cluster */
 	const char *tokens;
 	const char *dump_logits;
 	int max_new;
@@ -53,6 +55,8 @@ static const char run_usage[] =
 	"      --workers N          in-process expert workers (default 1; not with --cluster)\n"
 	"      --threads N          kernel threads (default: all CPUs; not with --cluster)\n"
 	"      --stats              print timing and throughput on stderr\n"
+	CTL_TLS_USAGE("      ")
+	"                           (--tls-* with --cluster only)\n"
 	"  -h, --help               this text\n";
 
 enum {
@@ -76,6 +80,7 @@ static const struct option run_longopts[] = {
 	{ "workers", required_argument, NULL, OPT_WORKERS },
 	{ "threads", required_argument, NULL, OPT_THREADS },
 	{ "stats", no_argument, NULL, OPT_STATS },
+	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -155,6 +160,9 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 		case OPT_STATS:
 			o->stats = true;
 			break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->tls, c, optarg);
+			break;
 		case 'h':
 			return 1;
 		case ':':
@@ -172,6 +180,11 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 				    "(the cluster's configuration decides)");
 	if (!o->tokens)
 		return fr_error_set(err, -EINVAL, "--tokens is required");
+	if (o->model && ctl_tls_given(&o->tls))
+		return fr_error_set(err, -EINVAL, "--tls-ca, --tls-cert and --tls-key apply to "
+				    "--cluster only");
+	if (o->cluster)
+		return ctl_tls_finish(&o->tls, err);
 	return 0;
 }
 
@@ -361,7 +374,7 @@ static int run_cluster(const struct run_opts *o)
 	req.mask_top = (uint32_t)o->knobs.mask_top;
 	req.no_shared_experts = o->knobs.no_shared;
 	req.ignore_eos = !o->stop_at_eos;
-	if ((rc = rpc_channel_create(o->cluster, NULL, &ch, &err)) < 0 ||
+	if ((rc = ctl_channel_create(o->cluster, &o->tls, &ch, &err)) < 0 ||
 	    (rc = rpc_stream_open(ch, RPC_M_GENERATE, &req.base,
 				  &ferry__v1__generate_response__descriptor, 0, &st, &err)) < 0)
 		goto out;

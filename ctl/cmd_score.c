@@ -281,6 +281,7 @@ static void sc_lines_free(struct sc_line *lines, size_t n)
 
 struct score_opts {
 	const char *cluster;
+	struct ctl_tls tls;           /* --tls-* */
 	const char *file;
 	struct sc_knobs kb;
 	bool tokens, add_bos, json, quiet;
@@ -308,6 +309,7 @@ static const char score_usage[] =
 	"      --timeout S          deadline per call in seconds (default none)\n"
 	"      --json               one JSON object: every line and the totals\n"
 	"  -q, --quiet              only the totals\n"
+	CTL_TLS_USAGE("      ")
 	"  -h, --help               this text\n"
 	"\n"
 	"Exit status: 0 when every line was scored, 1 on a server, connection or input error\n"
@@ -326,6 +328,7 @@ static const struct option score_longopts[] = {
 	{ "timeout", required_argument, NULL, S_TIMEOUT },
 	{ "json", no_argument, NULL, S_JSON },
 	{ "quiet", no_argument, NULL, 'q' },
+	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -376,6 +379,9 @@ static int score_parse(int argc, char **argv, struct score_opts *o, struct fr_er
 			break;
 		case S_JSON: o->json = true; break;
 		case 'q': o->quiet = true; break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->tls, c, optarg);
+			break;
 		case 'h': return 1;
 		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
 		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
@@ -391,7 +397,7 @@ static int score_parse(int argc, char **argv, struct score_opts *o, struct fr_er
 		return fr_error_set(err, -EINVAL, "--add-bos applies to text lines, not --tokens");
 	if (!o->cluster[0])
 		return fr_error_set(err, -EINVAL, "--cluster: empty address");
-	return 0;
+	return ctl_tls_finish(&o->tls, err);
 }
 
 /* Progress on stderr, rewritten in place; only where stderr is a terminal. */
@@ -485,7 +491,7 @@ static int score_exec(const struct score_opts *o)
 	if ((rc = ctl_sig_start(&err)) < 0)
 		goto out;
 	sig = true;
-	if ((rc = rpc_channel_create(o->cluster, NULL, &ch, &err)) < 0)
+	if ((rc = ctl_channel_create(o->cluster, &o->tls, &ch, &err)) < 0)
 		goto out;
 
 	struct sc_run r = { .ch = ch, .lines = lines, .n = n, .kb = o->kb, .add_bos = o->add_bos,
@@ -569,6 +575,7 @@ enum ev_shared { EV_SHARED_ON = 0, EV_SHARED_OFF, EV_SHARED_BOTH };
 
 struct eval_opts {
 	const char *cluster;
+	struct ctl_tls tls;           /* --tls-* */
 	const char *file;
 	int64_t mask[EV_MAX_VALUES], k[EV_MAX_VALUES];
 	size_t n_mask, n_k;
@@ -599,6 +606,7 @@ static const char eval_usage[] =
 	"  -j, --parallel N         calls in flight (default 4)\n"
 	"      --timeout S          deadline per call in seconds (default none)\n"
 	"      --json               one JSON object instead of the table\n"
+	CTL_TLS_USAGE("      ")
 	"  -h, --help               this text\n"
 	"\n"
 	"Exit status: 0 when every variant was scored, 1 on a server, connection or input\n"
@@ -617,6 +625,7 @@ static const struct option eval_longopts[] = {
 	{ "parallel", required_argument, NULL, 'j' },
 	{ "timeout", required_argument, NULL, E_TIMEOUT },
 	{ "json", no_argument, NULL, E_JSON },
+	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -667,6 +676,9 @@ static int eval_parse(int argc, char **argv, struct eval_opts *o, struct fr_erro
 				return -EINVAL;
 			break;
 		case E_JSON: o->json = true; break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->tls, c, optarg);
+			break;
 		case 'h': return 1;
 		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
 		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
@@ -682,7 +694,7 @@ static int eval_parse(int argc, char **argv, struct eval_opts *o, struct fr_erro
 		return fr_error_set(err, -EINVAL, "--add-bos applies to text lines, not --tokens");
 	if (!o->cluster[0])
 		return fr_error_set(err, -EINVAL, "--cluster: empty address");
-	return 0;
+	return ctl_tls_finish(&o->tls, err);
 }
 
 struct ev_row {
@@ -726,7 +738,7 @@ static int eval_exec(const struct eval_opts *o)
 	if ((rc = ctl_sig_start(&err)) < 0)
 		goto out;
 	sig = true;
-	if ((rc = rpc_channel_create(o->cluster, NULL, &ch, &err)) < 0)
+	if ((rc = ctl_channel_create(o->cluster, &o->tls, &ch, &err)) < 0)
 		goto out;
 	rc = ctl_model_info(ch, &mi, &err);
 	if (rc < 0 && rc != -ENOSYS)

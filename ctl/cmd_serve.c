@@ -20,6 +20,7 @@
 
 struct gen_opts {
 	const char *cluster;
+	struct ctl_tls tls;           /* --tls-* */
 	const char *prompt;          /* text, "-" = stdin; or NULL with tokens */
 	const char *tokens;
 	const char *request_id;
@@ -69,6 +70,7 @@ static const char gen_usage[] =
 	"      --ids                   print token ids even when the model has a tokenizer\n"
 	"      --json                  one JSON object per streamed message (JSON lines)\n"
 	"  -q, --quiet                 no summary on stderr\n"
+	CTL_TLS_USAGE("         ")
 	"  -h, --help                  this text\n"
 	"\n"
 	"Exit status: 0 when the generation finished, 1 on a server or connection error\n"
@@ -102,6 +104,7 @@ static const struct option gen_longopts[] = {
 	{ "ids", no_argument, NULL, G_IDS },
 	{ "json", no_argument, NULL, G_JSON },
 	{ "quiet", no_argument, NULL, 'q' },
+	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
@@ -201,6 +204,9 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o, struct fr_error 
 		case G_IDS: o->ids = true; break;
 		case G_JSON: o->json = true; break;
 		case 'q': o->quiet = true; break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->tls, c, optarg);
+			break;
 		case 'h': return 1;
 		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
 		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
@@ -229,7 +235,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o, struct fr_error 
 		return fr_error_set(err, -EINVAL, "--add-bos applies to a text PROMPT only");
 	if (!o->cluster[0])
 		return fr_error_set(err, -EINVAL, "--cluster: empty address");
-	return 0;
+	return ctl_tls_finish(&o->tls, err);
 }
 
 static const char *finish_name(Ferry__V1__FinishReason r)
@@ -339,7 +345,7 @@ static int gen_exec(const struct gen_opts *o)
 	if ((rc = ctl_sig_start(&err)) < 0)
 		goto out;
 	sig = true;
-	if ((rc = rpc_channel_create(o->cluster, NULL, &ch, &err)) < 0)
+	if ((rc = ctl_channel_create(o->cluster, &o->tls, &ch, &err)) < 0)
 		goto out;
 
 	/* Text out when the prompt is text, or when ids go to a model with a tokenizer (a

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "ctl/ctl.h"
 
@@ -57,4 +58,45 @@ int ctl_parsed(const char *cmd, const char *usage, int rc, const struct fr_error
 		return CTL_EXIT_USAGE;
 	}
 	return -1;
+}
+
+void ctl_tls_opt(struct ctl_tls *t, int c, const char *arg)
+{
+	if (c == CTL_OPT_TLS_CA)
+		t->ca = arg;
+	else if (c == CTL_OPT_TLS_CERT)
+		t->cert = arg;
+	else if (c == CTL_OPT_TLS_KEY)
+		t->key = arg;
+}
+
+bool ctl_tls_given(const struct ctl_tls *t)
+{
+	return t->ca || t->cert || t->key;
+}
+
+static const char *env_or(const char *v, const char *name)
+{
+	const char *e;
+
+	if (v)
+		return v;
+	e = getenv(name);
+	return e && *e ? e : NULL;
+}
+
+int ctl_tls_finish(struct ctl_tls *t, struct fr_error *err)
+{
+	bool cert_arg = t->cert != NULL, key_arg = t->key != NULL;
+
+	t->ca = env_or(t->ca, "FERRY_TLS_CA");
+	t->cert = env_or(t->cert, "FERRY_TLS_CERT");
+	t->key = env_or(t->key, "FERRY_TLS_KEY");
+	if (t->cert && !t->key)
+		return fr_error_set(err, -EINVAL, "--tls-cert%s: needs --tls-key (or $FERRY_TLS_KEY)",
+				    cert_arg ? "" : " ($FERRY_TLS_CERT)");
+	if (t->key && !t->cert)
+		return fr_error_set(err, -EINVAL, "--tls-key%s: needs --tls-cert (or $FERRY_TLS_CERT)",
+				    key_arg ? "" : " ($FERRY_TLS_KEY)");
+	return 0;
 }

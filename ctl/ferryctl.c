@@ -13,7 +13,9 @@ static void usage(FILE *f)
 	fprintf(f, "\n`ferryctl COMMAND --help` describes a command.\n"
 		   "Exit codes: 0 success, 1 failure (bad model, I/O, server error), 2 usage error.\n"
 		   "Environment: FERRY_LOG=info|debug|comp=level,... FERRY_ISA=scalar|avx2|avx512,\n"
-		   "FERRY_THREADS=N (kernel threads).\n");
+		   "FERRY_THREADS=N (kernel threads); FERRY_CLUSTER=ADDR and FERRY_TLS_CA,\n"
+		   "FERRY_TLS_CERT, FERRY_TLS_KEY=FILE for the commands that talk to a cluster\n"
+		   "(their --cluster and --tls-ca, --tls-cert, --tls-key).\n");
 }
 
 int main(int argc, char **argv)

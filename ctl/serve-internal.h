@@ -63,6 +63,13 @@ double ctl_quantile(double *v, size_t n, double q);
 
 struct rpc_channel;
 struct rpc_stream;
+struct ctl_tls;
+
+/* rpc_channel_create() to target, over TLS when t->ca or t->cert is set (see struct
+ * ctl_tls), plaintext otherwise. Returns rpc_channel_create()'s errors, with err naming a
+ * TLS file that cannot be used. */
+int ctl_channel_create(const char *target, const struct ctl_tls *t, struct rpc_channel **ret,
+		       struct fr_error *err);
 
 /*
  * Ctrl-C: ctl_sig_start() blocks SIGINT and SIGTERM in the calling thread (call it before

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ctl/ctl.h"
 #include "ctl/serve-internal.h"
 #include "rpc/inference.pb-c.h"
 #include "rpc/rpc.h"
@@ -367,4 +368,15 @@ int ctl_model_info(struct rpc_channel *ch, struct ctl_model_info *ret, struct fr
 	snprintf(ret->model_type, sizeof(ret->model_type), "%s", r->model_type ? r->model_type : "");
 	protobuf_c_message_free_unpacked(&r->base, NULL);
 	return 0;
+}
+
+int ctl_channel_create(const char *target, const struct ctl_tls *t, struct rpc_channel **ret,
+		       struct fr_error *err)
+{
+	struct rpc_creds c = { .kind = RPC_CREDS_INSECURE };
+
+	if (t && (t->ca || t->cert))
+		c = (struct rpc_creds){ .kind = RPC_CREDS_TLS, .ca_file = t->ca,
+					.cert_file = t->cert, .key_file = t->key };
+	return rpc_channel_create(target, &c, ret, err);
 }

@@ -52,22 +52,24 @@ int rpc_channel_create(const char *target, const struct rpc_creds *creds,
 	grpc_channel_args args = { .num_args = 1, .args = &arg };
 	grpc_channel_credentials *cc;
 	struct rpc_channel *ch;
+	int rc;
 
 	if (!target || !ret_channel)
 		return fr_error_set(err, -EINVAL, "rpc channel: no target");
-	cc = rpc__channel_creds(creds);
-	if (!cc)
-		return fr_error_set(err, -EINVAL, "rpc channel %s: unsupported credentials",
-				    target);
+	grpc_init();
+	if ((rc = rpc__channel_creds(creds, &cc, err)) < 0) {
+		grpc_shutdown();
+		return rc;
+	}
 	ch = calloc(1, sizeof(*ch));
 	if (ch)
 		ch->target = strdup(target);
 	if (!ch || !ch->target) {
 		free(ch);
 		grpc_channel_credentials_release(cc);
+		grpc_shutdown();
 		return fr_error_set(err, -ENOMEM, "rpc channel %s: out of memory", target);
 	}
-	grpc_init();
 	ch->ch = grpc_channel_create(target, cc, &args);
 	grpc_channel_credentials_release(cc);
 	if (!ch->ch) {

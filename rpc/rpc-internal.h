@@ -21,10 +21,13 @@ int rpc__pack(const ProtobufCMessage *msg, grpc_byte_buffer **ret_bb);
 int rpc__unpack(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
 		ProtobufCMessage **ret_msg);
 
-/* The one place credentials are made (TLS goes here). NULL when creds asks for something
- * not supported. The caller releases the result. */
-grpc_server_credentials *rpc__server_creds(const struct rpc_creds *creds);
-grpc_channel_credentials *rpc__channel_creds(const struct rpc_creds *creds);
+/* The one place credentials are made: insecure ones for NULL or RPC_CREDS_INSECURE, SSL
+ * ones from the PEM files of an RPC_CREDS_TLS (loaded and checked as rpc_creds_check()
+ * does, with its errors). The caller releases *ret_creds. Call after grpc_init(). */
+int rpc__server_creds(const struct rpc_creds *creds, grpc_server_credentials **ret_creds,
+		      struct fr_error *err);
+int rpc__channel_creds(const struct rpc_creds *creds, grpc_channel_credentials **ret_creds,
+		       struct fr_error *err);
 
 /* Deadline helpers on the monotonic clock. */
 gpr_timespec rpc__deadline_from_ms(int64_t timeout_ms);

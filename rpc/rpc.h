@@ -20,8 +20,10 @@
  * rpc_status_to_errno(); the message in struct fr_error carries the status name and the
  * peer's detail ("/ferry.v1.Inference/Generate: INVALID_ARGUMENT: empty prompt").
  *
- * Credentials: insecure only for now (loopback and trusted networks). struct rpc_creds is
- * the place TLS will go; pass NULL meanwhile.
+ * Credentials: NULL or RPC_CREDS_INSECURE (loopback and trusted networks), or RPC_CREDS_TLS
+ * with PEM files (struct rpc_creds): server-side TLS, optionally requiring client
+ * certificates (mTLS); client-side a CA to trust and optionally a client certificate.
+ * rpc_creds_check() loads and checks the files up front; the create calls do the same.
  */
 #ifndef FERRY_RPC_H
 #define FERRY_RPC_H
@@ -57,13 +59,41 @@
 
 enum rpc_creds_kind {
 	RPC_CREDS_INSECURE = 0,
-	/* RPC_CREDS_TLS: certificate, key and CA paths, later. */
+	RPC_CREDS_TLS,
 };
 
-/* Owned by the caller; only read during the create call. NULL means insecure. */
+/* Largest PEM file accepted (a certificate chain or CA bundle). */
+#define RPC_PEM_MAX_BYTES (1u << 20)
+
+/*
+ * Owned by the caller (the struct and the paths); only read during the create call. NULL
+ * means insecure. Paths of PEM files, NULL where not given:
+ *   server (rpc_server_create): cert_file and key_file required (the chain presented to
+ *     clients, leaf first, and its private key); ca_file optional: set, every client must
+ *     present a certificate that chains to it (mTLS), else the handshake fails.
+ *   client (rpc_channel_create): ca_file the roots that the server's certificate must chain
+ *     to (NULL: gRPC's default roots, $GRPC_DEFAULT_SSL_ROOTS_FILE_PATH or the system's);
+ *     cert_file and key_file, both or neither, the client certificate for mTLS.
+ * The server's name is checked against the target's host (a DNS or IP subjectAltName).
+ */
 struct rpc_creds {
 	enum rpc_creds_kind kind;
+	const char *cert_file;
+	const char *key_file;
+	const char *ca_file;
 };
+
+/*
+ * Loads and checks the files of creds for a server (server true) or a client, so that a
+ * daemon can refuse a bad configuration before it starts anything. NULL and insecure creds
+ * pass. Errors (err names the file and the creds' role, "TLS certificate: /etc/x.pem: ..."):
+ * -ENOENT, -EACCES and other open/read errors (missing, unreadable), -EFBIG (over
+ * RPC_PEM_MAX_BYTES), -EINVAL (unknown kind; not PEM: no certificate or no private key in
+ * it; the key does not match the certificate; a server without cert_file or key_file; a
+ * client with only one of them), -ENOMEM. A certificate that has expired or is not yet
+ * valid is not an error here (the peer refuses it); it is logged as a warning.
+ */
+int rpc_creds_check(const struct rpc_creds *creds, bool server, struct fr_error *err);
 
 /* ---- status mapping --------------------------------------------------------------------- */
 
@@ -101,9 +131,12 @@ typedef grpc_status_code (*rpc_handler_fn)(struct rpc_call *call, const Protobuf
 					   void *arg);
 
 /* Creates a server listening on addr ("127.0.0.1:0" picks a free port; see
- * rpc_server_port()). creds: NULL or insecure. Methods are added before rpc_server_start().
- * Returns 0, -EINVAL (bad argument, TLS asked for), -EADDRINUSE (cannot bind addr: in use,
- * or not an address of this host), -ENOMEM. *ret_server is set on success only. */
+ * rpc_server_port()). creds: NULL, insecure or TLS (see struct rpc_creds). The port is
+ * bound without SO_REUSEPORT, so a second server on a taken port fails here. Methods are
+ * added before rpc_server_start(). Returns 0, rpc_creds_check()'s errors, -EINVAL (no
+ * address), -EADDRINUSE (addr is in use: "ADDR: address in use"; also when the bind failed
+ * for a reason not found out, "ADDR: cannot bind"), -EADDRNOTAVAIL (not an address of this
+ * host), -ENOMEM. *ret_server is set on success only. */
 int rpc_server_create(const char *addr, const struct rpc_creds *creds,
 		      struct rpc_server **ret_server, struct fr_error *err);
 
@@ -168,7 +201,11 @@ struct rpc_channel;
 struct rpc_stream;
 
 /* Creates a channel to target ("127.0.0.1:5000", "dns:host:port"). Connection happens
- * lazily on the first call. creds: NULL or insecure. Returns 0, -EINVAL, -ENOMEM. */
+ * lazily on the first call, and so does the TLS handshake: a server that does not answer
+ * TLS, a certificate that does not chain to ca_file, has expired or does not name the
+ * target's host, or a refused client certificate, all fail the calls with -EAGAIN
+ * (UNAVAILABLE) and the handshake error in err. creds: NULL, insecure or TLS (see struct
+ * rpc_creds). Returns 0, rpc_creds_check()'s errors, -EINVAL (no target), -ENOMEM. */
 int rpc_channel_create(const char *target, const struct rpc_creds *creds,
 		       struct rpc_channel **ret_channel, struct fr_error *err);
 /* Sends "authorization: Bearer <token>" with every later call on the channel (the Admin

@@ -10,11 +10,14 @@
  * whoever sees the last of {close done, handler done, no send pending}.
  */
 #include <errno.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
@@ -511,27 +514,76 @@ static void *poller_main(void *p)
 
 /* ---- lifetime ---------------------------------------------------------------------------- */
 
+/* Why a bind of addr failed, as gRPC does not say: binds a socket of our own the way gRPC
+ * does (SO_REUSEADDR, no SO_REUSEPORT) to each address addr resolves to. Returns
+ * -EADDRINUSE, -EADDRNOTAVAIL, or 0 when it cannot tell (unix: paths, names that do not
+ * resolve, a bind that works now). */
+static int bind_probe(const char *addr)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *res, *ai;
+	char host[256];
+	const char *colon = strrchr(addr, ':'), *h = addr;
+	size_t hlen;
+	int found = 0, one = 1;
+
+	if (!colon || strncmp(addr, "unix:", 5) == 0 || strncmp(addr, "unix-abstract:", 14) == 0)
+		return 0;
+	hlen = (size_t)(colon - addr);
+	if (hlen >= 2 && addr[0] == '[' && addr[hlen - 1] == ']') {
+		h++;
+		hlen -= 2;
+	}
+	if (hlen >= sizeof(host))
+		return 0;
+	memcpy(host, h, hlen);
+	host[hlen] = '\0';
+	if (getaddrinfo(hlen ? host : NULL, colon + 1, &hints, &res) != 0)
+		return 0;
+	for (ai = res; ai && !found; ai = ai->ai_next) {
+		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+		if (fd < 0)
+			continue;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 &&
+		    (errno == EADDRINUSE || errno == EADDRNOTAVAIL))
+			found = -errno;
+		close(fd);
+	}
+	freeaddrinfo(res);
+	return found;
+}
+
 int rpc_server_create(const char *addr, const struct rpc_creds *creds,
 		      struct rpc_server **ret_server, struct fr_error *err)
 {
-	grpc_arg arg = { .type = GRPC_ARG_INTEGER,
-			 .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
-			 .value.integer = (int)RPC_MAX_MESSAGE_BYTES };
-	grpc_channel_args args = { .num_args = 1, .args = &arg };
+	/* gRPC sets SO_REUSEPORT by default: two servers would then share a port silently,
+	 * each getting some of the connections. */
+	grpc_arg argv[] = {
+		{ .type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+		  .value.integer = (int)RPC_MAX_MESSAGE_BYTES },
+		{ .type = GRPC_ARG_INTEGER, .key = (char *)GRPC_ARG_ALLOW_REUSEPORT,
+		  .value.integer = 0 },
+	};
+	grpc_channel_args args = { .num_args = FR_ARRAY_SIZE(argv), .args = argv };
 	grpc_server_credentials *sc;
 	struct rpc_server *srv;
+	int rc;
 
 	if (!addr || !ret_server)
 		return fr_error_set(err, -EINVAL, "rpc server: no address");
-	sc = rpc__server_creds(creds);
-	if (!sc)
-		return fr_error_set(err, -EINVAL, "rpc server %s: unsupported credentials", addr);
+	grpc_init();
+	if ((rc = rpc__server_creds(creds, &sc, err)) < 0) {
+		grpc_shutdown();
+		return rc;
+	}
 	srv = calloc(1, sizeof(*srv));
 	if (!srv) {
 		grpc_server_credentials_release(sc);
+		grpc_shutdown();
 		return fr_error_set(err, -ENOMEM, "rpc server %s: out of memory", addr);
 	}
-	grpc_init();
 	pthread_mutex_init(&srv->mu, NULL);
 	pthread_cond_init(&srv->cv, NULL);
 	srv->shutdown_tag = (struct rpc_tag){ RPC_TAG_SHUTDOWN, NULL };
@@ -542,8 +594,13 @@ int rpc_server_create(const char *addr, const struct rpc_creds *creds,
 	srv->port = grpc_server_add_http2_port(srv->server, addr, sc);
 	grpc_server_credentials_release(sc);
 	if (srv->port <= 0) {
-		rpc_server_destroy(srv);
-		return fr_error_set(err, -EADDRINUSE, "rpc server: cannot bind %s", addr);
+		rpc_server_destroy(srv); /* pairs the grpc_init() above */
+		rc = bind_probe(addr);
+		if (rc == -EADDRNOTAVAIL)
+			return fr_error_set(err, rc, "%s: not an address of this host", addr);
+		if (rc == -EADDRINUSE)
+			return fr_error_set(err, rc, "%s: address in use", addr);
+		return fr_error_set(err, -EADDRINUSE, "%s: cannot bind", addr);
 	}
 	*ret_server = srv;
 	return 0;

@@ -5,9 +5,16 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include <string.h>
+
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/slice.h>
 #include <grpc/support/time.h>
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "rpc/rpc-internal.h"
 
@@ -109,18 +116,216 @@ int rpc__unpack(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
 	return 0;
 }
 
-grpc_server_credentials *rpc__server_creds(const struct rpc_creds *creds)
+/* ---- credentials ------------------------------------------------------------------------- */
+
+/* The PEM texts of a struct rpc_creds, NUL-terminated (what gRPC wants); NULL where unset. */
+struct rpc_pem {
+	char *cert, *key, *ca;
+	size_t key_len;
+};
+
+static void pem_free(struct rpc_pem *p)
 {
-	if (!creds || creds->kind == RPC_CREDS_INSECURE)
-		return grpc_insecure_server_credentials_create();
-	return NULL;
+	free(p->cert);
+	free(p->ca);
+	if (p->key)
+		OPENSSL_cleanse(p->key, p->key_len);
+	free(p->key);
+	*p = (struct rpc_pem){ 0 };
 }
 
-grpc_channel_credentials *rpc__channel_creds(const struct rpc_creds *creds)
+/* Never asks for a passphrase (OpenSSL's default callback would prompt on the tty). */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
 {
+	(void)buf, (void)size, (void)rwflag, (void)u;
+	return 0;
+}
+
+static void warn_validity(const char *what, const char *path, X509 *x)
+{
+	if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0)
+		fr_warn(RPC_LOG, "%s: %s: the certificate has expired: peers will refuse it",
+			what, path);
+	else if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0)
+		fr_warn(RPC_LOG, "%s: %s: the certificate is not valid yet: peers will refuse it",
+			what, path);
+}
+
+/* Reads path and checks that it holds at least one PEM certificate; *ret_leaf (when
+ * non-NULL) gets the first one. */
+static int pem_load_certs(const char *what, const char *path, char **ret_pem, X509 **ret_leaf,
+			  struct fr_error *err)
+{
+	char *buf;
+	size_t len;
+	X509 *x, *leaf = NULL;
+	BIO *bio;
+	int rc, n = 0;
+
+	if ((rc = fr_read_file(path, RPC_PEM_MAX_BYTES, &buf, &len, err)) < 0)
+		return fr_error_prefix(err, rc, "%s", what);
+	if (!(bio = BIO_new_mem_buf(buf, (int)len))) {
+		free(buf);
+		return fr_error_set(err, -ENOMEM, "%s: %s: out of memory", what, path);
+	}
+	while ((x = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL))) {
+		if (n++ == 0)
+			leaf = x;
+		else
+			X509_free(x);
+	}
+	BIO_free(bio);
+	ERR_clear_error(); /* the end of the file reads as an error */
+	if (n == 0) {
+		free(buf);
+		return fr_error_set(err, -EINVAL, "%s: %s: not a PEM certificate file (no "
+				    "\"-----BEGIN CERTIFICATE-----\" block that parses)", what, path);
+	}
+	if (ret_leaf)
+		*ret_leaf = leaf;
+	else
+		X509_free(leaf);
+	*ret_pem = buf;
+	return 0;
+}
+
+static int pem_load_key(const char *what, const char *path, char **ret_pem, size_t *ret_len,
+			EVP_PKEY **ret_key, struct fr_error *err)
+{
+	char *buf;
+	size_t len;
+	EVP_PKEY *k;
+	BIO *bio;
+	int rc;
+
+	if ((rc = fr_read_file(path, RPC_PEM_MAX_BYTES, &buf, &len, err)) < 0)
+		return fr_error_prefix(err, rc, "%s", what);
+	if (!(bio = BIO_new_mem_buf(buf, (int)len))) {
+		OPENSSL_cleanse(buf, len);
+		free(buf);
+		return fr_error_set(err, -ENOMEM, "%s: %s: out of memory", what, path);
+	}
+	k = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
+	BIO_free(bio);
+	ERR_clear_error();
+	if (!k) {
+		OPENSSL_cleanse(buf, len);
+		free(buf);
+		return fr_error_set(err, -EINVAL, "%s: %s: not a PEM private key file (no "
+				    "\"-----BEGIN ... PRIVATE KEY-----\" block that parses; "
+				    "passphrase-protected keys are not supported)", what, path);
+	}
+	*ret_key = k;
+	*ret_pem = buf;
+	*ret_len = len;
+	return 0;
+}
+
+/* Loads and checks every file of c into *ret (pem_free() it). */
+static int creds_load(const struct rpc_creds *c, bool server, struct rpc_pem *ret,
+		      struct fr_error *err)
+{
+	const char *cert_what = server ? "TLS certificate" : "TLS client certificate";
+	const char *key_what = server ? "TLS key" : "TLS client key";
+	const char *ca_what = server ? "TLS client CA" : "TLS CA";
+	struct rpc_pem p = { 0 };
+	X509 *leaf = NULL;
+	EVP_PKEY *key = NULL;
+	int rc;
+
+	if (c->kind != RPC_CREDS_TLS)
+		return fr_error_set(err, -EINVAL, "unknown credentials kind %d", (int)c->kind);
+	if (server && (!c->cert_file || !c->key_file))
+		return fr_error_set(err, -EINVAL, "TLS server: %s", !c->cert_file ?
+				    "no certificate file" : "no key file");
+	if (!server && !c->cert_file != !c->key_file)
+		return fr_error_set(err, -EINVAL, "TLS client: a %s without a %s", c->cert_file ?
+				    "certificate" : "key", c->cert_file ? "key" : "certificate");
+	if (c->cert_file) {
+		if ((rc = pem_load_certs(cert_what, c->cert_file, &p.cert, &leaf, err)) < 0 ||
+		    (rc = pem_load_key(key_what, c->key_file, &p.key, &p.key_len, &key, err)) < 0)
+			goto fail;
+		if (X509_check_private_key(leaf, key) != 1) {
+			ERR_clear_error();
+			rc = fr_error_set(err, -EINVAL, "%s: %s: does not match the certificate in "
+					  "%s", key_what, c->key_file, c->cert_file);
+			goto fail;
+		}
+		warn_validity(cert_what, c->cert_file, leaf);
+	}
+	if (c->ca_file && (rc = pem_load_certs(ca_what, c->ca_file, &p.ca, NULL, err)) < 0)
+		goto fail;
+	X509_free(leaf);
+	EVP_PKEY_free(key);
+	*ret = p;
+	return 0;
+fail:
+	X509_free(leaf);
+	EVP_PKEY_free(key);
+	pem_free(&p);
+	return rc;
+}
+
+int rpc_creds_check(const struct rpc_creds *creds, bool server, struct fr_error *err)
+{
+	struct rpc_pem p;
+	int rc;
+
 	if (!creds || creds->kind == RPC_CREDS_INSECURE)
-		return grpc_insecure_credentials_create();
-	return NULL;
+		return 0;
+	if ((rc = creds_load(creds, server, &p, err)) < 0)
+		return rc;
+	pem_free(&p);
+	return 0;
+}
+
+int rpc__server_creds(const struct rpc_creds *creds, grpc_server_credentials **ret_creds,
+		      struct fr_error *err)
+{
+	grpc_server_credentials *sc;
+	struct rpc_pem p;
+	int rc;
+
+	if (!creds || creds->kind == RPC_CREDS_INSECURE) {
+		sc = grpc_insecure_server_credentials_create();
+	} else {
+		if ((rc = creds_load(creds, true, &p, err)) < 0)
+			return rc;
+		grpc_ssl_pem_key_cert_pair pair = { .private_key = p.key, .cert_chain = p.cert };
+		/* gRPC copies the PEM texts. */
+		sc = grpc_ssl_server_credentials_create_ex(
+			p.ca, &pair, 1,
+			p.ca ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY :
+			       GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+			NULL);
+		pem_free(&p);
+	}
+	if (!sc)
+		return fr_error_set(err, -ENOMEM, "cannot create the server credentials");
+	*ret_creds = sc;
+	return 0;
+}
+
+int rpc__channel_creds(const struct rpc_creds *creds, grpc_channel_credentials **ret_creds,
+		       struct fr_error *err)
+{
+	grpc_channel_credentials *cc;
+	struct rpc_pem p;
+	int rc;
+
+	if (!creds || creds->kind == RPC_CREDS_INSECURE) {
+		cc = grpc_insecure_credentials_create();
+	} else {
+		if ((rc = creds_load(creds, false, &p, err)) < 0)
+			return rc;
+		grpc_ssl_pem_key_cert_pair pair = { .private_key = p.key, .cert_chain = p.cert };
+		cc = grpc_ssl_credentials_create(p.ca, p.cert ? &pair : NULL, NULL, NULL);
+		pem_free(&p);
+	}
+	if (!cc)
+		return fr_error_set(err, -ENOMEM, "cannot create the channel credentials");
+	*ret_creds = cc;
+	return 0;
 }
 
 gpr_timespec rpc__deadline_from_ms(int64_t timeout_ms)

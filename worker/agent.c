@@ -139,7 +139,8 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 		fr_error_set(err, rc, "cannot create %d slots", a->o.slots);
 		goto fail;
 	}
-	if ((rc = rpc_channel_create(a->coordinator, NULL, &a->ch, err)) < 0)
+	a->o.creds = NULL; /* borrowed: only read here */
+	if ((rc = rpc_channel_create(a->coordinator, o->creds, &a->ch, err)) < 0)
 		goto fail;
 	*ret = a;
 	return 0;
@@ -190,7 +191,7 @@ static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_err
 	uint8_t blob[TP_ADDR_MAX];
 	size_t blob_len;
 	uint64_t t_end = fr_now_ns() + (uint64_t)a->o.join_timeout_ms * 1000000ull;
-	int rc;
+	int rc, warned = 0;
 
 	if ((rc = tp_ep_address(a->ep, blob, sizeof(blob), &blob_len)) < 0)
 		return fr_error_set(err, rc, "endpoint address: %s", strerror(-rc));
@@ -223,6 +224,10 @@ static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_err
 		/* -EAGAIN: unreachable or not ready yet; anything else is an answer. */
 		if (rc != -EAGAIN && rc != -ETIMEDOUT)
 			break;
+		/* Said once: a TLS mismatch otherwise goes unnoticed until the timeout. */
+		if (!warned++)
+			fr_warn(LOG_COMP, "join: coordinator %s: %s; retrying for up to %d ms",
+				a->coordinator, err->msg, a->o.join_timeout_ms);
 		if (a->stop || fr_now_ns() > t_end) {
 			char last[sizeof(err->msg)];
 			snprintf(last, sizeof(last), "%s", err->msg);

@@ -13,11 +13,14 @@
 #include <stdint.h>
 
 #include "common/common.h"
+#include "rpc/rpc.h"
 #include "transport/transport.h"
 
 struct wk_agent_opts {
 	const char *name;              /* worker name (unique in the cluster) */
 	const char *coordinator;       /* gRPC address of the coordinator */
+	const struct rpc_creds *creds; /* to the coordinator (NULL: plaintext); only read by
+	                                * wk_agent_create() */
 	const char *model_path;        /* this worker's checkpoint copy */
 	const uint8_t *secret;         /* cluster secret (signs the Join; derives the session key) */
 	size_t secret_len;

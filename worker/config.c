@@ -45,6 +45,17 @@ const struct conf_key wk_config_keys[] = {
 		 "to the coordinator. Required." },
 	{ "cluster", "insecure", CONF_BOOL, OFF(cluster.insecure), .def = "false",
 	  .doc = "Removed: true is refused. Internal calls are always authenticated." },
+	{ "cluster", "tls_ca", CONF_STR, OFF(cluster.tls_ca),
+	  .doc = "PEM CA certificate(s) that the coordinator's certificate must chain to (for "
+		 "a publicly signed one, the system bundle /etc/ssl/certs/ca-certificates.crt). "
+		 "Set, or tls_cert set: the worker talks TLS to [worker] coordinator, whose "
+		 "host must be named by the certificate. Unset with tls_cert unset: plaintext." },
+	{ "cluster", "tls_cert", CONF_STR, OFF(cluster.tls_cert),
+	  .doc = "PEM client certificate this worker presents, for a coordinator that requires "
+		 "one ([cluster] tls_client_ca, or [server] tls_client_ca when Internal shares "
+		 "its listener). Needs tls_key." },
+	{ "cluster", "tls_key", CONF_STR, OFF(cluster.tls_key),
+	  .doc = "PEM private key of tls_cert (unencrypted; keep it mode 0600)." },
 
 	{ "transport", "backend", CONF_ENUM, OFF(transport.backend), .enum_names = backend_names,
 	  .def = "shm",
@@ -105,6 +116,12 @@ int wk_config_validate(const struct wk_config *cfg, struct fr_error *err)
 	}
 	if ((rc = conf_check_hostport(cfg->worker.coordinator, err)) < 0)
 		return fr_error_prefix(err, rc, "[worker] coordinator");
+	if (cfg->cluster.tls_cert && !cfg->cluster.tls_key)
+		return fr_error_set(err, -EINVAL, "[cluster] tls_cert: set without [cluster] "
+				    "tls_key (the certificate's private key)");
+	if (cfg->cluster.tls_key && !cfg->cluster.tls_cert)
+		return fr_error_set(err, -EINVAL, "[cluster] tls_key: set without [cluster] "
+				    "tls_cert");
 	if (!cfg->transport.bind_addr)
 		return fr_error_set(err, -EINVAL, "[transport] bind_addr: not set");
 	if (mtu != 0 && (mtu < 256 || (mtu & (mtu - 1)) != 0))

@@ -38,6 +38,10 @@ struct wk_config {
 	struct {
 		char *secret_file;           /* the cluster secret; required */
 		bool insecure;               /* removed: true is refused at load */
+		char *tls_ca;                /* PEM CA the coordinator's certificate must chain to;
+		                              * set (or tls_cert): TLS to the coordinator */
+		char *tls_cert;              /* PEM client certificate (mTLS); with tls_key */
+		char *tls_key;               /* its PEM private key */
 	} cluster;
 	struct {
 		enum tp_backend backend;     /* shm | tcp | verbs (default shm) */
@@ -70,7 +74,8 @@ int wk_config_load(const char *path, char *const *overrides, int n_overrides,
 
 /* Cross-key checks: model.path set; cluster.secret_file set, cluster.insecure not;
  * worker.name 1..64 bytes of letters, digits, '.', '_' and '-'; worker.coordinator
- * host:port; transport.bind_addr set; transport.mtu 0 or a power of two in [256, 4096].
+ * host:port; cluster.tls_cert and cluster.tls_key both set or neither; transport.bind_addr
+ * set; transport.mtu 0 or a power of two in [256, 4096].
  * Returns 0 or -EINVAL naming the key. */
 int wk_config_validate(const struct wk_config *cfg, struct fr_error *err);
 

@@ -127,9 +127,20 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	struct rpc_creds creds = { .kind = RPC_CREDS_INSECURE };
+	if (cfg.cluster.tls_ca || cfg.cluster.tls_cert)
+		creds = (struct rpc_creds){ .kind = RPC_CREDS_TLS, .ca_file = cfg.cluster.tls_ca,
+					    .cert_file = cfg.cluster.tls_cert,
+					    .key_file = cfg.cluster.tls_key };
+	if (rpc_creds_check(&creds, false, &err) < 0) {
+		fprintf(stderr, "ferry-worker: [cluster] tls_*: %s\n", err.msg);
+		goto out;
+	}
+
 	struct wk_agent_opts o = {
 		.name = cfg.worker.name,
 		.coordinator = cfg.worker.coordinator,
+		.creds = &creds,
 		.model_path = cfg.model.path,
 		.secret = secret,
 		.secret_len = secret_len,

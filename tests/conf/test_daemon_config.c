@@ -277,6 +277,42 @@ static void test_co_load(const char *dir)
 		t_expect_err("co bind_addr", co_config_load(good, o8, 1, &c, &err), -EINVAL, &err,
 			     "[transport] bind_addr: not set", NULL);
 	}
+	/* TLS: cert and key together, a client CA only with them, [cluster] tls_* only with
+	 * [cluster] listen (the files themselves are checked at start: rpc_tls). */
+	{
+		char *o1[] = { "server.tls_cert=/c.pem", "server.tls_key=/k.pem",
+			       "server.tls_client_ca=/ca.pem", "cluster.listen=0.0.0.0:7401",
+			       "cluster.tls_cert=/c2.pem", "cluster.tls_key=/k2.pem",
+			       "cluster.tls_client_ca=/ca2.pem" };
+		CHECK(co_config_load(good, o1, 7, &c, &err) == 0);
+		CHECK(!strcmp(c.server.tls_client_ca, "/ca.pem") &&
+		      !strcmp(c.cluster.listen, "0.0.0.0:7401") &&
+		      !strcmp(c.cluster.tls_key, "/k2.pem"));
+		co_config_free(&c);
+		char *o2[] = { "server.tls_cert=/c.pem" };
+		t_expect_err("co tls cert without key", co_config_load(good, o2, 1, &c, &err),
+			     -EINVAL, &err, "[server] tls_cert: set without [server] tls_key", NULL);
+		char *o3[] = { "server.tls_key=/k.pem" };
+		t_expect_err("co tls key without cert", co_config_load(good, o3, 1, &c, &err),
+			     -EINVAL, &err, "[server] tls_key: set without [server] tls_cert", NULL);
+		char *o4[] = { "server.tls_client_ca=/ca.pem" };
+		t_expect_err("co tls client ca alone", co_config_load(good, o4, 1, &c, &err),
+			     -EINVAL, &err, "[server] tls_client_ca: set without [server] tls_cert",
+			     NULL);
+		char *o5[] = { "cluster.tls_cert=/c.pem", "cluster.tls_key=/k.pem" };
+		t_expect_err("co cluster tls without listen", co_config_load(good, o5, 2, &c, &err),
+			     -EINVAL, &err, "[cluster] tls_cert: set without [cluster] listen", NULL);
+		char *o6[] = { "cluster.listen=0.0.0.0:7401", "cluster.tls_key=/k.pem" };
+		t_expect_err("co cluster tls key without cert", co_config_load(good, o6, 2, &c, &err),
+			     -EINVAL, &err, "[cluster] tls_key: set without [cluster] tls_cert", NULL);
+		char *o7[] = { "cluster.listen=7401" };
+		t_expect_err("co cluster listen", co_config_load(good, o7, 1, &c, &err), -EINVAL,
+			     &err, "[cluster] listen: ", NULL);
+		char *o8[] = { "server.listen=127.0.0.1:7400", "cluster.listen=127.0.0.1:7400" };
+		t_expect_err("co cluster listen = server listen", co_config_load(good, o8, 2, &c, &err),
+			     -EINVAL, &err, "[cluster] listen: 127.0.0.1:7400 is [server] listen too",
+			     NULL);
+	}
 	/* [transport] device: one name on any backend, a list only with verbs */
 	{
 		char **v;
@@ -391,6 +427,17 @@ static void test_wk_load(const char *dir)
 		char *o9[] = { "worker.memory_limit=1.5G" };
 		t_expect_err("wk size", wk_config_load(good, o9, 1, &c, &err), -EINVAL, &err,
 			     "[worker] memory_limit: \"1.5G\" is not a size", NULL);
+		char *o10[] = { "cluster.tls_ca=/ca.pem", "cluster.tls_cert=/c.pem",
+				"cluster.tls_key=/k.pem" };
+		CHECK(wk_config_load(good, o10, 3, &c, &err) == 0 &&
+		      !strcmp(c.cluster.tls_ca, "/ca.pem") && !strcmp(c.cluster.tls_key, "/k.pem"));
+		wk_config_free(&c);
+		char *o11[] = { "cluster.tls_ca=/ca.pem", "cluster.tls_cert=/c.pem" };
+		t_expect_err("wk tls cert without key", wk_config_load(good, o11, 2, &c, &err),
+			     -EINVAL, &err, "[cluster] tls_cert: set without [cluster] tls_key", NULL);
+		char *o12[] = { "cluster.tls_key=/k.pem" };
+		t_expect_err("wk tls key without cert", wk_config_load(good, o12, 1, &c, &err),
+			     -EINVAL, &err, "[cluster] tls_key: set without [cluster] tls_cert", NULL);
 	}
 	/* dump -> load gives the same config */
 	{

@@ -44,6 +44,10 @@ if "$ferryctl" --help | grep -q '^  up '; then
   expect 2 "--cluster ADDR is required" load
   expect 2 "--layer: 'x'" load --cluster 127.0.0.1:1 --layer x
   expect 1 "UNAVAILABLE" load --cluster 127.0.0.1:1
+  expect 2 "--tls-cert: needs --tls-key" load --cluster 127.0.0.1:1 --tls-cert "$tmp/c.pem"
+  FERRY_TLS_KEY=/k expect 2 "--tls-key (\$FERRY_TLS_KEY): needs --tls-cert" generate --tokens 1
+  expect 2 "apply to --cluster only" run --model "$golden" --tokens 1 --tls-ca "$tmp/ca.pem"
+  expect 1 "TLS CA: $tmp/nope.pem: No such file" load --cluster 127.0.0.1:1 --tls-ca "$tmp/nope.pem"
   expect 1 "UNAVAILABLE" run --cluster 127.0.0.1:1 --tokens "1 2"
 fi
 # A checkpoint missing a tensor fails at start-up, naming it.

@@ -3,6 +3,8 @@
  * test_rpc.c - the rpc library end to end on loopback: a server on 127.0.0.1 with an
  * ephemeral port serving Inference.Health (unary) and Inference.Generate (streaming).
  *   test_rpc --case health|stream|cancel|deadline|malformed|concurrent|shutdown
+ *   test_rpc --case reuseport        a second server on a taken port: -EADDRINUSE
+ *   test_rpc --case tls --certs DIR  TLS and mTLS over the PKI of tests/tls/gen-certs.sh
  * Under ASan/LSan the process exit proves that every call state was freed.
  */
 #include <errno.h>
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -382,6 +385,200 @@ static int case_shutdown(struct rpc_channel *ch, struct rpc_server **srv)
 	return 0;
 }
 
+/* Without SO_REUSEPORT a second server on the same port fails at creation, naming it. */
+static int case_reuseport(void)
+{
+	struct fr_error err = { { 0 } };
+	struct rpc_server *a, *b = NULL;
+	char addr[64];
+	int rc;
+
+	CHECK(rpc_server_create("127.0.0.1:0", NULL, &a, &err) == 0);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", rpc_server_port(a));
+	rc = rpc_server_create(addr, NULL, &b, &err);
+	printf("second server on %s: %d %s\n", addr, rc, err.msg);
+	CHECK(rc == -EADDRINUSE && b == NULL);
+	CHECK(strstr(err.msg, addr) && strstr(err.msg, "address in use"));
+	/* The first one is unharmed: it still starts and serves. */
+	CHECK(rpc_server_add_method(a, RPC_M_HEALTH, RPC_METHOD_UNARY,
+				    &ferry__v1__health_request__descriptor, on_health, NULL,
+				    &err) == 0);
+	CHECK(rpc_server_start(a, &err) == 0);
+	struct rpc_channel *ch;
+	CHECK(rpc_channel_create(addr, NULL, &ch, &err) == 0);
+	CHECK(health(ch, 5000, &err) == 0);
+	rpc_channel_destroy(ch);
+	rpc_server_destroy(a);
+	/* An address that is not this host's (TEST-NET-1). */
+	rc = rpc_server_create("192.0.2.1:0", NULL, &b, &err);
+	printf("server on 192.0.2.1:0: %d %s\n", rc, err.msg);
+	CHECK(rc == -EADDRNOTAVAIL && strstr(err.msg, "not an address of this host"));
+	return 0;
+}
+
+/* ---- TLS --------------------------------------------------------------------------------- */
+
+static const char *g_certs;
+
+static const char *cert(const char *name)
+{
+	static char bufs[8][512];
+	static int next;
+	char *b = bufs[next++ % 8];
+	snprintf(b, sizeof(bufs[0]), "%s/%s", g_certs, name);
+	return b;
+}
+
+static struct rpc_creds tls(const char *cert_name, const char *key_name, const char *ca_name)
+{
+	return (struct rpc_creds){ .kind = RPC_CREDS_TLS,
+				   .cert_file = cert_name ? cert(cert_name) : NULL,
+				   .key_file = key_name ? cert(key_name) : NULL,
+				   .ca_file = ca_name ? cert(ca_name) : NULL };
+}
+
+/* rc and err of creds_check(c, server) must be want and mention needle. */
+static void expect_check(const char *what, struct rpc_creds c, bool server, int want,
+			 const char *needle)
+{
+	struct fr_error err = { { 0 } };
+	int rc = rpc_creds_check(&c, server, &err);
+	printf("%-36s %d %s\n", what, rc, err.msg);
+	if (rc != want || (needle && !strstr(err.msg, needle))) {
+		fprintf(stderr, "FAIL %s: rc %d (want %d), msg \"%s\" (want \"%s\")\n", what, rc,
+			want, err.msg, needle ? needle : "");
+		exit(1);
+	}
+}
+
+static struct rpc_server *tls_server(struct rpc_creds c, int *ret_port)
+{
+	struct fr_error err = { { 0 } };
+	struct rpc_server *srv;
+
+	if (rpc_server_create("127.0.0.1:0", &c, &srv, &err) < 0) {
+		fprintf(stderr, "tls server: %s\n", err.msg);
+		exit(1);
+	}
+	CHECK(rpc_server_add_method(srv, RPC_M_HEALTH, RPC_METHOD_UNARY,
+				    &ferry__v1__health_request__descriptor, on_health, NULL,
+				    &err) == 0);
+	CHECK(rpc_server_start(srv, &err) == 0);
+	*ret_port = rpc_server_port(srv);
+	return srv;
+}
+
+/* One Health call from a fresh channel with creds c (NULL: insecure) to host:port. */
+static int tls_call(const char *what, const char *host, int port, const struct rpc_creds *c)
+{
+	struct fr_error err = { { 0 } };
+	struct rpc_channel *ch;
+	char target[128];
+	int rc;
+
+	snprintf(target, sizeof(target), "%s:%d", host, port);
+	CHECK(rpc_channel_create(target, c, &ch, &err) == 0);
+	rc = health(ch, 5000, &err);
+	printf("%-36s %d %s\n", what, rc, rc ? err.msg : "ok");
+	rpc_channel_destroy(ch);
+	return rc;
+}
+
+static int case_tls(void)
+{
+	struct rpc_creds insecure = { .kind = RPC_CREDS_INSECURE }, c;
+	struct rpc_server *srv;
+	struct fr_error err = { { 0 } };
+	int port, rc;
+
+	if (!g_certs) {
+		fprintf(stderr, "case tls needs --certs DIR (tests/tls/gen-certs.sh)\n");
+		return 2;
+	}
+
+	/* Files are checked up front, with errors that name them. */
+	expect_check("check: server ok", tls("server.pem", "server.key", NULL), true, 0, NULL);
+	expect_check("check: mtls server ok", tls("server.pem", "server.key", "ca.pem"), true, 0,
+		     NULL);
+	expect_check("check: client ok", tls(NULL, NULL, "ca.pem"), false, 0, NULL);
+	expect_check("check: missing cert", tls("nope.pem", "server.key", NULL), true, -ENOENT,
+		     "nope.pem: No such file");
+	expect_check("check: missing ca", tls(NULL, NULL, "nope-ca.pem"), false, -ENOENT,
+		     "TLS CA: ");
+	expect_check("check: cert not PEM", tls("not-pem.pem", "server.key", NULL), true, -EINVAL,
+		     "not-pem.pem: not a PEM certificate");
+	expect_check("check: key not PEM", tls("server.pem", "server.pem", NULL), true, -EINVAL,
+		     "not a PEM private key");
+	expect_check("check: ca not PEM", tls("server.pem", "server.key", "not-pem.pem"), true,
+		     -EINVAL, "TLS client CA: ");
+	expect_check("check: key mismatch", tls("server.pem", "client.key", NULL), true, -EINVAL,
+		     "does not match the certificate");
+	expect_check("check: server without key", tls("server.pem", NULL, NULL), true, -EINVAL,
+		     "no key file");
+	expect_check("check: server without cert", tls(NULL, NULL, "ca.pem"), true, -EINVAL,
+		     "no certificate file");
+	expect_check("check: client cert without key", tls("client.pem", NULL, "ca.pem"), false,
+		     -EINVAL, "without a key");
+	expect_check("check: a directory", tls(NULL, NULL, "."), false, -EINVAL,
+		     "not a regular file");
+	if (geteuid() != 0) {
+		char path[512];
+		snprintf(path, sizeof(path), "%s", cert("unreadable.pem"));
+		FILE *f = fopen(path, "w");
+		CHECK(f && fclose(f) == 0 && chmod(path, 0) == 0);
+		expect_check("check: unreadable", tls(NULL, NULL, "unreadable.pem"), false, -EACCES,
+			     "Permission denied");
+	}
+	/* ... and by the create calls themselves. */
+	c = tls("nope.pem", "server.key", NULL);
+	rc = rpc_server_create("127.0.0.1:0", &c, &srv, &err);
+	CHECK(rc == -ENOENT && strstr(err.msg, "nope.pem"));
+	struct rpc_channel *ch;
+	c = tls(NULL, NULL, "not-pem.pem");
+	rc = rpc_channel_create("127.0.0.1:1", &c, &ch, &err);
+	CHECK(rc == -EINVAL && strstr(err.msg, "not-pem.pem"));
+
+	/* TLS, no client certificates asked for. */
+	srv = tls_server(tls("server.pem", "server.key", NULL), &port);
+	c = tls(NULL, NULL, "ca.pem");
+	CHECK(tls_call("tls: trusted CA", "127.0.0.1", port, &c) == 0);
+	CHECK(tls_call("tls: trusted CA, localhost", "localhost", port, &c) == 0);
+	c = tls("client.pem", "client.key", "ca.pem");
+	CHECK(tls_call("tls: unrequested client cert", "127.0.0.1", port, &c) == 0);
+	CHECK(tls_call("tls: plaintext client", "127.0.0.1", port, &insecure) == -EAGAIN);
+	c = tls(NULL, NULL, "other-ca.pem");
+	CHECK(tls_call("tls: other CA", "127.0.0.1", port, &c) == -EAGAIN);
+	rpc_server_destroy(srv);
+
+	/* A TLS client against a plaintext server. */
+	srv = tls_server(insecure, &port);
+	c = tls(NULL, NULL, "ca.pem");
+	CHECK(tls_call("tls client, plaintext server", "127.0.0.1", port, &c) == -EAGAIN);
+	rpc_server_destroy(srv);
+
+	/* An expired server certificate is refused by the client. */
+	srv = tls_server(tls("server-expired.pem", "server-expired.key", NULL), &port);
+	c = tls(NULL, NULL, "ca.pem");
+	CHECK(tls_call("tls: expired server cert", "127.0.0.1", port, &c) == -EAGAIN);
+	rpc_server_destroy(srv);
+
+	/* mTLS: a client certificate from ca.pem is required. */
+	srv = tls_server(tls("server.pem", "server.key", "ca.pem"), &port);
+	c = tls("client.pem", "client.key", "ca.pem");
+	CHECK(tls_call("mtls: client cert", "127.0.0.1", port, &c) == 0);
+	c = tls(NULL, NULL, "ca.pem");
+	CHECK(tls_call("mtls: no client cert", "127.0.0.1", port, &c) < 0);
+	c = tls("client-expired.pem", "client-expired.key", "ca.pem");
+	CHECK(tls_call("mtls: expired client cert", "127.0.0.1", port, &c) < 0);
+	c = tls("other-client.pem", "other-client.key", "ca.pem");
+	CHECK(tls_call("mtls: client cert of another CA", "127.0.0.1", port, &c) < 0);
+	CHECK(tls_call("mtls: plaintext client", "127.0.0.1", port, &insecure) < 0);
+	c = tls("client.pem", "client.key", "ca.pem");
+	CHECK(tls_call("mtls: client cert again", "127.0.0.1", port, &c) == 0);
+	rpc_server_destroy(srv);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *which = NULL;
@@ -391,9 +588,12 @@ int main(int argc, char **argv)
 	struct fr_error err = { { 0 } };
 	int rc;
 
-	for (int i = 1; i + 1 < argc; i++)
+	for (int i = 1; i + 1 < argc; i++) {
 		if (strcmp(argv[i], "--case") == 0)
 			which = argv[i + 1];
+		if (strcmp(argv[i], "--certs") == 0)
+			g_certs = argv[i + 1];
+	}
 	if (!which) {
 		fprintf(stderr, "usage: test_rpc --case NAME\n");
 		return 2;
@@ -401,6 +601,11 @@ int main(int argc, char **argv)
 	g_seed = getenv("FERRY_SEED") ? strtoull(getenv("FERRY_SEED"), NULL, 0)
 				      : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
 	printf("case %s seed 0x%llx\n", which, (unsigned long long)g_seed);
+	if (strcmp(which, "reuseport") == 0 || strcmp(which, "tls") == 0) {
+		rc = which[0] == 'r' ? case_reuseport() : case_tls();
+		printf("%s\n", rc == 0 ? "ok" : "FAILED");
+		return rc;
+	}
 
 	srv = server_up(target, sizeof(target));
 	CHECK(rpc_channel_create(target, NULL, &ch, &err) == 0);
