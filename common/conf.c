@@ -350,8 +350,8 @@ static int check_hostport(const char *addr, int64_t lo, int64_t hi, struct fr_er
 		return fr_error_set(err, -EINVAL, "%s: an IPv6 host needs brackets, as in "
 				    "[::1]:7400", quote(addr, q, sizeof(q)));
 	if (host_len >= sizeof(host))
-		return fr_error_set(err, -EINVAL, "%s: the host is longer than 253 bytes",
-				    quote(addr, q, sizeof(q)));
+		return fr_error_set(err, -EINVAL, "%s: the host is too long (a host name has "
+				    "at most 253 bytes)", quote(addr, q, sizeof(q)));
 	memcpy(host, addr, host_len);
 	host[host_len] = '\0';
 	if (looks_numeric(host, host_len)) {

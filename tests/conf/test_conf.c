@@ -559,6 +559,10 @@ static void test_hostport(void)
 		     "is not a host name", NULL);
 	snprintf(label + 253, sizeof(label) - 253, ":80");
 	CHECK(conf_check_hostport(label, &err) == 0);
+	memset(label, 'a', 280);
+	snprintf(label + 280, sizeof(label) - 280, ":80");
+	t_expect_err("host 280", conf_check_hostport(label, &err), -EINVAL, &err,
+		     "the host is too long (a host name has at most 253 bytes)", NULL);
 	/* gRPC's Unix socket path must fit sockaddr_un */
 	memset(unix_long, 'p', sizeof(unix_long));
 	memcpy(unix_long, "unix:/", 6);
