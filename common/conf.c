@@ -12,13 +12,18 @@
  */
 #include "common/conf.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 union conf_val {
 	char *s;
@@ -216,6 +221,183 @@ static int check_string(const struct conf_key *k, const char *s, struct fr_error
 	return 0;
 }
 
+/* ---- addresses ----------------------------------------------------------------------- */
+
+/* The types whose field is a char * (conf_free() frees them). */
+static bool is_string(enum conf_type t)
+{
+	return t == CONF_STR || t == CONF_IPV4 || t == CONF_HOSTPORT;
+}
+
+/* The port range of a CONF_HOSTPORT key. */
+static void port_range(const struct conf_key *k, int64_t *lo, int64_t *hi)
+{
+	*lo = 1;
+	*hi = 65535;
+	if (k->min || k->max) {
+		*lo = FR_MAX(k->min, 0);
+		*hi = FR_MIN(k->max, 65535);
+	}
+}
+
+/* A DNS name as RFC 1123 writes it: labels of 1..63 letters, digits and '-' (not at either
+ * end; '_' too, which container runtimes put in names), at most 253 bytes, one optional
+ * final '.'. */
+static bool is_hostname(const char *h, size_t len)
+{
+	size_t label = 0;
+
+	if (len && h[len - 1] == '.')
+		len--;
+	if (len == 0 || len > 253)
+		return false;
+	for (size_t i = 0; i <= len; i++) {
+		char c = i < len ? h[i] : '.';
+		if (c == '.') {
+			if (label == 0 || label > 63 || h[i - 1] == '-')
+				return false;
+			label = 0;
+		} else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+			   c == '_' || (c == '-' && label > 0)) {
+			label++;
+		} else {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* True when the last label of h[len] is all digits: no DNS name ends so (top-level domains
+ * are not numeric), so h is meant as an IPv4 address. */
+static bool looks_numeric(const char *h, size_t len)
+{
+	size_t e = len;
+
+	if (e && h[e - 1] == '.')
+		e--;
+	if (e == 0)
+		return false;
+	for (size_t i = e; i-- > 0 && h[i] != '.';) {
+		if (h[i] < '0' || h[i] > '9')
+			return false;
+	}
+	return true;
+}
+
+/* The literal of "[literal]" as getaddrinfo() reads a numeric IPv6 address (a zone such as
+ * %eth0 included), without any lookup. */
+static bool is_ipv6(const char *s)
+{
+	struct addrinfo hints = { .ai_family = AF_INET6, .ai_flags = AI_NUMERICHOST };
+	struct addrinfo *res = NULL;
+
+	if (getaddrinfo(s, NULL, &hints, &res) != 0)
+		return false;
+	freeaddrinfo(res);
+	return true;
+}
+
+static int check_hostport(const char *addr, int64_t lo, int64_t hi, struct fr_error *err)
+{
+	char q[96], hq[96], host[256];
+	const char *colon;
+	size_t host_len;
+	uint64_t port;
+	const char *end;
+
+	if (!addr || !*addr)
+		return fr_error_set(err, -EINVAL, "not set (expected host:port)");
+	if (strncmp(addr, "unix:", 5) == 0) {
+		size_t max = sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1;
+		if (!addr[5])
+			return fr_error_set(err, -EINVAL, "\"unix:\" without a path");
+		if (strlen(addr + 5) > max)
+			return fr_error_set(err, -EINVAL, "%s: the socket path is longer than %zu bytes",
+					    quote(addr, q, sizeof(q)), max);
+		return 0;
+	}
+	if (addr[0] == '[') {
+		/* the port follows the closing bracket, whatever colons the literal holds */
+		const char *close = strchr(addr, ']');
+		if (!close || close[1] != ':' || close - addr < 2 ||
+		    (size_t)(close - addr) > sizeof(host))
+			return fr_error_set(err, -EINVAL, "%s is not [IPv6]:port",
+					    quote(addr, q, sizeof(q)));
+		colon = close + 1;
+	} else {
+		colon = strrchr(addr, ':');
+	}
+	if (!colon)
+		return fr_error_set(err, -EINVAL, "%s is not host:port (no port)",
+				    quote(addr, q, sizeof(q)));
+	if (colon == addr)
+		return fr_error_set(err, -EINVAL, "%s is not host:port (no host)",
+				    quote(addr, q, sizeof(q)));
+	if (parse_digits(colon + 1, &port, &end) < 0 || *end || port < (uint64_t)lo ||
+	    port > (uint64_t)hi)
+		return fr_error_set(err, -EINVAL, "%s: the port must be a number in [%lld, %lld]",
+				    quote(addr, q, sizeof(q)), (long long)lo, (long long)hi);
+	host_len = (size_t)(colon - addr);
+	if (addr[0] == '[') {
+		memcpy(host, addr + 1, host_len - 2);
+		host[host_len - 2] = '\0';
+		if (!is_ipv6(host))
+			return fr_error_set(err, -EINVAL, "%s: %s is not an IPv6 address",
+					    quote(addr, q, sizeof(q)), esc(host, false, hq, sizeof(hq)));
+		return 0;
+	}
+	if (memchr(addr, ':', host_len))
+		return fr_error_set(err, -EINVAL, "%s: an IPv6 host needs brackets, as in "
+				    "[::1]:7400", quote(addr, q, sizeof(q)));
+	if (host_len >= sizeof(host))
+		return fr_error_set(err, -EINVAL, "%s: the host is too long (a host name has "
+				    "at most 253 bytes)", quote(addr, q, sizeof(q)));
+	memcpy(host, addr, host_len);
+	host[host_len] = '\0';
+	if (looks_numeric(host, host_len)) {
+		struct in_addr a;
+		if (inet_pton(AF_INET, host, &a) != 1)
+			return fr_error_set(err, -EINVAL, "%s: host %s is not an IPv4 address",
+					    quote(addr, q, sizeof(q)), esc(host, false, hq, sizeof(hq)));
+		return 0;
+	}
+	if (!is_hostname(host, host_len))
+		return fr_error_set(err, -EINVAL, "%s: host %s is not a host name or an IP address",
+				    quote(addr, q, sizeof(q)), esc(host, false, hq, sizeof(hq)));
+	return 0;
+}
+
+int conf_check_hostport(const char *addr, struct fr_error *err)
+{
+	return check_hostport(addr, 1, 65535, err);
+}
+
+int conf_check_listen(const char *addr, struct fr_error *err)
+{
+	return check_hostport(addr, 0, 65535, err);
+}
+
+int conf_check_ipv4(const char *addr, struct fr_error *err)
+{
+	struct in_addr a;
+	char q[96];
+
+	if (!addr || !*addr)
+		return fr_error_set(err, -EINVAL, "not set (expected an IPv4 address)");
+	if (inet_pton(AF_INET, addr, &a) == 1) {
+		if (a.s_addr == htonl(INADDR_ANY))
+			return fr_error_set(err, -EINVAL, "%s is not an address peers can connect "
+					    "to: name this host's address on the network they use",
+					    quote(addr, q, sizeof(q)));
+		return 0;
+	}
+	if (is_ipv6(addr))
+		return fr_error_set(err, -EINVAL, "%s is an IPv6 address; this key takes an IPv4 "
+				    "address", quote(addr, q, sizeof(q)));
+	return fr_error_set(err, -EINVAL, "%s is not an IPv4 address (four numbers, as in "
+			    "10.0.0.5; host names are not resolved)", quote(addr, q, sizeof(q)));
+}
+
 /* Parses text as the value of k into *ret (a string is strdup'ed). Errors name the value
  * and the problem, not the key: the caller prefixes where it is. */
 static int parse_value(const struct conf_key *k, const char *text, union conf_val *ret,
@@ -224,12 +406,20 @@ static int parse_value(const struct conf_key *k, const char *text, union conf_va
 	char q[96], lo_s[32], hi_s[32];
 	int rc;
 
-	if (k->type != CONF_STR && !*text)
+	if (!is_string(k->type) && !*text)
 		return fr_error_set(err, -EINVAL, "empty value");
 	switch (k->type) {
-	case CONF_STR: {
+	case CONF_STR:
+	case CONF_IPV4:
+	case CONF_HOSTPORT: {
 		char *s = NULL;
+		int64_t lo, hi;
 		if ((rc = check_string(k, text, err)) < 0)
+			return rc;
+		port_range(k, &lo, &hi);
+		if (*text && k->type == CONF_IPV4 && (rc = conf_check_ipv4(text, err)) < 0)
+			return rc;
+		if (*text && k->type == CONF_HOSTPORT && (rc = check_hostport(text, lo, hi, err)) < 0)
 			return rc;
 		if (*text && !(s = strdup(text)))
 			return fr_error_set(err, -ENOMEM, "out of memory");
@@ -334,6 +524,8 @@ static void store(const struct conf_key *k, void *dst, const union conf_val *v)
 
 	switch (k->type) {
 	case CONF_STR:
+	case CONF_IPV4:
+	case CONF_HOSTPORT:
 		free(*(char **)(void *)field);
 		*(char **)(void *)field = v->s;
 		break;
@@ -361,7 +553,9 @@ static const char *format_value(const struct conf_key *k, const void *src, char 
 	const char *field = (const char *)src + k->offset;
 
 	switch (k->type) {
-	case CONF_STR: {
+	case CONF_STR:
+	case CONF_IPV4:
+	case CONF_HOSTPORT: {
 		const char *s = *(char *const *)(const void *)field;
 		return s ? s : "";
 	}
@@ -406,44 +600,6 @@ int conf_find(const struct conf_key *keys, size_t n, const char *section, const 
 			return (int)i;
 	}
 	return -1;
-}
-
-static int check_hostport(const char *addr, int64_t min_port, struct fr_error *err)
-{
-	const char *colon;
-	char q[96];
-	int64_t port;
-
-	if (!addr || !*addr)
-		return fr_error_set(err, -EINVAL, "not set (expected host:port)");
-	if (strncmp(addr, "unix:", 5) == 0)
-		return addr[5] ? 0 : fr_error_set(err, -EINVAL, "\"unix:\" without a path");
-	colon = strrchr(addr, ':');
-	if (!colon || colon == addr)
-		return fr_error_set(err, -EINVAL, "%s is not host:port", quote(addr, q, sizeof(q)));
-	if (fr_parse_i64(colon + 1, min_port, 65535, &port) < 0 || colon[1] < '0' || colon[1] > '9')
-		return fr_error_set(err, -EINVAL, "%s: the port must be a number in [%lld, 65535]",
-				    quote(addr, q, sizeof(q)), (long long)min_port);
-	if (addr[0] == '[' ? colon[-1] != ']' || colon - addr < 3
-			   : memchr(addr, ':', (size_t)(colon - addr)) != NULL)
-		return fr_error_set(err, -EINVAL, "%s: an IPv6 host needs brackets, as in "
-				    "[::1]:7400", quote(addr, q, sizeof(q)));
-	for (const char *p = addr; p < colon; p++) {
-		if (*p == ' ' || *p == '\t' || *p == '/')
-			return fr_error_set(err, -EINVAL, "%s is not host:port",
-					    quote(addr, q, sizeof(q)));
-	}
-	return 0;
-}
-
-int conf_check_hostport(const char *addr, struct fr_error *err)
-{
-	return check_hostport(addr, 1, err);
-}
-
-int conf_check_listen(const char *addr, struct fr_error *err)
-{
-	return check_hostport(addr, 0, err);
 }
 
 static bool section_known(const struct conf_key *keys, size_t n, const char *section)
@@ -493,7 +649,7 @@ static void free_staged(const struct conf_key *keys, size_t n, union conf_val *v
 			const int *set)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (set[i] && keys[i].type == CONF_STR)
+		if (set[i] && is_string(keys[i].type))
 			free(vals[i].s);
 	}
 }
@@ -518,7 +674,7 @@ int conf_defaults(const struct conf_key *keys, size_t n, void *dst, struct fr_er
 	}
 	for (size_t i = 0; i < n; i++) {
 		/* a previous string is not ours to free here (see conf.h) */
-		if (keys[i].type == CONF_STR)
+		if (is_string(keys[i].type))
 			*(char **)(void *)((char *)dst + keys[i].offset) = NULL;
 		store(&keys[i], dst, &vals[i]);
 	}
@@ -531,7 +687,7 @@ out:
 void conf_free(const struct conf_key *keys, size_t n, void *dst)
 {
 	for (size_t i = 0; i < n; i++) {
-		if (keys[i].type == CONF_STR) {
+		if (is_string(keys[i].type)) {
 			char **s = (char **)(void *)((char *)dst + keys[i].offset);
 			free(*s);
 			*s = NULL;
@@ -863,6 +1019,17 @@ static void write_type(FILE *f, const struct conf_key *k)
 	switch (k->type) {
 	case CONF_STR:
 		return;
+	case CONF_IPV4:
+		snprintf(line, sizeof(line), "Numeric IPv4 address, not 0.0.0.0 (host names are not "
+			 "resolved).");
+		break;
+	case CONF_HOSTPORT: {
+		int64_t lo, hi;
+		port_range(k, &lo, &hi);
+		snprintf(line, sizeof(line), "host:port (a host name, an IPv4 address or [IPv6]; "
+			 "port in [%lld, %lld]) or unix:/path.", (long long)lo, (long long)hi);
+		break;
+	}
 	case CONF_INT:
 	case CONF_U64:
 		if (bounded)

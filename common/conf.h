@@ -22,8 +22,16 @@
  *   CONF_SIZE         uint64_t   bytes: "4096", or a number with K, M, G or T (powers of
  *                                1024; "64M", "2G", also "64MiB", "2GB")
  *   CONF_DURATION_MS  uint64_t   milliseconds: "500ms", "5s", "2m", "1h", a plain number is ms
+ *   CONF_IPV4         char *     a numeric IPv4 address a peer can connect to ("10.0.0.5"):
+ *                                dotted quad (inet_pton), not 0.0.0.0, never a host name
+ *   CONF_HOSTPORT     char *     "host:port" (host a DNS name, a dotted-quad IPv4 address or
+ *                                "[IPv6]", as in "[::1]:7400") or gRPC's "unix:/path"
  * Numeric values are checked against [min, max] (for CONF_SIZE in bytes, for
- * CONF_DURATION_MS in milliseconds); min == max == 0 means the C type's whole range.
+ * CONF_DURATION_MS in milliseconds); min == max == 0 means the C type's whole range. For
+ * CONF_HOSTPORT [min, max] is the range of the port, within [0, 65535]; 0, 0 means
+ * [1, 65535] (min 0 suits a listen address, where port 0 lets the kernel pick one).
+ * An empty value unsets any of the three string types (the daemons' checks then say "not
+ * set" where a key is required).
  *
  * Loading is all or nothing: on any error dst is left exactly as it was.
  */
@@ -54,6 +62,8 @@ enum conf_type {
 	CONF_ENUM,
 	CONF_SIZE,
 	CONF_DURATION_MS,
+	CONF_IPV4,
+	CONF_HOSTPORT,
 };
 
 struct conf_key {
@@ -118,17 +128,22 @@ int conf_load(const struct conf_key *keys, size_t n, const char *path, const cha
  * as-is and sets nothing. */
 void conf_write_doc(const struct conf_key *keys, size_t n, FILE *f);
 
-/* Frees every CONF_STR string of dst and sets it to NULL. Accepts a dst never loaded. */
+/* Frees every string (CONF_STR and the address types) of dst and sets it to NULL. Accepts
+ * a dst never loaded. */
 void conf_free(const struct conf_key *keys, size_t n, void *dst);
 
 /* Index of (section, key) in keys, or -1. */
 int conf_find(const struct conf_key *keys, size_t n, const char *section, const char *key);
 
-/* Checks an address of the form "host:port" (host a name, an IPv4 address or "[IPv6]";
- * port 1..65535) or "unix:/path" (gRPC's Unix socket form). Returns 0 or -EINVAL with err
- * saying what is wrong (the caller names the key). */
+/* Checks an address of the form "host:port" (host a DNS name, a dotted-quad IPv4 address or
+ * "[IPv6]"; port 1..65535) or "unix:/path" (gRPC's Unix socket form): CONF_HOSTPORT's check,
+ * for an address that did not come through a config file. Returns 0 or -EINVAL with err
+ * saying what is wrong and quoting addr (the caller names the key); NULL is "not set". */
 int conf_check_hostport(const char *addr, struct fr_error *err);
 /* The same for a listen address, where port 0 (the kernel picks one) is allowed too. */
 int conf_check_listen(const char *addr, struct fr_error *err);
+/* CONF_IPV4's check: a dotted-quad IPv4 address other than 0.0.0.0. Returns 0 or -EINVAL
+ * as conf_check_hostport() does. */
+int conf_check_ipv4(const char *addr, struct fr_error *err);
 
 #endif /* FERRY_COMMON_CONF_H */

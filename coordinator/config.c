@@ -26,9 +26,9 @@ const struct conf_key co_config_keys[] = {
 	{ "model", "path", CONF_STR, OFF(model.path),
 	  .doc = "Checkpoint directory (config.json, *.safetensors, tokenizer). Required." },
 
-	{ "server", "listen", CONF_STR, OFF(server.listen), .def = "127.0.0.1:7400",
-	  .doc = "gRPC address for clients, ferryctl and workers: host:port, [IPv6]:port or "
-		 "unix:/path. Use 0.0.0.0:7400 to accept workers from other hosts." },
+	{ "server", "listen", CONF_HOSTPORT, OFF(server.listen), 0, 65535, .def = "127.0.0.1:7400",
+	  .doc = "gRPC address for clients, ferryctl and workers. Use 0.0.0.0:7400 to accept "
+		 "workers from other hosts; port 0 lets the kernel pick one (printed at start)." },
 	{ "server", "admin_token_file", CONF_STR, OFF(server.admin_token_file),
 	  .doc = "File holding the bearer token that Admin calls (ferryctl) must present; mode "
 		 "0600 or stricter. Unset: no token is checked, so anyone who can reach listen "
@@ -126,7 +126,7 @@ const struct conf_key co_config_keys[] = {
 	{ "transport", "backend", CONF_ENUM, OFF(transport.backend), .enum_names = backend_names,
 	  .def = "shm",
 	  .doc = "Data plane to the workers: shm (same host), tcp, or verbs (RDMA)." },
-	{ "transport", "bind_addr", CONF_STR, OFF(transport.bind_addr), .def = "127.0.0.1",
+	{ "transport", "bind_addr", CONF_IPV4, OFF(transport.bind_addr), .def = "127.0.0.1",
 	  .doc = "Local address the data plane listens on and connects from (tcp and verbs); "
 		 "an address the workers can reach." },
 	{ "transport", "device", CONF_STR, OFF(transport.device),
@@ -276,6 +276,8 @@ int co_config_validate(const struct co_config *cfg, struct fr_error *err)
 				    cfg->cluster.tls_cert ? "tls_cert" : "tls_client_ca");
 	if (!cfg->transport.bind_addr)
 		return fr_error_set(err, -EINVAL, "[transport] bind_addr: not set");
+	if ((rc = conf_check_ipv4(cfg->transport.bind_addr, err)) < 0)
+		return fr_error_prefix(err, rc, "[transport] bind_addr");
 	if (mtu != 0 && (mtu < 256 || (mtu & (mtu - 1)) != 0))
 		return fr_error_set(err, -EINVAL, "[transport] mtu: %d is not 0, 256, 512, 1024, "
 				    "2048 or 4096", mtu);

@@ -67,7 +67,7 @@ struct co_config {
 	} engine;
 	struct {
 		enum tp_backend backend;     /* shm | tcp | verbs (default shm) */
-		char *bind_addr;             /* bootstrap listen address (default 127.0.0.1) */
+		char *bind_addr;             /* bootstrap listen IPv4 address (default 127.0.0.1) */
 		char *device;                /* verbs device ("mlx5_0") or comma-separated list of
 		                              * them (one context each); NULL: auto */
 		int port;                    /* verbs port; 0: first active */

@@ -768,6 +768,9 @@ static grpc_status_code on_get_load(struct rpc_call *call, const ProtobufCMessag
 	pthread_mutex_unlock(&s->engine_mu);
 	pthread_mutex_lock(&s->mu);
 	resp.epoch = s->epoch;
+	/* names are written once, at join, and the array lives as long as the server */
+	for (int i = 0; i < n_layers * n_w; i++)
+		lw[i].worker_name = s->workers[lw[i].worker_index].name;
 	pthread_mutex_unlock(&s->mu);
 	resp.n_loads = (size_t)n_layers * n_w;
 	resp.loads = lwp;

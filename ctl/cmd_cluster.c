@@ -555,9 +555,10 @@ static const char load_usage[] =
 	"Usage: ferryctl load --cluster ADDR [--layer L]... [--json]\n"
 	"\n"
 	"Shows the expert load a coordinator measured over its sliding window: per MoE layer\n"
-	"and worker the token-expert pairs routed there, their share, the compute time the\n"
-	"worker reported (device-level load), and each layer's balancedness (mean / max of\n"
-	"the per-worker load; 1 is perfect) by tokens and by time.\n"
+	"and worker (its name, and its index in join order) the token-expert pairs routed\n"
+	"there, their share, the compute time the worker reported (device-level load), and\n"
+	"each layer's balancedness (mean / max of the per-worker load; 1 is perfect) by\n"
+	"tokens and by time.\n"
 	"\n"
 	"  -c, --cluster ADDR   coordinator's gRPC address\n"
 	"      --token-file F   admin bearer token (the coordinator's [server] admin_token_file;\n"
@@ -615,8 +616,37 @@ static int load_parse(int argc, char **argv, struct load_opts *o, struct fr_erro
 	return ctl_tls_finish(&o->tls, err);
 }
 
+/* A worker's name as the coordinator gave it; "w<index>" from one that gives none. */
+static const char *load_worker_name(const Ferry__V1__LayerWorkerLoad *w, char *buf, size_t cap)
+{
+	if (w->worker_name && *w->worker_name)
+		return w->worker_name;
+	snprintf(buf, cap, "w%u", w->worker_index);
+	return buf;
+}
+
+/* s as a JSON string body: '"', '\\' and control bytes escaped (names are checked by the
+ * worker, but this prints what the wire says). */
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			printf("\\%c", c);
+		else if (c < 0x20)
+			printf("\\u%04x", c);
+		else
+			putchar(c);
+	}
+	putchar('"');
+}
+
 static void load_print(const Ferry__V1__GetLoadResponse *r, bool json)
 {
+	char nb[32];
+	int width = 6;
+
 	if (json) {
 		printf("{\"epoch\": %llu, \"layers\": [", (unsigned long long)r->epoch);
 		for (size_t i = 0; i < r->n_layers; i++) {
@@ -629,10 +659,11 @@ static void load_print(const Ferry__V1__GetLoadResponse *r, bool json)
 				const Ferry__V1__LayerWorkerLoad *w = r->loads[j];
 				if (w->layer != b->layer)
 					continue;
-				printf("%s{\"worker\": %u, \"slots\": %u, \"tokens\": %llu, \"fraction\": "
-				       "%.6f, \"busy_ns\": %llu}", first ? "" : ", ", w->worker_index,
-				       w->slots, (unsigned long long)w->tokens, w->fraction,
-				       (unsigned long long)w->busy_ns);
+				printf("%s{\"worker\": %u, \"name\": ", first ? "" : ", ", w->worker_index);
+				json_str(load_worker_name(w, nb, sizeof(nb)));
+				printf(", \"slots\": %u, \"tokens\": %llu, \"fraction\": %.6f, "
+				       "\"busy_ns\": %llu}", w->slots, (unsigned long long)w->tokens,
+				       w->fraction, (unsigned long long)w->busy_ns);
 				first = 0;
 			}
 			printf("]}");
@@ -640,17 +671,20 @@ static void load_print(const Ferry__V1__GetLoadResponse *r, bool json)
 		printf("]}\n");
 		return;
 	}
+	for (size_t j = 0; j < r->n_loads; j++)
+		width = FR_MAX(width, (int)strlen(load_worker_name(r->loads[j], nb, sizeof(nb))));
 	printf("slot map epoch %llu\n", (unsigned long long)r->epoch);
-	printf("%-6s %-7s %6s %10s %7s %10s\n", "layer", "worker", "slots", "tokens", "share",
-	       "busy_ms");
+	printf("%-6s %-*s %6s %6s %10s %7s %10s\n", "layer", width, "worker", "index", "slots",
+	       "tokens", "share", "busy_ms");
 	for (size_t i = 0; i < r->n_layers; i++) {
 		const Ferry__V1__LayerBalance *b = r->layers[i];
 		for (size_t j = 0; j < r->n_loads; j++) {
 			const Ferry__V1__LayerWorkerLoad *w = r->loads[j];
 			if (w->layer != b->layer)
 				continue;
-			printf("%-6u w%-6u %6u %10llu %6.1f%% %10.2f\n", w->layer, w->worker_index,
-			       w->slots, (unsigned long long)w->tokens, 100.0 * w->fraction,
+			printf("%-6u %-*s %6u %6u %10llu %6.1f%% %10.2f\n", w->layer, width,
+			       load_worker_name(w, nb, sizeof(nb)), w->worker_index, w->slots,
+			       (unsigned long long)w->tokens, 100.0 * w->fraction,
 			       (double)w->busy_ns / 1e6);
 		}
 		printf("%-6u balancedness %.3f by tokens, %.3f by time\n", b->layer, b->balancedness,

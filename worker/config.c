@@ -24,9 +24,8 @@ const struct conf_key wk_config_keys[] = {
 	{ "worker", "name", CONF_STR, OFF(worker.name),
 	  .doc = "Stable name of this worker in logs, metrics and ferryctl (at most 64 "
 		 "letters, digits, '.', '_' or '-'). Unset: the host name." },
-	{ "worker", "coordinator", CONF_STR, OFF(worker.coordinator), .def = "127.0.0.1:7400",
-	  .doc = "The coordinator's gRPC address (its [server] listen): host:port, "
-		 "[IPv6]:port or unix:/path." },
+	{ "worker", "coordinator", CONF_HOSTPORT, OFF(worker.coordinator), .def = "127.0.0.1:7400",
+	  .doc = "The coordinator's gRPC address (its [server] listen)." },
 	{ "worker", "slots", CONF_INT, OFF(worker.slots), 0, 65536, .def = "0",
 	  .doc = "Expert slots per MoE layer this worker offers. 0: as many as fit in "
 		 "memory_limit." },
@@ -60,7 +59,7 @@ const struct conf_key wk_config_keys[] = {
 	{ "transport", "backend", CONF_ENUM, OFF(transport.backend), .enum_names = backend_names,
 	  .def = "shm",
 	  .doc = "Data plane to the coordinator: shm (same host), tcp, or verbs (RDMA)." },
-	{ "transport", "bind_addr", CONF_STR, OFF(transport.bind_addr), .def = "127.0.0.1",
+	{ "transport", "bind_addr", CONF_IPV4, OFF(transport.bind_addr), .def = "127.0.0.1",
 	  .doc = "Local address the data plane listens on (tcp and verbs); an address the "
 		 "coordinator can reach." },
 	{ "transport", "device", CONF_STR, OFF(transport.device),
@@ -124,6 +123,8 @@ int wk_config_validate(const struct wk_config *cfg, struct fr_error *err)
 				    "tls_cert");
 	if (!cfg->transport.bind_addr)
 		return fr_error_set(err, -EINVAL, "[transport] bind_addr: not set");
+	if ((rc = conf_check_ipv4(cfg->transport.bind_addr, err)) < 0)
+		return fr_error_prefix(err, rc, "[transport] bind_addr");
 	if (mtu != 0 && (mtu < 256 || (mtu & (mtu - 1)) != 0))
 		return fr_error_set(err, -EINVAL, "[transport] mtu: %d is not 0, 256, 512, 1024, "
 				    "2048 or 4096", mtu);

@@ -45,7 +45,7 @@ struct wk_config {
 	} cluster;
 	struct {
 		enum tp_backend backend;     /* shm | tcp | verbs (default shm) */
-		char *bind_addr;             /* data-plane listen address (default 127.0.0.1) */
+		char *bind_addr;             /* data-plane listen IPv4 address (default 127.0.0.1) */
 		char *device;                /* verbs device; NULL: auto */
 		int port;                    /* verbs port; 0: first active */
 		int gid_index;               /* verbs GID index; -1: auto */
@@ -75,7 +75,7 @@ int wk_config_load(const char *path, char *const *overrides, int n_overrides,
 /* Cross-key checks: model.path set; cluster.secret_file set, cluster.insecure not;
  * worker.name 1..64 bytes of letters, digits, '.', '_' and '-'; worker.coordinator
  * host:port; cluster.tls_cert and cluster.tls_key both set or neither; transport.bind_addr
- * set; transport.mtu 0 or a power of two in [256, 4096].
+ * an IPv4 address (conf_check_ipv4()); transport.mtu 0 or a power of two in [256, 4096].
  * Returns 0 or -EINVAL naming the key. */
 int wk_config_validate(const struct wk_config *cfg, struct fr_error *err);
 

@@ -35,8 +35,20 @@ wk_bin=${FERRY_BIN_DIR:-$bindir/../worker}/ferry-worker
 # while the guest runs (a concurrent build) is stale or torn in there. Run private copies
 # of the four binaries and of run-cluster.sh, from a run directory that is also the
 # guest's only read-write share; the check itself writes to the guest's private /tmp.
-run=$(mktemp -d "$bindir/../cluster-vm.XXXXXX") || exit 1
+# Only that directory is sure to be there: the guest has its own /tmp, /var/tmp, /run
+# and /dev/shm, so a build directory under one of them (meson setup /tmp/b) is not, and
+# neither is any path through it ("$bindir/.." needs $bindir in the guest). Hence the
+# real path of the run directory, and a copy of the golden sets when they are hidden too.
+run=$(mktemp -d "${FERRY_BUILD:-$(dirname "$bindir")}/cluster-vm.XXXXXX") &&
+	run=$(realpath "$run") || exit 1
 trap 'rm -rf "$run"' EXIT
+golden=$(realpath "$FERRY_GOLDEN") || exit 1
+case $golden/ in
+/tmp/*|/var/tmp/*|/run/*|/dev/shm/*)
+	cp -r "$golden" "$run/golden" || exit 1
+	golden=$run/golden ;;
+esac
+echo "run-cluster-in-vm: the guest runs the copies in $run (its read-write share) on the golden sets in $golden" >&2
 cp "$script" "$run/" || exit 1
 for b in "$ferryctl" "$co_bin" "$wk_bin" "$cmp"; do
 	cp "$b" "$run/" || exit 1
@@ -60,7 +72,7 @@ worker 1 .*verbs endpoint connected, device=$RDMA_VM_DEV1\$" \
 exec bash "$1/run-cluster.sh" "$1/ferryctl" "$2" verbs'
 t0=$(date +%s)
 RDMA_VM_TIMEOUT=${RDMA_VM_TIMEOUT:-900} "$vm" env \
-	FERRY_GOLDEN="$FERRY_GOLDEN" \
+	FERRY_GOLDEN="$golden" \
 	FERRY_BIN_DIR="$run" \
 	FERRY_LOG="${FERRY_LOG:-info}" \
 	CLUSTER_SHAPES="2 0" \

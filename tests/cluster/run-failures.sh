@@ -5,8 +5,9 @@
 #   - too few slots for the routed experts (impossible placement) is named,
 #   - a worker checkpoint of another shape, and a data-plane ring too small for the
 #     coordinator's micro-batches, are refused at join.
-# Then: a worker killed while the cluster serves fails the request with UNAVAILABLE (never
-# a hang) and the coordinator exits non-zero naming the worker. A worker stopped with
+# Then: `ferryctl load` needs the admin token and names the workers; a worker killed while
+# the cluster serves fails the request with UNAVAILABLE (never a hang) and the
+# coordinator exits non-zero naming the worker. A worker stopped with
 # SIGTERM hands its slots back: with replicas elsewhere the cluster goes on without it
 # (same tokens); without, the coordinator refuses naming the expert. A worker killed while
 # the cluster is idle is noticed between steps: with replicas elsewhere it serves on.
@@ -117,11 +118,12 @@ check "coordinator with too few slots" "$co" 1 "$tmp/co.err" "impossible placeme
 check "worker of an impossible placement" "$w0" 1 "$tmp/w0.err" "impossible placement"
 
 # 5. A worker killed while serving: the request fails (UNAVAILABLE, no hang) and the
-#    coordinator exits naming it.
+#    coordinator exits naming it. `ferryctl load` first: only with the admin token, and
+#    naming the workers (names unlike "w<index>", which join order decides).
 coordinator 2 -s transport.peer_timeout=2s -s server.admin_token_file="$tmp/admin"
-worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 8
-w0=$last
-worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 8
+worker node-a -m "$golden" --secret-file "$tmp/secret" --slots 8
+wa=$last
+worker node-b -m "$golden" --secret-file "$tmp/secret" --slots 8
 for _ in $(seq 100); do
   "$ferryctl" run --cluster "127.0.0.1:$port" --tokens 1 --max-new 1 > /dev/null 2>&1 && break
   sleep 0.2
@@ -141,18 +143,41 @@ if ! FERRY_ADMIN_TOKEN_FILE="$tmp/admin" "$ferryctl" load --cluster "127.0.0.1:$
   echo "FAIL: ferryctl load with the admin token failed" >&2; fail=1
 else
   echo "ok: ferryctl load with the admin token: $(grep -m1 balancedness "$tmp/load.out")"
+  # rows "LAYER NAME INDEX SLOTS ...": each worker by name, on every layer
+  for n in node-a node-b; do
+    rows=$(grep -cE "^[0-9]+ +$n +[01] +[0-9]+ " "$tmp/load.out")
+    layers=$(grep -c balancedness "$tmp/load.out")
+    if [ "$rows" -ne "$layers" ] || [ "$layers" -eq 0 ]; then
+      echo "FAIL: ferryctl load shows $n on $rows of $layers layers:" >&2; cat "$tmp/load.out" >&2; fail=1
+    fi
+  done
+fi
+# --json: the "worker" index as before, and "name"; each index with one name throughout
+if ! FERRY_ADMIN_TOKEN_FILE="$tmp/admin" "$ferryctl" load --cluster "127.0.0.1:$port" --json > "$tmp/load.json" ||
+   ! python3 - "$tmp/load.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+pairs = {(w["worker"], w["name"]) for l in r["layers"] for w in l["workers"]}
+assert r["layers"] and all(len(l["workers"]) == 2 for l in r["layers"]), r
+assert sorted(n for _, n in pairs) == ["node-a", "node-b"], pairs
+assert sorted(i for i, _ in pairs) == [0, 1], pairs
+PY
+then
+  echo "FAIL: ferryctl load --json lacks the worker names:" >&2; cat "$tmp/load.json" >&2; fail=1
+else
+  echo "ok: ferryctl load --json names the workers"
 fi
 grep -q "refused: missing or wrong admin bearer token" "$tmp/co.err" ||
   { echo "FAIL: the coordinator did not log the refused admin call" >&2; fail=1; }
-kill -KILL "$w0"; wait "$w0" 2>/dev/null
+kill -KILL "$wa"; wait "$wa" 2>/dev/null
 timeout 60 "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "1 2 3" --max-new 4 > /dev/null 2> "$tmp/run.err"
 rc=$?
-if [ $rc -ne 1 ] || ! grep -q "UNAVAILABLE: .*w0" "$tmp/run.err"; then
+if [ $rc -ne 1 ] || ! grep -q "UNAVAILABLE: .*node-a" "$tmp/run.err"; then
   echo "FAIL: request after a worker died: exit $rc:" >&2; cat "$tmp/run.err" >&2; fail=1
 else
   echo "ok: request after a worker died: $(head -1 "$tmp/run.err")"
 fi
-check "coordinator after a worker died" "$co" 1 "$tmp/co.err" "cluster failed: .*w0"
+check "coordinator after a worker died" "$co" 1 "$tmp/co.err" "cluster failed: .*node-a"
 
 # waits until the cluster on $port answers a request
 serving() {

@@ -493,24 +493,46 @@ static void test_write_doc(void)
 
 static void test_hostport(void)
 {
-	static const char *const good[] = { "127.0.0.1:7400", "host.example:1", "[::1]:65535",
-					    "0.0.0.0:7400", "unix:/run/ferry.sock" };
+	static const char *const good[] = {
+		"127.0.0.1:7400", "host.example:1", "[::1]:65535", "0.0.0.0:7400",
+		"unix:/run/ferry.sock", "localhost:7400", "my-host.example.com.:80",
+		"coordinator_1:7400", "[fe80::1]:7400", "[::ffff:10.0.0.1]:7400", "[fe80::1%lo]:7400",
+		"10.0.0.1:07400",
+	};
 	static const struct {
 		const char *addr, *want;
 	} bad[] = {
 		{ "", "not set" },
-		{ "127.0.0.1", "is not host:port" },
-		{ ":7400", "is not host:port" },
-		{ "h:0", "the port must be a number in [1, 65535]" },
+		{ "127.0.0.1", "\"127.0.0.1\" is not host:port (no port)" },
+		{ "localhost", "\"localhost\" is not host:port (no port)" },
+		{ ":7400", "\":7400\" is not host:port (no host)" },
+		{ "h:0", "\"h:0\": the port must be a number in [1, 65535]" },
 		{ "h:65536", "the port must be a number in [1, 65535]" },
 		{ "h:-1", "the port must be a number" },
+		{ "h:+80", "the port must be a number" },
+		{ "h:80x", "the port must be a number" },
 		{ "h:", "the port must be a number" },
-		{ "::1:7400", "an IPv6 host needs brackets" },
-		{ "[]:7400", "an IPv6 host needs brackets" },
-		{ "a b:1", "is not host:port" },
-		{ "unix:", "without a path" },
+		{ "::1:7400", "an IPv6 host needs brackets, as in [::1]:7400" },
+		{ "::1", "an IPv6 host needs brackets" },
+		{ "[]:7400", "\"[]:7400\" is not [IPv6]:port" },
+		{ "[::1:7400", "is not [IPv6]:port" },
+		{ "[::1]7400", "is not [IPv6]:port" },
+		{ "[::1]", "is not [IPv6]:port" },
+		{ "[::1]:", "\"[::1]:\": the port must be a number" },
+		{ "[::g]:7400", "\"[::g]:7400\": ::g is not an IPv6 address" },
+		{ "[10.0.0.1]:7400", "10.0.0.1 is not an IPv6 address" },
+		{ "300.1.1.1:7400", "\"300.1.1.1:7400\": host 300.1.1.1 is not an IPv4 address" },
+		{ "1.2.3:7400", "host 1.2.3 is not an IPv4 address" },
+		{ "010.0.0.1:7400", "host 010.0.0.1 is not an IPv4 address" },
+		{ "a b:1", "\"a b:1\": host a b is not a host name or an IP address" },
+		{ "-h.example:1", "host -h.example is not a host name" },
+		{ "h-.example:1", "is not a host name" },
+		{ "h..example:1", "is not a host name" },
+		{ "h/x:1", "is not a host name" },
+		{ "unix:", "\"unix:\" without a path" },
 	};
 	struct fr_error err = { { 0 } };
+	char label[300], unix_long[300];
 
 	for (size_t i = 0; i < FR_ARRAY_SIZE(good); i++) {
 		if (conf_check_hostport(good[i], &err) != 0) {
@@ -522,6 +544,169 @@ static void test_hostport(void)
 		t_expect_err(bad[i].addr, conf_check_hostport(bad[i].addr, &err), -EINVAL, &err,
 			     bad[i].want, NULL);
 	t_expect_err("NULL", conf_check_hostport(NULL, &err), -EINVAL, &err, "not set", NULL);
+	/* a label of 64 bytes, a host of 254 */
+	snprintf(label, sizeof(label), "%064d.example:80", 0);
+	label[0] = 'x';
+	t_expect_err("label 64", conf_check_hostport(label, &err), -EINVAL, &err,
+		     "is not a host name", NULL);
+	label[1] = '.';
+	CHECK(conf_check_hostport(label, &err) == 0);
+	memset(label, 'a', 254);
+	for (int i = 63; i < 254; i += 64)
+		label[i] = '.';
+	snprintf(label + 254, sizeof(label) - 254, ":80");
+	t_expect_err("host 254", conf_check_hostport(label, &err), -EINVAL, &err,
+		     "is not a host name", NULL);
+	snprintf(label + 253, sizeof(label) - 253, ":80");
+	CHECK(conf_check_hostport(label, &err) == 0);
+	memset(label, 'a', 280);
+	snprintf(label + 280, sizeof(label) - 280, ":80");
+	t_expect_err("host 280", conf_check_hostport(label, &err), -EINVAL, &err,
+		     "the host is too long (a host name has at most 253 bytes)", NULL);
+	/* gRPC's Unix socket path must fit sockaddr_un */
+	memset(unix_long, 'p', sizeof(unix_long));
+	memcpy(unix_long, "unix:/", 6);
+	unix_long[5 + 108] = '\0';
+	t_expect_err("unix path", conf_check_hostport(unix_long, &err), -EINVAL, &err,
+		     "the socket path is longer than 107 bytes", NULL);
+	unix_long[5 + 107] = '\0';
+	CHECK(conf_check_hostport(unix_long, &err) == 0);
+	/* a listen address may leave the port to the kernel */
+	CHECK(conf_check_listen("0.0.0.0:0", &err) == 0 && conf_check_listen("[::]:0", &err) == 0);
+	t_expect_err("listen 65536", conf_check_listen("h:65536", &err), -EINVAL, &err,
+		     "the port must be a number in [0, 65535]", NULL);
+
+	{
+		static const char *const ip_good[] = { "127.0.0.1", "10.0.0.5", "255.255.255.254" };
+		static const struct {
+			const char *addr, *want;
+		} ip_bad[] = {
+			{ "not-an-ip", "\"not-an-ip\" is not an IPv4 address (four numbers, as in "
+				       "10.0.0.5; host names are not resolved)" },
+			{ "localhost", "\"localhost\" is not an IPv4 address" },
+			{ "10.0.0.1:7400", "\"10.0.0.1:7400\" is not an IPv4 address" },
+			{ "1.2.3", "is not an IPv4 address" },
+			{ "256.0.0.1", "is not an IPv4 address" },
+			{ "010.0.0.1", "is not an IPv4 address" },
+			{ "::1", "\"::1\" is an IPv6 address; this key takes an IPv4 address" },
+			{ "0.0.0.0", "\"0.0.0.0\" is not an address peers can connect to" },
+			{ "", "not set (expected an IPv4 address)" },
+		};
+		for (size_t i = 0; i < FR_ARRAY_SIZE(ip_good); i++) {
+			if (conf_check_ipv4(ip_good[i], &err) != 0) {
+				fprintf(stderr, "FAIL ipv4 %s: %s\n", ip_good[i], err.msg);
+				t_failures++;
+			}
+		}
+		for (size_t i = 0; i < FR_ARRAY_SIZE(ip_bad); i++)
+			t_expect_err(ip_bad[i].addr, conf_check_ipv4(ip_bad[i].addr, &err), -EINVAL,
+				     &err, ip_bad[i].want, NULL);
+	}
+}
+
+/* The address types in a table: refused at load with file:line and the key, through --set
+ * naming the override, stored, unset by an empty value, dumped and documented. */
+struct acfg {
+	char *bind, *peer, *listen;
+};
+
+#define AOFF(f) offsetof(struct acfg, f)
+static const struct conf_key akeys[] = {
+	{ "transport", "bind_addr", CONF_IPV4, AOFF(bind), .def = "127.0.0.1" },
+	{ "worker", "coordinator", CONF_HOSTPORT, AOFF(peer), .def = "127.0.0.1:7400" },
+	{ "server", "listen", CONF_HOSTPORT, AOFF(listen), 0, 65535, .def = "127.0.0.1:7400" },
+};
+
+static void test_address_keys(void)
+{
+	static const struct {
+		const char *text, *want;
+	} bad[] = {
+		{ "[transport]\nbind_addr = not-an-ip\n",
+		  "a.conf:2: [transport] bind_addr: \"not-an-ip\" is not an IPv4 address" },
+		{ "[transport]\n\n# comment\nbind_addr = ::1 ; v6\n",
+		  "a.conf:4: [transport] bind_addr: \"::1\" is an IPv6 address" },
+		{ "[transport]\nbind_addr = 0.0.0.0\n",
+		  "a.conf:2: [transport] bind_addr: \"0.0.0.0\" is not an address peers can" },
+		{ "[worker]\ncoordinator = coord.example\n",
+		  "a.conf:2: [worker] coordinator: \"coord.example\" is not host:port (no port)" },
+		{ "[worker]\ncoordinator = h:0\n",
+		  "a.conf:2: [worker] coordinator: \"h:0\": the port must be a number in [1, 65535]" },
+		{ "[worker]\ncoordinator = fd00::1:7400\n",
+		  "a.conf:2: [worker] coordinator: \"fd00::1:7400\": an IPv6 host needs brackets" },
+		{ "[worker]\ncoordinator = [fd00::zz]:7400\n",
+		  "a.conf:2: [worker] coordinator: \"[fd00::zz]:7400\": fd00::zz is not an IPv6" },
+		{ "[server]\nlisten = 127.0.0.1:65536\n",
+		  "a.conf:2: [server] listen: \"127.0.0.1:65536\": the port must be a number in "
+		  "[0, 65535]" },
+		{ "[server]\nlisten = 127.0.0.256:80\n",
+		  "a.conf:2: [server] listen: \"127.0.0.256:80\": host 127.0.0.256 is not an IPv4" },
+	};
+	struct acfg c, d;
+	struct fr_error err = { { 0 } };
+	char *text = NULL;
+	size_t len;
+	FILE *f;
+
+	if (conf_defaults(akeys, FR_ARRAY_SIZE(akeys), &c, &err) < 0) {
+		fprintf(stderr, "FAIL address defaults: %s\n", err.msg);
+		t_failures++;
+		return;
+	}
+	for (size_t i = 0; i < FR_ARRAY_SIZE(bad); i++) {
+		struct acfg before = c;
+		t_expect_err(bad[i].want, conf_load_string(akeys, FR_ARRAY_SIZE(akeys), "a.conf",
+							    bad[i].text, strlen(bad[i].text), &c, &err),
+			     -EINVAL, &err, bad[i].want, NULL);
+		CHECK(memcmp(&before, &c, sizeof(c)) == 0);
+	}
+	t_expect_err("set bind_addr", conf_set(akeys, FR_ARRAY_SIZE(akeys),
+					       "transport.bind_addr=not-an-ip", &c, &err),
+		     -EINVAL, &err, "override \"transport.bind_addr=not-an-ip\": [transport] "
+		     "bind_addr: \"not-an-ip\" is not an IPv4 address", NULL);
+	t_expect_err("set coordinator", conf_set(akeys, FR_ARRAY_SIZE(akeys),
+						 "worker.coordinator=[::1]", &c, &err),
+		     -EINVAL, &err, "override \"worker.coordinator=[::1]\": [worker] coordinator: "
+		     "\"[::1]\" is not [IPv6]:port", NULL);
+	CHECK(!strcmp(c.bind, "127.0.0.1") && !strcmp(c.peer, "127.0.0.1:7400"));
+
+	/* good forms are stored as written */
+	{
+		const char *good = "[transport]\nbind_addr = 10.1.2.3\n[worker]\ncoordinator = "
+				   "[::1]:7000\n[server]\nlisten = 0.0.0.0:0\n";
+		CHECK(conf_load_string(akeys, FR_ARRAY_SIZE(akeys), "a.conf", good, strlen(good),
+				       &c, &err) == 0);
+	}
+	CHECK(!strcmp(c.bind, "10.1.2.3") && !strcmp(c.peer, "[::1]:7000") &&
+	      !strcmp(c.listen, "0.0.0.0:0"));
+	CHECK(conf_set(akeys, FR_ARRAY_SIZE(akeys), "worker.coordinator=coord-1.example:443", &c,
+		       &err) == 0 && !strcmp(c.peer, "coord-1.example:443"));
+	CHECK(conf_set(akeys, FR_ARRAY_SIZE(akeys), "server.listen=unix:/run/ferry/co.sock", &c,
+		       &err) == 0 && !strcmp(c.listen, "unix:/run/ferry/co.sock"));
+	/* dump -> load: the same strings */
+	f = open_memstream(&text, &len);
+	conf_dump(akeys, FR_ARRAY_SIZE(akeys), &c, f);
+	fclose(f);
+	CHECK(conf_defaults(akeys, FR_ARRAY_SIZE(akeys), &d, &err) == 0);
+	CHECK(conf_load_string(akeys, FR_ARRAY_SIZE(akeys), "dump", text, len, &d, &err) == 0);
+	CHECK(!strcmp(d.bind, c.bind) && !strcmp(d.peer, c.peer) && !strcmp(d.listen, c.listen));
+	free(text);
+	/* an empty value unsets, as for any string; the daemons then say "not set" */
+	CHECK(conf_set(akeys, FR_ARRAY_SIZE(akeys), "transport.bind_addr=", &d, &err) == 0 &&
+	      d.bind == NULL);
+	conf_free(akeys, FR_ARRAY_SIZE(akeys), &d);
+	CHECK(d.peer == NULL && d.listen == NULL);
+	/* the example file says what each takes */
+	text = NULL;
+	f = open_memstream(&text, &len);
+	conf_write_doc(akeys, FR_ARRAY_SIZE(akeys), f);
+	fclose(f);
+	CHECK(strstr(text, "# Numeric IPv4 address, not 0.0.0.0 (host names are not resolved).\n"
+			   "#bind_addr = 127.0.0.1\n") != NULL);
+	CHECK(strstr(text, "port in [1, 65535]) or unix:/path.\n#coordinator = 127.0.0.1:7400\n"));
+	CHECK(strstr(text, "port in [0, 65535]) or unix:/path.\n#listen = 127.0.0.1:7400\n"));
+	free(text);
+	conf_free(akeys, FR_ARRAY_SIZE(akeys), &c);
 }
 
 int main(void)
@@ -537,6 +722,7 @@ int main(void)
 	test_roundtrip(seed);
 	test_write_doc();
 	test_hostport();
+	test_address_keys();
 	CHECK(conf_find(keys, N, "res", "wait") == 9 && conf_find(keys, N, "res", "x") == -1);
 	printf("%s (%d failures)\n", t_failures ? "FAIL" : "ok", t_failures);
 	return t_failures != 0;

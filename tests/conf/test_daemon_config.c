@@ -276,6 +276,44 @@ static void test_co_load(const char *dir)
 		char *o8[] = { "transport.bind_addr=" };
 		t_expect_err("co bind_addr", co_config_load(good, o8, 1, &c, &err), -EINVAL, &err,
 			     "[transport] bind_addr: not set", NULL);
+		char *o9[] = { "transport.bind_addr=not-an-ip" };
+		t_expect_err("co bind_addr override", co_config_load(good, o9, 1, &c, &err), -EINVAL,
+			     &err, "override \"transport.bind_addr=not-an-ip\": [transport] "
+			     "bind_addr: \"not-an-ip\" is not an IPv4 address", NULL);
+		char *o10[] = { "server.listen=[::1]:70000" };
+		t_expect_err("co listen port", co_config_load(good, o10, 1, &c, &err), -EINVAL, &err,
+			     "override \"server.listen=[::1]:70000\": [server] listen: "
+			     "\"[::1]:70000\": the port must be a number in [0, 65535]", NULL);
+	}
+	/* addresses are checked where the file says them, not at join time */
+	{
+		char *bad = write_tmp(dir, "co-addr.conf",
+				      "[model]\npath = /srv/model\n[cluster]\nsecret_file = /etc/s\n"
+				      "[transport]\nbackend = tcp\nbind_addr = not-an-ip\n");
+		char *bad_listen = write_tmp(dir, "co-listen.conf",
+					     "[model]\npath = /srv/model\n[cluster]\nsecret_file = /etc/s\n"
+					     "[server]\nlisten = ::1:7400\n");
+		char *addrs = write_tmp(dir, "co-addrs.conf",
+					"[model]\npath = /srv/model\n[cluster]\nsecret_file = /etc/s\n"
+					"[server]\nlisten = [::]:0\n[transport]\nbind_addr = 10.0.0.5\n");
+		char want[256];
+		snprintf(want, sizeof(want), "%s:7: [transport] bind_addr: \"not-an-ip\" is not an "
+			 "IPv4 address", bad);
+		t_expect_err("co bind_addr file", co_config_load(bad, NULL, 0, &c, &err), -EINVAL,
+			     &err, want, NULL);
+		snprintf(want, sizeof(want), "%s:6: [server] listen: \"::1:7400\": an IPv6 host "
+			 "needs brackets, as in [::1]:7400", bad_listen);
+		t_expect_err("co listen file", co_config_load(bad_listen, NULL, 0, &c, &err), -EINVAL,
+			     &err, want, NULL);
+		CHECK(co_config_load(addrs, NULL, 0, &c, &err) == 0);
+		CHECK(!strcmp(c.server.listen, "[::]:0") && !strcmp(c.transport.bind_addr, "10.0.0.5"));
+		co_config_free(&c);
+		unlink(bad);
+		unlink(bad_listen);
+		unlink(addrs);
+		free(bad);
+		free(bad_listen);
+		free(addrs);
 	}
 	/* TLS: cert and key together, a client CA only with them, [cluster] tls_* only with
 	 * [cluster] listen (the files themselves are checked at start: rpc_tls). */
@@ -438,6 +476,49 @@ static void test_wk_load(const char *dir)
 		char *o12[] = { "cluster.tls_key=/k.pem" };
 		t_expect_err("wk tls key without cert", wk_config_load(good, o12, 1, &c, &err),
 			     -EINVAL, &err, "[cluster] tls_key: set without [cluster] tls_cert", NULL);
+		char *o13[] = { "transport.bind_addr=fd00::2" };
+		t_expect_err("wk bind_addr v6", wk_config_load(good, o13, 1, &c, &err), -EINVAL,
+			     &err, "override \"transport.bind_addr=fd00::2\": [transport] bind_addr: "
+			     "\"fd00::2\" is an IPv6 address", NULL);
+		char *o14[] = { "worker.coordinator=coord:0" };
+		t_expect_err("wk coordinator port 0", wk_config_load(good, o14, 1, &c, &err), -EINVAL,
+			     &err, "[worker] coordinator: \"coord:0\": the port must be a number in "
+			     "[1, 65535]", NULL);
+		char *o15[] = { "transport.bind_addr=" };
+		t_expect_err("wk bind_addr unset", wk_config_load(good, o15, 1, &c, &err), -EINVAL,
+			     &err, "[transport] bind_addr: not set", NULL);
+	}
+	/* addresses are checked where the file says them */
+	{
+		char *bad = write_tmp(dir, "wk-addr.conf",
+				      "[model]\npath = /srv/model\n[cluster]\nsecret_file = /etc/s\n"
+				      "[worker]\nname = w1\ncoordinator = 10.0.0.300:7400\n");
+		char *bad_bind = write_tmp(dir, "wk-bind.conf",
+					   "[model]\npath = /srv/model\n[cluster]\nsecret_file = /etc/s\n"
+					   "[transport]\nbackend = verbs\nbind_addr = 0.0.0.0\n");
+		char *addrs = write_tmp(dir, "wk-addrs.conf",
+					"[model]\npath = /srv/model\n[cluster]\nsecret_file = /etc/s\n"
+					"[worker]\nname = w1\ncoordinator = coord-1.example:7400\n"
+					"[transport]\nbind_addr = 10.0.0.6\n");
+		char want[256];
+		snprintf(want, sizeof(want), "%s:7: [worker] coordinator: \"10.0.0.300:7400\": host "
+			 "10.0.0.300 is not an IPv4 address", bad);
+		t_expect_err("wk coordinator file", wk_config_load(bad, NULL, 0, &c, &err), -EINVAL,
+			     &err, want, NULL);
+		snprintf(want, sizeof(want), "%s:7: [transport] bind_addr: \"0.0.0.0\" is not an "
+			 "address peers can connect to", bad_bind);
+		t_expect_err("wk bind_addr file", wk_config_load(bad_bind, NULL, 0, &c, &err), -EINVAL,
+			     &err, want, NULL);
+		CHECK(wk_config_load(addrs, NULL, 0, &c, &err) == 0);
+		CHECK(!strcmp(c.worker.coordinator, "coord-1.example:7400") &&
+		      !strcmp(c.transport.bind_addr, "10.0.0.6"));
+		wk_config_free(&c);
+		unlink(bad);
+		unlink(bad_bind);
+		unlink(addrs);
+		free(bad);
+		free(bad_bind);
+		free(addrs);
 	}
 	/* dump -> load gives the same config */
 	{

@@ -25,6 +25,7 @@ struct fcfg {
 	uint64_t size;
 	uint64_t ms;
 	int neg;
+	char *ip, *hp, *listen;
 };
 
 static const char *const names[] = { "shm", "tcp", "verbs", NULL };
@@ -41,6 +42,9 @@ static const struct conf_key fkeys[] = {
 	{ "b", "e", CONF_ENUM, OFF(e), .enum_names = names, .def = "tcp" },
 	{ "c", "size", CONF_SIZE, OFF(size), .def = "1G" },
 	{ "c", "ms", CONF_DURATION_MS, OFF(ms), 1, 86400000, .def = "30s" },
+	{ "d", "ip", CONF_IPV4, OFF(ip), .def = "127.0.0.1" },
+	{ "d", "hp", CONF_HOSTPORT, OFF(hp), .def = "[::1]:7400" },
+	{ "d", "listen", CONF_HOSTPORT, OFF(listen), 0, 65535 },
 };
 
 /* Compares the fields of two structs described by keys. */
@@ -49,7 +53,9 @@ static bool equal(const struct conf_key *keys, size_t n, const void *a, const vo
 	for (size_t i = 0; i < n; i++) {
 		const char *fa = (const char *)a + keys[i].offset, *fb = (const char *)b + keys[i].offset;
 		switch (keys[i].type) {
-		case CONF_STR: {
+		case CONF_STR:
+		case CONF_IPV4:
+		case CONF_HOSTPORT: {
 			const char *sa = *(char *const *)(const void *)fa;
 			const char *sb = *(char *const *)(const void *)fb;
 			if ((sa == NULL) != (sb == NULL) || (sa && strcmp(sa, sb)))

@@ -14,8 +14,11 @@ if [ ! -e /dev/kvm ] && ! command -v qemu-system-x86_64 >/dev/null 2>&1 && [ "$(
 	echo "SKIP: no qemu-system-x86_64 and no root to install it" >&2
 	exit 77
 fi
-# The guest shares the current directory read-write; run from the build dir.
-cd "$(dirname "$bin")" || exit 1
+# The guest shares the current directory read-write, at its real path, and has its own
+# /tmp, /var/tmp, /run and /dev/shm: run from the binary's directory, named by real paths,
+# so that a build directory under one of those (meson setup /tmp/b) works too.
+bin=$(realpath "$bin") || exit 1
+cd -P "$(dirname "$bin")" || exit 1
 RDMA_VM_TIMEOUT=${RDMA_VM_TIMEOUT:-900} "$vm" "$bin" --backend verbs
 rc=$?
 case $rc in
