@@ -288,11 +288,11 @@ int main(int argc, char **argv)
 	/* The single-process engine: the ceiling. */
 	struct model_ckpt *ck = NULL;
 	struct model_weights *w = NULL;
-	struct co_moe moe = { 0 };
+	struct moe moe = { 0 };
 	struct co_engine *e = NULL;
 	if (model_ckpt_open(o.model, &ck, &err) < 0 ||
 	    model_weights_bind(ck, MODEL_BIND_NO_ROUTED, &w, &err) < 0 ||
-	    co_moe_local_create(ck, 1, &moe, &err) < 0) {
+	    moe_local_create(ck, 1, &moe, &err) < 0) {
 		fprintf(stderr, "cluster: %s\n", err.msg);
 		return 1;
 	}
@@ -307,7 +307,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < o.n_batch; i++)
 		base[i] = decode_step_s(engine_fwd, e, o.batch[i], o.steps, cfg->vocab_size);
 	co_engine_destroy(e);
-	co_moe_destroy(&moe);
+	moe_destroy(&moe);
 
 	printf("cluster decode vs the single-process engine: %s, %d MoE layers, %s transport, "
 	       "%s wire, kernel threads %d (workers: %d each, 0 = CPUs / workers), %d steps\n\n",

@@ -115,10 +115,10 @@ int main(int argc, char **argv)
 
 	struct model_ckpt *ck;
 	struct model_weights *w;
-	struct co_moe moe = { 0 };
+	struct moe moe = { 0 };
 	struct co_engine *e;
 	if (model_ckpt_open(model, &ck, &err) < 0 || model_weights_bind(ck, MODEL_BIND_NO_ROUTED, &w, &err) < 0 ||
-	    co_moe_local_create(ck, 1, &moe, &err) < 0) {
+	    moe_local_create(ck, 1, &moe, &err) < 0) {
 		fprintf(stderr, "e2e: %s\n", err.msg);
 		return 1;
 	}
@@ -205,7 +205,7 @@ int main(int argc, char **argv)
 			printf("  %-18s %6.1f%%\n", co_prof_name(i), 100.0 * (double)prof_total[i] / (double)sum);
 
 	co_engine_destroy(e);
-	co_moe_destroy(&moe);
+	moe_destroy(&moe);
 	model_weights_free(w);
 	model_ckpt_close(ck);
 	free(tok); free(seq); free(pos); free(want); free(logits); free(t_pre); free(t_dec);

@@ -2,14 +2,110 @@
 /* daemon.c - see daemon.h. */
 #include "common/daemon.h"
 
+#include <errno.h>
+#include <getopt.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include "common/common.h"
+
+/* Long-only options of our own: values past any letter. */
+enum { OPT_SECRET = 256, OPT_INSECURE, OPT_PRINT, OPT_OWN };
+
+int fr_daemon_cmdline(int argc, char **argv, const char *prog, const char *usage,
+		      const struct fr_daemon_opt *opts, size_t n_opts,
+		      struct fr_daemon_cmdline *ret)
+{
+	static const struct option shared[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "set", required_argument, NULL, 's' },
+		{ "secret-file", required_argument, NULL, OPT_SECRET },
+		{ "insecure", no_argument, NULL, OPT_INSECURE },
+		{ "print-config", no_argument, NULL, OPT_PRINT },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+	};
+	size_t n_shared = FR_ARRAY_SIZE(shared);
+	struct option *lo = calloc(n_shared + n_opts + 1, sizeof(*lo));
+	char *so = malloc(8 + 2 * n_opts + 1);
+	struct fr_daemon_cmdline c = { 0 };
+	int ch, rc = 0;
+
+	if (!lo || !so) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	memcpy(lo, shared, sizeof(shared));
+	strcpy(so, "c:s:Vh");
+	for (size_t i = 0; i < n_opts; i++) {
+		int val = opts[i].short_name ? opts[i].short_name : OPT_OWN + (int)i;
+		lo[n_shared + i] = (struct option){ opts[i].long_name, required_argument, NULL, val };
+		if (opts[i].short_name) {
+			size_t l = strlen(so);
+			so[l] = (char)opts[i].short_name;
+			so[l + 1] = ':';
+			so[l + 2] = '\0';
+		}
+	}
+	optind = 1;
+	while (rc == 0 && (ch = getopt_long(argc, argv, so, lo, NULL)) != -1) {
+		switch (ch) {
+		case 'c': c.config_path = optarg; break;
+		case 's': rc = fr_strv_push(&c.overrides, &c.n_overrides, "%s", optarg); break;
+		case OPT_SECRET:
+			rc = fr_strv_push(&c.overrides, &c.n_overrides, "cluster.secret_file=%s",
+					  optarg);
+			break;
+		case OPT_INSECURE:
+			rc = fr_strv_push(&c.overrides, &c.n_overrides, "cluster.insecure=true");
+			break;
+		case OPT_PRINT: c.print_config = true; break;
+		case 'V': printf("%s %s\n", prog, FERRY_VERSION); rc = 1; break;
+		case 'h': fputs(usage, stdout); rc = 1; break;
+		default: {
+			const struct fr_daemon_opt *o = NULL;
+			for (size_t i = 0; i < n_opts && !o; i++)
+				if (ch == (opts[i].short_name ? opts[i].short_name :
+					   OPT_OWN + (int)i))
+					o = &opts[i];
+			if (!o) {
+				fprintf(stderr, "(see %s --help)\n", prog);
+				rc = 2;
+				break;
+			}
+			rc = fr_strv_push(&c.overrides, &c.n_overrides, "%s=%s", o->key, optarg);
+		}
+		}
+	}
+	if (rc == 0 && optind < argc) {
+		fprintf(stderr, "%s: unexpected argument '%s'\n(see %s --help)\n", prog,
+			argv[optind], prog);
+		rc = 2;
+	}
+	if (rc < 0)
+		fprintf(stderr, "%s: out of memory\n", prog);
+out:
+	free(lo);
+	free(so);
+	if (rc != 0)
+		fr_strv_free(c.overrides, c.n_overrides);
+	else
+		*ret = c;
+	return rc;
+}
+
+void fr_daemon_cmdline_free(struct fr_daemon_cmdline *c)
+{
+	fr_strv_free(c->overrides, c->n_overrides);
+	c->overrides = NULL;
+	c->n_overrides = 0;
+}
 
 void fr_daemon_signals(void (*stop)(int sig))
 {

@@ -10,12 +10,10 @@
 #include <string.h>
 
 /* CONF_ENUM stores an int; these enums are written through it. */
-_Static_assert(sizeof(enum tp_backend) == sizeof(int), "enum tp_backend is not int-sized");
 _Static_assert(sizeof(enum co_wire_dtype) == sizeof(int), "enum co_wire_dtype is not int-sized");
 _Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is not int-sized");
 
 /* In the order of enum tp_backend / co_wire_dtype / fr_log_level. */
-static const char *const backend_names[] = { "shm", "tcp", "verbs", NULL };
 static const char *const wire_names[] = { "bf16", "f32", NULL };
 static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
 
@@ -123,25 +121,12 @@ const struct conf_key co_config_keys[] = {
 	{ "engine", "threads", CONF_INT, OFF(engine.threads), 0, 4096, .def = "0",
 	  .doc = "CPU threads for the coordinator's layers. 0: all CPUs." },
 
-	{ "transport", "backend", CONF_ENUM, OFF(transport.backend), .enum_names = backend_names,
-	  .def = "shm",
-	  .doc = "Data plane to the workers: shm (same host), tcp, or verbs (RDMA)." },
-	{ "transport", "bind_addr", CONF_IPV4, OFF(transport.bind_addr), .def = "127.0.0.1",
-	  .doc = "Local address the data plane listens on and connects from (tcp and verbs); "
-		 "an address the workers can reach." },
-	{ "transport", "device", CONF_STR, OFF(transport.device),
-	  .doc = "verbs: RDMA device name (\"mlx5_0\", \"rxe0\"), or a comma-separated list "
-		 "of them (\"mlx5_0,mlx5_1\") to spread the workers over several NICs when one "
-		 "cannot carry them all: one endpoint per device pair, worker i on the device at "
-		 "position i mod n (from 0); port, gid_index and mtu apply to each. A list needs "
-		 "the verbs backend. Unset: the first usable one." },
-	{ "transport", "port", CONF_INT, OFF(transport.port), 0, 255, .def = "0",
-	  .doc = "verbs: port number of the device. 0: the first active port." },
-	{ "transport", "gid_index", CONF_INT, OFF(transport.gid_index), -1, 1023, .def = "-1",
-	  .doc = "verbs: GID index. -1: auto (the RoCEv2 IPv4-mapped GID)." },
-	{ "transport", "mtu", CONF_INT, OFF(transport.mtu), 0, 4096, .def = "0",
-	  .doc = "verbs: path MTU cap in bytes (256, 512, 1024, 2048 or 4096). 0: the port's "
-		 "active MTU." },
+	TP_CONF_KEYS(struct co_config, transport.tp, "workers",
+		     "verbs: RDMA device name (\"mlx5_0\", \"rxe0\"), or a comma-separated list "
+		     "of them (\"mlx5_0,mlx5_1\") to spread the workers over several NICs when one "
+		     "cannot carry them all: one endpoint per device pair, worker i on the device "
+		     "at position i mod n (from 0); port, gid_index and mtu apply to each. A list "
+		     "needs the verbs backend. Unset: the first usable one."),
 	{ "transport", "wire_dtype", CONF_ENUM, OFF(transport.wire_dtype), .enum_names = wire_names,
 	  .def = "bf16",
 	  .doc = "Format of activations on the wire: bf16 (half the bytes) or f32." },
@@ -149,9 +134,6 @@ const struct conf_key co_config_keys[] = {
 	  DAY_MS, .def = "30s",
 	  .doc = "How long to wait for a worker's expert results before marking it dead and "
 		 "re-dispatching to replicas." },
-	{ "transport", "peer_timeout", CONF_DURATION_MS, OFF(transport.peer_timeout_ms), 1,
-	  DAY_MS, .def = "5s",
-	  .doc = "How quickly a dead peer host is detected on the data plane." },
 
 	{ "log", "level", CONF_ENUM, OFF(log.level), .enum_names = level_names, .def = "info",
 	  .doc = "Log level of every component. $FERRY_LOG, when set, takes precedence and "
@@ -163,7 +145,7 @@ const size_t co_config_n_keys = FR_ARRAY_SIZE(co_config_keys);
 int co_config_devices(const struct co_config *cfg, char ***ret_v, int *ret_n,
 		      struct fr_error *err)
 {
-	const char *list = cfg->transport.device, *p = list;
+	const char *list = cfg->transport.tp.device, *p = list;
 	char **v = NULL;
 	int n = 0, rc;
 
@@ -201,12 +183,11 @@ int co_config_devices(const struct co_config *cfg, char ***ret_v, int *ret_n,
 		}
 		p += *p == ',';
 	}
-	if (n > 1 && cfg->transport.backend != TP_BACKEND_VERBS) {
-		unsigned bi = (unsigned)cfg->transport.backend;
+	if (n > 1 && cfg->transport.tp.backend != TP_BACKEND_VERBS) {
+		unsigned bi = (unsigned)cfg->transport.tp.backend;
 		rc = fr_error_set(err, -EINVAL, "[transport] device: '%s' lists %d devices; only "
 				  "[transport] backend = verbs uses more than one (backend is %s)",
-				  list, n, bi < FR_ARRAY_SIZE(backend_names) - 1 ? backend_names[bi]
-										 : "?");
+				  list, n, bi < 3 ? tp_conf_backend_names[bi] : "?");
 		goto fail;
 	}
 	*ret_v = v;
@@ -242,7 +223,7 @@ static bool str_ends_with(const char *s, const char *suffix)
 
 int co_config_validate(const struct co_config *cfg, struct fr_error *err)
 {
-	int rc, mtu = cfg->transport.mtu;
+	int rc;
 
 	if (!cfg->model.path)
 		return fr_error_set(err, -EINVAL, "[model] path: not set (the checkpoint directory "
@@ -274,13 +255,8 @@ int co_config_validate(const struct co_config *cfg, struct fr_error *err)
 				    "tls_*; set [cluster] listen to give it a listener and TLS of its "
 				    "own, or unset [cluster] tls_*",
 				    cfg->cluster.tls_cert ? "tls_cert" : "tls_client_ca");
-	if (!cfg->transport.bind_addr)
-		return fr_error_set(err, -EINVAL, "[transport] bind_addr: not set");
-	if ((rc = conf_check_ipv4(cfg->transport.bind_addr, err)) < 0)
-		return fr_error_prefix(err, rc, "[transport] bind_addr");
-	if (mtu != 0 && (mtu < 256 || (mtu & (mtu - 1)) != 0))
-		return fr_error_set(err, -EINVAL, "[transport] mtu: %d is not 0, 256, 512, 1024, "
-				    "2048 or 4096", mtu);
+	if ((rc = tp_conf_check(&cfg->transport.tp, err)) < 0)
+		return rc;
 	char **devs;
 	int n_devs;
 	if ((rc = co_config_devices(cfg, &devs, &n_devs, err)) < 0)

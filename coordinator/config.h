@@ -16,6 +16,7 @@
 
 #include "common/common.h"
 #include "common/conf.h"
+#include "transport/conf.h"
 #include "transport/transport.h"
 
 #define CO_CONFIG_DEFAULT_PATH "/etc/ferry/coordinator.conf"
@@ -66,16 +67,10 @@ struct co_config {
 		int threads;                 /* CPU threads; 0: all CPUs */
 	} engine;
 	struct {
-		enum tp_backend backend;     /* shm | tcp | verbs (default shm) */
-		char *bind_addr;             /* bootstrap listen IPv4 address (default 127.0.0.1) */
-		char *device;                /* verbs device ("mlx5_0") or comma-separated list of
-		                              * them (one context each); NULL: auto */
-		int port;                    /* verbs port; 0: first active */
-		int gid_index;               /* verbs GID index; -1: auto (RoCEv2) */
-		int mtu;                     /* verbs path MTU cap in bytes; 0: the port's */
+		struct tp_conf tp;           /* the keys both daemons share (transport/conf.h);
+		                              * device may be a comma-separated list */
 		enum co_wire_dtype wire_dtype; /* bf16 | f32 (default bf16) */
 		uint64_t expert_timeout_ms;  /* a worker's answer to a dispatch (default 30 s) */
-		uint64_t peer_timeout_ms;    /* dead-peer detection (default 5 s) */
 	} transport;
 	struct {
 		enum fr_log_level level;     /* error | warn | info | debug (default info) */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * engine.c - the forward pass: embeddings, attention over a paged KV cache, routers, shared
- * experts and the lm_head here; routed experts through the MoE seam (struct co_moe).
+ * experts and the lm_head here; routed experts through the MoE seam (struct moe).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -12,7 +12,7 @@
 struct co_engine {
 	const struct model_weights *w;
 	const struct model_config *c;
-	struct co_moe moe;
+	struct moe moe;
 	struct co_engine_opts o;
 	int q_dim, kv_dim, max_k, ffn_w;
 
@@ -107,7 +107,7 @@ static void *alloc_floats(size_t n)
 	return malloc((n ? n : 1) * sizeof(float));
 }
 
-int co_engine_create(const struct model_weights *w, struct co_moe moe,
+int co_engine_create(const struct model_weights *w, struct moe moe,
 		     const struct co_engine_opts *opts, struct co_engine **ret,
 		     struct fr_error *err)
 {
@@ -126,10 +126,10 @@ int co_engine_create(const struct model_weights *w, struct co_moe moe,
 	e->o.max_ctx = opts && opts->max_ctx > 0 ? opts->max_ctx : c->max_position_embeddings;
 	e->o.max_batch = opts && opts->max_batch > 0 ? opts->max_batch : 512;
 	e->o.micro_batches = opts && opts->micro_batches > 0 ? opts->micro_batches : 1;
-	if (e->o.micro_batches > CO_MAX_MICRO_BATCHES) {
+	if (e->o.micro_batches > MOE_MAX_MICRO_BATCHES) {
 		co_engine_destroy(e);
 		return fr_error_set(err, -EINVAL, "micro_batches %d: at most %d", opts->micro_batches,
-				    CO_MAX_MICRO_BATCHES);
+				    MOE_MAX_MICRO_BATCHES);
 	}
 	if (e->o.max_ctx > c->max_position_embeddings) {
 		co_engine_destroy(e);
@@ -500,7 +500,7 @@ static int check_batch(struct co_engine *e, int n, const int32_t *tokens, const 
 static int run_layers(struct co_engine *e, int n, const int32_t *seq, const int32_t *pos,
 		      const struct co_route_knobs *kb)
 {
-	struct mb_state mbs[CO_MAX_MICRO_BATCHES] = { { 0 } };
+	struct mb_state mbs[MOE_MAX_MICRO_BATCHES] = { { 0 } };
 	int m = FR_MIN(e->o.micro_batches, n), rc, busy, first = 0;
 
 	/* Dense layers before the first MoE layer have nothing to overlap with: run them once

@@ -202,3 +202,26 @@ grpc_status_code co_handle_model_info(struct rpc_call *call, const ProtobufCMess
 	free(resp.config_json);
 	return st;
 }
+
+int co_inference_register(struct co_inference_info *info, struct rpc_server *srv,
+			  struct fr_error *err)
+{
+	static const struct {
+		const char *path;
+		const ProtobufCMessageDescriptor *desc;
+		rpc_handler_fn fn;
+	} m[] = {
+		{ RPC_M_TOKENIZE, &ferry__v1__tokenize_request__descriptor, co_handle_tokenize },
+		{ RPC_M_DETOKENIZE, &ferry__v1__detokenize_request__descriptor,
+		  co_handle_detokenize },
+		{ RPC_M_MODEL_INFO, &ferry__v1__model_info_request__descriptor,
+		  co_handle_model_info },
+	};
+	int rc;
+
+	for (size_t i = 0; i < FR_ARRAY_SIZE(m); i++)
+		if ((rc = rpc_server_add_method(srv, m[i].path, RPC_METHOD_UNARY, m[i].desc,
+						m[i].fn, info, err)) < 0)
+			return rc;
+	return 0;
+}

@@ -82,4 +82,9 @@ grpc_status_code co_handle_detokenize(struct rpc_call *call, const ProtobufCMess
 grpc_status_code co_handle_model_info(struct rpc_call *call, const ProtobufCMessage *req,
 				      void *arg);
 
+/* Registers Tokenize, Detokenize and ModelInfo on srv with info as their argument (info
+ * must outlive srv). Errors: rpc_server_add_method()'s. */
+int co_inference_register(struct co_inference_info *info, struct rpc_server *srv,
+			  struct fr_error *err);
+
 #endif /* FERRY_COORDINATOR_INFERENCE_H */

@@ -4,7 +4,6 @@
  * line), signals, systemd notification.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +31,7 @@ static const char usage[] =
 	"  -w, --workers N         same as --set cluster.workers=N\n"
 	"  -t, --transport NAME    same as --set transport.backend=NAME (shm, tcp, verbs)\n"
 	"      --secret-file FILE  same as --set cluster.secret_file=FILE\n"
-		"      --print-config      print the effective configuration and exit\n"
+	"      --print-config      print the effective configuration and exit\n"
 	"  -V, --version           print the version and exit\n"
 	"  -h, --help              this text\n"
 	"\n"
@@ -40,21 +39,12 @@ static const char usage[] =
 	"(a worker did not join or load in time, impossible placement, a worker died);\n"
 	"2 for bad arguments or configuration.\n";
 
-enum { OPT_SECRET = 256, OPT_INSECURE, OPT_PRINT };
-
-static const struct option longopts[] = {
-	{ "config", required_argument, NULL, 'c' },
-	{ "set", required_argument, NULL, 's' },
-	{ "model", required_argument, NULL, 'm' },
-	{ "listen", required_argument, NULL, 'l' },
-	{ "workers", required_argument, NULL, 'w' },
-	{ "transport", required_argument, NULL, 't' },
-	{ "secret-file", required_argument, NULL, OPT_SECRET },
-	{ "insecure", no_argument, NULL, OPT_INSECURE },
-	{ "print-config", no_argument, NULL, OPT_PRINT },
-	{ "version", no_argument, NULL, 'V' },
-	{ "help", no_argument, NULL, 'h' },
-	{ NULL, 0, NULL, 0 },
+/* Shortcuts for keys (the shared options are fr_daemon_cmdline()'s). */
+static const struct fr_daemon_opt opts[] = {
+	{ "model", 'm', "model.path" },
+	{ "listen", 'l', "server.listen" },
+	{ "workers", 'w', "cluster.workers" },
+	{ "transport", 't', "transport.backend" },
 };
 
 static struct co_server *g_srv;
@@ -79,48 +69,21 @@ int main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
 	struct co_config cfg = { 0 };
-	const char *config_path = NULL;
-	char **ov = NULL;
-	int n_ov = 0, c, rc, ret = 2;
-	bool print = false;
+	struct fr_daemon_cmdline cl = { 0 };
+	int rc, ret = 2;
 	uint8_t *secret = NULL, *admin = NULL;
 	size_t secret_len = 0, admin_len = 0;
 	char **devs = NULL;
 	int n_devs = 0;
 
-	while ((c = getopt_long(argc, argv, "c:s:m:l:w:t:Vh", longopts, NULL)) != -1) {
-		rc = 0;
-		switch (c) {
-		case 'c': config_path = optarg; break;
-		case 's': rc = fr_strv_push(&ov, &n_ov, "%s", optarg); break;
-		case 'm': rc = fr_strv_push(&ov, &n_ov, "model.path=%s", optarg); break;
-		case 'l': rc = fr_strv_push(&ov, &n_ov, "server.listen=%s", optarg); break;
-		case 'w': rc = fr_strv_push(&ov, &n_ov, "cluster.workers=%s", optarg); break;
-		case 't': rc = fr_strv_push(&ov, &n_ov, "transport.backend=%s", optarg); break;
-		case OPT_SECRET: rc = fr_strv_push(&ov, &n_ov, "cluster.secret_file=%s", optarg); break;
-		case OPT_INSECURE: rc = fr_strv_push(&ov, &n_ov, "cluster.insecure=true"); break;
-		case OPT_PRINT: print = true; break;
-		case 'V': printf("ferry-coordinator %s\n", FERRY_VERSION); return 0;
-		case 'h': fputs(usage, stdout); return 0;
-		default:
-			fprintf(stderr, "(see ferry-coordinator --help)\n");
-			return 2;
-		}
-		if (rc < 0) {
-			fprintf(stderr, "ferry-coordinator: out of memory\n");
-			return 1;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "ferry-coordinator: unexpected argument '%s'\n(see ferry-coordinator --help)\n",
-			argv[optind]);
-		return 2;
-	}
-	if (co_config_load(config_path, ov, n_ov, &cfg, &err) < 0) { /* validates too */
+	if ((rc = fr_daemon_cmdline(argc, argv, "ferry-coordinator", usage, opts,
+				    FR_ARRAY_SIZE(opts), &cl)) != 0)
+		return rc == 1 ? 0 : rc == 2 ? 2 : 1;
+	if (co_config_load(cl.config_path, cl.overrides, cl.n_overrides, &cfg, &err) < 0) { /* validates too */
 		fprintf(stderr, "ferry-coordinator: %s\n", err.msg);
 		goto out;
 	}
-	if (print) {
+	if (cl.print_config) {
 		co_config_dump(&cfg, stdout);
 		ret = 0;
 		goto out;
@@ -185,15 +148,7 @@ int main(int argc, char **argv)
 		.stall_ms = (int64_t)cfg.server.stall_timeout_ms,
 		.max_ctx = cfg.engine.max_ctx,
 		.load_window = 1024,
-		.tp = {
-			.backend = cfg.transport.backend,
-			.port = cfg.transport.port,
-			.gid_index = cfg.transport.gid_index,
-			.gid_index_set = cfg.transport.gid_index >= 0,
-			.mtu = (uint32_t)cfg.transport.mtu,
-			.peer_timeout_ms = (uint32_t)cfg.transport.peer_timeout_ms,
-			.bind_addr = cfg.transport.bind_addr,
-		},
+		.tp = tp_conf_config(&cfg.transport.tp),
 		.tp_devices = (const char *const *)devs,
 		.n_tp_devices = n_devs,
 		.wire = cfg.transport.wire_dtype == CO_WIRE_F32 ? FP_DTYPE_F32 : FP_DTYPE_BF16,
@@ -233,7 +188,7 @@ out:
 	g_srv = NULL;
 	co_config_free(&cfg);
 	fr_strv_free(devs, n_devs);
-	fr_strv_free(ov, n_ov);
+	fr_daemon_cmdline_free(&cl);
 	rpc_auth_secret_free(secret, secret_len);
 	rpc_auth_secret_free(admin, admin_len);
 	return ret;

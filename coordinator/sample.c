@@ -2,8 +2,7 @@
 /*
  * sample.c - greedy, temperature, top-k and top-p (nucleus) sampling, repetition penalty.
  *
- * co_sample() and co_sample_full() share one draw (sample_draw), so with top_k 0 and no
- * penalty they return the same token for the same rng state, bit for bit. The draw:
+ * co_sample_full() applies the penalty, then draws with sample_draw(). The draw:
  *   - probabilities p_i = expf((l_i - max) / T), summed in id order (float);
  *   - no top-k/top-p: walk the candidates in id order;
  *   - else the candidates in descending p (ties: lower id first), taken one by one from a
@@ -134,11 +133,6 @@ static int32_t sample_draw(const float *logits, int vocab, float temperature, fl
 			return c[i].id;
 	}
 	return c[n - 1].id;
-}
-
-int32_t co_sample(struct co_sampler *s, const float *logits, int vocab, void *scratch)
-{
-	return sample_draw(logits, vocab, s->temperature, s->top_p, 0, &s->rng, scratch);
 }
 
 size_t co_sample_scratch_size(int vocab)

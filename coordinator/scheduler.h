@@ -73,14 +73,6 @@ enum co_finish {
 	CO_FINISH_ERROR,     /* the forward pass failed (see co_req_out.err) */
 };
 
-struct co_sample_params {
-	float temperature;   /* 0 = greedy */
-	float top_p;         /* (0, 1]; 1 = off */
-	int top_k;           /* 0 = off */
-	float rep_penalty;   /* 1 (or 0) = off */
-	uint64_t seed;
-};
-
 enum co_req_kind {
 	CO_REQ_GENERATE = 0,
 	CO_REQ_SCORE,        /* prompt only: log p(prompt[i + 1] | prompt[..i]) */
@@ -166,16 +158,5 @@ struct co_sched_stats {
 	uint64_t steps, rows, finished, refused;
 };
 void co_sched_stats(struct co_sched *s, struct co_sched_stats *ret);
-
-/* ==== sampling with request parameters (sample.c) ======================================= */
-
-/* Applies repetition penalty over history[n_hist] (CTRL: divide positive logits, multiply
- * negative ones), then temperature, top-k and top-p, and draws from rng. logits is modified
- * in place. scratch: co_sample_scratch_size(vocab) bytes. Returns the token id. */
-int32_t co_sample_full(const struct co_sample_params *p, uint64_t *rng, float *logits,
-		       int vocab, const int32_t *history, int n_hist, void *scratch);
-size_t co_sample_scratch_size(int vocab);
-/* log p(target) under logits (log-softmax), in double precision. */
-double co_logprob(const float *logits, int vocab, int32_t target);
 
 #endif /* FERRY_COORDINATOR_SCHEDULER_H */

@@ -10,29 +10,22 @@
 #include <string.h>
 
 #include "coordinator/serving.h"
+#include "coordinator/inference.h"
 #include "coordinator/text.h"
 
 #define LOG_COMP "serve"
 
-static grpc_status_code status_of(int rc)
-{
-	switch (rc) {
-	case -EINVAL: return GRPC_STATUS_INVALID_ARGUMENT;
-	case -ENOTSUP: return GRPC_STATUS_FAILED_PRECONDITION;
-	case -EAGAIN: return GRPC_STATUS_RESOURCE_EXHAUSTED;
-	case -ESHUTDOWN: return GRPC_STATUS_UNAVAILABLE;
-	case -ENOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
-	default: return GRPC_STATUS_INTERNAL;
-	}
-}
-
-/* Prompt ids from either token ids or text (tokenized). */
+/* Prompt ids from either token ids or text (tokenized: co_text_to_ids(), the Tokenize
+ * method's own path; ids checked with co_check_ids()). */
 static int prompt_of(const struct co_serving *sv, const int32_t *ids, size_t n_ids,
 		     const char *text, bool add_bos, const char *what, struct co_req_spec *spec,
 		     int32_t **ret_ids, struct fr_error *err)
 {
+	const struct co_inference_info info = { .cfg = sv->cfg, .tok = sv->tok };
 	bool has_text = text && text[0];
+	char field[32];
 	size_t n;
+	int rc;
 
 	*ret_ids = NULL;
 	if (has_text == (n_ids > 0))
@@ -42,35 +35,23 @@ static int prompt_of(const struct co_serving *sv, const int32_t *ids, size_t n_i
 		if (n_ids > (size_t)sv->max_ctx)
 			return fr_error_set(err, -EINVAL, "%zu prompt tokens exceed the context of %d",
 					    n_ids, sv->max_ctx);
-		for (size_t i = 0; i < n_ids; i++)
-			if (ids[i] < 0 || ids[i] >= sv->cfg->vocab_size)
-				return fr_error_set(err, -EINVAL, "%s_tokens[%zu] = %d is not a token id "
-						    "(vocab_size %d)", what, i, ids[i],
-						    sv->cfg->vocab_size);
+		snprintf(field, sizeof(field), "%s_tokens", what);
+		if ((rc = co_check_ids(field, ids, n_ids, sv->cfg->vocab_size, err)) < 0)
+			return rc;
 		spec->prompt = ids;
 		spec->n_prompt = (int)n_ids;
 		return 0;
 	}
-	if (!sv->tok)
-		return fr_error_set(err, -ENOTSUP, "model has no tokenizer.json, send token ids");
-	size_t len = strlen(text);
-	if (len > CO_MAX_TEXT_BYTES)
-		return fr_error_set(err, -EINVAL, "%s of %zu bytes exceeds the limit of %u bytes",
-				    what, len, CO_MAX_TEXT_BYTES);
-	int rc = model_tokenizer_encode(sv->tok, text, len, add_bos, ret_ids, &n);
-	if (rc < 0)
-		return fr_error_set(err, rc, "%s: cannot tokenize: %s", what, strerror(-rc));
-	for (size_t i = 0; i < n; i++)
-		if ((*ret_ids)[i] >= sv->cfg->vocab_size) {
-			rc = fr_error_set(err, -EINVAL, "the tokenizer gave id %d, beyond the model's "
-					  "vocab_size %d", (*ret_ids)[i], sv->cfg->vocab_size);
-			free(*ret_ids);
-			*ret_ids = NULL;
-			return rc;
-		}
-	if (n == 0 || n > (size_t)sv->max_ctx) {
+	if (!sv->tok) /* -ENOTSUP, as serving.h promises (co_text_to_ids() says -ESTALE) */
+		return fr_error_set(err, -ENOTSUP, CO_ERR_NO_TOKENIZER);
+	if ((rc = co_text_to_ids(&info, text, strlen(text), add_bos, ret_ids, &n, err)) < 0)
+		return fr_error_prefix(err, rc, "%s", what);
+	if ((rc = co_check_ids("the tokenizer's ids", *ret_ids, n, sv->cfg->vocab_size, err)) < 0 ||
+	    n == 0 || n > (size_t)sv->max_ctx) {
 		free(*ret_ids);
 		*ret_ids = NULL;
+		if (rc < 0)
+			return rc;
 		return fr_error_set(err, -EINVAL, n ? "%s is %zu tokens, the context holds %d" :
 				    "%s tokenizes to nothing", what, n, sv->max_ctx);
 	}
@@ -265,7 +246,7 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 	if ((st = unavailable(sv, call)) != GRPC_STATUS_OK)
 		return st;
 	if ((rc = co_generate_validate(sv, r, &spec, &ids, &err)) < 0)
-		return rpc_call_fail(call, status_of(rc), "%s", err.msg);
+		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
 	/* Text out: asked for, or implied by a text prompt or stop strings. */
 	bool want_text = sv->tok && (r->return_text || (r->prompt && r->prompt[0]) || r->n_stop);
 	if (want_text && ((rc = co_detok_create(sv->tok, CO_DETOK_NO_NUL, &dt)) < 0 ||
@@ -273,14 +254,14 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 					       &stop, &err)) < 0)) {
 		free(ids);
 		co_detok_destroy(dt);
-		return rpc_call_fail(call, status_of(rc), "%s", err.msg[0] ? err.msg : strerror(-rc));
+		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg[0] ? err.msg : strerror(-rc));
 	}
 	rc = co_sched_submit(sv->sched, &spec, &req, &err);
 	free(ids);
 	if (rc < 0) {
 		co_detok_destroy(dt);
 		co_stop_destroy(stop);
-		return rpc_call_fail(call, status_of(rc), "%s", err.msg);
+		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
 	}
 
 	for (;;) {
@@ -443,9 +424,9 @@ grpc_status_code co_handle_score(struct rpc_call *call, const ProtobufCMessage *
 	if ((st = unavailable(sv, call)) != GRPC_STATUS_OK)
 		return st;
 	if ((rc = co_score_validate(sv, r, &spec, &ids, &err)) < 0)
-		return rpc_call_fail(call, status_of(rc), "%s", err.msg);
+		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
 	if ((rc = co_sched_submit(sv->sched, &spec, &req, &err)) < 0) {
-		st = rpc_call_fail(call, status_of(rc), "%s", err.msg);
+		st = rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
 		goto out;
 	}
 	do {
@@ -476,4 +457,15 @@ out:
 	co_req_put(req);
 	free(ids);
 	return st;
+}
+
+int co_serving_register(struct co_serving *sv, struct rpc_server *srv, struct fr_error *err)
+{
+	int rc = rpc_server_add_method(srv, RPC_M_GENERATE, RPC_METHOD_SERVER_STREAMING,
+				       &ferry__v1__generate_request__descriptor, co_handle_generate,
+				       sv, err);
+	if (rc < 0)
+		return rc;
+	return rpc_server_add_method(srv, RPC_M_SCORE, RPC_METHOD_UNARY,
+				     &ferry__v1__score_request__descriptor, co_handle_score, sv, err);
 }

@@ -10,6 +10,7 @@
 #include <grpc/status.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "coordinator/inference.h"
 #include "coordinator/scheduler.h"
 #include "model/model.h"
 #include "rpc/inference.pb-c.h"
@@ -18,7 +19,6 @@
 #define CO_MAX_STOP_STRINGS 16
 #define CO_MAX_STOP_LEN 256
 #define CO_MAX_STOP_IDS 64
-#define CO_MAX_TEXT_BYTES (1u << 20)
 /* Logits bytes per GenerateResponse: well under RPC_MAX_MESSAGE_BYTES. */
 #define CO_LOGITS_MSG_BYTES (8u << 20)
 
@@ -54,5 +54,9 @@ int co_score_validate(const struct co_serving *sv, const Ferry__V1__ScoreRequest
 grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessage *req,
 				    void *arg);
 grpc_status_code co_handle_score(struct rpc_call *call, const ProtobufCMessage *req, void *arg);
+
+/* Registers Generate and Score on srv with sv as their argument (sv must outlive srv).
+ * Errors: rpc_server_add_method()'s. */
+int co_serving_register(struct co_serving *sv, struct rpc_server *srv, struct fr_error *err);
 
 #endif /* FERRY_COORDINATOR_SERVING_H */

@@ -199,7 +199,7 @@ static int run_exec(const struct run_opts *o)
 	struct fr_error err = { { 0 } };
 	struct model_ckpt *ck = NULL;
 	struct model_weights *w = NULL;
-	struct co_moe moe = { 0 };
+	struct moe moe = { 0 };
 	struct co_engine *e = NULL;
 	const struct model_config *c;
 	int32_t *ids = NULL, *seq = NULL, *pos = NULL;
@@ -238,7 +238,7 @@ static int run_exec(const struct run_opts *o)
 	}
 	if ((rc = model_weights_bind(ck, MODEL_BIND_NO_ROUTED, &w, &err)) < 0)
 		goto out;
-	if (model_n_moe_layers(c) > 0 && (rc = co_moe_local_create(ck, o->workers, &moe, &err)) < 0)
+	if (model_n_moe_layers(c) > 0 && (rc = moe_local_create(ck, o->workers, &moe, &err)) < 0)
 		goto out;
 	struct co_engine_opts eo = { .max_seqs = 1, .max_ctx = (int)total,
 				     .max_batch = (int)FR_MIN(n_prompt, 512) };
@@ -249,7 +249,7 @@ static int run_exec(const struct run_opts *o)
 	seq = calloc(total, sizeof(*seq));
 	pos = malloc(total * sizeof(*pos));
 	logits = malloc(n_prompt * (size_t)c->vocab_size * sizeof(float));
-	scratch = malloc((size_t)c->vocab_size * 8);
+	scratch = malloc(co_sample_scratch_size(c->vocab_size));
 	if (!ids || !seq || !pos || !logits || !scratch) {
 		fr_error_set(&err, -ENOMEM, "out of memory");
 		goto out;
@@ -284,11 +284,13 @@ static int run_exec(const struct run_opts *o)
 	}
 	t1 = fr_now_ns();
 
-	struct co_sampler smp = { .temperature = o->temperature, .top_p = o->top_p, .rng = o->seed };
+	struct co_sample_params smp = { .temperature = o->temperature, .top_p = o->top_p,
+					.seed = o->seed };
+	uint64_t rng = o->seed;
 	float *last = logits + (n_prompt - 1) * (size_t)c->vocab_size;
 	size_t n_gen = 0;
 	for (size_t i = n_prompt; i < total; i++) {
-		int32_t tok = co_sample(&smp, last, c->vocab_size, scratch);
+		int32_t tok = co_sample_full(&smp, &rng, last, c->vocab_size, NULL, 0, scratch);
 		ids[i] = tok;
 		n_gen++;
 		printf("%s%d", n_gen > 1 ? " " : "", tok);
@@ -324,7 +326,7 @@ out:
 	if (ret != CTL_EXIT_OK)
 		fprintf(stderr, "ferryctl run: %s\n", err.msg[0] ? err.msg : "failed");
 	co_engine_destroy(e);
-	co_moe_destroy(&moe);
+	moe_destroy(&moe);
 	model_weights_free(w);
 	model_ckpt_close(ck);
 	free(ids);

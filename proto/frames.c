@@ -3,6 +3,7 @@
 #include "proto/frames.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <math.h>
 
 struct layout {
@@ -287,4 +288,38 @@ int fp_combine_decode(const void *buf, size_t len, struct fp_combine_view *ret_v
 		.frame_len = (size_t)l.end,
 	};
 	return 0;
+}
+
+/* ---- ring geometry ------------------------------------------------------------------- */
+
+static bool ring_ok(const struct fp_ring *r)
+{
+	return r->slots >= 1 && r->slots <= FP_RING_MAX_SLOTS && r->tokens >= 1 &&
+	       r->tokens <= FP_MAX_TOKENS && r->hidden >= 1 && r->hidden <= FP_MAX_HIDDEN &&
+	       r->max_pairs >= 1 && r->max_pairs <= FP_MAX_PAIRS_PER_TOKEN;
+}
+
+static size_t round_slot(size_t n)
+{
+	return (n + FP_RING_ALIGN - 1) / FP_RING_ALIGN * FP_RING_ALIGN;
+}
+
+/* Sized for f32 vectors, the larger wire dtype, so either dtype fits every slot. */
+size_t fp_ring_dispatch_slot(const struct fp_ring *r)
+{
+	size_t len;
+
+	if (!ring_ok(r) || fp_dispatch_size(r->tokens, r->hidden, r->tokens * r->max_pairs,
+					    FP_DTYPE_F32, &len) < 0)
+		return 0;
+	return round_slot(len);
+}
+
+size_t fp_ring_combine_slot(const struct fp_ring *r)
+{
+	size_t len;
+
+	if (!ring_ok(r) || fp_combine_size(r->tokens, r->hidden, FP_DTYPE_F32, &len) < 0)
+		return 0;
+	return round_slot(len);
 }

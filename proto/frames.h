@@ -154,4 +154,49 @@ int fp_dispatch_decode(const void *buf, size_t len, uint32_t n_slots,
 int fp_combine_decode(const void *buf, size_t len, struct fp_combine_view *ret_view,
 		      struct fr_error *err);
 
+/* ---- ring geometry and the immediate ------------------------------------------------ */
+
+/*
+ * Ring geometry. Each direction of a coordinator<->worker endpoint is a ring of
+ * `slots` equal slots in the receiver's region; the frame of micro-batch mb goes to slot
+ * mb % slots, at offset (mb % slots) * slot_bytes. Dispatch slots (worker side) hold a
+ * frame of up to `tokens` tokens with up to `tokens * max_pairs` (slot, weight) pairs in
+ * f32; combine slots (coordinator side) a frame of `tokens` f32 partials. Sizes are rounded
+ * up to FP_RING_ALIGN. Both sides compute them with these functions from the same numbers
+ * (the worker announces its ring in Join), so they always agree.
+ */
+#define FP_RING_ALIGN 4096u
+#define FP_RING_MAX_SLOTS 256u /* the imm carries 8 bits of micro-batch */
+
+struct fp_ring {
+	uint32_t slots;       /* micro-batches in flight per endpoint (>= 1) */
+	uint32_t tokens;      /* largest micro-batch, in tokens (>= 1) */
+	uint32_t hidden;      /* model hidden size */
+	uint32_t max_pairs;   /* most (slot, weight) pairs one token may carry to one worker */
+};
+/* Bytes of one dispatch / combine slot (sized for f32 vectors, so either wire dtype fits);
+ * 0 when a field is out of the frame limits or slots > FP_RING_MAX_SLOTS. */
+size_t fp_ring_dispatch_slot(const struct fp_ring *r);
+size_t fp_ring_combine_slot(const struct fp_ring *r);
+
+/* The immediate of a data-plane put: (MoE layer, micro-batch, kind) in 32 bits, so the
+ * receiver knows what landed before it reads the frame (and checks it against the frame
+ * header): layer in bits 31..16, micro-batch in 15..8, kind in 7..0. */
+static inline uint32_t fp_imm(uint32_t layer, uint32_t mb, enum fp_kind kind)
+{
+	return (layer & 0xffffu) << 16 | (mb & 0xffu) << 8 | ((uint32_t)kind & 0xffu);
+}
+
+struct fp_imm_fields {
+	uint32_t layer;       /* MoE layer, 0..65535 */
+	uint32_t mb;          /* micro-batch, 0..255 */
+	uint32_t kind;        /* an enum fp_kind value, unchecked */
+};
+
+static inline struct fp_imm_fields fp_imm_decode(uint32_t imm)
+{
+	return (struct fp_imm_fields){ .layer = imm >> 16, .mb = (imm >> 8) & 0xffu,
+				       .kind = imm & 0xffu };
+}
+
 #endif /* FERRY_PROTO_FRAMES_H */

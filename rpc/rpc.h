@@ -103,7 +103,13 @@ int rpc_creds_check(const struct rpc_creds *creds, bool server, struct fr_error 
  * FAILED_PRECONDITION -> -ESTALE; ABORTED -> -ECONNABORTED; OUT_OF_RANGE -> -ERANGE;
  * UNIMPLEMENTED -> -ENOSYS; DATA_LOSS -> -EBADMSG; INTERNAL, UNKNOWN, others -> -EIO. */
 int rpc_status_to_errno(grpc_status_code code);
-/* The reverse, for handlers that hold a -errno: a negative errno -> the closest status. */
+/* The reverse, for handlers that hold a -errno (the one map every handler uses): 0 -> OK;
+ * -ECANCELED -> CANCELLED; -EINVAL, -EBADMSG, -EMSGSIZE -> INVALID_ARGUMENT; -ETIMEDOUT ->
+ * DEADLINE_EXCEEDED; -ENOENT -> NOT_FOUND; -EEXIST -> ALREADY_EXISTS; -EPERM ->
+ * PERMISSION_DENIED; -EACCES -> UNAUTHENTICATED; -EAGAIN, -ENOMEM, -ENOSPC ->
+ * RESOURCE_EXHAUSTED; -ESTALE, -ENOTSUP -> FAILED_PRECONDITION; -ESHUTDOWN -> UNAVAILABLE;
+ * -ECONNABORTED -> ABORTED; -ERANGE -> OUT_OF_RANGE; -ENOSYS -> UNIMPLEMENTED; others ->
+ * INTERNAL. */
 grpc_status_code rpc_status_from_errno(int neg_errno);
 /* "INVALID_ARGUMENT", ... ("UNKNOWN_STATUS" for codes outside the enum). */
 const char *rpc_status_name(grpc_status_code code);

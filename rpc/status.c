@@ -52,10 +52,13 @@ grpc_status_code rpc_status_from_errno(int neg_errno)
 	case -EPERM: return GRPC_STATUS_PERMISSION_DENIED;
 	case -EACCES: return GRPC_STATUS_UNAUTHENTICATED;
 	case -EAGAIN: case -ENOMEM: case -ENOSPC: return GRPC_STATUS_RESOURCE_EXHAUSTED;
-	case -ESTALE: return GRPC_STATUS_FAILED_PRECONDITION;
+	/* ENOTSUP (== EOPNOTSUPP here): the request needs what this server lacks (a
+	 * tokenizer): a precondition, not an unknown method. */
+	case -ESTALE: case -ENOTSUP: return GRPC_STATUS_FAILED_PRECONDITION;
+	case -ESHUTDOWN: return GRPC_STATUS_UNAVAILABLE;
 	case -ECONNABORTED: return GRPC_STATUS_ABORTED;
 	case -ERANGE: return GRPC_STATUS_OUT_OF_RANGE;
-	case -ENOSYS: case -EOPNOTSUPP: return GRPC_STATUS_UNIMPLEMENTED;
+	case -ENOSYS: return GRPC_STATUS_UNIMPLEMENTED;
 	default: return GRPC_STATUS_INTERNAL;
 	}
 }

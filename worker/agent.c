@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * agent.c - ferry-worker: control plane (Join, GetAssignment, LoadExperts, Heartbeat,
- * ReportStats over gRPC) around the data-plane server (serve.c).
+ * ReportStats over gRPC) around the data-plane server (moe/serve.c).
  *
  * Threads: the caller of wk_agent_run() owns the transport and serves frames; a control
  * thread heartbeats and reports load every heartbeat interval, and stops the server when
@@ -22,8 +22,8 @@
 #include "rpc/auth.h"
 #include "rpc/internal.pb-c.h"
 #include "rpc/rpc.h"
-#include "worker/agent.h"
 #include "worker/worker.h"
+#include "moe/moe.h"
 
 #define LOG_COMP "worker"
 #define RPC_TIMEOUT_MS 5000
@@ -38,10 +38,10 @@ struct wk_agent {
 	struct tp_context *tp;
 	struct tp_mem *recv;
 	struct tp_ep *ep;
-	struct wk_ring ring;
+	struct fp_ring ring;
 	struct rpc_channel *ch;
-	struct wk_slots *slots;
-	struct wk_server *srv;
+	struct moe_slots *slots;
+	struct moe_server *srv;
 
 	uint32_t index;
 	uint8_t session_key[RPC_AUTH_KEY_LEN]; /* signs every call after Join */
@@ -115,10 +115,10 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 		rc = fr_error_set(err, -EINVAL, "memory limit too small for one expert slot per layer");
 		goto fail;
 	}
-	a->ring = (struct wk_ring){ .slots = o->ring_slots, .tokens = o->ring_tokens,
+	a->ring = (struct fp_ring){ .slots = o->ring_slots, .tokens = o->ring_tokens,
 				    .hidden = (uint32_t)a->cfg->hidden_size,
 				    .max_pairs = (uint32_t)a->cfg->n_routed_experts };
-	size_t slot = wk_ring_dispatch_slot(&a->ring);
+	size_t slot = fp_ring_dispatch_slot(&a->ring);
 	if (!slot) {
 		rc = fr_error_set(err, -EINVAL, "ring of %u x %u tokens is out of the frame limits",
 				  o->ring_slots, o->ring_tokens);
@@ -135,7 +135,7 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 			     slot * o->ring_slots >> 20, strerror(-rc));
 		goto fail;
 	}
-	if ((rc = wk_slots_create(a->cfg, a->o.slots, &a->slots)) < 0) {
+	if ((rc = moe_slots_create(a->cfg, a->o.slots, &a->slots)) < 0) {
 		fr_error_set(err, rc, "cannot create %d slots", a->o.slots);
 		goto fail;
 	}
@@ -306,7 +306,7 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 					s->expert, layer_of[s->layer], s->slot);
 			goto out;
 		}
-		if ((rc = wk_slot_set(a->slots, (int)s->layer, (int)s->slot, (int)s->expert, &ffn)) < 0) {
+		if ((rc = moe_slot_set(a->slots, (int)s->layer, (int)s->slot, (int)s->expert, &ffn)) < 0) {
 			fr_error_set(err, rc, "slot (layer %u, slot %u): cannot hold expert %u", s->layer,
 				     s->slot, s->expert);
 			goto out;
@@ -404,7 +404,7 @@ static void *ctl_main(void *arg)
 		if (a->stop) {
 			if (!atomic_load(&a->drained))
 				release_slots(a);
-			wk_server_stop(a->srv);
+			moe_server_stop(a->srv);
 			break;
 		}
 		hb.worker_index = a->index;
@@ -423,11 +423,11 @@ static void *ctl_main(void *arg)
 		if (hr->drain) {
 			fr_info(LOG_COMP, "%s: coordinator asks to drain", a->name);
 			atomic_store(&a->drained, true);
-			wk_server_stop(a->srv);
+			moe_server_stop(a->srv);
 		}
 		protobuf_c_message_free_unpacked(&hr->base, NULL);
 
-		wk_server_take_stats(a->srv, tok, ns, &frames);
+		moe_server_take_stats(a->srv, tok, ns, &frames);
 		now = fr_now_ns();
 		for (int l = 0; l < n_moe; l++) {
 			ferry__v1__layer_stats__init(&ls[l]);
@@ -487,8 +487,8 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err)
 	}
 	if ((rc = load_slots(a, &ack, err)) < 0)
 		goto out;
-	struct wk_server_opts so = { .ring = a->ring, .name = a->name };
-	if ((rc = wk_server_create(a->slots, a->tp, a->ep, a->recv, &so, &a->srv, err)) < 0)
+	struct moe_server_opts so = { .ring = a->ring, .name = a->name };
+	if ((rc = moe_server_create(a->slots, a->tp, a->ep, a->recv, &so, &a->srv, err)) < 0)
 		goto out;
 	if ((rc = pthread_create(&a->ctl, NULL, ctl_main, a)) != 0) {
 		rc = fr_error_set(err, -rc, "cannot start the control thread");
@@ -497,7 +497,7 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err)
 	a->ctl_started = true;
 	/* From here a stop goes through the control thread (see wk_agent_stop). */
 	atomic_store(&a->graceful, true);
-	rc = wk_server_run(a->srv, -1, err);
+	rc = moe_server_run(a->srv, -1, err);
 	if (rc == -ECONNRESET && atomic_load(&a->drained))
 		rc = 0; /* the coordinator closed the data plane after asking us to drain */
 out:
@@ -516,21 +516,21 @@ void wk_agent_stop(struct wk_agent *a)
 	a->stop = 1;
 	/* Serving: the control thread hands the slots back, then stops the server. */
 	if (a->srv && !atomic_load(&a->graceful))
-		wk_server_stop(a->srv);
+		moe_server_stop(a->srv);
 }
 
 void wk_agent_destroy(struct wk_agent *a)
 {
 	if (!a)
 		return;
-	wk_server_destroy(a->srv);
+	moe_server_destroy(a->srv);
 	if (a->assign)
 		protobuf_c_message_free_unpacked(&a->assign->base, NULL);
 	rpc_channel_destroy(a->ch);
 	tp_ep_destroy(a->ep);
 	tp_mem_free(a->recv);
 	tp_context_destroy(a->tp);
-	wk_slots_destroy(a->slots);
+	moe_slots_destroy(a->slots);
 	model_ckpt_close(a->ck);
 	free(a->name);
 	free(a->coordinator);

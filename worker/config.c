@@ -10,11 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-_Static_assert(sizeof(enum tp_backend) == sizeof(int), "enum tp_backend is not int-sized");
 _Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is not int-sized");
 
 /* In the order of enum tp_backend / fr_log_level. */
-static const char *const backend_names[] = { "shm", "tcp", "verbs", NULL };
 static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
 
 #define OFF(f) offsetof(struct wk_config, f)
@@ -56,21 +54,8 @@ const struct conf_key wk_config_keys[] = {
 	{ "cluster", "tls_key", CONF_STR, OFF(cluster.tls_key),
 	  .doc = "PEM private key of tls_cert (unencrypted; keep it mode 0600)." },
 
-	{ "transport", "backend", CONF_ENUM, OFF(transport.backend), .enum_names = backend_names,
-	  .def = "shm",
-	  .doc = "Data plane to the coordinator: shm (same host), tcp, or verbs (RDMA)." },
-	{ "transport", "bind_addr", CONF_IPV4, OFF(transport.bind_addr), .def = "127.0.0.1",
-	  .doc = "Local address the data plane listens on (tcp and verbs); an address the "
-		 "coordinator can reach." },
-	{ "transport", "device", CONF_STR, OFF(transport.device),
-	  .doc = "verbs: RDMA device name (\"mlx5_0\", \"rxe0\"). Unset: the first usable one." },
-	{ "transport", "port", CONF_INT, OFF(transport.port), 0, 255, .def = "0",
-	  .doc = "verbs: port number of the device. 0: the first active port." },
-	{ "transport", "gid_index", CONF_INT, OFF(transport.gid_index), -1, 1023, .def = "-1",
-	  .doc = "verbs: GID index. -1: auto (the RoCEv2 IPv4-mapped GID)." },
-	{ "transport", "mtu", CONF_INT, OFF(transport.mtu), 0, 4096, .def = "0",
-	  .doc = "verbs: path MTU cap in bytes (256, 512, 1024, 2048 or 4096). 0: the port's "
-		 "active MTU." },
+	TP_CONF_KEYS(struct wk_config, transport.tp, "coordinator",
+		     "verbs: RDMA device name (\"mlx5_0\", \"rxe0\"). Unset: the first usable one."),
 	{ "transport", "ring_slots", CONF_INT, OFF(transport.ring_slots), 1, 64, .def = "4",
 	  .doc = "Micro-batches that may be in flight to this worker at once; at least the "
 		 "coordinator's [engine] micro_batches." },
@@ -78,9 +63,6 @@ const struct conf_key wk_config_keys[] = {
 	  .def = "512",
 	  .doc = "Largest micro-batch this worker accepts, in tokens; at least the "
 		 "coordinator's [engine] max_batch divided by its micro_batches." },
-	{ "transport", "peer_timeout", CONF_DURATION_MS, OFF(transport.peer_timeout_ms), 1,
-	  DAY_MS, .def = "5s",
-	  .doc = "How quickly a dead peer host is detected on the data plane." },
 
 	{ "log", "level", CONF_ENUM, OFF(log.level), .enum_names = level_names, .def = "info",
 	  .doc = "Log level of every component. $FERRY_LOG, when set, takes precedence and "
@@ -92,7 +74,7 @@ const size_t wk_config_n_keys = FR_ARRAY_SIZE(wk_config_keys);
 int wk_config_validate(const struct wk_config *cfg, struct fr_error *err)
 {
 	const char *name = cfg->worker.name;
-	int rc, mtu = cfg->transport.mtu;
+	int rc;
 
 	if (!cfg->model.path)
 		return fr_error_set(err, -EINVAL, "[model] path: not set (the worker's checkpoint "
@@ -121,13 +103,8 @@ int wk_config_validate(const struct wk_config *cfg, struct fr_error *err)
 	if (cfg->cluster.tls_key && !cfg->cluster.tls_cert)
 		return fr_error_set(err, -EINVAL, "[cluster] tls_key: set without [cluster] "
 				    "tls_cert");
-	if (!cfg->transport.bind_addr)
-		return fr_error_set(err, -EINVAL, "[transport] bind_addr: not set");
-	if ((rc = conf_check_ipv4(cfg->transport.bind_addr, err)) < 0)
-		return fr_error_prefix(err, rc, "[transport] bind_addr");
-	if (mtu != 0 && (mtu < 256 || (mtu & (mtu - 1)) != 0))
-		return fr_error_set(err, -EINVAL, "[transport] mtu: %d is not 0, 256, 512, 1024, "
-				    "2048 or 4096", mtu);
+	if ((rc = tp_conf_check(&cfg->transport.tp, err)) < 0)
+		return rc;
 	return 0;
 }
 

@@ -17,6 +17,7 @@
 
 #include "common/common.h"
 #include "common/conf.h"
+#include "transport/conf.h"
 #include "transport/transport.h"
 
 #define WK_CONFIG_DEFAULT_PATH "/etc/ferry/worker.conf"
@@ -44,15 +45,9 @@ struct wk_config {
 		char *tls_key;               /* its PEM private key */
 	} cluster;
 	struct {
-		enum tp_backend backend;     /* shm | tcp | verbs (default shm) */
-		char *bind_addr;             /* data-plane listen IPv4 address (default 127.0.0.1) */
-		char *device;                /* verbs device; NULL: auto */
-		int port;                    /* verbs port; 0: first active */
-		int gid_index;               /* verbs GID index; -1: auto */
-		int mtu;                     /* verbs path MTU cap; 0: the port's */
+		struct tp_conf tp;           /* the keys both daemons share (transport/conf.h) */
 		int ring_slots;              /* micro-batches in flight per endpoint (default 4) */
 		int ring_tokens;             /* largest micro-batch in tokens (default 512) */
-		uint64_t peer_timeout_ms;    /* dead-peer detection (default 5 s) */
 	} transport;
 	struct {
 		enum fr_log_level level;     /* error | warn | info | debug (default info) */

@@ -1,10 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * ferry-worker: the daemon over worker/agent.c - configuration (INI + command line),
+ * ferry-worker: the daemon over worker/agent.c (worker.h) - configuration (INI + command line),
  * signals, systemd notification.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,7 +13,7 @@
 #include "common/daemon.h"
 #include "kernels/kernels.h"
 #include "rpc/auth.h"
-#include "worker/agent.h"
+#include "worker/worker.h"
 #include "worker/config.h"
 
 static const char usage[] =
@@ -35,7 +34,7 @@ static const char usage[] =
 	"      --slots N           same as --set worker.slots=N\n"
 	"  -t, --transport NAME    same as --set transport.backend=NAME (shm, tcp, verbs)\n"
 	"      --secret-file FILE  same as --set cluster.secret_file=FILE\n"
-		"      --print-config      print the effective configuration and exit\n"
+	"      --print-config      print the effective configuration and exit\n"
 	"  -V, --version           print the version and exit\n"
 	"  -h, --help              this text\n"
 	"\n"
@@ -43,22 +42,13 @@ static const char usage[] =
 	"failure (join refused, a checkpoint tensor missing, the coordinator gone); 2 for\n"
 	"bad arguments or configuration.\n";
 
-enum { OPT_SLOTS = 256, OPT_SECRET, OPT_INSECURE, OPT_PRINT };
-
-static const struct option longopts[] = {
-	{ "config", required_argument, NULL, 'c' },
-	{ "set", required_argument, NULL, 's' },
-	{ "model", required_argument, NULL, 'm' },
-	{ "coordinator", required_argument, NULL, 'C' },
-	{ "name", required_argument, NULL, 'n' },
-	{ "slots", required_argument, NULL, OPT_SLOTS },
-	{ "transport", required_argument, NULL, 't' },
-	{ "secret-file", required_argument, NULL, OPT_SECRET },
-	{ "insecure", no_argument, NULL, OPT_INSECURE },
-	{ "print-config", no_argument, NULL, OPT_PRINT },
-	{ "version", no_argument, NULL, 'V' },
-	{ "help", no_argument, NULL, 'h' },
-	{ NULL, 0, NULL, 0 },
+/* Shortcuts for keys (the shared options are fr_daemon_cmdline()'s). */
+static const struct fr_daemon_opt opts[] = {
+	{ "model", 'm', "model.path" },
+	{ "coordinator", 'C', "worker.coordinator" },
+	{ "name", 'n', "worker.name" },
+	{ "slots", 0, "worker.slots" },
+	{ "transport", 't', "transport.backend" },
 };
 
 static struct wk_agent *g_agent;
@@ -74,47 +64,19 @@ int main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
 	struct wk_config cfg = { 0 };
-	const char *config_path = NULL;
-	char **ov = NULL;
-	int n_ov = 0, c, rc, ret = 2;
-	bool print = false;
+	struct fr_daemon_cmdline cl = { 0 };
+	int rc, ret = 2;
 	uint8_t *secret = NULL;
 	size_t secret_len = 0;
 
-	while ((c = getopt_long(argc, argv, "c:s:m:C:n:t:Vh", longopts, NULL)) != -1) {
-		rc = 0;
-		switch (c) {
-		case 'c': config_path = optarg; break;
-		case 's': rc = fr_strv_push(&ov, &n_ov, "%s", optarg); break;
-		case 'm': rc = fr_strv_push(&ov, &n_ov, "model.path=%s", optarg); break;
-		case 'C': rc = fr_strv_push(&ov, &n_ov, "worker.coordinator=%s", optarg); break;
-		case 'n': rc = fr_strv_push(&ov, &n_ov, "worker.name=%s", optarg); break;
-		case OPT_SLOTS: rc = fr_strv_push(&ov, &n_ov, "worker.slots=%s", optarg); break;
-		case 't': rc = fr_strv_push(&ov, &n_ov, "transport.backend=%s", optarg); break;
-		case OPT_SECRET: rc = fr_strv_push(&ov, &n_ov, "cluster.secret_file=%s", optarg); break;
-		case OPT_INSECURE: rc = fr_strv_push(&ov, &n_ov, "cluster.insecure=true"); break;
-		case OPT_PRINT: print = true; break;
-		case 'V': printf("ferry-worker %s\n", FERRY_VERSION); return 0;
-		case 'h': fputs(usage, stdout); return 0;
-		default:
-			fprintf(stderr, "(see ferry-worker --help)\n");
-			return 2;
-		}
-		if (rc < 0) {
-			fprintf(stderr, "ferry-worker: out of memory\n");
-			return 1;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "ferry-worker: unexpected argument '%s'\n(see ferry-worker --help)\n",
-			argv[optind]);
-		goto out;
-	}
-	if (wk_config_load(config_path, ov, n_ov, &cfg, &err) < 0) { /* validates too */
+	if ((rc = fr_daemon_cmdline(argc, argv, "ferry-worker", usage, opts, FR_ARRAY_SIZE(opts),
+				    &cl)) != 0)
+		return rc == 1 ? 0 : rc == 2 ? 2 : 1;
+	if (wk_config_load(cl.config_path, cl.overrides, cl.n_overrides, &cfg, &err) < 0) { /* validates too */
 		fprintf(stderr, "ferry-worker: %s\n", err.msg);
 		goto out;
 	}
-	if (print) {
+	if (cl.print_config) {
 		wk_config_dump(&cfg, stdout);
 		ret = 0;
 		goto out;
@@ -146,16 +108,7 @@ int main(int argc, char **argv)
 		.secret_len = secret_len,
 		.slots = cfg.worker.slots,
 		.memory_limit = cfg.worker.memory_limit,
-		.tp = {
-			.backend = cfg.transport.backend,
-			.device = cfg.transport.device,
-			.port = cfg.transport.port,
-			.gid_index = cfg.transport.gid_index,
-			.gid_index_set = cfg.transport.gid_index >= 0,
-			.mtu = (uint32_t)cfg.transport.mtu,
-			.peer_timeout_ms = (uint32_t)cfg.transport.peer_timeout_ms,
-			.bind_addr = cfg.transport.bind_addr,
-		},
+		.tp = tp_conf_config(&cfg.transport.tp),
 		.ring_slots = (uint32_t)cfg.transport.ring_slots,
 		.ring_tokens = (uint32_t)cfg.transport.ring_tokens,
 		.join_timeout_ms = 60000,
@@ -181,7 +134,7 @@ out:
 	wk_agent_destroy(g_agent);
 	g_agent = NULL;
 	wk_config_free(&cfg);
-	fr_strv_free(ov, n_ov);
+	fr_daemon_cmdline_free(&cl);
 	rpc_auth_secret_free(secret, secret_len);
 	return ret;
 }

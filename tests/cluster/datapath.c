@@ -3,7 +3,7 @@
  * datapath.c - the cluster data path in one process: the coordinator's transport contexts
  * (one, or two as with two local devices, workers spread over them) and one thread per
  * worker, each with its own transport context, connected over a real backend; the workers
- * serve with wk_server_run(), the coordinator uses co_moe_remote.
+ * serve with moe_server_run(), the coordinator uses co_moe_remote.
  *
  *   test_datapath --backend shm|tcp --case golden|interleave|death|timeout|badframe
  *
@@ -19,7 +19,7 @@
  *               -ECONNRESET naming it, well within the timeout, and stays failed (the
  *               dying worker and the serving one on different coordinator contexts).
  *   timeout     a worker that never answers: -ETIMEDOUT naming worker, layer and mb.
- *   badframe    malformed dispatch frames make wk_server_run() return -EBADMSG.
+ *   badframe    malformed dispatch frames make moe_server_run() return -EBADMSG.
  *
  * The golden sets come from $FERRY_GOLDEN. Inputs of the interleave case are random from a
  * printed seed (FERRY_TEST_SEED to repeat).
@@ -57,7 +57,7 @@ static uint64_t g_seed;
 /* ---- a cluster in one process ------------------------------------------------------------ */
 
 enum wmode {
-	W_SERVE,  /* wk_server_run() until stopped */
+	W_SERVE,  /* moe_server_run() until stopped */
 	W_DIE,    /* takes one arrival, then closes its endpoint */
 	W_MUTE,   /* takes arrivals and never answers */
 };
@@ -71,8 +71,8 @@ struct wth {
 	struct tp_context *ctx;
 	struct tp_mem *recv;      /* [ring.slots] dispatch slots */
 	struct tp_ep *ep;
-	struct wk_slots *slots;   /* owned */
-	_Atomic(struct wk_server *) srv;
+	struct moe_slots *slots;   /* owned */
+	_Atomic(struct moe_server *) srv;
 	atomic_bool stop;
 	atomic_bool done;         /* the thread is about to return */
 	uint8_t blob[TP_ADDR_MAX], peer[TP_ADDR_MAX];
@@ -84,7 +84,7 @@ struct wth {
 
 struct cluster {
 	int n;
-	struct wk_ring ring;
+	struct fp_ring ring;
 	int n_ctx;
 	struct tp_context *ctx[2];  /* the coordinator's: worker i on ctx[i % n_ctx] */
 	struct tp_mem *recv[MAX_W]; /* [ring.slots] combine slots each */
@@ -112,22 +112,22 @@ static void worker_loop(struct wth *t)
 		return;
 	}
 	if (t->mode == W_SERVE) {
-		struct wk_server *srv;
+		struct moe_server *srv;
 		char name[16];
 		snprintf(name, sizeof(name), "w%d", t->idx);
-		struct wk_server_opts o = { .ring = t->c->ring, .name = name };
-		t->rc = wk_server_create(t->slots, t->ctx, t->ep, t->recv, &o, &srv, &t->err);
+		struct moe_server_opts o = { .ring = t->c->ring, .name = name };
+		t->rc = moe_server_create(t->slots, t->ctx, t->ep, t->recv, &o, &srv, &t->err);
 		if (t->rc < 0)
 			return;
 		/* Publish, then look at the flag: stop() from the main thread cannot be lost. */
 		atomic_store(&t->srv, srv);
 		if (atomic_load(&t->stop))
-			wk_server_stop(srv);
-		t->rc = wk_server_run(srv, -1, &t->err);
+			moe_server_stop(srv);
+		t->rc = moe_server_run(srv, -1, &t->err);
 		/* A server that refused a frame refuses everything after it. */
 		if (t->rc == -EBADMSG) {
 			struct fr_error again = { { 0 } };
-			int rc = wk_server_run(srv, 0, &again);
+			int rc = moe_server_run(srv, 0, &again);
 			if (rc != -EBADMSG || strcmp(again.msg, t->err.msg))
 				t->rc = -EPROTO;
 		}
@@ -158,11 +158,11 @@ static void *worker_main(void *arg)
 }
 
 /* slots[w] is handed over (NULL for workers that do not serve). */
-static void cluster_open(struct cluster *c, int n, int n_ctx, const struct wk_ring *ring,
-			 struct wk_slots **slots, const enum wmode *modes)
+static void cluster_open(struct cluster *c, int n, int n_ctx, const struct fp_ring *ring,
+			 struct moe_slots **slots, const enum wmode *modes)
 {
 	struct tp_config cfg = tp_cfg();
-	size_t dslot = wk_ring_dispatch_slot(ring), cslot = wk_ring_combine_slot(ring);
+	size_t dslot = fp_ring_dispatch_slot(ring), cslot = fp_ring_combine_slot(ring);
 
 	memset(c, 0, sizeof(*c));
 	c->n = n;
@@ -202,9 +202,9 @@ static void cluster_open(struct cluster *c, int n, int n_ctx, const struct wk_ri
 static void worker_stop(struct wth *t)
 {
 	atomic_store(&t->stop, true);
-	struct wk_server *srv = atomic_load(&t->srv);
+	struct moe_server *srv = atomic_load(&t->srv);
 	if (srv)
-		wk_server_stop(srv);
+		moe_server_stop(srv);
 }
 
 /* Stops and joins the workers (their rc is then final) and frees everything. The remote
@@ -217,11 +217,11 @@ static void cluster_close(struct cluster *c)
 		pthread_join(c->w[i].th, NULL);
 	for (int i = 0; i < c->n; i++) {
 		struct wth *t = &c->w[i];
-		wk_server_destroy(atomic_load(&t->srv));
+		moe_server_destroy(atomic_load(&t->srv));
 		tp_ep_destroy(t->ep);
 		tp_mem_free(t->recv);
 		tp_context_destroy(t->ctx);
-		wk_slots_destroy(t->slots);
+		moe_slots_destroy(t->slots);
 		tp_ep_destroy(c->eps[i]);
 		tp_mem_free(c->recv[i]);
 	}
@@ -230,14 +230,14 @@ static void cluster_close(struct cluster *c)
 }
 
 /* A worker's slot table as the placement says, weights bound from the checkpoint. */
-static struct wk_slots *load_slots(const struct model_ckpt *ck, const struct co_placement *p,
+static struct moe_slots *load_slots(const struct model_ckpt *ck, const struct co_placement *p,
 				   int w)
 {
 	const struct model_config *cfg = model_ckpt_config(ck);
 	struct fr_error err = { { 0 } };
-	struct wk_slots *s;
+	struct moe_slots *s;
 
-	CHECK_RC(wk_slots_create(cfg, p->slots[w], &s));
+	CHECK_RC(moe_slots_create(cfg, p->slots[w], &s));
 	for (int l = 0; l < cfg->num_hidden_layers; l++) {
 		int ml = model_moe_index(cfg, l);
 		if (ml < 0)
@@ -249,7 +249,7 @@ static struct wk_slots *load_slots(const struct model_ckpt *ck, const struct co_
 				fprintf(stderr, "%s\n", err.msg);
 				exit(1);
 			}
-			CHECK_RC(wk_slot_set(s, ml, i, e, &ffn));
+			CHECK_RC(moe_slot_set(s, ml, i, e, &ffn));
 		}
 	}
 	return s;
@@ -376,10 +376,10 @@ static void golden_open(struct golden *g, const char *set)
 	g->gen_ref = read_f32(path, g->n_gen * vocab);
 
 	/* The single-process engine: what the cluster must reproduce. */
-	struct co_moe moe;
+	struct moe moe;
 	struct co_engine *e;
 	struct co_engine_opts eo = { .max_seqs = 1, .max_ctx = 256, .max_batch = 64 };
-	if (co_moe_local_create(g->ck, 1, &moe, &err) < 0 ||
+	if (moe_local_create(g->ck, 1, &moe, &err) < 0 ||
 	    co_engine_create(g->w, moe, &eo, &e, &err) < 0) {
 		fprintf(stderr, "%s: %s\n", g->dir, err.msg);
 		exit(1);
@@ -389,7 +389,7 @@ static void golden_open(struct golden *g, const char *set)
 		CHECK_RC(run_seq(e, &g->seq[k], g->local[k]));
 	}
 	co_engine_destroy(e);
-	co_moe_destroy(&moe);
+	moe_destroy(&moe);
 }
 
 static void golden_close(struct golden *g)
@@ -447,13 +447,13 @@ static void golden_run(struct golden *g, const struct layout *lo, enum fp_dtype 
 	int vocab = cfg->vocab_size, n_moe = model_n_moe_layers(cfg);
 	struct fr_error err = { { 0 } };
 	struct co_placement *p = uniform_placement(cfg, lo->n, lo->slots);
-	struct wk_slots *slots[MAX_W];
+	struct moe_slots *slots[MAX_W];
 	struct cluster c;
 	struct co_load *load;
-	struct co_moe moe = { 0 };
+	struct moe moe = { 0 };
 	struct co_engine *e = NULL;
 	int m = lo->micro_batches;
-	struct wk_ring ring = {
+	struct fp_ring ring = {
 		.slots = (uint32_t)m, .tokens = 64, .hidden = (uint32_t)cfg->hidden_size,
 		.max_pairs = (uint32_t)cfg->num_experts_per_tok,
 	};
@@ -467,11 +467,11 @@ static void golden_run(struct golden *g, const struct layout *lo, enum fp_dtype 
 		slots[i] = load_slots(g->ck, p, i);
 	cluster_open(&c, lo->n, n_ctx, &ring, slots, NULL);
 	CHECK_RC(co_load_create(n_moe, cfg->n_routed_experts, lo->n, lo->slots, 1, &load, &err));
-	struct co_remote_opts ro = { .ring = ring, .wire = wire, .timeout_ms = 20000,
+	struct moe_remote_opts ro = { .ring = ring, .wire = wire, .timeout_ms = 20000,
 				     .load = load, .epoch = 7 };
 	struct co_engine_opts eo = { .max_seqs = 1, .max_ctx = 256, .max_batch = 64,
 				     .micro_batches = m };
-	if (co_moe_remote_create(cfg, c.ctx, c.n_ctx, lo->n, c.eps, c.recv, p, &ro, &moe,
+	if (moe_remote_create(cfg, c.ctx, c.n_ctx, lo->n, c.eps, c.recv, p, &ro, &moe,
 				 &err) < 0 ||
 	    co_engine_create(g->w, moe, &eo, &e, &err) < 0) {
 		fprintf(stderr, "FAIL %s: %s\n", what, err.msg);
@@ -488,7 +488,7 @@ static void golden_run(struct golden *g, const struct layout *lo, enum fp_dtype 
 		int rc = run_seq(e, s, got);
 		if (rc < 0) {
 			fprintf(stderr, "FAIL %s seq %d: forward: %s (%s)\n", what, k,
-				strerror(-rc), co_moe_remote_error(&moe));
+				strerror(-rc), moe_remote_error(&moe));
 			t_failures++;
 			free(got);
 			goto out;
@@ -557,16 +557,16 @@ static void golden_run(struct golden *g, const struct layout *lo, enum fp_dtype 
 	for (int i = 0; i < lo->n; i++)
 		counted += per[i];
 	for (int i = 0; i < lo->n; i++) {
-		struct wk_server *srv = atomic_load(&c.w[i].srv);
+		struct moe_server *srv = atomic_load(&c.w[i].srv);
 		uint64_t f = 0;
 		CHECK(srv != NULL);
 		if (!srv)
 			continue;
-		wk_server_take_stats(srv, per, NULL, &f);
+		moe_server_take_stats(srv, per, NULL, &f);
 		for (int l = 0; l < n_moe; l++)
 			computed += per[l];
 		frames += f;
-		wk_server_take_stats(srv, per, NULL, &f);
+		moe_server_take_stats(srv, per, NULL, &f);
 		CHECK(f == 0); /* taking resets */
 	}
 	free(per);
@@ -581,7 +581,7 @@ static void golden_run(struct golden *g, const struct layout *lo, enum fp_dtype 
 		       (unsigned long long)computed, (unsigned long long)frames);
 out:
 	co_engine_destroy(e);
-	co_moe_destroy(&moe);
+	moe_destroy(&moe);
 	cluster_close(&c);
 	for (int i = 0; i < lo->n; i++) {
 		CHECK(c.w[i].rc == 0);
@@ -664,7 +664,7 @@ static void mb_input_free(struct mb_input *in)
 	free(in->ex);
 }
 
-static int seam_dispatch(struct co_moe *m, const struct mb_input *in, int mb, int k)
+static int seam_dispatch(struct moe *m, const struct mb_input *in, int mb, int k)
 {
 	return m->ops->dispatch(m->ctx, in->layer, mb, in->x, in->n, in->ex, in->w, k);
 }
@@ -686,8 +686,8 @@ static void case_interleave(void)
 
 	/* Reference: one micro-batch at a time through the in-process workers. */
 	struct mb_input in[3][3]; /* [layer][mb] */
-	struct co_moe local;
-	CHECK_RC(co_moe_local_create(g.ck, 2, &local, &err));
+	struct moe local;
+	CHECK_RC(moe_local_create(g.ck, 2, &local, &err));
 	for (int l = 0; l < 3; l++)
 		for (int b = 0; b < 3; b++) {
 			struct mb_input *p = &in[l][b];
@@ -696,20 +696,20 @@ static void case_interleave(void)
 			CHECK_RC(seam_dispatch(&local, p, 0, k));
 			CHECK_RC(local.ops->combine(local.ctx, p->layer, 0, p->want));
 		}
-	co_moe_destroy(&local);
+	moe_destroy(&local);
 
 	int slots[3] = { E / 2 + 2, E / 2 + 2, E / 2 };
 	struct co_placement *p = uniform_placement(cfg, 3, slots);
-	struct wk_slots *ws[3];
+	struct moe_slots *ws[3];
 	for (int i = 0; i < 3; i++)
 		ws[i] = load_slots(g.ck, p, i);
-	struct wk_ring ring = { .slots = 3, .tokens = 40, .hidden = (uint32_t)h,
+	struct fp_ring ring = { .slots = 3, .tokens = 40, .hidden = (uint32_t)h,
 				.max_pairs = (uint32_t)k };
 	struct cluster c;
 	cluster_open(&c, 3, 2, &ring, ws, NULL);
-	struct co_moe moe;
-	struct co_remote_opts ro = { .ring = ring, .wire = FP_DTYPE_F32, .timeout_ms = 20000 };
-	CHECK_RC(co_moe_remote_create(cfg, c.ctx, 2, 3, c.eps, c.recv, p, &ro, &moe, &err));
+	struct moe moe;
+	struct moe_remote_opts ro = { .ring = ring, .wire = FP_DTYPE_F32, .timeout_ms = 20000 };
+	CHECK_RC(moe_remote_create(cfg, c.ctx, 2, 3, c.eps, c.recv, p, &ro, &moe, &err));
 
 	float *out[3][3];
 	for (int l = 0; l < 3; l++)
@@ -741,7 +741,7 @@ static void case_interleave(void)
 	int rc;
 	CHECK_RC(seam_dispatch(&moe, &in[0][0], 0, k));
 	rc = seam_dispatch(&moe, &in[0][1], 3, k); /* ring slot 0 is taken */
-	CHECK(rc == -EINVAL && strstr(co_moe_remote_error(&moe), "ring slot 0"));
+	CHECK(rc == -EINVAL && strstr(moe_remote_error(&moe), "ring slot 0"));
 	rc = moe.ops->combine(moe.ctx, in[0][1].layer, 1, out[0][1]);
 	CHECK(rc == -EINVAL);
 	rc = moe.ops->dispatch(moe.ctx, 0, 1, in[0][1].x, 1, in[0][1].ex, in[0][1].w, k);
@@ -757,7 +757,7 @@ static void case_interleave(void)
 	printf("interleave %s: 9 micro-batch layers out at once over 3 workers match moe_local\n",
 	       tp_backend_name(g_backend));
 
-	co_moe_destroy(&moe);
+	moe_destroy(&moe);
 	cluster_close(&c);
 	for (int i = 0; i < 3; i++)
 		CHECK(c.w[i].rc == 0);
@@ -783,18 +783,18 @@ static int faulty_combine(enum wmode mode, int timeout_ms, char *msg, size_t cap
 	int E = cfg->n_routed_experts, k = cfg->num_experts_per_tok, l1 = 1;
 	int slots[2] = { E / 2, E - E / 2 };
 	struct co_placement *p = uniform_placement(cfg, 2, slots);
-	struct wk_slots *ws[2] = { load_slots(g.ck, p, 0), NULL };
+	struct moe_slots *ws[2] = { load_slots(g.ck, p, 0), NULL };
 	enum wmode modes[2] = { W_SERVE, mode };
-	struct wk_ring ring = { .slots = 2, .tokens = 32, .hidden = (uint32_t)cfg->hidden_size,
+	struct fp_ring ring = { .slots = 2, .tokens = 32, .hidden = (uint32_t)cfg->hidden_size,
 				.max_pairs = (uint32_t)k };
 	struct cluster c;
 	/* A dying worker on a context of its own: the other context keeps serving. */
 	int n_ctx = mode == W_DIE ? 2 : 1;
 	cluster_open(&c, 2, n_ctx, &ring, ws, modes);
-	struct co_moe moe;
-	struct co_remote_opts ro = { .ring = ring, .wire = FP_DTYPE_BF16,
+	struct moe moe;
+	struct moe_remote_opts ro = { .ring = ring, .wire = FP_DTYPE_BF16,
 				     .timeout_ms = timeout_ms };
-	CHECK_RC(co_moe_remote_create(cfg, c.ctx, n_ctx, 2, c.eps, c.recv, p, &ro, &moe, &err));
+	CHECK_RC(moe_remote_create(cfg, c.ctx, n_ctx, 2, c.eps, c.recv, p, &ro, &moe, &err));
 
 	/* 32 tokens x 4 experts over two workers: both get some. */
 	struct mb_input in;
@@ -803,11 +803,11 @@ static int faulty_combine(enum wmode mode, int timeout_ms, char *msg, size_t cap
 	uint64_t t0 = fr_now_ns();
 	int rc = moe.ops->combine(moe.ctx, l1, 1, in.base);
 	*ret_ms = (fr_now_ns() - t0) / 1000000;
-	snprintf(msg, cap, "%s", co_moe_remote_error(&moe));
+	snprintf(msg, cap, "%s", moe_remote_error(&moe));
 	/* Sticky: the ring is not trusted any more. */
 	*ret_again = seam_dispatch(&moe, &in, 0, k);
 
-	co_moe_destroy(&moe);
+	moe_destroy(&moe);
 	cluster_close(&c);
 	CHECK(c.w[0].rc == 0 || c.w[0].rc == -ECONNRESET);
 	mb_input_free(&in);
@@ -860,9 +860,9 @@ static void bad_frame(enum bad what, const char *name, const char *needle)
 	const struct model_config *cfg = g.cfg;
 	int E = cfg->n_routed_experts, h = cfg->hidden_size;
 	struct co_placement *p = uniform_placement(cfg, 1, (int[]){ E });
-	struct wk_slots *ws[1] = { load_slots(g.ck, p, 0) };
-	struct wk_ring ring = { .slots = 2, .tokens = 8, .hidden = (uint32_t)h, .max_pairs = 4 };
-	size_t dslot = wk_ring_dispatch_slot(&ring);
+	struct moe_slots *ws[1] = { load_slots(g.ck, p, 0) };
+	struct fp_ring ring = { .slots = 2, .tokens = 8, .hidden = (uint32_t)h, .max_pairs = 4 };
+	size_t dslot = fp_ring_dispatch_slot(&ring);
 	struct cluster c;
 	cluster_open(&c, 1, 1, &ring, ws, NULL);
 
@@ -887,9 +887,9 @@ static void bad_frame(enum bad what, const char *name, const char *needle)
 	CHECK_RC(fp_dispatch_encode(&d, buf, dslot, &len));
 	if (what == BAD_MAGIC)
 		buf[0] ^= 0xff;
-	uint32_t imm = wk_imm(1, 1, what == BAD_KIND ? FP_KIND_COMBINE : FP_KIND_DISPATCH);
+	uint32_t imm = fp_imm(1, 1, what == BAD_KIND ? FP_KIND_COMBINE : FP_KIND_DISPATCH);
 	if (what == BAD_IMM)
-		imm = wk_imm(2, 1, FP_KIND_DISPATCH);
+		imm = fp_imm(2, 1, FP_KIND_DISPATCH);
 	CHECK_RC(tp_put_imm(c.eps[0], src, 0, dslot, len, imm, TP_PUT_SIGNAL, 0));
 	/* Keep the coordinator's side turning until the worker gives up on its own. */
 	struct tp_event ev[4];

@@ -482,7 +482,7 @@ static void test_sessions(uint64_t *st)
 					  &err), -EINVAL, &err, "empty", NULL);
 
 	/* A Heartbeat of session 1: good in session 1 once, never in session 2. */
-	struct rpc_auth_replay *r1, *r2;
+	struct rpc_auth_replay *r1 = NULL, *r2 = NULL;
 	CHECK(rpc_auth_replay_create(0, &r1) == 0 && rpc_auth_replay_create(0, &r2) == 0);
 	Ferry__V1__HeartbeatRequest hb = FERRY__V1__HEARTBEAT_REQUEST__INIT;
 	hb.worker_index = 2;

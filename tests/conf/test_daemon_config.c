@@ -228,7 +228,7 @@ static void test_co_load(const char *dir)
 	memset(&c, 0x5a, sizeof(c));
 	CHECK(co_config_load(good, ov, 3, &c, &err) == 0);
 	CHECK(!strcmp(c.model.path, "/srv/model") && !strcmp(c.cluster.secret_file, "/etc/s"));
-	CHECK(c.cluster.workers == 8 && c.transport.backend == TP_BACKEND_TCP);
+	CHECK(c.cluster.workers == 8 && c.transport.tp.backend == TP_BACKEND_TCP);
 	CHECK(c.transport.wire_dtype == CO_WIRE_F32 && c.log.level == FR_LOG_DEBUG);
 	/* defaults of what the file does not set */
 	CHECK(!strcmp(c.server.listen, "127.0.0.1:7400") && c.server.admin_token_file == NULL);
@@ -237,9 +237,9 @@ static void test_co_load(const char *dir)
 	CHECK(c.placement.load_profile == NULL && c.placement.min_distinct == 0);
 	CHECK(c.engine.micro_batches == 2 && c.engine.max_batch == 256 && c.engine.max_seqs == 16 &&
 	      c.engine.max_ctx == 0 && c.engine.threads == 0);
-	CHECK(!strcmp(c.transport.bind_addr, "127.0.0.1") && c.transport.device == NULL &&
-	      c.transport.port == 0 && c.transport.gid_index == -1 && c.transport.mtu == 0);
-	CHECK(c.transport.expert_timeout_ms == 30000 && c.transport.peer_timeout_ms == 5000);
+	CHECK(!strcmp(c.transport.tp.bind_addr, "127.0.0.1") && c.transport.tp.device == NULL &&
+	      c.transport.tp.port == 0 && c.transport.tp.gid_index == -1 && c.transport.tp.mtu == 0);
+	CHECK(c.transport.expert_timeout_ms == 30000 && c.transport.tp.peer_timeout_ms == 5000);
 	co_config_free(&c);
 	CHECK(c.model.path == NULL);
 
@@ -306,7 +306,7 @@ static void test_co_load(const char *dir)
 		t_expect_err("co listen file", co_config_load(bad_listen, NULL, 0, &c, &err), -EINVAL,
 			     &err, want, NULL);
 		CHECK(co_config_load(addrs, NULL, 0, &c, &err) == 0);
-		CHECK(!strcmp(c.server.listen, "[::]:0") && !strcmp(c.transport.bind_addr, "10.0.0.5"));
+		CHECK(!strcmp(c.server.listen, "[::]:0") && !strcmp(c.transport.tp.bind_addr, "10.0.0.5"));
 		co_config_free(&c);
 		unlink(bad);
 		unlink(bad_listen);
@@ -425,8 +425,8 @@ static void test_wk_load(const char *dir)
 	CHECK(!strcmp(c.model.path, "/srv/model") && c.worker.memory_limit == 48ull << 30);
 	CHECK(c.transport.ring_slots == 8 && c.transport.ring_tokens == 512);
 	CHECK(!strcmp(c.worker.coordinator, "127.0.0.1:7400") && c.worker.slots == 0 &&
-	      c.worker.threads == 0 && c.transport.backend == TP_BACKEND_SHM &&
-	      c.transport.gid_index == -1 && c.transport.peer_timeout_ms == 5000 &&
+	      c.worker.threads == 0 && c.transport.tp.backend == TP_BACKEND_SHM &&
+	      c.transport.tp.gid_index == -1 && c.transport.tp.peer_timeout_ms == 5000 &&
 	      c.log.level == FR_LOG_INFO && !c.cluster.insecure);
 	/* name defaults to the short host name */
 	gethostname(host, sizeof(host));
@@ -454,7 +454,7 @@ static void test_wk_load(const char *dir)
 		t_expect_err("wk insecure refused", wk_config_load(good, o6, 2, &c, &err), -EINVAL,
 			     &err, "[cluster] insecure: no longer supported", NULL);
 		char *o6b[] = { "transport.mtu=4096" };
-		CHECK(wk_config_load(good, o6b, 1, &c, &err) == 0 && c.transport.mtu == 4096);
+		CHECK(wk_config_load(good, o6b, 1, &c, &err) == 0 && c.transport.tp.mtu == 4096);
 		wk_config_free(&c);
 		char *o7[] = { "transport.mtu=128" };
 		t_expect_err("wk mtu", wk_config_load(good, o7, 1, &c, &err), -EINVAL, &err,
@@ -511,7 +511,7 @@ static void test_wk_load(const char *dir)
 			     &err, want, NULL);
 		CHECK(wk_config_load(addrs, NULL, 0, &c, &err) == 0);
 		CHECK(!strcmp(c.worker.coordinator, "coord-1.example:7400") &&
-		      !strcmp(c.transport.bind_addr, "10.0.0.6"));
+		      !strcmp(c.transport.tp.bind_addr, "10.0.0.6"));
 		wk_config_free(&c);
 		unlink(bad);
 		unlink(bad_bind);
@@ -533,8 +533,8 @@ static void test_wk_load(const char *dir)
 		fclose(f);
 		again = write_tmp(dir, "wk-dump.conf", text);
 		CHECK(wk_config_load(again, NULL, 0, &d, &err) == 0);
-		CHECK(!strcmp(d.worker.name, "w7") && !strcmp(d.transport.device, "mlx5_0") &&
-		      d.transport.backend == TP_BACKEND_VERBS && d.worker.memory_limit == 48ull << 30 &&
+		CHECK(!strcmp(d.worker.name, "w7") && !strcmp(d.transport.tp.device, "mlx5_0") &&
+		      d.transport.tp.backend == TP_BACKEND_VERBS && d.worker.memory_limit == 48ull << 30 &&
 		      d.transport.ring_slots == 8 && !strcmp(d.model.path, "/srv/model"));
 		printf("wk dump:\n%s", text);
 		wk_config_free(&c);

@@ -23,7 +23,7 @@
 struct run {
 	struct model_ckpt *ck;
 	struct model_weights *w;
-	struct co_moe moe;
+	struct moe moe;
 	struct co_engine *e;
 };
 
@@ -34,7 +34,7 @@ static int open_run(const char *dir, struct run *r)
 	memset(r, 0, sizeof(*r));
 	if (model_ckpt_open(dir, &r->ck, &err) < 0 ||
 	    model_weights_bind(r->ck, MODEL_BIND_NO_ROUTED, &r->w, &err) < 0 ||
-	    co_moe_local_create(r->ck, 2, &r->moe, &err) < 0 ||
+	    moe_local_create(r->ck, 2, &r->moe, &err) < 0 ||
 	    co_engine_create(r->w, r->moe, &eo, &r->e, &err) < 0) {
 		fprintf(stderr, "%s: %s\n", dir, err.msg);
 		return -1;
@@ -45,7 +45,7 @@ static int open_run(const char *dir, struct run *r)
 static void close_run(struct run *r)
 {
 	co_engine_destroy(r->e);
-	co_moe_destroy(&r->moe);
+	moe_destroy(&r->moe);
 	model_weights_free(r->w);
 	model_ckpt_close(r->ck);
 }

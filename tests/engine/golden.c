@@ -85,14 +85,14 @@ static void run_set(const char *dir, int workers, int mbs)
 	struct fr_error err = { { 0 } };
 	struct model_ckpt *ck = NULL;
 	struct model_weights *w = NULL;
-	struct co_moe moe = { 0 };
+	struct moe moe = { 0 };
 	struct co_engine *e = NULL;
 	char path[4096];
 	float worst = 0.0f;
 
 	if (model_ckpt_open(dir, &ck, &err) < 0 ||
 	    model_weights_bind(ck, MODEL_BIND_NO_ROUTED, &w, &err) < 0 ||
-	    co_moe_local_create(ck, workers, &moe, &err) < 0) {
+	    moe_local_create(ck, workers, &moe, &err) < 0) {
 		CHECK(0, "%s: %s", dir, err.msg);
 		goto out;
 	}
@@ -183,7 +183,7 @@ static void run_set(const char *dir, int workers, int mbs)
 	       mbs, worst, TOL);
 out:
 	co_engine_destroy(e);
-	co_moe_destroy(&moe);
+	moe_destroy(&moe);
 	model_weights_free(w);
 	model_ckpt_close(ck);
 }

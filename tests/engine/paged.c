@@ -165,7 +165,7 @@ static int sched_peak(const struct sched *S, int bs, int *ret_total)
 struct model {
 	struct model_ckpt *ck;
 	struct model_weights *w;
-	struct co_moe moe;
+	struct moe moe;
 	int vocab;
 };
 
@@ -348,7 +348,7 @@ static void run_set(const char *dir)
 
 	if (model_ckpt_open(dir, &m.ck, &err) < 0 ||
 	    model_weights_bind(m.ck, MODEL_BIND_NO_ROUTED, &m.w, &err) < 0 ||
-	    co_moe_local_create(m.ck, 2, &m.moe, &err) < 0) {
+	    moe_local_create(m.ck, 2, &m.moe, &err) < 0) {
 		CHECK(0, "%s: %s", dir, err.msg);
 		goto out;
 	}
@@ -383,7 +383,7 @@ static void run_set(const char *dir)
 	free(got);
 	sched_free(&S);
 out:
-	co_moe_destroy(&m.moe);
+	moe_destroy(&m.moe);
 	model_weights_free(m.w);
 	model_ckpt_close(m.ck);
 }

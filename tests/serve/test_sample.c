@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_sample.c - sampling with request parameters (coordinator/sample.c).
- *   test_sample equiv     co_sample_full (top_k 0, no penalty) == co_sample == the original
- *                         qsort-based co_sample, token and rng state, over random logits
+ *   test_sample equiv     co_sample_full (top_k 0, no penalty, with and without a history)
+ *                         == the original qsort-based sampler, token and rng state, over
+ *                         random logits
  *   test_sample topk      top-k restricts the support; k = 1 is argmax; frequencies follow
  *                         the renormalized top-k probabilities; top-k with top-p
  *   test_sample penalty   CTRL repetition penalty: divide positive, multiply negative, each
@@ -30,7 +31,7 @@ static int irand(int n)
 	return (int)(fr_splitmix64(&g_rng) % (uint64_t)n);
 }
 
-/* ---- the co_sample that shipped before co_sample_full, verbatim but for names --------- */
+/* ---- the sampler that shipped before co_sample_full, verbatim but for names ----------- */
 
 struct ref_cand {
 	float p;
@@ -45,7 +46,13 @@ static int ref_cmp(const void *a, const void *b)
 	return x->id < y->id ? -1 : x->id > y->id;
 }
 
-static int32_t ref_sample(struct co_sampler *s, const float *logits, int vocab, void *scratch)
+/* The plain draw (temperature, top_p, no top-k, no penalty) written out directly. */
+struct ref_sampler {
+	float temperature, top_p;
+	uint64_t rng;
+};
+
+static int32_t ref_sample(struct ref_sampler *s, const float *logits, int vocab, void *scratch)
 {
 	struct ref_cand *c = scratch;
 	float max, sum = 0.0f, top_p;
@@ -128,8 +135,10 @@ static int run_equiv(void)
 		CHECK(co_sample_scratch_size(vocab) >= (size_t)vocab * 8);
 		for (int r = 0; r < reps; r++) {
 			uint64_t seed = fr_splitmix64(&g_rng);
-			struct co_sampler a = { rand_temperature(), rand_top_p(), seed };
-			struct co_sampler b = a;
+			struct ref_sampler a = { rand_temperature(), rand_top_p(), seed };
+			struct co_sample_params b = { .temperature = a.temperature, .top_p = a.top_p,
+						      .seed = seed };
+			uint64_t b_rng = seed;
 			struct co_sample_params p = { .temperature = a.temperature, .top_p = a.top_p,
 						      .top_k = irand(2) ? 0 : (irand(2) ? vocab : -3),
 						      .rep_penalty = irand(2) ? 0.0f : 1.0f,
@@ -142,11 +151,11 @@ static int run_equiv(void)
 			/* Several draws from one state: the rng must advance identically. */
 			for (int k = 0; k < 3; k++) {
 				int32_t want = ref_sample(&a, l, vocab, s1);
-				int32_t got = co_sample(&b, l, vocab, s2);
+				int32_t got = co_sample_full(&b, &b_rng, l, vocab, NULL, 0, s2);
 				int32_t full = co_sample_full(&p, &rng, l2, vocab, hist, 4, s3);
-				if (want != got || want != full || a.rng != b.rng || a.rng != rng) {
+				if (want != got || want != full || a.rng != b_rng || a.rng != rng) {
 					fprintf(stderr, "FAIL equiv: vocab %d T %g top_p %g top_k %d "
-						"rep %g: ref %d co_sample %d full %d; logits", vocab,
+						"rep %g: ref %d plain %d full %d; logits", vocab,
 						(double)a.temperature, (double)a.top_p, p.top_k,
 						(double)p.rep_penalty, want, got, full);
 					for (int i = 0; i < vocab && i < 8; i++)

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "kernels/kernels.h"
-#include "worker/worker.h"
+#include "moe/moe.h"
 
 /* Frames are read and written in place: vectors are little-endian on the wire. */
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -28,44 +28,8 @@
 #endif
 
 #define WK_COMP "wk"
-#define RING_ALIGN 4096u
-#define RING_MAX_SLOTS 256u /* the imm carries 8 bits of micro-batch */
 #define WAIT_SLICE_MS 100   /* longest sleep between two looks at the stop flag */
 #define N_EVENTS 32
-
-/* ---- ring geometry ------------------------------------------------------------------- */
-
-static bool ring_ok(const struct wk_ring *r)
-{
-	return r->slots >= 1 && r->slots <= RING_MAX_SLOTS && r->tokens >= 1 &&
-	       r->tokens <= FP_MAX_TOKENS && r->hidden >= 1 && r->hidden <= FP_MAX_HIDDEN &&
-	       r->max_pairs >= 1 && r->max_pairs <= FP_MAX_PAIRS_PER_TOKEN;
-}
-
-static size_t round_slot(size_t n)
-{
-	return (n + RING_ALIGN - 1) / RING_ALIGN * RING_ALIGN;
-}
-
-/* Sized for f32 vectors, the larger wire dtype, so either dtype fits every slot. */
-size_t wk_ring_dispatch_slot(const struct wk_ring *r)
-{
-	size_t len;
-
-	if (!ring_ok(r) || fp_dispatch_size(r->tokens, r->hidden, r->tokens * r->max_pairs,
-					    FP_DTYPE_F32, &len) < 0)
-		return 0;
-	return round_slot(len);
-}
-
-size_t wk_ring_combine_slot(const struct wk_ring *r)
-{
-	size_t len;
-
-	if (!ring_ok(r) || fp_combine_size(r->tokens, r->hidden, FP_DTYPE_F32, &len) < 0)
-		return 0;
-	return round_slot(len);
-}
 
 /* ---- the server ------------------------------------------------------------------------ */
 
@@ -81,13 +45,13 @@ struct pending {
 	uint64_t ns;
 };
 
-struct wk_server {
-	struct wk_slots *slots;
+struct moe_server {
+	struct moe_slots *slots;
 	struct tp_context *ctx;
 	struct tp_ep *ep;
 	struct tp_mem *recv;   /* [ring.slots][dslot] dispatch frames, borrowed */
 	struct tp_mem *send;   /* [ring.slots][cslot] combine frames, owned */
-	struct wk_ring ring;
+	struct fp_ring ring;
 	size_t dslot, cslot;
 	int n_layers;          /* MoE layers of the slot table */
 	int n_slots;           /* slots per layer of the slot table */
@@ -118,7 +82,7 @@ struct wk_server {
 	struct tp_event evs[N_EVENTS];
 };
 
-void wk_server_destroy(struct wk_server *w)
+void moe_server_destroy(struct moe_server *w)
 {
 	if (!w)
 		return;
@@ -138,15 +102,15 @@ void wk_server_destroy(struct wk_server *w)
 	free(w);
 }
 
-int wk_server_create(struct wk_slots *slots, struct tp_context *ctx, struct tp_ep *ep,
-		     struct tp_mem *recv, const struct wk_server_opts *o,
-		     struct wk_server **ret, struct fr_error *err)
+int moe_server_create(struct moe_slots *slots, struct tp_context *ctx, struct tp_ep *ep,
+		     struct tp_mem *recv, const struct moe_server_opts *o,
+		     struct moe_server **ret, struct fr_error *err)
 {
-	const struct model_config *cfg = wk_slots_config(slots);
-	const struct wk_ring *r = &o->ring;
+	const struct model_config *cfg = moe_slots_config(slots);
+	const struct fp_ring *r = &o->ring;
 	const char *name = o->name ? o->name : "worker";
-	struct wk_server *w;
-	size_t dslot = wk_ring_dispatch_slot(r), cslot = wk_ring_combine_slot(r);
+	struct moe_server *w;
+	size_t dslot = fp_ring_dispatch_slot(r), cslot = fp_ring_combine_slot(r);
 	int rc;
 
 	if (!dslot || !cslot)
@@ -179,7 +143,7 @@ int wk_server_create(struct wk_slots *slots, struct tp_context *ctx, struct tp_e
 	w->dslot = dslot;
 	w->cslot = cslot;
 	w->n_layers = model_n_moe_layers(cfg);
-	w->n_slots = wk_slots_count(slots);
+	w->n_slots = moe_slots_count(slots);
 	snprintf(w->name, sizeof(w->name), "%s", name);
 
 	size_t vec = (size_t)r->tokens * r->hidden, pairs = (size_t)r->tokens * r->max_pairs;
@@ -208,16 +172,16 @@ int wk_server_create(struct wk_slots *slots, struct tp_context *ctx, struct tp_e
 	*ret = w;
 	return 0;
 fail:
-	wk_server_destroy(w);
+	moe_server_destroy(w);
 	return rc;
 }
 
-void wk_server_stop(struct wk_server *w)
+void moe_server_stop(struct moe_server *w)
 {
 	atomic_store(&w->stop, true);
 }
 
-void wk_server_take_stats(struct wk_server *w, uint64_t *ret_tokens, uint64_t *ret_ns,
+void moe_server_take_stats(struct moe_server *w, uint64_t *ret_tokens, uint64_t *ret_ns,
 			  uint64_t *ret_frames)
 {
 	size_t n = (size_t)w->n_layers;
@@ -236,7 +200,7 @@ void wk_server_take_stats(struct wk_server *w, uint64_t *ret_tokens, uint64_t *r
 }
 
 /* Records a failure that ends the service; later run() calls return it again. */
-static FR_PRINTF(4, 5) int fail(struct wk_server *w, struct fr_error *err, int rc,
+static FR_PRINTF(4, 5) int fail(struct moe_server *w, struct fr_error *err, int rc,
 				const char *fmt, ...)
 {
 	char what[400];
@@ -256,9 +220,10 @@ static FR_PRINTF(4, 5) int fail(struct wk_server *w, struct fr_error *err, int r
 #define BAD(...) fail(w, err, -EBADMSG, __VA_ARGS__)
 
 /* Queues an arrival. The checks here need only the imm: where the frame sits. */
-static int on_arrival(struct wk_server *w, const struct tp_event *ev, struct fr_error *err)
+static int on_arrival(struct moe_server *w, const struct tp_event *ev, struct fr_error *err)
 {
-	uint32_t layer = ev->imm >> 16, mb = (ev->imm >> 8) & 0xffu, kind = ev->imm & 0xffu;
+	struct fp_imm_fields f = fp_imm_decode(ev->imm);
+	uint32_t layer = f.layer, mb = f.mb, kind = f.kind;
 	uint32_t slot = mb % w->ring.slots;
 
 	if (kind != FP_KIND_DISPATCH)
@@ -278,11 +243,12 @@ static int on_arrival(struct wk_server *w, const struct tp_event *ev, struct fr_
 }
 
 /* Decodes, computes and encodes the answer of p into its send slot. */
-static int answer(struct wk_server *w, struct pending *p, struct fr_error *err)
+static int answer(struct moe_server *w, struct pending *p, struct fr_error *err)
 {
 	const uint8_t *buf = (const uint8_t *)tp_mem_ptr(w->recv) + (size_t)p->slot * w->dslot;
-	uint32_t layer = p->imm >> 16, mb = (p->imm >> 8) & 0xffu;
-	const struct wk_ring *r = &w->ring;
+	struct fp_imm_fields f = fp_imm_decode(p->imm);
+	uint32_t layer = f.layer, mb = f.mb;
+	const struct fp_ring *r = &w->ring;
 	struct fr_error ferr = { { 0 } };
 	struct fp_dispatch_view v;
 	int rc;
@@ -316,7 +282,7 @@ static int answer(struct wk_server *w, struct pending *p, struct fr_error *err)
 			w->pair_slot[q] = fp_le16(pp);
 			w->pair_w[q] = fp_lef32(pp + 4);
 			/* The coordinator's routing table disagrees with what we hold. */
-			if (wk_slot_expert(w->slots, h->layer, w->pair_slot[q]) < 0)
+			if (moe_slot_expert(w->slots, h->layer, w->pair_slot[q]) < 0)
 				return BAD("layer %u mb %u: pair %u names empty slot %d", layer, mb,
 					   q, w->pair_slot[q]);
 		}
@@ -331,13 +297,13 @@ static int answer(struct wk_server *w, struct pending *p, struct fr_error *err)
 	} else {
 		x = (const float *)(const void *)v.vectors; /* 16-byte aligned, LE host */
 	}
-	struct wk_batch b = {
+	struct moe_batch b = {
 		.n_tok = (int)n, .x = x, .pair_off = w->pair_off, .slot = w->pair_slot,
 		.weight = w->pair_w,
 	};
-	if ((rc = wk_compute(w->slots, h->layer, &b, w->out)) < 0)
+	if ((rc = moe_compute(w->slots, h->layer, &b, w->out)) < 0)
 		return fail(w, err, rc, "layer %u mb %u: compute: %s", layer, mb, strerror(-rc));
-	wk_last_stats(w->slots, h->layer, &p->ns);
+	moe_last_stats(w->slots, h->layer, &p->ns);
 
 	const void *partials = w->out;
 	if (h->dtype == FP_DTYPE_BF16) {
@@ -361,11 +327,11 @@ static int answer(struct wk_server *w, struct pending *p, struct fr_error *err)
 }
 
 /* Answers queued arrivals in order until the queue is empty or the head must wait. */
-static int drain(struct wk_server *w, struct fr_error *err)
+static int drain(struct moe_server *w, struct fr_error *err)
 {
 	while (w->fifo_n > 0) {
 		struct pending *p = &w->fifo[w->fifo_head];
-		uint32_t mb = (p->imm >> 8) & 0xffu;
+		uint32_t mb = fp_imm_decode(p->imm).mb;
 		size_t off = (size_t)p->slot * w->cslot;
 		int rc;
 
@@ -376,7 +342,7 @@ static int drain(struct wk_server *w, struct fr_error *err)
 				return rc;
 		}
 		rc = tp_put_imm(w->ep, w->send, off, off, p->frame_len,
-				wk_imm(p->layer, mb, FP_KIND_COMBINE), TP_PUT_SIGNAL, p->slot);
+				fp_imm(p->layer, mb, FP_KIND_COMBINE), TP_PUT_SIGNAL, p->slot);
 		if (rc == -EAGAIN)
 			return 0; /* the coordinator has not released enough combines yet */
 		if (rc < 0 && tp_ep_status(w->ep) < 0)
@@ -400,7 +366,7 @@ static int drain(struct wk_server *w, struct fr_error *err)
 	return 0;
 }
 
-static int on_events(struct wk_server *w, int n, struct fr_error *err)
+static int on_events(struct moe_server *w, int n, struct fr_error *err)
 {
 	for (int i = 0; i < n; i++) {
 		const struct tp_event *ev = &w->evs[i];
@@ -429,7 +395,7 @@ static int on_events(struct wk_server *w, int n, struct fr_error *err)
 	return 0;
 }
 
-int wk_server_run(struct wk_server *w, int timeout_ms, struct fr_error *err)
+int moe_server_run(struct moe_server *w, int timeout_ms, struct fr_error *err)
 {
 	uint64_t deadline = fr_now_ns() + (uint64_t)FR_MAX(timeout_ms, 0) * 1000000u;
 	int rc;

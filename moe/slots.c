@@ -4,14 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/worker.h"
+#include "moe/moe.h"
 
 struct slot {
 	int expert;               /* logical expert id, -1 = empty */
 	struct model_ffn ffn;     /* borrowed views */
 };
 
-struct wk_slots {
+struct moe_slots {
 	const struct model_config *cfg;
 	int n_layers;             /* MoE layers */
 	int n_slots;              /* per layer */
@@ -26,9 +26,9 @@ struct wk_slots {
 	float *xs, *g, *u, *d;    /* [rows][hidden or width] */
 };
 
-int wk_slots_create(const struct model_config *cfg, int n_slots, struct wk_slots **ret)
+int moe_slots_create(const struct model_config *cfg, int n_slots, struct moe_slots **ret)
 {
-	struct wk_slots *s;
+	struct moe_slots *s;
 	int n_layers = model_n_moe_layers(cfg);
 
 	if (n_slots <= 0 || n_layers <= 0)
@@ -43,7 +43,7 @@ int wk_slots_create(const struct model_config *cfg, int n_slots, struct wk_slots
 	s->last_ns = calloc((size_t)n_layers, sizeof(*s->last_ns));
 	s->cnt = calloc((size_t)n_slots + 1, sizeof(*s->cnt));
 	if (!s->slots || !s->last_ns || !s->cnt) {
-		wk_slots_destroy(s);
+		moe_slots_destroy(s);
 		return -ENOMEM;
 	}
 	for (size_t i = 0; i < (size_t)n_layers * (size_t)n_slots; i++)
@@ -52,7 +52,7 @@ int wk_slots_create(const struct model_config *cfg, int n_slots, struct wk_slots
 	return 0;
 }
 
-void wk_slots_destroy(struct wk_slots *s)
+void moe_slots_destroy(struct moe_slots *s)
 {
 	if (!s)
 		return;
@@ -68,24 +68,24 @@ void wk_slots_destroy(struct wk_slots *s)
 	free(s);
 }
 
-int wk_slots_count(const struct wk_slots *s)
+int moe_slots_count(const struct moe_slots *s)
 {
 	return s->n_slots;
 }
 
-const struct model_config *wk_slots_config(const struct wk_slots *s)
+const struct model_config *moe_slots_config(const struct moe_slots *s)
 {
 	return s->cfg;
 }
 
-static struct slot *slot_at(const struct wk_slots *s, int moe_layer, int slot)
+static struct slot *slot_at(const struct moe_slots *s, int moe_layer, int slot)
 {
 	if (moe_layer < 0 || moe_layer >= s->n_layers || slot < 0 || slot >= s->n_slots)
 		return NULL;
 	return &s->slots[(size_t)moe_layer * s->n_slots + slot];
 }
 
-int wk_slot_set(struct wk_slots *s, int moe_layer, int slot, int expert,
+int moe_slot_set(struct moe_slots *s, int moe_layer, int slot, int expert,
 		const struct model_ffn *ffn)
 {
 	struct slot *sl = slot_at(s, moe_layer, slot);
@@ -101,13 +101,13 @@ int wk_slot_set(struct wk_slots *s, int moe_layer, int slot, int expert,
 	return 0;
 }
 
-int wk_slot_expert(const struct wk_slots *s, int moe_layer, int slot)
+int moe_slot_expert(const struct moe_slots *s, int moe_layer, int slot)
 {
 	const struct slot *sl = slot_at(s, moe_layer, slot);
 	return sl ? sl->expert : -1;
 }
 
-static int grow(struct wk_slots *s, size_t pairs)
+static int grow(struct moe_slots *s, size_t pairs)
 {
 	size_t h = (size_t)s->cfg->hidden_size, w = (size_t)s->cfg->moe_intermediate_size;
 
@@ -145,7 +145,7 @@ static int grow(struct wk_slots *s, size_t pairs)
 	return 0;
 }
 
-int wk_compute(struct wk_slots *s, int moe_layer, const struct wk_batch *b, float *out)
+int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, float *out)
 {
 	const struct kn_ops *ops = kn_ops();
 	int h = s->cfg->hidden_size, w = s->cfg->moe_intermediate_size;
@@ -205,7 +205,7 @@ int wk_compute(struct wk_slots *s, int moe_layer, const struct wk_batch *b, floa
 	return 0;
 }
 
-void wk_last_stats(const struct wk_slots *s, int moe_layer, uint64_t *ret_ns)
+void moe_last_stats(const struct moe_slots *s, int moe_layer, uint64_t *ret_ns)
 {
 	if (ret_ns && moe_layer >= 0 && moe_layer < s->n_layers)
 		*ret_ns = s->last_ns[moe_layer];

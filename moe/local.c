@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * moe_local.c - the MoE seam served by in-process workers.
+ * local.c - the MoE seam served by in-process workers.
  *
  * The same dispatch -> per-worker grouped compute -> weighted combine the cluster does,
  * minus the transport: each token goes once to each worker holding any of its experts,
@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "coordinator/coordinator.h"
-#include "worker/worker.h"
+#include "moe/moe.h"
 
 /* One worker's share of one micro-batch. */
 struct local_batch {
@@ -34,10 +34,10 @@ struct local_mb {
 struct moe_local {
 	const struct model_config *cfg;
 	int n_workers;
-	struct wk_slots **slots; /* [n_workers] */
+	struct moe_slots **slots; /* [n_workers] */
 	int32_t *owner;      /* [n_routed] worker of expert e (same in every layer) */
 	int32_t *slot_of;    /* [n_routed] its slot there */
-	struct local_mb mb[CO_MAX_MICRO_BATCHES];
+	struct local_mb mb[MOE_MAX_MICRO_BATCHES];
 };
 
 static void batch_free(struct local_batch *w)
@@ -91,7 +91,7 @@ static int local_dispatch(void *ctx, int layer, int mbi, const float *x, int n_t
 	struct local_mb *mb;
 	int rc;
 
-	if (moe_layer < 0 || mbi < 0 || mbi >= CO_MAX_MICRO_BATCHES)
+	if (moe_layer < 0 || mbi < 0 || mbi >= MOE_MAX_MICRO_BATCHES)
 		return -EINVAL;
 	mb = &m->mb[mbi];
 	if (mb->pending_layer >= 0)
@@ -124,11 +124,11 @@ static int local_dispatch(void *ctx, int layer, int mbi, const float *x, int n_t
 		struct local_batch *w = &mb->b[i];
 		if (w->n_tok == 0)
 			continue;
-		struct wk_batch b = {
+		struct moe_batch b = {
 			.n_tok = w->n_tok, .x = w->x, .pair_off = w->pair_off,
 			.slot = w->slot, .weight = w->weight,
 		};
-		if ((rc = wk_compute(m->slots[i], moe_layer, &b, w->partial)) < 0)
+		if ((rc = moe_compute(m->slots[i], moe_layer, &b, w->partial)) < 0)
 			return rc;
 	}
 	mb->pending_layer = layer;
@@ -142,7 +142,7 @@ static int local_combine(void *ctx, int layer, int mbi, float *out)
 	int h = m->cfg->hidden_size;
 	struct local_mb *mb;
 
-	if (mbi < 0 || mbi >= CO_MAX_MICRO_BATCHES || m->mb[mbi].pending_layer != layer)
+	if (mbi < 0 || mbi >= MOE_MAX_MICRO_BATCHES || m->mb[mbi].pending_layer != layer)
 		return -EINVAL;
 	mb = &m->mb[mbi];
 	mb->pending_layer = -1;
@@ -160,8 +160,8 @@ static void local_destroy(void *ctx)
 	if (!m)
 		return;
 	for (int i = 0; m->slots && i < m->n_workers; i++)
-		wk_slots_destroy(m->slots[i]);
-	for (int j = 0; j < CO_MAX_MICRO_BATCHES; j++) {
+		moe_slots_destroy(m->slots[i]);
+	for (int j = 0; j < MOE_MAX_MICRO_BATCHES; j++) {
 		for (int i = 0; m->mb[j].b && i < m->n_workers; i++)
 			batch_free(&m->mb[j].b[i]);
 		free(m->mb[j].b);
@@ -172,14 +172,14 @@ static void local_destroy(void *ctx)
 	free(m);
 }
 
-static const struct co_moe_ops local_ops = {
+static const struct moe_ops local_ops = {
 	.name = "local",
 	.dispatch = local_dispatch,
 	.combine = local_combine,
 	.destroy = local_destroy,
 };
 
-int co_moe_local_create(const struct model_ckpt *ck, int n_workers, struct co_moe *ret,
+int moe_local_create(const struct model_ckpt *ck, int n_workers, struct moe *ret,
 			struct fr_error *err)
 {
 	const struct model_config *c = model_ckpt_config(ck);
@@ -196,7 +196,7 @@ int co_moe_local_create(const struct model_ckpt *ck, int n_workers, struct co_mo
 		return fr_error_set(err, -ENOMEM, "out of memory");
 	m->cfg = c;
 	m->n_workers = n_workers;
-	for (int j = 0; j < CO_MAX_MICRO_BATCHES; j++)
+	for (int j = 0; j < MOE_MAX_MICRO_BATCHES; j++)
 		m->mb[j].pending_layer = -1;
 	m->slots = calloc((size_t)n_workers, sizeof(*m->slots));
 	m->owner = calloc((size_t)c->n_routed_experts, sizeof(*m->owner));
@@ -207,7 +207,7 @@ int co_moe_local_create(const struct model_ckpt *ck, int n_workers, struct co_mo
 	}
 	int per = FR_DIV_ROUND_UP(c->n_routed_experts, n_workers);
 	for (int i = 0; i < n_workers; i++)
-		if ((rc = wk_slots_create(c, per, &m->slots[i])) < 0) {
+		if ((rc = moe_slots_create(c, per, &m->slots[i])) < 0) {
 			fr_error_set(err, rc, "cannot create %d slots", per);
 			goto fail;
 		}
@@ -221,7 +221,7 @@ int co_moe_local_create(const struct model_ckpt *ck, int n_workers, struct co_mo
 			m->slot_of[e] = e / n_workers;
 			if ((rc = model_expert_bind(ck, l, e, &ffn, err)) < 0)
 				goto fail;
-			if ((rc = wk_slot_set(m->slots[m->owner[e]], ml, m->slot_of[e], e, &ffn)) < 0) {
+			if ((rc = moe_slot_set(m->slots[m->owner[e]], ml, m->slot_of[e], e, &ffn)) < 0) {
 				fr_error_set(err, rc, "layer %d expert %d: cannot fill its slot", l, e);
 				goto fail;
 			}
@@ -235,7 +235,7 @@ fail:
 	return rc;
 }
 
-void co_moe_destroy(struct co_moe *moe)
+void moe_destroy(struct moe *moe)
 {
 	if (moe && moe->ops && moe->ops->destroy)
 		moe->ops->destroy(moe->ctx);

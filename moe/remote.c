@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * moe_remote.c - the MoE seam served by expert workers over the transport: the
- * coordinator's half of the data path (ARCHITECTURE §2, §4; worker/serve.c is the other).
+ * remote.c - the MoE seam served by expert workers over the transport: the
+ * coordinator's half of the data path (ARCHITECTURE §2, §4; serve.c is the other).
  *
  * dispatch() chooses a replica per (token, expert), groups the pairs by worker, encodes one
  * dispatch frame per worker into that worker's send slot of the micro-batch and puts it;
@@ -62,7 +62,7 @@ struct rworker {
 	struct tp_mem *recv;     /* [ring.slots][cslot] combine frames, borrowed */
 	struct tp_mem *send;     /* [ring.slots][dslot] dispatch frames, owned */
 	int status;              /* 0, or the negative errno its endpoint failed with */
-	bool gone_told;          /* co_moe_remote_check() reported its failure */
+	bool gone_told;          /* moe_remote_check() reported its failure */
 	struct rw_slot *slot;    /* [ring.slots] */
 	struct rw_arrival *q;    /* [q_cap] unreleased arrivals, oldest first */
 	uint32_t q_head, q_n;
@@ -89,7 +89,7 @@ struct moe_remote {
 	struct tp_context **ctxs; /* [n_ctxs] borrowed: one per device, workers spread over them */
 	int n_ctxs;
 	const struct co_placement *p;
-	struct co_remote_opts o;
+	struct moe_remote_opts o;
 	int n_workers;
 	int hidden;
 	size_t dslot, cslot;
@@ -153,7 +153,8 @@ static int worker_of(const struct moe_remote *m, const struct tp_ep *ep)
 static int on_arrival(struct moe_remote *m, int wi, const struct tp_event *ev)
 {
 	struct rworker *w = &m->w[wi];
-	uint32_t layer = ev->imm >> 16, mb = (ev->imm >> 8) & 0xffu, kind = ev->imm & 0xffu;
+	struct fp_imm_fields f = fp_imm_decode(ev->imm);
+	uint32_t layer = f.layer, mb = f.mb, kind = f.kind;
 	uint32_t slot = mb % m->o.ring.slots;
 	struct rm_mb *s = &m->mbs[slot];
 	struct rw_slot *ws = &w->slot[slot];
@@ -312,7 +313,7 @@ static int send_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_
 	if ((rc = fp_dispatch_encode(&d, dst, m->dslot, &len)) < 0)
 		return hard(m, rc, "worker %s: layer %d mb %d: cannot encode: %s", WN(m, wi),
 			    s->layer, s->mb, strerror(-rc));
-	uint32_t imm = wk_imm((uint32_t)s->moe_layer, (uint32_t)s->mb, FP_KIND_DISPATCH);
+	uint32_t imm = fp_imm((uint32_t)s->moe_layer, (uint32_t)s->mb, FP_KIND_DISPATCH);
 	for (;;) {
 		rc = tp_put_imm(w->ep, w->send, off, off, len, imm, TP_PUT_SIGNAL, slot);
 		if (rc != -EAGAIN)
@@ -340,7 +341,7 @@ static int remote_dispatch(void *ctx, int layer, int mb, const float *x, int n_t
 			   const int32_t *expert, const float *weight, int k)
 {
 	struct moe_remote *m = ctx;
-	const struct wk_ring *ring = &m->o.ring;
+	const struct fp_ring *ring = &m->o.ring;
 	int moe_layer = model_moe_index(m->cfg, layer), rc;
 
 	if (m->failed)
@@ -528,7 +529,7 @@ static void drain_sends(struct moe_remote *m)
 	}
 }
 
-int co_moe_remote_check(struct co_moe *moe, int timeout_ms, int *dead, int max)
+int moe_remote_check(struct moe *moe, int timeout_ms, int *dead, int max)
 {
 	struct moe_remote *m = moe->ctx;
 	int n = 0, rc;
@@ -578,7 +579,7 @@ static void remote_destroy(void *ctx)
 	free(m);
 }
 
-static const struct co_moe_ops remote_ops = {
+static const struct moe_ops remote_ops = {
 	.name = "remote",
 	.dispatch = remote_dispatch,
 	.combine = remote_combine,
@@ -594,13 +595,13 @@ static int ctx_index(struct tp_context *const *ctxs, int n_ctxs, const struct tp
 	return -1;
 }
 
-int co_moe_remote_create(const struct model_config *cfg, struct tp_context *const *ctxs,
+int moe_remote_create(const struct model_config *cfg, struct tp_context *const *ctxs,
 			 int n_ctxs, int n_workers, struct tp_ep *const *eps,
 			 struct tp_mem *const *recv, const struct co_placement *p,
-			 const struct co_remote_opts *o, struct co_moe *ret, struct fr_error *err)
+			 const struct moe_remote_opts *o, struct moe *ret, struct fr_error *err)
 {
-	const struct wk_ring *ring = &o->ring;
-	size_t dslot = wk_ring_dispatch_slot(ring), cslot = wk_ring_combine_slot(ring);
+	const struct fp_ring *ring = &o->ring;
+	size_t dslot = fp_ring_dispatch_slot(ring), cslot = fp_ring_combine_slot(ring);
 	int n_moe = model_n_moe_layers(cfg);
 	enum fp_dtype wire = o->wire ? o->wire : FP_DTYPE_BF16;
 	struct moe_remote *m;
@@ -725,7 +726,7 @@ fail:
 	return rc;
 }
 
-const char *co_moe_remote_error(const struct co_moe *moe)
+const char *moe_remote_error(const struct moe *moe)
 {
 	if (!moe || moe->ops != &remote_ops)
 		return "";

@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * admin.c - the Admin service (admin.proto): GetLoad (the device-level load per MoE layer
+ * and worker, balancedness) and BenchEngine, behind the operators' bearer token.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coordinator/server-internal.h"
+#include "rpc/admin.pb-c.h"
+
+#define LOG_COMP "coordinator"
+
+/* Every Admin call: the bearer token, when one is configured. */
+static grpc_status_code admin_auth(struct co_server *s, struct rpc_call *call)
+{
+	char hdr[1024];
+
+	if (!s->admin_token)
+		return GRPC_STATUS_OK;
+	if (rpc_call_metadata(call, "authorization", hdr, sizeof(hdr)) < 0 ||
+	    rpc_auth_bearer_check(hdr, s->admin_token, s->o.admin_token_len) < 0) {
+		fr_warn(LOG_COMP, "%s: refused: missing or wrong admin bearer token",
+			rpc_call_method(call));
+		return rpc_call_fail(call, GRPC_STATUS_UNAUTHENTICATED,
+				     "admin calls need \"authorization: Bearer <token>\" with the "
+				     "coordinator's admin token");
+	}
+	return GRPC_STATUS_OK;
+}
+
+static grpc_status_code on_get_load(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
+{
+	const Ferry__V1__GetLoadRequest *r = (const Ferry__V1__GetLoadRequest *)req;
+	Ferry__V1__GetLoadResponse resp = FERRY__V1__GET_LOAD_RESPONSE__INIT;
+	struct co_server *s = arg;
+	int n_moe = model_n_moe_layers(s->cfg), n_w = s->o.workers;
+	Ferry__V1__LayerWorkerLoad *lw = NULL, **lwp = NULL;
+	Ferry__V1__LayerBalance *lb = NULL, **lbp = NULL;
+	uint64_t *tok = NULL, *ns = NULL;
+	grpc_status_code st = GRPC_STATUS_OK;
+	int *layers = NULL, n_layers;
+
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
+	if (r->n_layers > (size_t)n_moe)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "%zu layers asked, the model has %d MoE layers", r->n_layers, n_moe);
+	for (size_t i = 0; i < r->n_layers; i++)
+		if (r->layers[i] >= (uint32_t)n_moe)
+			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+					     "layer %u out of range: the model has %d MoE layers",
+					     r->layers[i], n_moe);
+	n_layers = r->n_layers ? (int)r->n_layers : n_moe;
+	layers = malloc((size_t)FR_MAX(n_layers, 1) * sizeof(*layers));
+	lw = calloc((size_t)FR_MAX(n_layers * n_w, 1), sizeof(*lw));
+	lwp = calloc((size_t)FR_MAX(n_layers * n_w, 1), sizeof(*lwp));
+	lb = calloc((size_t)FR_MAX(n_layers, 1), sizeof(*lb));
+	lbp = calloc((size_t)FR_MAX(n_layers, 1), sizeof(*lbp));
+	tok = calloc((size_t)n_w, sizeof(*tok));
+	ns = calloc((size_t)n_w, sizeof(*ns));
+	if (!layers || !lw || !lwp || !lb || !lbp || !tok || !ns) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+	for (int i = 0; i < n_layers; i++)
+		layers[i] = r->n_layers ? (int)r->layers[i] : i;
+
+	pthread_mutex_lock(&s->engine_mu);
+	if (!s->load || !s->place) {
+		pthread_mutex_unlock(&s->engine_mu);
+		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "the cluster is not serving yet");
+		goto out;
+	}
+	for (int i = 0; i < n_layers; i++) {
+		uint64_t sum = 0;
+		co_load_worker_tokens(s->load, layers[i], tok);
+		co_load_worker_time(s->load, layers[i], ns);
+		for (int w = 0; w < n_w; w++)
+			sum += tok[w];
+		for (int w = 0; w < n_w; w++) {
+			Ferry__V1__LayerWorkerLoad *x = &lw[i * n_w + w];
+			ferry__v1__layer_worker_load__init(x);
+			x->layer = (uint32_t)layers[i];
+			x->worker_index = (uint32_t)w;
+			x->tokens = tok[w];
+			x->fraction = sum ? (double)tok[w] / (double)sum : 0.0;
+			x->busy_ns = ns[w];
+			x->slots = (uint32_t)s->place->slots[w];
+			lwp[i * n_w + w] = x;
+		}
+		ferry__v1__layer_balance__init(&lb[i]);
+		lb[i].layer = (uint32_t)layers[i];
+		co_load_balancedness(s->load, layers[i], CO_LOAD_TOKENS, &lb[i].balancedness);
+		co_load_balancedness(s->load, layers[i], CO_LOAD_TIME, &lb[i].balancedness_time);
+		lbp[i] = &lb[i];
+	}
+	resp.window_ns = 0;
+	pthread_mutex_unlock(&s->engine_mu);
+	pthread_mutex_lock(&s->mu);
+	resp.epoch = s->epoch;
+	/* names are written once, at join, and the array lives as long as the server */
+	for (int i = 0; i < n_layers * n_w; i++)
+		lw[i].worker_name = s->workers[lw[i].worker_index].name;
+	pthread_mutex_unlock(&s->mu);
+	resp.n_loads = (size_t)n_layers * n_w;
+	resp.loads = lwp;
+	resp.n_layers = (size_t)n_layers;
+	resp.layers = lbp;
+	rpc_call_send(call, &resp.base);
+out:
+	free(layers);
+	free(lw);
+	free(lwp);
+	free(lb);
+	free(lbp);
+	free(tok);
+	free(ns);
+	return st;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static grpc_status_code on_bench_engine(struct rpc_call *call, const ProtobufCMessage *req,
+					void *arg)
+{
+	const Ferry__V1__BenchEngineRequest *r = (const Ferry__V1__BenchEngineRequest *)req;
+	Ferry__V1__BenchEngineResponse resp = FERRY__V1__BENCH_ENGINE_RESPONSE__INIT;
+	struct co_server *s = arg;
+	int B = (int)r->batch, steps = r->steps ? (int)FR_MIN(r->steps, 4096u) : 16;
+	int plen = r->prompt_len ? (int)FR_MIN(r->prompt_len, 65536u) : 16, V = s->cfg->vocab_size;
+	grpc_status_code st;
+	char why[512];
+
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
+	if (B < 1 || B > s->o.max_seqs)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "batch must be in [1, %d] (engine.max_seqs)", s->o.max_seqs);
+	if (plen + steps + 2 > s->max_ctx || (int64_t)B * plen > 1 << 22)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "prompt_len %d + steps %d exceed the context of %d", plen, steps,
+				     s->max_ctx);
+	pthread_mutex_lock(&s->mu);
+	bool ok = s->status == S_SERVING;
+	pthread_mutex_unlock(&s->mu);
+	if (!ok)
+		return rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "the cluster is not serving");
+	if (co_sched_pause(s->sched, 60000) < 0) {
+		co_sched_resume(s->sched);
+		return rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE,
+				     "requests kept running for 60 s: cannot measure");
+	}
+	size_t rows = (size_t)B * plen;
+	/* Prompt rows, then one decode row per sequence. */
+	int32_t *tok = malloc((rows + B) * sizeof(*tok)), *seq = malloc((rows + B) * sizeof(*seq));
+	int32_t *pos = malloc((rows + B) * sizeof(*pos));
+	bool *want = calloc(rows, sizeof(*want));
+	/* The engine writes row i's logits at row i of the call. */
+	float *logits = malloc((size_t)FR_MAX(B, s->o.max_batch) * V * sizeof(float));
+	uint64_t *t = malloc((size_t)(steps + 2) * sizeof(*t)), rng = r->seed;
+	int rc = -ENOMEM;
+	if (!tok || !seq || !pos || !want || !logits || !t)
+		goto out;
+	/* The same work a served batch does, with perfect batching: every prompt prefilled
+	 * (all sequences in one pass, max_batch rows at a time; only the last row of each
+	 * wants logits), then `steps` decode steps of all sequences together. One untimed
+	 * round warms the caches first. */
+	for (int b = 0; b < B; b++)
+		for (int p = 0; p < plen; p++) {
+			size_t i = (size_t)b * plen + p;
+			tok[i] = (int32_t)(fr_splitmix64(&rng) % (uint64_t)V);
+			seq[i] = b;
+			pos[i] = p;
+			want[i] = p == plen - 1;
+		}
+	uint64_t t0 = 0, t_end = 0;
+	for (int round = 0; round < 2; round++) {
+		for (int b = 0; b < B; b++) {
+			pthread_mutex_lock(&s->engine_mu);
+			co_engine_reset_seq(s->engine, b);
+			pthread_mutex_unlock(&s->engine_mu);
+		}
+		t0 = fr_now_ns();
+		/* Whole sequences per pass (as many as max_batch holds) keep their rows
+		 * together; a prompt longer than max_batch goes alone. */
+		size_t per = (size_t)FR_MAX(1, s->o.max_batch / plen) * plen;
+		for (size_t off = 0, n; off < rows; off += n) {
+			n = FR_MIN(rows - off, per);
+			rc = co__engine_step(s, (int)n, tok + off, seq + off, pos + off, want + off, NULL,
+					 logits, why, sizeof(why));
+			if (rc < 0)
+				goto out;
+		}
+		int32_t *dt = tok + rows, *ds = seq + rows, *dp = pos + rows;
+		for (int k = 0; k < steps; k++) {
+			for (int b = 0; b < B; b++) {
+				dt[b] = (int32_t)(fr_splitmix64(&rng) % (uint64_t)V);
+				ds[b] = b;
+				dp[b] = plen + k;
+			}
+			uint64_t a = fr_now_ns();
+			rc = co__engine_step(s, B, dt, ds, dp, NULL, NULL, logits, why, sizeof(why));
+			if (rc < 0)
+				goto out;
+			t[k] = fr_now_ns() - a;
+		}
+		t_end = fr_now_ns();
+	}
+	qsort(t, (size_t)steps, sizeof(*t), cmp_u64);
+	resp.tokens_per_s = (double)B * steps / ((double)(t_end - t0) / 1e9);
+	resp.step_ms_p50 = (double)t[steps / 2] / 1e6;
+	rc = 0;
+out:
+	for (int b = 0; b < B; b++) {
+		pthread_mutex_lock(&s->engine_mu);
+		co_engine_reset_seq(s->engine, b);
+		pthread_mutex_unlock(&s->engine_mu);
+	}
+	co_sched_resume(s->sched);
+	free(tok);
+	free(seq);
+	free(pos);
+	free(want);
+	free(logits);
+	free(t);
+	if (rc < 0)
+		return rpc_call_fail(call, rc == -ENOMEM ? GRPC_STATUS_RESOURCE_EXHAUSTED :
+				     GRPC_STATUS_UNAVAILABLE, "engine benchmark failed: %s",
+				     rc == -ENOMEM ? "out of memory" : why);
+	rpc_call_send(call, &resp.base);
+	return GRPC_STATUS_OK;
+}
+
+int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_error *err)
+{
+	int rc;
+
+	if ((rc = rpc_server_add_method(srv, RPC_M_GET_LOAD, RPC_METHOD_UNARY,
+					&ferry__v1__get_load_request__descriptor, on_get_load, s,
+					err)) < 0)
+		return rc;
+	return rpc_server_add_method(srv, RPC_M_BENCH_ENGINE, RPC_METHOD_UNARY,
+				     &ferry__v1__bench_engine_request__descriptor, on_bench_engine,
+				     s, err);
+}

@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * server-internal.h - ferry-coordinator's state, shared by the files of the daemon library:
+ *   server.c    life cycle (create, start, wait, stop), Health, the engine and the
+ *               scheduler over it, workers found dead between steps
+ *   cluster.c   cluster formation: transport contexts, the endpoints of joining workers,
+ *               the first placement, waiting for every worker to load its slots
+ *   registry.c  the Internal service that workers call (Challenge, Join, Heartbeat,
+ *               GetAssignment, LoadExperts, UnloadExperts, ReportStats)
+ *   admin.c     the Admin service (GetLoad, BenchEngine)
+ * serving.c (Generate, Score) and inference.c (Tokenize, Detokenize, ModelInfo) register
+ * the Inference service; each service registers its own methods.
+ *
+ */
+#ifndef FERRY_COORDINATOR_SERVER_INTERNAL_H
+#define FERRY_COORDINATOR_SERVER_INTERNAL_H
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coordinator/coordinator.h"
+#include "coordinator/inference.h"
+#include "coordinator/placement/placement.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/server.h"
+#include "coordinator/serving.h"
+#include "moe/moe.h"
+#include "rpc/auth.h"
+#include "rpc/rpc.h"
+
+#define MAX_WORKERS 1024
+#define NAME_MAX_LEN 64
+
+enum worker_state {
+	W_JOINING,   /* Join handler waits for the endpoint */
+	W_READY,     /* endpoint created, handler answered; connect pending */
+	W_CONNECTED,
+	W_LOADED,    /* acknowledged its slots */
+	W_RELEASED,  /* unloaded every slot: nothing routes to it, it may leave */
+	W_FAILED,
+};
+
+struct srv_worker {
+	int index;
+	char name[NAME_MAX_LEN + 1];
+	enum worker_state state;
+	uint32_t slot_capacity;
+	uint8_t blob[TP_ADDR_MAX];     /* the worker's address */
+	size_t blob_len;
+	uint8_t my_blob[TP_ADDR_MAX];  /* ours for it */
+	size_t my_blob_len;
+	char fail[256];                /* why W_FAILED */
+	struct tp_mem *recv;
+	struct tp_ep *ep;
+	uint64_t last_heartbeat_ns;
+	bool told_place_err;           /* got the impossible-placement answer */
+	/* Its session (internal.proto): every request after Join is signed with this key. */
+	uint8_t session_key[RPC_AUTH_KEY_LEN];
+	struct rpc_auth_replay *replay; /* nonces seen in this session */
+};
+
+enum srv_status { S_STARTING, S_SERVING, S_DRAINING, S_FAILED };
+
+struct co_server {
+	struct co_server_opts o;
+	char *model_path, *listen, *load_profile;
+	uint8_t *secret;
+	uint8_t *admin_token;
+	struct model_ckpt *ck;
+	const struct model_config *cfg;
+	struct model_weights *w;
+	struct rpc_server *rpc;         /* listen: Inference, Admin (and Internal without rpc_cluster) */
+	struct rpc_server *rpc_cluster; /* cluster_listen: Internal and Health; NULL when not set */
+	struct rpc_auth_replay *replay;          /* Join nonces */
+	struct rpc_auth_challenges *challenges;  /* issued for Joins */
+	uint8_t boot_id[16];
+	struct tp_context *tp[TP_WAIT_MANY_MAX]; /* [n_tp] one per device: worker i on i % n_tp */
+	char *tp_dev[TP_WAIT_MANY_MAX];          /* [n_tp] their device names, NULL: auto */
+	int n_tp;
+	struct fp_ring ring;           /* the geometry of the first worker; all must match */
+	bool ring_set;
+
+	pthread_mutex_t mu;            /* everything below up to engine_mu */
+	pthread_cond_t cv;
+	enum srv_status status;
+	struct srv_worker *workers;    /* [o.workers] */
+	int n_joined;
+	uint64_t epoch;
+	struct co_placement *place;
+	char place_err[512];           /* set when the placement is impossible */
+	struct co_serving serving;     /* Generate/Score context */
+	struct co_inference_info info; /* Tokenize/Detokenize/ModelInfo context */
+	char fail[512];                /* why S_FAILED */
+
+	pthread_mutex_t engine_mu;     /* engine, moe, load, the transport while serving */
+	struct co_engine *engine;
+	struct co_sched *sched;
+	struct model_tokenizer *tok;   /* NULL without tokenizer.json */
+	struct moe moe;
+	struct co_load *load;
+	int max_ctx;
+
+	volatile sig_atomic_t stop;
+};
+
+/* "starting", "serving", "draining", "failed". */
+const char *co__status_name(enum srv_status st);
+/* Marks the whole cluster failed (under mu): logged once, Health and Generate say why. */
+void co__fail_cluster_locked(struct co_server *s, const char *why);
+
+/* One forward pass under the engine lock, with its step's load accounting; a failure other
+ * than -EINVAL fails the cluster (why[] says what went wrong). */
+int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_t *seq,
+		    const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
+		    float *logits, char *why, size_t why_cap);
+
+/* cluster.c: one transport context per device of o->tp_devices (or one on o->tp.device). */
+int co__open_transport(struct co_server *s, const struct co_server_opts *o,
+		       struct fr_error *err);
+/* cluster.c: the device serving worker index i, for log lines. */
+const char *co__worker_device(const struct co_server *s, int i);
+/* cluster.c: waits for the workers to join (creating and connecting their endpoints on this
+ * thread), solves the first placement and waits until every worker loaded its slots.
+ * Errors as co_server_start()'s; s->place_err holds an impossible placement's reason. */
+int co__form_cluster(struct co_server *s, struct fr_error *err);
+
+/* registry.c: Internal's methods on srv (arg: s). */
+int co__registry_register(struct co_server *s, struct rpc_server *srv, struct fr_error *err);
+/* admin.c: Admin's methods on srv (arg: s). */
+int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_error *err);
+
+#endif /* FERRY_COORDINATOR_SERVER_INTERNAL_H */

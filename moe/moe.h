@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * moe.h - the seam between the engine and the routed experts, and both of its halves.
+ *
+ * The engine (coordinator/) hands each MoE layer's routed work to a struct moe: dispatch()
+ * the tokens with their top-k (expert, weight), combine() the weighted partial sums back.
+ * Two implementations sit behind it:
+ *   - in-process experts (local.c): slot tables computed in this process;
+ *   - remote experts (remote.c): the cluster's data path. Each token goes once to each
+ *     worker holding any of its experts, as a dispatch frame (proto/frames.h) over the
+ *     transport; the worker's data-plane server (serve.c) computes its slots grouped by
+ *     slot (slots.c) and answers with one combine frame of pre-weighted partials.
+ * The worker daemon (worker/) wraps the server with its control plane; the placement
+ * (placement: which worker holds which expert in which slot) decides where tokens go.
+ */
+#ifndef FERRY_MOE_H
+#define FERRY_MOE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coordinator/placement/placement.h"
+#include "model/model.h"
+#include "proto/frames.h"
+#include "transport/transport.h"
+
+/* ==== the seam ============================================================================== */
+
+/* Most micro-batches a forward pass is split into (and that the seam must track). */
+#define MOE_MAX_MICRO_BATCHES 8
+
+/* ==== the MoE seam ========================================================================== */
+
+/* Routed-expert work for one MoE layer of one micro-batch. The engine calls dispatch() with
+ * the normalized hidden states and every token's top-k (expert, weight), computes the shared
+ * experts, then calls combine(), which must ADD sum_j w_j * Expert_j(x[t]) into out[t].
+ * Each op returns 0 or a negative errno (the forward pass fails with it). */
+struct moe_ops {
+	const char *name;
+	int (*dispatch)(void *ctx, int layer, int mb, const float *x /* [n][hidden] */, int n_tok,
+			const int32_t *expert /* [n][k] */, const float *weight /* [n][k] */, int k);
+	int (*combine)(void *ctx, int layer, int mb, float *out /* [n][hidden], += */);
+	void (*destroy)(void *ctx);
+};
+
+struct moe {
+	const struct moe_ops *ops;
+	void *ctx;
+};
+
+/* In-process experts: n_workers slot tables, expert e of every layer on worker e % n_workers
+ * (a worker per table, computed one after the other). Binds the routed experts from ck,
+ * which must outlive it. Errors: -EINVAL, -ENOMEM, -ENOENT (missing tensor, err names it). */
+int moe_local_create(const struct model_ckpt *ck, int n_workers, struct moe *ret,
+			struct fr_error *err);
+void moe_destroy(struct moe *moe);
+
+/* Remote experts: the cluster's data path (ARCHITECTURE §2, §4). Worker w is reached
+ * through eps[w] (connected; its receive region recv[w] holds ring.slots combine slots,
+ * proto/frames.h) and holds the slots placement p gives it. Per layer and micro-batch,
+ * dispatch() picks for every (token, expert) the replica on the worker with the least load
+ * in this micro-batch (co_place_choose), sends each token ONCE to each worker holding any
+ * of its experts, as one dispatch frame per worker with the token's (slot, weight) pairs,
+ * and returns without waiting; combine() waits for the combine frames of exactly the
+ * workers it sent to and adds their partials. Up to ring.slots micro-batches may be
+ * outstanding; the frame of micro-batch mb uses ring slot mb % ring.slots.
+ *
+ * The workers' endpoints may live on several transport contexts (one per local device, so
+ * that no single NIC carries every worker): eps[i] and recv[i] are on one of ctxs[0..n_ctxs),
+ * worker i's send ring is allocated on that same context, and the ops poll every context
+ * and sleep on all of them at once (tp_wait_many()).
+ *
+ * Everything (ctxs, eps, recv, p, load) is borrowed and used only from the thread calling
+ * the ops. */
+struct moe_remote_opts {
+	struct fp_ring ring;          /* the geometry every worker announced (same for all) */
+	enum fp_dtype wire;           /* FP_DTYPE_BF16 (default when 0) or FP_DTYPE_F32 */
+	int timeout_ms;               /* combine() waits at most this long (default 30000) */
+	struct co_load *load;         /* NULL, or where tokens per expert/slot are counted */
+	uint32_t epoch;               /* written into every frame's step_epoch */
+	const char *const *names;     /* NULL, or [n_workers] worker names for messages */
+};
+
+/* Errors: -EINVAL (shapes: placement vs config vs ring; n_ctxs outside 1..TP_WAIT_MANY_MAX,
+ * an endpoint on none of ctxs; err says which), -ENOMEM, tp_mem_alloc()'s.
+ * At run time the ops return -ETIMEDOUT (a worker did not answer: err names it and the
+ * layer/micro-batch), -ECONNRESET (a worker's endpoint failed), -EBADMSG (a malformed or
+ * unexpected combine frame), -E2BIG (a micro-batch larger than ring.tokens, or a token
+ * with more than ring.max_pairs experts on one worker), -EINVAL (misuse: a dense layer, mb
+ * outside 0..255, a ring slot still busy, a combine without its dispatch), -ENOBUFS (one
+ * micro-batch left uncombined while 4 x ring.slots later frames queued behind it).
+ * moe_remote_error() has the text. Errors found before anything is sent leave the ring
+ * usable; the others (timeout, a failed endpoint that owed a frame, a bad frame) are
+ * sticky: frames in flight could land in reused slots, so every later op returns the same
+ * error and the caller rebuilds the MoE over fresh endpoints. The destroy op waits up to
+ * timeout_ms for puts still reading its send buffers (tcp sends from them in place). */
+int moe_remote_create(const struct model_config *cfg, struct tp_context *const *ctxs,
+			 int n_ctxs, int n_workers, struct tp_ep *const *eps,
+			 struct tp_mem *const *recv, const struct co_placement *p,
+			 const struct moe_remote_opts *o, struct moe *ret, struct fr_error *err);
+/* Text of the last run-time failure of a remote MoE ("" if none). */
+const char *moe_remote_error(const struct moe *moe);
+/* Between steps (same thread rules as the ops): makes transport progress for up to
+ * timeout_ms and writes into dead[] (at most max) the workers whose endpoint failed since
+ * the last call, each reported once. Returns their number, or the MoE's sticky error. */
+int moe_remote_check(struct moe *moe, int timeout_ms, int *dead, int max);
+
+/* ==== the expert side: slot tables and grouped compute (slots.c) ============================ */
+
+/*
+ * A worker holds, per MoE layer, a fixed number of slots; each slot holds one logical
+ * expert's SwiGLU FFN (weights borrowed from a checkpoint mmap). Given a batch of tokens,
+ * each with the (slot, weight) pairs that selected this worker, it computes experts grouped
+ * by slot (one matmul per slot over all its tokens) and returns one pre-weighted partial
+ * sum per token. In-process experts and ferry-worker run the same code.
+ */
+struct moe_slots;
+
+/* Creates an empty slot table: n_slots per MoE layer (model_n_moe_layers(cfg) layers).
+ * cfg is borrowed and must outlive the table. Errors: -EINVAL, -ENOMEM. */
+int moe_slots_create(const struct model_config *cfg, int n_slots, struct moe_slots **ret);
+void moe_slots_destroy(struct moe_slots *s);
+int moe_slots_count(const struct moe_slots *s);
+/* The config the table was created with (borrowed from the caller of moe_slots_create). */
+const struct model_config *moe_slots_config(const struct moe_slots *s);
+
+/* Puts expert `expert` (weights in *ffn, borrowed) into (moe_layer, slot); replaces what
+ * was there. Errors: -EINVAL (indices out of range, shapes not the config's). */
+int moe_slot_set(struct moe_slots *s, int moe_layer, int slot, int expert,
+		const struct model_ffn *ffn);
+/* Logical expert in a slot, or -1 when empty. */
+int moe_slot_expert(const struct moe_slots *s, int moe_layer, int slot);
+
+/* One layer's work for this worker. Pairs of token t are [pair_off[t], pair_off[t+1]). */
+struct moe_batch {
+	int n_tok;
+	const float *x;          /* [n_tok][hidden] f32 */
+	const int32_t *pair_off; /* [n_tok + 1] */
+	const int32_t *slot;     /* [n_pairs] slot index within the layer */
+	const float *weight;     /* [n_pairs] routing weight */
+};
+
+/* out[t] = sum over t's pairs of weight * FFN_slot(x[t]); out: [n_tok][hidden] f32,
+ * overwritten. Scratch is owned by s and grows to the largest batch seen (not thread-safe
+ * per table). Errors: -EINVAL (empty slot or slot out of range), -ENOMEM. */
+int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, float *out);
+
+/* Per-slot token counts and compute time of the last moe_compute call per layer (load
+ * accounting). ret_ns may be NULL. */
+void moe_last_stats(const struct moe_slots *s, int moe_layer, uint64_t *ret_ns);
+
+/* ==== the worker's data plane: serving dispatch frames over the transport (serve.c) ========= */
+
+struct moe_server;
+
+struct moe_server_opts {
+	struct fp_ring ring;
+	/* Worker-side accounting only; nothing else. */
+	const char *name;     /* for log lines ("w0") */
+};
+
+/*
+ * Serves one coordinator endpoint: every TP_EV_ARRIVAL is a dispatch frame in `recv`
+ * (slot = mb % ring.slots), decoded with fp_dispatch_decode() against the table's slot
+ * count, computed with moe_compute() (bf16 vectors widened to f32 first) and answered with
+ * one combine frame of the same layer, micro-batch, epoch, dtype and token rows, put at the
+ * same slot of the coordinator's region with imm fp_imm(layer, mb, FP_KIND_COMBINE); then
+ * the arrival is released. Frames of several micro-batches may be outstanding; they are
+ * answered in arrival order.
+ *
+ * ctx, ep (connected), recv (the endpoint's receive region, ring.slots dispatch slots)
+ * and slots are borrowed. The server allocates and registers its own send ring. While
+ * run() runs, the server takes every event of ctx: give it a context of its own.
+ * Errors: -EINVAL (ring out of limits or does not fit recv or the peer's region),
+ * -ENOMEM.
+ */
+int moe_server_create(struct moe_slots *slots, struct tp_context *ctx, struct tp_ep *ep,
+		     struct tp_mem *recv, const struct moe_server_opts *o,
+		     struct moe_server **ret, struct fr_error *err);
+/* Processes frames for up to timeout_ms (-1: until stopped or failed; 0: what is ready
+ * now), sleeping in tp_wait() while idle. Returns 0 (timeout or moe_server_stop()),
+ * -ECONNRESET (the coordinator's endpoint failed or closed: err says why) or -EBADMSG (a
+ * frame failed validation, err names the field and the layer/micro-batch; the server
+ * refuses to go on, since a coordinator that sends malformed frames cannot be trusted
+ * with the rest of the ring), or rarely -ENOMEM (expert scratch) or a context-wide
+ * transport error. Every failure is final: later calls return it again, same text. */
+int moe_server_run(struct moe_server *w, int timeout_ms, struct fr_error *err);
+/* Makes a running moe_server_run() return 0 within ~100 ms, and every later call at once
+ * (a stop that races the start of run() is not lost). Thread- and signal-safe. */
+void moe_server_stop(struct moe_server *w);
+/* Counters since the last take, then reset. Thread-safe (the control-plane thread reads
+ * them while run() serves). ret_tokens/ret_ns: [n_moe_layers] token-expert pairs computed
+ * and compute nanoseconds per MoE layer; ret_frames: frames served. Any may be NULL. */
+void moe_server_take_stats(struct moe_server *w, uint64_t *ret_tokens, uint64_t *ret_ns,
+			  uint64_t *ret_frames);
+/* Does not touch ep, ctx or recv. Accepts NULL. */
+void moe_server_destroy(struct moe_server *w);
+
+#endif /* FERRY_MOE_H */
