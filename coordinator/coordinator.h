@@ -13,8 +13,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "coordinator/placement/placement.h"
 #include "model/model.h"
+#include "placement/placement.h"
 #include "transport/transport.h"
 #include "worker/worker.h"
 

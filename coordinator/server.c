@@ -23,10 +23,10 @@
 #include <unistd.h>
 
 #include "coordinator/coordinator.h"
-#include "coordinator/placement/placement.h"
 #include "coordinator/server.h"
 #include "coordinator/inference.h"
 #include "coordinator/serving.h"
+#include "placement/placement.h"
 #include "rpc/admin.pb-c.h"
 #include "rpc/auth.h"
 #include "rpc/inference.pb-c.h"

@@ -6,7 +6,7 @@
  * packing, the previous layout, a local search from it), improves them by local search on
  * the most loaded worker and keeps the best, trading load for moved experts when asked.
  */
-#include "coordinator/placement/placement.h"
+#include "placement/placement.h"
 
 #include <errno.h>
 #include <limits.h>
