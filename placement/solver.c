@@ -1,73 +1,24 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * solver.c - the expert placement solver.
+ * solver.c - co_place_solve(): the expert placement solver, its per-layer working state and
+ * the per-layer driver.
  *
  * Per layer the solver builds a few candidate layouts (EPLB packing, distinct-preferring
  * packing, the previous layout, a local search from it), improves them by local search on
  * the most loaded worker and keeps the best, trading load for moved experts when asked.
+ * The steps live beside it: eplb.c (replication, packing), distinct.c (the min_distinct
+ * guarantee), search.c (local search), align.c (alignment with the previous layout).
  */
 #include "placement/placement-internal.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* ==== solver =============================================================================== */
+/* ==== per-layer working state ============================================================= */
 
-/* Per-layer working state. Slots are global ids g; worker w owns base[w] .. base[w+1]-1.
- * Each expert's slots form a doubly linked list (head/nxt/prv) so that replica counts,
- * distinct workers and per-worker loads update in O(replicas). */
-struct item {
-	double w;
-	int32_t e;
-};
-
-struct ws {
-	int E, W, S, need;          /* need: min distinct workers per expert (>= 1) */
-	const int32_t *cap;         /* [W] */
-	const int32_t *base;        /* [W + 1] */
-	const int32_t *sw;          /* [S] slot -> worker */
-	const double *load;         /* [E] this layer's expert loads */
-	int32_t *se;                /* [S] slot -> expert (-1 while packing) */
-	int32_t *rep;               /* [E] replicas */
-	int32_t *ndist;             /* [E] distinct workers holding the expert */
-	int32_t *head, *nxt, *prv;  /* [E], [S], [S] */
-	int32_t *cnt;               /* [E][W] replicas of e on w; NULL for huge shapes */
-	double *wl;                 /* [W] worker loads */
-	/* scratch */
-	double *delta;              /* [W], zero between uses */
-	int32_t *touched;           /* [W] */
-	int32_t *stamp;             /* [W] */
-	int32_t stamp_gen;
-	int32_t *fill;              /* [W] */
-	int32_t *xcnt;              /* [W] zero between uses */
-	int32_t *zv1, *zv2;         /* [E] local search bounds, see ls_cold_bounds() */
-	double *zb1, *zb2;          /* [E] */
-	double *wmax;               /* [W] heaviest replica on each worker */
-	struct item *items;         /* [S] */
-	int32_t *heap;              /* [E] */
-	int32_t *ecount;            /* [E] zero between uses */
-	int32_t *tmp;               /* [S] */
-};
-
-static inline double ws_weight(const struct ws *s, int e)
-{
-	return s->rep[e] > 0 ? s->load[e] / s->rep[e] : 0.0;
-}
-
-static int ws_count_on(const struct ws *s, int e, int w)
-{
-	int n = 0;
-	if (s->cnt)
-		return s->cnt[(size_t)e * s->W + w];
-	for (int g = s->head[e]; g >= 0; g = s->nxt[g])
-		n += s->sw[g] == w;
-	return n;
-}
-
-static void ws_recompute_worker(struct ws *s, int w)
+void co_place__ws_recompute_worker(struct ws *s, int w)
 {
 	double x = 0;
 	for (int g = s->base[w]; g < s->base[w + 1]; g++)
@@ -116,11 +67,10 @@ static void ws_set(struct ws *s, const int32_t *se)
 	s->stamp_gen = 0;
 	memset(s->stamp, 0, sizeof(*s->stamp) * (size_t)s->W);
 	for (int w = 0; w < s->W; w++)
-		ws_recompute_worker(s, w);
+		co_place__ws_recompute_worker(s, w);
 }
 
-/* Puts expert e into slot g (replacing what was there); loads are NOT recomputed. */
-static void ws_assign(struct ws *s, int g, int e)
+void co_place__ws_assign(struct ws *s, int g, int e)
 {
 	int x = s->se[g], w = s->sw[g];
 
@@ -151,7 +101,7 @@ static void ws_assign(struct ws *s, int g, int e)
 	s->se[g] = e;
 }
 
-static double ws_max(const struct ws *s, int *ret_w)
+double co_place__ws_max(const struct ws *s, int *ret_w)
 {
 	double m = -1;
 	int arg = 0;
@@ -173,548 +123,7 @@ static long ws_dups(const struct ws *s)
 	return d;
 }
 
-/* Would moving one replica of x from worker a to worker b keep x on enough workers? */
-static bool ws_move_ok(const struct ws *s, int x, int a, int b)
-{
-	int nd;
-	if (s->need <= 1)
-		return true;
-	nd = s->ndist[x] - (ws_count_on(s, x, a) == 1) + (ws_count_on(s, x, b) == 0);
-	return nd >= FR_MIN(s->need, s->ndist[x]) ;
-}
-
-/* ---- replication: D'Hondt on load per replica, like EPLB ---- */
-
-static bool heap_before(const struct ws *s, int a, int b)
-{
-	double wa = s->load[a] / s->rep[a], wb = s->load[b] / s->rep[b];
-	return wa > wb || (wa == wb && a < b);
-}
-
-static void heap_down(struct ws *s, int n, int i)
-{
-	int32_t *h = s->heap;
-	for (;;) {
-		int l = 2 * i + 1, r = l + 1, m = i;
-		if (l < n && heap_before(s, h[l], h[m]))
-			m = l;
-		if (r < n && heap_before(s, h[r], h[m]))
-			m = r;
-		if (m == i)
-			return;
-		int32_t t = h[i];
-		h[i] = h[m];
-		h[m] = t;
-		i = m;
-	}
-}
-
-static void replicate(struct ws *s, int start)
-{
-	int extra = s->S - start * s->E;
-
-	for (int e = 0; e < s->E; e++) {
-		s->rep[e] = start;
-		s->heap[e] = e;
-	}
-	for (int i = s->E / 2 - 1; i >= 0; i--)
-		heap_down(s, s->E, i);
-	/* the top's key only decreases: sift it down after each replica */
-	for (int i = 0; i < extra; i++) {
-		s->rep[s->heap[0]]++;
-		heap_down(s, s->E, 0);
-	}
-}
-
-/* ---- packing ---- */
-
-static int item_cmp(const void *pa, const void *pb)
-{
-	const struct item *a = pa, *b = pb;
-	if (a->w != b->w)
-		return a->w > b->w ? -1 : 1;
-	return (a->e > b->e) - (a->e < b->e);
-}
-
-static int i32_cmp(const void *pa, const void *pb)
-{
-	int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-	return (a > b) - (a < b);
-}
-
-/* Heaviest replica first onto the least-loaded worker with a free slot (lowest index on
- * ties). prefer_new: first among workers that do not hold the expert yet. Replicas of one
- * expert are adjacent after the sort, so stamp[w] == e + 1 marks "w holds e". */
-static void pack_lpt(struct ws *s, bool prefer_new, const int32_t *order_rep)
-{
-	int n = 0;
-
-	for (int e = 0; e < s->E; e++)
-		for (int r = 0; r < order_rep[e]; r++)
-			s->items[n++] = (struct item){ s->load[e] / order_rep[e], e };
-	qsort(s->items, (size_t)n, sizeof(*s->items), item_cmp);
-	for (int w = 0; w < s->W; w++) {
-		s->fill[w] = 0;
-		s->wl[w] = 0;
-		s->stamp[w] = 0;
-	}
-	for (int i = 0; i < n; i++) {
-		int e = s->items[i].e, best = -1;
-		for (int pass = prefer_new ? 0 : 1; pass < 2 && best < 0; pass++)
-			for (int w = 0; w < s->W; w++) {
-				if (s->fill[w] >= s->cap[w] || (pass == 0 && s->stamp[w] == e + 1))
-					continue;
-				if (best < 0 || s->wl[w] < s->wl[best])
-					best = w;
-			}
-		s->se[s->base[best] + s->fill[best]++] = e;
-		s->wl[best] += s->items[i].w;
-		s->stamp[best] = e + 1;
-	}
-	memset(s->stamp, 0, sizeof(*s->stamp) * (size_t)s->W);
-}
-
-/* Always satisfies min_distinct k when sum min(cap, E) >= k E: k rounds of every expert laid
- * out worker after worker, at most E per worker (a run of <= E consecutive positions holds
- * distinct experts, and copies of one expert are E apart); extra replicas fill the rest. */
-static void pack_cyclic(struct ws *s, const int32_t *order_rep)
-{
-	int k = s->need, w = 0;
-
-	for (int v = 0; v < s->W; v++)
-		s->fill[v] = 0;
-	for (int i = 0; i < k * s->E; i++) {
-		while (s->fill[w] >= FR_MIN(s->cap[w], s->E))
-			w++;
-		s->se[s->base[w] + s->fill[w]++] = i % s->E;
-	}
-	w = 0;
-	for (int e = 0; e < s->E; e++)
-		for (int r = k; r < order_rep[e]; r++) {
-			while (s->fill[w] >= s->cap[w])
-				w++;
-			s->se[s->base[w] + s->fill[w]++] = e;
-		}
-}
-
-/* ---- repair of the distinct-worker guarantee ---- */
-
-/* Swaps replicas until every expert is on >= need workers; false if stuck. Each step puts a
- * duplicated replica of a short expert onto a worker without it, picking the swap partner
- * that keeps the two workers' loads lowest and never pushes the partner below need. */
-static bool repair_distinct(struct ws *s)
-{
-	if (s->need <= 1)
-		return true;
-	for (int x = 0; x < s->E; x++) {
-		while (s->ndist[x] < s->need) {
-			int ga = -1, best_gb = -1;
-			double best_m = INFINITY, wx = ws_weight(s, x);
-
-			for (int g = s->head[x]; g >= 0 && ga < 0; g = s->nxt[g])
-				if (ws_count_on(s, x, s->sw[g]) >= 2)
-					ga = g;
-			if (ga < 0)
-				return false; /* fewer replicas than need: cannot happen */
-			int wa = s->sw[ga];
-			for (int gb = 0; gb < s->S; gb++) {
-				int wb = s->sw[gb], y = s->se[gb];
-				if (wb == wa || y == x || ws_count_on(s, x, wb) > 0 ||
-				    !ws_move_ok(s, y, wb, wa))
-					continue;
-				double wy = ws_weight(s, y);
-				double m = FR_MAX(s->wl[wa] - wx + wy, s->wl[wb] + wx - wy);
-				if (m < best_m) {
-					best_m = m;
-					best_gb = gb;
-				}
-			}
-			if (best_gb < 0)
-				return false;
-			int y = s->se[best_gb], wb = s->sw[best_gb];
-			ws_assign(s, ga, y);
-			ws_assign(s, best_gb, x);
-			ws_recompute_worker(s, wa);
-			ws_recompute_worker(s, wb);
-		}
-	}
-	return true;
-}
-
-/* ---- local search ---- */
-
-/* Largest new load among the workers touched if slot g (expert x) is handed to expert y. */
-static double transfer_eval(struct ws *s, int g, int y)
-{
-	int x = s->se[g], d = s->sw[g], nt = 0;
-	double ox = ws_weight(s, x), nx = s->load[x] / (s->rep[x] - 1);
-	double oy = ws_weight(s, y), ny = s->load[y] / (s->rep[y] + 1);
-	double m = 0;
-
-	if (s->stamp_gen == INT32_MAX) {
-		memset(s->stamp, 0, sizeof(*s->stamp) * (size_t)s->W);
-		s->stamp_gen = 0;
-	}
-	s->stamp_gen++;
-#define TOUCH(dev, amount)                                                                  \
-	do {                                                                                \
-		int dv_ = (dev);                                                            \
-		if (s->stamp[dv_] != s->stamp_gen) {                                        \
-			s->stamp[dv_] = s->stamp_gen;                                       \
-			s->delta[dv_] = 0;                                                  \
-			s->touched[nt++] = dv_;                                             \
-		}                                                                           \
-		s->delta[dv_] += (amount);                                                  \
-	} while (0)
-	for (int h = s->head[x]; h >= 0; h = s->nxt[h])
-		TOUCH(s->sw[h], h == g ? -ox : nx - ox);
-	for (int h = s->head[y]; h >= 0; h = s->nxt[h])
-		TOUCH(s->sw[h], ny - oy);
-	TOUCH(d, ny);
-#undef TOUCH
-	for (int i = 0; i < nt; i++) {
-		int w = s->touched[i];
-		m = FR_MAX(m, s->wl[w] + s->delta[w]);
-		s->delta[w] = 0;
-	}
-	return m;
-}
-
-/* Improves the layout while the most loaded worker can be relieved: a move is taken only if
- * every worker it touches ends below the current maximum M, so (M, workers at M) decreases
- * lexicographically and the largest load never rises. Best improvement first. */
-/* For every expert z that could give up a slot: the two most loaded distinct workers holding
- * it, with their load once z has one replica less (each of z's replicas grows by inc). */
-static void ls_cold_bounds(struct ws *s)
-{
-	for (int z = 0; z < s->E; z++) {
-		s->zv1[z] = s->zv2[z] = -1;
-		if (s->rep[z] < 2)
-			continue;
-		double inc = s->load[z] / (s->rep[z] - 1) - s->load[z] / s->rep[z];
-		for (int h = s->head[z]; h >= 0; h = s->nxt[h]) {
-			int v = s->sw[h];
-			double b = s->wl[v] + inc;
-			if (v == s->zv1[z] || v == s->zv2[z])
-				continue;
-			if (s->zv1[z] < 0 || b > s->zb1[z]) {
-				s->zv2[z] = s->zv1[z];
-				s->zb2[z] = s->zb1[z];
-				s->zv1[z] = v;
-				s->zb1[z] = b;
-			} else if (s->zv2[z] < 0 || b > s->zb2[z]) {
-				s->zv2[z] = v;
-				s->zb2[z] = b;
-			}
-		}
-	}
-}
-
-static void local_search(struct ws *s)
-{
-	long max_iter = 50L * s->S + 1000;
-
-	for (long it = 0; it < max_iter; it++) {
-		int wa, kind = 0, bg1 = -1, bg2 = -1;
-		double M = ws_max(s, &wa), best_m = M - 1e-12 * M;
-
-		if (M <= 0)
-			return;
-		ls_cold_bounds(s);
-		for (int w = 0; w < s->W; w++) {
-			s->wmax[w] = 0;
-			for (int g = s->base[w]; g < s->base[w + 1]; g++)
-				s->wmax[w] = FR_MAX(s->wmax[w], ws_weight(s, s->se[g]));
-		}
-		for (int ga = s->base[wa]; ga < s->base[wa + 1]; ga++) {
-			int x = s->se[ga];
-			double wx = ws_weight(s, x);
-			bool seen = false;
-
-			/* swap with a lighter replica elsewhere; wb ends at wl[wb] + wx - wy,
-			 * which even wb's heaviest replica may not bring below best_m */
-			for (int wb = 0; wb < s->W; wb++) {
-				if (wb == wa || s->wl[wb] + wx - s->wmax[wb] >= best_m)
-					continue;
-				for (int gb = s->base[wb]; gb < s->base[wb + 1]; gb++) {
-					int y = s->se[gb];
-					double wy, m;
-					if (y == x)
-						continue;
-					wy = ws_weight(s, y);
-					if (wy >= wx)
-						continue;
-					m = FR_MAX(M - wx + wy, s->wl[wb] + wx - wy);
-					if (m >= best_m || !ws_move_ok(s, x, wa, wb) ||
-					    !ws_move_ok(s, y, wb, wa))
-						continue;
-					best_m = m;
-					kind = 1;
-					bg1 = ga;
-					bg2 = gb;
-				}
-			}
-			/* hand some slot of a cold expert to x (once per distinct x on wa) */
-			for (int g = s->base[wa]; g < ga && !seen; g++)
-				seen = s->se[g] == x;
-			if (seen || s->load[x] <= 0)
-				continue;
-			/* Lower bounds before the full evaluation: x's replicas each shed
-			 * gain; wa sheds xcnt[wa] * gain (plus the slot's own weight when the
-			 * slot is on wa), the slot's worker d gains ny - oz - xcnt[d] * gain,
-			 * and anything z does elsewhere only adds. */
-			double ny = s->load[x] / (s->rep[x] + 1), gain = wx - ny;
-			for (int h = s->head[x]; h >= 0; h = s->nxt[h])
-				s->xcnt[s->sw[h]]++;
-			bool off_wa = M - s->xcnt[wa] * gain < best_m;
-			for (int g = 0; g < s->S; g++) {
-				int z = s->se[g], d = s->sw[g];
-				if (d != wa && (!off_wa || s->wl[d] - s->wmax[d] + ny -
-								   s->xcnt[d] * gain >= best_m)) {
-					g = s->base[d + 1] - 1; /* nothing on d can do */
-					continue;
-				}
-				if (z == x || s->rep[z] < 2)
-					continue;
-				if (d != wa &&
-				    s->wl[d] - ws_weight(s, z) + ny - s->xcnt[d] * gain >= best_m)
-					continue;
-				/* some other worker holding z gains at least inc(z) */
-				if ((s->zv1[z] >= 0 && s->zv1[z] != d && !s->xcnt[s->zv1[z]] &&
-				     s->zb1[z] >= best_m) ||
-				    (s->zv2[z] >= 0 && s->zv2[z] != d && !s->xcnt[s->zv2[z]] &&
-				     s->zb2[z] >= best_m))
-					continue;
-				if (s->need > 1 && ws_count_on(s, z, d) == 1 &&
-				    s->ndist[z] - 1 < s->need)
-					continue;
-				double m = transfer_eval(s, g, x);
-				if (m < best_m) {
-					best_m = m;
-					kind = 2;
-					bg1 = g;
-					bg2 = x;
-					off_wa = M - s->xcnt[wa] * gain < best_m;
-				}
-			}
-			for (int h = s->head[x]; h >= 0; h = s->nxt[h])
-				s->xcnt[s->sw[h]] = 0;
-		}
-		if (kind == 1) {
-			int x = s->se[bg1], y = s->se[bg2];
-			ws_assign(s, bg1, y);
-			ws_assign(s, bg2, x);
-			ws_recompute_worker(s, s->sw[bg1]);
-			ws_recompute_worker(s, s->sw[bg2]);
-		} else if (kind == 2) {
-			int z = s->se[bg1];
-			ws_assign(s, bg1, bg2);
-			for (int h = s->head[z]; h >= 0; h = s->nxt[h])
-				ws_recompute_worker(s, s->sw[h]);
-			for (int h = s->head[bg2]; h >= 0; h = s->nxt[h])
-				ws_recompute_worker(s, s->sw[h]);
-		} else {
-			return;
-		}
-	}
-}
-
-/* ---- alignment with the previous layout ---- */
-
-/* Hungarian algorithm (shortest augmenting paths), n x n, minimises sum a[i][match]:
- * ret[i] = column of row i. Scratch: 5 (n + 1) longs/ints provided by the caller. */
-static void hungarian(int n, const long *a, long *u, long *v, long *minv, int *p, int *way,
-		      char *used, int *ret)
-{
-	for (int j = 0; j <= n; j++) {
-		u[j] = v[j] = 0;
-		p[j] = 0;
-	}
-	for (int i = 1; i <= n; i++) {
-		int j0 = 0;
-		p[0] = i;
-		for (int j = 0; j <= n; j++) {
-			minv[j] = LONG_MAX;
-			used[j] = 0;
-		}
-		do {
-			int i0 = p[j0], j1 = 0;
-			long delta = LONG_MAX;
-			used[j0] = 1;
-			for (int j = 1; j <= n; j++) {
-				if (used[j])
-					continue;
-				long cur = a[(size_t)(i0 - 1) * n + (j - 1)] - u[i0] - v[j];
-				if (cur < minv[j]) {
-					minv[j] = cur;
-					way[j] = j0;
-				}
-				if (minv[j] < delta) {
-					delta = minv[j];
-					j1 = j;
-				}
-			}
-			for (int j = 0; j <= n; j++) {
-				if (used[j]) {
-					u[p[j]] += delta;
-					v[j] -= delta;
-				} else {
-					minv[j] -= delta;
-				}
-			}
-			j0 = j1;
-		} while (p[j0] != 0);
-		do {
-			int j1 = way[j0];
-			p[j0] = p[j1];
-			j0 = j1;
-		} while (j0);
-	}
-	for (int j = 1; j <= n; j++)
-		ret[p[j] - 1] = j - 1;
-}
-
-/* Worker groups larger than this are matched greedily. */
-#define ALIGN_HUNGARIAN_MAX 256
-
-struct prev_layer {
-	const int32_t *se;    /* [prev total slots] */
-	const int32_t *base;  /* [W + 1] */
-	const int32_t *cap;   /* [W] */
-};
-
-struct align_scratch {
-	long *cost, *u, *v, *minv;
-	int *p, *way, *match, *members;
-	char *used;
-	int32_t *perm;        /* [W] bin -> worker */
-};
-
-/* Multiset intersection of bin b of se with worker w of the previous layout. */
-static int overlap(struct ws *s, const int32_t *se, int b, const struct prev_layer *pv, int w)
-{
-	int ov = 0;
-	for (int g = pv->base[w]; g < pv->base[w + 1]; g++)
-		s->ecount[pv->se[g]]++;
-	for (int g = s->base[b]; g < s->base[b + 1]; g++)
-		if (s->ecount[se[g]] > 0) {
-			s->ecount[se[g]]--;
-			ov++;
-		}
-	for (int g = pv->base[w]; g < pv->base[w + 1]; g++)
-		s->ecount[pv->se[g]] = 0;
-	return ov;
-}
-
-/* Large groups: each bin in turn takes the free worker it overlaps most (itself on ties,
- * then the lowest). O(k^2) overlaps instead of the Hungarian O(k^3). */
-static void align_greedy(struct ws *s, const int32_t *se, const struct prev_layer *pv,
-			 struct align_scratch *as, int k)
-{
-	char *taken = as->used;
-
-	memset(taken, 0, (size_t)k);
-	for (int i = 0; i < k; i++) {
-		int best = -1, best_ov = -1;
-		for (int j = 0; j < k; j++) {
-			if (taken[j])
-				continue;
-			int ov = overlap(s, se, as->members[i], pv, as->members[j]);
-			if (ov > best_ov || (ov == best_ov && j == i)) {
-				best = j;
-				best_ov = ov;
-			}
-		}
-		taken[best] = 1;
-		as->perm[as->members[i]] = as->members[best];
-	}
-}
-
-/* Writes into out[S] the layout se with its bins (solver workers) permuted among workers
- * of equal slot count to maximise overlap with pv, and each worker's experts placed in the
- * slots they held before; without pv, each worker's experts in ascending order. */
-static void align_layout(struct ws *s, const int32_t *se, const struct prev_layer *pv,
-			 struct align_scratch *as, int32_t *out)
-{
-	for (int w = 0; w < s->W; w++)
-		as->perm[w] = w;
-	if (pv) {
-		/* group workers by slot count; solve each group's assignment */
-		char *done = as->used + (s->W + 1);
-		memset(done, 0, (size_t)s->W);
-		for (int w0 = 0; w0 < s->W; w0++) {
-			int k = 0;
-			if (done[w0])
-				continue;
-			for (int w = w0; w < s->W; w++)
-				if (!done[w] && s->cap[w] == s->cap[w0]) {
-					done[w] = 1;
-					as->members[k++] = w;
-				}
-			if (k == 1 || s->cap[w0] == 0)
-				continue;
-			if (k > ALIGN_HUNGARIAN_MAX) {
-				align_greedy(s, se, pv, as, k);
-				continue;
-			}
-			/* rows: bins, cols: workers; prefer the identity on ties */
-			for (int i = 0; i < k; i++)
-				for (int j = 0; j < k; j++) {
-					long ov = overlap(s, se, as->members[i], pv, as->members[j]);
-					as->cost[(size_t)i * k + j] = -(ov * (k + 1) + (i == j));
-				}
-			hungarian(k, as->cost, as->u, as->v, as->minv, as->p, as->way, as->used,
-				  as->match);
-			for (int i = 0; i < k; i++)
-				as->perm[as->members[i]] = as->members[as->match[i]];
-		}
-	}
-	for (int b = 0; b < s->W; b++) {
-		int w = as->perm[b], n = s->cap[w];
-		int32_t *dst = out + s->base[w];
-		const int32_t *src = se + s->base[b];
-
-		for (int i = 0; i < n; i++) {
-			s->ecount[src[i]]++;
-			dst[i] = -1;
-		}
-		if (pv) {
-			for (int i = 0; i < n && i < pv->cap[w]; i++) {
-				int e = pv->se[pv->base[w] + i];
-				if (s->ecount[e] > 0) {
-					s->ecount[e]--;
-					dst[i] = e;
-				}
-			}
-		}
-		/* the rest in ascending expert order */
-		int j = 0;
-		memcpy(s->tmp, src, sizeof(*src) * (size_t)n);
-		qsort(s->tmp, (size_t)n, sizeof(*s->tmp), i32_cmp);
-		for (int i = 0; i < n; i++) {
-			int e = s->tmp[i];
-			if (s->ecount[e] == 0)
-				continue;
-			s->ecount[e]--;
-			while (dst[j] >= 0)
-				j++;
-			dst[j] = e;
-		}
-	}
-}
-
-static long layout_moves(const struct ws *s, const int32_t *se, const struct prev_layer *pv)
-{
-	long m = 0;
-	if (!pv)
-		return 0;
-	for (int w = 0; w < s->W; w++)
-		for (int i = 0; i < s->cap[w]; i++)
-			m += i >= pv->cap[w] || se[s->base[w] + i] != pv->se[pv->base[w] + i];
-	return m;
-}
-
-/* ---- the per-layer driver ---- */
+/* ==== the per-layer driver ================================================================= */
 
 enum { CAND_EPLB, CAND_DISTINCT, CAND_CYCLIC, CAND_PREV, CAND_WARM, CAND__COUNT };
 
@@ -817,13 +226,13 @@ static void cand_take(struct solver *sv, int id, const struct prev_layer *pv, bo
 	struct cand *c = &sv->c[id];
 
 	c->ok = true;
-	c->max = ws_max(s, NULL);
+	c->max = co_place__ws_max(s, NULL);
 	c->dups = ws_dups(s);
 	if (aligned)
 		memcpy(c->se, s->se, sizeof(*c->se) * (size_t)s->S);
 	else
-		align_layout(s, s->se, pv, &sv->as, c->se);
-	c->moves = layout_moves(s, c->se, pv);
+		co_place__align_layout(s, s->se, pv, &sv->as, c->se);
+	c->moves = co_place__layout_moves(s, c->se, pv);
 }
 
 static int solve_layer(struct solver *sv, const double *load, enum co_place_algo algo,
@@ -838,30 +247,30 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 	for (int i = 0; i < CAND__COUNT; i++)
 		sv->c[i].ok = false;
 
-	replicate(s, s->need);
+	co_place__replicate(s, s->need);
 	memcpy(sv->order_rep, s->rep, sizeof(*s->rep) * (size_t)s->E);
 	for (int id = CAND_EPLB; id <= (ls ? CAND_DISTINCT : CAND_EPLB); id++) {
-		pack_lpt(s, id == CAND_DISTINCT, sv->order_rep);
+		co_place__pack_lpt(s, id == CAND_DISTINCT, sv->order_rep);
 		ws_set(s, s->se);
-		if (!repair_distinct(s))
+		if (!co_place__repair_distinct(s))
 			continue;
 		if (ls)
-			local_search(s);
+			co_place__local_search(s);
 		cand_take(sv, id, pv, false);
 	}
 	if (!sv->c[CAND_EPLB].ok && !sv->c[CAND_DISTINCT].ok) {
-		pack_cyclic(s, sv->order_rep);
+		co_place__pack_cyclic(s, sv->order_rep);
 		ws_set(s, s->se);
 		if (ls)
-			local_search(s);
+			co_place__local_search(s);
 		cand_take(sv, CAND_CYCLIC, pv, false);
 	}
 	if (pv && prev_same_slots) {
 		ws_set(s, pv->se);
-		if (repair_distinct(s)) {
+		if (co_place__repair_distinct(s)) {
 			cand_take(sv, CAND_PREV, pv, true);
 			if (ls) {
-				local_search(s);
+				co_place__local_search(s);
 				cand_take(sv, CAND_WARM, pv, true);
 			}
 		}
