@@ -93,7 +93,7 @@ const struct conf_key co_config_keys[] = {
 
 	{ "placement", "load_profile", CONF_STR, OFF(placement.load_profile),
 	  .doc = "JSON file of expected load per (layer, expert) for the first placement "
-		 "(format in coordinator/placement/placement.h). Unset: uniform load." },
+		 "(format in placement/placement.h). Unset: uniform load." },
 	{ "placement", "min_distinct", CONF_INT, OFF(placement.min_distinct), 0, 16384,
 	  .def = "0",
 	  .doc = "With k >= 2, every expert gets replicas on at least k different workers, so "

@@ -22,7 +22,7 @@
 
 #include "coordinator/coordinator.h"
 #include "coordinator/inference.h"
-#include "coordinator/placement/placement.h"
+#include "placement/placement.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/server.h"
 #include "coordinator/serving.h"

@@ -19,7 +19,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "coordinator/placement/placement.h"
+#include "placement/placement.h"
 #include "model/model.h"
 #include "proto/frames.h"
 #include "transport/transport.h"

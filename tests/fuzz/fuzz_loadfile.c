@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coordinator/placement/placement.h"
+#include "placement/placement.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

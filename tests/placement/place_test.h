@@ -11,7 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "coordinator/placement/placement.h"
+#include "placement/placement.h"
 #include "tests/test.h"
 
 /* Sanitizer builds run 10-30x slower: the heavy tests do less there. */

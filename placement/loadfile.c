@@ -3,7 +3,7 @@
  * loadfile.c - load-profile files (format in placement.h): JSON through jansson, every value
  * checked, every refusal naming where it is.
  */
-#include "coordinator/placement/placement.h"
+#include "placement/placement.h"
 
 #include <errno.h>
 #include <jansson.h>

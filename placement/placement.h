@@ -21,8 +21,8 @@
  * Everything returns 0 or a negative errno; -EINVAL failures that a user can cause fill a
  * struct fr_error naming the problem. Nothing here logs, prints or exits.
  */
-#ifndef FERRY_COORDINATOR_PLACEMENT_H
-#define FERRY_COORDINATOR_PLACEMENT_H
+#ifndef FERRY_PLACEMENT_H
+#define FERRY_PLACEMENT_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -271,4 +271,4 @@ int co_load_profile_read(const char *path, int want_layers, int want_experts,
 /* Frees the loads; accepts a zeroed profile. */
 void co_load_profile_fini(struct co_load_profile *pr);
 
-#endif /* FERRY_COORDINATOR_PLACEMENT_H */
+#endif /* FERRY_PLACEMENT_H */

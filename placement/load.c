@@ -3,7 +3,7 @@
  * load.c - sliding-window load accounting: a ring of per-step counters plus running window
  * sums, so that recording is O(1) per token and a query never walks the ring.
  */
-#include "coordinator/placement/placement.h"
+#include "placement/placement.h"
 
 #include <errno.h>
 #include <stdlib.h>
