@@ -558,11 +558,7 @@ static inline uint64_t mix64(uint64_t z)
 
 static uint64_t tensor_key(uint64_t seed, const char *name)
 {
-	uint64_t hsh = 0xcbf29ce484222325ull; /* FNV-1a */
-
-	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-		hsh = (hsh ^ *p) * 0x100000001b3ull;
-	return mix64(hsh ^ mix64(seed + GEN_GOLDEN));
+	return mix64(fr_fnv1a64(name, strlen(name)) ^ mix64(seed + GEN_GOLDEN));
 }
 
 /*
