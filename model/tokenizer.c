@@ -224,66 +224,6 @@ static int ids_push(struct tk_ids *v, int32_t id)
 	return 0;
 }
 
-/* Decodes one UTF-8 code point of valid input. */
-static uint32_t utf8_next(const unsigned char *s, size_t *i)
-{
-	uint32_t c = s[*i];
-	if (c < 0x80) {
-		*i += 1;
-		return c;
-	}
-	if (c < 0xE0) {
-		c = ((c & 0x1F) << 6) | (s[*i + 1] & 0x3F);
-		*i += 2;
-	} else if (c < 0xF0) {
-		c = ((c & 0x0F) << 12) | ((s[*i + 1] & 0x3Fu) << 6) | (s[*i + 2] & 0x3F);
-		*i += 3;
-	} else {
-		c = ((c & 0x07) << 18) | ((s[*i + 1] & 0x3Fu) << 12) | ((s[*i + 2] & 0x3Fu) << 6) |
-		    (s[*i + 3] & 0x3F);
-		*i += 4;
-	}
-	return c;
-}
-
-/* WHATWG UTF-8 decode step: the length of a valid sequence at s[0..n), or 0 when s starts an
- * invalid one, in which case *bad is the length of its maximal subpart (>= 1). */
-static size_t utf8_valid_len(const unsigned char *s, size_t n, size_t *bad)
-{
-	unsigned char c = s[0], lo = 0x80, hi = 0xBF;
-	size_t need;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xC2 && c <= 0xDF)
-		need = 1;
-	else if (c >= 0xE0 && c <= 0xEF) {
-		need = 2;
-		if (c == 0xE0)
-			lo = 0xA0;
-		else if (c == 0xED)
-			hi = 0x9F;
-	} else if (c >= 0xF0 && c <= 0xF4) {
-		need = 3;
-		if (c == 0xF0)
-			lo = 0x90;
-		else if (c == 0xF4)
-			hi = 0x8F;
-	} else {
-		*bad = 1;
-		return 0;
-	}
-	for (size_t k = 1; k <= need; k++) {
-		if (k >= n || s[k] < lo || s[k] > hi) {
-			*bad = k;
-			return 0;
-		}
-		lo = 0x80;
-		hi = 0xBF;
-	}
-	return need + 1;
-}
-
 /* Returns 0 with *ret NULL if text is valid UTF-8, else a heap copy with every maximal
  * invalid subpart replaced by U+FFFD. */
 static int utf8_sanitize(const char *text, size_t len, char **ret, size_t *ret_len)
@@ -297,7 +237,7 @@ static int utf8_sanitize(const char *text, size_t len, char **ret, size_t *ret_l
 			i++;
 			continue;
 		}
-		size_t k = utf8_valid_len(s + i, len - i, &bad);
+		size_t k = fr_utf8_decode(s + i, len - i, NULL, NULL, NULL);
 		if (!k)
 			break;
 		i += k;
@@ -309,7 +249,7 @@ static int utf8_sanitize(const char *text, size_t len, char **ret, size_t *ret_l
 	if (buf_add(&b, text, i) < 0)
 		return -ENOMEM;
 	while (i < len) {
-		size_t k = utf8_valid_len(s + i, len - i, &bad);
+		size_t k = fr_utf8_decode(s + i, len - i, NULL, &bad, NULL);
 		if (k) {
 			if (buf_add(&b, s + i, k) < 0)
 				goto oom;
@@ -363,13 +303,12 @@ static void bl_init(void)
 static long bl_decode(const char *s, size_t len, char *out)
 {
 	const unsigned char *u = (const unsigned char *)s;
-	size_t i = 0, o = 0, bad;
+	size_t i = 0, o = 0;
 	while (i < len) {
-		size_t k = utf8_valid_len(u + i, len - i, &bad);
+		uint32_t c;
+		size_t k = fr_utf8_decode(u + i, len - i, &c, NULL, NULL);
 		if (!k)
 			return -1;
-		size_t j = i;
-		uint32_t c = utf8_next(u, &j);
 		if (c >= 324 || bl_byte_of_char[c] < 0)
 			return -1;
 		out[o++] = (char)bl_byte_of_char[c];
@@ -1821,8 +1760,8 @@ static uint32_t trim_end(const char *text, uint32_t start, uint32_t end)
 		uint32_t k = end - 1;
 		while (k > start && (s[k] & 0xC0) == 0x80)
 			k--;
-		size_t j = k;
-		if (!js_space(utf8_next(s, &j)))
+		uint32_t c;
+		if (!fr_utf8_decode(s + k, end - k, &c, NULL, NULL) || !js_space(c))
 			break;
 		end = k;
 	}
@@ -1833,10 +1772,11 @@ static uint32_t trim_start(const char *text, uint32_t start, uint32_t end)
 {
 	const unsigned char *s = (const unsigned char *)text;
 	while (start < end) {
-		size_t j = start;
-		if (!js_space(utf8_next(s, &j)))
+		uint32_t c;
+		size_t k = fr_utf8_decode(s + start, end - start, &c, NULL, NULL);
+		if (!k || !js_space(c))
 			break;
-		start = (uint32_t)j;
+		start += (uint32_t)k;
 	}
 	return start;
 }
