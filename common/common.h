@@ -101,6 +101,51 @@ static inline double fr_rand_unit(uint64_t *state)
 	return (double)(fr_splitmix64(state) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* ---- UTF-8 ------------------------------------------------------------------------------ */
+
+/* U+FFFD REPLACEMENT CHARACTER in UTF-8: what decoders write for invalid input. */
+#define FR_UTF8_REPLACEMENT "\xEF\xBF\xBD"
+
+/*
+ * Decodes the UTF-8 sequence at the start of s[0..n), n >= 1, as the WHATWG Encoding
+ * Standard's decoder does (JS `new TextDecoder()`; Unicode's "maximal subpart" practice for
+ * U+FFFD substitution). Never reads past s[n - 1].
+ *
+ * A well-formed sequence (RFC 3629: no overlong form, no surrogate U+D800..U+DFFF, nothing
+ * past U+10FFFF): returns its length, 1 to 4, and writes its code point to *ret_cp.
+ *
+ * Anything else: returns 0 and writes to *ret_bad the length of the maximal invalid subpart
+ * at s, the bytes a decoder replaces with one U+FFFD before resuming at s[*ret_bad]:
+ *   - 1 for a byte that starts no sequence: 80..BF (a stray continuation byte), C0 and C1
+ *     (all their 2-byte forms are overlong), F5..FF (past U+10FFFF);
+ *   - k, 1 to 3, when byte k is outside the range its position allows. Continuation bytes
+ *     are 80..BF, but the lead narrows the first one: E0 needs A0..BF (overlong otherwise),
+ *     ED 80..9F (surrogates otherwise), F0 90..BF (overlong), F4 80..8F (past U+10FFFF). So
+ *     an overlong 3- or 4-byte form (E0 80 80, F0 80 80 80), an encoded surrogate (ED A0 80)
+ *     or U+110000 (F4 90 80 80) each give 1 (and decode as one U+FFFD per byte), and
+ *     E2 82 41 gives 2 (one U+FFFD, then "A");
+ *   - n when s ends inside a sequence that is valid so far (E2 82 at the end gives 2). Only
+ *     then is *ret_truncated true (it is false for the two cases above), so a streaming
+ *     caller can wait for more bytes instead of replacing them.
+ *
+ * Every output pointer may be NULL. *ret_cp is written only for a valid sequence; *ret_bad
+ * and *ret_truncated only for an invalid one.
+ */
+size_t fr_utf8_decode(const void *s, size_t n, uint32_t *ret_cp, size_t *ret_bad,
+		      bool *ret_truncated);
+
+/* ---- hashing ----------------------------------------------------------------------------- */
+
+/* FNV-1a 64 of n bytes (offset basis 0xcbf29ce484222325, prime 0x100000001b3): "" gives
+ * 0xcbf29ce484222325, "a" 0xaf63dc4c8601ec8c. Fixed forever: the synthetic checkpoint
+ * generator seeds every tensor's values from it, so a change would change the weights. */
+uint64_t fr_fnv1a64(const void *p, size_t n);
+
+/* A hash-table hash of the NUL-terminated string s: its FNV-1a 64 finished with a mixer
+ * (h ^= h >> 33; h *= 0xff51afd7ed558ccd; h ^= h >> 33), because FNV's low bits, the ones a
+ * power-of-two table is indexed by, are weak. */
+uint64_t fr_hash64(const char *s);
+
 /* A CLOCK_REALTIME deadline ms milliseconds from now (for pthread_cond_timedwait), and
  * whether it has passed. */
 void fr_deadline_ms(struct timespec *ret, int ms);

@@ -40,51 +40,6 @@ static int buf_reserve(struct tx_buf *b, size_t more)
 
 /* ---- UTF-8 -------------------------------------------------------------------------------- */
 
-/* WHATWG UTF-8 decode step at s[0..n), n >= 1: the length of the valid sequence there, or
- * 0 with *bad the length of the maximal invalid subpart (>= 1); *bad == n with *truncated
- * set when the bytes ran out while still forming a valid prefix. */
-static size_t utf8_step(const unsigned char *s, size_t n, size_t *bad, bool *truncated)
-{
-	unsigned char c = s[0], lo = 0x80, hi = 0xBF;
-	size_t need;
-
-	*truncated = false;
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xC2 && c <= 0xDF) {
-		need = 1;
-	} else if (c >= 0xE0 && c <= 0xEF) {
-		need = 2;
-		if (c == 0xE0)
-			lo = 0xA0;
-		else if (c == 0xED)
-			hi = 0x9F;
-	} else if (c >= 0xF0 && c <= 0xF4) {
-		need = 3;
-		if (c == 0xF0)
-			lo = 0x90;
-		else if (c == 0xF4)
-			hi = 0x8F;
-	} else {
-		*bad = 1;
-		return 0;
-	}
-	for (size_t k = 1; k <= need; k++) {
-		if (k >= n) {
-			*bad = k;
-			*truncated = true;
-			return 0;
-		}
-		if (s[k] < lo || s[k] > hi) {
-			*bad = k;
-			return 0;
-		}
-		lo = 0x80;
-		hi = 0xBF;
-	}
-	return need + 1;
-}
-
 /* Appends the repaired s[len] to out (NUL bytes too become U+FFFD with no_nul). Unless
  * final, a truncated sequence at the end is left out: *ret_used is the number of bytes of s
  * consumed. Returns 0 or -ENOMEM (out->len is then unchanged). */
@@ -111,7 +66,7 @@ static int utf8_repair(struct tx_buf *out, const char *s, size_t len, bool final
 			i++;
 			continue;
 		}
-		k = utf8_step(u + i, len - i, &bad, &trunc);
+		k = fr_utf8_decode(u + i, len - i, NULL, &bad, &trunc);
 		if (k) {
 			memcpy(out->p + out->len, s + i, k);
 			out->len += k;
@@ -159,14 +114,13 @@ bool co_utf8_valid(const char *s, size_t len)
 	size_t i = 0;
 
 	while (i < len) {
-		size_t k, bad;
-		bool trunc;
+		size_t k;
 
 		if (u[i] < 0x80) {
 			i++;
 			continue;
 		}
-		k = utf8_step(u + i, len - i, &bad, &trunc);
+		k = fr_utf8_decode(u + i, len - i, NULL, NULL, NULL);
 		if (!k)
 			return false;
 		i += k;

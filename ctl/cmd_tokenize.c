@@ -151,20 +151,7 @@ static char *utf8_lossy(const char *s, size_t n, size_t *ret_len)
 	if (!o)
 		return NULL;
 	while (i < n) {
-		size_t k = 0;
-		unsigned char c = u[i];
-		if (c < 0x80)
-			k = 1;
-		else if (c >= 0xC2 && c <= 0xDF && i + 1 < n && (u[i + 1] & 0xC0) == 0x80)
-			k = 2;
-		else if (c >= 0xE0 && c <= 0xEF && i + 2 < n && (u[i + 1] & 0xC0) == 0x80 &&
-			 (u[i + 2] & 0xC0) == 0x80 && !(c == 0xE0 && u[i + 1] < 0xA0) &&
-			 !(c == 0xED && u[i + 1] > 0x9F))
-			k = 3;
-		else if (c >= 0xF0 && c <= 0xF4 && i + 3 < n && (u[i + 1] & 0xC0) == 0x80 &&
-			 (u[i + 2] & 0xC0) == 0x80 && (u[i + 3] & 0xC0) == 0x80 &&
-			 !(c == 0xF0 && u[i + 1] < 0x90) && !(c == 0xF4 && u[i + 1] > 0x8F))
-			k = 4;
+		size_t k = fr_utf8_decode(u + i, n - i, NULL, NULL, NULL);
 		if (k) {
 			memcpy(o + w, s + i, k);
 			w += k;

@@ -156,40 +156,6 @@ int ctl_read_all(const char *path, size_t max_bytes, char **ret_buf, size_t *ret
 
 /* ==== output ================================================================================= */
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t n)
-{
-	size_t len;
-	uint32_t cp;
-
-	if (s[0] < 0x80)
-		return 1;
-	if ((s[0] & 0xe0) == 0xc0) {
-		len = 2;
-		cp = s[0] & 0x1f;
-	} else if ((s[0] & 0xf0) == 0xe0) {
-		len = 3;
-		cp = s[0] & 0x0f;
-	} else if ((s[0] & 0xf8) == 0xf0) {
-		len = 4;
-		cp = s[0] & 0x07;
-	} else {
-		return 0;
-	}
-	if (len > n)
-		return 0;
-	for (size_t i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		cp = (cp << 6) | (s[i] & 0x3f);
-	}
-	/* No overlong forms, surrogates or values past U+10FFFF. */
-	if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-	    (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
-		return 0;
-	return len;
-}
-
 void ctl_json_str(FILE *f, const char *s, size_t len)
 {
 	const unsigned char *p = (const unsigned char *)s;
@@ -214,7 +180,7 @@ void ctl_json_str(FILE *f, const char *s, size_t len)
 			fprintf(f, "\\u%04x", c);
 			i++;
 		} else {
-			size_t l = utf8_len(p + i, len - i);
+			size_t l = fr_utf8_decode(p + i, len - i, NULL, NULL, NULL);
 			if (l == 0) {
 				fputs("\\ufffd", f);
 				i++;

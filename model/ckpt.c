@@ -30,18 +30,6 @@ struct model_ckpt {
 	size_t mask;
 };
 
-static uint64_t ck_hash(const char *s)
-{
-	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-	/* FNV's low bits are weak and the table is indexed by them: finish with a mixer. */
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdull;
-	h ^= h >> 33;
-	return h;
-}
-
 /* ---- index.json -------------------------------------------------------------------------- */
 
 static bool ck_plain_file_name(const char *s)
@@ -175,7 +163,7 @@ static int ck_index_cb(const char *name, const char *file, void *ctx)
 
 static const struct model_tensor **ck_slot(const struct model_ckpt *ck, const char *name)
 {
-	size_t s = (size_t)ck_hash(name) & ck->mask;
+	size_t s = (size_t)fr_hash64(name) & ck->mask;
 	for (; ck->slots[s]; s = (s + 1) & ck->mask)
 		if (!strcmp(ck->slots[s]->name, name))
 			break;

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * config.c - HF config.json for DeepSeekMoE: strict parsing with HF defaults.
+ * config.c - HF config.json for DeepSeekMoE: strict parsing with HF defaults, and writing it
+ * the way transformers does.
  *
  * Every field is type and range checked; sizes are capped so that the products later code
  * forms (vocab x hidden, width x hidden, experts x layers) cannot overflow a size_t or,
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -401,6 +403,207 @@ int model_config_load(const char *dir, struct model_config *ret, struct fr_error
 	free(buf);
 	return rc;
 }
+
+/* ---- writing -------------------------------------------------------------------------- */
+
+static const char *dtype_torch_name(enum kn_dtype dt)
+{
+	switch (dt) {
+	case KN_DTYPE_F32:
+		return "float32";
+	case KN_DTYPE_F16:
+		return "float16";
+	case KN_DTYPE_BF16:
+	default:
+		return "bfloat16";
+	}
+}
+
+/* Shortest %.Ng (N in 15..17) that reads back exactly: Python's repr for the usual values
+ * (1e-06, 10000.0, 0.001) and still exact for any double. */
+static int real_precision(const double *v, size_t n)
+{
+	for (int p = 15; p < 17; p++) {
+		bool ok = true;
+		for (size_t i = 0; i < n && ok; i++) {
+			char buf[40];
+			snprintf(buf, sizeof(buf), "%.*g", p, v[i]);
+			ok = strtod(buf, NULL) == v[i];
+		}
+		if (ok)
+			return p;
+	}
+	return 17;
+}
+
+/* jansson writes exponents as "1e-6" / "1e16"; Python (which wrote every HF config) as
+ * "1e-06" / "1e+16". Rewrites the exponents of numbers (not inside strings). Returns a new
+ * heap string or NULL. */
+static char *py_exponents(const char *text)
+{
+	size_t len = strlen(text);
+	char *out = malloc(2 * len + 1), *o = out;
+	bool in_str = false;
+
+	if (!out)
+		return NULL;
+	for (const char *p = text; *p; p++) {
+		*o++ = *p;
+		if (in_str) {
+			if (*p == '\\' && p[1])
+				*o++ = *++p;
+			else if (*p == '"')
+				in_str = false;
+			continue;
+		}
+		if (*p == '"') {
+			in_str = true;
+		} else if ((*p == 'e' || *p == 'E') && p > text && p[-1] >= '0' && p[-1] <= '9') {
+			if (p[1] == '-' || p[1] == '+')
+				*o++ = *++p;
+			else
+				*o++ = '+';
+			if (p[1] >= '0' && p[1] <= '9' && !(p[2] >= '0' && p[2] <= '9'))
+				*o++ = '0';
+		}
+	}
+	*o = 0;
+	return out;
+}
+
+static json_t *token_id_json(int id)
+{
+	return id < 0 ? json_null() : json_integer(id);
+}
+
+char *model_config_to_json(const struct model_config *cfg)
+{
+	const double reals[] = { cfg->rms_norm_eps, cfg->rope_theta, cfg->routed_scaling_factor,
+				 0.0, 0.001, 0.02 };
+	json_t *root = NULL, *arch = NULL;
+	char *text = NULL, *fixed;
+
+	root = json_object();
+	arch = json_array();
+	if (!root || !arch || json_array_append_new(arch, json_string("DeepseekForCausalLM"))) {
+		json_decref(arch);
+		goto out;
+	}
+	/* The key set of deepseek-moe-16b-base's config.json, plus the V3-style gating keys
+	 * only when they differ from v1's defaults. */
+	if (json_object_set_new(root, "architectures", arch) ||
+	    json_object_set_new(root, "attention_bias", json_boolean(cfg->attention_bias)) ||
+	    json_object_set_new(root, "attention_dropout", json_real(0.0)) ||
+	    json_object_set_new(root, "aux_loss_alpha", json_real(0.001)) ||
+	    json_object_set_new(root, "bos_token_id", token_id_json(cfg->bos_token_id)) ||
+	    json_object_set_new(root, "eos_token_id", token_id_json(cfg->eos_token_id)) ||
+	    json_object_set_new(root, "first_k_dense_replace",
+				json_integer(cfg->first_k_dense_replace)) ||
+	    json_object_set_new(root, "hidden_act", json_string("silu")) ||
+	    json_object_set_new(root, "hidden_size", json_integer(cfg->hidden_size)) ||
+	    json_object_set_new(root, "initializer_range", json_real(0.02)) ||
+	    json_object_set_new(root, "intermediate_size", json_integer(cfg->intermediate_size)) ||
+	    json_object_set_new(root, "max_position_embeddings",
+				json_integer(cfg->max_position_embeddings)) ||
+	    json_object_set_new(root, "model_type",
+				json_string(cfg->model_type[0] ? cfg->model_type : "deepseek")) ||
+	    json_object_set_new(root, "moe_intermediate_size",
+				json_integer(cfg->moe_intermediate_size)) ||
+	    json_object_set_new(root, "moe_layer_freq", json_integer(cfg->moe_layer_freq)) ||
+	    json_object_set_new(root, "n_routed_experts", json_integer(cfg->n_routed_experts)) ||
+	    json_object_set_new(root, "n_shared_experts", json_integer(cfg->n_shared_experts)) ||
+	    json_object_set_new(root, "norm_topk_prob", json_boolean(cfg->norm_topk_prob)) ||
+	    json_object_set_new(root, "num_attention_heads",
+				json_integer(cfg->num_attention_heads)) ||
+	    json_object_set_new(root, "num_experts_per_tok",
+				json_integer(cfg->num_experts_per_tok)) ||
+	    json_object_set_new(root, "num_hidden_layers", json_integer(cfg->num_hidden_layers)) ||
+	    json_object_set_new(root, "num_key_value_heads",
+				json_integer(cfg->num_key_value_heads)) ||
+	    json_object_set_new(root, "pretraining_tp", json_integer(1)) ||
+	    json_object_set_new(root, "rms_norm_eps", json_real(cfg->rms_norm_eps)) ||
+	    json_object_set_new(root, "rope_scaling", json_null()) ||
+	    json_object_set_new(root, "rope_theta", json_real(cfg->rope_theta)) ||
+	    json_object_set_new(root, "scoring_func",
+				json_string(cfg->scoring_func == KN_SCORING_SIGMOID ? "sigmoid"
+										    : "softmax")) ||
+	    json_object_set_new(root, "seq_aux", json_true()) ||
+	    json_object_set_new(root, "tie_word_embeddings",
+				json_boolean(cfg->tie_word_embeddings)) ||
+	    json_object_set_new(root, "torch_dtype",
+				json_string(dtype_torch_name(cfg->torch_dtype))) ||
+	    json_object_set_new(root, "transformers_version", json_string("4.36.0")) ||
+	    json_object_set_new(root, "use_cache", json_true()) ||
+	    json_object_set_new(root, "vocab_size", json_integer(cfg->vocab_size)))
+		goto out;
+	if (cfg->routed_scaling_factor != 1.0 &&
+	    json_object_set_new(root, "routed_scaling_factor",
+				json_real(cfg->routed_scaling_factor)))
+		goto out;
+	if (cfg->has_expert_bias &&
+	    json_object_set_new(root, "topk_method", json_string("noaux_tc")))
+		goto out;
+
+	/* As transformers writes it: json.dumps(indent=2, sort_keys=True) + "\n". */
+	text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS |
+					JSON_REAL_PRECISION(real_precision(reals,
+									   FR_ARRAY_SIZE(reals))));
+	if (!text)
+		goto out;
+	fixed = py_exponents(text);
+	free(text);
+	text = fixed;
+out:
+	json_decref(root);
+	return text;
+}
+
+int model_config_write(const struct model_config *cfg, const char *path, struct fr_error *err)
+{
+	char tmp[4096];
+	char *text = NULL;
+	FILE *f = NULL;
+	int rc;
+
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return fr_error_set(err, -ENAMETOOLONG, "%s: path too long", path);
+	text = model_config_to_json(cfg);
+	if (!text)
+		return fr_error_set(err, -ENOMEM, "%s: out of memory building config.json", path);
+
+	f = fopen(tmp, "we");
+	if (!f) {
+		rc = fr_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
+		goto out;
+	}
+	if (fputs(text, f) < 0 || fputc('\n', f) < 0) {
+		rc = fr_error_set(err, -errno, "%s: write: %s", tmp, strerror(errno));
+		goto out_unlink;
+	}
+	if (fclose(f) != 0) {
+		f = NULL;
+		rc = fr_error_set(err, -errno, "%s: close: %s", tmp, strerror(errno));
+		goto out_unlink;
+	}
+	f = NULL;
+	if (rename(tmp, path) < 0) {
+		rc = fr_error_set(err, -errno, "%s: rename to %s: %s", tmp, path, strerror(errno));
+		goto out_unlink;
+	}
+	rc = 0;
+	goto out;
+
+out_unlink:
+	if (f)
+		fclose(f);
+	f = NULL;
+	unlink(tmp);
+out:
+	free(text);
+	return rc;
+}
+
+/* ---- layers --------------------------------------------------------------------------- */
 
 bool model_layer_is_moe(const struct model_config *cfg, int layer)
 {

@@ -1,20 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * gen.c - presets and the synthetic checkpoint generator.
- *
- * Presets (ARCHITECTURE §1). Widths the table leaves open, and why:
- *   tiny  golden tiny-a's shape (hidden 128, 4 heads, 4 layers, 2 shared + 16 routed, top-4,
- *         expert 64, dense 256) with vocab 1024: 1,956,992 parameters.
- *   2b    the DeepSeekMoE paper's validation model: 9 layers, hidden 1280, 10 heads, 1 + 63
- *         experts, top-7, 8K vocab (the paper's tokenizer for this size). Expert width 968 =
- *         0.25 x a dense FFN of 3872 (layer 0 is that dense FFN, as in the HF family):
- *         1,998,657,280 parameters (2.0B).
- *   16b   deepseek-moe-16b-base's config.json verbatim: 16,375,728,128 parameters (16.4B).
- *   145b  the paper's 145B: 62 layers, hidden 4096, 32 heads, 4 + 128 experts of 1408, top-12,
- *         vocab 102400. Layer 0's dense FFN width 12288 (3 x hidden) puts the coordinator side
- *         (all but routed experts) at 9.40B parameters = 18.8 GB in bf16; the total is then
- *         144,494,809,088 (144.5B; the table's 144.6B needs a dense width of ~20900, which
- *         would push the coordinator side to 19.0 GB).
+ * gen.c - the synthetic checkpoint generator (model_gen): a tool for ferryctl and tests,
+ * built as its own library (ferry-model-gen) so the daemons do not link it. The presets it
+ * generates are in presets.c.
  *
  * Weights. Element i of tensor T is a pure function of (seed, T's name, i): a counter-based
  * splitmix64 stream keyed by a hash of the name gives one 64-bit draw per Box-Muller pair
@@ -57,377 +45,6 @@
 #define GEN_BLOCK (1u << 20)     /* elements generated and written per write() */
 #define GEN_MAX_SHARDS 256
 #define GEN_NAME_MAX 96
-
-/* ---- presets ---------------------------------------------------------------------------- */
-
-static const char *const preset_names[] = {
-	[MODEL_PRESET_TINY] = "tiny",
-	[MODEL_PRESET_2B] = "2b",
-	[MODEL_PRESET_16B] = "16b",
-	[MODEL_PRESET_145B] = "145b",
-};
-
-int model_preset_parse(const char *name, enum model_preset *ret)
-{
-	if (!name)
-		return -EINVAL;
-	for (size_t i = 0; i < FR_ARRAY_SIZE(preset_names); i++)
-		if (strcmp(name, preset_names[i]) == 0) {
-			*ret = (enum model_preset)i;
-			return 0;
-		}
-	return -EINVAL;
-}
-
-const char *model_preset_name(enum model_preset p)
-{
-	if ((unsigned)p >= FR_ARRAY_SIZE(preset_names))
-		return "?";
-	return preset_names[p];
-}
-
-void model_preset_config(enum model_preset p, struct model_config *ret)
-{
-	struct model_config c = {
-		.model_type = "deepseek",
-		.first_k_dense_replace = 1,
-		.moe_layer_freq = 1,
-		.max_position_embeddings = 4096,
-		.rms_norm_eps = 1e-6,
-		.rope_theta = 10000.0,
-		.norm_topk_prob = false,
-		.scoring_func = KN_SCORING_SOFTMAX,
-		.routed_scaling_factor = 1.0,
-		.bos_token_id = 100000,
-		.eos_token_id = 100001,
-		.torch_dtype = KN_DTYPE_BF16,
-	};
-
-	switch (p) {
-	case MODEL_PRESET_TINY:
-	default:
-		c.vocab_size = 1024;
-		c.hidden_size = 128;
-		c.intermediate_size = 256;
-		c.moe_intermediate_size = 64;
-		c.num_hidden_layers = 4;
-		c.num_attention_heads = 4;
-		c.n_shared_experts = 2;
-		c.n_routed_experts = 16;
-		c.num_experts_per_tok = 4;
-		c.max_position_embeddings = 2048;
-		c.bos_token_id = 0;
-		c.eos_token_id = 1;
-		break;
-	case MODEL_PRESET_2B:
-		c.vocab_size = 8192;
-		c.hidden_size = 1280;
-		c.intermediate_size = 3872;
-		c.moe_intermediate_size = 968;
-		c.num_hidden_layers = 9;
-		c.num_attention_heads = 10;
-		c.n_shared_experts = 1;
-		c.n_routed_experts = 63;
-		c.num_experts_per_tok = 7;
-		c.max_position_embeddings = 2048;
-		c.bos_token_id = 0;
-		c.eos_token_id = 1;
-		break;
-	case MODEL_PRESET_16B:
-		c.vocab_size = 102400;
-		c.hidden_size = 2048;
-		c.intermediate_size = 10944;
-		c.moe_intermediate_size = 1408;
-		c.num_hidden_layers = 28;
-		c.num_attention_heads = 16;
-		c.n_shared_experts = 2;
-		c.n_routed_experts = 64;
-		c.num_experts_per_tok = 6;
-		break;
-	case MODEL_PRESET_145B:
-		c.vocab_size = 102400;
-		c.hidden_size = 4096;
-		c.intermediate_size = 12288;
-		c.moe_intermediate_size = 1408;
-		c.num_hidden_layers = 62;
-		c.num_attention_heads = 32;
-		c.n_shared_experts = 4;
-		c.n_routed_experts = 128;
-		c.num_experts_per_tok = 12;
-		break;
-	}
-	c.num_key_value_heads = c.num_attention_heads;
-	c.head_dim = c.hidden_size / c.num_attention_heads;
-	*ret = c;
-}
-
-const char *model_gen_preset_match(const struct model_config *cfg)
-{
-	for (int p = 0; p < MODEL_PRESET__COUNT; p++) {
-		struct model_config c;
-
-		model_preset_config((enum model_preset)p, &c);
-		if (cfg->num_hidden_layers < 1 || cfg->num_hidden_layers > c.num_hidden_layers)
-			continue;
-		/* What model_gen() changes: layers (keeping first_k_dense_replace within them),
-		 * dtype, and vocab / BOS / EOS from a tokenizer. */
-		c.num_hidden_layers = cfg->num_hidden_layers;
-		c.first_k_dense_replace = FR_MIN(c.first_k_dense_replace, c.num_hidden_layers);
-		if (strcmp(cfg->model_type, c.model_type) ||
-		    cfg->hidden_size != c.hidden_size ||
-		    cfg->intermediate_size != c.intermediate_size ||
-		    cfg->moe_intermediate_size != c.moe_intermediate_size ||
-		    cfg->num_attention_heads != c.num_attention_heads ||
-		    cfg->num_key_value_heads != c.num_key_value_heads ||
-		    cfg->head_dim != c.head_dim ||
-		    cfg->n_routed_experts != c.n_routed_experts ||
-		    cfg->n_shared_experts != c.n_shared_experts ||
-		    cfg->num_experts_per_tok != c.num_experts_per_tok ||
-		    cfg->first_k_dense_replace != c.first_k_dense_replace ||
-		    cfg->moe_layer_freq != c.moe_layer_freq ||
-		    cfg->max_position_embeddings != c.max_position_embeddings ||
-		    cfg->rms_norm_eps != c.rms_norm_eps || cfg->rope_theta != c.rope_theta ||
-		    cfg->norm_topk_prob != c.norm_topk_prob ||
-		    cfg->attention_bias != c.attention_bias ||
-		    cfg->tie_word_embeddings != c.tie_word_embeddings ||
-		    cfg->scoring_func != c.scoring_func ||
-		    cfg->routed_scaling_factor != c.routed_scaling_factor ||
-		    cfg->has_expert_bias != c.has_expert_bias)
-			continue;
-		return preset_names[p];
-	}
-	return NULL;
-}
-
-/* ---- parameter counts ------------------------------------------------------------------- */
-
-void model_param_count(const struct model_config *cfg, struct model_param_counts *ret)
-{
-	const int64_t h = cfg->hidden_size;
-	const int64_t hd = cfg->head_dim ? cfg->head_dim : h / FR_MAX(cfg->num_attention_heads, 1);
-	const int64_t q = (int64_t)cfg->num_attention_heads * hd;
-	const int64_t kv = (int64_t)cfg->num_key_value_heads * hd;
-	const int64_t m = cfg->moe_intermediate_size;
-	struct model_param_counts c = { 0 };
-
-	c.coordinator = (int64_t)cfg->vocab_size * h * (cfg->tie_word_embeddings ? 1 : 2) + h;
-	for (int l = 0; l < cfg->num_hidden_layers; l++) {
-		c.coordinator += 2 * h + q * h + 2 * kv * h + h * q;
-		if (model_layer_is_moe(cfg, l)) {
-			int64_t expert = 3 * h * m;
-			c.coordinator += (int64_t)cfg->n_routed_experts * h;
-			if (cfg->has_expert_bias)
-				c.coordinator += cfg->n_routed_experts;
-			c.coordinator += cfg->n_shared_experts * expert;
-			c.routed += cfg->n_routed_experts * expert;
-			c.active += cfg->num_experts_per_tok * expert;
-		} else {
-			c.coordinator += 3 * h * cfg->intermediate_size;
-		}
-	}
-	c.total = c.coordinator + c.routed;
-	c.active += c.coordinator;
-	*ret = c;
-}
-
-/* ---- config.json -------------------------------------------------------------------------- */
-
-static const char *dtype_torch_name(enum kn_dtype dt)
-{
-	switch (dt) {
-	case KN_DTYPE_F32:
-		return "float32";
-	case KN_DTYPE_F16:
-		return "float16";
-	case KN_DTYPE_BF16:
-	default:
-		return "bfloat16";
-	}
-}
-
-/* Shortest %.Ng (N in 15..17) that reads back exactly: Python's repr for the usual values
- * (1e-06, 10000.0, 0.001) and still exact for any double. */
-static int real_precision(const double *v, size_t n)
-{
-	for (int p = 15; p < 17; p++) {
-		bool ok = true;
-		for (size_t i = 0; i < n && ok; i++) {
-			char buf[40];
-			snprintf(buf, sizeof(buf), "%.*g", p, v[i]);
-			ok = strtod(buf, NULL) == v[i];
-		}
-		if (ok)
-			return p;
-	}
-	return 17;
-}
-
-/* jansson writes exponents as "1e-6" / "1e16"; Python (which wrote every HF config) as
- * "1e-06" / "1e+16". Rewrites the exponents of numbers (not inside strings). Returns a new
- * heap string or NULL. */
-static char *py_exponents(const char *text)
-{
-	size_t len = strlen(text);
-	char *out = malloc(2 * len + 1), *o = out;
-	bool in_str = false;
-
-	if (!out)
-		return NULL;
-	for (const char *p = text; *p; p++) {
-		*o++ = *p;
-		if (in_str) {
-			if (*p == '\\' && p[1])
-				*o++ = *++p;
-			else if (*p == '"')
-				in_str = false;
-			continue;
-		}
-		if (*p == '"') {
-			in_str = true;
-		} else if ((*p == 'e' || *p == 'E') && p > text && p[-1] >= '0' && p[-1] <= '9') {
-			if (p[1] == '-' || p[1] == '+')
-				*o++ = *++p;
-			else
-				*o++ = '+';
-			if (p[1] >= '0' && p[1] <= '9' && !(p[2] >= '0' && p[2] <= '9'))
-				*o++ = '0';
-		}
-	}
-	*o = 0;
-	return out;
-}
-
-static json_t *token_id_json(int id)
-{
-	return id < 0 ? json_null() : json_integer(id);
-}
-
-char *model_config_to_json(const struct model_config *cfg)
-{
-	const double reals[] = { cfg->rms_norm_eps, cfg->rope_theta, cfg->routed_scaling_factor,
-				 0.0, 0.001, 0.02 };
-	json_t *root = NULL, *arch = NULL;
-	char *text = NULL, *fixed;
-
-	root = json_object();
-	arch = json_array();
-	if (!root || !arch || json_array_append_new(arch, json_string("DeepseekForCausalLM"))) {
-		json_decref(arch);
-		goto out;
-	}
-	/* The key set of deepseek-moe-16b-base's config.json, plus the V3-style gating keys
-	 * only when they differ from v1's defaults. */
-	if (json_object_set_new(root, "architectures", arch) ||
-	    json_object_set_new(root, "attention_bias", json_boolean(cfg->attention_bias)) ||
-	    json_object_set_new(root, "attention_dropout", json_real(0.0)) ||
-	    json_object_set_new(root, "aux_loss_alpha", json_real(0.001)) ||
-	    json_object_set_new(root, "bos_token_id", token_id_json(cfg->bos_token_id)) ||
-	    json_object_set_new(root, "eos_token_id", token_id_json(cfg->eos_token_id)) ||
-	    json_object_set_new(root, "first_k_dense_replace",
-				json_integer(cfg->first_k_dense_replace)) ||
-	    json_object_set_new(root, "hidden_act", json_string("silu")) ||
-	    json_object_set_new(root, "hidden_size", json_integer(cfg->hidden_size)) ||
-	    json_object_set_new(root, "initializer_range", json_real(0.02)) ||
-	    json_object_set_new(root, "intermediate_size", json_integer(cfg->intermediate_size)) ||
-	    json_object_set_new(root, "max_position_embeddings",
-				json_integer(cfg->max_position_embeddings)) ||
-	    json_object_set_new(root, "model_type",
-				json_string(cfg->model_type[0] ? cfg->model_type : "deepseek")) ||
-	    json_object_set_new(root, "moe_intermediate_size",
-				json_integer(cfg->moe_intermediate_size)) ||
-	    json_object_set_new(root, "moe_layer_freq", json_integer(cfg->moe_layer_freq)) ||
-	    json_object_set_new(root, "n_routed_experts", json_integer(cfg->n_routed_experts)) ||
-	    json_object_set_new(root, "n_shared_experts", json_integer(cfg->n_shared_experts)) ||
-	    json_object_set_new(root, "norm_topk_prob", json_boolean(cfg->norm_topk_prob)) ||
-	    json_object_set_new(root, "num_attention_heads",
-				json_integer(cfg->num_attention_heads)) ||
-	    json_object_set_new(root, "num_experts_per_tok",
-				json_integer(cfg->num_experts_per_tok)) ||
-	    json_object_set_new(root, "num_hidden_layers", json_integer(cfg->num_hidden_layers)) ||
-	    json_object_set_new(root, "num_key_value_heads",
-				json_integer(cfg->num_key_value_heads)) ||
-	    json_object_set_new(root, "pretraining_tp", json_integer(1)) ||
-	    json_object_set_new(root, "rms_norm_eps", json_real(cfg->rms_norm_eps)) ||
-	    json_object_set_new(root, "rope_scaling", json_null()) ||
-	    json_object_set_new(root, "rope_theta", json_real(cfg->rope_theta)) ||
-	    json_object_set_new(root, "scoring_func",
-				json_string(cfg->scoring_func == KN_SCORING_SIGMOID ? "sigmoid"
-										    : "softmax")) ||
-	    json_object_set_new(root, "seq_aux", json_true()) ||
-	    json_object_set_new(root, "tie_word_embeddings",
-				json_boolean(cfg->tie_word_embeddings)) ||
-	    json_object_set_new(root, "torch_dtype",
-				json_string(dtype_torch_name(cfg->torch_dtype))) ||
-	    json_object_set_new(root, "transformers_version", json_string("4.36.0")) ||
-	    json_object_set_new(root, "use_cache", json_true()) ||
-	    json_object_set_new(root, "vocab_size", json_integer(cfg->vocab_size)))
-		goto out;
-	if (cfg->routed_scaling_factor != 1.0 &&
-	    json_object_set_new(root, "routed_scaling_factor",
-				json_real(cfg->routed_scaling_factor)))
-		goto out;
-	if (cfg->has_expert_bias &&
-	    json_object_set_new(root, "topk_method", json_string("noaux_tc")))
-		goto out;
-
-	/* As transformers writes it: json.dumps(indent=2, sort_keys=True) + "\n". */
-	text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS |
-					JSON_REAL_PRECISION(real_precision(reals,
-									   FR_ARRAY_SIZE(reals))));
-	if (!text)
-		goto out;
-	fixed = py_exponents(text);
-	free(text);
-	text = fixed;
-out:
-	json_decref(root);
-	return text;
-}
-
-int model_config_write(const struct model_config *cfg, const char *path, struct fr_error *err)
-{
-	char tmp[4096];
-	char *text = NULL;
-	FILE *f = NULL;
-	int rc;
-
-	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-		return fr_error_set(err, -ENAMETOOLONG, "%s: path too long", path);
-	text = model_config_to_json(cfg);
-	if (!text)
-		return fr_error_set(err, -ENOMEM, "%s: out of memory building config.json", path);
-
-	f = fopen(tmp, "we");
-	if (!f) {
-		rc = fr_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
-		goto out;
-	}
-	if (fputs(text, f) < 0 || fputc('\n', f) < 0) {
-		rc = fr_error_set(err, -errno, "%s: write: %s", tmp, strerror(errno));
-		goto out_unlink;
-	}
-	if (fclose(f) != 0) {
-		f = NULL;
-		rc = fr_error_set(err, -errno, "%s: close: %s", tmp, strerror(errno));
-		goto out_unlink;
-	}
-	f = NULL;
-	if (rename(tmp, path) < 0) {
-		rc = fr_error_set(err, -errno, "%s: rename to %s: %s", tmp, path, strerror(errno));
-		goto out_unlink;
-	}
-	rc = 0;
-	goto out;
-
-out_unlink:
-	if (f)
-		fclose(f);
-	f = NULL;
-	unlink(tmp);
-out:
-	free(text);
-	return rc;
-}
 
 /* ---- the tensor table --------------------------------------------------------------------- */
 
@@ -558,11 +175,7 @@ static inline uint64_t mix64(uint64_t z)
 
 static uint64_t tensor_key(uint64_t seed, const char *name)
 {
-	uint64_t hsh = 0xcbf29ce484222325ull; /* FNV-1a */
-
-	for (const unsigned char *p = (const unsigned char *)name; *p; p++)
-		hsh = (hsh ^ *p) * 0x100000001b3ull;
-	return mix64(hsh ^ mix64(seed + GEN_GOLDEN));
+	return mix64(fr_fnv1a64(name, strlen(name)) ^ mix64(seed + GEN_GOLDEN));
 }
 
 /*
@@ -1058,11 +671,11 @@ static int gen_tokenizer(const char *src, const char *dir, struct model_config *
 static int gen_check_opts(const struct model_gen_opts *o, const struct model_config *preset,
 			  struct fr_error *err)
 {
-	if ((unsigned)o->preset >= FR_ARRAY_SIZE(preset_names))
+	if ((unsigned)o->preset >= MODEL_PRESET__COUNT)
 		return fr_error_set(err, -EINVAL, "unknown preset %d", (int)o->preset);
 	if (o->layers < 0 || o->layers > preset->num_hidden_layers)
 		return fr_error_set(err, -EINVAL, "layers %d: preset %s has 1..%d layers", o->layers,
-				    preset_names[o->preset], preset->num_hidden_layers);
+				    model_preset_name(o->preset), preset->num_hidden_layers);
 	if (o->dtype != KN_DTYPE_F32 && o->dtype != KN_DTYPE_BF16)
 		return fr_error_set(err, -EINVAL, "dtype %s: only F32 and BF16 are generated",
 				    kn_dtype_name(o->dtype));
@@ -1108,7 +721,7 @@ int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *
 		goto out;
 	}
 	fr_dbg("model", "gen preset=%s layers=%d dtype=%s seed=%" PRIu64 " shards=%d "
-		"tensors=%zu bytes=%" PRIu64 " dir=%s", preset_names[o->preset],
+		"tensors=%zu bytes=%" PRIu64 " dir=%s", model_preset_name(o->preset),
 		cfg.num_hidden_layers, kn_dtype_name(o->dtype), o->seed, o->shards, g.tb.n,
 		g.total, dir);
 

@@ -208,7 +208,7 @@ int model_preset_parse(const char *name, enum model_preset *ret);
 /* The preset's name ("tiny", ...); "?" for an unknown value. */
 const char *model_preset_name(enum model_preset p);
 /* Fills the HF config of a preset (ARCHITECTURE §1 table; the widths the table leaves open
- * are chosen and documented in model/gen.c). torch_dtype is BF16. */
+ * are chosen and documented in model/presets.c). torch_dtype is BF16. */
 void model_preset_config(enum model_preset p, struct model_config *ret);
 /* The name of the preset whose shape cfg has, as model_gen() can write it: every field of
  * the preset's config but those the generator's options change (vocab_size and the BOS/EOS
@@ -253,7 +253,8 @@ struct model_gen_opts {
  * index), so sharding and dtype never change values. Every file is written under a
  * temporary name and renamed when complete; config.json comes last. Errors: -EINVAL (bad
  * opts; err says which), -ENOTSUP (a tokenizer this library cannot load), -errno from the
- * file system (err names the file). */
+ * file system (err names the file). Built apart from the rest of this folder, in the
+ * ferry-model-gen library: link model_gen_dep to call it (the daemons do not). */
 int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *err);
 
 #endif /* FERRY_MODEL_H */

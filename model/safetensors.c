@@ -34,18 +34,6 @@ struct model_st_file {
 	size_t mask;
 };
 
-static uint64_t st_hash(const char *s)
-{
-	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-	/* FNV's low bits are weak and the table is indexed by them: finish with a mixer. */
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdull;
-	h ^= h >> 33;
-	return h;
-}
-
 static const struct {
 	const char *name;
 	int dtype; /* enum kn_dtype, or -1: a valid safetensors dtype we do not support */
@@ -210,7 +198,7 @@ static int st_build_index(struct model_st_file *f, struct fr_error *err)
 		return fr_error_set(err, -ENOMEM, "%s: out of memory", f->label);
 	f->mask = cap - 1;
 	for (size_t i = 0; i < f->n; i++) {
-		size_t s = (size_t)st_hash(f->tensors[i].name) & f->mask;
+		size_t s = (size_t)fr_hash64(f->tensors[i].name) & f->mask;
 		for (; f->slots[s]; s = (s + 1) & f->mask)
 			if (!strcmp(f->tensors[f->slots[s] - 1].name, f->tensors[i].name))
 				return fr_error_set(err, -EINVAL,
@@ -426,7 +414,7 @@ const struct model_tensor *model_st_find(const struct model_st_file *f, const ch
 {
 	if (!f || !name || !f->slots)
 		return NULL;
-	for (size_t s = (size_t)st_hash(name) & f->mask; f->slots[s]; s = (s + 1) & f->mask) {
+	for (size_t s = (size_t)fr_hash64(name) & f->mask; f->slots[s]; s = (s + 1) & f->mask) {
 		const struct model_tensor *t = &f->tensors[f->slots[s] - 1];
 		if (!strcmp(t->name, name))
 			return t;

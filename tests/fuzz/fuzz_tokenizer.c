@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "model/model.h"
-#include "tests/tokenizer/mini-tokenizer.h"
+#include "tests/model/mini-tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* gen_test.h - helpers shared by the tests/gen programs (header-only). */
+/* gen_test.h - helpers shared by the generator tests, test_gen_*.c (header-only). */
 #ifndef FERRY_TESTS_GEN_TEST_H
 #define FERRY_TESTS_GEN_TEST_H
 

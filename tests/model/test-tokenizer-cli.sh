@@ -1,5 +1,5 @@
 #!/bin/sh
-# test-cli.sh FERRYCTL: `ferryctl tokenize|detokenize` end to end on the reference tokenizer.
+# test-tokenizer-cli.sh FERRYCTL: `ferryctl tokenize|detokenize` end to end on the reference tokenizer.
 set -u
 ctl=$1
 tok=${FERRY_SRC:-.}/tests/data/tokenizer/tokenizer.json

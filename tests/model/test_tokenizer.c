@@ -22,7 +22,7 @@
 #include <pcre2.h>
 
 #include "model/model.h"
-#include "tests/tokenizer/mini-tokenizer.h"
+#include "tests/model/mini-tokenizer.h"
 
 static int failures;
 
