@@ -9,7 +9,7 @@ pkgs=(
   libibverbs-dev librdmacm-dev ibverbs-providers
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
   xz-utils
-  openssl  # tests/tls/gen-certs.sh: the test PKI
+  openssl  # tests/rpc/gen-certs.sh: the test PKI
   python3-grpcio python3-grpc-tools  # tests/py: Python gRPC clients
 )
 missing=()

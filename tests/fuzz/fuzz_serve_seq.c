@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * fuzz_serve_seq.c - sequences of valid-but-extreme requests against an in-process
- * coordinator front end (tests/serve/serve_harness.h: the real Generate/Score handlers,
+ * coordinator front end (tests/coordinator/serve_harness.h: the real Generate/Score handlers,
  * scheduler and gRPC server over a fake engine with known logits).
  *
  * The input is not a message but a script: its first byte picks one of two servers (small
@@ -28,7 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "tests/serve/serve_harness.h"
+#include "tests/coordinator/serve_harness.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

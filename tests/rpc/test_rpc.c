@@ -4,7 +4,7 @@
  * ephemeral port serving Inference.Health (unary) and Inference.Generate (streaming).
  *   test_rpc --case health|stream|cancel|deadline|malformed|concurrent|shutdown
  *   test_rpc --case reuseport        a second server on a taken port: -EADDRINUSE
- *   test_rpc --case tls --certs DIR  TLS and mTLS over the PKI of tests/tls/gen-certs.sh
+ *   test_rpc --case tls --certs DIR  TLS and mTLS over the PKI of tests/rpc/gen-certs.sh
  * Under ASan/LSan the process exit proves that every call state was freed.
  */
 #include <errno.h>
@@ -492,7 +492,7 @@ static int case_tls(void)
 	int port, rc;
 
 	if (!g_certs) {
-		fprintf(stderr, "case tls needs --certs DIR (tests/tls/gen-certs.sh)\n");
+		fprintf(stderr, "case tls needs --certs DIR (tests/rpc/gen-certs.sh)\n");
 		return 2;
 	}
 

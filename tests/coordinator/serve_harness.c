@@ -6,7 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "tests/serve/serve_harness.h"
+#include "tests/coordinator/serve_harness.h"
 
 float sh_logit(int32_t tok, int32_t pos, int v)
 {

@@ -29,7 +29,7 @@ cleanup() {
 trap cleanup EXIT
 fail=0
 rc=0
-"$here/gen-certs.sh" "$tmp/pki" > /dev/null || rc=$?
+"$here/../rpc/gen-certs.sh" "$tmp/pki" > /dev/null || rc=$?
 [ "$rc" = 0 ] || exit "$rc"
 pki=$tmp/pki
 : > "$tmp/empty.conf"

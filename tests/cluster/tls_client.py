@@ -11,7 +11,7 @@ Usage: tls_client.py --proto DIR --addr HOST:PORT --pki DIR --case NAME
            refused: plaintext, a client trusting another CA; Internal is not served
            there (the coordinator has a [cluster] listen of its own): UNIMPLEMENTED
   expired  the server's certificate has expired: trusting ca.pem is refused
-The PKI is tests/tls/gen-certs.sh's. Exit 0 pass, 1 fail, 77 skipped (no grpcio).
+The PKI is tests/rpc/gen-certs.sh's. Exit 0 pass, 1 fail, 77 skipped (no grpcio).
 """
 
 import argparse

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * test_serving - Generate and Score through the real handlers, scheduler and gRPC server
- * (tests/serve/serve_harness.h: a fake engine with known logits), checking every streamed
+ * (tests/coordinator/serve_harness.h: a fake engine with known logits), checking every streamed
  * token and logit:
  *   shapes  the shapes that crashed the coordinator (128/2, 120/10, 127/20, 300/2 with
  *           prefill_chunk 512; 100/40 and 10/200) with slow and fast readers
@@ -22,7 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "tests/serve/serve_harness.h"
+#include "tests/coordinator/serve_harness.h"
 #include "common/common.h"
 
 /* Every check here guards what follows: a failure ends the test. */
