@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * admin.c - the Admin service (admin.proto): GetLoad (the device-level load per MoE layer
- * and worker, balancedness) and BenchEngine, behind the operators' bearer token.
+ * admin.c - the Admin service (admin.proto), behind the operators' bearer token: GetLoad
+ * (the device-level load per MoE layer and worker, balancedness), BenchEngine, Status (the
+ * cluster at a glance) and GetPlacement (where every expert lives, and its load).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -238,6 +239,210 @@ out:
 	return GRPC_STATUS_OK;
 }
 
+/* ---- Status --------------------------------------------------------------------------------- */
+
+static Ferry__V1__WorkerStatus__State worker_state(const struct srv_worker *w)
+{
+	switch (w->state) {
+	case W_JOINING:
+	case W_READY:
+	case W_CONNECTED: return FERRY__V1__WORKER_STATUS__STATE__STATE_JOINING;
+	case W_LOADED: return FERRY__V1__WORKER_STATUS__STATE__STATE_SERVING;
+	case W_RELEASED: return FERRY__V1__WORKER_STATUS__STATE__STATE_DRAINING;
+	case W_FAILED: return FERRY__V1__WORKER_STATUS__STATE__STATE_DEAD;
+	}
+	return FERRY__V1__WORKER_STATUS__STATE__STATE_UNSPECIFIED;
+}
+
+/* Bytes of one expert slot's weights (gate, up, down). */
+static uint64_t slot_bytes(const struct model_config *c)
+{
+	return 3ull * (uint64_t)c->hidden_size * (uint64_t)c->moe_intermediate_size *
+	       kn_dtype_size(c->torch_dtype);
+}
+
+static grpc_status_code on_status(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
+{
+	Ferry__V1__StatusResponse resp = FERRY__V1__STATUS_RESPONSE__INIT;
+	struct co_server *s = arg;
+	Ferry__V1__WorkerStatus *ws = NULL, **wsp = NULL;
+	grpc_status_code st;
+	struct co_sched *sched;
+
+	(void)req;
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
+	pthread_mutex_lock(&s->mu);
+	int n = s->n_joined;
+	ws = calloc((size_t)FR_MAX(n, 1), sizeof(*ws));
+	wsp = calloc((size_t)FR_MAX(n, 1), sizeof(*wsp));
+	if (!ws || !wsp) {
+		pthread_mutex_unlock(&s->mu);
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+	uint64_t now = fr_now_ns(), per_slot = slot_bytes(s->cfg);
+	for (int i = 0; i < n; i++) {
+		const struct srv_worker *w = &s->workers[i];
+		ferry__v1__worker_status__init(&ws[i]);
+		ws[i].index = (uint32_t)i;
+		ws[i].name = (char *)w->name;
+		ws[i].address = (char *)w->addr;
+		ws[i].state = worker_state(w);
+		ws[i].detail = (char *)(w->state == W_FAILED ? w->fail : "");
+		ws[i].slots_per_layer = w->slot_capacity;
+		int in_service = s->place && i < s->place->n_workers ? co_place_filled(s->place, i) : 0;
+		ws[i].slots_in_service = (uint32_t)in_service;
+		ws[i].memory_used_bytes = per_slot * (uint64_t)in_service;
+		ws[i].memory_bytes = w->memory_bytes;
+		ws[i].transport = (char *)tp_backend_name(s->o.tp.backend);
+		ws[i].device = (char *)(s->o.tp.backend == TP_BACKEND_VERBS ?
+					co__worker_device(s, i) : "");
+		ws[i].heartbeat_age_s = (double)(now - w->last_heartbeat_ns) / 1e9;
+		wsp[i] = &ws[i];
+	}
+	resp.version = (char *)FERRY_VERSION;
+	resp.model = s->model_path;
+	resp.moe_layers = (uint32_t)model_n_moe_layers(s->cfg);
+	resp.routed_experts = (uint32_t)s->cfg->n_routed_experts;
+	resp.status = (char *)co__status_name(s->status);
+	resp.detail = s->fail;
+	resp.workers_configured = (uint32_t)s->o.workers;
+	resp.n_workers = (size_t)n;
+	resp.workers = wsp;
+	resp.epoch = s->epoch;
+	resp.uptime_s = (double)(now - s->t_start_ns) / 1e9;
+	sched = s->status == S_SERVING ? s->sched : NULL;
+	if (sched) {
+		struct co_sched_stats ss;
+		co_sched_stats(sched, &ss);
+		resp.requests_running = (uint32_t)ss.running;
+		resp.requests_queued = (uint32_t)ss.queued;
+	}
+	/* Strings point into s: send while holding mu (names and addresses are written once,
+	 * at join, but fail[] may change). */
+	rpc_call_send(call, &resp.base);
+	pthread_mutex_unlock(&s->mu);
+out:
+	free(ws);
+	free(wsp);
+	return st;
+}
+
+/* ---- GetPlacement ------------------------------------------------------------------------- */
+
+static grpc_status_code on_get_placement(struct rpc_call *call, const ProtobufCMessage *req,
+					 void *arg)
+{
+	const Ferry__V1__GetPlacementRequest *r = (const Ferry__V1__GetPlacementRequest *)req;
+	Ferry__V1__GetPlacementResponse resp = FERRY__V1__GET_PLACEMENT_RESPONSE__INIT;
+	struct co_server *s = arg;
+	int n_moe = model_n_moe_layers(s->cfg), n_e = s->cfg->n_routed_experts;
+	Ferry__V1__LayerPlacement *lp = NULL, **lpp = NULL;
+	uint32_t *slots = NULL, *reps = NULL;
+	uint64_t *etok = NULL, *wtok = NULL, *wns = NULL;
+	char **names = NULL;
+	int32_t *se = NULL;
+	grpc_status_code st;
+	int n_layers, n_w = 0, total = 0;
+
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
+	for (size_t i = 0; i < r->n_layers; i++)
+		if (r->layers[i] >= (uint32_t)n_moe)
+			return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+					     "layer %u out of range: the model has %d MoE layers",
+					     r->layers[i], n_moe);
+	if (r->n_layers > (size_t)n_moe)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "%zu layers asked, the model has %d MoE layers", r->n_layers, n_moe);
+	n_layers = r->n_layers ? (int)r->n_layers : n_moe;
+
+	/* engine_mu: no step changes the table or the load while we copy them. */
+	pthread_mutex_lock(&s->engine_mu);
+	pthread_mutex_lock(&s->mu);
+	const struct co_placement *p = s->place;
+	if (!p) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "no placement yet: %d of "
+				   "%d workers joined (%s)", s->n_joined, s->o.workers,
+				   co__status_name(s->status));
+		goto unlock;
+	}
+	n_w = p->n_workers;
+	total = p->total_slots;
+	lp = calloc((size_t)n_layers, sizeof(*lp));
+	lpp = calloc((size_t)n_layers, sizeof(*lpp));
+	slots = calloc((size_t)n_w, sizeof(*slots));
+	names = calloc((size_t)n_w, sizeof(*names));
+	se = calloc((size_t)n_layers * (size_t)FR_MAX(total, 1), sizeof(*se));
+	reps = calloc((size_t)n_layers * (size_t)n_e, sizeof(*reps));
+	etok = calloc((size_t)n_layers * (size_t)n_e, sizeof(*etok));
+	wtok = calloc((size_t)n_layers * (size_t)n_w, sizeof(*wtok));
+	wns = calloc((size_t)n_layers * (size_t)n_w, sizeof(*wns));
+	if (!lp || !lpp || !slots || !names || !se || !reps || !etok || !wtok || !wns) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto unlock;
+	}
+	for (int w = 0; w < n_w; w++) {
+		slots[w] = (uint32_t)p->slots[w];
+		names[w] = s->workers[w].name;
+	}
+	for (int i = 0; i < n_layers; i++) {
+		int l = r->n_layers ? (int)r->layers[i] : i;
+		Ferry__V1__LayerPlacement *x = &lp[i];
+		ferry__v1__layer_placement__init(x);
+		x->layer = (uint32_t)l;
+		x->slot_expert = se + (size_t)i * total;
+		x->n_slot_expert = (size_t)total;
+		memcpy(x->slot_expert, p->slot_expert + (size_t)l * total,
+		       (size_t)total * sizeof(int32_t));
+		x->replicas = reps + (size_t)i * n_e;
+		x->n_replicas = (size_t)n_e;
+		for (int j = 0; j < total; j++)
+			if (x->slot_expert[j] >= 0 && x->slot_expert[j] < n_e)
+				x->replicas[x->slot_expert[j]]++;
+		x->expert_tokens = etok + (size_t)i * n_e;
+		x->n_expert_tokens = (size_t)n_e;
+		x->worker_tokens = wtok + (size_t)i * n_w;
+		x->n_worker_tokens = (size_t)n_w;
+		x->worker_busy_ns = wns + (size_t)i * n_w;
+		x->n_worker_busy_ns = (size_t)n_w;
+		x->balancedness = 1.0;
+		x->balancedness_time = 1.0;
+		if (s->load) {
+			co_load_expert_tokens(s->load, l, x->expert_tokens);
+			co_load_worker_tokens(s->load, l, x->worker_tokens);
+			co_load_worker_time(s->load, l, x->worker_busy_ns);
+			co_load_balancedness(s->load, l, CO_LOAD_TOKENS, &x->balancedness);
+			co_load_balancedness(s->load, l, CO_LOAD_TIME, &x->balancedness_time);
+		}
+		lpp[i] = x;
+	}
+	resp.epoch = s->epoch;
+	resp.n_workers = (uint32_t)n_w;
+	resp.n_slots = (size_t)n_w;
+	resp.slots = slots;
+	resp.n_worker_names = (size_t)n_w;
+	resp.worker_names = names;
+	resp.n_experts = (uint32_t)n_e;
+	resp.n_layers = (size_t)n_layers;
+	resp.layers = lpp;
+	rpc_call_send(call, &resp.base);
+unlock:
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_unlock(&s->engine_mu);
+	free(lp);
+	free(lpp);
+	free(slots);
+	free(names);
+	free(se);
+	free(reps);
+	free(etok);
+	free(wtok);
+	free(wns);
+	return st;
+}
+
 int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_error *err)
 {
 	int rc;
@@ -246,7 +451,14 @@ int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_er
 					&ferry__v1__get_load_request__descriptor, on_get_load, s,
 					err)) < 0)
 		return rc;
-	return rpc_server_add_method(srv, RPC_M_BENCH_ENGINE, RPC_METHOD_UNARY,
-				     &ferry__v1__bench_engine_request__descriptor, on_bench_engine,
-				     s, err);
+	if ((rc = rpc_server_add_method(srv, RPC_M_BENCH_ENGINE, RPC_METHOD_UNARY,
+					&ferry__v1__bench_engine_request__descriptor, on_bench_engine,
+					s, err)) < 0 ||
+	    (rc = rpc_server_add_method(srv, RPC_M_STATUS, RPC_METHOD_UNARY,
+					&ferry__v1__status_request__descriptor, on_status, s,
+					err)) < 0)
+		return rc;
+	return rpc_server_add_method(srv, RPC_M_GET_PLACEMENT, RPC_METHOD_UNARY,
+				     &ferry__v1__get_placement_request__descriptor,
+				     on_get_placement, s, err);
 }

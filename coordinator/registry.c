@@ -118,6 +118,8 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	w->blob_len = r->transport_addresses[0]->blob.len;
 	memcpy(w->blob, r->transport_addresses[0]->blob.data, w->blob_len);
 	w->last_heartbeat_ns = fr_now_ns();
+	rpc_call_peer(call, w->addr, sizeof(w->addr));
+	w->memory_bytes = r->host_memory_bytes;
 	memcpy(w->session_key, key, sizeof(key));
 	w->replay = replay;
 	pthread_cond_broadcast(&s->cv);

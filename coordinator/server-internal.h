@@ -54,6 +54,8 @@ struct srv_worker {
 	char fail[256];                /* why W_FAILED */
 	struct tp_mem *recv;
 	struct tp_ep *ep;
+	char addr[128];                /* where its Join came from (gRPC peer), for Status */
+	uint64_t memory_bytes;         /* host memory it announced (0: none) */
 	uint64_t last_heartbeat_ns;
 	bool told_place_err;           /* got the impossible-placement answer */
 	/* Its session (internal.proto): every request after Join is signed with this key. */
@@ -75,6 +77,7 @@ struct co_server {
 	struct rpc_server *rpc_cluster; /* cluster_listen: Internal and Health; NULL when not set */
 	struct rpc_auth_replay *replay;          /* Join nonces */
 	struct rpc_auth_challenges *challenges;  /* issued for Joins */
+	uint64_t t_start_ns;                     /* co_server_create(), for uptime */
 	uint8_t boot_id[16];
 	struct tp_context *tp[TP_WAIT_MANY_MAX]; /* [n_tp] one per device: worker i on i % n_tp */
 	char *tp_dev[TP_WAIT_MANY_MAX];          /* [n_tp] their device names, NULL: auto */

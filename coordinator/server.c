@@ -221,6 +221,7 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	if (!s)
 		return fr_error_set(err, -ENOMEM, "out of memory");
 	s->o = *o;
+	s->t_start_ns = fr_now_ns();
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	pthread_mutex_init(&s->engine_mu, NULL);

@@ -611,7 +611,7 @@ static int load_parse(int argc, char **argv, struct load_opts *o, struct fr_erro
 		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (!o->cluster)
 		return fr_error_set(err, -EINVAL, "--cluster ADDR is required");
-	if (!o->token_file)
+	if (!o->token_file && getenv("FERRY_ADMIN_TOKEN_FILE") && *getenv("FERRY_ADMIN_TOKEN_FILE"))
 		o->token_file = getenv("FERRY_ADMIN_TOKEN_FILE");
 	return ctl_tls_finish(&o->tls, err);
 }
@@ -705,20 +705,7 @@ static int load_main(int argc, char **argv)
 		return rc;
 	req.n_layers = o.n_layers;
 	req.layers = o.layers;
-	if (o.token_file) {
-		uint8_t *tok;
-		size_t len;
-		if (rpc_auth_secret_load(o.token_file, &tok, &len, &err) < 0) {
-			fprintf(stderr, "ferryctl load: --token-file: %s\n", err.msg);
-			return CTL_EXIT_FAIL;
-		}
-		if ((rc = ctl_channel_create(o.cluster, &o.tls, &ch, &err)) == 0 &&
-		    (rc = rpc_channel_set_bearer(ch, tok, len)) < 0)
-			fr_error_set(&err, rc, "--token-file: the token cannot be sent as a header");
-		rpc_auth_secret_free(tok, len);
-	} else {
-		rc = ctl_channel_create(o.cluster, &o.tls, &ch, &err);
-	}
+	rc = ctl_admin_channel(o.cluster, &o.tls, o.token_file, &ch, &err);
 	if (rc == 0)
 		rc = rpc_unary(ch, RPC_M_GET_LOAD, &req.base, &ferry__v1__get_load_response__descriptor,
 			       10000, (ProtobufCMessage **)&resp, &err);

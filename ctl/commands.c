@@ -14,6 +14,8 @@ const struct ctl_cmd *const ctl_cmds[] = {
 #ifdef FERRY_HAVE_GRPC
 	&ctl_cmd_up,
 	&ctl_cmd_load,
+	&ctl_cmd_status,
+	&ctl_cmd_placement,
 	&ctl_cmd_generate,
 	&ctl_cmd_score,
 	&ctl_cmd_eval,

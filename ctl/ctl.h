@@ -34,6 +34,8 @@ extern const struct ctl_cmd ctl_cmd_tokenize;
 extern const struct ctl_cmd ctl_cmd_detokenize;
 extern const struct ctl_cmd ctl_cmd_up;     /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_load;   /* with gRPC only */
+extern const struct ctl_cmd ctl_cmd_status;      /* with gRPC only */
+extern const struct ctl_cmd ctl_cmd_placement;   /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_generate;    /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_score;       /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_eval;        /* with gRPC only */

@@ -68,6 +68,10 @@ struct ctl_tls;
 /* rpc_channel_create() to target, over TLS when t->ca or t->cert is set (see struct
  * ctl_tls), plaintext otherwise. Returns rpc_channel_create()'s errors, with err naming a
  * TLS file that cannot be used. */
+/* An Admin channel: ctl_channel_create() plus the bearer token read from token_file (NULL:
+ * none sent). Errors name the option ("--token-file: ..."). */
+int ctl_admin_channel(const char *cluster, const struct ctl_tls *tls, const char *token_file,
+		      struct rpc_channel **ret, struct fr_error *err);
 int ctl_channel_create(const char *target, const struct ctl_tls *t, struct rpc_channel **ret,
 		       struct fr_error *err);
 

@@ -51,6 +51,8 @@
 #define RPC_M_REPORT_STATS "/ferry.v1.Internal/ReportStats"
 #define RPC_M_GET_LOAD "/ferry.v1.Admin/GetLoad"
 #define RPC_M_BENCH_ENGINE "/ferry.v1.Admin/BenchEngine"
+#define RPC_M_STATUS "/ferry.v1.Admin/Status"
+#define RPC_M_GET_PLACEMENT "/ferry.v1.Admin/GetPlacement"
 
 /* Largest message either side accepts (gRPC's own default is 4 MiB). */
 #define RPC_MAX_MESSAGE_BYTES (16u << 20)

@@ -1,0 +1,477 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * cmd_admin.c - the operator's view of a running cluster over ferry.v1.Admin:
+ * `ferryctl status` (the cluster at a glance) and `ferryctl placement show` (where every
+ * expert lives, with a heat map of its load). Both take the admin bearer token and the TLS
+ * options; --json prints one JSON object for scripts.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctl/ctl.h"
+#include "ctl/serve-internal.h"
+#include "rpc/admin.pb-c.h"
+#include "rpc/auth.h"
+#include "rpc/rpc.h"
+
+#define ADMIN_TIMEOUT_MS 10000
+
+int ctl_admin_channel(const char *cluster, const struct ctl_tls *tls, const char *token_file,
+		      struct rpc_channel **ret, struct fr_error *err)
+{
+	struct rpc_channel *ch = NULL;
+	uint8_t *tok = NULL;
+	size_t len = 0;
+	int rc;
+
+	if (token_file && (rc = rpc_auth_secret_load(token_file, &tok, &len, err)) < 0)
+		return fr_error_prefix(err, rc, "--token-file");
+	if ((rc = ctl_channel_create(cluster, tls, &ch, err)) == 0 && tok &&
+	    (rc = rpc_channel_set_bearer(ch, tok, len)) < 0)
+		fr_error_set(err, rc, "--token-file: the token cannot be sent as a header");
+	rpc_auth_secret_free(tok, len);
+	if (rc < 0) {
+		rpc_channel_destroy(ch);
+		return rc;
+	}
+	*ret = ch;
+	return 0;
+}
+
+/* Options every admin command shares. */
+struct admin_opts {
+	const char *cluster;
+	struct ctl_tls tls;
+	const char *token_file;
+	bool json;
+	uint32_t layers[256];
+	size_t n_layers;
+};
+
+enum { ADM_JSON = 256, ADM_TOKEN };
+
+#define ADMIN_USAGE_COMMON                                                                   \
+	"  -c, --cluster ADDR   coordinator's gRPC address (default $FERRY_CLUSTER)\n"         \
+	"      --token-file F   admin bearer token (the coordinator's [server] admin_token_file;\n" \
+	"                       default $FERRY_ADMIN_TOKEN_FILE; none: no token sent)\n"       \
+	"      --json           one JSON object instead of the table\n"                          \
+	CTL_TLS_USAGE("  ")                                                                     \
+	"  -h, --help           this text\n"
+
+static const struct option admin_longopts[] = {
+	{ "cluster", required_argument, NULL, 'c' },
+	{ "layer", required_argument, NULL, 'l' },
+	{ "json", no_argument, NULL, ADM_JSON },
+	{ "token-file", required_argument, NULL, ADM_TOKEN },
+	CTL_TLS_LONGOPTS,
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static int admin_parse(int argc, char **argv, bool layers, struct admin_opts *o,
+		       struct fr_error *err)
+{
+	int c, v = 0;
+
+	memset(o, 0, sizeof(*o));
+	ctl_getopt_reset();
+	while ((c = getopt_long(argc, argv, layers ? ":c:l:h" : ":c:h", admin_longopts, NULL)) !=
+	       -1) {
+		switch (c) {
+		case 'c': o->cluster = optarg; break;
+		case 'l':
+			if (!layers)
+				return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
+			if (ctl_arg_int("layer", optarg, 0, 65535, &v, err) < 0)
+				return -EINVAL;
+			if (o->n_layers == FR_ARRAY_SIZE(o->layers))
+				return fr_error_set(err, -EINVAL, "--layer: at most %zu",
+						    FR_ARRAY_SIZE(o->layers));
+			o->layers[o->n_layers++] = (uint32_t)v;
+			break;
+		case ADM_JSON: o->json = true; break;
+		case ADM_TOKEN: o->token_file = optarg; break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->tls, c, optarg);
+			break;
+		case 'h': return 1;
+		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
+		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
+	if (!o->cluster)
+		o->cluster = getenv("FERRY_CLUSTER");
+	if (!o->cluster || !*o->cluster)
+		return fr_error_set(err, -EINVAL, "--cluster ADDR is required (or $FERRY_CLUSTER)");
+	if (!o->token_file && getenv("FERRY_ADMIN_TOKEN_FILE") && *getenv("FERRY_ADMIN_TOKEN_FILE"))
+		o->token_file = getenv("FERRY_ADMIN_TOKEN_FILE");
+	return ctl_tls_finish(&o->tls, err);
+}
+
+/* One Admin call; *ret freed by the caller with protobuf_c_message_free_unpacked. */
+static int admin_call(const char *cmd, const struct admin_opts *o, const char *method,
+		      const ProtobufCMessage *req, const ProtobufCMessageDescriptor *desc,
+		      ProtobufCMessage **ret)
+{
+	struct fr_error err = { { 0 } };
+	struct rpc_channel *ch = NULL;
+	int rc = ctl_admin_channel(o->cluster, &o->tls, o->token_file, &ch, &err);
+
+	if (rc == 0)
+		rc = rpc_unary(ch, method, req, desc, ADMIN_TIMEOUT_MS, ret, &err);
+	rpc_channel_destroy(ch);
+	if (rc < 0)
+		fprintf(stderr, "ferryctl %s: %s\n", cmd, err.msg);
+	return rc;
+}
+
+static int print_json(json_t *j)
+{
+	int rc = j ? json_dumpf(j, stdout, JSON_COMPACT) : -1;
+	json_decref(j);
+	putchar('\n');
+	return rc == 0 ? CTL_EXIT_OK : CTL_EXIT_FAIL;
+}
+
+static void human_bytes(uint64_t b, char *buf, size_t cap)
+{
+	static const char *const unit[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+	double v = (double)b;
+	int u = 0;
+
+	while (v >= 1024 && u < 4) {
+		v /= 1024;
+		u++;
+	}
+	snprintf(buf, cap, u ? "%.1f %s" : "%.0f %s", v, unit[u]);
+}
+
+/* ---- status ---------------------------------------------------------------------------------- */
+
+static const char status_usage[] =
+	"Usage: ferryctl status --cluster ADDR [--json]\n"
+	"\n"
+	"The cluster at a glance: the model, the coordinator's state, every worker that joined\n"
+	"(name, address, state joining/serving/draining/dead, slots per layer and in service,\n"
+	"memory its expert weights use, transport and device, last heartbeat), the slot-map\n"
+	"epoch, requests running and queued, uptime and the last rebalance.\n"
+	"\n"
+	ADMIN_USAGE_COMMON;
+
+static const char *state_name(Ferry__V1__WorkerStatus__State s)
+{
+	switch (s) {
+	case FERRY__V1__WORKER_STATUS__STATE__STATE_JOINING: return "joining";
+	case FERRY__V1__WORKER_STATUS__STATE__STATE_SERVING: return "serving";
+	case FERRY__V1__WORKER_STATUS__STATE__STATE_DRAINING: return "draining";
+	case FERRY__V1__WORKER_STATUS__STATE__STATE_DEAD: return "dead";
+	default: return "unknown";
+	}
+}
+
+static json_t *status_json(const Ferry__V1__StatusResponse *r)
+{
+	json_t *ws = json_array(), *root;
+
+	for (size_t i = 0; i < r->n_workers; i++) {
+		const Ferry__V1__WorkerStatus *w = r->workers[i];
+		json_array_append_new(ws, json_pack(
+			"{s:I, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:s, s:s, s:f}",
+			"index", (json_int_t)w->index, "name", w->name, "address", w->address,
+			"state", state_name(w->state), "detail", w->detail,
+			"slots_per_layer", (json_int_t)w->slots_per_layer,
+			"slots_in_service", (json_int_t)w->slots_in_service,
+			"memory_used_bytes", (json_int_t)w->memory_used_bytes,
+			"memory_bytes", (json_int_t)w->memory_bytes, "transport", w->transport,
+			"device", w->device, "heartbeat_age_s", w->heartbeat_age_s));
+	}
+	root = json_pack("{s:s, s:s, s:I, s:I, s:s, s:s, s:I, s:o, s:I, s:I, s:I, s:f}",
+			 "version", r->version, "model", r->model,
+			 "moe_layers", (json_int_t)r->moe_layers,
+			 "routed_experts", (json_int_t)r->routed_experts, "status", r->status,
+			 "detail", r->detail, "workers_configured", (json_int_t)r->workers_configured,
+			 "workers", ws, "epoch", (json_int_t)r->epoch,
+			 "requests_running", (json_int_t)r->requests_running,
+			 "requests_queued", (json_int_t)r->requests_queued, "uptime_s", r->uptime_s);
+	if (root && r->last_rebalance) {
+		const Ferry__V1__RebalanceSummary *b = r->last_rebalance;
+		json_object_set_new(root, "last_rebalance", json_pack(
+			"{s:f, s:s, s:I, s:f, s:f, s:f}", "when_unix_s", b->when_unix_s, "why", b->why,
+			"moves", (json_int_t)b->moves, "duration_s", b->duration_s,
+			"balancedness_before", b->balancedness_before,
+			"balancedness_after", b->balancedness_after));
+	} else if (root) {
+		json_object_set_new(root, "last_rebalance", json_null());
+	}
+	return root;
+}
+
+static void status_print(const Ferry__V1__StatusResponse *r)
+{
+	int nw = 6, aw = 7;
+	char mem[32];
+
+	printf("cluster %s%s%s, model %s (%u MoE layers, %u routed experts), version %s\n",
+	       r->status, r->detail[0] ? ": " : "", r->detail, r->model, r->moe_layers,
+	       r->routed_experts, r->version);
+	printf("slot map epoch %llu, up %.1f s, requests %u running, %u queued\n",
+	       (unsigned long long)r->epoch, r->uptime_s, r->requests_running, r->requests_queued);
+	unsigned serving = 0;
+	for (size_t i = 0; i < r->n_workers; i++) {
+		nw = FR_MAX(nw, (int)strlen(r->workers[i]->name));
+		aw = FR_MAX(aw, (int)strlen(r->workers[i]->address));
+		serving += r->workers[i]->state == FERRY__V1__WORKER_STATUS__STATE__STATE_SERVING;
+	}
+	printf("workers: %u serving of %u configured, %zu joined\n", serving,
+	       r->workers_configured, r->n_workers);
+	if (r->n_workers)
+		printf("%-*s %5s %-8s %-*s %6s %10s %12s %-9s %9s\n", nw, "worker", "index", "state",
+		       aw, "address", "slots", "in service", "memory used", "transport",
+		       "heartbeat");
+	for (size_t i = 0; i < r->n_workers; i++) {
+		const Ferry__V1__WorkerStatus *w = r->workers[i];
+		char tp[64];
+		human_bytes(w->memory_used_bytes, mem, sizeof(mem));
+		snprintf(tp, sizeof(tp), "%s%s%s", w->transport, w->device[0] ? ":" : "", w->device);
+		printf("%-*s %5u %-8s %-*s %6u %10u %12s %-9s %7.1f s%s%s\n", nw, w->name, w->index,
+		       state_name(w->state), aw, w->address, w->slots_per_layer, w->slots_in_service,
+		       mem, tp, w->heartbeat_age_s, w->detail[0] ? "  " : "", w->detail);
+	}
+	if (r->last_rebalance) {
+		const Ferry__V1__RebalanceSummary *b = r->last_rebalance;
+		printf("last rebalance: %s, %u moves in %.2f s, balancedness %.3f -> %.3f\n", b->why,
+		       b->moves, b->duration_s, b->balancedness_before, b->balancedness_after);
+	} else {
+		printf("last rebalance: none since start\n");
+	}
+}
+
+static int status_main(int argc, char **argv)
+{
+	Ferry__V1__StatusRequest req = FERRY__V1__STATUS_REQUEST__INIT;
+	Ferry__V1__StatusResponse *resp = NULL;
+	struct fr_error err = { { 0 } };
+	struct admin_opts o;
+	int rc = ctl_parsed("status", status_usage, admin_parse(argc, argv, false, &o, &err), &err);
+
+	if (rc >= 0)
+		return rc;
+	if (admin_call("status", &o, RPC_M_STATUS, &req.base,
+		       &ferry__v1__status_response__descriptor, (ProtobufCMessage **)&resp) < 0)
+		return CTL_EXIT_FAIL;
+	if (o.json)
+		rc = print_json(status_json(resp));
+	else
+		status_print(resp);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	return o.json ? rc : CTL_EXIT_OK;
+}
+
+static int status_parse_only(int argc, char **argv, struct fr_error *err)
+{
+	struct admin_opts o;
+	int rc = admin_parse(argc, argv, false, &o, err);
+	return rc < 0 ? rc : 0;
+}
+
+const struct ctl_cmd ctl_cmd_status = { "status", "show a cluster's workers, epoch and requests",
+					status_main, status_parse_only };
+
+/* ---- placement show -------------------------------------------------------------------------- */
+
+static const char placement_show_usage[] =
+	"Usage: ferryctl placement show --cluster ADDR [--layer L]... [--json]\n"
+	"\n"
+	"Where every routed expert lives now: per MoE layer, each worker's slots with the\n"
+	"expert in each (- for a slot out of service), the experts with more than one replica,\n"
+	"the layer's balancedness by tokens and by time over the load window, and a heat map of\n"
+	"the window's load per expert (one character per expert, ' ' none ... '@' the\n"
+	"hottest), so the hot experts show at a glance. --json prints the placement in the\n"
+	"PLACEMENT file format (n_workers, slots, layers: the expert in every global slot) with\n"
+	"the load beside it.\n"
+	"\n"
+	"  -l, --layer L        only this MoE layer (repeatable; default all)\n"
+	ADMIN_USAGE_COMMON;
+
+static json_t *u32_array(const uint32_t *v, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < n; i++)
+		json_array_append_new(a, json_integer(v[i]));
+	return a;
+}
+
+static json_t *u64_array(const uint64_t *v, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < n; i++)
+		json_array_append_new(a, json_integer((json_int_t)v[i]));
+	return a;
+}
+
+static json_t *placement_json(const Ferry__V1__GetPlacementResponse *r)
+{
+	json_t *layers = json_array(), *load = json_array(), *names = json_array();
+
+	for (size_t w = 0; w < r->n_worker_names; w++)
+		json_array_append_new(names, json_string(r->worker_names[w]));
+	for (size_t i = 0; i < r->n_layers; i++) {
+		const Ferry__V1__LayerPlacement *l = r->layers[i];
+		json_t *se = json_array();
+		for (size_t j = 0; j < l->n_slot_expert; j++)
+			json_array_append_new(se, json_integer(l->slot_expert[j]));
+		json_array_append_new(layers, se);
+		json_array_append_new(load, json_pack(
+			"{s:I, s:o, s:o, s:o, s:o, s:f, s:f}", "layer", (json_int_t)l->layer,
+			"replicas", u32_array(l->replicas, l->n_replicas),
+			"expert_tokens", u64_array(l->expert_tokens, l->n_expert_tokens),
+			"worker_tokens", u64_array(l->worker_tokens, l->n_worker_tokens),
+			"worker_busy_ns", u64_array(l->worker_busy_ns, l->n_worker_busy_ns),
+			"balancedness", l->balancedness, "balancedness_time", l->balancedness_time));
+	}
+	return json_pack("{s:I, s:o, s:I, s:o, s:I, s:o, s:o}", "n_workers",
+			 (json_int_t)r->n_workers, "slots", u32_array(r->slots, r->n_slots),
+			 "n_experts", (json_int_t)r->n_experts, "layers", layers,
+			 "epoch", (json_int_t)r->epoch, "workers", names, "load", load);
+}
+
+/* One character per expert: its window load against the layer's hottest. */
+static void heat_line(const uint64_t *tok, size_t n)
+{
+	static const char ramp[] = " .:-=+*#%@";
+	uint64_t max = 0;
+
+	for (size_t e = 0; e < n; e++)
+		max = FR_MAX(max, tok[e]);
+	putchar('|');
+	for (size_t e = 0; e < n; e++) {
+		size_t k = max ? (size_t)((double)tok[e] / (double)max * (sizeof(ramp) - 2) + 0.5) : 0;
+		putchar(ramp[tok[e] && !k ? 1 : k]);
+	}
+	puts("|");
+}
+
+static void placement_print(const Ferry__V1__GetPlacementResponse *r)
+{
+	int nw = 6;
+
+	for (size_t w = 0; w < r->n_worker_names; w++)
+		nw = FR_MAX(nw, (int)strlen(r->worker_names[w]));
+	printf("slot map epoch %llu, %u workers, %u experts per layer\n",
+	       (unsigned long long)r->epoch, r->n_workers, r->n_experts);
+	for (size_t i = 0; i < r->n_layers; i++) {
+		const Ferry__V1__LayerPlacement *l = r->layers[i];
+		uint64_t total = 0;
+		for (size_t e = 0; e < l->n_expert_tokens; e++)
+			total += l->expert_tokens[e];
+		printf("\nlayer %u: balancedness %.3f by tokens, %.3f by time; %llu token-expert "
+		       "pairs in the window\n", l->layer, l->balancedness, l->balancedness_time,
+		       (unsigned long long)total);
+		size_t base = 0;
+		for (size_t w = 0; w < r->n_slots && w < r->n_worker_names; w++) {
+			printf("  %-*s %8llu |", nw, r->worker_names[w],
+			       w < l->n_worker_tokens ? (unsigned long long)l->worker_tokens[w] : 0ull);
+			for (uint32_t j = 0; j < r->slots[w] && base + j < l->n_slot_expert; j++) {
+				int32_t e = l->slot_expert[base + j];
+				if (e < 0)
+					printf("   -");
+				else
+					printf(" %3d", e);
+			}
+			base += r->slots[w];
+			putchar('\n');
+		}
+		int first = 1;
+		for (size_t e = 0; e < l->n_replicas; e++)
+			if (l->replicas[e] != 1) {
+				printf("%s%zu x%u", first ? "  replicas: " : ", ", e, l->replicas[e]);
+				first = 0;
+			}
+		if (!first)
+			putchar('\n');
+		printf("  load ");
+		heat_line(l->expert_tokens, l->n_expert_tokens);
+	}
+}
+
+static int placement_show(int argc, char **argv)
+{
+	Ferry__V1__GetPlacementRequest req = FERRY__V1__GET_PLACEMENT_REQUEST__INIT;
+	Ferry__V1__GetPlacementResponse *resp = NULL;
+	struct fr_error err = { { 0 } };
+	struct admin_opts o;
+	int rc = ctl_parsed("placement show", placement_show_usage,
+			    admin_parse(argc, argv, true, &o, &err), &err);
+
+	if (rc >= 0)
+		return rc;
+	req.n_layers = o.n_layers;
+	req.layers = o.layers;
+	if (admin_call("placement show", &o, RPC_M_GET_PLACEMENT, &req.base,
+		       &ferry__v1__get_placement_response__descriptor,
+		       (ProtobufCMessage **)&resp) < 0)
+		return CTL_EXIT_FAIL;
+	if (o.json)
+		rc = print_json(placement_json(resp));
+	else
+		placement_print(resp);
+	protobuf_c_message_free_unpacked(&resp->base, NULL);
+	return o.json ? rc : CTL_EXIT_OK;
+}
+
+/* ---- placement (subcommands) ----------------------------------------------------------------- */
+
+static const char placement_usage[] =
+	"Usage: ferryctl placement show --cluster ADDR [--layer L]... [--json]\n"
+	"\n"
+	"  show    where every expert of a running cluster lives, with its load\n"
+	"\n"
+	"Each subcommand has --help.\n";
+
+static const struct {
+	const char *name;
+	int (*main)(int argc, char **argv);
+} placement_subs[] = {
+	{ "show", placement_show },
+};
+
+static int show_parse_only(int argc, char **argv, struct fr_error *err)
+{
+	struct admin_opts o;
+	int rc = admin_parse(argc, argv, true, &o, err);
+	return rc < 0 ? rc : 0;
+}
+
+static int placement_main(int argc, char **argv)
+{
+	if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+		fputs(placement_usage, argc < 2 ? stderr : stdout);
+		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
+	}
+	for (size_t i = 0; i < FR_ARRAY_SIZE(placement_subs); i++)
+		if (!strcmp(argv[1], placement_subs[i].name))
+			return placement_subs[i].main(argc - 1, argv + 1);
+	fprintf(stderr, "ferryctl placement: unknown subcommand '%s'\n(see ferryctl placement "
+		"--help)\n", argv[1]);
+	return CTL_EXIT_USAGE;
+}
+
+static int placement_parse_only(int argc, char **argv, struct fr_error *err)
+{
+	if (argc < 2)
+		return fr_error_set(err, -EINVAL, "a subcommand is required");
+	if (!strcmp(argv[1], "show"))
+		return show_parse_only(argc - 1, argv + 1, err);
+	return fr_error_set(err, -EINVAL, "unknown subcommand '%s'", argv[1]);
+}
+
+const struct ctl_cmd ctl_cmd_placement = { "placement",
+					   "show where a cluster's experts live, with their load",
+					   placement_main, placement_parse_only };
