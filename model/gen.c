@@ -14,7 +14,9 @@
  * 0.5/sqrt(fan_in) (they add to the residual every layer); routed down_proj 1/sqrt(fan_in)
  * (their outputs are weighted by routing probabilities well below 1); router 2/sqrt(hidden)
  * so routing is not flat; embeddings std 1; lm_head 1/sqrt(hidden) (logits std ~1, max a few);
- * norm weights 1 + 0.1 N(0,1).
+ * norm weights 1 + 0.1 N(0,1). With a skew (model_gen_opts.skew > 0) the embeddings and
+ * routers get a deterministic component on top, added in f32 before rounding (see the skew
+ * section below).
  *
  * Files are streamed: all headers are computed from the config first, then each tensor is
  * generated in blocks of GEN_BLOCK elements and written, so memory is the tensor table (about
@@ -329,8 +331,8 @@ static void gen_block(const struct gen_tensor *t, uint64_t key, uint64_t start, 
  * c_X(e) = GEN_SKEW_KAPPA skew (m - ln rank_X(e)) / (hidden / 2), m the mean of ln r over
  * r = 1..n. The logit bias is then beta skew ln(1/rank) + const, beta ~ the Gumbel scale of
  * the router's own token-to-token noise, which KAPPA matches (measured through the engine
- * by tests/model/test_gen_skew.c). rank_X is a permutation drawn from the gate's key, so
- * every layer and each half has its own hot set. All arithmetic is IEEE +, -, *, / and
+ * by tests/model/test_gen_skew.c). rank_A is a permutation drawn from the gate's key (every
+ * layer has its own hot set), rank_B the same rotated by n/2 (gen_skew_ranks). All arithmetic is IEEE +, -, *, / and
  * frexp (no libm), in a fixed order: values stay a pure function of (seed, name, index,
  * skew) on every compiler.
  */
@@ -360,10 +362,12 @@ static float gen_skew_sign(uint64_t key, uint64_t i)
 }
 
 /* rank[e] in 1..n: expert e's place in order `half` (0: A, 1: B) of the router whose
- * tensor key is key (Fisher-Yates). perm: scratch of n. */
+ * tensor key is key. Order A is a Fisher-Yates shuffle; order B is A rotated by n/2, so
+ * the hotter half of either order is the colder half of the other: moving a load from
+ * one vocabulary half to the other moves it onto other experts. perm: scratch of n. */
 static void gen_skew_ranks(uint64_t key, int half, int n, int *perm, int *rank)
 {
-	const uint64_t k = mix64(key ^ (0xA5A5A5A5ull + (uint64_t)half));
+	const uint64_t k = mix64(key ^ 0xA5A5A5A5ull);
 
 	for (int i = 0; i < n; i++)
 		perm[i] = i;
@@ -374,7 +378,7 @@ static void gen_skew_ranks(uint64_t key, int half, int n, int *perm, int *rank)
 		perm[j] = tmp;
 	}
 	for (int i = 0; i < n; i++)
-		rank[perm[i]] = i + 1;
+		rank[perm[i]] = (i + (half ? n / 2 : 0)) % n + 1;
 }
 
 struct gen_skew_state {

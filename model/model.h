@@ -251,6 +251,8 @@ struct model_gen_opts {
 	 * order for prompts of tokens in [0, vocab/2) and another for [vocab/2, vocab):
 	 * expert of rank r gets a logit bias of about S ln(1/r) on the router's noise scale,
 	 * so a token's first choice is rank r with probability ~ r^-S (model_gen_skew_load()).
+	 * Order A is a per-layer shuffle (from the seed), order B is A rotated by n/2: the hot
+	 * half of either order is the cold half of the other.
 	 * How: the embeddings of each vocabulary half share a direction (A on even, B on odd
 	 * coordinates, random signs) and gate row e has a component along A of S times its
 	 * centred log-popularity in order A (and along B for order B), with its random part
