@@ -16,6 +16,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include "gen_test.h"
 
