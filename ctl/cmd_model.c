@@ -49,6 +49,12 @@ static const char gen_usage[] =
 	"  -s, --seed S        weight seed, 0..2^64-1 (default 0)\n"
 	"  -n, --shards N      split into N files of about equal size (default 1, at most 256)\n"
 	"  -j, --threads N     generator threads (default 1; more help only on idle cores)\n"
+	"      --skew S        steerable routing load, S in [0, 100] (default 0: uniform-ish\n"
+	"                      random routers, files as without the option): every MoE layer's\n"
+	"                      router favours its own hot set, expert of rank r chosen first\n"
+	"                      with probability ~ r^-S (Zipf), one hot set for prompts of tokens\n"
+	"                      in [0, vocab/2) and another for [vocab/2, vocab); recorded in\n"
+	"                      DIR/ferry-gen.json, shown by `model info`\n"
 	"  -t, --tokenizer FILE  a HuggingFace tokenizer.json: copied into DIR (with the\n"
 	"                      tokenizer_config.json beside it, if any); the vocabulary size and\n"
 	"                      BOS/EOS ids become the tokenizer's, so text works end to end\n"
@@ -56,6 +62,7 @@ static const char gen_usage[] =
 	"  -h, --help          this text\n"
 	"\n"
 	"Example: ferryctl model gen --preset 145b --layers 2 /tmp/m145\n"
+	"         ferryctl model gen --preset 2b --layers 3 --skew 1.2 /tmp/skewed\n"
 	"         ferryctl model gen --preset tiny --tokenizer tokenizer.json /tmp/tiny\n";
 
 static const char info_usage[] =
@@ -63,9 +70,10 @@ static const char info_usage[] =
 	"\n"
 	"Opens the checkpoint in DIR (config.json, safetensors, index), checks that every tensor\n"
 	"the config implies is there with the right shape, and prints the config summary and\n"
-	"parameter counts (total, routed experts, coordinator side, active per token).\n";
+	"parameter counts (total, routed experts, coordinator side, active per token); for a\n"
+	"checkpoint generated with --skew, the routing load it was made to have.\n";
 
-enum { OPT_QUIET = 'q' };
+enum { OPT_QUIET = 'q', OPT_SKEW = 256 };
 
 static const struct option gen_longopts[] = {
 	{ "preset", required_argument, NULL, 'p' },
@@ -75,6 +83,7 @@ static const struct option gen_longopts[] = {
 	{ "shards", required_argument, NULL, 'n' },
 	{ "threads", required_argument, NULL, 'j' },
 	{ "tokenizer", required_argument, NULL, 't' },
+	{ "skew", required_argument, NULL, OPT_SKEW },
 	{ "quiet", no_argument, NULL, OPT_QUIET },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
@@ -186,6 +195,14 @@ static int model_parse(int argc, char **argv, struct model_cmd_opts *o, const ch
 				return fr_error_set(err, -EINVAL, "--tokenizer: empty path");
 			o->gen.tokenizer = optarg;
 			break;
+		case OPT_SKEW:
+			if (fr_parse_double(optarg, &o->gen.skew) < 0 || !(o->gen.skew >= 0) ||
+			    o->gen.skew > MODEL_GEN_MAX_SKEW)
+				return fr_error_set(err, -EINVAL,
+						    "--skew: '%s' is not a number in [0, %d]", optarg,
+						    MODEL_GEN_MAX_SKEW);
+			o->gen.skew = o->gen.skew > 0 ? o->gen.skew : 0; /* -0 */
+			break;
 		case OPT_QUIET:
 			o->quiet = true;
 			break;
@@ -291,11 +308,14 @@ static int gen_exec(struct model_cmd_opts *o)
 	model_param_count(&cfg, &pc);
 	bytes = (uint64_t)pc.total * kn_dtype_size(o->gen.dtype);
 	fmt_count(params, sizeof(params), pc.total);
-	printf("%s: preset %s, %d layers, %s, seed %" PRIu64 ": %s params (%" PRId64 "), "
+	char skew[48] = "";
+	if (o->gen.skew > 0)
+		snprintf(skew, sizeof(skew), ", skew %g", o->gen.skew);
+	printf("%s: preset %s, %d layers, %s, seed %" PRIu64 "%s: %s params (%" PRId64 "), "
 	       "%.2f GB of weights in %d safetensors file%s%s%s, %.1f s\n",
 	       o->dir, model_preset_name(o->gen.preset), cfg.num_hidden_layers,
-	       kn_dtype_name(o->gen.dtype), o->gen.seed, params, pc.total, (double)bytes / 1e9,
-	       o->gen.shards, o->gen.shards > 1 ? "s" : "",
+	       kn_dtype_name(o->gen.dtype), o->gen.seed, skew, params, pc.total,
+	       (double)bytes / 1e9, o->gen.shards, o->gen.shards > 1 ? "s" : "",
 	       o->gen.shards > 1 ? " + index" : "", o->gen.tokenizer ? " + tokenizer.json" : "",
 	       (double)(fr_now_ns() - prog.t0) / 1e9);
 	return CTL_EXIT_OK;
@@ -309,6 +329,7 @@ static int info_exec(const struct model_cmd_opts *o)
 	struct model_ckpt *ck = NULL;
 	struct model_weights *w = NULL;
 	struct model_param_counts pc;
+	struct model_gen_skew_info skew;
 	const struct model_config *c;
 	char total[32], routed[32], coord[32], active[32];
 	int rc, ret = CTL_EXIT_FAIL;
@@ -339,6 +360,15 @@ static int info_exec(const struct model_cmd_opts *o)
 	printf("  params: %s total (%" PRId64 "), %s routed experts, %s coordinator side "
 	       "(%.2f GB in bf16), %s active per token\n", total, pc.total, routed, coord,
 	       (double)pc.coordinator * 2 / 1e9, active);
+	if ((rc = model_gen_skew_read(o->dir, &skew, &err)) < 0)
+		goto out;
+	if (skew.skew > 0 && n_moe > 0)
+		printf("  skew %g: expected max/mean expert load ~%.1f (Zipf exponent %g over %d "
+		       "experts, top-%d), hot sets: vocabulary halves [0,%d) and [%d,%d)\n",
+		       skew.skew, model_gen_skew_load(skew.skew, c->n_routed_experts,
+						      c->num_experts_per_tok),
+		       skew.skew, c->n_routed_experts, c->num_experts_per_tok, skew.vocab_split,
+		       skew.vocab_split, c->vocab_size);
 	ret = CTL_EXIT_OK;
 out:
 	if (ret != CTL_EXIT_OK)

@@ -2,6 +2,7 @@
 /* cmd_run.c - `ferryctl run`: evaluate a prompt and generate, in this process. */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +55,8 @@ static const char run_usage[] =
 	"      --no-shared          disable the shared experts\n"
 	"      --workers N          in-process expert workers (default 1; not with --cluster)\n"
 	"      --threads N          kernel threads (default: all CPUs; not with --cluster)\n"
-	"      --stats              print timing and throughput on stderr\n"
+	"      --stats              print timing and throughput on stderr; with --model also\n"
+	"                           the routed tokens per expert of every MoE layer\n"
 	CTL_TLS_USAGE("      ")
 	"                           (--tls-* with --cluster only)\n"
 	"  -h, --help               this text\n";
@@ -194,12 +196,61 @@ static int write_all(FILE *f, const float *rows, size_t n_rows, int vocab)
 	return fwrite(rows, sizeof(float) * (size_t)vocab, n_rows, f) == n_rows ? 0 : -EIO;
 }
 
+/* --stats: routed (token, expert) pairs per (layer, expert), counted at the MoE seam. */
+struct count_moe {
+	struct moe inner;
+	int n_experts;
+	int64_t *count;              /* [num_hidden_layers][n_experts], heap */
+};
+
+static int count_dispatch(void *ctx, int layer, int mb, const float *x, int n_tok,
+			  const int32_t *expert, const float *weight, int k)
+{
+	struct count_moe *cm = ctx;
+	int64_t *row = cm->count + (size_t)layer * (size_t)cm->n_experts;
+
+	for (size_t i = 0; i < (size_t)n_tok * (size_t)k; i++)
+		if (expert[i] >= 0 && expert[i] < cm->n_experts)
+			row[expert[i]]++;
+	return cm->inner.ops->dispatch(cm->inner.ctx, layer, mb, x, n_tok, expert, weight, k);
+}
+
+static int count_combine(void *ctx, int layer, int mb, float *out)
+{
+	struct count_moe *cm = ctx;
+	return cm->inner.ops->combine(cm->inner.ctx, layer, mb, out);
+}
+
+static const struct moe_ops count_ops = { "count", count_dispatch, count_combine, NULL };
+
+/* One line per MoE layer: "expert load: layer L max/mean R: c0 c1 ..." (what tests parse). */
+static void print_expert_load(const struct model_config *c, const struct count_moe *cm)
+{
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		const int64_t *row = cm->count + (size_t)l * (size_t)cm->n_experts;
+		int64_t sum = 0, max = 0;
+
+		if (!model_layer_is_moe(c, l))
+			continue;
+		for (int e = 0; e < cm->n_experts; e++) {
+			sum += row[e];
+			max = FR_MAX(max, row[e]);
+		}
+		fprintf(stderr, "expert load: layer %d max/mean %.2f:", l,
+			sum ? (double)max * cm->n_experts / (double)sum : 0.0);
+		for (int e = 0; e < cm->n_experts; e++)
+			fprintf(stderr, " %" PRId64, row[e]);
+		fputc('\n', stderr);
+	}
+}
+
 static int run_exec(const struct run_opts *o)
 {
 	struct fr_error err = { { 0 } };
 	struct model_ckpt *ck = NULL;
 	struct model_weights *w = NULL;
 	struct moe moe = { 0 };
+	struct count_moe counted = { { 0 } };
 	struct co_engine *e = NULL;
 	const struct model_config *c;
 	int32_t *ids = NULL, *seq = NULL, *pos = NULL;
@@ -240,9 +291,21 @@ static int run_exec(const struct run_opts *o)
 		goto out;
 	if (model_n_moe_layers(c) > 0 && (rc = moe_local_create(ck, o->workers, &moe, &err)) < 0)
 		goto out;
+	struct moe engine_moe = moe;
+	if (o->stats && moe.ops) {
+		counted.inner = moe;
+		counted.n_experts = c->n_routed_experts;
+		counted.count = calloc((size_t)c->num_hidden_layers * (size_t)c->n_routed_experts,
+				       sizeof(*counted.count));
+		if (!counted.count) {
+			fr_error_set(&err, -ENOMEM, "out of memory");
+			goto out;
+		}
+		engine_moe = (struct moe){ &count_ops, &counted };
+	}
 	struct co_engine_opts eo = { .max_seqs = 1, .max_ctx = (int)total,
 				     .max_batch = (int)FR_MIN(n_prompt, 512) };
-	if ((rc = co_engine_create(w, moe, &eo, &e, &err)) < 0)
+	if ((rc = co_engine_create(w, engine_moe, &eo, &e, &err)) < 0)
 		goto out;
 
 	ids = realloc(ids, total * sizeof(*ids));
@@ -316,6 +379,8 @@ static int run_exec(const struct run_opts *o)
 		fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.2f tok/s); isa=%s threads=%d\n",
 			n_prompt, pre_s, (double)n_prompt / pre_s, n_gen, dec_s,
 			n_gen > 1 ? (double)(n_gen - 1) / dec_s : 0.0, kn_ops()->name, kn_threads());
+		if (counted.count)
+			print_expert_load(c, &counted);
 	}
 	ret = CTL_EXIT_OK;
 out:
@@ -327,6 +392,7 @@ out:
 		fprintf(stderr, "ferryctl run: %s\n", err.msg[0] ? err.msg : "failed");
 	co_engine_destroy(e);
 	moe_destroy(&moe);
+	free(counted.count);
 	model_weights_free(w);
 	model_ckpt_close(ck);
 	free(ids);

@@ -14,7 +14,9 @@
  * 0.5/sqrt(fan_in) (they add to the residual every layer); routed down_proj 1/sqrt(fan_in)
  * (their outputs are weighted by routing probabilities well below 1); router 2/sqrt(hidden)
  * so routing is not flat; embeddings std 1; lm_head 1/sqrt(hidden) (logits std ~1, max a few);
- * norm weights 1 + 0.1 N(0,1).
+ * norm weights 1 + 0.1 N(0,1). With a skew (model_gen_opts.skew > 0) the embeddings and
+ * routers get a deterministic component on top, added in f32 before rounding (see the skew
+ * section below).
  *
  * Files are streamed: all headers are computed from the config first, then each tensor is
  * generated in blocks of GEN_BLOCK elements and written, so memory is the tensor table (about
@@ -53,11 +55,19 @@ enum gen_init {
 	GEN_INIT_NORM,        /* 1 + 0.1 N(0,1) */
 };
 
+/* What --skew adds to a tensor (gen_rows_skew). */
+enum gen_skew {
+	GEN_SKEW_NONE = 0,
+	GEN_SKEW_EMBED,       /* model.embed_tokens: the half's shared direction */
+	GEN_SKEW_GATE,        /* a router: popularity components along both directions */
+};
+
 struct gen_tensor {
 	char name[GEN_NAME_MAX];
 	int ndim;
 	int64_t shape[2];
 	enum gen_init init;
+	enum gen_skew skew;
 	double std;
 	uint64_t numel;
 	uint64_t offset;            /* within its shard's data section */
@@ -125,6 +135,8 @@ static int table_build(const struct model_config *cfg, struct gen_table *tb)
 
 	memset(tb, 0, sizeof(*tb));
 	table_add(tb, GEN_INIT_NORMAL, 1.0, cfg->vocab_size, h, "model.embed_tokens.weight");
+	if (!tb->rc)
+		tb->t[tb->n - 1].skew = GEN_SKEW_EMBED;
 	for (int l = 0; l < cfg->num_hidden_layers; l++) {
 		table_add(tb, GEN_INIT_NORM, 0, h, 0, "model.layers.%d.input_layernorm.weight", l);
 		table_add(tb, GEN_INIT_NORMAL, s_h, q, h, "model.layers.%d.self_attn.q_proj.weight", l);
@@ -141,6 +153,8 @@ static int table_build(const struct model_config *cfg, struct gen_table *tb)
 		}
 		table_add(tb, GEN_INIT_NORMAL, 2.0 * s_h, cfg->n_routed_experts, h,
 			  "model.layers.%d.mlp.gate.weight", l);
+		if (!tb->rc)
+			tb->t[tb->n - 1].skew = GEN_SKEW_GATE;
 		for (int e = 0; e < cfg->n_routed_experts; e++) {
 			snprintf(prefix, sizeof(prefix), "model.layers.%d.mlp.experts.%d", l, e);
 			table_ffn(tb, prefix, h, cfg->moe_intermediate_size, 1.0);
@@ -303,6 +317,172 @@ static void gen_block(const struct gen_tensor *t, uint64_t key, uint64_t start, 
 	}
 }
 
+/* ---- skew (model_gen_opts.skew) ------------------------------------------------------------ */
+
+/*
+ * Directions: d_A is sign(i) on even coordinates i and 0 on odd ones, d_B the same on odd
+ * ones, so d_A . d_B = 0 exactly and |d_A|^2 = |d_B|^2 = hidden / 2. Embedding rows of tokens
+ * below vocab/2 get GEN_SKEW_EMBED_GAIN d_A added, the others GEN_SKEW_EMBED_GAIN d_B; the
+ * residual stream and RMSNorm keep that shared component (a fixed share of every row's
+ * norm), so a router input u has u . d_X ~ gain (hidden / 2) / rms(h) for tokens of half X.
+ * Router row e: its random part minus its projections on d_A and d_B (else they would meet
+ * the embeddings' shared component as a random per-expert bias common to all of a half's
+ * tokens, as large as the intended one), plus c_A(e) d_A + c_B(e) d_B with
+ * c_X(e) = GEN_SKEW_KAPPA skew (m - ln rank_X(e)) / (hidden / 2), m the mean of ln r over
+ * r = 1..n. The logit bias is then beta skew ln(1/rank) + const, beta ~ the Gumbel scale of
+ * the router's own token-to-token noise, which KAPPA matches (measured through the engine
+ * by tests/model/test_gen_skew.c). rank_A is a permutation drawn from the gate's key (every
+ * layer has its own hot set), rank_B the same rotated by n/2 (gen_skew_ranks). All arithmetic is IEEE +, -, *, / and
+ * frexp (no libm), in a fixed order: values stay a pure function of (seed, name, index,
+ * skew) on every compiler.
+ */
+#define GEN_SKEW_EMBED_GAIN 1.5f
+#define GEN_SKEW_KAPPA 1.0
+
+/* ln x for x > 0: frexp (exact), then 2 atanh(s) as a series. */
+static double gen_ln(double x)
+{
+	int e;
+	double m = frexp(x, &e); /* x = m 2^e, m in [1/2, 1) */
+
+	if (m < 0.70710678118654752) {
+		m *= 2;
+		e--;
+	}
+	double s = (m - 1) / (m + 1), z = s * s, p = 0; /* |s| <= 0.1716 */
+	for (int j = 23; j >= 1; j -= 2)
+		p = 1.0 / j + z * p;
+	return (double)e * 0.69314718055994531 + 2 * s * p;
+}
+
+/* +1 or -1: the sign of coordinate i in both directions. */
+static float gen_skew_sign(uint64_t key, uint64_t i)
+{
+	return mix64(key + (i + 1) * GEN_GOLDEN) >> 63 ? -1.0f : 1.0f;
+}
+
+/* rank[e] in 1..n: expert e's place in order `half` (0: A, 1: B) of the router whose
+ * tensor key is key. Order A is a Fisher-Yates shuffle; order B is A rotated by n/2, so
+ * the hotter half of either order is the colder half of the other: moving a load from
+ * one vocabulary half to the other moves it onto other experts. perm: scratch of n. */
+static void gen_skew_ranks(uint64_t key, int half, int n, int *perm, int *rank)
+{
+	const uint64_t k = mix64(key ^ 0xA5A5A5A5ull);
+
+	for (int i = 0; i < n; i++)
+		perm[i] = i;
+	for (int i = n - 1; i > 0; i--) {
+		int j = (int)(mix64(k + (uint64_t)i * GEN_GOLDEN) % (uint64_t)(i + 1));
+		int tmp = perm[i];
+		perm[i] = perm[j];
+		perm[j] = tmp;
+	}
+	for (int i = 0; i < n; i++)
+		rank[perm[i]] = (i + (half ? n / 2 : 0)) % n + 1;
+}
+
+struct gen_skew_state {
+	int hidden, split;          /* row length; first token of half B */
+	float *sign;                /* [hidden] +-1 */
+	double *coef;               /* gate: [rows][2] c_A(e), c_B(e) */
+};
+
+static void gen_skew_fini(struct gen_skew_state *st)
+{
+	free(st->sign);
+	free(st->coef);
+}
+
+static int gen_skew_init(const struct gen_tensor *t, const struct model_config *cfg,
+			 uint64_t seed, uint64_t key, double skew, struct gen_skew_state *st)
+{
+	const int h = (int)t->shape[1], n = (int)t->shape[0];
+	const uint64_t sign_key = tensor_key(seed, "ferry.skew.direction");
+	int *perm = NULL, *rank = NULL;
+	double m = 0;
+
+	memset(st, 0, sizeof(*st));
+	st->hidden = h;
+	st->split = cfg->vocab_size / 2;
+	st->sign = malloc((size_t)h * sizeof(*st->sign));
+	if (!st->sign)
+		return -ENOMEM;
+	for (int i = 0; i < h; i++)
+		st->sign[i] = gen_skew_sign(sign_key, (uint64_t)i);
+	if (t->skew != GEN_SKEW_GATE)
+		return 0;
+	st->coef = malloc((size_t)n * 2 * sizeof(*st->coef));
+	perm = malloc((size_t)n * sizeof(*perm));
+	rank = malloc((size_t)n * sizeof(*rank));
+	if (!st->coef || !perm || !rank) {
+		free(perm);
+		free(rank);
+		gen_skew_fini(st);
+		return -ENOMEM;
+	}
+	for (int r = 1; r <= n; r++)
+		m += gen_ln(r);
+	m /= n;
+	for (int half = 0; half < 2; half++) {
+		gen_skew_ranks(key, half, n, perm, rank);
+		for (int e = 0; e < n; e++)
+			st->coef[2 * e + half] = GEN_SKEW_KAPPA * skew * (m - gen_ln(rank[e])) /
+						 (h / 2);
+	}
+	free(perm);
+	free(rank);
+	return 0;
+}
+
+/* Adds the skew to rows [row0, row0 + nrows) of t, f32 values in place. */
+static void gen_skew_rows(const struct gen_tensor *t, const struct gen_skew_state *st,
+			  int64_t row0, int64_t nrows, float *v)
+{
+	const int h = st->hidden;
+
+	for (int64_t r = 0; r < nrows; r++) {
+		float *row = v + (size_t)r * (size_t)h;
+		int64_t idx = row0 + r;
+
+		if (t->skew == GEN_SKEW_EMBED) {
+			for (int i = idx >= st->split; i < h; i += 2)
+				row[i] = row[i] + st->sign[i] * GEN_SKEW_EMBED_GAIN;
+			continue;
+		}
+		double p[2] = { 0, 0 };
+		for (int i = 0; i < h; i++)
+			p[i & 1] += (double)row[i] * st->sign[i];
+		for (int i = 0; i < h; i++) {
+			double c = st->coef[2 * idx + (i & 1)] - p[i & 1] / (h / 2);
+			row[i] = (float)((double)row[i] + c * st->sign[i]);
+		}
+	}
+}
+
+double model_gen_skew_load(double skew, int n, int k)
+{
+	enum { TRIALS = 20000 };
+	double lw[MODEL_MAX_EXPERTS], key[MODEL_MAX_EXPERTS];
+	uint64_t rng = 0x5eedull, hits = 0;
+
+	if (!(skew > 0) || n <= 0 || k <= 0 || k >= n || n > MODEL_MAX_EXPERTS)
+		return 1.0;
+	for (int r = 0; r < n; r++)
+		lw[r] = -skew * log(r + 1.0);
+	for (int t = 0; t < TRIALS; t++) {
+		for (int r = 0; r < n; r++) {
+			double u = ((double)(mix64(rng += GEN_GOLDEN) >> 11) + 0.5) * 0x1p-53;
+			key[r] = lw[r] - log(-log(u));
+		}
+		/* Rank 1 is the most loaded expert: is it among this token's k picks? */
+		int above = 0;
+		for (int r = 1; r < n; r++)
+			above += key[r] > key[0];
+		hits += above < k;
+	}
+	return (double)n * (double)hits / TRIALS / k;
+}
+
 /* ---- writing ---------------------------------------------------------------------------------- */
 
 struct gen_shard {
@@ -315,6 +495,7 @@ struct gen_shard {
 
 struct gen_ctx {
 	const struct model_gen_opts *o;
+	const struct model_config *cfg;
 	const char *dir;
 	struct fr_error *err;
 	struct gen_table tb;
@@ -323,6 +504,7 @@ struct gen_ctx {
 	size_t esize;
 	uint64_t done, total;
 	void *buf;                  /* [GEN_BLOCK] of the output dtype */
+	float *f32;                 /* [GEN_BLOCK] f32, with a skew in bf16 (else NULL) */
 };
 
 struct strbuf {
@@ -466,11 +648,48 @@ static void progress(struct gen_ctx *g, uint64_t bytes)
 		g->o->progress(g->done, g->total, g->o->progress_ctx);
 }
 
+/* A tensor with a skew: whole rows at a time, generated in f32, skewed, then converted. */
+static int write_tensor_skew(struct gen_ctx *g, int fd, const char *path,
+			     const struct gen_tensor *t, uint64_t key)
+{
+	const int64_t h = t->shape[1], rows = t->shape[0];
+	const int64_t per_block = (int64_t)GEN_BLOCK / h; /* >= 2: checked in model_gen() */
+	const int threads = FR_MAX(g->o->threads, 1);
+	float *f32 = g->f32 ? g->f32 : g->buf;
+	struct gen_skew_state st;
+	int rc;
+
+	if (gen_skew_init(t, g->cfg, g->o->seed, key, g->o->skew, &st) < 0)
+		return fr_error_set(g->err, -ENOMEM, "%s: out of memory", t->name);
+	for (int64_t r0 = 0; r0 < rows; r0 += per_block) {
+		int64_t nr = FR_MIN(per_block, rows - r0);
+		size_t n = (size_t)(nr * h);
+
+		/* Row starts are even (hidden is), as gen_block needs. */
+		gen_block(t, key, (uint64_t)(r0 * h), n, KN_DTYPE_F32, threads, f32);
+		gen_skew_rows(t, &st, r0, nr, f32);
+		if (g->o->dtype == KN_DTYPE_BF16) {
+			uint16_t *o = g->buf;
+			for (size_t i = 0; i < n; i++)
+				o[i] = gen_bf16(f32[i]);
+		}
+		if ((rc = write_all(fd, g->buf, n * g->esize, path, g->err)) < 0)
+			goto out;
+		progress(g, n * g->esize);
+	}
+	rc = 0;
+out:
+	gen_skew_fini(&st);
+	return rc;
+}
+
 static int write_tensor(struct gen_ctx *g, int fd, const char *path, const struct gen_tensor *t)
 {
 	const uint64_t key = tensor_key(g->o->seed, t->name);
 	int rc;
 
+	if (t->skew != GEN_SKEW_NONE && g->o->skew > 0)
+		return write_tensor_skew(g, fd, path, t, key);
 	for (uint64_t start = 0; start < t->numel; start += GEN_BLOCK) {
 		size_t n = (size_t)FR_MIN((uint64_t)GEN_BLOCK, t->numel - start);
 
@@ -514,6 +733,32 @@ out:
 	return rc;
 }
 
+/* text and a newline to path, through tmp. */
+static int write_text(const char *text, const char *path, const char *tmp, struct fr_error *err)
+{
+	FILE *f = fopen(tmp, "we");
+
+	if (!f)
+		return fr_error_set(err, -errno, "%s: %s", tmp, strerror(errno));
+	if (fputs(text, f) < 0 || fputc('\n', f) < 0) {
+		int rc = fr_error_set(err, -errno, "%s: write: %s", tmp, strerror(errno));
+		fclose(f);
+		unlink(tmp);
+		return rc;
+	}
+	if (fclose(f) != 0) {
+		int rc = fr_error_set(err, -errno, "%s: close: %s", tmp, strerror(errno));
+		unlink(tmp);
+		return rc;
+	}
+	if (rename(tmp, path) < 0) {
+		int rc = fr_error_set(err, -errno, "%s: rename: %s", tmp, strerror(errno));
+		unlink(tmp);
+		return rc;
+	}
+	return 0;
+}
+
 /* model.safetensors.index.json as transformers writes it (indent 2, sorted keys). */
 static int write_index(struct gen_ctx *g, const char *path, const char *tmp)
 {
@@ -521,7 +766,6 @@ static int write_index(struct gen_ctx *g, const char *path, const char *tmp)
 	uint64_t total = 0;
 	int rc = -ENOMEM;
 	char *text = NULL;
-	FILE *f = NULL;
 
 	if (!root || !meta || !map)
 		goto nomem;
@@ -545,29 +789,7 @@ static int write_index(struct gen_ctx *g, const char *path, const char *tmp)
 	text = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
 	if (!text)
 		goto nomem;
-
-	f = fopen(tmp, "we");
-	if (!f) {
-		rc = fr_error_set(g->err, -errno, "%s: %s", tmp, strerror(errno));
-		goto out;
-	}
-	if (fputs(text, f) < 0 || fputc('\n', f) < 0) {
-		rc = fr_error_set(g->err, -errno, "%s: write: %s", tmp, strerror(errno));
-		fclose(f);
-		unlink(tmp);
-		goto out;
-	}
-	if (fclose(f) != 0) {
-		rc = fr_error_set(g->err, -errno, "%s: close: %s", tmp, strerror(errno));
-		unlink(tmp);
-		goto out;
-	}
-	if (rename(tmp, path) < 0) {
-		rc = fr_error_set(g->err, -errno, "%s: rename: %s", tmp, strerror(errno));
-		unlink(tmp);
-		goto out;
-	}
-	rc = 0;
+	rc = write_text(text, path, tmp, g->err);
 	goto out;
 nomem:
 	rc = fr_error_set(g->err, -ENOMEM, "%s: out of memory building the index", path);
@@ -575,6 +797,71 @@ out:
 	free(text);
 	json_decref(meta);
 	json_decref(map);
+	json_decref(root);
+	return rc;
+}
+
+/* ferry-gen.json: what model_gen_skew_read() reads back. Removes a stale one without skew. */
+static int write_manifest(struct gen_ctx *g)
+{
+	char path[4096], tmp[4096], *text = NULL;
+	json_t *root = NULL;
+	int rc;
+
+	if ((rc = path_join(path, sizeof(path), g->dir, "", MODEL_GEN_MANIFEST, "", g->err)) < 0 ||
+	    (rc = path_join(tmp, sizeof(tmp), g->dir, ".", MODEL_GEN_MANIFEST, ".tmp", g->err)) < 0)
+		return rc;
+	if (!(g->o->skew > 0)) {
+		if (unlink(path) == 0)
+			fr_info("model", "removed stale %s", path);
+		return 0;
+	}
+	root = json_pack("{s:s, s:f, s:i}", "generator", "ferryctl model gen", "skew", g->o->skew,
+			 "vocab_split", g->cfg->vocab_size / 2);
+	text = root ? json_dumps(root, JSON_INDENT(2)) : NULL;
+	rc = text ? write_text(text, path, tmp, g->err)
+		  : fr_error_set(g->err, -ENOMEM, "%s: out of memory", path);
+	free(text);
+	json_decref(root);
+	return rc;
+}
+
+int model_gen_skew_read(const char *dir, struct model_gen_skew_info *ret, struct fr_error *err)
+{
+	struct model_gen_skew_info info = { 0 };
+	char path[4096];
+	json_error_t jerr;
+	json_t *root, *skew, *split;
+	int rc;
+
+	if ((rc = path_join(path, sizeof(path), dir, "", MODEL_GEN_MANIFEST, "", err)) < 0)
+		return rc;
+	if (access(path, F_OK) < 0) {
+		if (errno != ENOENT)
+			return fr_error_set(err, -errno, "%s: %s", path, strerror(errno));
+		*ret = info;
+		return 0;
+	}
+	root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+	if (!root)
+		return fr_error_set(err, -EINVAL, "%s: %s (line %d)", path, jerr.text, jerr.line);
+	skew = json_object_get(root, "skew");
+	split = json_object_get(root, "vocab_split");
+	if (!json_is_number(skew) || !(json_number_value(skew) >= 0) ||
+	    isinf(json_number_value(skew))) {
+		rc = fr_error_set(err, -EINVAL, "%s: \"skew\" is not a number >= 0", path);
+		goto out;
+	}
+	if (!json_is_integer(split) || json_integer_value(split) < 0 ||
+	    json_integer_value(split) > INT32_MAX) {
+		rc = fr_error_set(err, -EINVAL, "%s: \"vocab_split\" is not an integer >= 0", path);
+		goto out;
+	}
+	info.skew = json_number_value(skew);
+	info.vocab_split = (int)json_integer_value(split);
+	*ret = info;
+	rc = 0;
+out:
 	json_decref(root);
 	return rc;
 }
@@ -684,13 +971,20 @@ static int gen_check_opts(const struct model_gen_opts *o, const struct model_con
 	if (o->shards < 1 || o->shards > GEN_MAX_SHARDS)
 		return fr_error_set(err, -EINVAL, "shards %d: must be 1..%d", o->shards,
 				    GEN_MAX_SHARDS);
+	if (!(o->skew >= 0 && o->skew <= MODEL_GEN_MAX_SKEW))
+		return fr_error_set(err, -EINVAL, "skew %g: must be a number in [0, %d]", o->skew,
+				    MODEL_GEN_MAX_SKEW);
+	/* Skewed rows are generated whole, and from even element indices. */
+	if (o->skew > 0 && (preset->hidden_size % 2 || preset->hidden_size > (int)(GEN_BLOCK / 2)))
+		return fr_error_set(err, -EINVAL, "skew: needs an even hidden size <= %u",
+				    GEN_BLOCK / 2);
 	return 0;
 }
 
 int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *err)
 {
 	struct model_config cfg;
-	struct gen_ctx g = { .o = o, .dir = dir, .err = err };
+	struct gen_ctx g = { .o = o, .cfg = &cfg, .dir = dir, .err = err };
 	char path[4096], tmp[4096];
 	int rc, k;
 
@@ -716,14 +1010,16 @@ int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *
 	if ((rc = plan_shards(&g)) < 0)
 		goto out;
 	g.buf = malloc(GEN_BLOCK * g.esize);
-	if (!g.buf) {
+	if (o->skew > 0 && o->dtype != KN_DTYPE_F32)
+		g.f32 = malloc(GEN_BLOCK * sizeof(float));
+	if (!g.buf || (o->skew > 0 && o->dtype != KN_DTYPE_F32 && !g.f32)) {
 		rc = fr_error_set(err, -ENOMEM, "out of memory");
 		goto out;
 	}
-	fr_dbg("model", "gen preset=%s layers=%d dtype=%s seed=%" PRIu64 " shards=%d "
+	fr_dbg("model", "gen preset=%s layers=%d dtype=%s seed=%" PRIu64 " shards=%d skew=%g "
 		"tensors=%zu bytes=%" PRIu64 " dir=%s", model_preset_name(o->preset),
-		cfg.num_hidden_layers, kn_dtype_name(o->dtype), o->seed, o->shards, g.tb.n,
-		g.total, dir);
+		cfg.num_hidden_layers, kn_dtype_name(o->dtype), o->seed, o->shards, o->skew,
+		g.tb.n, g.total, dir);
 
 	for (k = 0; k < g.n_shards; k++) {
 		const struct gen_shard *s = &g.shards[k];
@@ -757,6 +1053,8 @@ int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *
 		/* A stale index from an earlier sharded run would shadow model.safetensors. */
 		fr_info("model", "removed stale %s", path);
 	}
+	if ((rc = write_manifest(&g)) < 0)
+		goto out;
 	if ((rc = path_join(path, sizeof(path), dir, "", "config.json", "", err)) < 0 ||
 	    (rc = model_config_write(&cfg, path, err)) < 0)
 		goto out;
@@ -772,5 +1070,6 @@ out:
 	free(g.shards);
 	free(g.tb.t);
 	free(g.buf);
+	free(g.f32);
 	return rc;
 }

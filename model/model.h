@@ -226,6 +226,8 @@ struct model_param_counts {
 };
 void model_param_count(const struct model_config *cfg, struct model_param_counts *ret);
 
+#define MODEL_GEN_MAX_SKEW 100
+
 struct model_gen_opts {
 	enum model_preset preset;
 	int layers;                 /* 0 = the preset's count; else 1..preset count (trims, keeps
@@ -244,6 +246,19 @@ struct model_gen_opts {
 	 * beside it, if any); vocab_size becomes its vocabulary size and bos/eos_token_id its
 	 * BOS/EOS (null when it has none), so every id it emits is one the model knows. */
 	const char *tokenizer;
+	/* Steerable routing load (0 = off, the files of every earlier version): >= 0, finite.
+	 * Every MoE layer's router favours a per-layer popularity order of its experts, one
+	 * order for prompts of tokens in [0, vocab/2) and another for [vocab/2, vocab):
+	 * expert of rank r gets a logit bias of about S ln(1/r) on the router's noise scale,
+	 * so a token's first choice is rank r with probability ~ r^-S (model_gen_skew_load()).
+	 * Order A is a per-layer shuffle (from the seed), order B is A rotated by n/2: the hot
+	 * half of either order is the cold half of the other.
+	 * How: the embeddings of each vocabulary half share a direction (A on even, B on odd
+	 * coordinates, random signs) and gate row e has a component along A of S times its
+	 * centred log-popularity in order A (and along B for order B), with its random part
+	 * made orthogonal to both. Written to ferry-gen.json beside config.json. At most
+	 * MODEL_GEN_MAX_SKEW (beyond ~3 every token of a half already picks the same experts). */
+	double skew;
 };
 
 /* Writes a deterministic synthetic checkpoint (config.json + safetensors [+ index]
@@ -256,5 +271,24 @@ struct model_gen_opts {
  * file system (err names the file). Built apart from the rest of this folder, in the
  * ferry-model-gen library: link model_gen_dep to call it (the daemons do not). */
 int model_gen(const struct model_gen_opts *o, const char *dir, struct fr_error *err);
+
+/* The generator's record of a skewed checkpoint: DIR/ferry-gen.json, written by model_gen()
+ * when opts.skew > 0 (and removed when it is 0). */
+#define MODEL_GEN_MANIFEST "ferry-gen.json"
+
+struct model_gen_skew_info {
+	double skew;                /* 0 = none (no manifest) */
+	int vocab_split;            /* tokens below it favour order A, the others order B */
+};
+
+/* Reads DIR/ferry-gen.json into *ret ({0} when the file does not exist). Errors: -EINVAL
+ * (malformed: err names the file and key), -errno from the file. */
+int model_gen_skew_read(const char *dir, struct model_gen_skew_info *ret, struct fr_error *err);
+
+/* The routed load the skew targets: expected max/mean tokens per expert when each token
+ * picks k of n experts by Plackett-Luce sampling with weights r^-skew (rank r = 1..n), i.e.
+ * router logits biased by skew ln(1/r) plus Gumbel noise. Deterministic (a fixed-seed Monte
+ * Carlo estimate, about 1% accurate); 1 for skew 0; n/k at most. */
+double model_gen_skew_load(double skew, int n, int k);
 
 #endif /* FERRY_MODEL_H */
