@@ -32,6 +32,7 @@ extern const struct ctl_cmd ctl_cmd_run;
 extern const struct ctl_cmd ctl_cmd_model;
 extern const struct ctl_cmd ctl_cmd_tokenize;
 extern const struct ctl_cmd ctl_cmd_detokenize;
+extern const struct ctl_cmd ctl_cmd_placement;
 extern const struct ctl_cmd ctl_cmd_up;     /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_load;   /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_generate;    /* with gRPC only */
