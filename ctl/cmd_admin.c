@@ -426,52 +426,16 @@ static int placement_show(int argc, char **argv)
 	return o.json ? rc : CTL_EXIT_OK;
 }
 
-/* ---- placement (subcommands) ----------------------------------------------------------------- */
+/* ---- placement show's entry points (the placement command is in cmd_placement.c) --------- */
 
-static const char placement_usage[] =
-	"Usage: ferryctl placement show --cluster ADDR [--layer L]... [--json]\n"
-	"\n"
-	"  show    where every expert of a running cluster lives, with its load\n"
-	"\n"
-	"Each subcommand has --help.\n";
+int ctl_placement_show_main(int argc, char **argv)
+{
+	return placement_show(argc, argv);
+}
 
-static const struct {
-	const char *name;
-	int (*main)(int argc, char **argv);
-} placement_subs[] = {
-	{ "show", placement_show },
-};
-
-static int show_parse_only(int argc, char **argv, struct fr_error *err)
+int ctl_placement_show_parse_only(int argc, char **argv, struct fr_error *err)
 {
 	struct admin_opts o;
 	int rc = admin_parse(argc, argv, true, &o, err);
 	return rc < 0 ? rc : 0;
 }
-
-static int placement_main(int argc, char **argv)
-{
-	if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
-		fputs(placement_usage, argc < 2 ? stderr : stdout);
-		return argc < 2 ? CTL_EXIT_USAGE : CTL_EXIT_OK;
-	}
-	for (size_t i = 0; i < FR_ARRAY_SIZE(placement_subs); i++)
-		if (!strcmp(argv[1], placement_subs[i].name))
-			return placement_subs[i].main(argc - 1, argv + 1);
-	fprintf(stderr, "ferryctl placement: unknown subcommand '%s'\n(see ferryctl placement "
-		"--help)\n", argv[1]);
-	return CTL_EXIT_USAGE;
-}
-
-static int placement_parse_only(int argc, char **argv, struct fr_error *err)
-{
-	if (argc < 2)
-		return fr_error_set(err, -EINVAL, "a subcommand is required");
-	if (!strcmp(argv[1], "show"))
-		return show_parse_only(argc - 1, argv + 1, err);
-	return fr_error_set(err, -EINVAL, "unknown subcommand '%s'", argv[1]);
-}
-
-const struct ctl_cmd ctl_cmd_placement = { "placement",
-					   "show where a cluster's experts live, with their load",
-					   placement_main, placement_parse_only };

@@ -11,11 +11,11 @@ const struct ctl_cmd *const ctl_cmds[] = {
 	&ctl_cmd_model,
 	&ctl_cmd_tokenize,
 	&ctl_cmd_detokenize,
+	&ctl_cmd_placement,
 #ifdef FERRY_HAVE_GRPC
 	&ctl_cmd_up,
 	&ctl_cmd_load,
 	&ctl_cmd_status,
-	&ctl_cmd_placement,
 	&ctl_cmd_generate,
 	&ctl_cmd_score,
 	&ctl_cmd_eval,

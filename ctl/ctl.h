@@ -32,10 +32,13 @@ extern const struct ctl_cmd ctl_cmd_run;
 extern const struct ctl_cmd ctl_cmd_model;
 extern const struct ctl_cmd ctl_cmd_tokenize;
 extern const struct ctl_cmd ctl_cmd_detokenize;
+extern const struct ctl_cmd ctl_cmd_placement;
 extern const struct ctl_cmd ctl_cmd_up;     /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_load;   /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_status;      /* with gRPC only */
-extern const struct ctl_cmd ctl_cmd_placement;   /* with gRPC only */
+/* `placement show` (cmd_admin.c, with gRPC only): the placement command's subcommand. */
+int ctl_placement_show_main(int argc, char **argv);
+int ctl_placement_show_parse_only(int argc, char **argv, struct fr_error *err);
 extern const struct ctl_cmd ctl_cmd_generate;    /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_score;       /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_eval;        /* with gRPC only */

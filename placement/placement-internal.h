@@ -8,8 +8,10 @@
  *   distinct.c    the min_distinct guarantee: cyclic layout, repair
  *   search.c      local search on the most loaded worker
  *   align.c       alignment with the previous layout (migration cost)
+ *   cap.c       co_place_cap_moves(): a migration budget over whole layers
  *   load.c      sliding-window load accounting (co_load_*)
  *   loadfile.c  load-profile files (co_load_profile_*)
+ *   placementfile.c  placement files (co_place_file_*)
  */
 #ifndef FERRY_PLACEMENT_INTERNAL_H
 #define FERRY_PLACEMENT_INTERNAL_H

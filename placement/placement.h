@@ -13,10 +13,11 @@
  * split evenly between its replicas; a worker's load in a layer is the sum over its slots.
  * The solver minimises the largest worker load of every layer.
  *
- * Three parts:
+ * Four parts:
  *   co_place_*        solver, routing table, replica choice per token, quality metrics
  *   co_load_*         sliding-window load accounting (tokens and compute time)
  *   co_load_profile_* load-profile files: the solver's input from disk
+ *   co_place_file_*   placement files: a plan on disk, and the previous one read back
  *
  * Everything returns 0 or a negative errno; -EINVAL failures that a user can cause fill a
  * struct fr_error naming the problem. Nothing here logs, prints or exits.
@@ -127,6 +128,19 @@ int co_place_from_table(int n_layers, int n_experts, int n_workers, const int *s
 
 /* Accepts NULL. */
 void co_place_destroy(struct co_placement *p);
+
+/*
+ * Caps the migration from prev to p at max_moves slots (co_place_moves()) by giving whole
+ * layers of p back their layout in prev. The layers given back are those that gain least
+ * balancedness (mean / max worker load under load, NULL = uniform) per moved slot, first
+ * come; a layer given back is then taken again if it fits in what the cap leaves. With
+ * min_distinct >= 2 a layer whose prev layout breaks that guarantee is never given back.
+ * Returns the moves left (<= max_moves unless no more layers can be given back), or -EINVAL
+ * (shapes differ, max_moves < 0), -ENOMEM. p is modified in place (its routing table
+ * rebuilt); prev and load are borrowed.
+ */
+long co_place_cap_moves(struct co_placement *p, const struct co_placement *prev,
+			const double *load, int min_distinct, long max_moves);
 
 /* The replicas of (layer, expert) and their number; NULL/0 when out of range. */
 const struct co_place_replica *co_place_replicas(const struct co_placement *p, int layer,
@@ -270,5 +284,44 @@ int co_load_profile_read(const char *path, int want_layers, int want_experts,
 			 struct co_load_profile *ret, struct fr_error *err);
 /* Frees the loads; accepts a zeroed profile. */
 void co_load_profile_fini(struct co_load_profile *pr);
+
+/* ==== placement files ======================================================================= */
+
+/*
+ * A placement file is JSON (written by co_place_file_write(), `ferryctl placement plan --out`):
+ *
+ *   { "format": "ferry-placement",                             optional, checked
+ *     "n_workers": 3,                                           required
+ *     "slots": [2, 2, 3],                                       required: slots per layer of
+ *                                                               each worker, n_workers of them
+ *     "n_experts": 6, "n_layers": 2,                            optional, checked
+ *     "layers": [ [0, 1, 2, 3, 4, 5, 0], [5, 4, 3, 2, 1, 0, -1] ], required
+ *     "comment": "anything" }                                   optional
+ *
+ * "layers" holds one array per MoE layer: the expert in every global slot, worker 0's slots
+ * first (in slot order), then worker 1's, and so on, so each has sum(slots) entries; -1 is
+ * an empty slot. Every expert 0 .. n_experts-1 must be in at least one slot of every layer.
+ * Without "n_experts" the experts are 0 .. the largest id in the table. Other keys and
+ * duplicate keys are rejected.
+ */
+
+/* Parses len bytes of JSON into a placement (routing table built, co_place_check()ed).
+ * want_experts: the required expert count, 0 = any. Errors: -EINVAL with err naming the
+ * problem and where ("layers[3][17] (worker 2 slot 5): expert 200 out of range (128
+ * experts)", "layers[3]: expert 9 is in no slot", "layers[1] has 95 slots, \"slots\" add up
+ * to 96", "invalid JSON at line 2 column 5: ..."), -ENOMEM. *ret is owned by the caller
+ * (co_place_destroy()), written only on success. */
+int co_place_file_parse(const char *json, size_t len, int want_experts,
+			struct co_placement **ret, struct fr_error *err);
+/* Same from a file (at most 256 MiB); messages start with the path. Adds -errno of the read. */
+int co_place_file_read(const char *path, int want_experts, struct co_placement **ret,
+		       struct fr_error *err);
+/* The file's text for p (one line per layer), NUL-terminated: *ret is heap-owned by the
+ * caller, *ret_len its length. Errors: -EINVAL (no p), -ENOMEM. */
+int co_place_file_format(const struct co_placement *p, char **ret, size_t *ret_len,
+			 struct fr_error *err);
+/* Writes p to path: a temporary file beside it renamed over it, so a reader never sees half
+ * a file. Errors: -ENOMEM, -errno of the create/write/rename with err naming the path. */
+int co_place_file_write(const struct co_placement *p, const char *path, struct fr_error *err);
 
 #endif /* FERRY_PLACEMENT_H */
