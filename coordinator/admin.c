@@ -2,9 +2,12 @@
 /*
  * admin.c - the Admin service (admin.proto), behind the operators' bearer token: GetLoad
  * (the device-level load per MoE layer and worker, balancedness), BenchEngine, Status (the
- * cluster at a glance) and GetPlacement (where every expert lives, and its load).
+ * cluster at a glance), GetPlacement (where every expert lives, and its load) and
+ * Rebalance (plan from the measured load, then the live move: workers stage the new
+ * epoch's slots while serving, the routing table swaps between two steps).
  */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -312,6 +315,16 @@ static grpc_status_code on_status(struct rpc_call *call, const ProtobufCMessage 
 	resp.workers = wsp;
 	resp.epoch = s->epoch;
 	resp.uptime_s = (double)(now - s->t_start_ns) / 1e9;
+	Ferry__V1__RebalanceSummary rs = FERRY__V1__REBALANCE_SUMMARY__INIT;
+	if (s->last_rebalance.done) {
+		rs.when_unix_s = s->last_rebalance.when_unix_s;
+		rs.why = s->last_rebalance.why;
+		rs.moves = s->last_rebalance.moves;
+		rs.duration_s = s->last_rebalance.duration_s;
+		rs.balancedness_before = s->last_rebalance.before;
+		rs.balancedness_after = s->last_rebalance.after;
+		resp.last_rebalance = &rs;
+	}
 	sched = s->status == S_SERVING ? s->sched : NULL;
 	if (sched) {
 		struct co_sched_stats ss;
@@ -443,6 +456,369 @@ unlock:
 	return st;
 }
 
+/* ---- Rebalance -------------------------------------------------------------------------------- */
+
+#define REBALANCE_LOAD_TIMEOUT_MS 120000
+
+/* The plan of one rebalance, for its progress messages. */
+struct rb_plan {
+	int n_layers, n_workers;
+	Ferry__V1__LayerPlan *lp, **lpp;     /* [n_layers] */
+	Ferry__V1__WorkerPlan *wp, **wpp;    /* [n_workers] */
+	struct co_place_stats *before, *after;
+	uint32_t moves, slots_total;
+	uint64_t bytes;
+	double mean_before, mean_after;
+};
+
+static void rb_plan_fini(struct rb_plan *pl)
+{
+	free(pl->lp);
+	free(pl->lpp);
+	free(pl->wp);
+	free(pl->wpp);
+	free(pl->before);
+	free(pl->after);
+}
+
+/* Fills pl from prev -> next under load; names are s's (valid while s lives). */
+static int rb_plan_make(struct co_server *s, const struct co_placement *prev,
+			const struct co_placement *next, const double *load, struct rb_plan *pl)
+{
+	int L = next->n_layers, W = next->n_workers, T = next->total_slots;
+	uint64_t per_slot = 3ull * (uint64_t)s->cfg->hidden_size *
+			    (uint64_t)s->cfg->moe_intermediate_size * kn_dtype_size(s->cfg->torch_dtype);
+
+	memset(pl, 0, sizeof(*pl));
+	pl->n_layers = L;
+	pl->n_workers = W;
+	pl->lp = calloc((size_t)L, sizeof(*pl->lp));
+	pl->lpp = calloc((size_t)L, sizeof(*pl->lpp));
+	pl->wp = calloc((size_t)W, sizeof(*pl->wp));
+	pl->wpp = calloc((size_t)W, sizeof(*pl->wpp));
+	pl->before = calloc((size_t)L, sizeof(*pl->before));
+	pl->after = calloc((size_t)L, sizeof(*pl->after));
+	if (!pl->lp || !pl->lpp || !pl->wp || !pl->wpp || !pl->before || !pl->after)
+		return -ENOMEM;
+	co_place_evaluate(prev, load, pl->before);
+	co_place_evaluate(next, load, pl->after);
+	for (int w = 0; w < W; w++) {
+		ferry__v1__worker_plan__init(&pl->wp[w]);
+		pl->wp[w].index = (uint32_t)w;
+		pl->wp[w].name = s->workers[w].name;
+		pl->wpp[w] = &pl->wp[w];
+	}
+	for (int l = 0; l < L; l++) {
+		Ferry__V1__LayerPlan *x = &pl->lp[l];
+		ferry__v1__layer_plan__init(x);
+		x->layer = (uint32_t)l;
+		x->balancedness_before = pl->before[l].balancedness;
+		x->balancedness_after = pl->after[l].balancedness;
+		for (int j = 0; j < T; j++) {
+			if (prev->slot_expert[(size_t)l * T + j] == next->slot_expert[(size_t)l * T + j])
+				continue;
+			x->moves++;
+			pl->wp[next->slot_worker[j]].slots_to_load++;
+			pl->wp[next->slot_worker[j]].bytes_to_load += per_slot;
+		}
+		pl->moves += x->moves;
+		pl->mean_before += x->balancedness_before / L;
+		pl->mean_after += x->balancedness_after / L;
+		pl->lpp[l] = x;
+	}
+	pl->slots_total = (uint32_t)((size_t)L * T);
+	pl->bytes = per_slot * pl->moves;
+	return 0;
+}
+
+static int rb_send(struct rpc_call *call, const struct rb_plan *pl, uint64_t epoch,
+		   Ferry__V1__RebalanceProgress__Phase phase, uint64_t t0, const char *detail)
+{
+	Ferry__V1__RebalanceProgress m = FERRY__V1__REBALANCE_PROGRESS__INIT;
+
+	m.phase = phase;
+	m.epoch = epoch;
+	if (phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED ||
+	    phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE) {
+		m.n_layers = (size_t)pl->n_layers;
+		m.layers = pl->lpp;
+	}
+	m.n_workers = (size_t)pl->n_workers;
+	m.workers = pl->wpp;
+	m.moves = pl->moves;
+	m.slots_total = pl->slots_total;
+	m.bytes_to_move = pl->bytes;
+	m.balancedness_before = pl->mean_before;
+	m.balancedness_after = pl->mean_after;
+	m.duration_s = (double)(fr_now_ns() - t0) / 1e9;
+	m.detail = (char *)(detail ? detail : "");
+	/* The rebalance goes on whether or not the client still listens. */
+	return rpc_call_send(call, &m.base);
+}
+
+/* Gives layers of next whose gain is below min_gain their layout in prev. */
+static int rb_min_gain(struct co_placement **next, const struct co_placement *prev,
+		       const double *load, double min_gain, struct fr_error *err)
+{
+	const struct co_placement *p = *next;
+	int L = p->n_layers, T = p->total_slots, kept = 0, rc;
+	struct co_place_stats *a = calloc((size_t)L, sizeof(*a)), *b = calloc((size_t)L, sizeof(*b));
+	int32_t *table = malloc((size_t)L * T * sizeof(*table));
+	struct co_placement *q = NULL;
+
+	if (!a || !b || !table) {
+		rc = fr_error_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	co_place_evaluate(prev, load, b);
+	co_place_evaluate(p, load, a);
+	memcpy(table, p->slot_expert, (size_t)L * T * sizeof(*table));
+	for (int l = 0; l < L; l++)
+		if (a[l].balancedness - b[l].balancedness < min_gain) {
+			memcpy(table + (size_t)l * T, prev->slot_expert + (size_t)l * T,
+			       (size_t)T * sizeof(*table));
+			kept++;
+		}
+	rc = 0;
+	if (kept && (rc = co_place_from_table(L, p->n_experts, p->n_workers, p->slots, table, &q,
+					      err)) == 0) {
+		co_place_destroy(*next);
+		*next = q;
+	}
+out:
+	free(a);
+	free(b);
+	free(table);
+	return rc;
+}
+
+static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessage *req,
+				     void *arg)
+{
+	const Ferry__V1__RebalanceRequest *r = (const Ferry__V1__RebalanceRequest *)req;
+	struct co_server *s = arg;
+	int n_moe = model_n_moe_layers(s->cfg), n_e = s->cfg->n_routed_experts;
+	struct co_load_profile pr = { 0 };
+	struct co_placement *prev = NULL, *next = NULL, *old = NULL;
+	struct fr_error err = { { 0 } };
+	struct rb_plan pl = { 0 };
+	double *load = NULL;
+	uint64_t t0 = fr_now_ns(), epoch = 0;
+	grpc_status_code st;
+	int rc, min_distinct;
+	char why[128];
+
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
+	if (!isfinite(r->min_gain) || r->min_gain < 0 || r->min_gain > 1)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "min_gain %g is not in [0, 1]", r->min_gain);
+	if (r->min_distinct > (uint32_t)s->o.workers)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
+				     "min_distinct %u exceeds the %d workers", r->min_distinct,
+				     s->o.workers);
+	if (r->why && strlen(r->why) > 100)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "why: at most 100 bytes");
+	snprintf(why, sizeof(why), "%s", r->why && r->why[0] ? r->why : "manual");
+	min_distinct = r->min_distinct ? (int)r->min_distinct : s->o.min_distinct;
+	if (r->profile_json && r->profile_json[0] &&
+	    co_load_profile_parse(r->profile_json, strlen(r->profile_json), n_moe, n_e, &pr,
+				  &err) < 0)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "profile_json: %s",
+				     err.msg);
+	load = calloc((size_t)n_moe * n_e, sizeof(*load));
+	if (!load) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto out;
+	}
+
+	/* A snapshot of the placement in force and of the load, then plan without locks. */
+	pthread_mutex_lock(&s->engine_mu);
+	pthread_mutex_lock(&s->mu);
+	if (s->status != S_SERVING || !s->place || !s->load) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				   "the cluster is not serving (%s)", co__status_name(s->status));
+	} else if (s->rebalancing) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				   "a rebalance to epoch %llu is running; wait for it to finish",
+				   (unsigned long long)s->pending_epoch);
+	} else {
+		st = GRPC_STATUS_OK;
+		for (int w = 0; w < s->n_joined && st == GRPC_STATUS_OK; w++)
+			if (s->workers[w].state != W_LOADED)
+				st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+						   "worker %d '%s' is not serving (%s): a rebalance "
+						   "needs every worker", w, s->workers[w].name,
+						   s->workers[w].state == W_FAILED ? s->workers[w].fail :
+						   "joining or draining");
+		for (int l = 0; l < s->place->n_layers && st == GRPC_STATUS_OK; l++)
+			for (int j = 0; j < s->place->total_slots; j++)
+				if (s->place->slot_expert[(size_t)l * s->place->total_slots + j] ==
+				    CO_PLACE_EMPTY) {
+					st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+							   "slots are out of service (a worker "
+							   "handed them back): a rebalance needs "
+							   "every slot");
+					break;
+				}
+	}
+	if (st == GRPC_STATUS_OK) {
+		if (pr.load)
+			memcpy(load, pr.load, (size_t)n_moe * n_e * sizeof(*load));
+		else
+			co_load_profile_get(s->load, load);
+		rc = co_place_from_table(s->place->n_layers, s->place->n_experts,
+					 s->place->n_workers, s->place->slots, s->place->slot_expert,
+					 &prev, &err);
+		if (rc < 0)
+			st = rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
+		else
+			s->rebalancing = true;
+	}
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_unlock(&s->engine_mu);
+	if (st != GRPC_STATUS_OK)
+		goto out;
+
+	double total = 0;
+	for (int i = 0; i < n_moe * n_e; i++)
+		total += load[i];
+	if (total <= 0) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				   "no load in the window yet: serve some requests first, or give a "
+				   "profile");
+		goto done;
+	}
+	struct co_place_problem pb = { .n_layers = n_moe, .n_experts = n_e,
+				       .n_workers = prev->n_workers, .slots = prev->slots,
+				       .load = load };
+	struct co_place_opts po = { .min_distinct = min_distinct };
+	if ((rc = co_place_solve(&pb, &po, prev, &next, &err)) < 0 ||
+	    (r->min_gain > 0 && (rc = rb_min_gain(&next, prev, load, r->min_gain, &err)) < 0)) {
+		st = rpc_call_fail(call, rpc_status_from_errno(rc), "plan: %s", err.msg);
+		goto done;
+	}
+	if (r->max_moves > 0 &&
+	    (rc = (int)co_place_cap_moves(next, prev, load, min_distinct, r->max_moves)) < 0) {
+		st = rpc_call_fail(call, rpc_status_from_errno(rc), "plan: cannot cap the moves");
+		goto done;
+	}
+	if (rb_plan_make(s, prev, next, load, &pl) < 0) {
+		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		goto done;
+	}
+	pthread_mutex_lock(&s->mu);
+	epoch = FR_MAX(s->last_epoch, s->epoch) + 1;
+	pthread_mutex_unlock(&s->mu);
+	fr_info(LOG_COMP, "rebalance (%s): %u of %u slots to move (%.1f MiB), balancedness "
+		"%.3f -> %.3f%s", why, pl.moves, pl.slots_total, (double)pl.bytes / (1 << 20),
+		pl.mean_before, pl.mean_after, r->dry_run ? " (dry run)" : "");
+	rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED, t0,
+		r->dry_run ? "dry run: nothing moves" : pl.moves ? "" : "nothing to move");
+	if (r->dry_run || pl.moves == 0) {
+		st = GRPC_STATUS_OK;
+		goto done;
+	}
+
+	/* Loading: every worker fetches its slots of the new epoch at its next heartbeat,
+	 * binds them while it serves, stages them and acknowledges. */
+	struct timespec dl;
+	char fail[256] = "";
+	int acked = -1;
+	fr_deadline_ms(&dl, REBALANCE_LOAD_TIMEOUT_MS);
+	pthread_mutex_lock(&s->mu);
+	s->pending = next;
+	s->pending_epoch = epoch;
+	s->last_epoch = epoch;
+	for (;;) {
+		int n = 0;
+		for (int w = 0; w < s->n_joined; w++) {
+			bool ok = s->workers[w].acked_epoch >= epoch;
+			pl.wp[w].loaded = ok;
+			n += ok;
+			if (s->workers[w].state != W_LOADED && !fail[0])
+				snprintf(fail, sizeof(fail), "worker %d '%s' left while loading (%s)",
+					 w, s->workers[w].name, s->workers[w].fail);
+		}
+		if (s->status != S_SERVING && !fail[0])
+			snprintf(fail, sizeof(fail), "the cluster is %s",
+				 co__status_name(s->status));
+		if (fail[0] || n == s->n_joined)
+			break;
+		if (n != acked) {
+			acked = n;
+			pthread_mutex_unlock(&s->mu);
+			rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING,
+				t0, "");
+			pthread_mutex_lock(&s->mu);
+			continue;
+		}
+		if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) {
+			snprintf(fail, sizeof(fail), "workers did not load their slots within %d s",
+				 REBALANCE_LOAD_TIMEOUT_MS / 1000);
+			break;
+		}
+	}
+	if (fail[0]) {
+		s->pending = NULL;
+		pthread_mutex_unlock(&s->mu);
+		fr_warn(LOG_COMP, "rebalance to epoch %llu abandoned, epoch %llu serves on: %s",
+			(unsigned long long)epoch, (unsigned long long)s->epoch, fail);
+		st = rpc_call_fail(call, GRPC_STATUS_ABORTED, "rebalance abandoned, the old "
+				   "placement serves on: %s", fail);
+		goto done; /* next is destroyed there */
+	}
+	pthread_mutex_unlock(&s->mu);
+	rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING, t0, "");
+
+	/* The swap, between two steps: engine_mu keeps every forward pass out. */
+	pthread_mutex_lock(&s->engine_mu);
+	pthread_mutex_lock(&s->mu);
+	rc = moe_remote_set_placement(&s->moe, next, (uint32_t)epoch);
+	if (rc == 0) {
+		old = s->place;
+		s->place = next;
+		s->epoch = epoch;
+		next = NULL;
+		co_load_reset(s->load);
+		struct co_rebalance_record *lr = &s->last_rebalance;
+		lr->done = true;
+		lr->when_unix_s = (double)rpc_auth_now_ms() / 1e3;
+		lr->duration_s = (double)(fr_now_ns() - t0) / 1e9;
+		lr->before = pl.mean_before;
+		lr->after = pl.mean_after;
+		lr->moves = pl.moves;
+		snprintf(lr->why, sizeof(lr->why), "%s", why);
+	}
+	s->pending = NULL;
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_unlock(&s->engine_mu);
+	if (rc < 0) {
+		st = rpc_call_fail(call, GRPC_STATUS_ABORTED, "rebalance abandoned at the swap: %s",
+				   rc == -EBUSY ? "a micro-batch was outstanding" : strerror(-rc));
+		goto done;
+	}
+	fr_info(LOG_COMP, "rebalance (%s): epoch %llu in force, %u slots moved in %.2f s, "
+		"balancedness %.3f -> %.3f (predicted)", why, (unsigned long long)epoch, pl.moves,
+		(double)(fr_now_ns() - t0) / 1e9, pl.mean_before, pl.mean_after);
+	rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_SWAPPED, t0, "");
+	rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE, t0, "");
+	st = GRPC_STATUS_OK;
+done:
+	pthread_mutex_lock(&s->mu);
+	s->rebalancing = false;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+out:
+	co_place_destroy(old);
+	co_place_destroy(next);
+	co_place_destroy(prev);
+	co_load_profile_fini(&pr);
+	rb_plan_fini(&pl);
+	free(load);
+	return st;
+}
+
 int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_error *err)
 {
 	int rc;
@@ -458,7 +834,11 @@ int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_er
 					&ferry__v1__status_request__descriptor, on_status, s,
 					err)) < 0)
 		return rc;
-	return rpc_server_add_method(srv, RPC_M_GET_PLACEMENT, RPC_METHOD_UNARY,
-				     &ferry__v1__get_placement_request__descriptor,
-				     on_get_placement, s, err);
+	if ((rc = rpc_server_add_method(srv, RPC_M_GET_PLACEMENT, RPC_METHOD_UNARY,
+					&ferry__v1__get_placement_request__descriptor,
+					on_get_placement, s, err)) < 0)
+		return rc;
+	return rpc_server_add_method(srv, RPC_M_REBALANCE, RPC_METHOD_SERVER_STREAMING,
+				     &ferry__v1__rebalance_request__descriptor, on_rebalance, s,
+				     err);
 }

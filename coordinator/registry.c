@@ -207,7 +207,8 @@ static grpc_status_code on_heartbeat(struct rpc_call *call, const ProtobufCMessa
 	pthread_mutex_lock(&s->mu);
 	if ((w = authed_worker(s, call, &r->base, r->worker_index, &st))) {
 		w->last_heartbeat_ns = fr_now_ns();
-		resp.epoch = s->epoch;
+		/* A newer epoch while a rebalance loads: the worker fetches and stages it. */
+		resp.epoch = s->pending ? s->pending_epoch : s->epoch;
 		resp.drain = s->status == S_DRAINING || s->status == S_FAILED || s->stop;
 		rpc_call_send(call, &resp.base);
 	}
@@ -251,7 +252,9 @@ static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufC
 				   "workers joined)", co__status_name(s->status), s->n_joined, s->o.workers);
 		goto unlock;
 	}
-	const struct co_placement *p = s->place;
+	/* While a rebalance loads, the slots of the coming epoch. */
+	const struct co_placement *p = s->pending ? s->pending : s->place;
+	uint64_t epoch = s->pending ? s->pending_epoch : s->epoch;
 	size_t n = (size_t)p->n_layers * (size_t)p->slots[w->index];
 	sa = calloc(n ? n : 1, sizeof(*sa));
 	sap = calloc(n ? n : 1, sizeof(*sap));
@@ -272,7 +275,7 @@ static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufC
 			sap[k] = &sa[k];
 			k++;
 		}
-	resp.epoch = s->epoch;
+	resp.epoch = epoch;
 	resp.n_slots = k;
 	resp.slots = sap;
 	rpc_call_send(call, &resp.base);
@@ -319,13 +322,15 @@ static grpc_status_code on_load_experts(struct rpc_call *call, const ProtobufCMe
 	pthread_mutex_lock(&s->mu);
 	if (!(w = authed_worker(s, call, &r->base, r->worker_index, &st)))
 		goto unlock;
-	if (!s->place || r->epoch != s->epoch) {
+	bool staging = s->pending && r->epoch == s->pending_epoch;
+	if (!s->place || (r->epoch != s->epoch && !staging)) {
 		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
-				   "epoch %llu is not the one in force (%llu)",
-				   (unsigned long long)r->epoch, (unsigned long long)s->epoch);
+				   "epoch %llu is not the one in force (%llu)%s",
+				   (unsigned long long)r->epoch, (unsigned long long)s->epoch,
+				   s->pending ? " nor the one being loaded" : "");
 		goto unlock;
 	}
-	const struct co_placement *p = s->place;
+	const struct co_placement *p = staging ? s->pending : s->place;
 	size_t want = (size_t)p->n_layers * (size_t)p->slots[w->index];
 	if (r->n_slots != want) {
 		st = rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
@@ -336,6 +341,7 @@ static grpc_status_code on_load_experts(struct rpc_call *call, const ProtobufCMe
 		goto unlock;
 	if (w->state == W_CONNECTED)
 		w->state = W_LOADED;
+	w->acked_epoch = FR_MAX(w->acked_epoch, r->epoch);
 	fr_info(LOG_COMP, "worker %d '%s' loaded %zu slots (epoch %llu)", w->index, w->name,
 		r->n_slots, (unsigned long long)r->epoch);
 	pthread_cond_broadcast(&s->cv);

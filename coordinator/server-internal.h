@@ -57,6 +57,7 @@ struct srv_worker {
 	char addr[128];                /* where its Join came from (gRPC peer), for Status */
 	uint64_t memory_bytes;         /* host memory it announced (0: none) */
 	uint64_t last_heartbeat_ns;
+	uint64_t acked_epoch;          /* the newest epoch whose slots it acknowledged */
 	bool told_place_err;           /* got the impossible-placement answer */
 	/* Its session (internal.proto): every request after Join is signed with this key. */
 	uint8_t session_key[RPC_AUTH_KEY_LEN];
@@ -91,6 +92,19 @@ struct co_server {
 	struct srv_worker *workers;    /* [o.workers] */
 	int n_joined;
 	uint64_t epoch;
+	/* Live rebalance (admin.c): the placement being loaded and the epoch it becomes; NULL
+	 * when none. Workers fetch it (GetAssignment), stage it and acknowledge (LoadExperts);
+	 * the swap makes it s->place. Epochs are never reused: last_epoch only grows. */
+	struct co_placement *pending;
+	uint64_t pending_epoch;
+	uint64_t last_epoch;
+	bool rebalancing;
+	struct co_rebalance_record {
+		bool done;
+		double when_unix_s, duration_s, before, after;
+		uint32_t moves;
+		char why[128];
+	} last_rebalance;
 	struct co_placement *place;
 	char place_err[512];           /* set when the placement is impossible */
 	struct co_serving serving;     /* Generate/Score context */

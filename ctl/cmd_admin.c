@@ -426,6 +426,268 @@ static int placement_show(int argc, char **argv)
 	return o.json ? rc : CTL_EXIT_OK;
 }
 
+/* ---- rebalance ------------------------------------------------------------------------------- */
+
+static const char rebalance_usage[] =
+	"Usage: ferryctl rebalance --cluster ADDR [--dry-run] [--max-moves N] [--min-gain G]\n"
+	"                          [--min-distinct K] [--profile FILE] [--wait] [--json]\n"
+	"\n"
+	"Re-places the experts of a running cluster for the load it measured over its window\n"
+	"(or for a load-profile file) and moves them live: each worker binds its new slots\n"
+	"while it serves, then the coordinator swaps its routing table between two steps.\n"
+	"Prints the plan (per layer: balancedness before and after, slots moved; per worker:\n"
+	"slots and bytes to load); with --wait, follows the move to the end (a progress line on\n"
+	"a terminal) and prints the outcome.\n"
+	"\n"
+	"      --dry-run        print the plan; nothing moves\n"
+	"      --max-moves N    reload at most N slots (whole layers keep their old layout,\n"
+	"                       those gaining least per moved slot first)\n"
+	"      --min-gain G     keep the layout of layers that would gain less than G\n"
+	"                       balancedness (0..1)\n"
+	"      --min-distinct K every expert on at least K workers (default: the coordinator's\n"
+	"                       [placement] min_distinct)\n"
+	"      --profile FILE   plan for this load profile (placement.h format) instead of the\n"
+	"                       measured window\n"
+	"      --wait           wait until the new placement is in force\n"
+	ADMIN_USAGE_COMMON;
+
+struct rebalance_opts {
+	struct admin_opts a;
+	bool dry_run, wait;
+	uint32_t max_moves, min_distinct;
+	double min_gain;
+	const char *profile;
+};
+
+enum { RB_DRY = 300, RB_MAXM, RB_GAIN, RB_DIST, RB_PROF, RB_WAIT };
+
+static const struct option rebalance_longopts[] = {
+	{ "cluster", required_argument, NULL, 'c' },
+	{ "json", no_argument, NULL, ADM_JSON },
+	{ "token-file", required_argument, NULL, ADM_TOKEN },
+	{ "dry-run", no_argument, NULL, RB_DRY },
+	{ "max-moves", required_argument, NULL, RB_MAXM },
+	{ "min-gain", required_argument, NULL, RB_GAIN },
+	{ "min-distinct", required_argument, NULL, RB_DIST },
+	{ "profile", required_argument, NULL, RB_PROF },
+	{ "wait", no_argument, NULL, RB_WAIT },
+	CTL_TLS_LONGOPTS,
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static int rebalance_parse(int argc, char **argv, struct rebalance_opts *o, struct fr_error *err)
+{
+	int c, v = 0;
+	char *end;
+
+	memset(o, 0, sizeof(*o));
+	ctl_getopt_reset();
+	while ((c = getopt_long(argc, argv, ":c:h", rebalance_longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c': o->a.cluster = optarg; break;
+		case ADM_JSON: o->a.json = true; break;
+		case ADM_TOKEN: o->a.token_file = optarg; break;
+		case RB_DRY: o->dry_run = true; break;
+		case RB_WAIT: o->wait = true; break;
+		case RB_PROF: o->profile = optarg; break;
+		case RB_MAXM:
+			if (ctl_arg_int("max-moves", optarg, 1, INT32_MAX, &v, err) < 0)
+				return -EINVAL;
+			o->max_moves = (uint32_t)v;
+			break;
+		case RB_DIST:
+			if (ctl_arg_int("min-distinct", optarg, 1, 1024, &v, err) < 0)
+				return -EINVAL;
+			o->min_distinct = (uint32_t)v;
+			break;
+		case RB_GAIN:
+			errno = 0;
+			o->min_gain = strtod(optarg, &end);
+			if (errno || end == optarg || *end || !(o->min_gain >= 0 && o->min_gain <= 1))
+				return fr_error_set(err, -EINVAL, "--min-gain: '%s' is not a number in "
+						    "[0, 1]", optarg);
+			break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->a.tls, c, optarg);
+			break;
+		case 'h': return 1;
+		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
+		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
+		}
+	}
+	if (optind < argc)
+		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
+	if (o->dry_run && o->wait)
+		return fr_error_set(err, -EINVAL, "--wait with --dry-run: a dry run moves nothing");
+	if (!o->a.cluster)
+		o->a.cluster = getenv("FERRY_CLUSTER");
+	if (!o->a.cluster || !*o->a.cluster)
+		return fr_error_set(err, -EINVAL, "--cluster ADDR is required (or $FERRY_CLUSTER)");
+	if (!o->a.token_file && getenv("FERRY_ADMIN_TOKEN_FILE") && *getenv("FERRY_ADMIN_TOKEN_FILE"))
+		o->a.token_file = getenv("FERRY_ADMIN_TOKEN_FILE");
+	return ctl_tls_finish(&o->a.tls, err);
+}
+
+static const char *phase_name(Ferry__V1__RebalanceProgress__Phase p)
+{
+	switch (p) {
+	case FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED: return "planned";
+	case FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING: return "loading";
+	case FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_SWAPPED: return "swapped";
+	case FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE: return "done";
+	default: return "unknown";
+	}
+}
+
+static json_t *progress_json(const Ferry__V1__RebalanceProgress *m)
+{
+	json_t *layers = json_array(), *workers = json_array();
+
+	for (size_t i = 0; i < m->n_layers; i++)
+		json_array_append_new(layers, json_pack(
+			"{s:I, s:f, s:f, s:I}", "layer", (json_int_t)m->layers[i]->layer,
+			"balancedness_before", m->layers[i]->balancedness_before,
+			"balancedness_after", m->layers[i]->balancedness_after,
+			"moves", (json_int_t)m->layers[i]->moves));
+	for (size_t i = 0; i < m->n_workers; i++)
+		json_array_append_new(workers, json_pack(
+			"{s:I, s:s, s:I, s:I, s:b}", "index", (json_int_t)m->workers[i]->index,
+			"name", m->workers[i]->name, "slots_to_load",
+			(json_int_t)m->workers[i]->slots_to_load, "bytes_to_load",
+			(json_int_t)m->workers[i]->bytes_to_load, "loaded", m->workers[i]->loaded));
+	return json_pack("{s:s, s:I, s:o, s:o, s:I, s:I, s:I, s:f, s:f, s:f, s:s}", "phase",
+			 phase_name(m->phase), "epoch", (json_int_t)m->epoch, "layers", layers,
+			 "workers", workers, "moves", (json_int_t)m->moves, "slots_total",
+			 (json_int_t)m->slots_total, "bytes_to_move", (json_int_t)m->bytes_to_move,
+			 "balancedness_before", m->balancedness_before, "balancedness_after",
+			 m->balancedness_after, "duration_s", m->duration_s, "detail", m->detail);
+}
+
+static void plan_print(const Ferry__V1__RebalanceProgress *m, bool dry)
+{
+	char b[32];
+
+	human_bytes(m->bytes_to_move, b, sizeof(b));
+	printf("%s to epoch %llu: %u of %u slots move (%s), balancedness %.3f -> %.3f%s%s\n",
+	       dry ? "plan (dry run)" : "rebalance", (unsigned long long)m->epoch, m->moves,
+	       m->slots_total, b, m->balancedness_before, m->balancedness_after,
+	       m->detail[0] ? ": " : "", m->detail);
+	printf("%-6s %8s %8s %6s\n", "layer", "before", "after", "moves");
+	for (size_t i = 0; i < m->n_layers; i++)
+		printf("%-6u %8.3f %8.3f %6u\n", m->layers[i]->layer,
+		       m->layers[i]->balancedness_before, m->layers[i]->balancedness_after,
+		       m->layers[i]->moves);
+	for (size_t i = 0; i < m->n_workers; i++) {
+		human_bytes(m->workers[i]->bytes_to_load, b, sizeof(b));
+		printf("worker %-12s loads %5u slots (%s)\n", m->workers[i]->name,
+		       m->workers[i]->slots_to_load, b);
+	}
+}
+
+static int rebalance_main(int argc, char **argv)
+{
+	Ferry__V1__RebalanceRequest req = FERRY__V1__REBALANCE_REQUEST__INIT;
+	struct fr_error err = { { 0 } };
+	struct rpc_channel *ch = NULL;
+	struct rpc_stream *st = NULL;
+	struct rebalance_opts o;
+	char *profile = NULL;
+	size_t plen;
+	bool tty = isatty(1), bar = false;
+	int rc = ctl_parsed("rebalance", rebalance_usage, rebalance_parse(argc, argv, &o, &err),
+			    &err);
+
+	if (rc >= 0)
+		return rc;
+	if (o.profile && fr_read_file(o.profile, 64u << 20, &profile, &plen, &err) < 0) {
+		fprintf(stderr, "ferryctl rebalance: --profile %s\n", err.msg);
+		return CTL_EXIT_FAIL;
+	}
+	req.dry_run = o.dry_run;
+	req.max_moves = o.max_moves;
+	req.min_gain = o.min_gain;
+	req.min_distinct = o.min_distinct;
+	req.profile_json = profile ? profile : (char *)"";
+	req.why = (char *)"manual (ferryctl rebalance)";
+	if ((rc = ctl_admin_channel(o.a.cluster, &o.a.tls, o.a.token_file, &ch, &err)) == 0)
+		rc = rpc_stream_open(ch, RPC_M_REBALANCE, &req.base,
+				     &ferry__v1__rebalance_progress__descriptor, 0, &st, &err);
+	int exit_rc = CTL_EXIT_OK;
+	while (rc == 0) {
+		ProtobufCMessage *msg;
+		int n = rpc_stream_next(st, &msg, &err);
+		if (n <= 0) {
+			rc = n;
+			break;
+		}
+		const Ferry__V1__RebalanceProgress *m = (const Ferry__V1__RebalanceProgress *)msg;
+		bool last = m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE ||
+			    (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED &&
+			     (o.dry_run || m->moves == 0));
+		if (o.a.json) {
+			if (last || m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED ||
+			    o.wait) {
+				json_t *j = progress_json(m);
+				if (j) {
+					json_dumpf(j, stdout, JSON_COMPACT);
+					putchar('\n');
+				}
+				json_decref(j);
+			}
+		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED) {
+			plan_print(m, o.dry_run);
+		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING && o.wait) {
+			size_t k = 0;
+			for (size_t i = 0; i < m->n_workers; i++)
+				k += m->workers[i]->loaded;
+			if (tty) {
+				printf("\rloading: %zu of %zu workers have staged their slots (%.1f s)",
+				       k, m->n_workers, m->duration_s);
+				bar = true;
+			} else {
+				printf("loading: %zu of %zu workers have staged their slots (%.1f s)\n",
+				       k, m->n_workers, m->duration_s);
+			}
+		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE) {
+			printf("%sepoch %llu in force: %u slots moved in %.2f s, balancedness %.3f -> "
+			       "%.3f (predicted)\n", bar ? "\n" : "", (unsigned long long)m->epoch,
+			       m->moves, m->duration_s, m->balancedness_before,
+			       m->balancedness_after);
+		}
+		fflush(stdout);
+		protobuf_c_message_free_unpacked(msg, NULL);
+		if (last)
+			break;
+		/* Without --wait: the move goes on at the coordinator once it started. */
+		if (!o.wait && m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED) {
+			if (!o.a.json)
+				printf("moving; `ferryctl status` shows when epoch %llu is in force\n",
+				       (unsigned long long)m->epoch);
+			break;
+		}
+	}
+	if (rc < 0) {
+		fprintf(stderr, "%sferryctl rebalance: %s\n", bar ? "\n" : "", err.msg);
+		exit_rc = CTL_EXIT_FAIL;
+	}
+	rpc_stream_destroy(st);
+	rpc_channel_destroy(ch);
+	free(profile);
+	return exit_rc;
+}
+
+static int rebalance_parse_only(int argc, char **argv, struct fr_error *err)
+{
+	struct rebalance_opts o;
+	int rc = rebalance_parse(argc, argv, &o, err);
+	return rc < 0 ? rc : 0;
+}
+
+const struct ctl_cmd ctl_cmd_rebalance = { "rebalance",
+					   "re-place a cluster's experts for its load, live",
+					   rebalance_main, rebalance_parse_only };
+
 /* ---- placement show's entry points (the placement command is in cmd_placement.c) --------- */
 
 int ctl_placement_show_main(int argc, char **argv)

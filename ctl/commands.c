@@ -16,6 +16,7 @@ const struct ctl_cmd *const ctl_cmds[] = {
 	&ctl_cmd_up,
 	&ctl_cmd_load,
 	&ctl_cmd_status,
+	&ctl_cmd_rebalance,
 	&ctl_cmd_generate,
 	&ctl_cmd_score,
 	&ctl_cmd_eval,

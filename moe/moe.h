@@ -98,6 +98,12 @@ int moe_remote_create(const struct model_config *cfg, struct tp_context *const *
 			 int n_ctxs, int n_workers, struct tp_ep *const *eps,
 			 struct tp_mem *const *recv, const struct co_placement *p,
 			 const struct moe_remote_opts *o, struct moe *ret, struct fr_error *err);
+/* Live rebalance, between two steps (the thread of the ops; no micro-batch outstanding):
+ * from the next dispatch on, route by p (same layers, experts, workers and slots per worker
+ * as the one in use; borrowed until the next call or destroy) and write epoch into every
+ * frame. The workers must hold p's slots staged for that epoch (moe_server_stage()).
+ * Errors: -EINVAL (another shape), -EBUSY (a micro-batch is outstanding), the sticky error. */
+int moe_remote_set_placement(struct moe *moe, const struct co_placement *p, uint32_t epoch);
 /* Text of the last run-time failure of a remote MoE ("" if none). */
 const char *moe_remote_error(const struct moe *moe);
 /* Between steps (same thread rules as the ops): makes transport progress for up to
@@ -157,6 +163,7 @@ struct moe_server_opts {
 	struct fp_ring ring;
 	/* Worker-side accounting only; nothing else. */
 	const char *name;     /* for log lines ("w0") */
+	uint32_t epoch;       /* the slot-map epoch of the table given to moe_server_create() */
 };
 
 /*
@@ -193,7 +200,21 @@ void moe_server_stop(struct moe_server *w);
  * and compute nanoseconds per MoE layer; ret_frames: frames served. Any may be NULL. */
 void moe_server_take_stats(struct moe_server *w, uint64_t *ret_tokens, uint64_t *ret_ns,
 			  uint64_t *ret_frames);
-/* Does not touch ep, ctx or recv. Accepts NULL. */
+/*
+ * Live rebalance: hands the server the slot table of a coming epoch (same slot count per
+ * layer as the current one). The server keeps answering with its current table until the
+ * first dispatch frame whose step_epoch is `epoch` arrives - the coordinator has swapped its
+ * routing table by then, and no frame of the old epoch can follow - then switches to it
+ * and destroys the table it replaces unless that is the one given at create (the caller's).
+ * The server owns next from this call on (a table staged but never switched to is
+ * destroyed by the next stage or by moe_server_destroy()). Thread-safe (the control thread
+ * calls it while run() serves). Errors: -EINVAL (slot count differs; next is then still
+ * the caller's).
+ */
+int moe_server_stage(struct moe_server *w, struct moe_slots *next, uint32_t epoch);
+/* The epoch of the table the server answers with now. Thread-safe. */
+uint32_t moe_server_epoch(struct moe_server *w);
+/* Does not touch ep, ctx or recv (nor the table given at create). Accepts NULL. */
 void moe_server_destroy(struct moe_server *w);
 
 #endif /* FERRY_MOE_H */

@@ -529,6 +529,24 @@ static void drain_sends(struct moe_remote *m)
 	}
 }
 
+int moe_remote_set_placement(struct moe *moe, const struct co_placement *p, uint32_t epoch)
+{
+	struct moe_remote *m = moe->ctx;
+
+	if (m->failed)
+		return m->failed;
+	if (p->n_layers != m->p->n_layers || p->n_experts != m->p->n_experts ||
+	    p->n_workers != m->p->n_workers ||
+	    memcmp(p->slots, m->p->slots, (size_t)p->n_workers * sizeof(*p->slots)) != 0)
+		return -EINVAL;
+	for (uint32_t i = 0; i < m->o.ring.slots; i++)
+		if (m->mbs[i].active)
+			return -EBUSY;
+	m->p = p;
+	m->o.epoch = epoch;
+	return 0;
+}
+
 int moe_remote_check(struct moe *moe, int timeout_ms, int *dead, int max)
 {
 	struct moe_remote *m = moe->ctx;

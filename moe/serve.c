@@ -55,6 +55,12 @@ struct moe_server {
 	size_t dslot, cslot;
 	int n_layers;          /* MoE layers of the slot table */
 	int n_slots;           /* slots per layer of the slot table */
+	struct moe_slots *first;    /* the table given at create: the caller's */
+	uint32_t epoch;             /* of w->slots */
+	/* Under lock: a table staged for a coming epoch (ours), and whether one is staged. */
+	struct moe_slots *staged;
+	uint32_t staged_epoch;
+	bool has_staged;
 	char name[32];
 
 	bool *send_busy;       /* [ring.slots] a put from this send slot is not complete */
@@ -98,6 +104,10 @@ void moe_server_destroy(struct moe_server *w)
 	free(w->pair_w);
 	free(w->st_tokens);
 	free(w->st_ns);
+	if (w->slots != w->first)
+		moe_slots_destroy(w->slots);
+	if (w->has_staged)
+		moe_slots_destroy(w->staged);
 	pthread_mutex_destroy(&w->lock);
 	free(w);
 }
@@ -136,6 +146,8 @@ int moe_server_create(struct moe_slots *slots, struct tp_context *ctx, struct tp
 	pthread_mutex_init(&w->lock, NULL);
 	atomic_init(&w->stop, false);
 	w->slots = slots;
+	w->first = slots;
+	w->epoch = o->epoch;
 	w->ctx = ctx;
 	w->ep = ep;
 	w->recv = recv;
@@ -174,6 +186,31 @@ int moe_server_create(struct moe_slots *slots, struct tp_context *ctx, struct tp
 fail:
 	moe_server_destroy(w);
 	return rc;
+}
+
+int moe_server_stage(struct moe_server *w, struct moe_slots *next, uint32_t epoch)
+{
+	struct moe_slots *drop = NULL;
+
+	if (moe_slots_count(next) != w->n_slots)
+		return -EINVAL;
+	pthread_mutex_lock(&w->lock);
+	if (w->has_staged)
+		drop = w->staged;
+	w->staged = next;
+	w->staged_epoch = epoch;
+	w->has_staged = true;
+	pthread_mutex_unlock(&w->lock);
+	moe_slots_destroy(drop);
+	return 0;
+}
+
+uint32_t moe_server_epoch(struct moe_server *w)
+{
+	pthread_mutex_lock(&w->lock);
+	uint32_t e = w->epoch;
+	pthread_mutex_unlock(&w->lock);
+	return e;
 }
 
 void moe_server_stop(struct moe_server *w)
@@ -271,6 +308,28 @@ static int answer(struct moe_server *w, struct pending *p, struct fr_error *err)
 		return BAD("layer %u mb %u: %u tokens / %u pairs, the ring holds %u / %llu", layer,
 			   mb, h->n_tokens, h->n_pairs, r->tokens,
 			   (unsigned long long)r->tokens * r->max_pairs);
+
+	/* The first frame of a staged epoch: the coordinator routes by its table now. */
+	if (h->step_epoch != w->epoch) {
+		pthread_mutex_lock(&w->lock);
+		if (w->has_staged && w->staged_epoch == h->step_epoch) {
+			struct moe_slots *old = w->slots;
+			w->slots = w->staged;
+			w->epoch = w->staged_epoch;
+			w->has_staged = false;
+			w->staged = NULL;
+			pthread_mutex_unlock(&w->lock);
+			fr_info(WK_COMP, "%s: epoch %u in force: new slot table, the old one freed",
+				w->name, w->epoch);
+			if (old != w->first)
+				moe_slots_destroy(old);
+		} else {
+			pthread_mutex_unlock(&w->lock);
+			return BAD("layer %u mb %u: a frame of epoch %u, we serve epoch %u%s", layer,
+				   mb, h->step_epoch, w->epoch, w->has_staged ? " (another one staged)" :
+				   "");
+		}
+	}
 
 	uint32_t n = h->n_tokens, q = 0;
 	w->pair_off[0] = 0;

@@ -53,6 +53,7 @@
 #define RPC_M_BENCH_ENGINE "/ferry.v1.Admin/BenchEngine"
 #define RPC_M_STATUS "/ferry.v1.Admin/Status"
 #define RPC_M_GET_PLACEMENT "/ferry.v1.Admin/GetPlacement"
+#define RPC_M_REBALANCE "/ferry.v1.Admin/Rebalance"
 
 /* Largest message either side accepts (gRPC's own default is 4 MiB). */
 #define RPC_MAX_MESSAGE_BYTES (16u << 20)

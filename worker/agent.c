@@ -250,16 +250,53 @@ static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_err
 	return rc;
 }
 
+/* Binds every slot of an assignment into table (weights mapped from our checkpoint copy;
+ * only those tensors are touched). */
+static int bind_into(struct wk_agent *a, const Ferry__V1__GetAssignmentResponse *resp,
+		     struct moe_slots *table, struct fr_error *err)
+{
+	const struct model_config *c = a->cfg;
+	int n_moe = model_n_moe_layers(c), rc = 0;
+	int *layer_of = calloc((size_t)n_moe, sizeof(*layer_of));
+
+	if (!layer_of)
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	/* MoE layer index -> model layer, for the tensor names. */
+	for (int l = 0; l < c->num_hidden_layers; l++)
+		if (model_moe_index(c, l) >= 0)
+			layer_of[model_moe_index(c, l)] = l;
+	for (size_t i = 0; i < resp->n_slots; i++) {
+		const Ferry__V1__SlotAssignment *s = resp->slots[i];
+		struct model_ffn ffn;
+		if (s->layer >= (uint32_t)n_moe || s->slot >= (uint32_t)a->o.slots ||
+		    s->expert >= (uint32_t)c->n_routed_experts) {
+			rc = fr_error_set(err, -EBADMSG, "assignment (layer %u, slot %u, expert %u) is "
+					  "out of range", s->layer, s->slot, s->expert);
+			break;
+		}
+		if ((rc = model_expert_bind(a->ck, layer_of[s->layer], (int)s->expert, &ffn, err)) < 0) {
+			fr_error_prefix(err, rc, "cannot load expert %u of layer %d into slot %u",
+					s->expert, layer_of[s->layer], s->slot);
+			break;
+		}
+		if ((rc = moe_slot_set(table, (int)s->layer, (int)s->slot, (int)s->expert, &ffn)) < 0) {
+			fr_error_set(err, rc, "slot (layer %u, slot %u): cannot hold expert %u", s->layer,
+				     s->slot, s->expert);
+			break;
+		}
+	}
+	free(layer_of);
+	return rc;
+}
+
 static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 		      struct fr_error *err)
 {
 	Ferry__V1__GetAssignmentRequest req = FERRY__V1__GET_ASSIGNMENT_REQUEST__INIT;
 	Ferry__V1__GetAssignmentResponse *resp = NULL;
 	Ferry__V1__LoadExpertsResponse *lr = NULL;
-	const struct model_config *c = a->cfg;
 	uint64_t t_end = fr_now_ns() + (uint64_t)a->o.join_timeout_ms * 1000000ull;
-	int n_moe = model_n_moe_layers(c), rc;
-	int *layer_of = NULL;
+	int rc;
 
 	req.worker_index = a->index;
 	for (;;) {
@@ -283,35 +320,8 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 	free(req.hmac.data);
 	if (rc < 0)
 		return fr_error_prefix(err, rc, "no slot assignment");
-	/* MoE layer index -> model layer, for the tensor names. */
-	layer_of = calloc((size_t)n_moe, sizeof(*layer_of));
-	if (!layer_of) {
-		rc = fr_error_set(err, -ENOMEM, "out of memory");
+	if ((rc = bind_into(a, resp, a->slots, err)) < 0)
 		goto out;
-	}
-	for (int l = 0; l < c->num_hidden_layers; l++)
-		if (model_moe_index(c, l) >= 0)
-			layer_of[model_moe_index(c, l)] = l;
-	for (size_t i = 0; i < resp->n_slots; i++) {
-		const Ferry__V1__SlotAssignment *s = resp->slots[i];
-		struct model_ffn ffn;
-		if (s->layer >= (uint32_t)n_moe || s->slot >= (uint32_t)a->o.slots ||
-		    s->expert >= (uint32_t)c->n_routed_experts) {
-			rc = fr_error_set(err, -EBADMSG, "assignment (layer %u, slot %u, expert %u) is "
-					  "out of range", s->layer, s->slot, s->expert);
-			goto out;
-		}
-		if ((rc = model_expert_bind(a->ck, layer_of[s->layer], (int)s->expert, &ffn, err)) < 0) {
-			fr_error_prefix(err, rc, "cannot load expert %u of layer %d into slot %u",
-					s->expert, layer_of[s->layer], s->slot);
-			goto out;
-		}
-		if ((rc = moe_slot_set(a->slots, (int)s->layer, (int)s->slot, (int)s->expert, &ffn)) < 0) {
-			fr_error_set(err, rc, "slot (layer %u, slot %u): cannot hold expert %u", s->layer,
-				     s->slot, s->expert);
-			goto out;
-		}
-	}
 	a->epoch = resp->epoch;
 	ack->worker_index = a->index;
 	ack->epoch = resp->epoch;
@@ -339,7 +349,77 @@ out:
 		protobuf_c_message_free_unpacked(&lr->base, NULL);
 	if (resp)
 		protobuf_c_message_free_unpacked(&resp->base, NULL);
-	free(layer_of);
+	return rc;
+}
+
+/* Live rebalance: the coordinator plans a slot map of a newer epoch (its heartbeat says
+ * so). Bind that epoch's slots into a new table while the server goes on with the current
+ * one, stage it (the server switches at the first frame of that epoch) and acknowledge.
+ * A plan that changed meanwhile is taken at the next heartbeat. Control thread only. */
+static int restage(struct wk_agent *a, uint64_t epoch, struct fr_error *err)
+{
+	Ferry__V1__GetAssignmentRequest req = FERRY__V1__GET_ASSIGNMENT_REQUEST__INIT;
+	Ferry__V1__GetAssignmentResponse *resp = NULL;
+	Ferry__V1__LoadExpertsRequest ack = FERRY__V1__LOAD_EXPERTS_REQUEST__INIT;
+	Ferry__V1__LoadExpertsResponse *lr = NULL;
+	struct moe_slots *table = NULL;
+	uint64_t t0 = fr_now_ns();
+	int rc;
+
+	req.worker_index = a->index;
+	if ((rc = sign(a, &req.base, &req.hmac, err)) == 0)
+		rc = rpc_unary(a->ch, RPC_M_GET_ASSIGNMENT, &req.base,
+			       &ferry__v1__get_assignment_response__descriptor, RPC_TIMEOUT_MS,
+			       (ProtobufCMessage **)&resp, err);
+	free(req.hmac.data);
+	if (rc < 0)
+		return fr_error_prefix(err, rc, "epoch %llu: no assignment",
+				       (unsigned long long)epoch);
+	if (resp->epoch != epoch) {
+		rc = 0; /* the plan moved on; the next heartbeat says where */
+		goto out;
+	}
+	if ((rc = moe_slots_create(a->cfg, a->o.slots, &table)) < 0) {
+		fr_error_set(err, rc, "cannot create a slot table");
+		goto out;
+	}
+	if ((rc = bind_into(a, resp, table, err)) < 0)
+		goto out;
+	if ((rc = moe_server_stage(a->srv, table, (uint32_t)epoch)) < 0) {
+		fr_error_set(err, rc, "the new slot table does not fit the server");
+		goto out;
+	}
+	table = NULL; /* the server's now */
+	ack.worker_index = a->index;
+	ack.epoch = epoch;
+	ack.n_slots = resp->n_slots;
+	ack.slots = resp->slots;
+	if ((rc = sign(a, &ack.base, &ack.hmac, err)) == 0)
+		rc = rpc_unary(a->ch, RPC_M_LOAD_EXPERTS, &ack.base,
+			       &ferry__v1__load_experts_response__descriptor, RPC_TIMEOUT_MS,
+			       (ProtobufCMessage **)&lr, err);
+	ack.n_slots = 0;
+	ack.slots = NULL;
+	free(ack.hmac.data);
+	if (rc < 0) {
+		fr_error_prefix(err, rc, "epoch %llu: acknowledgement refused",
+				(unsigned long long)epoch);
+		goto out;
+	}
+	fr_info(LOG_COMP, "%s: epoch %llu staged: %zu slots bound in %.1f ms, serving on until "
+		"the coordinator swaps", a->name, (unsigned long long)epoch, resp->n_slots,
+		(double)(fr_now_ns() - t0) / 1e6);
+	a->epoch = epoch;
+	if (a->assign)
+		protobuf_c_message_free_unpacked(&a->assign->base, NULL);
+	a->assign = resp;
+	resp = NULL;
+out:
+	moe_slots_destroy(table);
+	if (lr)
+		protobuf_c_message_free_unpacked(&lr->base, NULL);
+	if (resp)
+		protobuf_c_message_free_unpacked(&resp->base, NULL);
 	return rc;
 }
 
@@ -420,12 +500,16 @@ static void *ctl_main(void *arg)
 			continue;
 		}
 		misses = 0;
+		uint64_t new_epoch = hr->epoch;
 		if (hr->drain) {
 			fr_info(LOG_COMP, "%s: coordinator asks to drain", a->name);
 			atomic_store(&a->drained, true);
 			moe_server_stop(a->srv);
 		}
 		protobuf_c_message_free_unpacked(&hr->base, NULL);
+		if (new_epoch > a->epoch && !atomic_load(&a->drained) &&
+		    restage(a, new_epoch, &err) < 0)
+			fr_warn(LOG_COMP, "%s: %s", a->name, err.msg);
 
 		moe_server_take_stats(a->srv, tok, ns, &frames);
 		now = fr_now_ns();
@@ -487,7 +571,8 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err)
 	}
 	if ((rc = load_slots(a, &ack, err)) < 0)
 		goto out;
-	struct moe_server_opts so = { .ring = a->ring, .name = a->name };
+	struct moe_server_opts so = { .ring = a->ring, .name = a->name,
+				      .epoch = (uint32_t)a->epoch };
 	if ((rc = moe_server_create(a->slots, a->tp, a->ep, a->recv, &so, &a->srv, err)) < 0)
 		goto out;
 	if ((rc = pthread_create(&a->ctl, NULL, ctl_main, a)) != 0) {

@@ -115,7 +115,7 @@ static void worker_loop(struct wth *t)
 		struct moe_server *srv;
 		char name[16];
 		snprintf(name, sizeof(name), "w%d", t->idx);
-		struct moe_server_opts o = { .ring = t->c->ring, .name = name };
+		struct moe_server_opts o = { .ring = t->c->ring, .name = name, .epoch = 7 };
 		t->rc = moe_server_create(t->slots, t->ctx, t->ep, t->recv, &o, &srv, &t->err);
 		if (t->rc < 0)
 			return;

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Live rebalance on a real cluster (ferryctl up, 2 workers with 3 spare slots each, f32
+# wire so tokens must be exact) of a skewed tiny model (model gen --skew 1.5):
+#   1. the reference: each request alone on the idle cluster;
+#   2. `rebalance --dry-run` on that skewed window (a plan that moves slots, nothing moves);
+#   3. 32 concurrent streaming clients, and `rebalance --wait` while they run: slots move,
+#      the epoch advances, no request fails, every output equals its reference;
+#   4. the same 32 requests again: balancedness measured under the new placement is higher;
+#   5. refusals: a second rebalance while one runs (FAILED_PRECONDITION), --max-moves 0
+#      and a profile that does not parse (named), nothing changed.
+# Usage: run-rebalance.sh FERRYCTL
+set -euo pipefail
+F=$1
+tmp=$(mktemp -d)
+up_pid=
+cleanup() {
+  if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+"$F" model gen --preset tiny --skew 1.5 -q "$tmp/m"
+"$F" up --model "$tmp/m" --workers 2 --replicas 3 --wire f32 --listen 127.0.0.1:0 \
+  --threads 1 --set engine.max_seqs=40 > "$tmp/up.out" 2> "$tmp/up.err" &
+up_pid=$!
+addr=
+for _ in $(seq 600); do
+  addr=$(sed -n 's/^address: //p' "$tmp/up.out")
+  [ -n "$addr" ] && break
+  kill -0 "$up_pid" 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat "$tmp/up.err" >&2; fail "cluster did not start"; }
+export FERRY_CLUSTER=$addr
+vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab_size'])" "$tmp/m/config.json")
+
+# 32 prompts from the lower half of the vocabulary: the skewed model sends them to that
+# half's hot experts, one load pattern throughout.
+prompt() { python3 -c "
+import random, sys
+i, v = int(sys.argv[1]), int(sys.argv[2])
+r = random.Random(i)
+print(' '.join(str(r.randrange(v // 2)) for _ in range(12)))" "$1" "$vocab"; }
+for i in $(seq 0 31); do prompt "$i" > "$tmp/p$i"; done
+
+# 1. References, one request at a time.
+for i in $(seq 0 31); do
+  "$F" run --cluster "$addr" --tokens "$(cat "$tmp/p$i")" --max-new 48 > "$tmp/ref$i"
+done
+# 2. The window now holds that load under the first placement.
+"$F" placement show --json > "$tmp/before.json"
+"$F" rebalance --dry-run --json > "$tmp/dry.json"
+"$F" status --json > "$tmp/st0.json"
+
+# 3. 32 streaming clients; the rebalance while they run.
+pids=()
+for i in $(seq 0 31); do
+  "$F" run --cluster "$addr" --tokens "$(cat "$tmp/p$i")" --max-new 48 > "$tmp/out$i" 2> "$tmp/err$i" &
+  pids+=($!)
+done
+sleep 0.3
+"$F" rebalance --wait --json > "$tmp/rb.json" 2> "$tmp/rb.err" &
+rb=$!
+sleep 0.2
+# 5a. A second rebalance while the first runs.
+rc=0; "$F" rebalance > /dev/null 2> "$tmp/second.err" || rc=$?
+wait "$rb" || { cat "$tmp/rb.err" >&2; fail "rebalance --wait failed"; }
+failed=0
+for i in $(seq 0 31); do
+  wait "${pids[$i]}" || { failed=$((failed + 1)); cat "$tmp/err$i" >&2; }
+done
+[ "$failed" = 0 ] || fail "$failed of 32 requests failed during the rebalance"
+for i in $(seq 0 31); do
+  cmp -s "$tmp/ref$i" "$tmp/out$i" || fail "request $i: $(cat "$tmp/out$i") != alone: $(cat "$tmp/ref$i")"
+done
+echo "32 concurrent requests across the rebalance: 0 failed, every output equals the request alone"
+[ "$rc" = 1 ] && grep -q "FAILED_PRECONDITION: a rebalance to epoch 2 is running" "$tmp/second.err" ||
+  { cat "$tmp/second.err" >&2; fail "a second rebalance while one runs (rc $rc)"; }
+echo "a second rebalance meanwhile: $(head -1 "$tmp/second.err")"
+
+# 4. The same requests under the new placement (the swap started a fresh window).
+pids=()
+for i in $(seq 0 31); do
+  "$F" run --cluster "$addr" --tokens "$(cat "$tmp/p$i")" --max-new 48 > /dev/null &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p" || fail "a request after the rebalance failed"; done
+"$F" placement show --json > "$tmp/after.json"
+"$F" status --json > "$tmp/st1.json"
+python3 - "$tmp" <<'PY'
+import json, sys, os
+t = sys.argv[1]
+ld = lambda n: json.load(open(os.path.join(t, n)))
+dry, st0, st1, before, after = ld("dry.json"), ld("st0.json"), ld("st1.json"), ld("before.json"), ld("after.json")
+rb = [json.loads(l) for l in open(os.path.join(t, "rb.json")) if l.strip()]
+assert dry["phase"] == "planned" and dry["moves"] > 0, dry
+assert st0["epoch"] == 1, st0
+done = rb[-1]
+assert done["phase"] == "done" and done["moves"] > 0 and done["epoch"] == 2, done
+assert all(w["loaded"] for w in done["workers"]), done
+assert st1["epoch"] == 2 and st1["last_rebalance"]["moves"] == done["moves"], st1
+mb = lambda p: sum(x["balancedness"] for x in p["load"]) / len(p["load"])
+moved = sum(a != b for la, lb in zip(before["layers"], after["layers"]) for a, b in zip(la, lb))
+assert moved == done["moves"], (moved, done["moves"])
+b0, b1 = mb(before), mb(after)
+print("rebalance: %d of %d slots moved in %.2f s; measured balancedness %.3f -> %.3f "
+      "(predicted %.3f -> %.3f)" % (done["moves"], done["slots_total"], done["duration_s"],
+                                     b0, b1, done["balancedness_before"],
+                                     done["balancedness_after"]))
+assert b1 > b0, "balancedness did not improve: %.3f -> %.3f" % (b0, b1)
+PY
+
+# 5b. Bad input, nothing changed.
+rc=0; "$F" rebalance --max-moves 0 > /dev/null 2> "$tmp/e1" || rc=$?
+[ "$rc" = 2 ] && grep -q -- "--max-moves: '0'" "$tmp/e1" || { cat "$tmp/e1" >&2; fail "--max-moves 0"; }
+echo '{"layers": [[1, 2]' > "$tmp/bad.json"
+rc=0; "$F" rebalance --profile "$tmp/bad.json" > /dev/null 2> "$tmp/e2" || rc=$?
+[ "$rc" = 1 ] && grep -q "INVALID_ARGUMENT: profile_json" "$tmp/e2" || { cat "$tmp/e2" >&2; fail "bad profile"; }
+"$F" status --json > "$tmp/st2.json"
+python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['epoch'] == 2, s" "$tmp/st2.json"
+echo "refusals: $(head -1 "$tmp/e1"); $(head -1 "$tmp/e2")"
+echo "rebalance test passed"
