@@ -592,119 +592,101 @@ out:
 	return rc;
 }
 
-static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessage *req,
-				     void *arg)
+/* Calls the progress callback if there is one. */
+static void rb_progress(const struct co_rebalance_opts *o, const struct rb_plan *pl,
+			uint64_t epoch, Ferry__V1__RebalanceProgress__Phase phase, uint64_t t0,
+			const char *detail)
 {
-	const Ferry__V1__RebalanceRequest *r = (const Ferry__V1__RebalanceRequest *)req;
-	struct co_server *s = arg;
+	if (o->progress)
+		o->progress(o->ctx, pl, epoch, (int)phase, t0, detail);
+}
+
+int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct fr_error *err)
+{
 	int n_moe = model_n_moe_layers(s->cfg), n_e = s->cfg->n_routed_experts;
-	struct co_load_profile pr = { 0 };
 	struct co_placement *prev = NULL, *next = NULL, *old = NULL;
-	struct fr_error err = { { 0 } };
 	struct rb_plan pl = { 0 };
 	double *load = NULL;
 	uint64_t t0 = fr_now_ns(), epoch = 0;
-	grpc_status_code st;
-	int rc, min_distinct;
-	char why[128];
+	const char *why = o->why && o->why[0] ? o->why : "manual";
+	int rc, min_distinct = o->min_distinct ? o->min_distinct : s->o.min_distinct;
 
-	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
-		return st;
-	if (!isfinite(r->min_gain) || r->min_gain < 0 || r->min_gain > 1)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-				     "min_gain %g is not in [0, 1]", r->min_gain);
-	if (r->min_distinct > (uint32_t)s->o.workers)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
-				     "min_distinct %u exceeds the %d workers", r->min_distinct,
-				     s->o.workers);
-	if (r->why && strlen(r->why) > 100)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "why: at most 100 bytes");
-	snprintf(why, sizeof(why), "%s", r->why && r->why[0] ? r->why : "manual");
-	min_distinct = r->min_distinct ? (int)r->min_distinct : s->o.min_distinct;
-	if (r->profile_json && r->profile_json[0] &&
-	    co_load_profile_parse(r->profile_json, strlen(r->profile_json), n_moe, n_e, &pr,
-				  &err) < 0)
-		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "profile_json: %s",
-				     err.msg);
+	if (!isfinite(o->min_gain) || o->min_gain < 0 || o->min_gain > 1)
+		return fr_error_set(err, -EINVAL, "min_gain %g is not in [0, 1]", o->min_gain);
+	if (min_distinct > s->o.workers)
+		return fr_error_set(err, -EINVAL, "min_distinct %d exceeds the %d workers",
+				    min_distinct, s->o.workers);
 	load = calloc((size_t)n_moe * n_e, sizeof(*load));
-	if (!load) {
-		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-		goto out;
-	}
+	if (!load)
+		return fr_error_set(err, -ENOMEM, "out of memory");
 
 	/* A snapshot of the placement in force and of the load, then plan without locks. */
 	pthread_mutex_lock(&s->engine_mu);
 	pthread_mutex_lock(&s->mu);
+	rc = 0;
 	if (s->status != S_SERVING || !s->place || !s->load) {
-		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
-				   "the cluster is not serving (%s)", co__status_name(s->status));
+		rc = fr_error_set(err, -ESTALE, "the cluster is not serving (%s)",
+				  co__status_name(s->status));
 	} else if (s->rebalancing) {
-		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
-				   "a rebalance to epoch %llu is running; wait for it to finish",
-				   (unsigned long long)s->pending_epoch);
+		rc = fr_error_set(err, -ESTALE, "a rebalance to epoch %llu is running; wait for it "
+				  "to finish", (unsigned long long)s->pending_epoch);
 	} else {
-		st = GRPC_STATUS_OK;
-		for (int w = 0; w < s->n_joined && st == GRPC_STATUS_OK; w++)
+		for (int w = 0; w < s->n_joined && rc == 0; w++)
 			if (s->workers[w].state != W_LOADED)
-				st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
-						   "worker %d '%s' is not serving (%s): a rebalance "
-						   "needs every worker", w, s->workers[w].name,
-						   s->workers[w].state == W_FAILED ? s->workers[w].fail :
-						   "joining or draining");
-		for (int l = 0; l < s->place->n_layers && st == GRPC_STATUS_OK; l++)
+				rc = fr_error_set(err, -ESTALE, "worker %d '%s' is not serving (%s): a "
+						  "rebalance needs every worker", w, s->workers[w].name,
+						  s->workers[w].state == W_FAILED ? s->workers[w].fail :
+						  "joining or draining");
+		for (int l = 0; l < s->place->n_layers && rc == 0; l++)
 			for (int j = 0; j < s->place->total_slots; j++)
 				if (s->place->slot_expert[(size_t)l * s->place->total_slots + j] ==
 				    CO_PLACE_EMPTY) {
-					st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
-							   "slots are out of service (a worker "
-							   "handed them back): a rebalance needs "
-							   "every slot");
+					rc = fr_error_set(err, -ESTALE, "slots are out of service (a "
+							  "worker handed them back): a rebalance "
+							  "needs every slot");
 					break;
 				}
 	}
-	if (st == GRPC_STATUS_OK) {
-		if (pr.load)
-			memcpy(load, pr.load, (size_t)n_moe * n_e * sizeof(*load));
+	if (rc == 0) {
+		if (o->profile)
+			memcpy(load, o->profile, (size_t)n_moe * n_e * sizeof(*load));
 		else
 			co_load_profile_get(s->load, load);
 		rc = co_place_from_table(s->place->n_layers, s->place->n_experts,
 					 s->place->n_workers, s->place->slots, s->place->slot_expert,
-					 &prev, &err);
-		if (rc < 0)
-			st = rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
-		else
+					 &prev, err);
+		if (rc == 0)
 			s->rebalancing = true;
 	}
 	pthread_mutex_unlock(&s->mu);
 	pthread_mutex_unlock(&s->engine_mu);
-	if (st != GRPC_STATUS_OK)
+	if (rc < 0)
 		goto out;
 
 	double total = 0;
 	for (int i = 0; i < n_moe * n_e; i++)
 		total += load[i];
 	if (total <= 0) {
-		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
-				   "no load in the window yet: serve some requests first, or give a "
-				   "profile");
+		rc = fr_error_set(err, -ESTALE, "no load in the window yet: serve some requests "
+				  "first, or give a profile");
 		goto done;
 	}
 	struct co_place_problem pb = { .n_layers = n_moe, .n_experts = n_e,
 				       .n_workers = prev->n_workers, .slots = prev->slots,
 				       .load = load };
 	struct co_place_opts po = { .min_distinct = min_distinct };
-	if ((rc = co_place_solve(&pb, &po, prev, &next, &err)) < 0 ||
-	    (r->min_gain > 0 && (rc = rb_min_gain(&next, prev, load, r->min_gain, &err)) < 0)) {
-		st = rpc_call_fail(call, rpc_status_from_errno(rc), "plan: %s", err.msg);
+	if ((rc = co_place_solve(&pb, &po, prev, &next, err)) < 0 ||
+	    (o->min_gain > 0 && (rc = rb_min_gain(&next, prev, load, o->min_gain, err)) < 0)) {
+		fr_error_prefix(err, rc, "plan");
 		goto done;
 	}
-	if (r->max_moves > 0 &&
-	    (rc = (int)co_place_cap_moves(next, prev, load, min_distinct, r->max_moves)) < 0) {
-		st = rpc_call_fail(call, rpc_status_from_errno(rc), "plan: cannot cap the moves");
+	if (o->max_moves > 0 &&
+	    (rc = (int)co_place_cap_moves(next, prev, load, min_distinct, o->max_moves)) < 0) {
+		fr_error_set(err, rc, "plan: cannot cap the moves");
 		goto done;
 	}
 	if (rb_plan_make(s, prev, next, load, &pl) < 0) {
-		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		rc = fr_error_set(err, -ENOMEM, "out of memory");
 		goto done;
 	}
 	pthread_mutex_lock(&s->mu);
@@ -712,11 +694,11 @@ static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessa
 	pthread_mutex_unlock(&s->mu);
 	fr_info(LOG_COMP, "rebalance (%s): %u of %u slots to move (%.1f MiB), balancedness "
 		"%.3f -> %.3f%s", why, pl.moves, pl.slots_total, (double)pl.bytes / (1 << 20),
-		pl.mean_before, pl.mean_after, r->dry_run ? " (dry run)" : "");
-	rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED, t0,
-		r->dry_run ? "dry run: nothing moves" : pl.moves ? "" : "nothing to move");
-	if (r->dry_run || pl.moves == 0) {
-		st = GRPC_STATUS_OK;
+		pl.mean_before, pl.mean_after, o->dry_run ? " (dry run)" : "");
+	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED, t0,
+		    o->dry_run ? "dry run: nothing moves" : pl.moves ? "" : "nothing to move");
+	if (o->dry_run || pl.moves == 0) {
+		rc = 0;
 		goto done;
 	}
 
@@ -748,8 +730,8 @@ static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessa
 		if (n != acked) {
 			acked = n;
 			pthread_mutex_unlock(&s->mu);
-			rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING,
-				t0, "");
+			rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING,
+				    t0, "");
 			pthread_mutex_lock(&s->mu);
 			continue;
 		}
@@ -764,12 +746,12 @@ static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessa
 		pthread_mutex_unlock(&s->mu);
 		fr_warn(LOG_COMP, "rebalance to epoch %llu abandoned, epoch %llu serves on: %s",
 			(unsigned long long)epoch, (unsigned long long)s->epoch, fail);
-		st = rpc_call_fail(call, GRPC_STATUS_ABORTED, "rebalance abandoned, the old "
-				   "placement serves on: %s", fail);
+		rc = fr_error_set(err, -ECONNABORTED, "rebalance abandoned, the old placement "
+				  "serves on: %s", fail);
 		goto done; /* next is destroyed there */
 	}
 	pthread_mutex_unlock(&s->mu);
-	rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING, t0, "");
+	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING, t0, "");
 
 	/* The swap, between two steps: engine_mu keeps every forward pass out. */
 	pthread_mutex_lock(&s->engine_mu);
@@ -794,16 +776,16 @@ static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessa
 	pthread_mutex_unlock(&s->mu);
 	pthread_mutex_unlock(&s->engine_mu);
 	if (rc < 0) {
-		st = rpc_call_fail(call, GRPC_STATUS_ABORTED, "rebalance abandoned at the swap: %s",
-				   rc == -EBUSY ? "a micro-batch was outstanding" : strerror(-rc));
+		rc = fr_error_set(err, -ECONNABORTED, "rebalance abandoned at the swap: %s",
+				  rc == -EBUSY ? "a micro-batch was outstanding" : strerror(-rc));
 		goto done;
 	}
 	fr_info(LOG_COMP, "rebalance (%s): epoch %llu in force, %u slots moved in %.2f s, "
 		"balancedness %.3f -> %.3f (predicted)", why, (unsigned long long)epoch, pl.moves,
 		(double)(fr_now_ns() - t0) / 1e9, pl.mean_before, pl.mean_after);
-	rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_SWAPPED, t0, "");
-	rb_send(call, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE, t0, "");
-	st = GRPC_STATUS_OK;
+	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_SWAPPED, t0, "");
+	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE, t0, "");
+	rc = 0;
 done:
 	pthread_mutex_lock(&s->mu);
 	s->rebalancing = false;
@@ -813,10 +795,52 @@ out:
 	co_place_destroy(old);
 	co_place_destroy(next);
 	co_place_destroy(prev);
-	co_load_profile_fini(&pr);
 	rb_plan_fini(&pl);
 	free(load);
-	return st;
+	return rc;
+}
+
+static void rb_send_cb(void *ctx, const struct rb_plan *pl, uint64_t epoch, int phase,
+		       uint64_t t0, const char *detail)
+{
+	rb_send(ctx, pl, epoch, (Ferry__V1__RebalanceProgress__Phase)phase, t0, detail);
+}
+
+static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessage *req,
+				     void *arg)
+{
+	const Ferry__V1__RebalanceRequest *r = (const Ferry__V1__RebalanceRequest *)req;
+	struct co_server *s = arg;
+	struct co_load_profile pr = { 0 };
+	struct fr_error err = { { 0 } };
+	grpc_status_code st;
+	char why[128];
+	int rc;
+
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
+	if (r->why && strlen(r->why) > 100)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "why: at most 100 bytes");
+	if (r->min_distinct > 16384)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "min_distinct %u out of "
+				     "range", r->min_distinct);
+	snprintf(why, sizeof(why), "%s", r->why && r->why[0] ? r->why : "manual");
+	if (r->profile_json && r->profile_json[0] &&
+	    co_load_profile_parse(r->profile_json, strlen(r->profile_json),
+				  model_n_moe_layers(s->cfg), s->cfg->n_routed_experts, &pr,
+				  &err) < 0)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "profile_json: %s",
+				     err.msg);
+	struct co_rebalance_opts o = {
+		.dry_run = r->dry_run, .max_moves = r->max_moves, .min_gain = r->min_gain,
+		.min_distinct = (int)r->min_distinct, .profile = pr.load, .why = why,
+		.progress = rb_send_cb, .ctx = call,
+	};
+	rc = co__rebalance(s, &o, &err);
+	co_load_profile_fini(&pr);
+	if (rc < 0)
+		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
+	return GRPC_STATUS_OK;
 }
 
 int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_error *err)

@@ -15,6 +15,7 @@ _Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is n
 
 /* In the order of enum tp_backend / co_wire_dtype / fr_log_level. */
 static const char *const wire_names[] = { "bf16", "f32", NULL };
+static const char *const rebalance_names[] = { "off", "auto", NULL };
 static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
 
 #define OFF(f) offsetof(struct co_config, f)
@@ -98,6 +99,28 @@ const struct conf_key co_config_keys[] = {
 	  .def = "0",
 	  .doc = "With k >= 2, every expert gets replicas on at least k different workers, so "
 		 "that losing a worker never loses an expert. 0 or 1: no such guarantee." },
+	{ "placement", "rebalance", CONF_ENUM, OFF(placement.rebalance),
+	  .enum_names = rebalance_names, .def = "auto",
+	  .doc = "auto: when the workers have spare slots (more slots than experts), re-place "
+		 "the experts live once a layer's balancedness stays below rebalance_threshold "
+		 "for rebalance_window (by compute time, by tokens until workers report time); "
+		 "each one is logged with its before/after figures and shown by ferryctl status. "
+		 "off: only ferryctl rebalance moves experts." },
+	{ "placement", "rebalance_window", CONF_DURATION_MS, OFF(placement.rebalance_window_ms),
+	  1000, DAY_MS, .def = "60s",
+	  .doc = "How long a layer's balancedness must stay below the threshold before an "
+		 "automatic rebalance." },
+	{ "placement", "rebalance_threshold", CONF_DOUBLE, OFF(placement.rebalance_threshold), 0,
+	  1, .def = "0.8",
+	  .doc = "Balancedness (mean / max worker load, in [0, 1]) under which a layer asks for "
+		 "an automatic rebalance." },
+	{ "placement", "rebalance_min_interval", CONF_DURATION_MS,
+	  OFF(placement.rebalance_min_interval_ms), 1000, DAY_MS, .def = "10m",
+	  .doc = "Least time between two automatic rebalances (and after the start)." },
+	{ "placement", "rebalance_max_moves", CONF_INT, OFF(placement.rebalance_max_moves), 0,
+	  1 << 30, .def = "0",
+	  .doc = "Most slots an automatic rebalance reloads (whole layers keep their layout, "
+		 "those gaining least per moved slot first). 0: no cap." },
 
 	{ "engine", "micro_batches", CONF_INT, OFF(engine.micro_batches), 1, 8, .def = "2",
 	  .doc = "Micro-batches per step: attention of one overlaps the experts of another. "

@@ -55,6 +55,11 @@ struct co_config {
 	struct {
 		char *load_profile;          /* JSON load profile for the first placement; NULL: uniform */
 		int min_distinct;            /* >= 2: every expert on that many workers; 0: no guarantee */
+		int rebalance;               /* 0 off, 1 auto (default) */
+		uint64_t rebalance_window_ms;
+		double rebalance_threshold;
+		uint64_t rebalance_min_interval_ms;
+		int rebalance_max_moves;
 	} placement;
 	struct {
 		int micro_batches;           /* ping-pong micro-batches per step (1..8, default 2) */

@@ -99,6 +99,12 @@ struct co_server {
 	uint64_t pending_epoch;
 	uint64_t last_epoch;
 	bool rebalancing;
+	/* The automatic policy (server.c): when a layer went below the threshold, the last
+	 * automatic rebalance, and the thread running one. */
+	uint64_t auto_below_since_ns, auto_last_ns;
+	pthread_t auto_thread;
+	bool auto_running, auto_joinable;
+	char auto_why[128];
 	struct co_rebalance_record {
 		bool done;
 		double when_unix_s, duration_s, before, after;
@@ -142,6 +148,26 @@ const char *co__worker_device(const struct co_server *s, int i);
  * thread), solves the first placement and waits until every worker loaded its slots.
  * Errors as co_server_start()'s; s->place_err holds an impossible placement's reason. */
 int co__form_cluster(struct co_server *s, struct fr_error *err);
+
+/* admin.c: one rebalance (plan, then unless dry_run the live move), for the Rebalance
+ * method and the automatic policy. progress (may be NULL) is called with each phase.
+ * Errors, err saying which: -ESTALE (not serving, a worker not serving, slots out of
+ * service, another rebalance running, no load), -EINVAL (options, a plan that cannot be
+ * made), -ECONNABORTED (a worker left or timed out while loading, or the swap failed: the
+ * old placement serves on), -ENOMEM. */
+struct rb_plan;
+struct co_rebalance_opts {
+	bool dry_run;
+	uint32_t max_moves;           /* 0: no cap */
+	double min_gain;              /* keep layers gaining less (0..1) */
+	int min_distinct;             /* 0: the server's */
+	const double *profile;        /* [moe layers][experts]; NULL: the measured window */
+	const char *why;              /* for Status and the logs */
+	void (*progress)(void *ctx, const struct rb_plan *pl, uint64_t epoch, int phase,
+			 uint64_t t0_ns, const char *detail);
+	void *ctx;
+};
+int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct fr_error *err);
 
 /* registry.c: Internal's methods on srv (arg: s). */
 int co__registry_register(struct co_server *s, struct rpc_server *srv, struct fr_error *err);

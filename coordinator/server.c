@@ -479,6 +479,86 @@ static void check_workers(struct co_server *s)
 	pthread_mutex_unlock(&s->engine_mu);
 }
 
+/* ---- the automatic rebalance policy ([placement] rebalance = auto) --------------------------- */
+
+static void *auto_main(void *arg)
+{
+	struct co_server *s = arg;
+	struct fr_error err = { { 0 } };
+	struct co_rebalance_opts o = { .max_moves = (uint32_t)FR_MAX(s->o.rebalance_max_moves, 0),
+				       .why = s->auto_why };
+
+	if (co__rebalance(s, &o, &err) < 0)
+		fr_warn(LOG_COMP, "automatic rebalance (%s) did not happen: %s", s->auto_why,
+			err.msg);
+	pthread_mutex_lock(&s->mu);
+	s->auto_running = false;
+	s->auto_last_ns = fr_now_ns();
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+/* Called from co_server_wait()'s tick without locks: starts an automatic rebalance when a
+ * layer's balancedness (by compute time; by tokens until workers report time) has stayed
+ * below the threshold for the window, the interval since the last one has passed, and the
+ * workers have spare slots to put replicas in. */
+static void auto_tick(struct co_server *s)
+{
+	uint64_t now = fr_now_ns();
+	double worst = 1.0;
+	int worst_layer = -1;
+
+	pthread_mutex_lock(&s->mu);
+	if (s->auto_joinable && !s->auto_running) {
+		pthread_mutex_unlock(&s->mu);
+		pthread_join(s->auto_thread, NULL);
+		pthread_mutex_lock(&s->mu);
+		s->auto_joinable = false;
+	}
+	bool idle = s->o.auto_rebalance && s->status == S_SERVING && s->place && !s->stop &&
+		    !s->rebalancing && !s->auto_running &&
+		    s->place->total_slots > s->place->n_experts;
+	if (!s->auto_last_ns)
+		s->auto_last_ns = now; /* the interval also runs from the start */
+	pthread_mutex_unlock(&s->mu);
+	if (!idle)
+		return;
+	pthread_mutex_lock(&s->engine_mu);
+	for (int l = 0; s->load && l < model_n_moe_layers(s->cfg); l++) {
+		double bt = 1.0, bk = 1.0;
+		co_load_balancedness(s->load, l, CO_LOAD_TIME, &bt);
+		co_load_balancedness(s->load, l, CO_LOAD_TOKENS, &bk);
+		double b = bt < 1.0 ? bt : bk;
+		if (b < worst) {
+			worst = b;
+			worst_layer = l;
+		}
+	}
+	pthread_mutex_unlock(&s->engine_mu);
+	pthread_mutex_lock(&s->mu);
+	if (worst >= s->o.rebalance_threshold) {
+		s->auto_below_since_ns = 0;
+	} else if (!s->auto_below_since_ns) {
+		s->auto_below_since_ns = now;
+	} else if (now - s->auto_below_since_ns >= (uint64_t)s->o.rebalance_window_ms * 1000000ull &&
+		   now - s->auto_last_ns >= (uint64_t)s->o.rebalance_min_interval_ms * 1000000ull) {
+		snprintf(s->auto_why, sizeof(s->auto_why), "auto: layer %d balancedness %.3f < %.3f "
+			 "for %lld s", worst_layer, worst, s->o.rebalance_threshold,
+			 (long long)((now - s->auto_below_since_ns) / 1000000000ull));
+		fr_info(LOG_COMP, "automatic rebalance: %s", s->auto_why);
+		s->auto_below_since_ns = 0;
+		s->auto_running = true;
+		if (pthread_create(&s->auto_thread, NULL, auto_main, s) == 0) {
+			s->auto_joinable = true;
+		} else {
+			s->auto_running = false;
+			s->auto_last_ns = now;
+			fr_warn(LOG_COMP, "automatic rebalance: cannot start its thread");
+		}
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
 int co_server_wait(struct co_server *s, struct fr_error *err)
 {
 	int rc = 0;
@@ -491,6 +571,7 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 		if (s->status == S_SERVING && !s->stop) {
 			pthread_mutex_unlock(&s->mu);
 			check_workers(s);
+			auto_tick(s);
 			pthread_mutex_lock(&s->mu);
 		}
 		/* Heartbeats: a worker silent for three intervals is reported (its endpoint
@@ -555,7 +636,12 @@ void co_server_destroy(struct co_server *s)
 	pthread_mutex_lock(&s->mu);
 	if (s->status == S_SERVING || s->status == S_STARTING)
 		s->status = S_DRAINING;
+	pthread_cond_broadcast(&s->cv); /* a rebalance loading gives up */
+	bool auto_thread = s->auto_joinable;
+	s->auto_joinable = false;
 	pthread_mutex_unlock(&s->mu);
+	if (auto_thread)
+		pthread_join(s->auto_thread, NULL);
 	bool served = false;
 	if (s->sched) {
 		struct co_sched_stats st;

@@ -48,6 +48,11 @@ struct co_server_opts {
 	int max_skew_ms;               /* join timestamp tolerance */
 	const char *load_profile;      /* NULL = uniform placement */
 	int min_distinct;              /* placement: replicas of every expert on >= k workers */
+	bool auto_rebalance;           /* [placement] rebalance = auto (acts with spare slots) */
+	int64_t rebalance_window_ms;   /* balancedness below the threshold this long */
+	double rebalance_threshold;
+	int64_t rebalance_min_interval_ms;
+	int rebalance_max_moves;       /* 0: no cap */
 	int micro_batches;             /* ping-pong micro-batches (>= 1) */
 	int max_batch;                 /* rows per forward pass */
 	int max_seqs;                  /* concurrent sequences */

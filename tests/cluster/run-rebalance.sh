@@ -121,3 +121,37 @@ rc=0; "$F" rebalance --profile "$tmp/bad.json" > /dev/null 2> "$tmp/e2" || rc=$?
 python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['epoch'] == 2, s" "$tmp/st2.json"
 echo "refusals: $(head -1 "$tmp/e1"); $(head -1 "$tmp/e2")"
 echo "rebalance test passed"
+
+# 6. The automatic policy: a cluster whose layers stay under the threshold rebalances by
+#    itself, says why, and serves the same tokens.
+kill -TERM "$up_pid"; wait "$up_pid" || true; up_pid=
+"$F" up --model "$tmp/m" --workers 2 --replicas 3 --wire f32 --listen 127.0.0.1:0 \
+  --threads 1 --set placement.rebalance=auto --set placement.rebalance_threshold=0.99 \
+  --set placement.rebalance_window=1s --set placement.rebalance_min_interval=1s \
+  > "$tmp/up2.out" 2> "$tmp/up2.err" &
+up_pid=$!
+addr=
+for _ in $(seq 600); do
+  addr=$(sed -n 's/^address: //p' "$tmp/up2.out")
+  [ -n "$addr" ] && break
+  kill -0 "$up_pid" 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat "$tmp/up2.err" >&2; fail "second cluster did not start"; }
+export FERRY_CLUSTER=$addr
+why=
+for round in $(seq 30); do
+  for i in 0 1 2 3; do "$F" run --cluster "$addr" --tokens "$(cat "$tmp/p$i")" --max-new 48 > "$tmp/auto$i"; done
+  "$F" status --json > "$tmp/st3.json"
+  why=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1])); r=s['last_rebalance']; print(r['why'] if r else '')" "$tmp/st3.json")
+  [ -n "$why" ] && break
+done
+[ -n "$why" ] || { tail -20 "$tmp/up2.err" >&2; fail "no automatic rebalance"; }
+case "$why" in auto:*) ;; *) fail "last rebalance: $why" ;; esac
+grep -q "automatic rebalance: auto: layer" "$tmp/up2.err" || fail "the automatic rebalance was not logged"
+for i in 0 1 2 3; do
+  "$F" run --cluster "$addr" --tokens "$(cat "$tmp/p$i")" --max-new 48 > "$tmp/auto$i"
+  cmp -s "$tmp/ref$i" "$tmp/auto$i" || fail "request $i after the automatic rebalance differs"
+done
+echo "automatic rebalance after $round rounds: $why; the same tokens after it"
+echo "rebalance test passed (automatic too)"

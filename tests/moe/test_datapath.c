@@ -36,6 +36,8 @@
 #include "kernels/kernels.h"
 #include "tests/test.h"
 
+/* The slot-map epoch of every table and frame here (workers refuse frames of another). */
+#define EPOCH 7
 #define MAX_W 4
 #define TOL_LOCAL 1e-5f
 #define TOL_GOLDEN 3e-5f
@@ -115,7 +117,7 @@ static void worker_loop(struct wth *t)
 		struct moe_server *srv;
 		char name[16];
 		snprintf(name, sizeof(name), "w%d", t->idx);
-		struct moe_server_opts o = { .ring = t->c->ring, .name = name, .epoch = 7 };
+		struct moe_server_opts o = { .ring = t->c->ring, .name = name, .epoch = EPOCH };
 		t->rc = moe_server_create(t->slots, t->ctx, t->ep, t->recv, &o, &srv, &t->err);
 		if (t->rc < 0)
 			return;
@@ -468,7 +470,7 @@ static void golden_run(struct golden *g, const struct layout *lo, enum fp_dtype 
 	cluster_open(&c, lo->n, n_ctx, &ring, slots, NULL);
 	CHECK_RC(co_load_create(n_moe, cfg->n_routed_experts, lo->n, lo->slots, 1, &load, &err));
 	struct moe_remote_opts ro = { .ring = ring, .wire = wire, .timeout_ms = 20000,
-				     .load = load, .epoch = 7 };
+				     .load = load, .epoch = EPOCH };
 	struct co_engine_opts eo = { .max_seqs = 1, .max_ctx = 256, .max_batch = 64,
 				     .micro_batches = m };
 	if (moe_remote_create(cfg, c.ctx, c.n_ctx, lo->n, c.eps, c.recv, p, &ro, &moe,
@@ -708,7 +710,8 @@ static void case_interleave(void)
 	struct cluster c;
 	cluster_open(&c, 3, 2, &ring, ws, NULL);
 	struct moe moe;
-	struct moe_remote_opts ro = { .ring = ring, .wire = FP_DTYPE_F32, .timeout_ms = 20000 };
+	struct moe_remote_opts ro = { .ring = ring, .wire = FP_DTYPE_F32, .timeout_ms = 20000,
+				     .epoch = EPOCH };
 	CHECK_RC(moe_remote_create(cfg, c.ctx, 2, 3, c.eps, c.recv, p, &ro, &moe, &err));
 
 	float *out[3][3];
@@ -793,7 +796,7 @@ static int faulty_combine(enum wmode mode, int timeout_ms, char *msg, size_t cap
 	cluster_open(&c, 2, n_ctx, &ring, ws, modes);
 	struct moe moe;
 	struct moe_remote_opts ro = { .ring = ring, .wire = FP_DTYPE_BF16,
-				     .timeout_ms = timeout_ms };
+				     .timeout_ms = timeout_ms, .epoch = EPOCH };
 	CHECK_RC(moe_remote_create(cfg, c.ctx, n_ctx, 2, c.eps, c.recv, p, &ro, &moe, &err));
 
 	/* 32 tokens x 4 experts over two workers: both get some. */
