@@ -134,6 +134,14 @@ bool co_place__repair_distinct(struct ws *s);
  * every worker it touches ends below the current maximum M, so (M, workers at M) decreases
  * lexicographically and the largest load never rises. Best improvement first. */
 void co_place__local_search(struct ws *s);
+/* Migration-aware local search from the previous layout pv[S] (s holds it, or a repair of
+ * it): while the largest load M is above target, takes among the moves above from the most
+ * loaded worker (every touched worker ending below M) the one that removes most load above
+ * target, summed over the workers it touches, per slot it newly loads against pv (at least
+ * 1); ties to the lower new load. Stops at target or when no move helps, then gives slots
+ * back their pv expert wherever the loads stay within max(target, M). Returns the net
+ * change in slots that differ from pv. */
+long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target);
 
 /* ---- alignment with the previous layout (align.c) ---------------------------------------- */
 

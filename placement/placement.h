@@ -89,7 +89,10 @@ struct co_place_opts {
 	/* With a previous placement: accept a layer whose largest worker load is up to
 	 * (1 + migrate_tolerance) x the best one found, if it moves fewer experts. 0 = best
 	 * load first (moves only break ties); e.g. 0.05 keeps the old placement of a layer
-	 * unless the new one is more than 5% better. Must be finite and >= 0. */
+	 * unless the new one is more than 5% better. > 0 with algo FERRY also makes the
+	 * solver migration-aware (see co_place_solve()): it starts from the previous layout
+	 * and moves replicas only until the largest load is within this tolerance of a lower
+	 * bound. Must be finite and >= 0. */
 	double migrate_tolerance;
 };
 
@@ -107,6 +110,15 @@ struct co_place_opts {
  * of each layer and a local search started from it are candidates too, workers with equal
  * slot counts are permuted and slots within a worker reordered to keep experts where they
  * were, and migrate_tolerance trades load for moved experts (see co_place_moves()).
+ *
+ * Migration-aware path (algo FERRY, prev of the same slot counts, migrate_tolerance > 0):
+ * each layer starts from prev's layout and a local search moves replicas (swaps, and
+ * slots of over-replicated experts handed to hot ones) choosing the move that removes the
+ * most load above the target per newly loaded slot, until the largest load is within
+ * (1 + migrate_tolerance) of a lower bound (mean load, heaviest replica after replication,
+ * without spare slots the heaviest expert plus the lightest ones beside it); slots are then
+ * given back their prev expert where the loads allow. Only a layer that cannot reach the
+ * target that way gets the full candidates above, chosen by the rule above.
  *
  * pb, opts (NULL = defaults) and prev (may be NULL) are borrowed. *ret is owned by the
  * caller (co_place_destroy()).

@@ -1,15 +1,19 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * search.c - local search on the most loaded worker: swaps of two replicas between workers and
- * hand-overs of a cold expert's slot to a hot one, never raising the largest load.
+ * hand-overs of a cold expert's slot to a hot one, never raising the largest load. Two
+ * flavours: best improvement (co_place__local_search) and, from the previous layout, the
+ * most improvement per newly loaded slot down to a target (co_place__local_search_warm).
  */
 #include "placement/placement-internal.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-/* Largest new load among the workers touched if slot g (expert x) is handed to expert y. */
-static double transfer_eval(struct ws *s, int g, int y)
+/* Largest new load among the workers touched if slot g (expert x) is handed to expert y;
+ * with ret_dex, also by how much their load above target shrinks. */
+static double transfer_eval(struct ws *s, int g, int y, double target, double *ret_dex)
 {
 	int x = s->se[g], d = s->sw[g], nt = 0;
 	double ox = ws_weight(s, x), nx = s->load[x] / (s->rep[x] - 1);
@@ -37,11 +41,15 @@ static double transfer_eval(struct ws *s, int g, int y)
 		TOUCH(s->sw[h], ny - oy);
 	TOUCH(d, ny);
 #undef TOUCH
+	double dex = 0;
 	for (int i = 0; i < nt; i++) {
 		int w = s->touched[i];
 		m = FR_MAX(m, s->wl[w] + s->delta[w]);
+		dex += FR_MAX(0, s->wl[w] - target) - FR_MAX(0, s->wl[w] + s->delta[w] - target);
 		s->delta[w] = 0;
 	}
+	if (ret_dex)
+		*ret_dex = dex;
 	return m;
 }
 
@@ -150,7 +158,7 @@ void co_place__local_search(struct ws *s)
 				if (s->need > 1 && ws_count_on(s, z, d) == 1 &&
 				    s->ndist[z] - 1 < s->need)
 					continue;
-				double m = transfer_eval(s, g, x);
+				double m = transfer_eval(s, g, x, 0, NULL);
 				if (m < best_m) {
 					best_m = m;
 					kind = 2;
@@ -179,4 +187,189 @@ void co_place__local_search(struct ws *s)
 			return;
 		}
 	}
+}
+
+/* ---- migration-aware search from the previous layout ---- */
+
+/* Slots newly loaded when slot g goes from expert a to b, against the previous layout pv. */
+static inline int slot_cost(const int32_t *pv, int g, int a, int b)
+{
+	return (b != pv[g]) - (a != pv[g]);
+}
+
+/* Applies a swap (kind 1: slots g1, g2) or a hand-over (kind 2: slot g1 to expert x). */
+static void ls_apply(struct ws *s, int kind, int g1, int g2)
+{
+	if (kind == 1) {
+		int x = s->se[g1], y = s->se[g2];
+		co_place__ws_assign(s, g1, y);
+		co_place__ws_assign(s, g2, x);
+		co_place__ws_recompute_worker(s, s->sw[g1]);
+		co_place__ws_recompute_worker(s, s->sw[g2]);
+	} else {
+		int z = s->se[g1];
+		co_place__ws_assign(s, g1, g2);
+		for (int h = s->head[z]; h >= 0; h = s->nxt[h])
+			co_place__ws_recompute_worker(s, s->sw[h]);
+		for (int h = s->head[g2]; h >= 0; h = s->nxt[h])
+			co_place__ws_recompute_worker(s, s->sw[h]);
+	}
+}
+
+/* The search wanders: give slots back their previous expert where the loads allow it (every
+ * touched worker stays at or below limit), by a swap with a replica of that expert or by
+ * handing the slot back. Returns the (negative) change in slots newly loaded. */
+static long ls_restore(struct ws *s, const int32_t *pv, double limit)
+{
+	long moved = 0;
+	bool again = true;
+
+	for (int pass = 0; pass < 4 && again; pass++) {
+		again = false;
+		for (int g1 = 0; g1 < s->S; g1++) {
+			int x = s->se[g1], want = pv[g1], w1 = s->sw[g1], best = -1, bc = 0;
+			double wx, ww, bm = INFINITY;
+
+			if (x == want)
+				continue;
+			wx = ws_weight(s, x);
+			ww = ws_weight(s, want);
+			for (int g2 = s->head[want]; g2 >= 0; g2 = s->nxt[g2]) {
+				int w2 = s->sw[g2];
+				int c = slot_cost(pv, g1, x, want) + slot_cost(pv, g2, want, x);
+				double m;
+				if (w2 == w1 || c >= 0 || !ws_move_ok(s, x, w1, w2) ||
+				    !ws_move_ok(s, want, w2, w1))
+					continue;
+				m = FR_MAX(s->wl[w1] - wx + ww, s->wl[w2] + wx - ww);
+				if (m <= limit && (c < bc || (c == bc && m < bm))) {
+					best = g2;
+					bc = c;
+					bm = m;
+				}
+			}
+			if (best >= 0) {
+				ls_apply(s, 1, g1, best);
+				moved += bc;
+				again = true;
+				continue;
+			}
+			if (s->rep[x] < 2 || (s->need > 1 && ws_count_on(s, x, w1) == 1 &&
+					      s->ndist[x] - 1 < s->need))
+				continue;
+			if (transfer_eval(s, g1, want, limit, NULL) <= limit) {
+				ls_apply(s, 2, g1, want);
+				moved--;
+				again = true;
+			}
+		}
+	}
+	return moved;
+}
+
+long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target)
+{
+	long max_iter = 50L * s->S + 1000, moved = 0;
+	double dex_ = 0;
+
+	for (long it = 0; it < max_iter; it++) {
+		int wa, kind = 0, bg1 = -1, bg2 = -1, bcost = 0;
+		double M = co_place__ws_max(s, &wa), best_sc = 0, best_m = INFINITY;
+		/* every worker a move touches must end below bm (< M) */
+		double bm = M - 1e-12 * M;
+
+		if (M <= target || M <= 0)
+			break;
+#define CONSIDER(m_, cost_, kind_, g1_, g2_)                                                \
+	do {                                                                                \
+		int c_ = (cost_);                                                           \
+		double sc_ = dex_ / FR_MAX(c_, 1);                                          \
+		if (sc_ > best_sc || (sc_ == best_sc && sc_ > 0 && (m_) < best_m)) {        \
+			best_sc = sc_;                                                      \
+			best_m = (m_);                                                      \
+			bcost = c_;                                                         \
+			kind = (kind_);                                                     \
+			bg1 = (g1_);                                                        \
+			bg2 = (g2_);                                                        \
+		}                                                                           \
+	} while (0)
+		ls_cold_bounds(s);
+		for (int w = 0; w < s->W; w++) {
+			s->wmax[w] = 0;
+			for (int g = s->base[w]; g < s->base[w + 1]; g++)
+				s->wmax[w] = FR_MAX(s->wmax[w], ws_weight(s, s->se[g]));
+		}
+		for (int ga = s->base[wa]; ga < s->base[wa + 1]; ga++) {
+			int x = s->se[ga];
+			double wx = ws_weight(s, x);
+			bool seen = false;
+
+			for (int wb = 0; wb < s->W; wb++) {
+				if (wb == wa || s->wl[wb] + wx - s->wmax[wb] >= bm)
+					continue;
+				for (int gb = s->base[wb]; gb < s->base[wb + 1]; gb++) {
+					int y = s->se[gb];
+					double wy, m;
+					if (y == x)
+						continue;
+					wy = ws_weight(s, y);
+					/* wa sheds wx - wy at most, wb only gains */
+					if (wy >= wx || wx - wy <= best_sc)
+						continue;
+					m = FR_MAX(M - wx + wy, s->wl[wb] + wx - wy);
+					if (m >= bm || !ws_move_ok(s, x, wa, wb) ||
+					    !ws_move_ok(s, y, wb, wa))
+						continue;
+					dex_ = FR_MAX(0, M - target) - FR_MAX(0, M - wx + wy - target) +
+					       FR_MAX(0, s->wl[wb] - target) -
+					       FR_MAX(0, s->wl[wb] + wx - wy - target);
+					CONSIDER(m, slot_cost(pv, ga, x, y) + slot_cost(pv, gb, y, x),
+						 1, ga, gb);
+				}
+			}
+			for (int g = s->base[wa]; g < ga && !seen; g++)
+				seen = s->se[g] == x;
+			if (seen || s->load[x] <= 0)
+				continue;
+			/* the bounds of co_place__local_search(), against bm */
+			double ny = s->load[x] / (s->rep[x] + 1), gain = wx - ny;
+			for (int h = s->head[x]; h >= 0; h = s->nxt[h])
+				s->xcnt[s->sw[h]]++;
+			bool off_wa = M - s->xcnt[wa] * gain < bm;
+			for (int g = 0; g < s->S; g++) {
+				int z = s->se[g], d = s->sw[g];
+				if (d != wa && (!off_wa || s->wl[d] - s->wmax[d] + ny -
+								   s->xcnt[d] * gain >= bm)) {
+					g = s->base[d + 1] - 1;
+					continue;
+				}
+				if (z == x || s->rep[z] < 2)
+					continue;
+				if (d != wa &&
+				    s->wl[d] - ws_weight(s, z) + ny - s->xcnt[d] * gain >= bm)
+					continue;
+				if ((s->zv1[z] >= 0 && s->zv1[z] != d && !s->xcnt[s->zv1[z]] &&
+				     s->zb1[z] >= bm) ||
+				    (s->zv2[z] >= 0 && s->zv2[z] != d && !s->xcnt[s->zv2[z]] &&
+				     s->zb2[z] >= bm))
+					continue;
+				if (s->need > 1 && ws_count_on(s, z, d) == 1 &&
+				    s->ndist[z] - 1 < s->need)
+					continue;
+				double m = transfer_eval(s, g, x, target, &dex_);
+				if (m < bm) {
+					CONSIDER(m, slot_cost(pv, g, z, x), 2, g, x);
+					off_wa = M - s->xcnt[wa] * gain < bm;
+				}
+			}
+			for (int h = s->head[x]; h >= 0; h = s->nxt[h])
+				s->xcnt[s->sw[h]] = 0;
+		}
+#undef CONSIDER
+		if (!kind)
+			break;
+		ls_apply(s, kind, bg1, bg2);
+		moved += bcost;
+	}
+	return moved + ls_restore(s, pv, FR_MAX(target, co_place__ws_max(s, NULL)));
 }

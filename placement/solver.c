@@ -6,6 +6,8 @@
  * Per layer the solver builds a few candidate layouts (EPLB packing, distinct-preferring
  * packing, the previous layout, a local search from it), improves them by local search on
  * the most loaded worker and keeps the best, trading load for moved experts when asked.
+ * With a previous placement and a tolerance it first searches from the previous layout
+ * alone (migration-aware, search.c) and builds the candidates only when that falls short.
  * The steps live beside it: eplb.c (replication, packing), distinct.c (the min_distinct
  * guarantee), search.c (local search), align.c (alignment with the previous layout).
  */
@@ -235,12 +237,57 @@ static void cand_take(struct solver *sv, int id, const struct prev_layer *pv, bo
 	c->moves = co_place__layout_moves(s, c->se, pv);
 }
 
+static int item_asc(const void *pa, const void *pb)
+{
+	const struct item *a = pa, *b = pb;
+	return (a->w > b->w) - (a->w < b->w);
+}
+
+/* No layout of this layer does better than the mean load of the workers with slots, nor
+ * than the heaviest replica once the replication (s->rep, D'Hondt: the smallest such
+ * maximum for every expert with >= need replicas) is done. */
+static double layer_lower_bound(const struct ws *s)
+{
+	double sum = 0, heavy = 0;
+	int n = 0;
+
+	for (int e = 0; e < s->E; e++) {
+		sum += s->load[e];
+		heavy = FR_MAX(heavy, ws_weight(s, e));
+	}
+	for (int w = 0; w < s->W; w++)
+		n += s->cap[w] > 0;
+	double lb = FR_MAX(sum / FR_MAX(n, 1), heavy);
+	/* Without spare slots every expert has one replica, its whole load: the heaviest shares
+	 * a worker of at least the smallest slot count with that many - 1 of the lightest. */
+	if (s->need == 1 && s->S == s->E) {
+		int cmin = 0, k = 0, top = 0;
+		for (int w = 0; w < s->W; w++)
+			if (s->cap[w] > 0 && (!cmin || s->cap[w] < cmin))
+				cmin = s->cap[w];
+		for (int e = 0; e < s->E; e++) {
+			s->items[k++] = (struct item){ ws_weight(s, e), e };
+			if (ws_weight(s, e) > ws_weight(s, top))
+				top = e;
+		}
+		qsort(s->items, (size_t)k, sizeof(*s->items), item_asc);
+		double x = ws_weight(s, top);
+		for (int i = 0, got = 0; i < k && got < cmin - 1; i++)
+			if (s->items[i].e != top) {
+				x += s->items[i].w;
+				got++;
+			}
+		lb = FR_MAX(lb, x);
+	}
+	return lb;
+}
+
 static int solve_layer(struct solver *sv, const double *load, enum co_place_algo algo,
 		       const struct prev_layer *pv, bool prev_same_slots, double tol,
 		       int32_t *out)
 {
 	struct ws *s = &sv->s;
-	bool ls = algo == CO_PLACE_ALGO_FERRY;
+	bool ls = algo == CO_PLACE_ALGO_FERRY, warm_done = false;
 	int best = -1;
 
 	s->load = load;
@@ -249,6 +296,21 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 
 	co_place__replicate(s, s->need);
 	memcpy(sv->order_rep, s->rep, sizeof(*s->rep) * (size_t)s->E);
+	/* Migration-aware path: from prev's layout, move only until the largest load is within
+	 * the tolerance of a lower bound; the full candidates only when that falls short. */
+	if (ls && pv && prev_same_slots && tol > 0) {
+		double target = layer_lower_bound(s) * (1 + tol);
+		ws_set(s, pv->se);
+		if (co_place__repair_distinct(s)) {
+			co_place__local_search_warm(s, pv->se, target);
+			if (co_place__ws_max(s, NULL) <= target * (1 + 1e-12)) {
+				memcpy(out, s->se, sizeof(*out) * (size_t)s->S);
+				return 0;
+			}
+			cand_take(sv, CAND_WARM, pv, true);
+			warm_done = true;
+		}
+	}
 	for (int id = CAND_EPLB; id <= (ls ? CAND_DISTINCT : CAND_EPLB); id++) {
 		co_place__pack_lpt(s, id == CAND_DISTINCT, sv->order_rep);
 		ws_set(s, s->se);
@@ -269,7 +331,7 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 		ws_set(s, pv->se);
 		if (co_place__repair_distinct(s)) {
 			cand_take(sv, CAND_PREV, pv, true);
-			if (ls) {
+			if (ls && !warm_done) {
 				co_place__local_search(s);
 				cand_take(sv, CAND_WARM, pv, true);
 			}

@@ -472,6 +472,64 @@ static void test_migration(uint64_t *rng)
 	}
 }
 
+/* ---- migration-aware path (a tolerance and a previous placement) ---- */
+
+/* A prev solved for the same loads moves nothing; after a small drift (+-5% noise and one
+ * hot expert trading places with a cold one per layer) few slots move, the largest load is
+ * within the tolerance of the mean or of a fresh solve, and min_distinct still holds. */
+static void test_warm(uint64_t *rng)
+{
+	enum { L = 8, E = 128, W = 32 };
+	static const int need[] = { 1, 2 };
+	int cap[W];
+	double load[L * E], drift[L * E];
+
+	for (int l = 0; l < L; l++)
+		t_zipf_row(rng, E, 0.8, load + l * E);
+	for (int l = 0; l < L; l++) {
+		int a = t_rand_int(rng, 0, E - 1), b = t_rand_int(rng, 0, E - 1);
+		for (int e = 0; e < E; e++)
+			drift[l * E + e] = load[l * E + e] * (0.95 + 0.1 * fr_rand_unit(rng));
+		double t = drift[l * E + a];
+		drift[l * E + a] = drift[l * E + b];
+		drift[l * E + b] = t;
+	}
+	for (size_t i = 0; i < FR_ARRAY_SIZE(need); i++) {
+		struct co_place_opts o = { .min_distinct = need[i], .migrate_tolerance = 0.01 };
+		struct co_place_problem pa = { L, E, W, cap, load }, pd = { L, E, W, cap, drift };
+		struct co_placement *a = NULL, *b = NULL, *c = NULL, *d = NULL;
+		struct fr_error err = { { 0 } };
+		int per = need[i] == 1 ? 6 : 9, total = L * W * per;
+
+		for (int w = 0; w < W; w++)
+			cap[w] = per;
+		CHECK(co_place_solve(&pa, &o, NULL, &a, &err) == 0);
+		CHECK(co_place_solve(&pa, &o, a, &b, &err) == 0);
+		CHECK(co_place_solve(&pd, &o, a, &c, &err) == 0);
+		CHECK(co_place_solve(&pd, &o, NULL, &d, &err) == 0);
+		if (a && b && c && d) {
+			long mc = co_place_moves(a, c), md = co_place_moves(a, d);
+			check_invariants(b, E, W, cap, need[i]);
+			check_invariants(c, E, W, cap, need[i]);
+			CHECK(co_place_moves(a, b) == 0);
+			for (int l = 0; l < L; l++) {
+				double lb = lower_bound(E, W, cap, drift + l * E);
+				CHECK(layer_max(c, l, drift + l * E) <=
+				      FR_MAX(lb, layer_max(d, l, drift + l * E)) * 1.01 * (1 + 1e-9));
+			}
+			printf("ok   warm start, min_distinct %d: same loads move 0, a small drift "
+			       "moves %ld of %d slots (fresh solve: %ld)\n", need[i], mc, total,
+			       md);
+			CHECK(mc * 5 < total);
+			CHECK(mc < md);
+		}
+		co_place_destroy(a);
+		co_place_destroy(b);
+		co_place_destroy(c);
+		co_place_destroy(d);
+	}
+}
+
 /* ---- the paths few random shapes reach ---- */
 
 /* Slots so uneven that with min_distinct 3 both packings often cannot be repaired: the
@@ -786,6 +844,7 @@ int main(void)
 	test_unequal_and_distinct(&rng);
 	test_errors();
 	test_migration(&rng);
+	test_warm(&rng);
 	test_tight_distinct(&rng);
 	test_large_group_alignment(&rng);
 	test_choose(&rng);
