@@ -459,6 +459,7 @@ unlock:
 /* ---- Rebalance -------------------------------------------------------------------------------- */
 
 #define REBALANCE_LOAD_TIMEOUT_MS 120000
+#define REBALANCE_TOLERANCE 0.003
 
 /* The plan of one rebalance, for its progress messages. */
 struct rb_plan {
@@ -674,7 +675,10 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	struct co_place_problem pb = { .n_layers = n_moe, .n_experts = n_e,
 				       .n_workers = prev->n_workers, .slots = prev->slots,
 				       .load = load };
-	struct co_place_opts po = { .min_distinct = min_distinct };
+	/* Migration-aware: start from the placement in force and move an expert only where it
+	 * buys balance (a layer within 0.3% of its lower bound is left alone). */
+	struct co_place_opts po = { .min_distinct = min_distinct,
+				    .migrate_tolerance = REBALANCE_TOLERANCE };
 	if ((rc = co_place_solve(&pb, &po, prev, &next, err)) < 0 ||
 	    (o->min_gain > 0 && (rc = rb_min_gain(&next, prev, load, o->min_gain, err)) < 0)) {
 		fr_error_prefix(err, rc, "plan");
