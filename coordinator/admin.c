@@ -291,7 +291,8 @@ static grpc_status_code on_status(struct rpc_call *call, const ProtobufCMessage 
 		ws[i].index = (uint32_t)i;
 		ws[i].name = (char *)w->name;
 		ws[i].address = (char *)w->addr;
-		ws[i].state = worker_state(w);
+		ws[i].state = w->drained && w->state == W_LOADED ?
+			      FERRY__V1__WORKER_STATUS__STATE__STATE_DRAINING : worker_state(w);
 		ws[i].detail = (char *)(w->state == W_FAILED ? w->fail : "");
 		ws[i].slots_per_layer = w->slot_capacity;
 		int in_service = s->place && i < s->place->n_workers ? co_place_filled(s->place, i) : 0;
@@ -516,7 +517,8 @@ static int rb_plan_make(struct co_server *s, const struct co_placement *prev,
 		x->balancedness_before = pl->before[l].balancedness;
 		x->balancedness_after = pl->after[l].balancedness;
 		for (int j = 0; j < T; j++) {
-			if (prev->slot_expert[(size_t)l * T + j] == next->slot_expert[(size_t)l * T + j])
+			int32_t e = next->slot_expert[(size_t)l * T + j];
+			if (prev->slot_expert[(size_t)l * T + j] == e || e == CO_PLACE_EMPTY)
 				continue;
 			x->moves++;
 			pl->wp[next->slot_worker[j]].slots_to_load++;
@@ -602,8 +604,119 @@ static void rb_progress(const struct co_rebalance_opts *o, const struct rb_plan 
 		o->progress(o->ctx, pl, epoch, (int)phase, t0, detail);
 }
 
+/* A placement solved over the workers that are not drained (drained[w]: 0 slots in red)
+ * laid out over every worker's slots, the drained workers' slots out of service. */
+static int rb_expand(const struct co_placement *red, const int32_t *slots, const bool *drained,
+		     struct co_placement **ret, struct fr_error *err)
+{
+	int L = red->n_layers, W = red->n_workers, T = 0, rc, n = 0;
+	struct co_placement *p = NULL;
+
+	for (int w = 0; w < W; w++)
+		T += slots[w];
+	int32_t *table = malloc((size_t)L * T * sizeof(*table));
+	int32_t *layer = malloc((size_t)L * T * sizeof(*layer) + 1);
+	int32_t *slot = malloc((size_t)L * T * sizeof(*slot) + 1);
+	if (!table || !layer || !slot) {
+		rc = fr_error_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	for (int l = 0; l < L; l++) {
+		int g = 0;
+		for (int w = 0; w < W; w++)
+			for (int j = 0; j < slots[w]; j++, g++)
+				/* A drained worker's slots hold expert 0 for a moment: taken out of
+				 * service below, they only keep the table well-formed. */
+				table[(size_t)l * T + g] = drained[w] ? 0 :
+					red->slot_expert[(size_t)l * red->total_slots +
+							 red->slot_base[w] + j];
+	}
+	if ((rc = co_place_from_table(L, red->n_experts, W, slots, table, &p, err)) < 0)
+		goto out;
+	for (int w = 0; w < W; w++) {
+		if (!drained[w])
+			continue;
+		n = 0;
+		for (int l = 0; l < L; l++)
+			for (int j = 0; j < slots[w]; j++) {
+				layer[n] = l;
+				slot[n++] = j;
+			}
+		if (n && (rc = co_place_unload(p, w, n, layer, slot, err)) < 0)
+			goto out;
+	}
+	*ret = p;
+	p = NULL;
+	rc = 0;
+out:
+	co_place_destroy(p);
+	free(table);
+	free(layer);
+	free(slot);
+	return rc;
+}
+
+/* A copy of p, slots out of service included. */
+static int rb_copy(const struct co_placement *p, struct co_placement **ret, struct fr_error *err)
+{
+	int L = p->n_layers, T = p->total_slots;
+	bool *out = calloc((size_t)p->n_workers, sizeof(*out));
+	struct co_placement *red = NULL;
+	int rc;
+
+	if (!out)
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	for (int l = 0; l < L; l++)
+		for (int j = 0; j < T; j++)
+			if (p->slot_expert[(size_t)l * T + j] == CO_PLACE_EMPTY)
+				out[p->slot_worker[j]] = true;
+	/* Workers whose slots are out of service are the drained ones: all of theirs are. */
+	rc = co_place_from_table(L, p->n_experts, p->n_workers, p->slots, p->slot_expert, &red,
+				 NULL);
+	if (rc == 0) {
+		*ret = red;
+	} else {
+		int32_t *zero = calloc((size_t)p->n_workers, sizeof(*zero));
+		struct co_placement *tmp = NULL;
+		rc = -ENOMEM;
+		if (zero) {
+			for (int w = 0; w < p->n_workers; w++)
+				zero[w] = out[w] ? 0 : p->slots[w];
+			/* The slots in service, as a placement over fewer slots, then laid out
+			 * over all of them again. */
+			int Tz = 0;
+			for (int w = 0; w < p->n_workers; w++)
+				Tz += zero[w];
+			int32_t *t = malloc((size_t)L * (size_t)FR_MAX(Tz, 1) * sizeof(*t));
+			if (t) {
+				for (int l = 0; l < L; l++) {
+					int g = 0;
+					for (int j = 0; j < T; j++)
+						if (!out[p->slot_worker[j]])
+							t[(size_t)l * Tz + g++] =
+								p->slot_expert[(size_t)l * T + j];
+				}
+				rc = co_place_from_table(L, p->n_experts, p->n_workers, zero, t, &tmp,
+							 err);
+				if (rc == 0)
+					rc = rb_expand(tmp, p->slots, out, ret, err);
+				free(t);
+			}
+		}
+		co_place_destroy(tmp);
+		free(zero);
+		if (rc == -ENOMEM)
+			fr_error_set(err, rc, "out of memory");
+	}
+	free(out);
+	return rc;
+}
+
 int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct fr_error *err)
 {
+	bool drained[MAX_WORKERS] = { false };
+	int32_t red_slots[MAX_WORKERS];
+	bool any_drained = false, prev_empty = false;
 	int n_moe = model_n_moe_layers(s->cfg), n_e = s->cfg->n_routed_experts;
 	struct co_placement *prev = NULL, *next = NULL, *old = NULL;
 	struct rb_plan pl = { 0 };
@@ -632,30 +745,43 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 		rc = fr_error_set(err, -ESTALE, "a rebalance to epoch %llu is running; wait for it "
 				  "to finish", (unsigned long long)s->pending_epoch);
 	} else {
-		for (int w = 0; w < s->n_joined && rc == 0; w++)
-			if (s->workers[w].state != W_LOADED)
+		for (int w = 0; w < s->n_joined && rc == 0; w++) {
+			const struct srv_worker *x = &s->workers[w];
+			if (x->state != W_LOADED)
 				rc = fr_error_set(err, -ESTALE, "worker %d '%s' is not serving (%s): a "
-						  "rebalance needs every worker", w, s->workers[w].name,
-						  s->workers[w].state == W_FAILED ? s->workers[w].fail :
-						  "joining or draining");
+						  "rebalance needs every worker", w, x->name,
+						  x->state == W_FAILED ? x->fail : "joining or leaving");
+			drained[w] = (x->drained && w != o->undrain) || w == o->drain;
+			any_drained |= drained[w];
+			red_slots[w] = drained[w] ? 0 : s->place->slots[w];
+		}
+		if (rc == 0 && o->drain >= s->n_joined)
+			rc = fr_error_set(err, -EINVAL, "no worker %d", o->drain);
 		for (int l = 0; l < s->place->n_layers && rc == 0; l++)
-			for (int j = 0; j < s->place->total_slots; j++)
-				if (s->place->slot_expert[(size_t)l * s->place->total_slots + j] ==
-				    CO_PLACE_EMPTY) {
-					rc = fr_error_set(err, -ESTALE, "slots are out of service (a "
-							  "worker handed them back): a rebalance "
-							  "needs every slot");
+			for (int j = 0; j < s->place->total_slots; j++) {
+				if (s->place->slot_expert[(size_t)l * s->place->total_slots + j] !=
+				    CO_PLACE_EMPTY)
+					continue;
+				int w = s->place->slot_worker[j];
+				if (!s->workers[w].drained) {
+					rc = fr_error_set(err, -ESTALE, "slots of worker %d '%s' are out "
+							  "of service (it handed them back): a "
+							  "rebalance needs every slot", w,
+							  s->workers[w].name);
 					break;
 				}
+				prev_empty = true;
+			}
+		if (rc == 0 && o->undrain >= 0 && !s->workers[o->undrain].drained)
+			rc = fr_error_set(err, -EINVAL, "worker %d '%s' is not drained", o->undrain,
+					  s->workers[o->undrain].name);
 	}
 	if (rc == 0) {
 		if (o->profile)
 			memcpy(load, o->profile, (size_t)n_moe * n_e * sizeof(*load));
 		else
 			co_load_profile_get(s->load, load);
-		rc = co_place_from_table(s->place->n_layers, s->place->n_experts,
-					 s->place->n_workers, s->place->slots, s->place->slot_expert,
-					 &prev, err);
+		rc = rb_copy(s->place, &prev, err);
 		if (rc == 0)
 			s->rebalancing = true;
 	}
@@ -667,24 +793,45 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	double total = 0;
 	for (int i = 0; i < n_moe * n_e; i++)
 		total += load[i];
-	if (total <= 0) {
+	if (total <= 0 && (o->drain >= 0 || o->undrain >= 0)) {
+		for (int i = 0; i < n_moe * n_e; i++)
+			load[i] = 1.0; /* nothing measured yet: place for a uniform load */
+	} else if (total <= 0) {
 		rc = fr_error_set(err, -ESTALE, "no load in the window yet: serve some requests "
 				  "first, or give a profile");
 		goto done;
 	}
 	struct co_place_problem pb = { .n_layers = n_moe, .n_experts = n_e,
-				       .n_workers = prev->n_workers, .slots = prev->slots,
-				       .load = load };
+				       .n_workers = prev->n_workers,
+				       .slots = any_drained ? red_slots : prev->slots, .load = load };
 	/* Migration-aware: start from the placement in force and move an expert only where it
 	 * buys balance (a layer within 0.3% of its lower bound is left alone). */
 	struct co_place_opts po = { .min_distinct = min_distinct,
 				    .migrate_tolerance = REBALANCE_TOLERANCE };
-	if ((rc = co_place_solve(&pb, &po, prev, &next, err)) < 0 ||
-	    (o->min_gain > 0 && (rc = rb_min_gain(&next, prev, load, o->min_gain, err)) < 0)) {
+	/* With drained workers the solve runs over the others' slots (from scratch: the
+	 * layout in force has another shape), then is laid out over every worker's slots. */
+	bool changes_drain = o->drain >= 0 || o->undrain >= 0;
+	if (any_drained || prev_empty) {
+		struct co_placement *red = NULL;
+		rc = co_place_solve(&pb, &po, NULL, &red, err);
+		if (rc == 0)
+			rc = rb_expand(red, prev->slots, drained, &next, err);
+		co_place_destroy(red);
+		if (rc < 0) {
+			if (o->drain >= 0)
+				fr_error_prefix(err, rc, "cannot drain worker %d '%s'", o->drain,
+						s->workers[o->drain].name);
+			else
+				fr_error_prefix(err, rc, "plan");
+			goto done;
+		}
+	} else if ((rc = co_place_solve(&pb, &po, prev, &next, err)) < 0 ||
+		   (o->min_gain > 0 && (rc = rb_min_gain(&next, prev, load, o->min_gain,
+							   err)) < 0)) {
 		fr_error_prefix(err, rc, "plan");
 		goto done;
 	}
-	if (o->max_moves > 0 &&
+	if (o->max_moves > 0 && !changes_drain && !prev_empty &&
 	    (rc = (int)co_place_cap_moves(next, prev, load, min_distinct, o->max_moves)) < 0) {
 		fr_error_set(err, rc, "plan: cannot cap the moves");
 		goto done;
@@ -767,6 +914,8 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 		s->epoch = epoch;
 		next = NULL;
 		co_load_reset(s->load);
+		for (int w = 0; w < s->n_joined; w++)
+			s->workers[w].drained = drained[w];
 		struct co_rebalance_record *lr = &s->last_rebalance;
 		lr->done = true;
 		lr->when_unix_s = (double)rpc_auth_now_ms() / 1e3;
@@ -838,13 +987,62 @@ static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessa
 	struct co_rebalance_opts o = {
 		.dry_run = r->dry_run, .max_moves = r->max_moves, .min_gain = r->min_gain,
 		.min_distinct = (int)r->min_distinct, .profile = pr.load, .why = why,
-		.progress = rb_send_cb, .ctx = call,
+		.progress = rb_send_cb, .ctx = call, .drain = -1, .undrain = -1,
 	};
 	rc = co__rebalance(s, &o, &err);
 	co_load_profile_fini(&pr);
 	if (rc < 0)
 		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
 	return GRPC_STATUS_OK;
+}
+
+/* Drain or undrain one worker (by name, or by index when no name matches). */
+static grpc_status_code drain_call(struct rpc_call *call, const ProtobufCMessage *req, void *arg,
+				   bool drain)
+{
+	const Ferry__V1__DrainRequest *r = (const Ferry__V1__DrainRequest *)req;
+	struct co_server *s = arg;
+	struct fr_error err = { { 0 } };
+	grpc_status_code st;
+	char why[160];
+	int64_t idx;
+	int w = -1;
+
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
+	const char *name = r->worker ? r->worker : "";
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < s->n_joined && w < 0; i++)
+		if (!strcmp(s->workers[i].name, name))
+			w = i;
+	if (w < 0 && s->n_joined > 0 && fr_parse_i64(name, 0, s->n_joined - 1, &idx) == 0)
+		w = (int)idx;
+	bool was = w >= 0 && s->workers[w].drained;
+	pthread_mutex_unlock(&s->mu);
+	if (w < 0)
+		return rpc_call_fail(call, GRPC_STATUS_NOT_FOUND, "no worker named '%.64s'", name);
+	if (drain && was)
+		return rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "worker %d '%s' is "
+				     "drained already", w, s->workers[w].name);
+	snprintf(why, sizeof(why), "%s worker %d '%s'", drain ? "drain" : "undrain", w,
+		 s->workers[w].name);
+	struct co_rebalance_opts o = { .dry_run = r->dry_run, .why = why, .progress = rb_send_cb,
+				       .ctx = call, .drain = drain ? w : -1,
+				       .undrain = drain ? -1 : w };
+	int rc = co__rebalance(s, &o, &err);
+	if (rc < 0)
+		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
+	return GRPC_STATUS_OK;
+}
+
+static grpc_status_code on_drain(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
+{
+	return drain_call(call, req, arg, true);
+}
+
+static grpc_status_code on_undrain(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
+{
+	return drain_call(call, req, arg, false);
 }
 
 int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_error *err)
@@ -866,7 +1064,13 @@ int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_er
 					&ferry__v1__get_placement_request__descriptor,
 					on_get_placement, s, err)) < 0)
 		return rc;
-	return rpc_server_add_method(srv, RPC_M_REBALANCE, RPC_METHOD_SERVER_STREAMING,
-				     &ferry__v1__rebalance_request__descriptor, on_rebalance, s,
-				     err);
+	if ((rc = rpc_server_add_method(srv, RPC_M_REBALANCE, RPC_METHOD_SERVER_STREAMING,
+					&ferry__v1__rebalance_request__descriptor, on_rebalance, s,
+					err)) < 0 ||
+	    (rc = rpc_server_add_method(srv, RPC_M_DRAIN, RPC_METHOD_SERVER_STREAMING,
+					&ferry__v1__drain_request__descriptor, on_drain, s,
+					err)) < 0)
+		return rc;
+	return rpc_server_add_method(srv, RPC_M_UNDRAIN, RPC_METHOD_SERVER_STREAMING,
+				     &ferry__v1__drain_request__descriptor, on_undrain, s, err);
 }

@@ -331,7 +331,7 @@ static grpc_status_code on_load_experts(struct rpc_call *call, const ProtobufCMe
 		goto unlock;
 	}
 	const struct co_placement *p = staging ? s->pending : s->place;
-	size_t want = (size_t)p->n_layers * (size_t)p->slots[w->index];
+	size_t want = (size_t)co_place_filled(p, w->index); /* a drained worker holds none */
 	if (r->n_slots != want) {
 		st = rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
 				   "loaded %zu slots, the assignment has %zu", r->n_slots, want);

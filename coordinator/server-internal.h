@@ -58,6 +58,7 @@ struct srv_worker {
 	uint64_t memory_bytes;         /* host memory it announced (0: none) */
 	uint64_t last_heartbeat_ns;
 	uint64_t acked_epoch;          /* the newest epoch whose slots it acknowledged */
+	bool drained;                  /* Admin.Drain: no slot in service, it may be stopped */
 	bool told_place_err;           /* got the impossible-placement answer */
 	/* Its session (internal.proto): every request after Join is signed with this key. */
 	uint8_t session_key[RPC_AUTH_KEY_LEN];
@@ -162,6 +163,8 @@ struct co_rebalance_opts {
 	double min_gain;              /* keep layers gaining less (0..1) */
 	int min_distinct;             /* 0: the server's */
 	const double *profile;        /* [moe layers][experts]; NULL: the measured window */
+	int drain;                    /* >= 0: empty this worker (its slots leave service) */
+	int undrain;                  /* >= 0: give this drained worker slots again */
 	const char *why;              /* for Status and the logs */
 	void (*progress)(void *ctx, const struct rb_plan *pl, uint64_t epoch, int phase,
 			 uint64_t t0_ns, const char *detail);

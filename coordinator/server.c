@@ -486,7 +486,7 @@ static void *auto_main(void *arg)
 	struct co_server *s = arg;
 	struct fr_error err = { { 0 } };
 	struct co_rebalance_opts o = { .max_moves = (uint32_t)FR_MAX(s->o.rebalance_max_moves, 0),
-				       .why = s->auto_why };
+				       .why = s->auto_why, .drain = -1, .undrain = -1 };
 
 	if (co__rebalance(s, &o, &err) < 0)
 		fr_warn(LOG_COMP, "automatic rebalance (%s) did not happen: %s", s->auto_why,

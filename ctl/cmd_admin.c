@@ -585,35 +585,19 @@ static void plan_print(const Ferry__V1__RebalanceProgress *m, bool dry)
 	}
 }
 
-static int rebalance_main(int argc, char **argv)
+/* Streams a Rebalance-like call (Rebalance, Drain, Undrain) and prints its progress. */
+static int progress_stream(const char *cmd, const struct admin_opts *a, const char *method,
+			   const ProtobufCMessage *req, bool dry_run, bool wait)
 {
-	Ferry__V1__RebalanceRequest req = FERRY__V1__REBALANCE_REQUEST__INIT;
 	struct fr_error err = { { 0 } };
 	struct rpc_channel *ch = NULL;
 	struct rpc_stream *st = NULL;
-	struct rebalance_opts o;
-	char *profile = NULL;
-	size_t plen;
 	bool tty = isatty(1), bar = false;
-	int rc = ctl_parsed("rebalance", rebalance_usage, rebalance_parse(argc, argv, &o, &err),
-			    &err);
+	int rc, exit_rc = CTL_EXIT_OK;
 
-	if (rc >= 0)
-		return rc;
-	if (o.profile && fr_read_file(o.profile, 64u << 20, &profile, &plen, &err) < 0) {
-		fprintf(stderr, "ferryctl rebalance: --profile %s\n", err.msg);
-		return CTL_EXIT_FAIL;
-	}
-	req.dry_run = o.dry_run;
-	req.max_moves = o.max_moves;
-	req.min_gain = o.min_gain;
-	req.min_distinct = o.min_distinct;
-	req.profile_json = profile ? profile : (char *)"";
-	req.why = (char *)"manual (ferryctl rebalance)";
-	if ((rc = ctl_admin_channel(o.a.cluster, &o.a.tls, o.a.token_file, &ch, &err)) == 0)
-		rc = rpc_stream_open(ch, RPC_M_REBALANCE, &req.base,
-				     &ferry__v1__rebalance_progress__descriptor, 0, &st, &err);
-	int exit_rc = CTL_EXIT_OK;
+	if ((rc = ctl_admin_channel(a->cluster, &a->tls, a->token_file, &ch, &err)) == 0)
+		rc = rpc_stream_open(ch, method, req, &ferry__v1__rebalance_progress__descriptor, 0,
+				     &st, &err);
 	while (rc == 0) {
 		ProtobufCMessage *msg;
 		int n = rpc_stream_next(st, &msg, &err);
@@ -624,10 +608,10 @@ static int rebalance_main(int argc, char **argv)
 		const Ferry__V1__RebalanceProgress *m = (const Ferry__V1__RebalanceProgress *)msg;
 		bool last = m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE ||
 			    (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED &&
-			     (o.dry_run || m->moves == 0));
-		if (o.a.json) {
+			     (dry_run || m->moves == 0));
+		if (a->json) {
 			if (last || m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED ||
-			    o.wait) {
+			    wait) {
 				json_t *j = progress_json(m);
 				if (j) {
 					json_dumpf(j, stdout, JSON_COMPACT);
@@ -636,8 +620,8 @@ static int rebalance_main(int argc, char **argv)
 				json_decref(j);
 			}
 		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED) {
-			plan_print(m, o.dry_run);
-		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING && o.wait) {
+			plan_print(m, dry_run);
+		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING && wait) {
 			size_t k = 0;
 			for (size_t i = 0; i < m->n_workers; i++)
 				k += m->workers[i]->loaded;
@@ -656,25 +640,53 @@ static int rebalance_main(int argc, char **argv)
 			       m->balancedness_after);
 		}
 		fflush(stdout);
+		uint64_t epoch = m->epoch;
+		bool planned = m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED;
 		protobuf_c_message_free_unpacked(msg, NULL);
 		if (last)
 			break;
 		/* Without --wait: the move goes on at the coordinator once it started. */
-		if (!o.wait && m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED) {
-			if (!o.a.json)
+		if (!wait && planned) {
+			if (!a->json)
 				printf("moving; `ferryctl status` shows when epoch %llu is in force\n",
-				       (unsigned long long)m->epoch);
+				       (unsigned long long)epoch);
 			break;
 		}
 	}
 	if (rc < 0) {
-		fprintf(stderr, "%sferryctl rebalance: %s\n", bar ? "\n" : "", err.msg);
+		fprintf(stderr, "%sferryctl %s: %s\n", bar ? "\n" : "", cmd, err.msg);
 		exit_rc = CTL_EXIT_FAIL;
 	}
 	rpc_stream_destroy(st);
 	rpc_channel_destroy(ch);
-	free(profile);
 	return exit_rc;
+}
+
+static int rebalance_main(int argc, char **argv)
+{
+	Ferry__V1__RebalanceRequest req = FERRY__V1__REBALANCE_REQUEST__INIT;
+	struct fr_error err = { { 0 } };
+	struct rebalance_opts o;
+	char *profile = NULL;
+	size_t plen;
+	int rc = ctl_parsed("rebalance", rebalance_usage, rebalance_parse(argc, argv, &o, &err),
+			    &err);
+
+	if (rc >= 0)
+		return rc;
+	if (o.profile && fr_read_file(o.profile, 64u << 20, &profile, &plen, &err) < 0) {
+		fprintf(stderr, "ferryctl rebalance: --profile %s\n", err.msg);
+		return CTL_EXIT_FAIL;
+	}
+	req.dry_run = o.dry_run;
+	req.max_moves = o.max_moves;
+	req.min_gain = o.min_gain;
+	req.min_distinct = o.min_distinct;
+	req.profile_json = profile ? profile : (char *)"";
+	req.why = (char *)"manual (ferryctl rebalance)";
+	rc = progress_stream("rebalance", &o.a, RPC_M_REBALANCE, &req.base, o.dry_run, o.wait);
+	free(profile);
+	return rc;
 }
 
 static int rebalance_parse_only(int argc, char **argv, struct fr_error *err)
@@ -687,6 +699,116 @@ static int rebalance_parse_only(int argc, char **argv, struct fr_error *err)
 const struct ctl_cmd ctl_cmd_rebalance = { "rebalance",
 					   "re-place a cluster's experts for its load, live",
 					   rebalance_main, rebalance_parse_only };
+
+/* ---- drain / undrain -------------------------------------------------------------------------- */
+
+static const char drain_usage[] =
+	"Usage: ferryctl drain WORKER --cluster ADDR [--dry-run] [--wait] [--json]\n"
+	"       ferryctl undrain WORKER --cluster ADDR [--dry-run] [--wait] [--json]\n"
+	"\n"
+	"drain moves every slot of WORKER (its name, or its index) to the other workers while\n"
+	"the cluster serves: afterwards it holds nothing and can be stopped with no request\n"
+	"failing. undrain gives a drained worker slots again. Both are live rebalances and\n"
+	"print their plan like `ferryctl rebalance`; they are refused, naming the problem, when\n"
+	"the other workers cannot hold every expert.\n"
+	"\n"
+	"      --dry-run        print the plan; nothing moves\n"
+	"      --wait           wait until the new placement is in force\n"
+	ADMIN_USAGE_COMMON;
+
+struct drain_opts {
+	struct admin_opts a;
+	const char *worker;
+	bool dry_run, wait;
+};
+
+static const struct option drain_longopts[] = {
+	{ "cluster", required_argument, NULL, 'c' },
+	{ "json", no_argument, NULL, ADM_JSON },
+	{ "token-file", required_argument, NULL, ADM_TOKEN },
+	{ "dry-run", no_argument, NULL, RB_DRY },
+	{ "wait", no_argument, NULL, RB_WAIT },
+	CTL_TLS_LONGOPTS,
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
+
+static int drain_parse(int argc, char **argv, struct drain_opts *o, struct fr_error *err)
+{
+	int c;
+
+	memset(o, 0, sizeof(*o));
+	ctl_getopt_reset();
+	while ((c = getopt_long(argc, argv, ":c:h", drain_longopts, NULL)) != -1) {
+		switch (c) {
+		case 'c': o->a.cluster = optarg; break;
+		case ADM_JSON: o->a.json = true; break;
+		case ADM_TOKEN: o->a.token_file = optarg; break;
+		case RB_DRY: o->dry_run = true; break;
+		case RB_WAIT: o->wait = true; break;
+		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
+			ctl_tls_opt(&o->a.tls, c, optarg);
+			break;
+		case 'h': return 1;
+		case ':': return fr_error_set(err, -EINVAL, "option %s needs a value", argv[optind - 1]);
+		default: return fr_error_set(err, -EINVAL, "unknown option %s", argv[optind - 1]);
+		}
+	}
+	if (optind >= argc)
+		return fr_error_set(err, -EINVAL, "WORKER (a name or an index) is required");
+	o->worker = argv[optind++];
+	if (optind < argc)
+		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
+	if (!*o->worker || strlen(o->worker) > 64)
+		return fr_error_set(err, -EINVAL, "WORKER must be 1..64 bytes");
+	if (o->dry_run && o->wait)
+		return fr_error_set(err, -EINVAL, "--wait with --dry-run: a dry run moves nothing");
+	if (!o->a.cluster)
+		o->a.cluster = getenv("FERRY_CLUSTER");
+	if (!o->a.cluster || !*o->a.cluster)
+		return fr_error_set(err, -EINVAL, "--cluster ADDR is required (or $FERRY_CLUSTER)");
+	if (!o->a.token_file && getenv("FERRY_ADMIN_TOKEN_FILE") && *getenv("FERRY_ADMIN_TOKEN_FILE"))
+		o->a.token_file = getenv("FERRY_ADMIN_TOKEN_FILE");
+	return ctl_tls_finish(&o->a.tls, err);
+}
+
+static int drain_run(int argc, char **argv, bool drain)
+{
+	Ferry__V1__DrainRequest req = FERRY__V1__DRAIN_REQUEST__INIT;
+	const char *cmd = drain ? "drain" : "undrain";
+	struct fr_error err = { { 0 } };
+	struct drain_opts o;
+	int rc = ctl_parsed(cmd, drain_usage, drain_parse(argc, argv, &o, &err), &err);
+
+	if (rc >= 0)
+		return rc;
+	req.worker = (char *)o.worker;
+	req.dry_run = o.dry_run;
+	return progress_stream(cmd, &o.a, drain ? RPC_M_DRAIN : RPC_M_UNDRAIN, &req.base,
+			       o.dry_run, o.wait);
+}
+
+static int drain_main(int argc, char **argv)
+{
+	return drain_run(argc, argv, true);
+}
+
+static int undrain_main(int argc, char **argv)
+{
+	return drain_run(argc, argv, false);
+}
+
+static int drain_parse_only(int argc, char **argv, struct fr_error *err)
+{
+	struct drain_opts o;
+	int rc = drain_parse(argc, argv, &o, err);
+	return rc < 0 ? rc : 0;
+}
+
+const struct ctl_cmd ctl_cmd_drain = { "drain", "move every slot of a worker to the others, live",
+				       drain_main, drain_parse_only };
+const struct ctl_cmd ctl_cmd_undrain = { "undrain", "give a drained worker slots again, live",
+					 undrain_main, drain_parse_only };
 
 /* ---- placement show's entry points (the placement command is in cmd_placement.c) --------- */
 

@@ -17,6 +17,8 @@ const struct ctl_cmd *const ctl_cmds[] = {
 	&ctl_cmd_load,
 	&ctl_cmd_status,
 	&ctl_cmd_rebalance,
+	&ctl_cmd_drain,
+	&ctl_cmd_undrain,
 	&ctl_cmd_generate,
 	&ctl_cmd_score,
 	&ctl_cmd_eval,

@@ -37,6 +37,8 @@ extern const struct ctl_cmd ctl_cmd_up;     /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_load;   /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_status;      /* with gRPC only */
 extern const struct ctl_cmd ctl_cmd_rebalance;   /* with gRPC only */
+extern const struct ctl_cmd ctl_cmd_drain;       /* with gRPC only */
+extern const struct ctl_cmd ctl_cmd_undrain;     /* with gRPC only */
 /* `placement show` (cmd_admin.c, with gRPC only): the placement command's subcommand. */
 int ctl_placement_show_main(int argc, char **argv);
 int ctl_placement_show_parse_only(int argc, char **argv, struct fr_error *err);

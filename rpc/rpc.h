@@ -54,6 +54,8 @@
 #define RPC_M_STATUS "/ferry.v1.Admin/Status"
 #define RPC_M_GET_PLACEMENT "/ferry.v1.Admin/GetPlacement"
 #define RPC_M_REBALANCE "/ferry.v1.Admin/Rebalance"
+#define RPC_M_DRAIN "/ferry.v1.Admin/Drain"
+#define RPC_M_UNDRAIN "/ferry.v1.Admin/Undrain"
 
 /* Largest message either side accepts (gRPC's own default is 4 MiB). */
 #define RPC_MAX_MESSAGE_BYTES (16u << 20)
