@@ -255,7 +255,7 @@ int main(int argc, char **argv)
 	double worst_d[2] = { INFINITY, INFINITY }, worst_moved = 0, worst_ms = 0;
 	int64_t v;
 
-	for (int i = 1; i < argc; i++) {
+	for (int i = 1; i < argc; i += 2) { /* options come in pairs: --name value */
 		const char *a = argv[i], *x = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
 			usage(stdout);
@@ -280,7 +280,6 @@ int main(int argc, char **argv)
 			usage(stderr);
 			return 2;
 		}
-		i++;
 	}
 	int N = bo.windows, n_skews = (int)FR_ARRAY_SIZE(skews);
 	double *traces = malloc(sizeof(double) * (size_t)n_skews * (N + 1) * L * E);
