@@ -793,7 +793,7 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	double total = 0;
 	for (int i = 0; i < n_moe * n_e; i++)
 		total += load[i];
-	if (total <= 0 && (o->drain >= 0 || o->undrain >= 0)) {
+	if (total <= 0 && (o->drain >= 0 || o->undrain >= 0 || o->to)) {
 		for (int i = 0; i < n_moe * n_e; i++)
 			load[i] = 1.0; /* nothing measured yet: place for a uniform load */
 	} else if (total <= 0) {
@@ -810,8 +810,33 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 				    .migrate_tolerance = REBALANCE_TOLERANCE };
 	/* With drained workers the solve runs over the others' slots (from scratch: the
 	 * layout in force has another shape), then is laid out over every worker's slots. */
-	bool changes_drain = o->drain >= 0 || o->undrain >= 0;
-	if (any_drained || prev_empty) {
+	bool changes_drain = o->drain >= 0 || o->undrain >= 0 || o->to;
+	if (o->to) {
+		const struct co_placement *t = o->to;
+		if (t->n_layers != n_moe || t->n_experts != n_e) {
+			rc = fr_error_set(err, -EINVAL, "the placement has %d MoE layers of %d "
+					  "experts, the model %d of %d", t->n_layers, t->n_experts,
+					  n_moe, n_e);
+			goto done;
+		}
+		if (t->n_workers != prev->n_workers) {
+			rc = fr_error_set(err, -EINVAL, "the placement names %d workers, the cluster "
+					  "has %d", t->n_workers, prev->n_workers);
+			goto done;
+		}
+		for (int w = 0; w < t->n_workers; w++)
+			if (t->slots[w] != prev->slots[w]) {
+				rc = fr_error_set(err, -EINVAL, "worker %d '%s': the placement gives "
+						  "it %d slots per layer, it has %d", w,
+						  s->workers[w].name, t->slots[w], prev->slots[w]);
+				goto done;
+			}
+		if ((rc = co_place_check(t, min_distinct, err)) < 0 ||
+		    (rc = rb_copy(t, &next, err)) < 0)
+			goto done;
+		for (int w = 0; w < t->n_workers; w++)
+			drained[w] = co_place_filled(t, w) == 0;
+	} else if (any_drained || prev_empty) {
 		struct co_placement *red = NULL;
 		rc = co_place_solve(&pb, &po, NULL, &red, err);
 		if (rc == 0)
@@ -984,13 +1009,22 @@ static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessa
 				  &err) < 0)
 		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "profile_json: %s",
 				     err.msg);
+	struct co_placement *to = NULL;
+	if (r->placement_json && r->placement_json[0] &&
+	    co_place_file_parse(r->placement_json, strlen(r->placement_json),
+				s->cfg->n_routed_experts, &to, &err) < 0) {
+		co_load_profile_fini(&pr);
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "placement_json: %s",
+				     err.msg);
+	}
 	struct co_rebalance_opts o = {
 		.dry_run = r->dry_run, .max_moves = r->max_moves, .min_gain = r->min_gain,
 		.min_distinct = (int)r->min_distinct, .profile = pr.load, .why = why,
-		.progress = rb_send_cb, .ctx = call, .drain = -1, .undrain = -1,
+		.progress = rb_send_cb, .ctx = call, .drain = -1, .undrain = -1, .to = to,
 	};
 	rc = co__rebalance(s, &o, &err);
 	co_load_profile_fini(&pr);
+	co_place_destroy(to);
 	if (rc < 0)
 		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
 	return GRPC_STATUS_OK;

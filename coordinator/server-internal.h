@@ -163,6 +163,8 @@ struct co_rebalance_opts {
 	double min_gain;              /* keep layers gaining less (0..1) */
 	int min_distinct;             /* 0: the server's */
 	const double *profile;        /* [moe layers][experts]; NULL: the measured window */
+	const struct co_placement *to; /* apply this placement (checked against the cluster)
+	                               * instead of planning one; NULL: plan */
 	int drain;                    /* >= 0: empty this worker (its slots leave service) */
 	int undrain;                  /* >= 0: give this drained worker slots again */
 	const char *why;              /* for Status and the logs */

@@ -431,6 +431,7 @@ static int placement_show(int argc, char **argv)
 static const char rebalance_usage[] =
 	"Usage: ferryctl rebalance --cluster ADDR [--dry-run] [--max-moves N] [--min-gain G]\n"
 	"                          [--min-distinct K] [--profile FILE] [--wait] [--json]\n"
+	"       ferryctl rebalance --cluster ADDR --to PLACEMENT [--dry-run] [--wait] [--json]\n"
 	"\n"
 	"Re-places the experts of a running cluster for the load it measured over its window\n"
 	"(or for a load-profile file) and moves them live: each worker binds its new slots\n"
@@ -448,6 +449,9 @@ static const char rebalance_usage[] =
 	"                       [placement] min_distinct)\n"
 	"      --profile FILE   plan for this load profile (placement.h format) instead of the\n"
 	"                       measured window\n"
+	"      --to PLACEMENT   apply this placement file (ferryctl placement plan --out, or\n"
+	"                       placement show --json) instead of planning one; a worker whose\n"
+	"                       slots are all -1 ends drained\n"
 	"      --wait           wait until the new placement is in force\n"
 	ADMIN_USAGE_COMMON;
 
@@ -457,9 +461,10 @@ struct rebalance_opts {
 	uint32_t max_moves, min_distinct;
 	double min_gain;
 	const char *profile;
+	const char *to;
 };
 
-enum { RB_DRY = 300, RB_MAXM, RB_GAIN, RB_DIST, RB_PROF, RB_WAIT };
+enum { RB_DRY = 300, RB_MAXM, RB_GAIN, RB_DIST, RB_PROF, RB_WAIT, RB_TO };
 
 static const struct option rebalance_longopts[] = {
 	{ "cluster", required_argument, NULL, 'c' },
@@ -471,6 +476,7 @@ static const struct option rebalance_longopts[] = {
 	{ "min-distinct", required_argument, NULL, RB_DIST },
 	{ "profile", required_argument, NULL, RB_PROF },
 	{ "wait", no_argument, NULL, RB_WAIT },
+	{ "to", required_argument, NULL, RB_TO },
 	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
@@ -491,6 +497,7 @@ static int rebalance_parse(int argc, char **argv, struct rebalance_opts *o, stru
 		case RB_DRY: o->dry_run = true; break;
 		case RB_WAIT: o->wait = true; break;
 		case RB_PROF: o->profile = optarg; break;
+		case RB_TO: o->to = optarg; break;
 		case RB_MAXM:
 			if (ctl_arg_int("max-moves", optarg, 1, INT32_MAX, &v, err) < 0)
 				return -EINVAL;
@@ -520,6 +527,9 @@ static int rebalance_parse(int argc, char **argv, struct rebalance_opts *o, stru
 		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (o->dry_run && o->wait)
 		return fr_error_set(err, -EINVAL, "--wait with --dry-run: a dry run moves nothing");
+	if (o->to && (o->max_moves || o->min_gain > 0 || o->profile || o->min_distinct))
+		return fr_error_set(err, -EINVAL, "--to applies a placement as it is: --max-moves, "
+				    "--min-gain, --min-distinct and --profile do not go with it");
 	if (!o->a.cluster)
 		o->a.cluster = getenv("FERRY_CLUSTER");
 	if (!o->a.cluster || !*o->a.cluster)
@@ -667,7 +677,7 @@ static int rebalance_main(int argc, char **argv)
 	Ferry__V1__RebalanceRequest req = FERRY__V1__REBALANCE_REQUEST__INIT;
 	struct fr_error err = { { 0 } };
 	struct rebalance_opts o;
-	char *profile = NULL;
+	char *profile = NULL, *to = NULL;
 	size_t plen;
 	int rc = ctl_parsed("rebalance", rebalance_usage, rebalance_parse(argc, argv, &o, &err),
 			    &err);
@@ -678,14 +688,22 @@ static int rebalance_main(int argc, char **argv)
 		fprintf(stderr, "ferryctl rebalance: --profile %s\n", err.msg);
 		return CTL_EXIT_FAIL;
 	}
+	if (o.to && fr_read_file(o.to, 16u << 20, &to, &plen, &err) < 0) {
+		fprintf(stderr, "ferryctl rebalance: --to %s\n", err.msg);
+		free(profile);
+		return CTL_EXIT_FAIL;
+	}
+	req.placement_json = to ? to : (char *)"";
 	req.dry_run = o.dry_run;
 	req.max_moves = o.max_moves;
 	req.min_gain = o.min_gain;
 	req.min_distinct = o.min_distinct;
 	req.profile_json = profile ? profile : (char *)"";
-	req.why = (char *)"manual (ferryctl rebalance)";
+	req.why = (char *)(o.to ? "manual (ferryctl rebalance --to)" :
+				  "manual (ferryctl rebalance)");
 	rc = progress_stream("rebalance", &o.a, RPC_M_REBALANCE, &req.base, o.dry_run, o.wait);
 	free(profile);
+	free(to);
 	return rc;
 }
 

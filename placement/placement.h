@@ -313,7 +313,8 @@ void co_load_profile_fini(struct co_load_profile *pr);
  * "layers" holds one array per MoE layer: the expert in every global slot, worker 0's slots
  * first (in slot order), then worker 1's, and so on, so each has sum(slots) entries; -1 is
  * an empty slot. Every expert 0 .. n_experts-1 must be in at least one slot of every layer.
- * Without "n_experts" the experts are 0 .. the largest id in the table. Other keys and
+ * Without "n_experts" the experts are 0 .. the largest id in the table. "epoch", "workers"
+ * and "load" (what `ferryctl placement show --json` adds) are read past; other keys and
  * duplicate keys are rejected.
  */
 

@@ -144,8 +144,11 @@ static int check_layers(const json_t *layers, long total, size_t *ret_n, int *re
 static int parse_root(const json_t *root, int want_experts, struct co_placement **ret,
 		      struct fr_error *err)
 {
+	/* "epoch", "workers" and "load" are what `ferryctl placement show --json` adds about
+	 * the cluster it read: accepted (so its output reads back), not used. */
 	static const char *const keys[] = { "format", "n_workers", "slots", "n_experts",
-					    "n_layers", "layers", "comment" };
+					    "n_layers", "layers", "comment", "epoch", "workers",
+					    "load" };
 	struct co_placement *p = NULL;
 	const json_t *layers, *v;
 	const char *key;
@@ -162,7 +165,8 @@ static int parse_root(const json_t *root, int want_experts, struct co_placement 
 		if (i == FR_ARRAY_SIZE(keys))
 			return fr_error_set(err, -EINVAL, "placement file: unknown key \"%.64s\" "
 					    "(expected \"n_workers\", \"slots\", \"layers\", "
-					    "\"n_experts\", \"n_layers\", \"format\", \"comment\")",
+					    "\"n_experts\", \"n_layers\", \"format\", \"comment\"; "
+					    "\"epoch\", \"workers\", \"load\" are read past)",
 					    key);
 	}
 	v = json_object_get(root, "format");

@@ -120,6 +120,57 @@ rc=0; "$F" rebalance --profile "$tmp/bad.json" > /dev/null 2> "$tmp/e2" || rc=$?
 "$F" status --json > "$tmp/st2.json"
 python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['epoch'] == 2, s" "$tmp/st2.json"
 echo "refusals: $(head -1 "$tmp/e1"); $(head -1 "$tmp/e2")"
+
+# 5c. rebalance --to: the placement in force again moves nothing; one with two experts
+#     swapped between the workers moves them; files that lose an expert, name unknown
+#     workers or exceed a worker's slots are refused naming the difference.
+"$F" placement show --json > "$tmp/cur.json"
+"$F" rebalance --to "$tmp/cur.json" --wait > "$tmp/to0.out" || fail "rebalance --to the same placement"
+grep -q "nothing to move" "$tmp/to0.out" || { cat "$tmp/to0.out" >&2; fail "--to the same placement moved"; }
+python3 - "$tmp" <<'PY'
+import json, os, sys
+t = sys.argv[1]
+p = json.load(open(os.path.join(t, "cur.json")))
+per = p["slots"][0]
+def write(name, q):
+    json.dump(q, open(os.path.join(t, name), "w"))
+# Two experts that are not on both workers trade places.
+sw = json.loads(json.dumps(p))
+l0 = sw["layers"][0]
+a = next(j for j in range(per) if l0[j] not in l0[per:])
+b = next(j for j in range(per, len(l0)) if l0[j] not in l0[:per])
+l0[a], l0[b] = l0[b], l0[a]
+write("swap.json", sw)
+lose = json.loads(json.dumps(p))
+e = lose["layers"][1][0]
+lose["layers"][1] = [x if x != e else (e + 1) % p["n_experts"] for x in lose["layers"][1]]
+write("lose.json", lose)
+three = json.loads(json.dumps(p))
+three["n_workers"] = 3
+three["slots"] = [per - 2, per - 2, 4]
+write("three.json", three)
+big = json.loads(json.dumps(p))
+big["slots"] = [per + 1, per - 1]
+write("big.json", big)
+PY
+"$F" rebalance --to "$tmp/swap.json" --wait --json > "$tmp/swap.out" || fail "rebalance --to a swap"
+python3 -c "
+import json, sys
+d = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]
+assert d['phase'] == 'done' and d['moves'] == 2 and d['epoch'] == 3, d" "$tmp/swap.out" || fail "swap outcome"
+for i in 0 1 2 3; do
+  "$F" run --cluster "$addr" --tokens "$(cat "$tmp/p$i")" --max-new 48 > "$tmp/sw$i"
+  cmp -s "$tmp/ref$i" "$tmp/sw$i" || fail "request $i differs after rebalance --to"
+done
+for c in "lose:is in no slot" "three:names 3 workers, the cluster has 2" "big:slots per layer, it has"; do
+  f=${c%%:*} pat=${c#*:}
+  rc=0; "$F" rebalance --to "$tmp/$f.json" > /dev/null 2> "$tmp/$f.err" || rc=$?
+  [ "$rc" = 1 ] && grep -q "INVALID_ARGUMENT: .*$pat" "$tmp/$f.err" || { cat "$tmp/$f.err" >&2; fail "--to $f"; }
+  echo "refused --to $f: $(head -1 "$tmp/$f.err")"
+done
+"$F" status --json > "$tmp/st4.json"
+python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['epoch'] == 3, s" "$tmp/st4.json" || fail "the refusals changed the epoch"
+echo "rebalance --to: the placement in force moves nothing, a swap moves 2 slots (same tokens), bad files refused"
 echo "rebalance test passed"
 
 # 6. The automatic policy: a cluster whose layers stay under the threshold rebalances by
