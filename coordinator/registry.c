@@ -53,6 +53,25 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 				     r->hidden_size, r->n_routed_experts, s->cfg->hidden_size,
 				     s->cfg->n_routed_experts);
 	}
+	if (s->n_fp && r->n_expert_fingerprints != s->n_fp)
+		return rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				     "worker checkpoint fingerprint has %zu experts, the "
+				     "coordinator's %zu", r->n_expert_fingerprints, s->n_fp);
+	for (size_t i = 0; i < s->n_fp && r->n_expert_fingerprints == s->n_fp; i++) {
+		if (r->expert_fingerprints[i] == s->fp[i])
+			continue;
+		int E = s->cfg->n_routed_experts, ml = (int)(i / (size_t)E), layer = ml;
+		for (int l = 0; l < s->cfg->num_hidden_layers; l++)
+			if (model_moe_index(s->cfg, l) == ml)
+				layer = l;
+		fr_warn(LOG_COMP, "refused join of worker '%s': its checkpoint differs at "
+			"model.layers.%d.mlp.experts.%d", name, layer, (int)(i % (size_t)E));
+		return rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				     "worker checkpoint differs from the coordinator's: tensors of "
+				     "model.layers.%d.mlp.experts.%d (gate/up/down_proj) have the same "
+				     "shape but other weights; every worker needs a copy of the same "
+				     "checkpoint", layer, (int)(i % (size_t)E));
+	}
 	if (r->n_transport_addresses != 1 || !r->transport_addresses[0]->backend ||
 	    strcmp(r->transport_addresses[0]->backend, backend) != 0 ||
 	    r->transport_addresses[0]->blob.len > TP_ADDR_MAX)

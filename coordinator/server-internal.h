@@ -80,6 +80,9 @@ struct co_server {
 	struct rpc_auth_replay *replay;          /* Join nonces */
 	struct rpc_auth_challenges *challenges;  /* issued for Joins */
 	uint64_t t_start_ns;                     /* co_server_create(), for uptime */
+	uint64_t *fp;                            /* [moe layers][experts] our checkpoint's
+						  * fingerprint: workers must match it */
+	size_t n_fp;
 	uint8_t boot_id[16];
 	struct tp_context *tp[TP_WAIT_MANY_MAX]; /* [n_tp] one per device: worker i on i % n_tp */
 	char *tp_dev[TP_WAIT_MANY_MAX];          /* [n_tp] their device names, NULL: auto */

@@ -267,6 +267,15 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	}
 	s->max_ctx = o->max_ctx > 0 ? FR_MIN(o->max_ctx, s->cfg->max_position_embeddings) :
 				      s->cfg->max_position_embeddings;
+	/* What every worker's copy must match (read from both ends of each expert tensor). A
+	 * coordinator whose copy lacks the routed experts cannot compare: it says so. */
+	if ((rc = model_expert_fingerprints(s->ck, &s->fp, &s->n_fp, err)) == -ENOENT) {
+		fr_warn(LOG_COMP, "cannot fingerprint the routed experts (%s): workers' "
+			"checkpoints will not be compared with ours", err->msg);
+		s->n_fp = 0;
+	} else if (rc < 0) {
+		goto fail;
+	}
 	if ((rc = model_weights_bind(s->ck, MODEL_BIND_NO_ROUTED, &s->w, err)) < 0)
 		goto fail;
 	char tpath[4096];
@@ -692,6 +701,7 @@ void co_server_destroy(struct co_server *s)
 	co_place_destroy(s->place);
 	rpc_auth_replay_destroy(s->replay);
 	rpc_auth_challenges_destroy(s->challenges);
+	free(s->fp);
 	model_weights_free(s->w);
 	model_ckpt_close(s->ck);
 	free(s->workers);

@@ -169,6 +169,18 @@ int model_expert_bind(const struct model_ckpt *ck, int layer, int expert, struct
 		      struct fr_error *err);
 void model_weights_free(struct model_weights *w);
 
+/* Bytes of each end of a tensor an expert fingerprint reads. */
+#define MODEL_FP_EDGE 64
+/*
+ * A fingerprint of every routed expert, so that two processes can tell whether they hold
+ * the same checkpoint without reading it whole: for (MoE layer l, expert e), FNV-1a over the
+ * shape, dtype and the first and last MODEL_FP_EDGE bytes of its gate, up and down tensors
+ * (pages touched: two per tensor). *ret is [n_moe_layers][n_routed_experts], heap, the
+ * caller frees it. Errors: model_expert_bind()'s (err names the tensor), -ENOMEM.
+ */
+int model_expert_fingerprints(const struct model_ckpt *ck, uint64_t **ret, size_t *ret_n,
+			      struct fr_error *err);
+
 /* ==== tokenizer (byte-level BPE from HF tokenizer.json) ==================================== */
 
 struct model_tokenizer;

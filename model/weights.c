@@ -97,6 +97,48 @@ int model_expert_bind(const struct model_ckpt *ck, int layer, int expert, struct
 	return bind_ffn(ck, prefix, c->hidden_size, c->moe_intermediate_size, ret, err);
 }
 
+static uint64_t mat_fingerprint(uint64_t h, const struct kn_mat *m)
+{
+	size_t bytes = (size_t)m->rows * (size_t)m->cols * kn_dtype_size(m->dtype);
+	size_t edge = FR_MIN(bytes, (size_t)MODEL_FP_EDGE);
+	uint64_t head[3] = { (uint64_t)m->rows, (uint64_t)m->cols, (uint64_t)m->dtype };
+
+	h ^= fr_fnv1a64(head, sizeof(head));
+	h = h * 0x100000001b3ull ^ fr_fnv1a64(m->data, edge);
+	h = h * 0x100000001b3ull ^ fr_fnv1a64((const char *)m->data + bytes - edge, edge);
+	return h;
+}
+
+int model_expert_fingerprints(const struct model_ckpt *ck, uint64_t **ret, size_t *ret_n,
+			      struct fr_error *err)
+{
+	const struct model_config *c = model_ckpt_config(ck);
+	int n_moe = model_n_moe_layers(c), E = c->n_routed_experts, rc;
+	uint64_t *fp = calloc((size_t)FR_MAX(n_moe * E, 1), sizeof(*fp));
+
+	if (!fp)
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		int ml = model_moe_index(c, l);
+		if (ml < 0)
+			continue;
+		for (int e = 0; e < E; e++) {
+			struct model_ffn f;
+			if ((rc = model_expert_bind(ck, l, e, &f, err)) < 0) {
+				free(fp);
+				return rc;
+			}
+			uint64_t h = 0xcbf29ce484222325ull;
+			h = mat_fingerprint(h, &f.gate);
+			h = mat_fingerprint(h, &f.up);
+			fp[(size_t)ml * E + e] = mat_fingerprint(h, &f.down);
+		}
+	}
+	*ret = fp;
+	*ret_n = (size_t)n_moe * E;
+	return 0;
+}
+
 static int bind_layer(const struct model_ckpt *ck, int l, unsigned flags, struct model_layer *L,
 		      struct fr_error *err)
 {

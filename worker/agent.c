@@ -50,6 +50,8 @@ struct wk_agent {
 	enum fp_dtype wire;
 
 	Ferry__V1__GetAssignmentResponse *assign; /* the slots we hold */
+	uint64_t *fp;                  /* [moe layers][experts] checkpoint fingerprint */
+	size_t n_fp;
 
 	pthread_t ctl;
 	bool ctl_started;
@@ -111,6 +113,8 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 		rc = fr_error_set(err, -EINVAL, "%s: the model has no MoE layers", a->model_path);
 		goto fail;
 	}
+	if ((rc = model_expert_fingerprints(a->ck, &a->fp, &a->n_fp, err)) < 0)
+		goto fail;
 	if (!a->o.slots && !(a->o.slots = auto_slots(a))) {
 		rc = fr_error_set(err, -EINVAL, "memory limit too small for one expert slot per layer");
 		goto fail;
@@ -207,6 +211,8 @@ static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_err
 	req.ring_tokens = a->ring.tokens;
 	req.hidden_size = (uint32_t)a->cfg->hidden_size;
 	req.n_routed_experts = (uint32_t)a->cfg->n_routed_experts;
+	req.n_expert_fingerprints = a->n_fp;
+	req.expert_fingerprints = a->fp;
 	for (;;) {
 		free(req.hmac.data); /* a fresh challenge, nonce and timestamp each try */
 		req.hmac.data = NULL;
@@ -621,6 +627,7 @@ void wk_agent_destroy(struct wk_agent *a)
 	free(a->coordinator);
 	free(a->model_path);
 	free(a->secret);
+	free(a->fp);
 	OPENSSL_cleanse(a->session_key, sizeof(a->session_key));
 	free(a);
 }

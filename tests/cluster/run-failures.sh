@@ -3,8 +3,9 @@
 #   - a worker without the cluster secret is refused (and the coordinator logs it),
 #   - a worker whose checkpoint lacks an expert tensor names the tensor and leaves,
 #   - too few slots for the routed experts (impossible placement) is named,
-#   - a worker checkpoint of another shape, and a data-plane ring too small for the
-#     coordinator's micro-batches, are refused at join.
+#   - a worker checkpoint of another shape, one of the same shape with other weights (its
+#     expert fingerprint differs: the expert is named), and a data-plane ring too small
+#     for the coordinator's micro-batches, are refused at join.
 # Then: `ferryctl load` needs the admin token and names the workers; a worker killed while
 # the cluster serves fails the request with UNAVAILABLE (never a hang) and the
 # coordinator exits non-zero naming the worker. A worker stopped with
@@ -96,18 +97,37 @@ grep -q "refused join of worker 'w0' from ipv4:127.0.0.1:[0-9]*: bad HMAC" "$tmp
 # Without any secret: 'insecure' is gone, the worker refuses to start.
 worker w1 -m "$golden" --insecure
 check "worker without a secret" "$last" 2 "$tmp/w1.err" "insecure: no longer supported"
+# Checkpoint copy of the same shape with other weights in one expert (its last value).
+mkdir "$tmp/other-weights"
+cp "$golden/config.json" "$tmp/other-weights/"
+python3 - "$golden/model.safetensors" "$tmp/other-weights/model.safetensors" <<'PY'
+import json, struct, sys
+src, dst = sys.argv[1:]
+b = bytearray(open(src, "rb").read())
+n = struct.unpack("<Q", b[:8])[0]
+hdr = json.loads(b[8:8 + n])
+end = hdr["model.layers.3.mlp.experts.11.down_proj.weight"]["data_offsets"][1]
+b[8 + n + end - 1] ^= 0x40
+open(dst, "wb").write(bytes(b))
+PY
+
 # 2. Another model's checkpoint, and a ring too small: refused at join.
 worker w2 -m "$other" --secret-file "$tmp/secret"
 check "worker with another model" "$last" 1 "$tmp/w2.err" "FAILED_PRECONDITION: worker checkpoint has hidden_size 96"
+worker w5 -m "$tmp/other-weights" --secret-file "$tmp/secret"
+check "worker with other weights of the same shape" "$last" 1 "$tmp/w5.err" "FAILED_PRECONDITION: worker checkpoint differs from the coordinator's: tensors of model.layers.3.mlp.experts.11"
 worker w3 -m "$golden" --secret-file "$tmp/secret" -s transport.ring_tokens=4
 check "worker with a small ring" "$last" 1 "$tmp/w3.err" "FAILED_PRECONDITION: worker ring of 4 slots x 4 tokens is too small\|ring of . slots x 4 tokens is too small"
 kill -TERM "$co"; wait "$co"
 
-# 3. A checkpoint without an expert tensor: the worker names it, the coordinator gives up.
+# 3. A checkpoint without an expert tensor: the worker names it at start, the coordinator
+#    gives up.
 coordinator 1
 worker w0 -m "$tmp/cut" --secret-file "$tmp/secret"
 check "worker missing a tensor" "$last" 1 "$tmp/w0.err" "model.layers.2.mlp.experts.5.up_proj.weight"
-check "coordinator of that worker" "$co" 1 "$tmp/co.err" "worker 0 'w0' left before loading its slots"
+# The worker checks every expert tensor at start (its fingerprint reads them all), so it
+# never joins; the coordinator gives up at its join timeout.
+check "coordinator of that worker" "$co" 1 "$tmp/co.err" "only 0 of 1 workers joined"
 
 # 4. Fewer slots than experts.
 coordinator 2
