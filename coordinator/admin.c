@@ -604,9 +604,10 @@ static void rb_progress(const struct co_rebalance_opts *o, const struct rb_plan 
 		o->progress(o->ctx, pl, epoch, (int)phase, t0, detail);
 }
 
-/* A placement solved over the workers that are not drained (drained[w]: 0 slots in red)
- * laid out over every worker's slots, the drained workers' slots out of service. */
-static int rb_expand(const struct co_placement *red, const int32_t *slots, const bool *drained,
+/* A placement solved over used[w] slots of each worker (red), laid out over every worker's
+ * slots[w]: worker w's first used[w] slots hold red's experts, the rest are out of service
+ * (a drained worker uses none; SetRedundancy leaves some spare). */
+static int rb_expand(const struct co_placement *red, const int32_t *slots, const int32_t *used,
 		     struct co_placement **ret, struct fr_error *err)
 {
 	int L = red->n_layers, W = red->n_workers, T = 0, rc, n = 0;
@@ -625,20 +626,18 @@ static int rb_expand(const struct co_placement *red, const int32_t *slots, const
 		int g = 0;
 		for (int w = 0; w < W; w++)
 			for (int j = 0; j < slots[w]; j++, g++)
-				/* A drained worker's slots hold expert 0 for a moment: taken out of
-				 * service below, they only keep the table well-formed. */
-				table[(size_t)l * T + g] = drained[w] ? 0 :
+				/* Unused slots hold expert 0 for a moment: taken out of service
+				 * below, they only keep the table well-formed. */
+				table[(size_t)l * T + g] = j >= used[w] ? 0 :
 					red->slot_expert[(size_t)l * red->total_slots +
 							 red->slot_base[w] + j];
 	}
 	if ((rc = co_place_from_table(L, red->n_experts, W, slots, table, &p, err)) < 0)
 		goto out;
 	for (int w = 0; w < W; w++) {
-		if (!drained[w])
-			continue;
 		n = 0;
 		for (int l = 0; l < L; l++)
-			for (int j = 0; j < slots[w]; j++) {
+			for (int j = used[w]; j < slots[w]; j++) {
 				layer[n] = l;
 				slot[n++] = j;
 			}
@@ -656,67 +655,75 @@ out:
 	return rc;
 }
 
+/* p over used[w] slots per worker: each worker's first used[w] slots, which must all be in
+ * service (-ESTALE otherwise: p does not have that shape). */
+static int rb_reduce(const struct co_placement *p, const int32_t *used,
+		     struct co_placement **ret, struct fr_error *err)
+{
+	int L = p->n_layers, T = p->total_slots, U = 0;
+
+	for (int w = 0; w < p->n_workers; w++) {
+		if (used[w] > p->slots[w])
+			return -ESTALE;
+		U += used[w];
+	}
+	int32_t *t = malloc((size_t)L * (size_t)FR_MAX(U, 1) * sizeof(*t));
+	if (!t)
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	int rc = 0;
+	for (int l = 0; l < L && rc == 0; l++) {
+		int g = 0;
+		for (int w = 0; w < p->n_workers && rc == 0; w++)
+			for (int j = 0; j < used[w]; j++) {
+				int32_t e = p->slot_expert[(size_t)l * T + p->slot_base[w] + j];
+				if (e == CO_PLACE_EMPTY) {
+					rc = -ESTALE;
+					break;
+				}
+				t[(size_t)l * U + g++] = e;
+			}
+	}
+	if (rc == 0)
+		rc = co_place_from_table(L, p->n_experts, p->n_workers, used, t, ret, err);
+	free(t);
+	return rc;
+}
+
+/* Slots of each worker in service in p (the first ones: the tail may be out of service). */
+static void rb_used(const struct co_placement *p, int32_t *used)
+{
+	for (int w = 0; w < p->n_workers; w++) {
+		used[w] = 0;
+		while (used[w] < p->slots[w] &&
+		       p->slot_expert[p->slot_base[w] + used[w]] != CO_PLACE_EMPTY)
+			used[w]++;
+	}
+}
+
 /* A copy of p, slots out of service included. */
 static int rb_copy(const struct co_placement *p, struct co_placement **ret, struct fr_error *err)
 {
-	int L = p->n_layers, T = p->total_slots;
-	bool *out = calloc((size_t)p->n_workers, sizeof(*out));
+	int32_t used[MAX_WORKERS];
 	struct co_placement *red = NULL;
 	int rc;
 
-	if (!out)
-		return fr_error_set(err, -ENOMEM, "out of memory");
-	for (int l = 0; l < L; l++)
-		for (int j = 0; j < T; j++)
-			if (p->slot_expert[(size_t)l * T + j] == CO_PLACE_EMPTY)
-				out[p->slot_worker[j]] = true;
-	/* Workers whose slots are out of service are the drained ones: all of theirs are. */
-	rc = co_place_from_table(L, p->n_experts, p->n_workers, p->slots, p->slot_expert, &red,
-				 NULL);
-	if (rc == 0) {
-		*ret = red;
-	} else {
-		int32_t *zero = calloc((size_t)p->n_workers, sizeof(*zero));
-		struct co_placement *tmp = NULL;
-		rc = -ENOMEM;
-		if (zero) {
-			for (int w = 0; w < p->n_workers; w++)
-				zero[w] = out[w] ? 0 : p->slots[w];
-			/* The slots in service, as a placement over fewer slots, then laid out
-			 * over all of them again. */
-			int Tz = 0;
-			for (int w = 0; w < p->n_workers; w++)
-				Tz += zero[w];
-			int32_t *t = malloc((size_t)L * (size_t)FR_MAX(Tz, 1) * sizeof(*t));
-			if (t) {
-				for (int l = 0; l < L; l++) {
-					int g = 0;
-					for (int j = 0; j < T; j++)
-						if (!out[p->slot_worker[j]])
-							t[(size_t)l * Tz + g++] =
-								p->slot_expert[(size_t)l * T + j];
-				}
-				rc = co_place_from_table(L, p->n_experts, p->n_workers, zero, t, &tmp,
-							 err);
-				if (rc == 0)
-					rc = rb_expand(tmp, p->slots, out, ret, err);
-				free(t);
-			}
-		}
-		co_place_destroy(tmp);
-		free(zero);
-		if (rc == -ENOMEM)
-			fr_error_set(err, rc, "out of memory");
-	}
-	free(out);
+	if (p->n_workers > MAX_WORKERS)
+		return fr_error_set(err, -EINVAL, "too many workers");
+	rb_used(p, used);
+	if ((rc = rb_reduce(p, used, &red, err)) == -ESTALE)
+		return fr_error_set(err, -EINVAL, "slots out of service are not at the end of "
+				    "their worker's slots");
+	if (rc == 0)
+		rc = rb_expand(red, p->slots, used, ret, err);
+	co_place_destroy(red);
 	return rc;
 }
 
 int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct fr_error *err)
 {
 	bool drained[MAX_WORKERS] = { false };
-	int32_t red_slots[MAX_WORKERS];
-	bool any_drained = false, prev_empty = false;
+	int32_t used[MAX_WORKERS], prev_used[MAX_WORKERS];
+	int redundancy = -1;
 	int n_moe = model_n_moe_layers(s->cfg), n_e = s->cfg->n_routed_experts;
 	struct co_placement *prev = NULL, *next = NULL, *old = NULL;
 	struct rb_plan pl = { 0 };
@@ -752,26 +759,10 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 						  "rebalance needs every worker", w, x->name,
 						  x->state == W_FAILED ? x->fail : "joining or leaving");
 			drained[w] = (x->drained && w != o->undrain) || w == o->drain;
-			any_drained |= drained[w];
-			red_slots[w] = drained[w] ? 0 : s->place->slots[w];
 		}
+		redundancy = o->redundancy >= -1 ? o->redundancy : s->redundancy;
 		if (rc == 0 && o->drain >= s->n_joined)
 			rc = fr_error_set(err, -EINVAL, "no worker %d", o->drain);
-		for (int l = 0; l < s->place->n_layers && rc == 0; l++)
-			for (int j = 0; j < s->place->total_slots; j++) {
-				if (s->place->slot_expert[(size_t)l * s->place->total_slots + j] !=
-				    CO_PLACE_EMPTY)
-					continue;
-				int w = s->place->slot_worker[j];
-				if (!s->workers[w].drained) {
-					rc = fr_error_set(err, -ESTALE, "slots of worker %d '%s' are out "
-							  "of service (it handed them back): a "
-							  "rebalance needs every slot", w,
-							  s->workers[w].name);
-					break;
-				}
-				prev_empty = true;
-			}
 		if (rc == 0 && o->undrain >= 0 && !s->workers[o->undrain].drained)
 			rc = fr_error_set(err, -EINVAL, "worker %d '%s' is not drained", o->undrain,
 					  s->workers[o->undrain].name);
@@ -801,9 +792,28 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 				  "first, or give a profile");
 		goto done;
 	}
-	struct co_place_problem pb = { .n_layers = n_moe, .n_experts = n_e,
-				       .n_workers = prev->n_workers,
-				       .slots = any_drained ? red_slots : prev->slots, .load = load };
+	/* Slots in use per worker: none on a drained one; with a redundancy r, the experts plus
+	 * r spares per layer, spread over the others in proportion to their slots. */
+	int W = prev->n_workers, cap = 0, target;
+	for (int w = 0; w < W; w++)
+		cap += (used[w] = drained[w] ? 0 : prev->slots[w]);
+	target = redundancy >= 0 ? FR_MIN(cap, n_e + redundancy) : cap;
+	if (target < cap && cap > 0) {
+		int given = 0;
+		for (int w = 0; w < W; w++)
+			given += (used[w] = (int32_t)((int64_t)used[w] * target / cap));
+		for (int w = 0; given < target; w = (w + 1) % W)
+			if (!drained[w] && used[w] < prev->slots[w]) {
+				used[w]++;
+				given++;
+			}
+	}
+	bool reshaped = false;
+	rb_used(prev, prev_used);
+	for (int w = 0; w < W; w++)
+		reshaped |= used[w] != prev->slots[w] || prev_used[w] != prev->slots[w];
+	struct co_place_problem pb = { .n_layers = n_moe, .n_experts = n_e, .n_workers = W,
+				       .slots = used, .load = load };
 	/* Migration-aware: start from the placement in force and move an expert only where it
 	 * buys balance (a layer within 0.3% of its lower bound is left alone). */
 	struct co_place_opts po = { .min_distinct = min_distinct,
@@ -836,12 +846,17 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 			goto done;
 		for (int w = 0; w < t->n_workers; w++)
 			drained[w] = co_place_filled(t, w) == 0;
-	} else if (any_drained || prev_empty) {
-		struct co_placement *red = NULL;
-		rc = co_place_solve(&pb, &po, NULL, &red, err);
+	} else if (reshaped) {
+		/* Over the slots in use; migration-aware when the layout in force has that shape
+		 * (its first used[w] slots in service), from scratch otherwise. */
+		struct co_placement *red = NULL, *rprev = NULL;
+		if (rb_reduce(prev, used, &rprev, NULL) < 0)
+			rprev = NULL;
+		rc = co_place_solve(&pb, &po, rprev, &red, err);
 		if (rc == 0)
-			rc = rb_expand(red, prev->slots, drained, &next, err);
+			rc = rb_expand(red, prev->slots, used, &next, err);
 		co_place_destroy(red);
+		co_place_destroy(rprev);
 		if (rc < 0) {
 			if (o->drain >= 0)
 				fr_error_prefix(err, rc, "cannot drain worker %d '%s'", o->drain,
@@ -856,7 +871,7 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 		fr_error_prefix(err, rc, "plan");
 		goto done;
 	}
-	if (o->max_moves > 0 && !changes_drain && !prev_empty &&
+	if (o->max_moves > 0 && !changes_drain && !reshaped &&
 	    (rc = (int)co_place_cap_moves(next, prev, load, min_distinct, o->max_moves)) < 0) {
 		fr_error_set(err, rc, "plan: cannot cap the moves");
 		goto done;
@@ -872,8 +887,10 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 		"%.3f -> %.3f%s", why, pl.moves, pl.slots_total, (double)pl.bytes / (1 << 20),
 		pl.mean_before, pl.mean_after, o->dry_run ? " (dry run)" : "");
 	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED, t0,
-		    o->dry_run ? "dry run: nothing moves" : pl.moves ? "" : "nothing to move");
-	if (o->dry_run || pl.moves == 0) {
+		    o->dry_run ? "dry run: nothing moves" :
+		    co_place_moves(prev, next) ? "" : "nothing to move");
+	long changed = co_place_moves(prev, next);
+	if (o->dry_run || changed == 0) {
 		rc = 0;
 		goto done;
 	}
@@ -941,6 +958,8 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 		co_load_reset(s->load);
 		for (int w = 0; w < s->n_joined; w++)
 			s->workers[w].drained = drained[w];
+		if (o->redundancy >= -1)
+			s->redundancy = o->redundancy;
 		struct co_rebalance_record *lr = &s->last_rebalance;
 		lr->done = true;
 		lr->when_unix_s = (double)rpc_auth_now_ms() / 1e3;
@@ -1021,6 +1040,7 @@ static grpc_status_code on_rebalance(struct rpc_call *call, const ProtobufCMessa
 		.dry_run = r->dry_run, .max_moves = r->max_moves, .min_gain = r->min_gain,
 		.min_distinct = (int)r->min_distinct, .profile = pr.load, .why = why,
 		.progress = rb_send_cb, .ctx = call, .drain = -1, .undrain = -1, .to = to,
+		.redundancy = -2,
 	};
 	rc = co__rebalance(s, &o, &err);
 	co_load_profile_fini(&pr);
@@ -1062,7 +1082,7 @@ static grpc_status_code drain_call(struct rpc_call *call, const ProtobufCMessage
 		 s->workers[w].name);
 	struct co_rebalance_opts o = { .dry_run = r->dry_run, .why = why, .progress = rb_send_cb,
 				       .ctx = call, .drain = drain ? w : -1,
-				       .undrain = drain ? -1 : w };
+				       .undrain = drain ? -1 : w, .redundancy = -2 };
 	int rc = co__rebalance(s, &o, &err);
 	if (rc < 0)
 		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
@@ -1077,6 +1097,33 @@ static grpc_status_code on_drain(struct rpc_call *call, const ProtobufCMessage *
 static grpc_status_code on_undrain(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
 {
 	return drain_call(call, req, arg, false);
+}
+
+static grpc_status_code on_set_redundancy(struct rpc_call *call, const ProtobufCMessage *req,
+					  void *arg)
+{
+	const Ferry__V1__SetRedundancyRequest *r = (const Ferry__V1__SetRedundancyRequest *)req;
+	struct co_server *s = arg;
+	struct fr_error err = { { 0 } };
+	grpc_status_code st;
+	char why[64];
+
+	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
+		return st;
+	if (r->spare_slots < -1)
+		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT, "spare_slots %d: -1 (all) "
+				     "or a count >= 0", r->spare_slots);
+	if (r->spare_slots >= 0)
+		snprintf(why, sizeof(why), "redundancy: %d spare slots per layer", r->spare_slots);
+	else
+		snprintf(why, sizeof(why), "redundancy: every slot");
+	struct co_rebalance_opts o = { .dry_run = r->dry_run, .why = why, .progress = rb_send_cb,
+				       .ctx = call, .drain = -1, .undrain = -1,
+				       .redundancy = r->spare_slots };
+	int rc = co__rebalance(s, &o, &err);
+	if (rc < 0)
+		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
+	return GRPC_STATUS_OK;
 }
 
 int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_error *err)
@@ -1105,6 +1152,11 @@ int co__admin_register(struct co_server *s, struct rpc_server *srv, struct fr_er
 					&ferry__v1__drain_request__descriptor, on_drain, s,
 					err)) < 0)
 		return rc;
-	return rpc_server_add_method(srv, RPC_M_UNDRAIN, RPC_METHOD_SERVER_STREAMING,
-				     &ferry__v1__drain_request__descriptor, on_undrain, s, err);
+	if ((rc = rpc_server_add_method(srv, RPC_M_UNDRAIN, RPC_METHOD_SERVER_STREAMING,
+					&ferry__v1__drain_request__descriptor, on_undrain, s,
+					err)) < 0)
+		return rc;
+	return rpc_server_add_method(srv, RPC_M_SET_REDUNDANCY, RPC_METHOD_SERVER_STREAMING,
+				     &ferry__v1__set_redundancy_request__descriptor,
+				     on_set_redundancy, s, err);
 }

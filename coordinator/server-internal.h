@@ -103,6 +103,7 @@ struct co_server {
 	uint64_t pending_epoch;
 	uint64_t last_epoch;
 	bool rebalancing;
+	int redundancy;                /* SetRedundancy: spare slots per layer in use, -1 all */
 	/* The automatic policy (server.c): when a layer went below the threshold, the last
 	 * automatic rebalance, and the thread running one. */
 	uint64_t auto_below_since_ns, auto_last_ns;
@@ -170,6 +171,8 @@ struct co_rebalance_opts {
 	                               * instead of planning one; NULL: plan */
 	int drain;                    /* >= 0: empty this worker (its slots leave service) */
 	int undrain;                  /* >= 0: give this drained worker slots again */
+	int redundancy;               /* spare slots per layer in use: >= 0 sets it, -1 all
+	                               * slots, -2 keeps the server's (SetRedundancy) */
 	const char *why;              /* for Status and the logs */
 	void (*progress)(void *ctx, const struct rb_plan *pl, uint64_t epoch, int phase,
 			 uint64_t t0_ns, const char *detail);

@@ -222,6 +222,7 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 		return fr_error_set(err, -ENOMEM, "out of memory");
 	s->o = *o;
 	s->t_start_ns = fr_now_ns();
+	s->redundancy = -1;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	pthread_mutex_init(&s->engine_mu, NULL);
@@ -495,7 +496,8 @@ static void *auto_main(void *arg)
 	struct co_server *s = arg;
 	struct fr_error err = { { 0 } };
 	struct co_rebalance_opts o = { .max_moves = (uint32_t)FR_MAX(s->o.rebalance_max_moves, 0),
-				       .why = s->auto_why, .drain = -1, .undrain = -1 };
+				       .why = s->auto_why, .drain = -1, .undrain = -1,
+				       .redundancy = -2 };
 
 	if (co__rebalance(s, &o, &err) < 0)
 		fr_warn(LOG_COMP, "automatic rebalance (%s) did not happen: %s", s->auto_why,

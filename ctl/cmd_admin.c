@@ -449,6 +449,9 @@ static const char rebalance_usage[] =
 	"                       [placement] min_distinct)\n"
 	"      --profile FILE   plan for this load profile (placement.h format) instead of the\n"
 	"                       measured window\n"
+	"      --redundancy N   keep N spare slots per MoE layer for replicas of hot experts,\n"
+	"                       the rest of the slots empty (-1: every slot; later rebalances\n"
+	"                       keep it)\n"
 	"      --to PLACEMENT   apply this placement file (ferryctl placement plan --out, or\n"
 	"                       placement show --json) instead of planning one; a worker whose\n"
 	"                       slots are all -1 ends drained\n"
@@ -462,9 +465,11 @@ struct rebalance_opts {
 	double min_gain;
 	const char *profile;
 	const char *to;
+	bool set_redundancy;
+	int redundancy;
 };
 
-enum { RB_DRY = 300, RB_MAXM, RB_GAIN, RB_DIST, RB_PROF, RB_WAIT, RB_TO };
+enum { RB_DRY = 300, RB_MAXM, RB_GAIN, RB_DIST, RB_PROF, RB_WAIT, RB_TO, RB_RED };
 
 static const struct option rebalance_longopts[] = {
 	{ "cluster", required_argument, NULL, 'c' },
@@ -477,6 +482,7 @@ static const struct option rebalance_longopts[] = {
 	{ "profile", required_argument, NULL, RB_PROF },
 	{ "wait", no_argument, NULL, RB_WAIT },
 	{ "to", required_argument, NULL, RB_TO },
+	{ "redundancy", required_argument, NULL, RB_RED },
 	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
@@ -498,6 +504,12 @@ static int rebalance_parse(int argc, char **argv, struct rebalance_opts *o, stru
 		case RB_WAIT: o->wait = true; break;
 		case RB_PROF: o->profile = optarg; break;
 		case RB_TO: o->to = optarg; break;
+		case RB_RED:
+			if (ctl_arg_int("redundancy", optarg, -1, 1 << 20, &v, err) < 0)
+				return -EINVAL;
+			o->set_redundancy = true;
+			o->redundancy = v;
+			break;
 		case RB_MAXM:
 			if (ctl_arg_int("max-moves", optarg, 1, INT32_MAX, &v, err) < 0)
 				return -EINVAL;
@@ -527,6 +539,11 @@ static int rebalance_parse(int argc, char **argv, struct rebalance_opts *o, stru
 		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (o->dry_run && o->wait)
 		return fr_error_set(err, -EINVAL, "--wait with --dry-run: a dry run moves nothing");
+	if (o->set_redundancy && (o->to || o->max_moves || o->min_gain > 0 || o->profile ||
+				  o->min_distinct))
+		return fr_error_set(err, -EINVAL, "--redundancy re-places for the measured load: "
+				    "--to, --max-moves, --min-gain, --min-distinct and --profile do "
+				    "not go with it");
 	if (o->to && (o->max_moves || o->min_gain > 0 || o->profile || o->min_distinct))
 		return fr_error_set(err, -EINVAL, "--to applies a placement as it is: --max-moves, "
 				    "--min-gain, --min-distinct and --profile do not go with it");
@@ -701,7 +718,16 @@ static int rebalance_main(int argc, char **argv)
 	req.profile_json = profile ? profile : (char *)"";
 	req.why = (char *)(o.to ? "manual (ferryctl rebalance --to)" :
 				  "manual (ferryctl rebalance)");
-	rc = progress_stream("rebalance", &o.a, RPC_M_REBALANCE, &req.base, o.dry_run, o.wait);
+	if (o.set_redundancy) {
+		Ferry__V1__SetRedundancyRequest sr = FERRY__V1__SET_REDUNDANCY_REQUEST__INIT;
+		sr.spare_slots = o.redundancy;
+		sr.dry_run = o.dry_run;
+		rc = progress_stream("rebalance", &o.a, RPC_M_SET_REDUNDANCY, &sr.base, o.dry_run,
+				     o.wait);
+	} else {
+		rc = progress_stream("rebalance", &o.a, RPC_M_REBALANCE, &req.base, o.dry_run,
+				     o.wait);
+	}
 	free(profile);
 	free(to);
 	return rc;

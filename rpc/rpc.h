@@ -56,6 +56,7 @@
 #define RPC_M_REBALANCE "/ferry.v1.Admin/Rebalance"
 #define RPC_M_DRAIN "/ferry.v1.Admin/Drain"
 #define RPC_M_UNDRAIN "/ferry.v1.Admin/Undrain"
+#define RPC_M_SET_REDUNDANCY "/ferry.v1.Admin/SetRedundancy"
 
 /* Largest message either side accepts (gRPC's own default is 4 MiB). */
 #define RPC_MAX_MESSAGE_BYTES (16u << 20)

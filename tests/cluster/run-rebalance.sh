@@ -171,6 +171,29 @@ done
 "$F" status --json > "$tmp/st4.json"
 python3 -c "import json,sys; s=json.load(open(sys.argv[1])); assert s['epoch'] == 3, s" "$tmp/st4.json" || fail "the refusals changed the epoch"
 echo "rebalance --to: the placement in force moves nothing, a swap moves 2 slots (same tokens), bad files refused"
+
+# 5d. SetRedundancy: 2 spare slots per layer (16 experts + 2 slots in service, the rest
+#     empty), the same tokens; then every slot again.
+"$F" rebalance --redundancy 2 --wait > /dev/null || fail "rebalance --redundancy 2"
+"$F" placement show --json > "$tmp/red2.json"
+for i in 0 1; do
+  "$F" run --cluster "$addr" --tokens "$(cat "$tmp/p$i")" --max-new 48 > "$tmp/rd$i"
+  cmp -s "$tmp/ref$i" "$tmp/rd$i" || fail "request $i differs with redundancy 2"
+done
+"$F" rebalance --redundancy -1 --wait > /dev/null || fail "rebalance --redundancy -1"
+"$F" placement show --json > "$tmp/redall.json"
+python3 - "$tmp" <<'PY' || fail "redundancy layouts"
+import json, os, sys
+t = sys.argv[1]
+r2, ra = (json.load(open(os.path.join(t, n))) for n in ("red2.json", "redall.json"))
+E = r2["n_experts"]
+for l in r2["layers"]:
+    used = [e for e in l if e >= 0]
+    assert len(used) == E + 2 and set(used) == set(range(E)), l
+for l in ra["layers"]:
+    assert -1 not in l and set(l) == set(range(E)), l
+print("redundancy 2: %d of %d slots per layer in service; -1: all of them" % (E + 2, len(r2["layers"][0])))
+PY
 echo "rebalance test passed"
 
 # 6. The automatic policy: a cluster whose layers stay under the threshold rebalances by
