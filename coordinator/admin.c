@@ -471,6 +471,8 @@ struct rb_plan {
 	uint32_t moves, slots_total;
 	uint64_t bytes;
 	double mean_before, mean_after;
+	double step_ms_median_before, step_ms_max_during; /* set before DONE */
+	uint32_t steps_during;
 };
 
 static void rb_plan_fini(struct rb_plan *pl)
@@ -555,6 +557,9 @@ static int rb_send(struct rpc_call *call, const struct rb_plan *pl, uint64_t epo
 	m.balancedness_after = pl->mean_after;
 	m.duration_s = (double)(fr_now_ns() - t0) / 1e9;
 	m.detail = (char *)(detail ? detail : "");
+	m.step_ms_median_before = pl->step_ms_median_before;
+	m.step_ms_max_during = pl->step_ms_max_during;
+	m.steps_during = pl->steps_during;
 	/* The rebalance goes on whether or not the client still listens. */
 	return rpc_call_send(call, &m.base);
 }
@@ -981,6 +986,20 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 		"balancedness %.3f -> %.3f (predicted)", why, (unsigned long long)epoch, pl.moves,
 		(double)(fr_now_ns() - t0) / 1e9, pl.mean_before, pl.mean_after);
 	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_SWAPPED, t0, "");
+	/* What the move cost serving: the longest step while it ran against the median step
+	 * of the minute before. */
+	uint64_t med = 0, mx = 0, unused = 0, now = fr_now_ns();
+	if (s->sched) {
+		co_sched_step_times(s->sched, t0 > 60000000000ull ? t0 - 60000000000ull : 0, t0,
+				    &med, &unused);
+		int n = co_sched_step_times(s->sched, t0, now + 1, &unused, &mx);
+		pl.steps_during = n > 0 ? (uint32_t)n : 0;
+	}
+	pl.step_ms_median_before = (double)med / 1e6;
+	pl.step_ms_max_during = (double)mx / 1e6;
+	fr_info(LOG_COMP, "rebalance (%s): %u steps ran while it moved, the longest %.2f ms "
+		"(median of the minute before %.2f ms)", why, pl.steps_during,
+		pl.step_ms_max_during, pl.step_ms_median_before);
 	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE, t0, "");
 	rc = 0;
 done:

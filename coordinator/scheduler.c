@@ -21,6 +21,8 @@
 
 enum req_state { R_QUEUED, R_RUNNING, R_DONE };
 
+#define STEP_RING 8192
+
 struct co_req {
 	struct co_sched *s;
 	int refs;                    /* owner + scheduler; under s->mu */
@@ -75,6 +77,11 @@ struct co_sched {
 	bool *b_want;
 	struct co_req **b_req;       /* [max_batch] request of each row */
 	float *logits;               /* [max_batch][vocab] */
+
+	/* The last STEP_RING steps: when each ended and how long its forward passes took
+	 * (under mu), for co_sched_step_times(). */
+	uint64_t step_end[STEP_RING], step_ns[STEP_RING];
+	unsigned step_head, step_n;
 };
 
 /* ---- requests --------------------------------------------------------------------------- */
@@ -368,6 +375,34 @@ void co_sched_stats(struct co_sched *s, struct co_sched_stats *ret)
 	pthread_mutex_unlock(&s->mu);
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int co_sched_step_times(struct co_sched *s, uint64_t from_ns, uint64_t to_ns,
+			uint64_t *ret_median_ns, uint64_t *ret_max_ns)
+{
+	uint64_t *v = malloc(STEP_RING * sizeof(*v));
+	int n = 0;
+
+	if (!v)
+		return -ENOMEM;
+	pthread_mutex_lock(&s->mu);
+	for (unsigned k = 0; k < s->step_n; k++) {
+		unsigned i = (s->step_head + STEP_RING - 1 - k) % STEP_RING;
+		if (s->step_end[i] >= from_ns && s->step_end[i] < to_ns)
+			v[n++] = s->step_ns[i];
+	}
+	pthread_mutex_unlock(&s->mu);
+	qsort(v, (size_t)n, sizeof(*v), cmp_u64);
+	*ret_median_ns = n ? v[n / 2] : 0;
+	*ret_max_ns = n ? v[n - 1] : 0;
+	free(v);
+	return n;
+}
+
 /* ---- the scheduler thread --------------------------------------------------------------- */
 
 /* Admits from the queue while the best waiting request fits (under s->mu). */
@@ -630,6 +665,7 @@ static void *sched_main(void *arg)
 		/* The scheduler holds a reference on every running request, so they outlive
 		 * the unlocked forward passes even if their owners go. */
 		pthread_mutex_unlock(&s->mu);
+		uint64_t t_step = fr_now_ns();
 
 		/* One forward pass per distinct set of routing knobs (usually one): the batch is
 		 * regrouped so each set's rows are contiguous, keeping every request's rows
@@ -650,6 +686,10 @@ static void *sched_main(void *arg)
 		uint64_t now = fr_now_ns();
 		pthread_mutex_lock(&s->mu);
 		s->st.steps++;
+		s->step_end[s->step_head] = now;
+		s->step_ns[s->step_head] = now - t_step;
+		s->step_head = (s->step_head + 1) % STEP_RING;
+		s->step_n = FR_MIN(s->step_n + 1, STEP_RING);
 		s->st.rows += (uint64_t)n;
 		if (rc < 0) {
 			fr_err(LOG_COMP, "step of %d rows failed: %s", n, err.msg);

@@ -158,5 +158,10 @@ struct co_sched_stats {
 	uint64_t steps, rows, finished, refused;
 };
 void co_sched_stats(struct co_sched *s, struct co_sched_stats *ret);
+/* Median and longest duration of the steps (their forward passes) that ended in
+ * [from_ns, to_ns) (fr_now_ns() clock), among the last 8192. Returns how many there were
+ * (both results 0 for none), or -ENOMEM. */
+int co_sched_step_times(struct co_sched *s, uint64_t from_ns, uint64_t to_ns,
+			uint64_t *ret_median_ns, uint64_t *ret_max_ns);
 
 #endif /* FERRY_COORDINATOR_SCHEDULER_H */

@@ -583,12 +583,14 @@ static json_t *progress_json(const Ferry__V1__RebalanceProgress *m)
 			"name", m->workers[i]->name, "slots_to_load",
 			(json_int_t)m->workers[i]->slots_to_load, "bytes_to_load",
 			(json_int_t)m->workers[i]->bytes_to_load, "loaded", m->workers[i]->loaded));
-	return json_pack("{s:s, s:I, s:o, s:o, s:I, s:I, s:I, s:f, s:f, s:f, s:s}", "phase",
-			 phase_name(m->phase), "epoch", (json_int_t)m->epoch, "layers", layers,
-			 "workers", workers, "moves", (json_int_t)m->moves, "slots_total",
+	return json_pack("{s:s, s:I, s:o, s:o, s:I, s:I, s:I, s:f, s:f, s:f, s:s, s:f, s:f, s:I}",
+			 "phase", phase_name(m->phase), "epoch", (json_int_t)m->epoch, "layers",
+			 layers, "workers", workers, "moves", (json_int_t)m->moves, "slots_total",
 			 (json_int_t)m->slots_total, "bytes_to_move", (json_int_t)m->bytes_to_move,
 			 "balancedness_before", m->balancedness_before, "balancedness_after",
-			 m->balancedness_after, "duration_s", m->duration_s, "detail", m->detail);
+			 m->balancedness_after, "duration_s", m->duration_s, "detail", m->detail,
+			 "step_ms_median_before", m->step_ms_median_before, "step_ms_max_during",
+			 m->step_ms_max_during, "steps_during", (json_int_t)m->steps_during);
 }
 
 static void plan_print(const Ferry__V1__RebalanceProgress *m, bool dry)
@@ -662,9 +664,11 @@ static int progress_stream(const char *cmd, const struct admin_opts *a, const ch
 			}
 		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE) {
 			printf("%sepoch %llu in force: %u slots moved in %.2f s, balancedness %.3f -> "
-			       "%.3f (predicted)\n", bar ? "\n" : "", (unsigned long long)m->epoch,
-			       m->moves, m->duration_s, m->balancedness_before,
-			       m->balancedness_after);
+			       "%.3f (predicted); the longest of the %u steps meanwhile took %.2f ms "
+			       "(median before: %.2f ms)\n", bar ? "\n" : "",
+			       (unsigned long long)m->epoch, m->moves, m->duration_s,
+			       m->balancedness_before, m->balancedness_after, m->steps_during,
+			       m->step_ms_max_during, m->step_ms_median_before);
 		}
 		fflush(stdout);
 		uint64_t epoch = m->epoch;
