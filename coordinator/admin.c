@@ -694,6 +694,119 @@ static int rb_reduce(const struct co_placement *p, const int32_t *used,
 	return rc;
 }
 
+/* A starting layout over used[w] slots per worker for the migration-aware solve when the
+ * slots in use change shape (drain, undrain, another redundancy). Each worker keeps the
+ * experts of its first used[w] slots in p. A slot p had out of service (or did not have)
+ * starts with an expert no slot holds any more (one that was only on a drained worker),
+ * else with the hottest expert of its layer the worker does not hold. Experts still
+ * without a slot then take the slot of the replica with the least load per replica. The
+ * solver moves only what buys balance from there, so a drain or an undrain loads about
+ * the slots it must and little else.
+ * -ESTALE where no such start exists (the solve then runs from scratch). */
+static int rb_warm(const struct co_placement *p, const int32_t *used, const double *load,
+		   struct co_placement **ret, struct fr_error *err)
+{
+	int L = p->n_layers, E = p->n_experts, T = p->total_slots, W = p->n_workers, U = 0;
+	int rc = 0;
+
+	for (int w = 0; w < W; w++) {
+		if (used[w] > E)
+			return -ESTALE;
+		U += used[w];
+	}
+	if (U < E)
+		return -ESTALE;
+	int32_t *t = malloc((size_t)L * (size_t)U * sizeof(*t));
+	int32_t *order = malloc((size_t)E * sizeof(*order));
+	int32_t *count = malloc((size_t)E * sizeof(*count));
+	int32_t *base = malloc((size_t)(W + 1) * sizeof(*base));
+	bool *held = malloc((size_t)W * E * sizeof(*held));
+	if (!t || !order || !count || !base || !held) {
+		rc = fr_error_set(err, -ENOMEM, "out of memory");
+		goto out;
+	}
+	base[0] = 0;
+	for (int w = 0; w < W; w++)
+		base[w + 1] = base[w] + used[w];
+	for (int l = 0; l < L && rc == 0; l++) {
+		const double *ld = load + (size_t)l * E;
+		int32_t *row = t + (size_t)l * U;
+		/* experts of this layer, hottest first (insertion sort: E is small) */
+		for (int e = 0; e < E; e++) {
+			int k = e;
+			for (; k > 0 && ld[order[k - 1]] < ld[e]; k--)
+				order[k] = order[k - 1];
+			order[k] = e;
+		}
+		memset(held, 0, (size_t)W * E * sizeof(*held));
+		memset(count, 0, (size_t)E * sizeof(*count));
+		for (int g = 0; g < U; g++)
+			row[g] = CO_PLACE_EMPTY;
+		for (int w = 0; w < W; w++) {
+			const int32_t *se = p->slot_expert + (size_t)l * T + p->slot_base[w];
+			for (int j = 0, k = 0; j < FR_MIN(used[w], p->slots[w]); j++)
+				if (se[j] != CO_PLACE_EMPTY && !held[(size_t)w * E + se[j]]) {
+					held[(size_t)w * E + se[j]] = true;
+					count[se[j]]++;
+					row[base[w] + k++] = se[j];
+				}
+		}
+		/* free slots: experts without a slot first, then the hottest ones */
+		for (int w = 0; w < W; w++)
+			for (int g = base[w]; g < base[w + 1]; g++) {
+				if (row[g] != CO_PLACE_EMPTY)
+					continue;
+				int pick = -1;
+				for (int i = 0; i < E && pick < 0; i++)
+					if (!count[order[i]] && !held[(size_t)w * E + order[i]])
+						pick = order[i];
+				for (int i = 0; i < E && pick < 0; i++)
+					if (!held[(size_t)w * E + order[i]])
+						pick = order[i];
+				/* used[w] <= E: a free expert remains */
+				held[(size_t)w * E + pick] = true;
+				count[pick]++;
+				row[g] = pick;
+			}
+		/* experts still without a slot take the least loaded replica's */
+		for (int i = 0; i < E && rc == 0; i++) {
+			int m = order[i], best = -1;
+			if (count[m])
+				continue;
+			for (int w = 0; w < W; w++) {
+				if (held[(size_t)w * E + m])
+					continue;
+				for (int g = base[w]; g < base[w + 1]; g++)
+					if (count[row[g]] > 1 &&
+					    (best < 0 || ld[row[g]] * count[row[best]] <
+							 ld[row[best]] * count[row[g]]))
+						best = g;
+			}
+			if (best < 0) {
+				rc = -ESTALE;
+				break;
+			}
+			int w = 0;
+			while (best >= base[w + 1])
+				w++;
+			held[(size_t)w * E + row[best]] = false;
+			count[row[best]]--;
+			row[best] = m;
+			held[(size_t)w * E + m] = true;
+			count[m]++;
+		}
+	}
+	if (rc == 0)
+		rc = co_place_from_table(L, E, W, used, t, ret, err);
+out:
+	free(t);
+	free(order);
+	free(count);
+	free(base);
+	free(held);
+	return rc;
+}
+
 /* Slots of each worker in service in p (the first ones: the tail may be out of service). */
 static void rb_used(const struct co_placement *p, int32_t *used)
 {
@@ -852,10 +965,11 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 		for (int w = 0; w < t->n_workers; w++)
 			drained[w] = co_place_filled(t, w) == 0;
 	} else if (reshaped) {
-		/* Over the slots in use; migration-aware when the layout in force has that shape
-		 * (its first used[w] slots in service), from scratch otherwise. */
+		/* Over the slots in use, migration-aware from the layout in force: its slots
+		 * still in use keep their experts, new ones start with hot experts (rb_warm);
+		 * from scratch only where that start cannot be built. */
 		struct co_placement *red = NULL, *rprev = NULL;
-		if (rb_reduce(prev, used, &rprev, NULL) < 0)
+		if (rb_warm(prev, used, load, &rprev, NULL) < 0)
 			rprev = NULL;
 		rc = co_place_solve(&pb, &po, rprev, &red, err);
 		if (rc == 0)
@@ -997,9 +1111,12 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	}
 	pl.step_ms_median_before = (double)med / 1e6;
 	pl.step_ms_max_during = (double)mx / 1e6;
-	fr_info(LOG_COMP, "rebalance (%s): %u steps ran while it moved, the longest %.2f ms "
-		"(median of the minute before %.2f ms)", why, pl.steps_during,
-		pl.step_ms_max_during, pl.step_ms_median_before);
+	if (pl.steps_during)
+		fr_info(LOG_COMP, "rebalance (%s): %u steps ran while it moved, the longest "
+			"%.2f ms (median of the minute before %.2f ms)", why, pl.steps_during,
+			pl.step_ms_max_during, pl.step_ms_median_before);
+	else
+		fr_info(LOG_COMP, "rebalance (%s): no step ran while it moved", why);
 	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE, t0, "");
 	rc = 0;
 done:

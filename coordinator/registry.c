@@ -16,6 +16,19 @@
 
 /* ---- Internal service --------------------------------------------------------------------- */
 
+/* Whether the cluster takes no more workers; *st is then the refusal. Called with s->mu
+ * held: once before the checkpoint checks (a full cluster says so first), once where the
+ * worker is added. */
+static bool join_full(struct co_server *s, struct rpc_call *call, grpc_status_code *st)
+{
+	if (s->status == S_STARTING && s->n_joined < s->o.workers)
+		return false;
+	*st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+			    "cluster is full (%d of %d workers joined, %s)", s->n_joined,
+			    s->o.workers, co__status_name(s->status));
+	return true;
+}
+
 static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
 {
 	const Ferry__V1__JoinRequest *r = (const Ferry__V1__JoinRequest *)req;
@@ -44,6 +57,11 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	if (strlen(name) > NAME_MAX_LEN)
 		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
 				     "worker_name longer than %d bytes", NAME_MAX_LEN);
+	pthread_mutex_lock(&s->mu);
+	bool full = join_full(s, call, &st);
+	pthread_mutex_unlock(&s->mu);
+	if (full)
+		return st;
 	if (r->hidden_size != (uint32_t)s->cfg->hidden_size ||
 	    r->n_routed_experts != (uint32_t)s->cfg->n_routed_experts) {
 		fr_warn(LOG_COMP, "refused join of worker '%s': checkpoint shape differs", name);
@@ -95,12 +113,8 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 				   r->ring_slots, r->ring_tokens, s->ring.slots, s->ring.tokens);
 		goto unlock;
 	}
-	if (s->status != S_STARTING || s->n_joined >= s->o.workers) {
-		st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED,
-				   "cluster is full (%d of %d workers joined, %s)", s->n_joined,
-				   s->o.workers, co__status_name(s->status));
+	if (join_full(s, call, &st))
 		goto unlock;
-	}
 	for (int i = 0; i < s->n_joined; i++)
 		if (strcmp(s->workers[i].name, name) == 0) {
 			st = rpc_call_fail(call, GRPC_STATUS_ALREADY_EXISTS,

@@ -664,11 +664,15 @@ static int progress_stream(const char *cmd, const struct admin_opts *a, const ch
 			}
 		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE) {
 			printf("%sepoch %llu in force: %u slots moved in %.2f s, balancedness %.3f -> "
-			       "%.3f (predicted); the longest of the %u steps meanwhile took %.2f ms "
-			       "(median before: %.2f ms)\n", bar ? "\n" : "",
-			       (unsigned long long)m->epoch, m->moves, m->duration_s,
-			       m->balancedness_before, m->balancedness_after, m->steps_during,
-			       m->step_ms_max_during, m->step_ms_median_before);
+			       "%.3f (predicted); ", bar ? "\n" : "", (unsigned long long)m->epoch,
+			       m->moves, m->duration_s, m->balancedness_before,
+			       m->balancedness_after);
+			if (m->steps_during)
+				printf("the longest of the %u steps meanwhile took %.2f ms (median "
+				       "before: %.2f ms)\n", m->steps_during, m->step_ms_max_during,
+				       m->step_ms_median_before);
+			else
+				printf("no step ran meanwhile\n");
 		}
 		fflush(stdout);
 		uint64_t epoch = m->epoch;

@@ -5,7 +5,8 @@
 # same request on the idle cluster, w2 ends with no slot in service (Status: draining),
 # then it is stopped (SIGTERM) and the cluster serves on with the same tokens. A second
 # drain that would leave too few slots is refused naming the problem, nothing changed;
-# undrain of a worker that is gone is refused.
+# undrain under load gives w2 its slots back moving little else (exact, 0 failed), a
+# second drain likewise; undrain of a worker that is gone is refused.
 # Usage: run-drain.sh COORDINATOR_BIN WORKER_BIN FERRYCTL
 set -uo pipefail
 co_bin=$1 wk_bin=$2 F=$3
@@ -88,6 +89,46 @@ rc=0; "$F" drain w1 > /dev/null 2> "$tmp/e1" || rc=$?
   { cat "$tmp/e1" >&2; fail "second drain"; }
 echo "refused: $(head -1 "$tmp/e1")"
 
+# Moves stay near what must move: undrain under load loads w2's 24 slots and at most 18
+# of the other 48 (the solve starts from the layout in force, not from scratch:
+# it moved 62 that way); draining w2 again re-homes what only w2 held (at most 36).
+moves() { python3 -c "
+import json, sys
+d = [json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1]
+assert d['phase'] == 'done', d
+print(d['moves'])" "$1"; }
+# Longer requests here (400 new tokens) so that steps run while the slots move.
+for i in $(seq 0 15); do
+  "$F" run --cluster "$FERRY_CLUSTER" --tokens "$(cat "$tmp/p$i")" --max-new 400 > "$tmp/lref$i" || fail "reference $i (400)"
+done
+cl=()
+for i in $(seq 0 15); do
+  "$F" run --cluster "$FERRY_CLUSTER" --tokens "$(cat "$tmp/p$i")" --max-new 400 > "$tmp/un$i" 2> "$tmp/err$i" &
+  cl+=($!)
+done
+sleep 0.3
+"$F" undrain w2 --wait --json > "$tmp/undrain.out" 2> "$tmp/undrain.err" || { cat "$tmp/undrain.err" >&2; fail "undrain"; }
+bad=0
+for i in $(seq 0 15); do wait "${cl[$i]}" || { bad=$((bad + 1)); cat "$tmp/err$i" >&2; }; done
+[ "$bad" = 0 ] || fail "$bad of 16 requests failed during the undrain"
+for i in $(seq 0 15); do cmp -s "$tmp/lref$i" "$tmp/un$i" || fail "request $i differs across the undrain"; done
+um=$(moves "$tmp/undrain.out") || fail "undrain outcome"
+steps=$(python3 -c "
+import json, sys
+print([json.loads(l) for l in open(sys.argv[1]) if l.strip()][-1].get('steps_during', 0))" "$tmp/undrain.out")
+[ "$um" -ge 24 ] && [ "$um" -le 42 ] ||
+  fail "undrain moved $um of 72 slots (w2's 24 must load, at most 18 of the other 48 may move)"
+"$F" status --json > "$tmp/st.json"
+python3 -c "
+import json, sys
+w = {x['name']: x for x in json.load(open(sys.argv[1]))['workers']}
+assert all(w[n]['state'] == 'serving' and w[n]['slots_in_service'] == 24 for n in w), w" "$tmp/st.json" ||
+  fail "status after the undrain"
+"$F" drain w2 --wait --json > "$tmp/drain2.out" 2> "$tmp/drain2.err" || { cat "$tmp/drain2.err" >&2; fail "second drain of w2"; }
+dm=$(moves "$tmp/drain2.out") || fail "drain outcome"
+[ "$dm" -le 36 ] || fail "drain moved $dm of 72 slots (at most 36)"
+echo "undrain under load ($steps steps ran while it moved): 16 requests, 0 failed, same tokens; $um of 72 slots moved; drain again: $dm moved"
+
 # Stop the drained worker: nothing routes to it, the cluster serves on.
 kill -TERM "${wpid[w2]}"; wait "${wpid[w2]}"
 for i in 0 1 2 3; do
@@ -96,4 +137,7 @@ for i in 0 1 2 3; do
 done
 kill -0 "$co" || fail "the coordinator exited"
 echo "w2 stopped: 4 requests later, the same tokens"
+rc=0; "$F" undrain w2 > /dev/null 2> "$tmp/e2" || rc=$?
+[ "$rc" = 1 ] && grep -q "worker .* 'w2' is not serving" "$tmp/e2" || { cat "$tmp/e2" >&2; fail "undrain of a stopped worker"; }
+echo "refused: $(head -1 "$tmp/e2")"
 echo "drain test passed"
