@@ -936,8 +936,8 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	 * buys balance (a layer within 0.3% of its lower bound is left alone). */
 	struct co_place_opts po = { .min_distinct = min_distinct,
 				    .migrate_tolerance = REBALANCE_TOLERANCE };
-	/* With drained workers the solve runs over the others' slots (from scratch: the
-	 * layout in force has another shape), then is laid out over every worker's slots. */
+	/* With drained workers (or spare slots) the solve runs over the slots in use, then is
+	 * laid out over every worker's slots (rb_expand). */
 	bool changes_drain = o->drain >= 0 || o->undrain >= 0 || o->to;
 	if (o->to) {
 		const struct co_placement *t = o->to;

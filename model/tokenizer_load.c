@@ -25,8 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
+#include "common/json.h"
 #include "model/tokenizer-internal.h"
 
 /* ---- ByteLevel alphabet ------------------------------------------------------------------ */
@@ -294,20 +293,6 @@ static int trie_add(struct model_tokenizer *tk, const char *s, size_t n, int32_t
 
 /* ---- parsing ---------------------------------------------------------------------------- */
 
-static const char *json_type_name(const json_t *j)
-{
-	switch (json_typeof(j)) {
-	case JSON_OBJECT: return "an object";
-	case JSON_ARRAY: return "an array";
-	case JSON_STRING: return "a string";
-	case JSON_INTEGER: return "an integer";
-	case JSON_REAL: return "a number";
-	case JSON_TRUE:
-	case JSON_FALSE: return "a boolean";
-	default: return "null";
-	}
-}
-
 /* Optional boolean field: absent or null -> def. */
 static int get_bool(const json_t *obj, const char *key, bool def, const char *where, bool *ret,
 		    struct fr_error *err)
@@ -319,7 +304,7 @@ static int get_bool(const json_t *obj, const char *key, bool def, const char *wh
 	}
 	if (!json_is_boolean(v))
 		return fr_error_set(err, -EINVAL, "tokenizer.json: %s.%s: expected a boolean, got %s",
-				    where, key, json_type_name(v));
+				    where, key, fr_json_kind(v));
 	*ret = json_is_true(v);
 	return 0;
 }
@@ -329,7 +314,7 @@ static int get_type(const json_t *obj, const char *where, const char **ret, stru
 	const json_t *t;
 	if (!json_is_object(obj))
 		return fr_error_set(err, -EINVAL, "tokenizer.json: %s: expected an object, got %s",
-				    where, json_type_name(obj));
+				    where, fr_json_kind(obj));
 	t = json_object_get(obj, "type");
 	if (!json_is_string(t))
 		return fr_error_set(err, -EINVAL, "tokenizer.json: %s.type: missing or not a string", where);
@@ -478,7 +463,7 @@ static int parse_model(struct model_tokenizer *tk, const json_t *model, const js
 		merges = NULL;
 	else if (!json_is_array(merges)) {
 		rc = fr_error_set(err, -EINVAL, "tokenizer.json: model.merges: expected an array, got %s",
-				  json_type_name(merges));
+				  fr_json_kind(merges));
 		goto out;
 	}
 	tk->mmask = pow2_at_least(2 * (merges ? json_array_size(merges) : 0) + 2) - 1;
@@ -575,7 +560,7 @@ static int parse_added(struct model_tokenizer *tk, const json_t *added, struct f
 		return 0;
 	if (!json_is_array(added))
 		return fr_error_set(err, -EINVAL, "tokenizer.json: added_tokens: expected an array, got %s",
-				    json_type_name(added));
+				    fr_json_kind(added));
 	tk->added = calloc(json_array_size(added) + 1, sizeof(*tk->added));
 	if (!tk->added)
 		return fr_error_set(err, -ENOMEM, "out of memory");
@@ -913,7 +898,7 @@ int model_tokenizer_parse(const char *json, size_t len, struct model_tokenizer *
 				    jerr.column, jerr.text);
 	if (!json_is_object(root)) {
 		rc = fr_error_set(err, -EINVAL, "tokenizer.json: expected a JSON object at the top, got %s",
-				  json_type_name(root));
+				  fr_json_kind(root));
 		goto fail;
 	}
 	tk = calloc(1, sizeof(*tk));

@@ -4,29 +4,14 @@
  * checked, every refusal naming where it is.
  */
 #include "placement/placement.h"
+#include "common/json.h"
 
 #include <errno.h>
-#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define LOADFILE_MAX_BYTES (64u << 20)
-
-static const char *json_kind(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT: return "an object";
-	case JSON_ARRAY: return "an array";
-	case JSON_STRING: return "a string";
-	case JSON_INTEGER: return "an integer";
-	case JSON_REAL: return "a number";
-	case JSON_TRUE:
-	case JSON_FALSE: return "a boolean";
-	case JSON_NULL: return "null";
-	}
-	return "something else";
-}
 
 /* An optional size key: absent, or an integer that must equal `actual`. */
 static int check_size_key(const json_t *root, const char *key, int actual, const char *what,
@@ -38,7 +23,7 @@ static int check_size_key(const json_t *root, const char *key, int actual, const
 		return 0;
 	if (!json_is_integer(v))
 		return fr_error_set(err, -EINVAL, "load profile: \"%s\" is %s, not an integer", key,
-				    json_kind(v));
+				    fr_json_kind(v));
 	if (json_integer_value(v) != actual)
 		return fr_error_set(err, -EINVAL, "load profile: \"%s\" is %lld but \"layers\" holds "
 				    "%d %s", key, (long long)json_integer_value(v), actual, what);
@@ -65,13 +50,13 @@ static int parse_root(const json_t *root, int want_layers, int want_experts,
 	v = json_object_get(root, "comment");
 	if (v && !json_is_string(v))
 		return fr_error_set(err, -EINVAL, "load profile: \"comment\" is %s, not a string",
-				    json_kind(v));
+				    fr_json_kind(v));
 	layers = json_object_get(root, "layers");
 	if (!layers)
 		return fr_error_set(err, -EINVAL, "load profile: no \"layers\" array");
 	if (!json_is_array(layers))
 		return fr_error_set(err, -EINVAL, "load profile: \"layers\" is %s, not an array",
-				    json_kind(layers));
+				    fr_json_kind(layers));
 	n_layers = json_array_size(layers);
 	if (n_layers == 0)
 		return fr_error_set(err, -EINVAL, "load profile: \"layers\" is empty");
@@ -84,7 +69,7 @@ static int parse_root(const json_t *root, int want_layers, int want_experts,
 
 		if (!json_is_array(row))
 			return fr_error_set(err, -EINVAL, "load profile: layers[%zu] is %s, not an "
-					    "array of loads", l, json_kind(row));
+					    "array of loads", l, fr_json_kind(row));
 		n = json_array_size(row);
 		if (l == 0) {
 			if (n == 0)
@@ -123,7 +108,7 @@ static int parse_root(const json_t *root, int want_layers, int want_experts,
 			double d;
 			if (!json_is_number(x)) {
 				rc = fr_error_set(err, -EINVAL, "load profile: layers[%zu][%zu] is %s, "
-						  "not a number", l, e, json_kind(x));
+						  "not a number", l, e, fr_json_kind(x));
 				goto fail;
 			}
 			d = json_number_value(x);
@@ -163,7 +148,7 @@ int co_load_profile_parse(const char *json, size_t len, int want_layers, int wan
 				    jerr.line, jerr.column, jerr.text);
 	if (!json_is_object(root))
 		rc = fr_error_set(err, -EINVAL, "load profile: top level is %s, not an object",
-				  json_kind(root));
+				  fr_json_kind(root));
 	else
 		rc = parse_root(root, want_layers, want_experts, ret, err);
 	json_decref(root);

@@ -5,9 +5,9 @@
  * checks every value and names where a refusal is ("layers[3][17] (worker 2 slot 5): ...").
  */
 #include "placement/placement-internal.h"
+#include "common/json.h"
 
 #include <errno.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,21 +15,6 @@
 
 #define PLACEFILE_MAX_BYTES (256u << 20)
 #define PLACEFILE_FORMAT "ferry-placement"
-
-static const char *json_kind(const json_t *v)
-{
-	switch (json_typeof(v)) {
-	case JSON_OBJECT: return "an object";
-	case JSON_ARRAY: return "an array";
-	case JSON_STRING: return "a string";
-	case JSON_INTEGER: return "an integer";
-	case JSON_REAL: return "a number";
-	case JSON_TRUE:
-	case JSON_FALSE: return "a boolean";
-	case JSON_NULL: return "null";
-	}
-	return "something else";
-}
 
 /* A required (or optional, when !need) integer key in [lo, hi]; absent leaves *ret. */
 static int get_int_key(const json_t *root, const char *key, bool need, long lo, long hi,
@@ -45,7 +30,7 @@ static int get_int_key(const json_t *root, const char *key, bool need, long lo, 
 	}
 	if (!json_is_integer(v))
 		return fr_error_set(err, -EINVAL, "placement file: \"%s\" is %s, not an integer",
-				    key, json_kind(v));
+				    key, fr_json_kind(v));
 	x = json_integer_value(v);
 	if (x < lo || x > hi)
 		return fr_error_set(err, -EINVAL, "placement file: \"%s\" is %lld, not in [%ld, %ld]",
@@ -64,7 +49,7 @@ static int parse_slots(const json_t *root, int n_workers, int *slots, long *ret_
 		return fr_error_set(err, -EINVAL, "placement file: no \"slots\" array");
 	if (!json_is_array(arr))
 		return fr_error_set(err, -EINVAL, "placement file: \"slots\" is %s, not an array",
-				    json_kind(arr));
+				    fr_json_kind(arr));
 	if (json_array_size(arr) != (size_t)n_workers)
 		return fr_error_set(err, -EINVAL, "placement file: \"slots\" has %zu entries, "
 				    "\"n_workers\" is %d", json_array_size(arr), n_workers);
@@ -74,7 +59,7 @@ static int parse_slots(const json_t *root, int n_workers, int *slots, long *ret_
 
 		if (!json_is_integer(v))
 			return fr_error_set(err, -EINVAL, "placement file: slots[%d] is %s, not an "
-					    "integer", w, json_kind(v));
+					    "integer", w, fr_json_kind(v));
 		x = json_integer_value(v);
 		if (x < 0 || x > CO_PLACE_MAX_SLOTS)
 			return fr_error_set(err, -EINVAL, "placement file: slots[%d] is %lld, not in "
@@ -100,7 +85,7 @@ static int check_layers(const json_t *layers, long total, size_t *ret_n, int *re
 		return fr_error_set(err, -EINVAL, "placement file: no \"layers\" array");
 	if (!json_is_array(layers))
 		return fr_error_set(err, -EINVAL, "placement file: \"layers\" is %s, not an array",
-				    json_kind(layers));
+				    fr_json_kind(layers));
 	n = json_array_size(layers);
 	if (n == 0)
 		return fr_error_set(err, -EINVAL, "placement file: \"layers\" is empty");
@@ -115,7 +100,7 @@ static int check_layers(const json_t *layers, long total, size_t *ret_n, int *re
 
 		if (!json_is_array(row))
 			return fr_error_set(err, -EINVAL, "placement file: layers[%zu] is %s, not an "
-					    "array of experts", l, json_kind(row));
+					    "array of experts", l, fr_json_kind(row));
 		if (json_array_size(row) != (size_t)total)
 			return fr_error_set(err, -EINVAL, "placement file: layers[%zu] has %zu slots, "
 					    "\"slots\" add up to %ld", l, json_array_size(row),
@@ -126,7 +111,7 @@ static int check_layers(const json_t *layers, long total, size_t *ret_n, int *re
 
 			if (!json_is_integer(v))
 				return fr_error_set(err, -EINVAL, "placement file: layers[%zu][%ld] "
-						    "is %s, not an expert id", l, g, json_kind(v));
+						    "is %s, not an expert id", l, g, fr_json_kind(v));
 			x = json_integer_value(v);
 			if (x < CO_PLACE_EMPTY || x >= CO_PLACE_MAX_EXPERTS)
 				return fr_error_set(err, -EINVAL, "placement file: layers[%zu][%ld]: "
@@ -173,12 +158,12 @@ static int parse_root(const json_t *root, int want_experts, struct co_placement 
 	if (v && (!json_is_string(v) || strcmp(json_string_value(v), PLACEFILE_FORMAT)))
 		return fr_error_set(err, -EINVAL, "placement file: \"format\" is %s%.64s%s, not "
 				    "\"" PLACEFILE_FORMAT "\"", json_is_string(v) ? "\"" : "",
-				    json_is_string(v) ? json_string_value(v) : json_kind(v),
+				    json_is_string(v) ? json_string_value(v) : fr_json_kind(v),
 				    json_is_string(v) ? "\"" : "");
 	v = json_object_get(root, "comment");
 	if (v && !json_is_string(v))
 		return fr_error_set(err, -EINVAL, "placement file: \"comment\" is %s, not a string",
-				    json_kind(v));
+				    fr_json_kind(v));
 	if ((rc = get_int_key(root, "n_workers", true, 1, CO_PLACE_MAX_WORKERS, &n_workers,
 			      err)) < 0 ||
 	    (rc = get_int_key(root, "n_experts", false, 1, CO_PLACE_MAX_EXPERTS, &n_experts,
@@ -275,7 +260,7 @@ int co_place_file_parse(const char *json, size_t len, int want_experts,
 				    "%d: %s", jerr.line, jerr.column, jerr.text);
 	if (!json_is_object(root))
 		rc = fr_error_set(err, -EINVAL, "placement file: top level is %s, not an object",
-				  json_kind(root));
+				  fr_json_kind(root));
 	else
 		rc = parse_root(root, want_experts, ret, err);
 	json_decref(root);

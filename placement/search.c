@@ -80,6 +80,18 @@ static void ls_cold_bounds(struct ws *s)
 	}
 }
 
+/* The bounds both searches prune with, for the layout as it stands: ls_cold_bounds(), and
+ * each worker's heaviest replica (wmax). */
+static void ls_bounds(struct ws *s)
+{
+	ls_cold_bounds(s);
+	for (int w = 0; w < s->W; w++) {
+		s->wmax[w] = 0;
+		for (int g = s->base[w]; g < s->base[w + 1]; g++)
+			s->wmax[w] = FR_MAX(s->wmax[w], ws_weight(s, s->se[g]));
+	}
+}
+
 void co_place__local_search(struct ws *s)
 {
 	long max_iter = 50L * s->S + 1000;
@@ -90,12 +102,7 @@ void co_place__local_search(struct ws *s)
 
 		if (M <= 0)
 			return;
-		ls_cold_bounds(s);
-		for (int w = 0; w < s->W; w++) {
-			s->wmax[w] = 0;
-			for (int g = s->base[w]; g < s->base[w + 1]; g++)
-				s->wmax[w] = FR_MAX(s->wmax[w], ws_weight(s, s->se[g]));
-		}
+		ls_bounds(s);
 		for (int ga = s->base[wa]; ga < s->base[wa + 1]; ga++) {
 			int x = s->se[ga];
 			double wx = ws_weight(s, x);
@@ -293,12 +300,7 @@ long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target)
 			bg2 = (g2_);                                                        \
 		}                                                                           \
 	} while (0)
-		ls_cold_bounds(s);
-		for (int w = 0; w < s->W; w++) {
-			s->wmax[w] = 0;
-			for (int g = s->base[w]; g < s->base[w + 1]; g++)
-				s->wmax[w] = FR_MAX(s->wmax[w], ws_weight(s, s->se[g]));
-		}
+		ls_bounds(s);
 		for (int ga = s->base[wa]; ga < s->base[wa + 1]; ga++) {
 			int x = s->se[ga];
 			double wx = ws_weight(s, x);
