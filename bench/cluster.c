@@ -28,8 +28,7 @@
 #include <unistd.h>
 
 #include "coordinator/coordinator.h"
-#include "coordinator/server.h"
-#include "rpc/auth.h"
+#include "bench/benchcluster.h"
 
 #define MAX_LIST 8
 #define PROMPT 8
@@ -119,112 +118,6 @@ static int server_fwd(void *ctx, int n, const int32_t *tok, const int32_t *seq,
 		      const int32_t *pos, float *logits)
 {
 	return co_server_forward(ctx, n, tok, seq, pos, NULL, logits);
-}
-
-static int find_worker(char *buf, size_t cap)
-{
-	char self[PATH_MAX];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
-		return -errno;
-	self[n] = '\0';
-	*strrchr(self, '/') = '\0';
-	snprintf(buf, cap, "%s/../worker/ferry-worker", self);
-	if (access(buf, X_OK) == 0)
-		return 0;
-	snprintf(buf, cap, "%s/ferry-worker", self);
-	return access(buf, X_OK) == 0 ? 0 : -ENOENT;
-}
-
-struct cluster_run {
-	struct co_server *srv;
-	pid_t pids[64];
-	int n;
-};
-
-static void cluster_down(struct cluster_run *c)
-{
-	co_server_destroy(c->srv);
-	c->srv = NULL;
-	for (int i = 0; i < c->n; i++) {
-		int st;
-		/* The drain tells them to go; give them a moment, then insist. */
-		for (int t = 0; t < 100 && waitpid(c->pids[i], &st, WNOHANG) == 0; t++)
-			usleep(50000);
-		if (kill(c->pids[i], 0) == 0) {
-			kill(c->pids[i], SIGTERM);
-			waitpid(c->pids[i], &st, 0);
-		}
-	}
-	c->n = 0;
-}
-
-static int cluster_up(const struct opts *o, int workers, int m, int n_experts, int max_seqs,
-		      struct cluster_run *c, struct fr_error *err)
-{
-	char wk[PATH_MAX], port[32], slots[32], name[32], conf[] = "/tmp/ferry-bench.XXXXXX";
-	char secret_file[] = "/tmp/ferry-bench-secret.XXXXXX", secret[65];
-	uint8_t raw[32];
-	int rc, fd;
-
-	memset(c, 0, sizeof(*c));
-	if (find_worker(wk, sizeof(wk)) < 0)
-		return fr_error_set(err, -ENOENT, "ferry-worker not found next to this benchmark");
-	if ((fd = mkstemp(conf)) < 0)
-		return fr_error_set(err, -errno, "mkstemp failed");
-	close(fd);
-	/* A fresh cluster secret (mkstemp makes the file 0600, as the daemons require). */
-	if (rpc_auth_random(raw, sizeof(raw)) < 0 || (fd = mkstemp(secret_file)) < 0) {
-		unlink(conf);
-		return fr_error_set(err, -EIO, "cannot make a cluster secret");
-	}
-	for (size_t i = 0; i < sizeof(raw); i++)
-		snprintf(secret + 2 * i, 3, "%02x", raw[i]);
-	if (write(fd, secret, 64) != 64) {
-		close(fd);
-		unlink(conf);
-		unlink(secret_file);
-		return fr_error_set(err, -EIO, "cannot write the cluster secret");
-	}
-	close(fd);
-	struct co_server_opts so = {
-		.model_path = o->model, .listen = "127.0.0.1:0",
-		.secret = (const uint8_t *)secret, .secret_len = 64,
-		.workers = workers, .join_timeout_ms = 120000, .heartbeat_ms = 500,
-		.max_skew_ms = 30000, .micro_batches = m, .max_batch = 256, .max_seqs = max_seqs,
-		.max_ctx = PROMPT + 64, .load_window = 256,
-		.tp = { .backend = o->backend }, .wire = o->wire, .expert_timeout_ms = 60000,
-	};
-	if ((rc = co_server_create(&so, &c->srv, err)) < 0)
-		goto out;
-	snprintf(port, sizeof(port), "127.0.0.1:%d", co_server_port(c->srv));
-	snprintf(slots, sizeof(slots), "%d", FR_DIV_ROUND_UP(n_experts, workers));
-	for (int i = 0; i < workers; i++) {
-		char threads[48];
-		snprintf(name, sizeof(name), "w%d", i);
-		/* Default: the host's CPUs split between the workers (what ferryctl up does). */
-		long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-		int wt = o->worker_threads ? o->worker_threads :
-			 (int)FR_MAX(1, (ncpu > 0 ? ncpu : 1) / workers);
-		snprintf(threads, sizeof(threads), "worker.threads=%d", wt);
-		char *argv[] = { wk, "-c", conf, "--secret-file", secret_file, "-m",
-				 (char *)o->model, "-C", port,
-				 "-n", name, "--slots", slots, "-t",
-				 (char *)tp_backend_name(o->backend), "-s", threads, NULL };
-		pid_t pid = fork();
-		if (pid == 0) {
-			execv(wk, argv);
-			_exit(127);
-		}
-		c->pids[c->n++] = pid;
-	}
-	rc = co_server_start(c->srv, err);
-out:
-	unlink(conf);
-	unlink(secret_file);
-	if (rc < 0)
-		cluster_down(c);
-	return rc;
 }
 
 int main(int argc, char **argv)
@@ -318,8 +211,15 @@ int main(int argc, char **argv)
 	for (int wi = 0; wi < o.n_workers; wi++) {
 		double step[2][MAX_LIST], xfer[2][MAX_LIST];
 		for (int m = 1; m <= 2; m++) {
-			struct cluster_run cr;
-			if (cluster_up(&o, o.workers[wi], m, cfg->n_routed_experts, max_b, &cr, &err) < 0) {
+			struct bench_cluster cr;
+			struct bench_cluster_opts bo = {
+				.model = o.model, .backend = o.backend, .wire = o.wire,
+				.workers = o.workers[wi], .worker_threads = o.worker_threads,
+				.micro_batches = m,
+				.slots = FR_DIV_ROUND_UP(cfg->n_routed_experts, o.workers[wi]),
+				.max_seqs = max_b, .max_ctx = PROMPT + 64,
+			};
+			if (bench_cluster_up(&bo, &cr, &err) < 0) {
 				fprintf(stderr, "cluster: %d workers: %s\n", o.workers[wi], err.msg);
 				return 1;
 			}
@@ -333,7 +233,7 @@ int main(int argc, char **argv)
 				xfer[m - 1][i] = (double)prof[CO_PROF_EXPERTS] / 1e6 /
 						 (double)(o.steps + 3) / n_moe;
 			}
-			cluster_down(&cr);
+			bench_cluster_down(&cr);
 		}
 		for (int m = 1; m <= 2; m++)
 			for (int i = 0; i < o.n_batch; i++) {

@@ -167,6 +167,10 @@ int model_weights_bind(const struct model_ckpt *ck, unsigned flags, struct model
 /* Binds one routed expert (layer, e) into *ret (a worker loading only its slots). */
 int model_expert_bind(const struct model_ckpt *ck, int layer, int expert, struct model_ffn *ret,
 		      struct fr_error *err);
+/* Reads an expert's weights into memory now (they are views into the mapped checkpoint):
+ * a worker loading a slot calls it before the slot serves, so the first step that uses the
+ * slot runs at full speed. Returns the bytes touched. */
+size_t model_ffn_prefault(const struct model_ffn *f);
 void model_weights_free(struct model_weights *w);
 
 /* Bytes of each end of a tensor an expert fingerprint reads. */

@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "model/model.h"
 
@@ -95,6 +97,35 @@ int model_expert_bind(const struct model_ckpt *ck, int layer, int expert, struct
 		return fr_error_set(err, -EINVAL, "no routed expert %d in layer %d", expert, layer);
 	snprintf(prefix, sizeof(prefix), "model.layers.%d.mlp.experts.%d", layer, expert);
 	return bind_ffn(ck, prefix, c->hidden_size, c->moe_intermediate_size, ret, err);
+}
+
+/* Brings one matrix's pages into this process: the kernel reads ahead (MADV_WILLNEED), then
+ * one load per page maps each of them, so the first step that multiplies by it takes no
+ * page fault. */
+static size_t mat_prefault(const struct kn_mat *m, size_t page)
+{
+	size_t bytes = (size_t)m->rows * (size_t)m->cols * kn_dtype_size(m->dtype);
+	uintptr_t lo = (uintptr_t)m->data & ~(uintptr_t)(page - 1);
+	const volatile uint8_t *p = m->data;
+	uint8_t sink = 0;
+
+	if (!bytes)
+		return 0;
+	(void)madvise((void *)lo, (uintptr_t)m->data + bytes - lo, MADV_WILLNEED);
+	for (size_t off = 0; off < bytes; off += page)
+		sink ^= p[off];
+	sink ^= p[bytes - 1];
+	(void)sink;
+	return bytes;
+}
+
+size_t model_ffn_prefault(const struct model_ffn *f)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t page = pg > 0 ? (size_t)pg : 4096;
+
+	return mat_prefault(&f->gate, page) + mat_prefault(&f->up, page) +
+	       mat_prefault(&f->down, page);
 }
 
 static uint64_t mat_fingerprint(uint64_t h, const struct kn_mat *m)

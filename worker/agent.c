@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -256,17 +258,67 @@ static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_err
 	return rc;
 }
 
+/* The weights of the slots being loaded, read in on a thread of its own at the lowest CPU
+ * priority: the kernels serving the current epoch keep the cores, reading takes what they
+ * leave (a live rebalance loads without pausing compute). */
+struct prefault_job {
+	const struct model_ffn *ffn;
+	size_t n, bytes;
+};
+
+static void *prefault_main(void *arg)
+{
+	struct prefault_job *j = arg;
+
+	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 19);
+	for (size_t i = 0; i < j->n; i++)
+		j->bytes += model_ffn_prefault(&j->ffn[i]);
+	return NULL;
+}
+
+static size_t prefault_all(const struct model_ffn *ffn, size_t n)
+{
+	struct prefault_job j = { .ffn = ffn, .n = n };
+	pthread_t th;
+
+	if (pthread_create(&th, NULL, prefault_main, &j) != 0) {
+		for (size_t i = 0; i < n; i++) /* no thread: here, at our priority */
+			j.bytes += model_ffn_prefault(&ffn[i]);
+		return j.bytes;
+	}
+	pthread_join(th, NULL);
+	return j.bytes;
+}
+
 /* Binds every slot of an assignment into table (weights mapped from our checkpoint copy;
- * only those tensors are touched). */
+ * only those tensors are touched) and reads in the weights of the slots that prev (the
+ * assignment in force; NULL: none) does not hold already (model_ffn_prefault()), so every
+ * slot serves at full speed from its first step. *ret_new, *ret_bytes: those slots, their
+ * bytes. */
 static int bind_into(struct wk_agent *a, const Ferry__V1__GetAssignmentResponse *resp,
-		     struct moe_slots *table, struct fr_error *err)
+		     const Ferry__V1__GetAssignmentResponse *prev, struct moe_slots *table,
+		     size_t *ret_new, size_t *ret_bytes, struct fr_error *err)
 {
 	const struct model_config *c = a->cfg;
 	int n_moe = model_n_moe_layers(c), rc = 0;
 	int *layer_of = calloc((size_t)n_moe, sizeof(*layer_of));
+	struct model_ffn *bound = calloc(resp->n_slots + 1, sizeof(*bound));
+	size_t n_held = (size_t)n_moe * (size_t)a->o.slots, n_new = 0;
+	int32_t *held = malloc((n_held + 1) * sizeof(*held)); /* [layer][slot]: prev's expert */
 
-	if (!layer_of)
+	if (!layer_of || !bound || !held) {
+		free(layer_of);
+		free(bound);
+		free(held);
 		return fr_error_set(err, -ENOMEM, "out of memory");
+	}
+	for (size_t i = 0; i < n_held; i++)
+		held[i] = -1;
+	for (size_t i = 0; prev && i < prev->n_slots; i++) {
+		const Ferry__V1__SlotAssignment *s = prev->slots[i];
+		if (s->layer < (uint32_t)n_moe && s->slot < (uint32_t)a->o.slots)
+			held[(size_t)s->layer * (size_t)a->o.slots + s->slot] = (int32_t)s->expert;
+	}
 	/* MoE layer index -> model layer, for the tensor names. */
 	for (int l = 0; l < c->num_hidden_layers; l++)
 		if (model_moe_index(c, l) >= 0)
@@ -285,13 +337,21 @@ static int bind_into(struct wk_agent *a, const Ferry__V1__GetAssignmentResponse 
 					s->expert, layer_of[s->layer], s->slot);
 			break;
 		}
+		if (held[(size_t)s->layer * (size_t)a->o.slots + s->slot] != (int32_t)s->expert)
+			bound[n_new++] = ffn;
 		if ((rc = moe_slot_set(table, (int)s->layer, (int)s->slot, (int)s->expert, &ffn)) < 0) {
 			fr_error_set(err, rc, "slot (layer %u, slot %u): cannot hold expert %u", s->layer,
 				     s->slot, s->expert);
 			break;
 		}
 	}
+	if (rc == 0) {
+		*ret_new = n_new;
+		*ret_bytes = prefault_all(bound, n_new);
+	}
 	free(layer_of);
+	free(bound);
+	free(held);
 	return rc;
 }
 
@@ -326,7 +386,8 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 	free(req.hmac.data);
 	if (rc < 0)
 		return fr_error_prefix(err, rc, "no slot assignment");
-	if ((rc = bind_into(a, resp, a->slots, err)) < 0)
+	size_t bytes = 0, n_new = 0;
+	if ((rc = bind_into(a, resp, NULL, a->slots, &n_new, &bytes, err)) < 0)
 		goto out;
 	a->epoch = resp->epoch;
 	ack->worker_index = a->index;
@@ -341,8 +402,9 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 		fr_error_prefix(err, rc, "load acknowledgement refused");
 		goto out;
 	}
-	fr_info(LOG_COMP, "%s: loaded %zu slots (%d per MoE layer), epoch %llu", a->name,
-		resp->n_slots, a->o.slots, (unsigned long long)a->epoch);
+	fr_info(LOG_COMP, "%s: loaded %zu slots (%d per MoE layer, %.1f MiB), epoch %llu",
+		a->name, resp->n_slots, a->o.slots, (double)bytes / (1 << 20),
+		(unsigned long long)a->epoch);
 	a->assign = resp;
 	resp = NULL;
 out:
@@ -389,7 +451,8 @@ static int restage(struct wk_agent *a, uint64_t epoch, struct fr_error *err)
 		fr_error_set(err, rc, "cannot create a slot table");
 		goto out;
 	}
-	if ((rc = bind_into(a, resp, table, err)) < 0)
+	size_t bytes = 0, n_new = 0;
+	if ((rc = bind_into(a, resp, a->assign, table, &n_new, &bytes, err)) < 0)
 		goto out;
 	if ((rc = moe_server_stage(a->srv, table, (uint32_t)epoch)) < 0) {
 		fr_error_set(err, rc, "the new slot table does not fit the server");
@@ -412,8 +475,9 @@ static int restage(struct wk_agent *a, uint64_t epoch, struct fr_error *err)
 				(unsigned long long)epoch);
 		goto out;
 	}
-	fr_info(LOG_COMP, "%s: epoch %llu staged: %zu slots bound in %.1f ms, serving on until "
-		"the coordinator swaps", a->name, (unsigned long long)epoch, resp->n_slots,
+	fr_info(LOG_COMP, "%s: epoch %llu staged: %zu new slots of %zu (%.1f MiB) loaded in "
+		"%.1f ms, serving on until the coordinator swaps", a->name,
+		(unsigned long long)epoch, n_new, resp->n_slots, (double)bytes / (1 << 20),
 		(double)(fr_now_ns() - t0) / 1e6);
 	a->epoch = epoch;
 	if (a->assign)
