@@ -459,7 +459,7 @@ unlock:
 
 /* ---- Rebalance -------------------------------------------------------------------------------- */
 
-#define REBALANCE_LOAD_TIMEOUT_MS 120000
+#define REBALANCE_LOAD_TIMEOUT_MS 120000 /* when the server's options leave it 0 */
 #define REBALANCE_TOLERANCE 0.003
 
 /* The plan of one rebalance, for its progress messages. */
@@ -1019,7 +1019,9 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	struct timespec dl;
 	char fail[256] = "";
 	int acked = -1;
-	fr_deadline_ms(&dl, REBALANCE_LOAD_TIMEOUT_MS);
+	int64_t load_ms = s->o.rebalance_load_timeout_ms > 0 ? s->o.rebalance_load_timeout_ms :
+			  REBALANCE_LOAD_TIMEOUT_MS;
+	fr_deadline_ms(&dl, load_ms);
 	pthread_mutex_lock(&s->mu);
 	s->pending = next;
 	s->pending_epoch = epoch;
@@ -1048,8 +1050,19 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 			continue;
 		}
 		if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) {
-			snprintf(fail, sizeof(fail), "workers did not load their slots within %d s",
-				 REBALANCE_LOAD_TIMEOUT_MS / 1000);
+			/* name those that did not (the first few) */
+			int k = 0, late = 0;
+			for (int w = 0; w < s->n_joined; w++)
+				if (s->workers[w].acked_epoch < epoch && late++ < 4 &&
+				    k < (int)sizeof(fail))
+					k += snprintf(fail + k, sizeof(fail) - (size_t)k,
+						      "%sworker %d '%s'", late > 1 ? ", " : "",
+						      w, s->workers[w].name);
+			if (k < (int)sizeof(fail))
+				snprintf(fail + k, sizeof(fail) - (size_t)k,
+					 "%s did not load %s slots within %.3g s (placement."
+					 "rebalance_load_timeout)", late > 4 ? " and others" : "",
+					 late > 1 ? "their" : "its", (double)load_ms / 1e3);
 			break;
 		}
 	}

@@ -122,6 +122,12 @@ const struct conf_key co_config_keys[] = {
 	  .doc = "Most slots an automatic rebalance reloads (whole layers keep their layout, "
 		 "those gaining least per moved slot first). 0: no cap." },
 
+	{ "placement", "rebalance_load_timeout", CONF_DURATION_MS,
+	  OFF(placement.rebalance_load_timeout_ms), 1000, DAY_MS, .def = "120s",
+	  .doc = "How long a live rebalance waits for every worker to load its new slots; "
+		 "past it the rebalance is abandoned, naming the workers that did not, and "
+		 "the old placement serves on." },
+
 	{ "engine", "micro_batches", CONF_INT, OFF(engine.micro_batches), 1, 8, .def = "2",
 	  .doc = "Micro-batches per step: attention of one overlaps the experts of another. "
 		 "Workers need [transport] ring_slots at least this large." },

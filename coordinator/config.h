@@ -60,6 +60,7 @@ struct co_config {
 		double rebalance_threshold;
 		uint64_t rebalance_min_interval_ms;
 		int rebalance_max_moves;
+		uint64_t rebalance_load_timeout_ms;
 	} placement;
 	struct {
 		int micro_batches;           /* ping-pong micro-batches per step (1..8, default 2) */

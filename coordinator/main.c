@@ -143,6 +143,7 @@ int main(int argc, char **argv)
 		.rebalance_threshold = cfg.placement.rebalance_threshold,
 		.rebalance_min_interval_ms = (int64_t)cfg.placement.rebalance_min_interval_ms,
 		.rebalance_max_moves = cfg.placement.rebalance_max_moves,
+		.rebalance_load_timeout_ms = (int64_t)cfg.placement.rebalance_load_timeout_ms,
 		.micro_batches = cfg.engine.micro_batches,
 		.max_batch = cfg.engine.max_batch,
 		.max_seqs = cfg.engine.max_seqs,

@@ -53,6 +53,7 @@ struct co_server_opts {
 	double rebalance_threshold;
 	int64_t rebalance_min_interval_ms;
 	int rebalance_max_moves;       /* 0: no cap */
+	int64_t rebalance_load_timeout_ms; /* 0: 120 s */
 	int micro_batches;             /* ping-pong micro-batches (>= 1) */
 	int max_batch;                 /* rows per forward pass */
 	int max_seqs;                  /* concurrent sequences */

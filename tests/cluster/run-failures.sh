@@ -11,7 +11,9 @@
 # coordinator exits non-zero naming the worker. A worker stopped with
 # SIGTERM hands its slots back: with replicas elsewhere the cluster goes on without it
 # (same tokens); without, the coordinator refuses naming the expert. A worker killed while
-# the cluster is idle is noticed between steps: with replicas elsewhere it serves on.
+# the cluster is idle is noticed between steps: with replicas elsewhere it serves on. A
+# rebalance that fails midway (a worker stopped past the load timeout, or killed while it
+# loads) is abandoned naming the worker; the old placement serves on.
 #
 # Usage: run-failures.sh COORDINATOR_BIN WORKER_BIN FERRYCTL
 set -uo pipefail
@@ -273,4 +275,86 @@ check "worker leaving with unreplicated experts" "$w0" 0 "$tmp/w0.err" "leaving 
 grep -q "worker [0-9] 'w0' asked to unload 24 slots: refused: unload: expert" "$tmp/co.err" ||
   { echo "FAIL: the coordinator did not log the refused unload:" >&2; cat "$tmp/co.err" >&2; fail=1; }
 kill -TERM "$co"; wait "$co" 2>/dev/null
+
+# 9. A rebalance that fails midway leaves the old placement serving and says why:
+#    (a) a worker that does not load its slots in time (stopped, SIGSTOP) is named when the
+#        rebalance is abandoned; once it runs again the cluster serves on the old epoch;
+#    (b) a worker killed while it loads: the rebalance is abandoned naming it, its slots go
+#        out of service (every expert has a replica elsewhere) and the cluster serves on.
+python3 - "$tmp/hot.json" <<'PY'
+import json, sys
+# 3 MoE layers x 16 experts: a few hot experts per layer, so the plan moves slots
+json.dump({"layers": [[1000.0 / (1 + ((e * 7 + l * 5) % 16)) ** 1.5 for e in range(16)]
+                      for l in range(3)]}, open(sys.argv[1], "w"))
+PY
+rebalance_cluster() {
+  coordinator 3 -s placement.min_distinct=2 -s placement.rebalance=off \
+    -s placement.rebalance_load_timeout=3s -s cluster.heartbeat_interval=3s \
+    -s server.admin_token_file="$tmp/admin"
+  worker w0 -m "$golden" --secret-file "$tmp/secret" --slots 16
+  worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 16
+  worker w2 -m "$golden" --secret-file "$tmp/secret" --slots 10
+  w2=$last
+  serving
+  "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "$1" --max-new 12 > "$tmp/before.out" 2>&1 ||
+    { echo "FAIL: request before the rebalance:" >&2; cat "$tmp/before.out" >&2; fail=1; }
+  # the plan must move something, or there is nothing to abandon
+  FERRY_ADMIN_TOKEN_FILE="$tmp/admin" "$ferryctl" rebalance --cluster "127.0.0.1:$port" \
+    --profile "$tmp/hot.json" --dry-run --json > "$tmp/dry.json" 2>&1 &&
+    python3 -c "import json,sys; assert json.load(open(sys.argv[1]))['moves'] > 0" "$tmp/dry.json" ||
+    { echo "FAIL: the dry run plans no move:" >&2; cat "$tmp/dry.json" >&2; fail=1; }
+}
+epoch_is() { # WANT: the epoch in force
+  local got
+  got=$(FERRY_ADMIN_TOKEN_FILE="$tmp/admin" "$ferryctl" status --cluster "127.0.0.1:$port" --json |
+        python3 -c "import json,sys; print(json.load(sys.stdin)['epoch'])")
+  [ "$got" = "$1" ] || { echo "FAIL: epoch $got in force, expected $1" >&2; fail=1; }
+}
+
+rebalance_cluster "12 13 14"
+kill -STOP "$w2"
+FERRY_ADMIN_TOKEN_FILE="$tmp/admin" timeout 60 "$ferryctl" rebalance --cluster "127.0.0.1:$port" \
+  --profile "$tmp/hot.json" --wait > /dev/null 2> "$tmp/rb.err"
+rc=$?
+kill -CONT "$w2"
+if [ $rc -ne 1 ] || ! grep -q "rebalance abandoned, the old placement serves on: worker [0-9] 'w2' did not load its slots within 3 s" "$tmp/rb.err"; then
+  echo "FAIL: rebalance with a stopped worker: exit $rc:" >&2; cat "$tmp/rb.err" >&2; fail=1
+else
+  echo "ok: rebalance with a stopped worker: $(head -1 "$tmp/rb.err")"
+fi
+grep -q "rebalance to epoch 2 abandoned, epoch 1 serves on: worker [0-9] 'w2' did not load" "$tmp/co.err" ||
+  { echo "FAIL: the coordinator did not log the abandoned rebalance" >&2; cat "$tmp/co.err" >&2; fail=1; }
+epoch_is 1
+same_tokens "after the abandoned rebalance (old placement)" "12 13 14" 2
+# the next one goes through: w2 loads (the epoch skips the abandoned one)
+if FERRY_ADMIN_TOKEN_FILE="$tmp/admin" timeout 60 "$ferryctl" rebalance --cluster "127.0.0.1:$port" \
+   --profile "$tmp/hot.json" --wait > /dev/null 2> "$tmp/rb.err"; then
+  epoch_is 3
+  same_tokens "after the next rebalance (new placement)" "12 13 14" 2
+else
+  echo "FAIL: the rebalance after the abandoned one:" >&2; cat "$tmp/rb.err" >&2; fail=1
+fi
+kill -TERM "$co"
+check "coordinator after an abandoned rebalance" "$co" 0 "$tmp/co.err" "stopping: draining"
+
+rebalance_cluster "15 16 17"
+kill -STOP "$w2"
+FERRY_ADMIN_TOKEN_FILE="$tmp/admin" timeout 60 "$ferryctl" rebalance --cluster "127.0.0.1:$port" \
+  --profile "$tmp/hot.json" --wait > /dev/null 2> "$tmp/rb.err" &
+rb=$!
+sleep 1
+kill -KILL "$w2"; wait "$w2" 2>/dev/null
+wait "$rb"; rc=$?
+if [ $rc -ne 1 ] || ! grep -q "rebalance abandoned, the old placement serves on: worker [0-9] 'w2' left while loading" "$tmp/rb.err"; then
+  echo "FAIL: rebalance with a worker killed while loading: exit $rc:" >&2; cat "$tmp/rb.err" >&2; fail=1
+else
+  echo "ok: rebalance with a worker killed while loading: $(head -1 "$tmp/rb.err")"
+fi
+for _ in $(seq 50); do grep -q "'w2' is gone: its [0-9]* slots are out of service" "$tmp/co.err" && break; sleep 0.1; done
+grep -q "'w2' is gone: its [0-9]* slots are out of service" "$tmp/co.err" ||
+  { echo "FAIL: the killed worker's slots did not leave service:" >&2; cat "$tmp/co.err" >&2; fail=1; }
+epoch_is 1
+same_tokens "after a worker died while loading (old placement, without w2)" "15 16 17" 2
+kill -TERM "$co"
+check "coordinator after a worker died while loading" "$co" 0 "$tmp/co.err" "stopping: draining"
 exit $fail
