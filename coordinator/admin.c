@@ -473,6 +473,7 @@ struct rb_plan {
 	double mean_before, mean_after;
 	double step_ms_median_before, step_ms_max_during; /* set before DONE */
 	uint32_t steps_during;
+	uint32_t waves, wave;                             /* wave: 1-based, 0 outside one */
 };
 
 static void rb_plan_fini(struct rb_plan *pl)
@@ -560,6 +561,8 @@ static int rb_send(struct rpc_call *call, const struct rb_plan *pl, uint64_t epo
 	m.step_ms_median_before = pl->step_ms_median_before;
 	m.step_ms_max_during = pl->step_ms_max_during;
 	m.steps_during = pl->steps_during;
+	m.waves = pl->waves;
+	m.wave = pl->wave;
 	/* The rebalance goes on whether or not the client still listens. */
 	return rpc_call_send(call, &m.base);
 }
@@ -837,13 +840,113 @@ static int rb_copy(const struct co_placement *p, struct co_placement **ret, stru
 	return rc;
 }
 
+static void drained_set(struct co_server *s, int w, bool drained)
+{
+	pthread_mutex_lock(&s->mu);
+	s->workers[w].drained = drained;
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* One epoch of a rebalance: every worker fetches its slots of *next at its next heartbeat,
+ * loads them while it serves, stages them and acknowledges; then the routing table swaps
+ * between two steps and *next (taken) is in force. Errors (err says why; the placement in
+ * force serves on): -ECONNABORTED. */
+static int rb_move(struct co_server *s, const struct co_rebalance_opts *o, struct rb_plan *pl,
+		   struct co_placement **next, uint64_t epoch, uint64_t t0, struct fr_error *err)
+{
+	struct co_placement *old = NULL;
+	struct timespec dl;
+	char fail[256] = "";
+	int acked = -1, rc;
+	int64_t load_ms = s->o.rebalance_load_timeout_ms > 0 ? s->o.rebalance_load_timeout_ms :
+			  REBALANCE_LOAD_TIMEOUT_MS;
+
+	fr_deadline_ms(&dl, load_ms);
+	pthread_mutex_lock(&s->mu);
+	s->pending = *next;
+	s->pending_epoch = epoch;
+	s->last_epoch = epoch;
+	for (;;) {
+		int n = 0;
+		for (int w = 0; w < s->n_joined; w++) {
+			bool ok = s->workers[w].acked_epoch >= epoch;
+			pl->wp[w].loaded = ok;
+			n += ok;
+			if (s->workers[w].state != W_LOADED && !fail[0])
+				snprintf(fail, sizeof(fail), "worker %d '%s' left while loading (%s)",
+					 w, s->workers[w].name, s->workers[w].fail);
+		}
+		if (s->status != S_SERVING && !fail[0])
+			snprintf(fail, sizeof(fail), "the cluster is %s",
+				 co__status_name(s->status));
+		if (fail[0] || n == s->n_joined)
+			break;
+		if (n != acked) {
+			acked = n;
+			pthread_mutex_unlock(&s->mu);
+			rb_progress(o, pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING,
+				    t0, "");
+			pthread_mutex_lock(&s->mu);
+			continue;
+		}
+		if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) {
+			/* name those that did not (the first few) */
+			int k = 0, late = 0;
+			for (int w = 0; w < s->n_joined; w++)
+				if (s->workers[w].acked_epoch < epoch && late++ < 4 &&
+				    k < (int)sizeof(fail))
+					k += snprintf(fail + k, sizeof(fail) - (size_t)k,
+						      "%sworker %d '%s'", late > 1 ? ", " : "",
+						      w, s->workers[w].name);
+			if (k < (int)sizeof(fail))
+				snprintf(fail + k, sizeof(fail) - (size_t)k,
+					 "%s did not load %s slots within %.3g s (placement."
+					 "rebalance_load_timeout)", late > 4 ? " and others" : "",
+					 late > 1 ? "their" : "its", (double)load_ms / 1e3);
+			break;
+		}
+	}
+	if (fail[0]) {
+		s->pending = NULL;
+		uint64_t in_force = s->epoch;
+		pthread_mutex_unlock(&s->mu);
+		fr_warn(LOG_COMP, "rebalance to epoch %llu abandoned, epoch %llu serves on: %s",
+			(unsigned long long)epoch, (unsigned long long)in_force, fail);
+		return fr_error_set(err, -ECONNABORTED, "rebalance abandoned, the old placement "
+				    "serves on: %s", fail);
+	}
+	pthread_mutex_unlock(&s->mu);
+	rb_progress(o, pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING, t0, "");
+
+	/* The swap, between two steps: engine_mu keeps every forward pass out. */
+	pthread_mutex_lock(&s->engine_mu);
+	pthread_mutex_lock(&s->mu);
+	rc = moe_remote_set_placement(&s->moe, *next, (uint32_t)epoch);
+	if (rc == 0) {
+		old = s->place;
+		s->place = *next;
+		s->epoch = epoch;
+		*next = NULL;
+		co_load_reset(s->load);
+	}
+	s->pending = NULL;
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_unlock(&s->engine_mu);
+	co_place_destroy(old);
+	if (rc < 0)
+		return fr_error_set(err, -ECONNABORTED, "rebalance abandoned at the swap: %s",
+				    rc == -EBUSY ? "a micro-batch was outstanding" : strerror(-rc));
+	return 0;
+}
+
 int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct fr_error *err)
 {
 	bool drained[MAX_WORKERS] = { false };
 	int32_t used[MAX_WORKERS], prev_used[MAX_WORKERS];
 	int redundancy = -1;
 	int n_moe = model_n_moe_layers(s->cfg), n_e = s->cfg->n_routed_experts;
-	struct co_placement *prev = NULL, *next = NULL, *old = NULL;
+	struct co_placement *prev = NULL, *next = NULL, **waves = NULL;
+	int n_waves = 0;
 	struct rb_plan pl = { 0 };
 	double *load = NULL;
 	uint64_t t0 = fr_now_ns(), epoch = 0;
@@ -999,120 +1102,89 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 		rc = fr_error_set(err, -ENOMEM, "out of memory");
 		goto done;
 	}
+	/* Workers with little staging room take the move in waves, each a placement that
+	 * serves, swapped in as an epoch of its own. */
+	int32_t room[MAX_WORKERS];
+	bool limited = false;
+	uint64_t epoch0;
 	pthread_mutex_lock(&s->mu);
-	epoch = FR_MAX(s->last_epoch, s->epoch) + 1;
+	epoch0 = FR_MAX(s->last_epoch, s->epoch) + 1;
+	for (int w = 0; w < prev->n_workers; w++)
+		limited |= (room[w] = s->workers[w].staging_room) >= 0;
 	pthread_mutex_unlock(&s->mu);
-	fr_info(LOG_COMP, "rebalance (%s): %u of %u slots to move (%.1f MiB), balancedness "
-		"%.3f -> %.3f%s", why, pl.moves, pl.slots_total, (double)pl.bytes / (1 << 20),
-		pl.mean_before, pl.mean_after, o->dry_run ? " (dry run)" : "");
-	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED, t0,
-		    o->dry_run ? "dry run: nothing moves" :
-		    co_place_moves(prev, next) ? "" : "nothing to move");
 	long changed = co_place_moves(prev, next);
+	if (changed > 0 && limited) {
+		if ((rc = co_place_waves(prev, next, room, min_distinct, &waves, &n_waves,
+					 err)) < 0) {
+			fr_error_prefix(err, rc, "plan");
+			goto done;
+		}
+	} else if (changed > 0) {
+		if (!(waves = calloc(1, sizeof(*waves)))) {
+			rc = fr_error_set(err, -ENOMEM, "out of memory");
+			goto done;
+		}
+		waves[0] = next;
+		next = NULL;
+		n_waves = 1;
+	}
+	pl.waves = (uint32_t)n_waves;
+	epoch = epoch0 + (uint64_t)(n_waves ? n_waves - 1 : 0);
+	char detail[96] = "";
+	if (n_waves > 1)
+		snprintf(detail, sizeof(detail), "in %d waves (the workers' staging room)",
+			 n_waves);
+	fr_info(LOG_COMP, "rebalance (%s): %u of %u slots to move (%.1f MiB)%s%s, balancedness "
+		"%.3f -> %.3f%s", why, pl.moves, pl.slots_total, (double)pl.bytes / (1 << 20),
+		detail[0] ? " " : "", detail, pl.mean_before, pl.mean_after,
+		o->dry_run ? " (dry run)" : "");
+	char dry[128];
+	snprintf(dry, sizeof(dry), "dry run: nothing moves%s%s", detail[0] ? "; it would go " : "",
+		 detail);
+	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_PLANNED, t0,
+		    o->dry_run ? dry : changed ? detail : "nothing to move");
 	if (o->dry_run || changed == 0) {
 		rc = 0;
 		goto done;
 	}
 
-	/* Loading: every worker fetches its slots of the new epoch at its next heartbeat,
-	 * binds them while it serves, stages them and acknowledges. */
-	struct timespec dl;
-	char fail[256] = "";
-	int acked = -1;
-	int64_t load_ms = s->o.rebalance_load_timeout_ms > 0 ? s->o.rebalance_load_timeout_ms :
-			  REBALANCE_LOAD_TIMEOUT_MS;
-	fr_deadline_ms(&dl, load_ms);
+	for (int wv = 0; wv < n_waves; wv++) {
+		uint64_t ep = epoch0 + (uint64_t)wv;
+		char where[64] = "";
+		pl.wave = (uint32_t)wv + 1;
+		if (n_waves > 1)
+			snprintf(where, sizeof(where), " (wave %d of %d)", wv + 1, n_waves);
+		if ((rc = rb_move(s, o, &pl, &waves[wv], ep, t0, err)) < 0) {
+			if (wv > 0)
+				fr_error_prefix(err, rc, "after %d of %d waves, epoch %llu in force",
+						wv, n_waves, (unsigned long long)(ep - 1));
+			goto done;
+		}
+		for (int w = 0; w < prev->n_workers && wv == n_waves - 1; w++)
+			drained_set(s, w, drained[w]);
+		if (n_waves > 1)
+			fr_info(LOG_COMP, "rebalance (%s): epoch %llu in force%s, %.2f s since the "
+				"plan", why, (unsigned long long)ep, where,
+				(double)(fr_now_ns() - t0) / 1e9);
+		rb_progress(o, &pl, ep, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_SWAPPED, t0,
+			    where[0] ? where + 1 : "");
+	}
+	pl.wave = 0;
 	pthread_mutex_lock(&s->mu);
-	s->pending = next;
-	s->pending_epoch = epoch;
-	s->last_epoch = epoch;
-	for (;;) {
-		int n = 0;
-		for (int w = 0; w < s->n_joined; w++) {
-			bool ok = s->workers[w].acked_epoch >= epoch;
-			pl.wp[w].loaded = ok;
-			n += ok;
-			if (s->workers[w].state != W_LOADED && !fail[0])
-				snprintf(fail, sizeof(fail), "worker %d '%s' left while loading (%s)",
-					 w, s->workers[w].name, s->workers[w].fail);
-		}
-		if (s->status != S_SERVING && !fail[0])
-			snprintf(fail, sizeof(fail), "the cluster is %s",
-				 co__status_name(s->status));
-		if (fail[0] || n == s->n_joined)
-			break;
-		if (n != acked) {
-			acked = n;
-			pthread_mutex_unlock(&s->mu);
-			rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING,
-				    t0, "");
-			pthread_mutex_lock(&s->mu);
-			continue;
-		}
-		if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) {
-			/* name those that did not (the first few) */
-			int k = 0, late = 0;
-			for (int w = 0; w < s->n_joined; w++)
-				if (s->workers[w].acked_epoch < epoch && late++ < 4 &&
-				    k < (int)sizeof(fail))
-					k += snprintf(fail + k, sizeof(fail) - (size_t)k,
-						      "%sworker %d '%s'", late > 1 ? ", " : "",
-						      w, s->workers[w].name);
-			if (k < (int)sizeof(fail))
-				snprintf(fail + k, sizeof(fail) - (size_t)k,
-					 "%s did not load %s slots within %.3g s (placement."
-					 "rebalance_load_timeout)", late > 4 ? " and others" : "",
-					 late > 1 ? "their" : "its", (double)load_ms / 1e3);
-			break;
-		}
-	}
-	if (fail[0]) {
-		s->pending = NULL;
-		pthread_mutex_unlock(&s->mu);
-		fr_warn(LOG_COMP, "rebalance to epoch %llu abandoned, epoch %llu serves on: %s",
-			(unsigned long long)epoch, (unsigned long long)s->epoch, fail);
-		rc = fr_error_set(err, -ECONNABORTED, "rebalance abandoned, the old placement "
-				  "serves on: %s", fail);
-		goto done; /* next is destroyed there */
-	}
+	if (o->redundancy >= -1)
+		s->redundancy = o->redundancy;
+	struct co_rebalance_record *lr = &s->last_rebalance;
+	lr->done = true;
+	lr->when_unix_s = (double)rpc_auth_now_ms() / 1e3;
+	lr->duration_s = (double)(fr_now_ns() - t0) / 1e9;
+	lr->before = pl.mean_before;
+	lr->after = pl.mean_after;
+	lr->moves = pl.moves;
+	snprintf(lr->why, sizeof(lr->why), "%s", why);
 	pthread_mutex_unlock(&s->mu);
-	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING, t0, "");
-
-	/* The swap, between two steps: engine_mu keeps every forward pass out. */
-	pthread_mutex_lock(&s->engine_mu);
-	pthread_mutex_lock(&s->mu);
-	rc = moe_remote_set_placement(&s->moe, next, (uint32_t)epoch);
-	if (rc == 0) {
-		old = s->place;
-		s->place = next;
-		s->epoch = epoch;
-		next = NULL;
-		co_load_reset(s->load);
-		for (int w = 0; w < s->n_joined; w++)
-			s->workers[w].drained = drained[w];
-		if (o->redundancy >= -1)
-			s->redundancy = o->redundancy;
-		struct co_rebalance_record *lr = &s->last_rebalance;
-		lr->done = true;
-		lr->when_unix_s = (double)rpc_auth_now_ms() / 1e3;
-		lr->duration_s = (double)(fr_now_ns() - t0) / 1e9;
-		lr->before = pl.mean_before;
-		lr->after = pl.mean_after;
-		lr->moves = pl.moves;
-		snprintf(lr->why, sizeof(lr->why), "%s", why);
-	}
-	s->pending = NULL;
-	pthread_mutex_unlock(&s->mu);
-	pthread_mutex_unlock(&s->engine_mu);
-	if (rc < 0) {
-		rc = fr_error_set(err, -ECONNABORTED, "rebalance abandoned at the swap: %s",
-				  rc == -EBUSY ? "a micro-batch was outstanding" : strerror(-rc));
-		goto done;
-	}
 	fr_info(LOG_COMP, "rebalance (%s): epoch %llu in force, %u slots moved in %.2f s, "
 		"balancedness %.3f -> %.3f (predicted)", why, (unsigned long long)epoch, pl.moves,
 		(double)(fr_now_ns() - t0) / 1e9, pl.mean_before, pl.mean_after);
-	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_SWAPPED, t0, "");
 	/* What the move cost serving: the longest step while it ran against the median step
 	 * of the minute before. */
 	uint64_t med = 0, mx = 0, unused = 0, now = fr_now_ns();
@@ -1138,7 +1210,9 @@ done:
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 out:
-	co_place_destroy(old);
+	for (int i = 0; i < n_waves; i++)
+		co_place_destroy(waves[i]);
+	free(waves);
 	co_place_destroy(next);
 	co_place_destroy(prev);
 	rb_plan_fini(&pl);

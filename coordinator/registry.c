@@ -153,6 +153,7 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	w->last_heartbeat_ns = fr_now_ns();
 	rpc_call_peer(call, w->addr, sizeof(w->addr));
 	w->memory_bytes = r->host_memory_bytes;
+	w->staging_room = r->staging_limited ? (int32_t)FR_MIN(r->staging_slots, INT32_MAX) : -1;
 	memcpy(w->session_key, key, sizeof(key));
 	w->replay = replay;
 	pthread_cond_broadcast(&s->cv);
@@ -175,8 +176,11 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	resp.wire_dtype = (char *)(s->o.wire == FP_DTYPE_F32 ? "f32" : "bf16");
 	resp.session_id.data = session_id;
 	resp.session_id.len = sizeof(session_id);
-	fr_info(LOG_COMP, "worker %d '%s' joined: %u slots per layer, ring %u x %u", idx, w->name,
-		w->slot_capacity, r->ring_slots, r->ring_tokens);
+	char room[64] = "";
+	if (w->staging_room >= 0)
+		snprintf(room, sizeof(room), ", staging room %d expert copies", w->staging_room);
+	fr_info(LOG_COMP, "worker %d '%s' joined: %u slots per layer, ring %u x %u%s", idx,
+		w->name, w->slot_capacity, r->ring_slots, r->ring_tokens, room);
 	rpc_call_send(call, &resp.base);
 	st = GRPC_STATUS_OK;
 unlock:

@@ -56,6 +56,8 @@ struct srv_worker {
 	struct tp_ep *ep;
 	char addr[128];                /* where its Join came from (gRPC peer), for Status */
 	uint64_t memory_bytes;         /* host memory it announced (0: none) */
+	int32_t staging_room;          /* expert copies it loads beside those serving in one
+	                                * rebalance wave; -1: no limit */
 	uint64_t last_heartbeat_ns;
 	uint64_t acked_epoch;          /* the newest epoch whose slots it acknowledged */
 	bool drained;                  /* Admin.Drain: no slot in service, it may be stopped */

@@ -583,14 +583,16 @@ static json_t *progress_json(const Ferry__V1__RebalanceProgress *m)
 			"name", m->workers[i]->name, "slots_to_load",
 			(json_int_t)m->workers[i]->slots_to_load, "bytes_to_load",
 			(json_int_t)m->workers[i]->bytes_to_load, "loaded", m->workers[i]->loaded));
-	return json_pack("{s:s, s:I, s:o, s:o, s:I, s:I, s:I, s:f, s:f, s:f, s:s, s:f, s:f, s:I}",
+	return json_pack("{s:s, s:I, s:o, s:o, s:I, s:I, s:I, s:f, s:f, s:f, s:s, s:f, s:f, s:I, "
+			 "s:I, s:I}",
 			 "phase", phase_name(m->phase), "epoch", (json_int_t)m->epoch, "layers",
 			 layers, "workers", workers, "moves", (json_int_t)m->moves, "slots_total",
 			 (json_int_t)m->slots_total, "bytes_to_move", (json_int_t)m->bytes_to_move,
 			 "balancedness_before", m->balancedness_before, "balancedness_after",
 			 m->balancedness_after, "duration_s", m->duration_s, "detail", m->detail,
 			 "step_ms_median_before", m->step_ms_median_before, "step_ms_max_during",
-			 m->step_ms_max_during, "steps_during", (json_int_t)m->steps_during);
+			 m->step_ms_max_during, "steps_during", (json_int_t)m->steps_during,
+			 "waves", (json_int_t)m->waves, "wave", (json_int_t)m->wave);
 }
 
 static void plan_print(const Ferry__V1__RebalanceProgress *m, bool dry)
@@ -652,16 +654,24 @@ static int progress_stream(const char *cmd, const struct admin_opts *a, const ch
 			plan_print(m, dry_run);
 		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING && wait) {
 			size_t k = 0;
+			char wv[48] = "";
 			for (size_t i = 0; i < m->n_workers; i++)
 				k += m->workers[i]->loaded;
+			if (m->waves > 1)
+				snprintf(wv, sizeof(wv), "wave %u of %u, ", m->wave, m->waves);
 			if (tty) {
-				printf("\rloading: %zu of %zu workers have staged their slots (%.1f s)",
-				       k, m->n_workers, m->duration_s);
+				printf("\rloading: %s%zu of %zu workers have staged their slots "
+				       "(%.1f s)", wv, k, m->n_workers, m->duration_s);
 				bar = true;
 			} else {
-				printf("loading: %zu of %zu workers have staged their slots (%.1f s)\n",
-				       k, m->n_workers, m->duration_s);
+				printf("loading: %s%zu of %zu workers have staged their slots "
+				       "(%.1f s)\n", wv, k, m->n_workers, m->duration_s);
 			}
+		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_SWAPPED &&
+			   wait && m->waves > 1) {
+			printf("%sepoch %llu in force (wave %u of %u, %.1f s)\n", bar ? "\n" : "",
+			       (unsigned long long)m->epoch, m->wave, m->waves, m->duration_s);
+			bar = false;
 		} else if (m->phase == FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE) {
 			printf("%sepoch %llu in force: %u slots moved in %.2f s, balancedness %.3f -> "
 			       "%.3f (predicted); ", bar ? "\n" : "", (unsigned long long)m->epoch,

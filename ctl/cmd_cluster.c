@@ -44,6 +44,8 @@ struct up_opts {
 	int timeout_s;
 	char **sets;         /* --set, passed to the coordinator */
 	int n_sets;
+	char **wsets;        /* --worker-set, passed to every worker */
+	int n_wsets;
 	struct ctl_tls tls;  /* --tls-*: how ferryctl and the workers connect */
 };
 
@@ -67,6 +69,8 @@ static const char up_usage[] =
 	"      --worker-threads N   kernel threads per worker (default: CPUs / workers, at\n"
 	"                           least 1, so the processes do not oversubscribe the host)\n"
 	"      --set SECTION.KEY=VALUE  extra coordinator configuration (repeatable)\n"
+	"      --worker-set SECTION.KEY=VALUE  extra configuration of every worker\n"
+	"                           (repeatable), e.g. worker.staging_slots=4\n"
 	"      --timeout S          give up when not serving after S seconds (default 120)\n"
 	CTL_TLS_USAGE("      ")
 	"                           (for ferryctl and the workers, which get them as\n"
@@ -78,7 +82,8 @@ static const char up_usage[] =
 	"died, 2 for bad arguments. The daemons are looked up next to ferryctl (or in\n"
 	"$FERRY_BIN_DIR).\n";
 
-enum { UP_REPLICAS = 256, UP_MB, UP_WIRE, UP_THREADS, UP_SET, UP_TIMEOUT, UP_WTHREADS };
+enum { UP_REPLICAS = 256, UP_MB, UP_WIRE, UP_THREADS, UP_SET, UP_TIMEOUT, UP_WTHREADS,
+       UP_WSET };
 
 static const struct option up_longopts[] = {
 	{ "model", required_argument, NULL, 'm' },
@@ -91,17 +96,29 @@ static const struct option up_longopts[] = {
 	{ "threads", required_argument, NULL, UP_THREADS },
 	{ "worker-threads", required_argument, NULL, UP_WTHREADS },
 	{ "set", required_argument, NULL, UP_SET },
+	{ "worker-set", required_argument, NULL, UP_WSET },
 	{ "timeout", required_argument, NULL, UP_TIMEOUT },
 	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
 
+static int push_sets(char ***av, int *n_av, char *const *sets, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (fr_strv_push(av, n_av, "--set=%s", sets[i]) < 0)
+			return -ENOMEM;
+	return 0;
+}
+
 static void up_free(struct up_opts *o)
 {
 	fr_strv_free(o->sets, o->n_sets);
 	o->sets = NULL;
 	o->n_sets = 0;
+	fr_strv_free(o->wsets, o->n_wsets);
+	o->wsets = NULL;
+	o->n_wsets = 0;
 }
 
 /* Returns 0, 1 for --help, or -EINVAL. */
@@ -157,6 +174,12 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 			if (!strchr(optarg, '=') || fr_strv_push(&o->sets, &o->n_sets, "%s", optarg) < 0)
 				return fr_error_set(err, -EINVAL, "--set: '%s' is not SECTION.KEY=VALUE",
 						    optarg);
+			break;
+		case UP_WSET:
+			if (!strchr(optarg, '=') ||
+			    fr_strv_push(&o->wsets, &o->n_wsets, "%s", optarg) < 0)
+				return fr_error_set(err, -EINVAL, "--worker-set: '%s' is not "
+						    "SECTION.KEY=VALUE", optarg);
 			break;
 		case UP_TIMEOUT:
 			if (ctl_arg_int("timeout", optarg, 1, 3600, &o->timeout_s, err) < 0)
@@ -427,6 +450,7 @@ static int up_exec(const struct up_opts *o)
 		    fr_strv_push(&av, &n_av, "--transport=%s", o->transport) < 0 ||
 		    fr_strv_push(&av, &n_av, "--secret-file=%s", secret) < 0 ||
 		    fr_strv_push(&av, &n_av, "--set=worker.threads=%d", wthreads) < 0 ||
+		    push_sets(&av, &n_av, o->wsets, o->n_wsets) < 0 ||
 		    (o->tls.ca &&
 		     fr_strv_push(&av, &n_av, "--set=cluster.tls_ca=%s", o->tls.ca) < 0) ||
 		    (o->tls.cert &&

@@ -178,6 +178,20 @@ int co_place_filled(const struct co_placement *p, int worker);
  * min_distinct workers. Returns 0 or -EINVAL with err naming the first violation. */
 int co_place_check(const struct co_placement *p, int min_distinct, struct fr_error *err);
 
+/*
+ * A move from placement `from` to `to` (same shape) in waves, for workers that load a
+ * wave's new slots beside those serving: wave i changes at most room[w] slots of worker w
+ * (over all layers; room[w] < 0: no limit, 0: none), and every wave is a placement that serves -
+ * each expert keeps a copy, and min(min_distinct, its workers in from, in to) distinct
+ * workers. The changes of one wave take effect together. *ret: n placements (the last one
+ * equals `to`; none when nothing changes), the caller destroys each and frees the array.
+ * Errors: -EINVAL (shapes differ), -ENOSPC (the changes left form cycles that need more
+ * room than the workers have: err names a worker), -ENOMEM.
+ */
+int co_place_waves(const struct co_placement *from, const struct co_placement *to,
+		   const int32_t *room, int min_distinct, struct co_placement ***ret, int *ret_n,
+		   struct fr_error *err);
+
 /* ---- quality ---- */
 
 struct co_place_stats {

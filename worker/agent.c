@@ -69,13 +69,33 @@ static void sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
+/* Bytes of one expert copy (its three matrices). */
+static uint64_t expert_bytes(const struct model_config *c)
+{
+	return 3ull * (uint64_t)c->hidden_size * (uint64_t)c->moe_intermediate_size *
+	       kn_dtype_size(c->torch_dtype);
+}
+
+/* Live-rebalance room in expert copies, -1 for no limit: the option, else what
+ * memory_limit leaves after the slots. */
+static int staging_room(const struct wk_agent *a)
+{
+	uint64_t per = expert_bytes(a->cfg), held;
+
+	if (a->o.staging_slots >= 0)
+		return a->o.staging_slots;
+	if (!a->o.memory_limit || !per)
+		return -1;
+	held = (uint64_t)a->o.slots * (uint64_t)model_n_moe_layers(a->cfg);
+	return a->o.memory_limit / per > held ?
+		       (int)FR_MIN(a->o.memory_limit / per - held, (uint64_t)1 << 30) : 0;
+}
+
 /* Slots that fit memory_limit: one slot per MoE layer holds an expert's three matrices. */
 static int auto_slots(const struct wk_agent *a)
 {
 	const struct model_config *c = a->cfg;
-	uint64_t per = 3ull * (uint64_t)c->hidden_size * (uint64_t)c->moe_intermediate_size *
-		       kn_dtype_size(c->torch_dtype) *
-		       (uint64_t)model_n_moe_layers(c);
+	uint64_t per = expert_bytes(c) * (uint64_t)model_n_moe_layers(c);
 	uint64_t lim = a->o.memory_limit;
 
 	if (!lim) {
@@ -204,6 +224,9 @@ static int join(struct wk_agent *a, Ferry__V1__JoinResponse **ret, struct fr_err
 	req.worker_name = a->name;
 	req.host_memory_bytes = a->o.memory_limit;
 	req.slot_capacity = (uint32_t)a->o.slots;
+	int room = staging_room(a);
+	req.staging_limited = room >= 0;
+	req.staging_slots = room >= 0 ? (uint32_t)room : 0;
 	ta.backend = (char *)tp_backend_name(a->o.tp.backend);
 	ta.blob.data = blob;
 	ta.blob.len = blob_len;

@@ -29,6 +29,13 @@ const struct conf_key wk_config_keys[] = {
 		 "memory_limit." },
 	{ "worker", "memory_limit", CONF_SIZE, OFF(worker.memory_limit), .def = "0",
 	  .doc = "Memory for expert weights. 0: 90% of the host's RAM." },
+	{ "worker", "staging_slots", CONF_INT, OFF(worker.staging_slots), -1, 1 << 30,
+	  .def = "-1",
+	  .doc = "Expert copies ((MoE layer, slot) pairs) this worker can load beside the slots "
+		 "serving during a live rebalance: the coordinator moves its slots in waves of at "
+		 "most this many. -1: what memory_limit leaves after the slots (no limit when "
+		 "memory_limit is 0: the weights are mapped from the checkpoint copy). 0: none, "
+		 "its slots cannot change live." },
 	{ "worker", "threads", CONF_INT, OFF(worker.threads), 0, 4096, .def = "0",
 	  .doc = "CPU threads for expert compute. 0: all CPUs." },
 

@@ -31,6 +31,8 @@ struct wk_config {
 		char *coordinator;           /* coordinator's gRPC "host:port" (default 127.0.0.1:7400) */
 		int slots;                   /* expert slots per MoE layer; 0: as many as fit */
 		uint64_t memory_limit;       /* bytes for expert weights; 0: 90% of RAM */
+		int staging_slots;           /* live-rebalance room in expert copies; -1: from
+		                              * memory_limit */
 		int threads;                 /* CPU threads; 0: all CPUs */
 	} worker;
 	struct {

@@ -108,6 +108,7 @@ int main(int argc, char **argv)
 		.secret_len = secret_len,
 		.slots = cfg.worker.slots,
 		.memory_limit = cfg.worker.memory_limit,
+		.staging_slots = cfg.worker.staging_slots,
 		.tp = tp_conf_config(&cfg.transport.tp),
 		.ring_slots = (uint32_t)cfg.transport.ring_slots,
 		.ring_tokens = (uint32_t)cfg.transport.ring_tokens,

@@ -27,6 +27,8 @@ struct wk_agent_opts {
 	int slots;                     /* slots per MoE layer; 0 = as many as memory_limit fits,
 	                                * at most the routed experts */
 	uint64_t memory_limit;         /* bytes for expert weights (used when slots is 0) */
+	int staging_slots;             /* expert copies loadable beside those serving; -1: what
+	                                * memory_limit leaves (no limit when it is 0) */
 	struct tp_config tp;
 	uint32_t ring_slots;           /* micro-batches in flight (>= the coordinator's m) */
 	uint32_t ring_tokens;          /* tokens per micro-batch frame */

@@ -40,6 +40,7 @@ if "$ferryctl" --help | grep -q '^  up '; then
   expect 2 "--transport: 'ib' is not shm, tcp or verbs" up --model "$golden" --transport ib
   expect 2 "--wire: 'fp8' is not bf16 or f32" up --model "$golden" --wire fp8
   expect 2 "--listen" up --model "$golden" --listen
+  expect 2 "--worker-set: 'staging' is not SECTION.KEY=VALUE" up --model "$golden" --worker-set staging
   expect 1 "config.json" up --model "$tmp/nonexistent"
   expect 2 "--cluster ADDR is required" load
   expect 2 "--layer: 'x'" load --cluster 127.0.0.1:1 --layer x
