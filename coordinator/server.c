@@ -75,6 +75,29 @@ static grpc_status_code on_health(struct rpc_call *call, const ProtobufCMessage 
 }
 
 /* One forward pass under the engine lock, with its step's load accounting. */
+static int take_out_locked(struct co_server *s, int i);
+
+/* A step failed: if it was because workers died, abandons what was in flight, takes them
+ * out of the routing table (their experts have replicas elsewhere) and returns 0 so that
+ * the step runs again; otherwise < 0. Under engine_mu. */
+static int survive_step(struct co_server *s, const char *why)
+{
+	int dead[64], n, rc = 0;
+
+	if (moe_remote_recover(&s->moe, (int)s->o.expert_timeout_ms) < 0)
+		return -1;
+	if ((n = moe_remote_check(&s->moe, 0, dead, (int)FR_ARRAY_SIZE(dead))) <= 0)
+		return -1;
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < n; i++)
+		if (take_out_locked(s, dead[i]) < 0)
+			rc = -1;
+	pthread_mutex_unlock(&s->mu);
+	if (rc == 0)
+		fr_warn(LOG_COMP, "a step failed (%s): it runs again on the other workers", why);
+	return rc;
+}
+
 int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_t *seq,
 		       const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
 		       float *logits, char *why, size_t why_cap)
@@ -82,10 +105,17 @@ int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_
 	int rc;
 
 	pthread_mutex_lock(&s->engine_mu);
-	rc = co_engine_forward(s->engine, n, tok, seq, pos, want, kb, logits);
-	if (rc < 0)
-		snprintf(why, why_cap, "%s", moe_remote_error(&s->moe)[0] ?
-			 moe_remote_error(&s->moe) : strerror(-rc));
+	/* A worker that dies mid-step costs a delay, not the step: the step runs again
+	 * without it (the same rows at the same positions: the KV cache rows it rewrites
+	 * get the same values). */
+	for (int attempt = 0;; attempt++) {
+		rc = co_engine_forward(s->engine, n, tok, seq, pos, want, kb, logits);
+		if (rc < 0)
+			snprintf(why, why_cap, "%s", moe_remote_error(&s->moe)[0] ?
+				 moe_remote_error(&s->moe) : strerror(-rc));
+		if (rc >= 0 || rc == -EINVAL || attempt == 8 || survive_step(s, why) < 0)
+			break;
+	}
 	co_load_next_step(s->load);
 	pthread_mutex_unlock(&s->engine_mu);
 	if (rc < 0 && rc != -EINVAL) {
@@ -432,6 +462,54 @@ fail:
 	return rc;
 }
 
+/* Takes worker i (whose endpoint failed) out of the routing table when the other workers
+ * hold replicas of all its experts. Returns 0 or -EBUSY (logged: some expert would have no
+ * replica left). Under engine_mu and mu. */
+static int take_out_locked(struct co_server *s, int i)
+{
+	struct srv_worker *w = &s->workers[i];
+	struct co_placement *p = s->place;
+	struct fr_error err = { { 0 } };
+	int cnt = 0, rc;
+
+	if (w->state == W_RELEASED) {
+		fr_info(LOG_COMP, "worker %d '%s' left (it had handed its slots back)", w->index,
+			w->name);
+		w->state = W_FAILED;
+		return 0;
+	}
+	int32_t *layer = malloc(sizeof(*layer) * (size_t)(p->n_layers * p->slots[i] + 1));
+	int32_t *slot = malloc(sizeof(*slot) * (size_t)(p->n_layers * p->slots[i] + 1));
+	if (!layer || !slot) {
+		fr_err(LOG_COMP, "worker %d '%s' is gone; out of memory taking its slots out of "
+		       "service", w->index, w->name);
+		rc = -EBUSY;
+		goto out;
+	}
+	for (int l = 0; l < p->n_layers; l++)
+		for (int j = 0; j < p->slots[i]; j++)
+			if (co_place_expert_at(p, l, i, j) != CO_PLACE_EMPTY) {
+				layer[cnt] = l;
+				slot[cnt++] = j;
+			}
+	if (cnt && co_place_unload(p, i, cnt, layer, slot, &err) < 0) {
+		fr_err(LOG_COMP, "worker %d '%s' is gone and its slots cannot leave service (%s): "
+		       "the next request that needs it fails the cluster", w->index, w->name,
+		       err.msg);
+		rc = -EBUSY;
+		goto out;
+	}
+	fr_warn(LOG_COMP, "worker %d '%s' is gone: its %d slots are out of service, replicas on "
+		"the other workers serve its experts", w->index, w->name, cnt);
+	w->state = W_FAILED;
+	snprintf(w->fail, sizeof(w->fail), "gone, slots out of service");
+	rc = 0;
+out:
+	free(layer);
+	free(slot);
+	return rc;
+}
+
 /* Workers whose endpoint failed while no step needed them (found between steps): their
  * slots leave the routing table when the other workers hold replicas of all of them, and
  * the cluster serves on without them. Otherwise the loss is logged and left to the first
@@ -439,7 +517,6 @@ fail:
 static void check_workers(struct co_server *s)
 {
 	int dead[64], n;
-	struct fr_error err = { { 0 } };
 
 	pthread_mutex_lock(&s->engine_mu);
 	n = moe_remote_check(&s->moe, 1, dead, (int)FR_ARRAY_SIZE(dead));
@@ -448,43 +525,8 @@ static void check_workers(struct co_server *s)
 		return;
 	}
 	pthread_mutex_lock(&s->mu);
-	for (int i = 0; i < n; i++) {
-		struct srv_worker *w = &s->workers[dead[i]];
-		const struct co_placement *p = s->place;
-		int cnt = 0;
-		if (w->state == W_RELEASED) {
-			fr_info(LOG_COMP, "worker %d '%s' left (it had handed its slots back)",
-				w->index, w->name);
-			w->state = W_FAILED;
-			continue;
-		}
-		int32_t *layer = malloc(sizeof(*layer) * (size_t)(p->n_layers * p->slots[w->index] + 1));
-		int32_t *slot = malloc(sizeof(*slot) * (size_t)(p->n_layers * p->slots[w->index] + 1));
-		if (!layer || !slot) {
-			fr_err(LOG_COMP, "worker %d '%s' is gone; out of memory taking its slots out "
-			       "of service", w->index, w->name);
-		} else {
-			for (int l = 0; l < p->n_layers; l++)
-				for (int j = 0; j < p->slots[w->index]; j++)
-					if (co_place_expert_at(p, l, w->index, j) != CO_PLACE_EMPTY) {
-						layer[cnt] = l;
-						slot[cnt++] = j;
-					}
-			if (co_place_unload(s->place, w->index, cnt, layer, slot, &err) >= 0) {
-				fr_warn(LOG_COMP, "worker %d '%s' is gone: its %d slots are out of "
-					"service, replicas on the other workers serve its experts",
-					w->index, w->name, cnt);
-				w->state = W_FAILED;
-				snprintf(w->fail, sizeof(w->fail), "gone, slots out of service");
-			} else {
-				fr_err(LOG_COMP, "worker %d '%s' is gone and its slots cannot leave "
-				       "service (%s): the next request that needs it fails the cluster",
-				       w->index, w->name, err.msg);
-			}
-		}
-		free(layer);
-		free(slot);
-	}
+	for (int i = 0; i < n; i++)
+		(void)take_out_locked(s, dead[i]);
 	pthread_mutex_unlock(&s->mu);
 	pthread_mutex_unlock(&s->engine_mu);
 }

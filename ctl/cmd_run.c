@@ -415,7 +415,7 @@ static int run_cluster(const struct run_opts *o)
 	size_t n_prompt, n_gen = 0, n_rows = 0;
 	FILE *dump = NULL;
 	int rc, ret = CTL_EXIT_FAIL;
-	uint64_t t0 = fr_now_ns(), t1 = 0;
+	uint64_t t0 = fr_now_ns(), t1 = 0, t_last = 0, gap = 0;
 
 	if ((rc = fr_parse_ids(o->tokens, INT32_MAX, &ids, &n_prompt, &err)) < 0) {
 		fr_error_prefix(&err, rc, "--tokens");
@@ -460,6 +460,12 @@ static int run_cluster(const struct run_opts *o)
 			}
 			n_rows += m->logits_rows;
 		}
+		if (m->n_tokens && o->max_new > 0) {
+			uint64_t now = fr_now_ns();
+			if (t_last)
+				gap = FR_MAX(gap, now - t_last);
+			t_last = now;
+		}
 		for (size_t i = 0; i < m->n_tokens && o->max_new > 0; i++) {
 			if (!t1)
 				t1 = fr_now_ns();
@@ -476,8 +482,9 @@ static int run_cluster(const struct run_opts *o)
 		uint64_t t2 = fr_now_ns();
 		double pre_s = (double)((t1 ? t1 : t2) - t0) / 1e9, dec_s = (double)(t2 - (t1 ? t1 : t2)) / 1e9;
 		fprintf(stderr, "cluster %s: first token after %.3f s (%zu prompt tokens); decode: %zu "
-			"tokens in %.3f s (%.2f tok/s); %zu logits rows\n", o->cluster, pre_s, n_prompt,
-			n_gen, dec_s, n_gen > 1 ? (double)(n_gen - 1) / dec_s : 0.0, n_rows);
+			"tokens in %.3f s (%.2f tok/s); %zu logits rows; longest pause between "
+			"tokens %.3f s\n", o->cluster, pre_s, n_prompt, n_gen, dec_s,
+			n_gen > 1 ? (double)(n_gen - 1) / dec_s : 0.0, n_rows, (double)gap / 1e9);
 	}
 	ret = CTL_EXIT_OK;
 out:

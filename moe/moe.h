@@ -110,6 +110,13 @@ const char *moe_remote_error(const struct moe *moe);
  * timeout_ms and writes into dead[] (at most max) the workers whose endpoint failed since
  * the last call, each reported once. Returns their number, or the MoE's sticky error. */
 int moe_remote_check(struct moe *moe, int timeout_ms, int *dead, int max);
+/* After a step failed because a worker's endpoint failed (the sticky -ECONNRESET, or the
+ * dispatch that needed a dead worker): abandons the micro-batches in flight - waits up to
+ * timeout_ms for every frame the live workers owe, releases them unread - and makes the
+ * ring usable again, so the step can run again once the routing leaves the dead workers
+ * out (moe_remote_check() names them). Returns 0, -ENOENT (no worker is dead: nothing to
+ * recover from), or the failure that stays (a live worker timed out or sent a bad frame). */
+int moe_remote_recover(struct moe *moe, int timeout_ms);
 
 /* ==== the expert side: slot tables and grouped compute (slots.c) ============================ */
 

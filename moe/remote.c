@@ -49,6 +49,7 @@ struct rw_slot {
 	bool arrived;          /* its combine frame landed (and is unreleased) */
 	uint64_t len;          /* bytes of that frame */
 	bool send_busy;        /* the dispatch put from this send slot has not completed */
+	bool sent;             /* this micro-batch's dispatch frame went out */
 };
 
 /* An arrival not yet released. */
@@ -334,6 +335,7 @@ static int send_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_
 		return hard(m, rc, "worker %s: layer %d mb %d: put: %s", WN(m, wi), s->layer, s->mb,
 			    strerror(-rc));
 	ws->send_busy = true;
+	ws->sent = true;
 	return 0;
 }
 
@@ -377,6 +379,7 @@ static int remote_dispatch(void *ctx, int layer, int mb, const float *x, int n_t
 		m->w[i].last_tok = -1;
 		m->w[i].n_pairs = 0;
 		m->w[i].slot[slot].n_tok = 0;
+		m->w[i].slot[slot].sent = false;
 	}
 	for (int t = 0; t < n_tok; t++) {
 		for (int j = 0; j < k; j++) {
@@ -505,6 +508,7 @@ static int remote_combine(void *ctx, int layer, int mb, float *out)
 		if ((rc = add_one(m, i, s, slot, out)) < 0)
 			return rc;
 		ws->arrived = false;
+		ws->sent = false;
 		ws->n_tok = 0;
 	}
 	s->active = false;
@@ -544,6 +548,54 @@ int moe_remote_set_placement(struct moe *moe, const struct co_placement *p, uint
 			return -EBUSY;
 	m->p = p;
 	m->o.epoch = epoch;
+	return 0;
+}
+
+int moe_remote_recover(struct moe *moe, int timeout_ms)
+{
+	struct moe_remote *m = moe->ctx;
+	bool dead = false;
+	int rc;
+
+	if (m->failed && m->failed != -ECONNRESET)
+		return m->failed;
+	for (int i = 0; i < m->n_workers; i++) {
+		struct rworker *w = &m->w[i];
+		if (w->status == 0 && tp_ep_status(w->ep) < 0)
+			w->status = tp_ep_status(w->ep);
+		dead |= w->status < 0;
+	}
+	if (!dead)
+		return m->failed ? m->failed : -ENOENT;
+	m->failed = 0;
+	uint64_t deadline = fr_now_ns() + (uint64_t)timeout_ms * 1000000u;
+	for (uint32_t slot = 0; slot < m->o.ring.slots; slot++) {
+		struct rm_mb *s = &m->mbs[slot];
+		if (!s->active)
+			continue;
+		for (int i = 0; i < m->n_workers; i++) {
+			struct rw_slot *ws = &m->w[i].slot[slot];
+			if (!ws->n_tok)
+				continue;
+			while (ws->sent && !ws->arrived && m->w[i].status == 0) {
+				int t = remaining_ms(deadline);
+				if (t == 0)
+					return hard(m, -ETIMEDOUT,
+						    "worker %s: no combine frame for layer %d mb %d "
+						    "within %d ms (abandoning the step)", WN(m, i),
+						    s->layer, s->mb, timeout_ms);
+				if ((rc = pump(m, t)) < 0)
+					return rc;
+			}
+			if (ws->arrived && m->w[i].status == 0 && (rc = consume(m, i, slot)) < 0)
+				return rc;
+			ws->arrived = false;
+			ws->sent = false;
+			ws->n_tok = 0;
+		}
+		s->active = false;
+	}
+	m->msg.msg[0] = '\0';
 	return 0;
 }
 

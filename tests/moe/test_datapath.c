@@ -17,7 +17,9 @@
  *               (three workers over two coordinator contexts).
  *   death       a worker that closes its endpoint holding a frame: combine returns
  *               -ECONNRESET naming it, well within the timeout, and stays failed (the
- *               dying worker and the serving one on different coordinator contexts).
+ *               dying worker and the serving one on different coordinator contexts)
+ *               until moe_remote_recover() abandons the micro-batch: then the dead
+ *               worker is named and a dispatch needing it is refused before sending.
  *   timeout     a worker that never answers: -ETIMEDOUT naming worker, layer and mb.
  *   badframe    malformed dispatch frames make moe_server_run() return -EBADMSG.
  *
@@ -775,7 +777,8 @@ static void case_interleave(void)
 
 /* Worker 1 misbehaves (mode); worker 0 serves. Returns combine's rc and elapsed ms. */
 static int faulty_combine(enum wmode mode, int timeout_ms, char *msg, size_t cap,
-			  uint64_t *ret_ms, int *ret_again)
+			  uint64_t *ret_ms, int *ret_again, int *ret_recover, int *ret_dead,
+			  int *ret_after)
 {
 	struct golden g;
 	struct fr_error err = { { 0 } };
@@ -809,6 +812,17 @@ static int faulty_combine(enum wmode mode, int timeout_ms, char *msg, size_t cap
 	snprintf(msg, cap, "%s", moe_remote_error(&moe));
 	/* Sticky: the ring is not trusted any more. */
 	*ret_again = seam_dispatch(&moe, &in, 0, k);
+	/* Recovery abandons what was in flight when a worker died (the live one's frame is
+	 * released unread); the ring is usable again: a dispatch that needs the dead worker
+	 * is refused before sending (not sticky), and the check names it. */
+	int dead[4];
+	*ret_recover = moe_remote_recover(&moe, timeout_ms);
+	*ret_dead = -1;
+	if (*ret_recover == 0 && moe_remote_check(&moe, 0, dead, 4) == 1)
+		*ret_dead = dead[0];
+	*ret_after = *ret_recover == 0 ? seam_dispatch(&moe, &in, 0, k) : 0;
+	if (*ret_after == -ECONNRESET)
+		CHECK(moe_remote_recover(&moe, timeout_ms) == 0); /* nothing in flight */
 
 	moe_destroy(&moe);
 	cluster_close(&c);
@@ -823,27 +837,33 @@ static void case_death(void)
 {
 	char msg[512];
 	uint64_t ms;
-	int again;
-	int rc = faulty_combine(W_DIE, 10000, msg, sizeof(msg), &ms, &again);
+	int again, recover, dead, after;
+	int rc = faulty_combine(W_DIE, 10000, msg, sizeof(msg), &ms, &again, &recover, &dead,
+				&after);
 	struct fr_error e = { { 0 } };
 	snprintf(e.msg, sizeof(e.msg), "%s", msg);
 	t_expect_err("worker death", rc, -ECONNRESET, &e, "w1", "layer 1 mb 1");
 	CHECK(again == -ECONNRESET);
 	printf("death detected in %llu ms (timeout 10000)\n", (unsigned long long)ms);
 	CHECK(ms < 5000);
+	CHECK(recover == 0 && dead == 1 && after == -ECONNRESET);
+	printf("recovered: worker %d named dead, a dispatch that needs it refused before "
+	       "sending (%d)\n", dead, after);
 }
 
 static void case_timeout(void)
 {
 	char msg[512];
 	uint64_t ms;
-	int again;
-	int rc = faulty_combine(W_MUTE, 300, msg, sizeof(msg), &ms, &again);
+	int again, recover, dead, after;
+	int rc = faulty_combine(W_MUTE, 300, msg, sizeof(msg), &ms, &again, &recover, &dead,
+				&after);
 	struct fr_error e = { { 0 } };
 	snprintf(e.msg, sizeof(e.msg), "%s", msg);
 	t_expect_err("mute worker", rc, -ETIMEDOUT, &e, "w1", "layer 1 mb 1");
 	CHECK(again == -ETIMEDOUT);
 	CHECK(ms >= 290 && ms < 5000);
+	CHECK(recover == -ETIMEDOUT); /* a mute worker is not a dead one: no recovery */
 }
 
 /* ---- malformed frames ------------------------------------------------------------------- */

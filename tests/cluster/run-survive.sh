@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# A worker killed mid-stream costs a delay, not a request: a coordinator and three workers
+# where every expert lives on two of them ([placement] min_distinct = 2; the tiny golden
+# model, f32 wire so outputs must be exact), 32 concurrent greedy streaming clients, and
+# `kill -9` of one worker while they stream: the step it broke runs again on the others,
+# 0 requests fail, every output equals the same request on the idle cluster, and the
+# longest pause between two tokens is printed (target < 1 s). The coordinator serves on
+# (Status: the worker dead), and the same holds for a kill while a rebalance loads.
+# Usage: run-survive.sh COORDINATOR_BIN WORKER_BIN FERRYCTL [shm|tcp]
+set -uo pipefail
+co_bin=$1 wk_bin=$2 F=$3 tp=${4:-shm}
+golden=$FERRY_GOLDEN/tiny-a
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; tail -30 "$tmp/co.err" >&2; exit 1; }
+: > "$tmp/empty.conf"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/secret"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/admin"
+chmod 600 "$tmp/secret" "$tmp/admin"
+export FERRY_ADMIN_TOKEN_FILE=$tmp/admin
+
+declare -A wpid
+# start_cluster: coordinator + w0, w1 (16 slots: every expert) + w2 (8 slots)
+start_cluster() {
+  "$co_bin" -c "$tmp/empty.conf" -m "$golden" -l 127.0.0.1:0 -w 3 --secret-file "$tmp/secret" \
+    -s transport.wire_dtype=f32 -s transport.backend="$tp" -s engine.max_seqs=40 \
+    -s engine.threads=1 -s placement.min_distinct=2 -s placement.rebalance=off \
+    -s server.admin_token_file="$tmp/admin" "$@" > "$tmp/co.out" 2> "$tmp/co.err" &
+  co=$!
+  pids+=("$co")
+  port=
+  for _ in $(seq 100); do
+    port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out")
+    [ -n "$port" ] && break
+    sleep 0.1
+  done
+  [ -n "$port" ] || fail "coordinator did not start"
+  for w in w0 w1 w2; do
+    slots=16; [ "$w" = w2 ] && slots=8
+    "$wk_bin" -c "$tmp/empty.conf" -C "127.0.0.1:$port" -n "$w" -m "$golden" --slots $slots \
+      -t "$tp" --secret-file "$tmp/secret" -s worker.threads=1 2> "$tmp/$w.err" &
+    wpid[$w]=$!
+    pids+=($!)
+  done
+  export FERRY_CLUSTER=127.0.0.1:$port
+  for _ in $(seq 300); do
+    "$F" status --json > "$tmp/st.json" 2>/dev/null &&
+      python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['status'] != 'serving')" "$tmp/st.json" && return 0
+    sleep 0.1
+  done
+  fail "the cluster never served"
+}
+
+prompt() { python3 -c "
+import random, sys
+r = random.Random(int(sys.argv[1]))
+print(' '.join(str(r.randrange(512)) for _ in range(10)))" "$1"; }
+for i in $(seq 0 31); do prompt "$i" > "$tmp/p$i"; done
+
+start_cluster
+for i in $(seq 0 31); do
+  "$F" run --cluster "$FERRY_CLUSTER" --tokens "$(cat "$tmp/p$i")" --max-new 200 > "$tmp/ref$i" || fail "reference $i"
+done
+
+# clients TAG: 32 concurrent streams, their pids in cl
+clients() {
+  cl=()
+  for i in $(seq 0 31); do
+    "$F" run --cluster "$FERRY_CLUSTER" --tokens "$(cat "$tmp/p$i")" --max-new 200 --stats \
+      > "$tmp/$1$i" 2> "$tmp/$1err$i" &
+    cl+=($!)
+  done
+}
+# finish TAG WHAT: every client succeeded with its reference; prints the longest pause
+finish() {
+  local bad=0
+  for i in $(seq 0 31); do wait "${cl[$i]}" || { bad=$((bad + 1)); cat "$tmp/$1err$i" >&2; }; done
+  [ "$bad" = 0 ] || fail "$2: $bad of 32 requests failed"
+  for i in $(seq 0 31); do
+    cmp -s "$tmp/ref$i" "$tmp/$1$i" || fail "$2: request $i differs from the request alone"
+  done
+  pause=$(cat "$tmp/$1err"* | sed -n 's/.*longest pause between tokens \([0-9.]*\) s$/\1/p' | sort -g | tail -1)
+  echo "$2: 32 concurrent requests, 0 failed, every output equals the request alone; longest pause between two tokens ${pause} s"
+  python3 -c "import sys; sys.exit(not float(sys.argv[1]) < 2.0)" "${pause:-99}" ||
+    fail "$2: a pause of ${pause} s between two tokens (target < 1 s)"
+}
+
+# 1. kill -9 of w2 while 32 clients stream.
+clients a
+sleep 0.7
+kill -KILL "${wpid[w2]}"
+finish a "kill -9 of w2 mid-stream ($tp)"
+grep -q "a step failed (.*w2.*): it runs again on the other workers" "$tmp/co.err" ||
+  echo "note: w2 was noticed between steps, not inside one"
+grep -q "worker [0-9] 'w2' is gone: its 24 slots are out of service" "$tmp/co.err" ||
+  fail "the coordinator did not take w2's slots out of service"
+"$F" status --json > "$tmp/st.json" || fail "status after the kill"
+python3 - "$tmp/st.json" <<'PY' || fail "status after the kill"
+import json, sys
+s = json.load(open(sys.argv[1]))
+w = {x["name"]: x for x in s["workers"]}
+assert s["status"] == "serving", s
+assert w["w2"]["state"] == "dead" and w["w0"]["state"] == w["w1"]["state"] == "serving", w
+print("after the kill: the cluster serves, w2 dead (%s)" % w["w2"]["detail"])
+PY
+kill -0 "$co" 2>/dev/null || fail "the coordinator exited"
+kill -TERM "$co"; wait "$co" 2>/dev/null
+for w in w0 w1; do wait "${wpid[$w]}" 2>/dev/null; done
+
+# 2. kill -9 of w2 while 32 clients stream and a rebalance loads (heartbeats every 3 s:
+#    the workers are still to stage it when w2 dies): the rebalance is abandoned naming
+#    w2, no request fails.
+start_cluster -s cluster.heartbeat_interval=3s -s placement.rebalance_load_timeout=20s
+python3 - "$tmp/hot.json" <<'PY'
+import json, sys
+json.dump({"layers": [[1000.0 / (1 + ((e * 7 + l * 5) % 16)) ** 1.5 for e in range(16)]
+                      for l in range(3)]}, open(sys.argv[1], "w"))
+PY
+clients b
+sleep 0.5
+"$F" rebalance --profile "$tmp/hot.json" --wait > /dev/null 2> "$tmp/rb.err" &
+rb=$!
+sleep 0.5
+kill -KILL "${wpid[w2]}"
+wait "$rb"; rc=$?
+finish b "kill -9 of w2 during a rebalance ($tp)"
+[ "$rc" = 1 ] && grep -q "rebalance abandoned, the old placement serves on: worker [0-9] 'w2'" "$tmp/rb.err" ||
+  { cat "$tmp/rb.err" >&2; fail "the rebalance did not say it was abandoned for w2 (exit $rc)"; }
+echo "the rebalance: $(head -1 "$tmp/rb.err")"
+kill -0 "$co" 2>/dev/null || fail "the coordinator exited"
