@@ -21,6 +21,7 @@ struct bench_cluster_opts {
 	int slots;          /* per worker and MoE layer */
 	int max_seqs, max_ctx;
 	int heartbeat_ms;
+	int min_distinct;   /* placement: every expert on at least this many workers */
 };
 
 struct bench_cluster {

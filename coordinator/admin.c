@@ -866,10 +866,23 @@ static int rb_move(struct co_server *s, const struct co_rebalance_opts *o, struc
 	s->pending = *next;
 	s->pending_epoch = epoch;
 	s->last_epoch = epoch;
+	bool *gone = calloc((size_t)s->n_joined + 1, sizeof(*gone));
+	int live = 0;
+	if (!gone) {
+		s->pending = NULL;
+		pthread_mutex_unlock(&s->mu);
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	}
+	/* Workers dead before this epoch (out of service, no slots in it) owe no ack. */
+	for (int w = 0; w < s->n_joined; w++)
+		live += !(gone[w] = s->workers[w].state == W_FAILED &&
+				    co_place_filled(*next, w) == 0);
 	for (;;) {
 		int n = 0;
 		for (int w = 0; w < s->n_joined; w++) {
 			bool ok = s->workers[w].acked_epoch >= epoch;
+			if (gone[w])
+				continue;
 			pl->wp[w].loaded = ok;
 			n += ok;
 			if (s->workers[w].state != W_LOADED && !fail[0])
@@ -879,7 +892,7 @@ static int rb_move(struct co_server *s, const struct co_rebalance_opts *o, struc
 		if (s->status != S_SERVING && !fail[0])
 			snprintf(fail, sizeof(fail), "the cluster is %s",
 				 co__status_name(s->status));
-		if (fail[0] || n == s->n_joined)
+		if (fail[0] || n == live)
 			break;
 		if (n != acked) {
 			acked = n;
@@ -893,7 +906,7 @@ static int rb_move(struct co_server *s, const struct co_rebalance_opts *o, struc
 			/* name those that did not (the first few) */
 			int k = 0, late = 0;
 			for (int w = 0; w < s->n_joined; w++)
-				if (s->workers[w].acked_epoch < epoch && late++ < 4 &&
+				if (!gone[w] && s->workers[w].acked_epoch < epoch && late++ < 4 &&
 				    k < (int)sizeof(fail))
 					k += snprintf(fail + k, sizeof(fail) - (size_t)k,
 						      "%sworker %d '%s'", late > 1 ? ", " : "",
@@ -906,6 +919,7 @@ static int rb_move(struct co_server *s, const struct co_rebalance_opts *o, struc
 			break;
 		}
 	}
+	free(gone);
 	if (fail[0]) {
 		s->pending = NULL;
 		uint64_t in_force = s->epoch;
@@ -975,6 +989,13 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	} else {
 		for (int w = 0; w < s->n_joined && rc == 0; w++) {
 			const struct srv_worker *x = &s->workers[w];
+			/* A dead worker whose slots left service is planned like a drained one:
+			 * no slots, nothing to load. */
+			if (x->state == W_FAILED && co_place_filled(s->place, w) == 0 &&
+			    w != o->undrain) {
+				drained[w] = true;
+				continue;
+			}
 			if (x->state != W_LOADED)
 				rc = fr_error_set(err, -ESTALE, "worker %d '%s' is not serving (%s): a "
 						  "rebalance needs every worker", w, x->name,

@@ -52,7 +52,7 @@ const char *co__worker_device(const struct co_server *s, int i)
 }
 
 /* Creates the endpoint of a joining worker (this thread owns the transport). */
-static int setup_endpoint(struct co_server *s, struct srv_worker *w, struct fr_error *err)
+int co__setup_endpoint(struct co_server *s, struct srv_worker *w, struct fr_error *err)
 {
 	size_t slot = fp_ring_combine_slot(&s->ring);
 	int rc;
@@ -100,7 +100,7 @@ static int wait_joins(struct co_server *s, struct fr_error *err)
 		}
 		/* Endpoint creation and connect run unlocked: other joins may queue meanwhile. */
 		pthread_mutex_unlock(&s->mu);
-		rc = setup_endpoint(s, w, err);
+		rc = co__setup_endpoint(s, w, err);
 		pthread_mutex_lock(&s->mu);
 		if (rc < 0) {
 			w->state = W_FAILED;
@@ -247,4 +247,60 @@ int co__form_cluster(struct co_server *s, struct fr_error *err)
 	if ((rc = wait_joins(s, err)) < 0 || (rc = solve_placement(s, err)) < 0)
 		return rc;
 	return wait_loaded(s, err);
+}
+
+void co__rejoin_tick(struct co_server *s)
+{
+	struct fr_error err = { { 0 } };
+	struct srv_worker *w = NULL;
+
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < s->n_joined && !w; i++)
+		if (s->workers[i].state == W_JOINING && s->workers[i].rejoin)
+			w = &s->workers[i];
+	pthread_mutex_unlock(&s->mu);
+	if (!w)
+		return;
+	/* The transport belongs to whoever holds engine_mu: between two steps. */
+	pthread_mutex_lock(&s->engine_mu);
+	struct tp_ep *old_ep = w->ep;
+	struct tp_mem *old_recv = w->recv;
+	int rc = co__setup_endpoint(s, w, &err);
+	pthread_mutex_lock(&s->mu);
+	w->state = rc < 0 ? W_FAILED : W_READY; /* the Join answers with our address */
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	if (rc == 0 && (rc = tp_ep_connect(w->ep, w->blob, w->blob_len)) < 0)
+		fr_error_set(&err, rc, "data-plane connect failed: %s", strerror(-rc));
+	if (rc == 0 && (rc = moe_remote_replace_worker(&s->moe, w->index, w->ep, w->recv)) < 0)
+		fr_error_set(&err, rc, "the data path cannot take it back: %s", strerror(-rc));
+	if (rc < 0) {
+		if (w->ep != old_ep)
+			tp_ep_destroy(w->ep);
+		if (w->recv != old_recv)
+			tp_mem_free(w->recv);
+		w->ep = old_ep;
+		w->recv = old_recv;
+	} else {
+		tp_ep_destroy(old_ep);
+		tp_mem_free(old_recv);
+	}
+	pthread_mutex_lock(&s->mu);
+	w->rejoin = false;
+	if (rc < 0) {
+		w->state = W_FAILED;
+		snprintf(w->fail, sizeof(w->fail), "rejoin failed: %s", err.msg);
+		fr_warn(LOG_COMP, "worker %d '%s': rejoin failed: %s", w->index, w->name, err.msg);
+	} else {
+		/* Its slots left service when it died: it starts drained, and the next
+		 * automatic step gives it slots back (co__rebalance with undrain). */
+		w->state = W_CONNECTED;
+		w->drained = true;
+		w->undrain_due = true;
+		fr_info(LOG_COMP, "worker %d '%s': %s endpoint connected again", w->index, w->name,
+			tp_backend_name(s->o.tp.backend));
+	}
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	pthread_mutex_unlock(&s->engine_mu);
 }

@@ -29,6 +29,18 @@ static bool join_full(struct co_server *s, struct rpc_call *call, grpc_status_co
 	return true;
 }
 
+/* A worker of this name that died while the cluster serves: it may come back (same index,
+ * a new session and endpoint). -1 if none. Called with s->mu held. */
+static int rejoin_index(const struct co_server *s, const char *name)
+{
+	if (s->status != S_SERVING)
+		return -1;
+	for (int i = 0; i < s->n_joined; i++)
+		if (s->workers[i].state == W_FAILED && strcmp(s->workers[i].name, name) == 0)
+			return i;
+	return -1;
+}
+
 static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *req, void *arg)
 {
 	const Ferry__V1__JoinRequest *r = (const Ferry__V1__JoinRequest *)req;
@@ -58,7 +70,7 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 		return rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,
 				     "worker_name longer than %d bytes", NAME_MAX_LEN);
 	pthread_mutex_lock(&s->mu);
-	bool full = join_full(s, call, &st);
+	bool full = rejoin_index(s, name) < 0 && join_full(s, call, &st);
 	pthread_mutex_unlock(&s->mu);
 	if (full)
 		return st;
@@ -113,10 +125,18 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 				   r->ring_slots, r->ring_tokens, s->ring.slots, s->ring.tokens);
 		goto unlock;
 	}
-	if (join_full(s, call, &st))
+	int back = rejoin_index(s, name);
+	if (back < 0 && join_full(s, call, &st))
 		goto unlock;
+	if (back >= 0 && r->slot_capacity != s->workers[back].slot_capacity) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
+				   "worker '%s' comes back with %u slots per layer, it had %u: "
+				   "start it with --slots %u", name, r->slot_capacity,
+				   s->workers[back].slot_capacity, s->workers[back].slot_capacity);
+		goto unlock;
+	}
 	for (int i = 0; i < s->n_joined; i++)
-		if (strcmp(s->workers[i].name, name) == 0) {
+		if (i != back && strcmp(s->workers[i].name, name) == 0) {
 			st = rpc_call_fail(call, GRPC_STATUS_ALREADY_EXISTS,
 					   "a worker named '%s' already joined", name);
 			goto unlock;
@@ -141,11 +161,23 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 					    .max_pairs = (uint32_t)s->cfg->n_routed_experts };
 		s->ring_set = true;
 	}
-	idx = s->n_joined++;
-	w = &s->workers[idx];
-	memset(w, 0, sizeof(*w));
-	w->index = idx;
-	snprintf(w->name, sizeof(w->name), "%s", name);
+	if (back >= 0) {
+		/* Its old endpoint stays until the new one replaces it (co__rejoin_tick). */
+		idx = back;
+		w = &s->workers[idx];
+		rpc_auth_replay_destroy(w->replay);
+		w->replay = NULL;
+		w->rejoin = true;
+		w->acked_epoch = 0;
+		w->fail[0] = '\0';
+		fr_info(LOG_COMP, "worker %d '%s' is back: joining again", idx, name);
+	} else {
+		idx = s->n_joined++;
+		w = &s->workers[idx];
+		memset(w, 0, sizeof(*w));
+		w->index = idx;
+		snprintf(w->name, sizeof(w->name), "%s", name);
+	}
 	w->state = W_JOINING;
 	w->slot_capacity = r->slot_capacity;
 	w->blob_len = r->transport_addresses[0]->blob.len;
@@ -158,11 +190,17 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	w->replay = replay;
 	pthread_cond_broadcast(&s->cv);
 	fr_deadline_ms(&dl, 10000);
-	while (w->state == W_JOINING && s->status == S_STARTING && !fr_deadline_passed(&dl))
+	while (w->state == W_JOINING && (s->status == S_STARTING || w->rejoin) &&
+	       s->status != S_FAILED && !s->stop && !fr_deadline_passed(&dl))
 		pthread_cond_timedwait(&s->cv, &s->mu, &dl);
 	if (w->state != W_READY) {
 		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "join of '%s' failed: %s", name,
 				   w->state == W_FAILED ? w->fail : "coordinator did not set it up");
+		if (w->rejoin && w->state == W_JOINING) { /* it may try again */
+			w->state = W_FAILED;
+			w->rejoin = false;
+			snprintf(w->fail, sizeof(w->fail), "its join timed out");
+		}
 		goto unlock;
 	}
 	resp.worker_index = (uint32_t)idx;

@@ -61,6 +61,9 @@ struct srv_worker {
 	uint64_t last_heartbeat_ns;
 	uint64_t acked_epoch;          /* the newest epoch whose slots it acknowledged */
 	bool drained;                  /* Admin.Drain: no slot in service, it may be stopped */
+	bool rejoin;                   /* came back after it died: set up while serving */
+	bool undrain_due;              /* came back: the next automatic step gives it slots */
+	uint64_t undrain_not_before_ns; /* after a failed try */
 	bool told_place_err;           /* got the impossible-placement answer */
 	/* Its session (internal.proto): every request after Join is signed with this key. */
 	uint8_t session_key[RPC_AUTH_KEY_LEN];
@@ -112,6 +115,7 @@ struct co_server {
 	pthread_t auto_thread;
 	bool auto_running, auto_joinable;
 	char auto_why[128];
+	int auto_undrain;              /* the automatic step undrains this worker (-1: none) */
 	struct co_rebalance_record {
 		bool done;
 		double when_unix_s, duration_s, before, after;
@@ -155,6 +159,13 @@ const char *co__worker_device(const struct co_server *s, int i);
  * thread), solves the first placement and waits until every worker loaded its slots.
  * Errors as co_server_start()'s; s->place_err holds an impossible placement's reason. */
 int co__form_cluster(struct co_server *s, struct fr_error *err);
+/* cluster.c: the endpoint of a joining worker (w->recv, w->ep, w->my_blob). Under engine_mu
+ * once serving. */
+int co__setup_endpoint(struct co_server *s, struct srv_worker *w, struct fr_error *err);
+/* cluster.c: while serving, a worker that died and joined again (Join reused its index):
+ * a new endpoint replaces the dead one in the data path; it then loads its (empty) slots
+ * and is marked for an undrain. Called from the server's monitor loop, without locks. */
+void co__rejoin_tick(struct co_server *s);
 
 /* admin.c: one rebalance (plan, then unless dry_run the live move), for the Rebalance
  * method and the automatic policy. progress (may be NULL) is called with each phase.

@@ -59,6 +59,9 @@ static grpc_status_code on_health(struct rpc_call *call, const ProtobufCMessage 
 	}
 	resp.version = (char *)FERRY_VERSION;
 	resp.workers = (uint32_t)s->n_joined;
+	resp.workers_configured = (uint32_t)s->o.workers;
+	for (int i = 0; i < s->n_joined; i++)
+		resp.workers_serving += s->workers[i].state == W_LOADED && !s->workers[i].drained;
 	resp.epoch = s->epoch;
 	struct co_sched *sched = s->status == S_SERVING ? s->sched : NULL;
 	pthread_mutex_unlock(&s->mu);
@@ -253,6 +256,7 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	s->o = *o;
 	s->t_start_ns = fr_now_ns();
 	s->redundancy = -1;
+	s->auto_undrain = -1;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->cv, NULL);
 	pthread_mutex_init(&s->engine_mu, NULL);
@@ -538,7 +542,7 @@ static void *auto_main(void *arg)
 	struct co_server *s = arg;
 	struct fr_error err = { { 0 } };
 	struct co_rebalance_opts o = { .max_moves = (uint32_t)FR_MAX(s->o.rebalance_max_moves, 0),
-				       .why = s->auto_why, .drain = -1, .undrain = -1,
+				       .why = s->auto_why, .drain = -1, .undrain = s->auto_undrain,
 				       .redundancy = -2 };
 
 	if (co__rebalance(s, &o, &err) < 0)
@@ -546,7 +550,14 @@ static void *auto_main(void *arg)
 			err.msg);
 	pthread_mutex_lock(&s->mu);
 	s->auto_running = false;
-	s->auto_last_ns = fr_now_ns();
+	if (o.undrain < 0)
+		s->auto_last_ns = fr_now_ns();
+	else if (s->workers[o.undrain].drained && s->workers[o.undrain].state == W_LOADED) {
+		/* not yet (say, another rebalance ran): try again in a while */
+		s->workers[o.undrain].undrain_due = true;
+		s->workers[o.undrain].undrain_not_before_ns = fr_now_ns() + 5000000000ull;
+	}
+	s->auto_undrain = -1;
 	pthread_mutex_unlock(&s->mu);
 	return NULL;
 }
@@ -567,6 +578,29 @@ static void auto_tick(struct co_server *s)
 		pthread_join(s->auto_thread, NULL);
 		pthread_mutex_lock(&s->mu);
 		s->auto_joinable = false;
+	}
+	/* A worker that came back gets slots again (whatever [placement] rebalance says: this
+	 * restores redundancy, it does not chase load), once it serves its empty table. */
+	for (int i = 0; i < s->n_joined && s->status == S_SERVING && !s->stop &&
+			!s->rebalancing && !s->auto_running && !s->auto_joinable; i++) {
+		struct srv_worker *w = &s->workers[i];
+		if (!w->undrain_due || w->state != W_LOADED || now < w->undrain_not_before_ns ||
+		    now - w->last_heartbeat_ns > 2ull * s->o.heartbeat_ms * 1000000ull)
+			continue;
+		w->undrain_due = false;
+		snprintf(s->auto_why, sizeof(s->auto_why), "worker '%s' is back", w->name);
+		fr_info(LOG_COMP, "automatic rebalance: %s: giving it slots", s->auto_why);
+		s->auto_undrain = i;
+		s->auto_running = true;
+		if (pthread_create(&s->auto_thread, NULL, auto_main, s) == 0) {
+			s->auto_joinable = true;
+		} else {
+			s->auto_running = false;
+			s->auto_undrain = -1;
+			w->undrain_due = true;
+		}
+		pthread_mutex_unlock(&s->mu);
+		return;
 	}
 	bool idle = s->o.auto_rebalance && s->status == S_SERVING && s->place && !s->stop &&
 		    !s->rebalancing && !s->auto_running &&
@@ -624,6 +658,7 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 		if (s->status == S_SERVING && !s->stop) {
 			pthread_mutex_unlock(&s->mu);
 			check_workers(s);
+			co__rejoin_tick(s);
 			auto_tick(s);
 			pthread_mutex_lock(&s->mu);
 		}

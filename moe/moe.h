@@ -117,6 +117,11 @@ int moe_remote_check(struct moe *moe, int timeout_ms, int *dead, int max);
  * out (moe_remote_check() names them). Returns 0, -ENOENT (no worker is dead: nothing to
  * recover from), or the failure that stays (a live worker timed out or sent a bad frame). */
 int moe_remote_recover(struct moe *moe, int timeout_ms);
+/* A worker that came back (it rejoined after its endpoint failed): from now on worker i is
+ * reached over ep and answers into recv (both borrowed, on the same transport context as
+ * before; the old ones are no longer used and may be destroyed after this returns). Between
+ * steps. Errors: -EINVAL (i, or ep on another context), -EBUSY (a micro-batch is out). */
+int moe_remote_replace_worker(struct moe *moe, int i, struct tp_ep *ep, struct tp_mem *recv);
 
 /* ==== the expert side: slot tables and grouped compute (slots.c) ============================ */
 

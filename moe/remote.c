@@ -599,6 +599,29 @@ int moe_remote_recover(struct moe *moe, int timeout_ms)
 	return 0;
 }
 
+static int ctx_index(struct tp_context *const *ctxs, int n_ctxs, const struct tp_ep *ep);
+
+int moe_remote_replace_worker(struct moe *moe, int i, struct tp_ep *ep, struct tp_mem *recv)
+{
+	struct moe_remote *m = moe->ctx;
+
+	if (i < 0 || i >= m->n_workers || !ep || !recv ||
+	    ctx_index(m->ctxs, m->n_ctxs, ep) != ctx_index(m->ctxs, m->n_ctxs, m->w[i].ep))
+		return -EINVAL;
+	for (uint32_t s = 0; s < m->o.ring.slots; s++)
+		if (m->mbs[s].active)
+			return -EBUSY;
+	struct rworker *w = &m->w[i];
+	w->ep = ep;
+	w->recv = recv;
+	w->status = 0;
+	w->gone_told = false;
+	w->q_head = w->q_n = 0;
+	for (uint32_t s = 0; s < m->o.ring.slots; s++)
+		w->slot[s] = (struct rw_slot){ .rows = w->slot[s].rows };
+	return 0;
+}
+
 int moe_remote_check(struct moe *moe, int timeout_ms, int *dead, int max)
 {
 	struct moe_remote *m = moe->ctx;

@@ -5,7 +5,9 @@
 # `kill -9` of one worker while they stream: the step it broke runs again on the others,
 # 0 requests fail, every output equals the same request on the idle cluster, and the
 # longest pause between two tokens is printed (target < 1 s). The coordinator serves on
-# (Status: the worker dead), and the same holds for a kill while a rebalance loads.
+# (Status: the worker dead); the worker restarted rejoins and gets slots back by itself,
+# after which a kill of another worker is survived again; and the same holds for a kill
+# while a rebalance loads.
 # Usage: run-survive.sh COORDINATOR_BIN WORKER_BIN FERRYCTL [shm|tcp]
 set -uo pipefail
 co_bin=$1 wk_bin=$2 F=$3 tp=${4:-shm}
@@ -26,6 +28,12 @@ chmod 600 "$tmp/secret" "$tmp/admin"
 export FERRY_ADMIN_TOKEN_FILE=$tmp/admin
 
 declare -A wpid
+start_worker() { # NAME SLOTS
+  "$wk_bin" -c "$tmp/empty.conf" -C "127.0.0.1:$port" -n "$1" -m "$golden" --slots "$2" \
+    -t "$tp" --secret-file "$tmp/secret" -s worker.threads=1 2>> "$tmp/$1.err" &
+  wpid[$1]=$!
+  pids+=($!)
+}
 # start_cluster: coordinator + w0, w1 (16 slots: every expert) + w2 (8 slots)
 start_cluster() {
   "$co_bin" -c "$tmp/empty.conf" -m "$golden" -l 127.0.0.1:0 -w 3 --secret-file "$tmp/secret" \
@@ -41,13 +49,9 @@ start_cluster() {
     sleep 0.1
   done
   [ -n "$port" ] || fail "coordinator did not start"
-  for w in w0 w1 w2; do
-    slots=16; [ "$w" = w2 ] && slots=8
-    "$wk_bin" -c "$tmp/empty.conf" -C "127.0.0.1:$port" -n "$w" -m "$golden" --slots $slots \
-      -t "$tp" --secret-file "$tmp/secret" -s worker.threads=1 2> "$tmp/$w.err" &
-    wpid[$w]=$!
-    pids+=($!)
-  done
+  start_worker w0 16
+  start_worker w1 16
+  start_worker w2 8
   export FERRY_CLUSTER=127.0.0.1:$port
   for _ in $(seq 300); do
     "$F" status --json > "$tmp/st.json" 2>/dev/null &&
@@ -110,8 +114,35 @@ assert w["w2"]["state"] == "dead" and w["w0"]["state"] == w["w1"]["state"] == "s
 print("after the kill: the cluster serves, w2 dead (%s)" % w["w2"]["detail"])
 PY
 kill -0 "$co" 2>/dev/null || fail "the coordinator exited"
+
+# 1b. w2 comes back (same name and slots): it rejoins, gets slots back by itself, and a
+#     kill -9 of another worker (w1) under 32 clients is survived again.
+start_worker w2 8
+for _ in $(seq 300); do
+  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
+    python3 -c "
+import json, sys
+w = {x['name']: x for x in json.load(open(sys.argv[1]))['workers']}
+sys.exit(not (w['w2']['state'] == 'serving' and w['w2']['slots_in_service'] > 0))" "$tmp/st.json" && break
+  sleep 0.1
+done
+python3 - "$tmp/st.json" <<'PY' || fail "w2 did not get slots back after it rejoined"
+import json, sys
+s = json.load(open(sys.argv[1]))
+w = {x["name"]: x for x in s["workers"]}
+assert all(w[n]["state"] == "serving" for n in ("w0", "w1", "w2")), w
+assert w["w2"]["slots_in_service"] > 0, w["w2"]
+print("w2 rejoined: serving %d slots again, epoch %d (%s)" % (w["w2"]["slots_in_service"],
+      s["epoch"], s["last_rebalance"]["why"]))
+PY
+grep -q "worker [0-9] 'w2' is back: joining again" "$tmp/co.err" || fail "the coordinator did not log the rejoin"
+clients c
+sleep 0.7
+kill -KILL "${wpid[w1]}"
+finish c "kill -9 of w1 after w2 rejoined ($tp)"
+kill -0 "$co" 2>/dev/null || fail "the coordinator exited"
 kill -TERM "$co"; wait "$co" 2>/dev/null
-for w in w0 w1; do wait "${wpid[$w]}" 2>/dev/null; done
+for w in w0 w2; do wait "${wpid[$w]}" 2>/dev/null; done
 
 # 2. kill -9 of w2 while 32 clients stream and a rebalance loads (heartbeats every 3 s:
 #    the workers are still to stage it when w2 dies): the rebalance is abandoned naming

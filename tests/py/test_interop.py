@@ -89,6 +89,9 @@ class Interop:
         assert h.status == self.pb.HealthResponse.STATUS_SERVING, "status %s" % h.status
         assert h.version, "no version"
         assert h.workers == self.workers, "workers %d, want %d" % (h.workers, self.workers)
+        assert h.workers_serving == h.workers_configured == self.workers, \
+            "workers serving %d of %d configured, want %d" % (h.workers_serving,
+                                                              h.workers_configured, self.workers)
         assert h.epoch >= 1, "epoch %d" % h.epoch
 
     def model_info(self):
