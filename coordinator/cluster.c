@@ -294,7 +294,8 @@ void co__rejoin_tick(struct co_server *s)
 	} else {
 		/* Its slots left service when it died: it starts drained, and the next
 		 * automatic step gives it slots back (co__rebalance with undrain). */
-		w->state = W_CONNECTED;
+		/* It may have loaded (its empty table) while we connected. */
+		w->state = w->acked_epoch > 0 ? W_LOADED : W_CONNECTED;
 		w->drained = true;
 		w->undrain_due = true;
 		fr_info(LOG_COMP, "worker %d '%s': %s endpoint connected again", w->index, w->name,

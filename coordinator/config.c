@@ -161,8 +161,15 @@ const struct conf_key co_config_keys[] = {
 	  .doc = "Format of activations on the wire: bf16 (half the bytes) or f32." },
 	{ "transport", "expert_timeout", CONF_DURATION_MS, OFF(transport.expert_timeout_ms), 1,
 	  DAY_MS, .def = "30s",
-	  .doc = "How long to wait for a worker's expert results before marking it dead and "
-		 "re-dispatching to replicas." },
+	  .doc = "Longest wait for a worker's expert results (its step deadline before its speed "
+		 "is known); past it the worker is fenced like a suspect one." },
+	{ "transport", "suspect_after", CONF_DURATION_MS, OFF(transport.suspect_after_ms), 0,
+	  DAY_MS, .def = "250ms",
+	  .doc = "A worker that owes expert results longer than max(this, 10x its recent "
+		 "answers) is suspect: it is fenced (its late frames dropped), its slots leave "
+		 "the routing table when replicas elsewhere hold its experts, and the step runs "
+		 "again on the others; it must restart to rejoin. So is a worker that misses "
+		 "three heartbeats. 0: only expert_timeout." },
 
 	{ "log", "level", CONF_ENUM, OFF(log.level), .enum_names = level_names, .def = "info",
 	  .doc = "Log level of every component. $FERRY_LOG, when set, takes precedence and "

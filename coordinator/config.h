@@ -77,6 +77,7 @@ struct co_config {
 		                              * device may be a comma-separated list */
 		enum co_wire_dtype wire_dtype; /* bf16 | f32 (default bf16) */
 		uint64_t expert_timeout_ms;  /* a worker's answer to a dispatch (default 30 s) */
+		uint64_t suspect_after_ms;   /* step-deadline floor of a suspect worker; 0: off */
 	} transport;
 	struct {
 		enum fr_log_level level;     /* error | warn | info | debug (default info) */

@@ -159,6 +159,7 @@ int main(int argc, char **argv)
 		.n_tp_devices = n_devs,
 		.wire = cfg.transport.wire_dtype == CO_WIRE_F32 ? FP_DTYPE_F32 : FP_DTYPE_BF16,
 		.expert_timeout_ms = (int)cfg.transport.expert_timeout_ms,
+		.suspect_ms = (int)cfg.transport.suspect_after_ms,
 	};
 	fr_daemon_signals(on_signal);
 

@@ -285,6 +285,7 @@ static grpc_status_code on_heartbeat(struct rpc_call *call, const ProtobufCMessa
 		/* A newer epoch while a rebalance loads: the worker fetches and stages it. */
 		resp.epoch = s->pending ? s->pending_epoch : s->epoch;
 		resp.drain = s->status == S_DRAINING || s->status == S_FAILED || s->stop;
+		resp.fenced = w->state == W_FAILED && !w->rejoin;
 		rpc_call_send(call, &resp.base);
 	}
 	pthread_mutex_unlock(&s->mu);

@@ -407,7 +407,8 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 		names[i] = s->workers[i].name;
 	struct moe_remote_opts ro = { .ring = s->ring, .wire = s->o.wire,
 				     .timeout_ms = s->o.expert_timeout_ms, .load = s->load,
-				     .epoch = (uint32_t)s->epoch, .names = names };
+				     .epoch = (uint32_t)s->epoch, .names = names,
+				     .suspect_ms = s->o.suspect_ms };
 	rc = moe_remote_create(s->cfg, s->tp, s->n_tp, s->o.workers, eps, recv, s->place, &ro,
 				  &s->moe, err);
 	free(names);
@@ -503,10 +504,13 @@ static int take_out_locked(struct co_server *s, int i)
 		rc = -EBUSY;
 		goto out;
 	}
-	fr_warn(LOG_COMP, "worker %d '%s' is gone: its %d slots are out of service, replicas on "
-		"the other workers serve its experts", w->index, w->name, cnt);
+	bool fenced = moe_remote_worker_status(&s->moe, i) == -ETIMEDOUT;
+	fr_warn(LOG_COMP, "worker %d '%s' is %s: its %d slots are out of service, replicas on "
+		"the other workers serve its experts", w->index, w->name,
+		fenced ? "fenced (it stopped answering in time)" : "gone", cnt);
 	w->state = W_FAILED;
-	snprintf(w->fail, sizeof(w->fail), "gone, slots out of service");
+	snprintf(w->fail, sizeof(w->fail), "%s, slots out of service",
+		 fenced ? "fenced: it stopped answering in time" : "gone");
 	rc = 0;
 out:
 	free(layer);
@@ -662,17 +666,35 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 			auto_tick(s);
 			pthread_mutex_lock(&s->mu);
 		}
-		/* Heartbeats: a worker silent for three intervals is reported (its endpoint
-		 * failure, when it comes, is handled by check_workers or fails the cluster). */
+		/* Heartbeats: a worker silent for three intervals is suspect: fenced (with
+		 * [transport] suspect_after set), so that no step waits on it; check_workers
+		 * then takes it out of the routing table. */
 		uint64_t now = fr_now_ns();
+		int silent_w[64], n_silent = 0;
 		for (int i = 0; i < s->n_joined; i++) {
 			struct srv_worker *w = &s->workers[i];
 			uint64_t silent = now - w->last_heartbeat_ns;
 			if (w->state == W_LOADED && silent > 3ull * s->o.heartbeat_ms * 1000000ull) {
-				fr_warn(LOG_COMP, "worker %d '%s' missed heartbeats for %llu ms", i,
-					w->name, (unsigned long long)(silent / 1000000));
+				/* (one loading a rebalance is the rebalance's to judge) */
+				bool loading = s->pending && w->acked_epoch < s->pending_epoch;
+				bool fence = s->o.suspect_ms > 0 && s->status == S_SERVING &&
+					     !loading && n_silent < (int)FR_ARRAY_SIZE(silent_w);
+				fr_warn(LOG_COMP, "worker %d '%s' missed heartbeats for %llu ms%s", i,
+					w->name, (unsigned long long)(silent / 1000000),
+					fence ? ": suspect, fenced" : "");
 				w->last_heartbeat_ns = now;
+				if (fence)
+					silent_w[n_silent++] = i;
 			}
+		}
+		if (n_silent) {
+			pthread_mutex_unlock(&s->mu);
+			pthread_mutex_lock(&s->engine_mu);
+			for (int k = 0; k < n_silent; k++)
+				moe_remote_fence(&s->moe, silent_w[k]);
+			pthread_mutex_unlock(&s->engine_mu);
+			check_workers(s);
+			pthread_mutex_lock(&s->mu);
 		}
 	}
 	if (s->status == S_FAILED)

@@ -73,6 +73,7 @@ struct co_server_opts {
 	int n_tp_devices;
 	enum fp_dtype wire;            /* activations on the wire */
 	int expert_timeout_ms;         /* combine deadline */
+	int suspect_ms;                /* step-deadline floor of a suspect worker; 0: off */
 };
 
 struct co_server;

@@ -79,12 +79,20 @@ struct moe_remote_opts {
 	struct co_load *load;         /* NULL, or where tokens per expert/slot are counted */
 	uint32_t epoch;               /* written into every frame's step_epoch */
 	const char *const *names;     /* NULL, or [n_workers] worker names for messages */
+	/* A worker that owes a combine frame past its step deadline is suspect: fenced (its
+	 * later frames are dropped) and the op fails as if its endpoint had (-ECONNRESET,
+	 * moe_remote_recover() applies). The deadline, from the put of its dispatch frame:
+	 * max(suspect_ms, 10x the longest of its last 64 answers, 10x its longest answer per
+	 * token times the tokens sent), once 16 answers are known (before: timeout_ms).
+	 * 0: no suspicion, only timeout_ms. */
+	int suspect_ms;
 };
 
 /* Errors: -EINVAL (shapes: placement vs config vs ring; n_ctxs outside 1..TP_WAIT_MANY_MAX,
  * an endpoint on none of ctxs; err says which), -ENOMEM, tp_mem_alloc()'s.
- * At run time the ops return -ETIMEDOUT (a worker did not answer: err names it and the
- * layer/micro-batch), -ECONNRESET (a worker's endpoint failed), -EBADMSG (a malformed or
+ * At run time the ops return -ECONNRESET (a worker's endpoint failed, or it did not answer
+ * within its step deadline or timeout_ms and is fenced: err names it and the
+ * layer/micro-batch), -ETIMEDOUT (a send slot or credit did not free up), -EBADMSG (a malformed or
  * unexpected combine frame), -E2BIG (a micro-batch larger than ring.tokens, or a token
  * with more than ring.max_pairs experts on one worker), -EINVAL (misuse: a dense layer, mb
  * outside 0..255, a ring slot still busy, a combine without its dispatch), -ENOBUFS (one
@@ -122,6 +130,12 @@ int moe_remote_recover(struct moe *moe, int timeout_ms);
  * before; the old ones are no longer used and may be destroyed after this returns). Between
  * steps. Errors: -EINVAL (i, or ep on another context), -EBUSY (a micro-batch is out). */
 int moe_remote_replace_worker(struct moe *moe, int i, struct tp_ep *ep, struct tp_mem *recv);
+/* Fences worker i (it stopped answering heartbeats): nothing is sent to it any more, its
+ * frames are dropped, moe_remote_check() reports it. Between steps. */
+void moe_remote_fence(struct moe *moe, int i);
+/* Why worker i is out: 0 (it is not), -ETIMEDOUT (fenced: it did not answer in time), or
+ * its endpoint's error. */
+int moe_remote_worker_status(const struct moe *moe, int i);
 
 /* ==== the expert side: slot tables and grouped compute (slots.c) ============================ */
 

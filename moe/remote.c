@@ -50,7 +50,10 @@ struct rw_slot {
 	uint64_t len;          /* bytes of that frame */
 	bool send_busy;        /* the dispatch put from this send slot has not completed */
 	bool sent;             /* this micro-batch's dispatch frame went out */
+	uint64_t sent_ns;      /* when */
 };
+
+#define LAT_N 64 /* answers remembered per worker for its step deadline */
 
 /* An arrival not yet released. */
 struct rw_arrival {
@@ -74,6 +77,10 @@ struct rworker {
 	uint16_t *counts;        /* [ring.tokens] pairs per token */
 	uint16_t *pslot;         /* [ring.tokens * ring.max_pairs] local slot of each pair */
 	float *pweight;          /* [ring.tokens * ring.max_pairs] */
+
+	/* Its recent answers: dispatch put to combine arrival, whole and per token. */
+	uint64_t lat[LAT_N], lat_tok[LAT_N];
+	uint32_t n_lat;
 };
 
 /* A micro-batch in flight, per ring slot. */
@@ -160,6 +167,8 @@ static int on_arrival(struct moe_remote *m, int wi, const struct tp_event *ev)
 	struct rm_mb *s = &m->mbs[slot];
 	struct rw_slot *ws = &w->slot[slot];
 
+	if (w->status < 0)
+		return 0; /* fenced or gone: whatever it still sends is dropped */
 	if (kind != FP_KIND_COMBINE || !s->active || (uint32_t)s->mb != mb ||
 	    (uint32_t)s->moe_layer != layer || !ws->n_tok || ws->arrived)
 		return hard(m, -EBADMSG,
@@ -176,6 +185,10 @@ static int on_arrival(struct moe_remote *m, int wi, const struct tp_event *ev)
 	w->q[(w->q_head + w->q_n++) % m->q_cap] = (struct rw_arrival){ .slot = slot };
 	ws->arrived = true;
 	ws->len = ev->len;
+	uint64_t lat = fr_now_ns() - ws->sent_ns;
+	w->lat[w->n_lat % LAT_N] = lat;
+	w->lat_tok[w->n_lat % LAT_N] = lat / FR_MAX(ws->n_tok, 1u);
+	w->n_lat++;
 	return 0;
 }
 
@@ -336,7 +349,57 @@ static int send_one(struct moe_remote *m, int wi, const struct rm_mb *s, uint32_
 			    strerror(-rc));
 	ws->send_busy = true;
 	ws->sent = true;
+	ws->sent_ns = fr_now_ns();
 	return 0;
+}
+
+/* The step deadline of worker wi's answer to ring slot `slot` (see moe_remote_opts);
+ * UINT64_MAX when it has none yet. */
+static uint64_t suspect_at(const struct moe_remote *m, int wi, uint32_t slot)
+{
+	const struct rworker *w = &m->w[wi];
+	uint64_t mx = 0, mt = 0;
+
+	if (m->o.suspect_ms <= 0 || w->n_lat < 16)
+		return UINT64_MAX;
+	for (uint32_t i = 0; i < FR_MIN(w->n_lat, (uint32_t)LAT_N); i++) {
+		mx = FR_MAX(mx, w->lat[i]);
+		mt = FR_MAX(mt, w->lat_tok[i]);
+	}
+	uint64_t d = FR_MAX((uint64_t)m->o.suspect_ms * 1000000u,
+			    FR_MAX(10 * mx, 10 * mt * w->slot[slot].n_tok));
+	return w->slot[slot].sent_ns + d;
+}
+
+/* Whether every expert worker wi serves has a replica on another worker still answering:
+ * only then is it worth fencing wi at its step deadline (otherwise the step waits for it
+ * until timeout_ms). */
+static bool covered(const struct moe_remote *m, int wi)
+{
+	const struct co_placement *p = m->p;
+	for (int l = 0; l < p->n_layers; l++)
+		for (int j = 0; j < p->slots[wi]; j++) {
+			int e = co_place_expert_at(p, l, wi, j), n, ok = 0;
+			if (e == CO_PLACE_EMPTY)
+				continue;
+			const struct co_place_replica *r = co_place_replicas(p, l, e, &n);
+			for (int k = 0; k < n && !ok; k++)
+				ok = r[k].worker != wi && m->w[r[k].worker].status == 0;
+			if (!ok)
+				return false;
+		}
+	return true;
+}
+
+/* Worker wi stopped answering in time: nothing goes to it any more and its late frames are
+ * dropped; the step fails as if its endpoint had. */
+static int fence(struct moe_remote *m, int wi, const struct rm_mb *s, uint64_t waited_ns)
+{
+	m->w[wi].status = -ETIMEDOUT;
+	return hard(m, -ECONNRESET, "worker %s: no combine frame for layer %d mb %d within "
+		    "%.0f ms (%s): fenced", WN(m, wi), s->layer, s->mb, (double)waited_ns / 1e6,
+		    waited_ns >= (uint64_t)m->o.timeout_ms * 1000000u ? "the expert timeout" :
+		    "its step deadline, 10x its recent answers");
 }
 
 static int remote_dispatch(void *ctx, int layer, int mb, const float *x, int n_tok,
@@ -494,14 +557,30 @@ static int remote_combine(void *ctx, int layer, int mb, float *out)
 		struct rw_slot *ws = &m->w[i].slot[slot];
 		if (!ws->n_tok)
 			continue;
+		uint64_t sus = suspect_at(m, i, slot);
 		while (!ws->arrived) {
 			if (m->w[i].status < 0)
 				return dead_worker(m, i, "while it owed", layer, mb);
-			int t = remaining_ms(deadline);
-			if (t == 0)
-				return hard(m, -ETIMEDOUT,
-					    "worker %s: no combine frame for layer %d mb %d "
-					    "within %d ms", WN(m, i), layer, mb, m->o.timeout_ms);
+			uint64_t now = fr_now_ns();
+			if (now >= sus) {
+				/* what arrived while this thread was not running counts */
+				if ((rc = pump(m, 0)) < 0)
+					return rc;
+				if (!ws->arrived && covered(m, i))
+					return fence(m, i, s, now - ws->sent_ns);
+				sus = UINT64_MAX; /* the others cannot stand in: wait on */
+				continue;
+			}
+			int t = remaining_ms(FR_MIN(deadline, sus));
+			if (t == 0 && now < deadline)
+				t = 1;
+			if (t == 0) {
+				if ((rc = pump(m, 0)) < 0)
+					return rc;
+				if (!ws->arrived)
+					return fence(m, i, s, now - ws->sent_ns);
+				continue;
+			}
 			if ((rc = pump(m, t)) < 0)
 				return rc;
 		}
@@ -617,9 +696,29 @@ int moe_remote_replace_worker(struct moe *moe, int i, struct tp_ep *ep, struct t
 	w->status = 0;
 	w->gone_told = false;
 	w->q_head = w->q_n = 0;
+	w->n_lat = 0;
 	for (uint32_t s = 0; s < m->o.ring.slots; s++)
 		w->slot[s] = (struct rw_slot){ .rows = w->slot[s].rows };
 	return 0;
+}
+
+void moe_remote_fence(struct moe *moe, int i)
+{
+	struct moe_remote *m = moe->ctx;
+
+	if (i >= 0 && i < m->n_workers && m->w[i].status == 0)
+		m->w[i].status = -ETIMEDOUT;
+}
+
+int moe_remote_worker_status(const struct moe *moe, int i)
+{
+	const struct moe_remote *m = moe->ctx;
+
+	if (i < 0 || i >= m->n_workers)
+		return -EINVAL;
+	if (m->w[i].status == 0 && tp_ep_status(m->w[i].ep) < 0)
+		return tp_ep_status(m->w[i].ep);
+	return m->w[i].status;
 }
 
 int moe_remote_check(struct moe *moe, int timeout_ms, int *dead, int max)

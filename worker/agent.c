@@ -60,6 +60,7 @@ struct wk_agent {
 	atomic_bool ctl_quit;
 	atomic_bool graceful;   /* the control thread handles stop (hands the slots back first) */
 	atomic_bool drained;
+	atomic_bool fenced;            /* the coordinator gave up on us: leave, to rejoin */
 	volatile sig_atomic_t stop;
 };
 
@@ -599,6 +600,10 @@ static void *ctl_main(void *arg)
 			atomic_store(&a->drained, true);
 			moe_server_stop(a->srv);
 		}
+		if (hr->fenced && !atomic_load(&a->fenced)) {
+			atomic_store(&a->fenced, true);
+			moe_server_stop(a->srv);
+		}
 		protobuf_c_message_free_unpacked(&hr->base, NULL);
 		if (new_epoch > a->epoch && !atomic_load(&a->drained) &&
 		    restage(a, new_epoch, &err) < 0)
@@ -678,6 +683,10 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err)
 	rc = moe_server_run(a->srv, -1, err);
 	if (rc == -ECONNRESET && atomic_load(&a->drained))
 		rc = 0; /* the coordinator closed the data plane after asking us to drain */
+	if (atomic_load(&a->fenced))
+		rc = fr_error_set(err, -ECONNABORTED, "the coordinator fenced this worker (it did "
+				  "not answer within its step deadline, or missed heartbeats): it "
+				  "is out of the routing table; start it again to rejoin");
 out:
 	if (a->ctl_started) {
 		atomic_store(&a->ctl_quit, true);

@@ -6,8 +6,9 @@
 # 0 requests fail, every output equals the same request on the idle cluster, and the
 # longest pause between two tokens is printed (target < 1 s). The coordinator serves on
 # (Status: the worker dead); the worker restarted rejoins and gets slots back by itself,
-# after which a kill of another worker is survived again; and the same holds for a kill
-# while a rebalance loads.
+# after which a kill of another worker is survived again; the same holds for a kill while
+# a rebalance loads; and a worker stopped with SIGSTOP (hung) is fenced at its step deadline
+# and survived the same way, then leaves once it runs again and rejoins when restarted.
 # Usage: run-survive.sh COORDINATOR_BIN WORKER_BIN FERRYCTL [shm|tcp]
 set -uo pipefail
 co_bin=$1 wk_bin=$2 F=$3 tp=${4:-shm}
@@ -164,4 +165,41 @@ finish b "kill -9 of w2 during a rebalance ($tp)"
 [ "$rc" = 1 ] && grep -q "rebalance abandoned, the old placement serves on: worker [0-9] 'w2'" "$tmp/rb.err" ||
   { cat "$tmp/rb.err" >&2; fail "the rebalance did not say it was abandoned for w2 (exit $rc)"; }
 echo "the rebalance: $(head -1 "$tmp/rb.err")"
+kill -0 "$co" 2>/dev/null || fail "the coordinator exited"
+kill -TERM "$co"; wait "$co" 2>/dev/null
+for w in w0 w1; do wait "${wpid[$w]}" 2>/dev/null; done
+
+# 3. kill -STOP of w2 while 32 clients stream (hung, not dead): it misses its step deadline
+#    (10x its recent answers, at least [transport] suspect_after), is fenced and the step
+#    runs again on the others: 0 failed, exact. After SIGCONT it hears it was fenced and
+#    leaves (exit 1, saying so); started again it rejoins and gets slots back.
+start_cluster
+clients d
+sleep 0.7
+kill -STOP "${wpid[w2]}"
+finish d "kill -STOP of w2 mid-stream ($tp)"
+grep -q "worker [0-9] 'w2' is fenced (it stopped answering in time): its 24 slots are out of service" "$tmp/co.err" ||
+  fail "the coordinator did not fence the stopped w2"
+echo "$(grep -m1 "no combine frame.*fenced\|missed heartbeats.*fenced" "$tmp/co.err")"
+kill -CONT "${wpid[w2]}"
+for _ in $(seq 100); do kill -0 "${wpid[w2]}" 2>/dev/null || break; sleep 0.1; done
+wait "${wpid[w2]}"; rc=$?
+[ "$rc" = 1 ] && grep -q "the coordinator fenced this worker" "$tmp/w2.err" ||
+  { tail -5 "$tmp/w2.err" >&2; fail "w2 after SIGCONT: exit $rc, expected 1 saying it was fenced"; }
+echo "w2 after SIGCONT: $(grep -m1 "fenced this worker" "$tmp/w2.err" | cut -c1-100)..."
+start_worker w2 8
+for _ in $(seq 300); do
+  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
+    python3 -c "
+import json, sys
+w = {x['name']: x for x in json.load(open(sys.argv[1]))['workers']}
+sys.exit(not (w['w2']['state'] == 'serving' and w['w2']['slots_in_service'] > 0))" "$tmp/st.json" && break
+  sleep 0.1
+done
+python3 -c "
+import json, sys
+w = {x['name']: x for x in json.load(open(sys.argv[1]))['workers']}
+assert w['w2']['state'] == 'serving' and w['w2']['slots_in_service'] > 0, w['w2']
+print('w2 rejoined after it was fenced: serving %d slots' % w['w2']['slots_in_service'])" "$tmp/st.json" ||
+  fail "w2 did not get slots back after it was fenced"
 kill -0 "$co" 2>/dev/null || fail "the coordinator exited"

@@ -20,7 +20,8 @@
  *               dying worker and the serving one on different coordinator contexts)
  *               until moe_remote_recover() abandons the micro-batch: then the dead
  *               worker is named and a dispatch needing it is refused before sending.
- *   timeout     a worker that never answers: -ETIMEDOUT naming worker, layer and mb.
+ *   timeout     a worker that never answers: fenced after the timeout (-ECONNRESET
+ *               naming worker, layer and mb); recovery takes it out like a dead one.
  *   badframe    malformed dispatch frames make moe_server_run() return -EBADMSG.
  *
  * The golden sets come from $FERRY_GOLDEN. Inputs of the interleave case are random from a
@@ -860,10 +861,12 @@ static void case_timeout(void)
 				&after);
 	struct fr_error e = { { 0 } };
 	snprintf(e.msg, sizeof(e.msg), "%s", msg);
-	t_expect_err("mute worker", rc, -ETIMEDOUT, &e, "w1", "layer 1 mb 1");
-	CHECK(again == -ETIMEDOUT);
+	t_expect_err("mute worker", rc, -ECONNRESET, &e, "w1", "layer 1 mb 1");
+	CHECK(strstr(e.msg, "fenced") != NULL);
+	CHECK(again == -ECONNRESET);
 	CHECK(ms >= 290 && ms < 5000);
-	CHECK(recover == -ETIMEDOUT); /* a mute worker is not a dead one: no recovery */
+	/* fenced like a dead one: the step can run again without it */
+	CHECK(recover == 0 && dead == 1 && after == -ECONNRESET);
 }
 
 /* ---- malformed frames ------------------------------------------------------------------- */
