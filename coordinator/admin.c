@@ -991,8 +991,8 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 			const struct srv_worker *x = &s->workers[w];
 			/* A dead worker whose slots left service is planned like a drained one:
 			 * no slots, nothing to load. */
-			if (x->state == W_FAILED && co_place_filled(s->place, w) == 0 &&
-			    w != o->undrain) {
+			if (x->state == W_FAILED && w != o->undrain &&
+			    (co_place_filled(s->place, w) == 0 || o->heal)) {
 				drained[w] = true;
 				continue;
 			}
@@ -1026,7 +1026,7 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	double total = 0;
 	for (int i = 0; i < n_moe * n_e; i++)
 		total += load[i];
-	if (total <= 0 && (o->drain >= 0 || o->undrain >= 0 || o->to)) {
+	if (total <= 0 && (o->drain >= 0 || o->undrain >= 0 || o->to || o->heal)) {
 		for (int i = 0; i < n_moe * n_e; i++)
 			load[i] = 1.0; /* nothing measured yet: place for a uniform load */
 	} else if (total <= 0) {
@@ -1062,7 +1062,7 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 				    .migrate_tolerance = REBALANCE_TOLERANCE };
 	/* With drained workers (or spare slots) the solve runs over the slots in use, then is
 	 * laid out over every worker's slots (rb_expand). */
-	bool changes_drain = o->drain >= 0 || o->undrain >= 0 || o->to;
+	bool changes_drain = o->drain >= 0 || o->undrain >= 0 || o->to || o->heal;
 	if (o->to) {
 		const struct co_placement *t = o->to;
 		if (t->n_layers != n_moe || t->n_experts != n_e) {

@@ -187,6 +187,8 @@ struct co_rebalance_opts {
 	int redundancy;               /* spare slots per layer in use: >= 0 sets it, -1 all
 	                               * slots, -2 keeps the server's (SetRedundancy) */
 	const char *why;              /* for Status and the logs */
+	bool heal;                    /* dead workers lose their slots even where they held
+	                               * the only copy: the others load those experts */
 	void (*progress)(void *ctx, const struct rb_plan *pl, uint64_t epoch, int phase,
 			 uint64_t t0_ns, const char *detail);
 	void *ctx;

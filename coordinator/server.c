@@ -81,23 +81,67 @@ static grpc_status_code on_health(struct rpc_call *call, const ProtobufCMessage 
 static int take_out_locked(struct co_server *s, int i);
 
 /* A step failed: if it was because workers died, abandons what was in flight, takes them
- * out of the routing table (their experts have replicas elsewhere) and returns 0 so that
- * the step runs again; otherwise < 0. Under engine_mu. */
+ * out of the routing table and returns 0 so that the step runs again; 1 when some expert
+ * had its only copy on them (they are marked dead: heal_step() must move those experts to
+ * the others first); otherwise < 0. Under engine_mu. */
 static int survive_step(struct co_server *s, const char *why)
 {
 	int dead[64], n, rc = 0;
 
 	if (moe_remote_recover(&s->moe, (int)s->o.expert_timeout_ms) < 0)
 		return -1;
-	if ((n = moe_remote_check(&s->moe, 0, dead, (int)FR_ARRAY_SIZE(dead))) <= 0)
-		return -1;
+	if ((n = moe_remote_check(&s->moe, 0, dead, (int)FR_ARRAY_SIZE(dead))) <= 0) {
+		/* reported before (between steps) but still in the routing table */
+		pthread_mutex_lock(&s->mu);
+		for (int i = 0; i < s->n_joined && n < (int)FR_ARRAY_SIZE(dead); i++)
+			if (s->workers[i].state == W_FAILED && co_place_filled(s->place, i) > 0 &&
+			    moe_remote_worker_status(&s->moe, i) < 0)
+				dead[n++] = i;
+		pthread_mutex_unlock(&s->mu);
+		if (n == 0)
+			return -1;
+	}
 	pthread_mutex_lock(&s->mu);
 	for (int i = 0; i < n; i++)
 		if (take_out_locked(s, dead[i]) < 0)
-			rc = -1;
+			rc = 1;
 	pthread_mutex_unlock(&s->mu);
 	if (rc == 0)
 		fr_warn(LOG_COMP, "a step failed (%s): it runs again on the other workers", why);
+	return rc;
+}
+
+/* Dead workers held the only copy of some experts: a rebalance over the others (spare
+ * slots first, then the slots of replicas) loads them while the step waits. Without
+ * engine_mu. Returns 0 when the placement in force no longer needs a dead worker. */
+static int heal_step(struct co_server *s, const char *why)
+{
+	struct fr_error err = { { 0 } };
+	char reason[160];
+	uint64_t t0 = fr_now_ns();
+	int rc;
+
+	snprintf(reason, sizeof(reason), "heal: %.140s", why);
+	struct co_rebalance_opts o = { .why = reason, .drain = -1, .undrain = -1,
+				       .redundancy = -2, .heal = true };
+	fr_warn(LOG_COMP, "a step failed (%s) and some experts had no other copy: moving them "
+		"to the other workers; requests wait", why);
+	for (;;) {
+		rc = co__rebalance(s, &o, &err);
+		if (rc != -ESTALE || fr_now_ns() - t0 > 60000000000ull)
+			break;
+		pthread_mutex_lock(&s->mu);
+		bool busy = s->rebalancing && s->status == S_SERVING;
+		pthread_mutex_unlock(&s->mu);
+		if (!busy)
+			break;
+		usleep(50000); /* another rebalance is finishing (it will not get the dead ack) */
+	}
+	if (rc < 0)
+		fr_err(LOG_COMP, "cannot move the lost experts to the other workers: %s", err.msg);
+	else
+		fr_info(LOG_COMP, "healed in %.2f s: the experts of the dead workers are served by "
+			"the others", (double)(fr_now_ns() - t0) / 1e9);
 	return rc;
 }
 
@@ -116,8 +160,18 @@ int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_
 		if (rc < 0)
 			snprintf(why, why_cap, "%s", moe_remote_error(&s->moe)[0] ?
 				 moe_remote_error(&s->moe) : strerror(-rc));
-		if (rc >= 0 || rc == -EINVAL || attempt == 8 || survive_step(s, why) < 0)
+		if (rc >= 0 || rc == -EINVAL || attempt == 8)
 			break;
+		int sv = survive_step(s, why);
+		if (sv < 0)
+			break;
+		if (sv == 1) {
+			pthread_mutex_unlock(&s->engine_mu);
+			int hr = heal_step(s, why);
+			pthread_mutex_lock(&s->engine_mu);
+			if (hr < 0)
+				break;
+		}
 	}
 	co_load_next_step(s->load);
 	pthread_mutex_unlock(&s->engine_mu);
@@ -498,9 +552,11 @@ static int take_out_locked(struct co_server *s, int i)
 				slot[cnt++] = j;
 			}
 	if (cnt && co_place_unload(p, i, cnt, layer, slot, &err) < 0) {
-		fr_err(LOG_COMP, "worker %d '%s' is gone and its slots cannot leave service (%s): "
-		       "the next request that needs it fails the cluster", w->index, w->name,
-		       err.msg);
+		fr_warn(LOG_COMP, "worker %d '%s' is gone and held the only copy of some experts "
+			"(%s): the next step that needs them moves them to the other workers",
+			w->index, w->name, err.msg);
+		w->state = W_FAILED;
+		snprintf(w->fail, sizeof(w->fail), "gone; it held the only copy of some experts");
 		rc = -EBUSY;
 		goto out;
 	}

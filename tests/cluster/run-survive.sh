@@ -7,8 +7,10 @@
 # longest pause between two tokens is printed (target < 1 s). The coordinator serves on
 # (Status: the worker dead); the worker restarted rejoins and gets slots back by itself,
 # after which a kill of another worker is survived again; the same holds for a kill while
-# a rebalance loads; and a worker stopped with SIGSTOP (hung) is fenced at its step deadline
-# and survived the same way, then leaves once it runs again and rejoins when restarted.
+# a rebalance loads; a worker stopped with SIGSTOP (hung) is fenced at its step deadline
+# and survived the same way, then leaves once it runs again and rejoins when restarted;
+# and without replicas, the experts a killed worker held alone move to the survivor's free
+# slots while the requests wait.
 # Usage: run-survive.sh COORDINATOR_BIN WORKER_BIN FERRYCTL [shm|tcp]
 set -uo pipefail
 co_bin=$1 wk_bin=$2 F=$3 tp=${4:-shm}
@@ -202,4 +204,57 @@ w = {x['name']: x for x in json.load(open(sys.argv[1]))['workers']}
 assert w['w2']['state'] == 'serving' and w['w2']['slots_in_service'] > 0, w['w2']
 print('w2 rejoined after it was fenced: serving %d slots' % w['w2']['slots_in_service'])" "$tmp/st.json" ||
   fail "w2 did not get slots back after it was fenced"
+kill -0 "$co" 2>/dev/null || fail "the coordinator exited"
+kill -TERM "$co"; wait "$co" 2>/dev/null
+for w in w0 w1 w2; do wait "${wpid[$w]}" 2>/dev/null; done
+
+# 4. No replicas (SetRedundancy 0: every expert in exactly one slot), two workers, w0 with
+#    room for every expert: kill -9 of w1 under 32 clients moves the experts only w1 held to
+#    w0's free slots while the requests wait: 0 failed, exact, pause printed.
+"$co_bin" -c "$tmp/empty.conf" -m "$golden" -l 127.0.0.1:0 -w 2 --secret-file "$tmp/secret" \
+  -s transport.wire_dtype=f32 -s transport.backend="$tp" -s engine.max_seqs=40 \
+  -s engine.threads=1 -s placement.rebalance=off -s cluster.heartbeat_interval=300ms \
+  -s server.admin_token_file="$tmp/admin" > "$tmp/co.out" 2> "$tmp/co.err" &
+co=$!
+pids+=("$co")
+port=
+for _ in $(seq 100); do
+  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out")
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || fail "coordinator did not start"
+export FERRY_CLUSTER=127.0.0.1:$port
+start_worker w0 16
+start_worker w1 8
+for _ in $(seq 300); do
+  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['status'] != 'serving')" "$tmp/st.json" && break
+  sleep 0.1
+done
+"$F" run --cluster "$FERRY_CLUSTER" --tokens "$(cat "$tmp/p0")" --max-new 8 > /dev/null || fail "a first request"
+"$F" rebalance --redundancy 0 --wait > /dev/null || fail "rebalance --redundancy 0"
+"$F" placement show --json > "$tmp/pl.json"
+only_w1=$(python3 - "$tmp/pl.json" "$tmp/st.json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+i = [x["name"] for x in json.load(open(sys.argv[2]))["workers"]].index("w1")
+base = sum(p["slots"][:i])
+n = 0
+for l in p["layers"]:
+    used = [e for e in l if e >= 0]
+    assert sorted(used) == list(range(p["n_experts"])), l   # every expert exactly once
+    n += sum(1 for e in l[base:base + p["slots"][i]] if e >= 0)
+print(n)
+PY
+) || fail "the placement with redundancy 0"
+for i in $(seq 0 31); do
+  "$F" run --cluster "$FERRY_CLUSTER" --tokens "$(cat "$tmp/p$i")" --max-new 200 > "$tmp/ref$i" || fail "reference $i"
+done
+clients e
+sleep 0.7
+kill -KILL "${wpid[w1]}"
+finish e "kill -9 of w1 holding the only copy of $only_w1 experts ($tp)"
+grep -q "healed in [0-9.]* s" "$tmp/co.err" || fail "the coordinator did not move the lost experts"
+echo "$(grep -m1 "healed in" "$tmp/co.err")"
 kill -0 "$co" 2>/dev/null || fail "the coordinator exited"
