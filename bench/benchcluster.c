@@ -83,7 +83,7 @@ int bench_cluster_up(const struct bench_cluster_opts *o, struct bench_cluster *c
 		.max_skew_ms = 30000, .micro_batches = o->micro_batches, .max_batch = 256,
 		.max_seqs = o->max_seqs, .max_ctx = o->max_ctx, .load_window = 256,
 		.tp = { .backend = o->backend }, .wire = o->wire, .expert_timeout_ms = 60000,
-		.min_distinct = o->min_distinct,
+		.min_distinct = o->min_distinct, .suspect_ms = 250,
 	};
 	if ((rc = co_server_create(&so, &c->srv, err)) < 0)
 		goto out;

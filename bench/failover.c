@@ -1,20 +1,20 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * failover - what a dead worker costs serving: decode steps before and after `kill -9` of
- * one worker of a replicated cluster (every expert on at least two workers), measured in
- * the same run.
+ * failover - what a dead or hung worker costs serving: decode steps before and after
+ * `kill -9` (dead) or `kill -STOP` (hung) of one worker of a replicated cluster (every
+ * expert on at least two workers), measured in the same run.
  *
  * The coordinator runs in this process, the workers are real ferry-worker processes (as in
  * bench/cluster). This thread decodes B sequences one token per step without pause; after
- * a warm-up the last worker is killed (SIGKILL). Per batch size B:
- *   detect      from the kill to the coordinator marking the worker dead (ms);
+ * a warm-up the last worker gets the signal. Per signal and batch size B:
+ *   detect      from the signal to the coordinator marking the worker dead or fenced (ms);
  *   next step   from the kill to the end of the first step that completed after it (the
  *               step the death broke runs again on the others), ms;
  *   longest     the longest step around the kill, against the median step before it;
  *   tok/s       decode throughput over the second before the kill, the second after it,
  *               and from 1 s to 3 s after it (two workers left), as ratios to before.
- * SIGSTOP (a hung worker) is not in the table: a hung worker still stalls the step until
- * [transport] expert_timeout.
+ * A hung worker is fenced at its step deadline ([transport] suspect_after, 250 ms here,
+ * or 10x its recent answers).
  *
  * Usage: failover --model DIR [--workers N] [--batch "8 32"] [--transport shm|tcp]
  *                 [--threads T] [--worker-threads T]
@@ -80,7 +80,8 @@ static double tps(const uint64_t *end, int n, uint64_t from, uint64_t to, int ba
 	return (double)k * batch / ((double)(to - from) / 1e9);
 }
 
-static int run_one(struct bench_cluster_opts *bo, int batch, int vocab, struct result *r)
+static int run_one(struct bench_cluster_opts *bo, int batch, int vocab, int sig,
+		   struct result *r)
 {
 	struct fr_error err = { { 0 } };
 	struct bench_cluster cl;
@@ -119,7 +120,7 @@ static int run_one(struct bench_cluster_opts *bo, int batch, int vocab, struct r
 			if (wt.worker >= 0 && pthread_create(&th, NULL, watcher, &wt) == 0)
 				watching = true;
 			t_kill = fr_now_ns();
-			kill(victim, SIGKILL);
+			kill(victim, sig);
 		}
 		if (t_kill && fr_now_ns() - t_kill > 3000000000ull)
 			break;
@@ -165,6 +166,8 @@ static int run_one(struct bench_cluster_opts *bo, int batch, int vocab, struct r
 		r->ok = 1;
 		free(before);
 	}
+	if (sig == SIGSTOP)
+		kill(victim, SIGKILL); /* it would never hear the drain */
 	bench_cluster_down(&cl);
 	free(end);
 	free(dur);
@@ -245,24 +248,29 @@ int main(int argc, char **argv)
 	int E = cfg->n_routed_experts;
 	/* every expert on two workers: 2E slots over the workers, one spare each */
 	bo.slots = FR_MIN(E, FR_DIV_ROUND_UP(2 * E, bo.workers) + 1);
-	printf("kill -9 of one of %d workers (every expert on 2 of them, %d slots each) while "
-	       "decoding: %s, %s transport, kernel threads %d\n\n", bo.workers, bo.slots,
+	printf("one of %d workers (every expert on 2 of them, %d slots each) killed or stopped "
+	       "while decoding: %s, %s transport, kernel threads %d\n\n", bo.workers, bo.slots,
 	       bo.model, tp_backend_name(bo.backend), kn_threads());
-	printf("%6s %10s %12s %11s %11s %12s %10s %12s\n", "batch", "detect ms", "next step ms",
-	       "median ms", "longest ms", "tok/s before", "1 s after", "1-3 s after");
+	printf("%-8s %6s %10s %12s %11s %11s %12s %10s %12s\n", "signal", "batch", "detect ms",
+	       "next step ms", "median ms", "longest ms", "tok/s before", "1 s after",
+	       "1-3 s after");
 	int rc = 0;
-	for (int i = 0; i < n_batch; i++) {
-		struct result r;
-		if (run_one(&bo, batch[i], cfg->vocab_size, &r) < 0 || !r.ok) {
-			printf("%6d failed (a step failed after the kill: see above)\n", batch[i]);
-			rc = 1;
-			continue;
+	static const int sigs[] = { SIGKILL, SIGSTOP };
+	for (int k = 0; k < 2; k++)
+		for (int i = 0; i < n_batch; i++) {
+			const char *sn = sigs[k] == SIGKILL ? "kill -9" : "SIGSTOP";
+			struct result r;
+			if (run_one(&bo, batch[i], cfg->vocab_size, sigs[k], &r) < 0 || !r.ok) {
+				printf("%-8s %6d failed (a step failed after the signal: see above)\n",
+				       sn, batch[i]);
+				rc = 1;
+				continue;
+			}
+			printf("%-8s %6d %10.1f %12.1f %11.2f %11.2f %12.1f %9.2fx %11.2fx\n", sn,
+			       batch[i], r.detect_ms, r.next_ms, r.median_ms, r.longest_ms,
+			       r.tps_before, r.tps_before > 0 ? r.tps_after1 / r.tps_before : 0,
+			       r.tps_before > 0 ? r.tps_after3 / r.tps_before : 0);
 		}
-		printf("%6d %10.1f %12.1f %11.2f %11.2f %12.1f %9.2fx %11.2fx\n", batch[i],
-		       r.detect_ms, r.next_ms, r.median_ms, r.longest_ms, r.tps_before,
-		       r.tps_before > 0 ? r.tps_after1 / r.tps_before : 0,
-		       r.tps_before > 0 ? r.tps_after3 / r.tps_before : 0);
-	}
 	model_ckpt_close(ck);
 	return rc;
 }

@@ -83,7 +83,7 @@ struct moe_remote_opts {
 	 * later frames are dropped) and the op fails as if its endpoint had (-ECONNRESET,
 	 * moe_remote_recover() applies). The deadline, from the put of its dispatch frame:
 	 * max(suspect_ms, 10x the longest of its last 64 answers, 10x its longest answer per
-	 * token times the tokens sent), once 16 answers are known (before: timeout_ms).
+	 * token times the tokens sent), once 4 answers are known (before: timeout_ms).
 	 * 0: no suspicion, only timeout_ms. */
 	int suspect_ms;
 };

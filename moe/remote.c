@@ -360,7 +360,7 @@ static uint64_t suspect_at(const struct moe_remote *m, int wi, uint32_t slot)
 	const struct rworker *w = &m->w[wi];
 	uint64_t mx = 0, mt = 0;
 
-	if (m->o.suspect_ms <= 0 || w->n_lat < 16)
+	if (m->o.suspect_ms <= 0 || w->n_lat < 4)
 		return UINT64_MAX;
 	for (uint32_t i = 0; i < FR_MIN(w->n_lat, (uint32_t)LAT_N); i++) {
 		mx = FR_MAX(mx, w->lat[i]);
