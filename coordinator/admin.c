@@ -310,7 +310,7 @@ static grpc_status_code on_status(struct rpc_call *call, const ProtobufCMessage 
 	resp.moe_layers = (uint32_t)model_n_moe_layers(s->cfg);
 	resp.routed_experts = (uint32_t)s->cfg->n_routed_experts;
 	resp.status = (char *)co__status_name(s->status);
-	resp.detail = s->fail;
+	resp.detail = s->status == S_SERVING && s->lost[0] ? s->lost : s->fail;
 	resp.workers_configured = (uint32_t)s->o.workers;
 	resp.n_workers = (size_t)n;
 	resp.workers = wsp;

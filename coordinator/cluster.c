@@ -296,8 +296,10 @@ void co__rejoin_tick(struct co_server *s)
 		 * automatic step gives it slots back (co__rebalance with undrain). */
 		/* It may have loaded (its empty table) while we connected. */
 		w->state = w->acked_epoch > 0 ? W_LOADED : W_CONNECTED;
-		w->drained = true;
-		w->undrain_due = true;
+		/* With its slots still in the table (it held the only copy of some experts) it
+		 * loads them again; with none, it is undrained. */
+		w->drained = co_place_filled(s->place, w->index) == 0;
+		w->undrain_due = w->drained;
 		fr_info(LOG_COMP, "worker %d '%s': %s endpoint connected again", w->index, w->name,
 			tp_backend_name(s->o.tp.backend));
 	}

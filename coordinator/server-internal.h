@@ -127,6 +127,10 @@ struct co_server {
 	struct co_serving serving;     /* Generate/Score context */
 	struct co_inference_info info; /* Tokenize/Detokenize/ModelInfo context */
 	char fail[512];                /* why S_FAILED */
+	/* Serving but with experts lost: dead workers held their only copies and the others
+	 * have no room for them. Requests are refused with this text until those workers come
+	 * back (co__lost_locked() recomputes it). */
+	char lost[512];
 
 	pthread_mutex_t engine_mu;     /* engine, moe, load, the transport while serving */
 	struct co_engine *engine;
@@ -159,6 +163,9 @@ const char *co__worker_device(const struct co_server *s, int i);
  * thread), solves the first placement and waits until every worker loaded its slots.
  * Errors as co_server_start()'s; s->place_err holds an impossible placement's reason. */
 int co__form_cluster(struct co_server *s, struct fr_error *err);
+/* server.c: recomputes s->lost (under mu): the experts whose every copy is on a worker not
+ * serving (W_LOADED). Returns their number. */
+int co__lost_locked(struct co_server *s);
 /* cluster.c: the endpoint of a joining worker (w->recv, w->ep, w->my_blob). Under engine_mu
  * once serving. */
 int co__setup_endpoint(struct co_server *s, struct srv_worker *w, struct fr_error *err);

@@ -29,6 +29,62 @@ const char *co__status_name(enum srv_status st)
 	return n[st];
 }
 
+/* Whether every expert worker i serves has a copy on another serving worker: only then is
+ * a silent worker fenced (otherwise steps wait for it, up to expert_timeout). Under mu. */
+static bool covered_locked(const struct co_server *s, int i)
+{
+	const struct co_placement *p = s->place;
+	for (int l = 0; p && l < p->n_layers; l++)
+		for (int j = 0; j < p->slots[i]; j++) {
+			int e = co_place_expert_at(p, l, i, j), k, ok = 0;
+			if (e == CO_PLACE_EMPTY)
+				continue;
+			const struct co_place_replica *r = co_place_replicas(p, l, e, &k);
+			for (int q = 0; q < k && !ok; q++)
+				ok = r[q].worker != i && s->workers[r[q].worker].state == W_LOADED;
+			if (!ok)
+				return false;
+		}
+	return true;
+}
+
+int co__lost_locked(struct co_server *s)
+{
+	const struct co_placement *p = s->place;
+	int n = 0, first_l = -1, first_e = -1, who = -1;
+
+	for (int l = 0; p && l < p->n_layers; l++)
+		for (int e = 0; e < p->n_experts; e++) {
+			int k, ok = 0;
+			const struct co_place_replica *r = co_place_replicas(p, l, e, &k);
+			for (int j = 0; j < k && !ok; j++)
+				ok = s->workers[r[j].worker].state == W_LOADED;
+			if (ok)
+				continue;
+			if (!n++) {
+				first_l = l;
+				first_e = e;
+				who = k ? r[0].worker : -1;
+			}
+		}
+	if (!n) {
+		if (s->lost[0])
+			fr_info(LOG_COMP, "every expert has a serving copy again: serving");
+		s->lost[0] = '\0';
+		return 0;
+	}
+	int layer = first_l;
+	for (int l = 0; l < s->cfg->num_hidden_layers; l++)
+		if (model_moe_index(s->cfg, l) == first_l)
+			layer = l;
+	snprintf(s->lost, sizeof(s->lost), "%d experts lost (the first model.layers.%d.mlp."
+		 "experts.%d): their only copies were on worker %d '%s' (%s) and the other "
+		 "workers have no room for them; they serve again when it rejoins", n, layer,
+		 first_e, who, who >= 0 ? s->workers[who].name : "?",
+		 who >= 0 && s->workers[who].fail[0] ? s->workers[who].fail : "not serving");
+	return n;
+}
+
 void co__fail_cluster_locked(struct co_server *s, const char *why)
 {
 	if (s->status == S_FAILED)
@@ -49,7 +105,8 @@ static grpc_status_code on_health(struct rpc_call *call, const ProtobufCMessage 
 	pthread_mutex_lock(&s->mu);
 	switch (s->status) {
 	case S_SERVING:
-		resp.status = FERRY__V1__HEALTH_RESPONSE__STATUS__STATUS_SERVING;
+		resp.status = s->lost[0] ? FERRY__V1__HEALTH_RESPONSE__STATUS__STATUS_NOT_SERVING :
+					   FERRY__V1__HEALTH_RESPONSE__STATUS__STATUS_SERVING;
 		break;
 	case S_DRAINING:
 		resp.status = FERRY__V1__HEALTH_RESPONSE__STATUS__STATUS_DRAINING;
@@ -149,6 +206,7 @@ int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_
 		       const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
 		       float *logits, char *why, size_t why_cap)
 {
+	bool lost = false;
 	int rc;
 
 	pthread_mutex_lock(&s->engine_mu);
@@ -169,15 +227,25 @@ int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_
 			pthread_mutex_unlock(&s->engine_mu);
 			int hr = heal_step(s, why);
 			pthread_mutex_lock(&s->engine_mu);
-			if (hr < 0)
+			if (hr < 0) {
+				lost = true;
 				break;
+			}
 		}
 	}
 	co_load_next_step(s->load);
 	pthread_mutex_unlock(&s->engine_mu);
 	if (rc < 0 && rc != -EINVAL) {
 		pthread_mutex_lock(&s->mu);
-		co__fail_cluster_locked(s, why);
+		/* Experts lost (not the cluster): this step's requests fail naming them, new
+		 * ones are refused, and serving resumes when their worker rejoins. */
+		if (lost && co__lost_locked(s) > 0) {
+			fr_err(LOG_COMP, "%s", s->lost);
+			snprintf(why, why_cap, "%s", s->lost);
+			rc = -ESHUTDOWN;
+		} else {
+			co__fail_cluster_locked(s, why);
+		}
 		pthread_mutex_unlock(&s->mu);
 	}
 	return rc;
@@ -241,6 +309,9 @@ static const char *serving_unavailable(void *ctx, char *buf, size_t cap)
 	pthread_mutex_lock(&s->mu);
 	if (s->status != S_SERVING) {
 		snprintf(buf, cap, "%s%s%s", co__status_name(s->status), s->fail[0] ? ": " : "", s->fail);
+		why = buf;
+	} else if (s->lost[0]) {
+		snprintf(buf, cap, "%s", s->lost);
 		why = buf;
 	}
 	pthread_mutex_unlock(&s->mu);
@@ -551,16 +622,17 @@ static int take_out_locked(struct co_server *s, int i)
 				layer[cnt] = l;
 				slot[cnt++] = j;
 			}
+	bool fenced = moe_remote_worker_status(&s->moe, i) == -ETIMEDOUT;
 	if (cnt && co_place_unload(p, i, cnt, layer, slot, &err) < 0) {
-		fr_warn(LOG_COMP, "worker %d '%s' is gone and held the only copy of some experts "
+		fr_warn(LOG_COMP, "worker %d '%s' is %s and held the only copy of some experts "
 			"(%s): the next step that needs them moves them to the other workers",
-			w->index, w->name, err.msg);
+			w->index, w->name, fenced ? "fenced" : "gone", err.msg);
 		w->state = W_FAILED;
-		snprintf(w->fail, sizeof(w->fail), "gone; it held the only copy of some experts");
+		snprintf(w->fail, sizeof(w->fail), "%s; it held the only copy of some experts",
+			 fenced ? "fenced: it stopped answering in time" : "gone");
 		rc = -EBUSY;
 		goto out;
 	}
-	bool fenced = moe_remote_worker_status(&s->moe, i) == -ETIMEDOUT;
 	fr_warn(LOG_COMP, "worker %d '%s' is %s: its %d slots are out of service, replicas on "
 		"the other workers serve its experts", w->index, w->name,
 		fenced ? "fenced (it stopped answering in time)" : "gone", cnt);
@@ -721,6 +793,8 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 			co__rejoin_tick(s);
 			auto_tick(s);
 			pthread_mutex_lock(&s->mu);
+			if (s->lost[0])
+				co__lost_locked(s);
 		}
 		/* Heartbeats: a worker silent for three intervals is suspect: fenced (with
 		 * [transport] suspect_after set), so that no step waits on it; check_workers
@@ -734,7 +808,8 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 				/* (one loading a rebalance is the rebalance's to judge) */
 				bool loading = s->pending && w->acked_epoch < s->pending_epoch;
 				bool fence = s->o.suspect_ms > 0 && s->status == S_SERVING &&
-					     !loading && n_silent < (int)FR_ARRAY_SIZE(silent_w);
+					     !loading && n_silent < (int)FR_ARRAY_SIZE(silent_w) &&
+					     covered_locked(s, i);
 				fr_warn(LOG_COMP, "worker %d '%s' missed heartbeats for %llu ms%s", i,
 					w->name, (unsigned long long)(silent / 1000000),
 					fence ? ": suspect, fenced" : "");

@@ -7,8 +7,9 @@
 #     expert fingerprint differs: the expert is named), and a data-plane ring too small
 #     for the coordinator's micro-batches, are refused at join.
 # Then: `ferryctl load` needs the admin token and names the workers; a worker killed while
-# the cluster serves fails the request with UNAVAILABLE (never a hang) and the
-# coordinator exits non-zero naming the worker. A worker stopped with
+# the cluster serves that held the only copy of experts the other has no room for fails the
+# request with UNAVAILABLE naming the lost experts and the worker (never a hang); the
+# coordinator stays up, Status says so, and the worker started again brings them back. A worker stopped with
 # SIGTERM hands its slots back: with replicas elsewhere the cluster goes on without it
 # (same tokens); without, the coordinator refuses naming the expert. A worker killed while
 # the cluster is idle is noticed between steps: with replicas elsewhere it serves on. A
@@ -139,8 +140,9 @@ worker w1 -m "$golden" --secret-file "$tmp/secret" --slots 4
 check "coordinator with too few slots" "$co" 1 "$tmp/co.err" "impossible placement: the 2 workers offer 8 slots per MoE layer, the model has 16 routed experts"
 check "worker of an impossible placement" "$w0" 1 "$tmp/w0.err" "impossible placement"
 
-# 5. A worker killed while serving: the request fails (UNAVAILABLE, no hang) and the
-#    coordinator exits naming it. `ferryctl load` first: only with the admin token, and
+# 5. A worker killed while serving, holding the only copy of experts the other has no room
+#    for: the request fails (UNAVAILABLE naming the lost experts, no hang), the coordinator
+#    stays up and reports it, and the worker restarted brings them back. `ferryctl load` first: only with the admin token, and
 #    naming the workers (names unlike "w<index>", which join order decides).
 coordinator 2 -s transport.peer_timeout=2s -s server.admin_token_file="$tmp/admin"
 worker node-a -m "$golden" --secret-file "$tmp/secret" --slots 8
@@ -191,15 +193,38 @@ else
 fi
 grep -q "refused: missing or wrong admin bearer token" "$tmp/co.err" ||
   { echo "FAIL: the coordinator did not log the refused admin call" >&2; fail=1; }
+"$ferryctl" run --cluster "127.0.0.1:$port" --tokens "1 2 3" --max-new 4 > "$tmp/before.out" 2>&1 ||
+  { echo "FAIL: request before node-a died" >&2; fail=1; }
 kill -KILL "$wa"; wait "$wa" 2>/dev/null
 timeout 60 "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "1 2 3" --max-new 4 > /dev/null 2> "$tmp/run.err"
 rc=$?
-if [ $rc -ne 1 ] || ! grep -q "UNAVAILABLE: .*node-a" "$tmp/run.err"; then
+if [ $rc -ne 1 ] || ! grep -q "UNAVAILABLE: .*experts lost .*'node-a'" "$tmp/run.err"; then
   echo "FAIL: request after a worker died: exit $rc:" >&2; cat "$tmp/run.err" >&2; fail=1
 else
   echo "ok: request after a worker died: $(head -1 "$tmp/run.err")"
 fi
-check "coordinator after a worker died" "$co" 1 "$tmp/co.err" "cluster failed: .*node-a"
+# The coordinator stays up and says what is lost; node-a started again brings them back.
+kill -0 "$co" 2>/dev/null || { echo "FAIL: the coordinator exited after a worker died" >&2; fail=1; }
+FERRY_ADMIN_TOKEN_FILE="$tmp/admin" "$ferryctl" status --cluster "127.0.0.1:$port" --json > "$tmp/st.json" &&
+  python3 -c "
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s['status'] == 'serving' and 'experts lost' in s['detail'] and 'node-a' in s['detail'], s
+print('ok: status after node-a died: ' + s['detail'][:90] + '...')" "$tmp/st.json" ||
+  { echo "FAIL: status does not report the lost experts" >&2; fail=1; }
+worker node-a -m "$golden" --secret-file "$tmp/secret" --slots 8
+wa=$last
+for _ in $(seq 100); do
+  "$ferryctl" run --cluster "127.0.0.1:$port" --tokens "1 2 3" --max-new 4 > "$tmp/after.out" 2>/dev/null && break
+  sleep 0.2
+done
+if cmp -s "$tmp/before.out" "$tmp/after.out"; then
+  echo "ok: node-a rejoined with its slots: same tokens $(cat "$tmp/after.out")"
+else
+  echo "FAIL: after node-a rejoined:" >&2; cat "$tmp/before.out" "$tmp/after.out" "$tmp/co.err" >&2; fail=1
+fi
+kill -TERM "$co"
+check "coordinator after a worker died and came back" "$co" 0 "$tmp/co.err" "stopping: draining"
 
 # waits until the cluster on $port answers a request
 serving() {
