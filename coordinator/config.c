@@ -86,7 +86,8 @@ const struct conf_key co_config_keys[] = {
 	  .doc = "How long to wait at start-up for all workers to join before giving up." },
 	{ "cluster", "heartbeat_interval", CONF_DURATION_MS, OFF(cluster.heartbeat_interval_ms),
 	  10, 3600 * 1000LL, .def = "1s",
-	  .doc = "How often workers send heartbeats; a worker that misses three is marked dead." },
+	  .doc = "How often workers send heartbeats; a worker that misses five is suspect "
+		 "(see [transport] suspect_after)." },
 	{ "cluster", "max_skew", CONF_DURATION_MS, OFF(cluster.max_skew_ms), 100, DAY_MS,
 	  .def = "30s",
 	  .doc = "Largest difference between a worker's clock and ours that a join may show. "
@@ -169,7 +170,7 @@ const struct conf_key co_config_keys[] = {
 		 "answers) is suspect: it is fenced (its late frames dropped), its slots leave "
 		 "the routing table when replicas elsewhere hold its experts, and the step runs "
 		 "again on the others; it must restart to rejoin. So is a worker that misses "
-		 "three heartbeats. 0: only expert_timeout." },
+		 "five heartbeats. 0: only expert_timeout." },
 
 	{ "log", "level", CONF_ENUM, OFF(log.level), .enum_names = level_names, .def = "info",
 	  .doc = "Log level of every component. $FERRY_LOG, when set, takes precedence and "

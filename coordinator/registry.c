@@ -415,8 +415,10 @@ static grpc_status_code on_load_experts(struct rpc_call *call, const ProtobufCMe
 	}
 	if ((st = check_slots(call, p, w->index, r->slots, r->n_slots)) != GRPC_STATUS_OK)
 		goto unlock;
-	if (w->state == W_CONNECTED)
+	if (w->state == W_CONNECTED) {
 		w->state = W_LOADED;
+		w->last_heartbeat_ns = fr_now_ns(); /* its heartbeats start now */
+	}
 	w->acked_epoch = FR_MAX(w->acked_epoch, r->epoch);
 	fr_info(LOG_COMP, "worker %d '%s' loaded %zu slots (epoch %llu)", w->index, w->name,
 		r->n_slots, (unsigned long long)r->epoch);

@@ -59,6 +59,7 @@ struct srv_worker {
 	int32_t staging_room;          /* expert copies it loads beside those serving in one
 	                                * rebalance wave; -1: no limit */
 	uint64_t last_heartbeat_ns;
+	uint64_t hb_warned_ns;         /* when its silence was last logged */
 	uint64_t acked_epoch;          /* the newest epoch whose slots it acknowledged */
 	bool drained;                  /* Admin.Drain: no slot in service, it may be stopped */
 	bool rejoin;                   /* came back after it died: set up while serving */

@@ -179,8 +179,15 @@ static int heal_step(struct co_server *s, const char *why)
 	int rc;
 
 	snprintf(reason, sizeof(reason), "heal: %.140s", why);
+	/* the distinct-worker guarantee as far as the survivors allow */
+	int alive = 0;
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < s->n_joined; i++)
+		alive += s->workers[i].state == W_LOADED;
+	pthread_mutex_unlock(&s->mu);
 	struct co_rebalance_opts o = { .why = reason, .drain = -1, .undrain = -1,
-				       .redundancy = -2, .heal = true };
+				       .redundancy = -2, .heal = true,
+				       .min_distinct = FR_MAX(1, FR_MIN(s->o.min_distinct, alive)) };
 	fr_warn(LOG_COMP, "a step failed (%s) and some experts had no other copy: moving them "
 		"to the other workers; requests wait", why);
 	for (;;) {
@@ -801,22 +808,26 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 		 * then takes it out of the routing table. */
 		uint64_t now = fr_now_ns();
 		int silent_w[64], n_silent = 0;
+		uint64_t iv = (uint64_t)s->o.heartbeat_ms * 1000000ull;
 		for (int i = 0; i < s->n_joined; i++) {
 			struct srv_worker *w = &s->workers[i];
 			uint64_t silent = now - w->last_heartbeat_ns;
-			if (w->state == W_LOADED && silent > 3ull * s->o.heartbeat_ms * 1000000ull) {
-				/* (one loading a rebalance is the rebalance's to judge) */
-				bool loading = s->pending && w->acked_epoch < s->pending_epoch;
-				bool fence = s->o.suspect_ms > 0 && s->status == S_SERVING &&
-					     !loading && n_silent < (int)FR_ARRAY_SIZE(silent_w) &&
-					     covered_locked(s, i);
-				fr_warn(LOG_COMP, "worker %d '%s' missed heartbeats for %llu ms%s", i,
-					w->name, (unsigned long long)(silent / 1000000),
-					fence ? ": suspect, fenced" : "");
-				w->last_heartbeat_ns = now;
-				if (fence)
-					silent_w[n_silent++] = i;
-			}
+			if (w->state != W_LOADED || silent <= 3 * iv)
+				continue;
+			/* (one loading a rebalance is the rebalance's to judge; one per pass: the
+			 * next pass sees it out when judging the others) */
+			bool loading = s->pending && w->acked_epoch < s->pending_epoch;
+			bool fence = silent > 5 * iv && s->o.suspect_ms > 0 &&
+				     s->status == S_SERVING && !loading && n_silent == 0 &&
+				     covered_locked(s, i);
+			if (!fence && now - w->hb_warned_ns <= 3 * iv)
+				continue;
+			fr_warn(LOG_COMP, "worker %d '%s' missed heartbeats for %llu ms%s", i,
+				w->name, (unsigned long long)(silent / 1000000),
+				fence ? ": suspect, fenced" : "");
+			w->hb_warned_ns = now;
+			if (fence)
+				silent_w[n_silent++] = i;
 		}
 		if (n_silent) {
 			pthread_mutex_unlock(&s->mu);
