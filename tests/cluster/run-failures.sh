@@ -212,6 +212,13 @@ s = json.load(open(sys.argv[1]))
 assert s['status'] == 'serving' and 'experts lost' in s['detail'] and 'node-a' in s['detail'], s
 print('ok: status after node-a died: ' + s['detail'][:90] + '...')" "$tmp/st.json" ||
   { echo "FAIL: status does not report the lost experts" >&2; fail=1; }
+/usr/bin/python3 "$FERRY_SRC/tests/cluster/health.py" --proto "$FERRY_SRC/proto/ferry/v1" \
+  --addr "127.0.0.1:$port" --status NOT_SERVING --serving 1 --configured 2 > "$tmp/h.out" 2>&1
+case $? in
+  0) echo "ok: Health with experts lost: $(tail -1 "$tmp/h.out")" ;;
+  77) echo "note: Health not checked: $(tail -1 "$tmp/h.out")" ;;
+  *) echo "FAIL: Health with experts lost:" >&2; cat "$tmp/h.out" >&2; fail=1 ;;
+esac
 worker node-a -m "$golden" --secret-file "$tmp/secret" --slots 8
 wa=$last
 for _ in $(seq 100); do

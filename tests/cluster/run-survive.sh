@@ -30,6 +30,16 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/admin"
 chmod 600 "$tmp/secret" "$tmp/admin"
 export FERRY_ADMIN_TOKEN_FILE=$tmp/admin
 
+here=$(cd "$(dirname "$0")" && pwd)
+# health STATUS SERVING CONFIGURED WHAT: Health through grpcio says so
+health() {
+  /usr/bin/python3 "$here/health.py" --proto "$FERRY_SRC/proto/ferry/v1" --addr "$FERRY_CLUSTER" \
+    --status "$1" --serving "$2" --configured "$3" > "$tmp/h.out" 2>&1
+  local rc=$?
+  if [ $rc = 77 ]; then echo "note: $4: Health not checked: $(tail -1 "$tmp/h.out")"; return 0; fi
+  [ $rc = 0 ] || fail "$4: expected $1 with $2 of $3 workers serving: $(cat "$tmp/h.out")"
+  echo "$4: $(tail -1 "$tmp/h.out")"
+}
 declare -A wpid
 start_worker() { # NAME SLOTS
   "$wk_bin" -c "$tmp/empty.conf" -C "127.0.0.1:$port" -n "$1" -m "$golden" --slots "$2" \
@@ -117,6 +127,7 @@ assert w["w2"]["state"] == "dead" and w["w0"]["state"] == w["w1"]["state"] == "s
 print("after the kill: the cluster serves, w2 dead (%s)" % w["w2"]["detail"])
 PY
 kill -0 "$co" 2>/dev/null || fail "the coordinator exited"
+health SERVING 2 3 "Health after the kill"
 
 # 1b. w2 comes back (same name and slots): it rejoins, gets slots back by itself, and a
 #     kill -9 of another worker (w1) under 32 clients is survived again.
@@ -139,6 +150,7 @@ print("w2 rejoined: serving %d slots again, epoch %d (%s)" % (w["w2"]["slots_in_
       s["epoch"], s["last_rebalance"]["why"]))
 PY
 grep -q "worker [0-9] 'w2' is back: joining again" "$tmp/co.err" || fail "the coordinator did not log the rejoin"
+health SERVING 3 3 "Health after w2 rejoined"
 clients c
 sleep 0.7
 kill -KILL "${wpid[w1]}"
