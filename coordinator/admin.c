@@ -1026,7 +1026,8 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	double total = 0;
 	for (int i = 0; i < n_moe * n_e; i++)
 		total += load[i];
-	if (total <= 0 && (o->drain >= 0 || o->undrain >= 0 || o->to || o->heal)) {
+	if (total <= 0 && (o->drain >= 0 || o->undrain >= 0 || o->to || o->heal ||
+			   o->redundancy >= -1)) {
 		for (int i = 0; i < n_moe * n_e; i++)
 			load[i] = 1.0; /* nothing measured yet: place for a uniform load */
 	} else if (total <= 0) {
