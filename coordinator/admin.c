@@ -293,7 +293,12 @@ static grpc_status_code on_status(struct rpc_call *call, const ProtobufCMessage 
 		ws[i].address = (char *)w->addr;
 		ws[i].state = w->drained && w->state == W_LOADED ?
 			      FERRY__V1__WORKER_STATUS__STATE__STATE_DRAINING : worker_state(w);
-		ws[i].detail = (char *)(w->state == W_FAILED ? w->fail : "");
+		bool quiet = w->state == W_LOADED &&
+			     now - w->last_heartbeat_ns > 3ull * (uint64_t)s->o.heartbeat_ms * 1000000ull;
+		if (quiet)
+			ws[i].state = FERRY__V1__WORKER_STATUS__STATE__STATE_SUSPECT;
+		ws[i].detail = (char *)(w->state == W_FAILED ? w->fail :
+					quiet ? "no heartbeat for three intervals" : "");
 		ws[i].slots_per_layer = w->slot_capacity;
 		int in_service = s->place && i < s->place->n_workers ? co_place_filled(s->place, i) : 0;
 		ws[i].slots_in_service = (uint32_t)in_service;

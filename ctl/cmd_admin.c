@@ -172,6 +172,7 @@ static const char *state_name(Ferry__V1__WorkerStatus__State s)
 	case FERRY__V1__WORKER_STATUS__STATE__STATE_SERVING: return "serving";
 	case FERRY__V1__WORKER_STATUS__STATE__STATE_DRAINING: return "draining";
 	case FERRY__V1__WORKER_STATUS__STATE__STATE_DEAD: return "dead";
+	case FERRY__V1__WORKER_STATUS__STATE__STATE_SUSPECT: return "suspect";
 	default: return "unknown";
 	}
 }

@@ -263,6 +263,25 @@ PY
 for i in $(seq 0 31); do
   "$F" run --cluster "$FERRY_CLUSTER" --tokens "$(cat "$tmp/p$i")" --max-new 200 > "$tmp/ref$i" || fail "reference $i"
 done
+# A worker silent for three heartbeats shows as suspect (the only copy of its experts is
+# on it, so it is not fenced), and serving again once it speaks.
+kill -STOP "${wpid[w0]}"
+sleep 1.3
+"$F" status --json > "$tmp/st.json"
+kill -CONT "${wpid[w0]}"
+python3 -c "
+import json, sys
+w = {x['name']: x for x in json.load(open(sys.argv[1]))['workers']}
+assert w['w0']['state'] == 'suspect', w['w0']
+print('w0 stopped for 1.3 s (heartbeats every 0.3 s): %s (%s)' % (w['w0']['state'], w['w0']['detail']))" "$tmp/st.json" ||
+  fail "a silent worker is not shown as suspect"
+for _ in $(seq 50); do
+  "$F" status --json > "$tmp/st.json" && python3 -c "
+import json, sys
+w = {x['name']: x for x in json.load(open(sys.argv[1]))['workers']}
+sys.exit(w['w0']['state'] != 'serving')" "$tmp/st.json" && break
+  sleep 0.1
+done
 clients e
 sleep 0.7
 kill -KILL "${wpid[w1]}"
