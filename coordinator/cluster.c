@@ -249,6 +249,55 @@ int co__form_cluster(struct co_server *s, struct fr_error *err)
 	return wait_loaded(s, err);
 }
 
+/* A new worker joined while serving (its endpoint made): the placement, the load accounting
+ * and the data path grow by one worker, whose slots are all out of service. Under
+ * engine_mu. */
+static int grow(struct co_server *s, struct srv_worker *w, struct fr_error *err)
+{
+	struct co_placement *q = NULL, *old = NULL;
+	struct co_load *nl = NULL, *old_load = NULL;
+	int rc;
+
+	if (w->index != s->place->n_workers)
+		return fr_error_set(err, -EINVAL, "worker %d joins, the placement has %d workers",
+				    w->index, s->place->n_workers);
+	if ((rc = co_place_add_worker(s->place, (int)w->slot_capacity, &q, err)) < 0)
+		return rc;
+	if ((rc = co_load_create(model_n_moe_layers(s->cfg), s->cfg->n_routed_experts,
+				 q->n_workers, q->slots, s->o.load_window, &nl, err)) < 0)
+		goto fail;
+	if ((rc = moe_remote_add_worker(&s->moe, w->ep, w->recv, w->name, nl)) != w->index) {
+		rc = fr_error_set(err, rc < 0 ? rc : -EINVAL, "the data path cannot take it: %s",
+				  strerror(rc < 0 ? -rc : EINVAL));
+		goto fail;
+	}
+	if ((rc = moe_remote_set_placement(&s->moe, q, (uint32_t)s->epoch)) < 0) {
+		/* cannot happen (same epoch, one more worker): the cluster is inconsistent */
+		fr_error_set(err, rc, "the data path refused the grown placement: %s",
+			     strerror(-rc));
+		pthread_mutex_lock(&s->mu);
+		co__fail_cluster_locked(s, err->msg);
+		pthread_mutex_unlock(&s->mu);
+		return rc; /* q and nl are referenced by the data path now */
+	}
+	pthread_mutex_lock(&s->mu);
+	old = s->place;
+	s->place = q;
+	old_load = s->load;
+	s->load = nl;
+	pthread_mutex_unlock(&s->mu);
+	co_place_destroy(old);
+	co_load_destroy(old_load);
+	w->grow = false;
+	fr_info(LOG_COMP, "worker %d '%s': the placement has %d workers now", w->index, w->name,
+		q->n_workers);
+	return 0;
+fail:
+	co_place_destroy(q);
+	co_load_destroy(nl);
+	return rc;
+}
+
 void co__rejoin_tick(struct co_server *s)
 {
 	struct fr_error err = { { 0 } };
@@ -265,6 +314,7 @@ void co__rejoin_tick(struct co_server *s)
 	pthread_mutex_lock(&s->engine_mu);
 	struct tp_ep *old_ep = w->ep;
 	struct tp_mem *old_recv = w->recv;
+	bool fresh = w->grow;
 	int rc = co__setup_endpoint(s, w, &err);
 	pthread_mutex_lock(&s->mu);
 	w->state = rc < 0 ? W_FAILED : W_READY; /* the Join answers with our address */
@@ -272,16 +322,23 @@ void co__rejoin_tick(struct co_server *s)
 	pthread_mutex_unlock(&s->mu);
 	if (rc == 0 && (rc = tp_ep_connect(w->ep, w->blob, w->blob_len)) < 0)
 		fr_error_set(&err, rc, "data-plane connect failed: %s", strerror(-rc));
-	if (rc == 0 && (rc = moe_remote_replace_worker(&s->moe, w->index, w->ep, w->recv)) < 0)
+	if (rc == 0 && w->grow)
+		rc = grow(s, w, &err); /* a new worker: its endpoint's region is known now */
+	else if (rc == 0 && (rc = moe_remote_replace_worker(&s->moe, w->index, w->ep,
+							      w->recv)) < 0)
 		fr_error_set(&err, rc, "the data path cannot take it back: %s", strerror(-rc));
-	if (rc < 0) {
+	if (rc < 0 && !old_ep && w->ep && w->index < s->place->n_workers) {
+		/* a new worker the data path holds already: it stays there, fenced (its
+		 * slots are out of service) */
+		moe_remote_fence(&s->moe, w->index);
+	} else if (rc < 0) {
 		if (w->ep != old_ep)
 			tp_ep_destroy(w->ep);
 		if (w->recv != old_recv)
 			tp_mem_free(w->recv);
 		w->ep = old_ep;
 		w->recv = old_recv;
-	} else {
+	} else if (old_ep) {
 		tp_ep_destroy(old_ep);
 		tp_mem_free(old_recv);
 	}
@@ -300,8 +357,9 @@ void co__rejoin_tick(struct co_server *s)
 		 * loads them again; with none, it is undrained. */
 		w->drained = co_place_filled(s->place, w->index) == 0;
 		w->undrain_due = w->drained;
-		fr_info(LOG_COMP, "worker %d '%s': %s endpoint connected again", w->index, w->name,
-			tp_backend_name(s->o.tp.backend));
+		w->fresh = fresh;
+		fr_info(LOG_COMP, "worker %d '%s': %s endpoint connected%s", w->index, w->name,
+			tp_backend_name(s->o.tp.backend), fresh ? "" : " again");
 	}
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->mu);

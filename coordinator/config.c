@@ -80,7 +80,9 @@ const struct conf_key co_config_keys[] = {
 	{ "cluster", "insecure", CONF_BOOL, OFF(cluster.insecure), .def = "false",
 	  .doc = "Removed: true is refused. Internal calls are always authenticated." },
 	{ "cluster", "workers", CONF_INT, OFF(cluster.workers), 1, 1024, .def = "1",
-	  .doc = "Number of workers to wait for before serving requests." },
+	  .doc = "Number of workers to wait for before serving requests. More may join while "
+		 "it serves (up to 64 more, or 1024 in all): each gets slots from the next "
+		 "automatic step, as does a worker that died and comes back under its name." },
 	{ "cluster", "join_timeout", CONF_DURATION_MS, OFF(cluster.join_timeout_ms), 1, DAY_MS,
 	  .def = "60s",
 	  .doc = "How long to wait at start-up for all workers to join before giving up." },

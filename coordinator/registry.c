@@ -23,6 +23,15 @@ static bool join_full(struct co_server *s, struct rpc_call *call, grpc_status_co
 {
 	if (s->status == S_STARTING && s->n_joined < s->o.workers)
 		return false;
+	/* While serving, a new worker joins (the placement grows by one worker between two
+	 * steps), but not while a rebalance runs: it asks again. */
+	if (s->status == S_SERVING && s->n_joined < s->workers_cap) {
+		if (!s->rebalancing)
+			return false;
+		*st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "a rebalance is running; "
+				    "join again when it is done");
+		return true;
+	}
 	*st = rpc_call_fail(call, GRPC_STATUS_RESOURCE_EXHAUSTED,
 			    "cluster is full (%d of %d workers joined, %s)", s->n_joined,
 			    s->o.workers, co__status_name(s->status));
@@ -168,6 +177,7 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 		rpc_auth_replay_destroy(w->replay);
 		w->replay = NULL;
 		w->rejoin = true;
+		w->grow = !s->place || idx >= s->place->n_workers; /* it never got that far */
 		w->acked_epoch = 0;
 		w->fail[0] = '\0';
 		fr_info(LOG_COMP, "worker %d '%s' is back: joining again", idx, name);
@@ -177,6 +187,10 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 		memset(w, 0, sizeof(*w));
 		w->index = idx;
 		snprintf(w->name, sizeof(w->name), "%s", name);
+		if (s->status == S_SERVING) {
+			w->rejoin = w->grow = true;
+			fr_info(LOG_COMP, "worker %d '%s' joins the serving cluster", idx, name);
+		}
 	}
 	w->state = W_JOINING;
 	w->slot_capacity = r->slot_capacity;
@@ -330,6 +344,11 @@ static grpc_status_code on_get_assignment(struct rpc_call *call, const ProtobufC
 	}
 	/* While a rebalance loads, the slots of the coming epoch. */
 	const struct co_placement *p = s->pending ? s->pending : s->place;
+	if (w->index >= p->n_workers) { /* joined while serving: the placement grows first */
+		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "placement not ready for worker "
+				   "%d yet", w->index);
+		goto unlock;
+	}
 	uint64_t epoch = s->pending ? s->pending_epoch : s->epoch;
 	size_t n = (size_t)p->n_layers * (size_t)p->slots[w->index];
 	sa = calloc(n ? n : 1, sizeof(*sa));
@@ -407,6 +426,11 @@ static grpc_status_code on_load_experts(struct rpc_call *call, const ProtobufCMe
 		goto unlock;
 	}
 	const struct co_placement *p = staging ? s->pending : s->place;
+	if (w->index >= p->n_workers) {
+		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION, "no slots for worker %d "
+				   "in epoch %llu", w->index, (unsigned long long)r->epoch);
+		goto unlock;
+	}
 	size_t want = (size_t)co_place_filled(p, w->index); /* a drained worker holds none */
 	if (r->n_slots != want) {
 		st = rpc_call_fail(call, GRPC_STATUS_INVALID_ARGUMENT,

@@ -62,7 +62,9 @@ struct srv_worker {
 	uint64_t hb_warned_ns;         /* when its silence was last logged */
 	uint64_t acked_epoch;          /* the newest epoch whose slots it acknowledged */
 	bool drained;                  /* Admin.Drain: no slot in service, it may be stopped */
-	bool rejoin;                   /* came back after it died: set up while serving */
+	bool rejoin;                   /* joined while serving: set up by co__rejoin_tick */
+	bool grow;                     /* ... as a new worker (not a returning one) */
+	bool fresh;                    /* it joined new while serving (for the undrain's why) */
 	bool undrain_due;              /* came back: the next automatic step gives it slots */
 	uint64_t undrain_not_before_ns; /* after a failed try */
 	bool told_place_err;           /* got the impossible-placement answer */
@@ -101,6 +103,7 @@ struct co_server {
 	enum srv_status status;
 	struct srv_worker *workers;    /* [o.workers] */
 	int n_joined;
+	int workers_cap;               /* entries of workers[]: [cluster] workers + room to grow */
 	uint64_t epoch;
 	/* Live rebalance (admin.c): the placement being loaded and the epoch it becomes; NULL
 	 * when none. Workers fetch it (GetAssignment), stage it and acknowledge (LoadExperts);

@@ -396,7 +396,9 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	s->listen = strdup(o->listen);
 	s->load_profile = o->load_profile ? strdup(o->load_profile) : NULL;
 	s->secret = o->secret_len ? malloc(o->secret_len) : NULL;
-	s->workers = calloc((size_t)o->workers, sizeof(*s->workers));
+	/* New workers may join while serving, up to 64 more than it started with. */
+	s->workers_cap = FR_MIN(MAX_WORKERS, o->workers + 64);
+	s->workers = calloc((size_t)s->workers_cap, sizeof(*s->workers));
 	if (!s->model_path || !s->listen || (o->load_profile && !s->load_profile) ||
 	    (o->secret_len && !s->secret) || !s->workers) {
 		co_server_destroy(s);
@@ -727,7 +729,8 @@ static void auto_tick(struct co_server *s)
 		    now - w->last_heartbeat_ns > 2ull * s->o.heartbeat_ms * 1000000ull)
 			continue;
 		w->undrain_due = false;
-		snprintf(s->auto_why, sizeof(s->auto_why), "worker '%s' is back", w->name);
+		snprintf(s->auto_why, sizeof(s->auto_why), "worker '%s' %s", w->name,
+			 w->fresh ? "joined" : "is back");
 		fr_info(LOG_COMP, "automatic rebalance: %s: giving it slots", s->auto_why);
 		s->auto_undrain = i;
 		s->auto_running = true;

@@ -133,6 +133,12 @@ int moe_remote_replace_worker(struct moe *moe, int i, struct tp_ep *ep, struct t
 /* Fences worker i (it stopped answering heartbeats): nothing is sent to it any more, its
  * frames are dropped, moe_remote_check() reports it. Between steps. */
 void moe_remote_fence(struct moe *moe, int i);
+/* A new worker joined while serving: it gets the next index (returned), reached over ep
+ * and answering into recv (borrowed), and load accounting moves to load (which counts it;
+ * borrowed). Route to it only after moe_remote_set_placement() with a placement of one
+ * more worker. Between steps. Errors: -EINVAL (ep or recv do not fit), -EBUSY, -ENOMEM. */
+int moe_remote_add_worker(struct moe *moe, struct tp_ep *ep, struct tp_mem *recv,
+			  const char *name, struct co_load *load);
 /* Why worker i is out: 0 (it is not), -ETIMEDOUT (fenced: it did not answer in time), or
  * its endpoint's error. */
 int moe_remote_worker_status(const struct moe *moe, int i);

@@ -618,9 +618,10 @@ int moe_remote_set_placement(struct moe *moe, const struct co_placement *p, uint
 
 	if (m->failed)
 		return m->failed;
+	/* the same workers with the same slots, or (moe_remote_add_worker) one more */
 	if (p->n_layers != m->p->n_layers || p->n_experts != m->p->n_experts ||
-	    p->n_workers != m->p->n_workers ||
-	    memcmp(p->slots, m->p->slots, (size_t)p->n_workers * sizeof(*p->slots)) != 0)
+	    p->n_workers != m->n_workers || p->n_workers < m->p->n_workers ||
+	    memcmp(p->slots, m->p->slots, (size_t)m->p->n_workers * sizeof(*p->slots)) != 0)
 		return -EINVAL;
 	for (uint32_t i = 0; i < m->o.ring.slots; i++)
 		if (m->mbs[i].active)
@@ -700,6 +701,65 @@ int moe_remote_replace_worker(struct moe *moe, int i, struct tp_ep *ep, struct t
 	for (uint32_t s = 0; s < m->o.ring.slots; s++)
 		w->slot[s] = (struct rw_slot){ .rows = w->slot[s].rows };
 	return 0;
+}
+
+int moe_remote_add_worker(struct moe *moe, struct tp_ep *ep, struct tp_mem *recv,
+			  const char *name, struct co_load *load)
+{
+	struct moe_remote *m = moe->ctx;
+	const struct fp_ring *ring = &m->o.ring;
+	size_t tok = ring->tokens, pairs = tok * ring->max_pairs;
+	int i = m->n_workers, rc;
+
+	if (!ep || !recv || ctx_index(m->ctxs, m->n_ctxs, ep) < 0 ||
+	    tp_mem_len(recv) < ring->slots * m->cslot ||
+	    tp_ep_remote_len(ep) < ring->slots * m->dslot)
+		return -EINVAL;
+	for (uint32_t s = 0; s < ring->slots; s++)
+		if (m->mbs[s].active)
+			return -EBUSY;
+	struct rworker *nw = realloc(m->w, sizeof(*nw) * (size_t)(i + 1));
+	if (!nw)
+		return -ENOMEM;
+	m->w = nw;
+	char (*nn)[80] = realloc(m->wname, sizeof(*nn) * (size_t)(i + 1));
+	if (!nn)
+		return -ENOMEM;
+	m->wname = nn;
+	int64_t *wt = realloc(m->worker_tokens, sizeof(*wt) * (size_t)(i + 1));
+	if (!wt)
+		return -ENOMEM;
+	m->worker_tokens = wt;
+	struct rworker *w = &m->w[i];
+	memset(w, 0, sizeof(*w));
+	w->ep = ep;
+	w->recv = recv;
+	w->slot = calloc(ring->slots, sizeof(*w->slot));
+	w->q = calloc(m->q_cap, sizeof(*w->q));
+	w->counts = malloc(tok * sizeof(*w->counts));
+	w->pslot = malloc(pairs * sizeof(*w->pslot));
+	w->pweight = malloc(pairs * sizeof(*w->pweight));
+	rc = !w->slot || !w->q || !w->counts || !w->pslot || !w->pweight ? -ENOMEM : 0;
+	for (uint32_t s = 0; rc == 0 && s < ring->slots; s++)
+		if (!(w->slot[s].rows = malloc(tok * sizeof(*w->slot[s].rows))))
+			rc = -ENOMEM;
+	if (rc == 0)
+		rc = tp_mem_alloc(tp_ep_context(ep), ring->slots * m->dslot, &w->send);
+	if (rc < 0) {
+		for (uint32_t s = 0; w->slot && s < ring->slots; s++)
+			free(w->slot[s].rows);
+		free(w->slot);
+		free(w->q);
+		free(w->counts);
+		free(w->pslot);
+		free(w->pweight);
+		memset(w, 0, sizeof(*w));
+		return rc;
+	}
+	snprintf(m->wname[i], sizeof(m->wname[i]), "%d '%.64s'", i, name ? name : "?");
+	m->n_workers = i + 1;
+	m->o.load = load;
+	return i;
 }
 
 void moe_remote_fence(struct moe *moe, int i)

@@ -192,6 +192,12 @@ int co_place_waves(const struct co_placement *from, const struct co_placement *t
 		   const int32_t *room, int min_distinct, struct co_placement ***ret, int *ret_n,
 		   struct fr_error *err);
 
+/* p with one more worker, of `slots` slots per layer, all empty (out of service): a worker
+ * that joined while serving, before it gets experts. *ret is the caller's. Errors: -EINVAL,
+ * -ENOMEM. */
+int co_place_add_worker(const struct co_placement *p, int slots, struct co_placement **ret,
+			struct fr_error *err);
+
 /* ---- quality ---- */
 
 struct co_place_stats {

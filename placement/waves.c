@@ -151,12 +151,16 @@ static int distinct_of(const struct co_placement *p, int l, int e, int32_t *seen
 	return n;
 }
 
-/* A placement of table (slots may be CO_PLACE_EMPTY), shaped as p. */
-static int from_table(const struct co_placement *p, const int32_t *table,
-		      struct co_placement **ret, struct fr_error *err)
+/* A placement of table (slots may be CO_PLACE_EMPTY) of L layers x E experts on W workers
+ * of slots[w] each. */
+static int from_table_shape(int L, int E, int W, const int32_t *slots, const int32_t *table,
+			    struct co_placement **ret, struct fr_error *err)
 {
-	size_t LS = (size_t)p->n_layers * p->total_slots;
-	int32_t *filled = malloc(sizeof(*filled) * (LS + 1));
+	size_t T = 0;
+	for (int w = 0; w < W; w++)
+		T += (size_t)slots[w];
+	size_t LS = (size_t)L * T;
+	int32_t *filled = calloc(LS + 1, sizeof(*filled));
 	int32_t *layer = malloc(sizeof(*layer) * (LS + 1));
 	int32_t *slot = malloc(sizeof(*slot) * (LS + 1));
 	struct co_placement *q = NULL;
@@ -169,27 +173,63 @@ static int from_table(const struct co_placement *p, const int32_t *table,
 	/* empty slots hold expert 0 for a moment, then leave service */
 	for (size_t i = 0; i < LS; i++)
 		filled[i] = table[i] == CO_PLACE_EMPTY ? 0 : table[i];
-	if ((rc = co_place_from_table(p->n_layers, p->n_experts, p->n_workers, p->slots, filled,
-				      &q, err)) < 0)
+	if ((rc = co_place_from_table(L, E, W, slots, filled, &q, err)) < 0)
 		goto out;
-	for (int w = 0; w < p->n_workers; w++) {
+	for (int w = 0; w < W; w++) {
 		int n = 0;
-		for (int l = 0; l < p->n_layers; l++)
-			for (int g = p->slot_base[w]; g < p->slot_base[w + 1]; g++)
-				if (table[(size_t)l * p->total_slots + g] == CO_PLACE_EMPTY) {
+		for (int l = 0; l < L; l++)
+			for (int g = q->slot_base[w]; g < q->slot_base[w + 1]; g++)
+				if (table[(size_t)l * T + g] == CO_PLACE_EMPTY) {
 					layer[n] = l;
-					slot[n++] = g - p->slot_base[w];
+					slot[n++] = g - q->slot_base[w];
 				}
 		if (n && (rc = co_place_unload(q, w, n, layer, slot, err)) < 0)
 			goto out;
 	}
 	*ret = q;
 	q = NULL;
+	rc = 0;
 out:
 	co_place_destroy(q);
 	free(filled);
 	free(layer);
 	free(slot);
+	return rc;
+}
+
+static int from_table(const struct co_placement *p, const int32_t *table,
+		      struct co_placement **ret, struct fr_error *err)
+{
+	return from_table_shape(p->n_layers, p->n_experts, p->n_workers, p->slots, table, ret,
+				err);
+}
+
+int co_place_add_worker(const struct co_placement *p, int slots, struct co_placement **ret,
+			struct fr_error *err)
+{
+	int W = p->n_workers + 1, T = p->total_slots + slots, rc;
+
+	if (slots < 1 || W > CO_PLACE_MAX_WORKERS)
+		return fr_error_set(err, -EINVAL, "placement: cannot add a worker of %d slots",
+				    slots);
+	int32_t *sl = malloc(sizeof(*sl) * (size_t)W);
+	int32_t *table = malloc(sizeof(*table) * ((size_t)p->n_layers * (size_t)T + 1));
+	if (!sl || !table) {
+		free(sl);
+		free(table);
+		return fr_error_set(err, -ENOMEM, "out of memory");
+	}
+	memcpy(sl, p->slots, sizeof(*sl) * (size_t)p->n_workers);
+	sl[W - 1] = slots;
+	for (int l = 0; l < p->n_layers; l++) {
+		memcpy(table + (size_t)l * T, p->slot_expert + (size_t)l * p->total_slots,
+		       sizeof(*table) * (size_t)p->total_slots);
+		for (int j = p->total_slots; j < T; j++)
+			table[(size_t)l * T + j] = CO_PLACE_EMPTY;
+	}
+	rc = from_table_shape(p->n_layers, p->n_experts, W, sl, table, ret, err);
+	free(sl);
+	free(table);
 	return rc;
 }
 

@@ -289,3 +289,32 @@ finish e "kill -9 of w1 holding the only copy of $only_w1 experts ($tp)"
 grep -q "healed in [0-9.]* s" "$tmp/co.err" || fail "the coordinator did not move the lost experts"
 echo "$(grep -m1 "healed in" "$tmp/co.err")"
 kill -0 "$co" 2>/dev/null || fail "the coordinator exited"
+
+# 5. A new worker (a name the cluster has not seen) joins while it serves: the placement
+#    grows by one worker and the next automatic step gives it slots; tokens stay the same.
+start_worker w3 8
+for _ in $(seq 300); do
+  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
+    python3 -c "
+import json, sys
+w = {x['name']: x for x in json.load(open(sys.argv[1]))['workers']}
+sys.exit(not ('w3' in w and w['w3']['state'] == 'serving' and w['w3']['slots_in_service'] > 0))" "$tmp/st.json" && break
+  sleep 0.1
+done
+python3 -c "
+import json, sys
+s = json.load(open(sys.argv[1]))
+w = {x['name']: x for x in s['workers']}
+assert 'w3' in w and w['w3']['state'] == 'serving' and w['w3']['slots_in_service'] > 0, s['workers']
+assert s['last_rebalance']['why'] == 'worker \'w3\' joined', s['last_rebalance']
+print('w3 joined the serving cluster: %d workers, w3 serves %d slots (%s)' % (len(w),
+      w['w3']['slots_in_service'], s['last_rebalance']['why']))" "$tmp/st.json" ||
+  fail "a new worker did not get slots"
+grep -q "worker [0-9] 'w3' joins the serving cluster" "$tmp/co.err" || fail "the coordinator did not log the new worker"
+health SERVING 2 2 "Health with w3 added and w1 dead"
+for i in 0 1 2 3; do
+  out=$("$F" run --cluster "$FERRY_CLUSTER" --tokens "$(cat "$tmp/p$i")" --max-new 200) || fail "request $i with w3"
+  [ "$out" = "$(cat "$tmp/ref$i")" ] || fail "request $i differs with w3"
+done
+echo "with w3: the same tokens"
+kill -0 "$co" 2>/dev/null || fail "the coordinator exited"

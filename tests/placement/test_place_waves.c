@@ -150,12 +150,39 @@ static void test_cycles(void)
 	co_place_destroy(b);
 }
 
+/* A worker joins: one more worker whose slots are all out of service, the rest as it was. */
+static void test_add_worker(void)
+{
+	struct fr_error err = { { 0 } };
+	struct co_placement *a = NULL, *b = NULL;
+	int slots[2] = { 2, 2 };
+	int32_t t[8] = { 0, 1, 2, 3, 3, 2, 1, 0 };
+
+	CHECK(co_place_from_table(2, 4, 2, slots, t, &a, &err) == 0);
+	CHECK(co_place_add_worker(a, 3, &b, &err) == 0);
+	if (b) {
+		CHECK(b->n_workers == 3 && b->slots[2] == 3 && b->total_slots == 7);
+		CHECK(co_place_filled(b, 2) == 0 && co_place_filled(b, 0) == 4);
+		for (int l = 0; l < 2; l++)
+			for (int w = 0; w < 2; w++)
+				for (int j = 0; j < 2; j++)
+					CHECK(co_place_expert_at(b, l, w, j) ==
+					      co_place_expert_at(a, l, w, j));
+		CHECK(co_place_check(b, 1, &err) == 0);
+	}
+	CHECK(co_place_add_worker(a, 0, &b, &err) == -EINVAL);
+	co_place_destroy(a);
+	co_place_destroy(b);
+	printf("ok   add worker: a third worker of 3 empty slots, the others unchanged\n");
+}
+
 int main(void)
 {
 	uint64_t rng = t_seed();
 
 	test_random(&rng);
 	test_cycles();
+	test_add_worker();
 	if (t_failures) {
 		fprintf(stderr, "%d failure(s)\n", t_failures);
 		return 1;
