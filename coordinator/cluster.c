@@ -3,7 +3,8 @@
  * cluster.c - cluster formation: the transport contexts (one per device), an endpoint for
  * each worker that joins (created and connected on the thread that calls
  * co_server_start(), never on a gRPC handler's), the first placement over the workers'
- * slots, and the wait for every worker to load its slots.
+ * slots, and the wait for every worker to load its slots; while serving, the workers that
+ * join later (co__join_tick: returning ones and new ones).
  */
 #include <errno.h>
 #include <math.h>
@@ -298,7 +299,7 @@ fail:
 	return rc;
 }
 
-void co__rejoin_tick(struct co_server *s)
+void co__join_tick(struct co_server *s)
 {
 	struct fr_error err = { { 0 } };
 	struct srv_worker *w = NULL;

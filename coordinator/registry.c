@@ -171,7 +171,7 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 		s->ring_set = true;
 	}
 	if (back >= 0) {
-		/* Its old endpoint stays until the new one replaces it (co__rejoin_tick). */
+		/* Its old endpoint stays until the new one replaces it (co__join_tick). */
 		idx = back;
 		w = &s->workers[idx];
 		rpc_auth_replay_destroy(w->replay);

@@ -62,7 +62,7 @@ struct srv_worker {
 	uint64_t hb_warned_ns;         /* when its silence was last logged */
 	uint64_t acked_epoch;          /* the newest epoch whose slots it acknowledged */
 	bool drained;                  /* Admin.Drain: no slot in service, it may be stopped */
-	bool rejoin;                   /* joined while serving: set up by co__rejoin_tick */
+	bool rejoin;                   /* joined while serving: set up by co__join_tick */
 	bool grow;                     /* ... as a new worker (not a returning one) */
 	bool fresh;                    /* it joined new while serving (for the undrain's why) */
 	bool undrain_due;              /* came back: the next automatic step gives it slots */
@@ -173,10 +173,12 @@ int co__lost_locked(struct co_server *s);
 /* cluster.c: the endpoint of a joining worker (w->recv, w->ep, w->my_blob). Under engine_mu
  * once serving. */
 int co__setup_endpoint(struct co_server *s, struct srv_worker *w, struct fr_error *err);
-/* cluster.c: while serving, a worker that died and joined again (Join reused its index):
- * a new endpoint replaces the dead one in the data path; it then loads its (empty) slots
- * and is marked for an undrain. Called from the server's monitor loop, without locks. */
-void co__rejoin_tick(struct co_server *s);
+/* cluster.c: a worker that joined while serving - one that died and came back (Join
+ * reused its index: a new endpoint replaces the dead one in the data path) or a new one
+ * (the placement, load accounting and data path grow by one worker) - is set up between
+ * two steps; it then loads its slots and, holding none, is marked for an undrain. Called
+ * from the server's monitor loop, without locks. */
+void co__join_tick(struct co_server *s);
 
 /* admin.c: one rebalance (plan, then unless dry_run the live move), for the Rebalance
  * method and the automatic policy. progress (may be NULL) is called with each phase.

@@ -800,7 +800,7 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 		if (s->status == S_SERVING && !s->stop) {
 			pthread_mutex_unlock(&s->mu);
 			check_workers(s);
-			co__rejoin_tick(s);
+			co__join_tick(s);
 			auto_tick(s);
 			pthread_mutex_lock(&s->mu);
 			if (s->lost[0])
