@@ -374,21 +374,14 @@ static uint64_t suspect_at(const struct moe_remote *m, int wi, uint32_t slot)
 /* Whether every expert worker wi serves has a replica on another worker still answering:
  * only then is it worth fencing wi at its step deadline (otherwise the step waits for it
  * until timeout_ms). */
+static bool answering(const void *ctx, int wi)
+{
+	return ((const struct moe_remote *)ctx)->w[wi].status == 0;
+}
+
 static bool covered(const struct moe_remote *m, int wi)
 {
-	const struct co_placement *p = m->p;
-	for (int l = 0; l < p->n_layers; l++)
-		for (int j = 0; j < p->slots[wi]; j++) {
-			int e = co_place_expert_at(p, l, wi, j), n, ok = 0;
-			if (e == CO_PLACE_EMPTY)
-				continue;
-			const struct co_place_replica *r = co_place_replicas(p, l, e, &n);
-			for (int k = 0; k < n && !ok; k++)
-				ok = r[k].worker != wi && m->w[r[k].worker].status == 0;
-			if (!ok)
-				return false;
-		}
-	return true;
+	return co_place_covered_elsewhere(m->p, wi, answering, m);
 }
 
 /* Worker wi stopped answering in time: nothing goes to it any more and its late frames are
@@ -557,31 +550,25 @@ static int remote_combine(void *ctx, int layer, int mb, float *out)
 		struct rw_slot *ws = &m->w[i].slot[slot];
 		if (!ws->n_tok)
 			continue;
-		uint64_t sus = suspect_at(m, i, slot);
+		/* its step deadline, worked out only when there is a wait */
+		uint64_t sus = ws->arrived ? UINT64_MAX : suspect_at(m, i, slot);
 		while (!ws->arrived) {
 			if (m->w[i].status < 0)
 				return dead_worker(m, i, "while it owed", layer, mb);
 			uint64_t now = fr_now_ns();
-			if (now >= sus) {
+			bool timed_out = now >= deadline;
+			if (timed_out || now >= sus) {
 				/* what arrived while this thread was not running counts */
 				if ((rc = pump(m, 0)) < 0)
 					return rc;
-				if (!ws->arrived && covered(m, i))
+				if (ws->arrived)
+					break;
+				if (timed_out || covered(m, i))
 					return fence(m, i, s, now - ws->sent_ns);
 				sus = UINT64_MAX; /* the others cannot stand in: wait on */
 				continue;
 			}
-			int t = remaining_ms(FR_MIN(deadline, sus));
-			if (t == 0 && now < deadline)
-				t = 1;
-			if (t == 0) {
-				if ((rc = pump(m, 0)) < 0)
-					return rc;
-				if (!ws->arrived)
-					return fence(m, i, s, now - ws->sent_ns);
-				continue;
-			}
-			if ((rc = pump(m, t)) < 0)
+			if ((rc = pump(m, remaining_ms(FR_MIN(deadline, sus)))) < 0)
 				return rc;
 		}
 		if ((rc = add_one(m, i, s, slot, out)) < 0)
@@ -612,6 +599,53 @@ static void drain_sends(struct moe_remote *m)
 	}
 }
 
+/* A worker's buffers: its per-slot rows, arrival queue and dispatch build scratch (its
+ * send ring is the caller's: tp_mem_alloc() on its endpoint's context). Errors: -ENOMEM;
+ * rworker_fini() frees what was made either way. */
+static int rworker_init(struct moe_remote *m, struct rworker *w, struct tp_ep *ep,
+			struct tp_mem *recv)
+{
+	const struct fp_ring *ring = &m->o.ring;
+	size_t tok = ring->tokens, pairs = tok * ring->max_pairs;
+
+	memset(w, 0, sizeof(*w));
+	w->ep = ep;
+	w->recv = recv;
+	w->slot = calloc(ring->slots, sizeof(*w->slot));
+	w->q = calloc(m->q_cap, sizeof(*w->q));
+	w->counts = malloc(tok * sizeof(*w->counts));
+	w->pslot = malloc(pairs * sizeof(*w->pslot));
+	w->pweight = malloc(pairs * sizeof(*w->pweight));
+	if (!w->slot || !w->q || !w->counts || !w->pslot || !w->pweight)
+		return -ENOMEM;
+	for (uint32_t s = 0; s < ring->slots; s++)
+		if (!(w->slot[s].rows = malloc(tok * sizeof(*w->slot[s].rows))))
+			return -ENOMEM;
+	return 0;
+}
+
+static void rworker_fini(const struct moe_remote *m, struct rworker *w)
+{
+	for (uint32_t s = 0; w->slot && s < m->o.ring.slots; s++)
+		free(w->slot[s].rows);
+	free(w->slot);
+	free(w->q);
+	free(w->counts);
+	free(w->pslot);
+	free(w->pweight);
+	tp_mem_free(w->send);
+	memset(w, 0, sizeof(*w));
+}
+
+/* Whether a micro-batch is out (the ops' callers may change workers only between steps). */
+static bool any_active(const struct moe_remote *m)
+{
+	for (uint32_t i = 0; i < m->o.ring.slots; i++)
+		if (m->mbs[i].active)
+			return true;
+	return false;
+}
+
 int moe_remote_set_placement(struct moe *moe, const struct co_placement *p, uint32_t epoch)
 {
 	struct moe_remote *m = moe->ctx;
@@ -623,9 +657,8 @@ int moe_remote_set_placement(struct moe *moe, const struct co_placement *p, uint
 	    p->n_workers != m->n_workers || p->n_workers < m->p->n_workers ||
 	    memcmp(p->slots, m->p->slots, (size_t)m->p->n_workers * sizeof(*p->slots)) != 0)
 		return -EINVAL;
-	for (uint32_t i = 0; i < m->o.ring.slots; i++)
-		if (m->mbs[i].active)
-			return -EBUSY;
+	if (any_active(m))
+		return -EBUSY;
 	m->p = p;
 	m->o.epoch = epoch;
 	return 0;
@@ -688,9 +721,8 @@ int moe_remote_replace_worker(struct moe *moe, int i, struct tp_ep *ep, struct t
 	if (i < 0 || i >= m->n_workers || !ep || !recv ||
 	    ctx_index(m->ctxs, m->n_ctxs, ep) != ctx_index(m->ctxs, m->n_ctxs, m->w[i].ep))
 		return -EINVAL;
-	for (uint32_t s = 0; s < m->o.ring.slots; s++)
-		if (m->mbs[s].active)
-			return -EBUSY;
+	if (any_active(m))
+		return -EBUSY;
 	struct rworker *w = &m->w[i];
 	w->ep = ep;
 	w->recv = recv;
@@ -708,16 +740,14 @@ int moe_remote_add_worker(struct moe *moe, struct tp_ep *ep, struct tp_mem *recv
 {
 	struct moe_remote *m = moe->ctx;
 	const struct fp_ring *ring = &m->o.ring;
-	size_t tok = ring->tokens, pairs = tok * ring->max_pairs;
 	int i = m->n_workers, rc;
 
 	if (!ep || !recv || ctx_index(m->ctxs, m->n_ctxs, ep) < 0 ||
 	    tp_mem_len(recv) < ring->slots * m->cslot ||
 	    tp_ep_remote_len(ep) < ring->slots * m->dslot)
 		return -EINVAL;
-	for (uint32_t s = 0; s < ring->slots; s++)
-		if (m->mbs[s].active)
-			return -EBUSY;
+	if (any_active(m))
+		return -EBUSY;
 	struct rworker *nw = realloc(m->w, sizeof(*nw) * (size_t)(i + 1));
 	if (!nw)
 		return -ENOMEM;
@@ -731,29 +761,9 @@ int moe_remote_add_worker(struct moe *moe, struct tp_ep *ep, struct tp_mem *recv
 		return -ENOMEM;
 	m->worker_tokens = wt;
 	struct rworker *w = &m->w[i];
-	memset(w, 0, sizeof(*w));
-	w->ep = ep;
-	w->recv = recv;
-	w->slot = calloc(ring->slots, sizeof(*w->slot));
-	w->q = calloc(m->q_cap, sizeof(*w->q));
-	w->counts = malloc(tok * sizeof(*w->counts));
-	w->pslot = malloc(pairs * sizeof(*w->pslot));
-	w->pweight = malloc(pairs * sizeof(*w->pweight));
-	rc = !w->slot || !w->q || !w->counts || !w->pslot || !w->pweight ? -ENOMEM : 0;
-	for (uint32_t s = 0; rc == 0 && s < ring->slots; s++)
-		if (!(w->slot[s].rows = malloc(tok * sizeof(*w->slot[s].rows))))
-			rc = -ENOMEM;
-	if (rc == 0)
-		rc = tp_mem_alloc(tp_ep_context(ep), ring->slots * m->dslot, &w->send);
-	if (rc < 0) {
-		for (uint32_t s = 0; w->slot && s < ring->slots; s++)
-			free(w->slot[s].rows);
-		free(w->slot);
-		free(w->q);
-		free(w->counts);
-		free(w->pslot);
-		free(w->pweight);
-		memset(w, 0, sizeof(*w));
+	if ((rc = rworker_init(m, w, ep, recv)) < 0 ||
+	    (rc = tp_mem_alloc(tp_ep_context(ep), ring->slots * m->dslot, &w->send)) < 0) {
+		rworker_fini(m, w);
 		return rc;
 	}
 	snprintf(m->wname[i], sizeof(m->wname[i]), "%d '%.64s'", i, name ? name : "?");
@@ -809,17 +819,8 @@ static void remote_destroy(void *ctx)
 		return;
 	if (m->w && m->mbs)
 		drain_sends(m);
-	for (int i = 0; m->w && i < m->n_workers; i++) {
-		struct rworker *w = &m->w[i];
-		for (uint32_t s = 0; w->slot && s < m->o.ring.slots; s++)
-			free(w->slot[s].rows);
-		free(w->slot);
-		free(w->q);
-		free(w->counts);
-		free(w->pslot);
-		free(w->pweight);
-		tp_mem_free(w->send);
-	}
+	for (int i = 0; m->w && i < m->n_workers; i++)
+		rworker_fini(m, &m->w[i]);
 	free(m->w);
 	free(m->ctxs);
 	free(m->mbs);
@@ -925,7 +926,7 @@ int moe_remote_create(const struct model_config *cfg, struct tp_context *const *
 	 * frame when micro-batches are combined out of dispatch order. */
 	m->q_cap = 4 * ring->slots;
 
-	size_t tok = ring->tokens, pairs = tok * ring->max_pairs, h = (size_t)m->hidden;
+	size_t tok = ring->tokens, h = (size_t)m->hidden;
 	m->w = calloc((size_t)n_workers, sizeof(*m->w));
 	m->wname = calloc((size_t)n_workers, sizeof(*m->wname));
 	m->mbs = calloc(ring->slots, sizeof(*m->mbs));
@@ -947,18 +948,8 @@ int moe_remote_create(const struct model_config *cfg, struct tp_context *const *
 	m->o.names = NULL; /* borrowed for this call only */
 	for (int i = 0; i < n_workers; i++) {
 		struct rworker *w = &m->w[i];
-		w->ep = eps[i];
-		w->recv = recv[i];
-		w->slot = calloc(ring->slots, sizeof(*w->slot));
-		w->q = calloc(m->q_cap, sizeof(*w->q));
-		w->counts = malloc(tok * sizeof(*w->counts));
-		w->pslot = malloc(pairs * sizeof(*w->pslot));
-		w->pweight = malloc(pairs * sizeof(*w->pweight));
-		if (!w->slot || !w->q || !w->counts || !w->pslot || !w->pweight)
+		if (rworker_init(m, w, eps[i], recv[i]) < 0)
 			goto nomem;
-		for (uint32_t s = 0; s < ring->slots; s++)
-			if (!(w->slot[s].rows = malloc(tok * sizeof(*w->slot[s].rows))))
-				goto nomem;
 		/* Puts go out from memory of the endpoint's own context (its device). */
 		if ((rc = tp_mem_alloc(tp_ep_context(w->ep), ring->slots * dslot, &w->send)) < 0) {
 			fr_error_set(err, rc,
