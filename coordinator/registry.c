@@ -99,10 +99,7 @@ static grpc_status_code on_join(struct rpc_call *call, const ProtobufCMessage *r
 	for (size_t i = 0; i < s->n_fp && r->n_expert_fingerprints == s->n_fp; i++) {
 		if (r->expert_fingerprints[i] == s->fp[i])
 			continue;
-		int E = s->cfg->n_routed_experts, ml = (int)(i / (size_t)E), layer = ml;
-		for (int l = 0; l < s->cfg->num_hidden_layers; l++)
-			if (model_moe_index(s->cfg, l) == ml)
-				layer = l;
+		int E = s->cfg->n_routed_experts, layer = model_moe_layer(s->cfg, (int)(i / (size_t)E));
 		fr_warn(LOG_COMP, "refused join of worker '%s': its checkpoint differs at "
 			"model.layers.%d.mlp.experts.%d", name, layer, (int)(i % (size_t)E));
 		return rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,

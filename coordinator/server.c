@@ -31,21 +31,14 @@ const char *co__status_name(enum srv_status st)
 
 /* Whether every expert worker i serves has a copy on another serving worker: only then is
  * a silent worker fenced (otherwise steps wait for it, up to expert_timeout). Under mu. */
+static bool serving_worker(const void *ctx, int i)
+{
+	return ((const struct co_server *)ctx)->workers[i].state == W_LOADED;
+}
+
 static bool covered_locked(const struct co_server *s, int i)
 {
-	const struct co_placement *p = s->place;
-	for (int l = 0; p && l < p->n_layers; l++)
-		for (int j = 0; j < p->slots[i]; j++) {
-			int e = co_place_expert_at(p, l, i, j), k, ok = 0;
-			if (e == CO_PLACE_EMPTY)
-				continue;
-			const struct co_place_replica *r = co_place_replicas(p, l, e, &k);
-			for (int q = 0; q < k && !ok; q++)
-				ok = r[q].worker != i && s->workers[r[q].worker].state == W_LOADED;
-			if (!ok)
-				return false;
-		}
-	return true;
+	return co_place_covered_elsewhere(s->place, i, serving_worker, s);
 }
 
 int co__lost_locked(struct co_server *s)
@@ -73,10 +66,7 @@ int co__lost_locked(struct co_server *s)
 		s->lost[0] = '\0';
 		return 0;
 	}
-	int layer = first_l;
-	for (int l = 0; l < s->cfg->num_hidden_layers; l++)
-		if (model_moe_index(s->cfg, l) == first_l)
-			layer = l;
+	int layer = model_moe_layer(s->cfg, first_l);
 	snprintf(s->lost, sizeof(s->lost), "%d experts lost (the first model.layers.%d.mlp."
 		 "experts.%d): their only copies were on worker %d '%s' (%s) and the other "
 		 "workers have no room for them; they serve again when it rejoins", n, layer,

@@ -620,6 +620,14 @@ int model_n_moe_layers(const struct model_config *cfg)
 	return n;
 }
 
+int model_moe_layer(const struct model_config *cfg, int moe_index)
+{
+	for (int l = 0, n = 0; moe_index >= 0 && l < cfg->num_hidden_layers; l++)
+		if (model_layer_is_moe(cfg, l) && n++ == moe_index)
+			return l;
+	return -1;
+}
+
 int model_moe_index(const struct model_config *cfg, int layer)
 {
 	int n = 0;

@@ -72,6 +72,8 @@ bool model_layer_is_moe(const struct model_config *cfg, int layer);
 /* Number of MoE layers and the index of layer l among them (-1 if dense). */
 int model_n_moe_layers(const struct model_config *cfg);
 int model_moe_index(const struct model_config *cfg, int layer);
+/* The model layer of MoE layer moe_index (model_moe_index()'s inverse), or -1. */
+int model_moe_layer(const struct model_config *cfg, int moe_index);
 
 /* ==== safetensors ========================================================================= */
 

@@ -169,6 +169,10 @@ int co_place_expert_at(const struct co_placement *p, int layer, int worker, int 
  * replica: named in err), -ENOMEM. Not thread-safe with co_place_choose() on p. */
 int co_place_unload(struct co_placement *p, int worker, int n, const int32_t *layer,
 		    const int32_t *slot, struct fr_error *err);
+/* Whether every expert in worker's slots (in service) has a copy on another worker for
+ * which live(ctx, that worker) holds: whether the others could stand in for it. */
+bool co_place_covered_elsewhere(const struct co_placement *p, int worker,
+				bool (*live)(const void *ctx, int worker), const void *ctx);
 /* Slots of worker, over all layers, that hold an expert (are not CO_PLACE_EMPTY). */
 int co_place_filled(const struct co_placement *p, int worker);
 

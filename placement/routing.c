@@ -305,6 +305,26 @@ int co_place_unload(struct co_placement *p, int worker, int n, const int32_t *la
 	return n;
 }
 
+bool co_place_covered_elsewhere(const struct co_placement *p, int worker,
+				bool (*live)(const void *ctx, int worker), const void *ctx)
+{
+	if (!p || worker < 0 || worker >= p->n_workers)
+		return false;
+	for (int l = 0; l < p->n_layers; l++)
+		for (int j = 0; j < p->slots[worker]; j++) {
+			int e = co_place_expert_at(p, l, worker, j), n;
+			bool ok = false;
+			if (e == CO_PLACE_EMPTY)
+				continue;
+			const struct co_place_replica *r = co_place_replicas(p, l, e, &n);
+			for (int k = 0; k < n && !ok; k++)
+				ok = r[k].worker != worker && live(ctx, r[k].worker);
+			if (!ok)
+				return false;
+		}
+	return true;
+}
+
 int co_place_filled(const struct co_placement *p, int worker)
 {
 	int n = 0;

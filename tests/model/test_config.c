@@ -147,6 +147,8 @@ static void test_defaults(void)
 	CHECK(rc == 0);
 	CHECK(model_n_moe_layers(&c) == 2);
 	CHECK(model_moe_index(&c, 2) == 0 && model_moe_index(&c, 4) == 1);
+	CHECK(model_moe_layer(&c, 0) == 2 && model_moe_layer(&c, 1) == 4);
+	CHECK(model_moe_layer(&c, -1) == -1 && model_moe_layer(&c, 9) == -1);
 	CHECK(model_moe_index(&c, 3) == -1 && model_moe_index(&c, 1) == -1);
 	CHECK(model_moe_index(&c, -1) == -1 && model_moe_index(&c, 6) == -1);
 	CHECK(!model_layer_is_moe(&c, 0) && !model_layer_is_moe(&c, 5));
