@@ -16,6 +16,7 @@
 
 #include "common/common.h"
 #include "common/conf.h"
+#include "kernels/kernels.h"
 #include "transport/conf.h"
 #include "transport/transport.h"
 
@@ -71,6 +72,7 @@ struct co_config {
 		int kv_blocks;               /* KV pool in blocks; 0: max_seqs x max_ctx */
 		int max_ctx;                 /* context length cap; 0: the model's */
 		int threads;                 /* CPU threads; 0: all CPUs */
+		enum kn_precision precision; /* exact | fast (default exact) */
 	} engine;
 	struct {
 		struct tp_conf tp;           /* the keys both daemons share (transport/conf.h);

@@ -397,7 +397,7 @@ static int ffn_start(struct co_engine *e, int l, struct mb_state *mb, int mbi,
 	};
 	float *rl = e->rl + r0 * e->max_k, *top_w = e->top_w + r0 * e->max_k;
 	int32_t *top_idx = e->top_idx + r0 * e->max_k;
-	kn_matmul(rl, xn, &L->router, n);
+	kn_matmul_exact(rl, xn, &L->router, n); /* top-k must not flip on rounding */
 	for (int i = 0; i < n; i++)
 		kn_gate(rl + (size_t)i * c->n_routed_experts, &go, top_idx + (size_t)i * go.k,
 			top_w + (size_t)i * go.k, e->gate_scratch);

@@ -36,6 +36,7 @@ struct up_opts {
 	const char *listen;
 	const char *transport;
 	const char *wire;
+	const char *precision; /* --precision: [engine] and [worker] precision; NULL: default */
 	int workers;
 	int replicas;        /* extra slots per worker beyond ceil(experts / workers) */
 	int micro_batches;
@@ -64,6 +65,8 @@ static const char up_usage[] =
 	"      --replicas R         extra slots per worker for replicas of hot experts (default 0)\n"
 	"      --micro-batches M    ping-pong micro-batches (default 2)\n"
 	"      --wire DTYPE         activations on the wire: bf16 (default) or f32\n"
+	"      --precision P        exact (default) or fast: bf16 dot products for bf16\n"
+	"                           weights, in the coordinator and every worker\n"
 	"      --threads N          kernel threads of the coordinator (default: all CPUs) and,\n"
 	"                           unless --worker-threads says otherwise, of each worker\n"
 	"      --worker-threads N   kernel threads per worker (default: CPUs / workers, at\n"
@@ -83,7 +86,7 @@ static const char up_usage[] =
 	"$FERRY_BIN_DIR).\n";
 
 enum { UP_REPLICAS = 256, UP_MB, UP_WIRE, UP_THREADS, UP_SET, UP_TIMEOUT, UP_WTHREADS,
-       UP_WSET };
+       UP_WSET, UP_PRECISION };
 
 static const struct option up_longopts[] = {
 	{ "model", required_argument, NULL, 'm' },
@@ -93,6 +96,7 @@ static const struct option up_longopts[] = {
 	{ "replicas", required_argument, NULL, UP_REPLICAS },
 	{ "micro-batches", required_argument, NULL, UP_MB },
 	{ "wire", required_argument, NULL, UP_WIRE },
+	{ "precision", required_argument, NULL, UP_PRECISION },
 	{ "threads", required_argument, NULL, UP_THREADS },
 	{ "worker-threads", required_argument, NULL, UP_WTHREADS },
 	{ "set", required_argument, NULL, UP_SET },
@@ -162,6 +166,14 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 				return fr_error_set(err, -EINVAL, "--wire: '%s' is not bf16 or f32", optarg);
 			o->wire = optarg;
 			break;
+		case UP_PRECISION: {
+			enum kn_precision pr;
+			if (kn_precision_parse(optarg, &pr) < 0)
+				return fr_error_set(err, -EINVAL, "--precision: '%s' is not exact or "
+						    "fast", optarg);
+			o->precision = optarg;
+			break;
+		}
 		case UP_THREADS:
 			if (ctl_arg_int("threads", optarg, 1, 1024, &o->threads, err) < 0)
 				return -EINVAL;
@@ -405,7 +417,9 @@ static int up_exec(const struct up_opts *o)
 	    fr_strv_push(&av, &n_av, "--secret-file=%s", secret) < 0 ||
 	    fr_strv_push(&av, &n_av, "--set=engine.micro_batches=%d", o->micro_batches) < 0 ||
 	    fr_strv_push(&av, &n_av, "--set=transport.wire_dtype=%s", o->wire) < 0 ||
-	    (o->threads && fr_strv_push(&av, &n_av, "--set=engine.threads=%d", o->threads) < 0))
+	    (o->threads && fr_strv_push(&av, &n_av, "--set=engine.threads=%d", o->threads) < 0) ||
+	    (o->precision &&
+	     fr_strv_push(&av, &n_av, "--set=engine.precision=%s", o->precision) < 0))
 		goto oom;
 	for (int i = 0; i < o->n_sets; i++)
 		if (fr_strv_push(&av, &n_av, "--set=%s", o->sets[i]) < 0)
@@ -450,6 +464,8 @@ static int up_exec(const struct up_opts *o)
 		    fr_strv_push(&av, &n_av, "--transport=%s", o->transport) < 0 ||
 		    fr_strv_push(&av, &n_av, "--secret-file=%s", secret) < 0 ||
 		    fr_strv_push(&av, &n_av, "--set=worker.threads=%d", wthreads) < 0 ||
+		    (o->precision &&
+		     fr_strv_push(&av, &n_av, "--set=worker.precision=%s", o->precision) < 0) ||
 		    push_sets(&av, &n_av, o->wsets, o->n_wsets) < 0 ||
 		    (o->tls.ca &&
 		     fr_strv_push(&av, &n_av, "--set=cluster.tls_ca=%s", o->tls.ca) < 0) ||

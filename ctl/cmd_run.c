@@ -27,6 +27,7 @@ struct run_opts {
 	uint64_t seed;
 	int workers;
 	int threads;
+	int precision;               /* enum kn_precision; -1: unset */
 	bool stop_at_eos;
 	bool stats;
 	struct co_route_knobs knobs;
@@ -55,6 +56,8 @@ static const char run_usage[] =
 	"      --no-shared          disable the shared experts\n"
 	"      --workers N          in-process expert workers (default 1; not with --cluster)\n"
 	"      --threads N          kernel threads (default: all CPUs; not with --cluster)\n"
+	"      --precision P        exact (default) or fast: bf16 dot products for bf16\n"
+	"                           weights, see [engine] precision (not with --cluster)\n"
 	"      --stats              print timing and throughput on stderr; with --model also\n"
 	"                           the routed tokens per expert of every MoE layer\n"
 	CTL_TLS_USAGE("      ")
@@ -63,7 +66,7 @@ static const char run_usage[] =
 
 enum {
 	OPT_TEMP = 256, OPT_TOPP, OPT_SEED, OPT_EOS, OPT_TOPK, OPT_MASK, OPT_NOSHARED,
-	OPT_WORKERS, OPT_THREADS, OPT_STATS,
+	OPT_WORKERS, OPT_THREADS, OPT_STATS, OPT_PRECISION,
 };
 
 static const struct option run_longopts[] = {
@@ -81,6 +84,7 @@ static const struct option run_longopts[] = {
 	{ "no-shared", no_argument, NULL, OPT_NOSHARED },
 	{ "workers", required_argument, NULL, OPT_WORKERS },
 	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "precision", required_argument, NULL, OPT_PRECISION },
 	{ "stats", no_argument, NULL, OPT_STATS },
 	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
@@ -98,6 +102,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 	o->max_new = 16;
 	o->top_p = 1.0f;
 	o->workers = 1;
+	o->precision = -1;
 	ctl_getopt_reset();
 	while ((c = getopt_long(argc, argv, ":m:c:t:n:d:h", run_longopts, NULL)) != -1) {
 		switch (c) {
@@ -162,6 +167,14 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 		case OPT_STATS:
 			o->stats = true;
 			break;
+		case OPT_PRECISION: {
+			enum kn_precision pr;
+			if (kn_precision_parse(optarg, &pr) < 0)
+				return fr_error_set(err, -EINVAL, "--precision '%s': expected exact "
+						    "or fast", optarg);
+			o->precision = (int)pr;
+			break;
+		}
 		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
 			ctl_tls_opt(&o->tls, c, optarg);
 			break;
@@ -177,9 +190,9 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (!o->model == !o->cluster)
 		return fr_error_set(err, -EINVAL, "give exactly one of --model DIR and --cluster ADDR");
-	if (o->cluster && (o->workers != 1 || o->threads))
-		return fr_error_set(err, -EINVAL, "--workers and --threads apply to --model only "
-				    "(the cluster's configuration decides)");
+	if (o->cluster && (o->workers != 1 || o->threads || o->precision >= 0))
+		return fr_error_set(err, -EINVAL, "--workers, --threads and --precision apply to "
+				    "--model only (the cluster's configuration decides)");
 	if (!o->tokens)
 		return fr_error_set(err, -EINVAL, "--tokens is required");
 	if (o->model && ctl_tls_given(&o->tls))
@@ -263,6 +276,8 @@ static int run_exec(const struct run_opts *o)
 
 	if (o->threads)
 		kn_set_threads(o->threads);
+	if (o->precision >= 0)
+		kn_set_precision((enum kn_precision)o->precision);
 	if ((rc = model_ckpt_open(o->model, &ck, &err)) < 0)
 		goto out;
 	c = model_ckpt_config(ck);
@@ -376,9 +391,10 @@ static int run_exec(const struct run_opts *o)
 	t2 = fr_now_ns();
 	if (o->stats) {
 		double pre_s = (double)(t1 - t0) / 1e9, dec_s = (double)(t2 - t1) / 1e9;
-		fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.2f tok/s); isa=%s threads=%d\n",
+		fprintf(stderr, "prefill: %zu tokens in %.3f s (%.1f tok/s); decode: %zu tokens in %.3f s (%.2f tok/s); isa=%s threads=%d precision=%s\n",
 			n_prompt, pre_s, (double)n_prompt / pre_s, n_gen, dec_s,
-			n_gen > 1 ? (double)(n_gen - 1) / dec_s : 0.0, kn_ops()->name, kn_threads());
+			n_gen > 1 ? (double)(n_gen - 1) / dec_s : 0.0, kn_ops()->name, kn_threads(),
+			kn_fast_active() ? "fast" : "exact");
 		if (counted.count)
 			print_expert_load(c, &counted);
 	}

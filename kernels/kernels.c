@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* kernels.c - ISA selection, threading and the ops built from the per-ISA primitives. */
 #include <assert.h>
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <omp.h>
@@ -104,11 +105,28 @@ void kn_from_f32(void *dst, enum kn_dtype dt, const float *src, size_t n)
 	}
 }
 
+const char *kn_precision_name(enum kn_precision p)
+{
+	return p == KN_PRECISION_FAST ? "fast" : "exact";
+}
+
+int kn_precision_parse(const char *s, enum kn_precision *ret)
+{
+	if (s && strcmp(s, "exact") == 0)
+		*ret = KN_PRECISION_EXACT;
+	else if (s && strcmp(s, "fast") == 0)
+		*ret = KN_PRECISION_FAST;
+	else
+		return -EINVAL;
+	return 0;
+}
+
 /* ---- selection ------------------------------------------------------------------------------- */
 
 static const struct kn_ops *g_ops;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static int g_threads;
+static enum kn_precision g_precision;
 
 static bool cpu_can_run(const char *name)
 {
@@ -166,6 +184,7 @@ static void init_once(void)
 {
 	const char *want = getenv("FERRY_ISA");
 	const char *env_threads = getenv("FERRY_THREADS");
+	const char *env_prec = getenv("FERRY_PRECISION");
 	int64_t t;
 
 	if (want && *want) {
@@ -183,7 +202,10 @@ static void init_once(void)
 		g_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (g_threads < 1)
 		g_threads = 1;
-	fr_dbg("kn", "isa=%s threads=%d", g_ops->name, g_threads);
+	if (env_prec && *env_prec && kn_precision_parse(env_prec, &g_precision) < 0)
+		fr_warn("kn", "FERRY_PRECISION=%s: not exact or fast; computing exactly", env_prec);
+	fr_dbg("kn", "isa=%s threads=%d precision=%s", g_ops->name, g_threads,
+	       kn_precision_name(g_precision));
 }
 
 void kn_init(void)
@@ -209,18 +231,40 @@ int kn_threads(void)
 	return g_threads;
 }
 
+void kn_set_precision(enum kn_precision p)
+{
+	kn_init();
+	g_precision = p;
+}
+
+enum kn_precision kn_precision(void)
+{
+	kn_init();
+	return g_precision;
+}
+
+bool kn_fast_active(void)
+{
+	kn_init();
+	return g_precision == KN_PRECISION_FAST && g_ops->matmul_fast;
+}
+
 /* ---- threaded entry points ----------------------------------------------------------------- */
 
-void kn_matmul(float *y, const float *x, const struct kn_mat *w, int n)
+static void matmul_run(float *y, const float *x, const struct kn_mat *w, int n,
+		       enum kn_precision prec)
 {
 	const struct kn_ops *ops = kn_ops();
+	void (*mm)(float *, const float *, const struct kn_mat *, int, int, int) = ops->matmul;
+	if (prec == KN_PRECISION_FAST && w->dtype == KN_DTYPE_BF16 && ops->matmul_fast)
+		mm = ops->matmul_fast;
 	/* Split rows in chunks of 16 so each thread streams a contiguous slab of W. */
 	int nth = g_threads;
 	size_t work = (size_t)w->rows * (size_t)w->cols * (size_t)n;
 	if (work < 32768 || w->rows < 32)
 		nth = 1;
 	if (nth == 1) {
-		ops->matmul(y, x, w, n, 0, w->rows);
+		mm(y, x, w, n, 0, w->rows);
 		return;
 	}
 	int blocks = FR_DIV_ROUND_UP(w->rows, 16);
@@ -230,8 +274,18 @@ void kn_matmul(float *y, const float *x, const struct kn_mat *w, int n)
 		int b0 = (int)((long)blocks * tid / nt), b1 = (int)((long)blocks * (tid + 1) / nt);
 		int r0 = b0 * 16, r1 = FR_MIN(b1 * 16, w->rows);
 		if (r0 < r1)
-			ops->matmul(y, x, w, n, r0, r1);
+			mm(y, x, w, n, r0, r1);
 	}
+}
+
+void kn_matmul(float *y, const float *x, const struct kn_mat *w, int n)
+{
+	matmul_run(y, x, w, n, kn_precision());
+}
+
+void kn_matmul_exact(float *y, const float *x, const struct kn_mat *w, int n)
+{
+	matmul_run(y, x, w, n, KN_PRECISION_EXACT);
 }
 
 void kn_rmsnorm(float *y, const float *x, const float *g, int n, int dim, float eps)

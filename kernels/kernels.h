@@ -80,6 +80,25 @@ struct kn_gate_opts {
 	const float *bias;       /* [n_experts] or NULL: added to scores for *selection* only */
 };
 
+/* ---- precision ------------------------------------------------------------------------------ */
+
+/*
+ * KN_PRECISION_EXACT: bf16/f16 weights are widened exactly and every product is an fp32 FMA,
+ * so results match an fp32 reference to rounding (the golden sets' 3e-5 bar).
+ * KN_PRECISION_FAST: for BF16 weights, activations are rounded to bf16 (nearest-even) and the
+ * products are summed in fp32 by the CPU's bf16 dot-product instruction (AVX512_BF16
+ * vdpbf16ps, 32 multiply-adds per instruction, twice the fp32 FMA rate); denormal inputs read
+ * as zero. F32 and F16 weights, and CPUs without a bf16 dot product, compute exactly.
+ */
+enum kn_precision {
+	KN_PRECISION_EXACT = 0,
+	KN_PRECISION_FAST,
+};
+
+/* "exact" / "fast"; parse returns -EINVAL for anything else. */
+const char *kn_precision_name(enum kn_precision p);
+int kn_precision_parse(const char *s, enum kn_precision *ret);
+
 /* ---- the op table ----------------------------------------------------------------------------- */
 
 struct kn_ops {
@@ -87,6 +106,11 @@ struct kn_ops {
 
 	/* y[n][w->rows] = x[n][w->cols] . W^T, rows in [r0, r1) only (threads split rows). */
 	void (*matmul)(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1);
+	/* The same in KN_PRECISION_FAST, BF16 weights only; NULL where the table has no fast
+	 * path (kn_matmul then computes exactly). The scalar table's is the reference: x rounded
+	 * to bf16, then sequential fp32 sums. */
+	void (*matmul_fast)(float *y, const float *x, const struct kn_mat *w, int n, int r0,
+			    int r1);
 	/* y[i] = x[i] / sqrt(mean(x^2) + eps) * g[i], one row of dim. */
 	void (*rmsnorm)(float *y, const float *x, const float *g, int dim, float eps);
 	/* out[i] = silu(gate[i]) * up[i] */
@@ -121,10 +145,21 @@ const char *const *kn_ops_available(void);
 void kn_set_threads(int n);
 int kn_threads(void);
 
+/* The precision kn_matmul() computes in (default KN_PRECISION_EXACT; $FERRY_PRECISION sets
+ * the initial value). Set it before the first matmul, not while one runs. */
+void kn_set_precision(enum kn_precision p);
+enum kn_precision kn_precision(void);
+/* Whether kn_matmul() of BF16 weights really runs the fast path (table has one, and the
+ * precision is fast): what a log line should report. */
+bool kn_fast_active(void);
+
 /* ---- entry points (active table, threaded) ------------------------------------------------------ */
 
-/* y[n][w->rows] = x[n][w->cols] . W^T */
+/* y[n][w->rows] = x[n][w->cols] . W^T, in kn_precision(). */
 void kn_matmul(float *y, const float *x, const struct kn_mat *w, int n);
+/* The same, always in KN_PRECISION_EXACT: for products whose small differences change
+ * decisions (the MoE router's top-k). */
+void kn_matmul_exact(float *y, const float *x, const struct kn_mat *w, int n);
 /* Row-wise RMSNorm of x[n][dim] into y (may alias). */
 void kn_rmsnorm(float *y, const float *x, const float *g, int n, int dim, float eps);
 /* In-place RoPE, HF rotate_half layout: within each head dim j pairs with j + hd/2,

@@ -17,6 +17,7 @@
 
 #include "common/common.h"
 #include "common/conf.h"
+#include "kernels/kernels.h"
 #include "transport/conf.h"
 #include "transport/transport.h"
 
@@ -34,6 +35,7 @@ struct wk_config {
 		int staging_slots;           /* live-rebalance room in expert copies; -1: from
 		                              * memory_limit */
 		int threads;                 /* CPU threads; 0: all CPUs */
+		enum kn_precision precision; /* exact | fast (default exact) */
 	} worker;
 	struct {
 		char *path;                  /* this worker's copy of the checkpoint; required */

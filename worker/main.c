@@ -84,6 +84,10 @@ int main(int argc, char **argv)
 	fr_daemon_log_levels(fr_log_level_name(cfg.log.level));
 	if (cfg.worker.threads)
 		kn_set_threads(cfg.worker.threads);
+	kn_set_precision(cfg.worker.precision);
+	if (cfg.worker.precision == KN_PRECISION_FAST && !kn_fast_active())
+		fr_warn("worker", "[worker] precision = fast, but the %s kernels have no bf16 dot "
+			"product (AVX512_BF16): computing exactly", kn_ops()->name);
 	if (rpc_auth_secret_load(cfg.cluster.secret_file, &secret, &secret_len, &err) < 0) {
 		fprintf(stderr, "ferry-worker: %s\n", err.msg);
 		goto out;

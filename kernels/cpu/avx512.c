@@ -6,11 +6,13 @@
  * Tails use masked loads, which read as zeros past the end: the same sums as a full step.
  *
  * kn_ops_avx512bf16 is the same code under the name the selector prefers on CPUs with
- * AVX512_BF16. It does NOT use _mm512_dpbf16_ps: that instruction takes both operands as
- * bf16, so x would be rounded to 8 mantissa bits (and it flushes subnormals), which breaks
- * the engine's 3e-5 match against fp32 references. Widening bf16 weights with a shift is
- * exact and costs one integer op per 16 weights; fp32 FMA accumulation then matches avx512
- * bit for bit.
+ * AVX512_BF16, plus matmul_fast. Its exact matmul does NOT use _mm512_dpbf16_ps: that
+ * instruction takes both operands as bf16, so x would be rounded to 8 mantissa bits (and it
+ * flushes subnormals), which breaks the engine's 3e-5 match against fp32 references.
+ * Widening bf16 weights with a shift is exact and costs one integer op per 16 weights; fp32
+ * FMA accumulation then matches avx512 bit for bit. matmul_fast (KN_PRECISION_FAST) is the
+ * dpbf16 version: x rounded to bf16 once per 32 columns (dot tile) or per packed panel (gemm
+ * tile), weight pairs fed to the instruction as they lie in memory.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -334,6 +336,205 @@ static void avx512_matmul(float *y, const float *x, const struct kn_mat *w, int 
 	}
 }
 
+/* ---- matmul_fast: bf16 dot products (KN_PRECISION_FAST, BF16 weights) ------------------------ */
+
+#define KCF 512 /* columns per packed bf16 panel: 32 rows x 256 pairs x 4 bytes = 32 KiB */
+
+/* x[0, rem) (rem <= 32, zeros past it) rounded to 32 bf16 in memory order. */
+INLINE __m512bh load_xbf(const float *p, int rem)
+{
+	__m512 a = _mm512_maskz_loadu_ps(mask16(rem), p);
+	__m512 b = _mm512_maskz_loadu_ps(mask16(rem - 16 > 0 ? rem - 16 : 0), p + 16);
+	return _mm512_cvtne2ps_pbh(b, a);
+}
+
+INLINE __m512bh load_wbf(const uint16_t *p, int rem)
+{
+	__mmask32 m = rem >= 32 ? 0xffffffffu : (1u << rem) - 1u;
+	return (__m512bh)_mm512_maskz_loadu_epi16(m, p);
+}
+
+/* y[t+j][r+i] for i < R, j < T (R * T <= 16). */
+INLINE void fdot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
+		      const int T)
+{
+	const int cols = w->cols;
+	const uint16_t *wd = w->data;
+	__m512 acc[16];
+	__m512bh xv[8];
+
+	UNROLL for (int i = 0; i < R * T; i++)
+		acc[i] = _mm512_setzero_ps();
+	for (int k = 0; k < cols; k += 32) {
+		int rem = FR_MIN(32, cols - k);
+		UNROLL for (int j = 0; j < T; j++)
+			xv[j] = load_xbf(x + (size_t)(t + j) * cols + k, rem);
+		UNROLL for (int i = 0; i < R; i++) {
+			__m512bh wv = load_wbf(wd + (size_t)(r + i) * cols + k, rem);
+			UNROLL for (int j = 0; j < T; j++)
+				acc[i * T + j] = _mm512_dpbf16_ps(acc[i * T + j], wv, xv[j]);
+		}
+	}
+	UNROLL for (int i = 0; i < R; i++)
+		UNROLL for (int j = 0; j < T; j++)
+			y[(size_t)(t + j) * w->rows + r + i] = _mm512_reduce_add_ps(acc[i * T + j]);
+}
+
+static void fmatmul_dot(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
+{
+	int r = r0;
+	if (n == 1) {
+		for (; r + 8 <= r1; r += 8)
+			fdot_tile(y, x, w, 0, r, 8, 1);
+		for (; r < r1; r++)
+			fdot_tile(y, x, w, 0, r, 1, 1);
+		return;
+	}
+	for (; r + 4 <= r1; r += 4) {
+		int t = 0;
+		for (; t + 2 <= n; t += 2)
+			fdot_tile(y, x, w, t, r, 4, 2);
+		if (t < n)
+			fdot_tile(y, x, w, t, r, 4, 1);
+	}
+	for (; r < r1; r++) {
+		int t = 0;
+		for (; t + 2 <= n; t += 2)
+			fdot_tile(y, x, w, t, r, 1, 2);
+		if (t < n)
+			fdot_tile(y, x, w, t, r, 1, 1);
+	}
+}
+
+/* wp[p][32] = the bf16 pair (W[r + i][k0 + 2p], W[r + i][k0 + 2p + 1]) for i < nr, as one
+ * 32-bit lane (lower half the even column); zeros past nr rows and past kc columns. */
+INLINE void pack_panel_pairs(uint32_t *wp, const struct kn_mat *w, int r, int nr, int k0, int kc)
+{
+	const size_t cols = (size_t)w->cols;
+	const uint16_t *d = w->data;
+	int np = (kc + 1) / 2, p = 0;
+
+	for (; 2 * (p + 8) <= kc; p += 8) {
+		for (int h = 0; h < 4; h++) {
+			__m256 m[8];
+			for (int i = 0; i < 8; i++) {
+				int row = h * 8 + i;
+				m[i] = row < nr ? _mm256_castsi256_ps(_mm256_loadu_si256(
+							  (const __m256i *)(d + (size_t)(r + row) * cols +
+									    k0 + 2 * p)))
+						: _mm256_setzero_ps();
+			}
+			transpose8(m);
+			for (int c = 0; c < 8; c++)
+				_mm256_store_ps((float *)(wp + (size_t)(p + c) * 32 + h * 8), m[c]);
+		}
+	}
+	for (; p < np; p++) {
+		for (int i = 0; i < 32; i++) {
+			uint32_t lo = 0, hi = 0;
+			if (i < nr) {
+				const uint16_t *row = d + (size_t)(r + i) * cols + k0;
+				lo = row[2 * p];
+				hi = 2 * p + 1 < kc ? row[2 * p + 1] : 0;
+			}
+			wp[(size_t)p * 32 + i] = lo | hi << 16;
+		}
+	}
+}
+
+/* y[j][0..nr) (+)= x[j][0..kc) . panel, j < M tokens. x is rounded to bf16 pairs first. */
+INLINE void fgemm_tile(float *y, size_t ldy, const float *x, size_t ldx, const uint32_t *wp,
+		       int kc, int nr, bool first, const int M)
+{
+	_Alignas(64) uint32_t xb[MT][KCF / 2];
+	__m512 acc[2 * MT];
+	__mmask16 m0 = mask16(FR_MIN(nr, 16)), m1 = mask16(FR_MAX(nr - 16, 0));
+	int np = (kc + 1) / 2;
+
+	UNROLL for (int j = 0; j < M; j++) {
+		for (int k = 0; k < kc; k += 32)
+			_mm512_store_si512(&xb[j][k / 2],
+					   (__m512i)load_xbf(x + j * ldx + k, FR_MIN(32, kc - k)));
+		if (first) {
+			acc[2 * j] = _mm512_setzero_ps();
+			acc[2 * j + 1] = _mm512_setzero_ps();
+		} else {
+			acc[2 * j] = _mm512_maskz_loadu_ps(m0, y + j * ldy);
+			acc[2 * j + 1] = _mm512_maskz_loadu_ps(m1, y + j * ldy + 16);
+		}
+	}
+	for (int p = 0; p < np; p++) {
+		__m512bh w0 = (__m512bh)_mm512_load_si512(wp + (size_t)p * 32);
+		__m512bh w1 = (__m512bh)_mm512_load_si512(wp + (size_t)p * 32 + 16);
+		UNROLL for (int j = 0; j < M; j++) {
+			__m512bh b = (__m512bh)_mm512_set1_epi32((int)xb[j][p]);
+			acc[2 * j] = _mm512_dpbf16_ps(acc[2 * j], w0, b);
+			acc[2 * j + 1] = _mm512_dpbf16_ps(acc[2 * j + 1], w1, b);
+		}
+	}
+	UNROLL for (int j = 0; j < M; j++) {
+		_mm512_mask_storeu_ps(y + j * ldy, m0, acc[2 * j]);
+		_mm512_mask_storeu_ps(y + j * ldy + 16, m1, acc[2 * j + 1]);
+	}
+}
+
+static void fgemm_tiles(float *y, size_t ldy, const float *x, size_t ldx, const uint32_t *wp,
+			int kc, int nr, bool first, int n)
+{
+	int t = 0;
+	for (; t + MT <= n; t += MT)
+		fgemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, MT);
+	float *yt = y + t * ldy;
+	const float *xt = x + t * ldx;
+	switch (n - t) {
+	case 7:
+		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 7);
+		break;
+	case 6:
+		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 6);
+		break;
+	case 5:
+		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 5);
+		break;
+	case 4:
+		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 4);
+		break;
+	case 3:
+		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 3);
+		break;
+	case 2:
+		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 2);
+		break;
+	case 1:
+		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 1);
+		break;
+	}
+}
+
+static void avx512_matmul_fast(float *y, const float *x, const struct kn_mat *w, int n, int r0,
+			       int r1)
+{
+	_Alignas(64) uint32_t wp[KCF / 2 * 32];
+
+	if (w->dtype != KN_DTYPE_BF16) {
+		avx512_matmul(y, x, w, n, r0, r1);
+		return;
+	}
+	if (n < GEMM_MIN_N) {
+		fmatmul_dot(y, x, w, n, r0, r1);
+		return;
+	}
+	for (int r = r0; r < r1; r += 32) {
+		int nr = FR_MIN(32, r1 - r);
+		for (int k0 = 0; k0 < w->cols; k0 += KCF) {
+			int kc = FR_MIN(KCF, w->cols - k0);
+			pack_panel_pairs(wp, w, r, nr, k0, kc);
+			fgemm_tiles(y + r, (size_t)w->rows, x + k0, (size_t)w->cols, wp, kc, nr,
+				    k0 == 0, n);
+		}
+	}
+}
+
 /* ---- vector ops ---------------------------------------------------------------------------- */
 
 static float avx512_dot(const float *x, const float *y, int n)
@@ -439,6 +640,7 @@ const struct kn_ops kn_ops_avx512 = {
 const struct kn_ops kn_ops_avx512bf16 = {
 	.name = "avx512bf16",
 	.matmul = avx512_matmul,
+	.matmul_fast = avx512_matmul_fast,
 	.rmsnorm = avx512_rmsnorm,
 	.swiglu = avx512_swiglu,
 	.axpy = avx512_axpy,

@@ -16,6 +16,8 @@ extern const struct kn_ops kn_ops_avx512bf16;
 
 /* Scalar pieces the SIMD tables reuse for tails or ops they do not specialise. */
 void kn_scalar_matmul(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1);
+void kn_scalar_matmul_fast(float *y, const float *x, const struct kn_mat *w, int n, int r0,
+			   int r1);
 void kn_scalar_rmsnorm(float *y, const float *x, const float *g, int dim, float eps);
 void kn_scalar_swiglu(float *out, const float *gate, const float *up, int n);
 void kn_scalar_axpy(float *y, float a, const float *x, int n);

@@ -32,6 +32,28 @@ void kn_scalar_matmul(float *y, const float *x, const struct kn_mat *w, int n, i
 	}
 }
 
+/* KN_PRECISION_FAST's reference: x rounded to bf16 (nearest-even; denormals read as zero, as
+ * vdpbf16ps does), products of two bf16 exact in fp32, sequential fp32 sums. */
+void kn_scalar_matmul_fast(float *y, const float *x, const struct kn_mat *w, int n, int r0,
+			   int r1)
+{
+	for (int t = 0; t < n; t++) {
+		const float *xt = x + (size_t)t * w->cols;
+		for (int r = r0; r < r1; r++) {
+			size_t base = (size_t)r * w->cols;
+			float acc = 0.0f;
+			for (int c = 0; c < w->cols; c++) {
+				float xv = fpclassify(xt[c]) == FP_SUBNORMAL ? 0.0f : xt[c];
+				float wv = weight_at(w, base + c);
+				if (fpclassify(wv) == FP_SUBNORMAL)
+					wv = 0.0f;
+				acc += wv * kn_bf16_to_f32(kn_f32_to_bf16(xv));
+			}
+			y[(size_t)t * w->rows + r] = acc;
+		}
+	}
+}
+
 void kn_scalar_rmsnorm(float *y, const float *x, const float *g, int dim, float eps)
 {
 	float ss = 0.0f;
@@ -104,6 +126,7 @@ void kn_scalar_attend(float *out, const float *q, const float *k, const float *v
 const struct kn_ops kn_ops_scalar = {
 	.name = "scalar",
 	.matmul = kn_scalar_matmul,
+	.matmul_fast = kn_scalar_matmul_fast,
 	.rmsnorm = kn_scalar_rmsnorm,
 	.swiglu = kn_scalar_swiglu,
 	.axpy = kn_scalar_axpy,

@@ -5,6 +5,15 @@
  * and the same greedy continuation, with 1, 2 and 3 in-process workers and 1, 2 and 3
  * ping-pong micro-batches.
  *
+ * Under FERRY_PRECISION=fast (bf16 dot products, when the kernel table has them: the scalar
+ * table's reference always does) the bar is the fast mode's: the same argmax wherever the
+ * reference's top-1 gap exceeds 0.05, the greedy continuation fed the reference's tokens (so
+ * one near-tie does not derail the rest) with the same rule, and logits within 2e-2 at 90%
+ * of the positions and within 1.0 at all. Rounding activations to bf16 moves these random
+ * nets' logits by ~1e-2 (std 1.1), and where a router's top-k margin is below that
+ * (tiny-b's smallest is 3e-5) an expert changes and the position's logits move by up to
+ * ~0.5: an fp32-reference bar cannot hold there.
+ *
  * Usage: golden [SET ...]   (default: every set under $FERRY_GOLDEN)
  */
 #include <dirent.h>
@@ -18,8 +27,39 @@
 #include "coordinator/coordinator.h"
 
 #define TOL 3e-5f
+#define TOL_FAST 2e-2f
+#define GAP_FAST 0.05f /* fast mode must agree on the argmax where the top-1 gap exceeds this */
 
 static int failures;
+static bool fast;   /* the fast precision's bar (kn_fast_active()) */
+static long skipped; /* positions not held to the argmax: a reference gap <= GAP_FAST */
+static long rows_total, rows_over; /* fast: positions compared, and beyond TOL_FAST */
+static float worst_all;
+static bool bf16_set; /* the set's weights are BF16: the only ones fast mode changes */
+
+/* The reference row's top-1 minus top-2. */
+static float top_gap(const float *f, int vocab)
+{
+	float a = -INFINITY, b = -INFINITY;
+	for (int i = 0; i < vocab; i++) {
+		if (f[i] > a) {
+			b = a;
+			a = f[i];
+		} else if (f[i] > b) {
+			b = f[i];
+		}
+	}
+	return a - b;
+}
+
+/* Whether this position's argmax must match the reference's. */
+static bool held(const float *ref_row, int vocab)
+{
+	if (!fast || top_gap(ref_row, vocab) > GAP_FAST)
+		return true;
+	skipped++;
+	return false;
+}
 
 #define CHECK(cond, ...)                                                                    \
 	do {                                                                                \
@@ -68,15 +108,22 @@ static float compare(const char *what, const float *got, const float *ref, size_
 	float worst = 0.0f;
 	for (size_t r = 0; r < rows; r++) {
 		const float *g = got + r * vocab, *f = ref + r * vocab;
+		float row_worst = 0.0f;
 		for (int i = 0; i < vocab; i++) {
 			float d = fabsf(g[i] - f[i]);
-			if (!(d <= worst))
-				worst = isnan(d) ? INFINITY : FR_MAX(worst, d);
+			if (!(d <= row_worst))
+				row_worst = isnan(d) ? INFINITY : FR_MAX(row_worst, d);
 		}
-		CHECK(co_argmax(g, vocab) == co_argmax(f, vocab), "%s row %zu: argmax %d, ref %d", what,
-		      r, co_argmax(g, vocab), co_argmax(f, vocab));
+		worst = FR_MAX(worst, row_worst);
+		rows_total += bf16_set;
+		rows_over += bf16_set && !(row_worst <= TOL_FAST);
+		if (held(f, vocab))
+			CHECK(co_argmax(g, vocab) == co_argmax(f, vocab), "%s row %zu: argmax %d, "
+			      "ref %d", what, r, co_argmax(g, vocab), co_argmax(f, vocab));
 	}
-	CHECK(worst <= TOL, "%s: max abs diff %.3g > %.1g", what, worst, TOL);
+	worst_all = FR_MAX(worst_all, worst);
+	CHECK(worst <= (fast ? 1.0f : TOL), "%s: max abs diff %.3g > %.1g", what, worst,
+	      fast ? 1.0f : TOL);
 	return worst;
 }
 
@@ -97,6 +144,7 @@ static void run_set(const char *dir, int workers, int mbs)
 		goto out;
 	}
 	const struct model_config *c = model_ckpt_config(ck);
+	bf16_set = c->torch_dtype == KN_DTYPE_BF16;
 	struct co_engine_opts eo = { .max_seqs = 2, .max_ctx = 256, .max_batch = 64,
 				      .micro_batches = mbs };
 	if (co_engine_create(w, moe, &eo, &e, &err) < 0) {
@@ -161,8 +209,11 @@ static void run_set(const char *dir, int workers, int mbs)
 			for (size_t s = 0; rc == 0 && s < ng; s++) {
 				float *row = got + (np - 1 + s) * c->vocab_size;
 				toks[np + s] = co_argmax(row, c->vocab_size);
-				CHECK(toks[np + s] == gen[s], "%s greedy step %zu: %d, ref %d", dir, s,
-				      toks[np + s], gen[s]);
+				if (!ref || held(ref + s * c->vocab_size, c->vocab_size))
+					CHECK(toks[np + s] == gen[s], "%s greedy step %zu: %d, ref %d",
+					      dir, s, toks[np + s], gen[s]);
+				if (fast)
+					toks[np + s] = gen[s];
 				if (s + 1 < ng)
 					rc = co_engine_forward(e, 1, toks + np + s, seq, pos + np + s, NULL, NULL,
 							       row + c->vocab_size);
@@ -180,7 +231,7 @@ static void run_set(const char *dir, int workers, int mbs)
 		free(prompt);
 	}
 	printf("%s: %d worker(s), %d micro-batch(es), max abs diff %.3g (bar %.0e)\n", dir, workers,
-	       mbs, worst, TOL);
+	       mbs, worst, fast ? 1.0f : TOL);
 out:
 	co_engine_destroy(e);
 	moe_destroy(&moe);
@@ -193,7 +244,9 @@ int main(int argc, char **argv)
 	const char *root = getenv("FERRY_GOLDEN");
 	int n_sets = 0;
 
-	printf("isa=%s threads=%d\n", kn_ops()->name, kn_threads());
+	fast = kn_fast_active();
+	printf("isa=%s threads=%d precision=%s\n", kn_ops()->name, kn_threads(),
+	       fast ? "fast" : "exact");
 	if (argc > 1) {
 		for (int i = 1; i < argc; i++, n_sets++) {
 			run_set(argv[i], 1, 1);
@@ -228,6 +281,13 @@ int main(int argc, char **argv)
 	if (n_sets == 0) {
 		fprintf(stderr, "no golden sets found\n");
 		return 1;
+	}
+	if (fast) {
+		printf("fast: %ld position(s) with a reference top-1 gap <= %.2f not held to the "
+		       "argmax; %ld of %ld positions of BF16 sets beyond %.0e (worst %.3g)\n", skipped, GAP_FAST,
+		       rows_over, rows_total, TOL_FAST, worst_all);
+		CHECK(rows_over * 10 <= rows_total, "fast: %ld of %ld positions beyond %.0e: more "
+		      "than 10%%", rows_over, rows_total, TOL_FAST);
 	}
 	printf("%d set(s), %d failure(s)\n", n_sets, failures);
 	return failures ? 1 : 0;

@@ -34,11 +34,14 @@ expect 1 "exceed the 16 routed experts" run --model "$golden" --tokens 1 --top-k
 expect 1 "config.json" run --model "$tmp/nonexistent" --tokens 1
 expect 2 "give exactly one of --model DIR and --cluster ADDR" run --model "$golden" --cluster 127.0.0.1:1 --tokens 1
 expect 2 "apply to --model only" run --cluster 127.0.0.1:1 --tokens 1 --workers 2
+expect 2 "--precision 'half': expected exact or fast" run --model "$golden" --tokens 1 --precision half
+expect 2 "apply to --model only" run --cluster 127.0.0.1:1 --tokens 1 --precision fast
 if "$ferryctl" --help | grep -q '^  up '; then
   expect 2 "--model DIR is required" up
   expect 2 "--workers: '0' is not an integer" up --model "$golden" --workers 0
   expect 2 "--transport: 'ib' is not shm, tcp or verbs" up --model "$golden" --transport ib
   expect 2 "--wire: 'fp8' is not bf16 or f32" up --model "$golden" --wire fp8
+  expect 2 "--precision: 'fp8' is not exact or fast" up --model "$golden" --precision fp8
   expect 2 "--listen" up --model "$golden" --listen
   expect 2 "--worker-set: 'staging' is not SECTION.KEY=VALUE" up --model "$golden" --worker-set staging
   expect 1 "config.json" up --model "$tmp/nonexistent"

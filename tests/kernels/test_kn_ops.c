@@ -73,6 +73,64 @@ static void test_matmul(const struct kn_ops *ops, enum kn_dtype dt, int rows, in
 	free(wf), free(x), free(wd), free(y), free(y2), free(yr), free(wx);
 }
 
+/* KN_PRECISION_FAST: against the scalar fast reference (x rounded to bf16, exact products)
+ * and an fp64 sum of the same rounded products, with the fp32 sum tolerance; and against the
+ * exact result, within what rounding x to bf16 (relative 2^-9) can move a sum. Row ranges
+ * as for matmul. A table with no fast path is skipped (kn_matmul computes exactly). */
+static void test_matmul_fast(const struct kn_ops *ops, int rows, int cols, int n)
+{
+	size_t nw = (size_t)rows * cols, ny = (size_t)n * rows;
+	float *wf = kt_rand_vec(nw, 1.0f), *x = kt_rand_vec((size_t)n * cols, 1.0f);
+	void *wd = make_weights(wf, nw, KN_DTYPE_BF16);
+	struct kn_mat w = { .data = wd, .dtype = KN_DTYPE_BF16, .rows = rows, .cols = cols };
+	float *y = kt_alloc(ny), *y2 = kt_alloc(ny), *yr = kt_alloc(ny), *ye = kt_alloc(ny);
+	float *wx = kt_alloc(nw);
+
+	if (!ops->matmul_fast)
+		goto out;
+	kn_to_f32(wx, wd, KN_DTYPE_BF16, nw);
+	ref->matmul_fast(yr, x, &w, n, 0, rows);
+	ref->matmul(ye, x, &w, n, 0, rows);
+	ops->matmul_fast(y, x, &w, n, 0, rows);
+	for (int t = 0; t < n; t++) {
+		for (int r = 0; r < rows; r++) {
+			double sumabs = 0.0, exact = 0.0;
+			for (int c = 0; c < cols; c++) {
+				float xb = kn_bf16_to_f32(kn_f32_to_bf16(x[(size_t)t * cols + c]));
+				double p = (double)wx[(size_t)r * cols + c] * xb;
+				sumabs += fabs(p);
+				exact += p;
+			}
+			size_t i = (size_t)t * rows + r;
+			double tol = sum_tol(cols, sumabs);
+			KT_CHECK(fabs(y[i] - yr[i]) <= 2 * tol && fabs(y[i] - exact) <= tol,
+				 "%s matmul_fast %dx%d n=%d: y[%d][%d]=%.9g scalar %.9g fp64 %.9g",
+				 ops->name, rows, cols, n, t, r, y[i], yr[i], exact);
+			KT_CHECK(fabs(y[i] - ye[i]) <= sumabs / 256 + tol,
+				 "%s matmul_fast %dx%d n=%d: y[%d][%d]=%.9g, exact %.9g: more than "
+				 "bf16 rounding of x explains", ops->name, rows, cols, n, t, r, y[i],
+				 ye[i]);
+		}
+	}
+	int a = kt_randint(0, rows), b = kt_randint(a, rows);
+	for (size_t i = 0; i < ny; i++)
+		y2[i] = 12345.0f;
+	ops->matmul_fast(y2, x, &w, n, a, b);
+	for (int t = 0; t < n; t++)
+		for (int r = 0; r < rows; r++) {
+			size_t i = (size_t)t * rows + r;
+			if (r >= a && r < b)
+				KT_CHECK(memcmp(&y2[i], &y[i], sizeof(float)) == 0,
+					 "%s matmul_fast %dx%d n=%d rows [%d,%d): y[%d][%d] %.9g != "
+					 "%.9g", ops->name, rows, cols, n, a, b, t, r, y2[i], y[i]);
+			else
+				KT_CHECK(y2[i] == 12345.0f, "%s matmul_fast rows [%d,%d) wrote row %d",
+					 ops->name, a, b, r);
+		}
+out:
+	free(wf), free(x), free(wd), free(y), free(y2), free(yr), free(ye), free(wx);
+}
+
 static void test_rmsnorm(const struct kn_ops *ops, int dim)
 {
 	float *x = kt_rand_vec(dim, 3.0f), *g = kt_rand_vec(dim, 2.0f);
@@ -257,6 +315,11 @@ int main(void)
 			for (size_t s = 0; s < FR_ARRAY_SIZE(mm_shapes); s++)
 				test_matmul(ops, (enum kn_dtype)dt, mm_shapes[s][0], mm_shapes[s][1],
 					    mm_shapes[s][2]);
+		for (size_t s = 0; s < FR_ARRAY_SIZE(mm_shapes); s++)
+			test_matmul_fast(ops, mm_shapes[s][0], mm_shapes[s][1], mm_shapes[s][2]);
+		/* panels past one packed block of columns, odd column counts */
+		test_matmul_fast(ops, 45, 1201, 9);
+		test_matmul_fast(ops, 33, 513, 4);
 		for (size_t s = 0; s < FR_ARRAY_SIZE(sizes); s++) {
 			test_rmsnorm(ops, sizes[s]);
 			test_swiglu(ops, sizes[s]);
