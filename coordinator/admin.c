@@ -1230,8 +1230,14 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	else
 		fr_info(LOG_COMP, "rebalance (%s): no step ran while it moved", why);
 	rb_progress(o, &pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_DONE, t0, "");
+	atomic_fetch_add(&s->metrics.rebalances[CO_RB_COMPLETED], 1);
+	atomic_fetch_add(&s->metrics.bytes_moved, pl.bytes);
 	rc = 0;
+	goto finished;
 done:
+	if (!o->dry_run)
+		atomic_fetch_add(&s->metrics.rebalances[rc < 0 ? CO_RB_FAILED : CO_RB_UNCHANGED], 1);
+finished:
 	pthread_mutex_lock(&s->mu);
 	s->rebalancing = false;
 	pthread_cond_broadcast(&s->cv);

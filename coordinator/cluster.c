@@ -285,6 +285,7 @@ static int grow(struct co_server *s, struct srv_worker *w, struct fr_error *err)
 	old = s->place;
 	s->place = q;
 	old_load = s->load;
+	(void)co_load_carry_totals(nl, old_load); /* same shape, one more worker */
 	s->load = nl;
 	pthread_mutex_unlock(&s->mu);
 	co_place_destroy(old);

@@ -186,6 +186,13 @@ const struct conf_key co_config_keys[] = {
 		 "again on the others; it must restart to rejoin. So is a worker that misses "
 		 "five heartbeats. 0: only expert_timeout." },
 
+	{ "metrics", "listen", CONF_HOSTPORT, OFF(metrics.listen), 0, 65535, .def = "",
+	  .doc = "Serve Prometheus metrics at http://ADDR/metrics (host:port; port 0 picks a "
+		 "free one, logged). Unauthenticated plain HTTP on a port of its own: bind it "
+		 "where only the monitoring system reaches. Unset: off." },
+	{ "metrics", "per_expert", CONF_BOOL, OFF(metrics.per_expert), .def = "false",
+	  .doc = "Also export ferry_expert_tokens_total per (layer, expert): MoE layers x "
+		 "routed experts series (7,808 for the 145B shape), so off by default." },
 	{ "log", "level", CONF_ENUM, OFF(log.level), .enum_names = level_names, .def = "info",
 	  .doc = "Log level of every component. $FERRY_LOG, when set, takes precedence and "
 		 "can also set levels per component (\"info,tp.verbs=debug\")." },

@@ -82,6 +82,10 @@ struct co_config {
 		uint64_t suspect_after_ms;   /* step-deadline floor of a suspect worker; 0: off */
 	} transport;
 	struct {
+		char *listen;                /* /metrics "host:port"; NULL: off */
+		bool per_expert;             /* per (layer, expert) token counters */
+	} metrics;
+	struct {
 		enum fr_log_level level;     /* error | warn | info | debug (default info) */
 	} log;
 };

@@ -164,6 +164,8 @@ int main(int argc, char **argv)
 		.wire = cfg.transport.wire_dtype == CO_WIRE_F32 ? FP_DTYPE_F32 : FP_DTYPE_BF16,
 		.expert_timeout_ms = (int)cfg.transport.expert_timeout_ms,
 		.suspect_ms = (int)cfg.transport.suspect_after_ms,
+		.metrics_listen = cfg.metrics.listen,
+		.metrics_per_expert = cfg.metrics.per_expert,
 	};
 	fr_daemon_signals(on_signal);
 

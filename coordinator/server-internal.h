@@ -27,6 +27,8 @@
 #include "coordinator/server.h"
 #include "coordinator/serving.h"
 #include "moe/moe.h"
+#include "metrics/httpd.h"
+#include "metrics/prom.h"
 #include "rpc/auth.h"
 #include "rpc/rpc.h"
 
@@ -74,6 +76,17 @@ struct srv_worker {
 };
 
 enum srv_status { S_STARTING, S_SERVING, S_DRAINING, S_FAILED };
+
+/* Counters only /metrics reads (metrics.c). */
+enum { CO_RB_COMPLETED, CO_RB_UNCHANGED, CO_RB_FAILED };
+enum { CO_FO_REROUTED, CO_FO_HEALED, CO_FO_LOST };
+struct co_metrics {
+	struct co_serve_metrics serve;  /* Generate / Score (serving.c) */
+	struct fr_histo step;           /* co__engine_step(), seconds */
+	_Atomic uint64_t rebalances[3]; /* CO_RB_* */
+	_Atomic uint64_t failovers[3];  /* CO_FO_* */
+	_Atomic uint64_t bytes_moved;
+};
 
 struct co_server {
 	struct co_server_opts o;
@@ -145,7 +158,23 @@ struct co_server {
 	int max_ctx;
 
 	volatile sig_atomic_t stop;
+
+	struct co_metrics metrics;
+	struct fr_httpd *httpd;        /* [metrics] listen; NULL: off */
+	bool per_expert;               /* [metrics] per_expert */
 };
+
+/* metrics.c: the histograms and counters (before the rpc servers start), the /metrics
+ * endpoint on listen (NULL or "": none), stopping it, freeing them. */
+int co__metrics_init(struct co_server *s, struct fr_error *err);
+int co__metrics_listen(struct co_server *s, const char *listen, struct fr_error *err);
+void co__metrics_stop(struct co_server *s);
+void co__metrics_fini(struct co_server *s);
+/* The Prometheus text of everything. */
+void co__metrics_write(struct co_server *s, FILE *f);
+/* "joining", "serving", "draining", "suspect" (no heartbeat for three intervals) or "dead";
+ * under mu. */
+const char *co__worker_state_name(const struct co_server *s, int i, uint64_t now_ns);
 
 /* "starting", "serving", "draining", "failed". */
 const char *co__status_name(enum srv_status st);

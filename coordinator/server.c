@@ -206,6 +206,8 @@ int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_
 	bool lost = false;
 	int rc;
 
+	uint64_t t0 = fr_now_ns();
+
 	pthread_mutex_lock(&s->engine_mu);
 	/* A worker that dies mid-step costs a delay, not the step: the step runs again
 	 * without it (the same rows at the same positions: the KV cache rows it rewrites
@@ -224,14 +226,19 @@ int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_
 			pthread_mutex_unlock(&s->engine_mu);
 			int hr = heal_step(s, why);
 			pthread_mutex_lock(&s->engine_mu);
+			atomic_fetch_add(&s->metrics.failovers[hr < 0 ? CO_FO_LOST : CO_FO_HEALED], 1);
 			if (hr < 0) {
 				lost = true;
 				break;
 			}
+		} else {
+			atomic_fetch_add(&s->metrics.failovers[CO_FO_REROUTED], 1);
 		}
 	}
 	co_load_next_step(s->load);
 	pthread_mutex_unlock(&s->engine_mu);
+	if (rc >= 0)
+		fr_histo_observe(&s->metrics.step, (double)(fr_now_ns() - t0) / 1e9);
 	if (rc < 0 && rc != -EINVAL) {
 		pthread_mutex_lock(&s->mu);
 		/* Experts lost (not the cluster): this step's requests fail naming them, new
@@ -415,6 +422,7 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	s->o.creds = NULL; /* only read below */
 	s->o.cluster_listen = NULL;
 	s->o.cluster_creds = NULL;
+	s->o.metrics_listen = NULL;
 
 	if ((rc = model_ckpt_open(s->model_path, &s->ck, err)) < 0)
 		goto fail;
@@ -454,6 +462,9 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	s->serving = (struct co_serving){ .cfg = s->cfg, .tok = s->tok, .max_ctx = s->max_ctx,
 					  .default_max_tokens = 256, .stall_ms = s->o.stall_ms,
 					  .unavailable = serving_unavailable, .ctx = s };
+	s->per_expert = o->metrics_per_expert;
+	if ((rc = co__metrics_init(s, err)) < 0)
+		goto fail;
 	if ((rc = rpc_auth_replay_create(0, &s->replay)) < 0 ||
 	    (rc = rpc_auth_challenges_create(0, 30000, &s->challenges)) < 0) {
 		fr_error_set(err, rc, "out of memory");
@@ -476,7 +487,8 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 		goto fail;
 	}
 	if ((rc = add_methods(s, err)) < 0 || (rc = rpc_server_start(s->rpc, err)) < 0 ||
-	    (s->rpc_cluster && (rc = rpc_server_start(s->rpc_cluster, err)) < 0))
+	    (s->rpc_cluster && (rc = rpc_server_start(s->rpc_cluster, err)) < 0) ||
+	    (rc = co__metrics_listen(s, o->metrics_listen, err)) < 0)
 		goto fail;
 	fr_info(LOG_COMP, "listening on %s (port %d%s), waiting for %d worker(s), %s transport",
 		s->listen, rpc_server_port(s->rpc), tls_note(o->creds), o->workers,
@@ -876,6 +888,7 @@ void co_server_destroy(struct co_server *s)
 {
 	if (!s)
 		return;
+	co__metrics_stop(s); /* it reads what the rest of this frees */
 	/* Drain: no new requests; running ones finish (bounded), then the workers are told
 	 * to drain by their next heartbeat. */
 	pthread_mutex_lock(&s->mu);
@@ -947,6 +960,7 @@ void co_server_destroy(struct co_server *s)
 	free(s->load_profile);
 	free(s->secret);
 	free(s->admin_token);
+	co__metrics_fini(s);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	pthread_mutex_destroy(&s->engine_mu);

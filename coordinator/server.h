@@ -74,6 +74,8 @@ struct co_server_opts {
 	enum fp_dtype wire;            /* activations on the wire */
 	int expert_timeout_ms;         /* combine deadline */
 	int suspect_ms;                /* step-deadline floor of a suspect worker; 0: off */
+	const char *metrics_listen;    /* /metrics on this "host:port"; NULL or "": off */
+	bool metrics_per_expert;       /* per (layer, expert) token counters too */
 };
 
 struct co_server;

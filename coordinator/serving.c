@@ -223,6 +223,58 @@ static Ferry__V1__FinishReason finish_reason(enum co_finish f)
 	}
 }
 
+int co_serve_metrics_init(struct co_serve_metrics *m)
+{
+	int rc;
+
+	memset(m, 0, sizeof(*m));
+	if ((rc = fr_histo_init(&m->ttft, fr_prom_latency_buckets, fr_prom_latency_n)) < 0 ||
+	    (rc = fr_histo_init(&m->itl, fr_prom_step_buckets, fr_prom_step_n)) < 0 ||
+	    (rc = fr_histo_init(&m->e2e, fr_prom_latency_buckets, fr_prom_latency_n)) < 0 ||
+	    (rc = fr_histo_init(&m->queue, fr_prom_latency_buckets, fr_prom_latency_n)) < 0) {
+		co_serve_metrics_fini(m);
+		return rc;
+	}
+	return 0;
+}
+
+void co_serve_metrics_fini(struct co_serve_metrics *m)
+{
+	fr_histo_fini(&m->ttft);
+	fr_histo_fini(&m->itl);
+	fr_histo_fini(&m->e2e);
+	fr_histo_fini(&m->queue);
+}
+
+/* The handler sent n tokens now: each one's gap to the token before (the first of a request
+ * has none: its time to first token is counted at the end). */
+static void count_tokens(struct co_serve_metrics *m, int n, uint64_t *last_ns)
+{
+	uint64_t now = fr_now_ns();
+
+	if (!m || n <= 0)
+		return;
+	atomic_fetch_add_explicit(&m->gen_tokens, (uint64_t)n, memory_order_relaxed);
+	if (*last_ns)
+		fr_histo_observe_n(&m->itl, (double)(now - *last_ns) / 1e9 / n, (uint64_t)n);
+	else if (n > 1)
+		fr_histo_observe_n(&m->itl, 0, (uint64_t)n - 1); /* arrived together */
+	*last_ns = now;
+}
+
+static void count_finish(struct co_serve_metrics *m, const struct co_req_out *out)
+{
+	if (!m)
+		return;
+	if ((unsigned)out->finish <= CO_FINISH_ERROR)
+		atomic_fetch_add_explicit(&m->finished[out->finish], 1, memory_order_relaxed);
+	if (out->finish == CO_FINISH_ERROR || out->finish == CO_FINISH_CANCELLED)
+		return;
+	fr_histo_observe(&m->queue, (double)out->queue_ns / 1e9);
+	fr_histo_observe(&m->ttft, (double)out->first_token_ns / 1e9);
+	fr_histo_observe(&m->e2e, (double)out->total_ns / 1e9);
+}
+
 grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessage *msg, void *arg)
 {
 	const Ferry__V1__GenerateRequest *r = (const Ferry__V1__GenerateRequest *)msg;
@@ -238,6 +290,7 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 			      (size_t)INT_MAX);
 	bool first = true, stopped = false;
 	uint32_t n_gen = 0;
+	uint64_t last_tok_ns = 0;
 	struct co_detok *dt = NULL;
 	struct co_stop *stop = NULL;
 	char *sv_text_buf = NULL;   /* the final message's joined text */
@@ -272,11 +325,13 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 			goto out;
 		}
 		if (out.finish == CO_FINISH_ERROR) {
+			count_finish(sv->metrics, &out);
 			st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "generation failed: %s",
 					   out.errmsg);
 			goto out;
 		}
 		if (out.finish == CO_FINISH_CANCELLED && !stopped) {
+			count_finish(sv->metrics, &out);
 			st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "the server is stopping");
 			goto out;
 		}
@@ -347,6 +402,7 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 				rows_left -= rws;
 			}
 			if (last_chunk && out.n_tokens) {
+				count_tokens(sv->metrics, out.n_tokens, &last_tok_ns);
 				m.tokens = (int32_t *)out.tokens;
 				m.n_tokens = (size_t)out.n_tokens;
 				m.offset = (uint32_t)out.offset;
@@ -355,6 +411,10 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 			if (first) {
 				m.prompt_tokens = (uint32_t)out.n_prompt;
 				first = false;
+				if (sv->metrics)
+					atomic_fetch_add_explicit(&sv->metrics->prompt_tokens,
+								  (uint64_t)out.n_prompt,
+								  memory_order_relaxed);
 			}
 			/* protobuf-c strings end at NUL: the text (NUL-free: CO_DETOK_NO_NUL) is
 			 * copied into a terminated buffer. */
@@ -395,6 +455,7 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 			}
 		} while (rows_left > 0);
 		if (out.finish) {
+			count_finish(sv->metrics, &out);
 			st = GRPC_STATUS_OK;
 			goto out;
 		}
@@ -436,6 +497,9 @@ grpc_status_code co_handle_score(struct rpc_call *call, const ProtobufCMessage *
 			goto out;
 		}
 	} while (!out.finish);
+	if (sv->metrics)
+		atomic_fetch_add_explicit(&sv->metrics->prompt_tokens, (uint64_t)spec.n_prompt,
+					  memory_order_relaxed);
 	if (out.finish != CO_FINISH_LENGTH) {
 		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "scoring failed: %s",
 				   out.finish == CO_FINISH_ERROR ? out.errmsg : "the server is stopping");

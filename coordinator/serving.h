@@ -10,7 +10,10 @@
 #include <grpc/status.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include <stdatomic.h>
+
 #include "coordinator/inference.h"
+#include "metrics/prom.h"
 #include "coordinator/scheduler.h"
 #include "model/model.h"
 #include "rpc/inference.pb-c.h"
@@ -21,6 +24,20 @@
 #define CO_MAX_STOP_IDS 64
 /* Logits bytes per GenerateResponse: well under RPC_MAX_MESSAGE_BYTES. */
 #define CO_LOGITS_MSG_BYTES (8u << 20)
+
+/* What Generate and Score add to /metrics (coordinator/metrics.c). Histograms in seconds:
+ * time to first token, each token's gap to the one before as the handler sends it,
+ * end-to-end latency and time queued, of finished Generate requests. */
+struct co_serve_metrics {
+	struct fr_histo ttft, itl, e2e, queue;
+	_Atomic uint64_t prompt_tokens;     /* prompts admitted (Generate and Score) */
+	_Atomic uint64_t gen_tokens;        /* tokens sent to clients */
+	_Atomic uint64_t finished[CO_FINISH_ERROR + 1]; /* Generate requests, by enum co_finish */
+};
+
+/* 0, or -ENOMEM / -EINVAL from the histograms. */
+int co_serve_metrics_init(struct co_serve_metrics *m);
+void co_serve_metrics_fini(struct co_serve_metrics *m);
 
 struct co_serving {
 	const struct model_config *cfg;
@@ -35,6 +52,7 @@ struct co_serving {
 	/* NULL while serving, else why not ("draining"); for UNAVAILABLE. */
 	const char *(*unavailable)(void *ctx, char *buf, size_t cap);
 	void *ctx;
+	struct co_serve_metrics *metrics;   /* NULL: not counted */
 };
 
 /*

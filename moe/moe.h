@@ -232,6 +232,14 @@ void moe_server_stop(struct moe_server *w);
  * and compute nanoseconds per MoE layer; ret_frames: frames served. Any may be NULL. */
 void moe_server_take_stats(struct moe_server *w, uint64_t *ret_tokens, uint64_t *ret_ns,
 			  uint64_t *ret_frames);
+/* Since create: dispatch frames answered, their bytes and the combine frames' bytes; and
+ * like take_stats, per MoE layer, but never reset (ret_tokens, ret_ns may be NULL).
+ * Thread-safe. */
+struct moe_server_totals {
+	uint64_t frames, bytes_in, bytes_out;
+};
+void moe_server_totals(struct moe_server *w, struct moe_server_totals *ret,
+		       uint64_t *ret_tokens, uint64_t *ret_ns);
 /*
  * Live rebalance: hands the server the slot table of a coming epoch (same slot count per
  * layer as the current one). The server keeps answering with its current table until the

@@ -83,7 +83,10 @@ struct moe_server {
 	pthread_mutex_t lock;  /* guards the counters below */
 	uint64_t *st_tokens;   /* [n_layers] token-expert pairs computed */
 	uint64_t *st_ns;       /* [n_layers] compute nanoseconds */
+	uint64_t *tot_tokens;  /* [n_layers] the same, never reset (/metrics) */
+	uint64_t *tot_ns;      /* [n_layers] */
 	uint64_t st_frames;
+	struct moe_server_totals tot; /* never reset (/metrics) */
 
 	struct tp_event evs[N_EVENTS];
 };
@@ -104,6 +107,8 @@ void moe_server_destroy(struct moe_server *w)
 	free(w->pair_w);
 	free(w->st_tokens);
 	free(w->st_ns);
+	free(w->tot_tokens);
+	free(w->tot_ns);
 	if (w->slots != w->first)
 		moe_slots_destroy(w->slots);
 	if (w->has_staged)
@@ -170,8 +175,11 @@ int moe_server_create(struct moe_slots *slots, struct tp_context *ctx, struct tp
 	w->pair_w = malloc(pairs * sizeof(*w->pair_w));
 	w->st_tokens = calloc((size_t)w->n_layers, sizeof(*w->st_tokens));
 	w->st_ns = calloc((size_t)w->n_layers, sizeof(*w->st_ns));
+	w->tot_tokens = calloc((size_t)w->n_layers, sizeof(*w->tot_tokens));
+	w->tot_ns = calloc((size_t)w->n_layers, sizeof(*w->tot_ns));
 	if (!w->send_busy || !w->fifo || !w->x || !w->out || !w->out16 || !w->rows ||
-	    !w->pair_off || !w->pair_slot || !w->pair_w || !w->st_tokens || !w->st_ns) {
+	    !w->pair_off || !w->pair_slot || !w->pair_w || !w->st_tokens || !w->st_ns ||
+	    !w->tot_tokens || !w->tot_ns) {
 		rc = fr_error_set(err, -ENOMEM, "%s: out of memory for a ring of %u x %u tokens",
 				  name, r->slots, r->tokens);
 		goto fail;
@@ -216,6 +224,20 @@ uint32_t moe_server_epoch(struct moe_server *w)
 void moe_server_stop(struct moe_server *w)
 {
 	atomic_store(&w->stop, true);
+}
+
+void moe_server_totals(struct moe_server *w, struct moe_server_totals *ret,
+		       uint64_t *ret_tokens, uint64_t *ret_ns)
+{
+	size_t n = (size_t)w->n_layers;
+
+	pthread_mutex_lock(&w->lock);
+	*ret = w->tot;
+	if (ret_tokens)
+		memcpy(ret_tokens, w->tot_tokens, n * sizeof(*ret_tokens));
+	if (ret_ns)
+		memcpy(ret_ns, w->tot_ns, n * sizeof(*ret_ns));
+	pthread_mutex_unlock(&w->lock);
 }
 
 void moe_server_take_stats(struct moe_server *w, uint64_t *ret_tokens, uint64_t *ret_ns,
@@ -418,6 +440,11 @@ static int drain(struct moe_server *w, struct fr_error *err)
 		w->st_tokens[p->layer] += p->n_pairs;
 		w->st_ns[p->layer] += p->ns;
 		w->st_frames++;
+		w->tot_tokens[p->layer] += p->n_pairs;
+		w->tot_ns[p->layer] += p->ns;
+		w->tot.frames++;
+		w->tot.bytes_in += p->len;
+		w->tot.bytes_out += p->frame_len;
 		pthread_mutex_unlock(&w->lock);
 		w->fifo_head = (w->fifo_head + 1) % w->ring.slots;
 		w->fifo_n--;

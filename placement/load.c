@@ -26,6 +26,10 @@ struct co_load {
 	uint64_t *sum_expert;    /* [n_layers][n_experts] */
 	uint64_t *sum_slot;      /* [n_layers][total_slots] */
 	uint64_t *sum_time;      /* [n_workers][n_layers] */
+	/* since creation (co_load_reset() keeps them): what /metrics exports as counters */
+	uint64_t *tot_expert;    /* [n_layers][n_experts] tokens */
+	uint64_t *tot_worker;    /* [n_layers][n_workers] tokens */
+	uint64_t *tot_time;      /* [n_workers][n_layers] ns */
 };
 
 static inline size_t n_expert_cells(const struct co_load *ld)
@@ -55,6 +59,9 @@ void co_load_destroy(struct co_load *ld)
 	free(ld->sum_expert);
 	free(ld->sum_slot);
 	free(ld->sum_time);
+	free(ld->tot_expert);
+	free(ld->tot_worker);
+	free(ld->tot_time);
 	free(ld);
 }
 
@@ -102,8 +109,12 @@ int co_load_create(int n_layers, int n_experts, int n_workers, const int *slots,
 	ld->sum_expert = calloc(n_expert_cells(ld), sizeof(uint64_t));
 	ld->sum_slot = calloc(n_slot_cells(ld) + 1, sizeof(uint64_t));
 	ld->sum_time = calloc(n_time_cells(ld), sizeof(uint64_t));
+	ld->tot_expert = calloc(n_expert_cells(ld), sizeof(uint64_t));
+	ld->tot_worker = calloc((size_t)n_layers * n_workers, sizeof(uint64_t));
+	ld->tot_time = calloc(n_time_cells(ld), sizeof(uint64_t));
 	if (!ld->slots || !ld->slot_base || !ld->step_expert || !ld->step_slot ||
-	    !ld->step_time || !ld->sum_expert || !ld->sum_slot || !ld->sum_time)
+	    !ld->step_time || !ld->sum_expert || !ld->sum_slot || !ld->sum_time ||
+	    !ld->tot_expert || !ld->tot_worker || !ld->tot_time)
 		goto enomem;
 	ld->slot_base[0] = 0;
 	for (int w = 0; w < n_workers; w++) {
@@ -197,9 +208,11 @@ int co_load_record(struct co_load *ld, int layer, int n, const int32_t *expert,
 	sums = ld->sum_slot + (size_t)layer * ld->total_slots;
 	for (int i = 0; i < n; i++) {
 		count_one(&se[expert[i]], &sume[expert[i]]);
+		ld->tot_expert[(size_t)layer * ld->n_experts + expert[i]]++;
 		if (rep) {
 			int g = ld->slot_base[rep[i].worker] + rep[i].slot;
 			count_one(&ss[g], &sums[g]);
+			ld->tot_worker[(size_t)layer * ld->n_workers + rep[i].worker]++;
 		}
 	}
 	return 0;
@@ -217,6 +230,50 @@ int co_load_record_time(struct co_load *ld, int worker, int layer, uint64_t ns)
 		ns = UINT64_MAX - ld->sum_time[i];
 	ld->step_time[(size_t)ld->cur * n_time_cells(ld) + i] += ns;
 	ld->sum_time[i] += ns;
+	ld->tot_time[i] += FR_MIN(ns, UINT64_MAX - ld->tot_time[i]);
+	return 0;
+}
+
+int co_load_total_expert_tokens(const struct co_load *ld, int layer, uint64_t *ret)
+{
+	if (layer < 0 || layer >= ld->n_layers)
+		return -EINVAL;
+	memcpy(ret, ld->tot_expert + (size_t)layer * ld->n_experts,
+	       sizeof(uint64_t) * (size_t)ld->n_experts);
+	return 0;
+}
+
+int co_load_total_worker_tokens(const struct co_load *ld, int layer, uint64_t *ret)
+{
+	if (layer < 0 || layer >= ld->n_layers)
+		return -EINVAL;
+	memcpy(ret, ld->tot_worker + (size_t)layer * ld->n_workers,
+	       sizeof(uint64_t) * (size_t)ld->n_workers);
+	return 0;
+}
+
+int co_load_total_worker_time(const struct co_load *ld, int layer, uint64_t *ret)
+{
+	if (layer < 0 || layer >= ld->n_layers)
+		return -EINVAL;
+	for (int w = 0; w < ld->n_workers; w++)
+		ret[w] = ld->tot_time[(size_t)w * ld->n_layers + layer];
+	return 0;
+}
+
+int co_load_carry_totals(struct co_load *dst, const struct co_load *src)
+{
+	if (dst->n_layers != src->n_layers || dst->n_experts != src->n_experts ||
+	    dst->n_workers < src->n_workers)
+		return -EINVAL;
+	memcpy(dst->tot_expert, src->tot_expert, sizeof(uint64_t) * n_expert_cells(src));
+	for (int l = 0; l < src->n_layers; l++)
+		for (int w = 0; w < src->n_workers; w++) {
+			dst->tot_worker[(size_t)l * dst->n_workers + w] =
+				src->tot_worker[(size_t)l * src->n_workers + w];
+			dst->tot_time[(size_t)w * dst->n_layers + l] =
+				src->tot_time[(size_t)w * src->n_layers + l];
+		}
 	return 0;
 }
 

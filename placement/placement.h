@@ -279,6 +279,16 @@ int co_load_slot_tokens(const struct co_load *ld, int layer, uint64_t *ret);
 int co_load_worker_tokens(const struct co_load *ld, int layer, uint64_t *ret);
 int co_load_worker_time(const struct co_load *ld, int layer, uint64_t *ret);
 
+/* Totals since co_load_create() (co_load_reset() keeps them; counters for /metrics): tokens
+ * per (layer, expert) and per (layer, worker), compute time per (layer, worker) in ns. ret
+ * sizes [n_experts], [n_workers], [n_workers]. Errors: -EINVAL (layer). */
+int co_load_total_expert_tokens(const struct co_load *ld, int layer, uint64_t *ret);
+int co_load_total_worker_tokens(const struct co_load *ld, int layer, uint64_t *ret);
+int co_load_total_worker_time(const struct co_load *ld, int layer, uint64_t *ret);
+/* Copies src's totals into dst (same layers and experts, at least as many workers: the
+ * accounting of a grown cluster), so the counters do not restart. Errors: -EINVAL. */
+int co_load_carry_totals(struct co_load *dst, const struct co_load *src);
+
 enum co_load_metric {
 	CO_LOAD_TOKENS = 0,   /* tokens routed to each worker */
 	CO_LOAD_TIME,         /* measured compute time of each worker: device-level load */

@@ -161,6 +161,13 @@ int rpc_server_add_method(struct rpc_server *srv, const char *path, enum rpc_met
 			  const ProtobufCMessageDescriptor *req_desc, rpc_handler_fn fn, void *arg,
 			  struct fr_error *err);
 
+/* Calls answered so far, per (method path, status code): fn once per pair with n > 0
+ * ("(unregistered)" for paths nobody registered). Thread-safe; for /metrics. */
+void rpc_server_call_counts(struct rpc_server *srv,
+			    void (*fn)(void *ctx, const char *path, grpc_status_code code,
+				       uint64_t n),
+			    void *ctx);
+
 /* Starts serving: the poller thread runs from here to rpc_server_destroy().
  * Returns 0, -EINVAL (already started, no methods), -ENOMEM, or -errno from pthread_create. */
 int rpc_server_start(struct rpc_server *srv, struct fr_error *err);

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@
 
 #define RPC_MAX_METHODS 32
 #define RPC_SHUTDOWN_GRACE_MS 1000 /* for answers in flight at shutdown */
+#define RPC_STATUS_CODES 17        /* OK .. UNAUTHENTICATED */
 
 enum rpc_tag_kind {
 	RPC_TAG_NEW = 1,
@@ -46,6 +48,7 @@ struct rpc_method {
 	rpc_handler_fn fn;
 	void *arg;
 	void *handle; /* from grpc_server_register_method */
+	_Atomic uint64_t answered[RPC_STATUS_CODES]; /* calls finished, by status code */
 };
 
 struct rpc_server {
@@ -340,8 +343,15 @@ int rpc_call_send_within(struct rpc_call *c, const ProtobufCMessage *msg, int64_
 	return call_send(c, msg, stall_ms);
 }
 
+static void count_answer(struct rpc_method *m, grpc_status_code status)
+{
+	if ((unsigned)status < RPC_STATUS_CODES)
+		atomic_fetch_add_explicit(&m->answered[status], 1, memory_order_relaxed);
+}
+
 static void call_finish(struct rpc_call *c, grpc_status_code status)
 {
+	count_answer(c->m, status);
 	grpc_slice details = grpc_slice_from_copied_string(c->detail);
 	grpc_op ops[3];
 	size_t n = 0;
@@ -403,6 +413,7 @@ static void *handler_main(void *p)
 /* Answers c with status from the poller thread; the op's completion frees the state. */
 static void call_refuse(struct rpc_call *c, grpc_status_code status, const char *detail)
 {
+	count_answer(c->m, status);
 	struct rpc_server *srv = c->srv;
 	grpc_slice details = grpc_slice_from_copied_string(detail);
 	grpc_op ops[2];
@@ -724,4 +735,19 @@ void rpc_server_destroy(struct rpc_server *srv)
 	pthread_mutex_destroy(&srv->mu);
 	free(srv);
 	grpc_shutdown();
+}
+
+void rpc_server_call_counts(struct rpc_server *srv,
+			    void (*fn)(void *ctx, const char *path, grpc_status_code code,
+				       uint64_t n),
+			    void *ctx)
+{
+	for (size_t i = 0; i <= srv->n_methods; i++) {
+		struct rpc_method *m = i < srv->n_methods ? &srv->methods[i] : &srv->unknown;
+		for (int code = 0; code < RPC_STATUS_CODES; code++) {
+			uint64_t n = atomic_load_explicit(&m->answered[code], memory_order_relaxed);
+			if (n)
+				fn(ctx, m->path, (grpc_status_code)code, n);
+		}
+	}
 }

@@ -8,7 +8,9 @@ pkgs=(
   libjansson-dev libpcre2-dev libopenblas-dev libinih-dev libssl-dev libsystemd-dev
   libibverbs-dev librdmacm-dev ibverbs-providers
   libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
+  libmicrohttpd-dev  # /metrics
   xz-utils
+  prometheus  # tests: promtool check metrics, and a real server scraping a cluster
   openssl  # tests/rpc/gen-certs.sh: the test PKI
   python3-grpcio python3-grpc-tools  # tests/py: Python gRPC clients
 )

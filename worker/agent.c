@@ -26,6 +26,7 @@
 #include "rpc/rpc.h"
 #include "worker/worker.h"
 #include "moe/moe.h"
+#include "metrics/prom.h"
 
 #define LOG_COMP "worker"
 #define RPC_TIMEOUT_MS 5000
@@ -62,6 +63,9 @@ struct wk_agent {
 	atomic_bool drained;
 	atomic_bool fenced;            /* the coordinator gave up on us: leave, to rejoin */
 	volatile sig_atomic_t stop;
+	/* For /metrics (another thread): the server once serving, the slots held, the epoch. */
+	_Atomic(struct moe_server *) srv_pub;
+	atomic_uint_fast64_t m_slots, m_epoch, t_start_ns;
 };
 
 static void sleep_ms(int ms)
@@ -129,6 +133,7 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 	}
 	if (o->secret_len)
 		memcpy(a->secret, o->secret, o->secret_len);
+	atomic_store(&a->t_start_ns, fr_now_ns());
 	if ((rc = model_ckpt_open(a->model_path, &a->ck, err)) < 0)
 		goto fail;
 	a->cfg = model_ckpt_config(a->ck);
@@ -430,6 +435,8 @@ static int load_slots(struct wk_agent *a, Ferry__V1__LoadExpertsRequest *ack,
 		a->name, resp->n_slots, a->o.slots, (double)bytes / (1 << 20),
 		(unsigned long long)a->epoch);
 	a->assign = resp;
+	atomic_store(&a->m_slots, resp->n_slots);
+	atomic_store(&a->m_epoch, a->epoch);
 	resp = NULL;
 out:
 	ack->n_slots = 0;
@@ -507,6 +514,8 @@ static int restage(struct wk_agent *a, uint64_t epoch, struct fr_error *err)
 	if (a->assign)
 		protobuf_c_message_free_unpacked(&a->assign->base, NULL);
 	a->assign = resp;
+	atomic_store(&a->m_slots, resp->n_slots);
+	atomic_store(&a->m_epoch, a->epoch);
 	resp = NULL;
 out:
 	moe_slots_destroy(table);
@@ -673,6 +682,7 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err)
 				      .epoch = (uint32_t)a->epoch };
 	if ((rc = moe_server_create(a->slots, a->tp, a->ep, a->recv, &so, &a->srv, err)) < 0)
 		goto out;
+	atomic_store(&a->srv_pub, a->srv);
 	if ((rc = pthread_create(&a->ctl, NULL, ctl_main, a)) != 0) {
 		rc = fr_error_set(err, -rc, "cannot start the control thread");
 		goto out;
@@ -704,6 +714,72 @@ void wk_agent_stop(struct wk_agent *a)
 	/* Serving: the control thread hands the slots back, then stops the server. */
 	if (a->srv && !atomic_load(&a->graceful))
 		moe_server_stop(a->srv);
+}
+
+void wk_agent_metrics_write(struct wk_agent *a, FILE *f)
+{
+	struct moe_server *srv = atomic_load(&a->srv_pub);
+	struct moe_server_totals t = { 0 };
+	int n_moe = model_n_moe_layers(a->cfg);
+	uint64_t *tok = calloc((size_t)n_moe, sizeof(*tok));
+	uint64_t *ns = calloc((size_t)n_moe, sizeof(*ns));
+	char lb[160], layer[16];
+
+	if (!tok || !ns)
+		goto out;
+	if (srv)
+		moe_server_totals(srv, &t, tok, ns);
+	fr_prom_family(f, "ferry_worker_layer_tokens_total", "counter",
+		       "Routed (token, expert) pairs computed, per MoE layer.");
+	for (int l = 0; l < n_moe; l++) {
+		snprintf(layer, sizeof(layer), "%d", l);
+		fr_prom_sample(f, "ferry_worker_layer_tokens_total",
+			       fr_prom_labels(lb, sizeof(lb), "layer", layer, NULL), (double)tok[l]);
+	}
+	fr_prom_family(f, "ferry_worker_layer_compute_seconds_total", "counter",
+		       "Time spent computing routed experts, per MoE layer.");
+	for (int l = 0; l < n_moe; l++) {
+		snprintf(layer, sizeof(layer), "%d", l);
+		fr_prom_sample(f, "ferry_worker_layer_compute_seconds_total",
+			       fr_prom_labels(lb, sizeof(lb), "layer", layer, NULL),
+			       (double)ns[l] / 1e9);
+	}
+	fr_prom_family(f, "ferry_worker_frames_total", "counter",
+		       "Data-plane frames: dispatch frames in, combine frames out.");
+	fr_prom_sample(f, "ferry_worker_frames_total",
+		       fr_prom_labels(lb, sizeof(lb), "direction", "in", NULL), (double)t.frames);
+	fr_prom_sample(f, "ferry_worker_frames_total",
+		       fr_prom_labels(lb, sizeof(lb), "direction", "out", NULL), (double)t.frames);
+	fr_prom_family(f, "ferry_worker_bytes_total", "counter",
+		       "Data-plane bytes: dispatch frames in, combine frames out.");
+	fr_prom_sample(f, "ferry_worker_bytes_total",
+		       fr_prom_labels(lb, sizeof(lb), "direction", "in", NULL), (double)t.bytes_in);
+	fr_prom_sample(f, "ferry_worker_bytes_total",
+		       fr_prom_labels(lb, sizeof(lb), "direction", "out", NULL),
+		       (double)t.bytes_out);
+	uint64_t slots = atomic_load(&a->m_slots);
+	fr_prom_family(f, "ferry_worker_slots_loaded", "gauge",
+		       "Expert copies ((MoE layer, slot) pairs) this worker holds.");
+	fr_prom_sample(f, "ferry_worker_slots_loaded", NULL, (double)slots);
+	fr_prom_family(f, "ferry_worker_slot_capacity", "gauge",
+		       "Expert slots per MoE layer ([worker] slots).");
+	fr_prom_sample(f, "ferry_worker_slot_capacity", NULL, a->o.slots);
+	fr_prom_family(f, "ferry_worker_memory_used_bytes", "gauge",
+		       "Bytes of expert weights held (slots loaded x one expert's matrices).");
+	fr_prom_sample(f, "ferry_worker_memory_used_bytes", NULL,
+		       (double)(slots * expert_bytes(a->cfg)));
+	fr_prom_family(f, "ferry_worker_memory_limit_bytes", "gauge",
+		       "[worker] memory_limit (0: none).");
+	fr_prom_sample(f, "ferry_worker_memory_limit_bytes", NULL, (double)a->o.memory_limit);
+	fr_prom_family(f, "ferry_worker_epoch", "gauge", "The slot-map epoch of its slots.");
+	fr_prom_sample(f, "ferry_worker_epoch", NULL, (double)atomic_load(&a->m_epoch));
+	fr_prom_family(f, "ferry_worker_uptime_seconds", "gauge",
+		       "Seconds since the worker started.");
+	fr_prom_sample(f, "ferry_worker_uptime_seconds", NULL,
+		       (double)(fr_now_ns() - atomic_load(&a->t_start_ns)) / 1e9);
+out:
+	free(tok);
+	free(ns);
 }
 
 void wk_agent_destroy(struct wk_agent *a)

@@ -80,6 +80,10 @@ const struct conf_key wk_config_keys[] = {
 	  .doc = "Largest micro-batch this worker accepts, in tokens; at least the "
 		 "coordinator's [engine] max_batch divided by its micro_batches." },
 
+	{ "metrics", "listen", CONF_HOSTPORT, OFF(metrics.listen), 0, 65535, .def = "",
+	  .doc = "Serve Prometheus metrics at http://ADDR/metrics (host:port; port 0 picks a "
+		 "free one, logged). Unauthenticated plain HTTP on a port of its own: bind it "
+		 "where only the monitoring system reaches. Unset: off." },
 	{ "log", "level", CONF_ENUM, OFF(log.level), .enum_names = level_names, .def = "info",
 	  .doc = "Log level of every component. $FERRY_LOG, when set, takes precedence and "
 		 "can also set levels per component (\"info,tp.verbs=debug\")." },

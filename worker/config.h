@@ -54,6 +54,9 @@ struct wk_config {
 		int ring_tokens;             /* largest micro-batch in tokens (default 512) */
 	} transport;
 	struct {
+		char *listen;                /* /metrics "host:port"; NULL: off */
+	} metrics;
+	struct {
 		enum fr_log_level level;     /* error | warn | info | debug (default info) */
 	} log;
 };

@@ -12,6 +12,7 @@
 
 #include "common/daemon.h"
 #include "kernels/kernels.h"
+#include "metrics/httpd.h"
 #include "rpc/auth.h"
 #include "worker/worker.h"
 #include "worker/config.h"
@@ -60,12 +61,24 @@ static void on_signal(int sig)
 		wk_agent_stop(g_agent);
 }
 
+static int metrics_page(void *ctx, const char *path, FILE *f, const char **ctype)
+{
+	if (strcmp(path, "/metrics") != 0) {
+		fprintf(f, "%s: not found; the metrics are at /metrics\n", path);
+		return 404;
+	}
+	*ctype = "text/plain; version=0.0.4; charset=utf-8";
+	wk_agent_metrics_write(ctx, f);
+	return 200;
+}
+
 int main(int argc, char **argv)
 {
 	struct fr_error err = { { 0 } };
 	struct wk_config cfg = { 0 };
 	struct fr_daemon_cmdline cl = { 0 };
 	int rc, ret = 2;
+	struct fr_httpd *httpd = NULL;
 	uint8_t *secret = NULL;
 	size_t secret_len = 0;
 
@@ -125,6 +138,14 @@ int main(int argc, char **argv)
 		fr_err("worker", "%s", err.msg);
 		goto out;
 	}
+	if (cfg.metrics.listen && cfg.metrics.listen[0]) {
+		if (fr_httpd_start(cfg.metrics.listen, metrics_page, g_agent, &httpd, &err) < 0) {
+			fr_err("worker", "%s", err.msg);
+			goto out;
+		}
+		fr_info("worker", "metrics on %s (port %d): /metrics", cfg.metrics.listen,
+			fr_httpd_port(httpd));
+	}
 	fr_daemon_watchdog();
 	sd_notify(0, "READY=1\nSTATUS=joining");
 	rc = wk_agent_run(g_agent, &err);
@@ -136,6 +157,7 @@ int main(int argc, char **argv)
 	fr_info("worker", "%s: stopped", cfg.worker.name);
 	ret = 0;
 out:
+	fr_httpd_stop(httpd); /* it reads the agent */
 	wk_agent_destroy(g_agent);
 	g_agent = NULL;
 	wk_config_free(&cfg);

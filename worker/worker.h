@@ -51,5 +51,7 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err);
  * of them, the cluster stops routing here and goes on without this worker. */
 void wk_agent_stop(struct wk_agent *a);
 void wk_agent_destroy(struct wk_agent *a);
+/* The worker's /metrics text (Prometheus). Thread-safe against wk_agent_run(). */
+void wk_agent_metrics_write(struct wk_agent *a, FILE *f);
 
 #endif /* FERRY_WORKER_H */

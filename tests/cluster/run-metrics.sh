@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# /metrics on a real cluster: a coordinator and two workers with [metrics] listen on ports
+# the kernel picks (read from their logs) and per_expert counters on. After requests whose
+# sizes the test knows, every output passes `promtool check metrics`, and the series agree
+# with the client's counts (requests, prompt and generated tokens, histogram counts), with
+# each other (per layer: the coordinator's per-worker tokens, the workers' own counts and
+# the per-expert counters add up to the same) and with `ferryctl load`. Other paths answer
+# 404, other methods 405. Exits 77 without promtool (Debian's prometheus package).
+# Usage: run-metrics.sh COORDINATOR_BIN WORKER_BIN FERRYCTL
+set -uo pipefail
+co_bin=$1 wk_bin=$2 F=$3
+command -v promtool >/dev/null || { echo "SKIP: promtool not installed (apt-get install prometheus)"; exit 77; }
+golden=$FERRY_GOLDEN/tiny-a
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; tail -20 "$tmp/co.err" >&2; exit 1; }
+: > "$tmp/empty.conf"
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/secret"
+chmod 600 "$tmp/secret"
+# "metrics on ADDR (port N)" from a daemon's log
+mport() {
+  local p=
+  for _ in $(seq 100); do
+    p=$(sed -n 's/.*metrics on .* (port \([0-9]*\)).*/\1/p' "$1")
+    [ -n "$p" ] && break
+    sleep 0.1
+  done
+  echo "$p"
+}
+
+"$co_bin" -c "$tmp/empty.conf" -m "$golden" -l 127.0.0.1:0 -w 2 --secret-file "$tmp/secret" \
+  -s engine.threads=1 -s placement.rebalance=off -s metrics.listen=127.0.0.1:0 \
+  -s metrics.per_expert=true > "$tmp/co.out" 2> "$tmp/co.err" &
+pids+=($!)
+port=
+for _ in $(seq 100); do
+  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out")
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || fail "coordinator did not start"
+co_m=$(mport "$tmp/co.err")
+[ -n "$co_m" ] || fail "the coordinator does not log its metrics port"
+for w in w0 w1; do
+  "$wk_bin" -c "$tmp/empty.conf" -C "127.0.0.1:$port" -n "$w" -m "$golden" --slots 8 \
+    --secret-file "$tmp/secret" -s worker.threads=1 -s metrics.listen=127.0.0.1:0 \
+    2> "$tmp/$w.err" &
+  pids+=($!)
+done
+w0_m=$(mport "$tmp/w0.err")
+w1_m=$(mport "$tmp/w1.err")
+[ -n "$w0_m" ] && [ -n "$w1_m" ] || fail "a worker does not log its metrics port"
+export FERRY_CLUSTER=127.0.0.1:$port
+for _ in $(seq 300); do
+  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['status'] != 'serving')" "$tmp/st.json" && break
+  sleep 0.1
+done
+
+# Four requests of known sizes: prompts of 3, 5, 7 and 9 tokens, 6 new tokens each.
+for n in 3 5 7 9; do
+  toks=$(seq -s ' ' 10 $((9 + n)))
+  "$F" run --cluster "127.0.0.1:$port" --tokens "$toks" --max-new 6 > "$tmp/out.$n" 2> "$tmp/run.err" ||
+    { cat "$tmp/run.err" >&2; fail "request of $n tokens"; }
+  [ "$(wc -w < "$tmp/out.$n")" -eq 6 ] || fail "request of $n tokens: $(cat "$tmp/out.$n")"
+done
+# The workers report compute time with their heartbeats (every second).
+sleep 2.5
+"$F" load --cluster "127.0.0.1:$port" --json > "$tmp/load.json" || fail "ferryctl load"
+for x in co:$co_m w0:$w0_m w1:$w1_m; do
+  python3 - "${x#*:}" "$tmp/${x%%:*}.prom" <<'PY' || fail "scrape of ${x%%:*}"
+import sys, urllib.request
+port, out = sys.argv[1:]
+r = urllib.request.urlopen("http://127.0.0.1:%s/metrics" % port, timeout=10)
+assert r.status == 200, r.status
+ct = r.headers["Content-Type"]
+assert ct.startswith("text/plain; version=0.0.4"), ct
+open(out, "wb").write(r.read())
+for path, method, want in (("/nope", "GET", 404), ("/metrics", "POST", 405)):
+    try:
+        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%s%s" % (port, path),
+                                                      method=method, data=b"" if method == "POST" else None), timeout=10)
+        raise SystemExit("%s %s answered 200" % (method, path))
+    except urllib.error.HTTPError as e:
+        assert e.code == want, (method, path, e.code)
+PY
+  promtool check metrics < "$tmp/${x%%:*}.prom" > "$tmp/promtool.out" 2>&1 ||
+    { cat "$tmp/promtool.out" >&2; fail "promtool check metrics on ${x%%:*}"; }
+done
+echo "promtool check metrics: coordinator and both workers pass"
+
+python3 - "$tmp" <<'PY' || fail "the metrics do not add up"
+import json, os, re, sys
+tmp = sys.argv[1]
+def parse(name):
+    m = {}
+    for line in open(os.path.join(tmp, name + ".prom")):
+        if line.startswith("#") or not line.strip():
+            continue
+        k, v = line.rsplit(" ", 1)
+        m[k] = float(v)
+    return m
+co, w0, w1 = parse("co"), parse("w0"), parse("w1")
+def get(m, name, **labels):
+    key = name + ("{" + ",".join('%s="%s"' % kv for kv in labels.items()) + "}" if labels else "")
+    assert key in m, "missing " + key
+    return m[key]
+def series(m, name):
+    out = {}
+    for k, v in m.items():
+        mm = re.fullmatch(re.escape(name) + r"\{(.*)\}", k)
+        if mm:
+            out[tuple(re.findall(r'(\w+)="([^"]*)"', mm.group(1)))] = v
+    return out
+
+prompts = [3, 5, 7, 9]
+assert get(co, "ferry_requests_total", method="ferry.v1.Inference/Generate", code="OK") == 4
+assert get(co, "ferry_generate_finished_total", reason="length") == 4
+assert get(co, "ferry_prompt_tokens_total") == sum(prompts)
+assert get(co, "ferry_generation_tokens_total") == 24
+for h, n in (("ferry_time_to_first_token_seconds", 4), ("ferry_request_latency_seconds", 4),
+             ("ferry_request_queue_seconds", 4), ("ferry_inter_token_latency_seconds", 20)):
+    assert get(co, h + "_count") == n, (h, get(co, h + "_count"))
+    assert get(co, h + "_bucket", le="+Inf") == n, h
+assert get(co, "ferry_step_seconds_count") == get(co, "ferry_steps_total") >= 4 * 6
+assert get(co, "ferry_workers", state="serving") == 2
+assert get(co, "ferry_requests_running") == 0 and get(co, "ferry_kv_blocks", state="used") == 0
+assert get(co, "ferry_placement_epoch") >= 1
+
+# Per MoE layer (its index, as ferryctl load numbers them): what the coordinator routed to each worker, what each worker computed,
+# what the experts received, and the load window all agree. Every token the engine
+# forwarded (prompt and generated but the last of each request) went to top-k experts.
+load = json.load(open(os.path.join(tmp, "load.json")))
+k = json.load(open(os.path.join(os.environ["FERRY_GOLDEN"], "tiny-a", "config.json")))["num_experts_per_tok"]
+want = sum(p + 6 - 1 for p in prompts) * k
+per_w = series(co, "ferry_layer_worker_tokens_total")
+per_e = series(co, "ferry_expert_tokens_total")
+layers = sorted({dict(l)["layer"] for l in per_w})
+assert layers, "no per-layer series"
+for L in layers:
+    by_worker = {dict(l)["worker"]: v for l, v in per_w.items() if dict(l)["layer"] == L}
+    assert set(by_worker) == {"w0", "w1"}, by_worker
+    total = sum(by_worker.values())
+    assert total == want, (L, total, want)
+    for name, m in (("w0", w0), ("w1", w1)):
+        assert get(m, "ferry_worker_layer_tokens_total", layer=L) == by_worker[name], (L, name)
+    assert sum(v for l, v in per_e.items() if dict(l)["layer"] == L) == total, L
+    lw = [x for x in load["layers"] if str(x["layer"]) == L]
+    assert len(lw) == 1, ("ferryctl load has no layer", L)
+    assert sum(w["tokens"] for w in lw[0]["workers"]) == total, (L, lw[0])
+    busy = sum(v for l, v in series(co, "ferry_layer_worker_busy_seconds_total").items()
+               if dict(l)["layer"] == L)
+    assert busy > 0, "no compute time reported for layer " + L
+for m in (w0, w1):
+    assert get(m, "ferry_worker_frames_total", direction="in") > 0
+    assert get(m, "ferry_worker_bytes_total", direction="out") > 0
+    assert get(m, "ferry_worker_slots_loaded") == 8 * len(layers)
+print("metrics agree: 4 requests, %d prompt + 24 generated tokens, %d routed pairs per layer "
+      "on %d MoE layers" % (sum(prompts), want, len(layers)))
+PY
+echo "ok"
