@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # /metrics on a real cluster: a coordinator and two workers with [metrics] listen on ports
-# the kernel picks (read from their logs) and per_expert counters on. After requests whose
-# sizes the test knows, every output passes `promtool check metrics`, and the series agree
-# with the client's counts (requests, prompt and generated tokens, histogram counts), with
-# each other (per layer: the coordinator's per-worker tokens, the workers' own counts and
-# the per-expert counters add up to the same) and with `ferryctl load`. Other paths answer
-# 404, other methods 405. Exits 77 without promtool (Debian's prometheus package).
+# the kernel picks (read from their logs) and per_expert counters on, scraped every second
+# by a real Prometheus server (Debian's) on loopback. After requests whose sizes the test
+# knows, every output passes `promtool check metrics`, and the series agree with the
+# client's counts (requests, prompt and generated tokens, histogram counts), with each
+# other (per layer: the coordinator's per-worker tokens, the workers' own counts and the
+# per-expert counters add up to the same) and with `ferryctl load`; Prometheus's query API
+# returns the same numbers, and every PromQL expression of deploy/grafana/ferry.json returns
+# data. Other paths answer 404, other methods 405. Exits 77 without Debian's prometheus
+# package (promtool and the server).
 # Usage: run-metrics.sh COORDINATOR_BIN WORKER_BIN FERRYCTL
 set -uo pipefail
 co_bin=$1 wk_bin=$2 F=$3
-command -v promtool >/dev/null || { echo "SKIP: promtool not installed (apt-get install prometheus)"; exit 77; }
+for b in promtool prometheus; do
+  command -v $b >/dev/null || { echo "SKIP: $b not installed (apt-get install prometheus)"; exit 77; }
+done
 golden=$FERRY_GOLDEN/tiny-a
 tmp=$(mktemp -d)
 pids=()
@@ -63,6 +68,35 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 
+# Prometheus scrapes all three every second from before the first request.
+prom_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat > "$tmp/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: ferry
+    static_configs:
+      - targets: ['127.0.0.1:$co_m', '127.0.0.1:$w0_m', '127.0.0.1:$w1_m']
+EOF
+prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/tsdb" \
+  --web.listen-address="127.0.0.1:$prom_port" > "$tmp/prom.log" 2>&1 &
+pids+=($!)
+python3 - "$prom_port" <<'PY' || { tail -20 "$tmp/prom.log" >&2; fail "prometheus did not start scraping"; }
+import json, sys, time, urllib.request
+port = sys.argv[1]
+for _ in range(300):
+    try:
+        r = json.load(urllib.request.urlopen("http://127.0.0.1:%s/api/v1/query?query=up" % port, timeout=2))
+        ups = [float(x["value"][1]) for x in r["data"]["result"]]
+        if len(ups) == 3 and all(u == 1 for u in ups):
+            sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.2)
+sys.exit(1)
+PY
+
 # Four requests of known sizes: prompts of 3, 5, 7 and 9 tokens, 6 new tokens each.
 for n in 3 5 7 9; do
   toks=$(seq -s ' ' 10 $((9 + n)))
@@ -70,8 +104,9 @@ for n in 3 5 7 9; do
     { cat "$tmp/run.err" >&2; fail "request of $n tokens"; }
   [ "$(wc -w < "$tmp/out.$n")" -eq 6 ] || fail "request of $n tokens: $(cat "$tmp/out.$n")"
 done
-# The workers report compute time with their heartbeats (every second).
-sleep 2.5
+# The workers report compute time with their heartbeats (every second); Prometheus scrapes
+# a few more times.
+sleep 3.5
 "$F" load --cluster "127.0.0.1:$port" --json > "$tmp/load.json" || fail "ferryctl load"
 for x in co:$co_m w0:$w0_m w1:$w1_m; do
   python3 - "${x#*:}" "$tmp/${x%%:*}.prom" <<'PY' || fail "scrape of ${x%%:*}"
@@ -163,5 +198,39 @@ for m in (w0, w1):
     assert get(m, "ferry_worker_slots_loaded") == 8 * len(layers)
 print("metrics agree: 4 requests, %d prompt + 24 generated tokens, %d routed pairs per layer "
       "on %d MoE layers" % (sum(prompts), want, len(layers)))
+PY
+
+# The same numbers through Prometheus, and every expression of the dashboard has data.
+python3 - "$tmp" "$prom_port" "$FERRY_SRC/deploy/grafana/ferry.json" <<'PY' || { tail -5 "$tmp/prom.log" >&2; fail "Prometheus"; }
+import json, os, sys, urllib.parse, urllib.request
+tmp, port, dash = sys.argv[1:]
+def query(expr):
+    u = "http://127.0.0.1:%s/api/v1/query?%s" % (port, urllib.parse.urlencode({"query": expr}))
+    r = json.load(urllib.request.urlopen(u, timeout=10))
+    assert r["status"] == "success", (expr, r)
+    return r["data"]["result"]
+def scalar(expr):
+    res = query(expr)
+    assert len(res) == 1, (expr, res)
+    return float(res[0]["value"][1])
+assert scalar("ferry_generation_tokens_total") == 24
+assert scalar("ferry_prompt_tokens_total") == 24
+assert scalar('ferry_requests_total{method="ferry.v1.Inference/Generate",code="OK"}') == 4
+assert scalar("ferry_time_to_first_token_seconds_count") == 4
+co_side = scalar("sum(ferry_layer_worker_tokens_total)")
+wk_side = scalar("sum(ferry_worker_layer_tokens_total)")
+assert co_side == wk_side > 0, (co_side, wk_side)
+load = json.load(open(os.path.join(tmp, "load.json")))
+assert co_side == sum(w["tokens"] for l in load["layers"] for w in l["workers"]), co_side
+assert scalar("sum(ferry_expert_tokens_total)") == co_side
+d = json.load(open(dash))
+exprs = [(p["title"], t["expr"]) for p in d["panels"] for t in p.get("targets", [])]
+empty = []
+for title, e in exprs:
+    if not query(e.replace("$__rate_interval", "1m")):
+        empty.append("%s: %s" % (title, e))
+assert not empty, "no data for: " + "; ".join(empty)
+print("Prometheus: the same counts through its query API; %d dashboard expressions (%d panels) "
+      "return data" % (len(exprs), len(d["panels"])))
 PY
 echo "ok"
