@@ -193,6 +193,16 @@ const struct conf_key co_config_keys[] = {
 	{ "metrics", "per_expert", CONF_BOOL, OFF(metrics.per_expert), .def = "false",
 	  .doc = "Also export ferry_expert_tokens_total per (layer, expert): MoE layers x "
 		 "routed experts series (7,808 for the 145B shape), so off by default." },
+	{ "http", "listen", CONF_HOSTPORT, OFF(http.listen), 0, 65535, .def = "",
+	  .doc = "Serve an OpenAI-compatible HTTP API here (host:port; port 0 picks a free "
+		 "one, logged): POST /v1/completions (prompt as text or token ids, max_tokens, "
+		 "temperature, top_p, seed, stop, stream with server-sent events, usage) and GET "
+		 "/v1/models, on the same scheduler as gRPC. Plain HTTP: put a TLS proxy in front "
+		 "of it beyond a trusted network. Unset: off." },
+	{ "http", "api_key_file", CONF_STR, OFF(http.api_key_file), .def = "",
+	  .doc = "File holding the key HTTP clients must send as \"Authorization: Bearer "
+		 "<key>\" (read like [server] admin_token_file: mode 0600 or stricter). "
+		 "Unset: no key is asked for." },
 	{ "log", "level", CONF_ENUM, OFF(log.level), .enum_names = level_names, .def = "info",
 	  .doc = "Log level of every component. $FERRY_LOG, when set, takes precedence and "
 		 "can also set levels per component (\"info,tp.verbs=debug\")." },

@@ -86,6 +86,10 @@ struct co_config {
 		bool per_expert;             /* per (layer, expert) token counters */
 	} metrics;
 	struct {
+		char *listen;                /* OpenAI-compatible API "host:port"; NULL: off */
+		char *api_key_file;          /* its bearer key; NULL: none */
+	} http;
+	struct {
 		enum fr_log_level level;     /* error | warn | info | debug (default info) */
 	} log;
 };

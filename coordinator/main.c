@@ -71,8 +71,8 @@ int main(int argc, char **argv)
 	struct co_config cfg = { 0 };
 	struct fr_daemon_cmdline cl = { 0 };
 	int rc, ret = 2;
-	uint8_t *secret = NULL, *admin = NULL;
-	size_t secret_len = 0, admin_len = 0;
+	uint8_t *secret = NULL, *admin = NULL, *http_key = NULL;
+	size_t secret_len = 0, admin_len = 0, http_key_len = 0;
 	char **devs = NULL;
 	int n_devs = 0;
 
@@ -125,6 +125,11 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ferry-coordinator: [server] admin_token_file: %s\n", err.msg);
 		goto out;
 	}
+	if (cfg.http.api_key_file &&
+	    rpc_auth_secret_load(cfg.http.api_key_file, &http_key, &http_key_len, &err) < 0) {
+		fprintf(stderr, "ferry-coordinator: [http] api_key_file: %s\n", err.msg);
+		goto out;
+	}
 
 	struct co_server_opts o = {
 		.model_path = cfg.model.path,
@@ -166,6 +171,9 @@ int main(int argc, char **argv)
 		.suspect_ms = (int)cfg.transport.suspect_after_ms,
 		.metrics_listen = cfg.metrics.listen,
 		.metrics_per_expert = cfg.metrics.per_expert,
+		.http_listen = cfg.http.listen,
+		.http_api_key = http_key,
+		.http_api_key_len = http_key_len,
 	};
 	fr_daemon_signals(on_signal);
 
@@ -204,5 +212,6 @@ out:
 	fr_daemon_cmdline_free(&cl);
 	rpc_auth_secret_free(secret, secret_len);
 	rpc_auth_secret_free(admin, admin_len);
+	rpc_auth_secret_free(http_key, http_key_len);
 	return ret;
 }

@@ -26,6 +26,7 @@
 #include "coordinator/scheduler.h"
 #include "coordinator/server.h"
 #include "coordinator/serving.h"
+#include "coordinator/openai.h"
 #include "moe/moe.h"
 #include "metrics/httpd.h"
 #include "metrics/prom.h"
@@ -161,6 +162,7 @@ struct co_server {
 
 	struct co_metrics metrics;
 	struct fr_httpd *httpd;        /* [metrics] listen; NULL: off */
+	struct co_openai *openai;      /* [http] listen; NULL: off */
 	bool per_expert;               /* [metrics] per_expert */
 };
 

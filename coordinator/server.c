@@ -369,6 +369,33 @@ static const char *tls_note(const struct rpc_creds *c)
 	return c->ca_file ? ", mTLS" : ", TLS";
 }
 
+/* The OpenAI-compatible API on [http] listen; its model id is the checkpoint directory's
+ * name. */
+static int http_start(struct co_server *s, const struct co_server_opts *o, struct fr_error *err)
+{
+	char id[256];
+	const char *base;
+	size_t n;
+
+	if (!o->http_listen || !o->http_listen[0])
+		return 0;
+	n = strlen(s->model_path);
+	while (n > 1 && s->model_path[n - 1] == '/')
+		n--;
+	snprintf(id, sizeof(id), "%.*s", (int)n, s->model_path);
+	base = strrchr(id, '/') ? strrchr(id, '/') + 1 : id;
+	struct co_openai_opts oo = { .listen = o->http_listen, .model_id = base,
+				     .api_key = o->http_api_key,
+				     .api_key_len = o->http_api_key_len };
+	int rc = co_openai_start(&oo, &s->serving, &s->openai, err);
+	if (rc < 0)
+		return rc;
+	fr_info(LOG_COMP, "OpenAI-compatible API on %s (port %d): POST /v1/completions, GET "
+		"/v1/models, model '%s'%s", o->http_listen, co_openai_port(s->openai), base,
+		o->http_api_key ? ", bearer key required" : "");
+	return 0;
+}
+
 int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 		     struct fr_error *err)
 {
@@ -423,6 +450,8 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	s->o.cluster_listen = NULL;
 	s->o.cluster_creds = NULL;
 	s->o.metrics_listen = NULL;
+	s->o.http_listen = NULL;
+	s->o.http_api_key = NULL;
 
 	if ((rc = model_ckpt_open(s->model_path, &s->ck, err)) < 0)
 		goto fail;
@@ -488,7 +517,8 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	}
 	if ((rc = add_methods(s, err)) < 0 || (rc = rpc_server_start(s->rpc, err)) < 0 ||
 	    (s->rpc_cluster && (rc = rpc_server_start(s->rpc_cluster, err)) < 0) ||
-	    (rc = co__metrics_listen(s, o->metrics_listen, err)) < 0)
+	    (rc = co__metrics_listen(s, o->metrics_listen, err)) < 0 ||
+	    (rc = http_start(s, o, err)) < 0)
 		goto fail;
 	fr_info(LOG_COMP, "listening on %s (port %d%s), waiting for %d worker(s), %s transport",
 		s->listen, rpc_server_port(s->rpc), tls_note(o->creds), o->workers,
@@ -932,6 +962,7 @@ void co_server_destroy(struct co_server *s)
 		nanosleep(&ts, NULL);
 	}
 	/* Handlers first (they hold requests), then the scheduler (it drives the engine). */
+	co_openai_stop(s->openai);
 	rpc_server_destroy(s->rpc);
 	rpc_server_destroy(s->rpc_cluster);
 	co_sched_destroy(s->sched);

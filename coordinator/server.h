@@ -75,6 +75,9 @@ struct co_server_opts {
 	int expert_timeout_ms;         /* combine deadline */
 	int suspect_ms;                /* step-deadline floor of a suspect worker; 0: off */
 	const char *metrics_listen;    /* /metrics on this "host:port"; NULL or "": off */
+	const char *http_listen;       /* the OpenAI-compatible API; NULL or "": off */
+	const uint8_t *http_api_key;   /* its bearer key; NULL: no check */
+	size_t http_api_key_len;
 	bool metrics_per_expert;       /* per (layer, expert) token counters too */
 };
 

@@ -201,16 +201,39 @@ static grpc_status_code unavailable(const struct co_serving *sv, struct rpc_call
 
 /* Waits for the request's next output while watching the client. Returns 1 with news, 0
  * when the client went away (the request is cancelled). */
-static int next_or_cancel(struct rpc_call *call, struct co_req *req, struct co_req_out *out)
+static int next_or_cancel(const struct co_gen_sink *sink, struct co_req *req,
+			  struct co_req_out *out)
 {
 	for (;;) {
 		if (co_req_next(req, 50, out))
 			return 1;
-		if (rpc_call_cancelled(call)) {
+		if (sink->cancelled(sink->ctx)) {
 			co_req_cancel(req);
 			return 0;
 		}
 	}
+}
+
+/* The gRPC call as a sink. */
+struct call_sink {
+	struct rpc_call *call;
+	int64_t stall_ms;
+};
+
+static int call_send(void *ctx, const Ferry__V1__GenerateResponse *m)
+{
+	struct call_sink *c = ctx;
+	return rpc_call_send_within(c->call, &m->base, c->stall_ms);
+}
+
+static bool call_cancelled(void *ctx)
+{
+	return rpc_call_cancelled(((struct call_sink *)ctx)->call);
+}
+
+static int64_t call_remaining(void *ctx)
+{
+	return rpc_call_remaining_ms(((struct call_sink *)ctx)->call);
 }
 
 static Ferry__V1__FinishReason finish_reason(enum co_finish f)
@@ -277,9 +300,19 @@ static void count_finish(struct co_serve_metrics *m, const struct co_req_out *ou
 
 grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessage *msg, void *arg)
 {
-	const Ferry__V1__GenerateRequest *r = (const Ferry__V1__GenerateRequest *)msg;
 	struct co_serving *sv = arg;
+	struct call_sink cs = { call, sv->stall_ms };
+	struct co_gen_sink sink = { call_send, call_cancelled, call_remaining, &cs };
 	struct fr_error err = { { 0 } };
+	grpc_status_code st;
+
+	st = co_generate_run(sv, (const Ferry__V1__GenerateRequest *)msg, &sink, &err);
+	return st != GRPC_STATUS_OK && err.msg[0] ? rpc_call_fail(call, st, "%s", err.msg) : st;
+}
+
+grpc_status_code co_generate_run(struct co_serving *sv, const Ferry__V1__GenerateRequest *r,
+				 const struct co_gen_sink *sink, struct fr_error *err)
+{
 	struct co_req_spec spec;
 	struct co_req *req = NULL;
 	int32_t *ids = NULL;
@@ -296,43 +329,49 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 	char *sv_text_buf = NULL;   /* the final message's joined text */
 	float *held_rows = NULL;    /* logits rows being sent (taken from the scheduler) */
 
-	if ((st = unavailable(sv, call)) != GRPC_STATUS_OK)
-		return st;
-	if ((rc = co_generate_validate(sv, r, &spec, &ids, &err)) < 0)
-		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
+	char ubuf[512];
+	const char *why = sv->unavailable ? sv->unavailable(sv->ctx, ubuf, sizeof(ubuf)) : NULL;
+	if (why)
+		return fr_error_set(err, -EAGAIN, "coordinator is %s", why),
+		       GRPC_STATUS_UNAVAILABLE;
+	if ((rc = co_generate_validate(sv, r, &spec, &ids, err)) < 0)
+		return rpc_status_from_errno(rc);
 	/* Text out: asked for, or implied by a text prompt or stop strings. */
 	bool want_text = sv->tok && (r->return_text || (r->prompt && r->prompt[0]) || r->n_stop);
 	if (want_text && ((rc = co_detok_create(sv->tok, CO_DETOK_NO_NUL, &dt)) < 0 ||
 			  (rc = co_stop_create((const char *const *)r->stop, NULL, (int)r->n_stop,
-					       &stop, &err)) < 0)) {
+					       &stop, err)) < 0)) {
 		free(ids);
 		co_detok_destroy(dt);
-		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg[0] ? err.msg : strerror(-rc));
+		if (!err->msg[0])
+			fr_error_set(err, rc, "%s", strerror(-rc));
+		return rpc_status_from_errno(rc);
 	}
-	rc = co_sched_submit(sv->sched, &spec, &req, &err);
+	rc = co_sched_submit(sv->sched, &spec, &req, err);
 	free(ids);
 	if (rc < 0) {
 		co_detok_destroy(dt);
 		co_stop_destroy(stop);
-		return rpc_call_fail(call, rpc_status_from_errno(rc), "%s", err.msg);
+		return rpc_status_from_errno(rc);
 	}
 
 	for (;;) {
 		struct co_req_out out;
-		if (!next_or_cancel(call, req, &out)) {
-			st = rpc_call_remaining_ms(call) <= 0 ? GRPC_STATUS_DEADLINE_EXCEEDED :
-								 GRPC_STATUS_CANCELLED;
+		if (!next_or_cancel(sink, req, &out)) {
+			st = sink->remaining_ms(sink->ctx) <= 0 ? GRPC_STATUS_DEADLINE_EXCEEDED :
+								  GRPC_STATUS_CANCELLED;
 			goto out;
 		}
 		if (out.finish == CO_FINISH_ERROR) {
 			count_finish(sv->metrics, &out);
-			st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "generation failed: %s",
-					   out.errmsg);
+			fr_error_set(err, -EIO, "generation failed: %s", out.errmsg);
+			st = GRPC_STATUS_UNAVAILABLE;
 			goto out;
 		}
 		if (out.finish == CO_FINISH_CANCELLED && !stopped) {
 			count_finish(sv->metrics, &out);
-			st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "the server is stopping");
+			fr_error_set(err, -ESHUTDOWN, "the server is stopping");
+			st = GRPC_STATUS_UNAVAILABLE;
 			goto out;
 		}
 		/* Text of the new tokens through the stop-string matcher; at the end, what the
@@ -440,7 +479,7 @@ grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessag
 			}
 			if (!rws && !m.n_tokens && !m.finish_reason && !tbuf)
 				break;
-			int src = rpc_call_send_within(call, &m.base, sv->stall_ms);
+			int src = sink->send(sink->ctx, &m);
 			free(tbuf);
 			if (src < 0) {
 				co_req_cancel(req);
@@ -480,6 +519,8 @@ grpc_status_code co_handle_score(struct rpc_call *call, const ProtobufCMessage *
 	struct co_req_out out;
 	int32_t *ids = NULL;
 	grpc_status_code st;
+	struct call_sink cs = { call, sv->stall_ms };
+	struct co_gen_sink sink = { call_send, call_cancelled, call_remaining, &cs };
 	int rc;
 
 	if ((st = unavailable(sv, call)) != GRPC_STATUS_OK)
@@ -491,7 +532,7 @@ grpc_status_code co_handle_score(struct rpc_call *call, const ProtobufCMessage *
 		goto out;
 	}
 	do {
-		if (!next_or_cancel(call, req, &out)) {
+		if (!next_or_cancel(&sink, req, &out)) {
 			st = rpc_call_remaining_ms(call) <= 0 ? GRPC_STATUS_DEADLINE_EXCEEDED :
 								 GRPC_STATUS_CANCELLED;
 			goto out;

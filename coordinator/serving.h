@@ -68,6 +68,25 @@ int co_generate_validate(const struct co_serving *sv, const Ferry__V1__GenerateR
 int co_score_validate(const struct co_serving *sv, const Ferry__V1__ScoreRequest *r,
 		      struct co_req_spec *spec, int32_t **ret_ids, struct fr_error *err);
 
+/* Where co_generate_run() sends its responses: the gRPC call, or the HTTP API's stream. */
+struct co_gen_sink {
+	/* Sends one response. 0, or a negative errno (-ENOBUFS: the client read nothing for
+	 * [server] stall_timeout, the request is cancelled with RESOURCE_EXHAUSTED). */
+	int (*send)(void *ctx, const Ferry__V1__GenerateResponse *m);
+	/* The client went away (or its deadline passed). */
+	bool (*cancelled)(void *ctx);
+	/* Milliseconds to its deadline (<= 0: passed), INT64_MAX without one. */
+	int64_t (*remaining_ms)(void *ctx);
+	void *ctx;
+};
+
+/* Generate, whatever carries it: validates r, runs it on the scheduler and streams what it
+ * produces to sink (logits rows, tokens and text, then finish_reason, usage and timing).
+ * Returns GRPC_STATUS_OK or the status the request ends with, err saying why when there is
+ * more to say than the status (an invalid field, the server stopping...). */
+grpc_status_code co_generate_run(struct co_serving *sv, const Ferry__V1__GenerateRequest *r,
+				 const struct co_gen_sink *sink, struct fr_error *err);
+
 /* rpc handlers; arg is a struct co_serving *. */
 grpc_status_code co_handle_generate(struct rpc_call *call, const ProtobufCMessage *req,
 				    void *arg);

@@ -101,8 +101,7 @@ static int split(const char *listen, char *host, size_t n, const char **port)
 static int tcp_start(const char *listen, fr_httpd_fn fn, void *ctx, struct fr_httpd **ret,
 		     struct fr_error *err);
 
-/* "unix:/path": a listening Unix socket (an old socket file there is replaced). */
-static int unix_listener(const char *path, struct fr_error *err)
+int fr_httpd_unix_listener(const char *path, struct fr_error *err)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int fd, rc;
@@ -128,7 +127,7 @@ int fr_httpd_start(const char *listen, fr_httpd_fn fn, void *ctx, struct fr_http
 		   struct fr_error *err)
 {
 	if (listen && strncmp(listen, "unix:", 5) == 0) {
-		int fd = unix_listener(listen + 5, err);
+		int fd = fr_httpd_unix_listener(listen + 5, err);
 		struct fr_httpd *h;
 		if (fd < 0)
 			return fd;

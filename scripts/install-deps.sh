@@ -14,6 +14,8 @@ pkgs=(
   openssl  # tests/rpc/gen-certs.sh: the test PKI
   python3-grpcio python3-grpc-tools  # tests/py: Python gRPC clients
 )
+# tests/http: the openai npm client (npm ci at test time) needs Node.js
+command -v node >/dev/null || pkgs+=(nodejs npm)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
