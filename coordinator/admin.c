@@ -1208,6 +1208,8 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 	lr->after = pl.mean_after;
 	lr->moves = pl.moves;
 	snprintf(lr->why, sizeof(lr->why), "%s", why);
+	s->rb_history[s->rb_next] = *lr;
+	s->rb_next = (s->rb_next + 1) % CO_RB_HISTORY;
 	pthread_mutex_unlock(&s->mu);
 	fr_info(LOG_COMP, "rebalance (%s): epoch %llu in force, %u slots moved in %.2f s, "
 		"balancedness %.3f -> %.3f (predicted)", why, (unsigned long long)epoch, pl.moves,

@@ -246,8 +246,13 @@ void co__metrics_write(struct co_server *s, FILE *f)
 
 static int page(void *ctx, const char *path, FILE *f, const char **ctype)
 {
+	int st;
+
 	if (strcmp(path, "/metrics") != 0) {
-		fprintf(f, "%s: not found; the metrics are at /metrics\n", path);
+		if ((st = co__status_page(ctx, path, f, ctype)) != 0)
+			return st;
+		fprintf(f, "%s: not found; here are /metrics, / (the status page) and "
+			"/status.json\n", path);
 		return 404;
 	}
 	*ctype = "text/plain; version=0.0.4; charset=utf-8";

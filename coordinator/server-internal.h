@@ -140,6 +140,10 @@ struct co_server {
 		uint32_t moves;
 		char why[128];
 	} last_rebalance;
+#define CO_RB_HISTORY 8
+	struct co_rebalance_record rb_history[CO_RB_HISTORY]; /* the last ones, for the status
+							     * page; rb_next is the oldest */
+	int rb_next;
 	struct co_placement *place;
 	char place_err[512];           /* set when the placement is impossible */
 	struct co_serving serving;     /* Generate/Score context */
@@ -174,6 +178,9 @@ void co__metrics_stop(struct co_server *s);
 void co__metrics_fini(struct co_server *s);
 /* The Prometheus text of everything. */
 void co__metrics_write(struct co_server *s, FILE *f);
+/* status_page.c: GET / (HTML) and /status.json on the metrics port; returns the HTTP
+ * status, or 0 for a path that is not its own. */
+int co__status_page(struct co_server *s, const char *path, FILE *f, const char **ctype);
 /* "joining", "serving", "draining", "suspect" (no heartbeat for three intervals) or "dead";
  * under mu. */
 const char *co__worker_state_name(const struct co_server *s, int i, uint64_t now_ns);

@@ -11,6 +11,7 @@ pkgs=(
   libmicrohttpd-dev  # /metrics
   xz-utils
   prometheus  # tests: promtool check metrics, and a real server scraping a cluster
+  chromium    # tests/cluster/run-status-page.sh: the status page in headless Chromium
   openssl  # tests/rpc/gen-certs.sh: the test PKI
   python3-grpcio python3-grpc-tools  # tests/py: Python gRPC clients
 )
