@@ -56,7 +56,13 @@ static struct {
 		enum fr_log_level lvl;
 	} rules[LOG_MAX_RULES];
 	bool syslog_prefix;
+	fr_log_sink_fn sink;
 } g_log = { .once = PTHREAD_ONCE_INIT, .def = FR_LOG_INFO };
+
+void fr_log_set_sink(fr_log_sink_fn fn)
+{
+	g_log.sink = fn;
+}
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
 
@@ -154,6 +160,13 @@ void fr_log(enum fr_log_level lvl, const char *comp, const char *fmt, ...)
 
 	if (!fr_log_enabled(lvl, comp))
 		return;
+	if (g_log.sink) {
+		va_start(ap, fmt);
+		vsnprintf(line, sizeof(line), fmt, ap);
+		va_end(ap);
+		g_log.sink(lvl, comp, line);
+		return;
+	}
 	if (g_log.syslog_prefix)
 		n = snprintf(line, sizeof(line), "<%d>%s: ", syslog_pri[lvl], comp);
 	else

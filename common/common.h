@@ -50,6 +50,11 @@ enum fr_log_level {
  * syslog-style <N> prefix when FERRY_LOG_PREFIX=syslog). `comp` names the component
  * ("model", "kn", "engine", "tp.verbs"); its level is set with fr_log_set_levels(). */
 void fr_log(enum fr_log_level lvl, const char *comp, const char *fmt, ...) FR_PRINTF(3, 4);
+/* Where log lines go instead of stderr (NULL: stderr again): the daemons send them to
+ * journald with the component and level as fields when stderr is the journal. msg is the
+ * formatted message without the level and component. Set before threads log. */
+typedef void (*fr_log_sink_fn)(enum fr_log_level lvl, const char *comp, const char *msg);
+void fr_log_set_sink(fr_log_sink_fn fn);
 bool fr_log_enabled(enum fr_log_level lvl, const char *comp);
 /* Parses "info", "debug" or a list "warn,model=debug,tp.verbs=info". Returns 0 or -EINVAL.
  * Also read once from $FERRY_LOG at first use. */

@@ -10,7 +10,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
 #include <systemd/sd-daemon.h>
+#include <systemd/sd-journal.h>
 #include <unistd.h>
 
 #include "common/common.h"
@@ -117,11 +120,35 @@ void fr_daemon_signals(void (*stop)(int sig))
 	signal(SIGPIPE, SIG_IGN);
 }
 
+/* To journald with structured fields: PRIORITY (syslog level), FERRY_COMPONENT,
+ * FERRY_LEVEL, and the message as "component: text" for plain readers. */
+static void journal_sink(enum fr_log_level lvl, const char *comp, const char *msg)
+{
+	static const int pri[] = { LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG };
+	sd_journal_send("MESSAGE=%s: %s", comp, msg, "PRIORITY=%d", pri[lvl],
+			"FERRY_COMPONENT=%s", comp, "FERRY_LEVEL=%s", fr_log_level_name(lvl),
+			"SYSLOG_IDENTIFIER=%s", program_invocation_short_name, NULL);
+}
+
+/* systemd connects a service's stderr to the journal and says so in $JOURNAL_STREAM
+ * ("DEV:INODE" of that stream); a redirected stderr no longer matches. */
+static bool stderr_is_journal(void)
+{
+	const char *js = getenv("JOURNAL_STREAM");
+	unsigned long long dev, ino;
+	struct stat st;
+
+	return js && sscanf(js, "%llu:%llu", &dev, &ino) == 2 && fstat(STDERR_FILENO, &st) == 0 &&
+	       (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
 void fr_daemon_log_levels(const char *configured)
 {
 	fr_log_set_levels(configured);
 	if (getenv("FERRY_LOG"))
 		fr_log_set_levels(getenv("FERRY_LOG"));
+	if (stderr_is_journal())
+		fr_log_set_sink(journal_sink);
 }
 
 static uint64_t watchdog_usec;

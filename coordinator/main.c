@@ -190,12 +190,15 @@ int main(int argc, char **argv)
 		printf("ferry-coordinator listening on port %d\n", co_server_port(g_srv));
 	fflush(stdout);
 	fr_daemon_watchdog();
-	sd_notify(0, "STATUS=waiting for workers");
+	/* Ready once it listens: workers (whose units start After= this one) can join only
+	 * then, and clients get UNAVAILABLE, Health NOT_SERVING, until they have. Waiting for
+	 * the workers here would deadlock a host that runs both. */
+	sd_notify(0, "READY=1\nSTATUS=waiting for workers");
 	if (co_server_start(g_srv, &err) < 0) {
 		fr_err("coordinator", "%s", err.msg);
 		goto out;
 	}
-	sd_notify(0, "READY=1\nSTATUS=serving");
+	sd_notify(0, "STATUS=serving");
 	rc = co_server_wait(g_srv, &err);
 	sd_notify(0, "STOPPING=1");
 	if (rc < 0) {

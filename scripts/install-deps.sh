@@ -12,6 +12,7 @@ pkgs=(
   xz-utils
   prometheus  # tests: promtool check metrics, and a real server scraping a cluster
   chromium    # tests/cluster/run-status-page.sh: the status page in headless Chromium
+  systemd-container debootstrap  # tests/deploy/run-systemd.sh: the units under systemd
   openssl  # tests/rpc/gen-certs.sh: the test PKI
   python3-grpcio python3-grpc-tools  # tests/py: Python gRPC clients
 )
