@@ -187,6 +187,16 @@ void co__metrics_write(struct co_server *s, FILE *f)
 	fr_prom_family(f, "ferry_step_seconds", "histogram",
 		       "Duration of one forward step (every micro-batch, experts included).");
 	fr_prom_histo(f, "ferry_step_seconds", NULL, &s->metrics.step);
+	fr_prom_family(f, "ferry_layer_dispatch_seconds", "histogram",
+		       "From a micro-batch's dispatch to its combine, per MoE layer: the routed "
+		       "experts' part of a step, transport included.");
+	for (int l = 0; l < s->metrics.n_dispatch; l++) {
+		char layer[16];
+		snprintf(layer, sizeof(layer), "%d", l);
+		fr_prom_histo(f, "ferry_layer_dispatch_seconds",
+			      fr_prom_labels(lb, sizeof(lb), "layer", layer, NULL),
+			      &s->metrics.dispatch[l]);
+	}
 
 	struct co_sched_stats st = { 0 };
 	if (s->sched)
@@ -264,9 +274,19 @@ int co__metrics_init(struct co_server *s, struct fr_error *err)
 {
 	int rc;
 
+	int n_moe = model_n_moe_layers(s->cfg);
+
 	if ((rc = co_serve_metrics_init(&s->metrics.serve)) < 0 ||
 	    (rc = fr_histo_init(&s->metrics.step, fr_prom_step_buckets, fr_prom_step_n)) < 0)
 		return fr_error_set(err, rc, "metrics: %s", strerror(-rc));
+	s->metrics.dispatch = calloc((size_t)FR_MAX(n_moe, 1), sizeof(*s->metrics.dispatch));
+	if (!s->metrics.dispatch)
+		return fr_error_set(err, -ENOMEM, "metrics: out of memory");
+	s->metrics.n_dispatch = n_moe;
+	for (int l = 0; l < n_moe; l++)
+		if ((rc = fr_histo_init(&s->metrics.dispatch[l], fr_prom_step_buckets,
+					fr_prom_step_n)) < 0)
+			return fr_error_set(err, rc, "metrics: %s", strerror(-rc));
 	s->serving.metrics = &s->metrics.serve;
 	return 0;
 }
@@ -294,4 +314,16 @@ void co__metrics_fini(struct co_server *s)
 	s->serving.metrics = NULL;
 	co_serve_metrics_fini(&s->metrics.serve);
 	fr_histo_fini(&s->metrics.step);
+	for (int l = 0; s->metrics.dispatch && l < s->metrics.n_dispatch; l++)
+		fr_histo_fini(&s->metrics.dispatch[l]);
+	free(s->metrics.dispatch);
+	s->metrics.dispatch = NULL;
+}
+
+void co__metrics_on_combine(void *ctx, int moe_layer, uint64_t ns)
+{
+	struct co_server *s = ctx;
+
+	if (moe_layer >= 0 && moe_layer < s->metrics.n_dispatch)
+		fr_histo_observe(&s->metrics.dispatch[moe_layer], (double)ns / 1e9);
 }

@@ -84,6 +84,8 @@ enum { CO_FO_REROUTED, CO_FO_HEALED, CO_FO_LOST };
 struct co_metrics {
 	struct co_serve_metrics serve;  /* Generate / Score (serving.c) */
 	struct fr_histo step;           /* co__engine_step(), seconds */
+	struct fr_histo *dispatch;      /* [MoE layers] dispatch -> combine, seconds */
+	int n_dispatch;
 	_Atomic uint64_t rebalances[3]; /* CO_RB_* */
 	_Atomic uint64_t failovers[3];  /* CO_FO_* */
 	_Atomic uint64_t bytes_moved;
@@ -176,6 +178,8 @@ int co__metrics_init(struct co_server *s, struct fr_error *err);
 int co__metrics_listen(struct co_server *s, const char *listen, struct fr_error *err);
 void co__metrics_stop(struct co_server *s);
 void co__metrics_fini(struct co_server *s);
+/* moe_remote_opts.on_combine: one layer's dispatch -> combine time. */
+void co__metrics_on_combine(void *ctx, int moe_layer, uint64_t ns);
 /* The Prometheus text of everything. */
 void co__metrics_write(struct co_server *s, FILE *f);
 /* status_page.c: GET / (HTML) and /status.json on the metrics port; returns the HTTP

@@ -574,7 +574,8 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 	struct moe_remote_opts ro = { .ring = s->ring, .wire = s->o.wire,
 				     .timeout_ms = s->o.expert_timeout_ms, .load = s->load,
 				     .epoch = (uint32_t)s->epoch, .names = names,
-				     .suspect_ms = s->o.suspect_ms };
+				     .suspect_ms = s->o.suspect_ms,
+				     .on_combine = co__metrics_on_combine, .on_combine_ctx = s };
 	rc = moe_remote_create(s->cfg, s->tp, s->n_tp, s->o.workers, eps, recv, s->place, &ro,
 				  &s->moe, err);
 	free(names);

@@ -86,6 +86,10 @@ struct moe_remote_opts {
 	 * token times the tokens sent), once 4 answers are known (before: timeout_ms).
 	 * 0: no suspicion, only timeout_ms. */
 	int suspect_ms;
+	/* NULL, or called after each combine with the MoE layer index and the time since its
+	 * dispatch began (the experts' part of the step as the engine sees it: /metrics). */
+	void (*on_combine)(void *ctx, int moe_layer, uint64_t ns);
+	void *on_combine_ctx;
 };
 
 /* Errors: -EINVAL (shapes: placement vs config vs ring; n_ctxs outside 1..TP_WAIT_MANY_MAX,

@@ -90,6 +90,7 @@ struct rm_mb {
 	int moe_layer;
 	int mb;
 	int n_tok;
+	uint64_t t0_ns;          /* when dispatch began, for on_combine */
 };
 
 struct moe_remote {
@@ -401,6 +402,7 @@ static int remote_dispatch(void *ctx, int layer, int mb, const float *x, int n_t
 	struct moe_remote *m = ctx;
 	const struct fp_ring *ring = &m->o.ring;
 	int moe_layer = model_moe_index(m->cfg, layer), rc;
+	uint64_t t0 = fr_now_ns();
 
 	if (m->failed)
 		return m->failed;
@@ -474,6 +476,7 @@ static int remote_dispatch(void *ctx, int layer, int mb, const float *x, int n_t
 
 	/* Active before the first put: its answers may arrive while later puts wait. */
 	*s = (struct rm_mb){ .active = true, .layer = layer, .moe_layer = moe_layer, .mb = mb,
+			     .t0_ns = t0,
 			     .n_tok = n_tok };
 	uint64_t deadline = fr_now_ns() + (uint64_t)m->o.timeout_ms * 1000000u;
 	for (int i = 0; i < m->n_workers; i++) {
@@ -578,6 +581,8 @@ static int remote_combine(void *ctx, int layer, int mb, float *out)
 		ws->n_tok = 0;
 	}
 	s->active = false;
+	if (m->o.on_combine)
+		m->o.on_combine(m->o.on_combine_ctx, s->moe_layer, fr_now_ns() - s->t0_ns);
 	return 0;
 }
 

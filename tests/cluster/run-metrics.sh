@@ -164,6 +164,9 @@ for h, n in (("ferry_time_to_first_token_seconds", 4), ("ferry_request_latency_s
     assert get(co, h + "_count") == n, (h, get(co, h + "_count"))
     assert get(co, h + "_bucket", le="+Inf") == n, h
 assert get(co, "ferry_step_seconds_count") == get(co, "ferry_steps_total") >= 4 * 6
+# every step dispatches every MoE layer at least once (micro-batches: possibly more)
+for L in ("0", "1", "2"):
+    assert get(co, "ferry_layer_dispatch_seconds_count", layer=L) >= get(co, "ferry_steps_total"), L
 assert get(co, "ferry_workers", state="serving") == 2
 assert get(co, "ferry_requests_running") == 0 and get(co, "ferry_kv_blocks", state="used") == 0
 assert get(co, "ferry_placement_epoch") >= 1
