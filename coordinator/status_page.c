@@ -35,6 +35,9 @@ static const char page[] =
 	"<h2>Layers</h2><table id=\"layers\"><thead><tr><th>MoE layer</th><th>balancedness by"
 	" tokens</th><th>by time</th><th>hottest expert</th></tr></thead><tbody></tbody>"
 	"</table>\n"
+	"<h2>Placement <span class=\"muted\">(the experts each worker holds, per MoE layer)"
+	"</span></h2><table id=\"placement\"><thead><tr><th>MoE layer</th><th>worker</th><th>"
+	"experts in its slots</th></tr></thead><tbody></tbody></table>\n"
 	"<h2>Last rebalances</h2><table id=\"rebalances\"><thead><tr><th>when</th><th>why</th>"
 	"<th>slots moved</th><th>seconds</th><th>balancedness before</th><th>after</th></tr>"
 	"</thead><tbody></tbody></table>\n"
@@ -109,6 +112,9 @@ static const char page[] =
 	"    fill('rebalances', s.rebalances.length ? s.rebalances.map(r => row([new "
 	"Date(r.when_unix_s * 1000).toLocaleString(), r.why, r.moves, r.duration_s.toFixed(2), "
 	"r.before.toFixed(3), r.after.toFixed(3)])) : [row(['none yet', '', '', '', '', ''])]);\n"
+	"    fill('placement', s.layers.flatMap(L => L.slots.map((sl, w) => row([L.layer, "
+	"s.workers[w] ? s.workers[w].name : w, sl.map(e => e < 0 ? '-' : 'e' + e).join(' "
+	"')]))));\n"
 	"    heat(s);\n"
 	"    document.body.dataset.ready = '1';\n"
 	"  } catch (e) {\n"
@@ -155,14 +161,22 @@ static json_t *status_json(struct co_server *s)
 		for (int g = 0; g < s->place->total_slots; g++)
 			if (se[g] >= 0 && se[g] < n_e)
 				rep[se[g]]++;
-		json_t *ra = json_array();
+		json_t *ra = json_array(), *pl = json_array();
 		for (int e = 0; e < n_e; e++)
 			json_array_append_new(ra, json_integer(rep[e]));
+		/* the placement: the expert in each slot of each worker (-1: out of service) */
+		for (int w = 0; w < W; w++) {
+			json_t *ws = json_array();
+			for (int g = s->place->slot_base[w]; g < s->place->slot_base[w + 1]; g++)
+				json_array_append_new(ws, json_integer(se[g]));
+			json_array_append_new(pl, ws);
+		}
 		for (int w = 0; w < W; w++)
 			wsum[w] += wt[w];
-		json_array_append_new(layers, json_pack("{s:i, s:f, s:f, s:o, s:o}", "layer", l,
+		json_array_append_new(layers, json_pack("{s:i, s:f, s:f, s:o, s:o, s:o}", "layer", l,
 							"balancedness", b, "balancedness_time", bt,
-							"expert_tokens", u64s(v, n_e), "replicas", ra));
+							"expert_tokens", u64s(v, n_e), "replicas", ra,
+							"slots", pl));
 	}
 	pthread_mutex_unlock(&s->engine_mu);
 

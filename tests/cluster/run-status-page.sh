@@ -117,6 +117,11 @@ assert p.rects == {(l, e) for l in range(n_moe) for e in range(n_e)}, len(p.rect
 layers = p.tables["layers"]
 assert [int(r[0]) for r in layers] == list(range(n_moe)), layers
 assert all(0 < float(r[1]) <= 1 for r in layers), layers
+pl = p.tables["placement"]
+assert len(pl) == n_moe * 2 and {r[1] for r in pl} == {"alpha", "beta"}, pl
+for L in range(n_moe):  # every expert is placed somewhere in every layer
+    held = set(x for r in pl if r[0] == str(L) for x in r[2].split())
+    assert held >= {"e%d" % e for e in range(n_e)}, (L, held)
 rbs = p.tables["rebalances"]
 assert len(rbs) == 1 and rbs[0][1].startswith("manual") and int(rbs[0][2]) > 0, rbs
 print("status page: %d workers, %d layers x %d experts in the heat map, %d rebalance; "
