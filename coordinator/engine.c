@@ -568,15 +568,28 @@ static int forward_chunk(struct co_engine *e, int n, const int32_t *tokens, cons
 	}
 	if (n_rows) {
 		kn_rmsnorm(e->xn, e->tmp, e->w->final_norm, n_rows, hs, (float)c->rms_norm_eps);
-		/* Contiguous rows land in place; otherwise stage through h (no longer needed). */
+		/* Contiguous rows land in place. Otherwise the vocabulary goes in chunks through h
+		 * (no longer needed; max_batch x hidden floats): every wanted row of a chunk at
+		 * once, then scattered, so lm_head is read once whatever the rows. */
 		bool contiguous = e->rows[n_rows - 1] - e->rows[0] == n_rows - 1;
-		float *dst = contiguous ? logits + (size_t)e->rows[0] * c->vocab_size : NULL;
 		if (contiguous) {
-			kn_matmul(dst, e->xn, &e->w->lm_head, n_rows);
+			kn_matmul(logits + (size_t)e->rows[0] * c->vocab_size, e->xn, &e->w->lm_head,
+				  n_rows);
 		} else {
-			for (int r = 0; r < n_rows; r++)
-				kn_matmul(logits + (size_t)e->rows[r] * c->vocab_size,
-					  e->xn + (size_t)r * hs, &e->w->lm_head, 1);
+			const struct kn_mat *lm = &e->w->lm_head;
+			size_t esz = kn_dtype_size(lm->dtype);
+			int chunk = (int)FR_MIN((size_t)lm->rows, (size_t)e->o.max_batch * hs / n_rows);
+			chunk = chunk >= 16 ? chunk / 16 * 16 : chunk;
+			for (int v0 = 0; v0 < lm->rows; v0 += chunk) {
+				struct kn_mat part = *lm;
+				part.rows = FR_MIN(chunk, lm->rows - v0);
+				part.data = (const char *)lm->data + (size_t)v0 * lm->cols * esz;
+				kn_matmul(e->h, e->xn, &part, n_rows);
+				for (int r = 0; r < n_rows; r++)
+					memcpy(logits + (size_t)e->rows[r] * c->vocab_size + v0,
+					       e->h + (size_t)r * part.rows,
+					       sizeof(float) * (size_t)part.rows);
+			}
 		}
 	}
 	PROF_END(CO_PROF_LMHEAD);
