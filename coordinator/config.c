@@ -138,8 +138,10 @@ const struct conf_key co_config_keys[] = {
 		 "Workers need [transport] ring_slots at least this large." },
 	{ "engine", "max_batch", CONF_INT, OFF(engine.max_batch), 1, 65536, .def = "256",
 	  .doc = "Most tokens in one forward step (prefill chunks and decode tokens together)." },
-	{ "engine", "max_seqs", CONF_INT, OFF(engine.max_seqs), 1, 65536, .def = "16",
-	  .doc = "Most sequences batched at once." },
+	{ "engine", "max_seqs", CONF_INT, OFF(engine.max_seqs), 0, 65536, .def = "0",
+	  .doc = "Most sequences batched at once. 0: as many as the KV pool (kv_blocks) could "
+		 "hold at one block each, at most max_batch: admission then depends on the "
+		 "memory each request needs (prompt + max_tokens), not on a count." },
 	{ "engine", "prefill_chunk", CONF_INT, OFF(engine.prefill_chunk), 0, 65536, .def = "0",
 	  .doc = "Most prompt tokens of one request per step, so a long prompt is prefilled in "
 		 "chunks while other requests keep decoding. 0: half of max_batch." },
@@ -149,7 +151,7 @@ const struct conf_key co_config_keys[] = {
 	{ "engine", "kv_blocks", CONF_INT, OFF(engine.kv_blocks), 0, 1 << 26, .def = "0",
 	  .doc = "KV-cache pool in blocks of 16 positions, allocated up front. Requests are "
 		 "admitted while their whole context fits; the rest wait. 0: enough for max_seqs "
-		 "sequences of max_ctx positions." },
+		 "sequences of max_ctx positions, or for 16 when max_seqs is 0." },
 	{ "engine", "max_ctx", CONF_INT, OFF(engine.max_ctx), 0, 1 << 24, .def = "0",
 	  .doc = "Cap on context length (prompt and generated tokens). 0: the model's." },
 	{ "engine", "threads", CONF_INT, OFF(engine.threads), 0, 4096, .def = "0",

@@ -66,7 +66,7 @@ struct co_config {
 	struct {
 		int micro_batches;           /* ping-pong micro-batches per step (1..8, default 2) */
 		int max_batch;               /* tokens per forward step (default 256) */
-		int max_seqs;                /* sequences batched at once (default 16) */
+		int max_seqs;                /* sequences batched at once; 0: from the KV pool */
 		int prefill_chunk;           /* prompt tokens per request per step; 0: max_batch / 2 */
 		int queue_max;               /* waiting requests before RESOURCE_EXHAUSTED (256) */
 		int kv_blocks;               /* KV pool in blocks; 0: max_seqs x max_ctx */

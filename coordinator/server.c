@@ -404,7 +404,7 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 
 	if (!o->model_path || !o->listen || o->workers < 1 || o->workers > MAX_WORKERS ||
 	    o->micro_batches < 1 || o->micro_batches > MOE_MAX_MICRO_BATCHES || o->max_batch < 1 ||
-	    o->max_seqs < 1 || !o->secret || o->secret_len == 0)
+	    o->max_seqs < 0 || o->kv_blocks < 0 || !o->secret || o->secret_len == 0)
 		return fr_error_set(err, -EINVAL, "coordinator options out of range");
 	s = calloc(1, sizeof(*s));
 	if (!s)
@@ -463,6 +463,14 @@ int co_server_create(const struct co_server_opts *o, struct co_server **ret,
 	}
 	s->max_ctx = o->max_ctx > 0 ? FR_MIN(o->max_ctx, s->cfg->max_position_embeddings) :
 				      s->cfg->max_position_embeddings;
+	/* The KV pool is the memory; the sequence count follows from it unless set. */
+	if (!s->o.kv_blocks) {
+		int64_t want = (int64_t)(s->o.max_seqs ? s->o.max_seqs : 16) *
+			       FR_DIV_ROUND_UP(s->max_ctx, CO_KV_BLOCK_SIZE);
+		s->o.kv_blocks = (int)FR_MIN(want, (int64_t)1 << 26);
+	}
+	if (!s->o.max_seqs)
+		s->o.max_seqs = FR_MIN(s->o.max_batch, s->o.kv_blocks);
 	/* What every worker's copy must match (read from both ends of each expert tensor). A
 	 * coordinator whose copy lacks the routed experts cannot compare: it says so. */
 	if ((rc = model_expert_fingerprints(s->ck, &s->fp, &s->n_fp, err)) == -ENOENT) {

@@ -56,11 +56,12 @@ struct co_server_opts {
 	int64_t rebalance_load_timeout_ms; /* 0: 120 s */
 	int micro_batches;             /* ping-pong micro-batches (>= 1) */
 	int max_batch;                 /* rows per forward pass */
-	int max_seqs;                  /* concurrent sequences */
+	int max_seqs;                  /* concurrent sequences; 0: min(max_batch, kv_blocks) */
 	int prefill_chunk;             /* prompt rows per request per step (0: max_batch / 2) */
 	int queue_max;                 /* waiting requests before RESOURCE_EXHAUSTED (0: 256) */
 	int max_ctx;                   /* positions per sequence (0 = the model's) */
-	int kv_blocks;                 /* KV pool in 16-position blocks (0: max_seqs x max_ctx) */
+	int kv_blocks;                 /* KV pool in 16-position blocks (0: max_seqs, or 16 when
+	                                * max_seqs is 0, sequences of max_ctx) */
 	size_t stream_buffer;          /* logits bytes a stream may hold unread (0: 4 MiB) */
 	int64_t stall_ms;              /* cancel a stream whose client reads nothing this long
 	                                * (<= 0: never) */

@@ -235,7 +235,7 @@ static void test_co_load(const char *dir)
 	CHECK(!c.cluster.insecure && c.cluster.join_timeout_ms == 60000 &&
 	      c.cluster.heartbeat_interval_ms == 1000 && c.cluster.max_skew_ms == 30000);
 	CHECK(c.placement.load_profile == NULL && c.placement.min_distinct == 0);
-	CHECK(c.engine.micro_batches == 2 && c.engine.max_batch == 256 && c.engine.max_seqs == 16 &&
+	CHECK(c.engine.micro_batches == 2 && c.engine.max_batch == 256 && c.engine.max_seqs == 0 &&
 	      c.engine.max_ctx == 0 && c.engine.threads == 0);
 	CHECK(!strcmp(c.transport.tp.bind_addr, "127.0.0.1") && c.transport.tp.device == NULL &&
 	      c.transport.tp.port == 0 && c.transport.tp.gid_index == -1 && c.transport.tp.mtu == 0);
