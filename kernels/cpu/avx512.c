@@ -406,6 +406,68 @@ static void fmatmul_dot(float *y, const float *x, const struct kn_mat *w, int n,
 	}
 }
 
+/* A few tokens (GEMM_MIN_N .. FDOT_MAX_N), the activations already bf16 in xb[n][cols]:
+ * R = 4 weight rows against T = 4 tokens per tile, 16 accumulators of 16 lanes summed at the
+ * end. The rows' weights (4 x cols bf16) stay in L1 while each group of tokens passes. */
+#define FDOT_MAX_N 64
+#define FDOT_MAX_XB (256 * 1024) /* bytes of bf16 activations on the stack */
+
+INLINE void fdot_tile_xb(float *y, const uint16_t *xb, const struct kn_mat *w, int t, int r,
+			 const int R, const int T)
+{
+	const int cols = w->cols;
+	const uint16_t *wd = w->data;
+	__m512 acc[16];
+
+	UNROLL for (int i = 0; i < R * T; i++)
+		acc[i] = _mm512_setzero_ps();
+	for (int k = 0; k < cols; k += 32) {
+		int rem = FR_MIN(32, cols - k);
+		__m512bh xv[4];
+		UNROLL for (int j = 0; j < T; j++)
+			xv[j] = load_wbf(xb + (size_t)(t + j) * cols + k, rem);
+		UNROLL for (int i = 0; i < R; i++) {
+			__m512bh wv = load_wbf(wd + (size_t)(r + i) * cols + k, rem);
+			UNROLL for (int j = 0; j < T; j++)
+				acc[i * T + j] = _mm512_dpbf16_ps(acc[i * T + j], wv, xv[j]);
+		}
+	}
+	UNROLL for (int i = 0; i < R; i++)
+		UNROLL for (int j = 0; j < T; j++)
+			y[(size_t)(t + j) * w->rows + r + i] = _mm512_reduce_add_ps(acc[i * T + j]);
+}
+
+static void fmatmul_few(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
+			uint16_t *xb)
+{
+	const int cols = w->cols;
+
+	/* x rounded to bf16 once (what load_xbf does per step in fdot_tile) */
+	for (int t = 0; t < n; t++)
+		for (int k = 0; k < cols; k += 32)
+			_mm512_mask_storeu_epi16(xb + (size_t)t * cols + k,
+						 cols - k >= 32 ? 0xffffffffu : (1u << (cols - k)) - 1u,
+						 (__m512i)load_xbf(x + (size_t)t * cols + k,
+								   FR_MIN(32, cols - k)));
+	int r = r0;
+	for (; r + 4 <= r1; r += 4) {
+		int t = 0;
+		for (; t + 4 <= n; t += 4)
+			fdot_tile_xb(y, xb, w, t, r, 4, 4);
+		for (; t + 2 <= n; t += 2)
+			fdot_tile_xb(y, xb, w, t, r, 4, 2);
+		if (t < n)
+			fdot_tile_xb(y, xb, w, t, r, 4, 1);
+	}
+	for (; r < r1; r++) {
+		int t = 0;
+		for (; t + 4 <= n; t += 4)
+			fdot_tile_xb(y, xb, w, t, r, 1, 4);
+		for (; t < n; t++)
+			fdot_tile_xb(y, xb, w, t, r, 1, 1);
+	}
+}
+
 /* wp[p][32] = the bf16 pair (W[r + i][k0 + 2p], W[r + i][k0 + 2p + 1]) for i < nr, as one
  * 32-bit lane (lower half the even column); zeros past nr rows and past kc columns. */
 INLINE void pack_panel_pairs(uint32_t *wp, const struct kn_mat *w, int r, int nr, int k0, int kc)
@@ -522,6 +584,11 @@ static void avx512_matmul_fast(float *y, const float *x, const struct kn_mat *w,
 	}
 	if (n < GEMM_MIN_N) {
 		fmatmul_dot(y, x, w, n, r0, r1);
+		return;
+	}
+	if (n <= FDOT_MAX_N && (size_t)n * w->cols * sizeof(uint16_t) <= FDOT_MAX_XB) {
+		_Alignas(64) uint16_t xb[FDOT_MAX_XB / sizeof(uint16_t)];
+		fmatmul_few(y, x, w, n, r0, r1, xb);
 		return;
 	}
 	for (int r = r0; r < r1; r += 32) {
