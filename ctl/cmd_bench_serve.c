@@ -52,8 +52,10 @@ static const char bs_usage[] =
 	"passed, then the next concurrency level runs. Prompts are token ids drawn uniformly\n"
 	"from [0, vocab) by a generator seeded with --seed (the same requests at every level);\n"
 	"end-of-sequence is ignored by default so the output length is the one asked for.\n"
-	"Reports per level: requests/s, output tokens/s, time to first token (TTFT) and\n"
-	"inter-token latency (ITL) p50/p99 as the clients measured them, and errors; then the\n"
+	"Reports per level: requests/s, output tokens/s (prefill and waiting included) and\n"
+	"decode-only tokens/s (dec_tok/s: concurrency / mean ITL, the streams while they\n"
+	"decode), time to first token (TTFT) and inter-token latency (ITL) p50/p99 as the\n"
+	"clients measured them, and errors; then the\n"
 	"serving engine's own tokens/s on the same work at batch = concurrency (Admin.BenchEngine:\n"
 	"prompts of the mean prompt length prefilled together, then the mean output length\n"
 	"decoded together, without scheduler and streaming API, admission paused meanwhile)\n"
@@ -320,6 +322,7 @@ struct bs_result {
 	uint64_t ok, errors, out_tokens;
 	double wall_s;
 	double ttft_p50, ttft_p99, itl_p50, itl_p99, lat_p50, lat_p99;
+	double itl_mean;       /* ms; 0 without samples */
 	bool interrupted;
 	struct fr_error first_err;
 	double engine_tok_s;   /* Admin.BenchEngine at batch = concurrency; 0: not measured */
@@ -402,6 +405,10 @@ static int bs_run_level(const struct bs_opts *o, struct rpc_channel *ch, int voc
 		res->ttft_p50 = ctl_quantile(ttft, n_ttft, 0.50);
 		res->ttft_p99 = ctl_quantile(ttft, n_ttft, 0.99);
 		res->itl_p50 = ctl_quantile(itl, n_itl, 0.50);
+		double sum = 0;
+		for (size_t i = 0; i < n_itl; i++)
+			sum += itl[i];
+		res->itl_mean = n_itl ? sum / (double)n_itl : 0.0;
 		res->itl_p99 = ctl_quantile(itl, n_itl, 0.99);
 		res->lat_p50 = ctl_quantile(lat, n_lat, 0.50);
 		res->lat_p99 = ctl_quantile(lat, n_lat, 0.99);
@@ -450,10 +457,17 @@ static void bs_print_human_header(const struct bs_opts *o, int vocab, int max_ct
 	       o->cluster,
 	       o->prompt_spec, o->output_spec, vocab, max_ctx ? "" : " (--vocab)",
 	       o->eos ? "stops at eos" : "ignores eos", (unsigned long long)o->seed);
-	printf("%5s %7s %6s %8s %8s %10s %9s %9s %8s %8s %9s %10s %6s\n", "conc", "ok", "errors",
-	       "time_s", "req/s", "out_tok/s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "lat_p50",
-	       "engine_t/s", "ratio");
+	printf("%5s %7s %6s %8s %8s %10s %10s %9s %9s %8s %8s %9s %10s %6s\n", "conc", "ok",
+	       "errors", "time_s", "req/s", "out_tok/s", "dec_tok/s", "ttft_p50", "ttft_p99",
+	       "itl_p50", "itl_p99", "lat_p50", "engine_t/s", "ratio");
 	fflush(stdout);
+}
+
+/* Decode-only throughput: the clients' streams while they decode, concurrency tokens per
+ * mean inter-token gap (what out_tok/s is without the prefills and the TTFT). */
+static double bs_decode_tps(const struct bs_result *r)
+{
+	return r->itl_mean > 0 ? (double)r->concurrency * 1000.0 / r->itl_mean : 0.0;
 }
 
 static void bs_print_human(const struct bs_result *r)
@@ -464,9 +478,11 @@ static void bs_print_human(const struct bs_result *r)
 		snprintf(eng, sizeof(eng), "%.1f", r->engine_tok_s);
 		snprintf(ratio, sizeof(ratio), "%.2f", tps / r->engine_tok_s);
 	}
-	printf("%5lld %7llu %6llu %8.2f %8.2f %10.1f %9.2f %9.2f %8.2f %8.2f %9.1f %10s %6s%s\n",
+	printf("%5lld %7llu %6llu %8.2f %8.2f %10.1f %10.1f %9.2f %9.2f %8.2f %8.2f %9.1f %10s "
+	       "%6s%s\n",
 	       (long long)r->concurrency, (unsigned long long)r->ok, (unsigned long long)r->errors,
-	       r->wall_s, r->wall_s > 0 ? r->ok / r->wall_s : 0.0, tps, r->ttft_p50, r->ttft_p99,
+	       r->wall_s, r->wall_s > 0 ? r->ok / r->wall_s : 0.0, tps, bs_decode_tps(r),
+	       r->ttft_p50, r->ttft_p99,
 	       r->itl_p50, r->itl_p99, r->lat_p50, eng, ratio,
 	       r->interrupted ? "  (interrupted)" : "");
 	if (r->errors)
@@ -498,6 +514,8 @@ static void bs_print_json(const struct bs_opts *o, int vocab, const struct bs_re
 		ctl_json_num(stdout, r->wall_s > 0 ? r->ok / r->wall_s : 0.0);
 		printf(", \"output_tokens_per_s\": ");
 		ctl_json_num(stdout, r->wall_s > 0 ? r->out_tokens / r->wall_s : 0.0);
+		printf(", \"decode_tokens_per_s\": ");
+		ctl_json_num(stdout, bs_decode_tps(r));
 		printf(", \"ttft_ms\": {\"p50\": ");
 		ctl_json_num(stdout, r->ttft_p50);
 		printf(", \"p99\": ");
