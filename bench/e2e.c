@@ -1,17 +1,24 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * e2e - end-to-end single-process throughput: prefill and decode tokens/s on a checkpoint,
- * peak RSS, the share of time per kernel, and decode against the memory-bandwidth ceiling
- * measured in the same run (bytes of weights one decode step must stream / read bandwidth).
+ * peak RSS, the share of time per kernel, and both against this machine's roofline measured
+ * in the same run: for a step of B tokens, min(read bandwidth x B / bytes the step must
+ * stream, compute peak / FLOPs per token). The bytes count every weight the step touches:
+ * attention, dense and shared FFNs, routers and lm_head once, and of each MoE layer's
+ * routed experts the expected number B tokens reach (E (1 - (1 - k/E)^B)). FLOPs are 2 per
+ * weight a token uses (its k experts). The peak is the fp32 FMA one, or the bf16 dot
+ * product's under FERRY_PRECISION=fast (bench/peak.h).
  *
  * Usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]
  */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 
+#include "bench/peak.h"
 #include "coordinator/coordinator.h"
 
 static int cmp_double(const void *a, const void *b)
@@ -29,6 +36,38 @@ static double median(double *v, int n)
 static size_t mat_bytes(const struct kn_mat *m)
 {
 	return (size_t)m->rows * m->cols * kn_dtype_size(m->dtype);
+}
+
+/* Weight bytes of a step whose tokens reach `experts` routed experts per MoE layer (k per
+ * token: what one token touches; fractional: an expectation). */
+static double step_bytes(const struct model_weights *w, double experts)
+{
+	const struct model_config *c = w->cfg;
+	double b = (double)mat_bytes(&w->lm_head);
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		const struct model_layer *L = &w->layers[l];
+		b += (double)(mat_bytes(&L->q) + mat_bytes(&L->k) + mat_bytes(&L->v) +
+			      mat_bytes(&L->o));
+		if (!L->moe) {
+			b += (double)(mat_bytes(&L->dense.gate) + mat_bytes(&L->dense.up) +
+				      mat_bytes(&L->dense.down));
+			continue;
+		}
+		b += (double)mat_bytes(&L->router);
+		if (L->has_shared)
+			b += (double)(mat_bytes(&L->shared.gate) + mat_bytes(&L->shared.up) +
+				      mat_bytes(&L->shared.down));
+		b += experts * 3.0 * c->hidden_size * c->moe_intermediate_size *
+		     (double)kn_dtype_size(L->q.dtype);
+	}
+	return b;
+}
+
+/* Experts of a layer that B tokens, k each of E, reach on average (uniform routing). */
+static double experts_reached(const struct model_config *c, int B)
+{
+	double E = c->n_routed_experts, k = c->num_experts_per_tok;
+	return E * (1.0 - pow(1.0 - k / E, B));
 }
 
 /* Weight bytes one token touches in a decode step (top-k routed experts, not all). */
@@ -181,12 +220,21 @@ int main(int argc, char **argv)
 	size_t act = active_bytes(w, cfg->num_experts_per_tok);
 	double bw = read_bw((size_t)512 << 20, 5);
 	double ceil_tps = bw / (double)act;
+	/* The roofline of a decode step of `batch` tokens and of the prefill of n_prompt. */
+	bool fast = kn_fast_active() && w->embed.dtype == KN_DTYPE_BF16;
+	double peak = bench_peak_gflops(kn_threads(), fast) * 1e9;
+	double flop_tok = 2.0 * (double)act / (double)kn_dtype_size(w->embed.dtype);
+	double dec_bw = bw * batch / step_bytes(w, experts_reached(cfg, batch));
+	double dec_roof = peak > 0 ? FR_MIN(dec_bw, peak / flop_tok) : dec_bw;
+	double pre_bw = bw * n_prompt / step_bytes(w, experts_reached(cfg, n_prompt));
+	double pre_roof = peak > 0 ? FR_MIN(pre_bw, peak / flop_tok) : pre_bw;
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 
-	printf("model %s: %d layers, hidden %d, %d routed (top-%d), dtype %s; isa=%s threads=%d\n", model,
-	       cfg->num_hidden_layers, cfg->hidden_size, cfg->n_routed_experts, cfg->num_experts_per_tok,
-	       kn_dtype_name(w->embed.dtype), kn_ops()->name, kn_threads());
+	printf("model %s: %d layers, hidden %d, %d routed (top-%d), dtype %s; isa=%s threads=%d "
+	       "precision=%s batch=%d\n", model, cfg->num_hidden_layers, cfg->hidden_size,
+	       cfg->n_routed_experts, cfg->num_experts_per_tok, kn_dtype_name(w->embed.dtype),
+	       kn_ops()->name, kn_threads(), fast ? "fast" : "exact", batch);
 	printf("%-34s %12s\n", "metric", "value");
 	printf("%-34s %12.1f\n", "prefill tokens/s (median)", n_prompt / pre);
 	printf("%-34s %12.2f\n", "decode tokens/s (median)", dec_tps);
@@ -195,6 +243,14 @@ int main(int argc, char **argv)
 	printf("%-34s %12.2f\n", "decode tokens/s ceiling (batch 1)", ceil_tps);
 	if (batch == 1)
 		printf("%-34s %12.2f\n", "decode ratio (ours / ceiling)", dec_tps / ceil_tps);
+	printf("%-34s %12.1f\n", fast ? "bf16 dot-product peak (GFLOP/s)" : "fp32 FMA peak (GFLOP/s)",
+	       peak / 1e9);
+	printf("%-34s %12.1f  (%s-bound)\n", "decode roofline tokens/s", dec_roof,
+	       dec_roof < dec_bw ? "compute" : "bandwidth");
+	printf("%-34s %12.2f\n", "decode / roofline", dec_tps / dec_roof);
+	printf("%-34s %12.1f  (%s-bound)\n", "prefill roofline tokens/s", pre_roof,
+	       pre_roof < pre_bw ? "compute" : "bandwidth");
+	printf("%-34s %12.2f\n", "prefill / roofline", n_prompt / pre / pre_roof);
 	printf("%-34s %12.0f\n", "peak RSS (MiB)", (double)ru.ru_maxrss / 1024.0);
 	uint64_t sum = 0;
 	for (int i = 0; i < CO_PROF__COUNT; i++)
