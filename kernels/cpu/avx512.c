@@ -153,6 +153,76 @@ INLINE void matmul_dot(float *y, const float *x, const struct kn_mat *w, int n, 
 	}
 }
 
+/* A few tokens (GEMM_MIN_N .. FEW_MAX_N) with BF16 weights: x permuted once per call into
+ * the even/odd halves load_w32 produces (xp[n][cols], per 32 columns 16 even then 16 odd
+ * values), then 4 rows x 4 tokens tiles over the weights as they lie, the same sums in the
+ * same order as dot_tile - so a token's result does not depend on how many came with it.
+ * No packed panel: at these sizes packing costs as much as the products. */
+#define FEW_MAX_N 32
+#define FEW_MAX_XP (256 * 1024) /* bytes of permuted activations on the stack */
+
+INLINE void dot_tile_xp(float *y, const float *xp, const struct kn_mat *w, int t, int r,
+			const int R, const int T)
+{
+	const int cols = w->cols;
+	const size_t ldx = (size_t)FR_DIV_ROUND_UP(cols, 32) * 32;
+	__m512 acc[16], w0, w1;
+
+	UNROLL for (int i = 0; i < R * T; i++)
+		acc[i] = _mm512_setzero_ps();
+	for (int k = 0; k < cols; k += 32) {
+		int rem = FR_MIN(32, cols - k);
+		__m512 x0[4], x1[4];
+		UNROLL for (int j = 0; j < T; j++) {
+			x0[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k);
+			x1[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k + 16);
+		}
+		UNROLL for (int i = 0; i < R; i++) {
+			load_w32(w->data, (size_t)(r + i) * cols + k, rem, KN_DTYPE_BF16, &w0, &w1);
+			UNROLL for (int j = 0; j < T; j++) {
+				acc[i * T + j] = _mm512_fmadd_ps(w0, x0[j], acc[i * T + j]);
+				acc[i * T + j] = _mm512_fmadd_ps(w1, x1[j], acc[i * T + j]);
+			}
+		}
+	}
+	UNROLL for (int i = 0; i < R; i++)
+		UNROLL for (int j = 0; j < T; j++)
+			y[(size_t)(t + j) * w->rows + r + i] = _mm512_reduce_add_ps(acc[i * T + j]);
+}
+
+static void matmul_few_bf16(float *y, const float *x, const struct kn_mat *w, int n, int r0,
+			    int r1, float *xp)
+{
+	const int cols = w->cols;
+	const size_t ldx = (size_t)FR_DIV_ROUND_UP(cols, 32) * 32;
+
+	for (int t = 0; t < n; t++)
+		for (int k = 0; k < cols; k += 32) {
+			__m512 a, b;
+			load_x32(x + (size_t)t * cols + k, FR_MIN(32, cols - k), KN_DTYPE_BF16, &a,
+				 &b);
+			_mm512_store_ps(xp + (size_t)t * ldx + k, a);
+			_mm512_store_ps(xp + (size_t)t * ldx + k + 16, b);
+		}
+	int r = r0;
+	for (; r + 4 <= r1; r += 4) {
+		int t = 0;
+		for (; t + 4 <= n; t += 4)
+			dot_tile_xp(y, xp, w, t, r, 4, 4);
+		for (; t + 2 <= n; t += 2)
+			dot_tile_xp(y, xp, w, t, r, 4, 2);
+		if (t < n)
+			dot_tile_xp(y, xp, w, t, r, 4, 1);
+	}
+	for (; r < r1; r++) {
+		int t = 0;
+		for (; t + 4 <= n; t += 4)
+			dot_tile_xp(y, xp, w, t, r, 1, 4);
+		for (; t < n; t++)
+			dot_tile_xp(y, xp, w, t, r, 1, 1);
+	}
+}
+
 /* ---- matmul: many tokens ------------------------------------------------------------------ */
 
 INLINE __m256 load_w8(const void *base, size_t off, enum kn_dtype dt)
@@ -307,6 +377,12 @@ static void matmul_f32(float *y, const float *x, const struct kn_mat *w, int n, 
 
 static void matmul_bf16(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
 {
+	size_t xp_bytes = (size_t)n * FR_DIV_ROUND_UP(w->cols, 32) * 32 * sizeof(float);
+	if (n >= GEMM_MIN_N && n <= FEW_MAX_N && xp_bytes <= FEW_MAX_XP) {
+		_Alignas(64) float xp[FEW_MAX_XP / sizeof(float)];
+		matmul_few_bf16(y, x, w, n, r0, r1, xp);
+		return;
+	}
 	if (n >= GEMM_MIN_N)
 		matmul_gemm(y, x, w, n, r0, r1, KN_DTYPE_BF16);
 	else
