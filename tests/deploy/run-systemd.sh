@@ -25,11 +25,18 @@ if [ ! -x "$cache/lib/systemd/systemd" ]; then
            ldd "$build/$b" | awk '$3 ~ /^\// {print $3}'; done | sort -u)
   pkgs=$(for l in $libs; do dpkg-query -S "$(readlink -f "$l")" 2>/dev/null ||
            dpkg-query -S "$l" 2>/dev/null; done | cut -d: -f1 | sort -u | tr '\n' ',')
-  echo "debootstrap into $cache with: ${pkgs%,}"
+  # the Debian mirror (and proxy) apt uses here
+  mirror=$( (awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources;
+             awk '$1 == "deb" && $2 ~ /^http/ {print $2; exit}' /etc/apt/sources.list) 2>/dev/null |
+            head -1)
+  mirror=${mirror:-http://deb.debian.org/debian}
+  eval "$(apt-config shell http_proxy Acquire::http::Proxy 2>/dev/null)"
+  [ -n "${http_proxy:-}" ] && export http_proxy
+  echo "debootstrap from $mirror into $cache with: ${pkgs%,}"
   rm -rf "$cache.tmp"
   if ! debootstrap --variant=minbase \
        --include="systemd,systemd-sysv,dbus,passwd,openssl,python3,procps,${pkgs%,}" \
-       bookworm "$cache.tmp" http://deb.debian.org/debian > "/tmp/ferry-debootstrap.log" 2>&1; then
+       bookworm "$cache.tmp" "$mirror" > "/tmp/ferry-debootstrap.log" 2>&1; then
     echo "SKIP: debootstrap failed (no Debian mirror?): $(tail -2 /tmp/ferry-debootstrap.log)"
     rm -rf "$cache.tmp"
     exit 77
