@@ -59,6 +59,77 @@ INLINE __m512 exp512(__m512 x)
 	return _mm512_mul_ps(_mm512_mul_ps(p, s1), s2);
 }
 
+/* ---- tile walks: one per kernel shape, each kernel supplies its tile ---------------------- */
+
+/* Few tokens, decode-shaped: TILE(t, r, R, T) computes rows r..r+R-1 for tokens t..t+T-1.
+ * One token: 8 rows a tile; more: 4 rows x 2 tokens; then what is left. */
+#define DOT_WALK(TILE, n, r0, r1)                                                           \
+	do {                                                                                \
+		int r_ = (r0);                                                              \
+		if ((n) == 1) {                                                             \
+			for (; r_ + 8 <= (r1); r_ += 8)                                     \
+				TILE(0, r_, 8, 1);                                          \
+			for (; r_ < (r1); r_++)                                             \
+				TILE(0, r_, 1, 1);                                          \
+			break;                                                              \
+		}                                                                           \
+		for (; r_ + 4 <= (r1); r_ += 4) {                                           \
+			int t_ = 0;                                                         \
+			for (; t_ + 2 <= (n); t_ += 2)                                      \
+				TILE(t_, r_, 4, 2);                                         \
+			if (t_ < (n))                                                       \
+				TILE(t_, r_, 4, 1);                                         \
+		}                                                                           \
+		for (; r_ < (r1); r_++) {                                                   \
+			int t_ = 0;                                                         \
+			for (; t_ + 2 <= (n); t_ += 2)                                      \
+				TILE(t_, r_, 1, 2);                                         \
+			if (t_ < (n))                                                       \
+				TILE(t_, r_, 1, 1);                                         \
+		}                                                                           \
+	} while (0)
+
+/* A few tokens whose activations were prepared once: 4 rows x 4 tokens tiles where they fit,
+ * then 4 x 2, 4 x 1, and the rows left one at a time. */
+#define FEW_WALK(TILE, n, r0, r1)                                                           \
+	do {                                                                                \
+		int r_ = (r0);                                                              \
+		for (; r_ + 4 <= (r1); r_ += 4) {                                           \
+			int t_ = 0;                                                         \
+			for (; t_ + 4 <= (n); t_ += 4)                                      \
+				TILE(t_, r_, 4, 4);                                         \
+			for (; t_ + 2 <= (n); t_ += 2)                                      \
+				TILE(t_, r_, 4, 2);                                         \
+			if (t_ < (n))                                                       \
+				TILE(t_, r_, 4, 1);                                         \
+		}                                                                           \
+		for (; r_ < (r1); r_++) {                                                   \
+			int t_ = 0;                                                         \
+			for (; t_ + 4 <= (n); t_ += 4)                                      \
+				TILE(t_, r_, 1, 4);                                         \
+			for (; t_ < (n); t_++)                                              \
+				TILE(t_, r_, 1, 1);                                         \
+		}                                                                           \
+	} while (0)
+
+/* Many tokens against one packed panel: TILE(t, M) for MT tokens at a time, then the rest in
+ * one tile of its size (each M a constant, so every tile is unrolled for it). */
+#define GEMM_WALK(TILE, n)                                                                  \
+	do {                                                                                \
+		int t_ = 0;                                                                 \
+		for (; t_ + MT <= (n); t_ += MT)                                            \
+			TILE(t_, MT);                                                       \
+		switch ((n) - t_) {                                                         \
+		case 7: TILE(t_, 7); break;                                                 \
+		case 6: TILE(t_, 6); break;                                                 \
+		case 5: TILE(t_, 5); break;                                                 \
+		case 4: TILE(t_, 4); break;                                                 \
+		case 3: TILE(t_, 3); break;                                                 \
+		case 2: TILE(t_, 2); break;                                                 \
+		case 1: TILE(t_, 1); break;                                                 \
+		}                                                                           \
+	} while (0)
+
 /* ---- matmul: few tokens -------------------------------------------------------------------- */
 
 /* Weights [off, off + rem) (rem <= 32, zeros past it) as two fp32 vectors; BF16 as the even
@@ -129,28 +200,9 @@ INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, in
 INLINE void matmul_dot(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
 		       const enum kn_dtype dt)
 {
-	int r = r0;
-	if (n == 1) {
-		for (; r + 8 <= r1; r += 8)
-			dot_tile(y, x, w, 0, r, 8, 1, dt);
-		for (; r < r1; r++)
-			dot_tile(y, x, w, 0, r, 1, 1, dt);
-		return;
-	}
-	for (; r + 4 <= r1; r += 4) {
-		int t = 0;
-		for (; t + 2 <= n; t += 2)
-			dot_tile(y, x, w, t, r, 4, 2, dt);
-		if (t < n)
-			dot_tile(y, x, w, t, r, 4, 1, dt);
-	}
-	for (; r < r1; r++) {
-		int t = 0;
-		for (; t + 2 <= n; t += 2)
-			dot_tile(y, x, w, t, r, 1, 2, dt);
-		if (t < n)
-			dot_tile(y, x, w, t, r, 1, 1, dt);
-	}
+#define TILE(t, r, R, T) dot_tile(y, x, w, t, r, R, T, dt)
+	DOT_WALK(TILE, n, r0, r1);
+#undef TILE
 }
 
 /* A few tokens (GEMM_MIN_N .. FEW_MAX_N) with BF16 weights: x permuted once per call into
@@ -204,23 +256,9 @@ static void matmul_few_bf16(float *y, const float *x, const struct kn_mat *w, in
 			_mm512_store_ps(xp + (size_t)t * ldx + k, a);
 			_mm512_store_ps(xp + (size_t)t * ldx + k + 16, b);
 		}
-	int r = r0;
-	for (; r + 4 <= r1; r += 4) {
-		int t = 0;
-		for (; t + 4 <= n; t += 4)
-			dot_tile_xp(y, xp, w, t, r, 4, 4);
-		for (; t + 2 <= n; t += 2)
-			dot_tile_xp(y, xp, w, t, r, 4, 2);
-		if (t < n)
-			dot_tile_xp(y, xp, w, t, r, 4, 1);
-	}
-	for (; r < r1; r++) {
-		int t = 0;
-		for (; t + 4 <= n; t += 4)
-			dot_tile_xp(y, xp, w, t, r, 1, 4);
-		for (; t < n; t++)
-			dot_tile_xp(y, xp, w, t, r, 1, 1);
-	}
+#define TILE(t, r, R, T) dot_tile_xp(y, xp, w, t, r, R, T)
+	FEW_WALK(TILE, n, r0, r1);
+#undef TILE
 }
 
 /* ---- matmul: many tokens ------------------------------------------------------------------ */
@@ -322,34 +360,9 @@ INLINE void gemm_tile(float *y, size_t ldy, const float *x, size_t ldx, const fl
 static void gemm_tiles(float *y, size_t ldy, const float *x, size_t ldx, const float *wp, int kc,
 		       int nr, bool first, int n)
 {
-	int t = 0;
-	for (; t + MT <= n; t += MT)
-		gemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, MT);
-	float *yt = y + t * ldy;
-	const float *xt = x + t * ldx;
-	switch (n - t) {
-	case 7:
-		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 7);
-		break;
-	case 6:
-		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 6);
-		break;
-	case 5:
-		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 5);
-		break;
-	case 4:
-		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 4);
-		break;
-	case 3:
-		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 3);
-		break;
-	case 2:
-		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 2);
-		break;
-	case 1:
-		gemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 1);
-		break;
-	}
+#define TILE(t, M) gemm_tile(y + (t) * ldy, ldy, x + (t) * ldx, ldx, wp, kc, nr, first, M)
+	GEMM_WALK(TILE, n);
+#undef TILE
 }
 
 INLINE void matmul_gemm(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
@@ -458,28 +471,9 @@ INLINE void fdot_tile(float *y, const float *x, const struct kn_mat *w, int t, i
 
 static void fmatmul_dot(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
 {
-	int r = r0;
-	if (n == 1) {
-		for (; r + 8 <= r1; r += 8)
-			fdot_tile(y, x, w, 0, r, 8, 1);
-		for (; r < r1; r++)
-			fdot_tile(y, x, w, 0, r, 1, 1);
-		return;
-	}
-	for (; r + 4 <= r1; r += 4) {
-		int t = 0;
-		for (; t + 2 <= n; t += 2)
-			fdot_tile(y, x, w, t, r, 4, 2);
-		if (t < n)
-			fdot_tile(y, x, w, t, r, 4, 1);
-	}
-	for (; r < r1; r++) {
-		int t = 0;
-		for (; t + 2 <= n; t += 2)
-			fdot_tile(y, x, w, t, r, 1, 2);
-		if (t < n)
-			fdot_tile(y, x, w, t, r, 1, 1);
-	}
+#define TILE(t, r, R, T) fdot_tile(y, x, w, t, r, R, T)
+	DOT_WALK(TILE, n, r0, r1);
+#undef TILE
 }
 
 /* A few tokens (GEMM_MIN_N .. FDOT_MAX_N), the activations already bf16 in xb[n][cols]:
@@ -525,23 +519,9 @@ static void fmatmul_few(float *y, const float *x, const struct kn_mat *w, int n,
 						 cols - k >= 32 ? 0xffffffffu : (1u << (cols - k)) - 1u,
 						 (__m512i)load_xbf(x + (size_t)t * cols + k,
 								   FR_MIN(32, cols - k)));
-	int r = r0;
-	for (; r + 4 <= r1; r += 4) {
-		int t = 0;
-		for (; t + 4 <= n; t += 4)
-			fdot_tile_xb(y, xb, w, t, r, 4, 4);
-		for (; t + 2 <= n; t += 2)
-			fdot_tile_xb(y, xb, w, t, r, 4, 2);
-		if (t < n)
-			fdot_tile_xb(y, xb, w, t, r, 4, 1);
-	}
-	for (; r < r1; r++) {
-		int t = 0;
-		for (; t + 4 <= n; t += 4)
-			fdot_tile_xb(y, xb, w, t, r, 1, 4);
-		for (; t < n; t++)
-			fdot_tile_xb(y, xb, w, t, r, 1, 1);
-	}
+#define TILE(t, r, R, T) fdot_tile_xb(y, xb, w, t, r, R, T)
+	FEW_WALK(TILE, n, r0, r1);
+#undef TILE
 }
 
 /* wp[p][32] = the bf16 pair (W[r + i][k0 + 2p], W[r + i][k0 + 2p + 1]) for i < nr, as one
@@ -619,34 +599,9 @@ INLINE void fgemm_tile(float *y, size_t ldy, const float *x, size_t ldx, const u
 static void fgemm_tiles(float *y, size_t ldy, const float *x, size_t ldx, const uint32_t *wp,
 			int kc, int nr, bool first, int n)
 {
-	int t = 0;
-	for (; t + MT <= n; t += MT)
-		fgemm_tile(y + t * ldy, ldy, x + t * ldx, ldx, wp, kc, nr, first, MT);
-	float *yt = y + t * ldy;
-	const float *xt = x + t * ldx;
-	switch (n - t) {
-	case 7:
-		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 7);
-		break;
-	case 6:
-		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 6);
-		break;
-	case 5:
-		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 5);
-		break;
-	case 4:
-		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 4);
-		break;
-	case 3:
-		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 3);
-		break;
-	case 2:
-		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 2);
-		break;
-	case 1:
-		fgemm_tile(yt, ldy, xt, ldx, wp, kc, nr, first, 1);
-		break;
-	}
+#define TILE(t, M) fgemm_tile(y + (t) * ldy, ldy, x + (t) * ldx, ldx, wp, kc, nr, first, M)
+	GEMM_WALK(TILE, n);
+#undef TILE
 }
 
 static void avx512_matmul_fast(float *y, const float *x, const struct kn_mat *w, int n, int r0,
