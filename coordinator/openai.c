@@ -7,13 +7,11 @@
  * into a buffer the connection's thread sends from; a client that goes away cancels it.
  */
 #include <errno.h>
-#include <netdb.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -479,19 +477,20 @@ static struct co_openai *alloc_api(const struct co_openai_opts *o, struct co_ser
 	return h;
 }
 
-/* "unix:/path": for a reverse proxy on the same host. */
-static int unix_start(const struct co_openai_opts *o, struct co_serving *sv,
-		      struct co_openai **ret, struct fr_error *err)
+int co_openai_start(const struct co_openai_opts *o, struct co_serving *sv,
+		    struct co_openai **ret, struct fr_error *err)
 {
-	int fd = fr_httpd_unix_listener(o->listen + 5, err);
 	struct co_openai *h;
+	int fd, port;
 
-	if (fd < 0)
-		return fd;
+	/* host:port, or unix:/path for a reverse proxy on the same host */
+	if ((fd = fr_httpd_listen_socket(o->listen, &port, err)) < 0)
+		return fr_error_prefix(err, fd, "http");
 	if (!(h = alloc_api(o, sv))) {
 		close(fd);
 		return fr_error_set(err, -ENOMEM, "http: out of memory");
 	}
+	h->port = port;
 	h->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD,
 				0, NULL, NULL, answer, h, MHD_OPTION_LISTEN_SOCKET, fd,
 				MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
@@ -502,58 +501,6 @@ static int unix_start(const struct co_openai_opts *o, struct co_serving *sv,
 		co_openai_stop(h);
 		return fr_error_set(err, -EIO, "http: cannot serve on %s", o->listen);
 	}
-	*ret = h;
-	return 0;
-}
-
-int co_openai_start(const struct co_openai_opts *o, struct co_serving *sv,
-		    struct co_openai **ret, struct fr_error *err)
-{
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai = NULL;
-	char host[256];
-	const char *colon, *port;
-	struct co_openai *h;
-	const union MHD_DaemonInfo *info;
-	int rc;
-
-	if (o->listen && strncmp(o->listen, "unix:", 5) == 0)
-		return unix_start(o, sv, ret, err);
-	colon = o->listen ? strrchr(o->listen, ':') : NULL;
-	if (!colon || colon == o->listen || (size_t)(colon - o->listen) >= sizeof(host))
-		return fr_error_set(err, -EINVAL, "http: listen address '%s' is not host:port",
-				    o->listen ? o->listen : "(null)");
-	size_t hl = (size_t)(colon - o->listen);
-	if (o->listen[0] == '[' && hl >= 2 && o->listen[hl - 1] == ']') {
-		memcpy(host, o->listen + 1, hl - 2);
-		host[hl - 2] = '\0';
-	} else {
-		memcpy(host, o->listen, hl);
-		host[hl] = '\0';
-	}
-	port = colon + 1;
-	if ((rc = getaddrinfo(host, port, &hints, &ai)) != 0)
-		return fr_error_set(err, -EINVAL, "http: listen address '%s': %s", o->listen,
-				    gai_strerror(rc));
-	if (!(h = alloc_api(o, sv))) {
-		freeaddrinfo(ai);
-		return fr_error_set(err, -ENOMEM, "http: out of memory");
-	}
-	errno = 0;
-	h->d = MHD_start_daemon(MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-					(ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0),
-				0, NULL, NULL, answer, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-				MHD_OPTION_NOTIFY_COMPLETED, request_done, NULL,
-				MHD_OPTION_CONNECTION_LIMIT, (unsigned int)1024,
-				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)600, MHD_OPTION_END);
-	rc = errno ? -errno : -EADDRNOTAVAIL;
-	freeaddrinfo(ai);
-	if (!h->d) {
-		co_openai_stop(h);
-		return fr_error_set(err, rc, "http: cannot listen on %s: %s", o->listen,
-				    strerror(-rc));
-	}
-	info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-	h->port = info ? info->port : 0;
 	*ret = h;
 	return 0;
 }

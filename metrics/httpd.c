@@ -3,6 +3,7 @@
 #include "metrics/httpd.h"
 
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netdb.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,101 +99,90 @@ static int split(const char *listen, char *host, size_t n, const char **port)
 	return **port ? 0 : -EINVAL;
 }
 
-static int tcp_start(const char *listen, fr_httpd_fn fn, void *ctx, struct fr_httpd **ret,
-		     struct fr_error *err);
-
-int fr_httpd_unix_listener(const char *path, struct fr_error *err)
+/* Binds fd to sa and listens (fd is closed on failure); -errno with err naming addr. */
+static int bind_listen(int fd, const struct sockaddr *sa, socklen_t len, const char *addr,
+		       struct fr_error *err)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int fd, rc;
+	int one = 1, rc;
 
-	if (!path[0] || strlen(path) >= sizeof(sa.sun_path))
-		return fr_error_set(err, -EINVAL, "metrics: unix socket path '%s' is empty or "
-				    "too long", path);
-	memcpy(sa.sun_path, path, strlen(path));
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return fr_error_set(err, -errno, "metrics: socket: %s", strerror(errno));
-	(void)unlink(path);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 16) < 0) {
+	if (sa->sa_family != AF_UNIX)
+		(void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, sa, len) < 0 || listen(fd, 64) < 0) {
 		rc = -errno;
 		close(fd);
-		return fr_error_set(err, rc, "metrics: cannot listen on unix:%s: %s", path,
-				    strerror(-rc));
+		return fr_error_set(err, rc, "cannot listen on %s: %s", addr, strerror(-rc));
 	}
+	return fd;
+}
+
+int fr_httpd_listen_socket(const char *listen, int *ret_port, struct fr_error *err)
+{
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai = NULL;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[256];
+	const char *port;
+	int fd, rc;
+
+	*ret_port = 0;
+	if (listen && strncmp(listen, "unix:", 5) == 0) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		const char *path = listen + 5;
+		if (!path[0] || strlen(path) >= sizeof(sa.sun_path))
+			return fr_error_set(err, -EINVAL, "unix socket path '%s' is empty or too "
+					    "long", path);
+		memcpy(sa.sun_path, path, strlen(path));
+		if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+			return fr_error_set(err, -errno, "socket: %s", strerror(errno));
+		(void)unlink(path);
+		return bind_listen(fd, (struct sockaddr *)&sa, sizeof(sa), listen, err);
+	}
+	if (!listen || split(listen, host, sizeof(host), &port) < 0)
+		return fr_error_set(err, -EINVAL, "listen address '%s' is not host:port",
+				    listen ? listen : "(null)");
+	if ((rc = getaddrinfo(host, port, &hints, &ai)) != 0)
+		return fr_error_set(err, -EINVAL, "listen address '%s': %s", listen,
+				    gai_strerror(rc));
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		rc = fr_error_set(err, -errno, "socket: %s", strerror(errno));
+		freeaddrinfo(ai);
+		return rc;
+	}
+	fd = bind_listen(fd, ai->ai_addr, ai->ai_addrlen, listen, err);
+	freeaddrinfo(ai);
+	if (fd >= 0 && getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
+		*ret_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+							   : ((struct sockaddr_in *)&ss)->sin_port);
 	return fd;
 }
 
 int fr_httpd_start(const char *listen, fr_httpd_fn fn, void *ctx, struct fr_httpd **ret,
 		   struct fr_error *err)
 {
-	if (listen && strncmp(listen, "unix:", 5) == 0) {
-		int fd = fr_httpd_unix_listener(listen + 5, err);
-		struct fr_httpd *h;
-		if (fd < 0)
-			return fd;
-		if (!fn || !(h = calloc(1, sizeof(*h)))) {
-			close(fd);
-			return fr_error_set(err, fn ? -ENOMEM : -EINVAL, "metrics: %s",
-					    fn ? "out of memory" : "no handler");
-		}
-		h->fn = fn;
-		h->ctx = ctx;
-		h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL,
-					NULL, answer, h, MHD_OPTION_LISTEN_SOCKET, fd,
-					MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
-					MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-					MHD_OPTION_END);
-		if (!h->d) {
-			close(fd);
-			free(h);
-			return fr_error_set(err, -EIO, "metrics: cannot serve on %s", listen);
-		}
-		*ret = h;
-		return 0;
-	}
-	return tcp_start(listen, fn, ctx, ret, err);
-}
-
-static int tcp_start(const char *listen, fr_httpd_fn fn, void *ctx, struct fr_httpd **ret,
-		     struct fr_error *err)
-{
-	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE }, *ai = NULL;
-	char host[256];
-	const char *port;
 	struct fr_httpd *h;
-	const union MHD_DaemonInfo *info;
-	int rc;
+	int fd, port;
 
-	if (!listen || !fn || split(listen, host, sizeof(host), &port) < 0)
-		return fr_error_set(err, -EINVAL, "metrics: listen address '%s' is not host:port",
-				    listen ? listen : "(null)");
-	rc = getaddrinfo(host, port, &hints, &ai);
-	if (rc != 0)
-		return fr_error_set(err, -EINVAL, "metrics: listen address '%s': %s", listen,
-				    gai_strerror(rc));
-	h = calloc(1, sizeof(*h));
-	if (!h) {
-		freeaddrinfo(ai);
+	if (!fn)
+		return fr_error_set(err, -EINVAL, "metrics: no handler");
+	if ((fd = fr_httpd_listen_socket(listen, &port, err)) < 0)
+		return fr_error_prefix(err, fd, "metrics");
+	if (!(h = calloc(1, sizeof(*h)))) {
+		close(fd);
 		return fr_error_set(err, -ENOMEM, "metrics: out of memory");
 	}
 	h->fn = fn;
 	h->ctx = ctx;
-	errno = 0;
-	h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL |
-					(ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0),
-				0, NULL, NULL, answer, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+	h->port = port;
+	h->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL, 0, NULL, NULL,
+				answer, h, MHD_OPTION_LISTEN_SOCKET, fd,
 				MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
 				MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30, MHD_OPTION_END);
-	rc = errno ? -errno : -EADDRNOTAVAIL;
-	freeaddrinfo(ai);
 	if (!h->d) {
+		close(fd);
 		free(h);
-		return fr_error_set(err, rc, "metrics: cannot listen on %s: %s", listen,
-				    strerror(-rc));
+		return fr_error_set(err, -EIO, "metrics: cannot serve on %s", listen);
 	}
-	info = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-	h->port = info ? info->port : 0;
 	*ret = h;
 	return 0;
 }

@@ -25,9 +25,11 @@ typedef int (*fr_httpd_fn)(void *ctx, const char *path, FILE *out, const char **
  * address. */
 int fr_httpd_start(const char *listen, fr_httpd_fn fn, void *ctx, struct fr_httpd **ret,
 		   struct fr_error *err);
-/* A listening Unix socket on path (an old socket file there is replaced), for
- * MHD_OPTION_LISTEN_SOCKET: the fd, or -errno with err naming the path. */
-int fr_httpd_unix_listener(const char *path, struct fr_error *err);
+/* A listening socket for MHD_OPTION_LISTEN_SOCKET (both daemons' HTTP endpoints): on
+ * "host:port" (port 0: any free one; *ret_port the one bound) or "unix:/path" (an old
+ * socket file there is replaced; *ret_port 0). Returns the fd, or -errno with err naming
+ * the address. */
+int fr_httpd_listen_socket(const char *listen, int *ret_port, struct fr_error *err);
 /* The port it listens on (0 on a Unix socket). */
 int fr_httpd_port(const struct fr_httpd *h);
 /* Stops it (waits for a request in progress). Accepts NULL. */
