@@ -244,15 +244,15 @@ out:
 
 /* ---- Status --------------------------------------------------------------------------------- */
 
-static Ferry__V1__WorkerStatus__State worker_state(const struct srv_worker *w)
+static Ferry__V1__WorkerStatus__State worker_state(enum co_wstate st)
 {
-	switch (w->state) {
-	case W_JOINING:
-	case W_READY:
-	case W_CONNECTED: return FERRY__V1__WORKER_STATUS__STATE__STATE_JOINING;
-	case W_LOADED: return FERRY__V1__WORKER_STATUS__STATE__STATE_SERVING;
-	case W_RELEASED: return FERRY__V1__WORKER_STATUS__STATE__STATE_DRAINING;
-	case W_FAILED: return FERRY__V1__WORKER_STATUS__STATE__STATE_DEAD;
+	switch (st) {
+	case CO_WS_JOINING: return FERRY__V1__WORKER_STATUS__STATE__STATE_JOINING;
+	case CO_WS_SERVING: return FERRY__V1__WORKER_STATUS__STATE__STATE_SERVING;
+	case CO_WS_DRAINING: return FERRY__V1__WORKER_STATUS__STATE__STATE_DRAINING;
+	case CO_WS_SUSPECT: return FERRY__V1__WORKER_STATUS__STATE__STATE_SUSPECT;
+	case CO_WS_DEAD: return FERRY__V1__WORKER_STATUS__STATE__STATE_DEAD;
+	case CO_WS__COUNT: break;
 	}
 	return FERRY__V1__WORKER_STATUS__STATE__STATE_UNSPECIFIED;
 }
@@ -291,12 +291,9 @@ static grpc_status_code on_status(struct rpc_call *call, const ProtobufCMessage 
 		ws[i].index = (uint32_t)i;
 		ws[i].name = (char *)w->name;
 		ws[i].address = (char *)w->addr;
-		ws[i].state = w->drained && w->state == W_LOADED ?
-			      FERRY__V1__WORKER_STATUS__STATE__STATE_DRAINING : worker_state(w);
-		bool quiet = w->state == W_LOADED &&
-			     now - w->last_heartbeat_ns > 3ull * (uint64_t)s->o.heartbeat_ms * 1000000ull;
-		if (quiet)
-			ws[i].state = FERRY__V1__WORKER_STATUS__STATE__STATE_SUSPECT;
+		enum co_wstate wst = co__worker_state(s, i, now);
+		bool quiet = wst == CO_WS_SUSPECT;
+		ws[i].state = worker_state(wst);
 		ws[i].detail = (char *)(w->state == W_FAILED ? w->fail :
 					quiet ? "no heartbeat for three intervals" : "");
 		ws[i].slots_per_layer = w->slot_capacity;

@@ -20,7 +20,7 @@ static const char *const finish_names[] = {
 	[CO_FINISH_CANCELLED] = "cancelled", [CO_FINISH_ERROR] = "error",
 };
 
-const char *co__worker_state_name(const struct co_server *s, int i, uint64_t now_ns)
+enum co_wstate co__worker_state(const struct co_server *s, int i, uint64_t now_ns)
 {
 	const struct srv_worker *w = &s->workers[i];
 
@@ -28,18 +28,27 @@ const char *co__worker_state_name(const struct co_server *s, int i, uint64_t now
 	case W_JOINING:
 	case W_READY:
 	case W_CONNECTED:
-		return "joining";
+		return CO_WS_JOINING;
 	case W_LOADED:
 		if (now_ns - w->last_heartbeat_ns >
 		    3ull * (uint64_t)s->o.heartbeat_ms * 1000000ull)
-			return "suspect";
-		return w->drained ? "draining" : "serving";
+			return CO_WS_SUSPECT;
+		return w->drained ? CO_WS_DRAINING : CO_WS_SERVING;
 	case W_RELEASED:
-		return "draining";
+		return CO_WS_DRAINING;
 	case W_FAILED:
-		return "dead";
+		break;
 	}
-	return "unknown";
+	return CO_WS_DEAD;
+}
+
+const char *co__wstate_name(enum co_wstate st)
+{
+	static const char *const names[] = { [CO_WS_JOINING] = "joining",
+					     [CO_WS_SERVING] = "serving",
+					     [CO_WS_DRAINING] = "draining",
+					     [CO_WS_SUSPECT] = "suspect", [CO_WS_DEAD] = "dead" };
+	return (unsigned)st < FR_ARRAY_SIZE(names) ? names[st] : "unknown";
 }
 
 struct calls_ctx {
@@ -149,8 +158,6 @@ out:
 
 void co__metrics_write(struct co_server *s, FILE *f)
 {
-	static const char *const states[] = { "joining", "serving", "draining", "suspect",
-					      "dead" };
 	struct co_serve_metrics *m = &s->metrics.serve;
 	struct calls_ctx cc = { f };
 	char lb[128];
@@ -211,23 +218,21 @@ void co__metrics_write(struct co_server *s, FILE *f)
 		       st.free_blocks);
 	put_counter(f, "ferry_steps_total", "Forward steps run.", st.steps);
 
-	int count[5] = { 0 };
+	int count[CO_WS__COUNT] = { 0 };
 	uint64_t epoch, now = fr_now_ns();
 	pthread_mutex_lock(&s->mu);
 	epoch = s->epoch;
-	for (int i = 0; i < s->n_joined; i++) {
-		const char *name = co__worker_state_name(s, i, now);
-		for (int k = 0; k < 5; k++)
-			count[k] += strcmp(name, states[k]) == 0;
-	}
+	for (int i = 0; i < s->n_joined; i++)
+		count[co__worker_state(s, i, now)]++;
 	int configured = s->o.workers;
 	pthread_mutex_unlock(&s->mu);
 	put_gauge(f, "ferry_placement_epoch", "The slot-map epoch in force.", (double)epoch);
 	put_gauge(f, "ferry_workers_configured", "[cluster] workers.", configured);
 	fr_prom_family(f, "ferry_workers", "gauge", "Workers that joined, by state.");
-	for (int k = 0; k < 5; k++)
-		fr_prom_sample(f, "ferry_workers", fr_prom_labels(lb, sizeof(lb), "state", states[k],
-								   NULL), count[k]);
+	for (int k = 0; k < CO_WS__COUNT; k++)
+		fr_prom_sample(f, "ferry_workers",
+			       fr_prom_labels(lb, sizeof(lb), "state",
+					      co__wstate_name((enum co_wstate)k), NULL), count[k]);
 
 	fr_prom_family(f, "ferry_rebalances_total", "counter",
 		       "Live rebalances that were not dry runs, by outcome (completed: slots "

@@ -185,9 +185,13 @@ void co__metrics_write(struct co_server *s, FILE *f);
 /* status_page.c: GET / (HTML) and /status.json on the metrics port; returns the HTTP
  * status, or 0 for a path that is not its own. */
 int co__status_page(struct co_server *s, const char *path, FILE *f, const char **ctype);
-/* "joining", "serving", "draining", "suspect" (no heartbeat for three intervals) or "dead";
- * under mu. */
-const char *co__worker_state_name(const struct co_server *s, int i, uint64_t now_ns);
+/* A worker's state as Status, /metrics and the status page report it (under mu): suspect is
+ * a serving worker without a heartbeat for three intervals. */
+enum co_wstate { CO_WS_JOINING, CO_WS_SERVING, CO_WS_DRAINING, CO_WS_SUSPECT, CO_WS_DEAD,
+		 CO_WS__COUNT };
+enum co_wstate co__worker_state(const struct co_server *s, int i, uint64_t now_ns);
+/* "joining", "serving", "draining", "suspect", "dead". */
+const char *co__wstate_name(enum co_wstate st);
 
 /* "starting", "serving", "draining", "failed". */
 const char *co__status_name(enum srv_status st);

@@ -186,7 +186,7 @@ static json_t *status_json(struct co_server *s)
 		int in = s->place && i < s->place->n_workers ? co_place_filled(s->place, i) : 0;
 		json_array_append_new(workers, json_pack(
 			"{s:s, s:s, s:s, s:i, s:i, s:I}", "name", w->name, "address", w->addr,
-			"state", co__worker_state_name(s, i, now), "slots_per_layer",
+			"state", co__wstate_name(co__worker_state(s, i, now)), "slots_per_layer",
 			(int)w->slot_capacity, "slots_in_service", in, "tokens",
 			(json_int_t)(wsum && i < W ? wsum[i] : 0)));
 	}
