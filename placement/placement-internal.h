@@ -7,6 +7,7 @@
  *   eplb.c        EPLB's global policy (the baseline): replication, heaviest-first packing
  *   distinct.c    the min_distinct guarantee: cyclic layout, repair
  *   search.c      local search on the most loaded worker
+ *   waterfill.c   worker loads under the dispatch's replica choice (water-filling)
  *   align.c       alignment with the previous layout (migration cost)
  *   cap.c       co_place_cap_moves(): a migration budget over whole layers
  *   load.c      sliding-window load accounting (co_load_*)
@@ -71,6 +72,13 @@ struct ws {
 	int32_t *heap;              /* [E] */
 	int32_t *ecount;            /* [E] zero between uses */
 	int32_t *tmp;               /* [S] */
+	/* co_place__ws_wf_max() */
+	int32_t *wf_off;            /* [E + 1] */
+	int32_t *wf_wk;             /* [S] */
+	double *wf_flow;            /* [S] */
+	double *wf_wl;              /* [W] */
+	int32_t *wf_mark;           /* [W] zero between uses */
+	double *wf_lv;              /* [2 S] */
 };
 
 /* The hot helpers of the inner loops stay inline in every file that uses them. */
@@ -107,6 +115,19 @@ void co_place__ws_assign(struct ws *s, int g, int e);
 /* The largest worker load; *ret_w (may be NULL) the first worker that carries it. */
 double co_place__ws_max(const struct ws *s, int *ret_w);
 
+/* The largest worker load of the layout under the dispatch's split (co_place__waterfill());
+ * at most co_place__ws_max(), equal to it without replicas. */
+double co_place__ws_wf_max(struct ws *s);
+
+/* ---- worker loads under the dispatch's replica choice (waterfill.c) ---------------------- */
+
+/* Writes into wl[W] the workers' loads of one layer when each expert's load[e] is split among
+ * the workers wk[off[e] .. off[e + 1]) holding it (a worker may repeat; an expert with no
+ * worker is skipped) the way the dispatch splits it: water-filling, the split that makes the
+ * loads most even. Returns the largest. Scratch: flow[off[E]], mark[W], lv[2 off[E]]. */
+double co_place__waterfill(int E, int W, const double *load, const int32_t *off,
+			   const int32_t *wk, double *wl, double *flow, int32_t *mark, double *lv);
+
 /* ---- EPLB's global policy (eplb.c) ------------------------------------------------------- */
 
 /* Replication: every expert gets `start` replicas, then each remaining slot goes to the
@@ -142,6 +163,14 @@ void co_place__local_search(struct ws *s);
  * back their pv expert wherever the loads stay within max(target, M). Returns the net
  * change in slots that differ from pv. */
 long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target);
+/* Brings the replica counts to want[E] (replication's counts for this load) where that pays:
+ * while some expert x has fewer than want, the one with the most load per replica once it
+ * has one more takes a slot from the surplus expert z (more than want) with the least load
+ * per replica once it has one less, if that is lighter: z's replica on the least-loaded
+ * worker that does not hold x yet (min_distinct kept). Against drift this keeps the spare
+ * slots on the experts that are hot now, not on those that were. Returns the slots
+ * changed. */
+long co_place__refresh_replicas(struct ws *s, const int32_t *want);
 
 /* ---- alignment with the previous layout (align.c) ---------------------------------------- */
 

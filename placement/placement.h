@@ -9,9 +9,11 @@
  * id slot_base[w] + s. Every slot holds one logical expert; every expert has at least one
  * replica; total slots >= routed experts and the surplus holds replicas of hot experts.
  *
- * Load model used by the solver: an expert's load (tokens, or any non-negative weight) is
- * split evenly between its replicas; a worker's load in a layer is the sum over its slots.
- * The solver minimises the largest worker load of every layer.
+ * Load model: an expert's load (tokens, or any non-negative weight) is split between its
+ * replicas the way the dispatch splits its tokens (co_place_choose(): to the least-loaded
+ * worker), i.e. water-filling; a worker's load in a layer is the sum of its shares. The
+ * solver minimises the largest worker load of every layer; its searches steer by the equal
+ * split (an upper bound, cheap to update) and judge layouts by water-filling.
  *
  * Four parts:
  *   co_place_*        solver, routing table, replica choice per token, quality metrics
@@ -92,7 +94,8 @@ struct co_place_opts {
 	 * unless the new one is more than 5% better. > 0 with algo FERRY also makes the
 	 * solver migration-aware (see co_place_solve()): it starts from the previous layout
 	 * and moves replicas only until the largest load is within this tolerance of a lower
-	 * bound. Must be finite and >= 0. */
+	 * bound, or as low as a from-scratch EPLB solve would get it. Must be finite and
+	 * >= 0. */
 	double migrate_tolerance;
 };
 
@@ -112,13 +115,19 @@ struct co_place_opts {
  * were, and migrate_tolerance trades load for moved experts (see co_place_moves()).
  *
  * Migration-aware path (algo FERRY, prev of the same slot counts, migrate_tolerance > 0):
- * each layer starts from prev's layout and a local search moves replicas (swaps, and
- * slots of over-replicated experts handed to hot ones) choosing the move that removes the
- * most load above the target per newly loaded slot, until the largest load is within
- * (1 + migrate_tolerance) of a lower bound (mean load, heaviest replica after replication,
- * without spare slots the heaviest expert plus the lightest ones beside it); slots are then
- * given back their prev expert where the loads allow. Only a layer that cannot reach the
- * target that way gets the full candidates above, chosen by the rule above.
+ * each layer starts from prev's layout. First its replica counts are brought to what
+ * replication gives for this load (a slot of an expert with more replicas than that goes to
+ * one with fewer, where the latter is hotter per replica; the new replica lands on the
+ * least-loaded worker without it), so that spare slots follow the hot experts as they
+ * drift. Then a local search moves replicas (swaps, and slots of over-replicated experts
+ * handed to hot ones) choosing the move that removes the most load above the target per
+ * newly loaded slot, until the largest water-filled load (see co_place_worker_loads()) is
+ * at the target: within (1 + migrate_tolerance) of a lower bound (mean load, heaviest
+ * replica after replication, without spare slots the heaviest expert plus the lightest ones
+ * beside it), or no lower than EPLB's packing of this load gets it, whichever is higher:
+ * balance that a from-scratch solve would not give is not worth moving experts for. Slots
+ * are then given back their prev expert where the loads allow. Only a layer that cannot
+ * reach the target that way gets the full candidates above, chosen by the rule above.
  *
  * pb, opts (NULL = defaults) and prev (may be NULL) are borrowed. *ret is owned by the
  * caller (co_place_destroy()).
@@ -210,8 +219,11 @@ struct co_place_stats {
 	double balancedness;  /* mean / max; 1 when there is no load */
 };
 
-/* Worker loads of one layer under a load row (load[n_experts], NULL = uniform), expert
- * loads split evenly between replicas: ret[n_workers]. Errors: -EINVAL (layer). */
+/* Worker loads of one layer under a load row (load[n_experts], NULL = uniform), each
+ * expert's load split among its replicas the way co_place_choose() splits its tokens: to
+ * the least-loaded, i.e. in the fluid limit the split that makes the workers' loads most
+ * even (water-filling; the equal split when that is already even): ret[n_workers].
+ * Errors: -EINVAL (layer), -ENOMEM. */
 int co_place_worker_loads(const struct co_placement *p, int layer, const double *load,
 			  double *ret);
 

@@ -343,18 +343,37 @@ int co_place_worker_loads(const struct co_placement *p, int layer, const double 
 {
 	const int32_t *off;
 	const struct co_place_replica *rep;
+	int32_t *wk, *mark;
+	double *flow, *lv, *uniform = NULL;
+	size_t S;
 
 	if (!p || layer < 0 || layer >= p->n_layers)
 		return -EINVAL;
 	off = p->rep_off + (size_t)layer * (p->n_experts + 1);
 	rep = p->rep + (size_t)layer * p->total_slots;
-	memset(ret, 0, sizeof(*ret) * (size_t)p->n_workers);
-	for (int e = 0; e < p->n_experts; e++) {
-		int n = off[e + 1] - off[e];
-		double share = (load ? load[e] : 1.0) / n;
-		for (int i = off[e]; i < off[e + 1]; i++)
-			ret[rep[i].worker] += share;
+	S = (size_t)off[p->n_experts] + 1;
+	wk = malloc(sizeof(*wk) * S);
+	mark = malloc(sizeof(*mark) * (size_t)p->n_workers);
+	flow = malloc(sizeof(*flow) * 3 * S);
+	if (!load && (uniform = malloc(sizeof(*uniform) * (size_t)p->n_experts)))
+		for (int e = 0; e < p->n_experts; e++)
+			uniform[e] = 1.0;
+	if (!wk || !mark || !flow || (!load && !uniform)) {
+		free(wk);
+		free(mark);
+		free(flow);
+		free(uniform);
+		return -ENOMEM;
 	}
+	lv = flow + S;
+	for (size_t i = 0; i + 1 < S; i++)
+		wk[i] = rep[i].worker;
+	co_place__waterfill(p->n_experts, p->n_workers, load ? load : uniform, off, wk, ret,
+			    flow, mark, lv);
+	free(wk);
+	free(mark);
+	free(flow);
+	free(uniform);
 	return 0;
 }
 

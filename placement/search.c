@@ -3,7 +3,8 @@
  * search.c - local search on the most loaded worker: swaps of two replicas between workers and
  * hand-overs of a cold expert's slot to a hot one, never raising the largest load. Two
  * flavours: best improvement (co_place__local_search) and, from the previous layout, the
- * most improvement per newly loaded slot down to a target (co_place__local_search_warm).
+ * most improvement per newly loaded slot down to a target (co_place__local_search_warm),
+ * which co_place__refresh_replicas() prepares by moving spare slots to the experts hot now.
  */
 #include "placement/placement-internal.h"
 
@@ -274,6 +275,57 @@ static long ls_restore(struct ws *s, const int32_t *pv, double limit)
 	return moved;
 }
 
+long co_place__refresh_replicas(struct ws *s, const int32_t *want)
+{
+	long moved = 0;
+
+	for (int it = 0; it < s->S; it++) {
+		int x = -1, z = -1, bg = -1;
+		double bx = 0, bz = INFINITY;
+		bool bheld = true;
+
+		/* the short expert with the most load per replica once it has one more ... */
+		for (int e = 0; e < s->E; e++) {
+			double q = s->load[e] / (s->rep[e] + 1);
+			if (s->rep[e] < want[e] && q > bx) {
+				bx = q;
+				x = e;
+			}
+		}
+		if (x < 0)
+			break;
+		/* ... takes a slot of the surplus expert with the least once it has one less */
+		for (int e = 0; e < s->E; e++) {
+			if (e == x || s->rep[e] <= want[e] || s->rep[e] < 2)
+				continue;
+			double q = s->load[e] / (s->rep[e] - 1);
+			if (q < bz) {
+				bz = q;
+				z = e;
+			}
+		}
+		if (z < 0 || bz >= bx)
+			break;
+		/* on a worker without x if there is one, the least loaded */
+		for (int g = s->head[z]; g >= 0; g = s->nxt[g]) {
+			int w = s->sw[g];
+			bool held = ws_count_on(s, x, w) > 0;
+			if (s->need > 1 && ws_count_on(s, z, w) == 1 && s->ndist[z] - 1 < s->need)
+				continue;
+			if (bg < 0 || (bheld && !held) ||
+			    (held == bheld && s->wl[w] < s->wl[s->sw[bg]])) {
+				bg = g;
+				bheld = held;
+			}
+		}
+		if (bg < 0)
+			break;
+		ls_apply(s, 2, bg, x);
+		moved++;
+	}
+	return moved;
+}
+
 long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target)
 {
 	long max_iter = 50L * s->S + 1000, moved = 0;
@@ -285,7 +337,8 @@ long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target)
 		/* every worker a move touches must end below bm (< M) */
 		double bm = M - 1e-12 * M;
 
-		if (M <= target || M <= 0)
+		/* the dispatch's split may already bring the layer within target */
+		if (M <= target || M <= 0 || co_place__ws_wf_max(s) <= target)
 			break;
 #define CONSIDER(m_, cost_, kind_, g1_, g2_)                                                \
 	do {                                                                                \

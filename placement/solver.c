@@ -117,6 +117,19 @@ double co_place__ws_max(const struct ws *s, int *ret_w)
 	return m;
 }
 
+double co_place__ws_wf_max(struct ws *s)
+{
+	int n = 0;
+	for (int e = 0; e < s->E; e++) {
+		s->wf_off[e] = n;
+		for (int g = s->head[e]; g >= 0; g = s->nxt[g])
+			s->wf_wk[n++] = s->sw[g];
+	}
+	s->wf_off[s->E] = n;
+	return co_place__waterfill(s->E, s->W, s->load, s->wf_off, s->wf_wk, s->wf_wl,
+				   s->wf_flow, s->wf_mark, s->wf_lv);
+}
+
 static long ws_dups(const struct ws *s)
 {
 	long d = 0;
@@ -144,7 +157,7 @@ struct solver {
 	struct align_scratch as;
 	struct cand c[CAND__COUNT];
 	int32_t *order_rep;   /* [E] replica counts from replication */
-	void *blocks[48];
+	void *blocks[64];
 	int n_blocks;
 };
 
@@ -197,6 +210,12 @@ static int solver_init(struct solver *sv, const struct co_placement *p, int need
 	    !(s->heap = solver_alloc(sv, E, sizeof(int32_t))) ||
 	    !(s->ecount = solver_alloc(sv, E, sizeof(int32_t))) ||
 	    !(s->tmp = solver_alloc(sv, S, sizeof(int32_t))) ||
+	    !(s->wf_off = solver_alloc(sv, E + 1, sizeof(int32_t))) ||
+	    !(s->wf_wk = solver_alloc(sv, S, sizeof(int32_t))) ||
+	    !(s->wf_flow = solver_alloc(sv, S, sizeof(double))) ||
+	    !(s->wf_wl = solver_alloc(sv, W, sizeof(double))) ||
+	    !(s->wf_mark = solver_alloc(sv, W, sizeof(int32_t))) ||
+	    !(s->wf_lv = solver_alloc(sv, 2 * S, sizeof(double))) ||
 	    !(sv->order_rep = solver_alloc(sv, E, sizeof(int32_t))) ||
 	    !(as->cost = solver_alloc(sv, FR_MIN(W, ALIGN_HUNGARIAN_MAX) *
 					       FR_MIN(W, ALIGN_HUNGARIAN_MAX), sizeof(long))) ||
@@ -228,7 +247,7 @@ static void cand_take(struct solver *sv, int id, const struct prev_layer *pv, bo
 	struct cand *c = &sv->c[id];
 
 	c->ok = true;
-	c->max = co_place__ws_max(s, NULL);
+	c->max = co_place__ws_wf_max(s);
 	c->dups = ws_dups(s);
 	if (aligned)
 		memcpy(c->se, s->se, sizeof(*c->se) * (size_t)s->S);
@@ -296,14 +315,23 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 
 	co_place__replicate(s, s->need);
 	memcpy(sv->order_rep, s->rep, sizeof(*s->rep) * (size_t)s->E);
-	/* Migration-aware path: from prev's layout, move only until the largest load is within
-	 * the tolerance of a lower bound; the full candidates only when that falls short. */
+	/* Migration-aware path: from prev's layout with its replica counts refreshed, move only
+	 * until the largest load (water-filled) is within the tolerance of a lower bound or as
+	 * low as EPLB's packing gets it; the full candidates only when that falls short. */
 	if (ls && pv && prev_same_slots && tol > 0) {
 		double target = layer_lower_bound(s) * (1 + tol);
+		/* no further than a from-scratch solve by EPLB's policy would get: balance it
+		 * would not give is not worth moving experts for */
+		co_place__pack_lpt(s, false, sv->order_rep);
+		ws_set(s, s->se);
+		if (co_place__repair_distinct(s))
+			target = FR_MAX(target, co_place__ws_wf_max(s));
+		memcpy(s->rep, sv->order_rep, sizeof(*s->rep) * (size_t)s->E);
 		ws_set(s, pv->se);
 		if (co_place__repair_distinct(s)) {
+			co_place__refresh_replicas(s, sv->order_rep);
 			co_place__local_search_warm(s, pv->se, target);
-			if (co_place__ws_max(s, NULL) <= target * (1 + 1e-12)) {
+			if (co_place__ws_wf_max(s) <= target * (1 + 1e-12)) {
 				memcpy(out, s->se, sizeof(*out) * (size_t)s->S);
 				return 0;
 			}

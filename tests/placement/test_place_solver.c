@@ -2,7 +2,8 @@
 /*
  * test_place_solver.c - the placement solver against a straightforward EPLB global policy,
  * invariants, unequal capacities, the distinct-worker guarantee, migration, impossible
- * configurations, replica choice, unloading slots and speed on the 145B shape.
+ * configurations, replica choice, the water-filled loads it models, unloading slots and speed
+ * on the 145B shape.
  */
 #include "place_test.h"
 
@@ -100,6 +101,24 @@ static double layer_max(const struct co_placement *p, int l, const double *row)
 	return m;
 }
 
+/* The largest worker load with every expert's load split evenly between its replicas (the
+ * split EPLB's policy assumes), from the routing table. */
+static double layer_max_equal(const struct co_placement *p, int l, const double *row)
+{
+	double *wl = t_xmalloc(sizeof(double) * (size_t)p->n_workers), m = 0;
+	memset(wl, 0, sizeof(double) * (size_t)p->n_workers);
+	for (int e = 0; e < p->n_experts; e++) {
+		int n = 0;
+		const struct co_place_replica *r = co_place_replicas(p, l, e, &n);
+		for (int i = 0; i < n; i++)
+			wl[r[i].worker] += row[e] / n;
+	}
+	for (int w = 0; w < p->n_workers; w++)
+		m = FR_MAX(m, wl[w]);
+	free(wl);
+	return m;
+}
+
 static void check_invariants(const struct co_placement *p, int E, int W, const int *cap,
 			     int need)
 {
@@ -183,8 +202,11 @@ static void test_vs_eplb(uint64_t *rng)
 				check_invariants(q, sh->E, sh->W, cap, 1);
 				for (int l = 0; l < L; l++) {
 					const double *row = load + (size_t)l * sh->E;
-					double a = layer_max(q, l, row), b = ref_eplb(sh->E, sh->W, cap, row);
+					double a = layer_max_equal(q, l, row);
+					double b = ref_eplb(sh->E, sh->W, cap, row);
 					CHECK(fabs(a - b) <= 1e-9 * b);
+					/* the dispatch's split never does worse than the even one */
+					CHECK(layer_max(q, l, row) <= a * (1 + 1e-12));
 				}
 			}
 			co_place_destroy(q);
@@ -696,6 +718,154 @@ static void test_choose(uint64_t *rng)
 
 /* ---- taking slots out of service ---- */
 
+/* ---- worker loads under the dispatch's split (water-filling) ---- */
+
+/* Can every expert's load be sent to the workers holding it with no worker above T? Max flow
+ * source -> expert (load) -> workers holding it -> sink (T), augmenting paths by DFS on the
+ * residual graph; nodes: 0 source, 1..E experts, E+1..E+W workers, E+W+1 sink. */
+static bool flow_feasible(const struct co_placement *p, int l, const double *row, double T)
+{
+	int E = p->n_experts, W = p->n_workers, N = E + W + 2;
+	double *c = t_xmalloc(sizeof(double) * (size_t)N * N), need = 0, got = 0;
+	int *prev = t_xmalloc(sizeof(int) * (size_t)N), *stack = t_xmalloc(sizeof(int) * (size_t)N);
+
+	memset(c, 0, sizeof(double) * (size_t)N * N);
+	for (int e = 0; e < E; e++) {
+		int n = 0;
+		const struct co_place_replica *r = co_place_replicas(p, l, e, &n);
+		c[0 * N + 1 + e] = row[e];
+		need += row[e];
+		for (int i = 0; i < n; i++)
+			c[(1 + e) * N + 1 + E + r[i].worker] = INFINITY;
+	}
+	for (int w = 0; w < W; w++)
+		c[(1 + E + w) * N + N - 1] = T;
+	for (;;) {
+		int top = 0;
+		for (int i = 0; i < N; i++)
+			prev[i] = -1;
+		prev[0] = 0;
+		stack[top++] = 0;
+		while (top && prev[N - 1] < 0) {
+			int u = stack[--top];
+			for (int v = 0; v < N; v++)
+				if (prev[v] < 0 && c[u * N + v] > 1e-12 * need) {
+					prev[v] = u;
+					stack[top++] = v;
+				}
+		}
+		if (prev[N - 1] < 0)
+			break;
+		double f = INFINITY;
+		for (int v = N - 1; v; v = prev[v])
+			f = FR_MIN(f, c[prev[v] * N + v]);
+		for (int v = N - 1; v; v = prev[v]) {
+			c[prev[v] * N + v] -= f;
+			c[v * N + prev[v]] += f;
+		}
+		got += f;
+	}
+	free(c);
+	free(prev);
+	free(stack);
+	return got >= need * (1 - 1e-9);
+}
+
+static void test_waterfill(uint64_t *rng)
+{
+	enum { E = 24, L = 1 };
+	double row[E];
+
+	/* the model's largest load is the smallest any split can give (bisection on max flow),
+	 * and never above the equal split's */
+	for (int c = 0; c < 40; c++) {
+		int W = 2 + (int)(fr_splitmix64(rng) % 7), cap[8], per = E / W + 1 + c % 4;
+		struct fr_error err = { { 0 } };
+		struct co_placement *p = NULL;
+		double wl[8], m = 0, lo = 0, hi;
+
+		for (int w = 0; w < W; w++)
+			cap[w] = per;
+		t_zipf_row(rng, E, 0.5 + 1.5 * fr_rand_unit(rng), row);
+		struct co_place_problem pb = { L, E, W, cap, row };
+		CHECK(co_place_solve(&pb, NULL, NULL, &p, &err) == 0);
+		if (!p)
+			continue;
+		CHECK(co_place_worker_loads(p, 0, row, wl) == 0);
+		for (int w = 0; w < W; w++)
+			m = FR_MAX(m, wl[w]);
+		hi = layer_max_equal(p, 0, row);
+		CHECK(m <= hi * (1 + 1e-12));
+		for (int it = 0; it < 60; it++) {
+			double mid = (lo + hi) / 2;
+			if (flow_feasible(p, 0, row, mid))
+				hi = mid;
+			else
+				lo = mid;
+		}
+		if (!(fabs(m - hi) <= 1e-6 * hi)) {
+			fprintf(stderr, "waterfill case %d: model %.9g, optimum %.9g\n", c, m, hi);
+			t_failures++;
+		}
+		co_place_destroy(p);
+	}
+
+	/* ... and it is what the dispatch gives: steps of tokens drawn from the load, replicas
+	 * chosen by co_place_choose() per step, summed over the window */
+	{
+		enum { W = 8, STEPS = 2000, TOK = 64, K = 4, PER = 4 };
+		int cap[W];
+		double cdf[E], wl[W], m = 0, mean = 0, dm = 0;
+		int64_t wt[W], tot[W] = { 0 };
+		int32_t ex[TOK * K], table[W * PER];
+		struct co_place_replica rep[TOK * K];
+		struct fr_error err = { { 0 } };
+		struct co_placement *p = NULL;
+
+		/* a random layout (every expert once, the spare slots to the hottest eight), so
+		 * that the equal split is far from even and the dispatch has work to do */
+		for (int w = 0; w < W; w++)
+			cap[w] = PER;
+		for (int g = 0; g < W * PER; g++)
+			table[g] = g < E ? g : (g - E) % 8;
+		for (int g = W * PER - 1; g > 0; g--) {
+			int j = (int)(fr_splitmix64(rng) % (uint64_t)(g + 1)), t = table[g];
+			table[g] = table[j];
+			table[j] = t;
+		}
+		t_zipf_row(rng, E, 1.0, row);
+		CHECK(co_place_from_table(L, E, W, cap, table, &p, &err) == 0);
+		for (int e = 0; e < E; e++)
+			cdf[e] = row[e] + (e ? cdf[e - 1] : 0);
+		for (int st = 0; p && st < STEPS; st++) {
+			for (int i = 0; i < TOK * K; i++) {
+				double u = fr_rand_unit(rng) * cdf[E - 1];
+				int e = 0;
+				while (e < E - 1 && cdf[e] < u)
+					e++;
+				ex[i] = e;
+			}
+			memset(wt, 0, sizeof(wt));
+			CHECK(co_place_choose(p, 0, TOK, K, ex, wt, rep) == 0);
+			for (int w = 0; w < W; w++)
+				tot[w] += wt[w];
+		}
+		if (p) {
+			CHECK(co_place_worker_loads(p, 0, row, wl) == 0);
+			for (int w = 0; w < W; w++) {
+				m = FR_MAX(m, wl[w]);
+				mean += wl[w] / W;
+				dm = FR_MAX(dm, (double)tot[w]);
+			}
+			double model = mean / m, seen = (double)STEPS * TOK * K / W / dm;
+			printf("water-filling: balancedness modelled %.4f, dispatched %.4f, equal "
+			       "split %.4f\n", model, seen, mean / layer_max_equal(p, 0, row));
+			CHECK(fabs(model - seen) <= 0.01);
+		}
+		co_place_destroy(p);
+	}
+}
+
 static void test_unload(uint64_t *rng)
 {
 	/* hand-made, two layers: layer 0 = { w0: 0 2 | w1: 1 0 }, layer 1 = { w0: 1 0 | w1: 1 2 } */
@@ -848,6 +1018,7 @@ int main(void)
 	test_tight_distinct(&rng);
 	test_large_group_alignment(&rng);
 	test_choose(&rng);
+	test_waterfill(&rng);
 	test_unload(&rng);
 	test_speed(&rng);
 	if (t_failures) {
