@@ -66,7 +66,10 @@ static const char up_usage[] =
 	"  -l, --listen ADDR        coordinator address (default 127.0.0.1:7400; port 0 picks one)\n"
 	"  -t, --transport NAME     data plane: shm (default), tcp or verbs\n"
 	"      --replicas R         extra slots per worker for replicas of hot experts (default 0)\n"
-	"      --micro-batches M    ping-pong micro-batches (default 2)\n"
+	"      --micro-batches M    ping-pong micro-batches (default 1: the processes of a\n"
+	"                           local cluster share the cores, so there is no transfer\n"
+	"                           for a second micro-batch to hide; 2 is the coordinator's\n"
+	"                           default for workers on other hosts)\n"
 	"      --wire DTYPE         activations on the wire: bf16 (default) or f32\n"
 	"      --precision P        exact (default) or fast: bf16 dot products for bf16\n"
 	"                           weights, in the coordinator and every worker\n"
@@ -139,7 +142,7 @@ static int up_parse(int argc, char **argv, struct up_opts *o, struct fr_error *e
 	o->listen = "127.0.0.1:7400";
 	o->transport = "shm";
 	o->wire = "bf16";
-	o->micro_batches = 2;
+	o->micro_batches = 1;
 	o->timeout_s = 120;
 	ctl_getopt_reset();
 	while ((c = getopt_long(argc, argv, ":m:w:l:t:h", up_longopts, NULL)) != -1) {

@@ -9,7 +9,8 @@
 #
 # Usage: run-cluster.sh FERRYCTL CMP_F32 [TRANSPORTS]   (default transports: "shm tcp")
 # Environment (defaults: the full check above):
-#   CLUSTER_SHAPES          comma-separated "WORKERS REPLICAS" pairs (default "1 0,2 0,3 0,2 1,3 3")
+#   CLUSTER_SHAPES          comma-separated "WORKERS REPLICAS [MICRO_BATCHES]" (default
+#                           "1 0,2 0 2,3 0,2 1 2,3 3"; micro-batches default 1, as in up)
 #   CLUSTER_BF16            1: run the bf16-wire greedy check and `ferryctl load`; 0: skip it
 #   CLUSTER_BF16_TRANSPORT  transport of the bf16-wire cluster (default shm)
 #   CLUSTER_TIMEOUT         `ferryctl up --timeout` in seconds (default 60)
@@ -19,7 +20,7 @@
 set -euo pipefail
 ferryctl=$1 cmp=$2
 transports=${3:-shm tcp}
-IFS=, read -r -a shapes <<< "${CLUSTER_SHAPES:-1 0,2 0,3 0,2 1,3 3}"
+IFS=, read -r -a shapes <<< "${CLUSTER_SHAPES:-1 0,2 0 2,3 0,2 1 2,3 3}"
 bf16=${CLUSTER_BF16:-1}
 bf16_tp=${CLUSTER_BF16_TRANSPORT:-shm}
 up_timeout=${CLUSTER_TIMEOUT:-60}
@@ -96,9 +97,11 @@ for set in "$FERRY_GOLDEN"/*/; do
   done
   for tp in $transports; do
     for shape in "${shapes[@]}"; do
-      read -r workers replicas <<< "$shape"
-      what="$name $tp $workers worker(s) +$replicas replica slot(s)"
-      up --model "$set" --workers "$workers" --replicas "$replicas" --transport "$tp" --wire f32
+      read -r workers replicas mbs <<< "$shape"
+      mbs=${mbs:-1}
+      what="$name $tp $workers worker(s) +$replicas replica slot(s) m=$mbs"
+      up --model "$set" --workers "$workers" --replicas "$replicas" --transport "$tp" --wire f32 \
+        --micro-batches "$mbs"
       for toks in "$set"/ref_tokens_*.txt; do
         k=${toks##*_}; k=${k%.txt}
         "$ferryctl" run --cluster "$addr" --tokens "$(cat "$toks")" --max-new 0 \

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# 64 concurrent streaming clients against a local cluster (`ferryctl up`, 2 workers):
+# 64 concurrent streaming clients against a local cluster (`ferryctl up`, 2 workers, 2
+# ping-pong micro-batches):
 # tokens identical to each request alone, coordinator RSS flat after warm-up, cancelled
 # clients' KV blocks freed (test_load checks all three). Then admission control: with one
 # sequence slot and a queue of 2, a burst of requests gets RESOURCE_EXHAUSTED for the
@@ -35,7 +36,7 @@ down() { kill -TERM "$up_pid"; wait "$up_pid"; up_pid=; }
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=0:thread_local_quarantine_size_kb=0"
 
 model=$FERRY_GOLDEN/tiny-a
-up --model "$model" --workers 2 --set engine.max_seqs=64
+up --model "$model" --workers 2 --micro-batches 2 --set engine.max_seqs=64
 "$test_load" "$addr" "${pids%% *}" 64 3
 down
 
