@@ -5,7 +5,8 @@
  * shape in f32 and against this machine's compute ceilings, measured in the same run with the
  * same thread count: the fp32 FMA peak (the exact kernels' ceiling) and the bf16 dot-product
  * peak (vdpbf16ps, the fast kernels' ceiling; AVX512_BF16 only). Shapes: prefill (n >= 256)
- * and what MoE decode gives one expert (n = 8..64 rows of a 2048 x 1408 expert).
+ * what MoE decode gives one expert (n = 8..64 rows of a 2048 x 1408 expert), and the lm_head
+ * of 32 decoding sequences (32 x 2048 x 102400, the 16b vocabulary: 400 MiB of weights).
  * Targets: exact/fma >= 0.7 and fast/dp >= 0.7 at small batches; F32/blas >= 0.7.
  *
  *   build/bench/gemm [reps]      (default 5 repetitions per cell, medians reported)
@@ -42,6 +43,7 @@ int main(int argc, char **argv)
 		{ 32, 2048, 1408 },
 		{ 64, 2048, 1408 },
 		{ 64, 1408, 2048 },
+		{ 32, 2048, 102400 }, /* the lm_head of 32 decoding sequences (16b vocabulary) */
 	};
 	double pk_fma[3], pk_dp[3];
 	int reps = argc > 1 ? atoi(argv[1]) : 5;
