@@ -125,22 +125,41 @@ out:
 	return st;
 }
 
-static int cmp_u64(const void *a, const void *b)
+/* Admin.BenchEngine drives the serving engine through co__engine_step() (a worker lost
+ * mid-step costs a delay, as in serving). */
+struct bench_ctx {
+	struct co_server *s;
+	char why[512];
+};
+
+static int bench_step(void *arg, int n, const int32_t *tok, const int32_t *seq,
+		      const int32_t *pos, const bool *want, float *logits)
 {
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return (x > y) - (x < y);
+	struct bench_ctx *bc = arg;
+	return co__engine_step(bc->s, n, tok, seq, pos, want, NULL, logits, bc->why,
+			       sizeof(bc->why));
+}
+
+static void bench_reset(void *arg, int seq)
+{
+	struct bench_ctx *bc = arg;
+	pthread_mutex_lock(&bc->s->engine_mu);
+	co_engine_reset_seq(bc->s->engine, seq);
+	pthread_mutex_unlock(&bc->s->engine_mu);
 }
 
 static grpc_status_code on_bench_engine(struct rpc_call *call, const ProtobufCMessage *req,
 					void *arg)
 {
+	static const struct co_bench_ops ops = { bench_step, bench_reset };
 	const Ferry__V1__BenchEngineRequest *r = (const Ferry__V1__BenchEngineRequest *)req;
 	Ferry__V1__BenchEngineResponse resp = FERRY__V1__BENCH_ENGINE_RESPONSE__INIT;
 	struct co_server *s = arg;
 	int B = (int)r->batch, steps = r->steps ? (int)FR_MIN(r->steps, 4096u) : 16;
 	int plen = r->prompt_len ? (int)FR_MIN(r->prompt_len, 65536u) : 16, V = s->cfg->vocab_size;
+	struct bench_ctx bc = { .s = s };
+	struct co_bench_result res = { 0 };
 	grpc_status_code st;
-	char why[512];
 
 	if ((st = admin_auth(s, call)) != GRPC_STATUS_OK)
 		return st;
@@ -161,83 +180,16 @@ static grpc_status_code on_bench_engine(struct rpc_call *call, const ProtobufCMe
 		return rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE,
 				     "requests kept running for 60 s: cannot measure");
 	}
-	size_t rows = (size_t)B * plen;
-	/* Prompt rows, then one decode row per sequence. */
-	int32_t *tok = malloc((rows + B) * sizeof(*tok)), *seq = malloc((rows + B) * sizeof(*seq));
-	int32_t *pos = malloc((rows + B) * sizeof(*pos));
-	bool *want = calloc(rows, sizeof(*want));
-	/* The engine writes row i's logits at row i of the call. */
-	float *logits = malloc((size_t)FR_MAX(B, s->o.max_batch) * V * sizeof(float));
-	uint64_t *t = malloc((size_t)(steps + 2) * sizeof(*t)), rng = r->seed;
-	int rc = -ENOMEM;
-	if (!tok || !seq || !pos || !want || !logits || !t)
-		goto out;
-	/* The same work a served batch does, with perfect batching: every prompt prefilled
-	 * (all sequences in one pass, max_batch rows at a time; only the last row of each
-	 * wants logits), then `steps` decode steps of all sequences together. One untimed
-	 * round warms the caches first. */
-	for (int b = 0; b < B; b++)
-		for (int p = 0; p < plen; p++) {
-			size_t i = (size_t)b * plen + p;
-			tok[i] = (int32_t)(fr_splitmix64(&rng) % (uint64_t)V);
-			seq[i] = b;
-			pos[i] = p;
-			want[i] = p == plen - 1;
-		}
-	uint64_t t0 = 0, t_end = 0;
-	for (int round = 0; round < 2; round++) {
-		for (int b = 0; b < B; b++) {
-			pthread_mutex_lock(&s->engine_mu);
-			co_engine_reset_seq(s->engine, b);
-			pthread_mutex_unlock(&s->engine_mu);
-		}
-		t0 = fr_now_ns();
-		/* Whole sequences per pass (as many as max_batch holds) keep their rows
-		 * together; a prompt longer than max_batch goes alone. */
-		size_t per = (size_t)FR_MAX(1, s->o.max_batch / plen) * plen;
-		for (size_t off = 0, n; off < rows; off += n) {
-			n = FR_MIN(rows - off, per);
-			rc = co__engine_step(s, (int)n, tok + off, seq + off, pos + off, want + off, NULL,
-					 logits, why, sizeof(why));
-			if (rc < 0)
-				goto out;
-		}
-		int32_t *dt = tok + rows, *ds = seq + rows, *dp = pos + rows;
-		for (int k = 0; k < steps; k++) {
-			for (int b = 0; b < B; b++) {
-				dt[b] = (int32_t)(fr_splitmix64(&rng) % (uint64_t)V);
-				ds[b] = b;
-				dp[b] = plen + k;
-			}
-			uint64_t a = fr_now_ns();
-			rc = co__engine_step(s, B, dt, ds, dp, NULL, NULL, logits, why, sizeof(why));
-			if (rc < 0)
-				goto out;
-			t[k] = fr_now_ns() - a;
-		}
-		t_end = fr_now_ns();
-	}
-	qsort(t, (size_t)steps, sizeof(*t), cmp_u64);
-	resp.tokens_per_s = (double)B * steps / ((double)(t_end - t0) / 1e9);
-	resp.step_ms_p50 = (double)t[steps / 2] / 1e6;
-	rc = 0;
-out:
-	for (int b = 0; b < B; b++) {
-		pthread_mutex_lock(&s->engine_mu);
-		co_engine_reset_seq(s->engine, b);
-		pthread_mutex_unlock(&s->engine_mu);
-	}
+	struct co_bench_work wk = { .batch = B, .prompt_len = plen, .steps = steps,
+				    .max_batch = s->o.max_batch, .vocab = V, .seed = r->seed };
+	int rc = co_engine_bench(&wk, &ops, &bc, &res);
 	co_sched_resume(s->sched);
-	free(tok);
-	free(seq);
-	free(pos);
-	free(want);
-	free(logits);
-	free(t);
 	if (rc < 0)
 		return rpc_call_fail(call, rc == -ENOMEM ? GRPC_STATUS_RESOURCE_EXHAUSTED :
 				     GRPC_STATUS_UNAVAILABLE, "engine benchmark failed: %s",
-				     rc == -ENOMEM ? "out of memory" : why);
+				     rc == -ENOMEM ? "out of memory" : bc.why);
+	resp.tokens_per_s = res.tokens_per_s;
+	resp.step_ms_p50 = res.step_ms_p50;
 	rpc_call_send(call, &resp.base);
 	return GRPC_STATUS_OK;
 }

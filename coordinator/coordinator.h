@@ -54,6 +54,38 @@ int co_engine_create(const struct model_weights *w, struct moe moe,
 		     struct fr_error *err);
 void co_engine_destroy(struct co_engine *e);
 
+/* ---- co_engine_bench(): an engine's throughput on a served batch's work ---- */
+
+struct co_bench_work {
+	int batch;          /* sequences, decoding together */
+	int prompt_len;     /* tokens of each prompt */
+	int steps;          /* decode steps (tokens generated per sequence) */
+	int max_batch;      /* rows per forward call, as the engine was created with */
+	int vocab;          /* prompt and decode tokens are drawn from [0, vocab) */
+	uint64_t seed;
+};
+
+struct co_bench_result {
+	double tokens_per_s;  /* batch * steps / (prefill + decode time) */
+	double step_ms_p50;   /* median decode step */
+};
+
+/* How the benchmark drives an engine: step = co_engine_forward() (or the server's
+ * wrapper), reset = co_engine_reset_seq(). Both get arg. */
+struct co_bench_ops {
+	int (*step)(void *arg, int n, const int32_t *tok, const int32_t *seq, const int32_t *pos,
+		    const bool *want, float *logits);
+	void (*reset)(void *arg, int seq);
+};
+
+/* Times the work a served batch does, with perfect batching: sequences 0..batch-1 get random
+ * prompts, prefilled together (whole sequences per call, max_batch rows at most), then decode
+ * `steps` tokens together; one untimed round first. The engine needs max_seqs >= batch and
+ * max_ctx > prompt_len + steps. The sequences are reset before and after. Errors: -EINVAL
+ * (work), -ENOMEM, or the step's. */
+int co_engine_bench(const struct co_bench_work *wk, const struct co_bench_ops *ops, void *arg,
+		    struct co_bench_result *ret);
+
 /* One forward pass over n rows. Row i is token tokens[i] of sequence seq[i] at position
  * pos[i]; rows of one sequence must be in increasing position order and its cache must
  * already hold positions [0, pos). Logits of row i go to logits[i] when want_logits is NULL

@@ -15,8 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/coordinator.h"
 #include "ctl/ctl.h"
 #include "ctl/serve-internal.h"
+#include "kernels/kernels.h"
 #include "rpc/inference.pb-c.h"
 #include "rpc/admin.pb-c.h"
 #include "rpc/auth.h"
@@ -42,7 +44,14 @@ struct bs_opts {
 	double timeout_s;
 	bool json;
 	bool no_engine;              /* skip the Admin.BenchEngine baseline */
+	const char *model;           /* --model: the single-process baseline; NULL = none */
+	int precision;               /* its enum kn_precision; -1: exact (the default) */
+	int threads;                 /* its kernel threads; 0: all CPUs */
 };
+
+/* Rows per forward call of the single-process baseline: the coordinator's default
+ * [engine] max_batch, so that both prefill the same way. */
+#define BS_SINGLE_MAX_BATCH 256
 
 static const char bs_usage[] =
 	"Usage: ferryctl bench-serve [OPTIONS]\n"
@@ -59,8 +68,9 @@ static const char bs_usage[] =
 	"serving engine's own tokens/s on the same work at batch = concurrency (Admin.BenchEngine:\n"
 	"prompts of the mean prompt length prefilled together, then the mean output length\n"
 	"decoded together, without scheduler and streaming API, admission paused meanwhile)\n"
-	"and the ratio served / engine: the server's overhead. The admin token, if the coordinator\n"
-	"has one, comes from $FERRY_ADMIN_TOKEN_FILE.\n"
+	"and the ratio served / engine: the server's overhead; with --model, also the same work\n"
+	"on a single-process engine and the ratio served / single-process. The admin token,\n"
+	"if the coordinator has one, comes from $FERRY_ADMIN_TOKEN_FILE.\n"
 	"\n"
 	"  -c, --cluster ADDR       coordinator address (default $FERRY_CLUSTER, else\n"
 	"                           " CTL_DEFAULT_CLUSTER ")\n"
@@ -77,6 +87,14 @@ static const char bs_usage[] =
 	"      --timeout S          deadline per request in seconds (default none)\n"
 	"      --json               one JSON object instead of the table\n"
 	"      --no-engine          skip the engine baseline and the ratio\n"
+	"      --model DIR          also time the same work on a single-process engine in this\n"
+	"                           process (what `ferryctl run` uses: local experts, no\n"
+	"                           scheduler, no transport; max_batch 256), after each level\n"
+	"                           while the cluster idles: columns single_t/s and vs_single\n"
+	"                           (served / single-process). DIR must be the served model\n"
+	"      --precision P        that engine's precision: exact (default) or fast; give\n"
+	"                           the cluster's\n"
+	"      --threads N          that engine's kernel threads (default: all CPUs)\n"
 	CTL_TLS_USAGE("      ")
 	"  -h, --help               this text\n"
 	"\n"
@@ -84,7 +102,8 @@ static const char bs_usage[] =
 	"report), 1 when the cluster cannot be reached or a level had no successful request,\n"
 	"2 for bad arguments, 130 when interrupted (the levels measured so far are printed).\n";
 
-enum { B_PLEN = 256, B_OLEN, B_SEED, B_VOCAB, B_EOS, B_TEMP, B_TIMEOUT, B_JSON, B_NOENG };
+enum { B_PLEN = 256, B_OLEN, B_SEED, B_VOCAB, B_EOS, B_TEMP, B_TIMEOUT, B_JSON, B_NOENG,
+       B_MODEL, B_PRECISION, B_THREADS };
 
 static const struct option bs_longopts[] = {
 	{ "cluster", required_argument, NULL, 'c' },
@@ -100,6 +119,9 @@ static const struct option bs_longopts[] = {
 	{ "timeout", required_argument, NULL, B_TIMEOUT },
 	{ "json", no_argument, NULL, B_JSON },
 	{ "no-engine", no_argument, NULL, B_NOENG },
+	{ "model", required_argument, NULL, B_MODEL },
+	{ "precision", required_argument, NULL, B_PRECISION },
+	{ "threads", required_argument, NULL, B_THREADS },
 	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
@@ -120,6 +142,7 @@ static int bs_parse(int argc, char **argv, struct bs_opts *o, struct fr_error *e
 	o->prompt_len = (struct ctl_len_dist){ 128, 128 };
 	o->output_len = (struct ctl_len_dist){ 64, 64 };
 	o->seed = 1;
+	o->precision = -1;
 	ctl_getopt_reset();
 	while ((c = getopt_long(argc, argv, ":c:C:n:d:h", bs_longopts, NULL)) != -1) {
 		switch (c) {
@@ -170,6 +193,23 @@ static int bs_parse(int argc, char **argv, struct bs_opts *o, struct fr_error *e
 			break;
 		case B_JSON: o->json = true; break;
 		case B_NOENG: o->no_engine = true; break;
+		case B_MODEL:
+			if (!optarg[0])
+				return fr_error_set(err, -EINVAL, "--model: empty path");
+			o->model = optarg;
+			break;
+		case B_PRECISION: {
+			enum kn_precision pr;
+			if (kn_precision_parse(optarg, &pr) < 0)
+				return fr_error_set(err, -EINVAL, "--precision '%s': expected exact "
+						    "or fast", optarg);
+			o->precision = (int)pr;
+			break;
+		}
+		case B_THREADS:
+			if (ctl_arg_int("threads", optarg, 1, 4096, &o->threads, err) < 0)
+				return -EINVAL;
+			break;
 		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
 			ctl_tls_opt(&o->tls, c, optarg);
 			break;
@@ -184,6 +224,9 @@ static int bs_parse(int argc, char **argv, struct bs_opts *o, struct fr_error *e
 		return fr_error_set(err, -EINVAL, "give at most one of --requests and --duration");
 	if (!o->cluster[0])
 		return fr_error_set(err, -EINVAL, "--cluster: empty address");
+	if (!o->model && (o->precision >= 0 || o->threads))
+		return fr_error_set(err, -EINVAL, "--precision and --threads are for the --model "
+				    "baseline: give --model DIR");
 	return ctl_tls_finish(&o->tls, err);
 }
 
@@ -327,6 +370,8 @@ struct bs_result {
 	struct fr_error first_err;
 	double engine_tok_s;   /* Admin.BenchEngine at batch = concurrency; 0: not measured */
 	char engine_err[160];
+	double single_tok_s;   /* --model: the single-process engine, same work; 0: not measured */
+	char single_err[160];
 };
 
 /* Concatenates one sample kind of every client. */
@@ -451,15 +496,111 @@ static void bs_engine_baseline(const struct bs_opts *o, struct rpc_channel *ch,
 	protobuf_c_message_free_unpacked(&resp->base, NULL);
 }
 
+/* ---- the single-process baseline (--model) ---- */
+
+struct bs_single {
+	struct model_ckpt *ck;
+	struct model_weights *w;
+	struct moe moe;
+	struct co_engine *e;
+	int vocab;
+};
+
+static int single_step(void *arg, int n, const int32_t *tok, const int32_t *seq,
+		       const int32_t *pos, const bool *want, float *logits)
+{
+	return co_engine_forward(arg, n, tok, seq, pos, want, NULL, logits);
+}
+
+static void single_reset(void *arg, int seq)
+{
+	co_engine_reset_seq(arg, seq);
+}
+
+static void bs_single_close(struct bs_single *sp)
+{
+	co_engine_destroy(sp->e);
+	moe_destroy(&sp->moe);
+	model_weights_free(sp->w);
+	model_ckpt_close(sp->ck);
+	memset(sp, 0, sizeof(*sp));
+}
+
+/* The engine `ferryctl run --model` builds, sized for every level. */
+static int bs_single_open(const struct bs_opts *o, int vocab, struct bs_single *sp,
+			  struct fr_error *err)
+{
+	const struct model_config *c;
+	int64_t conc = 1;
+	int rc;
+
+	memset(sp, 0, sizeof(*sp));
+	for (size_t i = 0; i < o->n_conc; i++)
+		conc = FR_MAX(conc, o->conc[i]);
+	if (o->precision >= 0)
+		kn_set_precision((enum kn_precision)o->precision);
+	if (o->threads)
+		kn_set_threads(o->threads);
+	if ((rc = model_ckpt_open(o->model, &sp->ck, err)) < 0)
+		goto fail;
+	c = model_ckpt_config(sp->ck);
+	if (c->vocab_size != vocab) {
+		rc = fr_error_set(err, -EINVAL, "--model %s has a vocabulary of %d, the cluster "
+				  "serves %d: not the served model", o->model, c->vocab_size, vocab);
+		goto fail;
+	}
+	if ((rc = model_weights_bind(sp->ck, MODEL_BIND_NO_ROUTED, &sp->w, err)) < 0 ||
+	    (model_n_moe_layers(c) > 0 && (rc = moe_local_create(sp->ck, 1, &sp->moe, err)) < 0))
+		goto fail;
+	struct co_engine_opts eo = {
+		.max_seqs = (int)conc,
+		.max_ctx = (int)(o->prompt_len.hi + o->output_len.hi + 2),
+		.max_batch = BS_SINGLE_MAX_BATCH,
+	};
+	if ((rc = co_engine_create(sp->w, sp->moe, &eo, &sp->e, err)) < 0)
+		goto fail;
+	sp->vocab = vocab;
+	err->msg[0] = '\0'; /* what opening probed for and did not need */
+	return 0;
+fail:
+	fr_error_prefix(err, rc, "--model");
+	bs_single_close(sp);
+	return rc;
+}
+
+static void bs_single_baseline(const struct bs_opts *o, struct bs_single *sp,
+			       struct bs_result *r)
+{
+	static const struct co_bench_ops ops = { single_step, single_reset };
+	struct co_bench_work wk = {
+		.batch = (int)r->concurrency,
+		.prompt_len = (int)FR_MAX(1, (o->prompt_len.lo + o->prompt_len.hi) / 2),
+		.steps = (int)FR_MAX(1, (o->output_len.lo + o->output_len.hi) / 2),
+		.max_batch = BS_SINGLE_MAX_BATCH,
+		.vocab = sp->vocab,
+		.seed = o->seed,
+	};
+	struct co_bench_result res = { 0 };
+	int rc = co_engine_bench(&wk, &ops, sp->e, &res);
+
+	if (rc < 0)
+		snprintf(r->single_err, sizeof(r->single_err), "%s", strerror(-rc));
+	else
+		r->single_tok_s = res.tokens_per_s;
+}
+
 static void bs_print_human_header(const struct bs_opts *o, int vocab, int max_ctx)
 {
 	printf("bench-serve %s: prompt %s, output %s, vocab %d%s, %s, seed %llu; times in ms\n",
 	       o->cluster,
 	       o->prompt_spec, o->output_spec, vocab, max_ctx ? "" : " (--vocab)",
 	       o->eos ? "stops at eos" : "ignores eos", (unsigned long long)o->seed);
-	printf("%5s %7s %6s %8s %8s %10s %10s %9s %9s %8s %8s %9s %10s %6s\n", "conc", "ok",
+	printf("%5s %7s %6s %8s %8s %10s %10s %9s %9s %8s %8s %9s %10s %6s", "conc", "ok",
 	       "errors", "time_s", "req/s", "out_tok/s", "dec_tok/s", "ttft_p50", "ttft_p99",
 	       "itl_p50", "itl_p99", "lat_p50", "engine_t/s", "ratio");
+	if (o->model)
+		printf(" %10s %9s", "single_t/s", "vs_single");
+	printf("\n");
 	fflush(stdout);
 }
 
@@ -470,25 +611,33 @@ static double bs_decode_tps(const struct bs_result *r)
 	return r->itl_mean > 0 ? (double)r->concurrency * 1000.0 / r->itl_mean : 0.0;
 }
 
-static void bs_print_human(const struct bs_result *r)
+static void bs_print_human(const struct bs_opts *o, const struct bs_result *r)
 {
 	double tps = r->wall_s > 0 ? r->out_tokens / r->wall_s : 0.0;
-	char eng[32] = "-", ratio[16] = "-";
+	char eng[32] = "-", ratio[16] = "-", single[32] = "-", vs[16] = "-";
 	if (r->engine_tok_s > 0) {
 		snprintf(eng, sizeof(eng), "%.1f", r->engine_tok_s);
 		snprintf(ratio, sizeof(ratio), "%.2f", tps / r->engine_tok_s);
 	}
+	if (r->single_tok_s > 0) {
+		snprintf(single, sizeof(single), "%.1f", r->single_tok_s);
+		snprintf(vs, sizeof(vs), "%.2f", tps / r->single_tok_s);
+	}
 	printf("%5lld %7llu %6llu %8.2f %8.2f %10.1f %10.1f %9.2f %9.2f %8.2f %8.2f %9.1f %10s "
-	       "%6s%s\n",
+	       "%6s",
 	       (long long)r->concurrency, (unsigned long long)r->ok, (unsigned long long)r->errors,
 	       r->wall_s, r->wall_s > 0 ? r->ok / r->wall_s : 0.0, tps, bs_decode_tps(r),
 	       r->ttft_p50, r->ttft_p99,
-	       r->itl_p50, r->itl_p99, r->lat_p50, eng, ratio,
-	       r->interrupted ? "  (interrupted)" : "");
+	       r->itl_p50, r->itl_p99, r->lat_p50, eng, ratio);
+	if (o->model)
+		printf(" %10s %9s", single, vs);
+	printf("%s\n", r->interrupted ? "  (interrupted)" : "");
 	if (r->errors)
 		printf("      first error: %s\n", r->first_err.msg);
 	if (r->engine_err[0])
 		printf("      engine baseline: %s\n", r->engine_err);
+	if (r->single_err[0])
+		printf("      single-process baseline: %s\n", r->single_err);
 	fflush(stdout);
 }
 
@@ -529,6 +678,8 @@ static void bs_print_json(const struct bs_opts *o, int vocab, const struct bs_re
 		printf(", \"p99\": ");
 		ctl_json_num(stdout, r->lat_p99);
 		printf("}, \"engine_tokens_per_s\": %.3f", r->engine_tok_s);
+		if (o->model)
+			printf(", \"single_engine_tokens_per_s\": %.3f", r->single_tok_s);
 		printf(", \"interrupted\": %s", r->interrupted ? "true" : "false");
 		if (r->errors) {
 			printf(", \"first_error\": ");
@@ -546,6 +697,7 @@ static int bs_exec(const struct bs_opts *o)
 	struct fr_error err = { { 0 } };
 	struct rpc_channel *ch = NULL;
 	struct ctl_model_info mi = { 0 };
+	struct bs_single single = { 0 };
 	int rc, ret = CTL_EXIT_FAIL, vocab;
 	size_t n_done = 0;
 	bool sig = false;
@@ -591,6 +743,8 @@ static int bs_exec(const struct bs_opts *o)
 			     (long long)o->output_len.hi, mi.max_context);
 		goto out;
 	}
+	if (o->model && (rc = bs_single_open(o, vocab, &single, &err)) < 0)
+		goto out;
 	if (!o->json)
 		bs_print_human_header(o, vocab, mi.max_context);
 	for (size_t i = 0; i < o->n_conc && !ctl_sig_interrupted(); i++) {
@@ -598,9 +752,11 @@ static int bs_exec(const struct bs_opts *o)
 			goto out;
 		if (!o->no_engine)
 			bs_engine_baseline(o, ch, &res[i]);
+		if (o->model)
+			bs_single_baseline(o, &single, &res[i]);
 		n_done = i + 1;
 		if (!o->json)
-			bs_print_human(&res[i]);
+			bs_print_human(o, &res[i]);
 		if (res[i].ok == 0 && !res[i].interrupted) {
 			fr_error_set(&err, -EIO, "no request succeeded at concurrency %lld: %s",
 				     (long long)o->conc[i], res[i].first_err.msg);
@@ -616,6 +772,7 @@ static int bs_exec(const struct bs_opts *o)
 		ret = CTL_EXIT_OK;
 	}
 out:
+	bs_single_close(&single);
 	rpc_channel_destroy(ch);
 	if (sig)
 		ctl_sig_stop();

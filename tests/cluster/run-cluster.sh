@@ -133,6 +133,20 @@ for set in "$FERRY_GOLDEN"/*/; do
   fi
   echo "$name $bf16_tp bf16 wire greedy: tokens identical"
   n=$((n + 1))
+  # bench-serve's baselines: the serving engine (Admin.BenchEngine) and the same work on a
+  # single-process engine in ferryctl (--model)
+  "$ferryctl" bench-serve --cluster "$addr" -C "1 2" -n 2 --prompt-len fixed:4 \
+    --output-len fixed:3 --model "$set" --threads 1 --json > "$tmp/bs.json"
+  python3 - "$tmp/bs.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+for lv in j["levels"]:
+    assert lv["ok"] == 2 and lv["errors"] == 0, lv
+    assert lv["engine_tokens_per_s"] > 0, lv
+    assert lv["single_engine_tokens_per_s"] > 0, lv
+PY
+  echo "$name bench-serve: engine and single-process baselines measured"
+  n=$((n + 1))
   "$ferryctl" load --cluster "$addr" > "$tmp/load.txt"
   grep -q 'balancedness' "$tmp/load.txt" || { echo "ferryctl load printed no balancedness" >&2; cat "$tmp/load.txt" >&2; exit 1; }
   down

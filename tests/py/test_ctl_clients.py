@@ -352,6 +352,19 @@ class T:
         assert rc == 2 and "--prompt-len" in err, err
         rc, out, err = self.ctl("bench-serve", "-n", "5", "-d", "1")
         assert rc == 2 and "at most one of --requests and --duration" in err, err
+        # the single-process baseline: its options need --model, and the model must be the
+        # served one (run-cluster.sh runs it for real)
+        rc, out, err = self.ctl("bench-serve", "--precision", "fast")
+        assert rc == 2 and "give --model DIR" in err, err
+        rc, out, err = self.ctl("bench-serve", "--model", "/nonexistent", "--precision", "bf8")
+        assert rc == 2 and "--precision 'bf8'" in err, err
+        rc, out, err = self.ctl("bench-serve", "-n", "1", "--model", "/nonexistent")
+        assert rc == 1 and "--model: /nonexistent" in err, err
+        golden = os.environ.get("FERRY_GOLDEN")
+        if golden:
+            rc, out, err = self.ctl("bench-serve", "-n", "1", "--model",
+                                    os.path.join(golden, "tiny-a"))
+            assert rc == 1 and "vocabulary of 512, the cluster serves %d" % VOCAB in err, err
 
     def help(self):
         for cmd in ["generate", "score", "eval", "bench-serve"]:
