@@ -222,7 +222,10 @@ struct co_place_stats {
 /* Worker loads of one layer under a load row (load[n_experts], NULL = uniform), each
  * expert's load split among its replicas the way co_place_choose() splits its tokens: to
  * the least-loaded, i.e. in the fluid limit the split that makes the workers' loads most
- * even (water-filling; the equal split when that is already even): ret[n_workers].
+ * even (water-filling; the equal split when that is already even): ret[n_workers]. The
+ * greedy per-step choice reaches it closely on balanced layouts and falls a few percent
+ * short on badly unbalanced ones (tests/placement: median 0.002, worst 0.04 of
+ * balancedness on random layouts, where the even split is up to 0.2 off).
  * Errors: -EINVAL (layer), -ENOMEM. */
 int co_place_worker_loads(const struct co_placement *p, int layer, const double *load,
 			  double *ret);

