@@ -17,9 +17,11 @@
  * Balancedness is mean / max of the worker loads as the dispatch splits a replicated
  * expert's tokens (to the least-loaded replica: co_place_worker_loads(), water-filling;
  * tests/placement/test_place_solver.c checks the model against co_place_choose()), the same
- * for all three placements.
+ * for all three placements; --eval dispatch replays sampled steps through co_place_choose()
+ * instead.
  *
  *   build/bench/placement [--seed S] [--windows N] [--tolerance T] [--max-moves-pct P]
+ *                         [--eval fluid|dispatch]
  *
  * Targets (checked at the end): Ferry's mean balancedness within 0.005 of EPLB's on w and on
  * w+1, <= 10% of slots moved per rebalance on average, never below stale, and a median
@@ -131,15 +133,66 @@ static void make_trace(uint64_t seed, const struct skew *k, int n_win, double *t
 	}
 }
 
-static double mean_balancedness(const struct co_placement *p, const double *load)
+/* Steps of the --dispatch evaluation per (layer, window): STEP_TOK tokens of TOP_K experts,
+ * DeepSeek-V3's top-8, drawn from the window's loads. */
+enum { STEPS = 64, STEP_TOK = 64, TOP_K = 8 };
+
+static double mean_balancedness(const struct co_placement *p, const double *load,
+				uint64_t dispatch_seed)
 {
 	struct co_place_stats st[L];
 	double s = 0;
 
-	if (co_place_evaluate(p, load, st) < 0)
-		abort();
-	for (int l = 0; l < L; l++)
-		s += st[l].balancedness;
+	if (!dispatch_seed) {
+		if (co_place_evaluate(p, load, st) < 0)
+			abort();
+		for (int l = 0; l < L; l++)
+			s += st[l].balancedness;
+		return s / L;
+	}
+	/* What co_place_choose() does with the tokens of STEPS steps, summed per worker: the
+	 * same draws (dispatch_seed) for every placement it is called on. */
+	uint64_t rng = dispatch_seed;
+	static int32_t ex[STEP_TOK * TOP_K];
+	static struct co_place_replica rep[STEP_TOK * TOP_K];
+	int64_t wt[64], tot[64];
+	double cdf[E];
+
+	for (int l = 0; l < L; l++) {
+		const double *row = load + (size_t)l * E;
+		double m = 0, mean = 0;
+		int n = 0;
+		for (int e = 0; e < E; e++)
+			cdf[e] = row[e] + (e ? cdf[e - 1] : 0);
+		memset(tot, 0, sizeof(tot));
+		for (int st_ = 0; st_ < STEPS; st_++) {
+			for (int i = 0; i < STEP_TOK * TOP_K; i++) {
+				double u = fr_rand_unit(&rng) * cdf[E - 1];
+				int lo = 0, hi = E - 1;
+				while (lo < hi) { /* first e with cdf[e] >= u */
+					int mid = (lo + hi) / 2;
+					if (cdf[mid] < u)
+						lo = mid + 1;
+					else
+						hi = mid;
+				}
+				ex[i] = lo;
+			}
+			memset(wt, 0, sizeof(wt));
+			if (co_place_choose(p, l, STEP_TOK, TOP_K, ex, wt, rep) < 0)
+				abort();
+			for (int w = 0; w < p->n_workers; w++)
+				tot[w] += wt[w];
+		}
+		for (int w = 0; w < p->n_workers; w++) {
+			m = FR_MAX(m, (double)tot[w]);
+			if (p->slots[w] > 0) {
+				mean += (double)tot[w];
+				n++;
+			}
+		}
+		s += m > 0 ? mean / n / m : 1.0;
+	}
 	return s / L;
 }
 
@@ -166,6 +219,7 @@ struct bench_opts {
 	int windows;
 	double tolerance;
 	double max_moves_pct; /* < 0: no cap */
+	bool dispatch;        /* evaluate through co_place_choose() on sampled steps */
 };
 
 static struct co_placement *solve(const struct co_place_problem *pb, enum co_place_algo algo,
@@ -216,9 +270,10 @@ static void run_config(const struct bench_opts *bo, int W, int spare, const doub
 		} else {
 			const struct co_placement *pl[3] = { f, e, stale };
 			double cells = (double)L * f->total_slots;
+			uint64_t ds = bo->dispatch ? bo->seed * 1000003u + (uint64_t)win + 1 : 0;
 			for (int i = 0; i < 3; i++) {
-				r->b[0][i] += mean_balancedness(pl[i], now) / (N - 1);
-				r->b[1][i] += mean_balancedness(pl[i], next) / (N - 1);
+				r->b[0][i] += mean_balancedness(pl[i], now, ds) / (N - 1);
+				r->b[1][i] += mean_balancedness(pl[i], next, ds ? ds + 7 : 0) / (N - 1);
 			}
 			r->moved[0] += 100.0 * (double)co_place_moves(fp, f) / cells / (N - 1);
 			r->moved[1] += 100.0 * (double)co_place_moves(ep, e) / cells / (N - 1);
@@ -244,11 +299,16 @@ static void run_config(const struct bench_opts *bo, int W, int spare, const doub
 static void usage(FILE *f)
 {
 	fprintf(f, "Usage: placement [--seed S] [--windows N] [--tolerance T] [--max-moves-pct P]\n"
+		   "                 [--eval fluid|dispatch]\n"
 		   "  --seed S           trace seed (default 1)\n"
 		   "  --windows N        rebalance windows, >= 2 (default 24)\n"
 		   "  --tolerance T      Ferry's migrate_tolerance (default 0.003)\n"
 		   "  --max-moves-pct P  cap Ferry's moves per rebalance at P%% of the slots\n"
-		   "                     (co_place_cap_moves; default: no cap)\n");
+		   "                     (co_place_cap_moves; default: no cap)\n"
+		   "  --eval fluid       balancedness of the loads as co_place_evaluate() models\n"
+		   "                     the dispatch (water-filling; default)\n"
+		   "  --eval dispatch    ... as co_place_choose() splits sampled steps (64 steps of\n"
+		   "                     64 tokens x top-8 per layer and window; slower)\n");
 }
 
 int main(int argc, char **argv)
@@ -280,6 +340,8 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--max-moves-pct") && fr_parse_double(x, &bo.max_moves_pct) == 0 &&
 			 bo.max_moves_pct >= 0 && bo.max_moves_pct <= 100)
 			;
+		else if (!strcmp(a, "--eval") && (!strcmp(x, "fluid") || !strcmp(x, "dispatch")))
+			bo.dispatch = !strcmp(x, "dispatch");
 		else {
 			fprintf(stderr, "placement: bad option %s %s\n", a, x);
 			usage(stderr);
@@ -297,9 +359,10 @@ int main(int argc, char **argv)
 	       "seed %llu, Ferry migrate_tolerance %g%s\n", L, E, N, N - 1,
 	       (unsigned long long)bo.seed, bo.tolerance,
 	       bo.max_moves_pct >= 0 ? ", moves capped" : "");
-	printf("balancedness = mean/max worker load, replicas' shares as the dispatch splits "
-	       "them (1 = perfect); F = Ferry (prev = placement in force), EPLB = from scratch, "
-	       "stale = window 0's plan\n");
+	printf("balancedness = mean/max worker load, replicas' shares as %s (1 = perfect); "
+	       "F = Ferry (prev = placement in force), EPLB = from scratch, stale = window 0's "
+	       "plan\n", bo.dispatch ? "co_place_choose() splits sampled steps (--eval dispatch)"
+				   : "the dispatch splits them, modelled (water-filling)");
 	for (size_t wi = 0; wi < FR_ARRAY_SIZE(workers); wi++) {
 		for (int sp = 0; sp < 2; sp++) {
 			int W = workers[wi], spare = sp ? 2 * W : 0;
