@@ -58,8 +58,8 @@ void moe_destroy(struct moe *moe);
 /* Remote experts: the cluster's data path (ARCHITECTURE §2, §4). Worker w is reached
  * through eps[w] (connected; its receive region recv[w] holds ring.slots combine slots,
  * proto/frames.h) and holds the slots placement p gives it. Per layer and micro-batch,
- * dispatch() picks for every (token, expert) the replica on the worker with the least load
- * in this micro-batch (co_place_choose), sends each token ONCE to each worker holding any
+ * dispatch() picks for every (token, expert) a replica so that the workers' loads in this
+ * micro-batch come out most even (co_place_choose), sends each token ONCE to each worker holding any
  * of its experts, as one dispatch frame per worker with the token's (slot, weight) pairs,
  * and returns without waiting; combine() waits for the combine frames of exactly the
  * workers it sent to and adds their partials. Up to ring.slots micro-batches may be

@@ -108,7 +108,7 @@ struct moe_remote {
 	struct rworker *w;       /* [n_workers] */
 	struct rm_mb *mbs;       /* [ring.slots] */
 
-	int64_t *worker_tokens;  /* [n_workers] co_place_choose's running load */
+	int64_t *worker_tokens;  /* [n_workers] tokens per worker, co_place_choose's */
 	struct co_place_replica *rep; /* [ring.tokens * n_routed_experts] */
 	void *vec;               /* [ring.tokens][hidden] wire dtype: one worker's vectors */
 	float *row;              /* [hidden] a bf16 partial widened */

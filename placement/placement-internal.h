@@ -124,9 +124,11 @@ double co_place__ws_wf_max(struct ws *s);
 /* Writes into wl[W] the workers' loads of one layer when each expert's load[e] is split among
  * the workers wk[off[e] .. off[e + 1]) holding it (a worker may repeat; an expert with no
  * worker is skipped) the way the dispatch splits it: water-filling, the split that makes the
- * loads most even. Returns the largest. Scratch: flow[off[E]], mark[W], lv[2 off[E]]. */
-double co_place__waterfill(int E, int W, const double *load, const int32_t *off,
-			   const int32_t *wk, double *wl, double *flow, int32_t *mark, double *lv);
+ * loads most even, on top of base[W] (NULL = 0). Returns the largest; flow[i] is entry i's
+ * share (0 for a repeat of a worker). Scratch: mark[W], lv[2 off[E]]. */
+double co_place__waterfill(int E, int W, const double *load, const double *base,
+			   const int32_t *off, const int32_t *wk, double *wl, double *flow,
+			   int32_t *mark, double *lv);
 
 /* ---- EPLB's global policy (eplb.c) ------------------------------------------------------- */
 
@@ -159,7 +161,8 @@ void co_place__local_search(struct ws *s);
  * it): while the largest load M is above target, takes among the moves above from the most
  * loaded worker (every touched worker ending below M) the one that removes most load above
  * target, summed over the workers it touches, per slot it newly loads against pv (at least
- * 1); ties to the lower new load. Stops at target or when no move helps, then gives slots
+ * 1); ties to the lower new load. Stops at target (water-filled) or when no move helps,
+ * then gives slots
  * back their pv expert wherever the loads stay within max(target, M). Returns the net
  * change in slots that differ from pv. */
 long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target);

@@ -10,8 +10,9 @@
  * replica; total slots >= routed experts and the surplus holds replicas of hot experts.
  *
  * Load model: an expert's load (tokens, or any non-negative weight) is split between its
- * replicas the way the dispatch splits its tokens (co_place_choose(): to the least-loaded
- * worker), i.e. water-filling; a worker's load in a layer is the sum of its shares. The
+ * replicas the way the dispatch splits its tokens (co_place_choose(): water-filling, the
+ * split that evens the workers' loads most); a worker's load in a layer is the sum of its
+ * shares. The
  * solver minimises the largest worker load of every layer; its searches steer by the equal
  * split (an upper bound, cheap to update) and judge layouts by water-filling.
  *
@@ -220,12 +221,10 @@ struct co_place_stats {
 };
 
 /* Worker loads of one layer under a load row (load[n_experts], NULL = uniform), each
- * expert's load split among its replicas the way co_place_choose() splits its tokens: to
- * the least-loaded, i.e. in the fluid limit the split that makes the workers' loads most
- * even (water-filling; the equal split when that is already even): ret[n_workers]. The
- * greedy per-step choice reaches it closely on balanced layouts and falls a few percent
- * short on badly unbalanced ones (tests/placement: median 0.002, worst 0.04 of
- * balancedness on random layouts, where the even split is up to 0.2 off).
+ * expert's load split among its replicas the way co_place_choose() splits a step's tokens:
+ * water-filling, the split that makes the workers' loads most even (the equal split when
+ * that is already even): ret[n_workers]. Over steps whose tokens are drawn from the row,
+ * the dispatch's sums match it up to the sampling (tests/placement).
  * Errors: -EINVAL (layer), -ENOMEM. */
 int co_place_worker_loads(const struct co_placement *p, int layer, const double *load,
 			  double *ret);
@@ -243,13 +242,17 @@ long co_place_moves(const struct co_placement *a, const struct co_placement *b);
 /* ---- dispatch ---- */
 
 /*
- * Replica choice for one layer of one batch: for every token t and each of its k experts
- * expert[t * k + j] (in that order), the replica whose worker has the least load so far,
- * ties to the lowest worker, then the lowest slot; that worker's load then grows by one
- * token. worker_tokens[n_workers] is the running load, in/out: zero it per batch (or seed
- * it with tokens already sent). ret[n_tok * k] receives the replicas.
- * Errors: -EINVAL (layer, sizes, an expert id out of range; nothing is written to ret
- * beyond the bad entry, worker_tokens counts the entries before it).
+ * Replica choice for one layer of one batch: a replica ret[t * k + j] for every token t and
+ * each of its k experts expert[t * k + j], such that the workers' loads (worker_tokens,
+ * in/out: zero it per batch, or seed it with tokens already sent; each choice adds one
+ * token) come out as even as the replicas allow. Each expert's tokens are split over the
+ * workers holding it by water-filling on top of the loads already there (co_place_worker_
+ * loads()'s model, so the model is what the dispatch does, up to whole tokens), each
+ * replica's share rounded down and each token left to the replica whose worker has the
+ * fewest tokens so far, the lowest replica (by worker, then slot) on ties; an expert's
+ * tokens fill its replicas in that order, in token order. Deterministic.
+ * Errors: -EINVAL (layer, sizes, an expert id out of range or with no replica; nothing is
+ * written), -ENOMEM.
  */
 int co_place_choose(const struct co_placement *p, int layer, int n_tok, int k,
 		    const int32_t *expert, int64_t *worker_tokens, struct co_place_replica *ret);

@@ -368,7 +368,7 @@ int co_place_worker_loads(const struct co_placement *p, int layer, const double 
 	lv = flow + S;
 	for (size_t i = 0; i + 1 < S; i++)
 		wk[i] = rep[i].worker;
-	co_place__waterfill(p->n_experts, p->n_workers, load ? load : uniform, off, wk, ret,
+	co_place__waterfill(p->n_experts, p->n_workers, load ? load : uniform, NULL, off, wk, ret,
 			    flow, mark, lv);
 	free(wk);
 	free(mark);
@@ -446,25 +446,73 @@ int co_place_choose(const struct co_placement *p, int layer, int n_tok, int k,
 {
 	const int32_t *off;
 	const struct co_place_replica *rep;
+	size_t n, E, W, S;
 
 	if (!p || layer < 0 || layer >= p->n_layers || n_tok < 0 || k < 0 ||
 	    (n_tok && k && (!expert || !worker_tokens || !ret)))
 		return -EINVAL;
+	n = (size_t)n_tok * (size_t)k;
+	if (!n)
+		return 0;
 	off = p->rep_off + (size_t)layer * (p->n_experts + 1);
 	rep = p->rep + (size_t)layer * p->total_slots;
-	for (size_t i = 0; i < (size_t)n_tok * (size_t)k; i++) {
-		int32_t e = expert[i];
-		int best;
-
-		if (e < 0 || e >= p->n_experts)
+	E = (size_t)p->n_experts;
+	W = (size_t)p->n_workers;
+	S = (size_t)off[E];
+	for (size_t i = 0; i < n; i++)
+		if (expert[i] < 0 || (size_t)expert[i] >= E || off[expert[i] + 1] == off[expert[i]])
 			return -EINVAL;
-		/* replicas are sorted by (worker, slot): strict < keeps the lowest on ties */
-		best = off[e];
-		for (int j = off[e] + 1; j < off[e + 1]; j++)
-			if (worker_tokens[rep[j].worker] < worker_tokens[rep[best].worker])
-				best = j;
-		worker_tokens[rep[best].worker]++;
-		ret[i] = rep[best];
+	/* one block: cnt[E], base[W], wl[W], flow[S], lv[2 S] (doubles); quota[S], wk[S],
+	 * cur[E], mark[W] (int32) */
+	size_t nd = E + 2 * W + 3 * S, ni = 2 * S + E + W;
+	double *cnt = calloc(nd * sizeof(double) + ni * sizeof(int32_t), 1);
+	if (!cnt)
+		return -ENOMEM;
+	double *base = cnt + E, *wl = base + W, *flow = wl + W, *lv = flow + S;
+	int32_t *quota = (int32_t *)(lv + 2 * S), *wk = quota + S, *cur = wk + S, *mark = cur + E;
+
+	for (size_t i = 0; i < n; i++)
+		cnt[expert[i]] += 1;
+	for (size_t w = 0; w < W; w++)
+		base[w] = (double)worker_tokens[w];
+	for (size_t i = 0; i < S; i++)
+		wk[i] = rep[i].worker;
+	/* The split that evens the workers' loads most (water-filling over what they already
+	 * have), then whole tokens: each replica its share rounded down, then each token left
+	 * to the replica whose worker has the fewest tokens so far (wl, now whole counts; the
+	 * lowest replica on ties), so that rounding favours no worker. */
+	co_place__waterfill((int)E, (int)W, cnt, base, off, wk, wl, flow, mark, lv);
+	memcpy(wl, base, sizeof(*wl) * W);
+	for (size_t e = 0; e < E; e++) {
+		int64_t left = (int64_t)cnt[e];
+		for (int i = off[e]; i < off[e + 1]; i++) {
+			quota[i] = (int32_t)FR_MIN((double)left, flow[i] + 1e-9 * cnt[e]);
+			left -= quota[i];
+			wl[wk[i]] += quota[i];
+		}
+		cur[e] = off[e];
 	}
+	for (size_t e = 0; e < E; e++) {
+		int64_t left = (int64_t)cnt[e];
+		for (int i = off[e]; i < off[e + 1]; i++)
+			left -= quota[i];
+		for (; left > 0; left--) {
+			int best = off[e];
+			for (int i = off[e] + 1; i < off[e + 1]; i++)
+				if (wl[wk[i]] < wl[wk[best]])
+					best = i;
+			quota[best]++;
+			wl[wk[best]] += 1;
+		}
+	}
+	for (size_t i = 0; i < n; i++) {
+		int32_t e = expert[i];
+		while (quota[cur[e]] == 0)
+			cur[e]++;
+		quota[cur[e]]--;
+		ret[i] = rep[cur[e]];
+		worker_tokens[rep[cur[e]].worker]++;
+	}
+	free(cnt);
 	return 0;
 }

@@ -126,7 +126,7 @@ double co_place__ws_wf_max(struct ws *s)
 			s->wf_wk[n++] = s->sw[g];
 	}
 	s->wf_off[s->E] = n;
-	return co_place__waterfill(s->E, s->W, s->load, s->wf_off, s->wf_wk, s->wf_wl,
+	return co_place__waterfill(s->E, s->W, s->load, NULL, s->wf_off, s->wf_wk, s->wf_wl,
 				   s->wf_flow, s->wf_mark, s->wf_lv);
 }
 

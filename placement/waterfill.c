@@ -58,13 +58,17 @@ static void wf_pour(double ld, const int32_t *wk, int a, int b, double *wl, doub
 	}
 }
 
-double co_place__waterfill(int E, int W, const double *load, const int32_t *off,
-			   const int32_t *wk, double *wl, double *flow, int32_t *mark, double *lv)
+double co_place__waterfill(int E, int W, const double *load, const double *base,
+			   const int32_t *off, const int32_t *wk, double *wl, double *flow,
+			   int32_t *mark, double *lv)
 {
 	double total = 0, m = 0;
 	int32_t gen = 0;
 
-	memset(wl, 0, sizeof(*wl) * (size_t)W);
+	if (base)
+		memcpy(wl, base, sizeof(*wl) * (size_t)W);
+	else
+		memset(wl, 0, sizeof(*wl) * (size_t)W);
 	memset(mark, 0, sizeof(*mark) * (size_t)W);
 	for (int e = 0; e < E; e++) {
 		int r = off[e + 1] - off[e];

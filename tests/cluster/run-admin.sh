@@ -27,7 +27,7 @@ chmod 600 "$tmp/admin"
 up_pid=$!
 addr=
 for _ in $(seq 600); do
-  addr=$(sed -n 's/^address: //p' "$tmp/up.out")
+  addr=$(sed -n 's/^address: //p' "$tmp/up.out" 2>/dev/null || true)
   [ -n "$addr" ] && break
   kill -0 "$up_pid" 2>/dev/null || break
   sleep 0.1

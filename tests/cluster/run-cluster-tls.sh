@@ -53,7 +53,7 @@ coordinator() {
   pids+=("$co")
   port=
   for _ in $(seq 100); do
-    port=$(sed -n 's/.*listening on port \([0-9]*\).*$/\1/p' "$tmp/co.out")
+    port=$(sed -n 's/.*listening on port \([0-9]*\).*$/\1/p' "$tmp/co.out" 2>/dev/null || true)
     [ -n "$port" ] && return 0
     kill -0 "$co" 2> /dev/null || break
     sleep 0.1
@@ -167,7 +167,7 @@ stop_coordinator 0
 up=$!
 pids+=("$up")
 if wait_log "$tmp/up.out" "^address: " 90; then
-  addr=$(sed -n 's/^address: //p' "$tmp/up.out")
+  addr=$(sed -n 's/^address: //p' "$tmp/up.out" 2>/dev/null || true)
   ok "ferryctl up over TLS at $addr: $(grep -m1 'workers join on' "$tmp/up.err")"
   gen 0 "--tls-ca (no client certificate)" -c "$addr" --tls-ca "$pki/ca.pem"
   FERRY_TLS_CA=$pki/ca.pem gen 0 "FERRY_TLS_CA" -c "$addr"

@@ -49,7 +49,7 @@ up() {
     > "$tmp/up.out" 2> "$tmp/up.err" &
   up_pid=$!
   for _ in $(seq $((up_timeout * 10))); do
-    addr=$(sed -n 's/^address: //p' "$tmp/up.out")
+    addr=$(sed -n 's/^address: //p' "$tmp/up.out" 2>/dev/null || true)
     [ -n "$addr" ] && return 0
     kill -0 "$up_pid" 2>/dev/null || break
     sleep 0.1

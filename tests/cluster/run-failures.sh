@@ -60,7 +60,7 @@ coordinator() {
   pids+=("$co")
   port=
   for _ in $(seq 100); do
-    port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out")
+    port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out" 2>/dev/null || true)
     [ -n "$port" ] && return 0
     sleep 0.1
   done

@@ -32,7 +32,7 @@ chmod 600 "$tmp/secret"
 mport() {
   local p=
   for _ in $(seq 100); do
-    p=$(sed -n 's/.*metrics on .* (port \([0-9]*\)).*/\1/p' "$1")
+    p=$(sed -n 's/.*metrics on .* (port \([0-9]*\)).*/\1/p' "$1" 2>/dev/null || true)
     [ -n "$p" ] && break
     sleep 0.1
   done
@@ -45,7 +45,7 @@ mport() {
 pids+=($!)
 port=
 for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out")
+  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out" 2>/dev/null || true)
   [ -n "$port" ] && break
   sleep 0.1
 done

@@ -27,7 +27,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 up_pid=$!
 addr=
 for _ in $(seq 600); do
-  addr=$(sed -n 's/^address: //p' "$tmp/up.out")
+  addr=$(sed -n 's/^address: //p' "$tmp/up.out" 2>/dev/null || true)
   [ -n "$addr" ] && break
   kill -0 "$up_pid" 2>/dev/null || break
   sleep 0.1
@@ -217,7 +217,7 @@ kill -TERM "$up_pid"; wait "$up_pid" || true; up_pid=
 up_pid=$!
 addr=
 for _ in $(seq 600); do
-  addr=$(sed -n 's/^address: //p' "$tmp/up2.out")
+  addr=$(sed -n 's/^address: //p' "$tmp/up2.out" 2>/dev/null || true)
   [ -n "$addr" ] && break
   kill -0 "$up_pid" 2>/dev/null || break
   sleep 0.1

@@ -29,8 +29,8 @@ chmod 600 "$tmp/secret"
 pids+=($!)
 port= mport=
 for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out")
-  mport=$(sed -n 's/.*metrics on .* (port \([0-9]*\)).*/\1/p' "$tmp/co.err")
+  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out" 2>/dev/null || true)
+  mport=$(sed -n 's/.*metrics on .* (port \([0-9]*\)).*/\1/p' "$tmp/co.err" 2>/dev/null || true)
   [ -n "$port" ] && [ -n "$mport" ] && break
   sleep 0.1
 done

@@ -21,8 +21,8 @@ up() {
   "$ferryctl" up --listen 127.0.0.1:0 --threads 1 "$@" > "$tmp/up.out" 2> "$tmp/up.err" &
   up_pid=$!
   for _ in $(seq 600); do
-    addr=$(sed -n 's/^address: //p' "$tmp/up.out")
-    pids=$(sed -n 's/^pids: //p' "$tmp/up.out")
+    addr=$(sed -n 's/^address: //p' "$tmp/up.out" 2>/dev/null || true)
+    pids=$(sed -n 's/^pids: //p' "$tmp/up.out" 2>/dev/null || true)
     [ -n "$addr" ] && [ -n "$pids" ] && return 0
     kill -0 "$up_pid" 2>/dev/null || break
     sleep 0.1

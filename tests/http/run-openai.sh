@@ -44,8 +44,8 @@ chmod 600 "$tmp/secret" "$tmp/key"
 pids+=($!)
 port= hport=
 for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out")
-  hport=$(sed -n 's/.*OpenAI-compatible API on .* (port \([0-9]*\)).*/\1/p' "$tmp/co.err")
+  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out" 2>/dev/null || true)
+  hport=$(sed -n 's/.*OpenAI-compatible API on .* (port \([0-9]*\)).*/\1/p' "$tmp/co.err" 2>/dev/null || true)
   [ -n "$port" ] && [ -n "$hport" ] && break
   sleep 0.1
 done

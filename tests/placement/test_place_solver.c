@@ -628,6 +628,8 @@ static void test_large_group_alignment(uint64_t *rng)
 
 /* ---- replica choice ---- */
 
+/* Token by token to the replica whose worker has the fewest so far: the greedy choice the
+ * dispatch made before it split by water-filling, for comparison. */
 static void ref_choose(const struct co_placement *p, int l, int n, const int32_t *ex,
 		       int64_t *wt, struct co_place_replica *ret)
 {
@@ -665,9 +667,9 @@ static void test_choose(uint64_t *rng)
 		int64_t wt[2] = { 0, 0 };
 		struct co_place_replica out[6];
 		CHECK(co_place_choose(p, 0, 3, 2, ex, wt, out) == 0);
-		/* t0: e0 -> w0 (tie, lowest), e1 -> w1; t1: e0 -> w0 (1,1 tie), e0 -> w1 (2,1);
-		 * t2: e1 -> w1, e0 -> w0 (2 vs 3) */
-		int want_w[6] = { 0, 1, 0, 1, 1, 0 };
+		/* e1's 2 tokens must go to w1; e0's 4 fill w0 to 3 and w1 to 3: its first three
+		 * (in order) to w0, the last to w1 */
+		int want_w[6] = { 0, 1, 0, 0, 1, 1 };
 		for (int i = 0; i < 6; i++)
 			CHECK(out[i].worker == want_w[i]);
 		CHECK(wt[0] == 3 && wt[1] == 3);
@@ -677,7 +679,8 @@ static void test_choose(uint64_t *rng)
 		co_place_destroy(p);
 	}
 
-	/* random: matches the reference, and spreads better than always-first-replica */
+	/* random: every token to a replica of its expert, the counts add up, and the largest
+	 * worker load is never above the greedy choice's (up to the rounding of a token) */
 	for (int c = 0; c < 20; c++) {
 		int E = t_rand_int(rng, 8, 64), W = t_rand_int(rng, 2, 16), k = t_rand_int(rng, 1, 6);
 		int n = t_rand_int(rng, 1, 300), *caps = t_xmalloc(sizeof(int) * (size_t)W);
@@ -698,11 +701,20 @@ static void test_choose(uint64_t *rng)
 				ex[i] = t_rand_int(rng, 0, E - 1);
 			CHECK(co_place_choose(p, 0, n, k, ex, w1, o1) == 0);
 			ref_choose(p, 0, n * k, ex, w2, o2);
-			CHECK(memcmp(w1, w2, sizeof(int64_t) * (size_t)W) == 0);
+			int64_t m1 = 0, m2 = 0, sum = 0, *seen = t_xmalloc(sizeof(int64_t) * (size_t)W);
+			memset(seen, 0, sizeof(int64_t) * (size_t)W);
 			for (int i = 0; i < n * k; i++) {
-				CHECK(o1[i].worker == o2[i].worker && o1[i].slot == o2[i].slot);
 				CHECK(co_place_expert_at(p, 0, o1[i].worker, o1[i].slot) == ex[i]);
+				seen[o1[i].worker]++;
 			}
+			for (int w = 0; w < W; w++) {
+				CHECK(seen[w] == w1[w]);
+				m1 = FR_MAX(m1, w1[w]);
+				m2 = FR_MAX(m2, w2[w]);
+				sum += w1[w];
+			}
+			CHECK(sum == (int64_t)n * k && m1 <= m2 + 1);
+			free(seen);
 			free(ex);
 			free(w1);
 			free(w2);
@@ -861,12 +873,11 @@ static void test_waterfill(uint64_t *rng)
 			double even = mean / layer_max_equal(p, 0, row);
 			printf("water-filling: balancedness modelled %.4f, dispatched %.4f, equal "
 			       "split %.4f\n", model, seen, even);
-			/* The model is the fluid optimum: the per-step greedy reaches it up to the
-			 * sampling noise (+-0.003 here) when it can, and falls short by up to ~0.04 on
-			 * these random layouts (it does not see the step's later tokens); it stays
-			 * far closer to the model than to the even split. Over 40 seeds: median
-			 * shortfall 0.002, worst 0.04, the even split up to 0.2 below. */
-			CHECK(seen <= model + 0.005 && model - seen <= 0.06);
+			/* The model is the optimum over the window's mean load; the dispatch splits
+			 * each step's sample, so it falls short where the workers' loads swing from
+			 * step to step (on these badly unbalanced random layouts; 40 seeds: median
+			 * shortfall 0.0003, worst 0.023, the even split up to 0.2 below). */
+			CHECK(seen <= model + 0.005 && model - seen <= 0.04);
 			if (model - even > 0.05)
 				CHECK(seen - even >= 0.5 * (model - even));
 		}
