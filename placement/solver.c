@@ -126,8 +126,8 @@ double co_place__ws_wf_max(struct ws *s)
 			s->wf_wk[n++] = s->sw[g];
 	}
 	s->wf_off[s->E] = n;
-	return co_place__waterfill(s->E, s->W, s->load, NULL, s->wf_off, s->wf_wk, s->wf_wl,
-				   s->wf_flow, s->wf_mark, s->wf_lv);
+	return co_place__waterfill(s->E, s->W, s->load, NULL, s->wf_off, s->wf_wk, WF_EPS_MODEL,
+				   s->wf_wl, s->wf_flow, s->wf_mark, s->wf_lv);
 }
 
 static long ws_dups(const struct ws *s)
@@ -326,7 +326,6 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 		ws_set(s, s->se);
 		if (co_place__repair_distinct(s))
 			target = FR_MAX(target, co_place__ws_wf_max(s));
-		memcpy(s->rep, sv->order_rep, sizeof(*s->rep) * (size_t)s->E);
 		ws_set(s, pv->se);
 		if (co_place__repair_distinct(s)) {
 			co_place__refresh_replicas(s, sv->order_rep);

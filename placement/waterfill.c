@@ -59,8 +59,8 @@ static void wf_pour(double ld, const int32_t *wk, int a, int b, double *wl, doub
 }
 
 double co_place__waterfill(int E, int W, const double *load, const double *base,
-			   const int32_t *off, const int32_t *wk, double *wl, double *flow,
-			   int32_t *mark, double *lv)
+			   const int32_t *off, const int32_t *wk, double rel_eps, double *wl,
+			   double *flow, int32_t *mark, double *lv)
 {
 	double total = 0, m = 0;
 	int32_t gen = 0;
@@ -78,8 +78,8 @@ double co_place__waterfill(int E, int W, const double *load, const double *base,
 			wl[wk[i]] += flow[i];
 		}
 	}
-	/* stop once a pass moves less than a billionth of the mean worker load */
-	double eps = 1e-9 * total / (W > 0 ? W : 1);
+	/* stop once a pass moves less than rel_eps of the mean worker load */
+	double eps = rel_eps * total / (W > 0 ? W : 1);
 	for (int pass = 0; pass < WF_MAX_PASSES; pass++) {
 		double moved = 0;
 		for (int e = 0; e < E; e++) {
