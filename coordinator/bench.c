@@ -19,6 +19,10 @@ int co_engine_bench(const struct co_bench_work *wk, const struct co_bench_ops *o
 		    struct co_bench_result *ret)
 {
 	const int B = wk->batch, plen = wk->prompt_len, steps = wk->steps, V = wk->vocab;
+
+	if (B < 1 || plen < 1 || steps < 1 || V < 1 || wk->max_batch < 1)
+		return -EINVAL;
+
 	size_t rows = (size_t)B * plen;
 	/* Prompt rows, then one decode row per sequence. */
 	int32_t *tok = malloc((rows + B) * sizeof(*tok)), *seq = malloc((rows + B) * sizeof(*seq));
@@ -30,10 +34,6 @@ int co_engine_bench(const struct co_bench_work *wk, const struct co_bench_ops *o
 	uint64_t t0 = 0, t_end = 0;
 	int rc = -ENOMEM;
 
-	if (B < 1 || plen < 1 || steps < 1 || V < 1 || wk->max_batch < 1) {
-		rc = -EINVAL;
-		goto out;
-	}
 	if (!tok || !seq || !pos || !want || !logits || !t)
 		goto out;
 	/* The same work a served batch does, with perfect batching: every prompt prefilled
@@ -81,9 +81,8 @@ int co_engine_bench(const struct co_bench_work *wk, const struct co_bench_ops *o
 	ret->step_ms_p50 = (double)t[steps / 2] / 1e6;
 	rc = 0;
 out:
-	if (ops->reset)
-		for (int b = 0; b < B; b++)
-			ops->reset(arg, b);
+	for (int b = 0; b < B; b++)
+		ops->reset(arg, b);
 	free(tok);
 	free(seq);
 	free(pos);
