@@ -198,14 +198,10 @@ static int bs_parse(int argc, char **argv, struct bs_opts *o, struct fr_error *e
 				return fr_error_set(err, -EINVAL, "--model: empty path");
 			o->model = optarg;
 			break;
-		case B_PRECISION: {
-			enum kn_precision pr;
-			if (kn_precision_parse(optarg, &pr) < 0)
-				return fr_error_set(err, -EINVAL, "--precision '%s': expected exact "
-						    "or fast", optarg);
-			o->precision = (int)pr;
+		case B_PRECISION:
+			if (ctl_arg_precision(optarg, &o->precision, err) < 0)
+				return -EINVAL;
 			break;
-		}
 		case B_THREADS:
 			if (ctl_arg_int("threads", optarg, 1, 4096, &o->threads, err) < 0)
 				return -EINVAL;

@@ -167,14 +167,10 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 		case OPT_STATS:
 			o->stats = true;
 			break;
-		case OPT_PRECISION: {
-			enum kn_precision pr;
-			if (kn_precision_parse(optarg, &pr) < 0)
-				return fr_error_set(err, -EINVAL, "--precision '%s': expected exact "
-						    "or fast", optarg);
-			o->precision = (int)pr;
+		case OPT_PRECISION:
+			if (ctl_arg_precision(optarg, &o->precision, err) < 0)
+				return -EINVAL;
 			break;
-		}
 		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
 			ctl_tls_opt(&o->tls, c, optarg);
 			break;

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "ctl/ctl.h"
+#include "kernels/kernels.h"
 
 const struct ctl_cmd *const ctl_cmds[] = {
 	&ctl_cmd_run,
@@ -50,6 +51,16 @@ int ctl_arg_int(const char *name, const char *s, int min, int max, int *ret, str
 	if (rc == 0)
 		*ret = (int)v;
 	return rc;
+}
+
+int ctl_arg_precision(const char *s, int *ret, struct fr_error *err)
+{
+	enum kn_precision pr;
+
+	if (kn_precision_parse(s, &pr) < 0)
+		return fr_error_set(err, -EINVAL, "--precision '%s': expected exact or fast", s);
+	*ret = (int)pr;
+	return 0;
 }
 
 int ctl_parsed(const char *cmd, const char *usage, int rc, const struct fr_error *err)

@@ -55,6 +55,8 @@ int ctl_arg_i64(const char *name, const char *s, int64_t min, int64_t max, int64
 		struct fr_error *err);
 /* The same into an int (min and max must fit one). */
 int ctl_arg_int(const char *name, const char *s, int min, int max, int *ret, struct fr_error *err);
+/* --precision: exact or fast, as an enum kn_precision in *ret. Returns 0 or -EINVAL. */
+int ctl_arg_precision(const char *s, int *ret, struct fr_error *err);
 
 /* What a command's main does with its parser's result rc: 1 (--help) prints usage and
  * gives CTL_EXIT_OK; a negative rc prints "ferryctl CMD: <err>" and a pointer to --help and
