@@ -421,6 +421,19 @@ static int drain(struct moe_server *w, struct fr_error *err)
 				return 0; /* its previous answer is still being sent */
 			if ((rc = answer(w, p, err)) < 0)
 				return rc;
+			/* Counted once the answer exists, before it is put: whoever reads the
+			 * stats after the coordinator got the combine sees these pairs (a put
+			 * that must wait is retried without counting again). */
+			pthread_mutex_lock(&w->lock);
+			w->st_tokens[p->layer] += p->n_pairs;
+			w->st_ns[p->layer] += p->ns;
+			w->st_frames++;
+			w->tot_tokens[p->layer] += p->n_pairs;
+			w->tot_ns[p->layer] += p->ns;
+			w->tot.frames++;
+			w->tot.bytes_in += p->len;
+			w->tot.bytes_out += p->frame_len;
+			pthread_mutex_unlock(&w->lock);
 		}
 		rc = tp_put_imm(w->ep, w->send, off, off, p->frame_len,
 				fp_imm(p->layer, mb, FP_KIND_COMBINE), TP_PUT_SIGNAL, p->slot);
@@ -436,16 +449,6 @@ static int drain(struct moe_server *w, struct fr_error *err)
 		/* answer() is done with the dispatch frame: its slot may be rewritten. */
 		if ((rc = tp_ep_release(w->ep, 1)) < 0)
 			return fail(w, err, -EPROTO, "release: %s", strerror(-rc));
-		pthread_mutex_lock(&w->lock);
-		w->st_tokens[p->layer] += p->n_pairs;
-		w->st_ns[p->layer] += p->ns;
-		w->st_frames++;
-		w->tot_tokens[p->layer] += p->n_pairs;
-		w->tot_ns[p->layer] += p->ns;
-		w->tot.frames++;
-		w->tot.bytes_in += p->len;
-		w->tot.bytes_out += p->frame_len;
-		pthread_mutex_unlock(&w->lock);
 		w->fifo_head = (w->fifo_head + 1) % w->ring.slots;
 		w->fifo_n--;
 	}
