@@ -58,6 +58,8 @@ struct ws {
 	int32_t *head, *nxt, *prv;  /* [E], [S], [S] */
 	int32_t *cnt;               /* [E][W] replicas of e on w; NULL for huge shapes */
 	double *wl;                 /* [W] worker loads */
+	double heavy_cap;           /* an expert gives up a slot only if its replicas stay
+				     * this light (replication's heaviest; INFINITY: any) */
 	/* scratch */
 	double *delta;              /* [W], zero between uses */
 	int32_t *touched;           /* [W] */
@@ -86,6 +88,14 @@ struct ws {
 static inline double ws_weight(const struct ws *s, int e)
 {
 	return s->rep[e] > 0 ? s->load[e] / s->rep[e] : 0.0;
+}
+
+/* Whether expert e may give up one of its slots: it keeps one, and its replicas do not
+ * grow heavier than heavy_cap (a hot expert left with too few replicas has no share to
+ * shift when a step's tokens swing). */
+static inline bool ws_can_give(const struct ws *s, int e)
+{
+	return s->rep[e] >= 2 && s->load[e] / (s->rep[e] - 1) <= s->heavy_cap;
 }
 
 static inline int ws_count_on(const struct ws *s, int e, int w)
@@ -164,17 +174,19 @@ void co_place__local_search(struct ws *s);
  * it): while the largest load M is above target, takes among the moves above from the most
  * loaded worker (every touched worker ending below M) the one that removes most load above
  * target, summed over the workers it touches, per slot it newly loads against pv (at least
- * 1); ties to the lower new load. Stops at target (water-filled) or when no move helps,
- * then gives slots
+ * 1); ties to the lower new load. Stops once the water-filled maximum is within target and
+ * the equal-split maximum M within even_target, or when no move helps, then gives slots
  * back their pv expert wherever the loads stay within max(target, M). Returns the net
  * change in slots that differ from pv. */
-long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target);
-/* Brings the replica counts to want[E] (replication's counts for this load) where that pays:
- * while some expert x has fewer than want, the one with the most load per replica once it
- * has one more takes a slot from the surplus expert z (more than want) with the least load
- * per replica once it has one less, if that is lighter: z's replica on the least-loaded
- * worker that does not hold x yet (min_distinct kept). Against drift this keeps the spare
- * slots on the experts that are hot now, not on those that were. Returns the slots
+long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target,
+				 double even_target);
+/* Brings the replica counts toward want[E] (replication's counts for this load) where that
+ * pays: while some expert x has fewer than want and replicas heavier than heavy_cap, the
+ * heaviest such takes a slot from the surplus expert z (more than want) with the least
+ * load per replica once it has one less, if that is lighter than x's replicas are now:
+ * z's replica on the least-loaded worker that does not hold x yet (min_distinct kept).
+ * Against drift this keeps the spare slots on the experts that are hot now, not on those
+ * that were; experts within heavy_cap keep theirs, which saves moves. Returns the slots
  * changed. */
 long co_place__refresh_replicas(struct ws *s, const int32_t *want);
 

@@ -60,7 +60,7 @@ static void ls_cold_bounds(struct ws *s)
 {
 	for (int z = 0; z < s->E; z++) {
 		s->zv1[z] = s->zv2[z] = -1;
-		if (s->rep[z] < 2)
+		if (!ws_can_give(s, z))
 			continue;
 		double inc = s->load[z] / (s->rep[z] - 1) - s->load[z] / s->rep[z];
 		for (int h = s->head[z]; h >= 0; h = s->nxt[h]) {
@@ -152,7 +152,7 @@ void co_place__local_search(struct ws *s)
 					g = s->base[d + 1] - 1; /* nothing on d can do */
 					continue;
 				}
-				if (z == x || s->rep[z] < 2)
+				if (z == x || !ws_can_give(s, z))
 					continue;
 				if (d != wa &&
 				    s->wl[d] - ws_weight(s, z) + ny - s->xcnt[d] * gain >= best_m)
@@ -262,7 +262,7 @@ static long ls_restore(struct ws *s, const int32_t *pv, double limit)
 				again = true;
 				continue;
 			}
-			if (s->rep[x] < 2 || (s->need > 1 && ws_count_on(s, x, w1) == 1 &&
+			if (!ws_can_give(s, x) || (s->need > 1 && ws_count_on(s, x, w1) == 1 &&
 					      s->ndist[x] - 1 < s->need))
 				continue;
 			if (transfer_eval(s, g1, want, limit, NULL) <= limit) {
@@ -284,17 +284,19 @@ long co_place__refresh_replicas(struct ws *s, const int32_t *want)
 		double bx = 0, bz = INFINITY;
 		bool bheld = true;
 
-		/* the short expert with the most load per replica once it has one more ... */
+		/* the short expert with the heaviest replicas ... */
 		for (int e = 0; e < s->E; e++) {
-			double q = s->load[e] / (s->rep[e] + 1);
+			double q = s->load[e] / s->rep[e];
 			if (s->rep[e] < want[e] && q > bx) {
 				bx = q;
 				x = e;
 			}
 		}
-		if (x < 0)
+		if (x < 0 || bx <= s->heavy_cap)
 			break;
-		/* ... takes a slot of the surplus expert with the least once it has one less */
+		/* ... takes a slot of the surplus expert with the least load per replica once it
+		 * has one less, if that is lighter than x's replicas are now (the heavier of the
+		 * two experts' replicas gets lighter) */
 		for (int e = 0; e < s->E; e++) {
 			if (e == x || s->rep[e] <= want[e] || s->rep[e] < 2)
 				continue;
@@ -326,7 +328,8 @@ long co_place__refresh_replicas(struct ws *s, const int32_t *want)
 	return moved;
 }
 
-long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target)
+long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target,
+				 double even_target)
 {
 	long max_iter = 50L * s->S + 1000, moved = 0;
 	double dex_ = 0;
@@ -338,7 +341,8 @@ long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target)
 		double bm = M - 1e-12 * M;
 
 		/* the dispatch's split may already bring the layer within target */
-		if (M <= target || M <= 0 || co_place__ws_wf_max(s) <= target)
+		if (M <= target || M <= 0 ||
+		    (M <= even_target && co_place__ws_wf_max(s) <= target))
 			break;
 #define CONSIDER(m_, cost_, kind_, g1_, g2_)                                                \
 	do {                                                                                \
@@ -398,7 +402,7 @@ long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target)
 					g = s->base[d + 1] - 1;
 					continue;
 				}
-				if (z == x || s->rep[z] < 2)
+				if (z == x || !ws_can_give(s, z))
 					continue;
 				if (d != wa &&
 				    s->wl[d] - ws_weight(s, z) + ny - s->xcnt[d] * gain >= bm)

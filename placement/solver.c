@@ -130,6 +130,14 @@ double co_place__ws_wf_max(struct ws *s)
 				   s->wf_wl, s->wf_flow, s->wf_mark, s->wf_lv);
 }
 
+static double ws_heaviest(const struct ws *s)
+{
+	double h = 0;
+	for (int e = 0; e < s->E; e++)
+		h = FR_MAX(h, ws_weight(s, e));
+	return h;
+}
+
 static long ws_dups(const struct ws *s)
 {
 	long d = 0;
@@ -144,7 +152,9 @@ enum { CAND_EPLB, CAND_DISTINCT, CAND_CYCLIC, CAND_PREV, CAND_WARM, CAND__COUNT 
 
 struct cand {
 	bool ok;
-	double max;
+	double max;    /* water-filled (the dispatch's split) */
+	double even;   /* with every replica an equal share */
+	double heavy;  /* heaviest replica */
 	long moves, dups;
 	int32_t *se;   /* [S], aligned */
 };
@@ -248,12 +258,19 @@ static void cand_take(struct solver *sv, int id, const struct prev_layer *pv, bo
 
 	c->ok = true;
 	c->max = co_place__ws_wf_max(s);
+	c->even = co_place__ws_max(s, NULL);
+	c->heavy = ws_heaviest(s);
 	c->dups = ws_dups(s);
 	if (aligned)
 		memcpy(c->se, s->se, sizeof(*c->se) * (size_t)s->S);
 	else
 		co_place__align_layout(s, s->se, pv, &sv->as, c->se);
 	c->moves = co_place__layout_moves(s, c->se, pv);
+}
+
+static bool cand_robust(const struct cand *c, double even_target, double heavy_cap)
+{
+	return c->even <= even_target * (1 + 1e-12) && c->heavy <= heavy_cap;
 }
 
 static int item_asc(const void *pa, const void *pb)
@@ -301,12 +318,25 @@ static double layer_lower_bound(const struct ws *s)
 	return lb;
 }
 
+/* How far above EPLB's packing the equal split of a kept or searched layout may stay. Each
+ * step's tokens are a sample of the window's load: a layout balanced only through uneven
+ * splits (water-filled) has spent the slack the dispatch needs to absorb a step's swings,
+ * and measured on sampled steps (bench/placement --eval dispatch) it trails EPLB's layout,
+ * which is balanced under an equal split already. */
+#define EVEN_SLACK 0.02
+/* How much heavier than replication's heaviest a replica may get (struct ws heavy_cap): an
+ * expert whose replicas are heavy has few of them, and a swing of its load then lands on
+ * few workers. With EVEN_SLACK this keeps kept layouts as robust to the next window's
+ * drift as a fresh EPLB solve (bench/placement, balancedness on w+1). */
+#define HEAVY_SLACK 0.05
+
 static int solve_layer(struct solver *sv, const double *load, enum co_place_algo algo,
 		       const struct prev_layer *pv, bool prev_same_slots, double tol,
 		       int32_t *out)
 {
 	struct ws *s = &sv->s;
 	bool ls = algo == CO_PLACE_ALGO_FERRY, warm_done = false;
+	double even_target = INFINITY;
 	int best = -1;
 
 	s->load = load;
@@ -315,22 +345,36 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 
 	co_place__replicate(s, s->need);
 	memcpy(sv->order_rep, s->rep, sizeof(*s->rep) * (size_t)s->E);
+	s->heavy_cap = ws_heaviest(s) * (1 + HEAVY_SLACK);
 	/* Migration-aware path: from prev's layout with its replica counts refreshed, move only
 	 * until the largest load (water-filled) is within the tolerance of a lower bound or as
 	 * low as EPLB's packing gets it; the full candidates only when that falls short. */
 	if (ls && pv && prev_same_slots && tol > 0) {
 		double target = layer_lower_bound(s) * (1 + tol);
 		/* no further than a from-scratch solve by EPLB's policy would get: balance it
-		 * would not give is not worth moving experts for */
+		 * would not give is not worth moving experts for; and no less robust to a
+		 * step's swings than that packing (EVEN_SLACK) */
 		co_place__pack_lpt(s, false, sv->order_rep);
 		ws_set(s, s->se);
-		if (co_place__repair_distinct(s))
+		if (co_place__repair_distinct(s)) {
 			target = FR_MAX(target, co_place__ws_wf_max(s));
+			even_target = co_place__ws_max(s, NULL) * (1 + EVEN_SLACK);
+		}
+		even_target = FR_MAX(even_target, target);
 		ws_set(s, pv->se);
 		if (co_place__repair_distinct(s)) {
+			/* prev meets the bounds as it is: nothing to buy by moving */
+			if (!memcmp(s->se, pv->se, sizeof(*s->se) * (size_t)s->S) &&
+			    ws_heaviest(s) <= s->heavy_cap &&
+			    co_place__ws_max(s, NULL) <= even_target * (1 + 1e-12) &&
+			    co_place__ws_wf_max(s) <= target * (1 + 1e-12)) {
+				memcpy(out, s->se, sizeof(*out) * (size_t)s->S);
+				return 0;
+			}
 			co_place__refresh_replicas(s, sv->order_rep);
-			co_place__local_search_warm(s, pv->se, target);
-			if (co_place__ws_wf_max(s) <= target * (1 + 1e-12)) {
+			co_place__local_search_warm(s, pv->se, target, even_target);
+			if (co_place__ws_wf_max(s) <= target * (1 + 1e-12) &&
+			    co_place__ws_max(s, NULL) <= even_target * (1 + 1e-12)) {
 				memcpy(out, s->se, sizeof(*out) * (size_t)s->S);
 				return 0;
 			}
@@ -343,6 +387,8 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 		ws_set(s, s->se);
 		if (!co_place__repair_distinct(s))
 			continue;
+		if (ls && id == CAND_EPLB && even_target == INFINITY)
+			even_target = co_place__ws_max(s, NULL) * (1 + EVEN_SLACK);
 		if (ls)
 			co_place__local_search(s);
 		cand_take(sv, id, pv, false);
@@ -365,15 +411,23 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 		}
 	}
 
-	/* best load, then (within tolerance) fewest moves, then load, then fewest duplicates */
+	/* best load, then (within tolerance) fewest moves, then load, then fewest duplicates;
+	 * among those within tolerance, the robust ones first: equal split within
+	 * even_target, replicas no heavier than heavy_cap (EPLB's packing after local search
+	 * always is both) */
 	double best_max = INFINITY;
 	for (int i = 0; i < CAND__COUNT; i++)
 		if (sv->c[i].ok)
 			best_max = FR_MIN(best_max, sv->c[i].max);
 	double limit = best_max * (1 + (pv ? tol : 0)) + 1e-12 * best_max;
+	bool any_robust = false;
+	for (int i = 0; i < CAND__COUNT; i++)
+		any_robust |= sv->c[i].ok && sv->c[i].max <= limit &&
+			      cand_robust(&sv->c[i], even_target, s->heavy_cap);
 	for (int i = 0; i < CAND__COUNT; i++) {
 		const struct cand *c = &sv->c[i], *b = best >= 0 ? &sv->c[best] : NULL;
-		if (!c->ok || c->max > limit)
+		if (!c->ok || c->max > limit ||
+		    (any_robust && !cand_robust(c, even_target, s->heavy_cap)))
 			continue;
 		if (!b || c->moves < b->moves ||
 		    (c->moves == b->moves && (c->max < b->max * (1 - 1e-12) ||

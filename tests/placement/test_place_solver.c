@@ -552,6 +552,92 @@ static void test_warm(uint64_t *rng)
 	}
 }
 
+/* The heaviest replica of a layer (load / replicas, the largest over experts). */
+static double layer_heaviest(const struct co_placement *p, int l, const double *row)
+{
+	double h = 0;
+	for (int e = 0; e < p->n_experts; e++) {
+		int n = 0;
+		co_place_replicas(p, l, e, &n);
+		h = FR_MAX(h, row[e] / n);
+	}
+	return h;
+}
+
+/* Rebalancing window after window under drift (bench/placement's traces, smaller): the kept
+ * layout stays as robust as a fresh EPLB solve. Its equal split stays within 2% of EPLB's
+ * packing (or the tolerance of the mean): a layout balanced only through uneven splits has
+ * no slack left for a step's sampled swings. And no replica gets more than 5% heavier than
+ * replication's heaviest: an expert that turned hot gets its replicas back, else the next
+ * window's swing of its load lands on too few workers. */
+static void test_drift(uint64_t *rng)
+{
+	enum { L = 8, E = 128, W = 8, N = 12, HOT = 16 };
+	int cap[W];
+	double load[L * E];
+	struct co_placement *prev = NULL;
+	struct fr_error err = { { 0 } };
+	struct co_place_opts o = { .migrate_tolerance = 0.003 };
+	struct co_place_opts eplb = { .algo = CO_PLACE_ALGO_EPLB };
+	struct co_place_problem pb = { L, E, W, cap, load };
+	long moved = 0;
+	int bad_even = 0, bad_heavy = 0;
+
+	for (int w = 0; w < W; w++)
+		cap[w] = E / W + 2;
+	for (int l = 0; l < L; l++)
+		t_zipf_row(rng, E, 1.0, load + l * E);
+	for (int win = 0; win < N; win++) {
+		struct co_placement *f = NULL, *e = NULL;
+		if (win > 0) /* drift: a hot expert trades places with a cold one, +-5% noise */
+			for (int l = 0; l < L; l++) {
+				double *row = load + l * E, t;
+				int hot = 0, cold = t_rand_int(rng, 0, E - 1);
+				for (int k = t_rand_int(rng, 0, HOT - 1); k >= 0; k--) {
+					/* the k-th heaviest, roughly: a random one of the top */
+					int x = t_rand_int(rng, 0, E - 1);
+					if (row[x] > row[hot])
+						hot = x;
+				}
+				t = row[hot];
+				row[hot] = row[cold];
+				row[cold] = t;
+				for (int x = 0; x < E; x++)
+					row[x] *= 0.95 + 0.1 * fr_rand_unit(rng);
+			}
+		CHECK(co_place_solve(&pb, &o, prev, &f, &err) == 0);
+		CHECK(co_place_solve(&pb, &eplb, NULL, &e, &err) == 0);
+		if (!f || !e) {
+			co_place_destroy(f);
+			co_place_destroy(e);
+			break;
+		}
+		check_invariants(f, E, W, cap, 1);
+		if (prev)
+			moved += co_place_moves(prev, f);
+		for (int l = 0; l < L; l++) {
+			const double *row = load + l * E;
+			double lb = lower_bound(E, W, cap, row);
+			if (layer_max_equal(f, l, row) >
+			    FR_MAX(lb * 1.003, layer_max_equal(e, l, row) * 1.02) * (1 + 1e-9))
+				bad_even++;
+			if (layer_heaviest(f, l, row) > layer_heaviest(e, l, row) * 1.05 * (1 + 1e-9))
+				bad_heavy++;
+		}
+		co_place_destroy(e);
+		co_place_destroy(prev);
+		prev = f;
+	}
+	co_place_destroy(prev);
+	printf("%s drift over %d windows: %ld of %d slots moved per window; layers whose equal "
+	       "split is > 2%% above EPLB's: %d, with a replica > 5%% heavier than "
+	       "replication's: %d (of %d)\n", bad_even || bad_heavy ? "FAIL" : "ok  ", N,
+	       moved / (N - 1), W * cap[0] * L, bad_even, bad_heavy, L * N);
+	CHECK(bad_even == 0);
+	CHECK(bad_heavy == 0);
+	CHECK(moved / (N - 1) * 10 < (long)W * cap[0] * L);
+}
+
 /* ---- the paths few random shapes reach ---- */
 
 /* Slots so uneven that with min_distinct 3 both packings often cannot be repaired: the
@@ -1034,6 +1120,7 @@ int main(void)
 	test_errors();
 	test_migration(&rng);
 	test_warm(&rng);
+	test_drift(&rng);
 	test_tight_distinct(&rng);
 	test_large_group_alignment(&rng);
 	test_choose(&rng);
