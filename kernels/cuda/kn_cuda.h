@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * kn_cuda.h - Ferry's kernels on an NVIDIA GPU: the routed experts of one worker and layer
+ * (permute, grouped GEMMs through cuBLAS, SwiGLU, weighted un-permute) and the row ops
+ * around them. The CPU kernels (kernels/kernels.h) are the reference each op is tested
+ * against (tests/gpu/).
+ *
+ * Conventions: a struct kn_cuda is one device, one stream and one cuBLAS handle; every op
+ * is queued on that stream and returns 0 or a negative errno (CUDA and cuBLAS statuses are
+ * converted once, in context.cu: -ENODEV no device or driver, -ENOMEM out of device memory,
+ * -EINVAL a bad argument, -EIO anything else), with the CUDA message kept for
+ * kn_cuda_error(). Pointers marked "device" are device memory; "host" ones are read before
+ * the call returns. Weights are bf16 (uint16_t), activations f32 unless said otherwise.
+ */
+#ifndef FERRY_KN_CUDA_H
+#define FERRY_KN_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct kn_cuda;
+
+/* GPUs the driver sees: 0 and *ret_n, or -ENODEV (no driver, no device) with the reason
+ * in why[why_len] when why is not NULL. */
+int kn_cuda_device_count(int *ret_n, char *why, size_t why_len);
+
+int kn_cuda_create(int device, struct kn_cuda **ret);
+void kn_cuda_destroy(struct kn_cuda *c); /* NULL is fine */
+/* The last failure's message ("" when none). */
+const char *kn_cuda_error(const struct kn_cuda *c);
+/* Device name and memory, for logs ("NVIDIA H100 80GB HBM3, 132 SMs, 79.1 GiB"). */
+int kn_cuda_describe(struct kn_cuda *c, char *buf, size_t len);
+
+int kn_cuda_alloc(struct kn_cuda *c, size_t bytes, void **ret);
+void kn_cuda_free(struct kn_cuda *c, void *p);
+int kn_cuda_upload(struct kn_cuda *c, void *dst, const void *src, size_t bytes);
+/* Copies back and waits for everything queued before it. */
+int kn_cuda_download(struct kn_cuda *c, void *dst, const void *src, size_t bytes);
+int kn_cuda_sync(struct kn_cuda *c);
+/* dst = src, bytes of device memory, queued. */
+int kn_cuda_copy(struct kn_cuda *c, void *dst, const void *src, size_t bytes);
+/* Device time between a mark and the next: kn_cuda_mark(c) queues an event;
+ * kn_cuda_elapsed_ms(c, &ms) queues a second, waits for it and gives the time between. */
+int kn_cuda_mark(struct kn_cuda *c);
+int kn_cuda_elapsed_ms(struct kn_cuda *c, double *ret_ms);
+
+/* ---- row ops (one .cu each) --------------------------------------------------------------- */
+
+/* y[t] = x[t] / sqrt(mean(x[t]^2) + eps) * g, t < n rows of dim. y may be x. */
+int kn_cuda_rmsnorm(struct kn_cuda *c, float *y, const float *x, const float *g, int n,
+		    int dim, float eps);
+/* out[i] = silu(gate[i]) * up[i], i < n (f32 out; out may be gate). */
+int kn_cuda_swiglu(struct kn_cuda *c, float *out, const float *gate, const float *up, size_t n);
+/* The same, rounded to bf16 for the next GEMM. */
+int kn_cuda_swiglu_bf16(struct kn_cuda *c, uint16_t *out, const float *gate, const float *up,
+			size_t n);
+/* dst[i] = bf16(src[i]), round to nearest even (kn_f32_to_bf16). */
+int kn_cuda_f32_to_bf16(struct kn_cuda *c, uint16_t *dst, const float *src, size_t n);
+/* Permute: dst[row[p]] = bf16(src[tok[p]]), p < n_pairs, rows of dim (device arrays). */
+int kn_cuda_permute(struct kn_cuda *c, uint16_t *dst, const float *src, const int32_t *tok,
+		    const int32_t *row, int n_pairs, int dim);
+/* Weighted un-permute: out[t] = sum over p in [pair_off[t], pair_off[t + 1]) of
+ * weight[p] * part[row[p]], in p order (deterministic; no atomics), t < n_tok. */
+int kn_cuda_unpermute(struct kn_cuda *c, float *out, const float *part, const int32_t *pair_off,
+		      const int32_t *row, const float *weight, int n_tok, int dim);
+
+/* ---- grouped GEMM (cuBLAS) ---------------------------------------------------------------- */
+
+enum kn_cuda_gemm {
+	KN_CUDA_GEMM_GROUPED = 0, /* cublasGemmGroupedBatchedEx: one problem per expert */
+	KN_CUDA_GEMM_PADDED,      /* cublasGemmBatchedEx: every expert padded to the largest */
+};
+
+const char *kn_cuda_gemm_name(enum kn_cuda_gemm g);
+
+/* For e < n: y[e][0..m[e])[rows] = x[e][0..m[e])[cols] . w[e]^T, w[e] bf16 [rows][cols],
+ * x[e] bf16, y[e] f32 (all device pointers, held in host arrays). Experts with m[e] = 0 are
+ * skipped. KN_CUDA_GEMM_PADDED computes max(m) rows for every expert: each x[e] and y[e]
+ * must then have room for that many rows (the rows past m[e] are computed and ignored). */
+int kn_cuda_gemm_bf16(struct kn_cuda *c, enum kn_cuda_gemm how, int n, const int *m, int rows,
+		      int cols, const uint16_t *const *w, const uint16_t *const *x,
+		      float *const *y);
+
+/* One dense product, y[n][rows] = x[n][cols] . W^T (W bf16 [rows][cols], x bf16, y f32): the
+ * lm_head's shape, and the ceiling bench/gpu compares the grouped products with. */
+int kn_cuda_matmul_bf16(struct kn_cuda *c, float *y, const uint16_t *x, const uint16_t *w, int n,
+			int rows, int cols);
+
+/* ---- the routed experts of one worker and layer (moe.cu) ---------------------------------- */
+
+struct kn_cuda_expert {
+	const uint16_t *gate; /* [inter][hidden] bf16, device */
+	const uint16_t *up;   /* [inter][hidden] bf16, device */
+	const uint16_t *down; /* [hidden][inter] bf16, device */
+};
+
+/* What moe_compute() (moe/moe.h) takes: each token's (slot, weight) pairs. */
+struct kn_cuda_moe_batch {
+	int n_tok;
+	const float *x;          /* [n_tok][hidden] f32, device */
+	const int32_t *pair_off; /* [n_tok + 1], host */
+	const int32_t *slot;     /* [n_pairs] slot index, host */
+	const float *weight;     /* [n_pairs] routing weight, host */
+};
+
+/* out[t] = sum over t's pairs of weight * FFN_slot(x[t]) (SwiGLU), out [n_tok][hidden] f32,
+ * device, overwritten: permute (gather each slot's tokens, bf16) -> GEMM gate and up ->
+ * SwiGLU -> GEMM down -> weighted un-permute. Scratch is owned by c and grows to the
+ * largest batch seen. Errors: -EINVAL (a slot out of range or without weights), -ENOMEM,
+ * -EIO. */
+int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, const struct kn_cuda_expert *slots,
+		int n_slots, int hidden, int inter, const struct kn_cuda_moe_batch *b, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FERRY_KN_CUDA_H */

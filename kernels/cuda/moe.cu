@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * moe.cu - the routed experts of one worker and layer on the GPU, what moe_compute()
+ * (moe/slots.c) does on the CPU: each token's pairs are sorted by slot on the host (a
+ * counting sort, tokens in order within a slot), then on the stream: permute -> GEMM gate
+ * and up -> SwiGLU (bf16) -> GEMM down -> weighted un-permute.
+ *
+ * Rows (kn_moe_plan, moe_plan.c): with KN_CUDA_GEMM_GROUPED the slots' rows are packed (slot
+ * s from its offset, as many as it has tokens); with KN_CUDA_GEMM_PADDED each slot with
+ * tokens gets the largest count's worth of rows, so that one batched GEMM covers them all.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/cuda-internal.h"
+#include "kernels/cuda/moe_plan.h"
+
+static_assert((int)KN_CUDA_GEMM_GROUPED == (int)KN_MOE_LAYOUT_PACKED &&
+		      (int)KN_CUDA_GEMM_PADDED == (int)KN_MOE_LAYOUT_PADDED,
+	      "a GEMM method names its row layout");
+
+#define ALIGN_UP(x) (((x) + 255) & ~(size_t)255)
+
+/* Device scratch of at least `bytes`, kept for the next call. */
+static int scratch_reserve(struct kn_cuda *c, size_t bytes)
+{
+	if (bytes <= c->scratch_bytes)
+		return 0;
+	cudaStreamSynchronize(c->stream);
+	cudaFree(c->scratch);
+	c->scratch = NULL;
+	c->scratch_bytes = 0;
+	int rc = kn_cuda__status(c, cudaMalloc(&c->scratch, bytes), "cudaMalloc (MoE scratch)");
+	if (rc == 0)
+		c->scratch_bytes = bytes;
+	return rc;
+}
+
+static int host_reserve(struct kn_cuda *c, size_t n)
+{
+	if (n <= c->host_idx_n)
+		return 0;
+	int32_t *p = (int32_t *)realloc(c->host_idx, n * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	c->host_idx = p;
+	c->host_idx_n = n;
+	return 0;
+}
+
+extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how,
+			   const struct kn_cuda_expert *slots, int n_slots, int hidden, int inter,
+			   const struct kn_cuda_moe_batch *b, float *out)
+{
+	int n_tok = b->n_tok, rc;
+	size_t n_pairs, R;
+
+	if (n_tok < 0 || n_slots < 0 || hidden <= 0 || inter <= 0 ||
+	    (n_tok && (!b->pair_off || b->pair_off[0] != 0)))
+		return kn_cuda__invalid(c, "moe: bad batch shape");
+	if (!n_tok)
+		return 0;
+	for (int t = 0; t < n_tok; t++)
+		if (b->pair_off[t + 1] < b->pair_off[t])
+			return kn_cuda__invalid(c, "moe: pair offsets decrease");
+	n_pairs = (size_t)b->pair_off[n_tok];
+	for (size_t p = 0; p < n_pairs; p++) {
+		int s = b->slot[p];
+		if (s < 0 || s >= n_slots || !slots[s].gate || !slots[s].up || !slots[s].down)
+			return kn_cuda__invalid(c, "moe: a pair names a slot out of range or empty");
+	}
+	if (!n_pairs)
+		return kn_cuda__status(c, cudaMemsetAsync(out, 0, (size_t)n_tok * hidden *
+							      sizeof(float), c->stream),
+				       "moe: clear");
+
+	/* host: cnt[n_slots] | base[n_slots] | tok[n_pairs] | row[n_pairs] | pair_off[n_tok + 1]
+	 * (the last three uploaded as one block) */
+	size_t n_host = 2 * (size_t)n_slots + 2 * n_pairs + (size_t)n_tok + 1;
+	if ((rc = host_reserve(c, n_host)) < 0)
+		return rc;
+	int32_t *cnt = c->host_idx, *base = cnt + n_slots, *tok = base + n_slots,
+		*row = tok + n_pairs, *poff = row + n_pairs;
+	long rows = kn_moe_plan((enum kn_moe_layout)how, n_slots, n_tok, b->pair_off, b->slot,
+				cnt, base, tok, row);
+	if (rows < 0)
+		return kn_cuda__invalid(c, "moe: bad layout or slot");
+	R = (size_t)rows;
+	memcpy(poff, b->pair_off, ((size_t)n_tok + 1) * sizeof(*poff));
+
+	/* device: xs bf16 [R][hidden] | g, u f32 [R][inter] | act bf16 [R][inter] |
+	 * d f32 [R][hidden] | tok, row, pair_off int32 | weight f32 */
+	size_t o_xs = 0, o_g = o_xs + ALIGN_UP(R * hidden * 2), o_u = o_g + ALIGN_UP(R * inter * 4),
+	       o_act = o_u + ALIGN_UP(R * inter * 4), o_d = o_act + ALIGN_UP(R * inter * 2),
+	       o_idx = o_d + ALIGN_UP(R * hidden * 4),
+	       o_w = o_idx + ALIGN_UP((2 * n_pairs + n_tok + 1) * 4), total = o_w + n_pairs * 4;
+	if ((rc = scratch_reserve(c, total)) < 0)
+		return rc;
+	char *sb = (char *)c->scratch;
+	uint16_t *xs = (uint16_t *)(sb + o_xs), *act = (uint16_t *)(sb + o_act);
+	float *g = (float *)(sb + o_g), *u = (float *)(sb + o_u), *d = (float *)(sb + o_d);
+	int32_t *d_tok = (int32_t *)(sb + o_idx), *d_row = d_tok + n_pairs, *d_poff = d_row + n_pairs;
+	float *d_w = (float *)(sb + o_w);
+	if ((rc = kn_cuda_upload(c, d_tok, tok, (2 * n_pairs + n_tok + 1) * 4)) < 0 ||
+	    (rc = kn_cuda_upload(c, d_w, b->weight, n_pairs * 4)) < 0)
+		return rc;
+
+	/* per-slot GEMM operands: eight host arrays of device pointers, then the counts */
+	void **hb = (void **)malloc((size_t)n_slots * (8 * sizeof(void *) + sizeof(int)) + 1);
+	if (!hb)
+		return -ENOMEM;
+	const uint16_t **w1 = (const uint16_t **)hb, **w2 = w1 + n_slots, **w3 = w2 + n_slots,
+		       **xa = w3 + n_slots, **xb = xa + n_slots;
+	float **yg = (float **)(hb + 5 * (size_t)n_slots), **yu = yg + n_slots,
+	      **yd = yu + n_slots;
+	int *m = (int *)(hb + 8 * (size_t)n_slots);
+	for (int s = 0; s < n_slots; s++) {
+		m[s] = cnt[s];
+		w1[s] = slots[s].gate;
+		w2[s] = slots[s].up;
+		w3[s] = slots[s].down;
+		xa[s] = xs + (size_t)base[s] * hidden;
+		xb[s] = act + (size_t)base[s] * inter;
+		yg[s] = g + (size_t)base[s] * inter;
+		yu[s] = u + (size_t)base[s] * inter;
+		yd[s] = d + (size_t)base[s] * hidden;
+	}
+	if (how == KN_CUDA_GEMM_PADDED) /* rows past a slot's count are computed: keep them finite */
+		rc = kn_cuda__status(c, cudaMemsetAsync(xs, 0, R * hidden * 2, c->stream),
+				     "moe: clear padding");
+	if (rc == 0)
+		rc = kn_cuda_permute(c, xs, b->x, d_tok, d_row, (int)n_pairs, hidden);
+	if (rc == 0)
+		rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w1, xa, yg);
+	if (rc == 0)
+		rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w2, xa, yu);
+	if (rc == 0)
+		rc = kn_cuda_swiglu_bf16(c, act, g, u, R * inter);
+	if (rc == 0)
+		rc = kn_cuda_gemm_bf16(c, how, n_slots, m, hidden, inter, w3, xb, yd);
+	if (rc == 0)
+		rc = kn_cuda_unpermute(c, out, d, d_poff, d_row, d_w, n_tok, hidden);
+	free(hb);
+	return rc;
+}

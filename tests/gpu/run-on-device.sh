@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The whole GPU suite on a machine with an NVIDIA GPU, in one call that fits a short lease:
+# the CPU twin of the layout, every CUDA op against its CPU reference, bench/gpu, and the
+# same expert layer in PyTorch (tests/gpu/moe_torch.py) for the ratio. Prints a short table
+# last; full logs go to $OUT (or ./gpu-out) when set.
+#   tests/gpu/run-on-device.sh [BUNDLE]   (default build/gpu-bundle, made by bundle.sh)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+bundle=${1:-build/gpu-bundle}
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+# cuBLAS 13 and the CUDA runtime: the toolkit's, else PyTorch's wheels
+libs="$bundle/lib"
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -e "$d/libcublas.so.13" ] && libs="$libs:$d"
+done
+py=$(command -v python3 || true)
+if [ -n "$py" ]; then
+  for d in $("$py" - <<'PY' 2>/dev/null
+import glob, os, site
+for s in site.getsitepackages():
+    for d in glob.glob(os.path.join(s, "nvidia", "*", "lib")):
+        print(d)
+PY
+  ); do libs="$libs:$d"; done
+fi
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/gpu.txt" 2>&1 ||
+  echo "no nvidia-smi" > "$out/gpu.txt"
+status=0
+step() { # name, command...
+  local name=$1; shift
+  local t0=$(date +%s.%N)
+  "$@" > "$out/$name.log" 2>&1
+  local rc=$? t1=$(date +%s.%N)
+  awk -v n="$name" -v rc="$rc" -v a="$t0" -v b="$t1" \
+    'BEGIN { printf "%-14s rc %-3s %6.1fs\n", n, rc, b - a }' >> "$out/summary.txt"
+  [ "$rc" -eq 0 ] || status=1
+  return $rc
+}
+: > "$out/summary.txt"
+step moe_plan "$bundle/bin/test_moe_plan"
+step cuda_ops timeout 300 "$bundle/bin/test_cuda_ops"
+step bench_gpu timeout 300 "$bundle/bin/gpu" --reps 20
+if [ -n "$py" ]; then
+  step moe_torch timeout 300 "$py" "$bundle/moe_torch.py"
+fi
+echo "== $(cat "$out/gpu.txt")"
+cat "$out/summary.txt"
+grep -E "^(FAIL|ok)" "$out/cuda_ops.log" | tail -40
+tail -20 "$out/bench_gpu.log"
+[ -f "$out/moe_torch.log" ] && tail -5 "$out/moe_torch.log"
+# ours / PyTorch per token count
+if [ -f "$out/moe_torch.log" ]; then
+  for n in 1 32 256; do
+    a=$(awk -v n=$n '$1 == "layer" && $2 == n { print $4 }' "$out/bench_gpu.log")
+    b=$(awk -v n=$n '$1 == "torch" && $3 == n { print $5 }' "$out/moe_torch.log")
+    [ -n "$a" ] && [ -n "$b" ] && awk -v n=$n -v a="$a" -v b="$b" \
+      'BEGIN { printf "layer %d tokens: ours %s ms, PyTorch %s ms, PyTorch/ours %.2f\n", n, a, b, b / a }'
+  done
+fi
+exit $status

@@ -1,0 +1,489 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * test_cuda_ops - every op of kernels/cuda against its CPU reference (kernels/kernels.h), on
+ * random inputs (never zeros) at several shapes, odd sizes and a slot with no tokens among
+ * them; outputs are poisoned with NaN first, so an element left unwritten fails. Errors are
+ * relative norms, ||gpu - ref|| / ||ref||. Without a CUDA device this exits 77 and says why.
+ *
+ *   test_cuda_ops [--device N]
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda/kn_cuda.h"
+#include "kernels/kernels.h"
+#include "tests/test.h"
+
+static uint64_t rng = 1;
+
+static float urand(void) /* uniform in [-1, -0.05] u [0.05, 1]: never zero */
+{
+	float u = (float)fr_rand_unit(&rng) * 1.9f - 0.95f;
+	return u < 0 ? u - 0.05f : u + 0.05f;
+}
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p) {
+		fprintf(stderr, "out of memory\n");
+		exit(1);
+	}
+	return p;
+}
+
+static float *rand_f32(size_t n)
+{
+	float *v = xmalloc(n * sizeof(*v));
+	for (size_t i = 0; i < n; i++)
+		v[i] = urand();
+	return v;
+}
+
+static uint16_t *rand_bf16(size_t n, float scale)
+{
+	uint16_t *v = xmalloc(n * sizeof(*v));
+	for (size_t i = 0; i < n; i++)
+		v[i] = kn_f32_to_bf16(urand() * scale);
+	return v;
+}
+
+static struct kn_cuda *cu;
+
+static void *dev(const void *host, size_t bytes)
+{
+	void *d = NULL;
+	if (kn_cuda_alloc(cu, bytes, &d) < 0 || (host && kn_cuda_upload(cu, d, host, bytes) < 0)) {
+		fprintf(stderr, "device memory: %s\n", kn_cuda_error(cu));
+		exit(1);
+	}
+	return d;
+}
+
+/* A device buffer of n floats, every one NaN until written. */
+static float *dev_poisoned(size_t n)
+{
+	float *h = xmalloc(n * sizeof(*h));
+	for (size_t i = 0; i < n; i++)
+		h[i] = NAN;
+	float *d = dev(h, n * sizeof(*h));
+	free(h);
+	return d;
+}
+
+static float *fetch(const void *d, size_t n)
+{
+	float *h = xmalloc(n * sizeof(*h));
+	if (kn_cuda_download(cu, h, d, n * sizeof(*h)) < 0) {
+		fprintf(stderr, "download: %s\n", kn_cuda_error(cu));
+		exit(1);
+	}
+	return h;
+}
+
+/* ||a - b|| / ||b||; a NaN anywhere gives infinity. */
+static double rel_err(const float *a, const float *b, size_t n)
+{
+	double num = 0, den = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (isnan(a[i]) || isnan(b[i]))
+			return INFINITY;
+		num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		den += (double)b[i] * b[i];
+	}
+	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void report(const char *what, double err, double tol)
+{
+	printf("%s %-48s rel err %.2e (tolerance %.0e)\n", err <= tol ? "ok  " : "FAIL", what,
+	       err, tol);
+	CHECK(err <= tol);
+}
+
+static int run_rc(int rc, const char *what)
+{
+	if (rc < 0) {
+		fprintf(stderr, "FAIL %s: %d: %s\n", what, rc, kn_cuda_error(cu));
+		t_failures++;
+	}
+	return rc;
+}
+
+static void test_rmsnorm(void)
+{
+	static const int shapes[][2] = { { 1, 1 }, { 3, 17 }, { 7, 2048 }, { 5, 4099 } };
+	for (size_t i = 0; i < FR_ARRAY_SIZE(shapes); i++) {
+		int n = shapes[i][0], dim = shapes[i][1];
+		size_t N = (size_t)n * dim;
+		float *x = rand_f32(N), *g = rand_f32((size_t)dim), *ref = xmalloc(N * 4);
+		float *dx = dev(x, N * 4), *dg = dev(g, (size_t)dim * 4), *dy = dev_poisoned(N);
+		char what[64];
+
+		kn_rmsnorm(ref, x, g, n, dim, 1e-6f);
+		run_rc(kn_cuda_rmsnorm(cu, dy, dx, dg, n, dim, 1e-6f), "rmsnorm");
+		float *y = fetch(dy, N);
+		snprintf(what, sizeof(what), "rmsnorm %d x %d", n, dim);
+		report(what, rel_err(y, ref, N), 1e-5);
+		kn_cuda_free(cu, dx);
+		kn_cuda_free(cu, dg);
+		kn_cuda_free(cu, dy);
+		free(x);
+		free(g);
+		free(ref);
+		free(y);
+	}
+}
+
+static void test_swiglu_convert(void)
+{
+	static const size_t sizes[] = { 1, 33, 1408 * 3 + 5 };
+	for (size_t i = 0; i < FR_ARRAY_SIZE(sizes); i++) {
+		size_t n = sizes[i];
+		float *ga = rand_f32(n), *up = rand_f32(n), *ref = xmalloc(n * 4),
+		      *refb = xmalloc(n * 4), *yb = xmalloc(n * 4);
+		float *dga = dev(ga, n * 4), *dup = dev(up, n * 4), *dy = dev_poisoned(n);
+		uint16_t *dyb = dev(NULL, n * 2), *hb = xmalloc(n * 2), *hb2 = xmalloc(n * 2);
+		char what[64];
+		long bad = 0;
+
+		for (size_t k = 0; k < n; k++)
+			ga[k] *= 4; /* reach silu's tails too */
+		run_rc(kn_cuda_upload(cu, dga, ga, n * 4), "upload");
+		kn_swiglu(ref, ga, up, (int)n);
+		run_rc(kn_cuda_swiglu(cu, dy, dga, dup, n), "swiglu");
+		float *y = fetch(dy, n);
+		snprintf(what, sizeof(what), "swiglu f32, n %zu", n);
+		report(what, rel_err(y, ref, n), 1e-6);
+
+		run_rc(kn_cuda_swiglu_bf16(cu, dyb, dga, dup, n), "swiglu_bf16");
+		run_rc(kn_cuda_download(cu, hb, dyb, n * 2), "download");
+		for (size_t k = 0; k < n; k++) {
+			yb[k] = kn_bf16_to_f32(hb[k]);
+			refb[k] = kn_bf16_to_f32(kn_f32_to_bf16(ref[k]));
+		}
+		snprintf(what, sizeof(what), "swiglu bf16, n %zu", n);
+		report(what, rel_err(yb, refb, n), 4e-3);
+
+		/* conversion: the same bits as kn_f32_to_bf16, ties to even included */
+		for (size_t k = 0; k < n; k++) {
+			union { float f; uint32_t u; } v = { .f = ref[k] };
+			if (k % 3 == 0)
+				v.u = (v.u & 0xffff0000u) | 0x8000u; /* exactly halfway */
+			ref[k] = v.f;
+		}
+		run_rc(kn_cuda_upload(cu, dy, ref, n * 4), "upload");
+		run_rc(kn_cuda_f32_to_bf16(cu, dyb, dy, n), "f32_to_bf16");
+		run_rc(kn_cuda_download(cu, hb2, dyb, n * 2), "download");
+		for (size_t k = 0; k < n; k++)
+			bad += hb2[k] != kn_f32_to_bf16(ref[k]);
+		printf("%s f32 -> bf16, n %zu: %ld of %zu differ from kn_f32_to_bf16\n",
+		       bad ? "FAIL" : "ok  ", n, bad, n);
+		CHECK(bad == 0);
+		kn_cuda_free(cu, dga);
+		kn_cuda_free(cu, dup);
+		kn_cuda_free(cu, dy);
+		kn_cuda_free(cu, dyb);
+		free(ga);
+		free(up);
+		free(ref);
+		free(refb);
+		free(yb);
+		free(y);
+		free(hb);
+		free(hb2);
+	}
+}
+
+/* permute then unpermute with random rows: what the CPU loops give, in the same order. */
+static void test_permute(void)
+{
+	enum { T = 11, K = 3, DIM = 67 };
+	int n_pairs = T * K, n_rows = n_pairs + 5;
+	int32_t poff[T + 1], tok[T * K], row[T * K], perm[T * K + 5];
+	float w[T * K];
+	float *x = rand_f32((size_t)T * DIM), *part = rand_f32((size_t)n_rows * DIM);
+	float *ref = xmalloc((size_t)T * DIM * 4);
+	uint16_t *hs = xmalloc((size_t)n_rows * DIM * 2);
+	long bad = 0;
+
+	for (int i = 0; i < n_rows; i++)
+		perm[i] = i;
+	for (int i = n_rows - 1; i > 0; i--) {
+		int j = (int)(fr_splitmix64(&rng) % (uint64_t)(i + 1)), t = perm[i];
+		perm[i] = perm[j];
+		perm[j] = t;
+	}
+	for (int t = 0; t <= T; t++)
+		poff[t] = t * K;
+	for (int p = 0; p < n_pairs; p++) {
+		tok[p] = p / K;
+		row[p] = perm[p];
+		w[p] = urand();
+	}
+	float *dx = dev(x, (size_t)T * DIM * 4), *dpart = dev(part, (size_t)n_rows * DIM * 4);
+	float *dw = dev(w, sizeof(w)), *dout = dev_poisoned((size_t)T * DIM);
+	int32_t *dtok = dev(tok, sizeof(tok)), *drow = dev(row, sizeof(row)),
+		*dpoff = dev(poff, sizeof(poff));
+	uint16_t *dxs = dev(NULL, (size_t)n_rows * DIM * 2);
+
+	run_rc(kn_cuda_permute(cu, dxs, dx, dtok, drow, n_pairs, DIM), "permute");
+	run_rc(kn_cuda_download(cu, hs, dxs, (size_t)n_rows * DIM * 2), "download");
+	for (int p = 0; p < n_pairs; p++)
+		for (int i = 0; i < DIM; i++)
+			bad += hs[(size_t)row[p] * DIM + i] !=
+			       kn_f32_to_bf16(x[(size_t)tok[p] * DIM + i]);
+	printf("%s permute %d pairs x %d: %ld values misplaced\n", bad ? "FAIL" : "ok  ", n_pairs,
+	       DIM, bad);
+	CHECK(bad == 0);
+
+	run_rc(kn_cuda_unpermute(cu, dout, dpart, dpoff, drow, dw, T, DIM), "unpermute");
+	for (int t = 0; t < T; t++)
+		for (int i = 0; i < DIM; i++) {
+			float acc = 0;
+			for (int p = poff[t]; p < poff[t + 1]; p++)
+				acc += w[p] * part[(size_t)row[p] * DIM + i];
+			ref[(size_t)t * DIM + i] = acc;
+		}
+	float *out = fetch(dout, (size_t)T * DIM);
+	report("unpermute 11 tokens x top-3 x 67", rel_err(out, ref, (size_t)T * DIM), 1e-6);
+	kn_cuda_free(cu, dx);
+	kn_cuda_free(cu, dpart);
+	kn_cuda_free(cu, dw);
+	kn_cuda_free(cu, dout);
+	kn_cuda_free(cu, dtok);
+	kn_cuda_free(cu, drow);
+	kn_cuda_free(cu, dpoff);
+	kn_cuda_free(cu, dxs);
+	free(x);
+	free(part);
+	free(ref);
+	free(hs);
+	free(out);
+}
+
+/* Grouped and padded products against kn_matmul on the same bf16 inputs (exact mode). */
+static void test_gemm(void)
+{
+	enum { N = 5, ROWS = 45, COLS = 77 };
+	static const int m[N] = { 0, 1, 3, 17, 64 };
+	for (int how = KN_CUDA_GEMM_GROUPED; how <= KN_CUDA_GEMM_PADDED; how++) {
+		const uint16_t *w[N], *x[N];
+		float *y[N];
+		uint16_t *hw[N], *hx[N];
+		double worst = 0;
+		for (int e = 0; e < N; e++) {
+			size_t rows_alloc = how == KN_CUDA_GEMM_PADDED ? 64 : (size_t)m[e];
+			hw[e] = rand_bf16((size_t)ROWS * COLS, 0.5f);
+			hx[e] = rand_bf16(rows_alloc * COLS, 1.0f);
+			w[e] = dev(hw[e], (size_t)ROWS * COLS * 2);
+			x[e] = dev(hx[e], rows_alloc * COLS * 2);
+			y[e] = dev_poisoned(rows_alloc * ROWS);
+		}
+		run_rc(kn_cuda_gemm_bf16(cu, how, N, m, ROWS, COLS, w, x, y), "gemm");
+		for (int e = 0; e < N; e++) {
+			if (!m[e])
+				continue;
+			struct kn_mat W = { hw[e], KN_DTYPE_BF16, ROWS, COLS };
+			float *xf = xmalloc((size_t)m[e] * COLS * 4), *ref = xmalloc((size_t)m[e] * ROWS * 4);
+			kn_to_f32(xf, hx[e], KN_DTYPE_BF16, (size_t)m[e] * COLS);
+			kn_matmul_exact(ref, xf, &W, m[e]);
+			float *got = fetch(y[e], (size_t)m[e] * ROWS);
+			worst = FR_MAX(worst, rel_err(got, ref, (size_t)m[e] * ROWS));
+			free(xf);
+			free(ref);
+			free(got);
+		}
+		char what[64];
+		snprintf(what, sizeof(what), "gemm %s, tokens 0/1/3/17/64, 45 x 77",
+			 kn_cuda_gemm_name((enum kn_cuda_gemm)how));
+		report(what, worst, 1e-5);
+		for (int e = 0; e < N; e++) {
+			kn_cuda_free(cu, (void *)w[e]);
+			kn_cuda_free(cu, (void *)x[e]);
+			kn_cuda_free(cu, y[e]);
+			free(hw[e]);
+			free(hx[e]);
+		}
+	}
+}
+
+/* One dense product (the lm_head's op) against kn_matmul on the same bf16 inputs. */
+static void test_matmul(void)
+{
+	static const int shapes[][3] = { { 1, 45, 77 }, { 5, 1000, 256 }, { 32, 513, 2048 } };
+	for (size_t i = 0; i < FR_ARRAY_SIZE(shapes); i++) {
+		int n = shapes[i][0], rows = shapes[i][1], cols = shapes[i][2];
+		uint16_t *hw = rand_bf16((size_t)rows * cols, 0.5f), *hx = rand_bf16((size_t)n * cols, 1);
+		float *xf = xmalloc((size_t)n * cols * 4), *ref = xmalloc((size_t)n * rows * 4);
+		uint16_t *dw = dev(hw, (size_t)rows * cols * 2), *dx = dev(hx, (size_t)n * cols * 2);
+		float *dy = dev_poisoned((size_t)n * rows);
+		struct kn_mat W = { hw, KN_DTYPE_BF16, rows, cols };
+		char what[64];
+
+		kn_to_f32(xf, hx, KN_DTYPE_BF16, (size_t)n * cols);
+		kn_matmul_exact(ref, xf, &W, n);
+		run_rc(kn_cuda_matmul_bf16(cu, dy, dx, dw, n, rows, cols), "matmul");
+		float *y = fetch(dy, (size_t)n * rows);
+		snprintf(what, sizeof(what), "matmul %d x %d x %d", n, rows, cols);
+		report(what, rel_err(y, ref, (size_t)n * rows), 1e-5);
+		kn_cuda_free(cu, dw);
+		kn_cuda_free(cu, dx);
+		kn_cuda_free(cu, dy);
+		free(hw);
+		free(hx);
+		free(xf);
+		free(ref);
+		free(y);
+	}
+}
+
+/* The whole expert layer against the CPU worker's computation (moe_compute's loop), once
+ * with activations rounded to bf16 where the GPU rounds them (tight) and once in f32. */
+static void test_moe(int hidden, int inter, int n_slots, int n_tok, int k)
+{
+	size_t n_pairs = (size_t)n_tok * k;
+	uint16_t *hg[16], *hu[16], *hd[16];
+	struct kn_cuda_expert sl[16];
+	int32_t *poff = xmalloc(((size_t)n_tok + 1) * 4), *slot = xmalloc(n_pairs * 4);
+	float *wt = xmalloc(n_pairs * 4), *x = rand_f32((size_t)n_tok * hidden);
+	float *ref = xmalloc((size_t)n_tok * hidden * 4), *ref32 = xmalloc((size_t)n_tok * hidden * 4);
+	float *xr = xmalloc((size_t)hidden * 4), *g = xmalloc((size_t)inter * 4),
+	      *u = xmalloc((size_t)inter * 4), *d = xmalloc((size_t)hidden * 4);
+
+	for (int s = 0; s < n_slots; s++) {
+		hg[s] = rand_bf16((size_t)inter * hidden, 0.2f);
+		hu[s] = rand_bf16((size_t)inter * hidden, 0.2f);
+		hd[s] = rand_bf16((size_t)hidden * inter, 0.2f);
+		sl[s].gate = dev(hg[s], (size_t)inter * hidden * 2);
+		sl[s].up = dev(hu[s], (size_t)inter * hidden * 2);
+		sl[s].down = dev(hd[s], (size_t)hidden * inter * 2);
+	}
+	/* k distinct slots per token, never the last one (a slot with no tokens) */
+	for (int t = 0; t <= n_tok; t++)
+		poff[t] = t * k;
+	for (int t = 0; t < n_tok; t++)
+		for (int j = 0; j < k; j++) {
+			int s;
+			bool dup;
+			do {
+				s = (int)(fr_splitmix64(&rng) % (uint64_t)(n_slots - 1));
+				dup = false;
+				for (int i = 0; i < j; i++)
+					dup |= slot[t * k + i] == s;
+			} while (dup);
+			slot[t * k + j] = s;
+			wt[t * k + j] = 0.1f + 0.9f * (float)fr_rand_unit(&rng);
+		}
+	for (int pass = 0; pass < 2; pass++) { /* 0: bf16 where the GPU rounds; 1: f32 */
+		float *r = pass ? ref32 : ref;
+		memset(r, 0, (size_t)n_tok * hidden * 4);
+		for (int t = 0; t < n_tok; t++)
+			for (int p = poff[t]; p < poff[t + 1]; p++) {
+				int s = slot[p];
+				struct kn_mat G = { hg[s], KN_DTYPE_BF16, inter, hidden },
+					      U = { hu[s], KN_DTYPE_BF16, inter, hidden },
+					      D = { hd[s], KN_DTYPE_BF16, hidden, inter };
+				for (int i = 0; i < hidden; i++) {
+					float v = x[(size_t)t * hidden + i];
+					xr[i] = pass ? v : kn_bf16_to_f32(kn_f32_to_bf16(v));
+				}
+				kn_matmul_exact(g, xr, &G, 1);
+				kn_matmul_exact(u, xr, &U, 1);
+				kn_swiglu(g, g, u, inter);
+				if (!pass)
+					for (int i = 0; i < inter; i++)
+						g[i] = kn_bf16_to_f32(kn_f32_to_bf16(g[i]));
+				kn_matmul_exact(d, g, &D, 1);
+				for (int i = 0; i < hidden; i++)
+					r[(size_t)t * hidden + i] += wt[p] * d[i];
+			}
+	}
+	float *dx = dev(x, (size_t)n_tok * hidden * 4);
+	for (int how = KN_CUDA_GEMM_GROUPED; how <= KN_CUDA_GEMM_PADDED; how++) {
+		struct kn_cuda_moe_batch b = { n_tok, dx, poff, slot, wt };
+		float *dout = dev_poisoned((size_t)n_tok * hidden);
+		char what[96];
+		run_rc(kn_cuda_moe(cu, (enum kn_cuda_gemm)how, sl, n_slots, hidden, inter, &b, dout),
+		       "moe");
+		float *out = fetch(dout, (size_t)n_tok * hidden);
+		snprintf(what, sizeof(what), "moe %s, %d tok x top-%d, %d slots, %d x %d",
+			 kn_cuda_gemm_name((enum kn_cuda_gemm)how), n_tok, k, n_slots, hidden,
+			 inter);
+		report(what, rel_err(out, ref, (size_t)n_tok * hidden), 2e-3);
+		snprintf(what, sizeof(what), "  ... against the f32 activations");
+		report(what, rel_err(out, ref32, (size_t)n_tok * hidden), 2e-2);
+		kn_cuda_free(cu, dout);
+		free(out);
+	}
+	/* a slot out of range is refused, nothing written */
+	slot[0] = n_slots;
+	struct kn_cuda_moe_batch bad = { n_tok, dx, poff, slot, wt };
+	float *dout = dev(NULL, (size_t)n_tok * hidden * 4);
+	int rc = kn_cuda_moe(cu, KN_CUDA_GEMM_GROUPED, sl, n_slots, hidden, inter, &bad, dout);
+	printf("%s moe: slot out of range: %d (%s)\n", rc == -EINVAL ? "ok  " : "FAIL", rc,
+	       kn_cuda_error(cu));
+	CHECK(rc == -EINVAL);
+	kn_cuda_free(cu, dout);
+	kn_cuda_free(cu, dx);
+	for (int s = 0; s < n_slots; s++) {
+		kn_cuda_free(cu, (void *)sl[s].gate);
+		kn_cuda_free(cu, (void *)sl[s].up);
+		kn_cuda_free(cu, (void *)sl[s].down);
+		free(hg[s]);
+		free(hu[s]);
+		free(hd[s]);
+	}
+	free(poff);
+	free(slot);
+	free(wt);
+	free(x);
+	free(ref);
+	free(ref32);
+	free(xr);
+	free(g);
+	free(u);
+	free(d);
+}
+
+int main(int argc, char **argv)
+{
+	char why[256] = "", desc[256] = "";
+	int device = 0, n = 0;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--device") && i + 1 < argc) {
+			device = atoi(argv[++i]);
+		} else {
+			fprintf(stderr, "usage: test_cuda_ops [--device N]\n");
+			return 2;
+		}
+	}
+	if (kn_cuda_device_count(&n, why, sizeof(why)) < 0) {
+		printf("SKIP: no CUDA device here (%s); tests/gpu/run-on-device.sh runs this on a "
+		       "GPU machine\n", why);
+		return 77;
+	}
+	rng = t_seed();
+	kn_init();
+	if (device < 0 || device >= n || kn_cuda_create(device, &cu) < 0) {
+		fprintf(stderr, "cannot use CUDA device %d of %d\n", device, n);
+		return 1;
+	}
+	if (kn_cuda_describe(cu, desc, sizeof(desc)) == 0)
+		printf("device %d: %s\n", device, desc);
+	test_rmsnorm();
+	test_swiglu_convert();
+	test_permute();
+	test_gemm();
+	test_matmul();
+	test_moe(64, 40, 6, 13, 3);       /* small, odd intermediate size */
+	test_moe(2048, 1408, 12, 32, 6);  /* the 16b shape's expert, 32 tokens */
+	kn_cuda_destroy(cu);
+	printf("%s\n", t_failures ? "FAILED" : "all CUDA ops match their CPU references");
+	return t_failures != 0;
+}
