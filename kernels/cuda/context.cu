@@ -112,6 +112,7 @@ void kn_cuda_destroy(struct kn_cuda *c)
 		cudaStreamSynchronize(c->stream);
 	cudaFree(c->scratch);
 	cudaFree(c->ptrs);
+	cudaFree(c->attn);
 	free(c->host_idx);
 	for (int i = 0; i < 2; i++)
 		if (c->ev[i])

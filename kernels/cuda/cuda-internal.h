@@ -25,6 +25,8 @@ struct kn_cuda {
 	size_t ptrs_bytes;
 	int32_t *host_idx;     /* host staging of the index arrays */
 	size_t host_idx_n;
+	void *attn;            /* kn_cuda_attention_paged() scores [n][n_heads][max_ctx] f32 */
+	size_t attn_bytes;
 };
 
 /* Converts a CUDA status once: 0, or a negative errno with the message kept in c->err. */

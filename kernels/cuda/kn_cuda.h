@@ -18,6 +18,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/kernels.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -67,6 +69,28 @@ int kn_cuda_permute(struct kn_cuda *c, uint16_t *dst, const float *src, const in
  * weight[p] * part[row[p]], in p order (deterministic; no atomics), t < n_tok. */
 int kn_cuda_unpermute(struct kn_cuda *c, float *out, const float *part, const int32_t *pair_off,
 		      const int32_t *row, const float *weight, int n_tok, int dim);
+
+/* x[n][dim] in place, each row (kn_ops softmax). */
+int kn_cuda_softmax(struct kn_cuda *c, float *x, int n, int dim);
+/* kn_rope() on x [n][n_heads][head_dim] in place, pos [n] (device). */
+int kn_cuda_rope(struct kn_cuda *c, float *x, int n, int n_heads, int head_dim,
+		 const int32_t *pos, float theta);
+/* out[t] = table[ids[t]], table bf16 [vocab][dim], out f32 [n][dim], ids [n] (device); an id
+ * out of range gives a row of NaN (the caller validates ids). */
+int kn_cuda_embed(struct kn_cuda *c, float *out, const uint16_t *table, int vocab, int dim,
+		  const int32_t *ids, int n);
+/* kn_gate() for n tokens: logits [n][o->n_experts] (device), the choice into ret_idx and
+ * ret_w [n][o->k] (device). o is read on the host; its bias pointer is ignored: pass the
+ * device copy as bias (or NULL). At most 6144 experts. */
+int kn_cuda_gate(struct kn_cuda *c, const float *logits, int n, const struct kn_gate_opts *o,
+		 const float *bias, int32_t *ret_idx, float *ret_w);
+/* kn_attention_paged() on the device: out, q [n][n_heads][hd]; kp, vp [n_blocks][block_size]
+ * [n_kv_heads][hd]; blocks, pos (device); every pos[t] < max_ctx. Scores go to scratch that
+ * c keeps (n * n_heads * max_ctx floats). */
+int kn_cuda_attention_paged(struct kn_cuda *c, float *out, const float *q, const float *kp,
+			    const float *vp, const int32_t *blocks, int block_size, int n,
+			    const int32_t *pos, int n_heads, int n_kv_heads, int head_dim,
+			    int max_ctx);
 
 /* ---- grouped GEMM (cuBLAS) ---------------------------------------------------------------- */
 

@@ -199,6 +199,172 @@ static void test_swiglu_convert(void)
 	}
 }
 
+static void test_softmax_rope_embed(void)
+{
+	/* softmax, rows of odd lengths */
+	static const int shapes[][2] = { { 1, 1 }, { 4, 129 }, { 3, 102400 } };
+	for (size_t i = 0; i < FR_ARRAY_SIZE(shapes); i++) {
+		int n = shapes[i][0], dim = shapes[i][1];
+		size_t N = (size_t)n * dim;
+		float *x = rand_f32(N), *ref = xmalloc(N * 4);
+		char what[64];
+		for (size_t k = 0; k < N; k++)
+			x[k] *= 8;
+		memcpy(ref, x, N * 4);
+		for (int t = 0; t < n; t++)
+			kn_ops()->softmax(ref + (size_t)t * dim, dim);
+		float *dx = dev(x, N * 4);
+		run_rc(kn_cuda_softmax(cu, dx, n, dim), "softmax");
+		float *y = fetch(dx, N);
+		snprintf(what, sizeof(what), "softmax %d x %d", n, dim);
+		report(what, rel_err(y, ref, N), 1e-5);
+		kn_cuda_free(cu, dx);
+		free(x);
+		free(ref);
+		free(y);
+	}
+	/* rope: 5 tokens at scattered positions, 3 heads of 64 and of 128 */
+	static const int hds[] = { 64, 128 };
+	for (size_t i = 0; i < FR_ARRAY_SIZE(hds); i++) {
+		int n = 5, nh = 3, hd = hds[i];
+		int32_t pos[5] = { 0, 1, 17, 4095, 100000 };
+		size_t N = (size_t)n * nh * hd;
+		float *x = rand_f32(N), *ref = xmalloc(N * 4);
+		char what[64];
+		memcpy(ref, x, N * 4);
+		kn_rope(ref, n, nh, hd, pos, 10000.0f);
+		float *dx = dev(x, N * 4);
+		int32_t *dpos = dev(pos, sizeof(pos));
+		run_rc(kn_cuda_rope(cu, dx, n, nh, hd, dpos, 10000.0f), "rope");
+		float *y = fetch(dx, N);
+		snprintf(what, sizeof(what), "rope 5 tokens x 3 heads x %d", hd);
+		report(what, rel_err(y, ref, N), 1e-6);
+		kn_cuda_free(cu, dx);
+		kn_cuda_free(cu, dpos);
+		free(x);
+		free(ref);
+		free(y);
+	}
+	/* embed: every row where the table has it */
+	{
+		int vocab = 1000, dim = 77, n = 6;
+		int32_t ids[6] = { 0, 999, 5, 5, 512, 1 };
+		uint16_t *tab = rand_bf16((size_t)vocab * dim, 1);
+		float *ref = xmalloc((size_t)n * dim * 4);
+		for (int t = 0; t < n; t++)
+			kn_to_f32(ref + (size_t)t * dim, tab + (size_t)ids[t] * dim, KN_DTYPE_BF16,
+				  (size_t)dim);
+		uint16_t *dtab = dev(tab, (size_t)vocab * dim * 2);
+		int32_t *dids = dev(ids, sizeof(ids));
+		float *dy = dev_poisoned((size_t)n * dim);
+		run_rc(kn_cuda_embed(cu, dy, dtab, vocab, dim, dids, n), "embed");
+		float *y = fetch(dy, (size_t)n * dim);
+		report("embed 6 ids of 1000 x 77", rel_err(y, ref, (size_t)n * dim), 0);
+		kn_cuda_free(cu, dtab);
+		kn_cuda_free(cu, dids);
+		kn_cuda_free(cu, dy);
+		free(tab);
+		free(ref);
+		free(y);
+	}
+}
+
+/* The router's choice: softmax and sigmoid scoring, a selection bias, mask_top, weights
+ * renormalised and scaled; the same experts as kn_gate() and the same weights. */
+static void test_gate(void)
+{
+	struct kn_gate_opts cases[] = {
+		{ KN_SCORING_SOFTMAX, 64, 6, 0, false, 1.0f, NULL },
+		{ KN_SCORING_SOFTMAX, 160, 6, 2, true, 1.0f, NULL },
+		{ KN_SCORING_SIGMOID, 256, 8, 0, true, 2.5f, NULL },  /* DeepSeek-V3, biased */
+		{ KN_SCORING_SIGMOID, 7, 7, 0, false, 1.0f, NULL },   /* k = n_experts */
+	};
+	for (size_t ci = 0; ci < FR_ARRAY_SIZE(cases); ci++) {
+		struct kn_gate_opts o = cases[ci];
+		int n = 9, ne = o.n_experts, k = o.k;
+		float *lg = rand_f32((size_t)n * ne), *bias = rand_f32((size_t)ne);
+		float *scratch = xmalloc((size_t)ne * 2 * 4), *rw = xmalloc((size_t)n * k * 4);
+		int32_t *ri = xmalloc((size_t)n * k * 4), *gi = xmalloc((size_t)n * k * 4);
+		long bad = 0;
+		char what[96];
+
+		for (size_t i = 0; i < (size_t)n * ne; i++)
+			lg[i] *= 4;
+		if (ci == 2)
+			o.bias = bias;
+		for (int t = 0; t < n; t++)
+			kn_gate(lg + (size_t)t * ne, &o, ri + (size_t)t * k, rw + (size_t)t * k, scratch);
+		float *dlg = dev(lg, (size_t)n * ne * 4), *dbias = o.bias ? dev(bias, (size_t)ne * 4) : NULL;
+		float *dw = dev_poisoned((size_t)n * k);
+		int32_t *di = dev(NULL, (size_t)n * k * 4);
+		run_rc(kn_cuda_gate(cu, dlg, n, &o, dbias, di, dw), "gate");
+		float *gw = fetch(dw, (size_t)n * k);
+		run_rc(kn_cuda_download(cu, gi, di, (size_t)n * k * 4), "download");
+		for (int i = 0; i < n * k; i++)
+			bad += gi[i] != ri[i];
+		snprintf(what, sizeof(what), "gate %s, %d experts, top-%d, mask %d%s: %ld ids differ",
+			 o.scoring == KN_SCORING_SOFTMAX ? "softmax" : "sigmoid", ne, k, o.mask_top,
+			 o.bias ? ", bias" : "", bad);
+		report(what, bad ? INFINITY : rel_err(gw, rw, (size_t)n * k), 1e-6);
+		kn_cuda_free(cu, dlg);
+		kn_cuda_free(cu, dbias);
+		kn_cuda_free(cu, dw);
+		kn_cuda_free(cu, di);
+		free(lg);
+		free(bias);
+		free(scratch);
+		free(rw);
+		free(ri);
+		free(gi);
+		free(gw);
+	}
+}
+
+/* Paged attention, decode (one token at the end) and prefill (five tokens), grouped-query
+ * heads, blocks in shuffled order: what kn_attention_paged() gives. */
+static void test_attention(void)
+{
+	enum { NH = 8, NKV = 2, HD = 64, BS = 16, NB = 12, MAXCTX = NB * BS };
+	int32_t blocks[NB], pos_pre[5] = { 0, 1, 30, 100, 170 }, pos_dec[1] = { MAXCTX - 1 };
+	size_t pool = (size_t)NB * BS * NKV * HD;
+	float *kp = rand_f32(pool), *vp = rand_f32(pool);
+	size_t sfl = kn_attention_scratch_size(MAXCTX);
+	float *scratch = xmalloc(sfl * 4);
+
+	for (int i = 0; i < NB; i++)
+		blocks[i] = (i * 5) % NB; /* 5 is prime to 12: a permutation */
+	float *dkp = dev(kp, pool * 4), *dvp = dev(vp, pool * 4);
+	int32_t *dblk = dev(blocks, sizeof(blocks));
+	for (int pass = 0; pass < 2; pass++) {
+		int n = pass ? 1 : 5;
+		const int32_t *pos = pass ? pos_dec : pos_pre;
+		size_t N = (size_t)n * NH * HD;
+		float *q = rand_f32(N), *ref = xmalloc(N * 4);
+		char what[64];
+		kn_attention_paged(ref, q, kp, vp, blocks, BS, n, pos, NH, NKV, HD, scratch, sfl);
+		float *dq = dev(q, N * 4), *dout = dev_poisoned(N);
+		int32_t *dpos = dev(pos, (size_t)n * 4);
+		run_rc(kn_cuda_attention_paged(cu, dout, dq, dkp, dvp, dblk, BS, n, dpos, NH, NKV, HD,
+					       MAXCTX), "attention");
+		float *y = fetch(dout, N);
+		snprintf(what, sizeof(what), "attention %s, %d heads / %d kv, paged",
+			 pass ? "decode at 191" : "prefill 5 tokens", NH, NKV);
+		report(what, rel_err(y, ref, N), 1e-5);
+		kn_cuda_free(cu, dq);
+		kn_cuda_free(cu, dout);
+		kn_cuda_free(cu, dpos);
+		free(q);
+		free(ref);
+		free(y);
+	}
+	kn_cuda_free(cu, dkp);
+	kn_cuda_free(cu, dvp);
+	kn_cuda_free(cu, dblk);
+	free(kp);
+	free(vp);
+	free(scratch);
+}
+
 /* permute then unpermute with random rows: what the CPU loops give, in the same order. */
 static void test_permute(void)
 {
@@ -478,6 +644,9 @@ int main(int argc, char **argv)
 		printf("device %d: %s\n", device, desc);
 	test_rmsnorm();
 	test_swiglu_convert();
+	test_softmax_rope_embed();
+	test_gate();
+	test_attention();
 	test_permute();
 	test_gemm();
 	test_matmul();
