@@ -166,8 +166,30 @@ int moe_slots_count(const struct moe_slots *s);
 /* The config the table was created with (borrowed from the caller of moe_slots_create). */
 const struct model_config *moe_slots_config(const struct moe_slots *s);
 
+struct moe_batch;
+
+/* Where a table's experts live when not in host memory: a device that holds each slot's
+ * weights and runs the layer (moe/gpu.c fills one for CUDA GPUs; the table only calls
+ * through it, so this library stays free of device code). */
+struct moe_device_ops {
+	const char *name;
+	/* Copies ffn's three matrices to the device; *ret_dev names the copy. */
+	int (*load)(void *ctx, const struct model_ffn *ffn, void **ret_dev);
+	void (*unload)(void *ctx, void *dev); /* NULL is fine */
+	/* moe_compute() with dev[n_slots] (NULL for empty slots): same contract. */
+	int (*compute)(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
+		       const struct moe_batch *b, float *out);
+};
+
+/* Puts this table's experts on a device: every moe_slot_set() from now on also loads the
+ * expert through ops->load, and moe_compute() runs through ops->compute. ops and ctx are
+ * borrowed and must outlive the table. Call it on an empty table. Errors: -EBUSY (slots
+ * already set), -EINVAL. */
+int moe_slots_use_device(struct moe_slots *s, const struct moe_device_ops *ops, void *ctx);
+
 /* Puts expert `expert` (weights in *ffn, borrowed) into (moe_layer, slot); replaces what
- * was there. Errors: -EINVAL (indices out of range, shapes not the config's). */
+ * was there. Errors: -EINVAL (indices out of range, shapes not the config's); on a device
+ * table, what its load returns (-ENOMEM, -EIO). */
 int moe_slot_set(struct moe_slots *s, int moe_layer, int slot, int expert,
 		const struct model_ffn *ffn);
 /* Logical expert in a slot, or -1 when empty. */

@@ -9,6 +9,7 @@
 struct slot {
 	int expert;               /* logical expert id, -1 = empty */
 	struct model_ffn ffn;     /* borrowed views */
+	void *dev;                /* device tables: the device's copy; else NULL */
 };
 
 struct moe_slots {
@@ -24,6 +25,11 @@ struct moe_slots {
 	int32_t *order_tok;       /* [pairs] token of each pair, grouped by slot */
 	float *order_w;           /* [pairs] */
 	float *xs, *g, *u, *d;    /* [rows][hidden or width] */
+
+	/* device tables (moe_slots_use_device), borrowed */
+	const struct moe_device_ops *dev_ops;
+	void *dev_ctx;
+	void **dev_list;          /* [n_slots] scratch for compute */
 };
 
 int moe_slots_create(const struct model_config *cfg, int n_slots, struct moe_slots **ret)
@@ -56,6 +62,10 @@ void moe_slots_destroy(struct moe_slots *s)
 {
 	if (!s)
 		return;
+	for (size_t i = 0; s->dev_ops && s->slots && i < (size_t)s->n_layers * s->n_slots; i++)
+		if (s->slots[i].dev)
+			s->dev_ops->unload(s->dev_ctx, s->slots[i].dev);
+	free(s->dev_list);
 	free(s->slots);
 	free(s->last_ns);
 	free(s->cnt);
@@ -85,6 +95,20 @@ static struct slot *slot_at(const struct moe_slots *s, int moe_layer, int slot)
 	return &s->slots[(size_t)moe_layer * s->n_slots + slot];
 }
 
+int moe_slots_use_device(struct moe_slots *s, const struct moe_device_ops *ops, void *ctx)
+{
+	if (!ops || !ops->load || !ops->unload || !ops->compute)
+		return -EINVAL;
+	for (size_t i = 0; i < (size_t)s->n_layers * s->n_slots; i++)
+		if (s->slots[i].expert >= 0)
+			return -EBUSY;
+	if (!s->dev_list && !(s->dev_list = calloc((size_t)s->n_slots, sizeof(*s->dev_list))))
+		return -ENOMEM;
+	s->dev_ops = ops;
+	s->dev_ctx = ctx;
+	return 0;
+}
+
 int moe_slot_set(struct moe_slots *s, int moe_layer, int slot, int expert,
 		const struct model_ffn *ffn)
 {
@@ -96,6 +120,15 @@ int moe_slot_set(struct moe_slots *s, int moe_layer, int slot, int expert,
 	if (ffn->gate.rows != w || ffn->gate.cols != h || ffn->up.rows != w ||
 	    ffn->up.cols != h || ffn->down.rows != h || ffn->down.cols != w)
 		return -EINVAL;
+	if (s->dev_ops) {
+		void *dev = NULL;
+		int rc = s->dev_ops->load(s->dev_ctx, ffn, &dev);
+		if (rc < 0)
+			return rc;
+		if (sl->dev)
+			s->dev_ops->unload(s->dev_ctx, sl->dev);
+		sl->dev = dev;
+	}
 	sl->expert = expert;
 	sl->ffn = *ffn;
 	return 0;
@@ -163,6 +196,15 @@ int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, f
 		const struct slot *sl = slot_at(s, moe_layer, b->slot[i]);
 		if (!sl || sl->expert < 0)
 			return -EINVAL;
+	}
+	if (s->dev_ops) {
+		for (int i = 0; i < s->n_slots; i++)
+			s->dev_list[i] = slot_at(s, moe_layer, i)->dev;
+		if (b->n_tok && (rc = s->dev_ops->compute(s->dev_ctx, s->dev_list, s->n_slots, h, w,
+							  b, out)) < 0)
+			return rc;
+		s->last_ns[moe_layer] = fr_now_ns() - t0;
+		return 0;
 	}
 	if ((rc = grow(s, n_pairs ? n_pairs : 1)) < 0)
 		return rc;

@@ -59,6 +59,7 @@ extern "C" int kn_cuda_attention_paged(struct kn_cuda *c, float *out, const floa
 				       int block_size, int n, const int32_t *pos, int n_heads,
 				       int n_kv_heads, int head_dim, int max_ctx)
 {
+	kn_cuda__enter(c);
 	if (n < 0 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || head_dim <= 0 ||
 	    head_dim > 1024 || block_size <= 0 || max_ctx <= 0)
 		return kn_cuda__invalid(c, "attention: bad shape");

@@ -108,6 +108,7 @@ void kn_cuda_destroy(struct kn_cuda *c)
 {
 	if (!c)
 		return;
+	cudaSetDevice(c->device);
 	if (c->stream)
 		cudaStreamSynchronize(c->stream);
 	cudaFree(c->scratch);
@@ -132,6 +133,7 @@ const char *kn_cuda_error(const struct kn_cuda *c)
 int kn_cuda_describe(struct kn_cuda *c, char *buf, size_t len)
 {
 	struct cudaDeviceProp p;
+	kn_cuda__enter(c);
 	int rc = kn_cuda__status(c, cudaGetDeviceProperties(&p, c->device),
 				 "cudaGetDeviceProperties");
 	if (rc < 0)
@@ -144,6 +146,7 @@ int kn_cuda_describe(struct kn_cuda *c, char *buf, size_t len)
 int kn_cuda_alloc(struct kn_cuda *c, size_t bytes, void **ret)
 {
 	void *p = NULL;
+	kn_cuda__enter(c);
 	int rc = kn_cuda__status(c, cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc");
 	if (rc < 0)
 		return rc;
@@ -153,18 +156,22 @@ int kn_cuda_alloc(struct kn_cuda *c, size_t bytes, void **ret)
 
 void kn_cuda_free(struct kn_cuda *c, void *p)
 {
-	(void)c;
+	if (!p)
+		return;
+	kn_cuda__enter(c);
 	cudaFree(p);
 }
 
 int kn_cuda_upload(struct kn_cuda *c, void *dst, const void *src, size_t bytes)
 {
+	kn_cuda__enter(c);
 	return kn_cuda__status(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice,
 						  c->stream), "upload");
 }
 
 int kn_cuda_download(struct kn_cuda *c, void *dst, const void *src, size_t bytes)
 {
+	kn_cuda__enter(c);
 	int rc = kn_cuda__status(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost,
 						    c->stream), "download");
 	return rc < 0 ? rc : kn_cuda_sync(c);
@@ -172,23 +179,27 @@ int kn_cuda_download(struct kn_cuda *c, void *dst, const void *src, size_t bytes
 
 int kn_cuda_sync(struct kn_cuda *c)
 {
+	kn_cuda__enter(c);
 	return kn_cuda__status(c, cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
 }
 
 int kn_cuda_copy(struct kn_cuda *c, void *dst, const void *src, size_t bytes)
 {
+	kn_cuda__enter(c);
 	return kn_cuda__status(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
 						  c->stream), "device copy");
 }
 
 int kn_cuda_mark(struct kn_cuda *c)
 {
+	kn_cuda__enter(c);
 	return kn_cuda__status(c, cudaEventRecord(c->ev[0], c->stream), "cudaEventRecord");
 }
 
 int kn_cuda_elapsed_ms(struct kn_cuda *c, double *ret_ms)
 {
 	float ms = 0;
+	kn_cuda__enter(c);
 	int rc = kn_cuda__status(c, cudaEventRecord(c->ev[1], c->stream), "cudaEventRecord");
 	if (rc == 0)
 		rc = kn_cuda__status(c, cudaEventSynchronize(c->ev[1]), "cudaEventSynchronize");

@@ -13,6 +13,7 @@ static __global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, size_
 
 extern "C" int kn_cuda_f32_to_bf16(struct kn_cuda *c, uint16_t *dst, const float *src, size_t n)
 {
+	kn_cuda__enter(c);
 	if (!n)
 		return 0;
 	f32_to_bf16_kernel<<<kn_cuda__blocks(n), 256, 0, c->stream>>>(dst, src, n);

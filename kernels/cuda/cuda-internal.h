@@ -37,6 +37,13 @@ static inline int kn_cuda__launched(struct kn_cuda *c, const char *what)
 {
 	return kn_cuda__status(c, cudaGetLastError(), what);
 }
+/* Makes c's device the calling thread's current one (the runtime keeps one per thread):
+ * every entry point that touches the device starts with it. */
+static inline void kn_cuda__enter(struct kn_cuda *c)
+{
+	cudaSetDevice(c->device);
+}
+
 /* Sets c->err and returns -EINVAL. */
 int kn_cuda__invalid(struct kn_cuda *c, const char *what);
 

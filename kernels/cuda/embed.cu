@@ -21,6 +21,7 @@ static __global__ void embed_kernel(float *out, const uint16_t *table, const int
 extern "C" int kn_cuda_embed(struct kn_cuda *c, float *out, const uint16_t *table, int vocab,
 			     int dim, const int32_t *ids, int n)
 {
+	kn_cuda__enter(c);
 	if (n < 0 || vocab <= 0 || dim <= 0)
 		return kn_cuda__invalid(c, "embed: bad shape");
 	if (!n)

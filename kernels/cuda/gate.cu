@@ -112,6 +112,8 @@ extern "C" int kn_cuda_gate(struct kn_cuda *c, const float *logits, int n,
 			    float *ret_w)
 {
 	int ne = o->n_experts;
+
+	kn_cuda__enter(c);
 	if (n < 0 || ne <= 0 || o->k <= 0 || o->mask_top < 0 || o->mask_top + o->k > ne)
 		return kn_cuda__invalid(c, "gate: k + mask_top must be in [1, n_experts]");
 	if ((size_t)ne * 2 * sizeof(float) > 48 * 1024)

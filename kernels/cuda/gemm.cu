@@ -43,6 +43,7 @@ extern "C" int kn_cuda_gemm_bf16(struct kn_cuda *c, enum kn_cuda_gemm how, int n
 	const void **hp;
 	float one = 1.0f, zero = 0.0f;
 
+	kn_cuda__enter(c);
 	if (n < 0 || rows <= 0 || cols <= 0 ||
 	    (how != KN_CUDA_GEMM_GROUPED && how != KN_CUDA_GEMM_PADDED))
 		return kn_cuda__invalid(c, "gemm: bad shape or method");

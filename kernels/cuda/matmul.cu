@@ -11,6 +11,7 @@ extern "C" int kn_cuda_matmul_bf16(struct kn_cuda *c, float *y, const uint16_t *
 {
 	const float one = 1.0f, zero = 0.0f;
 
+	kn_cuda__enter(c);
 	if (n < 0 || rows <= 0 || cols <= 0)
 		return kn_cuda__invalid(c, "matmul: bad shape");
 	if (!n)

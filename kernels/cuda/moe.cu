@@ -56,6 +56,7 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how,
 	int n_tok = b->n_tok, rc;
 	size_t n_pairs, R;
 
+	kn_cuda__enter(c);
 	if (n_tok < 0 || n_slots < 0 || hidden <= 0 || inter <= 0 ||
 	    (n_tok && (!b->pair_off || b->pair_off[0] != 0)))
 		return kn_cuda__invalid(c, "moe: bad batch shape");

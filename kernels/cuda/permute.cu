@@ -19,6 +19,7 @@ static __global__ void permute_kernel(uint16_t *dst, const float *src, const int
 extern "C" int kn_cuda_permute(struct kn_cuda *c, uint16_t *dst, const float *src,
 			       const int32_t *tok, const int32_t *row, int n_pairs, int dim)
 {
+	kn_cuda__enter(c);
 	if (n_pairs < 0 || dim <= 0)
 		return kn_cuda__invalid(c, "permute: n_pairs < 0 or dim <= 0");
 	if (!n_pairs)

@@ -36,6 +36,7 @@ static __global__ void rmsnorm_kernel(float *y, const float *x, const float *g, 
 extern "C" int kn_cuda_rmsnorm(struct kn_cuda *c, float *y, const float *x, const float *g,
 			       int n, int dim, float eps)
 {
+	kn_cuda__enter(c);
 	if (n < 0 || dim <= 0)
 		return kn_cuda__invalid(c, "rmsnorm: n < 0 or dim <= 0");
 	if (n == 0)

@@ -27,6 +27,7 @@ static __global__ void rope_kernel(float *x, int n_heads, int head_dim, const in
 extern "C" int kn_cuda_rope(struct kn_cuda *c, float *x, int n, int n_heads, int head_dim,
 			    const int32_t *pos, float theta)
 {
+	kn_cuda__enter(c);
 	if (n < 0 || n_heads <= 0 || head_dim <= 0 || head_dim % 2)
 		return kn_cuda__invalid(c, "rope: bad shape (head_dim must be even)");
 	if (!n)

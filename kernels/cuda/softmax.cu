@@ -26,6 +26,7 @@ static __global__ void softmax_kernel(float *x, int dim)
 
 extern "C" int kn_cuda_softmax(struct kn_cuda *c, float *x, int n, int dim)
 {
+	kn_cuda__enter(c);
 	if (n < 0 || dim <= 0)
 		return kn_cuda__invalid(c, "softmax: n < 0 or dim <= 0");
 	if (!n)

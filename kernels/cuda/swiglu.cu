@@ -28,6 +28,7 @@ static __global__ void swiglu_bf16_kernel(uint16_t *out, const float *gate, cons
 extern "C" int kn_cuda_swiglu(struct kn_cuda *c, float *out, const float *gate, const float *up,
 			      size_t n)
 {
+	kn_cuda__enter(c);
 	if (!n)
 		return 0;
 	swiglu_kernel<<<kn_cuda__blocks(n), 256, 0, c->stream>>>(out, gate, up, n);
@@ -37,6 +38,7 @@ extern "C" int kn_cuda_swiglu(struct kn_cuda *c, float *out, const float *gate, 
 extern "C" int kn_cuda_swiglu_bf16(struct kn_cuda *c, uint16_t *out, const float *gate,
 				   const float *up, size_t n)
 {
+	kn_cuda__enter(c);
 	if (!n)
 		return 0;
 	swiglu_bf16_kernel<<<kn_cuda__blocks(n), 256, 0, c->stream>>>(out, gate, up, n);

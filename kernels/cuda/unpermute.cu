@@ -25,6 +25,7 @@ extern "C" int kn_cuda_unpermute(struct kn_cuda *c, float *out, const float *par
 				 const int32_t *pair_off, const int32_t *row, const float *weight,
 				 int n_tok, int dim)
 {
+	kn_cuda__enter(c);
 	if (n_tok < 0 || dim <= 0)
 		return kn_cuda__invalid(c, "unpermute: n_tok < 0 or dim <= 0");
 	if (!n_tok)
