@@ -174,12 +174,15 @@ void co_place__local_search(struct ws *s);
  * it): while the largest load M is above target, takes among the moves above from the most
  * loaded worker (every touched worker ending below M) the one that removes most load above
  * target, summed over the workers it touches, per slot it newly loads against pv (at least
- * 1); ties to the lower new load. Stops once the water-filled maximum is within target and
- * the equal-split maximum M within even_target, or when no move helps, then gives slots
- * back their pv expert wherever the loads stay within max(target, M). Returns the net
- * change in slots that differ from pv. */
+ * 1); ties to the lower new load. Once the water-filled maximum is within target and the
+ * equal-split maximum M within even_target, it swaps only to even out the loads below the
+ * largest (between any two workers, the most fall of the sum of squared loads per slot
+ * newly loaded) until that sum is within ss_target. Stops there or when no move helps, then
+ * gives slots back their pv expert wherever the loads stay within max(target, M) and the
+ * sum of squares within max(ss_target, its own). Returns the net change in slots that
+ * differ from pv. */
 long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target,
-				 double even_target);
+				 double even_target, double ss_target);
 /* Brings the replica counts toward want[E] (replication's counts for this load) where that
  * pays: while some expert x has fewer than want and replicas heavier than heavy_cap, the
  * heaviest such takes a slot from the surplus expert z (more than want) with the least

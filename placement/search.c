@@ -3,8 +3,9 @@
  * search.c - local search on the most loaded worker: swaps of two replicas between workers and
  * hand-overs of a cold expert's slot to a hot one, never raising the largest load. Two
  * flavours: best improvement (co_place__local_search) and, from the previous layout, the
- * most improvement per newly loaded slot down to a target (co_place__local_search_warm),
- * which co_place__refresh_replicas() prepares by moving spare slots to the experts hot now.
+ * most improvement per newly loaded slot down to a target, then evening out the loads below
+ * the largest (co_place__local_search_warm), which co_place__refresh_replicas() prepares by
+ * moving spare slots to the experts hot now.
  */
 #include "placement/placement-internal.h"
 
@@ -199,6 +200,15 @@ void co_place__local_search(struct ws *s)
 
 /* ---- migration-aware search from the previous layout ---- */
 
+/* Sum of the squared worker loads (equal split): how spread they are. */
+static double ls_ss(const struct ws *s)
+{
+	double ss = 0;
+	for (int w = 0; w < s->W; w++)
+		ss += s->wl[w] * s->wl[w];
+	return ss;
+}
+
 /* Slots newly loaded when slot g goes from expert a to b, against the previous layout pv. */
 static inline int slot_cost(const int32_t *pv, int g, int a, int b)
 {
@@ -227,7 +237,7 @@ static void ls_apply(struct ws *s, int kind, int g1, int g2)
 /* The search wanders: give slots back their previous expert where the loads allow it (every
  * touched worker stays at or below limit), by a swap with a replica of that expert or by
  * handing the slot back. Returns the (negative) change in slots newly loaded. */
-static long ls_restore(struct ws *s, const int32_t *pv, double limit)
+static long ls_restore(struct ws *s, const int32_t *pv, double limit, double ss_limit)
 {
 	long moved = 0;
 	bool again = true;
@@ -250,7 +260,9 @@ static long ls_restore(struct ws *s, const int32_t *pv, double limit)
 				    !ws_move_ok(s, want, w2, w1))
 					continue;
 				m = FR_MAX(s->wl[w1] - wx + ww, s->wl[w2] + wx - ww);
-				if (m <= limit && (c < bc || (c == bc && m < bm))) {
+				double d = wx - ww, dss = 2 * d * (s->wl[w2] - s->wl[w1]) + 2 * d * d;
+				if (m <= limit && ls_ss(s) + dss <= ss_limit &&
+				    (c < bc || (c == bc && m < bm))) {
 					best = g2;
 					bc = c;
 					bm = m;
@@ -267,6 +279,10 @@ static long ls_restore(struct ws *s, const int32_t *pv, double limit)
 				continue;
 			if (transfer_eval(s, g1, want, limit, NULL) <= limit) {
 				ls_apply(s, 2, g1, want);
+				if (ls_ss(s) > ss_limit) { /* spreads the loads: hand it back */
+					ls_apply(s, 2, g1, x);
+					continue;
+				}
 				moved--;
 				again = true;
 			}
@@ -328,8 +344,50 @@ long co_place__refresh_replicas(struct ws *s, const int32_t *want)
 	return moved;
 }
 
+/* One swap between any two workers, the heavier giving its heavier replica, that lowers
+ * the sum of squared loads most per slot newly loaded (never raising the largest load):
+ * evens out the loads below the largest, which the largest alone does not see. */
+static long spread_step(struct ws *s, const int32_t *pv)
+{
+	int b1 = -1, b2 = -1, bc = 0;
+	double best = 0;
+
+	for (int wa = 0; wa < s->W; wa++)
+		for (int ga = s->base[wa]; ga < s->base[wa + 1]; ga++) {
+			if (s->wl[wa] * s->wl[wa] <= best) /* gap <= wl[wa] */
+				continue;
+			int x = s->se[ga];
+			double wx = ws_weight(s, x);
+			for (int wb = 0; wb < s->W; wb++) {
+				double gap = s->wl[wa] - s->wl[wb];
+				/* no swap of this pair lowers it by more than gap^2 / 2 */
+				if (gap <= 0 || gap * gap / 2 <= best)
+					continue;
+				for (int gb = s->base[wb]; gb < s->base[wb + 1]; gb++) {
+					int y = s->se[gb];
+					double d = wx - ws_weight(s, y);
+					if (y == x || d <= 0 || d >= gap)
+						continue;
+					int c = slot_cost(pv, ga, x, y) + slot_cost(pv, gb, y, x);
+					double sc = 2 * d * (gap - d) / FR_MAX(c, 1);
+					if (sc > best && ws_move_ok(s, x, wa, wb) &&
+					    ws_move_ok(s, y, wb, wa)) {
+						best = sc;
+						b1 = ga;
+						b2 = gb;
+						bc = c;
+					}
+				}
+			}
+		}
+	if (b1 < 0)
+		return -1;
+	ls_apply(s, 1, b1, b2);
+	return bc;
+}
+
 long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target,
-				 double even_target)
+				 double even_target, double ss_target)
 {
 	long max_iter = 50L * s->S + 1000, moved = 0;
 	double dex_ = 0;
@@ -340,10 +398,17 @@ long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target,
 		/* every worker a move touches must end below bm (< M) */
 		double bm = M - 1e-12 * M;
 
-		/* the dispatch's split may already bring the layer within target */
-		if (M <= target || M <= 0 ||
-		    (M <= even_target && co_place__ws_wf_max(s) <= target))
+		/* the dispatch's split may already bring the layer within target; then only the
+		 * spread of the loads below the largest may still ask for moves (ss_target) */
+		if (M <= 0)
 			break;
+		if (M <= target || (M <= even_target && co_place__ws_wf_max(s) <= target)) {
+			long c = ls_ss(s) > ss_target ? spread_step(s, pv) : -1;
+			if (c < 0)
+				break;
+			moved += c;
+			continue;
+		}
 #define CONSIDER(m_, cost_, kind_, g1_, g2_)                                                \
 	do {                                                                                \
 		int c_ = (cost_);                                                           \
@@ -430,5 +495,6 @@ long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target,
 		ls_apply(s, kind, bg1, bg2);
 		moved += bcost;
 	}
-	return moved + ls_restore(s, pv, FR_MAX(target, co_place__ws_max(s, NULL)));
+	return moved + ls_restore(s, pv, FR_MAX(target, co_place__ws_max(s, NULL)),
+				  FR_MAX(ss_target, ls_ss(s)));
 }

@@ -130,6 +130,40 @@ double co_place__ws_wf_max(struct ws *s)
 				   s->wf_wl, s->wf_flow, s->wf_mark, s->wf_lv);
 }
 
+static double ws_ss(const struct ws *s)
+{
+	double ss = 0;
+	for (int w = 0; w < s->W; w++)
+		ss += s->wl[w] * s->wl[w];
+	return ss;
+}
+
+/* How much more spread the worker loads of a kept layout may be than EPLB's packing (squared
+ * coefficient of variation, relative and absolute; spread_target()). A step lasts as long as
+ * its busiest worker: with several workers just below the largest load, a step's swings
+ * make one of them the busiest more often than with the others well below it, so layouts
+ * with the same largest load differ step by step (bench/placement --eval step: up to 0.03
+ * of balancedness at 16 and 32 workers without spare slots). */
+#define SPREAD_SLACK 0.05
+#define SPREAD_FLOOR 1e-4
+
+/* The spread of the worker loads (sum of squares, equal split) a kept layout may have: that
+ * of the packing in s (EPLB's) with its squared coefficient of variation SPREAD_SLACK
+ * wider, plus SPREAD_FLOOR. */
+static double spread_target(const struct ws *s)
+{
+	double sum = 0;
+	int n = 0;
+	for (int w = 0; w < s->W; w++) {
+		sum += s->wl[w];
+		n += s->cap[w] > 0;
+	}
+	if (n == 0 || sum <= 0)
+		return INFINITY;
+	double m2 = (sum / n) * (sum / n), cv2 = ws_ss(s) / (n * m2) - 1;
+	return n * m2 * (1 + FR_MAX(cv2, 0) * (1 + SPREAD_SLACK) + SPREAD_FLOOR);
+}
+
 static double ws_heaviest(const struct ws *s)
 {
 	double h = 0;
@@ -336,7 +370,7 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 {
 	struct ws *s = &sv->s;
 	bool ls = algo == CO_PLACE_ALGO_FERRY, warm_done = false;
-	double even_target = INFINITY;
+	double even_target = INFINITY, ss_target = INFINITY;
 	int best = -1;
 
 	s->load = load;
@@ -359,6 +393,7 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 		if (co_place__repair_distinct(s)) {
 			target = FR_MAX(target, co_place__ws_wf_max(s));
 			even_target = co_place__ws_max(s, NULL) * (1 + EVEN_SLACK);
+			ss_target = spread_target(s);
 		}
 		even_target = FR_MAX(even_target, target);
 		ws_set(s, pv->se);
@@ -367,12 +402,13 @@ static int solve_layer(struct solver *sv, const double *load, enum co_place_algo
 			if (!memcmp(s->se, pv->se, sizeof(*s->se) * (size_t)s->S) &&
 			    ws_heaviest(s) <= s->heavy_cap &&
 			    co_place__ws_max(s, NULL) <= even_target * (1 + 1e-12) &&
+			    ws_ss(s) <= ss_target &&
 			    co_place__ws_wf_max(s) <= target * (1 + 1e-12)) {
 				memcpy(out, s->se, sizeof(*out) * (size_t)s->S);
 				return 0;
 			}
 			co_place__refresh_replicas(s, sv->order_rep);
-			co_place__local_search_warm(s, pv->se, target, even_target);
+			co_place__local_search_warm(s, pv->se, target, even_target, ss_target);
 			if (co_place__ws_wf_max(s) <= target * (1 + 1e-12) &&
 			    co_place__ws_max(s, NULL) <= even_target * (1 + 1e-12)) {
 				memcpy(out, s->se, sizeof(*out) * (size_t)s->S);
