@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * gpu.c - moe_device_ops over kernels/cuda: an expert's three matrices as one bf16 block in
- * device memory, loaded on the copy stream; the layer (kn_cuda_moe) on the compute stream,
- * the tokens copied up and the result down around it.
+ * gpu.c - libferry-gpu.so: moe_device_ops over kernels/cuda. An expert's three matrices as
+ * one bf16 block in device memory, loaded on the copy stream; the layer (kn_cuda_moe) on the
+ * compute stream, the tokens copied up and the result down around it.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -24,7 +24,9 @@ struct moe_gpu {
 	int cap_ex;
 };
 
-int moe_gpu_open(int device, struct moe_gpu **ret, struct fr_error *err)
+static void gpu_close(struct moe_gpu *g);
+
+static int gpu_open(int device, struct moe_gpu **ret, struct fr_error *err)
 {
 	struct moe_gpu *g = calloc(1, sizeof(*g));
 	char why[200] = "", d[256] = "";
@@ -53,11 +55,11 @@ int moe_gpu_open(int device, struct moe_gpu **ret, struct fr_error *err)
 	*ret = g;
 	return 0;
 fail:
-	moe_gpu_close(g);
+	gpu_close(g);
 	return rc;
 }
 
-void moe_gpu_close(struct moe_gpu *g)
+static void gpu_close(struct moe_gpu *g)
 {
 	if (!g)
 		return;
@@ -72,7 +74,7 @@ void moe_gpu_close(struct moe_gpu *g)
 	free(g);
 }
 
-const char *moe_gpu_describe(const struct moe_gpu *g)
+static const char *gpu_describe(const struct moe_gpu *g)
 {
 	return g->desc;
 }
@@ -168,9 +170,21 @@ out:
 	return rc == 0 || rc == -ENOMEM || rc == -EINVAL ? rc : -EIO;
 }
 
-const struct moe_device_ops moe_gpu_ops = {
+static const struct moe_device_ops gpu_ops = {
 	.name = "cuda",
 	.load = gpu_load,
 	.unload = gpu_unload,
 	.compute = gpu_compute,
 };
+
+__attribute__((visibility("default"))) const struct moe_gpu_module *ferry_gpu_module(void)
+{
+	static const struct moe_gpu_module m = {
+		.abi = MOE_GPU_ABI,
+		.open = gpu_open,
+		.close = gpu_close,
+		.describe = gpu_describe,
+		.ops = &gpu_ops,
+	};
+	return &m;
+}

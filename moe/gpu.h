@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * gpu.h - a worker's experts on an NVIDIA GPU: the moe_device_ops (moe.h) that a slot table
- * calls, over kernels/cuda. Built only with CUDA (-Dcuda), in its own library, so that what
- * does not use a GPU links no device code.
+ * calls, over kernels/cuda. Built only with CUDA (-Dcuda) as a module, libferry-gpu.so, that
+ * ferry-worker loads when [compute] device names a GPU: the daemons link no CUDA library,
+ * so one build runs on hosts with and without the CUDA runtime.
  */
 #ifndef FERRY_MOE_GPU_H
 #define FERRY_MOE_GPU_H
@@ -12,16 +13,33 @@
 
 struct moe_gpu;
 
-/* Opens CUDA device `device` with two streams: one that computes, one that loads experts
- * (a table loading during a live rebalance does not stall the one serving). Errors: -ENODEV
- * (no such device or driver), -ENOMEM, -EIO; err says which and why. */
-int moe_gpu_open(int device, struct moe_gpu **ret, struct fr_error *err);
-void moe_gpu_close(struct moe_gpu *g); /* NULL is fine; after every table using it */
-/* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)" */
-const char *moe_gpu_describe(const struct moe_gpu *g);
+/* The module's functions (libferry-gpu.so exports ferry_gpu_module() returning them). */
+struct moe_gpu_module {
+	int abi; /* MOE_GPU_ABI */
+	/* Opens CUDA device `device` with two streams: one that computes, one that loads
+	 * experts (a table loading during a live rebalance does not stall the one serving).
+	 * Errors: -ENODEV (no such device or driver), -ENOMEM, -EIO; err says which. */
+	int (*open)(int device, struct moe_gpu **ret, struct fr_error *err);
+	void (*close)(struct moe_gpu *g); /* NULL is fine; after every table using it */
+	/* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)" */
+	const char *(*describe)(const struct moe_gpu *g);
+	/* For moe_slots_use_device(table, ops, g). Weights in other dtypes than bf16 are
+	 * rounded to bf16 as they are copied; the layer's products take bf16 inputs with fp32
+	 * sums. */
+	const struct moe_device_ops *ops;
+};
 
-/* For moe_slots_use_device(table, &moe_gpu_ops, g). Weights in other dtypes than bf16 are
- * rounded to bf16 as they are copied; the layer's products take bf16 inputs with fp32 sums. */
-extern const struct moe_device_ops moe_gpu_ops;
+#define MOE_GPU_ABI 1
+#define MOE_GPU_MODULE_NAME "libferry-gpu.so"
+
+/* The module's entry point, in libferry-gpu.so. */
+const struct moe_gpu_module *ferry_gpu_module(void);
+
+/* Loads the GPU module (gpu_load.c; no CUDA needed to call it): $FERRY_GPU_MODULE if set,
+ * else beside the executable (../moe/ in a build tree, ../lib/ferry/ once installed), else
+ * wherever the dynamic loader finds libferry-gpu.so. The module stays loaded. Errors:
+ * -ENOENT (not found: a build without CUDA, or not installed) and -EPROTO (another ABI),
+ * err saying what was tried. */
+int moe_gpu_module_load(const struct moe_gpu_module **ret, struct fr_error *err);
 
 #endif /* FERRY_MOE_GPU_H */

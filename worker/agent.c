@@ -25,6 +25,7 @@
 #include "rpc/internal.pb-c.h"
 #include "rpc/rpc.h"
 #include "worker/worker.h"
+#include "moe/gpu.h"
 #include "moe/moe.h"
 #include "metrics/prom.h"
 
@@ -45,6 +46,8 @@ struct wk_agent {
 	struct rpc_channel *ch;
 	struct moe_slots *slots;
 	struct moe_server *srv;
+	const struct moe_gpu_module *gpu_mod; /* [compute] device = cuda:N: the module */
+	struct moe_gpu *gpu;                  /* ... and its device; NULL on the CPU */
 
 	uint32_t index;
 	uint8_t session_key[RPC_AUTH_KEY_LEN]; /* signs every call after Join */
@@ -67,6 +70,21 @@ struct wk_agent {
 	_Atomic(struct moe_server *) srv_pub;
 	atomic_uint_fast64_t m_slots, m_epoch, t_start_ns;
 };
+
+/* An empty slot table of our size, on our device. */
+static int slots_create(struct wk_agent *a, struct moe_slots **ret)
+{
+	struct moe_slots *t;
+	int rc = moe_slots_create(a->cfg, a->o.slots, &t);
+	if (rc < 0)
+		return rc;
+	if (a->gpu && (rc = moe_slots_use_device(t, a->gpu_mod->ops, a->gpu)) < 0) {
+		moe_slots_destroy(t);
+		return rc;
+	}
+	*ret = t;
+	return 0;
+}
 
 static void sleep_ms(int ms)
 {
@@ -167,7 +185,15 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 			     slot * o->ring_slots >> 20, strerror(-rc));
 		goto fail;
 	}
-	if ((rc = moe_slots_create(a->cfg, a->o.slots, &a->slots)) < 0) {
+	if (o->on_gpu) {
+		if ((rc = moe_gpu_module_load(&a->gpu_mod, err)) < 0 ||
+		    (rc = a->gpu_mod->open(o->gpu_device, &a->gpu, err)) < 0) {
+			fr_error_prefix(err, rc, "[compute] device = cuda:%d", o->gpu_device);
+			goto fail;
+		}
+		fr_info("worker", "experts on %s", a->gpu_mod->describe(a->gpu));
+	}
+	if ((rc = slots_create(a, &a->slots)) < 0) {
 		fr_error_set(err, rc, "cannot create %d slots", a->o.slots);
 		goto fail;
 	}
@@ -478,7 +504,7 @@ static int restage(struct wk_agent *a, uint64_t epoch, struct fr_error *err)
 		rc = 0; /* the plan moved on; the next heartbeat says where */
 		goto out;
 	}
-	if ((rc = moe_slots_create(a->cfg, a->o.slots, &table)) < 0) {
+	if ((rc = slots_create(a, &table)) < 0) {
 		fr_error_set(err, rc, "cannot create a slot table");
 		goto out;
 	}
@@ -794,6 +820,8 @@ void wk_agent_destroy(struct wk_agent *a)
 	tp_mem_free(a->recv);
 	tp_context_destroy(a->tp);
 	moe_slots_destroy(a->slots);
+	if (a->gpu)
+		a->gpu_mod->close(a->gpu); /* after every table that used it */
 	model_ckpt_close(a->ck);
 	free(a->name);
 	free(a->coordinator);

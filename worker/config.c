@@ -48,6 +48,15 @@ const struct conf_key wk_config_keys[] = {
 		 "throughput when many tokens reach an expert. Set it like the coordinator's "
 		 "[engine] precision. On CPUs without AVX512_BF16, fast computes exactly." },
 
+	{ "compute", "device", CONF_STR, OFF(compute.device), .def = "cpu",
+	  .doc = "Where the expert slots live and compute: cpu, or cuda:N for the N-th NVIDIA GPU "
+		 "the driver lists, through the GPU module libferry-gpu.so (built where CUDA is, "
+		 "installed beside ferry-worker; FERRY_GPU_MODULE names another). On a GPU the "
+		 "experts are copied into device memory as bf16 when they are loaded (a live "
+		 "rebalance copies on its own stream while the old slots serve) and the layer runs "
+		 "as grouped cuBLAS products with fp32 sums; [worker] threads and precision then "
+		 "apply to nothing." },
+
 	{ "model", "path", CONF_STR, OFF(model.path),
 	  .doc = "This worker's own copy of the checkpoint directory (the same checkpoint as "
 		 "the coordinator's). Required." },
@@ -125,6 +134,24 @@ int wk_config_validate(const struct wk_config *cfg, struct fr_error *err)
 				    "tls_cert");
 	if ((rc = tp_conf_check(&cfg->transport.tp, err)) < 0)
 		return rc;
+	int dev;
+	if ((rc = wk_config_device(cfg->compute.device, &dev, err)) < 0)
+		return rc;
+	return 0;
+}
+
+int wk_config_device(const char *device, int *ret, struct fr_error *err)
+{
+	int64_t n;
+
+	if (!device || !strcmp(device, "cpu")) {
+		*ret = -1;
+		return 0;
+	}
+	if (strncmp(device, "cuda:", 5) || fr_parse_i64(device + 5, 0, 1023, &n) < 0)
+		return fr_error_set(err, -EINVAL, "[compute] device: '%s' is not cpu or cuda:N "
+				    "(N in [0, 1023])", device);
+	*ret = (int)n;
 	return 0;
 }
 

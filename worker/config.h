@@ -38,6 +38,9 @@ struct wk_config {
 		enum kn_precision precision; /* exact | fast (default exact) */
 	} worker;
 	struct {
+		char *device;                /* "cpu" (default) or "cuda:N" */
+	} compute;
+	struct {
 		char *path;                  /* this worker's copy of the checkpoint; required */
 	} model;
 	struct {
@@ -80,6 +83,10 @@ int wk_config_load(const char *path, char *const *overrides, int n_overrides,
  * an IPv4 address (conf_check_ipv4()); transport.mtu 0 or a power of two in [256, 4096].
  * Returns 0 or -EINVAL naming the key. */
 int wk_config_validate(const struct wk_config *cfg, struct fr_error *err);
+
+/* [compute] device as a number: -1 for cpu, N for cuda:N; -EINVAL (err says why) for
+ * anything else. */
+int wk_config_device(const char *device, int *ret, struct fr_error *err);
 
 void wk_config_free(struct wk_config *cfg);
 void wk_config_dump(const struct wk_config *cfg, FILE *f);

@@ -131,6 +131,10 @@ int main(int argc, char **argv)
 		.ring_tokens = (uint32_t)cfg.transport.ring_tokens,
 		.join_timeout_ms = 60000,
 	};
+	int dev = -1;
+	wk_config_device(cfg.compute.device, &dev, &err); /* validated when loaded */
+	o.on_gpu = dev >= 0;
+	o.gpu_device = dev;
 	fr_daemon_signals(on_signal);
 
 	ret = 1;

@@ -33,6 +33,9 @@ struct wk_agent_opts {
 	uint32_t ring_slots;           /* micro-batches in flight (>= the coordinator's m) */
 	uint32_t ring_tokens;          /* tokens per micro-batch frame */
 	int join_timeout_ms;           /* retry Join/GetAssignment this long */
+	bool on_gpu;                   /* experts on CUDA device gpu_device ([compute] device),
+	                                * through moe/'s GPU module; false: on the CPU */
+	int gpu_device;
 };
 
 struct wk_agent;

@@ -487,6 +487,25 @@ static void test_wk_load(const char *dir)
 		char *o15[] = { "transport.bind_addr=" };
 		t_expect_err("wk bind_addr unset", wk_config_load(good, o15, 1, &c, &err), -EINVAL,
 			     &err, "[transport] bind_addr: not set", NULL);
+		/* [compute] device: cpu (default) or cuda:N */
+		int dev = 7;
+		CHECK(wk_config_load(good, NULL, 0, &c, &err) == 0 &&
+		      !strcmp(c.compute.device, "cpu") &&
+		      wk_config_device(c.compute.device, &dev, &err) == 0 && dev == -1);
+		wk_config_free(&c);
+		char *o16[] = { "compute.device=cuda:3" };
+		CHECK(wk_config_load(good, o16, 1, &c, &err) == 0 &&
+		      wk_config_device(c.compute.device, &dev, &err) == 0 && dev == 3);
+		wk_config_free(&c);
+		static const char *const bad_dev[] = { "compute.device=gpu", "compute.device=cuda:",
+						       "compute.device=cuda:-1",
+						       "compute.device=cuda:1x",
+						       "compute.device=cuda:4096" };
+		for (size_t i = 0; i < FR_ARRAY_SIZE(bad_dev); i++) {
+			char *o[] = { (char *)bad_dev[i] };
+			t_expect_err("wk device", wk_config_load(good, o, 1, &c, &err), -EINVAL, &err,
+				     "[compute] device: '", "' is not cpu or cuda:N");
+		}
 	}
 	/* addresses are checked where the file says them */
 	{

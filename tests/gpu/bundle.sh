@@ -9,19 +9,27 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
 out=$build/gpu-bundle
-for f in tests/gpu/test_cuda_ops tests/gpu/test_moe_plan bench/gpu; do
-  if [ ! -x "$build/$f" ]; then
+bins="tests/gpu/test_cuda_ops tests/gpu/test_moe_plan tests/gpu/test_moe_gpu tests/gpu/test_gpu_module bench/gpu"
+for f in $bins moe/libferry-gpu.so; do
+  if [ ! -e "$build/$f" ]; then
     echo "bundle: $build/$f is missing: configure with -Dcuda=enabled and run ninja -C $build" >&2
     exit 1
   fi
 done
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
-cp "$build/tests/gpu/test_cuda_ops" "$build/tests/gpu/test_moe_plan" "$build/bench/gpu" "$out/bin/"
+for f in $bins; do cp "$build/$f" "$out/bin/"; done
+cp "$build/moe/libferry-gpu.so" "$out/lib/"
 cp tests/gpu/moe_torch.py "$out/"
-# OpenMP's runtime: small, and not always installed where only CUDA is
-for lib in libgomp.so.1; do
-  p=$(ldd "$build/tests/gpu/test_cuda_ops" | awk -v l="$lib" '$1 == l { print $3 }')
-  [ -n "$p" ] && cp -L "$p" "$out/lib/"
-done
+# the shared libraries they link, but for the C runtime and CUDA's (the GPU machine has its
+# own, matching its driver)
+for f in $bins moe/libferry-gpu.so; do ldd "$build/$f"; done | awk '$3 ~ /^\// { print $1, $3 }' |
+  sort -u | while read -r name path; do
+    case $name in
+      libc.so.*|libm.so.*|libdl.so.*|librt.so.*|libpthread.so.*|ld-linux*|libgcc_s.so.*|\
+      libstdc++.so.*|libcuda.so.*|libcudart.so.*|libcublas.so.*|libcublasLt.so.*) ;;
+      *) cp -L "$path" "$out/lib/$name" ;;
+    esac
+  done
 du -sh "$out"
+ls "$out/lib"

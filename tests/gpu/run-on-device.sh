@@ -39,15 +39,18 @@ step() { # name, command...
   return $rc
 }
 : > "$out/summary.txt"
+export FERRY_GPU_MODULE="$bundle/lib/libferry-gpu.so"
 step moe_plan "$bundle/bin/test_moe_plan"
+step gpu_module "$bundle/bin/test_gpu_module"
 step cuda_ops timeout 300 "$bundle/bin/test_cuda_ops"
+step moe_gpu timeout 300 "$bundle/bin/test_moe_gpu"
 step bench_gpu timeout 300 "$bundle/bin/gpu" --reps 20
 if [ -n "$py" ]; then
   step moe_torch timeout 300 "$py" "$bundle/moe_torch.py"
 fi
 echo "== $(cat "$out/gpu.txt")"
 cat "$out/summary.txt"
-grep -E "^(FAIL|ok)" "$out/cuda_ops.log" | tail -40
+grep -hE "^(FAIL|ok)" "$out/cuda_ops.log" "$out/moe_gpu.log" "$out/gpu_module.log" | tail -50
 tail -20 "$out/bench_gpu.log"
 [ -f "$out/moe_torch.log" ] && tail -5 "$out/moe_torch.log"
 # ours / PyTorch per token count

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * test_moe_gpu - a worker's slot table on a GPU (moe_slots_use_device with moe/gpu.c's ops)
- * against the same table on the CPU: a generated tiny checkpoint in f32 and in bf16 (the GPU
+ * test_moe_gpu - a worker's slot table on a GPU (moe_slots_use_device with the ops of the
+ * GPU module, libferry-gpu.so, loaded as ferry-worker loads it) against the same table on
+ * the CPU: a generated tiny checkpoint in f32 and in bf16 (the GPU
  * rounds f32 weights to bf16 as it loads them), every expert of every MoE layer in a slot,
  * random tokens and routing, a token with no pairs, a batch of none, a slot replaced. The
  * GPU multiplies bf16 inputs with fp32 sums: outputs within 1e-2 (relative norm) of the
@@ -45,6 +46,8 @@ static double rel_err(const float *a, const float *b, size_t n)
 	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
+static const struct moe_gpu_module *mod;
+
 static void run(struct moe_gpu *g, enum kn_dtype dt, const char *dir)
 {
 	struct model_gen_opts go = { .preset = MODEL_PRESET_TINY, .dtype = dt, .seed = 7, .shards = 1 };
@@ -62,7 +65,7 @@ static void run(struct moe_gpu *g, enum kn_dtype dt, const char *dir)
 	int E = cfg.n_routed_experts, h = cfg.hidden_size, k = cfg.num_experts_per_tok;
 	CHECK(moe_slots_create(&cfg, E, &cpu) == 0);
 	CHECK(moe_slots_create(&cfg, E, &gpu) == 0);
-	CHECK(moe_slots_use_device(gpu, &moe_gpu_ops, g) == 0);
+	CHECK(moe_slots_use_device(gpu, mod->ops, g) == 0);
 	for (int l = 0; l < cfg.num_hidden_layers; l++) {
 		int ml = model_moe_index(&cfg, l);
 		if (ml < 0)
@@ -75,7 +78,7 @@ static void run(struct moe_gpu *g, enum kn_dtype dt, const char *dir)
 			CHECK(moe_slot_set(gpu, ml, E - 1 - e, e, &ffn) == 0);
 		}
 	}
-	CHECK(moe_slots_use_device(gpu, &moe_gpu_ops, g) == -EBUSY);
+	CHECK(moe_slots_use_device(gpu, mod->ops, g) == -EBUSY);
 	enum { T = 9 };
 	int32_t poff[T + 1], *slot = xcalloc((size_t)T * k, 4);
 	float *wt = xcalloc((size_t)T * k, 4), *x = xcalloc((size_t)T * h, 4);
@@ -149,18 +152,18 @@ int main(void)
 	}
 	rng = t_seed();
 	kn_init();
-	if (moe_gpu_open(0, &g, &err) < 0) {
+	if (moe_gpu_module_load(&mod, &err) < 0 || mod->open(0, &g, &err) < 0) {
 		fprintf(stderr, "FAIL %s\n", err.msg);
 		return 1;
 	}
-	printf("%s\n", moe_gpu_describe(g));
-	CHECK(moe_gpu_open(n, &(struct moe_gpu *){ NULL }, &err) == -ENODEV);
+	printf("%s\n", mod->describe(g));
+	CHECK(mod->open(n, &(struct moe_gpu *){ NULL }, &err) == -ENODEV);
 	printf("ok   a device past the last: %s\n", err.msg);
 	if (!mkdtemp(dir))
 		return 1;
 	run(g, KN_DTYPE_F32, dir);
 	run(g, KN_DTYPE_BF16, dir);
-	moe_gpu_close(g);
+	mod->close(g);
 	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 	return t_failures != 0;
 }
