@@ -67,6 +67,12 @@ run install -d -m 0755 "$destdir$bindir" "$destdir$etc" "$destdir$unitdir" "$des
 for b in ferry-coordinator ferry-worker ferryctl; do
   run install -m 0755 "$build/${bins[$b]}" "$destdir$bindir/$b"
 done
+# The GPU module, where the build has one (CUDA found): ferry-worker loads it from
+# ../lib/ferry/ beside its binary for [compute] device = cuda:N.
+if [ -f "$build/moe/libferry-gpu.so" ]; then
+  run install -d -m 0755 "$destdir$prefix/lib/ferry"
+  run install -m 0755 "$build/moe/libferry-gpu.so" "$destdir$prefix/lib/ferry/libferry-gpu.so"
+fi
 
 for u in ferry-coordinator.service ferry-worker@.service; do
   echo "+ sed 's#/usr/local/#$prefix/#g' deploy/systemd/$u > $destdir$unitdir/$u"

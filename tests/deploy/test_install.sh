@@ -14,8 +14,8 @@ check() { # description, command...
 mode() { stat -c %a "$1"; }
 
 build=$tmp/build
-mkdir -p "$build/coordinator" "$build/worker" "$build/ctl"
-for b in coordinator/ferry-coordinator worker/ferry-worker ctl/ferryctl; do
+mkdir -p "$build/coordinator" "$build/worker" "$build/ctl" "$build/moe"
+for b in coordinator/ferry-coordinator worker/ferry-worker ctl/ferryctl moe/libferry-gpu.so; do
   printf '#!/bin/sh\necho %s\n' "$b" > "$build/$b"
   chmod 755 "$build/$b"
 done
@@ -49,6 +49,7 @@ check "units mode 644" test "$(mode "$u/ferry-coordinator.service")" = 644
 check "coordinator.conf installed" cmp -s "$src/deploy/coordinator.conf" "$root/etc/ferry/coordinator.conf"
 check "worker.conf installed" cmp -s "$src/deploy/worker.conf" "$root/etc/ferry/worker.conf"
 check "README installed" test -f "$root/opt/ferry/share/doc/ferry/README.md"
+check "GPU module beside the worker" test -f "$root/opt/ferry/lib/ferry/libferry-gpu.so"
 for s in cluster.secret admin.token; do
   check "$s mode 600" test "$(mode "$root/etc/ferry/$s")" = 600
   check "$s 64 hex digits" grep -qxE '[0-9a-f]{64}' "$root/etc/ferry/$s"
