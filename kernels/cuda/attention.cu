@@ -65,19 +65,12 @@ extern "C" int kn_cuda_attention_paged(struct kn_cuda *c, float *out, const floa
 		return kn_cuda__invalid(c, "attention: bad shape");
 	if (!n)
 		return 0;
-	size_t need = (size_t)n * n_heads * max_ctx * sizeof(float);
-	if (need > c->attn_bytes) {
-		cudaStreamSynchronize(c->stream);
-		cudaFree(c->attn);
-		c->attn = NULL;
-		c->attn_bytes = 0;
-		int rc = kn_cuda__status(c, cudaMalloc(&c->attn, need), "cudaMalloc (attention)");
-		if (rc < 0)
-			return rc;
-		c->attn_bytes = need;
-	}
+	int rc = kn_cuda__reserve(c, &c->attn, (size_t)n * n_heads * max_ctx * sizeof(float),
+				  "cudaMalloc (attention)");
+	if (rc < 0)
+		return rc;
 	attend_kernel<<<n * n_heads, 128, (size_t)head_dim * sizeof(float), c->stream>>>(
 		out, q, kp, vp, blocks, block_size, pos, n_heads, n_kv_heads, head_dim,
-		1.0f / sqrtf((float)head_dim), (float *)c->attn, max_ctx);
+		1.0f / sqrtf((float)head_dim), (float *)c->attn.p, max_ctx);
 	return kn_cuda__launched(c, "attention");
 }

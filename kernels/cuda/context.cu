@@ -51,6 +51,20 @@ int kn_cuda__blas_status(struct kn_cuda *c, cublasStatus_t st, const char *what)
 	}
 }
 
+int kn_cuda__reserve(struct kn_cuda *c, struct kn_cuda_buf *b, size_t need, const char *what)
+{
+	if (need <= b->bytes)
+		return 0;
+	cudaStreamSynchronize(c->stream);
+	cudaFree(b->p);
+	b->p = NULL;
+	b->bytes = 0;
+	int rc = kn_cuda__status(c, cudaMalloc(&b->p, need), what);
+	if (rc == 0)
+		b->bytes = need;
+	return rc;
+}
+
 int kn_cuda__invalid(struct kn_cuda *c, const char *what)
 {
 	if (c)
@@ -111,9 +125,9 @@ void kn_cuda_destroy(struct kn_cuda *c)
 	cudaSetDevice(c->device);
 	if (c->stream)
 		cudaStreamSynchronize(c->stream);
-	cudaFree(c->scratch);
-	cudaFree(c->ptrs);
-	cudaFree(c->attn);
+	cudaFree(c->scratch.p);
+	cudaFree(c->ptrs.p);
+	cudaFree(c->attn.p);
 	free(c->host_idx);
 	for (int i = 0; i < 2; i++)
 		if (c->ev[i])

@@ -12,21 +12,24 @@
 
 #include "kernels/cuda/kn_cuda.h"
 
+/* Device memory kept from call to call and grown on demand (kn_cuda__reserve). */
+struct kn_cuda_buf {
+	void *p;
+	size_t bytes;
+};
+
 struct kn_cuda {
 	int device;
 	cudaStream_t stream;
 	cublasHandle_t blas;
 	char err[256];
 	cudaEvent_t ev[2];     /* kn_cuda_mark / kn_cuda_elapsed_ms */
-	/* kn_cuda_moe() scratch, grown on demand (device unless said) */
-	void *scratch;         /* one block, see moe.cu */
-	size_t scratch_bytes;
-	void *ptrs;            /* pointer arrays for the batched GEMMs */
-	size_t ptrs_bytes;
-	int32_t *host_idx;     /* host staging of the index arrays */
+	/* scratch kept from call to call (device unless said) */
+	struct kn_cuda_buf scratch; /* kn_cuda_moe(): one block, see moe.cu */
+	struct kn_cuda_buf ptrs;    /* pointer arrays for the batched GEMMs */
+	struct kn_cuda_buf attn;    /* kn_cuda_attention_paged() scores [n][n_heads][max_ctx] */
+	int32_t *host_idx;          /* host staging of kn_cuda_moe()'s index arrays */
 	size_t host_idx_n;
-	void *attn;            /* kn_cuda_attention_paged() scores [n][n_heads][max_ctx] f32 */
-	size_t attn_bytes;
 };
 
 /* Converts a CUDA status once: 0, or a negative errno with the message kept in c->err. */
@@ -43,6 +46,10 @@ static inline void kn_cuda__enter(struct kn_cuda *c)
 {
 	cudaSetDevice(c->device);
 }
+
+/* At least `need` bytes in b, kept for later calls: a larger block replaces the old one once
+ * the stream is done with it (work queued before may still read it). */
+int kn_cuda__reserve(struct kn_cuda *c, struct kn_cuda_buf *b, size_t need, const char *what);
 
 /* Sets c->err and returns -EINVAL. */
 int kn_cuda__invalid(struct kn_cuda *c, const char *what);

@@ -8,17 +8,24 @@
 #include "kernels/cuda/block-reduce.cuh"
 #include "kernels/cuda/cuda-internal.h"
 
-/* The best (value, index) of a block: larger value, then lower index; -INFINITY never wins. */
-static __device__ void block_argmax(float v, int i, float *pv, int *pi, float *ret_v, int *ret_i)
+/* Within a warp: the better of each lane's (value, index) and its partners'; larger value,
+ * then lower index; an index < 0 (nothing left) never wins. */
+static __device__ __forceinline__ void warp_argmax(float *v, int *i)
 {
 	for (int o = 16; o > 0; o >>= 1) {
-		float ov = __shfl_xor_sync(0xffffffffu, v, o);
-		int oi = __shfl_xor_sync(0xffffffffu, i, o);
-		if (oi >= 0 && (i < 0 || ov > v || (ov == v && oi < i))) {
-			v = ov;
-			i = oi;
+		float ov = __shfl_xor_sync(0xffffffffu, *v, o);
+		int oi = __shfl_xor_sync(0xffffffffu, *i, o);
+		if (oi >= 0 && (*i < 0 || ov > *v || (ov == *v && oi < *i))) {
+			*v = ov;
+			*i = oi;
 		}
 	}
+}
+
+/* The best (value, index) of a block: the warps' winners, then the winner among them. */
+static __device__ void block_argmax(float v, int i, float *pv, int *pi, float *ret_v, int *ret_i)
+{
+	warp_argmax(&v, &i);
 	__syncthreads();
 	if ((threadIdx.x & 31) == 0) {
 		pv[threadIdx.x >> 5] = v;
@@ -29,14 +36,7 @@ static __device__ void block_argmax(float v, int i, float *pv, int *pi, float *r
 		bool in = threadIdx.x < ((blockDim.x + 31) >> 5);
 		v = in ? pv[threadIdx.x] : -INFINITY;
 		i = in ? pi[threadIdx.x] : -1;
-		for (int o = 16; o > 0; o >>= 1) {
-			float ov = __shfl_xor_sync(0xffffffffu, v, o);
-			int oi = __shfl_xor_sync(0xffffffffu, i, o);
-			if (oi >= 0 && (i < 0 || ov > v || (ov == v && oi < i))) {
-				v = ov;
-				i = oi;
-			}
-		}
+		warp_argmax(&v, &i);
 		if (threadIdx.x == 0) {
 			pv[0] = v;
 			pi[0] = i;

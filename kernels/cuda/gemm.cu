@@ -19,22 +19,6 @@ extern "C" const char *kn_cuda_gemm_name(enum kn_cuda_gemm g)
 	return g == KN_CUDA_GEMM_GROUPED ? "grouped" : g == KN_CUDA_GEMM_PADDED ? "padded" : "?";
 }
 
-/* Room for n pointers in each of three device arrays (A, B, C). */
-static int ptrs_reserve(struct kn_cuda *c, int n)
-{
-	size_t need = 3 * (size_t)n * sizeof(void *);
-	if (need <= c->ptrs_bytes)
-		return 0;
-	cudaStreamSynchronize(c->stream); /* the old array may still be read */
-	cudaFree(c->ptrs);
-	c->ptrs = NULL;
-	c->ptrs_bytes = 0;
-	int rc = kn_cuda__status(c, cudaMalloc(&c->ptrs, need), "cudaMalloc (GEMM pointers)");
-	if (rc == 0)
-		c->ptrs_bytes = need;
-	return rc;
-}
-
 extern "C" int kn_cuda_gemm_bf16(struct kn_cuda *c, enum kn_cuda_gemm how, int n, const int *m,
 				 int rows, int cols, const uint16_t *const *w,
 				 const uint16_t *const *x, float *const *y)
@@ -55,7 +39,9 @@ extern "C" int kn_cuda_gemm_bf16(struct kn_cuda *c, enum kn_cuda_gemm how, int n
 	}
 	if (!g)
 		return 0;
-	if ((rc = ptrs_reserve(c, g)) < 0)
+	/* room for g pointers in each of three device arrays (A, B, C) */
+	if ((rc = kn_cuda__reserve(c, &c->ptrs, 3 * (size_t)g * sizeof(void *),
+				   "cudaMalloc (GEMM pointers)")) < 0)
 		return rc;
 	/* host: the three pointer arrays, then (grouped) the per-group parameters */
 	size_t per = 3 * sizeof(void *) + 7 * sizeof(int) + 2 * sizeof(float) +
@@ -87,7 +73,7 @@ extern "C" int kn_cuda_gemm_bf16(struct kn_cuda *c, enum kn_cuda_gemm how, int n
 		tb[i] = CUBLAS_OP_N;
 		i++;
 	}
-	void **dp = (void **)c->ptrs;
+	void **dp = (void **)c->ptrs.p;
 	rc = kn_cuda__status(c, cudaMemcpyAsync(dp, hp, 3 * (size_t)g * sizeof(void *),
 						cudaMemcpyHostToDevice, c->stream),
 			     "gemm: pointer upload");

@@ -22,21 +22,6 @@ static_assert((int)KN_CUDA_GEMM_GROUPED == (int)KN_MOE_LAYOUT_PACKED &&
 
 #define ALIGN_UP(x) (((x) + 255) & ~(size_t)255)
 
-/* Device scratch of at least `bytes`, kept for the next call. */
-static int scratch_reserve(struct kn_cuda *c, size_t bytes)
-{
-	if (bytes <= c->scratch_bytes)
-		return 0;
-	cudaStreamSynchronize(c->stream);
-	cudaFree(c->scratch);
-	c->scratch = NULL;
-	c->scratch_bytes = 0;
-	int rc = kn_cuda__status(c, cudaMalloc(&c->scratch, bytes), "cudaMalloc (MoE scratch)");
-	if (rc == 0)
-		c->scratch_bytes = bytes;
-	return rc;
-}
-
 static int host_reserve(struct kn_cuda *c, size_t n)
 {
 	if (n <= c->host_idx_n)
@@ -96,9 +81,9 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how,
 	       o_act = o_u + ALIGN_UP(R * inter * 4), o_d = o_act + ALIGN_UP(R * inter * 2),
 	       o_idx = o_d + ALIGN_UP(R * hidden * 4),
 	       o_w = o_idx + ALIGN_UP((2 * n_pairs + n_tok + 1) * 4), total = o_w + n_pairs * 4;
-	if ((rc = scratch_reserve(c, total)) < 0)
+	if ((rc = kn_cuda__reserve(c, &c->scratch, total, "cudaMalloc (MoE scratch)")) < 0)
 		return rc;
-	char *sb = (char *)c->scratch;
+	char *sb = (char *)c->scratch.p;
 	uint16_t *xs = (uint16_t *)(sb + o_xs), *act = (uint16_t *)(sb + o_act);
 	float *g = (float *)(sb + o_g), *u = (float *)(sb + o_u), *d = (float *)(sb + o_d);
 	int32_t *d_tok = (int32_t *)(sb + o_idx), *d_row = d_tok + n_pairs, *d_poff = d_row + n_pairs;

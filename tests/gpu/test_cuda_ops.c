@@ -17,24 +17,7 @@
 #include "kernels/cuda/kn_cuda.h"
 #include "kernels/kernels.h"
 #include "tests/test.h"
-
-static uint64_t rng = 1;
-
-static float urand(void) /* uniform in [-1, -0.05] u [0.05, 1]: never zero */
-{
-	float u = (float)fr_rand_unit(&rng) * 1.9f - 0.95f;
-	return u < 0 ? u - 0.05f : u + 0.05f;
-}
-
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	if (!p) {
-		fprintf(stderr, "out of memory\n");
-		exit(1);
-	}
-	return p;
-}
+#include "tests/gpu/gpu_test.h"
 
 static float *rand_f32(size_t n)
 {
@@ -83,19 +66,6 @@ static float *fetch(const void *d, size_t n)
 		exit(1);
 	}
 	return h;
-}
-
-/* ||a - b|| / ||b||; a NaN anywhere gives infinity. */
-static double rel_err(const float *a, const float *b, size_t n)
-{
-	double num = 0, den = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (isnan(a[i]) || isnan(b[i]))
-			return INFINITY;
-		num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-		den += (double)b[i] * b[i];
-	}
-	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
 static void report(const char *what, double err, double tol)

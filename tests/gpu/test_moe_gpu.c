@@ -21,30 +21,7 @@
 #include "moe/gpu.h"
 #include "moe/moe.h"
 #include "tests/test.h"
-
-static uint64_t rng;
-
-static void *xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n ? n : 1, size);
-	if (!p) {
-		fprintf(stderr, "out of memory\n");
-		exit(1);
-	}
-	return p;
-}
-
-static double rel_err(const float *a, const float *b, size_t n)
-{
-	double num = 0, den = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (isnan(a[i]) || isnan(b[i]))
-			return INFINITY;
-		num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-		den += (double)b[i] * b[i];
-	}
-	return den > 0 ? sqrt(num / den) : sqrt(num);
-}
+#include "tests/gpu/gpu_test.h"
 
 static const struct moe_gpu_module *mod;
 

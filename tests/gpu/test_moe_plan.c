@@ -17,24 +17,7 @@
 #include "kernels/cuda/moe_plan.h"
 #include "kernels/kernels.h"
 #include "tests/test.h"
-
-static uint64_t rng;
-
-static void *xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n ? n : 1, size);
-	if (!p) {
-		fprintf(stderr, "out of memory\n");
-		exit(1);
-	}
-	return p;
-}
-
-static float urand(void)
-{
-	float u = (float)fr_rand_unit(&rng) * 1.9f - 0.95f;
-	return u < 0 ? u - 0.05f : u + 0.05f;
-}
+#include "tests/gpu/gpu_test.h"
 
 /* Each slot's rows lie in [base, base + count), every pair has its own row below n_rows,
  * and within a slot rows follow token order. */
@@ -180,16 +163,11 @@ static void test_layer(int n_slots, int hidden, int inter, int n_tok, int kmax)
 				ref[(size_t)t * hidden + i] += wt[p] * d[i];
 		}
 	for (int lay = KN_MOE_LAYOUT_PACKED; lay <= KN_MOE_LAYOUT_PADDED; lay++) {
-		double num = 0, den = 0;
 		for (size_t i = 0; i < (size_t)n_tok * hidden; i++)
 			out[i] = NAN;
 		run_planned((enum kn_moe_layout)lay, n_slots, hidden, inter,
 			    (const struct kn_mat (*)[3])w, n_tok, x, poff, slot, wt, out);
-		for (size_t i = 0; i < (size_t)n_tok * hidden; i++) {
-			num += ((double)out[i] - ref[i]) * ((double)out[i] - ref[i]);
-			den += (double)ref[i] * ref[i];
-		}
-		double err = isnan(num) ? INFINITY : sqrt(num / FR_MAX(den, 1e-300));
+		double err = rel_err(out, ref, (size_t)n_tok * hidden);
 		printf("%s %s layout, %d slots, %d tokens x up to top-%d, %d x %d: rel err %.2e\n",
 		       err <= 1e-5 ? "ok  " : "FAIL", lay ? "padded" : "packed", n_slots, n_tok,
 		       kmax, hidden, inter, err);

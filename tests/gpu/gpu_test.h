@@ -1,0 +1,52 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* gpu_test.h - what the tests of the GPU path share (header-only, after tests/test.h): the
+ * random source, inputs that are never zero, allocation that exits on failure, and the
+ * relative error every comparison uses. */
+#ifndef FERRY_TESTS_GPU_TEST_H
+#define FERRY_TESTS_GPU_TEST_H
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common/common.h"
+
+static uint64_t rng; /* main() seeds it from t_seed() */
+
+/* Uniform in [-1, -0.05] u [0.05, 1]: never zero. */
+static FR_UNUSED float urand(void)
+{
+	float u = (float)fr_rand_unit(&rng) * 1.9f - 0.95f;
+	return u < 0 ? u - 0.05f : u + 0.05f;
+}
+
+static FR_UNUSED void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size ? size : 1);
+	if (!p) {
+		fprintf(stderr, "out of memory\n");
+		exit(1);
+	}
+	return p;
+}
+
+static FR_UNUSED void *xmalloc(size_t n)
+{
+	return xcalloc(n, 1);
+}
+
+/* ||a - b|| / ||b||; a NaN anywhere gives infinity. */
+static FR_UNUSED double rel_err(const float *a, const float *b, size_t n)
+{
+	double num = 0, den = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (isnan(a[i]) || isnan(b[i]))
+			return INFINITY;
+		num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		den += (double)b[i] * b[i];
+	}
+	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+#endif /* FERRY_TESTS_GPU_TEST_H */
