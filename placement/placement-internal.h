@@ -98,6 +98,15 @@ static inline bool ws_can_give(const struct ws *s, int e)
 	return s->rep[e] >= 2 && s->load[e] / (s->rep[e] - 1) <= s->heavy_cap;
 }
 
+/* Sum of the squared worker loads (equal split): how spread they are. */
+static inline double ws_ss(const struct ws *s)
+{
+	double ss = 0;
+	for (int w = 0; w < s->W; w++)
+		ss += s->wl[w] * s->wl[w];
+	return ss;
+}
+
 static inline int ws_count_on(const struct ws *s, int e, int w)
 {
 	int n = 0;

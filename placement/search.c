@@ -200,15 +200,6 @@ void co_place__local_search(struct ws *s)
 
 /* ---- migration-aware search from the previous layout ---- */
 
-/* Sum of the squared worker loads (equal split): how spread they are. */
-static double ls_ss(const struct ws *s)
-{
-	double ss = 0;
-	for (int w = 0; w < s->W; w++)
-		ss += s->wl[w] * s->wl[w];
-	return ss;
-}
-
 /* Slots newly loaded when slot g goes from expert a to b, against the previous layout pv. */
 static inline int slot_cost(const int32_t *pv, int g, int a, int b)
 {
@@ -252,6 +243,7 @@ static long ls_restore(struct ws *s, const int32_t *pv, double limit, double ss_
 				continue;
 			wx = ws_weight(s, x);
 			ww = ws_weight(s, want);
+			double ss = ws_ss(s);
 			for (int g2 = s->head[want]; g2 >= 0; g2 = s->nxt[g2]) {
 				int w2 = s->sw[g2];
 				int c = slot_cost(pv, g1, x, want) + slot_cost(pv, g2, want, x);
@@ -261,7 +253,7 @@ static long ls_restore(struct ws *s, const int32_t *pv, double limit, double ss_
 					continue;
 				m = FR_MAX(s->wl[w1] - wx + ww, s->wl[w2] + wx - ww);
 				double d = wx - ww, dss = 2 * d * (s->wl[w2] - s->wl[w1]) + 2 * d * d;
-				if (m <= limit && ls_ss(s) + dss <= ss_limit &&
+				if (m <= limit && ss + dss <= ss_limit &&
 				    (c < bc || (c == bc && m < bm))) {
 					best = g2;
 					bc = c;
@@ -279,7 +271,7 @@ static long ls_restore(struct ws *s, const int32_t *pv, double limit, double ss_
 				continue;
 			if (transfer_eval(s, g1, want, limit, NULL) <= limit) {
 				ls_apply(s, 2, g1, want);
-				if (ls_ss(s) > ss_limit) { /* spreads the loads: hand it back */
+				if (ws_ss(s) > ss_limit) { /* spreads the loads: hand it back */
 					ls_apply(s, 2, g1, x);
 					continue;
 				}
@@ -403,7 +395,7 @@ long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target,
 		if (M <= 0)
 			break;
 		if (M <= target || (M <= even_target && co_place__ws_wf_max(s) <= target)) {
-			long c = ls_ss(s) > ss_target ? spread_step(s, pv) : -1;
+			long c = ws_ss(s) > ss_target ? spread_step(s, pv) : -1;
 			if (c < 0)
 				break;
 			moved += c;
@@ -496,5 +488,5 @@ long co_place__local_search_warm(struct ws *s, const int32_t *pv, double target,
 		moved += bcost;
 	}
 	return moved + ls_restore(s, pv, FR_MAX(target, co_place__ws_max(s, NULL)),
-				  FR_MAX(ss_target, ls_ss(s)));
+				  FR_MAX(ss_target, ws_ss(s)));
 }

@@ -130,14 +130,6 @@ double co_place__ws_wf_max(struct ws *s)
 				   s->wf_wl, s->wf_flow, s->wf_mark, s->wf_lv);
 }
 
-static double ws_ss(const struct ws *s)
-{
-	double ss = 0;
-	for (int w = 0; w < s->W; w++)
-		ss += s->wl[w] * s->wl[w];
-	return ss;
-}
-
 /* How much more spread the worker loads of a kept layout may be than EPLB's packing (squared
  * coefficient of variation, relative and absolute; spread_target()). A step lasts as long as
  * its busiest worker: with several workers just below the largest load, a step's swings

@@ -101,11 +101,11 @@ static double layer_max(const struct co_placement *p, int l, const double *row)
 	return m;
 }
 
-/* The largest worker load with every expert's load split evenly between its replicas (the
- * split EPLB's policy assumes), from the routing table. */
-static double layer_max_equal(const struct co_placement *p, int l, const double *row)
+/* The worker loads with every expert's load split evenly between its replicas (the split
+ * EPLB's policy assumes), from the routing table. */
+static double *layer_loads_equal(const struct co_placement *p, int l, const double *row)
 {
-	double *wl = t_xmalloc(sizeof(double) * (size_t)p->n_workers), m = 0;
+	double *wl = t_xmalloc(sizeof(double) * (size_t)p->n_workers);
 	memset(wl, 0, sizeof(double) * (size_t)p->n_workers);
 	for (int e = 0; e < p->n_experts; e++) {
 		int n = 0;
@@ -113,6 +113,13 @@ static double layer_max_equal(const struct co_placement *p, int l, const double 
 		for (int i = 0; i < n; i++)
 			wl[r[i].worker] += row[e] / n;
 	}
+	return wl; /* [n_workers], the caller frees */
+}
+
+/* The largest of them. */
+static double layer_max_equal(const struct co_placement *p, int l, const double *row)
+{
+	double *wl = layer_loads_equal(p, l, row), m = 0;
 	for (int w = 0; w < p->n_workers; w++)
 		m = FR_MAX(m, wl[w]);
 	free(wl);
@@ -576,14 +583,7 @@ static double layer_heaviest(const struct co_placement *p, int l, const double *
 static double layer_cv2(const struct co_placement *p, int l, const double *row)
 {
 	int W = p->n_workers;
-	double *wl = t_xmalloc(sizeof(double) * (size_t)W), sum = 0, ss = 0;
-	memset(wl, 0, sizeof(double) * (size_t)W);
-	for (int e = 0; e < p->n_experts; e++) {
-		int n = 0;
-		const struct co_place_replica *r = co_place_replicas(p, l, e, &n);
-		for (int i = 0; i < n; i++)
-			wl[r[i].worker] += row[e] / n;
-	}
+	double *wl = layer_loads_equal(p, l, row), sum = 0, ss = 0;
 	for (int w = 0; w < W; w++) {
 		sum += wl[w];
 		ss += wl[w] * wl[w];
