@@ -171,6 +171,57 @@ INLINE void load_x32(const float *p, int rem, enum kn_dtype dt, __m512 *x0, __m5
 	}
 }
 
+/* y[t+j][r+i] = the lane sum of acc[i * T + j] for i < R, j < T (R * T <= 16). One
+ * transposing tree for all sixteen instead of a reduction each: lane sums pair elements 0+2 and
+ * 1+3 of each 128-bit lane, add those, then lanes 0+1 and 2+3, then the two halves - the same
+ * order for every accumulator whatever the tile's shape, so a row's result does not depend
+ * on the tile it was computed in. */
+INLINE void reduce_tile(float *y, size_t ldy, int t, int r, const __m512 *acc, const int R,
+			const int T)
+{
+	__m512 v[16], u[8], s[4], h[2];
+
+	UNROLL for (int q = 0; q < 16; q++) /* v[4j + i]: token j's rows in one 128-bit lane */
+		v[q] = q / 4 < T && q % 4 < R ? acc[(q % 4) * T + q / 4] : _mm512_setzero_ps();
+	if (R > 4) { /* one token, up to 16 rows: v[i] */
+		UNROLL for (int q = 0; q < 16; q++)
+			v[q] = q < R ? acc[q] : _mm512_setzero_ps();
+	}
+	UNROLL for (int q = 0; q < 8; q++)
+		u[q] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * q], v[2 * q + 1]),
+				     _mm512_unpackhi_ps(v[2 * q], v[2 * q + 1]));
+	UNROLL for (int q = 0; q < 4; q++)
+		s[q] = _mm512_add_ps(
+			_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(u[2 * q]),
+							    _mm512_castps_pd(u[2 * q + 1]))),
+			_mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(u[2 * q]),
+							    _mm512_castps_pd(u[2 * q + 1]))));
+	UNROLL for (int q = 0; q < 2; q++)
+		h[q] = _mm512_add_ps(_mm512_shuffle_f32x4(s[2 * q], s[2 * q + 1], 0x88),
+				     _mm512_shuffle_f32x4(s[2 * q], s[2 * q + 1], 0xdd));
+	__m512 z = _mm512_add_ps(_mm512_shuffle_f32x4(h[0], h[1], 0x88),
+				 _mm512_shuffle_f32x4(h[0], h[1], 0xdd));
+	if (R > 4) {
+		_mm512_mask_storeu_ps(y + (size_t)t * ldy + r, mask16(R), z);
+		return;
+	}
+	if (R == 4) {
+		_mm_storeu_ps(y + (size_t)t * ldy + r, _mm512_castps512_ps128(z));
+		if (T > 1)
+			_mm_storeu_ps(y + (size_t)(t + 1) * ldy + r, _mm512_extractf32x4_ps(z, 1));
+		if (T > 2)
+			_mm_storeu_ps(y + (size_t)(t + 2) * ldy + r, _mm512_extractf32x4_ps(z, 2));
+		if (T > 3)
+			_mm_storeu_ps(y + (size_t)(t + 3) * ldy + r, _mm512_extractf32x4_ps(z, 3));
+		return;
+	}
+	_Alignas(64) float o[16];
+	_mm512_store_ps(o, z);
+	UNROLL for (int j = 0; j < T; j++)
+		UNROLL for (int i = 0; i < R; i++)
+			y[(size_t)(t + j) * ldy + r + i] = o[4 * j + i];
+}
+
 /* y[t+j][r+i] for i < R, j < T (R * T <= 16). */
 INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
 		     const int T, const enum kn_dtype dt)
@@ -192,9 +243,7 @@ INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, in
 			}
 		}
 	}
-	UNROLL for (int i = 0; i < R; i++)
-		UNROLL for (int j = 0; j < T; j++)
-			y[(size_t)(t + j) * w->rows + r + i] = _mm512_reduce_add_ps(acc[i * T + j]);
+	reduce_tile(y, (size_t)w->rows, t, r, acc, R, T);
 }
 
 INLINE void matmul_dot(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
@@ -237,9 +286,7 @@ INLINE void dot_tile_xp(float *y, const float *xp, const struct kn_mat *w, int t
 			}
 		}
 	}
-	UNROLL for (int i = 0; i < R; i++)
-		UNROLL for (int j = 0; j < T; j++)
-			y[(size_t)(t + j) * w->rows + r + i] = _mm512_reduce_add_ps(acc[i * T + j]);
+	reduce_tile(y, (size_t)w->rows, t, r, acc, R, T);
 }
 
 static void matmul_few_bf16(float *y, const float *x, const struct kn_mat *w, int n, int r0,
@@ -464,9 +511,7 @@ INLINE void fdot_tile(float *y, const float *x, const struct kn_mat *w, int t, i
 				acc[i * T + j] = _mm512_dpbf16_ps(acc[i * T + j], wv, xv[j]);
 		}
 	}
-	UNROLL for (int i = 0; i < R; i++)
-		UNROLL for (int j = 0; j < T; j++)
-			y[(size_t)(t + j) * w->rows + r + i] = _mm512_reduce_add_ps(acc[i * T + j]);
+	reduce_tile(y, (size_t)w->rows, t, r, acc, R, T);
 }
 
 static void fmatmul_dot(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
@@ -489,6 +534,8 @@ INLINE void fdot_tile_xb(float *y, const uint16_t *xb, const struct kn_mat *w, i
 	const uint16_t *wd = w->data;
 	__m512 acc[16];
 
+	const bool pf = t == 0 && r + 2 * R <= w->rows;
+
 	UNROLL for (int i = 0; i < R * T; i++)
 		acc[i] = _mm512_setzero_ps();
 	for (int k = 0; k < cols; k += 32) {
@@ -496,15 +543,16 @@ INLINE void fdot_tile_xb(float *y, const uint16_t *xb, const struct kn_mat *w, i
 		__m512bh xv[4];
 		UNROLL for (int j = 0; j < T; j++)
 			xv[j] = load_wbf(xb + (size_t)(t + j) * cols + k, rem);
+		if (pf)
+			UNROLL for (int i = 0; i < R; i++)
+				_mm_prefetch((const char *)(wd + (size_t)(r + R + i) * cols + k), _MM_HINT_T1);
 		UNROLL for (int i = 0; i < R; i++) {
 			__m512bh wv = load_wbf(wd + (size_t)(r + i) * cols + k, rem);
 			UNROLL for (int j = 0; j < T; j++)
 				acc[i * T + j] = _mm512_dpbf16_ps(acc[i * T + j], wv, xv[j]);
 		}
 	}
-	UNROLL for (int i = 0; i < R; i++)
-		UNROLL for (int j = 0; j < T; j++)
-			y[(size_t)(t + j) * w->rows + r + i] = _mm512_reduce_add_ps(acc[i * T + j]);
+	reduce_tile(y, (size_t)w->rows, t, r, acc, R, T);
 }
 
 static void fmatmul_few(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
