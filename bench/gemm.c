@@ -44,6 +44,7 @@ int main(int argc, char **argv)
 		{ 32, 2048, 1408 },
 		{ 64, 2048, 1408 },
 		{ 64, 1408, 2048 },
+		{ 32, 10944, 2048 }, /* the dense FFN's down projection, 32 decoding sequences */
 		{ 32, 2048, 102400 }, /* the lm_head of 32 decoding sequences (16b vocabulary) */
 	};
 	double pk_fma[3], pk_dp[3];

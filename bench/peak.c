@@ -63,13 +63,19 @@ __attribute__((target("avx512f,avx512bf16"))) static double peak_dp_thread(void)
 #undef DP_OP
 }
 
+/* The best of three tries: on a shared machine one try can lose a core for a moment, and a
+ * low ceiling would flatter every ratio divided by it. */
 double bench_peak_gflops(int nth, bool dp)
 {
-	double sum = 0;
+	double best = 0;
 	if (!__builtin_cpu_supports("avx512f") || (dp && !__builtin_cpu_supports("avx512bf16")))
 		return 0;
+	for (int try = 0; try < 3; try++) {
+		double sum = 0;
 #pragma omp parallel num_threads(nth) reduction(+ : sum)
-	sum += dp ? peak_dp_thread() : peak_fma_thread();
-	return sum;
+		sum += dp ? peak_dp_thread() : peak_fma_thread();
+		best = FR_MAX(best, sum);
+	}
+	return best;
 }
 

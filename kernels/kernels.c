@@ -251,28 +251,69 @@ bool kn_fast_active(void)
 
 /* ---- threaded entry points ----------------------------------------------------------------- */
 
+/* Each thread's rows: chunks of 16, so each thread streams a contiguous slab of W. */
+static void thread_rows(const struct kn_mat *w, int *r0, int *r1)
+{
+	int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+	int blocks = FR_DIV_ROUND_UP(w->rows, 16);
+	int b0 = (int)((long)blocks * tid / nt), b1 = (int)((long)blocks * (tid + 1) / nt);
+	*r0 = b0 * 16, *r1 = FR_MIN(b1 * 16, w->rows);
+}
+
+/* KN_PRECISION_FAST where the table takes rounded activations: the threads round a share
+ * of the tokens each, once, then split the rows. False when the buffer cannot be had. */
+static bool matmul_run_xb(const struct kn_ops *ops, float *y, const float *x,
+			  const struct kn_mat *w, int n, int nth)
+{
+	size_t ld = KN_XB_LD(w->cols), bytes = (size_t)n * ld * sizeof(uint16_t);
+	uint16_t *xb = aligned_alloc(64, FR_DIV_ROUND_UP(bytes, 64) * 64);
+
+	if (!xb)
+		return false;
+	if (nth == 1) {
+		ops->round_bf16(xb, x, n, w->cols);
+		ops->matmul_fast_xb(y, xb, w, n, 0, w->rows);
+	} else {
+#pragma omp parallel num_threads(nth)
+		{
+			int tid = omp_get_thread_num(), nt = omp_get_num_threads(), r0, r1;
+			int t0 = (int)((long)n * tid / nt), t1 = (int)((long)n * (tid + 1) / nt);
+			if (t0 < t1)
+				ops->round_bf16(xb + (size_t)t0 * ld, x + (size_t)t0 * w->cols,
+						t1 - t0, w->cols);
+#pragma omp barrier
+			thread_rows(w, &r0, &r1);
+			if (r0 < r1)
+				ops->matmul_fast_xb(y, xb, w, n, r0, r1);
+		}
+	}
+	free(xb);
+	return true;
+}
+
 static void matmul_run(float *y, const float *x, const struct kn_mat *w, int n,
 		       enum kn_precision prec)
 {
 	const struct kn_ops *ops = kn_ops();
 	void (*mm)(float *, const float *, const struct kn_mat *, int, int, int) = ops->matmul;
-	if (prec == KN_PRECISION_FAST && w->dtype == KN_DTYPE_BF16 && ops->matmul_fast)
-		mm = ops->matmul_fast;
-	/* Split rows in chunks of 16 so each thread streams a contiguous slab of W. */
+	bool fast = prec == KN_PRECISION_FAST && w->dtype == KN_DTYPE_BF16 && ops->matmul_fast;
 	int nth = g_threads;
 	size_t work = (size_t)w->rows * (size_t)w->cols * (size_t)n;
+
 	if (work < 32768 || w->rows < 32)
 		nth = 1;
+	if (fast && ops->matmul_fast_xb && matmul_run_xb(ops, y, x, w, n, nth))
+		return;
+	if (fast)
+		mm = ops->matmul_fast;
 	if (nth == 1) {
 		mm(y, x, w, n, 0, w->rows);
 		return;
 	}
-	int blocks = FR_DIV_ROUND_UP(w->rows, 16);
 #pragma omp parallel num_threads(nth)
 	{
-		int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-		int b0 = (int)((long)blocks * tid / nt), b1 = (int)((long)blocks * (tid + 1) / nt);
-		int r0 = b0 * 16, r1 = FR_MIN(b1 * 16, w->rows);
+		int r0, r1;
+		thread_rows(w, &r0, &r1);
 		if (r0 < r1)
 			mm(y, x, w, n, r0, r1);
 	}

@@ -101,6 +101,9 @@ int kn_precision_parse(const char *s, enum kn_precision *ret);
 
 /* ---- the op table ----------------------------------------------------------------------------- */
 
+/* Row stride of bf16 activations for kn_ops.matmul_fast_xb: cols rounded up to 32. */
+#define KN_XB_LD(cols) (((size_t)(cols) + 31) / 32 * 32)
+
 struct kn_ops {
 	const char *name; /* "scalar", "avx2", "avx512", "avx512bf16" */
 
@@ -111,6 +114,13 @@ struct kn_ops {
 	 * to bf16, then sequential fp32 sums. */
 	void (*matmul_fast)(float *y, const float *x, const struct kn_mat *w, int n, int r0,
 			    int r1);
+	/* matmul_fast on activations already rounded by round_bf16, so that threads splitting
+	 * the rows round them once: xb[n][KN_XB_LD(w->cols)]. Both NULL where the table has
+	 * none (kn_matmul then calls matmul_fast). Same results as matmul_fast, bit for bit. */
+	void (*matmul_fast_xb)(float *y, const uint16_t *xb, const struct kn_mat *w, int n, int r0,
+			       int r1);
+	/* xb[t][KN_XB_LD(cols)] = x[t][cols] rounded to bf16 (nearest even), zeros past cols. */
+	void (*round_bf16)(uint16_t *xb, const float *x, int n, int cols);
 	/* y[i] = x[i] / sqrt(mean(x^2) + eps) * g[i], one row of dim. */
 	void (*rmsnorm)(float *y, const float *x, const float *g, int dim, float eps);
 	/* out[i] = silu(gate[i]) * up[i] */

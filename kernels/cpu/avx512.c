@@ -16,6 +16,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/common.h"
@@ -490,51 +491,18 @@ INLINE __m512bh load_wbf(const uint16_t *p, int rem)
 	return (__m512bh)_mm512_maskz_loadu_epi16(m, p);
 }
 
-/* y[t+j][r+i] for i < R, j < T (R * T <= 16). */
-INLINE void fdot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
-		      const int T)
+/* Tiles over activations already rounded: xb[t][ld] bf16 (ld = KN_XB_LD(cols), zeros past
+ * cols, so x loads need no mask). y[t+j][r+i] for i < R, j < T (R * T <= 16, T <= 4): 16
+ * accumulators at most, summed by reduce_tile. With pf, the tile prefetches the next R rows
+ * of weights into L2: a row of 2048 BF16 is one 4 KiB page, where the hardware stream stops,
+ * so the first token group of each row block would otherwise wait on DRAM. */
+INLINE void fdot_tile_xb(float *y, const uint16_t *xb, size_t ld, const struct kn_mat *w, int t,
+			 int r, const int R, const int T, const bool pf)
 {
 	const int cols = w->cols;
 	const uint16_t *wd = w->data;
+	const bool fetch = pf && t == 0 && r + 2 * R <= w->rows;
 	__m512 acc[16];
-	__m512bh xv[8];
-
-	UNROLL for (int i = 0; i < R * T; i++)
-		acc[i] = _mm512_setzero_ps();
-	for (int k = 0; k < cols; k += 32) {
-		int rem = FR_MIN(32, cols - k);
-		UNROLL for (int j = 0; j < T; j++)
-			xv[j] = load_xbf(x + (size_t)(t + j) * cols + k, rem);
-		UNROLL for (int i = 0; i < R; i++) {
-			__m512bh wv = load_wbf(wd + (size_t)(r + i) * cols + k, rem);
-			UNROLL for (int j = 0; j < T; j++)
-				acc[i * T + j] = _mm512_dpbf16_ps(acc[i * T + j], wv, xv[j]);
-		}
-	}
-	reduce_tile(y, (size_t)w->rows, t, r, acc, R, T);
-}
-
-static void fmatmul_dot(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
-{
-#define TILE(t, r, R, T) fdot_tile(y, x, w, t, r, R, T)
-	DOT_WALK(TILE, n, r0, r1);
-#undef TILE
-}
-
-/* A few tokens (GEMM_MIN_N .. FDOT_MAX_N), the activations already bf16 in xb[n][cols]:
- * R = 4 weight rows against T = 4 tokens per tile, 16 accumulators of 16 lanes summed at the
- * end. The rows' weights (4 x cols bf16) stay in L1 while each group of tokens passes. */
-#define FDOT_MAX_N 64
-#define FDOT_MAX_XB (256 * 1024) /* bytes of bf16 activations on the stack */
-
-INLINE void fdot_tile_xb(float *y, const uint16_t *xb, const struct kn_mat *w, int t, int r,
-			 const int R, const int T)
-{
-	const int cols = w->cols;
-	const uint16_t *wd = w->data;
-	__m512 acc[16];
-
-	const bool pf = t == 0 && r + 2 * R <= w->rows;
 
 	UNROLL for (int i = 0; i < R * T; i++)
 		acc[i] = _mm512_setzero_ps();
@@ -542,10 +510,11 @@ INLINE void fdot_tile_xb(float *y, const uint16_t *xb, const struct kn_mat *w, i
 		int rem = FR_MIN(32, cols - k);
 		__m512bh xv[4];
 		UNROLL for (int j = 0; j < T; j++)
-			xv[j] = load_wbf(xb + (size_t)(t + j) * cols + k, rem);
-		if (pf)
+			xv[j] = (__m512bh)_mm512_loadu_si512(xb + (size_t)(t + j) * ld + k);
+		if (fetch)
 			UNROLL for (int i = 0; i < R; i++)
-				_mm_prefetch((const char *)(wd + (size_t)(r + R + i) * cols + k), _MM_HINT_T1);
+				_mm_prefetch((const char *)(wd + (size_t)(r + R + i) * cols + k),
+					     _MM_HINT_T1);
 		UNROLL for (int i = 0; i < R; i++) {
 			__m512bh wv = load_wbf(wd + (size_t)(r + i) * cols + k, rem);
 			UNROLL for (int j = 0; j < T; j++)
@@ -553,23 +522,6 @@ INLINE void fdot_tile_xb(float *y, const uint16_t *xb, const struct kn_mat *w, i
 		}
 	}
 	reduce_tile(y, (size_t)w->rows, t, r, acc, R, T);
-}
-
-static void fmatmul_few(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1,
-			uint16_t *xb)
-{
-	const int cols = w->cols;
-
-	/* x rounded to bf16 once (what load_xbf does per step in fdot_tile) */
-	for (int t = 0; t < n; t++)
-		for (int k = 0; k < cols; k += 32)
-			_mm512_mask_storeu_epi16(xb + (size_t)t * cols + k,
-						 cols - k >= 32 ? 0xffffffffu : (1u << (cols - k)) - 1u,
-						 (__m512i)load_xbf(x + (size_t)t * cols + k,
-								   FR_MIN(32, cols - k)));
-#define TILE(t, r, R, T) fdot_tile_xb(y, xb, w, t, r, R, T)
-	FEW_WALK(TILE, n, r0, r1);
-#undef TILE
 }
 
 /* wp[p][32] = the bf16 pair (W[r + i][k0 + 2p], W[r + i][k0 + 2p + 1]) for i < nr, as one
@@ -608,19 +560,16 @@ INLINE void pack_panel_pairs(uint32_t *wp, const struct kn_mat *w, int r, int nr
 	}
 }
 
-/* y[j][0..nr) (+)= x[j][0..kc) . panel, j < M tokens. x is rounded to bf16 pairs first. */
-INLINE void fgemm_tile(float *y, size_t ldy, const float *x, size_t ldx, const uint32_t *wp,
+/* y[j][0..nr) (+)= xb[j][0..kc) . panel, j < M tokens; each bf16 pair of x broadcast as
+ * it lies (a row's zero padding completes an odd last pair). */
+INLINE void fgemm_tile(float *y, size_t ldy, const uint16_t *xb, size_t ldx, const uint32_t *wp,
 		       int kc, int nr, bool first, const int M)
 {
-	_Alignas(64) uint32_t xb[MT][KCF / 2];
 	__m512 acc[2 * MT];
 	__mmask16 m0 = mask16(FR_MIN(nr, 16)), m1 = mask16(FR_MAX(nr - 16, 0));
 	int np = (kc + 1) / 2;
 
 	UNROLL for (int j = 0; j < M; j++) {
-		for (int k = 0; k < kc; k += 32)
-			_mm512_store_si512(&xb[j][k / 2],
-					   (__m512i)load_xbf(x + j * ldx + k, FR_MIN(32, kc - k)));
 		if (first) {
 			acc[2 * j] = _mm512_setzero_ps();
 			acc[2 * j + 1] = _mm512_setzero_ps();
@@ -633,7 +582,8 @@ INLINE void fgemm_tile(float *y, size_t ldy, const float *x, size_t ldx, const u
 		__m512bh w0 = (__m512bh)_mm512_load_si512(wp + (size_t)p * 32);
 		__m512bh w1 = (__m512bh)_mm512_load_si512(wp + (size_t)p * 32 + 16);
 		UNROLL for (int j = 0; j < M; j++) {
-			__m512bh b = (__m512bh)_mm512_set1_epi32((int)xb[j][p]);
+			__m512bh b = (__m512bh)_mm512_broadcastd_epi32(
+				_mm_loadu_si32(xb + j * ldx + 2 * (size_t)p));
 			acc[2 * j] = _mm512_dpbf16_ps(acc[2 * j], w0, b);
 			acc[2 * j + 1] = _mm512_dpbf16_ps(acc[2 * j + 1], w1, b);
 		}
@@ -644,30 +594,34 @@ INLINE void fgemm_tile(float *y, size_t ldy, const float *x, size_t ldx, const u
 	}
 }
 
-static void fgemm_tiles(float *y, size_t ldy, const float *x, size_t ldx, const uint32_t *wp,
+static void fgemm_tiles(float *y, size_t ldy, const uint16_t *xb, size_t ldx, const uint32_t *wp,
 			int kc, int nr, bool first, int n)
 {
-#define TILE(t, M) fgemm_tile(y + (t) * ldy, ldy, x + (t) * ldx, ldx, wp, kc, nr, first, M)
+#define TILE(t, M) fgemm_tile(y + (t) * ldy, ldy, xb + (t) * ldx, ldx, wp, kc, nr, first, M)
 	GEMM_WALK(TILE, n);
 #undef TILE
 }
 
-static void avx512_matmul_fast(float *y, const float *x, const struct kn_mat *w, int n, int r0,
-			       int r1)
+/* A few tokens (up to FDOT_MAX_N): 8-row tiles for one token, 4 rows x 4 tokens for more,
+ * the weights as they lie; more tokens: packed panels of bf16 pairs. */
+#define FDOT_MAX_N 64
+
+static void avx512_matmul_fast_xb(float *y, const uint16_t *xb, const struct kn_mat *w, int n,
+				  int r0, int r1)
 {
+	const size_t ld = KN_XB_LD(w->cols);
 	_Alignas(64) uint32_t wp[KCF / 2 * 32];
 
-	if (w->dtype != KN_DTYPE_BF16) {
-		avx512_matmul(y, x, w, n, r0, r1);
-		return;
-	}
 	if (n < GEMM_MIN_N) {
-		fmatmul_dot(y, x, w, n, r0, r1);
+#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, false)
+		DOT_WALK(TILE, n, r0, r1);
+#undef TILE
 		return;
 	}
-	if (n <= FDOT_MAX_N && (size_t)n * w->cols * sizeof(uint16_t) <= FDOT_MAX_XB) {
-		_Alignas(64) uint16_t xb[FDOT_MAX_XB / sizeof(uint16_t)];
-		fmatmul_few(y, x, w, n, r0, r1, xb);
+	if (n <= FDOT_MAX_N) {
+#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, true)
+		FEW_WALK(TILE, n, r0, r1);
+#undef TILE
 		return;
 	}
 	for (int r = r0; r < r1; r += 32) {
@@ -675,10 +629,46 @@ static void avx512_matmul_fast(float *y, const float *x, const struct kn_mat *w,
 		for (int k0 = 0; k0 < w->cols; k0 += KCF) {
 			int kc = FR_MIN(KCF, w->cols - k0);
 			pack_panel_pairs(wp, w, r, nr, k0, kc);
-			fgemm_tiles(y + r, (size_t)w->rows, x + k0, (size_t)w->cols, wp, kc, nr,
-				    k0 == 0, n);
+			fgemm_tiles(y + r, (size_t)w->rows, xb + k0, ld, wp, kc, nr, k0 == 0, n);
 		}
 	}
+}
+
+/* xb[t][KN_XB_LD(cols)] = x[t][cols] rounded to bf16 (nearest even, as vcvtne2ps2bf16 does),
+ * zeros past cols. */
+static void avx512_round_bf16(uint16_t *xb, const float *x, int n, int cols)
+{
+	const size_t ld = KN_XB_LD(cols);
+
+	for (int t = 0; t < n; t++)
+		for (int k = 0; k < (int)ld; k += 32)
+			_mm512_storeu_si512(xb + (size_t)t * ld + k,
+					    (__m512i)load_xbf(x + (size_t)t * cols + k,
+							      FR_MIN(32, cols - k)));
+}
+
+#define FAST_STACK_XB (64 * 1024) /* bytes of bf16 activations rounded on the stack */
+
+/* The op on fp32 activations: rounded here, per call. kn_matmul rounds once, before the
+ * threads split the rows, and calls avx512_matmul_fast_xb. */
+static void avx512_matmul_fast(float *y, const float *x, const struct kn_mat *w, int n, int r0,
+			       int r1)
+{
+	size_t bytes = (size_t)n * KN_XB_LD(w->cols) * sizeof(uint16_t);
+	_Alignas(64) uint16_t stack[FAST_STACK_XB / sizeof(uint16_t)];
+	uint16_t *xb = NULL;
+
+	if (w->dtype == KN_DTYPE_BF16)
+		xb = bytes <= sizeof(stack) ? stack
+					    : aligned_alloc(64, FR_DIV_ROUND_UP(bytes, 64) * 64);
+	if (!xb) { /* not BF16, or no memory: exactly, which needs none */
+		avx512_matmul(y, x, w, n, r0, r1);
+		return;
+	}
+	avx512_round_bf16(xb, x, n, w->cols);
+	avx512_matmul_fast_xb(y, xb, w, n, r0, r1);
+	if (xb != stack)
+		free(xb);
 }
 
 /* ---- vector ops ---------------------------------------------------------------------------- */
@@ -787,6 +777,8 @@ const struct kn_ops kn_ops_avx512bf16 = {
 	.name = "avx512bf16",
 	.matmul = avx512_matmul,
 	.matmul_fast = avx512_matmul_fast,
+	.matmul_fast_xb = avx512_matmul_fast_xb,
+	.round_bf16 = avx512_round_bf16,
 	.rmsnorm = avx512_rmsnorm,
 	.swiglu = avx512_swiglu,
 	.axpy = avx512_axpy,

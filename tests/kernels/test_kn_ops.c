@@ -120,6 +120,24 @@ static void test_matmul_fast(const struct kn_ops *ops, int rows, int cols, int n
 			 "%s matmul_fast %dx%d: the first %d of n=%d tokens differ from %d alone",
 			 ops->name, rows, cols, m, n, m);
 	}
+	/* the same through activations rounded once (what kn_matmul's threads share) */
+	if (ops->matmul_fast_xb) {
+		size_t ld = KN_XB_LD(cols);
+		uint16_t *xb = malloc((size_t)n * ld * sizeof(uint16_t));
+		KT_CHECK(xb != NULL, "out of memory");
+		ops->round_bf16(xb, x, n, cols);
+		for (int t = 0; t < n; t++)
+			for (size_t k = 0; k < ld; k++)
+				KT_CHECK(xb[t * ld + k] == (k < (size_t)cols
+								    ? kn_f32_to_bf16(x[t * cols + k])
+								    : 0),
+					 "%s round_bf16 %d cols: x[%d][%zu]", ops->name, cols, t, k);
+		ops->matmul_fast_xb(y2, xb, &w, n, 0, rows);
+		KT_CHECK(memcmp(y2, y, sizeof(float) * ny) == 0,
+			 "%s matmul_fast_xb %dx%d n=%d differs from matmul_fast", ops->name, rows,
+			 cols, n);
+		free(xb);
+	}
 	int a = kt_randint(0, rows), b = kt_randint(a, rows);
 	for (size_t i = 0; i < ny; i++)
 		y2[i] = 12345.0f;
