@@ -9,7 +9,12 @@
  * weight a token uses (its k experts). The peak is the fp32 FMA one, or the bf16 dot
  * product's under FERRY_PRECISION=fast (bench/peak.h).
  *
+ * The prefill computes the logits of the prompt's last token, as serving does; with
+ * --all-logits it computes every token's (llama.cpp's perplexity shape), and its roofline
+ * counts the lm_head that many times.
+ *
  * Usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]
+ *            [--all-logits]
  */
 #include <getopt.h>
 #include <math.h>
@@ -128,10 +133,11 @@ int main(int argc, char **argv)
 		{ "model", required_argument, NULL, 'm' }, { "prompt", required_argument, NULL, 'p' },
 		{ "gen", required_argument, NULL, 'g' },   { "batch", required_argument, NULL, 'b' },
 		{ "threads", required_argument, NULL, 't' }, { "reps", required_argument, NULL, 'r' },
-		{ NULL, 0, NULL, 0 },
+		{ "all-logits", no_argument, NULL, 'a' },    { NULL, 0, NULL, 0 },
 	};
 	const char *model = NULL;
 	int n_prompt = 256, n_gen = 16, batch = 1, reps = 3, c;
+	bool all_logits = false;
 	struct fr_error err = { { 0 } };
 
 	while ((c = getopt_long(argc, argv, "m:p:g:b:t:r:", opts, NULL)) != -1) {
@@ -142,13 +148,14 @@ int main(int argc, char **argv)
 		case 'b': batch = atoi(optarg); break;
 		case 't': kn_set_threads(atoi(optarg)); break;
 		case 'r': reps = atoi(optarg); break;
+		case 'a': all_logits = true; break;
 		default:
-			fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]\n");
+			fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R] [--all-logits]\n");
 			return 2;
 		}
 	}
 	if (!model || n_prompt < 1 || n_gen < 1 || batch < 1 || reps < 1) {
-		fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]\n");
+		fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R] [--all-logits]\n");
 		return 2;
 	}
 
@@ -179,12 +186,12 @@ int main(int argc, char **argv)
 	uint64_t rng = 42;
 
 	for (int r = 0; r < reps; r++) {
-		/* Prefill: one sequence of n_prompt tokens, logits of the last one only. */
+		/* Prefill: one sequence of n_prompt tokens, logits of the last one (or all). */
 		for (int i = 0; i < n_prompt; i++) {
 			tok[i] = (int32_t)(fr_splitmix64(&rng) % (uint64_t)cfg->vocab_size);
 			seq[i] = 0;
 			pos[i] = i;
-			want[i] = i == n_prompt - 1;
+			want[i] = all_logits || i == n_prompt - 1;
 		}
 		for (int s = 0; s < batch; s++)
 			co_engine_reset_seq(e, s);
@@ -226,15 +233,19 @@ int main(int argc, char **argv)
 	double flop_tok = 2.0 * (double)act / (double)kn_dtype_size(w->embed.dtype);
 	double dec_bw = bw * batch / step_bytes(w, experts_reached(cfg, batch));
 	double dec_roof = peak > 0 ? FR_MIN(dec_bw, peak / flop_tok) : dec_bw;
+	/* the prefill runs the lm_head for its wanted rows only */
+	double lm_flop = 2.0 * (double)w->lm_head.rows * w->lm_head.cols;
+	double pre_flop = n_prompt * (flop_tok - lm_flop) + (all_logits ? n_prompt : 1) * lm_flop;
 	double pre_bw = bw * n_prompt / step_bytes(w, experts_reached(cfg, n_prompt));
-	double pre_roof = peak > 0 ? FR_MIN(pre_bw, peak / flop_tok) : pre_bw;
+	double pre_roof = peak > 0 ? FR_MIN(pre_bw, peak * n_prompt / pre_flop) : pre_bw;
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 
 	printf("model %s: %d layers, hidden %d, %d routed (top-%d), dtype %s; isa=%s threads=%d "
-	       "precision=%s batch=%d\n", model, cfg->num_hidden_layers, cfg->hidden_size,
+	       "precision=%s batch=%d%s\n", model, cfg->num_hidden_layers, cfg->hidden_size,
 	       cfg->n_routed_experts, cfg->num_experts_per_tok, kn_dtype_name(w->embed.dtype),
-	       kn_ops()->name, kn_threads(), fast ? "fast" : "exact", batch);
+	       kn_ops()->name, kn_threads(), fast ? "fast" : "exact", batch,
+	       all_logits ? " all-logits" : "");
 	printf("%-34s %12s\n", "metric", "value");
 	printf("%-34s %12.1f\n", "prefill tokens/s (median)", n_prompt / pre);
 	printf("%-34s %12.2f\n", "decode tokens/s (median)", dec_tps);
