@@ -251,6 +251,8 @@ bool kn_fast_active(void)
 
 /* ---- threaded entry points ----------------------------------------------------------------- */
 
+#define KN_XB_SHARED_MIN (64 * 1024) /* bytes of rounded activations worth sharing */
+
 /* Each thread's rows: chunks of 16, so each thread streams a contiguous slab of W. */
 static void thread_rows(const struct kn_mat *w, int *r0, int *r1)
 {
@@ -302,7 +304,10 @@ static void matmul_run(float *y, const float *x, const struct kn_mat *w, int n,
 
 	if (work < 32768 || w->rows < 32)
 		nth = 1;
-	if (fast && ops->matmul_fast_xb && matmul_run_xb(ops, y, x, w, n, nth))
+	/* Small activations: each thread rounds them itself (matmul_fast), which costs less
+	 * than a shared buffer and a barrier. */
+	if (fast && ops->matmul_fast_xb && (size_t)n * KN_XB_LD(w->cols) * 2 > KN_XB_SHARED_MIN &&
+	    matmul_run_xb(ops, y, x, w, n, nth))
 		return;
 	if (fast)
 		mm = ops->matmul_fast;

@@ -506,8 +506,9 @@ INLINE void fdot_tile_xb(float *y, const uint16_t *xb, size_t ld, const struct k
 
 	UNROLL for (int i = 0; i < R * T; i++)
 		acc[i] = _mm512_setzero_ps();
-	for (int k = 0; k < cols; k += 32) {
-		int rem = FR_MIN(32, cols - k);
+	/* whole steps unmasked, then the tail: the same products in the same order */
+	int k = 0;
+	for (; k + 32 <= cols; k += 32) {
 		__m512bh xv[4];
 		UNROLL for (int j = 0; j < T; j++)
 			xv[j] = (__m512bh)_mm512_loadu_si512(xb + (size_t)(t + j) * ld + k);
@@ -516,7 +517,17 @@ INLINE void fdot_tile_xb(float *y, const uint16_t *xb, size_t ld, const struct k
 				_mm_prefetch((const char *)(wd + (size_t)(r + R + i) * cols + k),
 					     _MM_HINT_T1);
 		UNROLL for (int i = 0; i < R; i++) {
-			__m512bh wv = load_wbf(wd + (size_t)(r + i) * cols + k, rem);
+			__m512bh wv = (__m512bh)_mm512_loadu_si512(wd + (size_t)(r + i) * cols + k);
+			UNROLL for (int j = 0; j < T; j++)
+				acc[i * T + j] = _mm512_dpbf16_ps(acc[i * T + j], wv, xv[j]);
+		}
+	}
+	if (k < cols) {
+		__m512bh xv[4];
+		UNROLL for (int j = 0; j < T; j++)
+			xv[j] = (__m512bh)_mm512_loadu_si512(xb + (size_t)(t + j) * ld + k);
+		UNROLL for (int i = 0; i < R; i++) {
+			__m512bh wv = load_wbf(wd + (size_t)(r + i) * cols + k, cols - k);
 			UNROLL for (int j = 0; j < T; j++)
 				acc[i * T + j] = _mm512_dpbf16_ps(acc[i * T + j], wv, xv[j]);
 		}
