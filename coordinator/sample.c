@@ -23,11 +23,7 @@
 
 int32_t co_argmax(const float *logits, int vocab)
 {
-	int32_t best = 0;
-	for (int i = 1; i < vocab; i++)
-		if (logits[i] > logits[best])
-			best = i;
-	return best;
+	return vocab > 0 ? kn_argmax(logits, vocab) : 0;
 }
 
 struct cand {

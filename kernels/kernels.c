@@ -365,6 +365,12 @@ void kn_swiglu(float *out, const float *gate, const float *up, int n)
 	kn_ops()->swiglu(out, gate, up, n);
 }
 
+int kn_argmax(const float *x, int n)
+{
+	const struct kn_ops *ops = kn_ops();
+	return ops->argmax ? ops->argmax(x, n) : kn_scalar_argmax(x, n);
+}
+
 size_t kn_attention_scratch_size(int max_ctx)
 {
 	kn_init();

@@ -131,6 +131,9 @@ struct kn_ops {
 	float (*dot)(const float *x, const float *y, int n);
 	/* In place, numerically stable. */
 	void (*softmax)(float *x, int n);
+	/* The index the loop `b = 0; for i: if (x[i] > x[b]) b = i` returns (n >= 1): the first
+	 * largest value; a NaN never wins, and a NaN x[0] gives 0. NULL: that loop. */
+	int (*argmax)(const float *x, int n);
 	/* One query head over n_ctx cached positions: out[hd] = softmax(q.K^T * scale) V.
 	 * The cache is paged: position j is row j % block_size of block blocks[j / block_size]
 	 * of k and v, whose rows are `stride` floats apart (a block is block_size rows). A
@@ -176,6 +179,8 @@ void kn_rmsnorm(float *y, const float *x, const float *g, int n, int dim, float 
  * angle = pos * theta^(-2j/hd). x: [n][n_heads][head_dim], pos[n]. */
 void kn_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, float theta);
 void kn_swiglu(float *out, const float *gate, const float *up, int n);
+/* kn_ops.argmax, n >= 1. */
+int kn_argmax(const float *x, int n);
 
 /* Causal attention for n new tokens of ONE sequence whose keys/values already sit in the
  * cache (including the new ones): token i attends to cache rows [0, pos[i]].

@@ -731,6 +731,29 @@ static void avx512_swiglu(float *out, const float *gate, const float *up, int n)
 	}
 }
 
+/* Per lane, the first element greater than x[0] and each later greater one (strict, so a NaN
+ * never wins and ties keep the first); then the largest lane value's lowest index. */
+static int avx512_argmax(const float *x, int n)
+{
+	if (isnan(x[0]))
+		return 0;
+	__m512 m = _mm512_set1_ps(x[0]);
+	__m512i best = _mm512_setzero_si512(), idx = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9,
+								       8, 7, 6, 5, 4, 3, 2, 1, 0);
+	const __m512i step = _mm512_set1_epi32(16);
+
+	for (int i = 0; i < n; i += 16) {
+		/* past the end the lanes load m itself, which is never greater */
+		__m512 v = _mm512_mask_loadu_ps(m, mask16(n - i), x + i);
+		__mmask16 gt = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ);
+		m = _mm512_mask_mov_ps(m, gt, v);
+		best = _mm512_mask_mov_epi32(best, gt, idx);
+		idx = _mm512_add_epi32(idx, step);
+	}
+	__mmask16 top = _mm512_cmp_ps_mask(m, _mm512_set1_ps(_mm512_reduce_max_ps(m)), _CMP_EQ_OQ);
+	return _mm512_mask_reduce_min_epi32(top, best);
+}
+
 static void avx512_softmax(float *x, int n)
 {
 	__m512 vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
@@ -780,6 +803,7 @@ const struct kn_ops kn_ops_avx512 = {
 	.axpy = avx512_axpy,
 	.dot = avx512_dot,
 	.softmax = avx512_softmax,
+	.argmax = avx512_argmax,
 	.attend = avx512_attend,
 };
 
@@ -795,5 +819,6 @@ const struct kn_ops kn_ops_avx512bf16 = {
 	.axpy = avx512_axpy,
 	.dot = avx512_dot,
 	.softmax = avx512_softmax,
+	.argmax = avx512_argmax,
 	.attend = avx512_attend,
 };

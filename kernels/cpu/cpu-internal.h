@@ -23,6 +23,7 @@ void kn_scalar_swiglu(float *out, const float *gate, const float *up, int n);
 void kn_scalar_axpy(float *y, float a, const float *x, int n);
 float kn_scalar_dot(const float *x, const float *y, int n);
 void kn_scalar_softmax(float *x, int n);
+int kn_scalar_argmax(const float *x, int n);
 void kn_scalar_attend(float *out, const float *q, const float *k, const float *v,
 		      const int32_t *blocks, int block_size, int n_ctx, int head_dim, size_t stride,
 		      float scale, float *scratch);

@@ -123,6 +123,15 @@ void kn_scalar_attend(float *out, const float *q, const float *k, const float *v
 	}
 }
 
+int kn_scalar_argmax(const float *x, int n)
+{
+	int best = 0;
+	for (int i = 1; i < n; i++)
+		if (x[i] > x[best])
+			best = i;
+	return best;
+}
+
 const struct kn_ops kn_ops_scalar = {
 	.name = "scalar",
 	.matmul = kn_scalar_matmul,
@@ -132,5 +141,6 @@ const struct kn_ops kn_ops_scalar = {
 	.axpy = kn_scalar_axpy,
 	.dot = kn_scalar_dot,
 	.softmax = kn_scalar_softmax,
+	.argmax = kn_scalar_argmax,
 	.attend = kn_scalar_attend,
 };

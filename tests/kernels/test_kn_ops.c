@@ -266,6 +266,60 @@ static void test_dot(const struct kn_ops *ops, int n)
 	free(x), free(y);
 }
 
+/* argmax against the scalar loop, on random values and with ties, NaNs and infinities
+ * planted (a NaN first, a NaN elsewhere, -inf everywhere, the maximum twice). */
+static void test_argmax(const struct kn_ops *ops, int n)
+{
+	float *x = kt_rand_vec((size_t)n, 1.0f);
+
+	if (!ops->argmax)
+		goto out;
+	for (int c = 0; c < 7; c++) {
+		int a = kt_randint(0, n - 1), b = kt_randint(0, n - 1);
+		switch (c) {
+		case 1: x[a] = x[b] = 5.0f; break;      /* a tie: the lower index wins */
+		case 2: x[a] = NAN; break;               /* a NaN never wins */
+		case 3: x[0] = NAN; break;               /* ... and first, it gives 0 */
+		case 4: x[0] = 0.5f; x[a] = INFINITY; break;
+		case 5: for (int i = 0; i < n; i++) x[i] = -INFINITY; break;
+		case 6: x[a] = -0.0f; x[b] = 0.0f; x[0] = -1.0f; break;
+		}
+		int got = ops->argmax(x, n), want = ref->argmax(x, n);
+		KT_CHECK(got == want, "%s argmax n=%d case %d: %d, the loop says %d", ops->name, n,
+			 c, got, want);
+		if (c >= 3)
+			for (int i = 0; i < n; i++)
+				x[i] = (float)(kt_randint(0, 1000000) - 500000) / 1e5f;
+	}
+out:
+	free(x);
+}
+
+/* kn_matmul in fast mode on two threads, where the activations are rounded once into a
+ * buffer the threads share: the same bits as the table's own matmul_fast. */
+static void test_matmul_fast_shared(int rows, int cols, int n)
+{
+	const struct kn_ops *ops = kn_ops();
+	float *wf = kt_rand_vec((size_t)rows * cols, 1.0f), *x = kt_rand_vec((size_t)n * cols, 1.0f);
+	void *wd = make_weights(wf, (size_t)rows * cols, KN_DTYPE_BF16);
+	struct kn_mat w = { .data = wd, .dtype = KN_DTYPE_BF16, .rows = rows, .cols = cols };
+	float *y = kt_alloc((size_t)n * rows), *y2 = kt_alloc((size_t)n * rows);
+	int threads = kn_threads();
+
+	if (ops->matmul_fast) {
+		kn_set_threads(2);
+		kn_set_precision(KN_PRECISION_FAST);
+		kn_matmul(y, x, &w, n);
+		ops->matmul_fast(y2, x, &w, n, 0, rows);
+		KT_CHECK(memcmp(y, y2, sizeof(float) * (size_t)n * rows) == 0,
+			 "%s kn_matmul fast %dx%d n=%d on 2 threads differs from matmul_fast",
+			 ops->name, rows, cols, n);
+		kn_set_precision(KN_PRECISION_EXACT);
+		kn_set_threads(threads);
+	}
+	free(wf), free(x), free(wd), free(y), free(y2);
+}
+
 static void test_softmax(const struct kn_ops *ops, int n)
 {
 	float *x = kt_rand_vec(n, 20.0f), *xr = kt_alloc(n);
@@ -348,17 +402,22 @@ int main(void)
 		test_matmul_fast(ops, 33, 513, 4);
 		test_matmul_fast(ops, 37, 2100, 32);
 		test_matmul_fast(ops, 9, 1500, 20);
+		test_matmul_fast(ops, 40, 2100, 70); /* packed panels, rounded off the stack */
 		for (size_t s = 0; s < FR_ARRAY_SIZE(sizes); s++) {
 			test_rmsnorm(ops, sizes[s]);
 			test_swiglu(ops, sizes[s]);
 			test_axpy(ops, sizes[s]);
 			test_dot(ops, sizes[s]);
 			test_softmax(ops, sizes[s]);
+			test_argmax(ops, sizes[s]);
 		}
+		test_argmax(ops, 102400);
 		test_swiglu_range(ops);
 		for (size_t s = 0; s < FR_ARRAY_SIZE(att); s++)
 			test_attend(ops, att[s][0], att[s][1]);
 	}
+	test_matmul_fast_shared(100, 2100, 48);
+	test_matmul_fast_shared(70, 1500, 80);
 	KT_CHECK(kn_ops_get("no-such-isa") == NULL, "kn_ops_get of an unknown name");
 	return kt_finish("test_kn_ops");
 }
