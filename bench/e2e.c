@@ -182,7 +182,8 @@ int main(int argc, char **argv)
 	bool *want = calloc(rows, sizeof(*want));
 	float *logits = malloc(rows * (size_t)cfg->vocab_size * sizeof(float));
 	double *t_pre = malloc((size_t)reps * sizeof(double)), *t_dec = malloc((size_t)reps * sizeof(double));
-	uint64_t prof[CO_PROF__COUNT], prof_total[CO_PROF__COUNT] = { 0 };
+	uint64_t prof[CO_PROF__COUNT], prof_total[CO_PROF__COUNT] = { 0 },
+		 prof_pre[CO_PROF__COUNT] = { 0 };
 	uint64_t rng = 42;
 
 	for (int r = 0; r < reps; r++) {
@@ -195,14 +196,26 @@ int main(int argc, char **argv)
 		}
 		for (int s = 0; s < batch; s++)
 			co_engine_reset_seq(e, s);
+		co_engine_prof_reset(e);
 		uint64_t t0 = fr_now_ns();
 		if (co_engine_forward(e, n_prompt, tok, seq, pos, want, NULL, logits) < 0)
 			return 1;
 		t_pre[r] = (double)(fr_now_ns() - t0) / 1e9;
-		/* The other sequences of the batch get a 1-token prompt. */
+		/* the last prompt token's logits are row n_prompt - 1; sequence 0 decodes from row 0 */
+		memmove(logits, logits + (size_t)(n_prompt - 1) * cfg->vocab_size,
+			sizeof(float) * (size_t)cfg->vocab_size);
+		co_engine_prof(e, prof);
+		for (int i = 0; i < CO_PROF__COUNT; i++)
+			prof_pre[i] += prof[i];
+		/* The other sequences of the batch get a 1-token prompt each, a random token of
+		 * their own: with the same token they would decode the same tokens, route alike
+		 * and reach far fewer experts than a real batch does. Their logits land in their
+		 * own rows, where the decode's argmax reads them. */
 		for (int s = 1; s < batch; s++) {
 			int32_t s32 = s, p0 = 0;
-			co_engine_forward(e, 1, tok, &s32, &p0, NULL, NULL, logits);
+			int32_t t1 = (int32_t)(fr_splitmix64(&rng) % (uint64_t)cfg->vocab_size);
+			co_engine_forward(e, 1, &t1, &s32, &p0, NULL, NULL,
+					  logits + (size_t)s * cfg->vocab_size);
 		}
 		/* Decode: batch sequences, one token each per step. */
 		co_engine_prof_reset(e);
@@ -263,13 +276,15 @@ int main(int argc, char **argv)
 	       pre_roof < pre_bw ? "compute" : "bandwidth");
 	printf("%-34s %12.2f\n", "prefill / roofline", n_prompt / pre / pre_roof);
 	printf("%-34s %12.0f\n", "peak RSS (MiB)", (double)ru.ru_maxrss / 1024.0);
-	uint64_t sum = 0;
+	uint64_t sum = 0, sum_pre = 0;
 	for (int i = 0; i < CO_PROF__COUNT; i++)
-		sum += prof_total[i];
-	printf("\ndecode time share per kernel:\n");
+		sum += prof_total[i], sum_pre += prof_pre[i];
+	printf("\ntime share per kernel:  %8s %8s\n", "prefill", "decode");
 	for (int i = 0; i < CO_PROF__COUNT; i++)
-		if (prof_total[i])
-			printf("  %-18s %6.1f%%\n", co_prof_name(i), 100.0 * (double)prof_total[i] / (double)sum);
+		if (prof_total[i] || prof_pre[i])
+			printf("  %-18s %8.1f%% %7.1f%%\n", co_prof_name(i),
+			       100.0 * (double)prof_pre[i] / (double)FR_MAX(sum_pre, 1),
+			       100.0 * (double)prof_total[i] / (double)FR_MAX(sum, 1));
 
 	co_engine_destroy(e);
 	moe_destroy(&moe);
