@@ -302,7 +302,7 @@ static void matmul_run(float *y, const float *x, const struct kn_mat *w, int n,
 	int nth = g_threads;
 	size_t work = (size_t)w->rows * (size_t)w->cols * (size_t)n;
 
-	if (work < 32768 || w->rows < 32)
+	if (work < 32768 || w->rows < 32 || omp_in_parallel()) /* nested: this thread alone */
 		nth = 1;
 	/* Small activations: each thread rounds them itself (matmul_fast), which costs less
 	 * than a shared buffer and a barrier. */

@@ -22,6 +22,7 @@ struct moe_slots {
 	/* Scratch, grown to the largest batch seen. */
 	size_t cap_pairs, cap_rows;
 	int32_t *cnt;             /* [n_slots + 1] */
+	int *job;                 /* [n_slots] the slots with tokens, largest first */
 	int32_t *order_tok;       /* [pairs] token of each pair, grouped by slot */
 	float *order_w;           /* [pairs] */
 	float *xs, *g, *u, *d;    /* [rows][hidden or width] */
@@ -48,7 +49,8 @@ int moe_slots_create(const struct model_config *cfg, int n_slots, struct moe_slo
 	s->slots = calloc((size_t)n_layers * (size_t)n_slots, sizeof(*s->slots));
 	s->last_ns = calloc((size_t)n_layers, sizeof(*s->last_ns));
 	s->cnt = calloc((size_t)n_slots + 1, sizeof(*s->cnt));
-	if (!s->slots || !s->last_ns || !s->cnt) {
+	s->job = calloc((size_t)n_slots, sizeof(*s->job));
+	if (!s->slots || !s->last_ns || !s->cnt || !s->job) {
 		moe_slots_destroy(s);
 		return -ENOMEM;
 	}
@@ -69,6 +71,7 @@ void moe_slots_destroy(struct moe_slots *s)
 	free(s->slots);
 	free(s->last_ns);
 	free(s->cnt);
+	free(s->job);
 	free(s->order_tok);
 	free(s->order_w);
 	free(s->xs);
@@ -178,6 +181,33 @@ static int grow(struct moe_slots *s, size_t pairs)
 	return 0;
 }
 
+/* Slots by rows, descending (ties: lower slot first); cnt: the slots' ends. */
+static int job_cmp(const void *a, const void *b, void *arg)
+{
+	const int32_t *cnt = arg;
+	int x = *(const int *)a, y = *(const int *)b;
+	int32_t rx = cnt[x] - (x ? cnt[x - 1] : 0), ry = cnt[y] - (y ? cnt[y - 1] : 0);
+	return rx != ry ? (rx < ry) - (rx > ry) : (x > y) - (x < y);
+}
+
+/* Slot sl_i's expert on its rows: pairs [cnt[sl_i - 1], cnt[sl_i]) of the scratch, gathered
+ * from x, through gate, up, SwiGLU and down into d. */
+static void slot_ffn(struct moe_slots *s, int moe_layer, int sl_i, const float *x)
+{
+	size_t h = (size_t)s->cfg->hidden_size, w = (size_t)s->cfg->moe_intermediate_size;
+	int32_t start = sl_i ? s->cnt[sl_i - 1] : 0;
+	int rows = s->cnt[sl_i] - start;
+	const struct slot *sl = slot_at(s, moe_layer, sl_i);
+	float *xs = s->xs + start * h, *g = s->g + start * w, *u = s->u + start * w;
+
+	for (int r = 0; r < rows; r++)
+		memcpy(xs + r * h, x + (size_t)s->order_tok[start + r] * h, h * sizeof(float));
+	kn_matmul(g, xs, &sl->ffn.gate, rows);
+	kn_matmul(u, xs, &sl->ffn.up, rows);
+	kn_swiglu(g, g, u, rows * (int)w);
+	kn_matmul(s->d + start * h, g, &sl->ffn.down, rows);
+}
+
 int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, float *out)
 {
 	const struct kn_ops *ops = kn_ops();
@@ -222,27 +252,31 @@ int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, f
 			s->order_w[at] = b->weight[p];
 		}
 	}
-	/* cnt[i] now holds the end of slot i; recover starts by walking back. */
-	memset(out, 0, (size_t)b->n_tok * (size_t)h * sizeof(float));
-	int32_t start = 0;
-	for (int sl_i = 0; sl_i < s->n_slots; sl_i++) {
-		int32_t end = s->cnt[sl_i];
-		int rows = end - start;
-		if (rows > 0) {
-			const struct slot *sl = slot_at(s, moe_layer, sl_i);
-			for (int r = 0; r < rows; r++)
-				memcpy(s->xs + (size_t)r * h, b->x + (size_t)s->order_tok[start + r] * h,
-				       (size_t)h * sizeof(float));
-			kn_matmul(s->g, s->xs, &sl->ffn.gate, rows);
-			kn_matmul(s->u, s->xs, &sl->ffn.up, rows);
-			kn_swiglu(s->g, s->g, s->u, rows * w);
-			kn_matmul(s->d, s->g, &sl->ffn.down, rows);
-			for (int r = 0; r < rows; r++)
-				ops->axpy(out + (size_t)s->order_tok[start + r] * h, s->order_w[start + r],
-					  s->d + (size_t)r * h, h);
-		}
-		start = end;
+	/* cnt[i] now holds the end of slot i: the slots with tokens, as jobs, largest first. */
+	int n_jobs = 0;
+	for (int sl_i = 0, start = 0; sl_i < s->n_slots; start = s->cnt[sl_i++])
+		if (s->cnt[sl_i] > start)
+			s->job[n_jobs++] = sl_i;
+	qsort_r(s->job, (size_t)n_jobs, sizeof(*s->job), job_cmp, s->cnt);
+	/* As many slots as threads or more: one parallel region for the layer, a thread
+	 * computing whole experts (no fork, join or wake-up per product, which in a local
+	 * cluster's passive threads costs a sleeping thread's wake-up every time). Fewer:
+	 * each product split over the threads. Every slot's rows have their own range of
+	 * the scratch (pair order), and each row's result does not depend on the thread
+	 * count, so both give the same bits. */
+	int nth = kn_threads();
+	if (nth > 1 && n_jobs >= nth) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
+		for (int j = 0; j < n_jobs; j++)
+			slot_ffn(s, moe_layer, s->job[j], b->x);
+	} else {
+		for (int j = 0; j < n_jobs; j++)
+			slot_ffn(s, moe_layer, s->job[j], b->x);
 	}
+	/* the combine in slot order, as it always was */
+	memset(out, 0, (size_t)b->n_tok * (size_t)h * sizeof(float));
+	for (size_t p = 0; p < n_pairs; p++)
+		ops->axpy(out + (size_t)s->order_tok[p] * h, s->order_w[p], s->d + p * h, h);
 	s->last_ns[moe_layer] = fr_now_ns() - t0;
 	return 0;
 }

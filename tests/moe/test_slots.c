@@ -142,6 +142,24 @@ static void run_case(enum kn_dtype dt, int hidden, int inter, int n_experts, int
 	       "(max |ref| %.2e)\n", ok ? "ok  " : "FAIL", dt == KN_DTYPE_BF16 ? "bf16" : "f32 ",
 	       hidden, inter, n_experts, n_slots, n_tok, np, max_err, max_ref);
 
+	/* The same bits on one thread as on two (experts in parallel, or each product split
+	 * by rows when there are fewer slots with tokens than threads), in both precisions. */
+	float *o1 = malloc((size_t)n_tok * hidden * sizeof(float));
+	float *o2 = malloc((size_t)n_tok * hidden * sizeof(float));
+	int threads = kn_threads();
+	for (int prec = KN_PRECISION_EXACT; prec <= KN_PRECISION_FAST; prec++) {
+		kn_set_precision((enum kn_precision)prec);
+		kn_set_threads(1);
+		CHECK(moe_compute(s, 0, &b, o1) == 0);
+		kn_set_threads(2);
+		CHECK(moe_compute(s, 0, &b, o2) == 0);
+		CHECK(memcmp(o1, o2, (size_t)n_tok * hidden * sizeof(float)) == 0);
+	}
+	kn_set_precision(KN_PRECISION_EXACT);
+	kn_set_threads(threads);
+	free(o1);
+	free(o2);
+
 	/* Refusals, nothing computed. */
 	int32_t bad_slot = n_slots;
 	struct moe_batch bad = { .n_tok = 1, .x = x, .pair_off = (int32_t[]){ 0, 1 },
@@ -190,6 +208,7 @@ int main(void)
 	run_case(KN_DTYPE_BF16, 128, 64, 16, 12, 64, 4);
 	run_case(KN_DTYPE_BF16, 72, 24, 4, 4, 5, 8);
 	run_case(KN_DTYPE_F32, 40, 8, 3, 5, 200, 3);
+	run_case(KN_DTYPE_BF16, 256, 192, 8, 8, 48, 2); /* products big enough to split */
 	printf("%s (%d failures)\n", t_failures ? "FAIL" : "ok", t_failures);
 	return t_failures != 0;
 }
