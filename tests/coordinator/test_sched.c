@@ -153,6 +153,7 @@ static enum co_finish drain(struct co_req *r, int32_t *out, int *n)
 		for (int i = 0; i < o.n_tokens; i++, (*n)++)
 			if (*n < 1024)
 				out[*n] = o.tokens[i];
+		free(o.logits); /* return_logits rows are the caller's */
 		if (o.finish)
 			return o.finish;
 	}
