@@ -22,7 +22,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 "$F" model gen --preset tiny --skew 1.5 -q "$tmp/m"
 "$F" up --model "$tmp/m" --workers 2 --replicas 3 --wire f32 --listen 127.0.0.1:0 \
-  --threads 1 --set engine.max_seqs=40 --set cluster.heartbeat_interval=2s \
+  --threads 1 --set engine.max_seqs=40 --set cluster.heartbeat_interval=4s \
   > "$tmp/up.out" 2> "$tmp/up.err" &
 up_pid=$!
 addr=
@@ -63,9 +63,10 @@ done
 sleep 0.3
 "$F" rebalance --wait --json > "$tmp/rb.json" 2> "$tmp/rb.err" &
 rb=$!
-# The workers stage their slots at their next heartbeat (every 2 s here): right after the
-# plan, the move is surely still loading.
-for _ in $(seq 100); do grep -q '"planned"' "$tmp/rb.json" 2>/dev/null && break; sleep 0.02; done
+# The workers stage their slots at their next heartbeat (every 4 s here): right after the
+# plan, the move is still loading unless a heartbeat fell within the second call's start-up
+# (tens of ms, more on a loaded machine; at 2 s this lost the race once in CI).
+for _ in $(seq 400); do grep -q '"planned"' "$tmp/rb.json" 2>/dev/null && break; sleep 0.005; done
 # 5a. A second rebalance while the first runs.
 rc=0; "$F" rebalance > /dev/null 2> "$tmp/second.err" || rc=$?
 wait "$rb" || { cat "$tmp/rb.err" >&2; fail "rebalance --wait failed"; }
