@@ -262,8 +262,9 @@ static void thread_rows(const struct kn_mat *w, int *r0, int *r1)
 	*r0 = b0 * 16, *r1 = FR_MIN(b1 * 16, w->rows);
 }
 
-/* KN_PRECISION_FAST where the table takes rounded activations: the threads round a share
- * of the tokens each, once, then split the rows. False when the buffer cannot be had. */
+/* KN_PRECISION_FAST on several threads where the table takes rounded activations: the
+ * threads round a share of the tokens each, once, then split the rows. False when the
+ * buffer cannot be had. (One thread: matmul_fast rounds them itself, once.) */
 static bool matmul_run_xb(const struct kn_ops *ops, float *y, const float *x,
 			  const struct kn_mat *w, int n, int nth)
 {
@@ -272,22 +273,17 @@ static bool matmul_run_xb(const struct kn_ops *ops, float *y, const float *x,
 
 	if (!xb)
 		return false;
-	if (nth == 1) {
-		ops->round_bf16(xb, x, n, w->cols);
-		ops->matmul_fast_xb(y, xb, w, n, 0, w->rows);
-	} else {
 #pragma omp parallel num_threads(nth)
-		{
-			int tid = omp_get_thread_num(), nt = omp_get_num_threads(), r0, r1;
-			int t0 = (int)((long)n * tid / nt), t1 = (int)((long)n * (tid + 1) / nt);
-			if (t0 < t1)
-				ops->round_bf16(xb + (size_t)t0 * ld, x + (size_t)t0 * w->cols,
-						t1 - t0, w->cols);
+	{
+		int tid = omp_get_thread_num(), nt = omp_get_num_threads(), r0, r1;
+		int t0 = (int)((long)n * tid / nt), t1 = (int)((long)n * (tid + 1) / nt);
+		if (t0 < t1)
+			ops->round_bf16(xb + (size_t)t0 * ld, x + (size_t)t0 * w->cols, t1 - t0,
+					w->cols);
 #pragma omp barrier
-			thread_rows(w, &r0, &r1);
-			if (r0 < r1)
-				ops->matmul_fast_xb(y, xb, w, n, r0, r1);
-		}
+		thread_rows(w, &r0, &r1);
+		if (r0 < r1)
+			ops->matmul_fast_xb(y, xb, w, n, r0, r1);
 	}
 	free(xb);
 	return true;
@@ -306,7 +302,8 @@ static void matmul_run(float *y, const float *x, const struct kn_mat *w, int n,
 		nth = 1;
 	/* Small activations: each thread rounds them itself (matmul_fast), which costs less
 	 * than a shared buffer and a barrier. */
-	if (fast && ops->matmul_fast_xb && (size_t)n * KN_XB_LD(w->cols) * 2 > KN_XB_SHARED_MIN &&
+	if (fast && nth > 1 && ops->matmul_fast_xb &&
+	    (size_t)n * KN_XB_LD(w->cols) * 2 > KN_XB_SHARED_MIN &&
 	    matmul_run_xb(ops, y, x, w, n, nth))
 		return;
 	if (fast)
