@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* gpu_test.h - what the tests of the GPU path share (header-only, after tests/test.h): the
- * random source, inputs that are never zero, allocation that exits on failure, and the
- * relative error every comparison uses. */
+ * start (skip without a device), the random source, inputs that are never zero, allocation
+ * that exits on failure, and the relative error every comparison uses. */
 #ifndef FERRY_TESTS_GPU_TEST_H
 #define FERRY_TESTS_GPU_TEST_H
 
@@ -11,6 +11,8 @@
 #include <stdlib.h>
 
 #include "common/common.h"
+#include "kernels/cuda/kn_cuda.h"
+#include "kernels/kernels.h"
 
 static uint64_t rng; /* main() seeds it from t_seed() */
 
@@ -47,6 +49,22 @@ static FR_UNUSED double rel_err(const float *a, const float *b, size_t n)
 		den += (double)b[i] * b[i];
 	}
 	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* The start of every GPU test: the devices in *n, or 77 (skip) with the reason when there
+ * are none; then the random source seeded (t_seed) and the CPU kernels ready. 0 to go on. */
+static FR_UNUSED int gpu_test_start(int *n)
+{
+	char why[256] = "";
+
+	if (kn_cuda_device_count(n, why, sizeof(why)) < 0) {
+		printf("SKIP: no CUDA device here (%s); tests/gpu/run-on-device.sh runs this on a "
+		       "GPU machine\n", why);
+		return 77;
+	}
+	rng = t_seed();
+	kn_init();
+	return 0;
 }
 
 #endif /* FERRY_TESTS_GPU_TEST_H */

@@ -588,8 +588,8 @@ static void test_moe(int hidden, int inter, int n_slots, int n_tok, int k)
 
 int main(int argc, char **argv)
 {
-	char why[256] = "", desc[256] = "";
-	int device = 0, n = 0;
+	char desc[256] = "";
+	int device = 0, n = 0, rc;
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--device") && i + 1 < argc) {
@@ -599,13 +599,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (kn_cuda_device_count(&n, why, sizeof(why)) < 0) {
-		printf("SKIP: no CUDA device here (%s); tests/gpu/run-on-device.sh runs this on a "
-		       "GPU machine\n", why);
-		return 77;
-	}
-	rng = t_seed();
-	kn_init();
+	if ((rc = gpu_test_start(&n)) != 0)
+		return rc;
 	if (device < 0 || device >= n || kn_cuda_create(device, &cu) < 0) {
 		fprintf(stderr, "cannot use CUDA device %d of %d\n", device, n);
 		return 1;

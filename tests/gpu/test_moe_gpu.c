@@ -117,18 +117,13 @@ static int rm_one(const char *path, const struct stat *st, int flag, struct FTW 
 
 int main(void)
 {
-	char why[256] = "", dir[] = "/tmp/ferry-moe-gpu-XXXXXX";
+	char dir[] = "/tmp/ferry-moe-gpu-XXXXXX";
 	struct fr_error err = { { 0 } };
 	struct moe_gpu *g = NULL;
-	int n = 0;
+	int n = 0, rc;
 
-	if (kn_cuda_device_count(&n, why, sizeof(why)) < 0) {
-		printf("SKIP: no CUDA device here (%s); tests/gpu/run-on-device.sh runs this on a "
-		       "GPU machine\n", why);
-		return 77;
-	}
-	rng = t_seed();
-	kn_init();
+	if ((rc = gpu_test_start(&n)) != 0)
+		return rc;
 	if (moe_gpu_module_load(&mod, &err) < 0 || mod->open(0, &g, &err) < 0) {
 		fprintf(stderr, "FAIL %s\n", err.msg);
 		return 1;
