@@ -2,7 +2,7 @@
 /*
  * matvec - decode-shaped products (one token) with BF16 weights: how close kn_matmul comes to
  * streaming the weights at the speed of a plain vectorized read of the same bytes with the
- * same thread count. Prints a table; the target is ratio >= 0.8.
+ * same thread count. Prints a table; the target is ratio >= 0.9.
  *
  *   build/bench/matvec [reps]      (default 15 repetitions per cell, medians reported)
  */
