@@ -631,8 +631,8 @@ static void avx512_matmul_fast_xb(float *y, const uint16_t *xb, const struct kn_
 	const size_t ld = KN_XB_LD(w->cols);
 	_Alignas(64) uint32_t wp[KCF / 2 * 32];
 
-	if (n < GEMM_MIN_N) {
-#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, false)
+	if (n < GEMM_MIN_N) { /* one token: 8-row tiles that prefetch the next 8 rows */
+#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, n == 1)
 		DOT_WALK(TILE, n, r0, r1);
 #undef TILE
 		return;
