@@ -97,6 +97,57 @@ static size_t active_bytes(const struct model_weights *w, int k)
 	return b;
 }
 
+/* A step's weight traffic and arithmetic per kernel category (co_prof): B tokens reaching
+ * `experts` routed experts per MoE layer, lm_rows of them wanting logits. */
+struct phase_cost {
+	double bytes[CO_PROF__COUNT], flops[CO_PROF__COUNT];
+};
+
+static void add_mat(struct phase_cost *pc, enum co_prof cat, const struct kn_mat *m, int rows_in)
+{
+	pc->bytes[cat] += (double)mat_bytes(m);
+	pc->flops[cat] += 2.0 * m->rows * m->cols * rows_in;
+}
+
+static void phase_cost(const struct model_weights *w, int B, double experts, int lm_rows,
+		       struct phase_cost *pc)
+{
+	const struct model_config *c = w->cfg;
+	double expert_w = 3.0 * c->hidden_size * c->moe_intermediate_size;
+
+	memset(pc, 0, sizeof(*pc));
+	add_mat(pc, CO_PROF_LMHEAD, &w->lm_head, lm_rows);
+	for (int l = 0; l < c->num_hidden_layers; l++) {
+		const struct model_layer *L = &w->layers[l];
+		add_mat(pc, CO_PROF_QKV, &L->q, B);
+		add_mat(pc, CO_PROF_QKV, &L->k, B);
+		add_mat(pc, CO_PROF_QKV, &L->v, B);
+		add_mat(pc, CO_PROF_O, &L->o, B);
+		if (!L->moe) {
+			add_mat(pc, CO_PROF_DENSE, &L->dense.gate, B);
+			add_mat(pc, CO_PROF_DENSE, &L->dense.up, B);
+			add_mat(pc, CO_PROF_DENSE, &L->dense.down, B);
+			continue;
+		}
+		add_mat(pc, CO_PROF_ROUTER, &L->router, B);
+		if (L->has_shared) {
+			add_mat(pc, CO_PROF_SHARED, &L->shared.gate, B);
+			add_mat(pc, CO_PROF_SHARED, &L->shared.up, B);
+			add_mat(pc, CO_PROF_SHARED, &L->shared.down, B);
+		}
+		pc->bytes[CO_PROF_EXPERTS] += experts * expert_w * (double)kn_dtype_size(L->q.dtype);
+		pc->flops[CO_PROF_EXPERTS] += 2.0 * B * c->num_experts_per_tok * expert_w;
+	}
+}
+
+/* A category's ceiling in seconds: its bytes at the read bandwidth or its FLOPs at the
+ * peak, whichever binds (0 for work without weights: embeddings, norms, rope, attention). */
+static double phase_ceiling(const struct phase_cost *pc, int cat, double bw, double peak)
+{
+	double t = pc->bytes[cat] / bw;
+	return peak > 0 ? FR_MAX(t, pc->flops[cat] / peak) : t;
+}
+
 /* Plain streaming read of n bytes with the kernel threads: the bandwidth ceiling. Integer
  * sums in four independent lanes, so the loop is bound by memory, not by an add chain. */
 static double read_bw(size_t n, int reps)
@@ -276,15 +327,41 @@ int main(int argc, char **argv)
 	       pre_roof < pre_bw ? "compute" : "bandwidth");
 	printf("%-34s %12.2f\n", "prefill / roofline", n_prompt / pre / pre_roof);
 	printf("%-34s %12.0f\n", "peak RSS (MiB)", (double)ru.ru_maxrss / 1024.0);
+	/* Each kernel against its own ceiling, and their sum: the bound for phases that run one
+	 * after another (a memory-bound one cannot hide a compute-bound one), which the roofline
+	 * above - all bytes against all FLOPs - does not assume. */
+	struct phase_cost pc_dec, pc_pre;
+	phase_cost(w, batch, experts_reached(cfg, batch), batch, &pc_dec);
+	phase_cost(w, n_prompt, experts_reached(cfg, n_prompt), all_logits ? n_prompt : 1, &pc_pre);
+	double steps = (double)reps * n_gen, sum_ceil_dec = 0, sum_ceil_pre = 0;
+	for (int i = 0; i < CO_PROF__COUNT; i++) {
+		sum_ceil_dec += phase_ceiling(&pc_dec, i, bw, peak);
+		sum_ceil_pre += phase_ceiling(&pc_pre, i, bw, peak);
+	}
+	printf("%-34s %12.1f\n", "decode phase-sum bound tokens/s", batch / sum_ceil_dec);
+	printf("%-34s %12.2f\n", "decode / phase-sum bound", dec_tps * sum_ceil_dec / batch);
+	printf("%-34s %12.1f\n", "prefill phase-sum bound tokens/s", n_prompt / sum_ceil_pre);
+	printf("%-34s %12.2f\n", "prefill / phase-sum bound", n_prompt / pre * sum_ceil_pre / n_prompt);
+
 	uint64_t sum = 0, sum_pre = 0;
 	for (int i = 0; i < CO_PROF__COUNT; i++)
 		sum += prof_total[i], sum_pre += prof_pre[i];
-	printf("\ntime share per kernel:  %8s %8s\n", "prefill", "decode");
-	for (int i = 0; i < CO_PROF__COUNT; i++)
-		if (prof_total[i] || prof_pre[i])
-			printf("  %-18s %8.1f%% %7.1f%%\n", co_prof_name(i),
-			       100.0 * (double)prof_pre[i] / (double)FR_MAX(sum_pre, 1),
-			       100.0 * (double)prof_total[i] / (double)FR_MAX(sum, 1));
+	printf("\ntime per kernel: share of the pass, ms per pass, the kernel's own ceiling (ms) "
+	       "and ceiling / measured\n");
+	printf("  %-16s %8s %9s %9s %6s %8s %9s %9s %6s\n", "", "prefill", "ms", "ceil ms",
+	       "ratio", "decode", "ms/step", "ceil ms", "ratio");
+	for (int i = 0; i < CO_PROF__COUNT; i++) {
+		if (!prof_total[i] && !prof_pre[i])
+			continue;
+		double ms_pre = (double)prof_pre[i] / 1e6 / reps, ms_dec = (double)prof_total[i] / 1e6 / steps;
+		double c_pre = phase_ceiling(&pc_pre, i, bw, peak) * 1e3;
+		double c_dec = phase_ceiling(&pc_dec, i, bw, peak) * 1e3;
+		printf("  %-16s %7.1f%% %9.2f %9.2f %6.2f %7.1f%% %9.2f %9.2f %6.2f\n",
+		       co_prof_name(i), 100.0 * (double)prof_pre[i] / (double)FR_MAX(sum_pre, 1),
+		       ms_pre, c_pre, ms_pre > 0 ? c_pre / ms_pre : 0.0,
+		       100.0 * (double)prof_total[i] / (double)FR_MAX(sum, 1), ms_dec, c_dec,
+		       ms_dec > 0 ? c_dec / ms_dec : 0.0);
+	}
 
 	co_engine_destroy(e);
 	moe_destroy(&moe);
