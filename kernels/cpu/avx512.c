@@ -223,14 +223,15 @@ INLINE void reduce_tile(float *y, size_t ldy, int t, int r, const __m512 *acc, c
 			y[(size_t)(t + j) * ldy + r + i] = o[4 * j + i];
 }
 
-/* y[t+j][r+i] for i < R, j < T (R * T <= 16). One token's 8-row tile prefetches the next
- * 8 rows into L2 as it goes, as fdot_tile_xb does: each row is its own 4 KiB page, where the
- * hardware stream stops (bench/matvec, 400 MiB: 0.67-0.84 of a streaming read without). */
+/* y[t+j][r+i] for i < R, j < T (R * T <= 16). The first token group of a row block
+ * prefetches the next R rows into L2 as it goes, as fdot_tile_xb does: each row is its own
+ * 4 KiB page, where the hardware stream stops (bench/matvec, 400 MiB, one token: 0.67-0.84
+ * of a streaming read without, 0.81-0.98 with; bench/e2e batch 32: routed experts -20%). */
 INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
 		     const int T, const enum kn_dtype dt)
 {
 	const int cols = w->cols;
-	const bool fetch = T == 1 && R == 8 && dt == KN_DTYPE_BF16 && r + 2 * R <= w->rows;
+	const bool fetch = t == 0 && dt == KN_DTYPE_BF16 && r + 2 * R <= w->rows;
 	__m512 acc[16], xv[8], w0, w1;
 
 	UNROLL for (int i = 0; i < R * T; i++)
@@ -276,6 +277,7 @@ INLINE void dot_tile_xp(float *y, const float *xp, const struct kn_mat *w, int t
 {
 	const int cols = w->cols;
 	const size_t ldx = (size_t)FR_DIV_ROUND_UP(cols, 32) * 32;
+	const bool fetch = t == 0 && r + 2 * R <= w->rows; /* as dot_tile */
 	__m512 acc[16], w0, w1;
 
 	UNROLL for (int i = 0; i < R * T; i++)
@@ -287,6 +289,11 @@ INLINE void dot_tile_xp(float *y, const float *xp, const struct kn_mat *w, int t
 			x0[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k);
 			x1[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k + 16);
 		}
+		if (fetch)
+			UNROLL for (int i = 0; i < R; i++)
+				_mm_prefetch((const char *)w->data +
+						     ((size_t)(r + R + i) * cols + k) * 2,
+					     _MM_HINT_T1);
 		UNROLL for (int i = 0; i < R; i++) {
 			load_w32(w->data, (size_t)(r + i) * cols + k, rem, KN_DTYPE_BF16, &w0, &w1);
 			UNROLL for (int j = 0; j < T; j++) {
@@ -631,8 +638,8 @@ static void avx512_matmul_fast_xb(float *y, const uint16_t *xb, const struct kn_
 	const size_t ld = KN_XB_LD(w->cols);
 	_Alignas(64) uint32_t wp[KCF / 2 * 32];
 
-	if (n < GEMM_MIN_N) { /* one token: 8-row tiles that prefetch the next 8 rows */
-#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, n == 1)
+	if (n < GEMM_MIN_N) {
+#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, true)
 		DOT_WALK(TILE, n, r0, r1);
 #undef TILE
 		return;
