@@ -112,12 +112,15 @@ INLINE void load_x16(const float *p, enum kn_dtype dt, __m256 *x0, __m256 *x1)
 	}
 }
 
-/* y[t+j][r+i] for i < R, j < T (R * T <= 8, T <= 4). */
+/* y[t+j][r+i] for i < R, j < T (R * T <= 8, T <= 4). The first token group of a row block
+ * prefetches the next R rows into L2, a cache line each 64 bytes: rows of a few KiB are pages
+ * of their own, where the hardware stream stops (as in avx512.c). */
 INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
 		     const int T, const enum kn_dtype dt)
 {
 	const int cols = w->cols;
 	const size_t es = dt_size(dt);
+	const bool fetch = t == 0 && r + 2 * R <= w->rows;
 	__m256 acc[8], xv[8], w0, w1;
 	int k = 0;
 
@@ -126,6 +129,10 @@ INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, in
 	for (; k + 16 <= cols; k += 16) {
 		UNROLL for (int j = 0; j < T; j++)
 			load_x16(x + (size_t)(t + j) * cols + k, dt, &xv[2 * j], &xv[2 * j + 1]);
+		if (fetch && (size_t)k * es % 64 == 0)
+			UNROLL for (int i = 0; i < R; i++)
+				_mm_prefetch((const char *)w->data + ((size_t)(r + R + i) * cols + k) * es,
+					     _MM_HINT_T1);
 		UNROLL for (int i = 0; i < R; i++) {
 			load_w16(w->data, (size_t)(r + i) * cols + k, dt, &w0, &w1);
 			UNROLL for (int j = 0; j < T; j++) {
