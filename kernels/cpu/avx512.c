@@ -508,15 +508,20 @@ INLINE __m512bh load_wbf(const uint16_t *p, int rem)
 
 /* Tiles over activations already rounded: xb[t][ld] bf16 (ld = KN_XB_LD(cols), zeros past
  * cols, so x loads need no mask). y[t+j][r+i] for i < R, j < T (R * T <= 16, T <= 4): 16
- * accumulators at most, summed by reduce_tile. With pf, the tile prefetches the next R rows
- * of weights into L2: a row of 2048 BF16 is one 4 KiB page, where the hardware stream stops,
- * so the first token group of each row block would otherwise wait on DRAM. */
+ * accumulators at most, summed by reduce_tile. The tiles of a row block prefetch the next
+ * R rows of weights into L2 (a row of 2048 BF16 is one 4 KiB page, where the hardware stream
+ * stops): with groups 1 the first token group all of them, with groups G the 4-token group
+ * t/4 every G-th 32 columns from the (t/4 mod G)-th, so G groups share the traffic evenly
+ * rather than the first one asking for it all at once (bench/e2e batch 32: lm_head -3%);
+ * groups 0: none. */
 INLINE void fdot_tile_xb(float *y, const uint16_t *xb, size_t ld, const struct kn_mat *w, int t,
-			 int r, const int R, const int T, const bool pf)
+			 int r, const int R, const int T, const int groups)
 {
 	const int cols = w->cols;
 	const uint16_t *wd = w->data;
-	const bool fetch = pf && t == 0 && r + 2 * R <= w->rows;
+	const bool fetch = groups > 0 && (groups > 1 || t == 0) && r + 2 * R <= w->rows;
+	const int mine = groups > 1 ? (t / 4) % groups : 0;
+	int step = 0;
 	__m512 acc[16];
 
 	UNROLL for (int i = 0; i < R * T; i++)
@@ -527,10 +532,12 @@ INLINE void fdot_tile_xb(float *y, const uint16_t *xb, size_t ld, const struct k
 		__m512bh xv[4];
 		UNROLL for (int j = 0; j < T; j++)
 			xv[j] = (__m512bh)_mm512_loadu_si512(xb + (size_t)(t + j) * ld + k);
-		if (fetch)
+		if (fetch && step == mine)
 			UNROLL for (int i = 0; i < R; i++)
 				_mm_prefetch((const char *)(wd + (size_t)(r + R + i) * cols + k),
 					     _MM_HINT_T1);
+		if (++step == groups)
+			step = 0;
 		UNROLL for (int i = 0; i < R; i++) {
 			__m512bh wv = (__m512bh)_mm512_loadu_si512(wd + (size_t)(r + i) * cols + k);
 			UNROLL for (int j = 0; j < T; j++)
@@ -639,13 +646,14 @@ static void avx512_matmul_fast_xb(float *y, const uint16_t *xb, const struct kn_
 	_Alignas(64) uint32_t wp[KCF / 2 * 32];
 
 	if (n < GEMM_MIN_N) {
-#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, true)
+#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, 1)
 		DOT_WALK(TILE, n, r0, r1);
 #undef TILE
 		return;
 	}
 	if (n <= FDOT_MAX_N) {
-#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, true)
+		const int groups = FR_DIV_ROUND_UP(n, 4);
+#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, groups)
 		FEW_WALK(TILE, n, r0, r1);
 #undef TILE
 		return;
