@@ -324,6 +324,7 @@ int main(int argc, char **argv)
 	test_rope(4, 3, 64, 10000.0f);
 	test_rope(2, 5, 128, 1000000.0f);
 	test_rope(1, 1, 18, 500.0f);
+	test_rope(2, 1, 1024, 10000.0f); /* past kn_rope's frequency table: computed per use */
 
 	test_attention(1, 4, 2, 16, 40);
 	test_attention(3, 4, 2, 7, 33);
