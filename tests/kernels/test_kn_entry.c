@@ -52,6 +52,19 @@ static void test_attention(int n, int n_heads, int n_kv, int hd, int max_ctx)
 	}
 	KT_CHECK(memcmp(out, out1, q_sz * sizeof(float)) == 0, "attention: 1 and 2 threads differ");
 
+	/* Row by row, as decode calls it: the same bits as all rows at once (a prefill). */
+	{
+		size_t scf = kn_attention_scratch_size(max_ctx), qrow = (size_t)n_heads * hd;
+		float *scratch = kt_alloc(scf), *one = kt_alloc(q_sz);
+		for (int t = 0; t < n; t++)
+			kn_attention(one + t * qrow, q + t * qrow, kc, vc, 1, pos + t, n_heads, n_kv, hd,
+				     scratch, scf);
+		KT_CHECK(memcmp(out, one, q_sz * sizeof(float)) == 0,
+			 "attention n=%d heads=%d/%d hd=%d: row by row differs from all rows at once",
+			 n, n_heads, n_kv, hd);
+		free(scratch), free(one);
+	}
+
 	/* The same cache paged over shuffled blocks: the same bits. */
 	static const int block_sizes[] = { 1, 16, 64 };
 	for (size_t b = 0; b < FR_ARRAY_SIZE(block_sizes); b++) {
@@ -330,6 +343,8 @@ int main(int argc, char **argv)
 	test_attention(3, 4, 2, 7, 33);
 	test_attention(5, 8, 8, 64, 70);
 	test_attention(2, 6, 1, 128, 300);
+	test_attention(9, 4, 4, 32, 50);  /* two whole runs of rows and one of a single row */
+	test_attention(7, 2, 1, 18, 30);  /* head_dim past the vector width */
 
 	test_gate();
 
