@@ -223,6 +223,28 @@ INLINE void reduce_tile(float *y, size_t ldy, int t, int r, const __m512 *acc, c
 			y[(size_t)(t + j) * ldy + r + i] = o[4 * j + i];
 }
 
+/* One 32-column step of dot_tile: rem columns, 32 but at the tail. */
+INLINE void dot_step(__m512 *acc, const float *x, const struct kn_mat *w, int t, int r, int k,
+		     int rem, const int R, const int T, const enum kn_dtype dt, bool fetch)
+{
+	const int cols = w->cols;
+	__m512 xv[8], w0, w1;
+
+	UNROLL for (int j = 0; j < T; j++)
+		load_x32(x + (size_t)(t + j) * cols + k, rem, dt, &xv[2 * j], &xv[2 * j + 1]);
+	if (fetch)
+		UNROLL for (int i = 0; i < R; i++)
+			_mm_prefetch((const char *)w->data + ((size_t)(r + R + i) * cols + k) * 2,
+				     _MM_HINT_T1);
+	UNROLL for (int i = 0; i < R; i++) {
+		load_w32(w->data, (size_t)(r + i) * cols + k, rem, dt, &w0, &w1);
+		UNROLL for (int j = 0; j < T; j++) {
+			acc[i * T + j] = _mm512_fmadd_ps(w0, xv[2 * j], acc[i * T + j]);
+			acc[i * T + j] = _mm512_fmadd_ps(w1, xv[2 * j + 1], acc[i * T + j]);
+		}
+	}
+}
+
 /* y[t+j][r+i] for i < R, j < T (R * T <= 16). The first token group of a row block
  * prefetches the next R rows into L2 as it goes, as fdot_tile_xb does: each row is its own
  * 4 KiB page, where the hardware stream stops (bench/matvec, 400 MiB, one token: 0.67-0.84
@@ -232,27 +254,16 @@ INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, in
 {
 	const int cols = w->cols;
 	const bool fetch = t == 0 && dt == KN_DTYPE_BF16 && r + 2 * R <= w->rows;
-	__m512 acc[16], xv[8], w0, w1;
+	__m512 acc[16];
+	int k = 0;
 
 	UNROLL for (int i = 0; i < R * T; i++)
 		acc[i] = _mm512_setzero_ps();
-	for (int k = 0; k < cols; k += 32) {
-		int rem = FR_MIN(32, cols - k);
-		UNROLL for (int j = 0; j < T; j++)
-			load_x32(x + (size_t)(t + j) * cols + k, rem, dt, &xv[2 * j], &xv[2 * j + 1]);
-		if (fetch)
-			UNROLL for (int i = 0; i < R; i++)
-				_mm_prefetch((const char *)w->data +
-						     ((size_t)(r + R + i) * cols + k) * 2,
-					     _MM_HINT_T1);
-		UNROLL for (int i = 0; i < R; i++) {
-			load_w32(w->data, (size_t)(r + i) * cols + k, rem, dt, &w0, &w1);
-			UNROLL for (int j = 0; j < T; j++) {
-				acc[i * T + j] = _mm512_fmadd_ps(w0, xv[2 * j], acc[i * T + j]);
-				acc[i * T + j] = _mm512_fmadd_ps(w1, xv[2 * j + 1], acc[i * T + j]);
-			}
-		}
-	}
+	/* whole steps with constant masks (they fold away), then the tail: the same sums */
+	for (; k + 32 <= cols; k += 32)
+		dot_step(acc, x, w, t, r, k, 32, R, T, dt, fetch);
+	if (k < cols)
+		dot_step(acc, x, w, t, r, k, cols - k, R, T, dt, false);
 	reduce_tile(y, (size_t)w->rows, t, r, acc, R, T);
 }
 
@@ -272,36 +283,44 @@ INLINE void matmul_dot(float *y, const float *x, const struct kn_mat *w, int n, 
 #define FEW_MAX_N 32
 #define FEW_MAX_XP (256 * 1024) /* bytes of permuted activations on the stack */
 
+INLINE void dot_step_xp(__m512 *acc, const float *xp, size_t ldx, const struct kn_mat *w, int t,
+			int r, int k, int rem, const int R, const int T, bool fetch)
+{
+	const int cols = w->cols;
+	__m512 x0[4], x1[4], w0, w1;
+
+	UNROLL for (int j = 0; j < T; j++) {
+		x0[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k);
+		x1[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k + 16);
+	}
+	if (fetch)
+		UNROLL for (int i = 0; i < R; i++)
+			_mm_prefetch((const char *)w->data + ((size_t)(r + R + i) * cols + k) * 2,
+				     _MM_HINT_T1);
+	UNROLL for (int i = 0; i < R; i++) {
+		load_w32(w->data, (size_t)(r + i) * cols + k, rem, KN_DTYPE_BF16, &w0, &w1);
+		UNROLL for (int j = 0; j < T; j++) {
+			acc[i * T + j] = _mm512_fmadd_ps(w0, x0[j], acc[i * T + j]);
+			acc[i * T + j] = _mm512_fmadd_ps(w1, x1[j], acc[i * T + j]);
+		}
+	}
+}
+
 INLINE void dot_tile_xp(float *y, const float *xp, const struct kn_mat *w, int t, int r,
 			const int R, const int T)
 {
 	const int cols = w->cols;
 	const size_t ldx = (size_t)FR_DIV_ROUND_UP(cols, 32) * 32;
 	const bool fetch = t == 0 && r + 2 * R <= w->rows; /* as dot_tile */
-	__m512 acc[16], w0, w1;
+	__m512 acc[16];
+	int k = 0;
 
 	UNROLL for (int i = 0; i < R * T; i++)
 		acc[i] = _mm512_setzero_ps();
-	for (int k = 0; k < cols; k += 32) {
-		int rem = FR_MIN(32, cols - k);
-		__m512 x0[4], x1[4];
-		UNROLL for (int j = 0; j < T; j++) {
-			x0[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k);
-			x1[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k + 16);
-		}
-		if (fetch)
-			UNROLL for (int i = 0; i < R; i++)
-				_mm_prefetch((const char *)w->data +
-						     ((size_t)(r + R + i) * cols + k) * 2,
-					     _MM_HINT_T1);
-		UNROLL for (int i = 0; i < R; i++) {
-			load_w32(w->data, (size_t)(r + i) * cols + k, rem, KN_DTYPE_BF16, &w0, &w1);
-			UNROLL for (int j = 0; j < T; j++) {
-				acc[i * T + j] = _mm512_fmadd_ps(w0, x0[j], acc[i * T + j]);
-				acc[i * T + j] = _mm512_fmadd_ps(w1, x1[j], acc[i * T + j]);
-			}
-		}
-	}
+	for (; k + 32 <= cols; k += 32) /* as dot_tile */
+		dot_step_xp(acc, xp, ldx, w, t, r, k, 32, R, T, fetch);
+	if (k < cols)
+		dot_step_xp(acc, xp, ldx, w, t, r, k, cols - k, R, T, false);
 	reduce_tile(y, (size_t)w->rows, t, r, acc, R, T);
 }
 
