@@ -15,6 +15,7 @@
  * tile), weight pairs fed to the instruction as they lie in memory.
  */
 #include <immintrin.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -534,20 +535,21 @@ INLINE __m512bh load_wbf(const uint16_t *p, int rem)
  * rather than the first one asking for it all at once (bench/e2e batch 32: lm_head -3%);
  * groups 0: none. */
 INLINE void fdot_tile_xb(float *y, const uint16_t *xb, size_t ld, const struct kn_mat *w, int t,
-			 int r, const int R, const int T, const int groups)
+			 int r, const int R, const int T, const int groups, int k0, int k1,
+			 __m512 *save)
 {
-	const int cols = w->cols;
+	const int cols = w->cols, kend = FR_MIN(k1, cols);
 	const uint16_t *wd = w->data;
 	const bool fetch = groups > 0 && (groups > 1 || t == 0) && r + 2 * R <= w->rows;
 	const int mine = groups > 1 ? (t / 4) % groups : 0;
-	int step = 0;
+	int step = groups > 1 ? k0 / 32 % groups : 0;
 	__m512 acc[16];
 
 	UNROLL for (int i = 0; i < R * T; i++)
-		acc[i] = _mm512_setzero_ps();
+		acc[i] = k0 > 0 ? save[i] : _mm512_setzero_ps();
 	/* whole steps unmasked, then the tail: the same products in the same order */
-	int k = 0;
-	for (; k + 32 <= cols; k += 32) {
+	int k = k0;
+	for (; k + 32 <= kend; k += 32) {
 		__m512bh xv[4];
 		UNROLL for (int j = 0; j < T; j++)
 			xv[j] = (__m512bh)_mm512_loadu_si512(xb + (size_t)(t + j) * ld + k);
@@ -563,7 +565,7 @@ INLINE void fdot_tile_xb(float *y, const uint16_t *xb, size_t ld, const struct k
 				acc[i * T + j] = _mm512_dpbf16_ps(acc[i * T + j], wv, xv[j]);
 		}
 	}
-	if (k < cols) {
+	if (k < kend) {
 		__m512bh xv[4];
 		UNROLL for (int j = 0; j < T; j++)
 			xv[j] = (__m512bh)_mm512_loadu_si512(xb + (size_t)(t + j) * ld + k);
@@ -572,6 +574,11 @@ INLINE void fdot_tile_xb(float *y, const uint16_t *xb, size_t ld, const struct k
 			UNROLL for (int j = 0; j < T; j++)
 				acc[i * T + j] = _mm512_dpbf16_ps(acc[i * T + j], wv, xv[j]);
 		}
+	}
+	if (kend < cols) { /* a chunk of columns: the sums go on in the next */
+		UNROLL for (int i = 0; i < R * T; i++)
+			save[i] = acc[i];
+		return;
 	}
 	reduce_tile(y, (size_t)w->rows, t, r, acc, R, T);
 }
@@ -658,6 +665,15 @@ static void fgemm_tiles(float *y, size_t ldy, const uint16_t *xb, size_t ldx, co
  * the weights as they lie; more tokens: packed panels of bf16 pairs. */
 #define FDOT_MAX_N 64
 
+/* Columns per chunk of the few-token tiles where rows are longer than FKC_MIN: a 4-row tile
+ * then keeps its 8 KiB of weights in L1 while the token groups pass (whole rows of 10944
+ * bf16 are 85 KiB a tile, out of L1 before the next group comes; bench/gemm 32x10944x2048,
+ * 2 threads: 0.61-0.69 of the bf16 peak whole, 0.74-0.79 in chunks). The accumulators wait
+ * in `save` between chunks: the same sums in the same order. Rows up to FKC_MIN (a 4-row
+ * tile within L1) run whole, as measured best. */
+#define FKC 1024
+#define FKC_MIN 4096
+
 static void avx512_matmul_fast_xb(float *y, const uint16_t *xb, const struct kn_mat *w, int n,
 				  int r0, int r1)
 {
@@ -665,16 +681,43 @@ static void avx512_matmul_fast_xb(float *y, const uint16_t *xb, const struct kn_
 	_Alignas(64) uint32_t wp[KCF / 2 * 32];
 
 	if (n < GEMM_MIN_N) {
-#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, 1)
+#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, 1, 0, INT_MAX, NULL)
 		DOT_WALK(TILE, n, r0, r1);
 #undef TILE
 		return;
 	}
-	if (n <= FDOT_MAX_N) {
+	if (n <= FDOT_MAX_N && w->cols <= FKC_MIN) {
 		const int groups = FR_DIV_ROUND_UP(n, 4);
-#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, groups)
+#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, groups, 0, INT_MAX, NULL)
 		FEW_WALK(TILE, n, r0, r1);
 #undef TILE
+		return;
+	}
+	if (n <= FDOT_MAX_N) { /* long rows: FEW_WALK with the columns in chunks */
+		const int groups = FR_DIV_ROUND_UP(n, 4);
+		_Alignas(64) __m512 save[(FDOT_MAX_N / 4 + 2) * 16];
+		int r = r0;
+		for (; r + 4 <= r1; r += 4) {
+			for (int k0 = 0; k0 < w->cols; k0 += FKC) {
+				int t = 0, g = 0;
+				for (; t + 4 <= n; t += 4, g++)
+					fdot_tile_xb(y, xb, ld, w, t, r, 4, 4, groups, k0, k0 + FKC,
+						     save + 16 * g);
+				for (; t + 2 <= n; t += 2, g++)
+					fdot_tile_xb(y, xb, ld, w, t, r, 4, 2, groups, k0, k0 + FKC,
+						     save + 16 * g);
+				if (t < n)
+					fdot_tile_xb(y, xb, ld, w, t, r, 4, 1, groups, k0, k0 + FKC,
+						     save + 16 * g);
+			}
+		}
+		for (; r < r1; r++) {
+			int t = 0;
+			for (; t + 4 <= n; t += 4)
+				fdot_tile_xb(y, xb, ld, w, t, r, 1, 4, groups, 0, INT_MAX, NULL);
+			for (; t < n; t++)
+				fdot_tile_xb(y, xb, ld, w, t, r, 1, 1, groups, 0, INT_MAX, NULL);
+		}
 		return;
 	}
 	for (int r = r0; r < r1; r += 32) {

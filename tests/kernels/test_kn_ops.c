@@ -403,6 +403,8 @@ int main(void)
 		test_matmul_fast(ops, 37, 2100, 32);
 		test_matmul_fast(ops, 9, 1500, 20);
 		test_matmul_fast(ops, 40, 2100, 70); /* packed panels, rounded off the stack */
+		test_matmul_fast(ops, 13, 5000, 9);  /* rows long enough to go in column chunks */
+		test_matmul_fast(ops, 6, 4500, 4);
 		for (size_t s = 0; s < FR_ARRAY_SIZE(sizes); s++) {
 			test_rmsnorm(ops, sizes[s]);
 			test_swiglu(ops, sizes[s]);
@@ -418,6 +420,7 @@ int main(void)
 	}
 	test_matmul_fast_shared(100, 2100, 48);
 	test_matmul_fast_shared(70, 1500, 80);
+	test_matmul_fast_shared(30, 4200, 33);
 	KT_CHECK(kn_ops_get("no-such-isa") == NULL, "kn_ops_get of an unknown name");
 	return kt_finish("test_kn_ops");
 }
