@@ -338,17 +338,22 @@ void kn_rmsnorm(float *y, const float *x, const float *g, int n, int dim, float 
 		ops->rmsnorm(y + (size_t)t * dim, x + (size_t)t * dim, g, dim, eps);
 }
 
+static double rope_freq(float theta, int j, int head_dim)
+{
+	return pow((double)theta, -2.0 * j / head_dim);
+}
+
 void kn_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, float theta)
 {
 	int half = head_dim / 2;
 	double inv[256]; /* the frequencies, once per call, where head_dim <= 512 */
 	bool table = half <= (int)FR_ARRAY_SIZE(inv);
 	for (int j = 0; table && j < half; j++)
-		inv[j] = pow((double)theta, -2.0 * j / head_dim);
+		inv[j] = rope_freq(theta, j, head_dim);
 	for (int t = 0; t < n; t++) {
 		for (int j = 0; j < half; j++) {
 			/* Angles in double: the fp64 cross-check and llama.cpp agree to ~1e-6 this way. */
-			double f = table ? inv[j] : pow((double)theta, -2.0 * j / head_dim);
+			double f = table ? inv[j] : rope_freq(theta, j, head_dim);
 			double a = (double)pos[t] * f;
 			float c = (float)cos(a), s = (float)sin(a);
 			for (int h = 0; h < n_heads; h++) {

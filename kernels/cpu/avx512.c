@@ -92,26 +92,32 @@ INLINE __m512 exp512(__m512 x)
 	} while (0)
 
 /* A few tokens whose activations were prepared once: 4 rows x 4 tokens tiles where they fit,
- * then 4 x 2, 4 x 1, and the rows left one at a time. */
-#define FEW_WALK(TILE, n, r0, r1)                                                           \
+ * then 4 x 2, 4 x 1, and the rows left one at a time. Each row block goes over the columns in
+ * chunks of kc (kc >= cols: whole rows), all its tiles per chunk: TILE(t, r, R, T, k0, g),
+ * g numbering the block's tiles from 0 (at most FEW_TILES) for whatever they carry from one
+ * chunk to the next. */
+#define FEW_TILES (64 / 4 + 3) /* tiles of a row block, for up to 64 tokens */
+#define FEW_WALK(TILE, n, r0, r1, cols, kc)                                                 \
 	do {                                                                                \
 		int r_ = (r0);                                                              \
-		for (; r_ + 4 <= (r1); r_ += 4) {                                           \
-			int t_ = 0;                                                         \
-			for (; t_ + 4 <= (n); t_ += 4)                                      \
-				TILE(t_, r_, 4, 4);                                         \
-			for (; t_ + 2 <= (n); t_ += 2)                                      \
-				TILE(t_, r_, 4, 2);                                         \
-			if (t_ < (n))                                                       \
-				TILE(t_, r_, 4, 1);                                         \
-		}                                                                           \
-		for (; r_ < (r1); r_++) {                                                   \
-			int t_ = 0;                                                         \
-			for (; t_ + 4 <= (n); t_ += 4)                                      \
-				TILE(t_, r_, 1, 4);                                         \
-			for (; t_ < (n); t_++)                                              \
-				TILE(t_, r_, 1, 1);                                         \
-		}                                                                           \
+		for (; r_ + 4 <= (r1); r_ += 4)                                             \
+			for (int k0_ = 0; k0_ < (cols); k0_ += (kc)) {                      \
+				int t_ = 0, g_ = 0;                                         \
+				for (; t_ + 4 <= (n); t_ += 4, g_++)                        \
+					TILE(t_, r_, 4, 4, k0_, g_);                        \
+				for (; t_ + 2 <= (n); t_ += 2, g_++)                        \
+					TILE(t_, r_, 4, 2, k0_, g_);                        \
+				if (t_ < (n))                                               \
+					TILE(t_, r_, 4, 1, k0_, g_);                        \
+			}                                                                   \
+		for (; r_ < (r1); r_++)                                                     \
+			for (int k0_ = 0; k0_ < (cols); k0_ += (kc)) {                      \
+				int t_ = 0, g_ = 0;                                         \
+				for (; t_ + 4 <= (n); t_ += 4, g_++)                        \
+					TILE(t_, r_, 1, 4, k0_, g_);                        \
+				for (; t_ < (n); t_++, g_++)                                \
+					TILE(t_, r_, 1, 1, k0_, g_);                        \
+			}                                                                   \
 	} while (0)
 
 /* Many tokens against one packed panel: TILE(t, M) for MT tokens at a time, then the rest in
@@ -224,15 +230,15 @@ INLINE void reduce_tile(float *y, size_t ldy, int t, int r, const __m512 *acc, c
 			y[(size_t)(t + j) * ldy + r + i] = o[4 * j + i];
 }
 
-/* One 32-column step of dot_tile: rem columns, 32 but at the tail. */
-INLINE void dot_step(__m512 *acc, const float *x, const struct kn_mat *w, int t, int r, int k,
-		     int rem, const int R, const int T, const enum kn_dtype dt, bool fetch)
+/* One 32-column step of R rows against T tokens whose activations are loaded (xv[2j],
+ * xv[2j + 1]: token j's even and odd halves): rem columns, 32 but at the tail. With fetch,
+ * the same columns of the next R rows are prefetched into L2. */
+INLINE void fma_rows(__m512 *acc, const __m512 *xv, const struct kn_mat *w, int r, int k, int rem,
+		     const int R, const int T, const enum kn_dtype dt, bool fetch)
 {
 	const int cols = w->cols;
-	__m512 xv[8], w0, w1;
+	__m512 w0, w1;
 
-	UNROLL for (int j = 0; j < T; j++)
-		load_x32(x + (size_t)(t + j) * cols + k, rem, dt, &xv[2 * j], &xv[2 * j + 1]);
 	if (fetch)
 		UNROLL for (int i = 0; i < R; i++)
 			_mm_prefetch((const char *)w->data + ((size_t)(r + R + i) * cols + k) * 2,
@@ -244,6 +250,17 @@ INLINE void dot_step(__m512 *acc, const float *x, const struct kn_mat *w, int t,
 			acc[i * T + j] = _mm512_fmadd_ps(w1, xv[2 * j + 1], acc[i * T + j]);
 		}
 	}
+}
+
+/* One 32-column step of dot_tile. */
+INLINE void dot_step(__m512 *acc, const float *x, const struct kn_mat *w, int t, int r, int k,
+		     int rem, const int R, const int T, const enum kn_dtype dt, bool fetch)
+{
+	__m512 xv[8];
+
+	UNROLL for (int j = 0; j < T; j++)
+		load_x32(x + (size_t)(t + j) * w->cols + k, rem, dt, &xv[2 * j], &xv[2 * j + 1]);
+	fma_rows(acc, xv, w, r, k, rem, R, T, dt, fetch);
 }
 
 /* y[t+j][r+i] for i < R, j < T (R * T <= 16). The first token group of a row block
@@ -287,24 +304,13 @@ INLINE void matmul_dot(float *y, const float *x, const struct kn_mat *w, int n, 
 INLINE void dot_step_xp(__m512 *acc, const float *xp, size_t ldx, const struct kn_mat *w, int t,
 			int r, int k, int rem, const int R, const int T, bool fetch)
 {
-	const int cols = w->cols;
-	__m512 x0[4], x1[4], w0, w1;
+	__m512 xv[8];
 
 	UNROLL for (int j = 0; j < T; j++) {
-		x0[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k);
-		x1[j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k + 16);
+		xv[2 * j] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k);
+		xv[2 * j + 1] = _mm512_load_ps(xp + (size_t)(t + j) * ldx + k + 16);
 	}
-	if (fetch)
-		UNROLL for (int i = 0; i < R; i++)
-			_mm_prefetch((const char *)w->data + ((size_t)(r + R + i) * cols + k) * 2,
-				     _MM_HINT_T1);
-	UNROLL for (int i = 0; i < R; i++) {
-		load_w32(w->data, (size_t)(r + i) * cols + k, rem, KN_DTYPE_BF16, &w0, &w1);
-		UNROLL for (int j = 0; j < T; j++) {
-			acc[i * T + j] = _mm512_fmadd_ps(w0, x0[j], acc[i * T + j]);
-			acc[i * T + j] = _mm512_fmadd_ps(w1, x1[j], acc[i * T + j]);
-		}
-	}
+	fma_rows(acc, xv, w, r, k, rem, R, T, KN_DTYPE_BF16, fetch);
 }
 
 INLINE void dot_tile_xp(float *y, const float *xp, const struct kn_mat *w, int t, int r,
@@ -339,8 +345,8 @@ static void matmul_few_bf16(float *y, const float *x, const struct kn_mat *w, in
 			_mm512_store_ps(xp + (size_t)t * ldx + k, a);
 			_mm512_store_ps(xp + (size_t)t * ldx + k + 16, b);
 		}
-#define TILE(t, r, R, T) dot_tile_xp(y, xp, w, t, r, R, T)
-	FEW_WALK(TILE, n, r0, r1);
+#define TILE(t, r, R, T, k0, g) dot_tile_xp(y, xp, w, t, r, R, T)
+	FEW_WALK(TILE, n, r0, r1, w->cols, w->cols);
 #undef TILE
 }
 
@@ -686,38 +692,13 @@ static void avx512_matmul_fast_xb(float *y, const uint16_t *xb, const struct kn_
 #undef TILE
 		return;
 	}
-	if (n <= FDOT_MAX_N && w->cols <= FKC_MIN) {
-		const int groups = FR_DIV_ROUND_UP(n, 4);
-#define TILE(t, r, R, T) fdot_tile_xb(y, xb, ld, w, t, r, R, T, groups, 0, INT_MAX, NULL)
-		FEW_WALK(TILE, n, r0, r1);
+	if (n <= FDOT_MAX_N) {
+		const int groups = FR_DIV_ROUND_UP(n, 4), kc = w->cols > FKC_MIN ? FKC : w->cols;
+		_Alignas(64) __m512 save[FEW_TILES * 16];
+#define TILE(t, r, R, T, k0, g)                                                             \
+	fdot_tile_xb(y, xb, ld, w, t, r, R, T, groups, k0, (k0) + kc, save + 16 * (g))
+		FEW_WALK(TILE, n, r0, r1, w->cols, kc);
 #undef TILE
-		return;
-	}
-	if (n <= FDOT_MAX_N) { /* long rows: FEW_WALK with the columns in chunks */
-		const int groups = FR_DIV_ROUND_UP(n, 4);
-		_Alignas(64) __m512 save[(FDOT_MAX_N / 4 + 2) * 16];
-		int r = r0;
-		for (; r + 4 <= r1; r += 4) {
-			for (int k0 = 0; k0 < w->cols; k0 += FKC) {
-				int t = 0, g = 0;
-				for (; t + 4 <= n; t += 4, g++)
-					fdot_tile_xb(y, xb, ld, w, t, r, 4, 4, groups, k0, k0 + FKC,
-						     save + 16 * g);
-				for (; t + 2 <= n; t += 2, g++)
-					fdot_tile_xb(y, xb, ld, w, t, r, 4, 2, groups, k0, k0 + FKC,
-						     save + 16 * g);
-				if (t < n)
-					fdot_tile_xb(y, xb, ld, w, t, r, 4, 1, groups, k0, k0 + FKC,
-						     save + 16 * g);
-			}
-		}
-		for (; r < r1; r++) {
-			int t = 0;
-			for (; t + 4 <= n; t += 4)
-				fdot_tile_xb(y, xb, ld, w, t, r, 1, 4, groups, 0, INT_MAX, NULL);
-			for (; t < n; t++)
-				fdot_tile_xb(y, xb, ld, w, t, r, 1, 1, groups, 0, INT_MAX, NULL);
-		}
 		return;
 	}
 	for (int r = r0; r < r1; r += 32) {
