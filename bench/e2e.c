@@ -43,60 +43,6 @@ static size_t mat_bytes(const struct kn_mat *m)
 	return (size_t)m->rows * m->cols * kn_dtype_size(m->dtype);
 }
 
-/* Weight bytes of a step whose tokens reach `experts` routed experts per MoE layer (k per
- * token: what one token touches; fractional: an expectation). */
-static double step_bytes(const struct model_weights *w, double experts)
-{
-	const struct model_config *c = w->cfg;
-	double b = (double)mat_bytes(&w->lm_head);
-	for (int l = 0; l < c->num_hidden_layers; l++) {
-		const struct model_layer *L = &w->layers[l];
-		b += (double)(mat_bytes(&L->q) + mat_bytes(&L->k) + mat_bytes(&L->v) +
-			      mat_bytes(&L->o));
-		if (!L->moe) {
-			b += (double)(mat_bytes(&L->dense.gate) + mat_bytes(&L->dense.up) +
-				      mat_bytes(&L->dense.down));
-			continue;
-		}
-		b += (double)mat_bytes(&L->router);
-		if (L->has_shared)
-			b += (double)(mat_bytes(&L->shared.gate) + mat_bytes(&L->shared.up) +
-				      mat_bytes(&L->shared.down));
-		b += experts * 3.0 * c->hidden_size * c->moe_intermediate_size *
-		     (double)kn_dtype_size(L->q.dtype);
-	}
-	return b;
-}
-
-/* Experts of a layer that B tokens, k each of E, reach on average (uniform routing). */
-static double experts_reached(const struct model_config *c, int B)
-{
-	double E = c->n_routed_experts, k = c->num_experts_per_tok;
-	return E * (1.0 - pow(1.0 - k / E, B));
-}
-
-/* Weight bytes one token touches in a decode step (top-k routed experts, not all). */
-static size_t active_bytes(const struct model_weights *w, int k)
-{
-	const struct model_config *c = w->cfg;
-	size_t b = mat_bytes(&w->lm_head);
-	for (int l = 0; l < c->num_hidden_layers; l++) {
-		const struct model_layer *L = &w->layers[l];
-		b += mat_bytes(&L->q) + mat_bytes(&L->k) + mat_bytes(&L->v) + mat_bytes(&L->o);
-		if (!L->moe) {
-			b += mat_bytes(&L->dense.gate) + mat_bytes(&L->dense.up) + mat_bytes(&L->dense.down);
-			continue;
-		}
-		b += mat_bytes(&L->router);
-		if (L->has_shared)
-			b += mat_bytes(&L->shared.gate) + mat_bytes(&L->shared.up) + mat_bytes(&L->shared.down);
-		/* Routed experts are bound lazily by the workers; size one from the config. */
-		b += (size_t)k * 3 * c->hidden_size * c->moe_intermediate_size *
-		     kn_dtype_size(L->q.dtype);
-	}
-	return b;
-}
-
 /* A step's weight traffic and arithmetic per kernel category (co_prof): B tokens reaching
  * `experts` routed experts per MoE layer, lm_rows of them wanting logits. */
 struct phase_cost {
@@ -138,6 +84,32 @@ static void phase_cost(const struct model_weights *w, int B, double experts, int
 		pc->bytes[CO_PROF_EXPERTS] += experts * expert_w * (double)kn_dtype_size(L->q.dtype);
 		pc->flops[CO_PROF_EXPERTS] += 2.0 * B * c->num_experts_per_tok * expert_w;
 	}
+}
+
+/* Weight bytes of a step whose tokens reach `experts` routed experts per MoE layer (k per
+ * token: what one token touches; fractional: an expectation): every category's. */
+static double step_bytes(const struct model_weights *w, double experts)
+{
+	struct phase_cost pc;
+	double b = 0;
+
+	phase_cost(w, 1, experts, 1, &pc);
+	for (int i = 0; i < CO_PROF__COUNT; i++)
+		b += pc.bytes[i];
+	return b;
+}
+
+/* Experts of a layer that B tokens, k each of E, reach on average (uniform routing). */
+static double experts_reached(const struct model_config *c, int B)
+{
+	double E = c->n_routed_experts, k = c->num_experts_per_tok;
+	return E * (1.0 - pow(1.0 - k / E, B));
+}
+
+/* Weight bytes one token touches in a decode step (top-k routed experts, not all). */
+static size_t active_bytes(const struct model_weights *w, int k)
+{
+	return (size_t)step_bytes(w, k);
 }
 
 /* A category's ceiling in seconds: its bytes at the read bandwidth or its FLOPs at the
