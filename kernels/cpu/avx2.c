@@ -112,55 +112,89 @@ INLINE void load_x16(const float *p, enum kn_dtype dt, __m256 *x0, __m256 *x1)
 	}
 }
 
-/* y[t+j][r+i] for i < R, j < T (R * T <= 8, T <= 4). The first token group of a row block
- * prefetches the next R rows into L2, a cache line each 64 bytes: rows of a few KiB are pages
- * of their own, where the hardware stream stops (as in avx512.c). */
+/* One 16-column step of R rows against T tokens whose activations are loaded (xv[2j],
+ * xv[2j + 1]: token j's even and odd halves; zeros past the row's end). With fetch, the same
+ * columns of the next R rows are prefetched into L2, a cache line each 64 bytes: rows of a few
+ * KiB are pages of their own, where the hardware stream stops (as in avx512.c). rem < 16: the
+ * weights go through a zero-padded copy, the same sums as a full step. */
+INLINE void fma_rows(__m256 *acc, const __m256 *xv, const struct kn_mat *w, int r, int k, int rem,
+		     const int R, const int T, const enum kn_dtype dt, bool fetch)
+{
+	const size_t cols = (size_t)w->cols, es = dt_size(dt);
+	_Alignas(32) unsigned char wt[64];
+	__m256 w0, w1;
+
+	if (fetch && (size_t)k * es % 64 == 0)
+		UNROLL for (int i = 0; i < R; i++)
+			_mm_prefetch((const char *)w->data + ((size_t)(r + R + i) * cols + k) * es,
+				     _MM_HINT_T1);
+	UNROLL for (int i = 0; i < R; i++) {
+		if (rem == 16) {
+			load_w16(w->data, (size_t)(r + i) * cols + k, dt, &w0, &w1);
+		} else {
+			memset(wt, 0, sizeof(wt));
+			memcpy(wt, (const char *)w->data + ((size_t)(r + i) * cols + k) * es,
+			       (size_t)rem * es);
+			load_w16(wt, 0, dt, &w0, &w1);
+		}
+		UNROLL for (int j = 0; j < T; j++) {
+			acc[i * T + j] = _mm256_fmadd_ps(w0, xv[2 * j], acc[i * T + j]);
+			acc[i * T + j] = _mm256_fmadd_ps(w1, xv[2 * j + 1], acc[i * T + j]);
+		}
+	}
+}
+
+/* Token t's activations [k, k + rem) as load_w16's two halves, zeros past rem. */
+INLINE void load_x16_rem(const float *x, int k, int rem, enum kn_dtype dt, __m256 *x0, __m256 *x1)
+{
+	float xt[16];
+	if (rem == 16) {
+		load_x16(x + k, dt, x0, x1);
+		return;
+	}
+	memset(xt, 0, sizeof(xt));
+	memcpy(xt, x + k, (size_t)rem * sizeof(float));
+	load_x16(xt, dt, x0, x1);
+}
+
+/* y[t+j][r+i] for i < R, j < T (R * T <= 12). x: the activations as they lie, or (xp)
+ * already split into even/odd halves per 16 columns by permute_x16, rows of ldx floats, zeros
+ * past cols. The first token group of a row block prefetches the next R rows. Every output is
+ * the same chain of FMAs and one hsum, whatever the tile or the path. */
 INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
-		     const int T, const enum kn_dtype dt)
+		     const int T, const enum kn_dtype dt, const bool xp)
 {
 	const int cols = w->cols;
-	const size_t es = dt_size(dt);
+	const size_t ldx = xp ? (size_t)FR_DIV_ROUND_UP(cols, 16) * 16 : (size_t)cols;
 	const bool fetch = t == 0 && r + 2 * R <= w->rows;
-	__m256 acc[8], xv[8], w0, w1;
+	__m256 acc[12], xv[8];
 	int k = 0;
 
 	UNROLL for (int i = 0; i < R * T; i++)
 		acc[i] = _mm256_setzero_ps();
 	for (; k + 16 <= cols; k += 16) {
-		UNROLL for (int j = 0; j < T; j++)
-			load_x16(x + (size_t)(t + j) * cols + k, dt, &xv[2 * j], &xv[2 * j + 1]);
-		if (fetch && (size_t)k * es % 64 == 0)
-			UNROLL for (int i = 0; i < R; i++)
-				_mm_prefetch((const char *)w->data + ((size_t)(r + R + i) * cols + k) * es,
-					     _MM_HINT_T1);
-		UNROLL for (int i = 0; i < R; i++) {
-			load_w16(w->data, (size_t)(r + i) * cols + k, dt, &w0, &w1);
-			UNROLL for (int j = 0; j < T; j++) {
-				acc[i * T + j] = _mm256_fmadd_ps(w0, xv[2 * j], acc[i * T + j]);
-				acc[i * T + j] = _mm256_fmadd_ps(w1, xv[2 * j + 1], acc[i * T + j]);
-			}
-		}
-	}
-	if (k < cols) {
-		/* The last < 16 columns go through zero-padded copies: same order as a full step. */
-		int rem = cols - k;
-		float xt[16];
-		_Alignas(32) unsigned char wt[64];
 		UNROLL for (int j = 0; j < T; j++) {
-			memset(xt, 0, sizeof(xt));
-			memcpy(xt, x + (size_t)(t + j) * cols + k, (size_t)rem * sizeof(float));
-			load_x16(xt, dt, &xv[2 * j], &xv[2 * j + 1]);
-		}
-		UNROLL for (int i = 0; i < R; i++) {
-			memset(wt, 0, sizeof(wt));
-			memcpy(wt, (const char *)w->data + ((size_t)(r + i) * cols + k) * es,
-			       (size_t)rem * es);
-			load_w16(wt, 0, dt, &w0, &w1);
-			UNROLL for (int j = 0; j < T; j++) {
-				acc[i * T + j] = _mm256_fmadd_ps(w0, xv[2 * j], acc[i * T + j]);
-				acc[i * T + j] = _mm256_fmadd_ps(w1, xv[2 * j + 1], acc[i * T + j]);
+			const float *xr = x + (size_t)(t + j) * ldx + k;
+			if (xp) {
+				xv[2 * j] = _mm256_load_ps(xr);
+				xv[2 * j + 1] = _mm256_load_ps(xr + 8);
+			} else {
+				load_x16(xr, dt, &xv[2 * j], &xv[2 * j + 1]);
 			}
 		}
+		fma_rows(acc, xv, w, r, k, 16, R, T, dt, fetch);
+	}
+	if (k < cols) { /* the tail through zero-padded copies: the same sums as a whole step */
+		UNROLL for (int j = 0; j < T; j++) {
+			const float *xr = x + (size_t)(t + j) * ldx;
+			if (xp) {
+				xv[2 * j] = _mm256_load_ps(xr + k);
+				xv[2 * j + 1] = _mm256_load_ps(xr + k + 8);
+			} else {
+				load_x16_rem(xr, k, cols - k, dt, &xv[2 * j], &xv[2 * j + 1]);
+			}
+		}
+		fma_rows(acc, xv, w, r, k, cols - k, R, T, dt, false);
 	}
 	UNROLL for (int i = 0; i < R; i++)
 		UNROLL for (int j = 0; j < T; j++)
@@ -173,24 +207,63 @@ INLINE void matmul_dot(float *y, const float *x, const struct kn_mat *w, int n, 
 	int r = r0;
 	if (n == 1) {
 		for (; r + 8 <= r1; r += 8)
-			dot_tile(y, x, w, 0, r, 8, 1, dt);
+			dot_tile(y, x, w, 0, r, 8, 1, dt, false);
 		for (; r < r1; r++)
-			dot_tile(y, x, w, 0, r, 1, 1, dt);
+			dot_tile(y, x, w, 0, r, 1, 1, dt, false);
 		return;
 	}
 	for (; r + 4 <= r1; r += 4) {
 		int t = 0;
 		for (; t + 2 <= n; t += 2)
-			dot_tile(y, x, w, t, r, 4, 2, dt);
+			dot_tile(y, x, w, t, r, 4, 2, dt, false);
 		if (t < n)
-			dot_tile(y, x, w, t, r, 4, 1, dt);
+			dot_tile(y, x, w, t, r, 4, 1, dt, false);
 	}
 	for (; r < r1; r++) {
 		int t = 0;
 		for (; t + 2 <= n; t += 2)
-			dot_tile(y, x, w, t, r, 1, 2, dt);
+			dot_tile(y, x, w, t, r, 1, 2, dt, false);
 		if (t < n)
-			dot_tile(y, x, w, t, r, 1, 1, dt);
+			dot_tile(y, x, w, t, r, 1, 1, dt, false);
+	}
+}
+
+/* A few tokens (GEMM_MIN_N .. FEW_MAX_N) with BF16 weights: x split once per call into the
+ * even/odd halves load_w16 produces (xp[n][ldx], per 16 columns 8 even then 8 odd values),
+ * then 4 rows x 3 tokens tiles over the weights as they lie - the same sums in the same order
+ * as matmul_dot, so a token's result does not depend on how many came with it. No packed
+ * panel: at these sizes packing and transposing W costs as much as the products. */
+#define FEW_MAX_N 64
+#define FEW_MAX_XP (256 * 1024) /* bytes of split activations on the stack */
+
+static void matmul_few_bf16(float *y, const float *x, const struct kn_mat *w, int n, int r0,
+			    int r1, float *xp)
+{
+	const int cols = w->cols;
+	const size_t ldx = (size_t)FR_DIV_ROUND_UP(cols, 16) * 16;
+
+	for (int t = 0; t < n; t++)
+		for (int k = 0; k < cols; k += 16) {
+			__m256 a, b;
+			load_x16_rem(x + (size_t)t * cols, k, FR_MIN(16, cols - k), KN_DTYPE_BF16, &a,
+				     &b);
+			_mm256_store_ps(xp + (size_t)t * ldx + k, a);
+			_mm256_store_ps(xp + (size_t)t * ldx + k + 8, b);
+		}
+	int r = r0;
+	for (; r + 4 <= r1; r += 4) {
+		int t = 0;
+		for (; t + 2 <= n; t += 2)
+			dot_tile(y, xp, w, t, r, 4, 2, KN_DTYPE_BF16, true);
+		if (t < n)
+			dot_tile(y, xp, w, t, r, 4, 1, KN_DTYPE_BF16, true);
+	}
+	for (; r < r1; r++) {
+		int t = 0;
+		for (; t + 4 <= n; t += 4)
+			dot_tile(y, xp, w, t, r, 1, 4, KN_DTYPE_BF16, true);
+		for (; t < n; t++)
+			dot_tile(y, xp, w, t, r, 1, 1, KN_DTYPE_BF16, true);
 	}
 }
 
@@ -348,6 +421,12 @@ static void matmul_f32(float *y, const float *x, const struct kn_mat *w, int n, 
 
 static void matmul_bf16(float *y, const float *x, const struct kn_mat *w, int n, int r0, int r1)
 {
+	size_t xp_bytes = (size_t)n * FR_DIV_ROUND_UP(w->cols, 16) * 16 * sizeof(float);
+	if (n >= GEMM_MIN_N && n <= FEW_MAX_N && xp_bytes <= FEW_MAX_XP) {
+		_Alignas(64) float xp[FEW_MAX_XP / sizeof(float)];
+		matmul_few_bf16(y, x, w, n, r0, r1, xp);
+		return;
+	}
 	if (n >= GEMM_MIN_N)
 		matmul_gemm(y, x, w, n, r0, r1, KN_DTYPE_BF16);
 	else
@@ -479,6 +558,48 @@ static void avx2_softmax(float *x, int n)
 	}
 }
 
+/* The first index of the largest value, as kn_scalar_argmax: each lane keeps the first index
+ * of its own largest (strictly greater replaces, NaN never does), then the smallest index
+ * among the lanes that hold the overall largest. x[0] NaN: 0, as the scalar loop. */
+static int avx2_argmax(const float *x, int n)
+{
+	if (isnan(x[0]))
+		return 0;
+	__m256 m = _mm256_set1_ps(x[0]);
+	__m256i best = _mm256_setzero_si256(), idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+	const __m256i step = _mm256_set1_epi32(8);
+	int i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		__m256 v = _mm256_loadu_ps(x + i);
+		__m256 gt = _mm256_cmp_ps(v, m, _CMP_GT_OQ);
+		m = _mm256_blendv_ps(m, v, gt);
+		best = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best),
+							    _mm256_castsi256_ps(idx), gt));
+		idx = _mm256_add_epi32(idx, step);
+	}
+	if (i < n) { /* past the end the lanes hold m itself, which is never greater */
+		__m256i tm = tail_mask(n - i);
+		__m256 v = _mm256_blendv_ps(m, _mm256_maskload_ps(x + i, tm), _mm256_castsi256_ps(tm));
+		__m256 gt = _mm256_cmp_ps(v, m, _CMP_GT_OQ);
+		m = _mm256_blendv_ps(m, v, gt);
+		best = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best),
+							    _mm256_castsi256_ps(idx), gt));
+	}
+	_Alignas(32) float mv[8];
+	_Alignas(32) int32_t bv[8];
+	_mm256_store_ps(mv, m);
+	_mm256_store_si256((__m256i *)bv, best);
+	float top = mv[0];
+	for (int l = 1; l < 8; l++)
+		top = mv[l] > top ? mv[l] : top;
+	int ret = n;
+	for (int l = 0; l < 8; l++)
+		if (mv[l] == top && bv[l] < ret)
+			ret = bv[l];
+	return ret;
+}
+
 static void avx2_attend(float *out, const float *q, const float *k, const float *v,
 		       const int32_t *blocks, int block_size, int n_ctx, int head_dim,
 		       size_t stride, float scale, float *scratch)
@@ -508,5 +629,6 @@ const struct kn_ops kn_ops_avx2 = {
 	.axpy = avx2_axpy,
 	.dot = avx2_dot,
 	.softmax = avx2_softmax,
+	.argmax = avx2_argmax,
 	.attend = avx2_attend,
 };
