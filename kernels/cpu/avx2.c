@@ -14,6 +14,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/common.h"
@@ -157,43 +158,28 @@ INLINE void load_x16_rem(const float *x, int k, int rem, enum kn_dtype dt, __m25
 	load_x16(xt, dt, x0, x1);
 }
 
-/* y[t+j][r+i] for i < R, j < T (R * T <= 12). x: the activations as they lie, or (xp)
- * already split into even/odd halves per 16 columns by permute_x16, rows of ldx floats, zeros
- * past cols. The first token group of a row block prefetches the next R rows. Every output is
- * the same chain of FMAs and one hsum, whatever the tile or the path. */
+/* y[t+j][r+i] for i < R, j < T (R * T <= 8), x as it lies. The first token group of a row
+ * block prefetches the next R rows. Every output is the same chain of FMAs and one hsum,
+ * whatever the tile or the path (few_tile's too). */
 INLINE void dot_tile(float *y, const float *x, const struct kn_mat *w, int t, int r, const int R,
-		     const int T, const enum kn_dtype dt, const bool xp)
+		     const int T, const enum kn_dtype dt)
 {
 	const int cols = w->cols;
-	const size_t ldx = xp ? (size_t)FR_DIV_ROUND_UP(cols, 16) * 16 : (size_t)cols;
 	const bool fetch = t == 0 && r + 2 * R <= w->rows;
-	__m256 acc[12], xv[8];
+	__m256 acc[8], xv[4];
 	int k = 0;
 
 	UNROLL for (int i = 0; i < R * T; i++)
 		acc[i] = _mm256_setzero_ps();
 	for (; k + 16 <= cols; k += 16) {
-		UNROLL for (int j = 0; j < T; j++) {
-			const float *xr = x + (size_t)(t + j) * ldx + k;
-			if (xp) {
-				xv[2 * j] = _mm256_load_ps(xr);
-				xv[2 * j + 1] = _mm256_load_ps(xr + 8);
-			} else {
-				load_x16(xr, dt, &xv[2 * j], &xv[2 * j + 1]);
-			}
-		}
+		UNROLL for (int j = 0; j < T; j++)
+			load_x16(x + (size_t)(t + j) * cols + k, dt, &xv[2 * j], &xv[2 * j + 1]);
 		fma_rows(acc, xv, w, r, k, 16, R, T, dt, fetch);
 	}
 	if (k < cols) { /* the tail through zero-padded copies: the same sums as a whole step */
-		UNROLL for (int j = 0; j < T; j++) {
-			const float *xr = x + (size_t)(t + j) * ldx;
-			if (xp) {
-				xv[2 * j] = _mm256_load_ps(xr + k);
-				xv[2 * j + 1] = _mm256_load_ps(xr + k + 8);
-			} else {
-				load_x16_rem(xr, k, cols - k, dt, &xv[2 * j], &xv[2 * j + 1]);
-			}
-		}
+		UNROLL for (int j = 0; j < T; j++)
+			load_x16_rem(x + (size_t)(t + j) * cols, k, cols - k, dt, &xv[2 * j],
+				     &xv[2 * j + 1]);
 		fma_rows(acc, xv, w, r, k, cols - k, R, T, dt, false);
 	}
 	UNROLL for (int i = 0; i < R; i++)
@@ -207,40 +193,86 @@ INLINE void matmul_dot(float *y, const float *x, const struct kn_mat *w, int n, 
 	int r = r0;
 	if (n == 1) {
 		for (; r + 8 <= r1; r += 8)
-			dot_tile(y, x, w, 0, r, 8, 1, dt, false);
+			dot_tile(y, x, w, 0, r, 8, 1, dt);
 		for (; r < r1; r++)
-			dot_tile(y, x, w, 0, r, 1, 1, dt, false);
+			dot_tile(y, x, w, 0, r, 1, 1, dt);
 		return;
 	}
 	for (; r + 4 <= r1; r += 4) {
 		int t = 0;
 		for (; t + 2 <= n; t += 2)
-			dot_tile(y, x, w, t, r, 4, 2, dt, false);
+			dot_tile(y, x, w, t, r, 4, 2, dt);
 		if (t < n)
-			dot_tile(y, x, w, t, r, 4, 1, dt, false);
+			dot_tile(y, x, w, t, r, 4, 1, dt);
 	}
 	for (; r < r1; r++) {
 		int t = 0;
 		for (; t + 2 <= n; t += 2)
-			dot_tile(y, x, w, t, r, 1, 2, dt, false);
+			dot_tile(y, x, w, t, r, 1, 2, dt);
 		if (t < n)
-			dot_tile(y, x, w, t, r, 1, 1, dt, false);
+			dot_tile(y, x, w, t, r, 1, 1, dt);
 	}
 }
 
 /* A few tokens (GEMM_MIN_N .. FEW_MAX_N) with BF16 weights: x split once per call into the
  * even/odd halves load_w16 produces (xp[n][ldx], per 16 columns 8 even then 8 odd values),
- * then 4 rows x 3 tokens tiles over the weights as they lie - the same sums in the same order
+ * then 4 rows x 2 tokens tiles over the weights as they lie - the same sums in the same order
  * as matmul_dot, so a token's result does not depend on how many came with it. No packed
- * panel: at these sizes packing and transposing W costs as much as the products. */
+ * panel: at these sizes packing and transposing W costs as much as the products.
+ * Activations past FEW_MAX_XP bytes (long rows, many tokens) no longer stay in the cache
+ * while a row goes by: their rows go in chunks of FEW_KC columns, each chunk over a panel of
+ * FEW_PANEL rows before the next, the tiles' accumulators kept between chunks (save) - the
+ * chains of FMAs are cut, not changed, so the bits are the same. */
 #define FEW_MAX_N 64
-#define FEW_MAX_XP (256 * 1024) /* bytes of split activations on the stack */
+#define FEW_MAX_XP (256 * 1024) /* bytes of split activations on the stack, whole rows */
+#define FEW_KC 512		 /* columns per chunk of long rows */
+#define FEW_PANEL 64		 /* rows that go over one chunk before the next */
+#define FEW_SLOTS ((FEW_PANEL / 4 + 3) * (FEW_MAX_N / 2)) /* tiles of a panel */
+_Static_assert(FEW_KC % 16 == 0, "chunks cut the chains of FMAs between 16-column steps");
 
+/* Columns [k0, k0 + kc) of the tile's rows r.. against tokens t.. (xp as above, rows of ldx):
+ * from zero at k0 = 0, else from save[]; at the rows' end into y, else into save[]. */
+INLINE void few_tile(float *y, const float *xp, size_t ldx, const struct kn_mat *w, int t, int r,
+		     int k0, int kc, const int R, const int T, __m256 *save)
+{
+	const bool fetch = t == 0 && r + 2 * R <= w->rows;
+	const bool last = k0 + kc >= w->cols;
+	__m256 acc[8], xv[4];
+	int k = 0;
+
+	UNROLL for (int i = 0; i < R * T; i++)
+		acc[i] = k0 == 0 ? _mm256_setzero_ps() : save[i];
+	for (; k + 16 <= kc; k += 16) {
+		UNROLL for (int j = 0; j < T; j++) {
+			xv[2 * j] = _mm256_load_ps(xp + (size_t)(t + j) * ldx + k0 + k);
+			xv[2 * j + 1] = _mm256_load_ps(xp + (size_t)(t + j) * ldx + k0 + k + 8);
+		}
+		fma_rows(acc, xv, w, r, k0 + k, 16, R, T, KN_DTYPE_BF16, fetch);
+	}
+	if (k < kc) { /* the rows' last columns; the split left zeros past them */
+		UNROLL for (int j = 0; j < T; j++) {
+			xv[2 * j] = _mm256_load_ps(xp + (size_t)(t + j) * ldx + k0 + k);
+			xv[2 * j + 1] = _mm256_load_ps(xp + (size_t)(t + j) * ldx + k0 + k + 8);
+		}
+		fma_rows(acc, xv, w, r, k0 + k, kc - k, R, T, KN_DTYPE_BF16, false);
+	}
+	if (last) {
+		UNROLL for (int i = 0; i < R; i++)
+			UNROLL for (int j = 0; j < T; j++)
+				y[(size_t)(t + j) * w->rows + r + i] = hsum(acc[i * T + j]);
+	} else {
+		UNROLL for (int i = 0; i < R * T; i++)
+			save[i] = acc[i];
+	}
+}
+
+/* save: NULL for whole rows at once, else FEW_SLOTS x 8 vectors. */
 static void matmul_few_bf16(float *y, const float *x, const struct kn_mat *w, int n, int r0,
-			    int r1, float *xp)
+			    int r1, float *xp, __m256 *save)
 {
 	const int cols = w->cols;
 	const size_t ldx = (size_t)FR_DIV_ROUND_UP(cols, 16) * 16;
+	const int kc = save ? FEW_KC : cols, panel = save ? FEW_PANEL : r1 - r0;
 
 	for (int t = 0; t < n; t++)
 		for (int k = 0; k < cols; k += 16) {
@@ -250,21 +282,29 @@ static void matmul_few_bf16(float *y, const float *x, const struct kn_mat *w, in
 			_mm256_store_ps(xp + (size_t)t * ldx + k, a);
 			_mm256_store_ps(xp + (size_t)t * ldx + k + 8, b);
 		}
-	int r = r0;
-	for (; r + 4 <= r1; r += 4) {
-		int t = 0;
-		for (; t + 2 <= n; t += 2)
-			dot_tile(y, xp, w, t, r, 4, 2, KN_DTYPE_BF16, true);
-		if (t < n)
-			dot_tile(y, xp, w, t, r, 4, 1, KN_DTYPE_BF16, true);
+#define FEW(t, r, R, T) few_tile(y, xp, ldx, w, t, r, k0, kk, R, T, save ? save + 8 * g++ : NULL)
+	for (int p = r0; p < r1; p += panel) {
+		const int pe = FR_MIN(p + panel, r1);
+		for (int k0 = 0; k0 < cols; k0 += kc) {
+			const int kk = FR_MIN(kc, cols - k0);
+			int r = p, g = 0;
+			for (; r + 4 <= pe; r += 4) {
+				int t = 0;
+				for (; t + 2 <= n; t += 2)
+					FEW(t, r, 4, 2);
+				if (t < n)
+					FEW(t, r, 4, 1);
+			}
+			for (; r < pe; r++) {
+				int t = 0;
+				for (; t + 2 <= n; t += 2)
+					FEW(t, r, 1, 2);
+				if (t < n)
+					FEW(t, r, 1, 1);
+			}
+		}
 	}
-	for (; r < r1; r++) {
-		int t = 0;
-		for (; t + 4 <= n; t += 4)
-			dot_tile(y, xp, w, t, r, 1, 4, KN_DTYPE_BF16, true);
-		for (; t < n; t++)
-			dot_tile(y, xp, w, t, r, 1, 1, KN_DTYPE_BF16, true);
-	}
+#undef FEW
 }
 
 /* ---- matmul: many tokens ------------------------------------------------------------------ */
@@ -424,8 +464,17 @@ static void matmul_bf16(float *y, const float *x, const struct kn_mat *w, int n,
 	size_t xp_bytes = (size_t)n * FR_DIV_ROUND_UP(w->cols, 16) * 16 * sizeof(float);
 	if (n >= GEMM_MIN_N && n <= FEW_MAX_N && xp_bytes <= FEW_MAX_XP) {
 		_Alignas(64) float xp[FEW_MAX_XP / sizeof(float)];
-		matmul_few_bf16(y, x, w, n, r0, r1, xp);
+		matmul_few_bf16(y, x, w, n, r0, r1, xp, NULL);
 		return;
+	}
+	if (n >= GEMM_MIN_N && n <= FEW_MAX_N) { /* long rows: chunks, on the heap */
+		float *xp = aligned_alloc(64, FR_DIV_ROUND_UP(xp_bytes, 64) * 64);
+		__m256 *save = aligned_alloc(64, FEW_SLOTS * 8 * sizeof(__m256));
+		if (xp && save)
+			matmul_few_bf16(y, x, w, n, r0, r1, xp, save);
+		free(xp), free(save);
+		if (xp && save)
+			return;
 	}
 	if (n >= GEMM_MIN_N)
 		matmul_gemm(y, x, w, n, r0, r1, KN_DTYPE_BF16);
