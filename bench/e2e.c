@@ -277,13 +277,17 @@ int main(int argc, char **argv)
 	double pre_flop = n_prompt * (flop_tok - lm_flop) + (all_logits ? n_prompt : 1) * lm_flop;
 	double pre_bw = bw * n_prompt / step_bytes(w, experts_reached(cfg, n_prompt));
 	double pre_roof = peak > 0 ? FR_MIN(pre_bw, peak * n_prompt / pre_flop) : pre_bw;
+	const char *prec = fast ? "fast"
+			   : kn_precision() != KN_PRECISION_FAST ? "exact"
+			   : !kn_fast_active() ? "exact (fast asked: this CPU has no bf16 dot product)"
+					       : "exact (fast asked: the weights are not bf16)";
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 
 	printf("model %s: %d layers, hidden %d, %d routed (top-%d), dtype %s; isa=%s threads=%d "
 	       "precision=%s batch=%d%s\n", model, cfg->num_hidden_layers, cfg->hidden_size,
 	       cfg->n_routed_experts, cfg->num_experts_per_tok, kn_dtype_name(w->embed.dtype),
-	       kn_ops()->name, kn_threads(), fast ? "fast" : "exact", batch,
+	       kn_ops()->name, kn_threads(), prec, batch,
 	       all_logits ? " all-logits" : "");
 	printf("%-34s %12s\n", "metric", "value");
 	printf("%-34s %12.1f\n", "prefill tokens/s (median)", n_prompt / pre);

@@ -2,11 +2,13 @@
 /*
  * avx2.c - AVX2 + FMA (+ F16C) versions of the CPU ops.
  *
- * matmul has two shapes of loop:
- *  - few tokens (decode): a "dot" tile of R weight rows x T tokens, reading W rows straight
+ * matmul has three shapes of loop:
+ *  - 1-3 tokens (decode): a "dot" tile of R weight rows x T tokens, reading W rows straight
  *    from the mmap once, 16 columns per step, one 8-lane accumulator per output. BF16 rows
  *    are widened exactly with a shift (even elements) and a mask (odd elements), so x is
  *    de-interleaved to match.
+ *  - 4-64 tokens with BF16 weights (batched decode, MoE experts): the same dot tiles, 4 rows
+ *    x 2 tokens, over x de-interleaved once per call; long rows in column chunks.
  *  - many tokens (prefill): W is packed 16 rows x KC columns at a time into an fp32 panel
  *    (k-major), and a 6-token x 16-row outer-product tile sweeps all tokens over it.
  * Within one path every output is summed in the same order whatever its position in a
