@@ -70,6 +70,20 @@ static void test_matmul(const struct kn_ops *ops, enum kn_dtype dt, int rows, in
 				KT_CHECK(y2[i] == 12345.0f, "%s matmul rows [%d,%d) wrote row %d",
 					 ops->name, a, b, r);
 		}
+	/* Weights at an 8-byte offset from a cache line, where safetensors files written by
+	 * Hugging Face's library put them: the same bits. */
+	if (dt != KN_DTYPE_F32) {
+		size_t bytes = nw * kn_dtype_size(dt);
+		char *mis = aligned_alloc(64, FR_DIV_ROUND_UP(bytes + 8, 64) * 64);
+		KT_CHECK(mis != NULL, "out of memory");
+		memcpy(mis + 8, wd, bytes);
+		struct kn_mat wm = { .data = mis + 8, .dtype = dt, .rows = rows, .cols = cols };
+		ops->matmul(y2, x, &wm, n, 0, rows);
+		KT_CHECK(memcmp(y2, y, ny * sizeof(float)) == 0,
+			 "%s matmul %s %dx%d n=%d: weights at +8 bytes give other bits", ops->name,
+			 kn_dtype_name(dt), rows, cols, n);
+		free(mis);
+	}
 	/* BF16, up to 32 tokens of short rows (avx2: up to 64 tokens, any rows, long ones in
 	 * column chunks): a token's result does not depend on how many came with it (the
 	 * few-token tiles sum as the one-token ones) */
