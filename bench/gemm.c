@@ -9,7 +9,8 @@
  * of 32 decoding sequences (32 x 2048 x 102400, the 16b vocabulary: 400 MiB of weights).
  * Targets: exact/fma >= 0.7 and fast/dp >= 0.7 at small batches; F32/blas >= 0.7.
  *
- *   build/bench/gemm [reps]      (default 5 repetitions per cell, medians reported)
+ *   build/bench/gemm [reps]      (at least 5 repetitions and ~0.25 s per cell, medians
+ *                                 reported)
  */
 #include <cblas.h>
 #include <stdio.h>
@@ -19,6 +20,8 @@
 #include "common/common.h"
 #include "kernels/kernels.h"
 #include "bench/peak.h"
+
+#define MIN_CELL_S 0.25 /* seconds of runs per cell, at ~100 GFLOP/s */
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -54,8 +57,8 @@ int main(int argc, char **argv)
 	if (reps < 1)
 		reps = 1;
 	kn_init();
-	printf("gemm: y[n][rows] = x[n][cols] . W^T, isa=%s, medians of %d runs\n", kn_ops()->name,
-	       reps);
+	printf("gemm: y[n][rows] = x[n][cols] . W^T, isa=%s, medians of >= %d runs (~%.2f s) a "
+	       "cell\n", kn_ops()->name, reps, MIN_CELL_S);
 	for (int nth = 1; nth <= 2; nth++) {
 		pk_fma[nth] = bench_peak_gflops(nth, false);
 		pk_dp[nth] = bench_peak_gflops(nth, true);
@@ -67,10 +70,16 @@ int main(int argc, char **argv)
 	for (size_t s = 0; s < FR_ARRAY_SIZE(shapes); s++) {
 		int n = shapes[s][0], cols = shapes[s][1], rows = shapes[s][2];
 		size_t nw = (size_t)rows * cols;
-		float *wf = malloc(nw * sizeof(float)), *x = malloc((size_t)n * cols * sizeof(float));
-		uint16_t *wb = malloc(nw * sizeof(uint16_t));
+		/* weights 64-byte aligned, as model gen writes them (and as mmap gives them) */
+		float *wf = aligned_alloc(64, FR_DIV_ROUND_UP(nw * sizeof(float), 64) * 64);
+		uint16_t *wb = aligned_alloc(64, FR_DIV_ROUND_UP(nw * sizeof(uint16_t), 64) * 64);
+		float *x = malloc((size_t)n * cols * sizeof(float));
 		float *y = malloc((size_t)n * rows * sizeof(float));
-		uint64_t *t = malloc((size_t)reps * sizeof(uint64_t));
+		double flop = 2.0 * n * (double)cols * rows;
+		/* at least reps runs and about MIN_CELL_S seconds a cell: a small shape takes a
+		 * millisecond, and one slow moment of a shared machine would move its median */
+		int cell_reps = FR_MAX(reps, (int)(MIN_CELL_S * 100e9 / flop));
+		uint64_t *t = malloc((size_t)cell_reps * sizeof(uint64_t));
 		if (!wf || !x || !wb || !y || !t) {
 			fprintf(stderr, "gemm: out of memory\n");
 			return 1;
@@ -82,7 +91,6 @@ int main(int argc, char **argv)
 		kn_from_f32(wb, KN_DTYPE_BF16, wf, nw);
 		struct kn_mat mf = { .data = wf, .dtype = KN_DTYPE_F32, .rows = rows, .cols = cols };
 		struct kn_mat mb = { .data = wb, .dtype = KN_DTYPE_BF16, .rows = rows, .cols = cols };
-		double flop = 2.0 * n * (double)cols * rows;
 
 		for (int nth = 1; nth <= 2; nth++) {
 			double gf[4];
@@ -94,7 +102,7 @@ int main(int argc, char **argv)
 				int which = (wi + 1) % 4;
 				kn_set_precision(which == 3 ? KN_PRECISION_FAST : KN_PRECISION_EXACT);
 				usleep(150 * 1000); /* the last column's spinning threads go to sleep */
-				for (int r = -1; r < reps; r++) { /* r = -1 warms up */
+				for (int r = -1; r < cell_reps; r++) { /* r = -1 warms up */
 					uint64_t t0 = fr_now_ns();
 					if (which == 0)
 						cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows,
@@ -104,7 +112,7 @@ int main(int argc, char **argv)
 					if (r >= 0)
 						t[r] = fr_now_ns() - t0;
 				}
-				gf[which] = flop / (double)median(t, reps);
+				gf[which] = flop / (double)median(t, cell_reps);
 			}
 			char name[48];
 			snprintf(name, sizeof(name), "%dx%dx%d", n, cols, rows);
