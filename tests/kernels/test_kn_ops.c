@@ -24,6 +24,20 @@ static void *make_weights(const float *wf, size_t n, enum kn_dtype dt)
 	return p;
 }
 
+/* A token's result does not depend on how many came with it: the first 1 and 4 of y (n
+ * tokens through mm) again through mm alone, bit for bit. */
+static void check_alone(void (*mm)(float *, const float *, const struct kn_mat *, int, int, int),
+			const char *what, const struct kn_mat *w, const float *x, const float *y,
+			float *y2, int n)
+{
+	for (int m = 1; m <= 4 && m < n; m += 3) {
+		mm(y2, x, w, m, 0, w->rows);
+		KT_CHECK(memcmp(y2, y, sizeof(float) * (size_t)m * w->rows) == 0,
+			 "%s %dx%d: the first %d of n=%d tokens differ from %d alone", what, w->rows,
+			 w->cols, m, n, m);
+	}
+}
+
 static void test_matmul(const struct kn_ops *ops, enum kn_dtype dt, int rows, int cols, int n)
 {
 	size_t nw = (size_t)rows * cols, ny = (size_t)n * rows;
@@ -88,11 +102,10 @@ static void test_matmul(const struct kn_ops *ops, enum kn_dtype dt, int rows, in
 	 * column chunks): a token's result does not depend on how many came with it (the
 	 * few-token tiles sum as the one-token ones) */
 	bool few = strcmp(ops->name, "avx2") == 0 ? n <= 64 : n <= 32 && cols <= 2048;
-	for (int m = 1; dt == KN_DTYPE_BF16 && few && m <= 4 && m < n; m += 3) {
-		ops->matmul(y2, x, &w, m, 0, rows);
-		KT_CHECK(memcmp(y2, y, sizeof(float) * (size_t)m * rows) == 0,
-			 "%s matmul %dx%d: the first %d of n=%d tokens differ from %d alone",
-			 ops->name, rows, cols, m, n, m);
+	if (dt == KN_DTYPE_BF16 && few) {
+		char what[64];
+		snprintf(what, sizeof(what), "%s matmul", ops->name);
+		check_alone(ops->matmul, what, &w, x, y, y2, n);
 	}
 	free(wf), free(x), free(wd), free(y), free(y2), free(yr), free(wx);
 }
@@ -138,11 +151,10 @@ static void test_matmul_fast(const struct kn_ops *ops, int rows, int cols, int n
 	}
 	/* a token's result does not depend on how many came with it (1..64 tokens: the dot
 	 * tiles and the few-token tiles sum in the same order) */
-	for (int m = 1; m <= 4 && m < n && n <= 64; m += 3) {
-		ops->matmul_fast(y2, x, &w, m, 0, rows);
-		KT_CHECK(memcmp(y2, y, sizeof(float) * (size_t)m * rows) == 0,
-			 "%s matmul_fast %dx%d: the first %d of n=%d tokens differ from %d alone",
-			 ops->name, rows, cols, m, n, m);
+	if (n <= 64) {
+		char what[64];
+		snprintf(what, sizeof(what), "%s matmul_fast", ops->name);
+		check_alone(ops->matmul_fast, what, &w, x, y, y2, n);
 	}
 	/* the same through activations rounded once (what kn_matmul's threads share) */
 	if (ops->matmul_fast_xb) {
