@@ -72,14 +72,24 @@ def make_servicer(pb, pbg):
             if len(toks) + n > MAX_CTX:
                 ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, "prompt (%d) + max_tokens (%d) "
                           "exceed the context of %d" % (len(toks), n, MAX_CTX))
+            # A cancellation is counted when the call ends before its last message went
+            # out. gRPC may end a cancelled stream without resuming this generator, so
+            # checking ctx.is_active() between messages alone misses some.
+            ended = {"complete": False}
+
+            def on_end():
+                if not ended["complete"]:
+                    with self.lock:
+                        self.cancelled += 1
+            if not ctx.add_callback(on_end):
+                on_end()
+                return
             t0 = time.monotonic()
             first = None
             for i in range(n):
                 if req.seed == SLOW_SEED:
                     time.sleep(0.05)
                 if not ctx.is_active():
-                    with self.lock:
-                        self.cancelled += 1
                     return
                 m = pb.GenerateResponse(tokens=[(toks[0] + i) % VOCAB], offset=i)
                 if i == 0:
@@ -96,8 +106,8 @@ def make_servicer(pb, pbg):
                     m.timing.time_to_first_token_ms = (first - t0) * 1e3 + 1.0
                     m.timing.mean_inter_token_ms = 2.0 if n > 1 else 0.0
                     m.timing.total_ms = total + 1.0
+                    ended["complete"] = True
                 yield m
-            # Seen after the last message when the client went away meanwhile.
 
         def Score(self, req, ctx):
             with self.lock:
