@@ -25,6 +25,7 @@
 #include "rpc/rpc.h"
 
 #define BS_MAX_LEVELS 16
+#define BS_MAX_ROUNDS 100
 #define BS_MAX_CONC 1024
 #define BS_MAX_LEN (1 << 20)
 
@@ -47,6 +48,7 @@ struct bs_opts {
 	const char *model;           /* --model: the single-process baseline; NULL = none */
 	int precision;               /* its enum kn_precision; -1: exact (the default) */
 	int threads;                 /* its kernel threads; 0: all CPUs */
+	int rounds;                  /* --rounds: served window + baselines, per level */
 };
 
 /* Rows per forward call of the single-process baseline: the coordinator's default
@@ -97,6 +99,12 @@ static const char bs_usage[] =
 	"      --precision P        that engine's precision: exact (default) or fast; give\n"
 	"                           the cluster's\n"
 	"      --threads N          that engine's kernel threads (default: all CPUs)\n"
+	"      --rounds R           run each level R times (default 1), each round its\n"
+	"                           served window then its baselines, a row a round, then\n"
+	"                           a line of medians: the median of the rounds' ratios\n"
+	"                           compares each served window with the baselines taken\n"
+	"                           right after it, which a machine whose speed drifts\n"
+	"                           over minutes needs\n"
 	CTL_TLS_USAGE("      ")
 	"  -h, --help               this text\n"
 	"\n"
@@ -105,7 +113,7 @@ static const char bs_usage[] =
 	"2 for bad arguments, 130 when interrupted (the levels measured so far are printed).\n";
 
 enum { B_PLEN = 256, B_OLEN, B_SEED, B_VOCAB, B_EOS, B_TEMP, B_TIMEOUT, B_JSON, B_NOENG,
-       B_MODEL, B_PRECISION, B_THREADS };
+       B_MODEL, B_PRECISION, B_THREADS, B_ROUNDS };
 
 static const struct option bs_longopts[] = {
 	{ "cluster", required_argument, NULL, 'c' },
@@ -124,6 +132,7 @@ static const struct option bs_longopts[] = {
 	{ "model", required_argument, NULL, B_MODEL },
 	{ "precision", required_argument, NULL, B_PRECISION },
 	{ "threads", required_argument, NULL, B_THREADS },
+	{ "rounds", required_argument, NULL, B_ROUNDS },
 	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
@@ -145,6 +154,7 @@ static int bs_parse(int argc, char **argv, struct bs_opts *o, struct fr_error *e
 	o->output_len = (struct ctl_len_dist){ 64, 64 };
 	o->seed = 1;
 	o->precision = -1;
+	o->rounds = 1;
 	ctl_getopt_reset();
 	while ((c = getopt_long(argc, argv, ":c:C:n:d:h", bs_longopts, NULL)) != -1) {
 		switch (c) {
@@ -206,6 +216,10 @@ static int bs_parse(int argc, char **argv, struct bs_opts *o, struct fr_error *e
 			break;
 		case B_THREADS:
 			if (ctl_arg_int("threads", optarg, 1, 4096, &o->threads, err) < 0)
+				return -EINVAL;
+			break;
+		case B_ROUNDS:
+			if (ctl_arg_int("rounds", optarg, 1, BS_MAX_ROUNDS, &o->rounds, err) < 0)
 				return -EINVAL;
 			break;
 		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
@@ -360,6 +374,7 @@ static void *bs_client_main(void *arg)
 
 struct bs_result {
 	int64_t concurrency;
+	int round;             /* 0-based, of --rounds */
 	uint64_t ok, errors, out_tokens;
 	double wall_s;
 	double ttft_p50, ttft_p99, itl_p50, itl_p99, lat_p50, lat_p99;
@@ -598,6 +613,66 @@ static void bs_single_baseline(const struct bs_opts *o, struct bs_single *sp,
 	r->single_tok_s = secs > 0 ? tokens / secs : 0;
 }
 
+/* One level's rounds: the medians of its served tokens/s and of the rounds' ratios, each
+ * served window against the baselines taken right after it. n_* = 0 where none measured. */
+struct bs_summary {
+	int64_t concurrency;
+	size_t rounds, n_engine, n_single;
+	double tps, vs_engine, vs_engine_min, vs_engine_max, vs_single, vs_single_min,
+		vs_single_max;
+};
+
+static double bs_output_tps(const struct bs_result *r)
+{
+	return r->wall_s > 0 ? r->out_tokens / r->wall_s : 0.0;
+}
+
+/* The median of v[0..n) (sorted in place), the mean of the middle two for even n. */
+static double bs_median(double *v, size_t n)
+{
+	if (n == 0)
+		return 0.0;
+	ctl_quantile(v, n, 0.5); /* sorts */
+	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+static void bs_summarize(const struct bs_result *r, size_t n, struct bs_summary *s)
+{
+	double tps[BS_MAX_ROUNDS], eng[BS_MAX_ROUNDS], single[BS_MAX_ROUNDS];
+
+	memset(s, 0, sizeof(*s));
+	s->concurrency = n ? r[0].concurrency : 0;
+	s->rounds = n;
+	for (size_t i = 0; i < n && i < BS_MAX_ROUNDS; i++) {
+		tps[i] = bs_output_tps(&r[i]);
+		if (r[i].engine_tok_s > 0)
+			eng[s->n_engine++] = tps[i] / r[i].engine_tok_s;
+		if (r[i].single_tok_s > 0)
+			single[s->n_single++] = tps[i] / r[i].single_tok_s;
+	}
+	s->tps = bs_median(tps, FR_MIN(n, (size_t)BS_MAX_ROUNDS));
+	s->vs_engine = bs_median(eng, s->n_engine);
+	s->vs_single = bs_median(single, s->n_single);
+	if (s->n_engine) /* sorted by bs_median */
+		s->vs_engine_min = eng[0], s->vs_engine_max = eng[s->n_engine - 1];
+	if (s->n_single)
+		s->vs_single_min = single[0], s->vs_single_max = single[s->n_single - 1];
+}
+
+static void bs_print_human_summary(const struct bs_summary *s)
+{
+	printf("      conc %lld, median of %zu rounds: out_tok/s %.1f", (long long)s->concurrency,
+	       s->rounds, s->tps);
+	if (s->n_engine)
+		printf(", served/engine %.2f (%.2f..%.2f)", s->vs_engine, s->vs_engine_min,
+		       s->vs_engine_max);
+	if (s->n_single)
+		printf(", served/single %.2f (%.2f..%.2f)", s->vs_single, s->vs_single_min,
+		       s->vs_single_max);
+	printf("\n");
+	fflush(stdout);
+}
+
 static void bs_print_human_header(const struct bs_opts *o, int vocab, int max_ctx)
 {
 	printf("bench-serve %s: prompt %s, output %s, vocab %d%s, %s, seed %llu; times in ms\n",
@@ -609,6 +684,8 @@ static void bs_print_human_header(const struct bs_opts *o, int vocab, int max_ct
 	       "itl_p50", "itl_p99", "lat_p50", "engine_t/s", "ratio");
 	if (o->model)
 		printf(" %10s %9s", "single_t/s", "vs_single");
+	if (o->rounds > 1)
+		printf(" %5s", "round");
 	printf("\n");
 	fflush(stdout);
 }
@@ -622,7 +699,7 @@ static double bs_decode_tps(const struct bs_result *r)
 
 static void bs_print_human(const struct bs_opts *o, const struct bs_result *r)
 {
-	double tps = r->wall_s > 0 ? r->out_tokens / r->wall_s : 0.0;
+	double tps = bs_output_tps(r);
 	char eng[32] = "-", ratio[16] = "-", single[32] = "-", vs[16] = "-";
 	if (r->engine_tok_s > 0) {
 		snprintf(eng, sizeof(eng), "%.1f", r->engine_tok_s);
@@ -640,6 +717,8 @@ static void bs_print_human(const struct bs_opts *o, const struct bs_result *r)
 	       r->itl_p50, r->itl_p99, r->lat_p50, eng, ratio);
 	if (o->model)
 		printf(" %10s %9s", single, vs);
+	if (o->rounds > 1)
+		printf(" %5d", r->round + 1);
 	printf("%s\n", r->interrupted ? "  (interrupted)" : "");
 	if (r->errors)
 		printf("      first error: %s\n", r->first_err.msg);
@@ -653,6 +732,8 @@ static void bs_print_human(const struct bs_opts *o, const struct bs_result *r)
 static void bs_print_json(const struct bs_opts *o, int vocab, const struct bs_result *res,
 			  size_t n)
 {
+	size_t first = 0;
+
 	printf("{\"cluster\": ");
 	ctl_json_str(stdout, o->cluster, strlen(o->cluster));
 	printf(", \"prompt_len\": ");
@@ -663,15 +744,15 @@ static void bs_print_json(const struct bs_opts *o, int vocab, const struct bs_re
 	       o->eos ? "false" : "true", (unsigned long long)o->seed);
 	for (size_t i = 0; i < n; i++) {
 		const struct bs_result *r = &res[i];
-		printf("%s\n    {\"concurrency\": %lld, \"ok\": %llu, \"errors\": %llu, "
+		printf("%s\n    {\"concurrency\": %lld, \"round\": %d, \"ok\": %llu, \"errors\": %llu, "
 		       "\"output_tokens\": %llu, \"duration_s\": ", i ? "," : "",
-		       (long long)r->concurrency, (unsigned long long)r->ok,
+		       (long long)r->concurrency, r->round + 1, (unsigned long long)r->ok,
 		       (unsigned long long)r->errors, (unsigned long long)r->out_tokens);
 		ctl_json_num(stdout, r->wall_s);
 		printf(", \"requests_per_s\": ");
 		ctl_json_num(stdout, r->wall_s > 0 ? r->ok / r->wall_s : 0.0);
 		printf(", \"output_tokens_per_s\": ");
-		ctl_json_num(stdout, r->wall_s > 0 ? r->out_tokens / r->wall_s : 0.0);
+		ctl_json_num(stdout, bs_output_tps(r));
 		printf(", \"decode_tokens_per_s\": ");
 		ctl_json_num(stdout, bs_decode_tps(r));
 		printf(", \"ttft_ms\": {\"p50\": ");
@@ -696,13 +777,35 @@ static void bs_print_json(const struct bs_opts *o, int vocab, const struct bs_re
 		}
 		printf("}");
 	}
+	/* per level, the medians of its rounds */
+	printf("\n  ], \"summary\": [");
+	for (size_t i = 0; i < n; i++) {
+		if (i + 1 < n && res[i + 1].round > 0)
+			continue;
+		struct bs_summary sm;
+		bs_summarize(res + first, i + 1 - first, &sm);
+		printf("%s\n    {\"concurrency\": %lld, \"rounds\": %zu, "
+		       "\"output_tokens_per_s\": ", first ? "," : "", (long long)sm.concurrency,
+		       sm.rounds);
+		ctl_json_num(stdout, sm.tps);
+		if (sm.n_engine) {
+			printf(", \"served_over_engine\": ");
+			ctl_json_num(stdout, sm.vs_engine);
+		}
+		if (sm.n_single) {
+			printf(", \"served_over_single\": ");
+			ctl_json_num(stdout, sm.vs_single);
+		}
+		printf("}");
+		first = i + 1;
+	}
 	printf("\n  ]}\n");
 	fflush(stdout);
 }
 
 static int bs_exec(const struct bs_opts *o)
 {
-	struct bs_result res[BS_MAX_LEVELS];
+	struct bs_result *res = calloc(o->n_conc * (size_t)o->rounds, sizeof(*res));
 	struct fr_error err = { { 0 } };
 	struct rpc_channel *ch = NULL;
 	struct ctl_model_info mi = { 0 };
@@ -711,6 +814,10 @@ static int bs_exec(const struct bs_opts *o)
 	size_t n_done = 0;
 	bool sig = false;
 
+	if (!res) {
+		fr_error_set(&err, -ENOMEM, "out of memory");
+		goto out;
+	}
 	if ((rc = ctl_sig_start(&err)) < 0)
 		goto out;
 	sig = true;
@@ -756,20 +863,31 @@ static int bs_exec(const struct bs_opts *o)
 		goto out;
 	if (!o->json)
 		bs_print_human_header(o, vocab, mi.max_context);
-	for (size_t i = 0; i < o->n_conc && !ctl_sig_interrupted(); i++) {
-		if ((rc = bs_run_level(o, ch, vocab, o->conc[i], &res[i], &err)) < 0)
-			goto out;
-		if (!o->no_engine)
-			bs_engine_baseline(o, ch, &res[i]);
-		if (o->model)
-			bs_single_baseline(o, &single, &res[i]);
-		n_done = i + 1;
-		if (!o->json)
-			bs_print_human(o, &res[i]);
-		if (res[i].ok == 0 && !res[i].interrupted) {
-			fr_error_set(&err, -EIO, "no request succeeded at concurrency %lld: %s",
-				     (long long)o->conc[i], res[i].first_err.msg);
-			break;
+	/* Each round: the served window, then the baselines right after it. */
+	for (size_t i = 0; i < o->n_conc && !ctl_sig_interrupted() && !err.msg[0]; i++) {
+		size_t first = n_done;
+		for (int k = 0; k < o->rounds && !ctl_sig_interrupted(); k++) {
+			struct bs_result *r = &res[n_done];
+			if ((rc = bs_run_level(o, ch, vocab, o->conc[i], r, &err)) < 0)
+				goto out;
+			r->round = k;
+			if (!o->no_engine)
+				bs_engine_baseline(o, ch, r);
+			if (o->model)
+				bs_single_baseline(o, &single, r);
+			n_done++;
+			if (!o->json)
+				bs_print_human(o, r);
+			if (r->ok == 0 && !r->interrupted) {
+				fr_error_set(&err, -EIO, "no request succeeded at concurrency %lld: %s",
+					     (long long)o->conc[i], r->first_err.msg);
+				break;
+			}
+		}
+		if (!o->json && o->rounds > 1 && n_done > first) {
+			struct bs_summary sm;
+			bs_summarize(res + first, n_done - first, &sm);
+			bs_print_human_summary(&sm);
 		}
 	}
 	if (o->json)
@@ -783,6 +901,7 @@ static int bs_exec(const struct bs_opts *o)
 out:
 	bs_single_close(&single);
 	rpc_channel_destroy(ch);
+	free(res);
 	if (sig)
 		ctl_sig_stop();
 	if (ret == CTL_EXIT_FAIL)

@@ -351,6 +351,30 @@ class T:
             assert lv["decode_tokens_per_s"] >= lv["output_tokens_per_s"] * 0.5, lv
             assert 0 < lv["ttft_ms"]["p50"] <= lv["ttft_ms"]["p99"], lv
             assert 0 < lv["itl_ms"]["p50"] <= lv["itl_ms"]["p99"], lv
+        # --rounds: a row a round, then the medians of each level's rounds
+        rc, out, err = self.ctl("bench-serve", "-C", "1 2", "-n", "4", "--rounds", "3",
+                                "--prompt-len", "fixed:4", "--output-len", "fixed:2", "--json",
+                                timeout=120)
+        assert rc == 0, err
+        j = json.loads(out)
+        assert [(lv["concurrency"], lv["round"]) for lv in j["levels"]] == \
+            [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)], j["levels"]
+        assert all(lv["ok"] == 4 for lv in j["levels"]), j["levels"]
+        assert [(s["concurrency"], s["rounds"]) for s in j["summary"]] == [(1, 3), (2, 3)]
+        for s, c in zip(j["summary"], [1, 2]):
+            tps = sorted(lv["output_tokens_per_s"] for lv in j["levels"]
+                         if lv["concurrency"] == c)
+            assert abs(s["output_tokens_per_s"] - tps[1]) < 1e-3, (s, tps)
+            assert "served_over_engine" not in s, s  # this server has no Admin.BenchEngine
+        rc, out, err = self.ctl("bench-serve", "-C", "2", "-n", "2", "--rounds", "2",
+                                "--output-len", "fixed:1", "--no-engine", timeout=60)
+        assert rc == 0, err
+        rows = out.splitlines()
+        assert rows[1].split()[-1] == "round", rows
+        assert [r.split()[-1] for r in rows[2:4]] == ["1", "2"], rows
+        assert rows[4].strip().startswith("conc 2, median of 2 rounds: out_tok/s"), rows
+        rc, out, err = self.ctl("bench-serve", "--rounds", "0")
+        assert rc == 2 and "--rounds" in err, err
         rc, out, err = self.ctl("bench-serve", "-C", "2", "-d", "0.5", "--output-len",
                                 "uniform:1:3", timeout=60)
         assert rc == 0, err
