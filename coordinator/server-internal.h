@@ -63,6 +63,10 @@ struct srv_worker {
 	                                * rebalance wave; -1: no limit */
 	uint64_t last_heartbeat_ns;
 	uint64_t hb_warned_ns;         /* when its silence was last logged */
+	/* Compute time per MoE layer it reported while a step held engine_mu, for the next
+	 * step to fold into the load (co__fold_stats); NULL until first needed. */
+	uint64_t *stats_ns;
+	bool stats_due;
 	uint64_t acked_epoch;          /* the newest epoch whose slots it acknowledged */
 	bool drained;                  /* Admin.Drain: no slot in service, it may be stopped */
 	bool rejoin;                   /* joined while serving: set up by co__join_tick */
@@ -200,6 +204,8 @@ void co__fail_cluster_locked(struct co_server *s, const char *why);
 
 /* One forward pass under the engine lock, with its step's load accounting; a failure other
  * than -EINVAL fails the cluster (why[] says what went wrong). */
+/* Folds the compute times staged by ReportStats into the load. Under engine_mu. */
+void co__fold_stats(struct co_server *s);
 int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_t *seq,
 		    const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
 		    float *logits, char *why, size_t why_cap);

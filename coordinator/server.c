@@ -199,6 +199,25 @@ static int heal_step(struct co_server *s, const char *why)
 	return rc;
 }
 
+void co__fold_stats(struct co_server *s)
+{
+	int n_moe = model_n_moe_layers(s->cfg);
+
+	pthread_mutex_lock(&s->mu);
+	for (int i = 0; i < s->n_joined; i++) {
+		struct srv_worker *w = &s->workers[i];
+		if (!w->stats_due)
+			continue;
+		for (int l = 0; l < n_moe; l++) {
+			if (s->load && w->stats_ns[l])
+				co_load_record_time(s->load, i, l, w->stats_ns[l]);
+			w->stats_ns[l] = 0;
+		}
+		w->stats_due = false;
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
 int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_t *seq,
 		       const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
 		       float *logits, char *why, size_t why_cap)
@@ -235,6 +254,7 @@ int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_
 			atomic_fetch_add(&s->metrics.failovers[CO_FO_REROUTED], 1);
 		}
 	}
+	co__fold_stats(s);
 	co_load_next_step(s->load);
 	pthread_mutex_unlock(&s->engine_mu);
 	if (rc >= 0)
@@ -982,6 +1002,7 @@ void co_server_destroy(struct co_server *s)
 		tp_ep_destroy(s->workers[i].ep);
 		tp_mem_free(s->workers[i].recv);
 		rpc_auth_replay_destroy(s->workers[i].replay);
+		free(s->workers[i].stats_ns);
 	}
 	for (int d = 0; d < s->n_tp; d++)
 		tp_context_destroy(s->tp[d]);
