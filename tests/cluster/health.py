@@ -9,11 +9,8 @@ Prints what Health said. Exit 0 when it matches, 1 when not, 77 skipped (no grpc
 """
 
 import argparse
-import atexit
 import os
-import shutil
 import sys
-import tempfile
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "py"))
@@ -31,9 +28,7 @@ def main():
     ap.add_argument("--serving", type=int, required=True)
     ap.add_argument("--configured", type=int, required=True)
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="ferry-health-py-")
-    atexit.register(shutil.rmtree, tmp, True)
-    pb, pb_grpc = ferrytest.gen_stubs(a.proto, tmp)
+    pb, pb_grpc = ferrytest.gen_stubs(a.proto)
     with grpc.insecure_channel(a.addr) as ch:
         h = pb_grpc.InferenceStub(ch).Health(pb.HealthRequest(), timeout=10)
     status = pb.HealthResponse.Status.Name(h.status).replace("STATUS_", "")

@@ -12,27 +12,12 @@
 # Usage: run-admin.sh FERRYCTL
 set -euo pipefail
 ferryctl=$1
-tmp=$(mktemp -d)
-up_pid=
-cleanup() {
-  if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib-up.sh"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/admin"
 chmod 600 "$tmp/admin"
 
-"$ferryctl" up --model "$FERRY_GOLDEN/tiny-a" --workers 2 --replicas 2 --listen 127.0.0.1:0 \
-  --threads 1 --set server.admin_token_file="$tmp/admin" > "$tmp/up.out" 2> "$tmp/up.err" &
-up_pid=$!
-addr=
-for _ in $(seq 600); do
-  addr=$(sed -n 's/^address: //p' "$tmp/up.out" 2>/dev/null || true)
-  [ -n "$addr" ] && break
-  kill -0 "$up_pid" 2>/dev/null || break
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "cluster did not start:" >&2; cat "$tmp/up.err" >&2; exit 1; }
+up "$ferryctl" --model "$FERRY_GOLDEN/tiny-a" --workers 2 --replicas 2 --threads 1 \
+  --set server.admin_token_file="$tmp/admin"
 export FERRY_CLUSTER=$addr FERRY_ADMIN_TOKEN_FILE=$tmp/admin
 "$ferryctl" run --cluster "$addr" --tokens "1 2 3 4 5 6 7 8" --max-new 16 > /dev/null
 

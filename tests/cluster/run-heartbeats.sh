@@ -8,25 +8,10 @@
 # Usage: run-heartbeats.sh FERRYCTL
 set -euo pipefail
 ferryctl=$1
-tmp=$(mktemp -d)
-up_pid=
-cleanup() {
-  if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib-up.sh"
 
-"$ferryctl" up --model "$FERRY_GOLDEN/tiny-a" --workers 2 --replicas 2 --listen 127.0.0.1:0 \
-  --set cluster.heartbeat_interval=50ms > "$tmp/up.out" 2> "$tmp/up.err" &
-up_pid=$!
-addr=
-for _ in $(seq 600); do
-  addr=$(sed -n 's/^address: //p' "$tmp/up.out" 2>/dev/null || true)
-  [ -n "$addr" ] && break
-  kill -0 "$up_pid" 2>/dev/null || break
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "cluster did not start:" >&2; cat "$tmp/up.err" >&2; exit 1; }
+up "$ferryctl" --model "$FERRY_GOLDEN/tiny-a" --workers 2 --replicas 2 \
+  --set cluster.heartbeat_interval=50ms
 
 # 16 streams of 400 tokens, then the engine baseline: 16 sequences, 400 steps back to back
 "$ferryctl" bench-serve --cluster "$addr" -C 16 -n 16 --prompt-len fixed:8 \

@@ -11,28 +11,12 @@
 # Usage: run-rebalance.sh FERRYCTL
 set -euo pipefail
 F=$1
-tmp=$(mktemp -d)
-up_pid=
-cleanup() {
-  if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/lib-up.sh"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 "$F" model gen --preset tiny --skew 1.5 -q "$tmp/m"
-"$F" up --model "$tmp/m" --workers 2 --replicas 3 --wire f32 --listen 127.0.0.1:0 \
-  --threads 1 --set engine.max_seqs=40 --set cluster.heartbeat_interval=4s \
-  > "$tmp/up.out" 2> "$tmp/up.err" &
-up_pid=$!
-addr=
-for _ in $(seq 600); do
-  addr=$(sed -n 's/^address: //p' "$tmp/up.out" 2>/dev/null || true)
-  [ -n "$addr" ] && break
-  kill -0 "$up_pid" 2>/dev/null || break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$tmp/up.err" >&2; fail "cluster did not start"; }
+up "$F" --model "$tmp/m" --workers 2 --replicas 3 --wire f32 --threads 1 \
+  --set engine.max_seqs=40 --set cluster.heartbeat_interval=4s
 export FERRY_CLUSTER=$addr
 vocab=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['vocab_size'])" "$tmp/m/config.json")
 
@@ -216,19 +200,9 @@ echo "rebalance test passed"
 # 6. The automatic policy: a cluster whose layers stay under the threshold rebalances by
 #    itself, says why, and serves the same tokens.
 kill -TERM "$up_pid"; wait "$up_pid" || true; up_pid=
-"$F" up --model "$tmp/m" --workers 2 --replicas 3 --wire f32 --listen 127.0.0.1:0 \
-  --threads 1 --set placement.rebalance=auto --set placement.rebalance_threshold=0.99 \
-  --set placement.rebalance_window=1s --set placement.rebalance_min_interval=1s \
-  > "$tmp/up2.out" 2> "$tmp/up2.err" &
-up_pid=$!
-addr=
-for _ in $(seq 600); do
-  addr=$(sed -n 's/^address: //p' "$tmp/up2.out" 2>/dev/null || true)
-  [ -n "$addr" ] && break
-  kill -0 "$up_pid" 2>/dev/null || break
-  sleep 0.1
-done
-[ -n "$addr" ] || { cat "$tmp/up2.err" >&2; fail "second cluster did not start"; }
+up "$F" --model "$tmp/m" --workers 2 --replicas 3 --wire f32 --threads 1 \
+  --set placement.rebalance=auto --set placement.rebalance_threshold=0.99 \
+  --set placement.rebalance_window=1s --set placement.rebalance_min_interval=1s
 export FERRY_CLUSTER=$addr
 why=
 for round in $(seq 30); do
@@ -237,9 +211,9 @@ for round in $(seq 30); do
   why=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1])); r=s['last_rebalance']; print(r['why'] if r else '')" "$tmp/st3.json")
   [ -n "$why" ] && break
 done
-[ -n "$why" ] || { tail -20 "$tmp/up2.err" >&2; fail "no automatic rebalance"; }
+[ -n "$why" ] || { tail -20 "$tmp/up.err" >&2; fail "no automatic rebalance"; }
 case "$why" in auto:*) ;; *) fail "last rebalance: $why" ;; esac
-grep -q "automatic rebalance: auto: layer" "$tmp/up2.err" || fail "the automatic rebalance was not logged"
+grep -q "automatic rebalance: auto: layer" "$tmp/up.err" || fail "the automatic rebalance was not logged"
 for i in 0 1 2 3; do
   "$F" run --cluster "$addr" --tokens "$(cat "$tmp/p$i")" --max-new 48 > "$tmp/auto$i"
   cmp -s "$tmp/ref$i" "$tmp/auto$i" || fail "request $i after the automatic rebalance differs"

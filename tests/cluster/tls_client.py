@@ -17,7 +17,6 @@ The PKI is tests/rpc/gen-certs.sh's. Exit 0 pass, 1 fail, 77 skipped (no grpcio)
 import argparse
 import os
 import sys
-import tempfile
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "py"))
@@ -39,8 +38,7 @@ def main():
     ap.add_argument("--pki", required=True)
     ap.add_argument("--case", required=True, choices=["mtls", "tls", "expired"])
     a = ap.parse_args()
-    out = tempfile.mkdtemp(prefix="ferry-tls-py-")
-    pb, pb_grpc = ferrytest.gen_stubs(a.proto, out)
+    pb, pb_grpc = ferrytest.gen_stubs(a.proto)
     p = lambda n: read(a.pki, n)  # noqa: E731
     fails = 0
 

@@ -9,39 +9,19 @@
 # Usage: run-load.sh FERRYCTL TEST_LOAD
 set -euo pipefail
 ferryctl=$1 test_load=$2
-tmp=$(mktemp -d)
-up_pid=
-cleanup() {
-  if [ -n "$up_pid" ]; then kill -TERM "$up_pid" 2>/dev/null || true; wait "$up_pid" 2>/dev/null || true; fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-up() {
-  "$ferryctl" up --listen 127.0.0.1:0 --threads 1 "$@" > "$tmp/up.out" 2> "$tmp/up.err" &
-  up_pid=$!
-  for _ in $(seq 600); do
-    addr=$(sed -n 's/^address: //p' "$tmp/up.out" 2>/dev/null || true)
-    pids=$(sed -n 's/^pids: //p' "$tmp/up.out" 2>/dev/null || true)
-    [ -n "$addr" ] && [ -n "$pids" ] && return 0
-    kill -0 "$up_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "cluster did not start:" >&2; cat "$tmp/up.err" >&2; exit 1
-}
-down() { kill -TERM "$up_pid"; wait "$up_pid"; up_pid=; }
+. "$(dirname "$0")/../cluster/lib-up.sh"
 
 # Under AddressSanitizer freed memory sits in a quarantine (256 MiB by default), which
 # would look like a leak to the RSS check: keep it small so the check measures the code.
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}quarantine_size_mb=0:thread_local_quarantine_size_kb=0"
 
 model=$FERRY_GOLDEN/tiny-a
-up --model "$model" --workers 2 --micro-batches 2 --set engine.max_seqs=64
+up "$ferryctl" --threads 1 --model "$model" --workers 2 --micro-batches 2 --set engine.max_seqs=64
 "$test_load" "$addr" "${pids%% *}" 64 3
 down
 
 # Admission control: one sequence at a time, two may wait.
-up --model "$model" --workers 1 --set engine.max_seqs=1 --set engine.queue_max=2
+up "$ferryctl" --threads 1 --model "$model" --workers 1 --set engine.max_seqs=1 --set engine.queue_max=2
 for i in $(seq 8); do
   "$ferryctl" run --cluster "$addr" --tokens "1 2 3" --max-new 200 > "$tmp/r$i.out" 2> "$tmp/r$i.err" &
 done
@@ -60,7 +40,7 @@ down
 # Memory-short admission: a pool of 8 KV blocks (128 positions) for 8 sequence slots. A
 # request whose context needs 4 blocks waits for blocks instead of failing (two run at a
 # time); one that could never fit is refused, naming the sizes.
-up --model "$model" --workers 1 --set engine.max_seqs=8 --set engine.kv_blocks=8
+up "$ferryctl" --threads 1 --model "$model" --workers 1 --set engine.max_seqs=8 --set engine.kv_blocks=8
 for i in $(seq 6); do
   "$ferryctl" run --cluster "$addr" --tokens "1 2 3" --max-new 50 > "$tmp/k$i.out" 2> "$tmp/k$i.err" &
 done

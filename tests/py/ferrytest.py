@@ -44,10 +44,17 @@ def require_grpc():
          "python3-grpc-tools (scripts/install-deps.sh)" % missing)
 
 
-def gen_stubs(proto_dir, out_dir, name="inference"):
-    """Compiles NAME.proto into out_dir and imports it: returns (pb2, pb2_grpc)."""
+def gen_stubs(proto_dir, out_dir=None, name="inference"):
+    """Compiles NAME.proto into out_dir (None: a temporary directory removed at exit) and
+    imports it: returns (pb2, pb2_grpc)."""
     from grpc_tools import protoc
     import importlib
+    if out_dir is None:
+        import atexit
+        import shutil
+        import tempfile
+        out_dir = tempfile.mkdtemp(prefix="ferry-py-stubs-")
+        atexit.register(shutil.rmtree, out_dir, True)
     args = ["grpc_tools.protoc", "-I" + proto_dir, "--python_out=" + out_dir,
             "--grpc_python_out=" + out_dir, os.path.join(proto_dir, name + ".proto")]
     if protoc.main(args) != 0:
