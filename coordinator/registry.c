@@ -555,8 +555,10 @@ static grpc_status_code on_report_stats(struct rpc_call *call, const ProtobufCMe
 		if (!w->stats_ns)
 			w->stats_ns = calloc((size_t)n_moe, sizeof(*w->stats_ns));
 		if (w->stats_ns) { /* else this report is lost: load figures, not state */
-			for (size_t i = 0; i < r->n_layers; i++)
-				w->stats_ns[r->layers[i]->layer] += r->layers[i]->busy_ns;
+			for (size_t i = 0; i < r->n_layers; i++) {
+				uint64_t *t = &w->stats_ns[r->layers[i]->layer];
+				*t += FR_MIN(r->layers[i]->busy_ns, UINT64_MAX - *t); /* as the load */
+			}
 			w->stats_due = true;
 		}
 		pthread_mutex_unlock(&s->mu);
