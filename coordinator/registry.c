@@ -560,6 +560,7 @@ static grpc_status_code on_report_stats(struct rpc_call *call, const ProtobufCMe
 				*t += FR_MIN(r->layers[i]->busy_ns, UINT64_MAX - *t); /* as the load */
 			}
 			w->stats_due = true;
+			atomic_store(&s->stats_staged, true);
 		}
 		pthread_mutex_unlock(&s->mu);
 	}

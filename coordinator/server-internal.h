@@ -17,6 +17,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -169,6 +170,9 @@ struct co_server {
 	int max_ctx;
 
 	volatile sig_atomic_t stop;
+	/* Some worker's stats_due is set (written under mu): lets a step skip co__fold_stats'
+	 * lock when nothing is staged, the usual case. */
+	atomic_bool stats_staged;
 
 	struct co_metrics metrics;
 	struct fr_httpd *httpd;        /* [metrics] listen; NULL: off */
@@ -202,10 +206,10 @@ const char *co__status_name(enum srv_status st);
 /* Marks the whole cluster failed (under mu): logged once, Health and Generate say why. */
 void co__fail_cluster_locked(struct co_server *s, const char *why);
 
-/* One forward pass under the engine lock, with its step's load accounting; a failure other
- * than -EINVAL fails the cluster (why[] says what went wrong). */
 /* Folds the compute times staged by ReportStats into the load. Under engine_mu. */
 void co__fold_stats(struct co_server *s);
+/* One forward pass under the engine lock, with its step's load accounting; a failure other
+ * than -EINVAL fails the cluster (why[] says what went wrong). */
 int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_t *seq,
 		    const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
 		    float *logits, char *why, size_t why_cap);

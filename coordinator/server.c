@@ -203,7 +203,10 @@ void co__fold_stats(struct co_server *s)
 {
 	int n_moe = model_n_moe_layers(s->cfg);
 
+	if (!atomic_load(&s->stats_staged))
+		return;
 	pthread_mutex_lock(&s->mu);
+	atomic_store(&s->stats_staged, false);
 	for (int i = 0; i < s->n_joined; i++) {
 		struct srv_worker *w = &s->workers[i];
 		if (!w->stats_due)
