@@ -205,6 +205,7 @@ int main(int argc, char **argv)
 	bool *want = calloc(rows, sizeof(*want));
 	float *logits = malloc(rows * (size_t)cfg->vocab_size * sizeof(float));
 	double *t_pre = malloc((size_t)reps * sizeof(double)), *t_dec = malloc((size_t)reps * sizeof(double));
+	double dec_regions = 0.0; /* parallel regions per decode step, last rep */
 	uint64_t prof[CO_PROF__COUNT], prof_total[CO_PROF__COUNT] = { 0 },
 		 prof_pre[CO_PROF__COUNT] = { 0 };
 	uint64_t rng = 42;
@@ -244,6 +245,7 @@ int main(int argc, char **argv)
 		}
 		/* Decode: batch sequences, one token each per step. */
 		co_engine_prof_reset(e);
+		uint64_t reg0 = kn_regions();
 		t0 = fr_now_ns();
 		for (int g = 0; g < n_gen; g++) {
 			for (int s = 0; s < batch; s++) {
@@ -256,6 +258,7 @@ int main(int argc, char **argv)
 		}
 		if (r >= 0)
 			t_dec[r] = (double)(fr_now_ns() - t0) / 1e9;
+		dec_regions = (double)(kn_regions() - reg0) / n_gen;
 		co_engine_prof(e, prof);
 		for (int i = 0; i < CO_PROF__COUNT; i++)
 			prof_total[i] += r >= 0 ? prof[i] : 0;
@@ -306,6 +309,7 @@ int main(int argc, char **argv)
 	       pre_roof < pre_bw ? "compute" : "bandwidth");
 	printf("%-34s %12.2f\n", "prefill / roofline", n_prompt / pre / pre_roof);
 	printf("%-34s %12.0f\n", "peak RSS (MiB)", (double)ru.ru_maxrss / 1024.0);
+	printf("%-34s %12.1f\n", "parallel regions per decode step", dec_regions);
 	/* Each kernel against its own ceiling, and their sum: the bound for phases that run one
 	 * after another (a memory-bound one cannot hide a compute-bound one), which the roofline
 	 * above - all bytes against all FLOPs - does not assume. */

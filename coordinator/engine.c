@@ -4,6 +4,7 @@
  * experts and the lm_head here; routed experts through the MoE seam (struct moe).
  */
 #include <errno.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -302,21 +303,53 @@ struct mb_state {
 	bool pending;             /* routed experts of `layer` dispatched, not yet combined */
 };
 
-/* y[n][hidden] = FFN(x) for a SwiGLU MLP, with g/u ([n][ffn_w]) as scratch. */
-static void ffn(const struct model_ffn *f, const float *x, float *y, int n, float *g, float *u)
-{
-	kn_matmul(g, x, &f->gate, n);
-	kn_matmul(u, x, &f->up, n);
-	kn_swiglu(g, g, u, n * f->gate.rows);
-	kn_matmul(y, g, &f->down, n);
-}
-
-/* out[i] += add[i] for n rows of hidden floats. */
-static void add_rows(float *out, const float *add, int n, int hs)
+/* out[i][c] += add[i][c] for n rows of w->rows floats, c in this thread's rows of w (as
+ * kn_team_matmul computed add): no other thread's output is read, so no barrier. */
+static void add_own_cols(float *out, const float *add, int n, const struct kn_mat *w)
 {
 	const struct kn_ops *ops = kn_ops();
-	for (int i = 0; i < n; i++)
-		ops->axpy(out + (size_t)i * hs, 1.0f, add + (size_t)i * hs, hs);
+	int c0, c1;
+	kn_team_rows(w, &c0, &c1);
+	for (int i = 0; c0 < c1 && i < n; i++)
+		ops->axpy(out + (size_t)i * w->rows + c0, 1.0f, add + (size_t)i * w->rows + c0,
+			  c1 - c0);
+}
+
+/* Threads for a block whose largest product is rows x cols over n tokens. */
+static int block_threads(int n, int rows, int cols)
+{
+	return kn_team_threads((size_t)n * (size_t)rows * (size_t)cols);
+}
+
+/* h[n][hidden] += FFN(x) for a SwiGLU MLP, with g/u ([n][ffn_w]) and y ([n][hidden]) as
+ * scratch; called by every thread of a team. Each thread applies SwiGLU to the columns of
+ * g it computed, and adds the columns of y it computed: one barrier in all. */
+static void team_ffn(const struct model_ffn *f, const float *x, float *h, int n, float *g,
+		     float *u, float *y)
+{
+	enum kn_precision prec = kn_precision();
+	int w = f->gate.rows, c0, c1;
+
+	kn_team_matmul(g, x, &f->gate, n, prec);
+	kn_team_matmul(u, x, &f->up, n, prec);
+	kn_team_rows(&f->gate, &c0, &c1);
+	for (int i = 0; c0 < c1 && i < n; i++)
+		kn_swiglu(g + (size_t)i * w + c0, g + (size_t)i * w + c0, u + (size_t)i * w + c0,
+			  c1 - c0);
+#pragma omp barrier
+	kn_team_matmul(y, g, &f->down, n, prec);
+	add_own_cols(h, y, n, &f->down);
+}
+
+/* h += FFN(x) in one parallel region. */
+static void ffn(const struct model_ffn *f, const float *x, float *h, int n, float *g, float *u,
+		float *y)
+{
+	int nth = block_threads(n, f->gate.rows, f->gate.cols);
+
+	kn_team_opened(nth);
+#pragma omp parallel num_threads(nth)
+	team_ffn(f, x, h, n, g, u, y);
 }
 
 static void attention_block(struct co_engine *e, int l, const struct mb_state *mb)
@@ -332,36 +365,47 @@ static void attention_block(struct co_engine *e, int l, const struct mb_state *m
 	float *kp = layer_pool(e, e->kc, l), *vp = layer_pool(e, e->vc, l);
 	PROF_BEGIN();
 
+	enum kn_precision prec = kn_precision();
+	int nth = block_threads(n, FR_MAX(e->q_dim, hs), FR_MAX(e->q_dim, hs));
+
 	kn_rmsnorm(xn, h, L->attn_norm, n, hs, (float)c->rms_norm_eps);
 	PROF_END(CO_PROF_NORM);
-	kn_matmul(q, xn, &L->q, n);
-	kn_matmul(k, xn, &L->k, n);
-	kn_matmul(v, xn, &L->v, n);
-	PROF_END(CO_PROF_QKV);
-	kn_rope(q, n, c->num_attention_heads, c->head_dim, pos, (float)c->rope_theta);
-	kn_rope(k, n, c->num_key_value_heads, c->head_dim, pos, (float)c->rope_theta);
-	PROF_END(CO_PROF_ROPE);
-	for (int i = 0; i < n; i++) {
-		memcpy(cache_row(e, kp, seq[i], pos[i]), k + (size_t)i * e->kv_dim,
-		       (size_t)e->kv_dim * sizeof(float));
-		memcpy(cache_row(e, vp, seq[i], pos[i]), v + (size_t)i * e->kv_dim,
-		       (size_t)e->kv_dim * sizeof(float));
+	/* One region for the block; thread 0 keeps the profile at the barriers. */
+	kn_team_opened(nth);
+#pragma omp parallel num_threads(nth)
+	{
+		int i0, i1;
+		kn_team_matmul(q, xn, &L->q, n, prec);
+		kn_team_matmul(k, xn, &L->k, n, prec);
+		kn_team_matmul(v, xn, &L->v, n, prec);
+#pragma omp barrier
+		if (omp_get_thread_num() == 0)
+			PROF_END(CO_PROF_QKV);
+		kn_team_share(n, &i0, &i1);
+		kn_rope(q + (size_t)i0 * e->q_dim, i1 - i0, c->num_attention_heads, c->head_dim,
+			pos + i0, (float)c->rope_theta);
+		kn_rope(k + (size_t)i0 * e->kv_dim, i1 - i0, c->num_key_value_heads, c->head_dim,
+			pos + i0, (float)c->rope_theta);
+		for (int i = i0; i < i1; i++) {
+			memcpy(cache_row(e, kp, seq[i], pos[i]), k + (size_t)i * e->kv_dim,
+			       (size_t)e->kv_dim * sizeof(float));
+			memcpy(cache_row(e, vp, seq[i], pos[i]), v + (size_t)i * e->kv_dim,
+			       (size_t)e->kv_dim * sizeof(float));
+		}
+#pragma omp barrier
+		if (omp_get_thread_num() == 0)
+			PROF_END(CO_PROF_ROPE);
+		/* Each row attends over its sequence's cache, which holds the rows of earlier
+		 * micro-batches (they ran this layer first) and of this one (written above). */
+		kn_team_attention(att, q, kp, vp, e->block_table, (size_t)e->max_blocks, seq,
+				  e->block_size, n, pos, c->num_attention_heads,
+				  c->num_key_value_heads, c->head_dim, e->attn_scratch,
+				  e->attn_scratch_n);
+		if (omp_get_thread_num() == 0)
+			PROF_END(CO_PROF_ATTN);
+		kn_team_matmul(tmp, att, &L->o, n, prec);
+		add_own_cols(h, tmp, n, &L->o);
 	}
-	/* Runs of consecutive rows of one sequence attend over that sequence's cache (which
-	 * holds the rows of earlier micro-batches: they ran this layer first). */
-	for (int i = 0; i < n;) {
-		int j = i + 1;
-		while (j < n && seq[j] == seq[i])
-			j++;
-		kn_attention_paged(att + (size_t)i * e->q_dim, q + (size_t)i * e->q_dim, kp, vp,
-				   seq_table(e, seq[i]), e->block_size, j - i, pos + i,
-				   c->num_attention_heads, c->num_key_value_heads, c->head_dim,
-				   e->attn_scratch, e->attn_scratch_n);
-		i = j;
-	}
-	PROF_END(CO_PROF_ATTN);
-	kn_matmul(tmp, att, &L->o, n);
-	add_rows(h, tmp, n, hs);
 	PROF_END(CO_PROF_O);
 }
 
@@ -380,8 +424,7 @@ static int ffn_start(struct co_engine *e, int l, struct mb_state *mb, int mbi,
 	kn_rmsnorm(xn, h, L->ffn_norm, n, hs, (float)c->rms_norm_eps);
 	PROF_END(CO_PROF_NORM);
 	if (!L->moe) {
-		ffn(&L->dense, xn, tmp, n, e->g + r0 * e->ffn_w, e->u + r0 * e->ffn_w);
-		add_rows(h, tmp, n, hs);
+		ffn(&L->dense, xn, h, n, e->g + r0 * e->ffn_w, e->u + r0 * e->ffn_w, tmp);
 		PROF_END(CO_PROF_DENSE);
 		return 0;
 	}
@@ -421,10 +464,8 @@ static int ffn_finish(struct co_engine *e, int l, struct mb_state *mb, int mbi,
 	float *h = e->h + r0 * hs, *xn = e->xn + r0 * hs, *tmp = e->tmp + r0 * hs;
 	PROF_BEGIN();
 
-	if (L->has_shared && !(kb && kb->no_shared)) {
-		ffn(&L->shared, xn, tmp, n, e->g + r0 * e->ffn_w, e->u + r0 * e->ffn_w);
-		add_rows(h, tmp, n, hs);
-	}
+	if (L->has_shared && !(kb && kb->no_shared))
+		ffn(&L->shared, xn, h, n, e->g + r0 * e->ffn_w, e->u + r0 * e->ffn_w, tmp);
 	PROF_END(CO_PROF_SHARED);
 	rc = e->moe.ops->combine(e->moe.ctx, l, mbi, h);
 	PROF_END(CO_PROF_EXPERTS);
@@ -579,16 +620,25 @@ static int forward_chunk(struct co_engine *e, int n, const int32_t *tokens, cons
 			const struct kn_mat *lm = &e->w->lm_head;
 			size_t esz = kn_dtype_size(lm->dtype);
 			int chunk = (int)FR_MIN((size_t)lm->rows, (size_t)e->o.max_batch * hs / n_rows);
+			int nth = block_threads(n_rows, lm->rows, lm->cols);
+			enum kn_precision prec = kn_precision();
 			chunk = chunk >= 16 ? chunk / 16 * 16 : chunk;
+			/* One region; each thread scatters the columns it computed, and the
+			 * next chunk waits until every thread has read h. */
+			kn_team_opened(nth);
+#pragma omp parallel num_threads(nth)
 			for (int v0 = 0; v0 < lm->rows; v0 += chunk) {
 				struct kn_mat part = *lm;
+				int c0, c1;
 				part.rows = FR_MIN(chunk, lm->rows - v0);
 				part.data = (const char *)lm->data + (size_t)v0 * lm->cols * esz;
-				kn_matmul(e->h, e->xn, &part, n_rows);
-				for (int r = 0; r < n_rows; r++)
-					memcpy(logits + (size_t)e->rows[r] * c->vocab_size + v0,
-					       e->h + (size_t)r * part.rows,
-					       sizeof(float) * (size_t)part.rows);
+				kn_team_matmul(e->h, e->xn, &part, n_rows, prec);
+				kn_team_rows(&part, &c0, &c1);
+				for (int r = 0; c0 < c1 && r < n_rows; r++)
+					memcpy(logits + (size_t)e->rows[r] * c->vocab_size + v0 + c0,
+					       e->h + (size_t)r * part.rows + c0,
+					       sizeof(float) * (size_t)(c1 - c0));
+#pragma omp barrier
 			}
 		}
 	}

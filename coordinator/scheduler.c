@@ -616,7 +616,9 @@ static void presample(struct co_sched *s, int n)
 		}
 		i = j;
 	}
-#pragma omp parallel for schedule(dynamic, 1) num_threads(heavy && nd > 1 ? kn_threads() : 1)
+	int nth = heavy && nd > 1 ? kn_threads() : 1;
+	kn_team_opened(nth);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
 	for (int q = 0; q < nd; q++) {
 		int row = s->b_draw[q];
 		struct co_req *r = s->b_req[row];

@@ -6,6 +6,7 @@
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -253,72 +254,112 @@ bool kn_fast_active(void)
 
 #define KN_XB_SHARED_MIN (64 * 1024) /* bytes of rounded activations worth sharing */
 
-/* Each thread's rows: chunks of 16, so each thread streams a contiguous slab of W. */
-static void thread_rows(const struct kn_mat *w, int *r0, int *r1)
+static _Atomic uint64_t g_regions;
+
+void kn_team_opened(int nth)
+{
+	if (nth > 1)
+		atomic_fetch_add_explicit(&g_regions, 1, memory_order_relaxed);
+}
+
+uint64_t kn_regions(void)
+{
+	return atomic_load_explicit(&g_regions, memory_order_relaxed);
+}
+
+static _Atomic size_t g_min_work = 32768;
+
+void kn_set_min_parallel_work(size_t work)
+{
+	atomic_store_explicit(&g_min_work, work, memory_order_relaxed);
+}
+
+int kn_team_threads(size_t work)
+{
+	kn_init();
+	return work < atomic_load_explicit(&g_min_work, memory_order_relaxed) || omp_in_parallel()
+		       ? 1
+		       : g_threads;
+}
+
+void kn_team_share(int n, int *i0, int *i1)
 {
 	int tid = omp_get_thread_num(), nt = omp_get_num_threads();
-	int blocks = FR_DIV_ROUND_UP(w->rows, 16);
-	int b0 = (int)((long)blocks * tid / nt), b1 = (int)((long)blocks * (tid + 1) / nt);
+	*i0 = (int)((long)n * tid / nt), *i1 = (int)((long)n * (tid + 1) / nt);
+}
+
+/* Each thread's rows: chunks of 16, so each thread streams a contiguous slab of W. */
+void kn_team_rows(const struct kn_mat *w, int *r0, int *r1)
+{
+	int b0, b1;
+	kn_team_share(FR_DIV_ROUND_UP(w->rows, 16), &b0, &b1);
 	*r0 = b0 * 16, *r1 = FR_MIN(b1 * 16, w->rows);
 }
 
-/* KN_PRECISION_FAST on several threads where the table takes rounded activations: the
- * threads round a share of the tokens each, once, then split the rows. False when the
- * buffer cannot be had. (One thread: matmul_fast rounds them itself, once.) */
-static bool matmul_run_xb(const struct kn_ops *ops, float *y, const float *x,
-			  const struct kn_mat *w, int n, int nth)
+/* KN_PRECISION_FAST in a team where the table takes rounded activations: the threads round
+ * a share of the tokens each, once, into a buffer one of them allocates, then split the
+ * rows. False (for every thread) when the buffer cannot be had. */
+static bool team_matmul_xb(const struct kn_ops *ops, float *y, const float *x,
+			   const struct kn_mat *w, int n)
 {
 	size_t ld = KN_XB_LD(w->cols), bytes = (size_t)n * ld * sizeof(uint16_t);
-	uint16_t *xb = aligned_alloc(64, FR_DIV_ROUND_UP(bytes, 64) * 64);
+	uint16_t *xb;
+	int t0, t1, r0, r1;
 
+#pragma omp single copyprivate(xb)
+	xb = aligned_alloc(64, FR_DIV_ROUND_UP(bytes, 64) * 64);
 	if (!xb)
 		return false;
-#pragma omp parallel num_threads(nth)
-	{
-		int tid = omp_get_thread_num(), nt = omp_get_num_threads(), r0, r1;
-		int t0 = (int)((long)n * tid / nt), t1 = (int)((long)n * (tid + 1) / nt);
-		if (t0 < t1)
-			ops->round_bf16(xb + (size_t)t0 * ld, x + (size_t)t0 * w->cols, t1 - t0,
-					w->cols);
+	kn_team_share(n, &t0, &t1);
+	if (t0 < t1)
+		ops->round_bf16(xb + (size_t)t0 * ld, x + (size_t)t0 * w->cols, t1 - t0, w->cols);
 #pragma omp barrier
-		thread_rows(w, &r0, &r1);
-		if (r0 < r1)
-			ops->matmul_fast_xb(y, xb, w, n, r0, r1);
-	}
+	kn_team_rows(w, &r0, &r1);
+	if (r0 < r1)
+		ops->matmul_fast_xb(y, xb, w, n, r0, r1);
+#pragma omp barrier
+#pragma omp single nowait
 	free(xb);
 	return true;
+}
+
+void kn_team_matmul(float *y, const float *x, const struct kn_mat *w, int n,
+		    enum kn_precision prec)
+{
+	const struct kn_ops *ops = kn_ops();
+	bool fast = prec == KN_PRECISION_FAST && w->dtype == KN_DTYPE_BF16 && ops->matmul_fast;
+	int r0, r1;
+
+	/* Few tokens: each thread rounds them itself (matmul_fast), which costs less than a
+	 * shared buffer and two barriers. */
+	if (fast && omp_get_num_threads() > 1 && ops->matmul_fast_xb &&
+	    (size_t)n * KN_XB_LD(w->cols) * 2 > KN_XB_SHARED_MIN && team_matmul_xb(ops, y, x, w, n))
+		return;
+	kn_team_rows(w, &r0, &r1);
+	if (r0 < r1)
+		(fast ? ops->matmul_fast : ops->matmul)(y, x, w, n, r0, r1);
 }
 
 static void matmul_run(float *y, const float *x, const struct kn_mat *w, int n,
 		       enum kn_precision prec)
 {
-	const struct kn_ops *ops = kn_ops();
-	void (*mm)(float *, const float *, const struct kn_mat *, int, int, int) = ops->matmul;
-	bool fast = prec == KN_PRECISION_FAST && w->dtype == KN_DTYPE_BF16 && ops->matmul_fast;
-	int nth = g_threads;
-	size_t work = (size_t)w->rows * (size_t)w->cols * (size_t)n;
+	int nth = kn_team_threads((size_t)w->rows * (size_t)w->cols * (size_t)n);
 
-	if (work < 32768 || w->rows < 32 || omp_in_parallel()) /* nested: this thread alone */
+	/* Fewer than 32 rows (a router) stay on this thread too, unless every product is to
+	 * be threaded (no minimum work). Inside another region (nested), this thread alone:
+	 * a kn_team_matmul() there would split the rows by the caller's team. */
+	if (w->rows < 32 && atomic_load_explicit(&g_min_work, memory_order_relaxed) > 0)
 		nth = 1;
-	/* Small activations: each thread rounds them itself (matmul_fast), which costs less
-	 * than a shared buffer and a barrier. */
-	if (fast && nth > 1 && ops->matmul_fast_xb &&
-	    (size_t)n * KN_XB_LD(w->cols) * 2 > KN_XB_SHARED_MIN &&
-	    matmul_run_xb(ops, y, x, w, n, nth))
-		return;
-	if (fast)
-		mm = ops->matmul_fast;
 	if (nth == 1) {
-		mm(y, x, w, n, 0, w->rows);
+		const struct kn_ops *ops = kn_ops();
+		bool fast = prec == KN_PRECISION_FAST && w->dtype == KN_DTYPE_BF16 &&
+			    ops->matmul_fast;
+		(fast ? ops->matmul_fast : ops->matmul)(y, x, w, n, 0, w->rows);
 		return;
 	}
+	kn_team_opened(nth);
 #pragma omp parallel num_threads(nth)
-	{
-		int r0, r1;
-		thread_rows(w, &r0, &r1);
-		if (r0 < r1)
-			mm(y, x, w, n, r0, r1);
-	}
+	kn_team_matmul(y, x, w, n, prec);
 }
 
 void kn_matmul(float *y, const float *x, const struct kn_mat *w, int n)
@@ -383,23 +424,23 @@ size_t kn_attention_scratch_size(int max_ctx)
 	return (size_t)g_threads * (size_t)max_ctx;
 }
 
-void kn_attention_paged(float *out, const float *q, const float *kp, const float *vp,
-			const int32_t *blocks, int block_size, int n, const int32_t *pos,
-			int n_heads, int n_kv_heads, int head_dim, float *scratch,
-			size_t scratch_floats)
+void kn_team_attention(float *out, const float *q, const float *kp, const float *vp,
+		       const int32_t *tables, size_t table_stride, const int32_t *seq,
+		       int block_size, int n, const int32_t *pos, int n_heads, int n_kv_heads,
+		       int head_dim, float *scratch, size_t scratch_floats)
 {
 	const struct kn_ops *ops = kn_ops();
 	int group = n_heads / n_kv_heads;
 	size_t stride = (size_t)n_kv_heads * head_dim;
 	float scale = 1.0f / sqrtf((float)head_dim);
 	int jobs = n * n_heads;
-	int nth = jobs < 2 ? 1 : g_threads;
-	size_t per = scratch_floats / (size_t)nth;
+	size_t per = scratch_floats / (size_t)omp_get_num_threads();
 	assert(n_heads % n_kv_heads == 0 && block_size > 0);
 
-#pragma omp parallel for num_threads(nth) schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1)
 	for (int job = 0; job < jobs; job++) {
 		int t = job / n_heads, h = job % n_heads, kvh = h / group;
+		const int32_t *blocks = tables + (seq ? (size_t)seq[t] * table_stride : 0);
 		float *sc = scratch + per * (size_t)omp_get_thread_num();
 		int n_ctx = pos[t] + 1;
 		assert((size_t)n_ctx <= per);
@@ -408,6 +449,26 @@ void kn_attention_paged(float *out, const float *q, const float *kp, const float
 			    vp + (size_t)kvh * head_dim, blocks, block_size, n_ctx, head_dim, stride,
 			    scale, sc);
 	}
+}
+
+void kn_attention_paged(float *out, const float *q, const float *kp, const float *vp,
+			const int32_t *blocks, int block_size, int n, const int32_t *pos,
+			int n_heads, int n_kv_heads, int head_dim, float *scratch,
+			size_t scratch_floats)
+{
+	int nth = n * n_heads < 2 || omp_in_parallel() ? 1 : kn_threads();
+
+	/* Outside any region the loop runs on this thread. Inside one, a region of its own
+	 * (of one thread) keeps the loop from binding to the caller's team. */
+	if (!omp_in_parallel() && nth == 1) {
+		kn_team_attention(out, q, kp, vp, blocks, 0, NULL, block_size, n, pos, n_heads,
+				  n_kv_heads, head_dim, scratch, scratch_floats);
+		return;
+	}
+	kn_team_opened(nth);
+#pragma omp parallel num_threads(nth)
+	kn_team_attention(out, q, kp, vp, blocks, 0, NULL, block_size, n, pos, n_heads,
+			  n_kv_heads, head_dim, scratch, scratch_floats);
 }
 
 void kn_attention(float *out, const float *q, const float *kc, const float *vc, int n,

@@ -10,7 +10,9 @@
  *    against it. kn_init() picks the best table the CPU supports (AVX-512 with BF16 where
  *    present, else AVX2+FMA, else scalar); FERRY_ISA=scalar|avx2|avx512 overrides it.
  *  - The top-level kn_* functions use the selected table and spread work over the kernel
- *    thread count (kn_set_threads; OpenMP underneath).
+ *    thread count (kn_set_threads; OpenMP underneath), one parallel region per call. The
+ *    kn_team_* functions do the same work from inside a caller's region, so that a block of
+ *    kernels (the engine's attention, an FFN) wakes the threads once.
  *  - Nothing here allocates on a hot path, logs, or fails on valid shapes: shapes are the
  *    caller's invariant (assert-checked in debug builds).
  */
@@ -198,6 +200,47 @@ void kn_attention_paged(float *out, const float *q, const float *kp, const float
 			int n_heads, int n_kv_heads, int head_dim, float *scratch,
 			size_t scratch_floats);
 size_t kn_attention_scratch_size(int max_ctx);
+
+/* ---- team entry points: a block of kernels in one parallel region ----------------------------
+ * A caller that runs several kernels in a row (a layer's attention, an FFN) opens ONE OpenMP
+ * parallel region of kn_team_threads() threads for the block and calls these from every
+ * thread of it with the same arguments. Each does this thread's share and returns without
+ * waiting for the others, except where it says so; the caller puts `#pragma omp barrier`
+ * between steps that read what other threads wrote. So a block wakes the kernel threads
+ * once, not once per product. Results are bit-identical to the kn_* entry points above,
+ * whatever the team size. Called outside a parallel region, they do all the work. Never
+ * call them from inside a region where the threads do different things (a parallel loop
+ * over experts): use the kn_* entry points there, which then run on the calling thread. */
+
+/* Threads for a block whose largest product is `work` multiply-adds: kn_threads(), or 1
+ * where waking the others would cost more than it saves (or inside another region). */
+int kn_team_threads(size_t work);
+/* Products (and blocks) of fewer multiply-adds run on one thread: default 32768. Tests set
+ * 0, so that every block runs on the whole team. */
+void kn_set_min_parallel_work(size_t work);
+/* Counts a parallel region of nth threads about to open (nth > 1), for kn_regions(). */
+void kn_team_opened(int nth);
+/* Parallel regions of more than one thread the kn_* entry points and team callers have
+ * opened in this process: how tests and benchmarks see wake-ups per step. */
+uint64_t kn_regions(void);
+/* This thread's share [*i0, *i1) of n items: contiguous, in thread order. */
+void kn_team_share(int n, int *i0, int *i1);
+/* The rows of W this thread computes in kn_team_matmul() (16-row blocks), so that it can
+ * go on with its own output columns without a barrier. */
+void kn_team_rows(const struct kn_mat *w, int *r0, int *r1);
+/* kn_matmul's product in precision prec, this thread's rows (kn_team_rows) for all n
+ * tokens. In fast mode with many tokens the team rounds the activations once, together,
+ * which waits for the whole team twice. */
+void kn_team_matmul(float *y, const float *x, const struct kn_mat *w, int n,
+		    enum kn_precision prec);
+/* kn_attention_paged for n rows of several sequences: row i belongs to sequence seq[i],
+ * whose block table is tables + seq[i] * table_stride (seq NULL: all rows use tables).
+ * Heads and rows are shared out dynamically; returns when the whole team is done (an
+ * OpenMP worksharing loop). scratch as for kn_attention. */
+void kn_team_attention(float *out, const float *q, const float *kp, const float *vp,
+		       const int32_t *tables, size_t table_stride, const int32_t *seq,
+		       int block_size, int n, const int32_t *pos, int n_heads, int n_kv_heads,
+		       int head_dim, float *scratch, size_t scratch_floats);
 
 /* Routing for one token: scores from router logits, pick k, weights.
  * ret_idx[k] expert ids (descending selection score), ret_w[k] weights.

@@ -208,6 +208,31 @@ static void slot_ffn(struct moe_slots *s, int moe_layer, int sl_i, const float *
 	kn_matmul(s->d + start * h, g, &sl->ffn.down, rows);
 }
 
+/* slot_ffn called by every thread of a team, each product split over it (kn_team_*): the
+ * same bits. Each thread gathers a share of the rows and applies SwiGLU to the columns it
+ * computed; two barriers a slot. Slots write disjoint ranges, so the next slot need not
+ * wait for this one's down projection. */
+static void slot_ffn_team(struct moe_slots *s, int moe_layer, int sl_i, const float *x)
+{
+	size_t h = (size_t)s->cfg->hidden_size, w = (size_t)s->cfg->moe_intermediate_size;
+	int32_t start = sl_i ? s->cnt[sl_i - 1] : 0;
+	int rows = s->cnt[sl_i] - start, r0, r1, c0, c1;
+	const struct slot *sl = slot_at(s, moe_layer, sl_i);
+	float *xs = s->xs + start * h, *g = s->g + start * w, *u = s->u + start * w;
+
+	kn_team_share(rows, &r0, &r1);
+	for (int r = r0; r < r1; r++)
+		memcpy(xs + r * h, x + (size_t)s->order_tok[start + r] * h, h * sizeof(float));
+#pragma omp barrier
+	kn_team_matmul(g, xs, &sl->ffn.gate, rows, kn_precision());
+	kn_team_matmul(u, xs, &sl->ffn.up, rows, kn_precision());
+	kn_team_rows(&sl->ffn.gate, &c0, &c1);
+	for (int r = 0; c0 < c1 && r < rows; r++)
+		kn_swiglu(g + r * w + c0, g + r * w + c0, u + r * w + c0, c1 - c0);
+#pragma omp barrier
+	kn_team_matmul(s->d + start * h, g, &sl->ffn.down, rows, kn_precision());
+}
+
 int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, float *out)
 {
 	const struct kn_ops *ops = kn_ops();
@@ -258,17 +283,23 @@ int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, f
 		if (s->cnt[sl_i] > start)
 			s->job[n_jobs++] = sl_i;
 	qsort_r(s->job, (size_t)n_jobs, sizeof(*s->job), job_cmp, s->cnt);
-	/* As many slots as threads or more: one parallel region for the layer, a thread
-	 * computing whole experts (no fork, join or wake-up per product, which in a local
-	 * cluster's passive threads costs a sleeping thread's wake-up every time). Fewer:
-	 * each product split over the threads. Every slot's rows have their own range of
-	 * the scratch (pair order), and each row's result does not depend on the thread
-	 * count, so both give the same bits. */
-	int nth = kn_threads();
+	/* One parallel region for the layer (no fork, join or wake-up per product, which in a
+	 * local cluster's passive threads costs a sleeping thread's wake-up every time). As
+	 * many slots as threads or more: a thread computes whole experts. Fewer: each
+	 * product split over the team. Every slot's rows have their own range of the scratch
+	 * (pair order), and each row's result does not depend on the thread count, so both
+	 * give the same bits. */
+	int nth = kn_team_threads(n_pairs * (size_t)h * (size_t)w);
 	if (nth > 1 && n_jobs >= nth) {
+		kn_team_opened(nth);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
 		for (int j = 0; j < n_jobs; j++)
 			slot_ffn(s, moe_layer, s->job[j], b->x);
+	} else if (nth > 1) {
+		kn_team_opened(nth);
+#pragma omp parallel num_threads(nth)
+		for (int j = 0; j < n_jobs; j++)
+			slot_ffn_team(s, moe_layer, s->job[j], b->x);
 	} else {
 		for (int j = 0; j < n_jobs; j++)
 			slot_ffn(s, moe_layer, s->job[j], b->x);

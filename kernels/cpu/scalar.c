@@ -54,6 +54,40 @@ void kn_scalar_matmul_fast(float *y, const float *x, const struct kn_mat *w, int
 	}
 }
 
+/* The rounding kn_scalar_matmul_fast does, once, for kn_scalar_matmul_fast_xb. */
+static void scalar_round_bf16(uint16_t *xb, const float *x, int n, int cols)
+{
+	size_t ld = KN_XB_LD(cols);
+	for (int t = 0; t < n; t++) {
+		const float *xt = x + (size_t)t * cols;
+		uint16_t *bt = xb + (size_t)t * ld;
+		for (int c = 0; c < cols; c++)
+			bt[c] = kn_f32_to_bf16(fpclassify(xt[c]) == FP_SUBNORMAL ? 0.0f : xt[c]);
+		for (size_t c = (size_t)cols; c < ld; c++)
+			bt[c] = 0;
+	}
+}
+
+static void scalar_matmul_fast_xb(float *y, const uint16_t *xb, const struct kn_mat *w, int n,
+				  int r0, int r1)
+{
+	size_t ld = KN_XB_LD(w->cols);
+	for (int t = 0; t < n; t++) {
+		const uint16_t *bt = xb + (size_t)t * ld;
+		for (int r = r0; r < r1; r++) {
+			size_t base = (size_t)r * w->cols;
+			float acc = 0.0f;
+			for (int c = 0; c < w->cols; c++) {
+				float wv = weight_at(w, base + c);
+				if (fpclassify(wv) == FP_SUBNORMAL)
+					wv = 0.0f;
+				acc += wv * kn_bf16_to_f32(bt[c]);
+			}
+			y[(size_t)t * w->rows + r] = acc;
+		}
+	}
+}
+
 void kn_scalar_rmsnorm(float *y, const float *x, const float *g, int dim, float eps)
 {
 	float ss = 0.0f;
@@ -136,6 +170,8 @@ const struct kn_ops kn_ops_scalar = {
 	.name = "scalar",
 	.matmul = kn_scalar_matmul,
 	.matmul_fast = kn_scalar_matmul_fast,
+	.matmul_fast_xb = scalar_matmul_fast_xb,
+	.round_bf16 = scalar_round_bf16,
 	.rmsnorm = kn_scalar_rmsnorm,
 	.swiglu = kn_scalar_swiglu,
 	.axpy = kn_scalar_axpy,

@@ -11,7 +11,8 @@
  * blocks that the next call cannot fit: that call must fail with -ENOSPC and leave everything
  * as it was (free count, blocks needed, logits, and - through the final comparison - the
  * cache), and succeed once the blocker is reset. Also: the query API, option errors, a pool
- * smaller than one sequence.
+ * smaller than one sequence. The reference runs on one thread and the paged runs on three
+ * with every block threaded; a decode step opens one parallel region per block.
  *
  * Usage: paged [SET ...]   (default: every set under $FERRY_GOLDEN); $FERRY_SEED replays.
  */
@@ -339,6 +340,64 @@ out:
 	free(lg);
 }
 
+/* One parallel region per block, not per product: a decode step of three sequences (their
+ * rows not contiguous in what wants logits, so lm_head goes in chunks) wakes the kernel
+ * threads at most 3 times a layer on the coordinator and once for lm_head, plus once per
+ * MoE layer in each local expert worker, with every block on the team (no minimum work).
+ * Its logits are those of one thread, bit for bit. */
+static void test_regions(const struct model *m)
+{
+	struct fr_error err = { { 0 } };
+	struct co_engine_opts eo = { .max_seqs = 3, .max_ctx = 33, .max_batch = 16,
+				      .micro_batches = 1 };
+	const struct model_config *c = model_ckpt_config(m->ck);
+	int layers = c->num_hidden_layers, moe_layers = layers - c->first_k_dense_replace;
+	int32_t tok[15], seq[15], pos[15];
+	bool want[3] = { true, false, true };
+	size_t V = (size_t)m->vocab;
+	float *lg = calloc(15 * V, sizeof(float)), *one = calloc(3 * V, sizeof(float));
+	uint64_t regions = 0;
+
+	for (int i = 0; i < 15; i++) {
+		tok[i] = randint(0, m->vocab - 1);
+		seq[i] = i / 5;
+		pos[i] = i % 5;
+	}
+	kn_set_min_parallel_work(0);
+	for (int nth = 1; nth <= 2; nth++) {
+		struct co_engine *e;
+		int32_t dtok[3] = { tok[4], tok[9], tok[14] }, dseq[3] = { 0, 1, 2 };
+		int32_t dpos[3] = { 5, 5, 5 };
+		kn_set_threads(nth);
+		if (co_engine_create(m->w, m->moe, &eo, &e, &err) < 0) {
+			CHECK(0, "create: %s", err.msg);
+			break;
+		}
+		CHECK(co_engine_forward(e, 15, tok, seq, pos, NULL, NULL, lg) == 0, "prefill 3 x 5");
+		uint64_t r0 = kn_regions();
+		CHECK(co_engine_forward(e, 3, dtok, dseq, dpos, want, NULL, nth == 1 ? one : lg) == 0,
+		      "decode 3");
+		regions = kn_regions() - r0;
+		if (nth == 2) {
+			/* Coordinator: attention, router, dense or shared FFN per layer, and
+			 * lm_head; each of the 2 local expert workers: one per MoE layer. */
+			uint64_t bound = 3 * (uint64_t)layers + 1 + 2 * (uint64_t)moe_layers;
+			CHECK(regions >= 1 && regions <= bound,
+			      "a decode step of %d layers opened %" PRIu64 " parallel regions (at most %"
+			      PRIu64 ")", layers, regions, bound);
+			for (int r = 0; r < 3; r++)
+				CHECK(!want[r] || memcmp(lg + r * V, one + r * V, V * sizeof(float)) == 0,
+				      "decode row %d: 2 threads differ from 1", r);
+		}
+		co_engine_destroy(e);
+	}
+	printf("decode step, %d layers, 2 threads: %" PRIu64 " parallel regions\n", layers, regions);
+	kn_set_min_parallel_work(32768);
+	kn_set_threads(1);
+	free(lg);
+	free(one);
+}
+
 static void run_set(const char *dir)
 {
 	struct fr_error err = { { 0 } };
@@ -354,13 +413,20 @@ static void run_set(const char *dir)
 	}
 	m.vocab = model_ckpt_config(m.ck)->vocab_size;
 	test_api(&m);
+	test_regions(&m);
 
 	sched_make(&S, m.vocab);
 	size_t sz = (size_t)S.n_rows * m.vocab;
 	float *ref = malloc(sz * sizeof(float)), *got = malloc(sz * sizeof(float));
 	for (int mbs = 1; mbs <= 3; mbs += 2) {
+		/* The reference on one thread; the paged runs on a team of 3 with every block
+		 * threaded, so the team kernels' split of rows, heads and sequences must give
+		 * the same bits too. */
+		kn_set_threads(1);
 		if (run(&m, &S, MAX_CTX, 0, mbs, false, ref) < 0)
 			break;
+		kn_set_threads(3);
+		kn_set_min_parallel_work(0);
 		for (size_t b = 0; b < FR_ARRAY_SIZE(block_sizes); b++) {
 			int bs = block_sizes[b], total, peak = sched_peak(&S, bs, &total);
 			CHECK(total > peak, "bs %d: the schedule never reuses a block (%d blocks, peak %d)",
@@ -379,6 +445,8 @@ static void run_set(const char *dir)
 			       first == sz ? "identical" : "DIFFER");
 		}
 	}
+	kn_set_threads(1);
+	kn_set_min_parallel_work(32768);
 	free(ref);
 	free(got);
 	sched_free(&S);

@@ -2,8 +2,10 @@
 /* test_kn_entry.c - the threaded kn_* entry points on the active table (--isa NAME picks it
  * through FERRY_ISA): rope against fp64, attention against a naive fp64 version, paged
  * attention bit-identical to it, kn_gate against a sort, and bit-identical matmul/attention
- * results for 1 and 2 threads. */
+ * results for 1 and 2 threads; the team entry points inside one region of 2 and 3 threads,
+ * and the region counter. */
 #include <float.h>
+#include <inttypes.h>
 
 #include "kn-test.h"
 
@@ -298,6 +300,79 @@ static void test_matmul_threads(enum kn_dtype dt, int rows, int cols, int n)
 	free(wf), free(x), free(wd), free(y1), free(y2), free(yr), free(wx);
 }
 
+/* Two products in one region of 2 and 3 threads, no barrier between them (kn_team_*): the
+ * bits of the table's kernel over all rows on one thread, in both precisions. In fast mode
+ * with n * cols large, the team rounds the activations together (tables with
+ * matmul_fast_xb: scalar and avx512bf16). */
+static void test_team_matmul(int rows, int cols, int n)
+{
+	const struct kn_ops *ops = kn_ops();
+	float *wf = kt_rand_vec((size_t)rows * cols, 1.0f), *x = kt_rand_vec((size_t)n * cols, 1.0f);
+	float *wf2 = kt_rand_vec((size_t)cols * 40, 1.0f);
+	uint16_t *wd = malloc((size_t)rows * cols * 2), *wd2 = malloc((size_t)cols * 40 * 2);
+	kn_from_f32(wd, KN_DTYPE_BF16, wf, (size_t)rows * cols);
+	kn_from_f32(wd2, KN_DTYPE_BF16, wf2, (size_t)cols * 40);
+	struct kn_mat w = { .data = wd, .dtype = KN_DTYPE_BF16, .rows = rows, .cols = cols };
+	struct kn_mat w2 = { .data = wd2, .dtype = KN_DTYPE_BF16, .rows = 40, .cols = cols };
+	size_t ny = (size_t)n * rows, ny2 = (size_t)n * 40;
+	float *ref = kt_alloc(ny), *ref2 = kt_alloc(ny2), *y = kt_alloc(ny), *y2 = kt_alloc(ny2);
+
+	for (int p = KN_PRECISION_EXACT; p <= KN_PRECISION_FAST; p++) {
+		enum kn_precision prec = (enum kn_precision)p;
+		bool fast = prec == KN_PRECISION_FAST && ops->matmul_fast;
+		(fast ? ops->matmul_fast : ops->matmul)(ref, x, &w, n, 0, rows);
+		(fast ? ops->matmul_fast : ops->matmul)(ref2, x, &w2, n, 0, 40);
+		kn_team_matmul(y, x, &w, n, prec); /* outside a region: all rows */
+		KT_CHECK(memcmp(y, ref, ny * sizeof(float)) == 0,
+			 "team matmul %s %dx%d n=%d outside a region differs",
+			 kn_precision_name(prec), rows, cols, n);
+		for (int nt = 2; nt <= 3; nt++) {
+			memset(y, 0, ny * sizeof(float));
+			memset(y2, 0, ny2 * sizeof(float));
+#pragma omp parallel num_threads(nt)
+			{
+				kn_team_matmul(y, x, &w, n, prec);
+				kn_team_matmul(y2, x, &w2, n, prec);
+			}
+			KT_CHECK(memcmp(y, ref, ny * sizeof(float)) == 0 &&
+					 memcmp(y2, ref2, ny2 * sizeof(float)) == 0,
+				 "team matmul %s %dx%d n=%d, %d threads: differs from one thread",
+				 kn_precision_name(prec), rows, cols, n, nt);
+		}
+	}
+	free(wf), free(x), free(wf2), free(wd), free(wd2), free(ref), free(ref2), free(y), free(y2);
+}
+
+/* kn_regions() counts a threaded product's region, and none for a product that runs on the
+ * calling thread inside someone else's region. */
+static void test_regions(void)
+{
+	float *wf = kt_rand_vec(256 * 256, 1.0f), *x = kt_rand_vec(4 * 256, 1.0f), *y = kt_alloc(4 * 256);
+	struct kn_mat w = { .data = wf, .dtype = KN_DTYPE_F32, .rows = 256, .cols = 256 };
+	uint64_t r0;
+
+	kn_set_threads(2);
+	r0 = kn_regions();
+	kn_matmul(y, x, &w, 4);
+	KT_CHECK(kn_regions() == r0 + 1, "a 2-thread product counted %" PRIu64 " regions",
+		 kn_regions() - r0);
+#pragma omp parallel num_threads(2)
+	{
+#pragma omp single
+		r0 = kn_regions();
+#pragma omp single
+		kn_matmul(y, x, &w, 4);
+	}
+	KT_CHECK(kn_regions() == r0, "a nested product counted %" PRIu64 " regions", kn_regions() - r0);
+	KT_CHECK(kn_team_threads(0) == 1 && kn_team_threads(1 << 20) == 2,
+		 "kn_team_threads: %d for nothing, %d for 2^20 with 2 threads", kn_team_threads(0),
+		 kn_team_threads(1 << 20));
+	kn_set_min_parallel_work(0);
+	KT_CHECK(kn_team_threads(0) == 2, "kn_team_threads(0) = %d with no minimum", kn_team_threads(0));
+	kn_set_min_parallel_work(32768);
+	free(wf), free(x), free(y);
+}
+
 static void test_rows_ops(void)
 {
 	int n = 5, dim = 77;
@@ -356,5 +431,9 @@ int main(int argc, char **argv)
 		for (size_t s = 0; s < FR_ARRAY_SIZE(shapes); s++)
 			test_matmul_threads((enum kn_dtype)dt, shapes[s][0], shapes[s][1], shapes[s][2]);
 	test_rows_ops();
+	test_team_matmul(300, 515, 1);
+	test_team_matmul(257, 1030, 37); /* 37 x 1056 bf16 > 64 KiB: the shared rounding */
+	test_team_matmul(33, 64, 5);     /* fewer 16-row blocks than threads */
+	test_regions();
 	return kt_finish("test_kn_entry");
 }
