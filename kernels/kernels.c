@@ -421,7 +421,7 @@ int kn_argmax(const float *x, int n)
 size_t kn_attention_scratch_size(int max_ctx)
 {
 	kn_init();
-	return (size_t)g_threads * (size_t)max_ctx;
+	return (size_t)g_threads * KN_ATTEND_MAX_Q * (size_t)max_ctx;
 }
 
 void kn_team_attention(float *out, const float *q, const float *kp, const float *vp,
@@ -431,23 +431,40 @@ void kn_team_attention(float *out, const float *q, const float *kp, const float 
 {
 	const struct kn_ops *ops = kn_ops();
 	int group = n_heads / n_kv_heads;
-	size_t stride = (size_t)n_kv_heads * head_dim;
+	size_t stride = (size_t)n_kv_heads * head_dim, row = (size_t)n_heads * head_dim;
 	float scale = 1.0f / sqrtf((float)head_dim);
-	int jobs = n * n_heads;
+	int groups = FR_DIV_ROUND_UP(n, KN_ATTEND_MAX_Q);
 	size_t per = scratch_floats / (size_t)omp_get_num_threads();
 	assert(n_heads % n_kv_heads == 0 && block_size > 0);
 
+	/* A job: one head of up to KN_ATTEND_MAX_Q consecutive rows. Rows of one sequence in
+	 * ascending positions (a prefill) go to attend_multi together, which reads their
+	 * keys and values once; any other row alone. Every row's bits are attend's. */
 #pragma omp for schedule(dynamic, 1)
-	for (int job = 0; job < jobs; job++) {
-		int t = job / n_heads, h = job % n_heads, kvh = h / group;
-		const int32_t *blocks = tables + (seq ? (size_t)seq[t] * table_stride : 0);
+	for (int job = 0; job < groups * n_heads; job++) {
+		int g = job / n_heads, h = job % n_heads, kvh = h / group;
+		int t1 = FR_MIN(n, (g + 1) * KN_ATTEND_MAX_Q);
 		float *sc = scratch + per * (size_t)omp_get_thread_num();
-		int n_ctx = pos[t] + 1;
-		assert((size_t)n_ctx <= per);
-		ops->attend(out + ((size_t)t * n_heads + h) * head_dim,
-			    q + ((size_t)t * n_heads + h) * head_dim, kp + (size_t)kvh * head_dim,
-			    vp + (size_t)kvh * head_dim, blocks, block_size, n_ctx, head_dim, stride,
-			    scale, sc);
+		const float *kh = kp + (size_t)kvh * head_dim, *vh = vp + (size_t)kvh * head_dim;
+
+		for (int t = g * KN_ATTEND_MAX_Q, u; t < t1; t = u) {
+			const int32_t *blocks = tables + (seq ? (size_t)seq[t] * table_stride : 0);
+			int n_ctx[KN_ATTEND_MAX_Q];
+			n_ctx[0] = pos[t] + 1;
+			for (u = t + 1; u < t1 && (!seq || seq[u] == seq[t]) && pos[u] >= pos[u - 1]; u++)
+				n_ctx[u - t] = pos[u] + 1;
+			assert((size_t)(u - t) * (size_t)n_ctx[u - t - 1] <= per);
+			if (u - t > 1 && ops->attend_multi) {
+				ops->attend_multi(out + t * row + (size_t)h * head_dim,
+						  q + t * row + (size_t)h * head_dim, row, u - t, kh, vh,
+						  blocks, block_size, n_ctx, head_dim, stride, scale, sc);
+				continue;
+			}
+			for (int i = t; i < u; i++)
+				ops->attend(out + i * row + (size_t)h * head_dim,
+					    q + i * row + (size_t)h * head_dim, kh, vh, blocks,
+					    block_size, n_ctx[i - t], head_dim, stride, scale, sc);
+		}
 	}
 }
 

@@ -145,7 +145,18 @@ struct kn_ops {
 	void (*attend)(float *out, const float *q, const float *k, const float *v,
 		       const int32_t *blocks, int block_size, int n_ctx, int head_dim, size_t stride,
 		       float scale, float *scratch);
+	/* attend for nq <= KN_ATTEND_MAX_Q queries of one head over the same cache: query i
+	 * at q + i * qstride (out likewise) over n_ctx[i] positions, n_ctx ascending. Each
+	 * query's bits are attend's; the keys and values are read once for all of them (a
+	 * prefill's consecutive rows). scratch: nq * n_ctx[nq - 1] floats. NULL where the
+	 * table has none (kn_* then calls attend per query). */
+	void (*attend_multi)(float *out, const float *q, size_t qstride, int nq, const float *k,
+			     const float *v, const int32_t *blocks, int block_size,
+			     const int *n_ctx, int head_dim, size_t stride, float scale,
+			     float *scratch);
 };
+
+#define KN_ATTEND_MAX_Q 8
 
 /* Selects the table (idempotent, thread-safe). Honors $FERRY_ISA. */
 void kn_init(void);
@@ -187,7 +198,7 @@ int kn_argmax(const float *x, int n);
 /* Causal attention for n new tokens of ONE sequence whose keys/values already sit in the
  * cache (including the new ones): token i attends to cache rows [0, pos[i]].
  * q: [n][n_heads][hd]; kc, vc: [ctx][n_kv_heads][hd]; out: [n][n_heads][hd].
- * scratch: n_threads * max_ctx floats, see kn_attention_scratch_size(). */
+ * scratch: kn_attention_scratch_size(max_ctx) floats (threads x KN_ATTEND_MAX_Q x max_ctx). */
 void kn_attention(float *out, const float *q, const float *kc, const float *vc, int n,
 		  const int32_t *pos, int n_heads, int n_kv_heads, int head_dim, float *scratch,
 		  size_t scratch_floats);

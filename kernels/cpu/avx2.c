@@ -675,6 +675,86 @@ static void avx2_attend(float *out, const float *q, const float *k, const float 
 	}
 }
 
+/* s[i] = avx2_dot(q + i * qstride, kr, n) * scale for i < nq (<= KN_ATTEND_MAX_Q): the same
+ * accumulators and order per query, kr loaded once for all of them. */
+INLINE void dot_multi(float *s, size_t sstride, const float *q, size_t qstride, int nq,
+		      const float *kr, int n, float scale)
+{
+	__m256 a0[KN_ATTEND_MAX_Q], a1[KN_ATTEND_MAX_Q];
+	int i = 0;
+
+	for (int r = 0; r < nq; r++)
+		a0[r] = a1[r] = _mm256_setzero_ps();
+	for (; i + 16 <= n; i += 16) {
+		__m256 k0 = _mm256_loadu_ps(kr + i), k1 = _mm256_loadu_ps(kr + i + 8);
+		for (int r = 0; r < nq; r++) {
+			const float *qr = q + (size_t)r * qstride;
+			a0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), k0, a0[r]);
+			a1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i + 8), k1, a1[r]);
+		}
+	}
+	for (; i < n; i += 8) {
+		__m256i m = tail_mask(FR_MIN(n - i, 8));
+		__m256 k0 = _mm256_maskload_ps(kr + i, m);
+		for (int r = 0; r < nq; r++)
+			a0[r] = _mm256_fmadd_ps(_mm256_maskload_ps(q + (size_t)r * qstride + i, m), k0,
+						a0[r]);
+	}
+	for (int r = 0; r < nq; r++)
+		s[(size_t)r * sstride] = hsum(_mm256_add_ps(a0[r], a1[r])) * scale;
+}
+
+/* avx2_attend for several queries: scores of each key for every query that sees it, one
+ * softmax per query, then the weighted values 16 lanes at a time for all queries, in
+ * position order per lane (avx2_axpy's order: the same bits). */
+static void avx2_attend_multi(float *out, const float *q, size_t qstride, int nq,
+			      const float *k, const float *v, const int32_t *blocks,
+			      int block_size, const int *n_ctx, int head_dim, size_t stride,
+			      float scale, float *scratch)
+{
+	size_t bstride = (size_t)block_size * stride, ls = (size_t)n_ctx[nq - 1];
+	int last = n_ctx[nq - 1];
+
+	/* Query r sees positions [0, n_ctx[r]); the queries from `first` on see position j. */
+	for (int b = 0, j0 = 0, first = 0; j0 < last; b++, j0 += block_size) {
+		const float *kb = k + (size_t)blocks[b] * bstride;
+		for (int i = 0, m = FR_MIN(block_size, last - j0); i < m; i++) {
+			while (n_ctx[first] <= j0 + i)
+				first++;
+			dot_multi(scratch + (size_t)first * ls + j0 + i, ls,
+				  q + (size_t)first * qstride, qstride, nq - first,
+				  kb + (size_t)i * stride, head_dim, scale);
+		}
+	}
+	for (int r = 0; r < nq; r++)
+		avx2_softmax(scratch + (size_t)r * ls, n_ctx[r]);
+	for (int c = 0; c < head_dim; c += 16) {
+		__m256i m0 = tail_mask(FR_MIN(head_dim - c, 8));
+		__m256i m1 = tail_mask(FR_MAX(FR_MIN(head_dim - c - 8, 8), 0));
+		__m256 acc0[KN_ATTEND_MAX_Q], acc1[KN_ATTEND_MAX_Q];
+		for (int r = 0; r < nq; r++)
+			acc0[r] = acc1[r] = _mm256_setzero_ps();
+		for (int b = 0, j0 = 0, first = 0; j0 < last; b++, j0 += block_size) {
+			const float *vb = v + (size_t)blocks[b] * bstride + c;
+			for (int i = 0, m = FR_MIN(block_size, last - j0); i < m; i++) {
+				const float *vr = vb + (size_t)i * stride;
+				__m256 v0 = _mm256_maskload_ps(vr, m0), v1 = _mm256_maskload_ps(vr + 8, m1);
+				while (n_ctx[first] <= j0 + i)
+					first++;
+				for (int r = first; r < nq; r++) {
+					__m256 p = _mm256_set1_ps(scratch[(size_t)r * ls + j0 + i]);
+					acc0[r] = _mm256_fmadd_ps(p, v0, acc0[r]);
+					acc1[r] = _mm256_fmadd_ps(p, v1, acc1[r]);
+				}
+			}
+		}
+		for (int r = 0; r < nq; r++) {
+			_mm256_maskstore_ps(out + (size_t)r * qstride + c, m0, acc0[r]);
+			_mm256_maskstore_ps(out + (size_t)r * qstride + c + 8, m1, acc1[r]);
+		}
+	}
+}
+
 const struct kn_ops kn_ops_avx2 = {
 	.name = "avx2",
 	.matmul = avx2_matmul,
@@ -685,4 +765,5 @@ const struct kn_ops kn_ops_avx2 = {
 	.softmax = avx2_softmax,
 	.argmax = avx2_argmax,
 	.attend = avx2_attend,
+	.attend_multi = avx2_attend_multi,
 };

@@ -403,6 +403,32 @@ static void test_attend(const struct kn_ops *ops, int n_ctx, int hd)
 	free(q), free(k), free(v), free(o), free(orf), free(sc), free(op);
 }
 
+/* attend_multi: nq queries over the same paged cache, positions ascending (some equal), give
+ * each query attend's bits. */
+static void test_attend_multi(const struct kn_ops *ops, int nq, int n_ctx0, int hd, int bs)
+{
+	int n_ctx[KN_ATTEND_MAX_Q], last, n_pool;
+	size_t stride = (size_t)hd * 2 + 3, qstride = (size_t)hd + 5;
+	for (int i = 0; i < nq; i++)
+		n_ctx[i] = n_ctx0 + i + (i == 2 ? -1 : 0); /* queries 1 and 2 see as much */
+	last = n_ctx[nq - 1];
+	float *k = kt_rand_vec(last * stride, 2.0f), *v = kt_rand_vec(last * stride, 1.0f);
+	float *q = kt_rand_vec(nq * qstride, 2.0f), *o = kt_alloc(nq * qstride);
+	float *one = kt_alloc(hd), *sc = kt_alloc((size_t)nq * last);
+	float scale = 1.0f / sqrtf((float)hd);
+	int32_t *bt = kt_block_table(last, bs, &n_pool);
+	float *kp = kt_page(k, last, stride, bs, bt, n_pool), *vp = kt_page(v, last, stride, bs, bt, n_pool);
+
+	ops->attend_multi(o, q, qstride, nq, kp, vp, bt, bs, n_ctx, hd, stride, scale, sc);
+	for (int i = 0; i < nq; i++) {
+		ops->attend(one, q + i * qstride, kp, vp, bt, bs, n_ctx[i], hd, stride, scale, sc);
+		KT_CHECK(memcmp(one, o + i * qstride, (size_t)hd * sizeof(float)) == 0,
+			 "%s attend_multi nq=%d query %d (ctx %d) hd=%d block %d: differs from attend",
+			 ops->name, nq, i, n_ctx[i], hd, bs);
+	}
+	free(k), free(v), free(q), free(o), free(one), free(sc), free(bt), free(kp), free(vp);
+}
+
 int main(void)
 {
 	static const int mm_shapes[][3] = {
@@ -455,6 +481,13 @@ int main(void)
 		test_swiglu_range(ops);
 		for (size_t s = 0; s < FR_ARRAY_SIZE(att); s++)
 			test_attend(ops, att[s][0], att[s][1]);
+		for (int nq = 2; ops->attend_multi && nq <= KN_ATTEND_MAX_Q; nq++) {
+			test_attend_multi(ops, nq, 1, 16, 1);
+			test_attend_multi(ops, nq, 5, 7, 3);
+			test_attend_multi(ops, nq, 40, 128, 16);
+			test_attend_multi(ops, nq, 70, 18, 64);
+			test_attend_multi(ops, nq, 33, 100, 5);
+		}
 	}
 	test_matmul_fast_shared(100, 2100, 48);
 	test_matmul_fast_shared(70, 1500, 80);
