@@ -11,7 +11,8 @@
  *
  * The prefill computes the logits of the prompt's last token, as serving does; with
  * --all-logits it computes every token's (llama.cpp's perplexity shape), and its roofline
- * counts the lm_head that many times.
+ * counts the lm_head that many times. It also prints how many parallel regions (kernel-
+ * thread wake-ups, kn_regions()) a decode step opens.
  *
  * Usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]
  *            [--all-logits]
