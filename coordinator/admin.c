@@ -72,7 +72,7 @@ static grpc_status_code on_get_load(struct rpc_call *call, const ProtobufCMessag
 	for (int i = 0; i < n_layers; i++)
 		layers[i] = r->n_layers ? (int)r->layers[i] : i;
 
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	if (!s->load || !s->place) {
 		pthread_mutex_unlock(&s->engine_mu);
 		st = rpc_call_fail(call, GRPC_STATUS_UNAVAILABLE, "the cluster is not serving yet");
@@ -327,7 +327,7 @@ static grpc_status_code on_get_placement(struct rpc_call *call, const ProtobufCM
 	n_layers = r->n_layers ? (int)r->n_layers : n_moe;
 
 	/* engine_mu: no step changes the table or the load while we copy them. */
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	pthread_mutex_lock(&s->mu);
 	const struct co_placement *p = s->place;
 	if (!p) {
@@ -887,7 +887,7 @@ static int rb_move(struct co_server *s, const struct co_rebalance_opts *o, struc
 	rb_progress(o, pl, epoch, FERRY__V1__REBALANCE_PROGRESS__PHASE__PHASE_LOADING, t0, "");
 
 	/* The swap, between two steps: engine_mu keeps every forward pass out. */
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	pthread_mutex_lock(&s->mu);
 	rc = moe_remote_set_placement(&s->moe, *next, (uint32_t)epoch);
 	if (rc == 0) {
@@ -931,7 +931,7 @@ int co__rebalance(struct co_server *s, const struct co_rebalance_opts *o, struct
 		return fr_error_set(err, -ENOMEM, "out of memory");
 
 	/* A snapshot of the placement in force and of the load, then plan without locks. */
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	pthread_mutex_lock(&s->mu);
 	rc = 0;
 	if (s->status != S_SERVING || !s->place || !s->load) {

@@ -313,7 +313,7 @@ void co__join_tick(struct co_server *s)
 	if (!w)
 		return;
 	/* The transport belongs to whoever holds engine_mu: between two steps. */
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	struct tp_ep *old_ep = w->ep;
 	struct tp_mem *old_recv = w->recv;
 	bool fresh = w->grow;

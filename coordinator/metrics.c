@@ -87,7 +87,7 @@ static void put_load(struct co_server *s, FILE *f)
 	char lb[256], layer[16], ex[16];
 	char (*names)[NAME_MAX_LEN + 1] = NULL;
 
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	if (!s->load || !s->place)
 		goto out;
 	W = s->place->n_workers;

@@ -474,7 +474,7 @@ static grpc_status_code on_unload_experts(struct rpc_call *call, const ProtobufC
 		goto out;
 	}
 	/* engine_mu first: no forward pass is choosing replicas while the table changes. */
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	pthread_mutex_lock(&s->mu);
 	if (!(w = authed_worker(s, call, &r->base, r->worker_index, &st)))
 		goto unlock;

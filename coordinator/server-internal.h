@@ -162,6 +162,7 @@ struct co_server {
 	char lost[512];
 
 	pthread_mutex_t engine_mu;     /* engine, moe, load, the transport while serving */
+	atomic_int engine_waiting;     /* co__engine_lock() callers not yet holding it */
 	struct co_engine *engine;
 	struct co_sched *sched;
 	struct model_tokenizer *tok;   /* NULL without tokenizer.json */
@@ -205,6 +206,11 @@ const char *co__wstate_name(enum co_wstate st);
 const char *co__status_name(enum srv_status st);
 /* Marks the whole cluster failed (under mu): logged once, Health and Generate say why. */
 void co__fail_cluster_locked(struct co_server *s, const char *why);
+
+/* engine_mu for anything but a forward pass (a query, a swap, a join). A mutex is not fair:
+ * steps that run back to back (the scheduler, Admin.BenchEngine) would take it again before
+ * a waiter woke, for seconds; the wait is marked, and the next step lets it in first. */
+void co__engine_lock(struct co_server *s);
 
 /* Folds the compute times staged by ReportStats into the load. Under engine_mu. */
 void co__fold_stats(struct co_server *s);

@@ -221,6 +221,23 @@ void co__fold_stats(struct co_server *s)
 	pthread_mutex_unlock(&s->mu);
 }
 
+void co__engine_lock(struct co_server *s)
+{
+	atomic_fetch_add_explicit(&s->engine_waiting, 1, memory_order_relaxed);
+	pthread_mutex_lock(&s->engine_mu);
+	atomic_fetch_sub_explicit(&s->engine_waiting, 1, memory_order_relaxed);
+}
+
+/* engine_mu for a step: co__engine_lock() callers first, for up to ~20 ms (a step that
+ * waited longer would only move the unfairness onto the requests). */
+static void engine_lock_step(struct co_server *s)
+{
+	for (int i = 0; i < 200 && atomic_load_explicit(&s->engine_waiting, memory_order_relaxed);
+	     i++)
+		nanosleep(&(struct timespec){ .tv_nsec = 100 * 1000 }, NULL);
+	pthread_mutex_lock(&s->engine_mu);
+}
+
 int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_t *seq,
 		       const int32_t *pos, const bool *want, const struct co_route_knobs *kb,
 		       float *logits, char *why, size_t why_cap)
@@ -230,7 +247,7 @@ int co__engine_step(struct co_server *s, int n, const int32_t *tok, const int32_
 
 	uint64_t t0 = fr_now_ns();
 
-	pthread_mutex_lock(&s->engine_mu);
+	engine_lock_step(s);
 	/* A worker that dies mid-step costs a delay, not the step: the step runs again
 	 * without it (the same rows at the same positions: the KV cache rows it rewrites
 	 * get the same values). */
@@ -317,7 +334,7 @@ static void placement_summary(void *ctx, Ferry__V1__PlacementSummary *ret)
 		ret->replicas = (uint32_t)(p->total_slots - p->n_experts);
 	}
 	pthread_mutex_unlock(&s->mu);
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	ret->min_balancedness = 1.0;
 	for (int l = 0; s->load && l < model_n_moe_layers(s->cfg); l++) {
 		double b;
@@ -727,7 +744,7 @@ static void check_workers(struct co_server *s)
 {
 	int dead[64], n;
 
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	n = moe_remote_check(&s->moe, 1, dead, (int)FR_ARRAY_SIZE(dead));
 	if (n <= 0) {
 		pthread_mutex_unlock(&s->engine_mu);
@@ -816,7 +833,7 @@ static void auto_tick(struct co_server *s)
 	pthread_mutex_unlock(&s->mu);
 	if (!idle)
 		return;
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	for (int l = 0; s->load && l < model_n_moe_layers(s->cfg); l++) {
 		double bt = 1.0, bk = 1.0;
 		co_load_balancedness(s->load, l, CO_LOAD_TIME, &bt);
@@ -898,7 +915,7 @@ int co_server_wait(struct co_server *s, struct fr_error *err)
 		}
 		if (n_silent) {
 			pthread_mutex_unlock(&s->mu);
-			pthread_mutex_lock(&s->engine_mu);
+			co__engine_lock(s);
 			for (int k = 0; k < n_silent; k++)
 				moe_remote_fence(&s->moe, silent_w[k]);
 			pthread_mutex_unlock(&s->engine_mu);
@@ -933,7 +950,7 @@ int co_server_forward(struct co_server *s, int n, const int32_t *tokens, const i
 
 void co_server_prof(struct co_server *s, uint64_t ret_ns[])
 {
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	if (s->engine) {
 		co_engine_prof(s->engine, ret_ns);
 		co_engine_prof_reset(s->engine);

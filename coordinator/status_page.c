@@ -144,7 +144,7 @@ static json_t *status_json(struct co_server *s)
 	if (s->sched)
 		co_sched_stats(s->sched, &st);
 	/* the load window and the placement, under engine_mu (the data path writes them) */
-	pthread_mutex_lock(&s->engine_mu);
+	co__engine_lock(s);
 	W = s->place ? s->place->n_workers : 0;
 	v = calloc((size_t)FR_MAX(n_e, 1), sizeof(*v));
 	wt = calloc((size_t)FR_MAX(W, 1), sizeof(*wt));
