@@ -151,9 +151,19 @@ static void run_case(enum kn_dtype dt, int hidden, int inter, int n_experts, int
 		kn_set_precision((enum kn_precision)prec);
 		kn_set_threads(1);
 		CHECK(moe_compute(s, 0, &b, o1) == 0);
-		kn_set_threads(2);
-		CHECK(moe_compute(s, 0, &b, o2) == 0);
-		CHECK(memcmp(o1, o2, (size_t)n_tok * hidden * sizeof(float)) == 0);
+		/* 2 and 3 threads; with no minimum work every layer takes the team, in one
+		 * parallel region (whole slots per thread, or each product split over the
+		 * team when fewer slots have tokens than there are threads). */
+		for (int nt = 2; nt <= 3; nt++)
+			for (int any = 0; any <= 1; any++) {
+				kn_set_threads(nt);
+				kn_set_min_parallel_work(any ? 0 : 32768);
+				uint64_t r0 = kn_regions();
+				CHECK(moe_compute(s, 0, &b, o2) == 0);
+				CHECK(memcmp(o1, o2, (size_t)n_tok * hidden * sizeof(float)) == 0);
+				CHECK(!any || np == 0 || kn_regions() - r0 == 1);
+			}
+		kn_set_min_parallel_work(32768);
 	}
 	kn_set_precision(KN_PRECISION_EXACT);
 	kn_set_threads(threads);
@@ -209,6 +219,7 @@ int main(void)
 	run_case(KN_DTYPE_BF16, 72, 24, 4, 4, 5, 8);
 	run_case(KN_DTYPE_F32, 40, 8, 3, 5, 200, 3);
 	run_case(KN_DTYPE_BF16, 256, 192, 8, 8, 48, 2); /* products big enough to split */
+	run_case(KN_DTYPE_BF16, 96, 80, 1, 1, 30, 1);   /* one slot: its products on the team */
 	printf("%s (%d failures)\n", t_failures ? "FAIL" : "ok", t_failures);
 	return t_failures != 0;
 }
