@@ -322,22 +322,12 @@ static int block_threads(int n, int rows, int cols)
 }
 
 /* h[n][hidden] += FFN(x) for a SwiGLU MLP, with g/u ([n][ffn_w]) and y ([n][hidden]) as
- * scratch; called by every thread of a team. Each thread applies SwiGLU to the columns of
- * g it computed, and adds the columns of y it computed: one barrier in all. */
+ * scratch; called by every thread of a team. Each thread adds the columns of y it
+ * computed: one barrier in all (kn_team_swiglu_ffn's). */
 static void team_ffn(const struct model_ffn *f, const float *x, float *h, int n, float *g,
 		     float *u, float *y)
 {
-	enum kn_precision prec = kn_precision();
-	int w = f->gate.rows, c0, c1;
-
-	kn_team_matmul(g, x, &f->gate, n, prec);
-	kn_team_matmul(u, x, &f->up, n, prec);
-	kn_team_rows(&f->gate, &c0, &c1);
-	for (int i = 0; c0 < c1 && i < n; i++)
-		kn_swiglu(g + (size_t)i * w + c0, g + (size_t)i * w + c0, u + (size_t)i * w + c0,
-			  c1 - c0);
-#pragma omp barrier
-	kn_team_matmul(y, g, &f->down, n, prec);
+	kn_team_swiglu_ffn(y, x, &f->gate, &f->up, &f->down, n, g, u, kn_precision());
 	add_own_cols(h, y, n, &f->down);
 }
 

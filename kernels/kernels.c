@@ -323,11 +323,17 @@ static bool team_matmul_xb(const struct kn_ops *ops, float *y, const float *x,
 	return true;
 }
 
+/* Whether a product in prec runs the table's fast path. */
+static bool use_fast(const struct kn_ops *ops, const struct kn_mat *w, enum kn_precision prec)
+{
+	return prec == KN_PRECISION_FAST && w->dtype == KN_DTYPE_BF16 && ops->matmul_fast;
+}
+
 void kn_team_matmul(float *y, const float *x, const struct kn_mat *w, int n,
 		    enum kn_precision prec)
 {
 	const struct kn_ops *ops = kn_ops();
-	bool fast = prec == KN_PRECISION_FAST && w->dtype == KN_DTYPE_BF16 && ops->matmul_fast;
+	bool fast = use_fast(ops, w, prec);
 	int r0, r1;
 
 	/* Few tokens: each thread rounds them itself (matmul_fast), which costs less than a
@@ -352,14 +358,28 @@ static void matmul_run(float *y, const float *x, const struct kn_mat *w, int n,
 		nth = 1;
 	if (nth == 1) {
 		const struct kn_ops *ops = kn_ops();
-		bool fast = prec == KN_PRECISION_FAST && w->dtype == KN_DTYPE_BF16 &&
-			    ops->matmul_fast;
-		(fast ? ops->matmul_fast : ops->matmul)(y, x, w, n, 0, w->rows);
+		(use_fast(ops, w, prec) ? ops->matmul_fast : ops->matmul)(y, x, w, n, 0, w->rows);
 		return;
 	}
 	kn_team_opened(nth);
 #pragma omp parallel num_threads(nth)
 	kn_team_matmul(y, x, w, n, prec);
+}
+
+void kn_team_swiglu_ffn(float *y, const float *x, const struct kn_mat *gate,
+			const struct kn_mat *up, const struct kn_mat *down, int n, float *g, float *u,
+			enum kn_precision prec)
+{
+	size_t w = (size_t)gate->rows;
+	int c0, c1;
+
+	kn_team_matmul(g, x, gate, n, prec);
+	kn_team_matmul(u, x, up, n, prec);
+	kn_team_rows(gate, &c0, &c1);
+	for (int i = 0; c0 < c1 && i < n; i++)
+		kn_swiglu(g + i * w + c0, g + i * w + c0, u + i * w + c0, c1 - c0);
+#pragma omp barrier
+	kn_team_matmul(y, g, down, n, prec);
 }
 
 void kn_matmul(float *y, const float *x, const struct kn_mat *w, int n)

@@ -244,6 +244,13 @@ void kn_team_rows(const struct kn_mat *w, int *r0, int *r1);
  * which waits for the whole team twice. */
 void kn_team_matmul(float *y, const float *x, const struct kn_mat *w, int n,
 		    enum kn_precision prec);
+/* y[n][down->rows] = down . (silu(gate . x) * (up . x)), a SwiGLU MLP, with g/u
+ * ([n][gate->rows]) as scratch: each thread applies SwiGLU to the columns of g it computed,
+ * so one barrier in all; y's columns are this thread's rows of down (kn_team_rows), and it
+ * returns without waiting for the others. */
+void kn_team_swiglu_ffn(float *y, const float *x, const struct kn_mat *gate,
+			const struct kn_mat *up, const struct kn_mat *down, int n, float *g, float *u,
+			enum kn_precision prec);
 /* kn_attention_paged for n rows of several sequences: row i belongs to sequence seq[i],
  * whose block table is tables + seq[i] * table_stride (seq NULL: all rows use tables).
  * Heads and rows are shared out dynamically; returns when the whole team is done (an

@@ -216,21 +216,16 @@ static void slot_ffn_team(struct moe_slots *s, int moe_layer, int sl_i, const fl
 {
 	size_t h = (size_t)s->cfg->hidden_size, w = (size_t)s->cfg->moe_intermediate_size;
 	int32_t start = sl_i ? s->cnt[sl_i - 1] : 0;
-	int rows = s->cnt[sl_i] - start, r0, r1, c0, c1;
+	int rows = s->cnt[sl_i] - start, r0, r1;
 	const struct slot *sl = slot_at(s, moe_layer, sl_i);
-	float *xs = s->xs + start * h, *g = s->g + start * w, *u = s->u + start * w;
+	float *xs = s->xs + start * h;
 
 	kn_team_share(rows, &r0, &r1);
 	for (int r = r0; r < r1; r++)
 		memcpy(xs + r * h, x + (size_t)s->order_tok[start + r] * h, h * sizeof(float));
 #pragma omp barrier
-	kn_team_matmul(g, xs, &sl->ffn.gate, rows, kn_precision());
-	kn_team_matmul(u, xs, &sl->ffn.up, rows, kn_precision());
-	kn_team_rows(&sl->ffn.gate, &c0, &c1);
-	for (int r = 0; c0 < c1 && r < rows; r++)
-		kn_swiglu(g + r * w + c0, g + r * w + c0, u + r * w + c0, c1 - c0);
-#pragma omp barrier
-	kn_team_matmul(s->d + start * h, g, &sl->ffn.down, rows, kn_precision());
+	kn_team_swiglu_ffn(s->d + start * h, xs, &sl->ffn.gate, &sl->ffn.up, &sl->ffn.down, rows,
+			   s->g + start * w, s->u + start * w, kn_precision());
 }
 
 int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, float *out)
