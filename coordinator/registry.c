@@ -478,6 +478,10 @@ static grpc_status_code on_unload_experts(struct rpc_call *call, const ProtobufC
 	pthread_mutex_lock(&s->mu);
 	if (!(w = authed_worker(s, call, &r->base, r->worker_index, &st)))
 		goto unlock;
+	if (s->stop) { /* the whole cluster is going: nothing to hand back to */
+		st = rpc_call_fail(call, GRPC_STATUS_ABORTED, "the coordinator is stopping");
+		goto unlock;
+	}
 	if (s->status != S_SERVING || !s->place) {
 		st = rpc_call_fail(call, GRPC_STATUS_FAILED_PRECONDITION,
 				   "the cluster is not serving: nothing to unload from");

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -56,7 +57,10 @@ static const char up_usage[] =
 	"Starts a local cluster on this host: one ferry-coordinator and N ferry-workers, each\n"
 	"worker holding ceil(experts / N) (+ --replicas) slots of every MoE layer. Prints\n"
 	"the coordinator's address once it serves, then stays in the foreground until\n"
-	"SIGINT/SIGTERM, which drains and stops every process. Process logs go to stderr.\n"
+	"SIGINT/SIGTERM, which drains and stops every process: the coordinator first, which\n"
+	"tells the workers to leave. The daemons run in process groups of their own (a\n"
+	"Ctrl-C reaches ferryctl alone) and get SIGTERM if ferryctl dies without stopping\n"
+	"them. Process logs go to stderr.\n"
 	"The processes share the cores: unless OMP_WAIT_POLICY is set, their kernel threads\n"
 	"wait passively (sleep rather than spin) so that one side's waiting does not take\n"
 	"the core the other computes on.\n"
@@ -258,10 +262,20 @@ static void up_on_signal(int sig)
 	g_up_stop = 1;
 }
 
+/* A daemon of the cluster, in a process group of its own: a Ctrl-C at the terminal (SIGINT
+ * to the foreground group) reaches ferryctl alone, which stops the processes in order
+ * (stop_all: the coordinator drains and tells the workers to leave). Otherwise every worker
+ * would take the signal as its own drain at the same moment and ask to hand its experts
+ * back to a coordinator that is itself going. If ferryctl dies without stopping them
+ * (SIGKILL), the kernel sends each SIGTERM (PR_SET_PDEATHSIG). */
 static pid_t spawn(char **argv, int stdout_fd)
 {
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid == 0) {
+		setpgid(0, 0);
+		if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
+			_exit(127); /* ferryctl already gone: nobody would stop this one */
 		if (stdout_fd >= 0)
 			dup2(stdout_fd, STDOUT_FILENO);
 		signal(SIGINT, SIG_DFL);
@@ -270,6 +284,8 @@ static pid_t spawn(char **argv, int stdout_fd)
 		fprintf(stderr, "ferryctl up: cannot run %s: %s\n", argv[0], strerror(errno));
 		_exit(127);
 	}
+	if (pid > 0)
+		setpgid(pid, pid); /* (both sides set it: no window where it is in ours) */
 	return pid;
 }
 

@@ -555,7 +555,8 @@ out:
 /* Stopped while serving: hand every slot back. The coordinator takes them out of its
  * routing table between two steps when other workers hold replicas of all of them, and
  * then no frame can come any more: the cluster goes on without us. When it refuses (some
- * expert lives only here, or it is not serving), we leave anyway and say so. */
+ * expert lives only here, or it is not serving), we leave anyway and say so; when it is
+ * stopping itself (ABORTED), there is nothing to hand back to. */
 static void release_slots(struct wk_agent *a)
 {
 	Ferry__V1__UnloadExpertsRequest req = FERRY__V1__UNLOAD_EXPERTS_REQUEST__INIT;
@@ -572,7 +573,9 @@ static void release_slots(struct wk_agent *a)
 		rc = rpc_unary(a->ch, RPC_M_UNLOAD_EXPERTS, &req.base,
 			       &ferry__v1__unload_experts_response__descriptor, UNLOAD_TIMEOUT_MS,
 			       (ProtobufCMessage **)&resp, &err);
-	if (rc < 0)
+	if (rc == -ECONNABORTED) /* ABORTED: the coordinator is stopping too */
+		fr_info(LOG_COMP, "%s: leaving with the coordinator (%s)", a->name, err.msg);
+	else if (rc < 0)
 		fr_warn(LOG_COMP, "%s: leaving without handing our %zu slots back (requests that "
 			"need them will fail): %s", a->name, req.n_slots, err.msg);
 	else
