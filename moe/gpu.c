@@ -2,7 +2,8 @@
 /*
  * gpu.c - libferry-gpu.so: moe_device_ops over kernels/cuda. An expert's three matrices as
  * one bf16 block in device memory, loaded on the copy stream; the layer (kn_cuda_moe) on the
- * compute stream, the tokens copied up and the result down around it.
+ * compute stream, the tokens copied up and the result down around it, from and to host
+ * memory the worker pins (gpu_pin) where the driver allows.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -170,6 +171,20 @@ out:
 	return rc == 0 || rc == -ENOMEM || rc == -EINVAL ? rc : -EIO;
 }
 
+static int gpu_pin(struct moe_gpu *g, void *p, size_t bytes, struct fr_error *err)
+{
+	int rc = kn_cuda_host_register(g->compute, p, bytes);
+	if (rc < 0)
+		return fr_error_set(err, rc, "%s", kn_cuda_error(g->compute));
+	return 0;
+}
+
+static void gpu_unpin(struct moe_gpu *g, void *p)
+{
+	if (kn_cuda_host_unregister(g->compute, p) < 0)
+		fprintf(stderr, "moe gpu: %s\n", kn_cuda_error(g->compute));
+}
+
 static const struct moe_device_ops gpu_ops = {
 	.name = "cuda",
 	.load = gpu_load,
@@ -185,6 +200,8 @@ __attribute__((visibility("default"))) const struct moe_gpu_module *ferry_gpu_mo
 		.close = gpu_close,
 		.describe = gpu_describe,
 		.ops = &gpu_ops,
+		.pin = gpu_pin,
+		.unpin = gpu_unpin,
 	};
 	return &m;
 }

@@ -27,9 +27,16 @@ struct moe_gpu_module {
 	 * rounded to bf16 as they are copied; the layer's products take bf16 inputs with fp32
 	 * sums. */
 	const struct moe_device_ops *ops;
+	/* Page-locks host memory that the device ops copy from or to (the frames' vectors,
+	 * moe_server_host_regions()), so that those copies go by DMA. Errors: -EINVAL,
+	 * -ENOMEM (RLIMIT_MEMLOCK), -EOPNOTSUPP, -EIO; err says which region and why. The
+	 * caller then goes on with host staging (the driver's bounce buffer). unpin() takes
+	 * back a pin() that succeeded, before the memory goes and before close(). */
+	int (*pin)(struct moe_gpu *g, void *p, size_t bytes, struct fr_error *err);
+	void (*unpin)(struct moe_gpu *g, void *p);
 };
 
-#define MOE_GPU_ABI 1
+#define MOE_GPU_ABI 2
 #define MOE_GPU_MODULE_NAME "libferry-gpu.so"
 
 /* The module's entry point, in libferry-gpu.so. */

@@ -242,6 +242,18 @@ struct moe_server_opts {
 int moe_server_create(struct moe_slots *slots, struct tp_context *ctx, struct tp_ep *ep,
 		     struct tp_mem *recv, const struct moe_server_opts *o,
 		     struct moe_server **ret, struct fr_error *err);
+/* Host memory that the data path copies to and from an expert device (moe_device_ops):
+ * the receive ring (f32 frames are computed where they land), the widened activations of
+ * bf16 frames and the partials. A worker on a GPU pins them (moe_gpu_module.pin) so that
+ * those copies go by DMA. Fills up to max regions, returns how many there are. */
+struct moe_host_region {
+	void *p;
+	size_t bytes;
+	const char *what; /* "receive ring", "activations", "partials" */
+};
+#define MOE_SERVER_HOST_REGIONS 3
+int moe_server_host_regions(const struct moe_server *w, struct moe_host_region *v, int max);
+
 /* Processes frames for up to timeout_ms (-1: until stopped or failed; 0: what is ready
  * now), sleeping in tp_wait() while idle. Returns 0 (timeout or moe_server_stop()),
  * -ECONNRESET (the coordinator's endpoint failed or closed: err says why) or -EBADMSG (a

@@ -196,6 +196,19 @@ fail:
 	return rc;
 }
 
+int moe_server_host_regions(const struct moe_server *w, struct moe_host_region *v, int max)
+{
+	size_t vec = (size_t)w->ring.tokens * w->ring.hidden * sizeof(float);
+	const struct moe_host_region all[MOE_SERVER_HOST_REGIONS] = {
+		{ tp_mem_ptr(w->recv), tp_mem_len(w->recv), "receive ring" },
+		{ w->x, vec, "activations" },
+		{ w->out, vec, "partials" },
+	};
+	for (int i = 0; i < max && i < MOE_SERVER_HOST_REGIONS; i++)
+		v[i] = all[i];
+	return MOE_SERVER_HOST_REGIONS;
+}
+
 int moe_server_stage(struct moe_server *w, struct moe_slots *next, uint32_t epoch)
 {
 	struct moe_slots *drop = NULL;

@@ -54,8 +54,10 @@ const struct conf_key wk_config_keys[] = {
 		 "installed beside ferry-worker; FERRY_GPU_MODULE names another). On a GPU the "
 		 "experts are copied into device memory as bf16 when they are loaded (a live "
 		 "rebalance copies on its own stream while the old slots serve) and the layer runs "
-		 "as grouped cuBLAS products with fp32 sums; [worker] threads and precision then "
-		 "apply to nothing." },
+		 "as grouped cuBLAS products with fp32 sums; the frames land in host memory (the "
+		 "receive ring), pinned for the device where the driver allows (RLIMIT_MEMLOCK; "
+		 "the log says which regions), so that their copies go by DMA; no GPUDirect RDMA "
+		 "yet. [worker] threads and precision then apply to nothing." },
 
 	{ "model", "path", CONF_STR, OFF(model.path),
 	  .doc = "This worker's own copy of the checkpoint directory (the same checkpoint as "

@@ -191,6 +191,29 @@ int kn_cuda_download(struct kn_cuda *c, void *dst, const void *src, size_t bytes
 	return rc < 0 ? rc : kn_cuda_sync(c);
 }
 
+int kn_cuda_host_register(struct kn_cuda *c, void *p, size_t bytes)
+{
+	if (!p || !bytes)
+		return kn_cuda__invalid(c, "cudaHostRegister: no memory");
+	kn_cuda__enter(c);
+	cudaError_t st = cudaHostRegister(p, bytes, cudaHostRegisterPortable);
+	if (st == cudaErrorNotSupported) {
+		kn_cuda__status(c, st, "cudaHostRegister");
+		return -EOPNOTSUPP;
+	}
+	if (st == cudaErrorHostMemoryAlreadyRegistered) {
+		kn_cuda__status(c, st, "cudaHostRegister");
+		return -EINVAL;
+	}
+	return kn_cuda__status(c, st, "cudaHostRegister");
+}
+
+int kn_cuda_host_unregister(struct kn_cuda *c, void *p)
+{
+	kn_cuda__enter(c);
+	return kn_cuda__status(c, cudaHostUnregister(p), "cudaHostUnregister");
+}
+
 int kn_cuda_sync(struct kn_cuda *c)
 {
 	kn_cuda__enter(c);

@@ -43,6 +43,15 @@ int kn_cuda_upload(struct kn_cuda *c, void *dst, const void *src, size_t bytes);
 /* Copies back and waits for everything queued before it. */
 int kn_cuda_download(struct kn_cuda *c, void *dst, const void *src, size_t bytes);
 int kn_cuda_sync(struct kn_cuda *c);
+/* Page-locks host memory [p, p + bytes) (cudaHostRegister, portable to every context):
+ * copies between it and the device then go straight by DMA, without the driver's staging
+ * copy through a pinned bounce buffer, and can overlap compute. Errors: -EINVAL (already
+ * registered, or not memory the driver can lock), -ENOMEM (the locked-memory limit),
+ * -EOPNOTSUPP (the platform cannot register host memory), -EIO; kn_cuda_error() says why.
+ * kn_cuda_host_unregister() undoes it (p as registered); the memory must stay mapped until
+ * then. */
+int kn_cuda_host_register(struct kn_cuda *c, void *p, size_t bytes);
+int kn_cuda_host_unregister(struct kn_cuda *c, void *p);
 /* dst = src, bytes of device memory, queued. */
 int kn_cuda_copy(struct kn_cuda *c, void *dst, const void *src, size_t bytes);
 /* Device time between a mark and the next: kn_cuda_mark(c) queues an event;

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,28 @@ static void run(struct moe_gpu *g, enum kn_dtype dt, const char *dir)
 		       "%.2e (tolerance 1e-2)\n", e <= 1e-2 ? "ok  " : "FAIL", kn_dtype_name(dt), ml,
 		       T, k, E, e);
 		CHECK(e <= 1e-2);
+	}
+	/* the same from and to pinned host memory (as a worker pins its frame buffers): the
+	 * same bits as through the driver's staging; pinning twice is refused */
+	{
+		struct fr_error perr = { { 0 } };
+		size_t bytes = (size_t)T * h * sizeof(float);
+		float *px = xcalloc((size_t)T * h, 4), *pb = xcalloc((size_t)T * h, 4);
+		memcpy(px, x, bytes);
+		CHECK(mod->pin(g, px, bytes, &perr) == 0);
+		CHECK(mod->pin(g, pb, bytes, &perr) == 0);
+		CHECK(mod->pin(g, pb, bytes, &perr) == -EINVAL && perr.msg[0]);
+		struct moe_batch pmb = { T, px, poff, slot, wt };
+		CHECK(moe_compute(gpu, 0, &mb, b) == 0);
+		CHECK(moe_compute(gpu, 0, &pmb, pb) == 0);
+		bool same = memcmp(pb, b, bytes) == 0;
+		printf("%s pinned host memory: the same bits as staged copies\n",
+		       same ? "ok  " : "FAIL");
+		CHECK(same);
+		mod->unpin(g, px);
+		mod->unpin(g, pb);
+		free(px);
+		free(pb);
 	}
 	/* replacing a slot's expert: the GPU table computes with the new one */
 	struct model_ffn f0;

@@ -108,6 +108,31 @@ static struct tp_config tp_cfg(void)
 	};
 }
 
+/* The regions a GPU worker pins: the receive ring as it is, then two distinct buffers of a
+ * ring's worth of f32 vectors; max below the count fills only max. */
+static bool host_regions_ok(const struct moe_server *srv, struct tp_mem *recv,
+			    const struct fp_ring *ring)
+{
+	struct moe_host_region v[MOE_SERVER_HOST_REGIONS + 1], one = { 0 };
+	size_t vec = (size_t)ring->tokens * ring->hidden * sizeof(float);
+	memset(v, 0, sizeof(v));
+	if (moe_server_host_regions(srv, v, MOE_SERVER_HOST_REGIONS + 1) != MOE_SERVER_HOST_REGIONS ||
+	    moe_server_host_regions(srv, &one, 1) != MOE_SERVER_HOST_REGIONS)
+		return false;
+	if (one.p != v[0].p || v[MOE_SERVER_HOST_REGIONS].p)
+		return false;
+	if (v[0].p != tp_mem_ptr(recv) || v[0].bytes != tp_mem_len(recv) ||
+	    strcmp(v[0].what, "receive ring"))
+		return false;
+	for (int i = 1; i < MOE_SERVER_HOST_REGIONS; i++) {
+		const char *a = v[i].p, *b = i == 1 ? v[2].p : v[1].p;
+		if (!a || v[i].bytes != vec || !v[i].what || !v[i].what[0] ||
+		    (a < b + vec && b < a + vec)) /* distinct, not overlapping */
+			return false;
+	}
+	return true;
+}
+
 static void worker_loop(struct wth *t)
 {
 	struct tp_event ev[8];
@@ -124,6 +149,13 @@ static void worker_loop(struct wth *t)
 		t->rc = moe_server_create(t->slots, t->ctx, t->ep, t->recv, &o, &srv, &t->err);
 		if (t->rc < 0)
 			return;
+		if (!host_regions_ok(srv, t->recv, &t->c->ring)) {
+			t->rc = fr_error_set(&t->err, -EPROTO, "w%d: moe_server_host_regions() "
+					     "does not name the ring and the two vector buffers",
+					     t->idx);
+			moe_server_destroy(srv);
+			return;
+		}
 		/* Publish, then look at the flag: stop() from the main thread cannot be lost. */
 		atomic_store(&t->srv, srv);
 		if (atomic_load(&t->stop))
