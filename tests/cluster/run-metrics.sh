@@ -16,18 +16,7 @@ for b in promtool prometheus; do
   command -v $b >/dev/null || { echo "SKIP: $b not installed (apt-get install prometheus)"; exit 77; }
 done
 golden=$FERRY_GOLDEN/tiny-a
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tail -20 "$tmp/co.err" >&2; exit 1; }
-: > "$tmp/empty.conf"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/secret"
-chmod 600 "$tmp/secret"
+. "$(dirname "$0")/lib-daemons.sh"
 # "metrics on ADDR (port N)" from a daemon's log
 mport() {
   local p=
@@ -43,13 +32,7 @@ mport() {
   -s engine.threads=1 -s placement.rebalance=off -s metrics.listen=127.0.0.1:0 \
   -s metrics.per_expert=true > "$tmp/co.out" 2> "$tmp/co.err" &
 pids+=($!)
-port=
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out" 2>/dev/null || true)
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || fail "coordinator did not start"
+wait_port || fail "coordinator did not start"
 co_m=$(mport "$tmp/co.err")
 [ -n "$co_m" ] || fail "the coordinator does not log its metrics port"
 for w in w0 w1; do
@@ -62,11 +45,7 @@ w0_m=$(mport "$tmp/w0.err")
 w1_m=$(mport "$tmp/w1.err")
 [ -n "$w0_m" ] && [ -n "$w1_m" ] || fail "a worker does not log its metrics port"
 export FERRY_CLUSTER=127.0.0.1:$port
-for _ in $(seq 300); do
-  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
-    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['status'] != 'serving')" "$tmp/st.json" && break
-  sleep 0.1
-done
+wait_serving || fail "the cluster never served"
 
 # Prometheus scrapes all three every second from before the first request.
 prom_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

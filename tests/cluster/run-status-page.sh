@@ -9,20 +9,9 @@ set -uo pipefail
 co_bin=$1 wk_bin=$2 F=$3
 command -v chromium >/dev/null || { echo "SKIP: chromium not installed (apt-get install chromium)"; exit 77; }
 golden=$FERRY_GOLDEN/tiny-a
-tmp=$(mktemp -d)
+. "$(dirname "$0")/lib-daemons.sh"
 art=${FERRY_BUILD:-$tmp}/meson-logs
 mkdir -p "$art"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tail -20 "$tmp/co.err" >&2; exit 1; }
-: > "$tmp/empty.conf"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/secret"
-chmod 600 "$tmp/secret"
 "$co_bin" -c "$tmp/empty.conf" -m "$golden" -l 127.0.0.1:0 -w 2 --secret-file "$tmp/secret" \
   -s engine.threads=1 -s placement.rebalance=off -s metrics.listen=127.0.0.1:0 \
   > "$tmp/co.out" 2> "$tmp/co.err" &
@@ -41,11 +30,7 @@ for w in alpha beta; do
   pids+=($!)
 done
 export FERRY_CLUSTER=127.0.0.1:$port
-for _ in $(seq 300); do
-  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
-    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['status'] != 'serving')" "$tmp/st.json" && break
-  sleep 0.1
-done
+wait_serving || fail "the cluster never served"
 for n in 4 9 16; do
   "$F" run --cluster "127.0.0.1:$port" --tokens "$(seq -s ' ' 20 $((19 + n)))" --max-new 8 \
     > /dev/null 2> "$tmp/run.err" || { cat "$tmp/run.err" >&2; fail "request"; }

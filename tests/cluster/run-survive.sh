@@ -15,19 +15,10 @@
 set -uo pipefail
 co_bin=$1 wk_bin=$2 F=$3 tp=${4:-shm}
 golden=$FERRY_GOLDEN/tiny-a
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tail -30 "$tmp/co.err" >&2; exit 1; }
-: > "$tmp/empty.conf"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/secret"
+stop_signal=KILL fail_tail=30
+. "$(dirname "$0")/lib-daemons.sh"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/admin"
-chmod 600 "$tmp/secret" "$tmp/admin"
+chmod 600 "$tmp/admin"
 export FERRY_ADMIN_TOKEN_FILE=$tmp/admin
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -55,23 +46,12 @@ start_cluster() {
     -s server.admin_token_file="$tmp/admin" "$@" > "$tmp/co.out" 2> "$tmp/co.err" &
   co=$!
   pids+=("$co")
-  port=
-  for _ in $(seq 100); do
-    port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out" 2>/dev/null || true)
-    [ -n "$port" ] && break
-    sleep 0.1
-  done
-  [ -n "$port" ] || fail "coordinator did not start"
+  wait_port || fail "coordinator did not start"
   start_worker w0 16
   start_worker w1 16
   start_worker w2 8
   export FERRY_CLUSTER=127.0.0.1:$port
-  for _ in $(seq 300); do
-    "$F" status --json > "$tmp/st.json" 2>/dev/null &&
-      python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['status'] != 'serving')" "$tmp/st.json" && return 0
-    sleep 0.1
-  done
-  fail "the cluster never served"
+  wait_serving || fail "the cluster never served"
 }
 
 prompt() { python3 -c "
@@ -229,21 +209,11 @@ for w in w0 w1 w2; do wait "${wpid[$w]}" 2>/dev/null; done
   -s server.admin_token_file="$tmp/admin" > "$tmp/co.out" 2> "$tmp/co.err" &
 co=$!
 pids+=("$co")
-port=
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out" 2>/dev/null || true)
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || fail "coordinator did not start"
+wait_port || fail "coordinator did not start"
 export FERRY_CLUSTER=127.0.0.1:$port
 start_worker w0 16
 start_worker w1 8
-for _ in $(seq 300); do
-  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
-    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['status'] != 'serving')" "$tmp/st.json" && break
-  sleep 0.1
-done
+wait_serving || fail "the cluster never served"
 # (nothing measured yet: SetRedundancy places for a uniform load)
 "$F" rebalance --redundancy 0 --wait > /dev/null || fail "rebalance --redundancy 0"
 "$F" placement show --json > "$tmp/pl.json"

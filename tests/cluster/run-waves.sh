@@ -11,31 +11,14 @@
 set -uo pipefail
 co_bin=$1 wk_bin=$2 F=$3
 golden=$FERRY_GOLDEN/tiny-a
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tail -20 "$tmp/co.err" >&2; exit 1; }
-: > "$tmp/empty.conf"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/secret"
-chmod 600 "$tmp/secret"
+. "$(dirname "$0")/lib-daemons.sh"
 
 "$co_bin" -c "$tmp/empty.conf" -m "$golden" -l 127.0.0.1:0 -w 3 --secret-file "$tmp/secret" \
   -s transport.wire_dtype=f32 -s engine.max_seqs=32 -s engine.threads=1 \
   -s placement.rebalance=off > "$tmp/co.out" 2> "$tmp/co.err" &
 co=$!
 pids+=("$co")
-port=
-for _ in $(seq 100); do
-  port=$(sed -n 's/.*listening on port \([0-9]*\)$/\1/p' "$tmp/co.out" 2>/dev/null || true)
-  [ -n "$port" ] && break
-  sleep 0.1
-done
-[ -n "$port" ] || fail "coordinator did not start"
+wait_port || fail "coordinator did not start"
 # one expert copy: gate, up and down of hidden x moe_intermediate f32 values
 per=$(python3 -c "
 import json, sys
@@ -52,11 +35,7 @@ done
   --secret-file "$tmp/secret" -s worker.threads=1 -s worker.memory_limit=$((per * 26)) 2> "$tmp/w2.err" &
 pids+=($!)
 export FERRY_CLUSTER=127.0.0.1:$port
-for _ in $(seq 300); do
-  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
-    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['status'] != 'serving')" "$tmp/st.json" && break
-  sleep 0.1
-done
+wait_serving || fail "the cluster never served"
 for w in w0 w1 w2; do
   grep -q "'$w' joined: 8 slots per layer, .*, staging room ${room[$w]} expert copies" "$tmp/co.err" ||
     fail "the coordinator does not report $w's staging room of ${room[$w]}"

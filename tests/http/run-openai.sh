@@ -21,23 +21,13 @@ if [ ! -d "$nm/node_modules/openai" ]; then
     { echo "SKIP: cannot install the openai npm package: $(tail -3 "$nm/npm.log" 2>/dev/null)"; exit 77; }
 fi
 cp "$here/openai-client.mjs" "$nm/"
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; tail -20 "$tmp/co.err" >&2; exit 1; }
+. "$here/../cluster/lib-daemons.sh"
 
 model=$tmp/tinytok
 "$F" model gen --preset tiny --tokenizer "$FERRY_SRC/tests/data/tokenizer/tokenizer.json" -q \
   "$model" || fail "model gen"
-: > "$tmp/empty.conf"
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/secret"
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tmp/key"
-chmod 600 "$tmp/secret" "$tmp/key"
+chmod 600 "$tmp/key"
 "$co_bin" -c "$tmp/empty.conf" -m "$model" -l 127.0.0.1:0 -w 1 --secret-file "$tmp/secret" \
   -s engine.threads=1 -s transport.wire_dtype=f32 -s http.listen=127.0.0.1:0 \
   -s http.api_key_file="$tmp/key" > "$tmp/co.out" 2> "$tmp/co.err" &
@@ -54,11 +44,7 @@ done
   --secret-file "$tmp/secret" -s worker.threads=1 2> "$tmp/w0.err" &
 pids+=($!)
 export FERRY_CLUSTER=127.0.0.1:$port
-for _ in $(seq 300); do
-  "$F" status --json > "$tmp/st.json" 2>/dev/null &&
-    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); sys.exit(s['status'] != 'serving')" "$tmp/st.json" && break
-  sleep 0.1
-done
+wait_serving || fail "the cluster never served"
 
 text="The quick brown fox"
 ids="11 22 33 44 55"
