@@ -9,6 +9,9 @@
  *     and at decode sizes the bytes they must read per second against the copy ceiling
  *     (targets: >= 0.7 of the copy at decode sizes, >= 0.8 of the dense product at >= 256
  *     tokens per expert);
+ *   - a frame's vectors (n tokens x 4096 f32) copied to the device and back, from pageable
+ *     host memory (the driver stages through a bounce buffer) and from memory pinned as a
+ *     worker pins its frame buffers (kn_cuda_host_register): GB/s and pinned / pageable;
  *   - the whole layer (kn_cuda_moe, 128 experts, top-12, 4096 hidden, 1408 wide) at 1, 32
  *     and 256 tokens: ms per call, printed as "layer N ms" lines that tests/gpu/
  *     run-on-device.sh sets against tests/gpu/moe_torch.py's PyTorch layer on the same GPU.
@@ -134,6 +137,51 @@ static int run_moe(void *p)
 }
 
 /* Token counts of n experts around a mean: a skewed (Zipf 1) multinomial of n * mean draws. */
+struct xfer_arg { void *dev, *host; size_t bytes; };
+static int run_up(void *p)
+{
+	struct xfer_arg *a = p;
+	return kn_cuda_upload(cu, a->dev, a->host, a->bytes);
+}
+static int run_down(void *p)
+{
+	struct xfer_arg *a = p;
+	return kn_cuda_download(cu, a->host, a->dev, a->bytes);
+}
+
+/* A frame's vectors up and down, from pageable and from pinned host memory. */
+static void frames(void)
+{
+	static const int toks[] = { 1, 32, 256, 2048 };
+	printf("frames: n tokens x %d f32 host <-> device, GB/s\n", HIDDEN);
+	printf("%-7s | %9s %9s %7s | %9s %9s %7s\n", "tokens", "up page", "up pin", "ratio",
+	       "down page", "down pin", "ratio");
+	for (size_t i = 0; i < FR_ARRAY_SIZE(toks); i++) {
+		size_t bytes = (size_t)toks[i] * HIDDEN * sizeof(float);
+		float *page = malloc(bytes), *pin = malloc(bytes);
+		void *dev = dalloc(bytes);
+		if (!page || !pin)
+			exit(1);
+		for (size_t k = 0; k < bytes / sizeof(float); k++)
+			page[k] = pin[k] = (float)fr_rand_unit(&rng);
+		if (kn_cuda_host_register(cu, pin, bytes) < 0)
+			die("kn_cuda_host_register");
+		struct xfer_arg pg = { dev, page, bytes }, pn = { dev, pin, bytes };
+		double up_pg = bytes / time_ms(run_up, &pg) / 1e6;
+		double up_pn = bytes / time_ms(run_up, &pn) / 1e6;
+		double dn_pg = bytes / time_ms(run_down, &pg) / 1e6;
+		double dn_pn = bytes / time_ms(run_down, &pn) / 1e6;
+		printf("%-7d | %9.1f %9.1f %7.2f | %9.1f %9.1f %7.2f\n", toks[i], up_pg, up_pn,
+		       up_pn / up_pg, dn_pg, dn_pn, dn_pn / dn_pg);
+		if (kn_cuda_host_unregister(cu, pin) < 0)
+			die("kn_cuda_host_unregister");
+		kn_cuda_free(cu, dev);
+		free(page);
+		free(pin);
+	}
+	printf("\n");
+}
+
 static void skewed_counts(int *m, int n, int mean)
 {
 	double cdf[WORKER_SLOTS], z = 0;
@@ -195,6 +243,7 @@ int main(int argc, char **argv)
 	kn_cuda_free(cu, (void *)dm.w);
 	printf("ceilings: device copy %.0f GB/s (read + write), dense bf16 product (8192^3) %.0f "
 	       "TFLOP/s\n\n", copy_gbs, dense_tfs);
+	frames();
 
 	/* the experts' products: a worker's slots, gate projection (4096 -> 1408) */
 	static const int means[] = { 1, 4, 16, 64, 256, 512 };

@@ -51,7 +51,7 @@ fi
 echo "== $(cat "$out/gpu.txt")"
 cat "$out/summary.txt"
 grep -hE "^(FAIL|ok)" "$out/cuda_ops.log" "$out/moe_gpu.log" "$out/gpu_module.log" | tail -50
-tail -20 "$out/bench_gpu.log"
+cat "$out/bench_gpu.log"
 [ -f "$out/moe_torch.log" ] && tail -5 "$out/moe_torch.log"
 # ours / PyTorch per token count
 if [ -f "$out/moe_torch.log" ]; then
