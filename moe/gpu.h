@@ -29,7 +29,7 @@ struct moe_gpu_module {
 	const struct moe_device_ops *ops;
 	/* Page-locks host memory that the device ops copy from or to (the frames' vectors,
 	 * moe_server_host_regions()), so that those copies go by DMA. Errors: -EINVAL,
-	 * -ENOMEM (RLIMIT_MEMLOCK), -EOPNOTSUPP, -EIO; err says which region and why. The
+	 * -ENOMEM (the driver could not lock it), -EOPNOTSUPP, -EIO; err says which region and why. The
 	 * caller then goes on with host staging (the driver's bounce buffer). unpin() takes
 	 * back a pin() that succeeded, before the memory goes and before close(). */
 	int (*pin)(struct moe_gpu *g, void *p, size_t bytes, struct fr_error *err);

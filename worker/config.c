@@ -55,8 +55,8 @@ const struct conf_key wk_config_keys[] = {
 		 "experts are copied into device memory as bf16 when they are loaded (a live "
 		 "rebalance copies on its own stream while the old slots serve) and the layer runs "
 		 "as grouped cuBLAS products with fp32 sums; the frames land in host memory (the "
-		 "receive ring), pinned for the device where the driver allows (RLIMIT_MEMLOCK; "
-		 "the log says which regions), so that their copies go by DMA; no GPUDirect RDMA "
+		 "receive ring), pinned for the device where the driver allows (the log says "
+		 "which regions), so that their copies go by DMA; no GPUDirect RDMA "
 		 "yet. [worker] threads and precision then apply to nothing." },
 
 	{ "model", "path", CONF_STR, OFF(model.path),

@@ -46,7 +46,7 @@ int kn_cuda_sync(struct kn_cuda *c);
 /* Page-locks host memory [p, p + bytes) (cudaHostRegister, portable to every context):
  * copies between it and the device then go straight by DMA, without the driver's staging
  * copy through a pinned bounce buffer, and can overlap compute. Errors: -EINVAL (already
- * registered, or not memory the driver can lock), -ENOMEM (the locked-memory limit),
+ * registered, or not memory the driver can lock), -ENOMEM (the driver could not lock it),
  * -EOPNOTSUPP (the platform cannot register host memory), -EIO; kn_cuda_error() says why.
  * kn_cuda_host_unregister() undoes it (p as registered); the memory must stay mapped until
  * then. */
