@@ -8,45 +8,6 @@
 #include "kernels/cuda/block-reduce.cuh"
 #include "kernels/cuda/cuda-internal.h"
 
-/* Within a warp: the better of each lane's (value, index) and its partners'; larger value,
- * then lower index; an index < 0 (nothing left) never wins. */
-static __device__ __forceinline__ void warp_argmax(float *v, int *i)
-{
-	for (int o = 16; o > 0; o >>= 1) {
-		float ov = __shfl_xor_sync(0xffffffffu, *v, o);
-		int oi = __shfl_xor_sync(0xffffffffu, *i, o);
-		if (oi >= 0 && (*i < 0 || ov > *v || (ov == *v && oi < *i))) {
-			*v = ov;
-			*i = oi;
-		}
-	}
-}
-
-/* The best (value, index) of a block: the warps' winners, then the winner among them. */
-static __device__ void block_argmax(float v, int i, float *pv, int *pi, float *ret_v, int *ret_i)
-{
-	warp_argmax(&v, &i);
-	__syncthreads();
-	if ((threadIdx.x & 31) == 0) {
-		pv[threadIdx.x >> 5] = v;
-		pi[threadIdx.x >> 5] = i;
-	}
-	__syncthreads();
-	if (threadIdx.x < 32) {
-		bool in = threadIdx.x < ((blockDim.x + 31) >> 5);
-		v = in ? pv[threadIdx.x] : -INFINITY;
-		i = in ? pi[threadIdx.x] : -1;
-		warp_argmax(&v, &i);
-		if (threadIdx.x == 0) {
-			pv[0] = v;
-			pi[0] = i;
-		}
-	}
-	__syncthreads();
-	*ret_v = pv[0];
-	*ret_i = pi[0];
-}
-
 static __global__ void gate_kernel(const float *logits, int ne, int softmax, int k, int mask_top,
 				   int norm, float scaling, const float *bias, int32_t *ret_idx,
 				   float *ret_w)
@@ -85,7 +46,7 @@ static __global__ void gate_kernel(const float *logits, int ne, int softmax, int
 				bv = sel[e];
 				bi = e;
 			}
-		block_argmax(bv, bi, pv, pi, &bv, &bi);
+		kn_block_argmax(bv, bi, pv, pi, &bv, &bi);
 		if (threadIdx.x == 0) {
 			if (bi >= 0)
 				sel[bi] = -INFINITY;

@@ -100,6 +100,24 @@ int kn_cuda_attention_paged(struct kn_cuda *c, float *out, const float *q, const
 			    const float *vp, const int32_t *blocks, int block_size, int n,
 			    const int32_t *pos, int n_heads, int n_kv_heads, int head_dim,
 			    int max_ctx);
+/* The same for n rows of several sequences (the coordinator's batch): row t belongs to
+ * sequence seq[t], whose blocks are table[seq[t] * max_blocks ...] (all device). */
+int kn_cuda_attention_rows(struct kn_cuda *c, float *out, const float *q, const float *kp,
+			   const float *vp, const int32_t *table, int max_blocks,
+			   const int32_t *seq, int block_size, int n, const int32_t *pos,
+			   int n_heads, int n_kv_heads, int head_dim, int max_ctx);
+/* The new rows' keys and values into the paged cache before attending: row t (k, v
+ * [n][kv_dim]) to row pos[t] % block_size of block table[seq[t] * max_blocks + pos[t] /
+ * block_size] of kp, vp [n_blocks][block_size][kv_dim] (all device). */
+int kn_cuda_kv_write(struct kn_cuda *c, float *kp, float *vp, const float *k, const float *v,
+		     const int32_t *table, int max_blocks, const int32_t *seq, const int32_t *pos,
+		     int n, int block_size, int kv_dim);
+/* y[i] += x[i], i < n: the residual connections. */
+int kn_cuda_add(struct kn_cuda *c, float *y, const float *x, size_t n);
+/* out[t] = the index of row t's largest value, x [n][dim], out [n] (device): greedy
+ * sampling without copying the logits back. The first of equal maxima, as kn_argmax();
+ * rows with NaN may differ from it. */
+int kn_cuda_argmax(struct kn_cuda *c, int32_t *out, const float *x, int n, int dim);
 
 /* ---- grouped GEMM (cuBLAS) ---------------------------------------------------------------- */
 

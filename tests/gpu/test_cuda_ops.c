@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -335,6 +336,103 @@ static void test_attention(void)
 	free(scratch);
 }
 
+/* The coordinator's ops around attention, on a batch of rows of three sequences with block
+ * tables in shuffled order: the new rows' keys and values into the paged cache (the same
+ * pools, bit for bit, as the CPU engine's row copies), then attention over each row's own
+ * sequence (kn_attention_paged with that sequence's blocks), the residual add and greedy
+ * sampling (kn_argmax, ties included). */
+static void test_engine_ops(void)
+{
+	enum { NH = 4, NKV = 2, HD = 32, KVD = NKV * HD, BS = 8, MB = 4, NS = 3, NB = NS * MB };
+	enum { N = 7, MAXCTX = MB * BS, VOCAB = 1001 };
+	static const int32_t seq[N] = { 0, 2, 1, 0, 2, 2, 1 };
+	static const int32_t pos[N] = { 5, 0, 17, 6, 1, 31, 18 };
+	int32_t table[NS * MB];
+	size_t pool = (size_t)NB * BS * KVD;
+	float *kp = rand_f32(pool), *vp = rand_f32(pool);
+	float *k = rand_f32((size_t)N * KVD), *v = rand_f32((size_t)N * KVD);
+	size_t sfl = kn_attention_scratch_size(MAXCTX);
+	float *scratch = xmalloc(sfl * 4);
+
+	for (int i = 0; i < NB; i++)
+		table[i] = (i * 5) % NB; /* 5 is prime to 12: each block in one table row */
+	float *dkp = dev(kp, pool * 4), *dvp = dev(vp, pool * 4);
+	float *dk = dev(k, (size_t)N * KVD * 4), *dv = dev(v, (size_t)N * KVD * 4);
+	int32_t *dtab = dev(table, sizeof(table)), *dseq = dev(seq, sizeof(seq));
+	int32_t *dpos = dev(pos, sizeof(pos));
+	for (int t = 0; t < N; t++) {
+		int32_t blk = table[seq[t] * MB + pos[t] / BS];
+		size_t at = ((size_t)blk * BS + pos[t] % BS) * KVD;
+		memcpy(kp + at, k + (size_t)t * KVD, KVD * 4);
+		memcpy(vp + at, v + (size_t)t * KVD, KVD * 4);
+	}
+	if (run_rc(kn_cuda_kv_write(cu, dkp, dvp, dk, dv, dtab, MB, dseq, dpos, N, BS, KVD),
+		   "kv_write") == 0) {
+		float *gk = fetch(dkp, pool), *gv = fetch(dvp, pool);
+		bool same = !memcmp(gk, kp, pool * 4) && !memcmp(gv, vp, pool * 4);
+		printf("%s kv_write: %d rows of 3 sequences into the paged pools, bit for bit\n",
+		       same ? "ok  " : "FAIL", N);
+		CHECK(same);
+		free(gk);
+		free(gv);
+	}
+
+	size_t nq = (size_t)N * NH * HD;
+	float *q = rand_f32(nq), *ref = xmalloc(nq * 4);
+	for (int t = 0; t < N; t++)
+		kn_attention_paged(ref + (size_t)t * NH * HD, q + (size_t)t * NH * HD, kp, vp,
+				   table + seq[t] * MB, BS, 1, &pos[t], NH, NKV, HD, scratch, sfl);
+	float *dq = dev(q, nq * 4), *dout = dev_poisoned(nq);
+	if (run_rc(kn_cuda_attention_rows(cu, dout, dq, dkp, dvp, dtab, MB, dseq, BS, N, dpos, NH,
+					  NKV, HD, MAXCTX), "attention_rows") == 0) {
+		float *y = fetch(dout, nq);
+		report("attention rows of 3 sequences, paged", rel_err(y, ref, nq), 1e-5);
+		free(y);
+	}
+	CHECK(kn_cuda_attention_rows(cu, dout, dq, dkp, dvp, dtab, MB, NULL, BS, N, dpos, NH, NKV,
+				     HD, MAXCTX) == -EINVAL);
+
+	/* residual: y += x, exactly the CPU's sums */
+	size_t na = 4099;
+	float *ya = rand_f32(na), *xa = rand_f32(na);
+	float *dya = dev(ya, na * 4), *dxa = dev(xa, na * 4);
+	for (size_t i = 0; i < na; i++)
+		ya[i] += xa[i];
+	if (run_rc(kn_cuda_add(cu, dya, dxa, na), "add") == 0) {
+		float *y = fetch(dya, na);
+		bool same = !memcmp(y, ya, na * 4);
+		printf("%s add: %zu values, bit for bit\n", same ? "ok  " : "FAIL", na);
+		CHECK(same);
+		free(y);
+	}
+
+	/* greedy sampling: random rows, a row whose maximum is there twice, a row of -inf */
+	enum { NR = 5 };
+	float *lg = rand_f32((size_t)NR * VOCAB);
+	lg[1 * VOCAB + 77] = lg[1 * VOCAB + 900] = 10.0f;
+	for (int j = 0; j < VOCAB; j++)
+		lg[2 * VOCAB + j] = -INFINITY;
+	lg[3 * VOCAB + VOCAB - 1] = 11.0f;
+	float *dlg = dev(lg, (size_t)NR * VOCAB * 4);
+	int32_t *didx = dev(NULL, NR * sizeof(int32_t)), idx[NR];
+	if (run_rc(kn_cuda_argmax(cu, didx, dlg, NR, VOCAB), "argmax") == 0 &&
+	    kn_cuda_download(cu, idx, didx, sizeof(idx)) == 0) {
+		int bad = 0;
+		for (int r = 0; r < NR; r++)
+			bad += idx[r] != kn_argmax(lg + (size_t)r * VOCAB, VOCAB);
+		printf("%s argmax: %d rows of %d (a tie, a row of -inf), as kn_argmax\n",
+		       bad ? "FAIL" : "ok  ", NR, VOCAB);
+		CHECK(bad == 0 && idx[1] == 77 && idx[2] == 0 && idx[3] == VOCAB - 1);
+	}
+
+	void *dfree[] = { dkp, dvp, dk, dv, dtab, dseq, dpos, dq, dout, dya, dxa, dlg, didx };
+	for (size_t i = 0; i < FR_ARRAY_SIZE(dfree); i++)
+		kn_cuda_free(cu, dfree[i]);
+	void *hfree[] = { kp, vp, k, v, scratch, q, ref, ya, xa, lg };
+	for (size_t i = 0; i < FR_ARRAY_SIZE(hfree); i++)
+		free(hfree[i]);
+}
+
 /* permute then unpermute with random rows: what the CPU loops give, in the same order. */
 static void test_permute(void)
 {
@@ -612,6 +710,7 @@ int main(int argc, char **argv)
 	test_softmax_rope_embed();
 	test_gate();
 	test_attention();
+	test_engine_ops();
 	test_permute();
 	test_gemm();
 	test_matmul();
