@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "kernels/kn_dev.h"
 #include "model/model.h"
 #include "moe/moe.h"
 
@@ -36,6 +37,11 @@ struct co_engine_opts {
 	                    * every sequence can reach max_ctx at once) */
 	int block_size;    /* positions per block (0: CO_KV_BLOCK_SIZE); results do not depend
 	                    * on it */
+	/* NULL: the CPU. Else the blocks run on this device (kernels/kn_dev.h: a GPU through
+	 * the GPU module, or the CPU twin kn_dev_twin_ops) with ctx; the weights and the KV
+	 * cache are copied there at creation. Borrowed: must outlive the engine. */
+	const struct kn_dev_ops *dev_ops;
+	void *dev_ctx;
 };
 
 /* Per-request routing knobs (DeepSeekMoE paper analyses). Zero-initialized = the model's. */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "coordinator/coordinator.h"
+#include "coordinator/engine_dev.h"
 
 struct co_engine {
 	const struct model_weights *w;
@@ -45,6 +46,7 @@ struct co_engine {
 	int32_t *rows;           /* [B] rows wanting logits */
 
 	uint64_t prof[CO_PROF__COUNT];
+	struct co_dev *dev;      /* the blocks on a device (engine_dev.h), or NULL */
 };
 
 static const char *const prof_names[CO_PROF__COUNT] = {
@@ -78,6 +80,7 @@ void co_engine_destroy(struct co_engine *e)
 {
 	if (!e)
 		return;
+	co_dev_destroy(e->dev);
 	free(e->kc);
 	free(e->vc);
 	free(e->block_table);
@@ -208,6 +211,16 @@ int co_engine_create(const struct model_weights *w, struct moe moe,
 	for (int i = 0; i < n_blocks; i++)
 		e->free_ids[i] = n_blocks - 1 - i;
 	e->n_free = n_blocks;
+	if (opts && opts->dev_ops) {
+		struct co_dev_shape sh = { .max_batch = e->o.max_batch, .max_seqs = e->o.max_seqs,
+					   .max_ctx = e->o.max_ctx, .max_blocks = max_blocks,
+					   .n_blocks = n_blocks, .block_size = e->block_size };
+		int rc = co_dev_create(w, opts->dev_ops, opts->dev_ctx, &sh, &e->dev, err);
+		if (rc < 0) {
+			co_engine_destroy(e);
+			return rc;
+		}
+	}
 	*ret = e;
 	return 0;
 }
@@ -342,7 +355,7 @@ static void ffn(const struct model_ffn *f, const float *x, float *h, int n, floa
 	team_ffn(f, x, h, n, g, u, y);
 }
 
-static void attention_block(struct co_engine *e, int l, const struct mb_state *mb)
+static int attention_block(struct co_engine *e, int l, const struct mb_state *mb)
 {
 	const struct model_config *c = e->c;
 	const struct model_layer *L = &e->w->layers[l];
@@ -355,6 +368,11 @@ static void attention_block(struct co_engine *e, int l, const struct mb_state *m
 	float *kp = layer_pool(e, e->kc, l), *vp = layer_pool(e, e->vc, l);
 	PROF_BEGIN();
 
+	if (e->dev) {
+		int rc = co_dev_attention(e->dev, l, mb->r0, n);
+		PROF_END(CO_PROF_ATTN);
+		return rc;
+	}
 	enum kn_precision prec = kn_precision();
 	int nth = block_threads(n, FR_MAX(e->q_dim, hs), FR_MAX(e->q_dim, hs));
 
@@ -397,6 +415,7 @@ static void attention_block(struct co_engine *e, int l, const struct mb_state *m
 		add_own_cols(h, tmp, n, &L->o);
 	}
 	PROF_END(CO_PROF_O);
+	return 0;
 }
 
 /* First half of a layer's FFN: the dense FFN outright, or router + dispatch of the
@@ -411,12 +430,20 @@ static int ffn_start(struct co_engine *e, int l, struct mb_state *mb, int mbi,
 	float *h = e->h + r0 * hs, *xn = e->xn + r0 * hs, *tmp = e->tmp + r0 * hs;
 	PROF_BEGIN();
 
-	kn_rmsnorm(xn, h, L->ffn_norm, n, hs, (float)c->rms_norm_eps);
-	PROF_END(CO_PROF_NORM);
-	if (!L->moe) {
-		ffn(&L->dense, xn, h, n, e->g + r0 * e->ffn_w, e->u + r0 * e->ffn_w, tmp);
-		PROF_END(CO_PROF_DENSE);
-		return 0;
+	if (e->dev) {
+		/* the norm and the dense FFN or the router's logits; xn comes down for dispatch */
+		rc = co_dev_ffn_start(e->dev, l, mb->r0, n, xn, e->rl + r0 * e->max_k);
+		PROF_END(L->moe ? CO_PROF_ROUTER : CO_PROF_DENSE);
+		if (rc < 0 || !L->moe)
+			return rc;
+	} else {
+		kn_rmsnorm(xn, h, L->ffn_norm, n, hs, (float)c->rms_norm_eps);
+		PROF_END(CO_PROF_NORM);
+		if (!L->moe) {
+			ffn(&L->dense, xn, h, n, e->g + r0 * e->ffn_w, e->u + r0 * e->ffn_w, tmp);
+			PROF_END(CO_PROF_DENSE);
+			return 0;
+		}
 	}
 
 	struct kn_gate_opts go = {
@@ -430,7 +457,8 @@ static int ffn_start(struct co_engine *e, int l, struct mb_state *mb, int mbi,
 	};
 	float *rl = e->rl + r0 * e->max_k, *top_w = e->top_w + r0 * e->max_k;
 	int32_t *top_idx = e->top_idx + r0 * e->max_k;
-	kn_matmul_exact(rl, xn, &L->router, n); /* top-k must not flip on rounding */
+	if (!e->dev)
+		kn_matmul_exact(rl, xn, &L->router, n); /* top-k must not flip on rounding */
 	for (int i = 0; i < n; i++)
 		kn_gate(rl + (size_t)i * c->n_routed_experts, &go, top_idx + (size_t)i * go.k,
 			top_w + (size_t)i * go.k, e->gate_scratch);
@@ -454,6 +482,18 @@ static int ffn_finish(struct co_engine *e, int l, struct mb_state *mb, int mbi,
 	float *h = e->h + r0 * hs, *xn = e->xn + r0 * hs, *tmp = e->tmp + r0 * hs;
 	PROF_BEGIN();
 
+	if (e->dev) {
+		/* shared experts queued on the device while the routed ones come back into tmp */
+		rc = kb && kb->no_shared ? 0 : co_dev_shared(e->dev, l, mb->r0, n);
+		PROF_END(CO_PROF_SHARED);
+		memset(tmp, 0, (size_t)n * hs * sizeof(float));
+		int rc2 = e->moe.ops->combine(e->moe.ctx, l, mbi, tmp);
+		if (rc == 0 && (rc = rc2) == 0)
+			rc = co_dev_add_rows(e->dev, mb->r0, n, tmp);
+		PROF_END(CO_PROF_EXPERTS);
+		mb->pending = false;
+		return rc;
+	}
 	if (L->has_shared && !(kb && kb->no_shared))
 		ffn(&L->shared, xn, h, n, e->g + r0 * e->ffn_w, e->u + r0 * e->ffn_w, tmp);
 	PROF_END(CO_PROF_SHARED);
@@ -470,8 +510,8 @@ static int mb_advance(struct co_engine *e, struct mb_state *mb, int mbi,
 	int rc;
 
 	while (mb->layer < e->c->num_hidden_layers) {
-		attention_block(e, mb->layer, mb);
-		if ((rc = ffn_start(e, mb->layer, mb, mbi, kb)) < 0)
+		if ((rc = attention_block(e, mb->layer, mb)) < 0 ||
+		    (rc = ffn_start(e, mb->layer, mb, mbi, kb)) < 0)
 			return rc;
 		if (mb->pending)
 			return 0;
@@ -540,8 +580,8 @@ static int run_layers(struct co_engine *e, int n, const int32_t *seq, const int3
 	if (m > 1) {
 		struct mb_state all = { .r0 = 0, .n = n, .seq = seq, .pos = pos };
 		while (first < e->c->num_hidden_layers && !e->w->layers[first].moe) {
-			attention_block(e, first, &all);
-			if ((rc = ffn_start(e, first, &all, 0, kb)) < 0)
+			if ((rc = attention_block(e, first, &all)) < 0 ||
+			    (rc = ffn_start(e, first, &all, 0, kb)) < 0)
 				return rc;
 			first++;
 		}
@@ -577,11 +617,16 @@ static int forward_chunk(struct co_engine *e, int n, const int32_t *tokens, cons
 	int hs = c->hidden_size, rc, n_rows = 0;
 
 	PROF_BEGIN();
-	for (int i = 0; i < n; i++)
-		kn_to_f32(e->h + (size_t)i * hs,
-			  (const char *)e->w->embed.data +
-				  (size_t)tokens[i] * hs * kn_dtype_size(e->w->embed.dtype),
-			  e->w->embed.dtype, (size_t)hs);
+	if (e->dev) {
+		if ((rc = co_dev_begin(e->dev, n, tokens, seq, pos, e->block_table)) < 0)
+			return rc;
+	} else {
+		for (int i = 0; i < n; i++)
+			kn_to_f32(e->h + (size_t)i * hs,
+				  (const char *)e->w->embed.data +
+					  (size_t)tokens[i] * hs * kn_dtype_size(e->w->embed.dtype),
+				  e->w->embed.dtype, (size_t)hs);
+	}
 	PROF_END(CO_PROF_EMBED);
 
 	if ((rc = run_layers(e, n, seq, pos, kb)) < 0)
@@ -594,10 +639,15 @@ static int forward_chunk(struct co_engine *e, int n, const int32_t *tokens, cons
 	for (int i = 0; i < n; i++) {
 		if (want && !want[i])
 			continue;
-		memcpy(e->tmp + (size_t)n_rows * hs, e->h + (size_t)i * hs, (size_t)hs * sizeof(float));
+		if (!e->dev)
+			memcpy(e->tmp + (size_t)n_rows * hs, e->h + (size_t)i * hs,
+			       (size_t)hs * sizeof(float));
 		e->rows[n_rows++] = i;
 	}
-	if (n_rows) {
+	if (n_rows && e->dev) {
+		if ((rc = co_dev_logits(e->dev, e->rows, n_rows, logits)) < 0)
+			return rc;
+	} else if (n_rows) {
 		kn_rmsnorm(e->xn, e->tmp, e->w->final_norm, n_rows, hs, (float)c->rms_norm_eps);
 		/* Contiguous rows land in place. Otherwise the vocabulary goes in chunks through h
 		 * (no longer needed; max_batch x hidden floats): every wanted row of a chunk at

@@ -14,6 +14,10 @@
  * (tiny-b's smallest is 3e-5) an expert changes and the position's logits move by up to
  * ~0.5: an fp32-reference bar cannot hold there.
  *
+ * With FERRY_ENGINE_DEVICE=twin the engine runs its device path (engine_dev.c) on the CPU
+ * twin of a device (kernels/kn_dev.h): the same bars, the same kernels, the residual stream,
+ * the KV cache and the lm_head in "device" memory, the routed experts through the seam.
+ *
  * Usage: golden [SET ...]   (default: every set under $FERRY_GOLDEN)
  */
 #include <dirent.h>
@@ -36,6 +40,7 @@ static long skipped; /* positions not held to the argmax: a reference gap <= GAP
 static long rows_total, rows_over; /* fast: positions compared, and beyond TOL_FAST */
 static float worst_all;
 static bool bf16_set; /* the set's weights are BF16: the only ones fast mode changes */
+static bool twin;     /* FERRY_ENGINE_DEVICE=twin: the engine's device path on the CPU twin */
 
 /* The reference row's top-1 minus top-2. */
 static float top_gap(const float *f, int vocab)
@@ -134,6 +139,7 @@ static void run_set(const char *dir, int workers, int mbs)
 	struct model_weights *w = NULL;
 	struct moe moe = { 0 };
 	struct co_engine *e = NULL;
+	void *dev = NULL; /* the twin's context */
 	char path[4096];
 	float worst = 0.0f;
 
@@ -147,6 +153,11 @@ static void run_set(const char *dir, int workers, int mbs)
 	bf16_set = c->torch_dtype == KN_DTYPE_BF16;
 	struct co_engine_opts eo = { .max_seqs = 2, .max_ctx = 256, .max_batch = 64,
 				      .micro_batches = mbs };
+	if (twin) {
+		eo.dev_ops = &kn_dev_twin_ops;
+		eo.dev_ctx = dev = kn_dev_twin_create(eo.max_ctx);
+		CHECK(dev != NULL, "kn_dev_twin_create");
+	}
 	if (co_engine_create(w, moe, &eo, &e, &err) < 0) {
 		CHECK(0, "%s: %s", dir, err.msg);
 		goto out;
@@ -256,6 +267,7 @@ static void run_set(const char *dir, int workers, int mbs)
 	       mbs, worst, fast ? 1.0f : TOL);
 out:
 	co_engine_destroy(e);
+	kn_dev_twin_destroy(dev);
 	moe_destroy(&moe);
 	model_weights_free(w);
 	model_ckpt_close(ck);
@@ -267,8 +279,14 @@ int main(int argc, char **argv)
 	int n_sets = 0;
 
 	fast = kn_fast_active();
-	printf("isa=%s threads=%d precision=%s\n", kn_ops()->name, kn_threads(),
-	       fast ? "fast" : "exact");
+	const char *devname = getenv("FERRY_ENGINE_DEVICE");
+	if (devname && strcmp(devname, "twin") && strcmp(devname, "cpu")) {
+		fprintf(stderr, "FERRY_ENGINE_DEVICE=%s: only twin or cpu here\n", devname);
+		return 1;
+	}
+	twin = devname && !strcmp(devname, "twin");
+	printf("isa=%s threads=%d precision=%s engine=%s\n", kn_ops()->name, kn_threads(),
+	       fast ? "fast" : "exact", twin ? "device path on the CPU twin" : "cpu");
 	if (argc > 1) {
 		for (int i = 1; i < argc; i++, n_sets++) {
 			run_set(argv[i], 1, 1);
