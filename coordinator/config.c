@@ -166,6 +166,15 @@ const struct conf_key co_config_keys[] = {
 		 "is nearly tied, and greedy tokens change only where the top two are nearly "
 		 "tied. The router always computes exactly. On CPUs "
 		 "without AVX512_BF16, fast computes exactly (the log says so)." },
+	{ "engine", "device", CONF_STR, OFF(engine.device), .def = "cpu",
+	  .doc = "Where embeddings, attention, the routers, the shared experts and the lm_head "
+		 "run: cpu, or cuda:N for the N-th NVIDIA GPU the driver lists, through the GPU "
+		 "module libferry-gpu.so (as [compute] device of ferry-worker). On a GPU the "
+		 "weights (not the routed experts) and the KV cache live in device memory, the "
+		 "products take bf16 activations with fp32 sums ([engine] precision and threads "
+		 "then apply to nothing), and per micro-batch and MoE layer the tokens to "
+		 "dispatch come back to host memory once and the experts' partials go up once. "
+		 "twin: the same device path on the CPU's kernels, for testing it without a GPU." },
 
 	TP_CONF_KEYS(struct co_config, transport.tp, "workers",
 		     "verbs: RDMA device name (\"mlx5_0\", \"rxe0\"), or a comma-separated list "
@@ -332,6 +341,9 @@ int co_config_validate(const struct co_config *cfg, struct fr_error *err)
 	if ((rc = co_config_devices(cfg, &devs, &n_devs, err)) < 0)
 		return rc;
 	fr_strv_free(devs, n_devs);
+	int dev;
+	if ((rc = co_config_engine_device(cfg->engine.device, &dev, err)) < 0)
+		return rc;
 	if (cfg->engine.max_batch < cfg->engine.micro_batches)
 		return fr_error_set(err, -EINVAL, "[engine] max_batch: %d is less than [engine] "
 				    "micro_batches (%d): every micro-batch needs a token",
@@ -358,6 +370,25 @@ int co_config_load(const char *path, char *const *overrides, int n_overrides,
 		return rc;
 	}
 	*ret = cfg;
+	return 0;
+}
+
+int co_config_engine_device(const char *device, int *ret, struct fr_error *err)
+{
+	int64_t n;
+
+	if (!device || !strcmp(device, "cpu")) {
+		*ret = KN_DEV_NONE;
+		return 0;
+	}
+	if (!strcmp(device, "twin")) {
+		*ret = KN_DEV_TWIN;
+		return 0;
+	}
+	if (strncmp(device, "cuda:", 5) || fr_parse_i64(device + 5, 0, 1023, &n) < 0)
+		return fr_error_set(err, -EINVAL, "[engine] device: '%s' is not cpu, cuda:N (N in "
+				    "[0, 1023]) or twin", device);
+	*ret = (int)n;
 	return 0;
 }
 

@@ -17,6 +17,7 @@
 #include "common/common.h"
 #include "common/conf.h"
 #include "kernels/kernels.h"
+#include "kernels/kn_dev.h"
 #include "transport/conf.h"
 #include "transport/transport.h"
 
@@ -73,6 +74,7 @@ struct co_config {
 		int max_ctx;                 /* context length cap; 0: the model's */
 		int threads;                 /* CPU threads; 0: all CPUs */
 		enum kn_precision precision; /* exact | fast (default exact) */
+		char *device;                /* cpu | cuda:N | twin (default cpu) */
 	} engine;
 	struct {
 		struct tp_conf tp;           /* the keys both daemons share (transport/conf.h);
@@ -119,6 +121,10 @@ int co_config_load(const char *path, char *const *overrides, int n_overrides,
  * device only with the verbs backend; engine.max_batch >= engine.micro_batches;
  * placement.min_distinct <= cluster.workers. Returns 0 or -EINVAL naming the keys. */
 int co_config_validate(const struct co_config *cfg, struct fr_error *err);
+
+/* [engine] device: KN_DEV_NONE (cpu), KN_DEV_TWIN (twin) or N >= 0 for cuda:N. Errors:
+ * -EINVAL naming the key and the forms it takes. */
+int co_config_engine_device(const char *device, int *ret, struct fr_error *err);
 
 /* [transport] device as a list of device names, blanks around each name dropped: *ret_v
  * (owned by the caller, fr_strv_free()) holds *ret_n names, none when the key is unset or

@@ -100,6 +100,9 @@ int main(int argc, char **argv)
 		goto out;
 	}
 
+	int engine_device = KN_DEV_NONE; /* validated with the rest */
+	(void)co_config_engine_device(cfg.engine.device, &engine_device, &err);
+
 	/* [transport] device may list several verbs devices: one context each. */
 	if (co_config_devices(&cfg, &devs, &n_devs, &err) < 0) {
 		fprintf(stderr, "ferry-coordinator: %s\n", err.msg);
@@ -154,6 +157,7 @@ int main(int argc, char **argv)
 		.rebalance_max_moves = cfg.placement.rebalance_max_moves,
 		.rebalance_load_timeout_ms = (int64_t)cfg.placement.rebalance_load_timeout_ms,
 		.micro_batches = cfg.engine.micro_batches,
+		.engine_device = engine_device,
 		.max_batch = cfg.engine.max_batch,
 		.max_seqs = cfg.engine.max_seqs,
 		.prefill_chunk = cfg.engine.prefill_chunk,

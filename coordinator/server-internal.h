@@ -28,6 +28,7 @@
 #include "coordinator/server.h"
 #include "coordinator/serving.h"
 #include "coordinator/openai.h"
+#include "moe/gpu.h"
 #include "moe/moe.h"
 #include "metrics/httpd.h"
 #include "metrics/prom.h"
@@ -164,6 +165,11 @@ struct co_server {
 	pthread_mutex_t engine_mu;     /* engine, moe, load, the transport while serving */
 	atomic_int engine_waiting;     /* co__engine_lock() callers not yet holding it */
 	struct co_engine *engine;
+	/* [engine] device: the GPU module and device, or the CPU twin's context; NULL on the
+	 * CPU. Closed after the engine. */
+	const struct moe_gpu_module *gpu_mod;
+	struct moe_gpu *gpu;
+	void *twin;
 	struct co_sched *sched;
 	struct model_tokenizer *tok;   /* NULL without tokenizer.json */
 	struct moe moe;

@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "common/common.h"
+#include "kernels/kn_dev.h"
 #include "proto/frames.h"
 #include "rpc/rpc.h"
 #include "transport/transport.h"
@@ -55,6 +56,8 @@ struct co_server_opts {
 	int rebalance_max_moves;       /* 0: no cap */
 	int64_t rebalance_load_timeout_ms; /* 0: 120 s */
 	int micro_batches;             /* ping-pong micro-batches (>= 1) */
+	int engine_device;             /* KN_DEV_NONE: the CPU; KN_DEV_TWIN: the CPU twin of a
+	                                * device (tests); N >= 0: cuda:N */
 	int max_batch;                 /* rows per forward pass */
 	int max_seqs;                  /* concurrent sequences; 0: min(max_batch, kv_blocks) */
 	int prefill_chunk;             /* prompt rows per request per step (0: max_batch / 2) */

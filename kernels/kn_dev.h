@@ -52,6 +52,10 @@ struct kn_dev_ops {
 	int (*swiglu)(void *ctx, float *out, const float *gate, const float *up, size_t n);
 };
 
+/* Device numbers where a device is chosen ([engine] device): N >= 0 is cuda:N. */
+#define KN_DEV_NONE (-1) /* the CPU, no device */
+#define KN_DEV_TWIN (-2) /* the CPU twin of a device */
+
 /* The CPU twin: ctx from kn_dev_twin_create(max_ctx) (attention scratch for contexts up
  * to max_ctx), NULL when out of memory. */
 extern const struct kn_dev_ops kn_dev_twin_ops;

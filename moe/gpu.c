@@ -23,6 +23,9 @@ struct moe_gpu {
 	size_t cap_bytes;
 	struct kn_cuda_expert *ex;   /* [cap_ex] */
 	int cap_ex;
+	/* the coordinator's engine (dev_*): activations rounded to bf16 for its products */
+	uint16_t *xb;
+	size_t xb_cap;
 };
 
 static void gpu_close(struct moe_gpu *g);
@@ -67,6 +70,7 @@ static void gpu_close(struct moe_gpu *g)
 	if (g->compute) {
 		kn_cuda_free(g->compute, g->dx);
 		kn_cuda_free(g->compute, g->dout);
+		kn_cuda_free(g->compute, g->xb);
 	}
 	kn_cuda_destroy(g->compute);
 	kn_cuda_destroy(g->copy);
@@ -80,6 +84,30 @@ static const char *gpu_describe(const struct moe_gpu *g)
 	return g->desc;
 }
 
+/* Matrix m into dev (room for rows x cols bf16) on stream c: bf16 as it is, another dtype
+ * row by row through f32 to bf16 (round to nearest even). Queued: sync before using it. */
+static int upload_bf16(struct kn_cuda *c, uint16_t *dev, const struct kn_mat *m)
+{
+	size_t cols = (size_t)m->cols, esz = kn_dtype_size(m->dtype);
+	int rc = 0;
+
+	if (m->dtype == KN_DTYPE_BF16)
+		return kn_cuda_upload(c, dev, m->data, (size_t)m->rows * cols * sizeof(uint16_t));
+	float *f = malloc(cols * sizeof(*f));
+	uint16_t *b = malloc(cols * sizeof(*b));
+	if (!f || !b)
+		rc = -ENOMEM;
+	for (int r = 0; r < m->rows && rc == 0; r++) {
+		kn_to_f32(f, (const char *)m->data + (size_t)r * cols * esz, m->dtype, cols);
+		kn_from_f32(b, KN_DTYPE_BF16, f, cols);
+		/* a pageable source is staged before the call returns: b may be reused */
+		rc = kn_cuda_upload(c, dev + (size_t)r * cols, b, cols * sizeof(*b));
+	}
+	free(f);
+	free(b);
+	return rc;
+}
+
 static int gpu_load(void *ctx, const struct model_ffn *ffn, void **ret_dev)
 {
 	struct moe_gpu *g = ctx;
@@ -90,27 +118,8 @@ static int gpu_load(void *ctx, const struct model_ffn *ffn, void **ret_dev)
 
 	if ((rc = kn_cuda_alloc(g->copy, 3 * per * sizeof(uint16_t), (void **)&dev)) < 0)
 		return rc;
-	for (int i = 0; i < 3 && rc == 0; i++, at += per) {
-		if (m[i]->dtype == KN_DTYPE_BF16) {
-			rc = kn_cuda_upload(g->copy, dev + at, m[i]->data, per * sizeof(uint16_t));
-			continue;
-		}
-		/* another dtype: row by row through f32 to bf16 (round to nearest even) */
-		size_t cols = (size_t)m[i]->cols, esz = kn_dtype_size(m[i]->dtype);
-		float *f = malloc(cols * sizeof(*f));
-		uint16_t *b = malloc(cols * sizeof(*b));
-		if (!f || !b)
-			rc = -ENOMEM;
-		for (int r = 0; r < m[i]->rows && rc == 0; r++) {
-			kn_to_f32(f, (const char *)m[i]->data + (size_t)r * cols * esz, m[i]->dtype,
-				  cols);
-			kn_from_f32(b, KN_DTYPE_BF16, f, cols);
-			/* a pageable source is staged before the call returns: b may be reused */
-			rc = kn_cuda_upload(g->copy, dev + at + (size_t)r * cols, b, cols * sizeof(*b));
-		}
-		free(f);
-		free(b);
-	}
+	for (int i = 0; i < 3 && rc == 0; i++, at += per)
+		rc = upload_bf16(g->copy, dev + at, m[i]);
 	if (rc == 0)
 		rc = kn_cuda_sync(g->copy); /* loaded before any table can serve it */
 	if (rc < 0) {
@@ -185,6 +194,177 @@ static void gpu_unpin(struct moe_gpu *g, void *p)
 		fprintf(stderr, "moe gpu: %s\n", kn_cuda_error(g->compute));
 }
 
+/* ---- the coordinator's engine on the GPU (kernels/kn_dev.h), on the compute stream ---- */
+
+struct dev_mat {
+	uint16_t *d; /* [rows][cols] bf16 */
+	int rows, cols;
+};
+
+/* An op's status: a CUDA failure is logged once here, with its message. */
+static int dev_rc(struct moe_gpu *g, int rc)
+{
+	if (rc < 0 && rc != -ENOMEM && rc != -EINVAL)
+		fprintf(stderr, "engine gpu: %s\n", kn_cuda_error(g->compute));
+	return rc < 0 && rc != -ENOMEM && rc != -EINVAL ? -EIO : rc;
+}
+
+static int dev_alloc(void *ctx, size_t bytes, void **ret)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_alloc(g->compute, bytes, ret));
+}
+
+static void dev_free(void *ctx, void *p)
+{
+	struct moe_gpu *g = ctx;
+	kn_cuda_free(g->compute, p);
+}
+
+static int dev_upload(void *ctx, void *dst, const void *src, size_t bytes)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_upload(g->compute, dst, src, bytes));
+}
+
+static int dev_download(void *ctx, void *dst, const void *src, size_t bytes)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_download(g->compute, dst, src, bytes));
+}
+
+static int dev_copy(void *ctx, void *dst, const void *src, size_t bytes)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_copy(g->compute, dst, src, bytes));
+}
+
+static int dev_weight(void *ctx, const struct kn_mat *m, void **ret)
+{
+	struct moe_gpu *g = ctx;
+	struct dev_mat *w = calloc(1, sizeof(*w));
+	int rc;
+
+	if (!w)
+		return -ENOMEM;
+	w->rows = m->rows;
+	w->cols = m->cols;
+	if ((rc = kn_cuda_alloc(g->compute, (size_t)m->rows * m->cols * sizeof(uint16_t),
+				(void **)&w->d)) < 0 ||
+	    (rc = upload_bf16(g->compute, w->d, m)) < 0 || (rc = kn_cuda_sync(g->compute)) < 0) {
+		kn_cuda_free(g->compute, w->d);
+		free(w);
+		return dev_rc(g, rc);
+	}
+	*ret = w;
+	return 0;
+}
+
+static void dev_weight_free(void *ctx, void *p)
+{
+	struct moe_gpu *g = ctx;
+	struct dev_mat *w = p;
+	if (w)
+		kn_cuda_free(g->compute, w->d);
+	free(w);
+}
+
+/* y = x . W^T with x rounded to bf16 (tensor cores, fp32 sums); exact is the CPU's only. */
+static int dev_matmul(void *ctx, float *y, const float *x, const void *p, int n, bool exact)
+{
+	struct moe_gpu *g = ctx;
+	const struct dev_mat *w = p;
+	size_t need = (size_t)n * w->cols * sizeof(uint16_t);
+	int rc;
+
+	(void)exact;
+	if (need > g->xb_cap) {
+		if ((rc = kn_cuda_sync(g->compute)) < 0)
+			return dev_rc(g, rc);
+		kn_cuda_free(g->compute, g->xb);
+		g->xb = NULL;
+		g->xb_cap = 0;
+		if ((rc = kn_cuda_alloc(g->compute, need, (void **)&g->xb)) < 0)
+			return dev_rc(g, rc);
+		g->xb_cap = need;
+	}
+	if ((rc = kn_cuda_f32_to_bf16(g->compute, g->xb, x, (size_t)n * w->cols)) < 0)
+		return dev_rc(g, rc);
+	return dev_rc(g, kn_cuda_matmul_bf16(g->compute, y, g->xb, w->d, n, w->rows, w->cols));
+}
+
+static int dev_embed(void *ctx, float *out, const void *p, const int32_t *ids, int n)
+{
+	struct moe_gpu *g = ctx;
+	const struct dev_mat *w = p;
+	return dev_rc(g, kn_cuda_embed(g->compute, out, w->d, w->rows, w->cols, ids, n));
+}
+
+static int dev_rmsnorm(void *ctx, float *y, const float *x, const float *gw, int n, int dim,
+		       float eps)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_rmsnorm(g->compute, y, x, gw, n, dim, eps));
+}
+
+static int dev_rope(void *ctx, float *x, int n, int n_heads, int head_dim, const int32_t *pos,
+		    float theta)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_rope(g->compute, x, n, n_heads, head_dim, pos, theta));
+}
+
+static int dev_kv_write(void *ctx, float *kp, float *vp, const float *k, const float *v,
+			const int32_t *table, int max_blocks, const int32_t *seq,
+			const int32_t *pos, int n, int block_size, int kv_dim)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_kv_write(g->compute, kp, vp, k, v, table, max_blocks, seq, pos,
+					  n, block_size, kv_dim));
+}
+
+static int dev_attention(void *ctx, float *out, const float *q, const float *kp,
+			 const float *vp, const int32_t *table, int max_blocks,
+			 const int32_t *seq, int block_size, int n, const int32_t *pos,
+			 int n_heads, int n_kv_heads, int head_dim, int max_ctx)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_attention_rows(g->compute, out, q, kp, vp, table, max_blocks,
+						seq, block_size, n, pos, n_heads, n_kv_heads,
+						head_dim, max_ctx));
+}
+
+static int dev_add(void *ctx, float *y, const float *x, size_t n)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_add(g->compute, y, x, n));
+}
+
+static int dev_swiglu(void *ctx, float *out, const float *gate, const float *up, size_t n)
+{
+	struct moe_gpu *g = ctx;
+	return dev_rc(g, kn_cuda_swiglu(g->compute, out, gate, up, n));
+}
+
+static const struct kn_dev_ops dev_ops = {
+	.name = "cuda",
+	.alloc = dev_alloc,
+	.free = dev_free,
+	.upload = dev_upload,
+	.download = dev_download,
+	.copy = dev_copy,
+	.weight = dev_weight,
+	.weight_free = dev_weight_free,
+	.matmul = dev_matmul,
+	.embed = dev_embed,
+	.rmsnorm = dev_rmsnorm,
+	.rope = dev_rope,
+	.kv_write = dev_kv_write,
+	.attention = dev_attention,
+	.add = dev_add,
+	.swiglu = dev_swiglu,
+};
+
 static const struct moe_device_ops gpu_ops = {
 	.name = "cuda",
 	.load = gpu_load,
@@ -202,6 +382,7 @@ __attribute__((visibility("default"))) const struct moe_gpu_module *ferry_gpu_mo
 		.ops = &gpu_ops,
 		.pin = gpu_pin,
 		.unpin = gpu_unpin,
+		.engine_ops = &dev_ops,
 	};
 	return &m;
 }

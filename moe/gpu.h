@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * gpu.h - a worker's experts on an NVIDIA GPU: the moe_device_ops (moe.h) that a slot table
- * calls, over kernels/cuda. Built only with CUDA (-Dcuda) as a module, libferry-gpu.so, that
+ * calls, over kernels/cuda; and the coordinator's engine ops (kernels/kn_dev.h) there. Built only with CUDA (-Dcuda) as a module, libferry-gpu.so, that
  * ferry-worker loads when [compute] device names a GPU: the daemons link no CUDA library,
  * so one build runs on hosts with and without the CUDA runtime.
  */
@@ -9,6 +9,7 @@
 #define FERRY_MOE_GPU_H
 
 #include "common/common.h"
+#include "kernels/kn_dev.h"
 #include "moe/moe.h"
 
 struct moe_gpu;
@@ -34,9 +35,12 @@ struct moe_gpu_module {
 	 * back a pin() that succeeded, before the memory goes and before close(). */
 	int (*pin)(struct moe_gpu *g, void *p, size_t bytes, struct fr_error *err);
 	void (*unpin)(struct moe_gpu *g, void *p);
+	/* The coordinator's engine on this device ([engine] device = cuda:N): the ops of
+	 * kernels/kn_dev.h with the struct moe_gpu as their ctx, on its compute stream. */
+	const struct kn_dev_ops *engine_ops;
 };
 
-#define MOE_GPU_ABI 2
+#define MOE_GPU_ABI 3
 #define MOE_GPU_MODULE_NAME "libferry-gpu.so"
 
 /* The module's entry point, in libferry-gpu.so. */

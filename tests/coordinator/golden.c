@@ -17,10 +17,15 @@
  * With FERRY_ENGINE_DEVICE=twin the engine runs its device path (engine_dev.c) on the CPU
  * twin of a device (kernels/kn_dev.h): the same bars, the same kernels, the residual stream,
  * the KV cache and the lm_head in "device" memory, the routed experts through the seam.
+ * With FERRY_ENGINE_DEVICE=cuda:N the same path runs on that GPU through the GPU module
+ * (FERRY_GPU_MODULE), whose products take bf16 activations: the fast bar then applies to
+ * every set (weights and activations rounded to bf16 whatever the checkpoint's dtype).
+ * Without a CUDA device that exits 77 saying why.
  *
  * Usage: golden [SET ...]   (default: every set under $FERRY_GOLDEN)
  */
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +34,7 @@
 #include <unistd.h>
 
 #include "coordinator/coordinator.h"
+#include "moe/gpu.h"
 
 #define TOL 3e-5f
 #define TOL_FAST 2e-2f
@@ -41,6 +47,8 @@ static long rows_total, rows_over; /* fast: positions compared, and beyond TOL_F
 static float worst_all;
 static bool bf16_set; /* the set's weights are BF16: the only ones fast mode changes */
 static bool twin;     /* FERRY_ENGINE_DEVICE=twin: the engine's device path on the CPU twin */
+static const struct moe_gpu_module *gpu_mod; /* FERRY_ENGINE_DEVICE=cuda:N: the module */
+static struct moe_gpu *gpu;                  /* ... and the device */
 
 /* The reference row's top-1 minus top-2. */
 static float top_gap(const float *f, int vocab)
@@ -120,8 +128,8 @@ static float compare(const char *what, const float *got, const float *ref, size_
 				row_worst = isnan(d) ? INFINITY : FR_MAX(row_worst, d);
 		}
 		worst = FR_MAX(worst, row_worst);
-		rows_total += bf16_set;
-		rows_over += bf16_set && !(row_worst <= TOL_FAST);
+		rows_total += bf16_set || gpu;
+		rows_over += (bf16_set || gpu) && !(row_worst <= TOL_FAST);
 		if (held(f, vocab))
 			CHECK(co_argmax(g, vocab) == co_argmax(f, vocab), "%s row %zu: argmax %d, "
 			      "ref %d", what, r, co_argmax(g, vocab), co_argmax(f, vocab));
@@ -153,7 +161,10 @@ static void run_set(const char *dir, int workers, int mbs)
 	bf16_set = c->torch_dtype == KN_DTYPE_BF16;
 	struct co_engine_opts eo = { .max_seqs = 2, .max_ctx = 256, .max_batch = 64,
 				      .micro_batches = mbs };
-	if (twin) {
+	if (gpu) {
+		eo.dev_ops = gpu_mod->engine_ops;
+		eo.dev_ctx = gpu;
+	} else if (twin) {
 		eo.dev_ops = &kn_dev_twin_ops;
 		eo.dev_ctx = dev = kn_dev_twin_create(eo.max_ctx);
 		CHECK(dev != NULL, "kn_dev_twin_create");
@@ -280,13 +291,29 @@ int main(int argc, char **argv)
 
 	fast = kn_fast_active();
 	const char *devname = getenv("FERRY_ENGINE_DEVICE");
-	if (devname && strcmp(devname, "twin") && strcmp(devname, "cpu")) {
-		fprintf(stderr, "FERRY_ENGINE_DEVICE=%s: only twin or cpu here\n", devname);
+	int64_t cuda = -1;
+	if (devname && strcmp(devname, "twin") && strcmp(devname, "cpu") &&
+	    (strncmp(devname, "cuda:", 5) || fr_parse_i64(devname + 5, 0, 1023, &cuda) < 0)) {
+		fprintf(stderr, "FERRY_ENGINE_DEVICE=%s: not cpu, twin or cuda:N\n", devname);
 		return 1;
 	}
 	twin = devname && !strcmp(devname, "twin");
+	if (cuda >= 0) {
+		struct fr_error err = { { 0 } };
+		int rc = moe_gpu_module_load(&gpu_mod, &err);
+		if (rc == 0 && (rc = gpu_mod->open((int)cuda, &gpu, &err)) == -ENODEV) {
+			printf("SKIP: %s\n", err.msg);
+			return 77;
+		}
+		if (rc < 0) {
+			fprintf(stderr, "FAIL FERRY_ENGINE_DEVICE=%s: %s\n", devname, err.msg);
+			return 1;
+		}
+		fast = true; /* bf16 activations */
+	}
 	printf("isa=%s threads=%d precision=%s engine=%s\n", kn_ops()->name, kn_threads(),
-	       fast ? "fast" : "exact", twin ? "device path on the CPU twin" : "cpu");
+	       fast ? "fast" : "exact",
+	       gpu ? gpu_mod->describe(gpu) : twin ? "device path on the CPU twin" : "cpu");
 	if (argc > 1) {
 		for (int i = 1; i < argc; i++, n_sets++) {
 			run_set(argv[i], 1, 1);
@@ -330,5 +357,7 @@ int main(int argc, char **argv)
 		      "than 10%%", rows_over, rows_total, TOL_FAST);
 	}
 	printf("%d set(s), %d failure(s)\n", n_sets, failures);
+	if (gpu)
+		gpu_mod->close(gpu);
 	return failures ? 1 : 0;
 }

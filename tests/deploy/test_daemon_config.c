@@ -236,7 +236,7 @@ static void test_co_load(const char *dir)
 	      c.cluster.heartbeat_interval_ms == 1000 && c.cluster.max_skew_ms == 30000);
 	CHECK(c.placement.load_profile == NULL && c.placement.min_distinct == 0);
 	CHECK(c.engine.micro_batches == 2 && c.engine.max_batch == 256 && c.engine.max_seqs == 0 &&
-	      c.engine.max_ctx == 0 && c.engine.threads == 0);
+	      c.engine.max_ctx == 0 && c.engine.threads == 0 && !strcmp(c.engine.device, "cpu"));
 	CHECK(!strcmp(c.transport.tp.bind_addr, "127.0.0.1") && c.transport.tp.device == NULL &&
 	      c.transport.tp.port == 0 && c.transport.tp.gid_index == -1 && c.transport.tp.mtu == 0);
 	CHECK(c.transport.expert_timeout_ms == 30000 && c.transport.tp.peer_timeout_ms == 5000);
@@ -269,6 +269,20 @@ static void test_co_load(const char *dir)
 		char *o6[] = { "engine.micro_batches=8", "engine.max_batch=4" };
 		t_expect_err("co max_batch", co_config_load(good, o6, 2, &c, &err), -EINVAL, &err,
 			     "[engine] max_batch: 4 is less than [engine] micro_batches (8)", NULL);
+		/* [engine] device: cpu (default), twin or cuda:N */
+		int dev = 7;
+		CHECK(co_config_engine_device(NULL, &dev, &err) == 0 && dev == KN_DEV_NONE);
+		CHECK(co_config_engine_device("twin", &dev, &err) == 0 && dev == KN_DEV_TWIN);
+		CHECK(co_config_engine_device("cuda:2", &dev, &err) == 0 && dev == 2);
+		static const char *const bad_edev[] = { "engine.device=gpu", "engine.device=cuda:",
+							"engine.device=cuda:-1",
+							"engine.device=Twin",
+							"engine.device=cuda:1024" };
+		for (size_t i = 0; i < FR_ARRAY_SIZE(bad_edev); i++) {
+			char *o[] = { (char *)bad_edev[i] };
+			t_expect_err("co engine device", co_config_load(good, o, 1, &c, &err), -EINVAL,
+				     &err, "[engine] device: '", "' is not cpu, cuda:N");
+		}
 		char *o7[] = { "cluster.workers=0" };
 		t_expect_err("co bad override", co_config_load(good, o7, 1, &c, &err), -EINVAL, &err,
 			     "override \"cluster.workers=0\": [cluster] workers: \"0\" is out of "

@@ -9,7 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
 out=$build/gpu-bundle
-bins="tests/gpu/test_cuda_ops tests/gpu/test_moe_plan tests/gpu/test_moe_gpu tests/gpu/test_gpu_module bench/gpu"
+bins="tests/gpu/test_cuda_ops tests/gpu/test_moe_plan tests/gpu/test_moe_gpu tests/gpu/test_gpu_module bench/gpu tests/coordinator/test_golden"
+golden=${FERRY_GOLDEN:-../shared/golden}
+if [ ! -d "$golden" ]; then
+  echo "bundle: no golden sets at $golden (set FERRY_GOLDEN)" >&2
+  exit 1
+fi
 for f in $bins moe/libferry-gpu.so; do
   if [ ! -e "$build/$f" ]; then
     echo "bundle: $build/$f is missing: configure with -Dcuda=enabled and run ninja -C $build" >&2
@@ -21,6 +26,7 @@ mkdir -p "$out/bin" "$out/lib"
 for f in $bins; do cp "$build/$f" "$out/bin/"; done
 cp "$build/moe/libferry-gpu.so" "$out/lib/"
 cp tests/gpu/moe_torch.py "$out/"
+cp -r "$golden" "$out/golden" # the coordinator's engine on the GPU against the references
 # the shared libraries they link, but for the C runtime and CUDA's (the GPU machine has its
 # own, matching its driver)
 for f in $bins moe/libferry-gpu.so; do ldd "$build/$f"; done | awk '$3 ~ /^\// { print $1, $3 }' |

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU suite on a machine with an NVIDIA GPU, in one call that fits a short lease:
-# the CPU twin of the layout, every CUDA op against its CPU reference, bench/gpu, and the
-# same expert layer in PyTorch (tests/gpu/moe_torch.py) for the ratio. Prints a short table
+# the CPU twin of the layout, every CUDA op against its CPU reference, a worker's slot table
+# on the GPU, the coordinator's engine on the GPU against the golden references, bench/gpu,
+# and the same expert layer in PyTorch (tests/gpu/moe_torch.py) for the ratio. Prints a short table
 # last; full logs go to $OUT (or ./gpu-out) when set.
 #   tests/gpu/run-on-device.sh [BUNDLE]   (default build/gpu-bundle, made by bundle.sh)
 set -uo pipefail
@@ -44,6 +45,8 @@ step moe_plan "$bundle/bin/test_moe_plan"
 step gpu_module "$bundle/bin/test_gpu_module"
 step cuda_ops timeout 300 "$bundle/bin/test_cuda_ops"
 step moe_gpu timeout 300 "$bundle/bin/test_moe_gpu"
+step golden_gpu env FERRY_GOLDEN="$bundle/golden" FERRY_ENGINE_DEVICE=cuda:0 \
+  timeout 300 "$bundle/bin/test_golden"
 step bench_gpu timeout 300 "$bundle/bin/gpu" --reps 20
 if [ -n "$py" ]; then
   step moe_torch timeout 300 "$py" "$bundle/moe_torch.py"
@@ -51,6 +54,7 @@ fi
 echo "== $(cat "$out/gpu.txt")"
 cat "$out/summary.txt"
 grep -hE "^(FAIL|ok)" "$out/cuda_ops.log" "$out/moe_gpu.log" "$out/gpu_module.log" | tail -50
+grep -hE "max abs diff|^fast:|set\(s\)|FAIL" "$out/golden_gpu.log" | tail -12
 cat "$out/bench_gpu.log"
 [ -f "$out/moe_torch.log" ] && tail -5 "$out/moe_torch.log"
 # ours / PyTorch per token count
