@@ -117,6 +117,12 @@ void co_engine_reset_seq(struct co_engine *e, int seq);
 int co_engine_block_size(const struct co_engine *e);
 int co_engine_kv_blocks(const struct co_engine *e);
 int co_engine_free_blocks(const struct co_engine *e);
+/* On a device: the host memory its copies go through every step (the tokens to dispatch
+ * and the router's logits coming down, the experts' partials going up), for the caller to
+ * pin (moe_gpu_module.pin). Fills up to max regions, returns how many there are (0 on the
+ * CPU). */
+#define CO_ENGINE_HOST_REGIONS 3
+int co_engine_host_regions(const struct co_engine *e, struct moe_host_region *v, int max);
 int co_engine_blocks_needed(const struct co_engine *e, int seq, int new_len);
 
 const struct model_config *co_engine_config(const struct co_engine *e);

@@ -252,6 +252,21 @@ int co_engine_free_blocks(const struct co_engine *e)
 	return e->n_free;
 }
 
+int co_engine_host_regions(const struct co_engine *e, struct moe_host_region *v, int max)
+{
+	size_t B = (size_t)e->o.max_batch, hs = (size_t)e->c->hidden_size * sizeof(float);
+	const struct moe_host_region all[CO_ENGINE_HOST_REGIONS] = {
+		{ e->xn, B * hs, "tokens to dispatch" },
+		{ e->tmp, B * hs, "experts' partials" },
+		{ e->rl, B * e->max_k * sizeof(float), "router logits" },
+	};
+	if (!e->dev)
+		return 0;
+	for (int i = 0; i < max && i < CO_ENGINE_HOST_REGIONS; i++)
+		v[i] = all[i];
+	return CO_ENGINE_HOST_REGIONS;
+}
+
 static int blocks_for(const struct co_engine *e, int len)
 {
 	return (int)(((int64_t)len + e->block_size - 1) / e->block_size);

@@ -170,6 +170,8 @@ struct co_server {
 	const struct moe_gpu_module *gpu_mod;
 	struct moe_gpu *gpu;
 	void *twin;
+	void *pinned[CO_ENGINE_HOST_REGIONS]; /* the engine's host regions pinned for gpu */
+	int n_pinned;
 	struct co_sched *sched;
 	struct model_tokenizer *tok;   /* NULL without tokenizer.json */
 	struct moe moe;

@@ -148,6 +148,8 @@ static void run_set(const char *dir, int workers, int mbs)
 	struct moe moe = { 0 };
 	struct co_engine *e = NULL;
 	void *dev = NULL; /* the twin's context */
+	struct moe_host_region hr[CO_ENGINE_HOST_REGIONS + 1];
+	int n_hr = 0;
 	char path[4096];
 	float worst = 0.0f;
 
@@ -173,6 +175,17 @@ static void run_set(const char *dir, int workers, int mbs)
 		CHECK(0, "%s: %s", dir, err.msg);
 		goto out;
 	}
+	/* the host memory of the device path's copies: none on the CPU; on a GPU pinned as
+	 * ferry-coordinator pins it */
+	n_hr = co_engine_host_regions(e, hr, CO_ENGINE_HOST_REGIONS + 1);
+	size_t rows = (size_t)eo.max_batch * c->hidden_size * sizeof(float);
+	CHECK(twin || gpu ? n_hr == CO_ENGINE_HOST_REGIONS && hr[0].bytes == rows &&
+				    hr[1].bytes == rows && hr[0].p != hr[1].p
+			  : n_hr == 0,
+	      "%s: co_engine_host_regions gave %d", dir, n_hr);
+	for (int i = 0; gpu && i < n_hr; i++)
+		CHECK(gpu_mod->pin(gpu, hr[i].p, hr[i].bytes, &err) == 0, "pin %s: %s", hr[i].what,
+		      err.msg);
 
 	for (int k = 0;; k++) {
 		int32_t *ids, *seq, *pos;
@@ -277,6 +290,8 @@ static void run_set(const char *dir, int workers, int mbs)
 	printf("%s: %d worker(s), %d micro-batch(es), max abs diff %.3g (bar %.0e)\n", dir, workers,
 	       mbs, worst, fast ? 1.0f : TOL);
 out:
+	for (int i = 0; gpu && e && i < n_hr; i++)
+		gpu_mod->unpin(gpu, hr[i].p);
 	co_engine_destroy(e);
 	kn_dev_twin_destroy(dev);
 	moe_destroy(&moe);
