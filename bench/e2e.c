@@ -17,6 +17,7 @@
  * Usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]
  *            [--all-logits]
  */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -25,7 +26,9 @@
 #include <sys/resource.h>
 
 #include "bench/peak.h"
+#include "coordinator/config.h"
 #include "coordinator/coordinator.h"
+#include "moe/gpu.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -157,9 +160,10 @@ int main(int argc, char **argv)
 		{ "model", required_argument, NULL, 'm' }, { "prompt", required_argument, NULL, 'p' },
 		{ "gen", required_argument, NULL, 'g' },   { "batch", required_argument, NULL, 'b' },
 		{ "threads", required_argument, NULL, 't' }, { "reps", required_argument, NULL, 'r' },
-		{ "all-logits", no_argument, NULL, 'a' },    { NULL, 0, NULL, 0 },
+		{ "all-logits", no_argument, NULL, 'a' },    { "device", required_argument, NULL, 'd' },
+		{ NULL, 0, NULL, 0 },
 	};
-	const char *model = NULL;
+	const char *model = NULL, *device = "cpu";
 	int n_prompt = 256, n_gen = 16, batch = 1, reps = 3, c;
 	bool all_logits = false;
 	struct fr_error err = { { 0 } };
@@ -173,13 +177,19 @@ int main(int argc, char **argv)
 		case 't': kn_set_threads(atoi(optarg)); break;
 		case 'r': reps = atoi(optarg); break;
 		case 'a': all_logits = true; break;
+		case 'd': device = optarg; break;
 		default:
-			fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R] [--all-logits]\n");
+			fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R] [--all-logits] [--device cpu|twin|cuda:N]\n");
 			return 2;
 		}
 	}
 	if (!model || n_prompt < 1 || n_gen < 1 || batch < 1 || reps < 1) {
-		fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R] [--all-logits]\n");
+		fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R] [--all-logits] [--device cpu|twin|cuda:N]\n");
+		return 2;
+	}
+	int dev_no;
+	if (co_config_engine_device(device, &dev_no, &err) < 0) {
+		fprintf(stderr, "e2e: --device: %s\n", err.msg);
 		return 2;
 	}
 
@@ -195,6 +205,28 @@ int main(int argc, char **argv)
 	const struct model_config *cfg = model_ckpt_config(ck);
 	int ctx = n_prompt + n_gen + 1;
 	struct co_engine_opts eo = { .max_seqs = batch, .max_ctx = ctx, .max_batch = FR_MAX(n_prompt, batch) };
+	const struct moe_gpu_module *gpu_mod = NULL;
+	struct moe_gpu *gpu = NULL;
+	void *twin = NULL;
+	char where[320] = "the CPU";
+	if (dev_no == KN_DEV_TWIN) {
+		eo.dev_ops = &kn_dev_twin_ops;
+		eo.dev_ctx = twin = kn_dev_twin_create(ctx);
+		snprintf(where, sizeof(where), "the CPU twin of a device");
+	} else if (dev_no >= 0) {
+		int rc = moe_gpu_module_load(&gpu_mod, &err);
+		if (rc == 0 && (rc = gpu_mod->open(dev_no, &gpu, &err)) == -ENODEV) {
+			printf("e2e: %s\n", err.msg);
+			return 77;
+		}
+		if (rc < 0) {
+			fprintf(stderr, "e2e: --device %s: %s\n", device, err.msg);
+			return 1;
+		}
+		eo.dev_ops = gpu_mod->engine_ops;
+		eo.dev_ctx = gpu;
+		snprintf(where, sizeof(where), "%s", gpu_mod->describe(gpu));
+	}
 	if (co_engine_create(w, moe, &eo, &e, &err) < 0) {
 		fprintf(stderr, "e2e: %s\n", err.msg);
 		return 1;
@@ -293,6 +325,9 @@ int main(int argc, char **argv)
 	       cfg->n_routed_experts, cfg->num_experts_per_tok, kn_dtype_name(w->embed.dtype),
 	       kn_ops()->name, kn_threads(), prec, batch,
 	       all_logits ? " all-logits" : "");
+	printf("engine (embeddings, attention, routers, shared experts, lm_head) on %s; routed "
+	       "experts on the CPU%s\n", where, dev_no != KN_DEV_NONE ?
+	       "; the ceilings below are the CPU's" : "");
 	printf("%-34s %12s\n", "metric", "value");
 	printf("%-34s %12.1f\n", "prefill tokens/s (median)", n_prompt / pre);
 	printf("%-34s %12.2f\n", "decode tokens/s (median)", dec_tps);
@@ -330,6 +365,9 @@ int main(int argc, char **argv)
 	uint64_t sum = 0, sum_pre = 0;
 	for (int i = 0; i < CO_PROF__COUNT; i++)
 		sum += prof_total[i], sum_pre += prof_pre[i];
+	/* what the coordinator itself spends per step (compare --device runs by this line) */
+	printf("%-34s %12.3f\n", "coordinator ms per decode step",
+	       (double)(sum - prof_total[CO_PROF_EXPERTS]) / 1e6 / steps);
 	printf("\ntime per kernel: share of the pass, ms per pass, the kernel's own ceiling (ms) "
 	       "and ceiling / measured\n");
 	printf("  %-16s %8s %9s %9s %6s %8s %9s %9s %6s\n", "", "prefill", "ms", "ceil ms",
@@ -348,6 +386,9 @@ int main(int argc, char **argv)
 	}
 
 	co_engine_destroy(e);
+	if (gpu)
+		gpu_mod->close(gpu);
+	kn_dev_twin_destroy(twin);
 	moe_destroy(&moe);
 	model_weights_free(w);
 	model_ckpt_close(ck);

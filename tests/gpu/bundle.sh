@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 build=${1:-build}
 out=$build/gpu-bundle
-bins="tests/gpu/test_cuda_ops tests/gpu/test_moe_plan tests/gpu/test_moe_gpu tests/gpu/test_gpu_module bench/gpu tests/coordinator/test_golden"
+bins="tests/gpu/test_cuda_ops tests/gpu/test_moe_plan tests/gpu/test_moe_gpu tests/gpu/test_gpu_module bench/gpu tests/coordinator/test_golden bench/e2e ctl/ferryctl"
 golden=${FERRY_GOLDEN:-../shared/golden}
 if [ ! -d "$golden" ]; then
   echo "bundle: no golden sets at $golden (set FERRY_GOLDEN)" >&2

@@ -47,6 +47,16 @@ step cuda_ops timeout 300 "$bundle/bin/test_cuda_ops"
 step moe_gpu timeout 300 "$bundle/bin/test_moe_gpu"
 step golden_gpu env FERRY_GOLDEN="$bundle/golden" FERRY_ENGINE_DEVICE=cuda:0 \
   timeout 300 "$bundle/bin/test_golden"
+# the coordinator's decode step on the 16b shape (2 layers), CPU and GPU, batch 1 and 32
+m16=${TMPDIR:-/tmp}/ferry-m16
+step model_16b timeout 120 "$bundle/bin/ferryctl" model gen --preset 16b --layers 2 -q "$m16"
+for b in 1 32; do
+  step e2e_cpu_b$b timeout 150 "$bundle/bin/e2e" --model "$m16" --batch $b --prompt 64 \
+    --gen 16 --reps 3
+  step e2e_gpu_b$b timeout 150 "$bundle/bin/e2e" --model "$m16" --batch $b --prompt 64 \
+    --gen 16 --reps 3 --device cuda:0
+done
+rm -rf "$m16"
 step bench_gpu timeout 300 "$bundle/bin/gpu" --reps 20
 if [ -n "$py" ]; then
   step moe_torch timeout 300 "$py" "$bundle/moe_torch.py"
@@ -57,6 +67,13 @@ grep -hE "^(FAIL|ok)" "$out/cuda_ops.log" "$out/moe_gpu.log" "$out/gpu_module.lo
 grep -hE "max abs diff|^fast:|set\(s\)|FAIL" "$out/golden_gpu.log" | tail -12
 cat "$out/bench_gpu.log"
 [ -f "$out/moe_torch.log" ] && tail -5 "$out/moe_torch.log"
+# coordinator ms per decode step (all but the routed experts, which stay on the CPU here)
+for b in 1 32; do
+  c=$(awk '/^coordinator ms per decode step/ { print $6 }' "$out/e2e_cpu_b$b.log" 2>/dev/null)
+  g=$(awk '/^coordinator ms per decode step/ { print $6 }' "$out/e2e_gpu_b$b.log" 2>/dev/null)
+  [ -n "$c" ] && [ -n "$g" ] && awk -v b=$b -v c="$c" -v g="$g" \
+    'BEGIN { printf "coordinator decode step, batch %d: CPU %s ms, GPU %s ms, CPU/GPU %.2f\n", b, c, g, c / g }'
+done
 # ours / PyTorch per token count
 if [ -f "$out/moe_torch.log" ]; then
   for n in 1 32 256; do
