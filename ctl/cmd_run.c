@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "coordinator/config.h"
 #include "coordinator/coordinator.h"
 #include "ctl/ctl.h"
+#include "moe/gpu.h"
 #ifdef FERRY_HAVE_GRPC
 #include "ctl/serve-internal.h"
 #include "rpc/inference.pb-c.h"
@@ -28,6 +30,7 @@ struct run_opts {
 	int workers;
 	int threads;
 	int precision;               /* enum kn_precision; -1: unset */
+	int device;                  /* --device: KN_DEV_NONE, KN_DEV_TWIN or cuda:N */
 	bool stop_at_eos;
 	bool stats;
 	struct co_route_knobs knobs;
@@ -58,6 +61,9 @@ static const char run_usage[] =
 	"      --threads N          kernel threads (default: all CPUs; not with --cluster)\n"
 	"      --precision P        exact (default) or fast: bf16 dot products for bf16\n"
 	"                           weights, see [engine] precision (not with --cluster)\n"
+	"      --device D           where the engine runs: cpu (default), cuda:N (the GPU\n"
+	"                           module, bf16 activations) or twin (the device path on\n"
+	"                           the CPU), see [engine] device (not with --cluster)\n"
 	"      --stats              print timing and throughput on stderr; with --model also\n"
 	"                           the routed tokens per expert of every MoE layer\n"
 	CTL_TLS_USAGE("      ")
@@ -66,7 +72,7 @@ static const char run_usage[] =
 
 enum {
 	OPT_TEMP = 256, OPT_TOPP, OPT_SEED, OPT_EOS, OPT_TOPK, OPT_MASK, OPT_NOSHARED,
-	OPT_WORKERS, OPT_THREADS, OPT_STATS, OPT_PRECISION,
+	OPT_WORKERS, OPT_THREADS, OPT_STATS, OPT_PRECISION, OPT_DEVICE,
 };
 
 static const struct option run_longopts[] = {
@@ -85,6 +91,7 @@ static const struct option run_longopts[] = {
 	{ "workers", required_argument, NULL, OPT_WORKERS },
 	{ "threads", required_argument, NULL, OPT_THREADS },
 	{ "precision", required_argument, NULL, OPT_PRECISION },
+	{ "device", required_argument, NULL, OPT_DEVICE },
 	{ "stats", no_argument, NULL, OPT_STATS },
 	CTL_TLS_LONGOPTS,
 	{ "help", no_argument, NULL, 'h' },
@@ -103,6 +110,7 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 	o->top_p = 1.0f;
 	o->workers = 1;
 	o->precision = -1;
+	o->device = KN_DEV_NONE;
 	ctl_getopt_reset();
 	while ((c = getopt_long(argc, argv, ":m:c:t:n:d:h", run_longopts, NULL)) != -1) {
 		switch (c) {
@@ -171,6 +179,13 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 			if (ctl_arg_precision(optarg, &o->precision, err) < 0)
 				return -EINVAL;
 			break;
+		case OPT_DEVICE:
+			if (co_config_engine_device(optarg, &o->device, err) < 0) {
+				/* the config's message, in the CLI's terms */
+				return fr_error_set(err, -EINVAL, "--device: '%s' is not cpu, cuda:N "
+						    "(N in [0, 1023]) or twin", optarg);
+			}
+			break;
 		case CTL_OPT_TLS_CA: case CTL_OPT_TLS_CERT: case CTL_OPT_TLS_KEY:
 			ctl_tls_opt(&o->tls, c, optarg);
 			break;
@@ -186,9 +201,10 @@ static int run_parse(int argc, char **argv, struct run_opts *o, struct fr_error 
 		return fr_error_set(err, -EINVAL, "unexpected argument '%s'", argv[optind]);
 	if (!o->model == !o->cluster)
 		return fr_error_set(err, -EINVAL, "give exactly one of --model DIR and --cluster ADDR");
-	if (o->cluster && (o->workers != 1 || o->threads || o->precision >= 0))
-		return fr_error_set(err, -EINVAL, "--workers, --threads and --precision apply to "
-				    "--model only (the cluster's configuration decides)");
+	if (o->cluster && (o->workers != 1 || o->threads || o->precision >= 0 ||
+			   o->device != KN_DEV_NONE))
+		return fr_error_set(err, -EINVAL, "--workers, --threads, --precision and --device "
+				    "apply to --model only (the cluster's configuration decides)");
 	if (!o->tokens)
 		return fr_error_set(err, -EINVAL, "--tokens is required");
 	if (o->model && ctl_tls_given(&o->tls))
@@ -269,6 +285,9 @@ static int run_exec(const struct run_opts *o)
 	size_t n_prompt;
 	int rc, ret = CTL_EXIT_FAIL;
 	uint64_t t0, t1, t2;
+	const struct moe_gpu_module *gpu_mod = NULL;
+	struct moe_gpu *gpu = NULL;
+	void *twin = NULL;
 
 	if (o->threads)
 		kn_set_threads(o->threads);
@@ -316,6 +335,22 @@ static int run_exec(const struct run_opts *o)
 	}
 	struct co_engine_opts eo = { .max_seqs = 1, .max_ctx = (int)total,
 				     .max_batch = (int)FR_MIN(n_prompt, 512) };
+	if (o->device == KN_DEV_TWIN) {
+		if (!(twin = kn_dev_twin_create(eo.max_ctx))) {
+			fr_error_set(&err, -ENOMEM, "out of memory");
+			goto out;
+		}
+		eo.dev_ops = &kn_dev_twin_ops;
+		eo.dev_ctx = twin;
+	} else if (o->device >= 0) {
+		if ((rc = moe_gpu_module_load(&gpu_mod, &err)) < 0 ||
+		    (rc = gpu_mod->open(o->device, &gpu, &err)) < 0) {
+			fr_error_prefix(&err, rc, "--device cuda:%d", o->device);
+			goto out;
+		}
+		eo.dev_ops = gpu_mod->engine_ops;
+		eo.dev_ctx = gpu;
+	}
 	if ((rc = co_engine_create(w, engine_moe, &eo, &e, &err)) < 0)
 		goto out;
 
@@ -403,6 +438,9 @@ out:
 	if (ret != CTL_EXIT_OK)
 		fprintf(stderr, "ferryctl run: %s\n", err.msg[0] ? err.msg : "failed");
 	co_engine_destroy(e);
+	if (gpu)
+		gpu_mod->close(gpu);
+	kn_dev_twin_destroy(twin);
 	moe_destroy(&moe);
 	free(counted.count);
 	model_weights_free(w);

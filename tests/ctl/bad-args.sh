@@ -36,6 +36,9 @@ expect 2 "give exactly one of --model DIR and --cluster ADDR" run --model "$gold
 expect 2 "apply to --model only" run --cluster 127.0.0.1:1 --tokens 1 --workers 2
 expect 2 "--precision 'half': expected exact or fast" run --model "$golden" --tokens 1 --precision half
 expect 2 "apply to --model only" run --cluster 127.0.0.1:1 --tokens 1 --precision fast
+expect 2 "--device: 'gpu' is not cpu, cuda:N" run --model "$golden" --tokens 1 --device gpu
+expect 2 "--device: 'cuda:x' is not cpu" run --model "$golden" --tokens 1 --device cuda:x
+expect 2 "apply to --model only" run --cluster 127.0.0.1:1 --tokens 1 --device twin
 if "$ferryctl" --help | grep -q '^  up '; then
   expect 2 "--model DIR is required" up
   expect 2 "--workers: '0' is not an integer" up --model "$golden" --workers 0

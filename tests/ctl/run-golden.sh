@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `ferryctl run` end to end on the golden sets: --dump-logits of every prompt position and
-# of the greedy steps against the references, and the printed greedy tokens.
+# of the greedy steps against the references, and the printed greedy tokens; the greedy runs
+# also with the engine's device path on the CPU twin (--device twin).
 set -euo pipefail
 ferryctl=$1 cmp=$2
 tmp=$(mktemp -d)
@@ -19,17 +20,19 @@ for set in "$FERRY_GOLDEN"/*/; do
   prompt=$(cat "$set/ref_greedy_prompt.txt")
   np=$(wc -w < "$set/ref_greedy_prompt.txt")
   ng=$(wc -w < "$set/ref_greedy_tokens.txt")
+  for dev in cpu twin; do
   for workers in 1 2; do
     out=$("$ferryctl" run --model "$set" --tokens "$prompt" --max-new "$ng" --workers $workers \
-      --dump-logits "$tmp/g.f32")
+      --device $dev --dump-logits "$tmp/g.f32")
     if [ "$out" != "$(cat "$set/ref_greedy_tokens.txt")" ]; then
-      echo "$(basename "$set") greedy ($workers workers): got '$out'" >&2
+      echo "$(basename "$set") greedy ($workers workers, $dev): got '$out'" >&2
       echo "                       want '$(cat "$set/ref_greedy_tokens.txt")'" >&2
       exit 1
     fi
-    echo -n "$(basename "$set") greedy ($workers workers): "
+    echo -n "$(basename "$set") greedy ($workers workers, $dev): "
     "$cmp" "$tmp/g.f32" "$set/ref_greedy_logits.f32" "$vocab" 3e-5 $((np - 1))
     n=$((n + 1))
+  done
   done
 done
 [ "$n" -gt 0 ] || { echo "no golden sets under $FERRY_GOLDEN" >&2; exit 1; }
