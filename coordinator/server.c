@@ -392,29 +392,6 @@ static int engine_device(struct co_server *s, struct co_engine_opts *eo, struct 
 	return 0;
 }
 
-/* The engine's per-step host copies from and to the GPU go by DMA where the driver pins
- * their memory; the log says which regions, or why one goes through staging. */
-static void pin_engine(struct co_server *s)
-{
-	struct moe_host_region v[CO_ENGINE_HOST_REGIONS];
-	int n = co_engine_host_regions(s->engine, v, CO_ENGINE_HOST_REGIONS);
-	size_t pinned = 0;
-
-	for (int i = 0; i < n; i++) {
-		struct fr_error err = { { 0 } };
-		if (s->gpu_mod->pin(s->gpu, v[i].p, v[i].bytes, &err) < 0) {
-			fr_warn(LOG_COMP, "engine: the %s (%zu KiB) go through host staging: cannot "
-				"pin them: %s", v[i].what, v[i].bytes >> 10, err.msg);
-			continue;
-		}
-		s->pinned[s->n_pinned++] = v[i].p;
-		pinned += v[i].bytes;
-	}
-	if (s->n_pinned)
-		fr_info(LOG_COMP, "engine: %d of %d host regions pinned for the device (%zu KiB): "
-			"the step's copies to and from it go by DMA", s->n_pinned, n, pinned >> 10);
-}
-
 static int add_methods(struct co_server *s, struct fr_error *err)
 {
 	struct rpc_server *internal = s->rpc_cluster ? s->rpc_cluster : s->rpc;
@@ -685,8 +662,12 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 	if ((rc = engine_device(s, &eo, err)) < 0 ||
 	    (rc = co_engine_create(s->w, s->moe, &eo, &s->engine, err)) < 0)
 		goto fail;
-	if (s->gpu)
-		pin_engine(s);
+	if (s->gpu) { /* the step's host copies from and to the GPU go by DMA */
+		struct moe_host_region v[CO_ENGINE_HOST_REGIONS];
+		int n = co_engine_host_regions(s->engine, v, CO_ENGINE_HOST_REGIONS);
+		s->n_pinned = moe_gpu_pin_regions(s->gpu_mod, s->gpu, v, n, s->pinned, LOG_COMP,
+						  "engine");
+	}
 	struct co_sched_opts so = {
 		.max_seqs = s->o.max_seqs, .max_batch = s->o.max_batch,
 		.prefill_chunk = s->o.prefill_chunk, .max_ctx = s->max_ctx,
@@ -1067,8 +1048,8 @@ void co_server_destroy(struct co_server *s)
 	rpc_server_destroy(s->rpc);
 	rpc_server_destroy(s->rpc_cluster);
 	co_sched_destroy(s->sched);
-	while (s->n_pinned > 0)
-		s->gpu_mod->unpin(s->gpu, s->pinned[--s->n_pinned]);
+	if (s->gpu)
+		moe_gpu_unpin_regions(s->gpu_mod, s->gpu, s->pinned, &s->n_pinned);
 	co_engine_destroy(s->engine);
 	if (s->gpu)
 		s->gpu_mod->close(s->gpu);

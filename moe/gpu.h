@@ -53,4 +53,13 @@ const struct moe_gpu_module *ferry_gpu_module(void);
  * err saying what was tried. */
 int moe_gpu_module_load(const struct moe_gpu_module **ret, struct fr_error *err);
 
+/* Pins v[0..n) for g with m->pin, logging (component comp, prefix who) each region that
+ * goes through host staging instead and a summary of those pinned; their addresses go into
+ * pinned[] (room for n). Returns how many. moe_gpu_unpin_regions() takes them back. */
+int moe_gpu_pin_regions(const struct moe_gpu_module *m, struct moe_gpu *g,
+			const struct moe_host_region *v, int n, void **pinned, const char *comp,
+			const char *who);
+void moe_gpu_unpin_regions(const struct moe_gpu_module *m, struct moe_gpu *g, void **pinned,
+			   int *n);
+
 #endif /* FERRY_MOE_GPU_H */

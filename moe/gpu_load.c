@@ -69,3 +69,33 @@ int moe_gpu_module_load(const struct moe_gpu_module **ret, struct fr_error *err)
 				    MOE_GPU_MODULE_NAME, tried);
 	return rc;
 }
+
+int moe_gpu_pin_regions(const struct moe_gpu_module *m, struct moe_gpu *g,
+			const struct moe_host_region *v, int n, void **pinned, const char *comp,
+			const char *who)
+{
+	size_t bytes = 0;
+	int k = 0;
+
+	for (int i = 0; i < n; i++) {
+		struct fr_error err = { { 0 } };
+		if (m->pin(g, v[i].p, v[i].bytes, &err) < 0) {
+			fr_warn(comp, "%s: the %s (%zu KiB) go through host staging: cannot pin them: "
+				"%s", who, v[i].what, v[i].bytes >> 10, err.msg);
+			continue;
+		}
+		pinned[k++] = v[i].p;
+		bytes += v[i].bytes;
+	}
+	if (k)
+		fr_info(comp, "%s: %d of %d host regions pinned for %s (%zu KiB): their copies to "
+			"and from the device go by DMA", who, k, n, m->describe(g), bytes >> 10);
+	return k;
+}
+
+void moe_gpu_unpin_regions(const struct moe_gpu_module *m, struct moe_gpu *g, void **pinned,
+			   int *n)
+{
+	while (*n > 0)
+		m->unpin(g, pinned[--*n]);
+}

@@ -48,7 +48,7 @@ struct wk_agent {
 	struct moe_server *srv;
 	const struct moe_gpu_module *gpu_mod; /* [compute] device = cuda:N: the module */
 	struct moe_gpu *gpu;                  /* ... and its device; NULL on the CPU */
-	void *pinned[MOE_SERVER_HOST_REGIONS]; /* host regions pinned for it (pin_frames) */
+	void *pinned[MOE_SERVER_HOST_REGIONS]; /* the server's host regions pinned for it */
 	int n_pinned;
 
 	uint32_t index;
@@ -72,38 +72,6 @@ struct wk_agent {
 	_Atomic(struct moe_server *) srv_pub;
 	atomic_uint_fast64_t m_slots, m_epoch, t_start_ns;
 };
-
-/* On a GPU: pins the host memory the frames' vectors go through on their way to and from
- * the device, so that those copies go by DMA; a region the driver will not pin goes through
- * the driver's staging instead, and the log says which. The frames themselves land in host
- * memory (the transport's receive ring): no GPUDirect RDMA into device memory yet. */
-static void pin_frames(struct wk_agent *a)
-{
-	struct moe_host_region v[MOE_SERVER_HOST_REGIONS];
-	int n = moe_server_host_regions(a->srv, v, MOE_SERVER_HOST_REGIONS);
-	size_t pinned = 0;
-
-	for (int i = 0; i < n; i++) {
-		struct fr_error err = { { 0 } };
-		if (a->gpu_mod->pin(a->gpu, v[i].p, v[i].bytes, &err) < 0) {
-			fr_warn(LOG_COMP, "%s: the %s (%zu KiB) goes through host staging: cannot "
-				"pin it: %s", a->name, v[i].what, v[i].bytes >> 10, err.msg);
-			continue;
-		}
-		a->pinned[a->n_pinned++] = v[i].p;
-		pinned += v[i].bytes;
-	}
-	if (a->n_pinned)
-		fr_info(LOG_COMP, "%s: frames land in host memory, %d of %d regions pinned for %s "
-			"(%zu KiB): their copies to and from the device go by DMA", a->name,
-			a->n_pinned, n, a->gpu_mod->describe(a->gpu), pinned >> 10);
-}
-
-static void unpin_frames(struct wk_agent *a)
-{
-	while (a->n_pinned > 0)
-		a->gpu_mod->unpin(a->gpu, a->pinned[--a->n_pinned]);
-}
 
 /* An empty slot table of our size, on our device. */
 static int slots_create(struct wk_agent *a, struct moe_slots **ret)
@@ -745,8 +713,13 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err)
 				      .epoch = (uint32_t)a->epoch };
 	if ((rc = moe_server_create(a->slots, a->tp, a->ep, a->recv, &so, &a->srv, err)) < 0)
 		goto out;
-	if (a->gpu)
-		pin_frames(a);
+	if (a->gpu) { /* the frames land in host memory (no GPUDirect RDMA yet): pinned, their
+		       * copies to and from the device go by DMA */
+		struct moe_host_region v[MOE_SERVER_HOST_REGIONS];
+		int n = moe_server_host_regions(a->srv, v, MOE_SERVER_HOST_REGIONS);
+		a->n_pinned = moe_gpu_pin_regions(a->gpu_mod, a->gpu, v, n, a->pinned, LOG_COMP,
+						  a->name);
+	}
 	atomic_store(&a->srv_pub, a->srv);
 	if ((rc = pthread_create(&a->ctl, NULL, ctl_main, a)) != 0) {
 		rc = fr_error_set(err, -rc, "cannot start the control thread");
@@ -851,8 +824,8 @@ void wk_agent_destroy(struct wk_agent *a)
 {
 	if (!a)
 		return;
-	if (a->gpu)
-		unpin_frames(a); /* before the memory and the device go */
+	if (a->gpu) /* before the memory and the device go */
+		moe_gpu_unpin_regions(a->gpu_mod, a->gpu, a->pinned, &a->n_pinned);
 	moe_server_destroy(a->srv);
 	if (a->assign)
 		protobuf_c_message_free_unpacked(&a->assign->base, NULL);
