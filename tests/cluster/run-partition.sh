@@ -57,7 +57,11 @@ chmod 600 "$tmp/secret" "$tmp/admin"
 : > "$tmp/empty.conf"
 export FERRY_ADMIN_TOKEN_FILE=$tmp/admin
 addr=10.78.0.1:7400
-common=(-c "$tmp/empty.conf" --secret-file "$tmp/secret" -t tcp -m "$golden")
+# A dead-peer timeout longer than the partition: the worker must hear it was fenced when the
+# link is back, not give its data plane up first (with the default 5 s it did whenever the
+# 32 clients took that long, as under a loaded CI).
+common=(-c "$tmp/empty.conf" --secret-file "$tmp/secret" -t tcp -m "$golden"
+  -s transport.peer_timeout=120s)
 ip netns exec "$ns_co" "$co_bin" "${common[@]}" -l "$addr" -w 3 -s transport.bind_addr=10.78.0.1 \
   -s transport.wire_dtype=f32 -s placement.min_distinct=2 -s placement.rebalance=off \
   -s engine.max_seqs=40 -s engine.threads=1 -s server.admin_token_file="$tmp/admin" \
