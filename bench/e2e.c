@@ -28,7 +28,7 @@
 #include "bench/peak.h"
 #include "coordinator/config.h"
 #include "coordinator/coordinator.h"
-#include "moe/gpu.h"
+#include "coordinator/engine_dev.h"
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -154,6 +154,9 @@ static double read_bw(size_t n, int reps)
 	return bw;
 }
 
+static const char usage[] = "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] "
+			    "[--threads N] [--reps R] [--all-logits] [--device cpu|twin|cuda:N]\n";
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -179,12 +182,12 @@ int main(int argc, char **argv)
 		case 'a': all_logits = true; break;
 		case 'd': device = optarg; break;
 		default:
-			fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R] [--all-logits] [--device cpu|twin|cuda:N]\n");
+			fputs(usage, stderr);
 			return 2;
 		}
 	}
 	if (!model || n_prompt < 1 || n_gen < 1 || batch < 1 || reps < 1) {
-		fprintf(stderr, "usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R] [--all-logits] [--device cpu|twin|cuda:N]\n");
+		fputs(usage, stderr);
 		return 2;
 	}
 	int dev_no;
@@ -205,28 +208,18 @@ int main(int argc, char **argv)
 	const struct model_config *cfg = model_ckpt_config(ck);
 	int ctx = n_prompt + n_gen + 1;
 	struct co_engine_opts eo = { .max_seqs = batch, .max_ctx = ctx, .max_batch = FR_MAX(n_prompt, batch) };
-	const struct moe_gpu_module *gpu_mod = NULL;
-	struct moe_gpu *gpu = NULL;
-	void *twin = NULL;
-	char where[320] = "the CPU";
-	if (dev_no == KN_DEV_TWIN) {
-		eo.dev_ops = &kn_dev_twin_ops;
-		eo.dev_ctx = twin = kn_dev_twin_create(ctx);
-		snprintf(where, sizeof(where), "the CPU twin of a device");
-	} else if (dev_no >= 0) {
-		int rc = moe_gpu_module_load(&gpu_mod, &err);
-		if (rc == 0 && (rc = gpu_mod->open(dev_no, &gpu, &err)) == -ENODEV) {
-			printf("e2e: %s\n", err.msg);
-			return 77;
-		}
-		if (rc < 0) {
-			fprintf(stderr, "e2e: --device %s: %s\n", device, err.msg);
-			return 1;
-		}
-		eo.dev_ops = gpu_mod->engine_ops;
-		eo.dev_ctx = gpu;
-		snprintf(where, sizeof(where), "%s", gpu_mod->describe(gpu));
+	struct co_device dev;
+	int rc = co_device_open(dev_no, ctx, &dev, &err);
+	if (rc == -ENODEV) {
+		printf("e2e: %s\n", err.msg);
+		return 77;
 	}
+	if (rc < 0) {
+		fprintf(stderr, "e2e: --device %s: %s\n", device, err.msg);
+		return 1;
+	}
+	eo.dev_ops = dev.ops;
+	eo.dev_ctx = dev.ctx;
 	if (co_engine_create(w, moe, &eo, &e, &err) < 0) {
 		fprintf(stderr, "e2e: %s\n", err.msg);
 		return 1;
@@ -326,7 +319,7 @@ int main(int argc, char **argv)
 	       kn_ops()->name, kn_threads(), prec, batch,
 	       all_logits ? " all-logits" : "");
 	printf("engine (embeddings, attention, routers, shared experts, lm_head) on %s; routed "
-	       "experts on the CPU%s\n", where, dev_no != KN_DEV_NONE ?
+	       "experts on the CPU%s\n", dev.where, dev_no != KN_DEV_NONE ?
 	       "; the ceilings below are the CPU's" : "");
 	printf("%-34s %12s\n", "metric", "value");
 	printf("%-34s %12.1f\n", "prefill tokens/s (median)", n_prompt / pre);
@@ -386,9 +379,7 @@ int main(int argc, char **argv)
 	}
 
 	co_engine_destroy(e);
-	if (gpu)
-		gpu_mod->close(gpu);
-	kn_dev_twin_destroy(twin);
+	co_device_close(&dev);
 	moe_destroy(&moe);
 	model_weights_free(w);
 	model_ckpt_close(ck);

@@ -6,12 +6,48 @@
  * takes the whole block.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "coordinator/engine_dev.h"
 
 #define LOGIT_ROWS 64 /* rows of logits per lm_head product */
+
+int co_device_open(int device, int max_ctx, struct co_device *ret, struct fr_error *err)
+{
+	struct co_device d = { .ops = NULL };
+	int rc;
+
+	snprintf(d.where, sizeof(d.where), "the CPU");
+	if (device == KN_DEV_TWIN) {
+		if (!(d.twin = kn_dev_twin_create(max_ctx)))
+			return fr_error_set(err, -ENOMEM, "the CPU twin of a device: out of memory");
+		d.ops = &kn_dev_twin_ops;
+		d.ctx = d.twin;
+		snprintf(d.where, sizeof(d.where), "the CPU twin of a device");
+	} else if (device >= 0) {
+		if ((rc = moe_gpu_module_load(&d.gpu_mod, err)) < 0 ||
+		    (rc = d.gpu_mod->open(device, &d.gpu, err)) < 0)
+			return rc;
+		d.ops = d.gpu_mod->engine_ops;
+		d.ctx = d.gpu;
+		snprintf(d.where, sizeof(d.where), "%s", d.gpu_mod->describe(d.gpu));
+	}
+	*ret = d;
+	return 0;
+}
+
+void co_device_close(struct co_device *d)
+{
+	if (d->gpu)
+		d->gpu_mod->close(d->gpu);
+	kn_dev_twin_destroy(d->twin);
+	d->gpu = NULL;
+	d->twin = NULL;
+	d->ops = NULL;
+	d->ctx = NULL;
+}
 
 struct dev_ffn {
 	void *gate, *up, *down;

@@ -14,6 +14,24 @@
 #include "common/common.h"
 #include "kernels/kn_dev.h"
 #include "model/model.h"
+#include "moe/gpu.h"
+
+/* A device for the engine, opened ([engine] device, ferryctl run --device, ...): ops and ctx
+ * go into co_engine_opts; close it after the engine. */
+struct co_device {
+	const struct kn_dev_ops *ops;         /* NULL: the CPU */
+	void *ctx;
+	const struct moe_gpu_module *gpu_mod; /* cuda:N: the GPU module ... */
+	struct moe_gpu *gpu;                  /* ... and its device; else NULL */
+	void *twin;                           /* twin: the CPU twin's context; else NULL */
+	char where[320]; /* "the CPU", "the CPU twin of a device", or the GPU described */
+};
+
+/* Opens device (KN_DEV_NONE: nothing to open, KN_DEV_TWIN, or cuda:N) for contexts of up to
+ * max_ctx positions. Errors: -ENOMEM, and the module's (moe_gpu_module_load(), open():
+ * -ENOENT, -EPROTO, -ENODEV when the driver sees no such device); err says which. */
+int co_device_open(int device, int max_ctx, struct co_device *ret, struct fr_error *err);
+void co_device_close(struct co_device *d); /* zeroed or closed already is fine */
 
 struct co_dev;
 

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "coordinator/coordinator.h"
+#include "coordinator/engine_dev.h"
 #include "coordinator/inference.h"
 #include "placement/placement.h"
 #include "coordinator/scheduler.h"
@@ -165,12 +166,8 @@ struct co_server {
 	pthread_mutex_t engine_mu;     /* engine, moe, load, the transport while serving */
 	atomic_int engine_waiting;     /* co__engine_lock() callers not yet holding it */
 	struct co_engine *engine;
-	/* [engine] device: the GPU module and device, or the CPU twin's context; NULL on the
-	 * CPU. Closed after the engine. */
-	const struct moe_gpu_module *gpu_mod;
-	struct moe_gpu *gpu;
-	void *twin;
-	void *pinned[CO_ENGINE_HOST_REGIONS]; /* the engine's host regions pinned for gpu */
+	struct co_device dev; /* [engine] device; closed after the engine */
+	void *pinned[CO_ENGINE_HOST_REGIONS]; /* the engine's host regions pinned for dev.gpu */
 	int n_pinned;
 	struct co_sched *sched;
 	struct model_tokenizer *tok;   /* NULL without tokenizer.json */

@@ -366,32 +366,6 @@ static const char *serving_unavailable(void *ctx, char *buf, size_t cap)
 
 /* Every service registers its own methods. With a cluster listener of its own, Internal
  * is served there only (with its own credentials); Health on both, for probes. */
-/* [engine] device: the GPU (the module's engine ops on its device) or the CPU twin into
- * eo; nothing for the CPU. The log says where the engine runs. */
-static int engine_device(struct co_server *s, struct co_engine_opts *eo, struct fr_error *err)
-{
-	int dev = s->o.engine_device, rc;
-
-	if (dev == KN_DEV_TWIN) {
-		if (!(s->twin = kn_dev_twin_create(eo->max_ctx)))
-			return fr_error_set(err, -ENOMEM, "[engine] device = twin: out of memory");
-		eo->dev_ops = &kn_dev_twin_ops;
-		eo->dev_ctx = s->twin;
-		fr_info(LOG_COMP, "engine: the device path on the CPU twin (testing)");
-		return 0;
-	}
-	if (dev < 0)
-		return 0;
-	if ((rc = moe_gpu_module_load(&s->gpu_mod, err)) < 0 ||
-	    (rc = s->gpu_mod->open(dev, &s->gpu, err)) < 0)
-		return fr_error_prefix(err, rc, "[engine] device = cuda:%d", dev);
-	eo->dev_ops = s->gpu_mod->engine_ops;
-	eo->dev_ctx = s->gpu;
-	fr_info(LOG_COMP, "engine: embeddings, attention, routers, shared experts and lm_head on "
-		"%s", s->gpu_mod->describe(s->gpu));
-	return 0;
-}
-
 static int add_methods(struct co_server *s, struct fr_error *err)
 {
 	struct rpc_server *internal = s->rpc_cluster ? s->rpc_cluster : s->rpc;
@@ -659,14 +633,24 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 				     .max_batch = s->o.max_batch,
 				     .micro_batches = s->o.micro_batches,
 				     .kv_blocks = s->o.kv_blocks };
-	if ((rc = engine_device(s, &eo, err)) < 0 ||
-	    (rc = co_engine_create(s->w, s->moe, &eo, &s->engine, err)) < 0)
+	if ((rc = co_device_open(s->o.engine_device, eo.max_ctx, &s->dev, err)) < 0) {
+		fr_error_prefix(err, rc, "[engine] device");
 		goto fail;
-	if (s->gpu) { /* the step's host copies from and to the GPU go by DMA */
+	}
+	if (s->dev.twin)
+		fr_info(LOG_COMP, "engine: the device path on the CPU twin (testing)");
+	else if (s->dev.gpu)
+		fr_info(LOG_COMP, "engine: embeddings, attention, routers, shared experts and "
+			"lm_head on %s", s->dev.where);
+	eo.dev_ops = s->dev.ops;
+	eo.dev_ctx = s->dev.ctx;
+	if ((rc = co_engine_create(s->w, s->moe, &eo, &s->engine, err)) < 0)
+		goto fail;
+	if (s->dev.gpu) { /* the step's host copies from and to the GPU go by DMA */
 		struct moe_host_region v[CO_ENGINE_HOST_REGIONS];
 		int n = co_engine_host_regions(s->engine, v, CO_ENGINE_HOST_REGIONS);
-		s->n_pinned = moe_gpu_pin_regions(s->gpu_mod, s->gpu, v, n, s->pinned, LOG_COMP,
-						  "engine");
+		s->n_pinned = moe_gpu_pin_regions(s->dev.gpu_mod, s->dev.gpu, v, n, s->pinned,
+						  LOG_COMP, "engine");
 	}
 	struct co_sched_opts so = {
 		.max_seqs = s->o.max_seqs, .max_batch = s->o.max_batch,
@@ -1048,12 +1032,10 @@ void co_server_destroy(struct co_server *s)
 	rpc_server_destroy(s->rpc);
 	rpc_server_destroy(s->rpc_cluster);
 	co_sched_destroy(s->sched);
-	if (s->gpu)
-		moe_gpu_unpin_regions(s->gpu_mod, s->gpu, s->pinned, &s->n_pinned);
+	if (s->dev.gpu)
+		moe_gpu_unpin_regions(s->dev.gpu_mod, s->dev.gpu, s->pinned, &s->n_pinned);
 	co_engine_destroy(s->engine);
-	if (s->gpu)
-		s->gpu_mod->close(s->gpu);
-	kn_dev_twin_destroy(s->twin);
+	co_device_close(&s->dev);
 	moe_destroy(&s->moe);
 	co_load_destroy(s->load);
 	for (int i = 0; s->workers && i < s->n_joined; i++) {

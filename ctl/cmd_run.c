@@ -9,8 +9,8 @@
 
 #include "coordinator/config.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/engine_dev.h"
 #include "ctl/ctl.h"
-#include "moe/gpu.h"
 #ifdef FERRY_HAVE_GRPC
 #include "ctl/serve-internal.h"
 #include "rpc/inference.pb-c.h"
@@ -285,9 +285,7 @@ static int run_exec(const struct run_opts *o)
 	size_t n_prompt;
 	int rc, ret = CTL_EXIT_FAIL;
 	uint64_t t0, t1, t2;
-	const struct moe_gpu_module *gpu_mod = NULL;
-	struct moe_gpu *gpu = NULL;
-	void *twin = NULL;
+	struct co_device dev = { .ops = NULL };
 
 	if (o->threads)
 		kn_set_threads(o->threads);
@@ -335,22 +333,12 @@ static int run_exec(const struct run_opts *o)
 	}
 	struct co_engine_opts eo = { .max_seqs = 1, .max_ctx = (int)total,
 				     .max_batch = (int)FR_MIN(n_prompt, 512) };
-	if (o->device == KN_DEV_TWIN) {
-		if (!(twin = kn_dev_twin_create(eo.max_ctx))) {
-			fr_error_set(&err, -ENOMEM, "out of memory");
-			goto out;
-		}
-		eo.dev_ops = &kn_dev_twin_ops;
-		eo.dev_ctx = twin;
-	} else if (o->device >= 0) {
-		if ((rc = moe_gpu_module_load(&gpu_mod, &err)) < 0 ||
-		    (rc = gpu_mod->open(o->device, &gpu, &err)) < 0) {
-			fr_error_prefix(&err, rc, "--device cuda:%d", o->device);
-			goto out;
-		}
-		eo.dev_ops = gpu_mod->engine_ops;
-		eo.dev_ctx = gpu;
+	if ((rc = co_device_open(o->device, eo.max_ctx, &dev, &err)) < 0) {
+		fr_error_prefix(&err, rc, "--device");
+		goto out;
 	}
+	eo.dev_ops = dev.ops;
+	eo.dev_ctx = dev.ctx;
 	if ((rc = co_engine_create(w, engine_moe, &eo, &e, &err)) < 0)
 		goto out;
 
@@ -438,9 +426,7 @@ out:
 	if (ret != CTL_EXIT_OK)
 		fprintf(stderr, "ferryctl run: %s\n", err.msg[0] ? err.msg : "failed");
 	co_engine_destroy(e);
-	if (gpu)
-		gpu_mod->close(gpu);
-	kn_dev_twin_destroy(twin);
+	co_device_close(&dev);
 	moe_destroy(&moe);
 	free(counted.count);
 	model_weights_free(w);

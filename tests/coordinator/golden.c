@@ -33,8 +33,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "coordinator/config.h"
 #include "coordinator/coordinator.h"
-#include "moe/gpu.h"
+#include "coordinator/engine_dev.h"
 
 #define TOL 3e-5f
 #define TOL_FAST 2e-2f
@@ -46,9 +47,9 @@ static long skipped; /* positions not held to the argmax: a reference gap <= GAP
 static long rows_total, rows_over; /* fast: positions compared, and beyond TOL_FAST */
 static float worst_all;
 static bool bf16_set; /* the set's weights are BF16: the only ones fast mode changes */
-static bool twin;     /* FERRY_ENGINE_DEVICE=twin: the engine's device path on the CPU twin */
-static const struct moe_gpu_module *gpu_mod; /* FERRY_ENGINE_DEVICE=cuda:N: the module */
-static struct moe_gpu *gpu;                  /* ... and the device */
+#define MAX_CTX 256
+/* FERRY_ENGINE_DEVICE: twin (the engine's device path on the CPU twin) or cuda:N */
+static struct co_device dev;
 
 /* The reference row's top-1 minus top-2. */
 static float top_gap(const float *f, int vocab)
@@ -128,8 +129,8 @@ static float compare(const char *what, const float *got, const float *ref, size_
 				row_worst = isnan(d) ? INFINITY : FR_MAX(row_worst, d);
 		}
 		worst = FR_MAX(worst, row_worst);
-		rows_total += bf16_set || gpu;
-		rows_over += (bf16_set || gpu) && !(row_worst <= TOL_FAST);
+		rows_total += bf16_set || dev.gpu;
+		rows_over += (bf16_set || dev.gpu) && !(row_worst <= TOL_FAST);
 		if (held(f, vocab))
 			CHECK(co_argmax(g, vocab) == co_argmax(f, vocab), "%s row %zu: argmax %d, "
 			      "ref %d", what, r, co_argmax(g, vocab), co_argmax(f, vocab));
@@ -147,7 +148,6 @@ static void run_set(const char *dir, int workers, int mbs)
 	struct model_weights *w = NULL;
 	struct moe moe = { 0 };
 	struct co_engine *e = NULL;
-	void *dev = NULL; /* the twin's context */
 	struct moe_host_region hr[CO_ENGINE_HOST_REGIONS + 1];
 	int n_hr = 0;
 	char path[4096];
@@ -161,16 +161,8 @@ static void run_set(const char *dir, int workers, int mbs)
 	}
 	const struct model_config *c = model_ckpt_config(ck);
 	bf16_set = c->torch_dtype == KN_DTYPE_BF16;
-	struct co_engine_opts eo = { .max_seqs = 2, .max_ctx = 256, .max_batch = 64,
-				      .micro_batches = mbs };
-	if (gpu) {
-		eo.dev_ops = gpu_mod->engine_ops;
-		eo.dev_ctx = gpu;
-	} else if (twin) {
-		eo.dev_ops = &kn_dev_twin_ops;
-		eo.dev_ctx = dev = kn_dev_twin_create(eo.max_ctx);
-		CHECK(dev != NULL, "kn_dev_twin_create");
-	}
+	struct co_engine_opts eo = { .max_seqs = 2, .max_ctx = MAX_CTX, .max_batch = 64,
+				      .micro_batches = mbs, .dev_ops = dev.ops, .dev_ctx = dev.ctx };
 	if (co_engine_create(w, moe, &eo, &e, &err) < 0) {
 		CHECK(0, "%s: %s", dir, err.msg);
 		goto out;
@@ -179,13 +171,13 @@ static void run_set(const char *dir, int workers, int mbs)
 	 * ferry-coordinator pins it */
 	n_hr = co_engine_host_regions(e, hr, CO_ENGINE_HOST_REGIONS + 1);
 	size_t rows = (size_t)eo.max_batch * c->hidden_size * sizeof(float);
-	CHECK(twin || gpu ? n_hr == CO_ENGINE_HOST_REGIONS && hr[0].bytes == rows &&
+	CHECK(dev.ops ? n_hr == CO_ENGINE_HOST_REGIONS && hr[0].bytes == rows &&
 				    hr[1].bytes == rows && hr[0].p != hr[1].p
 			  : n_hr == 0,
 	      "%s: co_engine_host_regions gave %d", dir, n_hr);
-	for (int i = 0; gpu && i < n_hr; i++)
-		CHECK(gpu_mod->pin(gpu, hr[i].p, hr[i].bytes, &err) == 0, "pin %s: %s", hr[i].what,
-		      err.msg);
+	for (int i = 0; dev.gpu && i < n_hr; i++)
+		CHECK(dev.gpu_mod->pin(dev.gpu, hr[i].p, hr[i].bytes, &err) == 0, "pin %s: %s",
+		      hr[i].what, err.msg);
 
 	for (int k = 0;; k++) {
 		int32_t *ids, *seq, *pos;
@@ -290,10 +282,9 @@ static void run_set(const char *dir, int workers, int mbs)
 	printf("%s: %d worker(s), %d micro-batch(es), max abs diff %.3g (bar %.0e)\n", dir, workers,
 	       mbs, worst, fast ? 1.0f : TOL);
 out:
-	for (int i = 0; gpu && e && i < n_hr; i++)
-		gpu_mod->unpin(gpu, hr[i].p);
+	for (int i = 0; dev.gpu && e && i < n_hr; i++)
+		dev.gpu_mod->unpin(dev.gpu, hr[i].p);
 	co_engine_destroy(e);
-	kn_dev_twin_destroy(dev);
 	moe_destroy(&moe);
 	model_weights_free(w);
 	model_ckpt_close(ck);
@@ -306,29 +297,24 @@ int main(int argc, char **argv)
 
 	fast = kn_fast_active();
 	const char *devname = getenv("FERRY_ENGINE_DEVICE");
-	int64_t cuda = -1;
-	if (devname && strcmp(devname, "twin") && strcmp(devname, "cpu") &&
-	    (strncmp(devname, "cuda:", 5) || fr_parse_i64(devname + 5, 0, 1023, &cuda) < 0)) {
-		fprintf(stderr, "FERRY_ENGINE_DEVICE=%s: not cpu, twin or cuda:N\n", devname);
+	struct fr_error err = { { 0 } };
+	int device, rc;
+	if (co_config_engine_device(devname, &device, &err) < 0) {
+		fprintf(stderr, "FERRY_ENGINE_DEVICE: %s\n", err.msg);
 		return 1;
 	}
-	twin = devname && !strcmp(devname, "twin");
-	if (cuda >= 0) {
-		struct fr_error err = { { 0 } };
-		int rc = moe_gpu_module_load(&gpu_mod, &err);
-		if (rc == 0 && (rc = gpu_mod->open((int)cuda, &gpu, &err)) == -ENODEV) {
-			printf("SKIP: %s\n", err.msg);
-			return 77;
-		}
-		if (rc < 0) {
-			fprintf(stderr, "FAIL FERRY_ENGINE_DEVICE=%s: %s\n", devname, err.msg);
-			return 1;
-		}
-		fast = true; /* bf16 activations */
+	if ((rc = co_device_open(device, MAX_CTX, &dev, &err)) == -ENODEV) {
+		printf("SKIP: %s\n", err.msg);
+		return 77;
 	}
+	if (rc < 0) {
+		fprintf(stderr, "FAIL FERRY_ENGINE_DEVICE=%s: %s\n", devname, err.msg);
+		return 1;
+	}
+	if (dev.gpu)
+		fast = true; /* bf16 activations */
 	printf("isa=%s threads=%d precision=%s engine=%s\n", kn_ops()->name, kn_threads(),
-	       fast ? "fast" : "exact",
-	       gpu ? gpu_mod->describe(gpu) : twin ? "device path on the CPU twin" : "cpu");
+	       fast ? "fast" : "exact", dev.twin ? "device path on the CPU twin" : dev.where);
 	if (argc > 1) {
 		for (int i = 1; i < argc; i++, n_sets++) {
 			run_set(argv[i], 1, 1);
@@ -372,7 +358,6 @@ int main(int argc, char **argv)
 		      "than 10%%", rows_over, rows_total, TOL_FAST);
 	}
 	printf("%d set(s), %d failure(s)\n", n_sets, failures);
-	if (gpu)
-		gpu_mod->close(gpu);
+	co_device_close(&dev);
 	return failures ? 1 : 0;
 }
