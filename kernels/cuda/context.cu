@@ -25,7 +25,10 @@ int kn_cuda__status(struct kn_cuda *c, cudaError_t st, const char *what)
 	case cudaErrorInvalidDevice:
 		return -ENODEV;
 	case cudaErrorInvalidValue:
+	case cudaErrorHostMemoryAlreadyRegistered:
 		return -EINVAL;
+	case cudaErrorNotSupported:
+		return -EOPNOTSUPP;
 	default:
 		return -EIO;
 	}
@@ -196,16 +199,8 @@ int kn_cuda_host_register(struct kn_cuda *c, void *p, size_t bytes)
 	if (!p || !bytes)
 		return kn_cuda__invalid(c, "cudaHostRegister: no memory");
 	kn_cuda__enter(c);
-	cudaError_t st = cudaHostRegister(p, bytes, cudaHostRegisterPortable);
-	if (st == cudaErrorNotSupported) {
-		kn_cuda__status(c, st, "cudaHostRegister");
-		return -EOPNOTSUPP;
-	}
-	if (st == cudaErrorHostMemoryAlreadyRegistered) {
-		kn_cuda__status(c, st, "cudaHostRegister");
-		return -EINVAL;
-	}
-	return kn_cuda__status(c, st, "cudaHostRegister");
+	return kn_cuda__status(c, cudaHostRegister(p, bytes, cudaHostRegisterPortable),
+			       "cudaHostRegister");
 }
 
 int kn_cuda_host_unregister(struct kn_cuda *c, void *p)

@@ -8,7 +8,8 @@
  * Conventions: a struct kn_cuda is one device, one stream and one cuBLAS handle; every op
  * is queued on that stream and returns 0 or a negative errno (CUDA and cuBLAS statuses are
  * converted once, in context.cu: -ENODEV no device or driver, -ENOMEM out of device memory,
- * -EINVAL a bad argument, -EIO anything else), with the CUDA message kept for
+ * -EINVAL a bad argument, -EOPNOTSUPP not supported on this device or platform, -EIO
+ * anything else), with the CUDA message kept for
  * kn_cuda_error(). Pointers marked "device" are device memory; "host" ones are read before
  * the call returns. Weights are bf16 (uint16_t), activations f32 unless said otherwise.
  */
