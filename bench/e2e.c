@@ -14,8 +14,12 @@
  * counts the lm_head that many times. It also prints how many parallel regions (kernel-
  * thread wake-ups, kn_regions()) a decode step opens.
  *
+ * --device cuda:N|twin runs the engine's device path ([engine] device); on a GPU its
+ * products are fast (bf16 activations) unless FERRY_PRECISION=exact, as [engine]
+ * precision = auto.
+ *
  * Usage: e2e --model DIR [--prompt N] [--gen N] [--batch B] [--threads N] [--reps R]
- *            [--all-logits]
+ *            [--all-logits] [--device cpu|twin|cuda:N]
  */
 #include <errno.h>
 #include <getopt.h>
@@ -195,6 +199,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "e2e: --device: %s\n", err.msg);
 		return 2;
 	}
+	if (dev_no >= 0 && !getenv("FERRY_PRECISION")) /* [engine] precision = auto on a GPU */
+		kn_set_precision(KN_PRECISION_FAST);
 
 	struct model_ckpt *ck;
 	struct model_weights *w;

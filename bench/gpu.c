@@ -13,7 +13,8 @@
  *     host memory (the driver stages through a bounce buffer) and from memory pinned as a
  *     worker pins its frame buffers (kn_cuda_host_register): GB/s and pinned / pageable;
  *   - the whole layer (kn_cuda_moe, 128 experts, top-12, 4096 hidden, 1408 wide) at 1, 32
- *     and 256 tokens: ms per call, printed as "layer N ms" lines that tests/gpu/
+ *     and 256 tokens: ms per call (and in the exact precision: f32 activations on the CUDA
+ *     cores, the cost of checking), printed as "layer N ms" lines that tests/gpu/
  *     run-on-device.sh sets against tests/gpu/moe_torch.py's PyTorch layer on the same GPU.
  * Medians of --reps timed runs after warm-up, device events around each. Random inputs
  * (never zeros).
@@ -126,6 +127,7 @@ static int run_gg(void *p)
 
 struct moe_arg {
 	enum kn_cuda_gemm how;
+	enum kn_precision prec;
 	const struct kn_cuda_expert *slots;
 	const struct kn_cuda_moe_batch *b;
 	float *out;
@@ -133,7 +135,7 @@ struct moe_arg {
 static int run_moe(void *p)
 {
 	struct moe_arg *a = p;
-	return kn_cuda_moe(cu, a->how, a->slots, N_EXPERTS, HIDDEN, INTER, a->b, a->out);
+	return kn_cuda_moe(cu, a->how, a->prec, a->slots, N_EXPERTS, HIDDEN, INTER, a->b, a->out);
 }
 
 /* Token counts of n experts around a mean: a skewed (Zipf 1) multinomial of n * mean draws. */
@@ -332,12 +334,14 @@ int main(int argc, char **argv)
 		if (kn_cuda_upload(cu, dx, hx, (size_t)n * HIDDEN * 4) < 0)
 			die("upload");
 		struct kn_cuda_moe_batch b = { n, dx, poff, slot, wt };
-		struct moe_arg ma = { KN_CUDA_GEMM_GROUPED, slots, &b, dout };
+		struct moe_arg ma = { KN_CUDA_GEMM_GROUPED, KN_PRECISION_FAST, slots, &b, dout };
 		double g_ms = time_ms(run_moe, &ma);
 		ma.how = KN_CUDA_GEMM_PADDED;
 		double p_ms = time_ms(run_moe, &ma);
-		printf("layer %d ms %.4f (grouped %.4f, padded %.4f)\n", n, FR_MIN(g_ms, p_ms), g_ms,
-		       p_ms);
+		ma.prec = KN_PRECISION_EXACT; /* what precision = exact costs */
+		double e_ms = time_ms(run_moe, &ma);
+		printf("layer %d ms %.4f (grouped %.4f, padded %.4f; exact %.4f, %.1fx)\n", n,
+		       FR_MIN(g_ms, p_ms), g_ms, p_ms, e_ms, e_ms / FR_MIN(g_ms, p_ms));
 		kn_cuda_free(cu, dx);
 		kn_cuda_free(cu, dout);
 		free(poff);

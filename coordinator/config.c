@@ -12,13 +12,15 @@
 /* CONF_ENUM stores an int; these enums are written through it. */
 _Static_assert(sizeof(enum co_wire_dtype) == sizeof(int), "enum co_wire_dtype is not int-sized");
 _Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is not int-sized");
-_Static_assert(sizeof(enum kn_precision) == sizeof(int), "enum kn_precision is not int-sized");
 
 /* In the order of enum tp_backend / co_wire_dtype / fr_log_level. */
 static const char *const wire_names[] = { "bf16", "f32", NULL };
 static const char *const rebalance_names[] = { "off", "auto", NULL };
 static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
-static const char *const precision_names[] = { "exact", "fast", NULL }; /* enum kn_precision */
+/* enum kn_precision, then KN_PRECISION_AUTO */
+static const char *const precision_names[] = { "exact", "fast", "auto", NULL };
+_Static_assert(KN_PRECISION_EXACT == 0 && KN_PRECISION_FAST == 1 && KN_PRECISION_AUTO == 2,
+	       "precision_names follows the precision values");
 
 #define OFF(f) offsetof(struct co_config, f)
 #define DAY_MS (24 * 3600 * 1000LL)
@@ -157,22 +159,25 @@ const struct conf_key co_config_keys[] = {
 	{ "engine", "threads", CONF_INT, OFF(engine.threads), 0, 4096, .def = "0",
 	  .doc = "CPU threads for the coordinator's layers. 0: all CPUs." },
 	{ "engine", "precision", CONF_ENUM, OFF(engine.precision), .enum_names = precision_names,
-	  .def = "exact",
+	  .def = "auto",
 	  .doc = "Arithmetic of the matrix products with bf16 weights. exact: weights widened to "
-		 "fp32, fp32 FMAs; logits match an fp32 reference to ~1e-5. fast: activations "
-		 "rounded to bf16 and multiplied by the CPU's bf16 dot-product instruction "
-		 "(AVX512_BF16) with fp32 sums, about twice the throughput of exact when batches "
-		 "are large; logits move by about 1% of their spread, more where a router's top-k "
-		 "is nearly tied, and greedy tokens change only where the top two are nearly "
-		 "tied. The router always computes exactly. On CPUs "
-		 "without AVX512_BF16, fast computes exactly (the log says so)." },
+		 "fp32, fp32 FMAs; logits match an fp32 reference to ~1e-5 (on a GPU ~1e-4: f32 "
+		 "activations on the CUDA cores, several times slower than fast, for checking). "
+		 "fast: activations rounded to bf16 and multiplied with fp32 sums, by the CPU's "
+		 "bf16 dot-product instruction (AVX512_BF16), about twice the throughput of exact "
+		 "when batches are large, or by a GPU's tensor cores; logits move by about 1% of "
+		 "their spread, more where a router's top-k is nearly tied, and greedy tokens "
+		 "change only where the top two are nearly tied. The router always computes "
+		 "exactly. On CPUs without AVX512_BF16, fast computes exactly (the log says so). "
+		 "auto: exact on the CPU, fast on a GPU ([engine] device)." },
 	{ "engine", "device", CONF_STR, OFF(engine.device), .def = "cpu",
 	  .doc = "Where embeddings, attention, the routers, the shared experts and the lm_head "
 		 "run: cpu, or cuda:N for the N-th NVIDIA GPU the driver lists, through the GPU "
 		 "module libferry-gpu.so (as [compute] device of ferry-worker). On a GPU the "
 		 "weights (not the routed experts) and the KV cache live in device memory, the "
-		 "products take bf16 activations with fp32 sums ([engine] precision and threads "
-		 "then apply to nothing), and per micro-batch and MoE layer the tokens to "
+		 "products take bf16 activations with fp32 sums (or f32 ones with [engine] "
+		 "precision = exact; threads then apply to nothing), and per micro-batch and MoE "
+		 "layer the tokens to "
 		 "dispatch come back to host memory once and the experts' partials go up once. "
 		 "twin: the same device path on the CPU's kernels, for testing it without a GPU." },
 

@@ -73,7 +73,7 @@ struct co_config {
 		int kv_blocks;               /* KV pool in blocks; 0: max_seqs x max_ctx */
 		int max_ctx;                 /* context length cap; 0: the model's */
 		int threads;                 /* CPU threads; 0: all CPUs */
-		enum kn_precision precision; /* exact | fast (default exact) */
+		int precision; /* enum kn_precision, or KN_PRECISION_AUTO (default) */
 		char *device;                /* cpu | cuda:N | twin (default cpu) */
 	} engine;
 	struct {

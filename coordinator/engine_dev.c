@@ -76,6 +76,7 @@ struct co_dev {
 	float *kc, *vc;       /* [layers][n_blocks][block_size][kv_dim] */
 	int32_t *tok, *seq, *pos, *table;
 	size_t pool;          /* floats per layer of a pool */
+	bool exact;           /* [engine] precision = exact: every product f32 (the routers' always) */
 };
 
 static int dalloc(struct co_dev *d, size_t bytes, void *ret)
@@ -159,6 +160,7 @@ int co_dev_create(const struct model_weights *w, const struct kn_dev_ops *ops, v
 	d->ctx = ctx;
 	d->c = c;
 	d->s = *shape;
+	d->exact = kn_precision() == KN_PRECISION_EXACT;
 	d->hs = c->hidden_size;
 	d->q_dim = c->num_attention_heads * c->head_dim;
 	d->kv_dim = c->num_key_value_heads * c->head_dim;
@@ -255,9 +257,9 @@ int co_dev_attention(struct co_dev *d, int l, int r0, int n)
 	int rc;
 
 	if ((rc = o->rmsnorm(d->ctx, xn, h, L->attn_norm, n, d->hs, (float)c->rms_norm_eps)) < 0 ||
-	    (rc = o->matmul(d->ctx, q, xn, L->q, n, false)) < 0 ||
-	    (rc = o->matmul(d->ctx, k, xn, L->k, n, false)) < 0 ||
-	    (rc = o->matmul(d->ctx, v, xn, L->v, n, false)) < 0 ||
+	    (rc = o->matmul(d->ctx, q, xn, L->q, n, d->exact)) < 0 ||
+	    (rc = o->matmul(d->ctx, k, xn, L->k, n, d->exact)) < 0 ||
+	    (rc = o->matmul(d->ctx, v, xn, L->v, n, d->exact)) < 0 ||
 	    (rc = o->rope(d->ctx, q, n, c->num_attention_heads, c->head_dim, pos, theta)) < 0 ||
 	    (rc = o->rope(d->ctx, k, n, c->num_key_value_heads, c->head_dim, pos, theta)) < 0 ||
 	    (rc = o->kv_write(d->ctx, kp, vp, k, v, d->table, d->s.max_blocks, seq, pos, n,
@@ -265,7 +267,7 @@ int co_dev_attention(struct co_dev *d, int l, int r0, int n)
 	    (rc = o->attention(d->ctx, att, q, kp, vp, d->table, d->s.max_blocks, seq,
 			       d->s.block_size, n, pos, c->num_attention_heads,
 			       c->num_key_value_heads, c->head_dim, d->s.max_ctx)) < 0 ||
-	    (rc = o->matmul(d->ctx, tmp, att, L->o, n, false)) < 0)
+	    (rc = o->matmul(d->ctx, tmp, att, L->o, n, d->exact)) < 0)
 		return rc;
 	return o->add(d->ctx, h, tmp, (size_t)n * d->hs);
 }
@@ -279,10 +281,10 @@ static int ffn(struct co_dev *d, const struct dev_ffn *f, int r0, int n)
 	float *g = d->g + r * d->ffn_w, *u = d->u + r * d->ffn_w;
 	int rc;
 
-	if ((rc = o->matmul(d->ctx, g, xn, f->gate, n, false)) < 0 ||
-	    (rc = o->matmul(d->ctx, u, xn, f->up, n, false)) < 0 ||
+	if ((rc = o->matmul(d->ctx, g, xn, f->gate, n, d->exact)) < 0 ||
+	    (rc = o->matmul(d->ctx, u, xn, f->up, n, d->exact)) < 0 ||
 	    (rc = o->swiglu(d->ctx, g, g, u, nw)) < 0 ||
-	    (rc = o->matmul(d->ctx, tmp, g, f->down, n, false)) < 0)
+	    (rc = o->matmul(d->ctx, tmp, g, f->down, n, d->exact)) < 0)
 		return rc;
 	return o->add(d->ctx, h, tmp, (size_t)n * d->hs);
 }
@@ -338,7 +340,7 @@ int co_dev_logits(struct co_dev *d, const int32_t *rows, int n_rows, float *logi
 				return rc;
 		if ((rc = o->rmsnorm(d->ctx, d->xn, d->tmp, d->final_norm, m, d->hs,
 				     (float)d->c->rms_norm_eps)) < 0 ||
-		    (rc = o->matmul(d->ctx, d->lg, d->xn, d->lm_head, m, false)) < 0)
+		    (rc = o->matmul(d->ctx, d->lg, d->xn, d->lm_head, m, d->exact)) < 0)
 			return rc;
 		for (int j = 0; j < m; j++)
 			if ((rc = o->download(d->ctx, logits + rows[j0 + j] * vocab,

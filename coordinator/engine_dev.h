@@ -40,7 +40,9 @@ struct co_dev_shape {
 };
 
 /* Copies every weight the coordinator computes with (not the routed experts) to the
- * device and allocates the KV pools and the rows' buffers there. Errors: -ENOMEM (err
+ * device and allocates the KV pools and the rows' buffers there. The products are exact
+ * (f32 activations, kn_dev_ops.matmul's exact) when kn_precision() is, else in the
+ * device's fast arithmetic; the routers' are always exact. Errors: -ENOMEM (err
  * says what did not fit), what the ops return. */
 int co_dev_create(const struct model_weights *w, const struct kn_dev_ops *ops, void *ctx,
 		  const struct co_dev_shape *shape, struct co_dev **ret, struct fr_error *err);

@@ -91,17 +91,16 @@ int main(int argc, char **argv)
 	fr_daemon_log_levels(fr_log_level_name(cfg.log.level));
 	if (cfg.engine.threads)
 		kn_set_threads(cfg.engine.threads);
-	kn_set_precision(cfg.engine.precision);
-	if (cfg.engine.precision == KN_PRECISION_FAST && !kn_fast_active())
+	int engine_device = KN_DEV_NONE; /* validated with the rest */
+	(void)co_config_engine_device(cfg.engine.device, &engine_device, &err);
+	kn_set_precision(kn_precision_resolve(cfg.engine.precision, engine_device >= 0));
+	if (cfg.engine.precision == KN_PRECISION_FAST && engine_device < 0 && !kn_fast_active())
 		fr_warn("coordinator", "[engine] precision = fast, but the %s kernels have no bf16 "
 			"dot product (AVX512_BF16): computing exactly", kn_ops()->name);
 	if (rpc_auth_secret_load(cfg.cluster.secret_file, &secret, &secret_len, &err) < 0) {
 		fprintf(stderr, "ferry-coordinator: %s\n", err.msg);
 		goto out;
 	}
-
-	int engine_device = KN_DEV_NONE; /* validated with the rest */
-	(void)co_config_engine_device(cfg.engine.device, &engine_device, &err);
 
 	/* [transport] device may list several verbs devices: one context each. */
 	if (co_config_devices(&cfg, &devs, &n_devs, &err) < 0) {

@@ -641,7 +641,9 @@ int co_server_start(struct co_server *s, struct fr_error *err)
 		fr_info(LOG_COMP, "engine: the device path on the CPU twin (testing)");
 	else if (s->dev.gpu)
 		fr_info(LOG_COMP, "engine: embeddings, attention, routers, shared experts and "
-			"lm_head on %s", s->dev.where);
+			"lm_head on %s, %s products", s->dev.where,
+			kn_precision() == KN_PRECISION_EXACT ? "exact (f32 activations)"
+							     : "fast (bf16 activations)");
 	eo.dev_ops = s->dev.ops;
 	eo.dev_ctx = s->dev.ctx;
 	if ((rc = co_engine_create(s->w, s->moe, &eo, &s->engine, err)) < 0)

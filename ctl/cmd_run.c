@@ -59,11 +59,12 @@ static const char run_usage[] =
 	"      --no-shared          disable the shared experts\n"
 	"      --workers N          in-process expert workers (default 1; not with --cluster)\n"
 	"      --threads N          kernel threads (default: all CPUs; not with --cluster)\n"
-	"      --precision P        exact (default) or fast: bf16 dot products for bf16\n"
-	"                           weights, see [engine] precision (not with --cluster)\n"
+	"      --precision P        exact or fast: bf16 activations for bf16 weights, see\n"
+	"                           [engine] precision (default: exact on the CPU, fast on\n"
+	"                           a GPU; not with --cluster)\n"
 	"      --device D           where the engine runs: cpu (default), cuda:N (the GPU\n"
-	"                           module, bf16 activations) or twin (the device path on\n"
-	"                           the CPU), see [engine] device (not with --cluster)\n"
+	"                           module) or twin (the device path on the CPU), see\n"
+	"                           [engine] device (not with --cluster)\n"
 	"      --stats              print timing and throughput on stderr; with --model also\n"
 	"                           the routed tokens per expert of every MoE layer\n"
 	CTL_TLS_USAGE("      ")
@@ -289,8 +290,10 @@ static int run_exec(const struct run_opts *o)
 
 	if (o->threads)
 		kn_set_threads(o->threads);
-	if (o->precision >= 0)
-		kn_set_precision((enum kn_precision)o->precision);
+	if (o->precision >= 0 || o->device >= 0) /* else $FERRY_PRECISION, or exact */
+		kn_set_precision(kn_precision_resolve(o->precision >= 0 ? o->precision
+									: KN_PRECISION_AUTO,
+						      o->device >= 0));
 	if ((rc = model_ckpt_open(o->model, &ck, &err)) < 0)
 		goto out;
 	c = model_ckpt_config(ck);

@@ -111,6 +111,13 @@ const char *kn_precision_name(enum kn_precision p)
 	return p == KN_PRECISION_FAST ? "fast" : "exact";
 }
 
+enum kn_precision kn_precision_resolve(int configured, bool on_gpu)
+{
+	if (configured == KN_PRECISION_EXACT || configured == KN_PRECISION_FAST)
+		return (enum kn_precision)configured;
+	return on_gpu ? KN_PRECISION_FAST : KN_PRECISION_EXACT;
+}
+
 int kn_precision_parse(const char *s, enum kn_precision *ret)
 {
 	if (s && strcmp(s, "exact") == 0)

@@ -101,6 +101,13 @@ enum kn_precision {
 const char *kn_precision_name(enum kn_precision p);
 int kn_precision_parse(const char *s, enum kn_precision *ret);
 
+/* The default of [engine] and [worker] precision, "auto": exact on the CPU, fast on a GPU
+ * (bf16 on the tensor cores; exact there is f32 on the CUDA cores, for checking). A
+ * configuration value, never kn_set_precision()'s: kn_precision_resolve() turns a
+ * configured KN_PRECISION_EXACT, _FAST or _AUTO into the precision to compute in. */
+#define KN_PRECISION_AUTO 2
+enum kn_precision kn_precision_resolve(int configured, bool on_gpu);
+
 /* ---- the op table ----------------------------------------------------------------------------- */
 
 /* Row stride of bf16 activations for kn_ops.matmul_fast_xb: cols rounded up to 32. */

@@ -28,11 +28,14 @@ struct kn_dev_ops {
 	int (*download)(void *ctx, void *host_dst, const void *src, size_t bytes);
 	int (*copy)(void *ctx, void *dst, const void *src, size_t bytes);
 	/* A weight matrix (host, borrowed until weight_free) into device memory: *ret names it.
-	 * On a GPU it is held as bf16 and the products take bf16 activations with fp32 sums. */
+	 * On a GPU it is held as bf16. */
 	int (*weight)(void *ctx, const struct kn_mat *m, void **ret);
 	void (*weight_free)(void *ctx, void *w); /* NULL is fine */
-	/* y[n][rows] = x[n][cols] . W^T; exact: the CPU twin computes in the exact precision
-	 * (the router's logits, whose top-k must not flip on rounding); a GPU ignores it. */
+	/* y[n][rows] = x[n][cols] . W^T. exact: f32 activations and fp32 products (a GPU's
+	 * CUDA cores, the CPU's exact kernels): the routers' logits, whose top-k must not
+	 * flip on a rounding, and every product with [engine] precision = exact. Else the
+	 * device's fast arithmetic: on a GPU bf16 activations on the tensor cores with fp32
+	 * sums, on the CPU twin kn_matmul() in kn_precision(). */
 	int (*matmul)(void *ctx, float *y, const float *x, const void *w, int n, bool exact);
 	/* out[t] = row ids[t] of the embedding matrix w, widened to f32 */
 	int (*embed)(void *ctx, float *out, const void *w, const int32_t *ids, int n);

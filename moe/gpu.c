@@ -138,7 +138,7 @@ static void gpu_unload(void *ctx, void *dev)
 }
 
 static int gpu_compute(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
-		       const struct moe_batch *b, float *out)
+		       const struct moe_batch *b, bool exact, float *out)
 {
 	struct moe_gpu *g = ctx;
 	size_t bytes = (size_t)b->n_tok * hidden * sizeof(float), per = (size_t)hidden * inter;
@@ -171,8 +171,9 @@ static int gpu_compute(void *ctx, void *const *dev, int n_slots, int hidden, int
 	}
 	struct kn_cuda_moe_batch kb = { b->n_tok, g->dx, b->pair_off, b->slot, b->weight };
 	if ((rc = kn_cuda_upload(g->compute, g->dx, b->x, bytes)) < 0 ||
-	    (rc = kn_cuda_moe(g->compute, KN_CUDA_GEMM_GROUPED, g->ex, n_slots, hidden, inter, &kb,
-			      g->dout)) < 0 ||
+	    (rc = kn_cuda_moe(g->compute, KN_CUDA_GEMM_GROUPED,
+			      exact ? KN_PRECISION_EXACT : KN_PRECISION_FAST, g->ex, n_slots,
+			      hidden, inter, &kb, g->dout)) < 0 ||
 	    (rc = kn_cuda_download(g->compute, out, g->dout, bytes)) < 0)
 		fprintf(stderr, "moe gpu: %s\n", kn_cuda_error(g->compute));
 out:
@@ -269,7 +270,8 @@ static void dev_weight_free(void *ctx, void *p)
 	free(w);
 }
 
-/* y = x . W^T with x rounded to bf16 (tensor cores, fp32 sums); exact is the CPU's only. */
+/* y = x . W^T: exact, with x f32 on the CUDA cores (exact.cu); else with x rounded to bf16
+ * on the tensor cores, fp32 sums. */
 static int dev_matmul(void *ctx, float *y, const float *x, const void *p, int n, bool exact)
 {
 	struct moe_gpu *g = ctx;
@@ -277,7 +279,8 @@ static int dev_matmul(void *ctx, float *y, const float *x, const void *p, int n,
 	size_t need = (size_t)n * w->cols * sizeof(uint16_t);
 	int rc;
 
-	(void)exact;
+	if (exact)
+		return dev_rc(g, kn_cuda_matmul_f32(g->compute, y, x, w->d, n, w->rows, w->cols));
 	if (need > g->xb_cap) {
 		if ((rc = kn_cuda_sync(g->compute)) < 0)
 			return dev_rc(g, rc);

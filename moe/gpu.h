@@ -26,7 +26,7 @@ struct moe_gpu_module {
 	const char *(*describe)(const struct moe_gpu *g);
 	/* For moe_slots_use_device(table, ops, g). Weights in other dtypes than bf16 are
 	 * rounded to bf16 as they are copied; the layer's products take bf16 inputs with fp32
-	 * sums. */
+	 * sums on the tensor cores, or f32 inputs on the CUDA cores in the exact precision. */
 	const struct moe_device_ops *ops;
 	/* Page-locks host memory that the device ops copy from or to (the frames' vectors,
 	 * moe_server_host_regions()), so that those copies go by DMA. Errors: -EINVAL,
@@ -40,7 +40,7 @@ struct moe_gpu_module {
 	const struct kn_dev_ops *engine_ops;
 };
 
-#define MOE_GPU_ABI 3
+#define MOE_GPU_ABI 4
 #define MOE_GPU_MODULE_NAME "libferry-gpu.so"
 
 /* The module's entry point, in libferry-gpu.so. */

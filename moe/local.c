@@ -182,6 +182,13 @@ static const struct moe_ops local_ops = {
 int moe_local_create(const struct model_ckpt *ck, int n_workers, struct moe *ret,
 			struct fr_error *err)
 {
+	return moe_local_create_on(ck, n_workers, NULL, NULL, ret, err);
+}
+
+int moe_local_create_on(const struct model_ckpt *ck, int n_workers,
+			const struct moe_device_ops *dev_ops, void *dev_ctx, struct moe *ret,
+			struct fr_error *err)
+{
 	const struct model_config *c = model_ckpt_config(ck);
 	struct moe_local *m;
 	int rc;
@@ -207,8 +214,10 @@ int moe_local_create(const struct model_ckpt *ck, int n_workers, struct moe *ret
 	}
 	int per = FR_DIV_ROUND_UP(c->n_routed_experts, n_workers);
 	for (int i = 0; i < n_workers; i++)
-		if ((rc = moe_slots_create(c, per, &m->slots[i])) < 0) {
-			fr_error_set(err, rc, "cannot create %d slots", per);
+		if ((rc = moe_slots_create(c, per, &m->slots[i])) < 0 ||
+		    (dev_ops && (rc = moe_slots_use_device(m->slots[i], dev_ops, dev_ctx)) < 0)) {
+			fr_error_set(err, rc, "cannot create %d slots%s", per,
+				     dev_ops ? " on the device" : "");
 			goto fail;
 		}
 	for (int l = 0; l < c->num_hidden_layers; l++) {

@@ -48,10 +48,18 @@ struct moe {
 	void *ctx;
 };
 
+struct moe_device_ops;
+
 /* In-process experts: n_workers slot tables, expert e of every layer on worker e % n_workers
  * (a worker per table, computed one after the other). Binds the routed experts from ck,
  * which must outlive it. Errors: -EINVAL, -ENOMEM, -ENOENT (missing tensor, err names it). */
 int moe_local_create(const struct model_ckpt *ck, int n_workers, struct moe *ret,
+			struct fr_error *err);
+/* The same with every table's experts on a device (moe_slots_use_device(dev_ops,
+ * dev_ctx), borrowed: they must outlive it), as ferry-worker's with [compute] device =
+ * cuda:N; dev_ops NULL is moe_local_create(). */
+int moe_local_create_on(const struct model_ckpt *ck, int n_workers,
+			const struct moe_device_ops *dev_ops, void *dev_ctx, struct moe *ret,
 			struct fr_error *err);
 void moe_destroy(struct moe *moe);
 
@@ -176,9 +184,11 @@ struct moe_device_ops {
 	/* Copies ffn's three matrices to the device; *ret_dev names the copy. */
 	int (*load)(void *ctx, const struct model_ffn *ffn, void **ret_dev);
 	void (*unload)(void *ctx, void *dev); /* NULL is fine */
-	/* moe_compute() with dev[n_slots] (NULL for empty slots): same contract. */
+	/* moe_compute() with dev[n_slots] (NULL for empty slots): same contract. exact:
+	 * kn_precision() is KN_PRECISION_EXACT (f32 activations and fp32 products, for
+	 * checking); else the device's fast arithmetic (bf16 inputs, fp32 sums). */
 	int (*compute)(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
-		       const struct moe_batch *b, float *out);
+		       const struct moe_batch *b, bool exact, float *out);
 };
 
 /* Puts this table's experts on a device: every moe_slot_set() from now on also loads the

@@ -250,8 +250,9 @@ int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, f
 	if (s->dev_ops) {
 		for (int i = 0; i < s->n_slots; i++)
 			s->dev_list[i] = slot_at(s, moe_layer, i)->dev;
-		if (b->n_tok && (rc = s->dev_ops->compute(s->dev_ctx, s->dev_list, s->n_slots, h, w,
-							  b, out)) < 0)
+		if (b->n_tok &&
+		    (rc = s->dev_ops->compute(s->dev_ctx, s->dev_list, s->n_slots, h, w, b,
+					      kn_precision() == KN_PRECISION_EXACT, out)) < 0)
 			return rc;
 		s->last_ns[moe_layer] = fr_now_ns() - t0;
 		return 0;

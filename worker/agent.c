@@ -193,7 +193,11 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 			fr_error_prefix(err, rc, "[compute] device = cuda:%d", o->gpu_device);
 			goto fail;
 		}
-		fr_info("worker", "experts on %s", a->gpu_mod->describe(a->gpu));
+		fr_info("worker", "experts on %s, %s products (%s)", a->gpu_mod->describe(a->gpu),
+			kn_precision_name(kn_precision()),
+			kn_precision() == KN_PRECISION_EXACT
+				? "f32 activations on the CUDA cores, for checking"
+				: "bf16 activations on the tensor cores, fp32 sums");
 	}
 	if ((rc = slots_create(a, &a->slots)) < 0) {
 		fr_error_set(err, rc, "cannot create %d slots", a->o.slots);

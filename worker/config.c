@@ -11,11 +11,13 @@
 #include <unistd.h>
 
 _Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is not int-sized");
-_Static_assert(sizeof(enum kn_precision) == sizeof(int), "enum kn_precision is not int-sized");
 
 /* In the order of enum tp_backend / fr_log_level. */
 static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
-static const char *const precision_names[] = { "exact", "fast", NULL }; /* enum kn_precision */
+/* enum kn_precision, then KN_PRECISION_AUTO */
+static const char *const precision_names[] = { "exact", "fast", "auto", NULL };
+_Static_assert(KN_PRECISION_EXACT == 0 && KN_PRECISION_FAST == 1 && KN_PRECISION_AUTO == 2,
+	       "precision_names follows the precision values");
 
 #define OFF(f) offsetof(struct wk_config, f)
 #define DAY_MS (24 * 3600 * 1000LL)
@@ -41,12 +43,15 @@ const struct conf_key wk_config_keys[] = {
 	{ "worker", "threads", CONF_INT, OFF(worker.threads), 0, 4096, .def = "0",
 	  .doc = "CPU threads for expert compute. 0: all CPUs." },
 	{ "worker", "precision", CONF_ENUM, OFF(worker.precision), .enum_names = precision_names,
-	  .def = "exact",
+	  .def = "auto",
 	  .doc = "Arithmetic of the expert products (bf16 weights). exact: weights widened to fp32, "
-		 "fp32 FMAs. fast: activations rounded to bf16 and multiplied by the CPU's bf16 "
-		 "dot-product instruction (AVX512_BF16) with fp32 sums, about twice the "
-		 "throughput when many tokens reach an expert. Set it like the coordinator's "
-		 "[engine] precision. On CPUs without AVX512_BF16, fast computes exactly." },
+		 "fp32 FMAs (on a GPU: f32 activations on the CUDA cores, several times slower "
+		 "than fast, for checking). fast: activations rounded to bf16 and multiplied with "
+		 "fp32 sums, by the CPU's bf16 dot-product instruction (AVX512_BF16), about twice "
+		 "the throughput when many tokens reach an expert, or by a GPU's tensor cores "
+		 "(grouped cuBLAS products). Set it like the coordinator's [engine] precision. On "
+		 "CPUs without AVX512_BF16, fast computes exactly. auto: exact on the CPU, fast on "
+		 "a GPU ([compute] device)." },
 
 	{ "compute", "device", CONF_STR, OFF(compute.device), .def = "cpu",
 	  .doc = "Where the expert slots live and compute: cpu, or cuda:N for the N-th NVIDIA GPU "
@@ -54,10 +59,11 @@ const struct conf_key wk_config_keys[] = {
 		 "installed beside ferry-worker; FERRY_GPU_MODULE names another). On a GPU the "
 		 "experts are copied into device memory as bf16 when they are loaded (a live "
 		 "rebalance copies on its own stream while the old slots serve) and the layer runs "
-		 "as grouped cuBLAS products with fp32 sums; the frames land in host memory (the "
+		 "as grouped cuBLAS products with fp32 sums ([worker] precision: fast by "
+		 "default there); the frames land in host memory (the "
 		 "receive ring), pinned for the device where the driver allows (the log says "
 		 "which regions), so that their copies go by DMA; no GPUDirect RDMA "
-		 "yet. [worker] threads and precision then apply to nothing." },
+		 "yet. [worker] threads then apply to nothing." },
 
 	{ "model", "path", CONF_STR, OFF(model.path),
 	  .doc = "This worker's own copy of the checkpoint directory (the same checkpoint as "

@@ -35,7 +35,7 @@ struct wk_config {
 		int staging_slots;           /* live-rebalance room in expert copies; -1: from
 		                              * memory_limit */
 		int threads;                 /* CPU threads; 0: all CPUs */
-		enum kn_precision precision; /* exact | fast (default exact) */
+		int precision;               /* enum kn_precision, or KN_PRECISION_AUTO (default) */
 	} worker;
 	struct {
 		char *device;                /* "cpu" (default) or "cuda:N" */

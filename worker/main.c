@@ -97,8 +97,10 @@ int main(int argc, char **argv)
 	fr_daemon_log_levels(fr_log_level_name(cfg.log.level));
 	if (cfg.worker.threads)
 		kn_set_threads(cfg.worker.threads);
-	kn_set_precision(cfg.worker.precision);
-	if (cfg.worker.precision == KN_PRECISION_FAST && !kn_fast_active())
+	int dev = -1;
+	wk_config_device(cfg.compute.device, &dev, &err); /* validated when loaded */
+	kn_set_precision(kn_precision_resolve(cfg.worker.precision, dev >= 0));
+	if (cfg.worker.precision == KN_PRECISION_FAST && dev < 0 && !kn_fast_active())
 		fr_warn("worker", "[worker] precision = fast, but the %s kernels have no bf16 dot "
 			"product (AVX512_BF16): computing exactly", kn_ops()->name);
 	if (rpc_auth_secret_load(cfg.cluster.secret_file, &secret, &secret_len, &err) < 0) {
@@ -131,8 +133,6 @@ int main(int argc, char **argv)
 		.ring_tokens = (uint32_t)cfg.transport.ring_tokens,
 		.join_timeout_ms = 60000,
 	};
-	int dev = -1;
-	wk_config_device(cfg.compute.device, &dev, &err); /* validated when loaded */
 	o.on_gpu = dev >= 0;
 	o.gpu_device = dev;
 	fr_daemon_signals(on_signal);

@@ -75,6 +75,9 @@ int kn_cuda_f32_to_bf16(struct kn_cuda *c, uint16_t *dst, const float *src, size
 /* Permute: dst[row[p]] = bf16(src[tok[p]]), p < n_pairs, rows of dim (device arrays). */
 int kn_cuda_permute(struct kn_cuda *c, uint16_t *dst, const float *src, const int32_t *tok,
 		    const int32_t *row, int n_pairs, int dim);
+/* The same with the rows kept f32 (dst[row[p]] = src[tok[p]]): for the exact products. */
+int kn_cuda_permute_f32(struct kn_cuda *c, float *dst, const float *src, const int32_t *tok,
+			const int32_t *row, int n_pairs, int dim);
 /* Weighted un-permute: out[t] = sum over p in [pair_off[t], pair_off[t + 1]) of
  * weight[p] * part[row[p]], in p order (deterministic; no atomics), t < n_tok. */
 int kn_cuda_unpermute(struct kn_cuda *c, float *out, const float *part, const int32_t *pair_off,
@@ -142,6 +145,19 @@ int kn_cuda_gemm_bf16(struct kn_cuda *c, enum kn_cuda_gemm how, int n, const int
 int kn_cuda_matmul_bf16(struct kn_cuda *c, float *y, const uint16_t *x, const uint16_t *w, int n,
 			int rows, int cols);
 
+/* ---- the exact precision (exact.cu): f32 activations, CUDA cores ------------------------- */
+
+/* y[n][rows] = x[n][cols] . W^T with x f32 and W bf16 [rows][cols] widened exactly, fp32
+ * FMAs without tensor cores: kn_matmul() in KN_PRECISION_EXACT up to the order of the sums
+ * (relative 1e-6). For checking ([engine] precision = exact) and for the routers. */
+int kn_cuda_matmul_f32(struct kn_cuda *c, float *y, const float *x, const uint16_t *w, int n,
+		       int rows, int cols);
+/* The experts' products in that arithmetic: for e < n, y[e][0..m[e])[rows] =
+ * x[e][0..m[e])[cols] . w[e]^T, x[e] f32 (device pointers in host arrays); experts with
+ * m[e] = 0 are skipped. */
+int kn_cuda_gemm_f32(struct kn_cuda *c, int n, const int *m, int rows, int cols,
+		     const uint16_t *const *w, const float *const *x, float *const *y);
+
 /* ---- the routed experts of one worker and layer (moe.cu) ---------------------------------- */
 
 struct kn_cuda_expert {
@@ -160,12 +176,15 @@ struct kn_cuda_moe_batch {
 };
 
 /* out[t] = sum over t's pairs of weight * FFN_slot(x[t]) (SwiGLU), out [n_tok][hidden] f32,
- * device, overwritten: permute (gather each slot's tokens, bf16) -> GEMM gate and up ->
- * SwiGLU -> GEMM down -> weighted un-permute. Scratch is owned by c and grows to the
- * largest batch seen. Errors: -EINVAL (a slot out of range or without weights), -ENOMEM,
- * -EIO. */
-int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, const struct kn_cuda_expert *slots,
-		int n_slots, int hidden, int inter, const struct kn_cuda_moe_batch *b, float *out);
+ * device, overwritten: permute (gather each slot's tokens) -> GEMM gate and up -> SwiGLU ->
+ * GEMM down -> weighted un-permute. prec KN_PRECISION_FAST: the tokens and the SwiGLU
+ * rounded to bf16, products on the tensor cores through cuBLAS as `how` says;
+ * KN_PRECISION_EXACT: everything f32, the products kn_cuda_gemm_f32's (how is then not
+ * used): the CPU worker's exact arithmetic. Scratch is owned by c and grows to the largest
+ * batch seen. Errors: -EINVAL (a slot out of range or without weights), -ENOMEM, -EIO. */
+int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_precision prec,
+		const struct kn_cuda_expert *slots, int n_slots, int hidden, int inter,
+		const struct kn_cuda_moe_batch *b, float *out);
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,9 @@
  * moe.cu - the routed experts of one worker and layer on the GPU, what moe_compute()
  * (moe/slots.c) does on the CPU: each token's pairs are sorted by slot on the host (a
  * counting sort, tokens in order within a slot), then on the stream: permute -> GEMM gate
- * and up -> SwiGLU (bf16) -> GEMM down -> weighted un-permute.
+ * and up -> SwiGLU -> GEMM down -> weighted un-permute. Fast: the GEMMs' inputs (the
+ * permuted tokens, the SwiGLU) are bf16 and the GEMMs cuBLAS's; exact: they stay f32 and
+ * the GEMMs are exact.cu's, in the packed layout.
  *
  * Rows (kn_moe_plan, moe_plan.c): with KN_CUDA_GEMM_GROUPED the slots' rows are packed (slot
  * s from its offset, as many as it has tokens); with KN_CUDA_GEMM_PADDED each slot with
@@ -34,14 +36,19 @@ static int host_reserve(struct kn_cuda *c, size_t n)
 	return 0;
 }
 
-extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how,
+extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_precision prec,
 			   const struct kn_cuda_expert *slots, int n_slots, int hidden, int inter,
 			   const struct kn_cuda_moe_batch *b, float *out)
 {
 	int n_tok = b->n_tok, rc;
-	size_t n_pairs, R;
+	bool exact = prec == KN_PRECISION_EXACT;
+	size_t n_pairs, R, xe = exact ? 4 : 2; /* bytes per GEMM input */
 
 	kn_cuda__enter(c);
+	if (exact)
+		how = KN_CUDA_GEMM_GROUPED; /* the packed rows */
+	if (prec != KN_PRECISION_EXACT && prec != KN_PRECISION_FAST)
+		return kn_cuda__invalid(c, "moe: bad precision");
 	if (n_tok < 0 || n_slots < 0 || hidden <= 0 || inter <= 0 ||
 	    (n_tok && (!b->pair_off || b->pair_off[0] != 0)))
 		return kn_cuda__invalid(c, "moe: bad batch shape");
@@ -75,16 +82,16 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how,
 	R = (size_t)rows;
 	memcpy(poff, b->pair_off, ((size_t)n_tok + 1) * sizeof(*poff));
 
-	/* device: xs bf16 [R][hidden] | g, u f32 [R][inter] | act bf16 [R][inter] |
-	 * d f32 [R][hidden] | tok, row, pair_off int32 | weight f32 */
-	size_t o_xs = 0, o_g = o_xs + ALIGN_UP(R * hidden * 2), o_u = o_g + ALIGN_UP(R * inter * 4),
-	       o_act = o_u + ALIGN_UP(R * inter * 4), o_d = o_act + ALIGN_UP(R * inter * 2),
+	/* device: xs [R][hidden] | g, u f32 [R][inter] | act [R][inter] | d f32 [R][hidden] |
+	 * tok, row, pair_off int32 | weight f32 (xs and act bf16, or f32 when exact) */
+	size_t o_xs = 0, o_g = o_xs + ALIGN_UP(R * hidden * xe), o_u = o_g + ALIGN_UP(R * inter * 4),
+	       o_act = o_u + ALIGN_UP(R * inter * 4), o_d = o_act + ALIGN_UP(R * inter * xe),
 	       o_idx = o_d + ALIGN_UP(R * hidden * 4),
 	       o_w = o_idx + ALIGN_UP((2 * n_pairs + n_tok + 1) * 4), total = o_w + n_pairs * 4;
 	if ((rc = kn_cuda__reserve(c, &c->scratch, total, "cudaMalloc (MoE scratch)")) < 0)
 		return rc;
 	char *sb = (char *)c->scratch.p;
-	uint16_t *xs = (uint16_t *)(sb + o_xs), *act = (uint16_t *)(sb + o_act);
+	char *xs = sb + o_xs, *act = sb + o_act;
 	float *g = (float *)(sb + o_g), *u = (float *)(sb + o_u), *d = (float *)(sb + o_d);
 	int32_t *d_tok = (int32_t *)(sb + o_idx), *d_row = d_tok + n_pairs, *d_poff = d_row + n_pairs;
 	float *d_w = (float *)(sb + o_w);
@@ -96,8 +103,8 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how,
 	void **hb = (void **)malloc((size_t)n_slots * (8 * sizeof(void *) + sizeof(int)) + 1);
 	if (!hb)
 		return -ENOMEM;
-	const uint16_t **w1 = (const uint16_t **)hb, **w2 = w1 + n_slots, **w3 = w2 + n_slots,
-		       **xa = w3 + n_slots, **xb = xa + n_slots;
+	const uint16_t **w1 = (const uint16_t **)hb, **w2 = w1 + n_slots, **w3 = w2 + n_slots;
+	const void **xa = (const void **)(hb + 3 * (size_t)n_slots), **xb = xa + n_slots;
 	float **yg = (float **)(hb + 5 * (size_t)n_slots), **yu = yg + n_slots,
 	      **yd = yu + n_slots;
 	int *m = (int *)(hb + 8 * (size_t)n_slots);
@@ -106,25 +113,34 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how,
 		w1[s] = slots[s].gate;
 		w2[s] = slots[s].up;
 		w3[s] = slots[s].down;
-		xa[s] = xs + (size_t)base[s] * hidden;
-		xb[s] = act + (size_t)base[s] * inter;
+		xa[s] = xs + (size_t)base[s] * hidden * xe;
+		xb[s] = act + (size_t)base[s] * inter * xe;
 		yg[s] = g + (size_t)base[s] * inter;
 		yu[s] = u + (size_t)base[s] * inter;
 		yd[s] = d + (size_t)base[s] * hidden;
 	}
 	if (how == KN_CUDA_GEMM_PADDED) /* rows past a slot's count are computed: keep them finite */
-		rc = kn_cuda__status(c, cudaMemsetAsync(xs, 0, R * hidden * 2, c->stream),
+		rc = kn_cuda__status(c, cudaMemsetAsync(xs, 0, R * hidden * xe, c->stream),
 				     "moe: clear padding");
-	if (rc == 0)
-		rc = kn_cuda_permute(c, xs, b->x, d_tok, d_row, (int)n_pairs, hidden);
-	if (rc == 0)
-		rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w1, xa, yg);
-	if (rc == 0)
-		rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w2, xa, yu);
-	if (rc == 0)
-		rc = kn_cuda_swiglu_bf16(c, act, g, u, R * inter);
-	if (rc == 0)
-		rc = kn_cuda_gemm_bf16(c, how, n_slots, m, hidden, inter, w3, xb, yd);
+	if (rc == 0 && exact) {
+		const float *const *xaf = (const float *const *)xa, *const *xbf =
+									(const float *const *)xb;
+		if ((rc = kn_cuda_permute_f32(c, (float *)xs, b->x, d_tok, d_row, (int)n_pairs,
+					      hidden)) == 0 &&
+		    (rc = kn_cuda_gemm_f32(c, n_slots, m, inter, hidden, w1, xaf, yg)) == 0 &&
+		    (rc = kn_cuda_gemm_f32(c, n_slots, m, inter, hidden, w2, xaf, yu)) == 0 &&
+		    (rc = kn_cuda_swiglu(c, (float *)act, g, u, R * inter)) == 0)
+			rc = kn_cuda_gemm_f32(c, n_slots, m, hidden, inter, w3, xbf, yd);
+	} else if (rc == 0) {
+		const uint16_t *const *xah = (const uint16_t *const *)xa,
+				      *const *xbh = (const uint16_t *const *)xb;
+		if ((rc = kn_cuda_permute(c, (uint16_t *)xs, b->x, d_tok, d_row, (int)n_pairs,
+					  hidden)) == 0 &&
+		    (rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w1, xah, yg)) == 0 &&
+		    (rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w2, xah, yu)) == 0 &&
+		    (rc = kn_cuda_swiglu_bf16(c, (uint16_t *)act, g, u, R * inter)) == 0)
+			rc = kn_cuda_gemm_bf16(c, how, n_slots, m, hidden, inter, w3, xbh, yd);
+	}
 	if (rc == 0)
 		rc = kn_cuda_unpermute(c, out, d, d_poff, d_row, d_w, n_tok, hidden);
 	free(hb);

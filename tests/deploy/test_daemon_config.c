@@ -237,6 +237,7 @@ static void test_co_load(const char *dir)
 	CHECK(c.placement.load_profile == NULL && c.placement.min_distinct == 0);
 	CHECK(c.engine.micro_batches == 2 && c.engine.max_batch == 256 && c.engine.max_seqs == 0 &&
 	      c.engine.max_ctx == 0 && c.engine.threads == 0 && !strcmp(c.engine.device, "cpu"));
+	CHECK(c.engine.precision == KN_PRECISION_AUTO); /* kn_precision_resolve: test_kn_ops */
 	CHECK(!strcmp(c.transport.tp.bind_addr, "127.0.0.1") && c.transport.tp.device == NULL &&
 	      c.transport.tp.port == 0 && c.transport.tp.gid_index == -1 && c.transport.tp.mtu == 0);
 	CHECK(c.transport.expert_timeout_ms == 30000 && c.transport.tp.peer_timeout_ms == 5000);
@@ -438,6 +439,7 @@ static void test_wk_load(const char *dir)
 	CHECK(wk_config_load(good, NULL, 0, &c, &err) == 0);
 	CHECK(!strcmp(c.model.path, "/srv/model") && c.worker.memory_limit == 48ull << 30);
 	CHECK(c.transport.ring_slots == 8 && c.transport.ring_tokens == 512);
+	CHECK(c.worker.precision == KN_PRECISION_AUTO && !strcmp(c.compute.device, "cpu"));
 	CHECK(!strcmp(c.worker.coordinator, "127.0.0.1:7400") && c.worker.slots == 0 &&
 	      c.worker.threads == 0 && c.transport.tp.backend == TP_BACKEND_SHM &&
 	      c.transport.tp.gid_index == -1 && c.transport.tp.peer_timeout_ms == 5000 &&
@@ -451,6 +453,13 @@ static void test_wk_load(const char *dir)
 		char *o1[] = { "worker.name=w3", "worker.coordinator=[fd00::1]:7400" };
 		CHECK(wk_config_load(good, o1, 2, &c, &err) == 0 && !strcmp(c.worker.name, "w3"));
 		wk_config_free(&c);
+		char *o1b[] = { "worker.precision=exact", "compute.device=cuda:1" };
+		CHECK(wk_config_load(good, o1b, 2, &c, &err) == 0 &&
+		      c.worker.precision == KN_PRECISION_EXACT && !strcmp(c.compute.device, "cuda:1"));
+		wk_config_free(&c);
+		char *o1c[] = { "worker.precision=half" };
+		t_expect_err("wk precision", wk_config_load(good, o1c, 1, &c, &err), -EINVAL, &err,
+			     "[worker] precision", "exact, fast, auto");
 		char *o2[] = { "worker.name=w 3" };
 		t_expect_err("wk name chars", wk_config_load(good, o2, 1, &c, &err), -EINVAL, &err,
 			     "[worker] name: \"w 3\" may hold only letters", NULL);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU suite on a machine with an NVIDIA GPU, in one call that fits a short lease:
 # the CPU twin of the layout, every CUDA op against its CPU reference, a worker's slot table
-# on the GPU, the coordinator's engine on the GPU against the golden references, bench/gpu,
+# on the GPU, the golden references through the coordinator's engine and through the workers'
+# experts on the GPU (exact and fast), bench/gpu,
 # and the same expert layer in PyTorch (tests/gpu/moe_torch.py) for the ratio. Prints a short table
 # last; full logs go to $OUT (or ./gpu-out) when set.
 #   tests/gpu/run-on-device.sh [BUNDLE]   (default build/gpu-bundle, made by bundle.sh)
@@ -45,8 +46,14 @@ step moe_plan "$bundle/bin/test_moe_plan"
 step gpu_module "$bundle/bin/test_gpu_module"
 step cuda_ops timeout 300 "$bundle/bin/test_cuda_ops"
 step moe_gpu timeout 300 "$bundle/bin/test_moe_gpu"
-step golden_gpu env FERRY_GOLDEN="$bundle/golden" FERRY_ENGINE_DEVICE=cuda:0 \
-  timeout 300 "$bundle/bin/test_golden"
+# the golden sets through the coordinator's engine and through the workers' experts on the
+# GPU, exact (f32 activations, 1e-4) and fast (bf16 tensor cores)
+for where in ENGINE WORKER; do
+  for prec in exact fast; do
+    step golden_${where,,}_$prec env FERRY_GOLDEN="$bundle/golden" FERRY_${where}_DEVICE=cuda:0 \
+      FERRY_PRECISION=$prec timeout 200 "$bundle/bin/test_golden"
+  done
+done
 # the coordinator's decode step on the 16b shape (2 layers), CPU and GPU, batch 1 and 32
 m16=${TMPDIR:-/tmp}/ferry-m16
 step model_16b timeout 120 "$bundle/bin/ferryctl" model gen --preset 16b --layers 2 -q "$m16"
@@ -64,7 +71,11 @@ fi
 echo "== $(cat "$out/gpu.txt")"
 cat "$out/summary.txt"
 grep -hE "^(FAIL|ok)" "$out/cuda_ops.log" "$out/moe_gpu.log" "$out/gpu_module.log" | tail -50
-grep -hE "max abs diff|^fast:|set\(s\)|FAIL" "$out/golden_gpu.log" | tail -12
+for f in "$out"/golden_*.log; do # each run: its failures, and its worst logit difference
+  w=$(awk '{ for (i = 1; i < NF; i++) if ($i == "diff") print $(i + 1) }' "$f" | sort -g | tail -1)
+  echo "$(basename "$f" .log): worst max abs diff ${w:-?}; $(grep -hE "set\(s\)" "$f")"
+  grep -hE "^fast:|FAIL" "$f" | head -6
+done
 cat "$out/bench_gpu.log"
 [ -f "$out/moe_torch.log" ] && tail -5 "$out/moe_torch.log"
 # coordinator ms per decode step (all but the routed experts, which stay on the CPU here)

@@ -576,8 +576,75 @@ static void test_matmul(void)
 	}
 }
 
+/* The exact precision's products (exact.cu): f32 activations against kn_matmul_exact on
+ * the same inputs, dense at odd shapes (a partial tile of tokens, rows not a multiple of
+ * the block's) and grouped with an expert of no tokens. */
+static void test_exact(void)
+{
+	static const int shapes[][3] = { { 1, 45, 77 }, { 9, 1000, 256 }, { 33, 513, 2048 } };
+	for (size_t i = 0; i < FR_ARRAY_SIZE(shapes); i++) {
+		int n = shapes[i][0], rows = shapes[i][1], cols = shapes[i][2];
+		uint16_t *hw = rand_bf16((size_t)rows * cols, 0.5f);
+		float *x = rand_f32((size_t)n * cols), *ref = xmalloc((size_t)n * rows * 4);
+		uint16_t *dw = dev(hw, (size_t)rows * cols * 2);
+		float *dx = dev(x, (size_t)n * cols * 4), *dy = dev_poisoned((size_t)n * rows);
+		struct kn_mat W = { hw, KN_DTYPE_BF16, rows, cols };
+		char what[64];
+
+		kn_matmul_exact(ref, x, &W, n);
+		run_rc(kn_cuda_matmul_f32(cu, dy, dx, dw, n, rows, cols), "matmul_f32");
+		float *y = fetch(dy, (size_t)n * rows);
+		snprintf(what, sizeof(what), "matmul_f32 %d x %d x %d", n, rows, cols);
+		report(what, rel_err(y, ref, (size_t)n * rows), 1e-5);
+		kn_cuda_free(cu, dw);
+		kn_cuda_free(cu, dx);
+		kn_cuda_free(cu, dy);
+		free(hw);
+		free(x);
+		free(ref);
+		free(y);
+	}
+
+	enum { N = 5, ROWS = 45, COLS = 77 };
+	static const int m[N] = { 0, 1, 3, 17, 64 };
+	const uint16_t *w[N];
+	const float *xd[N];
+	float *y[N], *hx[N];
+	uint16_t *hw[N];
+	double worst = 0;
+	for (int e = 0; e < N; e++) {
+		hw[e] = rand_bf16((size_t)ROWS * COLS, 0.5f);
+		hx[e] = rand_f32((size_t)(m[e] ? m[e] : 1) * COLS);
+		w[e] = dev(hw[e], (size_t)ROWS * COLS * 2);
+		xd[e] = dev(hx[e], (size_t)(m[e] ? m[e] : 1) * COLS * 4);
+		y[e] = dev_poisoned((size_t)(m[e] ? m[e] : 1) * ROWS);
+	}
+	run_rc(kn_cuda_gemm_f32(cu, N, m, ROWS, COLS, w, xd, y), "gemm_f32");
+	for (int e = 0; e < N; e++) {
+		float *got = fetch(y[e], (size_t)(m[e] ? m[e] : 1) * ROWS);
+		if (m[e]) {
+			struct kn_mat W = { hw[e], KN_DTYPE_BF16, ROWS, COLS };
+			float *ref = xmalloc((size_t)m[e] * ROWS * 4);
+			kn_matmul_exact(ref, hx[e], &W, m[e]);
+			worst = FR_MAX(worst, rel_err(got, ref, (size_t)m[e] * ROWS));
+			free(ref);
+		} else { /* an expert without tokens: its output untouched (still poisoned) */
+			for (int i = 0; i < ROWS; i++)
+				worst = isnan(got[i]) ? worst : 1.0;
+		}
+		free(got);
+		kn_cuda_free(cu, (void *)w[e]);
+		kn_cuda_free(cu, (void *)xd[e]);
+		kn_cuda_free(cu, y[e]);
+		free(hw[e]);
+		free(hx[e]);
+	}
+	report("gemm_f32, tokens 0/1/3/17/64, 45 x 77", worst, 1e-5);
+}
+
 /* The whole expert layer against the CPU worker's computation (moe_compute's loop), once
- * with activations rounded to bf16 where the GPU rounds them (tight) and once in f32. */
+ * with activations rounded to bf16 where the GPU rounds them (tight) and once in f32; the
+ * exact precision against the f32 one (tight). */
 static void test_moe(int hidden, int inter, int n_slots, int n_tok, int k)
 {
 	size_t n_pairs = (size_t)n_tok * k;
@@ -642,7 +709,8 @@ static void test_moe(int hidden, int inter, int n_slots, int n_tok, int k)
 		struct kn_cuda_moe_batch b = { n_tok, dx, poff, slot, wt };
 		float *dout = dev_poisoned((size_t)n_tok * hidden);
 		char what[96];
-		run_rc(kn_cuda_moe(cu, (enum kn_cuda_gemm)how, sl, n_slots, hidden, inter, &b, dout),
+		run_rc(kn_cuda_moe(cu, (enum kn_cuda_gemm)how, KN_PRECISION_FAST, sl, n_slots,
+				   hidden, inter, &b, dout),
 		       "moe");
 		float *out = fetch(dout, (size_t)n_tok * hidden);
 		snprintf(what, sizeof(what), "moe %s, %d tok x top-%d, %d slots, %d x %d",
@@ -654,11 +722,26 @@ static void test_moe(int hidden, int inter, int n_slots, int n_tok, int k)
 		kn_cuda_free(cu, dout);
 		free(out);
 	}
+	{
+		struct kn_cuda_moe_batch b = { n_tok, dx, poff, slot, wt };
+		float *dout = dev_poisoned((size_t)n_tok * hidden);
+		char what[96];
+		run_rc(kn_cuda_moe(cu, KN_CUDA_GEMM_PADDED /* not used */, KN_PRECISION_EXACT, sl,
+				   n_slots, hidden, inter, &b, dout),
+		       "moe exact");
+		float *out = fetch(dout, (size_t)n_tok * hidden);
+		snprintf(what, sizeof(what), "moe exact, %d tok x top-%d, %d slots, %d x %d", n_tok,
+			 k, n_slots, hidden, inter);
+		report(what, rel_err(out, ref32, (size_t)n_tok * hidden), 1e-5);
+		kn_cuda_free(cu, dout);
+		free(out);
+	}
 	/* a slot out of range is refused, nothing written */
 	slot[0] = n_slots;
 	struct kn_cuda_moe_batch bad = { n_tok, dx, poff, slot, wt };
 	float *dout = dev(NULL, (size_t)n_tok * hidden * 4);
-	int rc = kn_cuda_moe(cu, KN_CUDA_GEMM_GROUPED, sl, n_slots, hidden, inter, &bad, dout);
+	int rc = kn_cuda_moe(cu, KN_CUDA_GEMM_GROUPED, KN_PRECISION_FAST, sl, n_slots, hidden,
+			     inter, &bad, dout);
 	printf("%s moe: slot out of range: %d (%s)\n", rc == -EINVAL ? "ok  " : "FAIL", rc,
 	       kn_cuda_error(cu));
 	CHECK(rc == -EINVAL);
@@ -714,6 +797,7 @@ int main(int argc, char **argv)
 	test_permute();
 	test_gemm();
 	test_matmul();
+	test_exact();
 	test_moe(64, 40, 6, 13, 3);       /* small, odd intermediate size */
 	test_moe(2048, 1408, 12, 32, 6);  /* the 16b shape's expert, 32 tokens */
 	kn_cuda_destroy(cu);

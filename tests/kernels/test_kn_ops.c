@@ -356,6 +356,18 @@ static void test_matmul_fast_shared(int rows, int cols, int n)
 	free(wf), free(x), free(wd), free(y), free(y2);
 }
 
+/* [engine] / [worker] precision = auto: exact on the CPU, fast on a GPU; a value set wins
+ * on both. */
+static void test_precision_resolve(void)
+{
+	KT_CHECK(kn_precision_resolve(KN_PRECISION_AUTO, false) == KN_PRECISION_EXACT &&
+			 kn_precision_resolve(KN_PRECISION_AUTO, true) == KN_PRECISION_FAST &&
+			 kn_precision_resolve(KN_PRECISION_EXACT, true) == KN_PRECISION_EXACT &&
+			 kn_precision_resolve(KN_PRECISION_FAST, false) == KN_PRECISION_FAST &&
+			 kn_precision_resolve(KN_PRECISION_EXACT, false) == KN_PRECISION_EXACT,
+		 "kn_precision_resolve");
+}
+
 static void test_softmax(const struct kn_ops *ops, int n)
 {
 	float *x = kt_rand_vec(n, 20.0f), *xr = kt_alloc(n);
@@ -492,6 +504,7 @@ int main(void)
 	test_matmul_fast_shared(100, 2100, 48);
 	test_matmul_fast_shared(70, 1500, 80);
 	test_matmul_fast_shared(30, 4200, 33);
+	test_precision_resolve();
 	KT_CHECK(kn_ops_get("no-such-isa") == NULL, "kn_ops_get of an unknown name");
 	return kt_finish("test_kn_ops");
 }
