@@ -304,7 +304,8 @@ int main(int argc, char **argv)
 	for (int e = 0; e < N_EXPERTS; e++)
 		slots[e] = (struct kn_cuda_expert){ wl + (size_t)(3 * e) * per,
 						    wl + (size_t)(3 * e + 1) * per,
-						    wl + (size_t)(3 * e + 2) * per };
+						    wl + (size_t)(3 * e + 2) * per,
+						    KN_DTYPE_BF16 };
 	static const int toks[] = { 1, 32, 256 };
 	for (size_t i = 0; i < FR_ARRAY_SIZE(toks); i++) {
 		int n = toks[i];

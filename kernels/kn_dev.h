@@ -28,7 +28,8 @@ struct kn_dev_ops {
 	int (*download)(void *ctx, void *host_dst, const void *src, size_t bytes);
 	int (*copy)(void *ctx, void *dst, const void *src, size_t bytes);
 	/* A weight matrix (host, borrowed until weight_free) into device memory: *ret names it.
-	 * On a GPU it is held as bf16. */
+	 * On a GPU it is held as bf16 (bf16 weights) or f32 (f32 and f16 ones, whose products
+	 * are then always exact). */
 	int (*weight)(void *ctx, const struct kn_mat *m, void **ret);
 	void (*weight_free)(void *ctx, void *w); /* NULL is fine */
 	/* y[n][rows] = x[n][cols] . W^T. exact: f32 activations and fp32 products (a GPU's

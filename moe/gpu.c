@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * gpu.c - libferry-gpu.so: moe_device_ops over kernels/cuda. An expert's three matrices as
- * one bf16 block in device memory, loaded on the copy stream; the layer (kn_cuda_moe) on the
+ * one block in device memory (bf16, or f32 for a checkpoint's f32 or f16 weights: those
+ * compute exactly, as on the CPU), loaded on the copy stream; the layer (kn_cuda_moe) on the
  * compute stream, the tokens copied up and the result down around it, from and to host
  * memory the worker pins (gpu_pin) where the driver allows.
  */
@@ -84,65 +85,94 @@ static const char *gpu_describe(const struct moe_gpu *g)
 	return g->desc;
 }
 
-/* Matrix m into dev (room for rows x cols bf16) on stream c: bf16 as it is, another dtype
- * row by row through f32 to bf16 (round to nearest even). Queued: sync before using it. */
-static int upload_bf16(struct kn_cuda *c, uint16_t *dev, const struct kn_mat *m)
+/* The dtype a matrix is held in on the device: bf16 as it is; f32 and f16 as f32, so that
+ * the exact precision stays exact for them (their products are the exact ones). */
+static enum kn_dtype dev_dtype(const struct kn_mat *m)
 {
-	size_t cols = (size_t)m->cols, esz = kn_dtype_size(m->dtype);
+	return m->dtype == KN_DTYPE_BF16 ? KN_DTYPE_BF16 : KN_DTYPE_F32;
+}
+
+/* Matrix m into dev (room for rows x cols of dev_dtype(m)) on stream c: as it is, or f16
+ * row by row widened to f32. Queued: sync before using it. */
+static int upload_mat(struct kn_cuda *c, void *dev, const struct kn_mat *m)
+{
+	size_t cols = (size_t)m->cols;
 	int rc = 0;
 
-	if (m->dtype == KN_DTYPE_BF16)
-		return kn_cuda_upload(c, dev, m->data, (size_t)m->rows * cols * sizeof(uint16_t));
+	if (m->dtype == dev_dtype(m))
+		return kn_cuda_upload(c, dev, m->data,
+				      (size_t)m->rows * cols * kn_dtype_size(m->dtype));
 	float *f = malloc(cols * sizeof(*f));
-	uint16_t *b = malloc(cols * sizeof(*b));
-	if (!f || !b)
-		rc = -ENOMEM;
+	if (!f)
+		return -ENOMEM;
 	for (int r = 0; r < m->rows && rc == 0; r++) {
-		kn_to_f32(f, (const char *)m->data + (size_t)r * cols * esz, m->dtype, cols);
-		kn_from_f32(b, KN_DTYPE_BF16, f, cols);
-		/* a pageable source is staged before the call returns: b may be reused */
-		rc = kn_cuda_upload(c, dev + (size_t)r * cols, b, cols * sizeof(*b));
+		kn_to_f32(f, (const char *)m->data + (size_t)r * cols * kn_dtype_size(m->dtype),
+			  m->dtype, cols);
+		/* a pageable source is staged before the call returns: f may be reused */
+		rc = kn_cuda_upload(c, (float *)dev + (size_t)r * cols, f, cols * sizeof(*f));
 	}
 	free(f);
-	free(b);
 	return rc;
 }
+
+/* A loaded expert: its three matrices, one device block. */
+struct gpu_expert {
+	char *d;
+	enum kn_dtype dtype;
+	size_t per; /* bytes of each matrix */
+};
 
 static int gpu_load(void *ctx, const struct model_ffn *ffn, void **ret_dev)
 {
 	struct moe_gpu *g = ctx;
 	const struct kn_mat *m[3] = { &ffn->gate, &ffn->up, &ffn->down };
-	size_t per = (size_t)ffn->gate.rows * ffn->gate.cols, at = 0;
-	uint16_t *dev = NULL;
+	struct gpu_expert *ex = calloc(1, sizeof(*ex));
 	int rc;
 
-	if ((rc = kn_cuda_alloc(g->copy, 3 * per * sizeof(uint16_t), (void **)&dev)) < 0)
+	if (!ex)
+		return -ENOMEM;
+	ex->dtype = dev_dtype(&ffn->gate);
+	ex->per = (size_t)ffn->gate.rows * ffn->gate.cols * kn_dtype_size(ex->dtype);
+	for (int i = 1; i < 3; i++)
+		if (dev_dtype(m[i]) != ex->dtype) {
+			free(ex);
+			return -EINVAL;
+		}
+	if ((rc = kn_cuda_alloc(g->copy, 3 * ex->per, (void **)&ex->d)) < 0) {
+		free(ex);
 		return rc;
-	for (int i = 0; i < 3 && rc == 0; i++, at += per)
-		rc = upload_bf16(g->copy, dev + at, m[i]);
+	}
+	for (int i = 0; i < 3 && rc == 0; i++)
+		rc = upload_mat(g->copy, ex->d + i * ex->per, m[i]);
 	if (rc == 0)
 		rc = kn_cuda_sync(g->copy); /* loaded before any table can serve it */
 	if (rc < 0) {
 		fprintf(stderr, "moe gpu: loading an expert: %s\n", kn_cuda_error(g->copy));
-		kn_cuda_free(g->copy, dev);
+		kn_cuda_free(g->copy, ex->d);
+		free(ex);
 		return rc == -ENOMEM ? rc : -EIO;
 	}
-	*ret_dev = dev;
+	*ret_dev = ex;
 	return 0;
 }
 
 static void gpu_unload(void *ctx, void *dev)
 {
 	struct moe_gpu *g = ctx;
-	kn_cuda_free(g->copy, dev);
+	struct gpu_expert *ex = dev;
+	if (ex)
+		kn_cuda_free(g->copy, ex->d);
+	free(ex);
 }
 
 static int gpu_compute(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
 		       const struct moe_batch *b, bool exact, float *out)
 {
 	struct moe_gpu *g = ctx;
-	size_t bytes = (size_t)b->n_tok * hidden * sizeof(float), per = (size_t)hidden * inter;
+	size_t bytes = (size_t)b->n_tok * hidden * sizeof(float);
 	int rc = 0;
+
+	(void)inter;
 
 	pthread_mutex_lock(&g->lock);
 	if (n_slots > g->cap_ex) {
@@ -155,9 +185,10 @@ static int gpu_compute(void *ctx, void *const *dev, int n_slots, int hidden, int
 		g->cap_ex = n_slots;
 	}
 	for (int i = 0; i < n_slots; i++) {
-		const uint16_t *d = dev[i];
-		g->ex[i] = d ? (struct kn_cuda_expert){ d, d + per, d + 2 * per }
-			     : (struct kn_cuda_expert){ NULL, NULL, NULL };
+		const struct gpu_expert *e = dev[i];
+		g->ex[i] = e ? (struct kn_cuda_expert){ e->d, e->d + e->per, e->d + 2 * e->per,
+							e->dtype }
+			     : (struct kn_cuda_expert){ NULL, NULL, NULL, KN_DTYPE_BF16 };
 	}
 	if (bytes > g->cap_bytes) {
 		kn_cuda_free(g->compute, g->dx);
@@ -198,7 +229,8 @@ static void gpu_unpin(struct moe_gpu *g, void *p)
 /* ---- the coordinator's engine on the GPU (kernels/kn_dev.h), on the compute stream ---- */
 
 struct dev_mat {
-	uint16_t *d; /* [rows][cols] bf16 */
+	void *d; /* [rows][cols] of dtype (dev_dtype) */
+	enum kn_dtype dtype;
 	int rows, cols;
 };
 
@@ -250,9 +282,10 @@ static int dev_weight(void *ctx, const struct kn_mat *m, void **ret)
 		return -ENOMEM;
 	w->rows = m->rows;
 	w->cols = m->cols;
-	if ((rc = kn_cuda_alloc(g->compute, (size_t)m->rows * m->cols * sizeof(uint16_t),
-				(void **)&w->d)) < 0 ||
-	    (rc = upload_bf16(g->compute, w->d, m)) < 0 || (rc = kn_cuda_sync(g->compute)) < 0) {
+	w->dtype = dev_dtype(m);
+	if ((rc = kn_cuda_alloc(g->compute, (size_t)m->rows * m->cols * kn_dtype_size(w->dtype),
+				&w->d)) < 0 ||
+	    (rc = upload_mat(g->compute, w->d, m)) < 0 || (rc = kn_cuda_sync(g->compute)) < 0) {
 		kn_cuda_free(g->compute, w->d);
 		free(w);
 		return dev_rc(g, rc);
@@ -270,8 +303,8 @@ static void dev_weight_free(void *ctx, void *p)
 	free(w);
 }
 
-/* y = x . W^T: exact, with x f32 on the CUDA cores (exact.cu); else with x rounded to bf16
- * on the tensor cores, fp32 sums. */
+/* y = x . W^T: exact (or f32 weights), with x f32 on the CUDA cores (exact.cu); else with x
+ * rounded to bf16 on the tensor cores, fp32 sums. */
 static int dev_matmul(void *ctx, float *y, const float *x, const void *p, int n, bool exact)
 {
 	struct moe_gpu *g = ctx;
@@ -279,8 +312,9 @@ static int dev_matmul(void *ctx, float *y, const float *x, const void *p, int n,
 	size_t need = (size_t)n * w->cols * sizeof(uint16_t);
 	int rc;
 
-	if (exact)
-		return dev_rc(g, kn_cuda_matmul_f32(g->compute, y, x, w->d, n, w->rows, w->cols));
+	if (exact || w->dtype != KN_DTYPE_BF16)
+		return dev_rc(g, kn_cuda_matmul_f32(g->compute, y, x, w->d, w->dtype, n, w->rows,
+						    w->cols));
 	if (need > g->xb_cap) {
 		if ((rc = kn_cuda_sync(g->compute)) < 0)
 			return dev_rc(g, rc);
@@ -300,7 +334,7 @@ static int dev_embed(void *ctx, float *out, const void *p, const int32_t *ids, i
 {
 	struct moe_gpu *g = ctx;
 	const struct dev_mat *w = p;
-	return dev_rc(g, kn_cuda_embed(g->compute, out, w->d, w->rows, w->cols, ids, n));
+	return dev_rc(g, kn_cuda_embed(g->compute, out, w->d, w->dtype, w->rows, w->cols, ids, n));
 }
 
 static int dev_rmsnorm(void *ctx, float *y, const float *x, const float *gw, int n, int dim,

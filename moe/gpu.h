@@ -24,9 +24,10 @@ struct moe_gpu_module {
 	void (*close)(struct moe_gpu *g); /* NULL is fine; after every table using it */
 	/* "cuda:0 (NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB)" */
 	const char *(*describe)(const struct moe_gpu *g);
-	/* For moe_slots_use_device(table, ops, g). Weights in other dtypes than bf16 are
-	 * rounded to bf16 as they are copied; the layer's products take bf16 inputs with fp32
-	 * sums on the tensor cores, or f32 inputs on the CUDA cores in the exact precision. */
+	/* For moe_slots_use_device(table, ops, g). Bf16 weights are copied as they are and
+	 * the layer's products take bf16 inputs with fp32 sums on the tensor cores, or f32
+	 * inputs on the CUDA cores in the exact precision; f32 and f16 weights are held as
+	 * f32 and compute exactly in both precisions (as on the CPU). */
 	const struct moe_device_ops *ops;
 	/* Page-locks host memory that the device ops copy from or to (the frames' vectors,
 	 * moe_server_host_regions()), so that those copies go by DMA. Errors: -EINVAL,

@@ -15,8 +15,19 @@
 #define TOK 8   /* tokens per warp */
 #define WARPS 8 /* weight rows per block */
 
-static __global__ void matmul_f32_kernel(float *y, const float *x, const uint16_t *w, int n,
-					 int rows, int cols)
+static __device__ __forceinline__ float widen(uint16_t b)
+{
+	return __uint_as_float((uint32_t)b << 16); /* bf16 widened exactly */
+}
+
+static __device__ __forceinline__ float widen(float f)
+{
+	return f;
+}
+
+template <typename W>
+static __global__ void matmul_f32_kernel(float *y, const float *x, const W *w, int n, int rows,
+					 int cols)
 {
 	int r = (int)blockIdx.x * WARPS + (int)threadIdx.x / 32, lane = (int)threadIdx.x % 32;
 	int t0 = (int)blockIdx.y * TOK, nt = min(TOK, n - t0);
@@ -24,13 +35,13 @@ static __global__ void matmul_f32_kernel(float *y, const float *x, const uint16_
 
 	if (r >= rows) /* the whole warp: r is the warp's */
 		return;
-	const uint16_t *wr = w + (size_t)r * cols;
+	const W *wr = w + (size_t)r * cols;
 	const float *xt = x + (size_t)t0 * cols;
 #pragma unroll
 	for (int j = 0; j < TOK; j++)
 		acc[j] = 0.0f;
 	for (int k = lane; k < cols; k += 32) {
-		float wv = __uint_as_float((uint32_t)wr[k] << 16); /* bf16 widened exactly */
+		float wv = widen(wr[k]);
 #pragma unroll
 		for (int j = 0; j < TOK; j++)
 			if (j < nt)
@@ -46,38 +57,44 @@ static __global__ void matmul_f32_kernel(float *y, const float *x, const uint16_
 	}
 }
 
-static int launch(struct kn_cuda *c, float *y, const float *x, const uint16_t *w, int n,
-		  int rows, int cols)
+static int launch(struct kn_cuda *c, float *y, const float *x, const void *w,
+		  enum kn_dtype wdt, int n, int rows, int cols)
 {
 	dim3 grid((unsigned)((rows + WARPS - 1) / WARPS), (unsigned)((n + TOK - 1) / TOK));
 	if (grid.y > 65535)
 		return kn_cuda__invalid(c, "matmul_f32: more than 524280 tokens");
-	matmul_f32_kernel<<<grid, 32 * WARPS, 0, c->stream>>>(y, x, w, n, rows, cols);
+	if (wdt == KN_DTYPE_BF16)
+		matmul_f32_kernel<<<grid, 32 * WARPS, 0, c->stream>>>(
+			y, x, (const uint16_t *)w, n, rows, cols);
+	else
+		matmul_f32_kernel<<<grid, 32 * WARPS, 0, c->stream>>>(y, x, (const float *)w, n,
+								       rows, cols);
 	return kn_cuda__launched(c, "matmul_f32");
 }
 
-extern "C" int kn_cuda_matmul_f32(struct kn_cuda *c, float *y, const float *x, const uint16_t *w,
-				  int n, int rows, int cols)
+extern "C" int kn_cuda_matmul_f32(struct kn_cuda *c, float *y, const float *x, const void *w,
+				  enum kn_dtype wdt, int n, int rows, int cols)
 {
 	kn_cuda__enter(c);
-	if (n < 0 || rows <= 0 || cols <= 0)
-		return kn_cuda__invalid(c, "matmul_f32: bad shape");
-	return n ? launch(c, y, x, w, n, rows, cols) : 0;
+	if (n < 0 || rows <= 0 || cols <= 0 || (wdt != KN_DTYPE_BF16 && wdt != KN_DTYPE_F32))
+		return kn_cuda__invalid(c, "matmul_f32: bad shape or weight dtype");
+	return n ? launch(c, y, x, w, wdt, n, rows, cols) : 0;
 }
 
-extern "C" int kn_cuda_gemm_f32(struct kn_cuda *c, int n, const int *m, int rows, int cols,
-				const uint16_t *const *w, const float *const *x, float *const *y)
+extern "C" int kn_cuda_gemm_f32(struct kn_cuda *c, enum kn_dtype wdt, int n, const int *m,
+				int rows, int cols, const void *const *w, const float *const *x,
+				float *const *y)
 {
 	int rc = 0;
 
 	kn_cuda__enter(c);
-	if (n < 0 || rows <= 0 || cols <= 0)
-		return kn_cuda__invalid(c, "gemm_f32: bad shape");
+	if (n < 0 || rows <= 0 || cols <= 0 || (wdt != KN_DTYPE_BF16 && wdt != KN_DTYPE_F32))
+		return kn_cuda__invalid(c, "gemm_f32: bad shape or weight dtype");
 	for (int e = 0; e < n; e++)
 		if (m[e] < 0)
 			return kn_cuda__invalid(c, "gemm_f32: negative token count");
 	for (int e = 0; e < n && rc == 0; e++)
 		if (m[e])
-			rc = launch(c, y[e], x[e], w[e], m[e], rows, cols);
+			rc = launch(c, y[e], x[e], w[e], wdt, m[e], rows, cols);
 	return rc;
 }

@@ -88,10 +88,10 @@ int kn_cuda_softmax(struct kn_cuda *c, float *x, int n, int dim);
 /* kn_rope() on x [n][n_heads][head_dim] in place, pos [n] (device). */
 int kn_cuda_rope(struct kn_cuda *c, float *x, int n, int n_heads, int head_dim,
 		 const int32_t *pos, float theta);
-/* out[t] = table[ids[t]], table bf16 [vocab][dim], out f32 [n][dim], ids [n] (device); an id
- * out of range gives a row of NaN (the caller validates ids). */
-int kn_cuda_embed(struct kn_cuda *c, float *out, const uint16_t *table, int vocab, int dim,
-		  const int32_t *ids, int n);
+/* out[t] = table[ids[t]], table [vocab][dim] of dtype dt (BF16 or F32), out f32 [n][dim],
+ * ids [n] (device); an id out of range gives a row of NaN (the caller validates ids). */
+int kn_cuda_embed(struct kn_cuda *c, float *out, const void *table, enum kn_dtype dt, int vocab,
+		  int dim, const int32_t *ids, int n);
 /* kn_gate() for n tokens: logits [n][o->n_experts] (device), the choice into ret_idx and
  * ret_w [n][o->k] (device). o is read on the host; its bias pointer is ignored: pass the
  * device copy as bias (or NULL). At most 6144 experts. */
@@ -147,23 +147,25 @@ int kn_cuda_matmul_bf16(struct kn_cuda *c, float *y, const uint16_t *x, const ui
 
 /* ---- the exact precision (exact.cu): f32 activations, CUDA cores ------------------------- */
 
-/* y[n][rows] = x[n][cols] . W^T with x f32 and W bf16 [rows][cols] widened exactly, fp32
- * FMAs without tensor cores: kn_matmul() in KN_PRECISION_EXACT up to the order of the sums
- * (relative 1e-6). For checking ([engine] precision = exact) and for the routers. */
-int kn_cuda_matmul_f32(struct kn_cuda *c, float *y, const float *x, const uint16_t *w, int n,
-		       int rows, int cols);
+/* y[n][rows] = x[n][cols] . W^T with x f32 and W [rows][cols] of dtype wdt (BF16, widened
+ * exactly, or F32), fp32 FMAs without tensor cores: kn_matmul() in KN_PRECISION_EXACT up
+ * to the order of the sums (relative 1e-6). For checking ([engine] precision = exact), the
+ * routers, and weights a checkpoint has in f32. */
+int kn_cuda_matmul_f32(struct kn_cuda *c, float *y, const float *x, const void *w,
+		       enum kn_dtype wdt, int n, int rows, int cols);
 /* The experts' products in that arithmetic: for e < n, y[e][0..m[e])[rows] =
- * x[e][0..m[e])[cols] . w[e]^T, x[e] f32 (device pointers in host arrays); experts with
- * m[e] = 0 are skipped. */
-int kn_cuda_gemm_f32(struct kn_cuda *c, int n, const int *m, int rows, int cols,
-		     const uint16_t *const *w, const float *const *x, float *const *y);
+ * x[e][0..m[e])[cols] . w[e]^T, x[e] f32, w[e] of dtype wdt (device pointers in host
+ * arrays); experts with m[e] = 0 are skipped. */
+int kn_cuda_gemm_f32(struct kn_cuda *c, enum kn_dtype wdt, int n, const int *m, int rows,
+		     int cols, const void *const *w, const float *const *x, float *const *y);
 
 /* ---- the routed experts of one worker and layer (moe.cu) ---------------------------------- */
 
 struct kn_cuda_expert {
-	const uint16_t *gate; /* [inter][hidden] bf16, device */
-	const uint16_t *up;   /* [inter][hidden] bf16, device */
-	const uint16_t *down; /* [hidden][inter] bf16, device */
+	const void *gate; /* [inter][hidden], device */
+	const void *up;   /* [inter][hidden], device */
+	const void *down; /* [hidden][inter], device */
+	enum kn_dtype dtype; /* KN_DTYPE_BF16, or KN_DTYPE_F32 (a checkpoint's f32 weights) */
 };
 
 /* What moe_compute() (moe/moe.h) takes: each token's (slot, weight) pairs. */
@@ -180,7 +182,8 @@ struct kn_cuda_moe_batch {
  * GEMM down -> weighted un-permute. prec KN_PRECISION_FAST: the tokens and the SwiGLU
  * rounded to bf16, products on the tensor cores through cuBLAS as `how` says;
  * KN_PRECISION_EXACT: everything f32, the products kn_cuda_gemm_f32's (how is then not
- * used): the CPU worker's exact arithmetic. Scratch is owned by c and grows to the largest
+ * used): the CPU worker's exact arithmetic. Every slot with weights must have the same
+ * dtype; F32 weights compute exactly in both precisions (as on the CPU). Scratch is owned by c and grows to the largest
  * batch seen. Errors: -EINVAL (a slot out of range or without weights), -ENOMEM, -EIO. */
 int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_precision prec,
 		const struct kn_cuda_expert *slots, int n_slots, int hidden, int inter,

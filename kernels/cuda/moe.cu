@@ -58,10 +58,22 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_pre
 		if (b->pair_off[t + 1] < b->pair_off[t])
 			return kn_cuda__invalid(c, "moe: pair offsets decrease");
 	n_pairs = (size_t)b->pair_off[n_tok];
+	enum kn_dtype wdt = n_pairs ? KN_DTYPE_BF16 : KN_DTYPE_F32;
 	for (size_t p = 0; p < n_pairs; p++) {
 		int s = b->slot[p];
 		if (s < 0 || s >= n_slots || !slots[s].gate || !slots[s].up || !slots[s].down)
 			return kn_cuda__invalid(c, "moe: a pair names a slot out of range or empty");
+		if (slots[s].dtype != KN_DTYPE_BF16 && slots[s].dtype != KN_DTYPE_F32)
+			return kn_cuda__invalid(c, "moe: a slot's weights are neither bf16 nor f32");
+		if (p == 0)
+			wdt = slots[s].dtype;
+		else if (slots[s].dtype != wdt)
+			return kn_cuda__invalid(c, "moe: slots of different weight dtypes");
+	}
+	if (wdt == KN_DTYPE_F32) { /* no bf16 products for f32 weights: exact, as on the CPU */
+		exact = true;
+		xe = 4;
+		how = KN_CUDA_GEMM_GROUPED;
 	}
 	if (!n_pairs)
 		return kn_cuda__status(c, cudaMemsetAsync(out, 0, (size_t)n_tok * hidden *
@@ -103,8 +115,8 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_pre
 	void **hb = (void **)malloc((size_t)n_slots * (8 * sizeof(void *) + sizeof(int)) + 1);
 	if (!hb)
 		return -ENOMEM;
-	const uint16_t **w1 = (const uint16_t **)hb, **w2 = w1 + n_slots, **w3 = w2 + n_slots;
-	const void **xa = (const void **)(hb + 3 * (size_t)n_slots), **xb = xa + n_slots;
+	const void **w1 = (const void **)hb, **w2 = w1 + n_slots, **w3 = w2 + n_slots;
+	const void **xa = w3 + n_slots, **xb = xa + n_slots;
 	float **yg = (float **)(hb + 5 * (size_t)n_slots), **yu = yg + n_slots,
 	      **yd = yu + n_slots;
 	int *m = (int *)(hb + 8 * (size_t)n_slots);
@@ -127,19 +139,22 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_pre
 									(const float *const *)xb;
 		if ((rc = kn_cuda_permute_f32(c, (float *)xs, b->x, d_tok, d_row, (int)n_pairs,
 					      hidden)) == 0 &&
-		    (rc = kn_cuda_gemm_f32(c, n_slots, m, inter, hidden, w1, xaf, yg)) == 0 &&
-		    (rc = kn_cuda_gemm_f32(c, n_slots, m, inter, hidden, w2, xaf, yu)) == 0 &&
+		    (rc = kn_cuda_gemm_f32(c, wdt, n_slots, m, inter, hidden, w1, xaf, yg)) == 0 &&
+		    (rc = kn_cuda_gemm_f32(c, wdt, n_slots, m, inter, hidden, w2, xaf, yu)) == 0 &&
 		    (rc = kn_cuda_swiglu(c, (float *)act, g, u, R * inter)) == 0)
-			rc = kn_cuda_gemm_f32(c, n_slots, m, hidden, inter, w3, xbf, yd);
+			rc = kn_cuda_gemm_f32(c, wdt, n_slots, m, hidden, inter, w3, xbf, yd);
 	} else if (rc == 0) {
 		const uint16_t *const *xah = (const uint16_t *const *)xa,
-				      *const *xbh = (const uint16_t *const *)xb;
+				      *const *xbh = (const uint16_t *const *)xb,
+				      *const *w1h = (const uint16_t *const *)w1,
+				      *const *w2h = (const uint16_t *const *)w2,
+				      *const *w3h = (const uint16_t *const *)w3;
 		if ((rc = kn_cuda_permute(c, (uint16_t *)xs, b->x, d_tok, d_row, (int)n_pairs,
 					  hidden)) == 0 &&
-		    (rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w1, xah, yg)) == 0 &&
-		    (rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w2, xah, yu)) == 0 &&
+		    (rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w1h, xah, yg)) == 0 &&
+		    (rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w2h, xah, yu)) == 0 &&
 		    (rc = kn_cuda_swiglu_bf16(c, (uint16_t *)act, g, u, R * inter)) == 0)
-			rc = kn_cuda_gemm_bf16(c, how, n_slots, m, hidden, inter, w3, xbh, yd);
+			rc = kn_cuda_gemm_bf16(c, how, n_slots, m, hidden, inter, w3h, xbh, yd);
 	}
 	if (rc == 0)
 		rc = kn_cuda_unpermute(c, out, d, d_poff, d_row, d_w, n_tok, hidden);

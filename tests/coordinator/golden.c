@@ -21,8 +21,8 @@
  * (FERRY_GPU_MODULE); with FERRY_WORKER_DEVICE=cuda:N the in-process workers' slot tables
  * hold their experts on that GPU and compute there, as ferry-worker's with [compute]
  * device = cuda:N (moe_local_create_on). On a GPU, FERRY_PRECISION=fast takes bf16
- * activations on the tensor cores: the fast bar then applies to every set (weights and
- * activations rounded to bf16 whatever the checkpoint's dtype); the exact precision (the
+ * activations on the tensor cores: the fast bar then applies to every set (an f32
+ * checkpoint's weights stay f32 on the GPU and compute exactly); the exact precision (the
  * default here) keeps activations f32 (kernels/cuda/exact.cu): logits within 1e-4 of the
  * references, every argmax and greedy token the same. Without a CUDA device these exit 77
  * saying why.

@@ -216,21 +216,26 @@ static void test_softmax_rope_embed(void)
 		free(ref);
 		free(y);
 	}
-	/* embed: every row where the table has it */
-	{
+	/* embed: every row where the table has it, from a bf16 table and from an f32 one */
+	for (int dt = KN_DTYPE_F32; dt <= KN_DTYPE_BF16; dt++) {
 		int vocab = 1000, dim = 77, n = 6;
 		int32_t ids[6] = { 0, 999, 5, 5, 512, 1 };
-		uint16_t *tab = rand_bf16((size_t)vocab * dim, 1);
+		size_t esz = kn_dtype_size((enum kn_dtype)dt);
+		void *tab = dt == KN_DTYPE_BF16 ? (void *)rand_bf16((size_t)vocab * dim, 1)
+						: (void *)rand_f32((size_t)vocab * dim);
 		float *ref = xmalloc((size_t)n * dim * 4);
 		for (int t = 0; t < n; t++)
-			kn_to_f32(ref + (size_t)t * dim, tab + (size_t)ids[t] * dim, KN_DTYPE_BF16,
-				  (size_t)dim);
-		uint16_t *dtab = dev(tab, (size_t)vocab * dim * 2);
+			kn_to_f32(ref + (size_t)t * dim, (char *)tab + (size_t)ids[t] * dim * esz,
+				  (enum kn_dtype)dt, (size_t)dim);
+		void *dtab = dev(tab, (size_t)vocab * dim * esz);
 		int32_t *dids = dev(ids, sizeof(ids));
 		float *dy = dev_poisoned((size_t)n * dim);
-		run_rc(kn_cuda_embed(cu, dy, dtab, vocab, dim, dids, n), "embed");
+		char what[64];
+		run_rc(kn_cuda_embed(cu, dy, dtab, (enum kn_dtype)dt, vocab, dim, dids, n), "embed");
 		float *y = fetch(dy, (size_t)n * dim);
-		report("embed 6 ids of 1000 x 77", rel_err(y, ref, (size_t)n * dim), 0);
+		snprintf(what, sizeof(what), "embed 6 ids of 1000 x 77, %s",
+			 kn_dtype_name((enum kn_dtype)dt));
+		report(what, rel_err(y, ref, (size_t)n * dim), 0);
 		kn_cuda_free(cu, dtab);
 		kn_cuda_free(cu, dids);
 		kn_cuda_free(cu, dy);
@@ -582,19 +587,23 @@ static void test_matmul(void)
 static void test_exact(void)
 {
 	static const int shapes[][3] = { { 1, 45, 77 }, { 9, 1000, 256 }, { 33, 513, 2048 } };
-	for (size_t i = 0; i < FR_ARRAY_SIZE(shapes); i++) {
-		int n = shapes[i][0], rows = shapes[i][1], cols = shapes[i][2];
-		uint16_t *hw = rand_bf16((size_t)rows * cols, 0.5f);
+	for (size_t i = 0; i < 2 * FR_ARRAY_SIZE(shapes); i++) {
+		int n = shapes[i / 2][0], rows = shapes[i / 2][1], cols = shapes[i / 2][2];
+		enum kn_dtype wdt = i % 2 ? KN_DTYPE_F32 : KN_DTYPE_BF16;
+		size_t esz = kn_dtype_size(wdt);
+		void *hw = wdt == KN_DTYPE_BF16 ? (void *)rand_bf16((size_t)rows * cols, 0.5f)
+						: (void *)rand_f32((size_t)rows * cols);
 		float *x = rand_f32((size_t)n * cols), *ref = xmalloc((size_t)n * rows * 4);
-		uint16_t *dw = dev(hw, (size_t)rows * cols * 2);
+		void *dw = dev(hw, (size_t)rows * cols * esz);
 		float *dx = dev(x, (size_t)n * cols * 4), *dy = dev_poisoned((size_t)n * rows);
-		struct kn_mat W = { hw, KN_DTYPE_BF16, rows, cols };
+		struct kn_mat W = { hw, wdt, rows, cols };
 		char what[64];
 
 		kn_matmul_exact(ref, x, &W, n);
-		run_rc(kn_cuda_matmul_f32(cu, dy, dx, dw, n, rows, cols), "matmul_f32");
+		run_rc(kn_cuda_matmul_f32(cu, dy, dx, dw, wdt, n, rows, cols), "matmul_f32");
 		float *y = fetch(dy, (size_t)n * rows);
-		snprintf(what, sizeof(what), "matmul_f32 %d x %d x %d", n, rows, cols);
+		snprintf(what, sizeof(what), "matmul_f32 %d x %d x %d, %s weights", n, rows, cols,
+			 kn_dtype_name(wdt));
 		report(what, rel_err(y, ref, (size_t)n * rows), 1e-5);
 		kn_cuda_free(cu, dw);
 		kn_cuda_free(cu, dx);
@@ -607,7 +616,7 @@ static void test_exact(void)
 
 	enum { N = 5, ROWS = 45, COLS = 77 };
 	static const int m[N] = { 0, 1, 3, 17, 64 };
-	const uint16_t *w[N];
+	const void *w[N];
 	const float *xd[N];
 	float *y[N], *hx[N];
 	uint16_t *hw[N];
@@ -619,7 +628,7 @@ static void test_exact(void)
 		xd[e] = dev(hx[e], (size_t)(m[e] ? m[e] : 1) * COLS * 4);
 		y[e] = dev_poisoned((size_t)(m[e] ? m[e] : 1) * ROWS);
 	}
-	run_rc(kn_cuda_gemm_f32(cu, N, m, ROWS, COLS, w, xd, y), "gemm_f32");
+	run_rc(kn_cuda_gemm_f32(cu, KN_DTYPE_BF16, N, m, ROWS, COLS, w, xd, y), "gemm_f32");
 	for (int e = 0; e < N; e++) {
 		float *got = fetch(y[e], (size_t)(m[e] ? m[e] : 1) * ROWS);
 		if (m[e]) {
@@ -663,6 +672,7 @@ static void test_moe(int hidden, int inter, int n_slots, int n_tok, int k)
 		sl[s].gate = dev(hg[s], (size_t)inter * hidden * 2);
 		sl[s].up = dev(hu[s], (size_t)inter * hidden * 2);
 		sl[s].down = dev(hd[s], (size_t)hidden * inter * 2);
+		sl[s].dtype = KN_DTYPE_BF16;
 	}
 	/* k distinct slots per token, never the last one (a slot with no tokens) */
 	for (int t = 0; t <= n_tok; t++)
