@@ -13,7 +13,8 @@
  *     host memory (the driver stages through a bounce buffer) and from memory pinned as a
  *     worker pins its frame buffers (kn_cuda_host_register): GB/s and pinned / pageable;
  *   - the whole layer (kn_cuda_moe, 128 experts, top-12, 4096 hidden, 1408 wide) at 1, 32
- *     and 256 tokens: ms per call (and in the exact precision: f32 activations on the CUDA
+ *     and 256 tokens: ms per call with KN_CUDA_GEMM_AUTO as a worker runs it (and the pick,
+ *     and each method's time, and in the exact precision: f32 activations on the CUDA
  *     cores, the cost of checking), printed as "layer N ms" lines that tests/gpu/
  *     run-on-device.sh sets against tests/gpu/moe_torch.py's PyTorch layer on the same GPU.
  * Medians of --reps timed runs after warm-up, device events around each. Random inputs
@@ -339,10 +340,24 @@ int main(int argc, char **argv)
 		double g_ms = time_ms(run_moe, &ma);
 		ma.how = KN_CUDA_GEMM_PADDED;
 		double p_ms = time_ms(run_moe, &ma);
+		/* what the worker runs: the faster of the two, picked on this device by timing
+		 * both on the first layers of the shape (the warm-up runs) */
+		for (int k = 0; k < 2 * KN_CUDA_TUNE_TRIALS; k++) {
+			ma.how = KN_CUDA_GEMM_AUTO;
+			if (run_moe(&ma) < 0)
+				die("auto");
+		}
+		double a_ms = time_ms(run_moe, &ma);
+		int mmax = 0, cnt[N_EXPERTS] = { 0 };
+		for (int k = 0; k < n * TOP_K; k++)
+			mmax = FR_MAX(mmax, ++cnt[slot[k]]);
+		enum kn_cuda_gemm pick = KN_CUDA_GEMM_AUTO;
+		kn_cuda_gemm_pick(cu, mmax, &pick, NULL);
+		ma.how = KN_CUDA_GEMM_GROUPED;
 		ma.prec = KN_PRECISION_EXACT; /* what precision = exact costs */
 		double e_ms = time_ms(run_moe, &ma);
-		printf("layer %d ms %.4f (grouped %.4f, padded %.4f; exact %.4f, %.1fx)\n", n,
-		       FR_MIN(g_ms, p_ms), g_ms, p_ms, e_ms, e_ms / FR_MIN(g_ms, p_ms));
+		printf("layer %d ms %.4f (auto picked %s; grouped %.4f, padded %.4f; exact %.4f, "
+		       "%.1fx)\n", n, a_ms, kn_cuda_gemm_name(pick), g_ms, p_ms, e_ms, e_ms / a_ms);
 		kn_cuda_free(cu, dx);
 		kn_cuda_free(cu, dout);
 		free(poff);

@@ -202,7 +202,7 @@ static int gpu_compute(void *ctx, void *const *dev, int n_slots, int hidden, int
 	}
 	struct kn_cuda_moe_batch kb = { b->n_tok, g->dx, b->pair_off, b->slot, b->weight };
 	if ((rc = kn_cuda_upload(g->compute, g->dx, b->x, bytes)) < 0 ||
-	    (rc = kn_cuda_moe(g->compute, KN_CUDA_GEMM_GROUPED,
+	    (rc = kn_cuda_moe(g->compute, KN_CUDA_GEMM_AUTO,
 			      exact ? KN_PRECISION_EXACT : KN_PRECISION_FAST, g->ex, n_slots,
 			      hidden, inter, &kb, g->dout)) < 0 ||
 	    (rc = kn_cuda_download(g->compute, out, g->dout, bytes)) < 0)

@@ -111,8 +111,12 @@ int kn_cuda_create(int device, struct kn_cuda **ret)
 				       "cublasSetStream")) < 0)
 		goto fail;
 	for (int i = 0; i < 2; i++)
-		if ((rc = kn_cuda__status(c, cudaEventCreate(&c->ev[i]), "cudaEventCreate")) < 0)
+		if ((rc = kn_cuda__status(c, cudaEventCreate(&c->ev[i]), "cudaEventCreate")) < 0 ||
+		    (rc = kn_cuda__status(c, cudaEventCreate(&c->tune_ev[i]),
+					  "cudaEventCreate")) < 0)
 			goto fail;
+	for (int b = 0; b < KN_CUDA_TUNE_BUCKETS; b++)
+		c->tune[b].pick = -1;
 	*ret = c;
 	return 0;
 fail:
@@ -132,9 +136,12 @@ void kn_cuda_destroy(struct kn_cuda *c)
 	cudaFree(c->ptrs.p);
 	cudaFree(c->attn.p);
 	free(c->host_idx);
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < 2; i++) {
 		if (c->ev[i])
 			cudaEventDestroy(c->ev[i]);
+		if (c->tune_ev[i])
+			cudaEventDestroy(c->tune_ev[i]);
+	}
 	if (c->blas)
 		cublasDestroy(c->blas);
 	if (c->stream)

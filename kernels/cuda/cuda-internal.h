@@ -12,6 +12,8 @@
 
 #include "kernels/cuda/kn_cuda.h"
 
+#define KN_CUDA_TUNE_BUCKETS 32 /* bit lengths of a token count */
+
 /* Device memory kept from call to call and grown on demand (kn_cuda__reserve). */
 struct kn_cuda_buf {
 	void *p;
@@ -30,6 +32,14 @@ struct kn_cuda {
 	struct kn_cuda_buf attn;    /* kn_cuda_attention_paged() scores [n][n_heads][max_ctx] */
 	int32_t *host_idx;          /* host staging of kn_cuda_moe()'s index arrays */
 	size_t host_idx_n;
+	/* KN_CUDA_GEMM_AUTO (moe.cu): per bit length of the busiest expert's token count, the
+	 * best time of each method so far, how often each was timed, and the pick (-1: none) */
+	struct {
+		float best[2];
+		int tried[2];
+		int pick;
+	} tune[KN_CUDA_TUNE_BUCKETS];
+	cudaEvent_t tune_ev[2];
 };
 
 /* Converts a CUDA status once: 0, or a negative errno with the message kept in c->err. */

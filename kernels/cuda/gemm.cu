@@ -16,7 +16,10 @@
 
 extern "C" const char *kn_cuda_gemm_name(enum kn_cuda_gemm g)
 {
-	return g == KN_CUDA_GEMM_GROUPED ? "grouped" : g == KN_CUDA_GEMM_PADDED ? "padded" : "?";
+	return g == KN_CUDA_GEMM_GROUPED ? "grouped"
+	       : g == KN_CUDA_GEMM_PADDED ? "padded"
+	       : g == KN_CUDA_GEMM_AUTO	  ? "auto"
+					  : "?";
 }
 
 extern "C" int kn_cuda_gemm_bf16(struct kn_cuda *c, enum kn_cuda_gemm how, int n, const int *m,

@@ -128,9 +128,20 @@ int kn_cuda_argmax(struct kn_cuda *c, int32_t *out, const float *x, int n, int d
 enum kn_cuda_gemm {
 	KN_CUDA_GEMM_GROUPED = 0, /* cublasGemmGroupedBatchedEx: one problem per expert */
 	KN_CUDA_GEMM_PADDED,      /* cublasGemmBatchedEx: every expert padded to the largest */
+	KN_CUDA_GEMM_AUTO,        /* kn_cuda_moe() only: the faster of the two for the shape,
+				   * measured on this device (kn_cuda_gemm_pick) */
 };
 
-const char *kn_cuda_gemm_name(enum kn_cuda_gemm g);
+const char *kn_cuda_gemm_name(enum kn_cuda_gemm g); /* "grouped", "padded", "auto" */
+
+/* KN_CUDA_GEMM_AUTO's choice for layers whose busiest expert has max_tokens tokens (shapes
+ * are told apart by the bit length of that count): each method is timed on the first
+ * KN_CUDA_TUNE_TRIALS layers of the shape that come (device events around the layer; the
+ * results are the same either way), then the faster one is kept for c's life. 0 with the
+ * pick and both best times (ms[2], may be NULL) once decided; -EAGAIN while still trying. */
+#define KN_CUDA_TUNE_TRIALS 3
+int kn_cuda_gemm_pick(const struct kn_cuda *c, int max_tokens, enum kn_cuda_gemm *ret,
+		      float *ms);
 
 /* For e < n: y[e][0..m[e])[rows] = x[e][0..m[e])[cols] . w[e]^T, w[e] bf16 [rows][cols],
  * x[e] bf16, y[e] f32 (all device pointers, held in host arrays). Experts with m[e] = 0 are
@@ -180,7 +191,8 @@ struct kn_cuda_moe_batch {
 /* out[t] = sum over t's pairs of weight * FFN_slot(x[t]) (SwiGLU), out [n_tok][hidden] f32,
  * device, overwritten: permute (gather each slot's tokens) -> GEMM gate and up -> SwiGLU ->
  * GEMM down -> weighted un-permute. prec KN_PRECISION_FAST: the tokens and the SwiGLU
- * rounded to bf16, products on the tensor cores through cuBLAS as `how` says;
+ * rounded to bf16, products on the tensor cores through cuBLAS as `how` says (AUTO: the
+ * faster per shape, kn_cuda_gemm_pick; a layer timed for it waits for the stream);
  * KN_PRECISION_EXACT: everything f32, the products kn_cuda_gemm_f32's (how is then not
  * used): the CPU worker's exact arithmetic. Every slot with weights must have the same
  * dtype; F32 weights compute exactly in both precisions (as on the CPU). Scratch is owned by c and grows to the largest

@@ -10,6 +10,8 @@
  * Rows (kn_moe_plan, moe_plan.c): with KN_CUDA_GEMM_GROUPED the slots' rows are packed (slot
  * s from its offset, as many as it has tokens); with KN_CUDA_GEMM_PADDED each slot with
  * tokens gets the largest count's worth of rows, so that one batched GEMM covers them all.
+ * KN_CUDA_GEMM_AUTO times both on the first layers of each shape (the bit length of the
+ * busiest slot's count) and keeps the faster.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -23,6 +25,64 @@ static_assert((int)KN_CUDA_GEMM_GROUPED == (int)KN_MOE_LAYOUT_PACKED &&
 	      "a GEMM method names its row layout");
 
 #define ALIGN_UP(x) (((x) + 255) & ~(size_t)255)
+
+static int bit_length(unsigned v)
+{
+	int b = 0;
+	for (; v; v >>= 1)
+		b++;
+	return b;
+}
+
+extern "C" int kn_cuda_gemm_pick(const struct kn_cuda *c, int max_tokens, enum kn_cuda_gemm *ret,
+				 float *ms)
+{
+	int b = bit_length(max_tokens > 0 ? (unsigned)max_tokens : 0u);
+	if (b >= KN_CUDA_TUNE_BUCKETS || c->tune[b].pick < 0)
+		return -EAGAIN;
+	*ret = (enum kn_cuda_gemm)c->tune[b].pick;
+	if (ms) {
+		ms[0] = c->tune[b].best[0];
+		ms[1] = c->tune[b].best[1];
+	}
+	return 0;
+}
+
+/* AUTO: the method for a layer whose busiest slot has mmax tokens, and *ret_bucket the
+ * shape to time it for (-1: decided already). */
+static enum kn_cuda_gemm auto_method(struct kn_cuda *c, int mmax, int *ret_bucket)
+{
+	int b = bit_length((unsigned)mmax);
+	*ret_bucket = -1;
+	if (b >= KN_CUDA_TUNE_BUCKETS)
+		return KN_CUDA_GEMM_GROUPED;
+	if (c->tune[b].pick >= 0)
+		return (enum kn_cuda_gemm)c->tune[b].pick;
+	*ret_bucket = b;
+	return c->tune[b].tried[0] <= c->tune[b].tried[1] ? KN_CUDA_GEMM_GROUPED
+							  : KN_CUDA_GEMM_PADDED;
+}
+
+/* AUTO: the layer just queued (tune_ev[0] before it) took how long with method how. */
+static int auto_record(struct kn_cuda *c, int b, enum kn_cuda_gemm how)
+{
+	float ms = 0;
+	int rc = kn_cuda__status(c, cudaEventRecord(c->tune_ev[1], c->stream), "cudaEventRecord");
+	if (rc == 0)
+		rc = kn_cuda__status(c, cudaEventSynchronize(c->tune_ev[1]), "cudaEventSynchronize");
+	if (rc == 0)
+		rc = kn_cuda__status(c, cudaEventElapsedTime(&ms, c->tune_ev[0], c->tune_ev[1]),
+				     "cudaEventElapsedTime");
+	if (rc < 0)
+		return rc;
+	int i = how == KN_CUDA_GEMM_PADDED;
+	if (!c->tune[b].tried[i]++ || ms < c->tune[b].best[i])
+		c->tune[b].best[i] = ms;
+	if (c->tune[b].tried[0] >= KN_CUDA_TUNE_TRIALS && c->tune[b].tried[1] >= KN_CUDA_TUNE_TRIALS)
+		c->tune[b].pick = c->tune[b].best[1] < c->tune[b].best[0] ? KN_CUDA_GEMM_PADDED
+									  : KN_CUDA_GEMM_GROUPED;
+	return 0;
+}
 
 static int host_reserve(struct kn_cuda *c, size_t n)
 {
@@ -87,6 +147,15 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_pre
 		return rc;
 	int32_t *cnt = c->host_idx, *base = cnt + n_slots, *tok = base + n_slots,
 		*row = tok + n_pairs, *poff = row + n_pairs;
+	int bucket = -1; /* AUTO: the shape this layer is timed for */
+	if (how == KN_CUDA_GEMM_AUTO) {
+		int mmax = 0;
+		memset(cnt, 0, (size_t)n_slots * sizeof(*cnt));
+		for (size_t p = 0; p < n_pairs; p++)
+			if (++cnt[b->slot[p]] > mmax)
+				mmax = cnt[b->slot[p]];
+		how = auto_method(c, mmax, &bucket);
+	}
 	long rows = kn_moe_plan((enum kn_moe_layout)how, n_slots, n_tok, b->pair_off, b->slot,
 				cnt, base, tok, row);
 	if (rows < 0)
@@ -131,7 +200,10 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_pre
 		yu[s] = u + (size_t)base[s] * inter;
 		yd[s] = d + (size_t)base[s] * hidden;
 	}
-	if (how == KN_CUDA_GEMM_PADDED) /* rows past a slot's count are computed: keep them finite */
+	if (bucket >= 0)
+		rc = kn_cuda__status(c, cudaEventRecord(c->tune_ev[0], c->stream),
+				     "cudaEventRecord");
+	if (rc == 0 && how == KN_CUDA_GEMM_PADDED) /* rows past a slot's count: keep them finite */
 		rc = kn_cuda__status(c, cudaMemsetAsync(xs, 0, R * hidden * xe, c->stream),
 				     "moe: clear padding");
 	if (rc == 0 && exact) {
@@ -158,6 +230,8 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_pre
 	}
 	if (rc == 0)
 		rc = kn_cuda_unpermute(c, out, d, d_poff, d_row, d_w, n_tok, hidden);
+	if (rc == 0 && bucket >= 0)
+		rc = auto_record(c, bucket, how);
 	free(hb);
 	return rc;
 }

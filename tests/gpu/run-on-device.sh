@@ -36,7 +36,7 @@ step() { # name, command...
   "$@" > "$out/$name.log" 2>&1
   local rc=$? t1=$(date +%s.%N)
   awk -v n="$name" -v rc="$rc" -v a="$t0" -v b="$t1" \
-    'BEGIN { printf "%-14s rc %-3s %6.1fs\n", n, rc, b - a }' >> "$out/summary.txt"
+    'BEGIN { printf "%-20s rc %-3s %6.1fs\n", n, rc, b - a }' >> "$out/summary.txt"
   [ "$rc" -eq 0 ] || status=1
   return $rc
 }

@@ -732,6 +732,36 @@ static void test_moe(int hidden, int inter, int n_slots, int n_tok, int k)
 		kn_cuda_free(cu, dout);
 		free(out);
 	}
+	{ /* AUTO: each method timed KN_CUDA_TUNE_TRIALS times, the same results throughout,
+	   * then a pick for this shape */
+		struct kn_cuda_moe_batch b = { n_tok, dx, poff, slot, wt };
+		int mmax = 0, *cnt = xcalloc((size_t)n_slots, sizeof(int));
+		for (size_t p = 0; p < n_pairs; p++)
+			mmax = FR_MAX(mmax, ++cnt[slot[p]]);
+		enum kn_cuda_gemm pick;
+		float ms[2];
+		/* undecided unless an earlier call had a busiest slot of the same bit length */
+		bool fresh = kn_cuda_gemm_pick(cu, mmax, &pick, ms) == -EAGAIN;
+		double worst = 0;
+		for (int i = 0; i < 2 * KN_CUDA_TUNE_TRIALS; i++) {
+			float *dout = dev_poisoned((size_t)n_tok * hidden);
+			run_rc(kn_cuda_moe(cu, KN_CUDA_GEMM_AUTO, KN_PRECISION_FAST, sl, n_slots, hidden,
+					   inter, &b, dout),
+			       "moe auto");
+			float *out = fetch(dout, (size_t)n_tok * hidden);
+			worst = FR_MAX(worst, rel_err(out, ref, (size_t)n_tok * hidden));
+			kn_cuda_free(cu, dout);
+			free(out);
+		}
+		int rc = kn_cuda_gemm_pick(cu, mmax, &pick, ms);
+		printf("%s moe auto, %d tok (%s): picked %s (grouped %.3f ms, padded %.3f ms)\n",
+		       rc == 0 ? "ok  " : "FAIL", n_tok, fresh ? "timed here" : "timed before",
+		       rc == 0 ? kn_cuda_gemm_name(pick) : "nothing",
+		       rc == 0 ? ms[0] : 0.0, rc == 0 ? ms[1] : 0.0);
+		CHECK(rc == 0 && (pick == KN_CUDA_GEMM_GROUPED || pick == KN_CUDA_GEMM_PADDED));
+		report("  ... its results throughout", worst, 2e-3);
+		free(cnt);
+	}
 	{
 		struct kn_cuda_moe_batch b = { n_tok, dx, poff, slot, wt };
 		float *dout = dev_poisoned((size_t)n_tok * hidden);
