@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "kernels/cuda/kn_cuda.h"
 #include "moe/gpu.h"
@@ -226,6 +227,33 @@ static void gpu_unpin(struct moe_gpu *g, void *p)
 		fprintf(stderr, "moe gpu: %s\n", kn_cuda_error(g->compute));
 }
 
+static int gpu_dmabuf_alloc(struct moe_gpu *g, size_t bytes, void **ret_dev, int *ret_fd,
+			    struct fr_error *err)
+{
+	void *d = NULL;
+	int rc;
+
+	if (!bytes || bytes % (2u << 20))
+		return fr_error_set(err, -EINVAL, "dma-buf: %zu bytes, not a multiple of 2 MiB",
+				    bytes);
+	if ((rc = kn_cuda_alloc(g->compute, bytes, &d)) < 0)
+		return fr_error_set(err, rc, "%s", kn_cuda_error(g->compute));
+	if ((rc = kn_cuda_dmabuf_export(g->compute, d, bytes, ret_fd)) < 0) {
+		fr_error_set(err, rc, "%s", kn_cuda_error(g->compute));
+		kn_cuda_free(g->compute, d);
+		return rc;
+	}
+	*ret_dev = d;
+	return 0;
+}
+
+static void gpu_dmabuf_free(struct moe_gpu *g, void *dev, int fd)
+{
+	if (fd >= 0)
+		close(fd);
+	kn_cuda_free(g->compute, dev);
+}
+
 /* ---- the coordinator's engine on the GPU (kernels/kn_dev.h), on the compute stream ---- */
 
 struct dev_mat {
@@ -419,6 +447,8 @@ __attribute__((visibility("default"))) const struct moe_gpu_module *ferry_gpu_mo
 		.ops = &gpu_ops,
 		.pin = gpu_pin,
 		.unpin = gpu_unpin,
+		.dmabuf_alloc = gpu_dmabuf_alloc,
+		.dmabuf_free = gpu_dmabuf_free,
 		.engine_ops = &dev_ops,
 	};
 	return &m;

@@ -36,6 +36,14 @@ struct moe_gpu_module {
 	 * back a pin() that succeeded, before the memory goes and before close(). */
 	int (*pin)(struct moe_gpu *g, void *p, size_t bytes, struct fr_error *err);
 	void (*unpin)(struct moe_gpu *g, void *p);
+	/* GPUDirect RDMA: bytes (a multiple of 2 MiB) of device memory exported as a dma-buf
+	 * (kn_cuda_dmabuf_export) for the NIC to register (tp_mem_register_dmabuf): its
+	 * device address and the dma-buf's fd. Errors: -EOPNOTSUPP (the driver, GPU or kernel
+	 * cannot), -EINVAL, -ENOMEM, -EIO; err says why. dmabuf_free() closes the fd and
+	 * frees the memory, after the NIC's registration is gone. */
+	int (*dmabuf_alloc)(struct moe_gpu *g, size_t bytes, void **ret_dev, int *ret_fd,
+			    struct fr_error *err);
+	void (*dmabuf_free)(struct moe_gpu *g, void *dev, int fd);
 	/* The coordinator's engine on this device ([engine] device = cuda:N): the ops of
 	 * kernels/kn_dev.h with the struct moe_gpu as their ctx, on its compute stream. */
 	const struct kn_dev_ops *engine_ops;

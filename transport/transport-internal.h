@@ -19,6 +19,9 @@ struct tp_ops {
 	void (*ctx_fini)(struct tp_context *ctx);
 	int (*mem_reg)(struct tp_context *ctx, struct tp_mem *mem);   /* optional */
 	void (*mem_dereg)(struct tp_context *ctx, struct tp_mem *mem); /* optional */
+	/* tp_mem_register_dmabuf(): mem->ptr is the memory's address (not CPU-mapped), the
+	 * buffer starts at offset in dma-buf fd. Optional: without it, -EOPNOTSUPP. */
+	int (*mem_reg_dmabuf)(struct tp_context *ctx, struct tp_mem *mem, int fd, uint64_t offset);
 	int (*ep_init)(struct tp_ep *ep);              /* after the bootstrap listener exists */
 	int (*ep_pack)(const struct tp_ep *ep, uint8_t *extra, size_t cap, size_t *ret_len);
 	/* fd: the bootstrap socket, connected and authenticated; the backend owns it now. */
@@ -56,6 +59,7 @@ struct tp_mem {
 	size_t len;
 	size_t map_len; /* 0 for registered caller memory */
 	int fd;         /* memfd behind tp_mem_alloc() memory, -1 otherwise */
+	bool device;    /* tp_mem_register_dmabuf(): device memory, never read by the CPU */
 	void *priv;     /* backend (verbs: struct ibv_mr *) */
 };
 

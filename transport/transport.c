@@ -212,6 +212,33 @@ int tp_mem_register(struct tp_context *ctx, void *ptr, size_t len, struct tp_mem
 	return rc;
 }
 
+int tp_mem_register_dmabuf(struct tp_context *ctx, int fd, uint64_t offset, size_t len,
+			   void *addr, struct tp_mem **ret_mem)
+{
+	struct tp_mem *mem;
+	int rc;
+
+	if (fd < 0 || !len || !addr)
+		return -EINVAL;
+	if (!ctx->ops->mem_reg_dmabuf)
+		return -EOPNOTSUPP;
+	mem = calloc(1, sizeof(*mem));
+	if (!mem)
+		return -ENOMEM;
+	*mem = (struct tp_mem){ .ctx = ctx, .ptr = addr, .len = len, .fd = -1, .device = true };
+	if ((rc = ctx->ops->mem_reg_dmabuf(ctx, mem, fd, offset)) < 0) {
+		free(mem);
+		return rc;
+	}
+	*ret_mem = mem;
+	return 0;
+}
+
+int tp_mem_is_device(const struct tp_mem *mem)
+{
+	return mem->device;
+}
+
 void *tp_mem_ptr(const struct tp_mem *mem)
 {
 	return mem->ptr;

@@ -124,6 +124,19 @@ int tp_mem_alloc(struct tp_context *ctx, size_t len, struct tp_mem **ret_mem);
 /* Registers caller memory [ptr, ptr+len), which stays owned by the caller and must outlive
  * the tp_mem. shm can use it only as a put source (as a receive region: -EINVAL). */
 int tp_mem_register(struct tp_context *ctx, void *ptr, size_t len, struct tp_mem **ret_mem);
+/* Registers device memory exported as a dma-buf (GPUDirect RDMA: the NIC reads and writes
+ * a GPU's memory without the host): len bytes at offset in dma-buf fd (the caller's; keep
+ * it open until tp_mem_free), which the process addresses as addr (a GPU's virtual
+ * address: what puts name as their local buffer, what tp_mem_ptr() returns; the CPU never
+ * reads it). Usable as a put source and as a receive region. verbs only, through
+ * ibv_reg_dmabuf_mr(): puts from it are never sent inline. Errors: -EINVAL (fd < 0, len
+ * 0, addr NULL), -EOPNOTSUPP (shm, tcp, an rdma-core without ibv_reg_dmabuf_mr, or a
+ * device or driver that cannot register dma-buf memory: soft-RoCE, no peer-memory
+ * support), -ENOMEM, other -errno from the driver. */
+int tp_mem_register_dmabuf(struct tp_context *ctx, int fd, uint64_t offset, size_t len,
+			   void *addr, struct tp_mem **ret_mem);
+/* Whether mem is device memory (tp_mem_register_dmabuf). */
+int tp_mem_is_device(const struct tp_mem *mem);
 void *tp_mem_ptr(const struct tp_mem *mem);
 size_t tp_mem_len(const struct tp_mem *mem);
 /* Frees or deregisters. No endpoint or put in flight may still use it. Accepts NULL. */

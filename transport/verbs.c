@@ -270,6 +270,30 @@ static int vb_mem_reg(struct tp_context *c, struct tp_mem *mem)
 	return 0;
 }
 
+static int vb_mem_reg_dmabuf(struct tp_context *c, struct tp_mem *mem, int fd, uint64_t offset)
+{
+#ifdef FERRY_HAVE_IBV_DMABUF
+	struct ibv_mr *mr = ibv_reg_dmabuf_mr(VB_CTX(c)->pd, offset, mem->len,
+					      (uint64_t)(uintptr_t)mem->ptr, fd,
+					      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+	if (!mr) {
+		int rc = errno ? -errno : -EIO;
+		fr_info(VCOMP, "device %s: ibv_reg_dmabuf_mr(%zu bytes): %s", VB_CTX(c)->name,
+			mem->len, strerror(-rc));
+		return rc; /* EOPNOTSUPP: a provider without dma-buf support */
+	}
+	mem->priv = mr;
+	return 0;
+#else
+	(void)c;
+	(void)mem;
+	(void)fd;
+	(void)offset;
+	fr_info(VCOMP, "ibv_reg_dmabuf_mr: this rdma-core has none");
+	return -EOPNOTSUPP;
+#endif
+}
+
 static void vb_mem_dereg(struct tp_context *c, struct tp_mem *mem)
 {
 	if (mem->priv)
@@ -567,7 +591,8 @@ static int vb_put(struct tp_ep *e, const struct tp_mem *local, size_t local_off,
 		.sg_list = &sge,
 		.num_sge = len ? 1 : 0,
 		.opcode = IBV_WR_RDMA_WRITE_WITH_IMM,
-		.send_flags = len <= ctx->max_inline ? IBV_SEND_INLINE : 0,
+		/* inline: the CPU copies the bytes, which device memory does not allow */
+		.send_flags = len <= ctx->max_inline && !local->device ? IBV_SEND_INLINE : 0,
 		.imm_data = htonl(imm),
 		.wr.rdma = { .remote_addr = ep->peer_addr + remote_off, .rkey = ep->peer_rkey },
 	};
@@ -733,6 +758,7 @@ const struct tp_ops tp_verbs_ops = {
 	.ctx_fini = vb_ctx_fini,
 	.mem_reg = vb_mem_reg,
 	.mem_dereg = vb_mem_dereg,
+	.mem_reg_dmabuf = vb_mem_reg_dmabuf,
 	.ep_init = vb_ep_init,
 	.ep_pack = vb_ep_pack,
 	.ep_connect = vb_ep_connect,

@@ -73,6 +73,42 @@ struct wk_agent {
 	atomic_uint_fast64_t m_slots, m_epoch, t_start_ns;
 };
 
+/* Where a GPU worker's frames land, said once at start: in host memory (the receive ring,
+ * pinned for the device where the driver allows: host staging); and whether GPUDirect RDMA
+ * could take them to the GPU instead: on verbs, a probe of 2 MiB of device memory exported
+ * as a dma-buf and registered with the NIC. The ring in device memory is not built: the
+ * worker parses each frame on the CPU. */
+static void gpudirect_log(struct wk_agent *a)
+{
+	enum tp_backend b = tp_context_backend(a->tp);
+	struct fr_error err = { { 0 } };
+	struct tp_mem *m = NULL;
+	void *dev = NULL;
+	int fd = -1, rc;
+
+	if (b != TP_BACKEND_VERBS) {
+		fr_info("worker", "frames: host staging (receive ring in host memory; the %s "
+			"transport has no GPUDirect RDMA)", tp_backend_name(b));
+		return;
+	}
+	if ((rc = a->gpu_mod->dmabuf_alloc(a->gpu, 2u << 20, &dev, &fd, &err)) < 0) {
+		fr_info("worker", "frames: host staging (receive ring in host memory); GPUDirect "
+			"RDMA unavailable: %s", err.msg);
+		return;
+	}
+	rc = tp_mem_register_dmabuf(a->tp, fd, 0, 2u << 20, dev, &m);
+	if (rc < 0)
+		fr_info("worker", "frames: host staging (receive ring in host memory); GPUDirect "
+			"RDMA unavailable: the RDMA device cannot register GPU memory "
+			"(ibv_reg_dmabuf_mr: %s)", strerror(-rc));
+	else
+		fr_info("worker", "frames: host staging (receive ring in host memory); GPUDirect "
+			"RDMA possible (the RDMA device registered GPU memory through its dma-buf) "
+			"but not used: frames into GPU memory are not built yet");
+	tp_mem_free(m);
+	a->gpu_mod->dmabuf_free(a->gpu, dev, fd);
+}
+
 /* An empty slot table of our size, on our device. */
 static int slots_create(struct wk_agent *a, struct moe_slots **ret)
 {
@@ -198,6 +234,7 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 			kn_precision() == KN_PRECISION_EXACT
 				? "f32 activations on the CUDA cores, for checking"
 				: "bf16 activations on the tensor cores, fp32 sums");
+		gpudirect_log(a);
 	}
 	if ((rc = slots_create(a, &a->slots)) < 0) {
 		fr_error_set(err, rc, "cannot create %d slots", a->o.slots);
@@ -717,8 +754,8 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err)
 				      .epoch = (uint32_t)a->epoch };
 	if ((rc = moe_server_create(a->slots, a->tp, a->ep, a->recv, &so, &a->srv, err)) < 0)
 		goto out;
-	if (a->gpu) { /* the frames land in host memory (no GPUDirect RDMA yet): pinned, their
-		       * copies to and from the device go by DMA */
+	if (a->gpu) { /* the frames land in host memory (gpudirect_log): pinned, their copies
+		       * to and from the device go by DMA */
 		struct moe_host_region v[MOE_SERVER_HOST_REGIONS];
 		int n = moe_server_host_regions(a->srv, v, MOE_SERVER_HOST_REGIONS);
 		a->n_pinned = moe_gpu_pin_regions(a->gpu_mod, a->gpu, v, n, a->pinned, LOG_COMP,

@@ -65,8 +65,10 @@ const struct conf_key wk_config_keys[] = {
 		 "layers) ([worker] precision: fast by "
 		 "default there); the frames land in host memory (the "
 		 "receive ring), pinned for the device where the driver allows (the log says "
-		 "which regions), so that their copies go by DMA; no GPUDirect RDMA "
-		 "yet. [worker] threads then apply to nothing." },
+		 "which regions), so that their copies go by DMA. Frames straight into GPU "
+		 "memory (GPUDirect RDMA) are not built yet; on verbs the log says whether "
+		 "this host's RDMA device could register the GPU's memory (a dma-buf probe). "
+		 "[worker] threads then apply to nothing." },
 
 	{ "model", "path", CONF_STR, OFF(model.path),
 	  .doc = "This worker's own copy of the checkpoint directory (the same checkpoint as "

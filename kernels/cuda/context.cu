@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda.h> /* the driver API's types only: its functions come through the runtime */
+
 #include "kernels/cuda/cuda-internal.h"
 
 int kn_cuda__status(struct kn_cuda *c, cudaError_t st, const char *what)
@@ -248,4 +250,42 @@ int kn_cuda_elapsed_ms(struct kn_cuda *c, double *ret_ms)
 	if (rc == 0)
 		*ret_ms = ms;
 	return rc;
+}
+
+/* cuMemGetHandleForAddressRange from the driver the runtime loaded (no link to libcuda). */
+typedef CUresult (*get_handle_fn)(void *handle, CUdeviceptr dptr, size_t size,
+				  CUmemRangeHandleType type, unsigned long long flags);
+
+int kn_cuda_dmabuf_export(struct kn_cuda *c, void *p, size_t bytes, int *ret_fd)
+{
+	enum cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+	void *fn = NULL;
+	int fd = -1;
+
+	kn_cuda__enter(c);
+	if (!p || !bytes || bytes % 4096 || (uintptr_t)p % 4096)
+		return kn_cuda__invalid(c, "dma-buf export: memory not page-aligned");
+	int rc = kn_cuda__status(c, cudaGetDriverEntryPointByVersion("cuMemGetHandleForAddressRange",
+								      &fn, 11070, cudaEnableDefault,
+								      &q),
+				 "cudaGetDriverEntryPointByVersion");
+	if (rc < 0)
+		return rc;
+	if (q != cudaDriverEntryPointSuccess || !fn) {
+		snprintf(c->err, sizeof(c->err), "dma-buf export: the CUDA driver has no "
+			 "cuMemGetHandleForAddressRange (driver older than CUDA 11.7)");
+		return -EOPNOTSUPP;
+	}
+	CUresult r = ((get_handle_fn)fn)(&fd, (CUdeviceptr)(uintptr_t)p, bytes,
+					 CU_MEM_RANGE_HANDLE_TYPE_DMA_BUF_FD, 0);
+	if (r != CUDA_SUCCESS) {
+		snprintf(c->err, sizeof(c->err), "dma-buf export: cuMemGetHandleForAddressRange: "
+			 "CUresult %d%s", (int)r,
+			 r == CUDA_ERROR_NOT_SUPPORTED ? " (not supported: the GPU, its driver or "
+							 "the kernel cannot export dma-bufs)" : "");
+		return r == CUDA_ERROR_NOT_SUPPORTED ? -EOPNOTSUPP
+		       : r == CUDA_ERROR_INVALID_VALUE ? -EINVAL : -EIO;
+	}
+	*ret_fd = fd;
+	return 0;
 }

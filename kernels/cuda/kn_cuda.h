@@ -53,6 +53,13 @@ int kn_cuda_sync(struct kn_cuda *c);
  * then. */
 int kn_cuda_host_register(struct kn_cuda *c, void *p, size_t bytes);
 int kn_cuda_host_unregister(struct kn_cuda *c, void *p);
+/* GPUDirect RDMA: device memory [p, p + bytes) (from kn_cuda_alloc, page-aligned, bytes a
+ * multiple of 4096) exported as a dma-buf, whose fd (*ret_fd, the caller's to close) a NIC
+ * registers (ibv_reg_dmabuf_mr, tp_mem_register_dmabuf) to read and write it without the
+ * host. Through the driver's cuMemGetHandleForAddressRange, found at run time. Errors:
+ * -EOPNOTSUPP (the driver, GPU or kernel cannot: kn_cuda_error() says which), -EINVAL,
+ * -EIO. */
+int kn_cuda_dmabuf_export(struct kn_cuda *c, void *p, size_t bytes, int *ret_fd);
 /* dst = src, bytes of device memory, queued. */
 int kn_cuda_copy(struct kn_cuda *c, void *dst, const void *src, size_t bytes);
 /* Device time between a mark and the next: kn_cuda_mark(c) queues an event;

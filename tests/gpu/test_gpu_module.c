@@ -38,11 +38,22 @@ int main(void)
 	}
 	CHECK(m->abi == MOE_GPU_ABI && m->open && m->close && m->describe && m->ops &&
 	      m->ops->load && m->ops->unload && m->ops->compute && m->pin && m->unpin &&
-	      m->engine_ops && m->engine_ops->matmul && m->engine_ops->attention);
+	      m->engine_ops && m->engine_ops->matmul && m->engine_ops->attention &&
+	      m->dmabuf_alloc && m->dmabuf_free);
 	printf("ok   %s: ABI %d, device ops \"%s\"\n", path, m->abi, m->ops->name);
 	int rc = m->open(0, &g, &err);
 	if (rc == 0) {
 		printf("ok   cuda:0: %s\n", m->describe(g));
+		/* GPUDirect RDMA's export: a dma-buf of 2 MiB, or a refusal that says why */
+		void *d = NULL;
+		int fd = -1;
+		CHECK(m->dmabuf_alloc(g, 4096, &d, &fd, &err) == -EINVAL);
+		rc = m->dmabuf_alloc(g, 2u << 20, &d, &fd, &err);
+		CHECK(rc == 0 ? fd >= 0 && d != NULL : rc == -EOPNOTSUPP && err.msg[0]);
+		printf("%s cuda:0 dma-buf export: %s\n", rc == 0 || rc == -EOPNOTSUPP ? "ok  " : "FAIL",
+		       rc == 0 ? "a dma-buf of 2 MiB" : err.msg);
+		if (rc == 0)
+			m->dmabuf_free(g, d, fd);
 		m->close(g);
 	} else {
 		t_expect_err("no device here", rc, -ENODEV, &err, "cuda:0: ", NULL);

@@ -11,10 +11,14 @@
  * Exit 0 pass, 1 fail, 77 skipped (reason printed).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/udmabuf.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -1056,6 +1060,115 @@ struct tcase {
 	bool vm_only; /* verbs inside ../shared/rdma-vm (root, tc, netem) */
 };
 
+/* A dma-buf over host memory (/dev/udmabuf, the kernel's exporter of memfd pages), standing
+ * in for a GPU's exported memory: its fd, and the same pages mapped for the CPU in *map
+ * (len bytes). -errno when the kernel has no udmabuf. */
+static int udmabuf_make(size_t len, void **map, int *memfd)
+{
+	int dev = open("/dev/udmabuf", O_RDWR | O_CLOEXEC), mfd = -1, fd = -1, rc = 0;
+	if (dev < 0)
+		return -errno;
+	mfd = memfd_create("ferry-test-dmabuf", MFD_ALLOW_SEALING | MFD_CLOEXEC);
+	if (mfd < 0 || ftruncate(mfd, (off_t)len) < 0 ||
+	    fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK) < 0) {
+		rc = -errno;
+		goto out;
+	}
+	struct udmabuf_create c = { .memfd = (uint32_t)mfd, .flags = UDMABUF_FLAGS_CLOEXEC,
+				    .offset = 0, .size = len };
+	if ((fd = ioctl(dev, UDMABUF_CREATE, &c)) < 0 ||
+	    (*map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0)) == MAP_FAILED) {
+		rc = -errno;
+		goto out;
+	}
+	*memfd = mfd;
+	close(dev);
+	return fd;
+out:
+	if (fd >= 0)
+		close(fd);
+	if (mfd >= 0)
+		close(mfd);
+	close(dev);
+	return rc;
+}
+
+#define DMABUF_LEN (2u << 20)
+
+/* Device memory through its dma-buf (tp_mem_register_dmabuf, GPUDirect RDMA's registration;
+ * a udmabuf stands in for a GPU): bad arguments are refused; shm and tcp refuse it with
+ * -EOPNOTSUPP; verbs registers it where the device can (then A puts from its own dma-buf,
+ * small puts too, which must not go inline, into B's, and B checks the bytes through the
+ * pages' CPU mapping) and otherwise refuses it with an errno, both sides going on cleanly. */
+static void case_dmabuf(char side)
+{
+	struct tp_config cfg = test_config(dev_for_side(side), 5000);
+	struct tp_context *ctx;
+	struct tp_mem *mem = NULL;
+	void *map = NULL;
+	int memfd = -1, rc = tp_context_create(&cfg, &ctx);
+
+	skip_unavailable(rc);
+	CHECK_RC(rc);
+	int fd = udmabuf_make(DMABUF_LEN, &map, &memfd);
+	if (fd < 0)
+		printf("  %c: no /dev/udmabuf (%s): the argument checks only\n", side, strerror(-fd));
+	int probe_fd = fd >= 0 ? fd : g_ctl; /* any open fd for the checks before the driver's */
+	void *addr = map ? map : (void *)&cfg;
+	CHECK(tp_mem_register_dmabuf(ctx, -1, 0, 4096, addr, &mem) == -EINVAL);
+	CHECK(tp_mem_register_dmabuf(ctx, probe_fd, 0, 0, addr, &mem) == -EINVAL);
+	CHECK(tp_mem_register_dmabuf(ctx, probe_fd, 0, 4096, NULL, &mem) == -EINVAL);
+	if (g_backend != TP_BACKEND_VERBS) {
+		CHECK(tp_mem_register_dmabuf(ctx, probe_fd, 0, 4096, addr, &mem) == -EOPNOTSUPP);
+	} else {
+		rc = fd >= 0 ? tp_mem_register_dmabuf(ctx, fd, 0, DMABUF_LEN, map, &mem) : fd;
+		char mine = rc == 0 ? 'y' : 'n', theirs;
+		ctl_write(&mine, 1);
+		ctl_read(&theirs, 1);
+		if (rc < 0 && fd >= 0)
+			printf("  %c: %s cannot register dma-buf memory: %s (refused cleanly)\n", side,
+			       cfg.device ? cfg.device : "the device", strerror(-rc));
+		if (mine == 'y' && theirs == 'y') {
+			CHECK(tp_mem_is_device(mem) && tp_mem_ptr(mem) == map &&
+			      tp_mem_len(mem) == DMABUF_LEN);
+			struct side s = { .ctx = ctx };
+			uint8_t peer[TP_ADDR_MAX];
+			CHECK_RC(tp_ep_create(ctx, mem, &s, &s.ep));
+			blob_send(g_ctl, s.ep);
+			uint32_t plen = blob_recv(g_ctl, peer);
+			CHECK_RC(tp_ep_connect(s.ep, peer, plen));
+			static const size_t len[] = { 16, 4096, 1 << 20 };
+			for (size_t i = 0; i < FR_ARRAY_SIZE(len); i++) {
+				if (side == 'A') {
+					gen(map, len[i], 7, i);
+					CHECK_RC(tp_put_imm(s.ep, mem, 0, 4096, len[i], (uint32_t)i,
+							    TP_PUT_SIGNAL, i));
+					struct tp_event ev = next_event(&s, 30);
+					CHECK(ev.type == TP_EV_SEND_DONE && ev.status == 0);
+				} else {
+					struct tp_event ev = next_event(&s, 30);
+					CHECK(ev.type == TP_EV_ARRIVAL && ev.imm == i && ev.len == len[i]);
+					CHECK(verify((uint8_t *)map + 4096, len[i], 7, i));
+					CHECK_RC(tp_ep_release(s.ep, 1));
+				}
+				barrier();
+			}
+			printf("  %c: dma-buf memory registered, puts of 16 B to 1 MiB checked\n",
+			       side);
+			tp_ep_destroy(s.ep);
+		}
+	}
+	barrier();
+	tp_mem_free(mem);
+	if (map)
+		munmap(map, DMABUF_LEN);
+	if (fd >= 0)
+		close(fd);
+	if (memfd >= 0)
+		close(memfd);
+	tp_context_destroy(ctx);
+}
+
 static const struct tcase cases[] = {
 	{ "sizes", case_sizes, NULL },
 	{ "stream", case_stream, NULL },
@@ -1067,6 +1180,7 @@ static const struct tcase cases[] = {
 	{ "death-sender", NULL, case_death_sender },
 	{ "link-loss", NULL, case_link_loss, true },
 	{ "wait-many", NULL, case_wait_many },
+	{ "dmabuf", case_dmabuf, NULL },
 };
 
 static int run_case(const struct tcase *c)
