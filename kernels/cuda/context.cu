@@ -237,16 +237,25 @@ int kn_cuda_mark(struct kn_cuda *c)
 	return kn_cuda__status(c, cudaEventRecord(c->ev[0], c->stream), "cudaEventRecord");
 }
 
+int kn_cuda__elapsed(struct kn_cuda *c, cudaEvent_t start, cudaEvent_t end, float *ret_ms)
+{
+	float ms = 0;
+	int rc = kn_cuda__status(c, cudaEventRecord(end, c->stream), "cudaEventRecord");
+	if (rc == 0)
+		rc = kn_cuda__status(c, cudaEventSynchronize(end), "cudaEventSynchronize");
+	if (rc == 0)
+		rc = kn_cuda__status(c, cudaEventElapsedTime(&ms, start, end),
+				     "cudaEventElapsedTime");
+	if (rc == 0)
+		*ret_ms = ms;
+	return rc;
+}
+
 int kn_cuda_elapsed_ms(struct kn_cuda *c, double *ret_ms)
 {
 	float ms = 0;
 	kn_cuda__enter(c);
-	int rc = kn_cuda__status(c, cudaEventRecord(c->ev[1], c->stream), "cudaEventRecord");
-	if (rc == 0)
-		rc = kn_cuda__status(c, cudaEventSynchronize(c->ev[1]), "cudaEventSynchronize");
-	if (rc == 0)
-		rc = kn_cuda__status(c, cudaEventElapsedTime(&ms, c->ev[0], c->ev[1]),
-				     "cudaEventElapsedTime");
+	int rc = kn_cuda__elapsed(c, c->ev[0], c->ev[1], &ms);
 	if (rc == 0)
 		*ret_ms = ms;
 	return rc;

@@ -61,6 +61,10 @@ static inline void kn_cuda__enter(struct kn_cuda *c)
  * the stream is done with it (work queued before may still read it). */
 int kn_cuda__reserve(struct kn_cuda *c, struct kn_cuda_buf *b, size_t need, const char *what);
 
+/* Records `end` on c's stream, waits for it, and gives the time since `start` (recorded
+ * earlier on the same stream). */
+int kn_cuda__elapsed(struct kn_cuda *c, cudaEvent_t start, cudaEvent_t end, float *ret_ms);
+
 /* Sets c->err and returns -EINVAL. */
 int kn_cuda__invalid(struct kn_cuda *c, const char *what);
 

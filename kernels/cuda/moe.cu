@@ -67,12 +67,7 @@ static enum kn_cuda_gemm auto_method(struct kn_cuda *c, int mmax, int *ret_bucke
 static int auto_record(struct kn_cuda *c, int b, enum kn_cuda_gemm how)
 {
 	float ms = 0;
-	int rc = kn_cuda__status(c, cudaEventRecord(c->tune_ev[1], c->stream), "cudaEventRecord");
-	if (rc == 0)
-		rc = kn_cuda__status(c, cudaEventSynchronize(c->tune_ev[1]), "cudaEventSynchronize");
-	if (rc == 0)
-		rc = kn_cuda__status(c, cudaEventElapsedTime(&ms, c->tune_ev[0], c->tune_ev[1]),
-				     "cudaEventElapsedTime");
+	int rc = kn_cuda__elapsed(c, c->tune_ev[0], c->tune_ev[1], &ms);
 	if (rc < 0)
 		return rc;
 	int i = how == KN_CUDA_GEMM_PADDED;
@@ -82,6 +77,17 @@ static int auto_record(struct kn_cuda *c, int b, enum kn_cuda_gemm how)
 		c->tune[b].pick = c->tune[b].best[1] < c->tune[b].best[0] ? KN_CUDA_GEMM_PADDED
 									  : KN_CUDA_GEMM_GROUPED;
 	return 0;
+}
+
+/* One of the layer's products: exact (f32 inputs, exact.cu) or bf16 through cuBLAS. */
+static int layer_gemm(struct kn_cuda *c, bool exact, enum kn_cuda_gemm how, enum kn_dtype wdt,
+		      int n, const int *m, int rows, int cols, const void *const *w,
+		      const void *const *x, float *const *y)
+{
+	if (exact)
+		return kn_cuda_gemm_f32(c, wdt, n, m, rows, cols, w, (const float *const *)x, y);
+	return kn_cuda_gemm_bf16(c, how, n, m, rows, cols, (const uint16_t *const *)w,
+				 (const uint16_t *const *)x, y);
 }
 
 static int host_reserve(struct kn_cuda *c, size_t n)
@@ -206,28 +212,20 @@ extern "C" int kn_cuda_moe(struct kn_cuda *c, enum kn_cuda_gemm how, enum kn_pre
 	if (rc == 0 && how == KN_CUDA_GEMM_PADDED) /* rows past a slot's count: keep them finite */
 		rc = kn_cuda__status(c, cudaMemsetAsync(xs, 0, R * hidden * xe, c->stream),
 				     "moe: clear padding");
-	if (rc == 0 && exact) {
-		const float *const *xaf = (const float *const *)xa, *const *xbf =
-									(const float *const *)xb;
-		if ((rc = kn_cuda_permute_f32(c, (float *)xs, b->x, d_tok, d_row, (int)n_pairs,
-					      hidden)) == 0 &&
-		    (rc = kn_cuda_gemm_f32(c, wdt, n_slots, m, inter, hidden, w1, xaf, yg)) == 0 &&
-		    (rc = kn_cuda_gemm_f32(c, wdt, n_slots, m, inter, hidden, w2, xaf, yu)) == 0 &&
-		    (rc = kn_cuda_swiglu(c, (float *)act, g, u, R * inter)) == 0)
-			rc = kn_cuda_gemm_f32(c, wdt, n_slots, m, hidden, inter, w3, xbf, yd);
-	} else if (rc == 0) {
-		const uint16_t *const *xah = (const uint16_t *const *)xa,
-				      *const *xbh = (const uint16_t *const *)xb,
-				      *const *w1h = (const uint16_t *const *)w1,
-				      *const *w2h = (const uint16_t *const *)w2,
-				      *const *w3h = (const uint16_t *const *)w3;
-		if ((rc = kn_cuda_permute(c, (uint16_t *)xs, b->x, d_tok, d_row, (int)n_pairs,
-					  hidden)) == 0 &&
-		    (rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w1h, xah, yg)) == 0 &&
-		    (rc = kn_cuda_gemm_bf16(c, how, n_slots, m, inter, hidden, w2h, xah, yu)) == 0 &&
-		    (rc = kn_cuda_swiglu_bf16(c, (uint16_t *)act, g, u, R * inter)) == 0)
-			rc = kn_cuda_gemm_bf16(c, how, n_slots, m, hidden, inter, w3h, xbh, yd);
-	}
+	if (rc == 0)
+		rc = exact ? kn_cuda_permute_f32(c, (float *)xs, b->x, d_tok, d_row, (int)n_pairs,
+						 hidden)
+			   : kn_cuda_permute(c, (uint16_t *)xs, b->x, d_tok, d_row, (int)n_pairs,
+					     hidden);
+	if (rc == 0)
+		rc = layer_gemm(c, exact, how, wdt, n_slots, m, inter, hidden, w1, xa, yg);
+	if (rc == 0)
+		rc = layer_gemm(c, exact, how, wdt, n_slots, m, inter, hidden, w2, xa, yu);
+	if (rc == 0)
+		rc = exact ? kn_cuda_swiglu(c, (float *)act, g, u, R * inter)
+			   : kn_cuda_swiglu_bf16(c, (uint16_t *)act, g, u, R * inter);
+	if (rc == 0)
+		rc = layer_gemm(c, exact, how, wdt, n_slots, m, hidden, inter, w3, xb, yd);
 	if (rc == 0)
 		rc = kn_cuda_unpermute(c, out, d, d_poff, d_row, d_w, n_tok, hidden);
 	if (rc == 0 && bucket >= 0)

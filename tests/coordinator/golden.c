@@ -58,6 +58,7 @@ static bool bf16_set; /* the set's weights are BF16: the only ones fast mode cha
 /* FERRY_ENGINE_DEVICE: twin (the engine's device path on the CPU twin) or cuda:N */
 static struct co_device dev;
 /* FERRY_WORKER_DEVICE=cuda:N: the in-process workers' experts on that GPU */
+static struct co_device wdev;
 static const struct moe_gpu_module *wmod;
 static struct moe_gpu *wgpu;
 
@@ -322,23 +323,20 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	const char *wname = getenv("FERRY_WORKER_DEVICE");
-	if (wname && *wname && strcmp(wname, "cpu")) {
-		int64_t wd;
-		if (strncmp(wname, "cuda:", 5) || fr_parse_i64(wname + 5, 0, 1023, &wd) < 0) {
-			fprintf(stderr, "FERRY_WORKER_DEVICE: '%s' is not cpu or cuda:N\n", wname);
-			return 1;
-		}
-		if ((rc = moe_gpu_module_load(&wmod, &err)) == 0)
-			rc = wmod->open((int)wd, &wgpu, &err);
-		if (rc == -ENODEV) {
-			printf("SKIP: %s\n", err.msg);
-			return 77;
-		}
-		if (rc < 0) {
-			fprintf(stderr, "FAIL FERRY_WORKER_DEVICE=%s: %s\n", wname, err.msg);
-			return 1;
-		}
+	if (co_config_engine_device(wname, &device, &err) < 0 || device == KN_DEV_TWIN) {
+		fprintf(stderr, "FERRY_WORKER_DEVICE: '%s' is not cpu or cuda:N\n", wname);
+		return 1;
 	}
+	if ((rc = co_device_open(device, MAX_CTX, &wdev, &err)) == -ENODEV) {
+		printf("SKIP: %s\n", err.msg);
+		return 77;
+	}
+	if (rc < 0) {
+		fprintf(stderr, "FAIL FERRY_WORKER_DEVICE=%s: %s\n", wname, err.msg);
+		return 1;
+	}
+	wmod = wdev.gpu_mod;
+	wgpu = wdev.gpu;
 	if (dev.gpu || wgpu) { /* bf16 activations on the tensor cores, or f32 on the CUDA cores */
 		fast = kn_precision() == KN_PRECISION_FAST;
 		tol = TOL_GPU_EXACT;
@@ -391,7 +389,6 @@ int main(int argc, char **argv)
 	}
 	printf("%d set(s), %d failure(s)\n", n_sets, failures);
 	co_device_close(&dev);
-	if (wgpu)
-		wmod->close(wgpu);
+	co_device_close(&wdev);
 	return failures ? 1 : 0;
 }
