@@ -191,6 +191,14 @@ struct moe_device_ops {
 		       const struct moe_batch *b, bool exact, float *out);
 };
 
+/* The device ops' CPU twin (dev_twin.c, [compute] device = twin): an expert's "device
+ * copy" is its views, compute runs moe_compute() on a scratch table of the ctx's, so the
+ * worker's device path runs, and is tested, without a GPU. ctx from moe_dev_twin_create()
+ * (cfg borrowed, -ENOMEM), for every table of that model; destroy after them. */
+extern const struct moe_device_ops moe_dev_twin_ops;
+int moe_dev_twin_create(const struct model_config *cfg, void **ret);
+void moe_dev_twin_destroy(void *ctx); /* NULL is fine */
+
 /* Puts this table's experts on a device: every moe_slot_set() from now on also loads the
  * expert through ops->load, and moe_compute() runs through ops->compute. ops and ctx are
  * borrowed and must outlive the table. Call it on an empty table. Errors: -EBUSY (slots

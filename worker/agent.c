@@ -48,6 +48,7 @@ struct wk_agent {
 	struct moe_server *srv;
 	const struct moe_gpu_module *gpu_mod; /* [compute] device = cuda:N: the module */
 	struct moe_gpu *gpu;                  /* ... and its device; NULL on the CPU */
+	void *twin;                           /* [compute] device = twin: its context */
 	void *pinned[MOE_SERVER_HOST_REGIONS]; /* the server's host regions pinned for it */
 	int n_pinned;
 
@@ -116,7 +117,8 @@ static int slots_create(struct wk_agent *a, struct moe_slots **ret)
 	int rc = moe_slots_create(a->cfg, a->o.slots, &t);
 	if (rc < 0)
 		return rc;
-	if (a->gpu && (rc = moe_slots_use_device(t, a->gpu_mod->ops, a->gpu)) < 0) {
+	if ((a->gpu && (rc = moe_slots_use_device(t, a->gpu_mod->ops, a->gpu)) < 0) ||
+	    (a->twin && (rc = moe_slots_use_device(t, &moe_dev_twin_ops, a->twin)) < 0)) {
 		moe_slots_destroy(t);
 		return rc;
 	}
@@ -235,6 +237,13 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 				? "f32 activations on the CUDA cores, for checking"
 				: "bf16 activations on the tensor cores, fp32 sums");
 		gpudirect_log(a);
+	} else if (o->dev_twin) {
+		if ((rc = moe_dev_twin_create(a->cfg, &a->twin)) < 0) {
+			fr_error_set(err, rc, "[compute] device = twin: out of memory");
+			goto fail;
+		}
+		fr_info("worker", "experts on the CPU twin of a device (testing: the device path "
+			"with the CPU's arithmetic)");
 	}
 	if ((rc = slots_create(a, &a->slots)) < 0) {
 		fr_error_set(err, rc, "cannot create %d slots", a->o.slots);
@@ -877,6 +886,7 @@ void wk_agent_destroy(struct wk_agent *a)
 	moe_slots_destroy(a->slots);
 	if (a->gpu)
 		a->gpu_mod->close(a->gpu); /* after every table that used it */
+	moe_dev_twin_destroy(a->twin);
 	model_ckpt_close(a->ck);
 	free(a->name);
 	free(a->coordinator);

@@ -68,7 +68,8 @@ const struct conf_key wk_config_keys[] = {
 		 "which regions), so that their copies go by DMA. Frames straight into GPU "
 		 "memory (GPUDirect RDMA) are not built yet; on verbs the log says whether "
 		 "this host's RDMA device could register the GPU's memory (a dma-buf probe). "
-		 "[worker] threads then apply to nothing." },
+		 "[worker] threads then apply to nothing. twin: the same device path on the "
+		 "CPU's arithmetic, for testing it without a GPU." },
 
 	{ "model", "path", CONF_STR, OFF(model.path),
 	  .doc = "This worker's own copy of the checkpoint directory (the same checkpoint as "
@@ -158,12 +159,16 @@ int wk_config_device(const char *device, int *ret, struct fr_error *err)
 	int64_t n;
 
 	if (!device || !strcmp(device, "cpu")) {
-		*ret = -1;
+		*ret = WK_DEVICE_CPU;
+		return 0;
+	}
+	if (!strcmp(device, "twin")) {
+		*ret = WK_DEVICE_TWIN;
 		return 0;
 	}
 	if (strncmp(device, "cuda:", 5) || fr_parse_i64(device + 5, 0, 1023, &n) < 0)
-		return fr_error_set(err, -EINVAL, "[compute] device: '%s' is not cpu or cuda:N "
-				    "(N in [0, 1023])", device);
+		return fr_error_set(err, -EINVAL, "[compute] device: '%s' is not cpu, cuda:N "
+				    "(N in [0, 1023]) or twin", device);
 	*ret = (int)n;
 	return 0;
 }

@@ -84,8 +84,10 @@ int wk_config_load(const char *path, char *const *overrides, int n_overrides,
  * Returns 0 or -EINVAL naming the key. */
 int wk_config_validate(const struct wk_config *cfg, struct fr_error *err);
 
-/* [compute] device as a number: -1 for cpu, N for cuda:N; -EINVAL (err says why) for
- * anything else. */
+/* [compute] device as a number: WK_DEVICE_CPU for cpu, N for cuda:N, WK_DEVICE_TWIN for
+ * twin; -EINVAL (err says why) for anything else. */
+#define WK_DEVICE_CPU (-1)
+#define WK_DEVICE_TWIN (-2)
 int wk_config_device(const char *device, int *ret, struct fr_error *err);
 
 void wk_config_free(struct wk_config *cfg);

@@ -134,6 +134,7 @@ int main(int argc, char **argv)
 		.join_timeout_ms = 60000,
 	};
 	o.on_gpu = dev >= 0;
+	o.dev_twin = dev == WK_DEVICE_TWIN;
 	o.gpu_device = dev;
 	fr_daemon_signals(on_signal);
 

@@ -36,6 +36,8 @@ struct wk_agent_opts {
 	bool on_gpu;                   /* experts on CUDA device gpu_device ([compute] device),
 	                                * through moe/'s GPU module; false: on the CPU */
 	int gpu_device;
+	bool dev_twin;                 /* [compute] device = twin: the device path on the
+	                                * CPU (moe_dev_twin_ops), for testing it */
 };
 
 struct wk_agent;

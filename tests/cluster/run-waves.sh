@@ -6,7 +6,9 @@
 # `ferryctl rebalance --wait` to a profile whose hot experts differ moves the slots in
 # several waves, each an epoch of its own: no request fails, every output equals the same
 # request on the idle cluster, no worker ever loads more than its room at once (its log
-# says how many new slots each epoch brought), and the dry run announces the waves.
+# says how many new slots each epoch brought), and the dry run announces the waves. w1
+# holds its slots through the device path's CPU twin ([compute] device = twin): its loads
+# and unloads go through the device ops while it serves.
 # Usage: run-waves.sh COORDINATOR_BIN WORKER_BIN FERRYCTL
 set -uo pipefail
 co_bin=$1 wk_bin=$2 F=$3
@@ -25,9 +27,11 @@ import json, sys
 c = json.load(open(sys.argv[1]))
 print(3 * c['hidden_size'] * c['moe_intermediate_size'] * 4)" "$golden/config.json")
 declare -A room=([w0]=3 [w1]=3 [w2]=2)
+declare -A device=([w0]=cpu [w1]=twin)
 for w in w0 w1; do
   "$wk_bin" -c "$tmp/empty.conf" -C "127.0.0.1:$port" -n "$w" -m "$golden" --slots 8 \
-    --secret-file "$tmp/secret" -s worker.threads=1 -s worker.staging_slots=3 2> "$tmp/$w.err" &
+    --secret-file "$tmp/secret" -s worker.threads=1 -s worker.staging_slots=3 \
+    -s compute.device=${device[$w]} 2> "$tmp/$w.err" &
   pids+=($!)
 done
 # 8 slots x 3 MoE layers held, memory for 2 more
@@ -40,6 +44,7 @@ for w in w0 w1 w2; do
   grep -q "'$w' joined: 8 slots per layer, .*, staging room ${room[$w]} expert copies" "$tmp/co.err" ||
     fail "the coordinator does not report $w's staging room of ${room[$w]}"
 done
+grep -q "experts on the CPU twin of a device" "$tmp/w1.err" || fail "w1 is not on the device twin"
 
 # Two profiles whose hot experts differ: the second plan moves many slots.
 python3 - "$tmp" <<'PY'

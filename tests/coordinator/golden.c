@@ -20,7 +20,8 @@
  * With FERRY_ENGINE_DEVICE=cuda:N the same path runs on that GPU through the GPU module
  * (FERRY_GPU_MODULE); with FERRY_WORKER_DEVICE=cuda:N the in-process workers' slot tables
  * hold their experts on that GPU and compute there, as ferry-worker's with [compute]
- * device = cuda:N (moe_local_create_on). On a GPU, FERRY_PRECISION=fast takes bf16
+ * device = cuda:N (moe_local_create_on), or with twin on the CPU twin of that path
+ * (moe_dev_twin_ops: the same bar as the CPU). On a GPU, FERRY_PRECISION=fast takes bf16
  * activations on the tensor cores: the fast bar then applies to every set (an f32
  * checkpoint's weights stay f32 on the GPU and compute exactly); the exact precision (the
  * default here) keeps activations f32 (kernels/cuda/exact.cu): logits within 1e-4 of the
@@ -59,6 +60,7 @@ static bool bf16_set; /* the set's weights are BF16: the only ones fast mode cha
 static struct co_device dev;
 /* FERRY_WORKER_DEVICE=cuda:N: the in-process workers' experts on that GPU */
 static struct co_device wdev;
+static bool wtwin; /* FERRY_WORKER_DEVICE=twin: their device path on the CPU (moe_dev_twin_ops) */
 static const struct moe_gpu_module *wmod;
 static struct moe_gpu *wgpu;
 
@@ -159,14 +161,23 @@ static void run_set(const char *dir, int workers, int mbs)
 	struct model_weights *w = NULL;
 	struct moe moe = { 0 };
 	struct co_engine *e = NULL;
+	void *twin = NULL; /* FERRY_WORKER_DEVICE=twin */
 	struct moe_host_region hr[CO_ENGINE_HOST_REGIONS + 1];
 	int n_hr = 0;
 	char path[4096];
 	float worst = 0.0f;
 
 	if (model_ckpt_open(dir, &ck, &err) < 0 ||
-	    model_weights_bind(ck, MODEL_BIND_NO_ROUTED, &w, &err) < 0 ||
-	    moe_local_create_on(ck, workers, wgpu ? wmod->ops : NULL, wgpu, &moe, &err) < 0) {
+	    model_weights_bind(ck, MODEL_BIND_NO_ROUTED, &w, &err) < 0) {
+		CHECK(0, "%s: %s", dir, err.msg);
+		goto out;
+	}
+	if (wtwin && moe_dev_twin_create(model_ckpt_config(ck), &twin) < 0) {
+		CHECK(0, "%s: the workers' CPU twin: out of memory", dir);
+		goto out;
+	}
+	if (moe_local_create_on(ck, workers, wgpu ? wmod->ops : wtwin ? &moe_dev_twin_ops : NULL,
+				wgpu ? (void *)wgpu : twin, &moe, &err) < 0) {
 		CHECK(0, "%s: %s", dir, err.msg);
 		goto out;
 	}
@@ -297,6 +308,7 @@ out:
 		dev.gpu_mod->unpin(dev.gpu, hr[i].p);
 	co_engine_destroy(e);
 	moe_destroy(&moe);
+	moe_dev_twin_destroy(twin);
 	model_weights_free(w);
 	model_ckpt_close(ck);
 }
@@ -323,11 +335,12 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	const char *wname = getenv("FERRY_WORKER_DEVICE");
-	if (co_config_engine_device(wname, &device, &err) < 0 || device == KN_DEV_TWIN) {
-		fprintf(stderr, "FERRY_WORKER_DEVICE: '%s' is not cpu or cuda:N\n", wname);
+	if (co_config_engine_device(wname, &device, &err) < 0) {
+		fprintf(stderr, "FERRY_WORKER_DEVICE: '%s' is not cpu, cuda:N or twin\n", wname);
 		return 1;
 	}
-	if ((rc = co_device_open(device, MAX_CTX, &wdev, &err)) == -ENODEV) {
+	wtwin = device == KN_DEV_TWIN;
+	if ((rc = co_device_open(wtwin ? KN_DEV_NONE : device, MAX_CTX, &wdev, &err)) == -ENODEV) {
 		printf("SKIP: %s\n", err.msg);
 		return 77;
 	}
@@ -344,7 +357,7 @@ int main(int argc, char **argv)
 	printf("isa=%s threads=%d precision=%s engine=%s workers=%s\n", kn_ops()->name,
 	       kn_threads(), fast ? "fast" : "exact",
 	       dev.twin ? "device path on the CPU twin" : dev.where,
-	       wgpu ? wmod->describe(wgpu) : "the CPU");
+	       wgpu ? wmod->describe(wgpu) : wtwin ? "device path on the CPU twin" : "the CPU");
 	if (argc > 1) {
 		for (int i = 1; i < argc; i++, n_sets++) {
 			run_set(argv[i], 1, 1);

@@ -457,6 +457,13 @@ static void test_wk_load(const char *dir)
 		CHECK(wk_config_load(good, o1b, 2, &c, &err) == 0 &&
 		      c.worker.precision == KN_PRECISION_EXACT && !strcmp(c.compute.device, "cuda:1"));
 		wk_config_free(&c);
+		char *o1t[] = { "compute.device=twin" };
+		CHECK(wk_config_load(good, o1t, 1, &c, &err) == 0 && !strcmp(c.compute.device, "twin"));
+		wk_config_free(&c);
+		char *o1g[] = { "compute.device=gpu0" };
+		t_expect_err("wk device", wk_config_load(good, o1g, 1, &c, &err), -EINVAL, &err,
+			     "[compute] device: 'gpu0' is not cpu, cuda:N (N in [0, 1023]) or twin",
+			     NULL);
 		char *o1c[] = { "worker.precision=half" };
 		t_expect_err("wk precision", wk_config_load(good, o1c, 1, &c, &err), -EINVAL, &err,
 			     "[worker] precision", "exact, fast, auto");
@@ -527,7 +534,7 @@ static void test_wk_load(const char *dir)
 		for (size_t i = 0; i < FR_ARRAY_SIZE(bad_dev); i++) {
 			char *o[] = { (char *)bad_dev[i] };
 			t_expect_err("wk device", wk_config_load(good, o, 1, &c, &err), -EINVAL, &err,
-				     "[compute] device: '", "' is not cpu or cuda:N");
+				     "[compute] device: '", "' is not cpu, cuda:N");
 		}
 	}
 	/* addresses are checked where the file says them */
