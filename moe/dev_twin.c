@@ -5,11 +5,14 @@
  * mapped, as for a CPU table); compute sets the experts of the call into the slots of a
  * scratch table of the CPU's own and runs moe_compute() there, so the results are the CPU
  * table's, bit for bit. What runs for real: moe_slots_use_device(), every load and unload
- * through the ops (live rebalance included), the compute call's plumbing.
+ * through the ops (live rebalance included), the compute call's plumbing; and frames in
+ * "device memory" (host memory only ever reached through to_host, to_dev and compute_dev),
+ * as a worker's rings are on a GPU with GPUDirect RDMA.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "moe/moe.h"
 
@@ -18,6 +21,8 @@ struct twin {
 	pthread_mutex_t lock; /* a staged table may compute while the serving one finishes */
 	struct moe_slots *scratch; /* grown to the largest slot count seen */
 	int n_slots;
+	float *x, *out; /* compute_dev: the tokens widened, the partials in f32 */
+	size_t cap;     /* floats in each */
 };
 
 struct twin_expert {
@@ -42,6 +47,8 @@ void moe_dev_twin_destroy(void *ctx)
 		return;
 	moe_slots_destroy(t->scratch);
 	pthread_mutex_destroy(&t->lock);
+	free(t->x);
+	free(t->out);
 	free(t);
 }
 
@@ -90,9 +97,58 @@ out:
 	return rc;
 }
 
+static int twin_to_host(void *ctx, void *host, const void *dev, size_t bytes)
+{
+	(void)ctx;
+	memcpy(host, dev, bytes);
+	return 0;
+}
+
+static int twin_to_dev(void *ctx, void *dev, const void *host, size_t bytes)
+{
+	(void)ctx;
+	memcpy(dev, host, bytes);
+	return 0;
+}
+
+/* As a GPU does it: the tokens widened from the wire's dtype on the device, the layer, the
+ * partials narrowed into the frame. One frame at a time (the server's thread). */
+static int twin_compute_dev(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
+			    const struct moe_batch *b, enum kn_dtype x_dt, bool exact, void *out,
+			    enum kn_dtype out_dt)
+{
+	struct twin *t = ctx;
+	size_t n = (size_t)b->n_tok * hidden;
+	int rc;
+
+	if ((x_dt != KN_DTYPE_F32 && x_dt != KN_DTYPE_BF16) ||
+	    (out_dt != KN_DTYPE_F32 && out_dt != KN_DTYPE_BF16))
+		return -EINVAL;
+	if (n > t->cap) {
+		float *x = realloc(t->x, n * sizeof(*x)), *o;
+		if (x)
+			t->x = x;
+		o = x ? realloc(t->out, n * sizeof(*o)) : NULL;
+		if (!o)
+			return -ENOMEM;
+		t->out = o;
+		t->cap = n;
+	}
+	kn_to_f32(t->x, b->x, x_dt, n);
+	struct moe_batch fb = *b;
+	fb.x = t->x;
+	if ((rc = twin_compute(ctx, dev, n_slots, hidden, inter, &fb, exact, t->out)) < 0)
+		return rc;
+	kn_from_f32(out, out_dt, t->out, n);
+	return 0;
+}
+
 const struct moe_device_ops moe_dev_twin_ops = {
 	.name = "twin",
 	.load = twin_load,
 	.unload = twin_unload,
 	.compute = twin_compute,
+	.to_host = twin_to_host,
+	.to_dev = twin_to_dev,
+	.compute_dev = twin_compute_dev,
 };

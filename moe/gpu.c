@@ -166,22 +166,16 @@ static void gpu_unload(void *ctx, void *dev)
 	free(ex);
 }
 
-static int gpu_compute(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
-		       const struct moe_batch *b, bool exact, float *out)
+/* Under g->lock: g->ex from the slots' device handles, and g->dx, g->dout with room for
+ * bytes each. */
+static int compute_prepare(struct moe_gpu *g, void *const *dev, int n_slots, size_t bytes)
 {
-	struct moe_gpu *g = ctx;
-	size_t bytes = (size_t)b->n_tok * hidden * sizeof(float);
-	int rc = 0;
+	int rc;
 
-	(void)inter;
-
-	pthread_mutex_lock(&g->lock);
 	if (n_slots > g->cap_ex) {
 		struct kn_cuda_expert *ex = realloc(g->ex, sizeof(*ex) * (size_t)n_slots);
-		if (!ex) {
-			rc = -ENOMEM;
-			goto out;
-		}
+		if (!ex)
+			return -ENOMEM;
 		g->ex = ex;
 		g->cap_ex = n_slots;
 	}
@@ -198,19 +192,93 @@ static int gpu_compute(void *ctx, void *const *dev, int n_slots, int hidden, int
 		g->cap_bytes = 0;
 		if ((rc = kn_cuda_alloc(g->compute, bytes, (void **)&g->dx)) < 0 ||
 		    (rc = kn_cuda_alloc(g->compute, bytes, (void **)&g->dout)) < 0)
-			goto out;
+			return rc;
 		g->cap_bytes = bytes;
 	}
-	struct kn_cuda_moe_batch kb = { b->n_tok, g->dx, b->pair_off, b->slot, b->weight };
-	if ((rc = kn_cuda_upload(g->compute, g->dx, b->x, bytes)) < 0 ||
-	    (rc = kn_cuda_moe(g->compute, KN_CUDA_GEMM_AUTO,
-			      exact ? KN_PRECISION_EXACT : KN_PRECISION_FAST, g->ex, n_slots,
-			      hidden, inter, &kb, g->dout)) < 0 ||
-	    (rc = kn_cuda_download(g->compute, out, g->dout, bytes)) < 0)
+	return 0;
+}
+
+/* A layer's status: a CUDA failure is logged with its message, and is -EIO. */
+static int compute_rc(struct moe_gpu *g, int rc)
+{
+	if (rc < 0 && rc != -ENOMEM && rc != -EINVAL)
 		fprintf(stderr, "moe gpu: %s\n", kn_cuda_error(g->compute));
-out:
-	pthread_mutex_unlock(&g->lock);
 	return rc == 0 || rc == -ENOMEM || rc == -EINVAL ? rc : -EIO;
+}
+
+static int gpu_compute(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
+		       const struct moe_batch *b, bool exact, float *out)
+{
+	struct moe_gpu *g = ctx;
+	size_t bytes = (size_t)b->n_tok * hidden * sizeof(float);
+	int rc;
+
+	pthread_mutex_lock(&g->lock);
+	rc = compute_prepare(g, dev, n_slots, bytes);
+	struct kn_cuda_moe_batch kb = { b->n_tok, g->dx, b->pair_off, b->slot, b->weight };
+	if (rc == 0)
+		rc = kn_cuda_upload(g->compute, g->dx, b->x, bytes);
+	if (rc == 0)
+		rc = kn_cuda_moe(g->compute, KN_CUDA_GEMM_AUTO,
+				 exact ? KN_PRECISION_EXACT : KN_PRECISION_FAST, g->ex, n_slots,
+				 hidden, inter, &kb, g->dout);
+	if (rc == 0)
+		rc = kn_cuda_download(g->compute, out, g->dout, bytes);
+	pthread_mutex_unlock(&g->lock);
+	return compute_rc(g, rc);
+}
+
+/* Frames in device memory (GPUDirect RDMA): the head of a frame down, a head up. */
+static int gpu_to_host(void *ctx, void *host, const void *dev, size_t bytes)
+{
+	struct moe_gpu *g = ctx;
+	return compute_rc(g, kn_cuda_download(g->compute, host, dev, bytes));
+}
+
+static int gpu_to_dev(void *ctx, void *dev, const void *host, size_t bytes)
+{
+	struct moe_gpu *g = ctx;
+	int rc = kn_cuda_upload(g->compute, dev, host, bytes);
+	return compute_rc(g, rc < 0 ? rc : kn_cuda_sync(g->compute)); /* a put reads it next */
+}
+
+/* The layer from the tokens where the NIC wrote them into the partials where it sends them
+ * from: no copy through the host. */
+static int gpu_compute_dev(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
+			   const struct moe_batch *b, enum kn_dtype x_dt, bool exact, void *out,
+			   enum kn_dtype out_dt)
+{
+	struct moe_gpu *g = ctx;
+	size_t n = (size_t)b->n_tok * hidden;
+	int rc;
+
+	if ((x_dt != KN_DTYPE_F32 && x_dt != KN_DTYPE_BF16) ||
+	    (out_dt != KN_DTYPE_F32 && out_dt != KN_DTYPE_BF16))
+		return -EINVAL;
+	pthread_mutex_lock(&g->lock);
+	struct kn_cuda_moe_batch kb = { b->n_tok, (const float *)b->x, b->pair_off, b->slot,
+					b->weight };
+	float *y = out_dt == KN_DTYPE_F32 ? out : NULL;
+	/* the NIC's writes visible to the kernels (where the platform needs a flush) */
+	rc = kn_cuda_flush_rdma_writes(g->compute);
+	if (rc == -EOPNOTSUPP)
+		rc = 0;
+	if (rc == 0)
+		rc = compute_prepare(g, dev, n_slots, n * sizeof(float));
+	if (rc == 0 && x_dt == KN_DTYPE_BF16) {
+		rc = kn_cuda_bf16_to_f32(g->compute, g->dx, (const uint16_t *)(const void *)b->x, n);
+		kb.x = g->dx;
+	}
+	if (rc == 0)
+		rc = kn_cuda_moe(g->compute, KN_CUDA_GEMM_AUTO,
+				 exact ? KN_PRECISION_EXACT : KN_PRECISION_FAST, g->ex, n_slots,
+				 hidden, inter, &kb, y ? y : g->dout);
+	if (rc == 0 && !y)
+		rc = kn_cuda_f32_to_bf16(g->compute, out, g->dout, n);
+	if (rc == 0)
+		rc = kn_cuda_sync(g->compute); /* the put reads the partials next */
+	pthread_mutex_unlock(&g->lock);
+	return compute_rc(g, rc);
 }
 
 static int gpu_pin(struct moe_gpu *g, void *p, size_t bytes, struct fr_error *err)
@@ -435,6 +503,9 @@ static const struct moe_device_ops gpu_ops = {
 	.load = gpu_load,
 	.unload = gpu_unload,
 	.compute = gpu_compute,
+	.to_host = gpu_to_host,
+	.to_dev = gpu_to_dev,
+	.compute_dev = gpu_compute_dev,
 };
 
 __attribute__((visibility("default"))) const struct moe_gpu_module *ferry_gpu_module(void)

@@ -189,6 +189,16 @@ struct moe_device_ops {
 	 * checking); else the device's fast arithmetic (bf16 inputs, fp32 sums). */
 	int (*compute)(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
 		       const struct moe_batch *b, bool exact, float *out);
+	/* Frames in device memory (the worker's rings there: GPUDirect RDMA; the twin's stand
+	 * in host memory). Optional, all three or none. Copies that return once done: */
+	int (*to_host)(void *ctx, void *host, const void *dev, size_t bytes);
+	int (*to_dev)(void *ctx, void *dev, const void *host, size_t bytes);
+	/* compute() with b->x in device memory in dtype x_dt (KN_DTYPE_F32 or _BF16: the
+	 * wire's), the partials into device memory at out in out_dt; returns once they are
+	 * there (a put may read them at once). */
+	int (*compute_dev)(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
+			   const struct moe_batch *b, enum kn_dtype x_dt, bool exact, void *out,
+			   enum kn_dtype out_dt);
 };
 
 /* The device ops' CPU twin (dev_twin.c, [compute] device = twin): an expert's "device
@@ -210,6 +220,9 @@ int moe_slots_use_device(struct moe_slots *s, const struct moe_device_ops *ops, 
  * table, what its load returns (-ENOMEM, -EIO). */
 int moe_slot_set(struct moe_slots *s, int moe_layer, int slot, int expert,
 		const struct model_ffn *ffn);
+/* The device ops and ctx of a device table (moe_slots_use_device); false on the CPU. */
+bool moe_slots_device(const struct moe_slots *s, const struct moe_device_ops **ops, void **ctx);
+
 /* Logical expert in a slot, or -1 when empty. */
 int moe_slot_expert(const struct moe_slots *s, int moe_layer, int slot);
 
@@ -226,6 +239,11 @@ struct moe_batch {
  * overwritten. Scratch is owned by s and grows to the largest batch seen (not thread-safe
  * per table). Errors: -EINVAL (empty slot or slot out of range), -ENOMEM. */
 int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, float *out);
+/* The same on a device table whose ops have compute_dev, with b->x and out in device
+ * memory (dtypes x_dt and out_dt, see moe_device_ops). Errors: moe_compute()'s, and
+ * -EOPNOTSUPP (a CPU table, or ops without frames in device memory). */
+int moe_compute_dev(struct moe_slots *s, int moe_layer, const struct moe_batch *b,
+		    enum kn_dtype x_dt, void *out, enum kn_dtype out_dt);
 
 /* Per-slot token counts and compute time of the last moe_compute call per layer (load
  * accounting). ret_ns may be NULL. */
@@ -240,6 +258,14 @@ struct moe_server_opts {
 	/* Worker-side accounting only; nothing else. */
 	const char *name;     /* for log lines ("w0") */
 	uint32_t epoch;       /* the slot-map epoch of the table given to moe_server_create() */
+	/* Frames in device memory (GPUDirect RDMA): recv is, and dev_send (borrowed, ring.slots
+	 * combine slots) is the combine ring there; the table's device ops (to_host, to_dev,
+	 * compute_dev) reach both. The server copies each dispatch frame's head (header, rows,
+	 * pairs: fp_dispatch_head_len) to the host to decode it, computes from the vectors
+	 * where they landed into the combine frame's partials where they are sent from, and
+	 * writes the combine head there. NULL: frames in host memory, the send ring the
+	 * server's own. */
+	struct tp_mem *dev_send;
 };
 
 /*
@@ -263,7 +289,8 @@ int moe_server_create(struct moe_slots *slots, struct tp_context *ctx, struct tp
 /* Host memory that the data path copies to and from an expert device (moe_device_ops):
  * the receive ring (f32 frames are computed where they land), the widened activations of
  * bf16 frames and the partials. A worker on a GPU pins them (moe_gpu_module.pin) so that
- * those copies go by DMA. Fills up to max regions, returns how many there are. */
+ * those copies go by DMA. Fills up to max regions, returns how many there are (0 with
+ * frames in device memory: only frame heads cross, a few KiB). */
 struct moe_host_region {
 	void *p;
 	size_t bytes;

@@ -50,7 +50,12 @@ struct moe_server {
 	struct tp_context *ctx;
 	struct tp_ep *ep;
 	struct tp_mem *recv;   /* [ring.slots][dslot] dispatch frames, borrowed */
-	struct tp_mem *send;   /* [ring.slots][cslot] combine frames, owned */
+	struct tp_mem *send;   /* [ring.slots][cslot] combine frames, owned (host) or borrowed
+	                        * (frames on the device) */
+	bool dev_frames;       /* both rings in device memory (moe_server_opts.dev_send) */
+	uint8_t *head;         /* dev_frames: a dispatch frame's head, copied to the host */
+	uint8_t *chead;        /* dev_frames: a combine frame's head, before it goes up */
+	size_t head_max, chead_max;
 	struct fp_ring ring;
 	size_t dslot, cslot;
 	int n_layers;          /* MoE layers of the slot table */
@@ -95,7 +100,10 @@ void moe_server_destroy(struct moe_server *w)
 {
 	if (!w)
 		return;
-	tp_mem_free(w->send);
+	if (!w->dev_frames)
+		tp_mem_free(w->send);
+	free(w->head);
+	free(w->chead);
 	free(w->send_busy);
 	free(w->fifo);
 	free(w->x);
@@ -184,7 +192,32 @@ int moe_server_create(struct moe_slots *slots, struct tp_context *ctx, struct tp
 				  name, r->slots, r->tokens);
 		goto fail;
 	}
-	if ((rc = tp_mem_alloc(ctx, r->slots * cslot, &w->send)) < 0) {
+	if (o->dev_send) {
+		const struct moe_device_ops *dops;
+		void *dctx;
+		struct fp_header hmax = { .dtype = FP_DTYPE_F32, .n_tokens = r->tokens,
+					  .hidden = r->hidden,
+					  .n_pairs = r->tokens * r->max_pairs };
+		w->dev_frames = true;
+		w->send = o->dev_send;
+		if (!moe_slots_device(slots, &dops, &dctx) || !dops->compute_dev) {
+			rc = fr_error_set(err, -EINVAL, "%s: frames in device memory need a slot "
+					  "table on a device that computes from them", name);
+			goto fail;
+		}
+		if (tp_mem_len(o->dev_send) < r->slots * cslot) {
+			rc = fr_error_set(err, -EINVAL, "%s: device send ring of %zu bytes, the ring "
+					  "needs %u x %zu", name, tp_mem_len(o->dev_send),
+					  r->slots, cslot);
+			goto fail;
+		}
+		w->chead_max = FP_HDR_SIZE + 4ull * r->tokens + 16;
+		if (fp_dispatch_head_len(&hmax, &w->head_max) < 0 ||
+		    !(w->head = malloc(w->head_max)) || !(w->chead = malloc(w->chead_max))) {
+			rc = fr_error_set(err, -ENOMEM, "%s: out of memory", name);
+			goto fail;
+		}
+	} else if ((rc = tp_mem_alloc(ctx, r->slots * cslot, &w->send)) < 0) {
 		fr_error_set(err, rc, "%s: cannot allocate the %u x %zu byte send ring: %s", name,
 			     r->slots, cslot, strerror(-rc));
 		goto fail;
@@ -198,6 +231,8 @@ fail:
 
 int moe_server_host_regions(const struct moe_server *w, struct moe_host_region *v, int max)
 {
+	if (w->dev_frames)
+		return 0;
 	size_t vec = (size_t)w->ring.tokens * w->ring.hidden * sizeof(float);
 	const struct moe_host_region all[MOE_SERVER_HOST_REGIONS] = {
 		{ tp_mem_ptr(w->recv), tp_mem_len(w->recv), "receive ring" },
@@ -314,10 +349,75 @@ static int on_arrival(struct moe_server *w, const struct tp_event *ev, struct fr
 	return 0;
 }
 
+/* Frames in device memory: the head of the dispatch frame at dev (len bytes) into w->head,
+ * its header first, then the rest up to the vectors, so that fp_dispatch_decode() can read
+ * it there (it never reads the vectors). */
+static int fetch_head(struct moe_server *w, const uint8_t *dev, size_t len, uint32_t layer,
+		      uint32_t mb, struct fr_error *err)
+{
+	const struct moe_device_ops *ops;
+	struct fr_error ferr = { { 0 } };
+	struct fp_header h;
+	size_t head;
+	void *ctx;
+	int rc;
+
+	moe_slots_device(w->slots, &ops, &ctx);
+	if ((rc = ops->to_host(ctx, w->head, dev, FR_MIN(len, (size_t)FP_HDR_SIZE))) < 0)
+		return fail(w, err, rc, "layer %u mb %u: copying the frame's header from the "
+			    "device: %s", layer, mb, strerror(-rc));
+	if (fp_header_decode(w->head, len, &h, &ferr) < 0)
+		return BAD("layer %u mb %u: %s", layer, mb, ferr.msg);
+	if (h.kind != FP_KIND_DISPATCH || fp_dispatch_head_len(&h, &head) < 0 ||
+	    head > w->head_max || head > len)
+		return BAD("layer %u mb %u: a dispatch frame of %u tokens and %u pairs does not fit "
+			   "the put (%zu bytes) or the ring", layer, mb, h.n_tokens, h.n_pairs, len);
+	if ((rc = ops->to_host(ctx, w->head + FP_HDR_SIZE, dev + FP_HDR_SIZE,
+			       head - FP_HDR_SIZE)) < 0)
+		return fail(w, err, rc, "layer %u mb %u: copying the frame's head from the "
+			    "device: %s", layer, mb, strerror(-rc));
+	return 0;
+}
+
+/* Frames in device memory: h's answer computed from the vectors where they landed (at
+ * dev_x) into the partials of the combine frame in the send slot, its head written there
+ * too; the frame's length into p. */
+static int answer_dev(struct moe_server *w, struct pending *p, const struct fp_header *h,
+		      const struct moe_batch *b, const uint8_t *dev_x, struct fr_error *err)
+{
+	uint8_t *dst = (uint8_t *)tp_mem_ptr(w->send) + (size_t)p->slot * w->cslot;
+	enum kn_dtype dt = h->dtype == FP_DTYPE_BF16 ? KN_DTYPE_BF16 : KN_DTYPE_F32;
+	const struct moe_device_ops *ops;
+	size_t head;
+	void *ctx;
+	int rc;
+
+	struct fp_combine c = {
+		.h = { .dtype = h->dtype, .layer = h->layer, .micro_batch = h->micro_batch,
+		       .step_epoch = h->step_epoch, .n_tokens = h->n_tokens, .hidden = h->hidden },
+		.token_rows = w->rows,
+	};
+	if ((rc = fp_combine_encode_head(&c, w->chead, w->chead_max, &head, &p->frame_len)) < 0 ||
+	    (p->frame_len > w->cslot && (rc = -ENOBUFS)))
+		return fail(w, err, rc, "layer %u mb %u: cannot encode the combine frame: %s",
+			    h->layer, h->micro_batch, strerror(-rc));
+	struct moe_batch db = *b;
+	db.x = (const float *)(const void *)dev_x; /* device memory, dtype dt */
+	if ((rc = moe_compute_dev(w->slots, h->layer, &db, dt, dst + head, dt)) < 0)
+		return fail(w, err, rc, "layer %u mb %u: compute: %s", h->layer, h->micro_batch,
+			    strerror(-rc));
+	moe_slots_device(w->slots, &ops, &ctx);
+	if ((rc = ops->to_dev(ctx, dst, w->chead, head)) < 0)
+		return fail(w, err, rc, "layer %u mb %u: writing the combine head to the device: "
+			    "%s", h->layer, h->micro_batch, strerror(-rc));
+	return 0;
+}
+
 /* Decodes, computes and encodes the answer of p into its send slot. */
 static int answer(struct moe_server *w, struct pending *p, struct fr_error *err)
 {
 	const uint8_t *buf = (const uint8_t *)tp_mem_ptr(w->recv) + (size_t)p->slot * w->dslot;
+	const uint8_t *dev_frame = buf; /* dev_frames: where the frame is; buf its head's copy */
 	struct fp_imm_fields f = fp_imm_decode(p->imm);
 	uint32_t layer = f.layer, mb = f.mb;
 	const struct fp_ring *r = &w->ring;
@@ -325,6 +425,11 @@ static int answer(struct moe_server *w, struct pending *p, struct fr_error *err)
 	struct fp_dispatch_view v;
 	int rc;
 
+	if (w->dev_frames) {
+		if ((rc = fetch_head(w, dev_frame, (size_t)p->len, layer, mb, err)) < 0)
+			return rc;
+		buf = w->head;
+	}
 	if (fp_dispatch_decode(buf, (size_t)p->len, (uint32_t)w->n_slots, &v, &ferr) < 0)
 		return BAD("layer %u mb %u: %s", layer, mb, ferr.msg);
 	const struct fp_header *h = &v.h;
@@ -383,6 +488,17 @@ static int answer(struct moe_server *w, struct pending *p, struct fr_error *err)
 		w->pair_off[t + 1] = (int32_t)q;
 	}
 
+	if (w->dev_frames) {
+		struct moe_batch db = { .n_tok = (int)n, .pair_off = w->pair_off,
+					.slot = w->pair_slot, .weight = w->pair_w };
+		if ((rc = answer_dev(w, p, h, &db, dev_frame + (v.vectors - buf), err)) < 0)
+			return rc;
+		moe_last_stats(w->slots, h->layer, &p->ns);
+		p->layer = h->layer;
+		p->n_pairs = h->n_pairs;
+		p->encoded = true;
+		return 0;
+	}
 	const float *x;
 	size_t nv = (size_t)n * r->hidden;
 	if (h->dtype == FP_DTYPE_BF16) {

@@ -100,7 +100,8 @@ static struct slot *slot_at(const struct moe_slots *s, int moe_layer, int slot)
 
 int moe_slots_use_device(struct moe_slots *s, const struct moe_device_ops *ops, void *ctx)
 {
-	if (!ops || !ops->load || !ops->unload || !ops->compute)
+	if (!ops || !ops->load || !ops->unload || !ops->compute ||
+	    !ops->to_host != !ops->compute_dev || !ops->to_dev != !ops->compute_dev)
 		return -EINVAL;
 	for (size_t i = 0; i < (size_t)s->n_layers * s->n_slots; i++)
 		if (s->slots[i].expert >= 0)
@@ -228,6 +229,52 @@ static void slot_ffn_team(struct moe_slots *s, int moe_layer, int sl_i, const fl
 			   s->g + start * w, s->u + start * w, kn_precision());
 }
 
+/* A batch moe_compute() can take: the layer in range, pair offsets that do not decrease,
+ * every pair's slot in range and filled. */
+static int batch_check(const struct moe_slots *s, int moe_layer, const struct moe_batch *b)
+{
+	if (moe_layer < 0 || moe_layer >= s->n_layers || b->n_tok < 0 || b->pair_off[0] != 0)
+		return -EINVAL;
+	for (int t = 0; t < b->n_tok; t++)
+		if (b->pair_off[t + 1] < b->pair_off[t])
+			return -EINVAL;
+	for (size_t i = 0; i < (size_t)b->pair_off[b->n_tok]; i++) {
+		const struct slot *sl = slot_at(s, moe_layer, b->slot[i]);
+		if (!sl || sl->expert < 0)
+			return -EINVAL;
+	}
+	return 0;
+}
+
+bool moe_slots_device(const struct moe_slots *s, const struct moe_device_ops **ops, void **ctx)
+{
+	*ops = s->dev_ops;
+	*ctx = s->dev_ctx;
+	return s->dev_ops != NULL;
+}
+
+int moe_compute_dev(struct moe_slots *s, int moe_layer, const struct moe_batch *b,
+		    enum kn_dtype x_dt, void *out, enum kn_dtype out_dt)
+{
+	uint64_t t0 = fr_now_ns();
+	int rc = batch_check(s, moe_layer, b);
+
+	if (rc < 0)
+		return rc;
+	if (!s->dev_ops || !s->dev_ops->compute_dev)
+		return -EOPNOTSUPP;
+	for (int i = 0; i < s->n_slots; i++)
+		s->dev_list[i] = slot_at(s, moe_layer, i)->dev;
+	if (b->n_tok &&
+	    (rc = s->dev_ops->compute_dev(s->dev_ctx, s->dev_list, s->n_slots,
+					  s->cfg->hidden_size, s->cfg->moe_intermediate_size, b,
+					  x_dt, kn_precision() == KN_PRECISION_EXACT, out,
+					  out_dt)) < 0)
+		return rc;
+	s->last_ns[moe_layer] = fr_now_ns() - t0;
+	return 0;
+}
+
 int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, float *out)
 {
 	const struct kn_ops *ops = kn_ops();
@@ -236,17 +283,9 @@ int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, f
 	uint64_t t0 = fr_now_ns();
 	int rc;
 
-	if (moe_layer < 0 || moe_layer >= s->n_layers || b->n_tok < 0 || b->pair_off[0] != 0)
-		return -EINVAL;
+	if ((rc = batch_check(s, moe_layer, b)) < 0)
+		return rc;
 	n_pairs = (size_t)b->pair_off[b->n_tok];
-	for (int t = 0; t < b->n_tok; t++)
-		if (b->pair_off[t + 1] < b->pair_off[t])
-			return -EINVAL;
-	for (size_t i = 0; i < n_pairs; i++) {
-		const struct slot *sl = slot_at(s, moe_layer, b->slot[i]);
-		if (!sl || sl->expert < 0)
-			return -EINVAL;
-	}
 	if (s->dev_ops) {
 		for (int i = 0; i < s->n_slots; i++)
 			s->dev_list[i] = slot_at(s, moe_layer, i)->dev;

@@ -153,22 +153,51 @@ int fp_dispatch_encode(const struct fp_dispatch *d, void *buf, size_t cap, size_
 	return 0;
 }
 
-int fp_combine_encode(const struct fp_combine *c, void *buf, size_t cap, size_t *ret_len)
+int fp_combine_encode_head(const struct fp_combine *c, void *buf, size_t cap, size_t *ret_head,
+			   size_t *ret_len)
 {
 	const struct fp_header *h = &c->h;
 	struct layout l;
 	int rc = layout_of(FP_KIND_COMBINE, h->n_tokens, h->hidden, h->n_pairs, h->dtype, &l);
 	if (rc < 0)
 		return rc;
-	if (l.end > cap)
+	if (l.vectors > cap)
 		return -ENOBUFS;
 	uint8_t *p = buf;
 	memset(p, 0, (size_t)l.vectors);
 	put_header(p, FP_KIND_COMBINE, h, (uint32_t)(l.end - FP_HDR_SIZE));
 	for (uint32_t t = 0; t < h->n_tokens; t++)
 		put32(p + l.rows + 4ull * t, c->token_rows[t]);
-	put_vectors(p + l.vectors, c->partials, (uint64_t)h->n_tokens * h->hidden, h->dtype);
+	*ret_head = (size_t)l.vectors;
 	*ret_len = (size_t)l.end;
+	return 0;
+}
+
+int fp_combine_encode(const struct fp_combine *c, void *buf, size_t cap, size_t *ret_len)
+{
+	const struct fp_header *h = &c->h;
+	size_t head, len;
+	struct layout l;
+	int rc = layout_of(FP_KIND_COMBINE, h->n_tokens, h->hidden, h->n_pairs, h->dtype, &l);
+	if (rc < 0)
+		return rc;
+	if (l.end > cap) /* nothing written */
+		return -ENOBUFS;
+	if ((rc = fp_combine_encode_head(c, buf, cap, &head, &len)) < 0)
+		return rc;
+	put_vectors((uint8_t *)buf + head, c->partials, (uint64_t)h->n_tokens * h->hidden,
+		    h->dtype);
+	*ret_len = len;
+	return 0;
+}
+
+int fp_dispatch_head_len(const struct fp_header *h, size_t *ret_head)
+{
+	struct layout l;
+	int rc = layout_of(FP_KIND_DISPATCH, h->n_tokens, h->hidden, h->n_pairs, h->dtype, &l);
+	if (rc < 0)
+		return rc;
+	*ret_head = (size_t)l.vectors;
 	return 0;
 }
 

@@ -140,6 +140,16 @@ int fp_combine_size(uint32_t n_tokens, uint32_t hidden, enum fp_dtype dtype, siz
  * fields, pair counts not summing to n_pairs), -EOVERFLOW, -ENOBUFS (cap too small). */
 int fp_dispatch_encode(const struct fp_dispatch *d, void *buf, size_t cap, size_t *ret_len);
 int fp_combine_encode(const struct fp_combine *c, void *buf, size_t cap, size_t *ret_len);
+/* The same without the partials (c->partials is not read), for a frame whose partials are
+ * written elsewhere (a GPU's memory): the header, token rows and padding into buf (cap
+ * bytes for them), *ret_head their length (where the partials start), *ret_len the whole
+ * frame's. Errors as fp_combine_encode(). */
+int fp_combine_encode_head(const struct fp_combine *c, void *buf, size_t cap, size_t *ret_head,
+			   size_t *ret_len);
+/* A dispatch frame's bytes before its vectors, from its header (fp_header_decode): what a
+ * reader of a frame in device memory copies to the host to decode it. -EINVAL for counts
+ * out of the limits. */
+int fp_dispatch_head_len(const struct fp_header *h, size_t *ret_head);
 
 /* Reads the header only (kind, counts); validates magic/version/kind/dtype and that the
  * frame fits in len. Returns 0, -EBADMSG (bad magic, version, kind, dtype, counts) or

@@ -42,6 +42,11 @@ struct wk_agent {
 	struct tp_context *tp;
 	struct tp_mem *recv;
 	struct tp_ep *ep;
+	/* [compute] frames = device: the combine ring there too (the server's), and on a GPU
+	 * the two rings' device memory and dma-bufs (recv's [0], dev_send's [1]) */
+	struct tp_mem *dev_send;
+	void *ring_dev[2];
+	int ring_fd[2];
 	struct fp_ring ring;
 	struct rpc_channel *ch;
 	struct moe_slots *slots;
@@ -74,40 +79,101 @@ struct wk_agent {
 	atomic_uint_fast64_t m_slots, m_epoch, t_start_ns;
 };
 
-/* Where a GPU worker's frames land, said once at start: in host memory (the receive ring,
- * pinned for the device where the driver allows: host staging); and whether GPUDirect RDMA
- * could take them to the GPU instead: on verbs, a probe of 2 MiB of device memory exported
- * as a dma-buf and registered with the NIC. The ring in device memory is not built: the
- * worker parses each frame on the CPU. */
-static void gpudirect_log(struct wk_agent *a)
-{
-	enum tp_backend b = tp_context_backend(a->tp);
-	struct fr_error err = { { 0 } };
-	struct tp_mem *m = NULL;
-	void *dev = NULL;
-	int fd = -1, rc;
+#define DMABUF_ALIGN (2u << 20) /* GPU memory exported as a dma-buf: whole 2 MiB pages */
 
+/* A ring of bytes in GPU memory, registered with the RDMA device through its dma-buf
+ * (GPUDirect RDMA): ring i of a->ring_dev / a->ring_fd. why says what failed. */
+static int gpu_ring(struct wk_agent *a, int i, size_t bytes, struct tp_mem **ret, char *why,
+		    size_t why_len)
+{
+	struct fr_error err = { { 0 } };
+	size_t len = (bytes + DMABUF_ALIGN - 1) / DMABUF_ALIGN * DMABUF_ALIGN;
+	int rc;
+
+	if ((rc = a->gpu_mod->dmabuf_alloc(a->gpu, len, &a->ring_dev[i], &a->ring_fd[i], &err)) < 0) {
+		snprintf(why, why_len, "%s", err.msg);
+		return rc;
+	}
+	if ((rc = tp_mem_register_dmabuf(a->tp, a->ring_fd[i], 0, len, a->ring_dev[i], ret)) < 0)
+		snprintf(why, why_len, "the RDMA device cannot register GPU memory "
+			 "(ibv_reg_dmabuf_mr: %s)", strerror(-rc));
+	return rc;
+}
+
+/* Both rings in device memory: on a GPU through GPUDirect RDMA (verbs only), on the twin
+ * in host memory that only the device ops touch. */
+static int device_rings(struct wk_agent *a, size_t recv_bytes, size_t send_bytes, char *why,
+			size_t why_len)
+{
+	if (a->twin) {
+		int rc = tp_mem_alloc(a->tp, recv_bytes, &a->recv);
+		if (rc == 0)
+			rc = tp_mem_alloc(a->tp, send_bytes, &a->dev_send);
+		if (rc < 0)
+			snprintf(why, why_len, "%s", strerror(-rc));
+		return rc;
+	}
+	enum tp_backend b = tp_context_backend(a->tp);
 	if (b != TP_BACKEND_VERBS) {
-		fr_info("worker", "frames: host staging (receive ring in host memory; the %s "
-			"transport has no GPUDirect RDMA)", tp_backend_name(b));
-		return;
+		snprintf(why, why_len, "the %s transport has no GPUDirect RDMA (verbs has)",
+			 tp_backend_name(b));
+		return -EOPNOTSUPP;
 	}
-	if ((rc = a->gpu_mod->dmabuf_alloc(a->gpu, 2u << 20, &dev, &fd, &err)) < 0) {
-		fr_info("worker", "frames: host staging (receive ring in host memory); GPUDirect "
-			"RDMA unavailable: %s", err.msg);
-		return;
+	int rc = gpu_ring(a, 0, recv_bytes, &a->recv, why, why_len);
+	return rc < 0 ? rc : gpu_ring(a, 1, send_bytes, &a->dev_send, why, why_len);
+}
+
+/* The rings, in host or device memory, and the GPU memory behind them (after the endpoint
+ * is gone). */
+static void rings_free(struct wk_agent *a)
+{
+	tp_mem_free(a->recv);
+	tp_mem_free(a->dev_send);
+	a->recv = a->dev_send = NULL;
+	for (int i = 0; i < 2; i++) {
+		if (a->ring_dev[i])
+			a->gpu_mod->dmabuf_free(a->gpu, a->ring_dev[i], a->ring_fd[i]);
+		a->ring_dev[i] = NULL;
+		a->ring_fd[i] = -1;
 	}
-	rc = tp_mem_register_dmabuf(a->tp, fd, 0, 2u << 20, dev, &m);
-	if (rc < 0)
-		fr_info("worker", "frames: host staging (receive ring in host memory); GPUDirect "
-			"RDMA unavailable: the RDMA device cannot register GPU memory "
-			"(ibv_reg_dmabuf_mr: %s)", strerror(-rc));
-	else
-		fr_info("worker", "frames: host staging (receive ring in host memory); GPUDirect "
-			"RDMA possible (the RDMA device registered GPU memory through its dma-buf) "
-			"but not used: frames into GPU memory are not built yet");
-	tp_mem_free(m);
-	a->gpu_mod->dmabuf_free(a->gpu, dev, fd);
+}
+
+/* The data-plane rings and the endpoint over the receive ring: in device memory when
+ * [compute] frames asks for it (device) or allows it and it works (auto), else in host
+ * memory; the log says which, and why not device memory. */
+static int rings_create(struct wk_agent *a, size_t recv_bytes, size_t send_bytes,
+			struct fr_error *err)
+{
+	bool on_dev = a->gpu || a->twin;
+	char why[300] = "";
+	int rc;
+
+	if (on_dev && a->o.frames != WK_FRAMES_HOST &&
+	    (a->o.frames == WK_FRAMES_DEVICE || a->gpu)) { /* twin: device only when asked */
+		if ((rc = device_rings(a, recv_bytes, send_bytes, why, sizeof(why))) == 0) {
+			fr_info("worker", "frames: in %s: the transport writes the tokens there "
+				"and sends the partials from there; only frame heads cross to the "
+				"host", a->gpu ? "GPU memory (GPUDirect RDMA)"
+					       : "the twin's device memory (host memory, reached "
+						 "only through the device ops)");
+			goto ep;
+		}
+		rings_free(a);
+		if (a->o.frames == WK_FRAMES_DEVICE)
+			return fr_error_set(err, rc, "[compute] frames = device: %s", why);
+	}
+	if ((rc = tp_mem_alloc(a->tp, recv_bytes, &a->recv)) < 0)
+		return fr_error_set(err, rc, "cannot allocate the %zu MiB receive ring: %s",
+				    recv_bytes >> 20, strerror(-rc));
+	if (a->gpu)
+		fr_info("worker", "frames: host staging (receive ring in host memory, pinned "
+			"below where the driver allows)%s%s", why[0] ? "; GPUDirect RDMA "
+			"unavailable: " : "", why);
+ep:
+	if ((rc = tp_ep_create(a->tp, a->recv, a, &a->ep)) < 0)
+		return fr_error_set(err, rc, "cannot create the data-plane endpoint (%zu MiB "
+				    "ring): %s", recv_bytes >> 20, strerror(-rc));
+	return 0;
 }
 
 /* An empty slot table of our size, on our device. */
@@ -181,6 +247,7 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 	if (!a)
 		return fr_error_set(err, -ENOMEM, "out of memory");
 	a->o = *o;
+	a->ring_fd[0] = a->ring_fd[1] = -1;
 	a->name = strdup(o->name);
 	a->coordinator = strdup(o->coordinator);
 	a->model_path = strdup(o->model_path);
@@ -219,12 +286,6 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 			     tp_backend_name(o->tp.backend), strerror(-rc));
 		goto fail;
 	}
-	if ((rc = tp_mem_alloc(a->tp, slot * o->ring_slots, &a->recv)) < 0 ||
-	    (rc = tp_ep_create(a->tp, a->recv, a, &a->ep)) < 0) {
-		fr_error_set(err, rc, "cannot create the data-plane endpoint (%zu MiB ring): %s",
-			     slot * o->ring_slots >> 20, strerror(-rc));
-		goto fail;
-	}
 	if (o->on_gpu) {
 		if ((rc = moe_gpu_module_load(&a->gpu_mod, err)) < 0 ||
 		    (rc = a->gpu_mod->open(o->gpu_device, &a->gpu, err)) < 0) {
@@ -236,7 +297,6 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 			kn_precision() == KN_PRECISION_EXACT
 				? "f32 activations on the CUDA cores, for checking"
 				: "bf16 activations on the tensor cores, fp32 sums");
-		gpudirect_log(a);
 	} else if (o->dev_twin) {
 		if ((rc = moe_dev_twin_create(a->cfg, &a->twin)) < 0) {
 			fr_error_set(err, rc, "[compute] device = twin: out of memory");
@@ -245,6 +305,9 @@ int wk_agent_create(const struct wk_agent_opts *o, struct wk_agent **ret, struct
 		fr_info("worker", "experts on the CPU twin of a device (testing: the device path "
 			"with the CPU's arithmetic)");
 	}
+	if ((rc = rings_create(a, slot * o->ring_slots,
+			       fp_ring_combine_slot(&a->ring) * o->ring_slots, err)) < 0)
+		goto fail;
 	if ((rc = slots_create(a, &a->slots)) < 0) {
 		fr_error_set(err, rc, "cannot create %d slots", a->o.slots);
 		goto fail;
@@ -760,11 +823,11 @@ int wk_agent_run(struct wk_agent *a, struct fr_error *err)
 	if ((rc = load_slots(a, &ack, err)) < 0)
 		goto out;
 	struct moe_server_opts so = { .ring = a->ring, .name = a->name,
-				      .epoch = (uint32_t)a->epoch };
+				      .epoch = (uint32_t)a->epoch, .dev_send = a->dev_send };
 	if ((rc = moe_server_create(a->slots, a->tp, a->ep, a->recv, &so, &a->srv, err)) < 0)
 		goto out;
-	if (a->gpu) { /* the frames land in host memory (gpudirect_log): pinned, their copies
-		       * to and from the device go by DMA */
+	if (a->gpu && !a->dev_send) { /* frames in host memory: pinned, their copies to and
+				       * from the device go by DMA */
 		struct moe_host_region v[MOE_SERVER_HOST_REGIONS];
 		int n = moe_server_host_regions(a->srv, v, MOE_SERVER_HOST_REGIONS);
 		a->n_pinned = moe_gpu_pin_regions(a->gpu_mod, a->gpu, v, n, a->pinned, LOG_COMP,
@@ -881,7 +944,7 @@ void wk_agent_destroy(struct wk_agent *a)
 		protobuf_c_message_free_unpacked(&a->assign->base, NULL);
 	rpc_channel_destroy(a->ch);
 	tp_ep_destroy(a->ep);
-	tp_mem_free(a->recv);
+	rings_free(a); /* the rings, in host or device memory */
 	tp_context_destroy(a->tp);
 	moe_slots_destroy(a->slots);
 	if (a->gpu)

@@ -4,6 +4,7 @@
  * strings are what `conf_write_doc()` prints, so they are written for an operator.
  */
 #include "worker/config.h"
+#include "worker/worker.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@ _Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is n
 
 /* In the order of enum tp_backend / fr_log_level. */
 static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
+static const char *const frames_names[] = { "auto", "host", "device", NULL }; /* wk_frames */
 /* enum kn_precision, then KN_PRECISION_AUTO */
 static const char *const precision_names[] = { "exact", "fast", "auto", NULL };
 _Static_assert(KN_PRECISION_EXACT == 0 && KN_PRECISION_FAST == 1 && KN_PRECISION_AUTO == 2,
@@ -63,13 +65,22 @@ const struct conf_key wk_config_keys[] = {
 		 "as cuBLAS products with fp32 sums, grouped (one per expert) or padded to one "
 		 "batch, whichever this GPU runs faster for the shape (timed on the first "
 		 "layers) ([worker] precision: fast by "
-		 "default there); the frames land in host memory (the "
-		 "receive ring), pinned for the device where the driver allows (the log says "
-		 "which regions), so that their copies go by DMA. Frames straight into GPU "
-		 "memory (GPUDirect RDMA) are not built yet; on verbs the log says whether "
-		 "this host's RDMA device could register the GPU's memory (a dma-buf probe). "
-		 "[worker] threads then apply to nothing. twin: the same device path on the "
-		 "CPU's arithmetic, for testing it without a GPU." },
+		 "default there); where the frames land: [compute] frames. [worker] threads then "
+		 "apply to nothing. twin: the same device path on the CPU's arithmetic, for "
+		 "testing it without a GPU." },
+	{ "compute", "frames", CONF_ENUM, OFF(compute.frames), .enum_names = frames_names,
+	  .def = "auto",
+	  .doc = "Where the data plane's rings (the dispatch frames coming in, the combine frames "
+		 "going out) live when [compute] device is not cpu. device: in the device's "
+		 "memory, the RDMA device reading and writing it directly (GPUDirect RDMA: the "
+		 "GPU's memory exported as a dma-buf and registered with ibv_reg_dmabuf_mr; needs "
+		 "the verbs transport and a NIC and driver that can, else the worker does not "
+		 "start); only each frame's head (counts, rows, pairs) crosses to the host. "
+		 "host: in host memory, pinned for the device where the driver allows, the "
+		 "vectors copied to the device and the partials back (host staging). auto: "
+		 "device where GPUDirect RDMA works, else host; the log says which, and why. "
+		 "With device = twin the \"device memory\" is host memory that only the "
+		 "device ops touch (device must be asked for: auto is host)." },
 
 	{ "model", "path", CONF_STR, OFF(model.path),
 	  .doc = "This worker's own copy of the checkpoint directory (the same checkpoint as "
@@ -151,6 +162,9 @@ int wk_config_validate(const struct wk_config *cfg, struct fr_error *err)
 	int dev;
 	if ((rc = wk_config_device(cfg->compute.device, &dev, err)) < 0)
 		return rc;
+	if (cfg->compute.frames == WK_FRAMES_DEVICE && dev == WK_DEVICE_CPU)
+		return fr_error_set(err, -EINVAL, "[compute] frames = device: needs a device "
+				    "([compute] device = cuda:N or twin), not cpu");
 	return 0;
 }
 

@@ -38,7 +38,8 @@ struct wk_config {
 		int precision;               /* enum kn_precision, or KN_PRECISION_AUTO (default) */
 	} worker;
 	struct {
-		char *device;                /* "cpu" (default) or "cuda:N" */
+		char *device;                /* "cpu" (default), "cuda:N" or "twin" */
+		int frames;                  /* enum wk_frames (worker.h): where the rings live */
 	} compute;
 	struct {
 		char *path;                  /* this worker's copy of the checkpoint; required */

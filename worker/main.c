@@ -135,6 +135,7 @@ int main(int argc, char **argv)
 	};
 	o.on_gpu = dev >= 0;
 	o.dev_twin = dev == WK_DEVICE_TWIN;
+	o.frames = cfg.compute.frames;
 	o.gpu_device = dev;
 	fr_daemon_signals(on_signal);
 

@@ -38,6 +38,14 @@ struct wk_agent_opts {
 	int gpu_device;
 	bool dev_twin;                 /* [compute] device = twin: the device path on the
 	                                * CPU (moe_dev_twin_ops), for testing it */
+	int frames;                    /* enum wk_frames ([compute] frames) */
+};
+
+/* [compute] frames: where a worker on a device keeps its data-plane rings. */
+enum wk_frames {
+	WK_FRAMES_AUTO = 0, /* device memory where GPUDirect RDMA works, else host */
+	WK_FRAMES_HOST,
+	WK_FRAMES_DEVICE,
 };
 
 struct wk_agent;

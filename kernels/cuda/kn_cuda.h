@@ -79,6 +79,11 @@ int kn_cuda_swiglu_bf16(struct kn_cuda *c, uint16_t *out, const float *gate, con
 			size_t n);
 /* dst[i] = bf16(src[i]), round to nearest even (kn_f32_to_bf16). */
 int kn_cuda_f32_to_bf16(struct kn_cuda *c, uint16_t *dst, const float *src, size_t n);
+/* dst[i] = src[i] widened (exact). */
+int kn_cuda_bf16_to_f32(struct kn_cuda *c, float *dst, const uint16_t *src, size_t n);
+/* GPUDirect RDMA: makes what a NIC wrote into this device's memory, and that the host saw
+ * complete, visible to the work queued after (cudaDeviceFlushGPUDirectRDMAWrites). */
+int kn_cuda_flush_rdma_writes(struct kn_cuda *c);
 /* Permute: dst[row[p]] = bf16(src[tok[p]]), p < n_pairs, rows of dim (device arrays). */
 int kn_cuda_permute(struct kn_cuda *c, uint16_t *dst, const float *src, const int32_t *tok,
 		    const int32_t *row, int n_pairs, int dim);

@@ -39,7 +39,8 @@ int main(void)
 	CHECK(m->abi == MOE_GPU_ABI && m->open && m->close && m->describe && m->ops &&
 	      m->ops->load && m->ops->unload && m->ops->compute && m->pin && m->unpin &&
 	      m->engine_ops && m->engine_ops->matmul && m->engine_ops->attention &&
-	      m->dmabuf_alloc && m->dmabuf_free);
+	      m->dmabuf_alloc && m->dmabuf_free && m->ops->compute_dev && m->ops->to_host &&
+	      m->ops->to_dev);
 	printf("ok   %s: ABI %d, device ops \"%s\"\n", path, m->abi, m->ops->name);
 	int rc = m->open(0, &g, &err);
 	if (rc == 0) {

@@ -94,6 +94,54 @@ static void run(struct moe_gpu *g, enum kn_dtype dt, const char *dir)
 		}
 		kn_set_precision(KN_PRECISION_EXACT);
 	}
+	/* frames in device memory (GPUDirect RDMA): the tokens already on the GPU in the
+	 * wire's dtype, the partials written there (moe_compute_dev), against the host path
+	 * (up to the GEMM method AUTO picks while it times both: 1e-5; a bf16 wire also up to
+	 * a rounding flip of the narrowed partials: 5e-3) */
+	{
+		struct kn_cuda *cu = NULL;
+		size_t nv = (size_t)T * h;
+		uint16_t *x16 = xcalloc(nv, 2), *o16 = xcalloc(nv, 2);
+		float *got = xcalloc(nv, 4), *ref16 = xcalloc(nv, 4);
+		void *dx = NULL, *dout = NULL;
+		CHECK(kn_cuda_create(0, &cu) == 0 && kn_cuda_alloc(cu, nv * 4, &dx) == 0 &&
+		      kn_cuda_alloc(cu, nv * 4, &dout) == 0);
+		kn_set_precision(KN_PRECISION_FAST);
+		CHECK(moe_compute(gpu, 0, &mb, b) == 0); /* the host path, for the same bits */
+		CHECK(kn_cuda_upload(cu, dx, x, nv * 4) == 0 && kn_cuda_sync(cu) == 0);
+		struct moe_batch db = mb;
+		db.x = dx;
+		CHECK(moe_compute_dev(gpu, 0, &db, KN_DTYPE_F32, dout, KN_DTYPE_F32) == 0);
+		CHECK(kn_cuda_download(cu, got, dout, nv * 4) == 0);
+		double e = rel_err(got, b, nv);
+		printf("%s frames in device memory, f32 wire: rel err %.2e to the host path\n",
+		       e <= 1e-5 ? "ok  " : "FAIL", e);
+		CHECK(e <= 1e-5);
+		/* bf16 wire: the host path widens the tokens and narrows the partials */
+		kn_from_f32(x16, KN_DTYPE_BF16, x, nv);
+		kn_to_f32(ref16, x16, KN_DTYPE_BF16, nv);
+		struct moe_batch hb = mb;
+		hb.x = ref16;
+		CHECK(moe_compute(gpu, 0, &hb, b) == 0);
+		CHECK(kn_cuda_upload(cu, dx, x16, nv * 2) == 0 && kn_cuda_sync(cu) == 0);
+		CHECK(moe_compute_dev(gpu, 0, &db, KN_DTYPE_BF16, dout, KN_DTYPE_BF16) == 0);
+		CHECK(kn_cuda_download(cu, o16, dout, nv * 2) == 0);
+		kn_to_f32(got, o16, KN_DTYPE_BF16, nv);
+		kn_from_f32(o16, KN_DTYPE_BF16, b, nv);
+		kn_to_f32(ref16, o16, KN_DTYPE_BF16, nv);
+		e = rel_err(got, ref16, nv);
+		printf("%s frames in device memory, bf16 wire: rel err %.2e to the host path\n",
+		       e <= 5e-3 ? "ok  " : "FAIL", e);
+		CHECK(e <= 5e-3);
+		kn_set_precision(KN_PRECISION_EXACT);
+		kn_cuda_free(cu, dx);
+		kn_cuda_free(cu, dout);
+		kn_cuda_destroy(cu);
+		free(x16);
+		free(o16);
+		free(got);
+		free(ref16);
+	}
 	/* the same from and to pinned host memory (as a worker pins its frame buffers): the
 	 * same bits as through the driver's staging; pinning twice is refused */
 	{

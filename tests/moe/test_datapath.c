@@ -6,6 +6,12 @@
  * serve with moe_server_run(), the coordinator uses co_moe_remote.
  *
  *   test_datapath --backend shm|tcp --case golden|interleave|death|timeout|badframe
+ *                 [--frames device]
+ *
+ * --frames device: the workers' slot tables on the device ops' CPU twin (moe_dev_twin_ops)
+ * and both of their rings in its "device memory" (moe_server_opts.dev_send): the server
+ * reads each frame's head through to_host, computes from the vectors where they landed
+ * and writes the combine frame's head with to_dev, as a GPU worker with GPUDirect RDMA.
  *
  *   golden      the engine over 1-3 workers, with and without replicas, 1 and 2
  *               micro-batches: f32 wire within 1e-5 of the single-process engine and 3e-5
@@ -77,6 +83,7 @@ struct wth {
 	struct tp_mem *recv;      /* [ring.slots] dispatch slots */
 	struct tp_ep *ep;
 	struct moe_slots *slots;   /* owned */
+	struct tp_mem *dev_send;  /* --frames device: the combine ring, owned */
 	_Atomic(struct moe_server *) srv;
 	atomic_bool stop;
 	atomic_bool done;         /* the thread is about to return */
@@ -97,6 +104,11 @@ struct cluster {
 	struct wth w[MAX_W];
 };
 
+static bool g_devframes; /* --frames device */
+#define MAX_TWINS 64
+static void *g_twins[MAX_TWINS]; /* the device twins of every table made, freed at exit */
+static int g_n_twins;
+
 static struct tp_config tp_cfg(void)
 {
 	return (struct tp_config){
@@ -116,6 +128,8 @@ static bool host_regions_ok(const struct moe_server *srv, struct tp_mem *recv,
 	struct moe_host_region v[MOE_SERVER_HOST_REGIONS + 1], one = { 0 };
 	size_t vec = (size_t)ring->tokens * ring->hidden * sizeof(float);
 	memset(v, 0, sizeof(v));
+	if (g_devframes) /* nothing to pin: only frame heads cross */
+		return moe_server_host_regions(srv, v, MOE_SERVER_HOST_REGIONS + 1) == 0;
 	if (moe_server_host_regions(srv, v, MOE_SERVER_HOST_REGIONS + 1) != MOE_SERVER_HOST_REGIONS ||
 	    moe_server_host_regions(srv, &one, 1) != MOE_SERVER_HOST_REGIONS)
 		return false;
@@ -146,6 +160,12 @@ static void worker_loop(struct wth *t)
 		char name[16];
 		snprintf(name, sizeof(name), "w%d", t->idx);
 		struct moe_server_opts o = { .ring = t->c->ring, .name = name, .epoch = EPOCH };
+		if (g_devframes) {
+			size_t bytes = fp_ring_combine_slot(&t->c->ring) * t->c->ring.slots;
+			if ((t->rc = tp_mem_alloc(t->ctx, bytes, &t->dev_send)) < 0)
+				return;
+			o.dev_send = t->dev_send;
+		}
 		t->rc = moe_server_create(t->slots, t->ctx, t->ep, t->recv, &o, &srv, &t->err);
 		if (t->rc < 0)
 			return;
@@ -255,6 +275,7 @@ static void cluster_close(struct cluster *c)
 	for (int i = 0; i < c->n; i++) {
 		struct wth *t = &c->w[i];
 		moe_server_destroy(atomic_load(&t->srv));
+		tp_mem_free(t->dev_send);
 		tp_ep_destroy(t->ep);
 		tp_mem_free(t->recv);
 		tp_context_destroy(t->ctx);
@@ -275,6 +296,11 @@ static struct moe_slots *load_slots(const struct model_ckpt *ck, const struct co
 	struct moe_slots *s;
 
 	CHECK_RC(moe_slots_create(cfg, p->slots[w], &s));
+	if (g_devframes) {
+		CHECK(g_n_twins < MAX_TWINS);
+		CHECK_RC(moe_dev_twin_create(cfg, &g_twins[g_n_twins]));
+		CHECK_RC(moe_slots_use_device(s, &moe_dev_twin_ops, g_twins[g_n_twins++]));
+	}
 	for (int l = 0; l < cfg->num_hidden_layers; l++) {
 		int ml = model_moe_index(cfg, l);
 		if (ml < 0)
@@ -986,8 +1012,11 @@ int main(int argc, char **argv)
 			backend = argv[++i];
 		else if (!strcmp(argv[i], "--case") && i + 1 < argc)
 			which = argv[++i];
+		else if (!strcmp(argv[i], "--frames") && i + 1 < argc && !strcmp(argv[i + 1], "device"))
+			g_devframes = ++i > 0;
 		else {
-			fprintf(stderr, "usage: %s --backend shm|tcp --case NAME\n", argv[0]);
+			fprintf(stderr, "usage: %s --backend shm|tcp --case NAME [--frames device]\n",
+				argv[0]);
 			return 2;
 		}
 	}
@@ -1014,6 +1043,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "unknown case %s\n", which);
 		return 2;
 	}
-	printf("%s: %d failure(s)\n", backend, t_failures);
+	for (int i = 0; i < g_n_twins; i++)
+		moe_dev_twin_destroy(g_twins[i]);
+	printf("%s%s: %d failure(s)\n", backend, g_devframes ? ", frames in device memory" : "",
+	       t_failures);
 	return t_failures ? 1 : 0;
 }

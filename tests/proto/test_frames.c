@@ -69,7 +69,9 @@ static void test_dispatch(enum fp_dtype dt)
 		CHECK(fp_dispatch_decode(buf, len, 0, &v, &err) == -EBADMSG);
 	for (size_t cut = 0; cut < len; cut += 1 + cut / 4)
 		CHECK(fp_dispatch_decode(buf, cut, 32, &v, &err) < 0);
-	size_t meta = (size_t)(v.vectors - buf);
+	size_t meta = (size_t)(v.vectors - buf), head = 0;
+	/* what a reader of a frame in device memory copies: the bytes before the vectors */
+	CHECK(fp_dispatch_head_len(&v.h, &head) == 0 && head == meta);
 	for (size_t i = 0; i < meta; i++) {
 		uint8_t save = buf[i];
 		buf[i] ^= 0x80;
@@ -106,6 +108,14 @@ static void test_combine(enum fp_dtype dt)
 	CHECK(v.h.n_tokens == nt && v.h.hidden == hidden && memcmp(v.partials, vec, nv * es) == 0);
 	for (uint32_t t = 0; t < nt; t++)
 		CHECK(fp_le32(v.token_rows + 4 * t) == rows[t]);
+	/* the head alone (partials written elsewhere): the same bytes before the partials */
+	size_t head = 0, hlen = 0, at = (size_t)(v.partials - buf);
+	uint8_t *hbuf = malloc(at);
+	CHECK(fp_combine_encode_head(&c, hbuf, at, &head, &hlen) == 0 && head == at &&
+	      hlen == len && memcmp(hbuf, buf, at) == 0);
+	CHECK(fp_combine_encode_head(&c, hbuf, at - 1, &head, &hlen) == -ENOBUFS);
+	CHECK(fp_combine_encode(&c, buf, len - 1, &hlen) == -ENOBUFS);
+	free(hbuf);
 	CHECK(fp_combine_decode(buf, len - 1, &v, &err) == -EMSGSIZE);
 	buf[0] ^= 1;
 	CHECK(fp_combine_decode(buf, len, &v, &err) == -EBADMSG);
