@@ -19,6 +19,7 @@
 #include "coordinator/config.h"
 #include "tests/test.h"
 #include "worker/config.h"
+#include "worker/worker.h"
 
 struct table {
 	const char *name;          /* "coordinator": deploy/<name>.conf */
@@ -457,9 +458,18 @@ static void test_wk_load(const char *dir)
 		CHECK(wk_config_load(good, o1b, 2, &c, &err) == 0 &&
 		      c.worker.precision == KN_PRECISION_EXACT && !strcmp(c.compute.device, "cuda:1"));
 		wk_config_free(&c);
-		char *o1t[] = { "compute.device=twin" };
-		CHECK(wk_config_load(good, o1t, 1, &c, &err) == 0 && !strcmp(c.compute.device, "twin"));
+		char *o1t[] = { "compute.device=twin", "compute.frames=device" };
+		CHECK(wk_config_load(good, o1t, 2, &c, &err) == 0 && !strcmp(c.compute.device, "twin") &&
+		      c.compute.frames == WK_FRAMES_DEVICE);
 		wk_config_free(&c);
+		CHECK(wk_config_load(good, NULL, 0, &c, &err) == 0 && c.compute.frames == WK_FRAMES_AUTO);
+		wk_config_free(&c);
+		char *o1f[] = { "compute.frames=device" };
+		t_expect_err("wk frames on the cpu", wk_config_load(good, o1f, 1, &c, &err), -EINVAL,
+			     &err, "[compute] frames = device: needs a device", NULL);
+		char *o1h[] = { "compute.frames=gpu" };
+		t_expect_err("wk frames", wk_config_load(good, o1h, 1, &c, &err), -EINVAL, &err,
+			     "[compute] frames", "auto, host, device");
 		char *o1g[] = { "compute.device=gpu0" };
 		t_expect_err("wk device", wk_config_load(good, o1g, 1, &c, &err), -EINVAL, &err,
 			     "[compute] device: 'gpu0' is not cpu, cuda:N (N in [0, 1023]) or twin",
