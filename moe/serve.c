@@ -397,8 +397,10 @@ static int answer_dev(struct moe_server *w, struct pending *p, const struct fp_h
 		       .step_epoch = h->step_epoch, .n_tokens = h->n_tokens, .hidden = h->hidden },
 		.token_rows = w->rows,
 	};
-	if ((rc = fp_combine_encode_head(&c, w->chead, w->chead_max, &head, &p->frame_len)) < 0 ||
-	    (p->frame_len > w->cslot && (rc = -ENOBUFS)))
+	rc = fp_combine_encode_head(&c, w->chead, w->chead_max, &head, &p->frame_len);
+	if (rc == 0 && p->frame_len > w->cslot)
+		rc = -ENOBUFS;
+	if (rc < 0)
 		return fail(w, err, rc, "layer %u mb %u: cannot encode the combine frame: %s",
 			    h->layer, h->micro_batch, strerror(-rc));
 	struct moe_batch db = *b;
