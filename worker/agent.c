@@ -924,6 +924,18 @@ void wk_agent_metrics_write(struct wk_agent *a, FILE *f)
 	fr_prom_sample(f, "ferry_worker_memory_limit_bytes", NULL, (double)a->o.memory_limit);
 	fr_prom_family(f, "ferry_worker_epoch", "gauge", "The slot-map epoch of its slots.");
 	fr_prom_sample(f, "ferry_worker_epoch", NULL, (double)atomic_load(&a->m_epoch));
+	char dev[24];
+	snprintf(dev, sizeof(dev), a->gpu ? "cuda:%d" : a->twin ? "twin" : "cpu",
+		 a->o.gpu_device);
+	fr_prom_family(f, "ferry_worker_compute_info", "gauge",
+		       "Where the experts compute ([compute] device), in which arithmetic "
+		       "([worker] precision as resolved) and where the frames land ([compute] "
+		       "frames as resolved); always 1.");
+	fr_prom_sample(f, "ferry_worker_compute_info",
+		       fr_prom_labels(lb, sizeof(lb), "device", dev, "precision",
+				      kn_precision_name(kn_precision()), "frames",
+				      a->dev_send ? "device" : "host", NULL),
+		       1);
 	fr_prom_family(f, "ferry_worker_uptime_seconds", "gauge",
 		       "Seconds since the worker started.");
 	fr_prom_sample(f, "ferry_worker_uptime_seconds", NULL,

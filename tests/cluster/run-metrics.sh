@@ -178,6 +178,8 @@ for m in (w0, w1):
     assert get(m, "ferry_worker_frames_total", direction="in") > 0
     assert get(m, "ferry_worker_bytes_total", direction="out") > 0
     assert get(m, "ferry_worker_slots_loaded") == 8 * len(layers)
+    assert get(m, "ferry_worker_compute_info", device="cpu", precision="exact",
+               frames="host") == 1
 print("metrics agree: 4 requests, %d prompt + 24 generated tokens, %d routed pairs per layer "
       "on %d MoE layers" % (sum(prompts), want, len(layers)))
 PY
