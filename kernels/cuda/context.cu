@@ -16,6 +16,10 @@ int kn_cuda__status(struct kn_cuda *c, cudaError_t st, const char *what)
 {
 	if (st == cudaSuccess)
 		return 0;
+	/* The runtime also keeps a failed call's status as the thread's last error, which
+	 * the next launch check (kn_cuda__launched) would report again as that launch's:
+	 * reported here, it is taken back (a sticky error stays, as it should). */
+	(void)cudaGetLastError();
 	if (c)
 		snprintf(c->err, sizeof(c->err), "%s: %s (%s)", what, cudaGetErrorString(st),
 			 cudaGetErrorName(st));
@@ -60,8 +64,10 @@ int kn_cuda__reserve(struct kn_cuda *c, struct kn_cuda_buf *b, size_t need, cons
 {
 	if (need <= b->bytes)
 		return 0;
-	cudaStreamSynchronize(c->stream);
-	cudaFree(b->p);
+	/* a failure here shows again at the cudaMalloc below, or stays sticky */
+	cudaError_t s1 = cudaStreamSynchronize(c->stream), s2 = cudaFree(b->p);
+	if (s1 != cudaSuccess || s2 != cudaSuccess)
+		(void)cudaGetLastError();
 	b->p = NULL;
 	b->bytes = 0;
 	int rc = kn_cuda__status(c, cudaMalloc(&b->p, need), what);
@@ -185,7 +191,8 @@ void kn_cuda_free(struct kn_cuda *c, void *p)
 	if (!p)
 		return;
 	kn_cuda__enter(c);
-	cudaFree(p);
+	if (cudaFree(p) != cudaSuccess) /* nothing to do about it; not the next launch's error */
+		(void)cudaGetLastError();
 }
 
 int kn_cuda_upload(struct kn_cuda *c, void *dst, const void *src, size_t bytes)

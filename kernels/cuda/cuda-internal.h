@@ -42,7 +42,9 @@ struct kn_cuda {
 	cudaEvent_t tune_ev[2];
 };
 
-/* Converts a CUDA status once: 0, or a negative errno with the message kept in c->err. */
+/* Converts a CUDA status once: 0, or a negative errno with the message kept in c->err; a
+ * failure is also taken back from the runtime's last error, so that the next launch check
+ * does not report it again. */
 int kn_cuda__status(struct kn_cuda *c, cudaError_t st, const char *what);
 int kn_cuda__blas_status(struct kn_cuda *c, cublasStatus_t st, const char *what);
 /* After a launch: the launch error, if any. */
