@@ -367,6 +367,25 @@ static int check_hostport(const char *addr, int64_t lo, int64_t hi, struct fr_er
 	return 0;
 }
 
+int conf_parse_device(const char *key, const char *value, int *ret, struct fr_error *err)
+{
+	int64_t n;
+
+	if (!value || !strcmp(value, "cpu")) {
+		*ret = CONF_DEVICE_CPU;
+		return 0;
+	}
+	if (!strcmp(value, "twin")) {
+		*ret = CONF_DEVICE_TWIN;
+		return 0;
+	}
+	if (strncmp(value, "cuda:", 5) || fr_parse_i64(value + 5, 0, 1023, &n) < 0)
+		return fr_error_set(err, -EINVAL, "%s: '%s' is not cpu, cuda:N (N in [0, 1023]) "
+				    "or twin", key, value);
+	*ret = (int)n;
+	return 0;
+}
+
 int conf_check_hostport(const char *addr, struct fr_error *err)
 {
 	return check_hostport(addr, 1, 65535, err);

@@ -146,4 +146,11 @@ int conf_check_listen(const char *addr, struct fr_error *err);
  * as conf_check_hostport() does. */
 int conf_check_ipv4(const char *addr, struct fr_error *err);
 
+/* A device key's value ([engine] device, [compute] device): "cpu" (or NULL) gives
+ * CONF_DEVICE_CPU, "twin" (a device path run on the CPU, for testing) CONF_DEVICE_TWIN,
+ * "cuda:N" N in [0, 1023]. Anything else: -EINVAL, err naming key ("[engine] device"). */
+#define CONF_DEVICE_CPU (-1)
+#define CONF_DEVICE_TWIN (-2)
+int conf_parse_device(const char *key, const char *value, int *ret, struct fr_error *err);
+
 #endif /* FERRY_COMMON_CONF_H */

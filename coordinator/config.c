@@ -17,10 +17,7 @@ _Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is n
 static const char *const wire_names[] = { "bf16", "f32", NULL };
 static const char *const rebalance_names[] = { "off", "auto", NULL };
 static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
-/* enum kn_precision, then KN_PRECISION_AUTO */
-static const char *const precision_names[] = { "exact", "fast", "auto", NULL };
-_Static_assert(KN_PRECISION_EXACT == 0 && KN_PRECISION_FAST == 1 && KN_PRECISION_AUTO == 2,
-	       "precision_names follows the precision values");
+static const char *const precision_names[] = KN_PRECISION_CONF_NAMES;
 
 #define OFF(f) offsetof(struct co_config, f)
 #define DAY_MS (24 * 3600 * 1000LL)
@@ -378,23 +375,12 @@ int co_config_load(const char *path, char *const *overrides, int n_overrides,
 	return 0;
 }
 
+_Static_assert(KN_DEV_NONE == CONF_DEVICE_CPU && KN_DEV_TWIN == CONF_DEVICE_TWIN,
+	       "[engine] device's numbers are kn_dev.h's");
+
 int co_config_engine_device(const char *device, int *ret, struct fr_error *err)
 {
-	int64_t n;
-
-	if (!device || !strcmp(device, "cpu")) {
-		*ret = KN_DEV_NONE;
-		return 0;
-	}
-	if (!strcmp(device, "twin")) {
-		*ret = KN_DEV_TWIN;
-		return 0;
-	}
-	if (strncmp(device, "cuda:", 5) || fr_parse_i64(device + 5, 0, 1023, &n) < 0)
-		return fr_error_set(err, -EINVAL, "[engine] device: '%s' is not cpu, cuda:N (N in "
-				    "[0, 1023]) or twin", device);
-	*ret = (int)n;
-	return 0;
+	return conf_parse_device("[engine] device", device, ret, err);
 }
 
 void co_config_free(struct co_config *cfg)

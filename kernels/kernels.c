@@ -111,6 +111,9 @@ const char *kn_precision_name(enum kn_precision p)
 	return p == KN_PRECISION_FAST ? "fast" : "exact";
 }
 
+_Static_assert(KN_PRECISION_EXACT == 0 && KN_PRECISION_FAST == 1 && KN_PRECISION_AUTO == 2,
+	       "KN_PRECISION_CONF_NAMES follows the precision values");
+
 enum kn_precision kn_precision_resolve(int configured, bool on_gpu)
 {
 	if (configured == KN_PRECISION_EXACT || configured == KN_PRECISION_FAST)

@@ -107,6 +107,8 @@ int kn_precision_parse(const char *s, enum kn_precision *ret);
  * configured KN_PRECISION_EXACT, _FAST or _AUTO into the precision to compute in. */
 #define KN_PRECISION_AUTO 2
 enum kn_precision kn_precision_resolve(int configured, bool on_gpu);
+/* The names of those values, by value: a CONF_ENUM's enum_names for a precision key. */
+#define KN_PRECISION_CONF_NAMES { "exact", "fast", "auto", NULL }
 
 /* ---- the op table ----------------------------------------------------------------------------- */
 

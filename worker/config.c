@@ -16,10 +16,7 @@ _Static_assert(sizeof(enum fr_log_level) == sizeof(int), "enum fr_log_level is n
 /* In the order of enum tp_backend / fr_log_level. */
 static const char *const level_names[] = { "error", "warn", "info", "debug", NULL };
 static const char *const frames_names[] = { "auto", "host", "device", NULL }; /* wk_frames */
-/* enum kn_precision, then KN_PRECISION_AUTO */
-static const char *const precision_names[] = { "exact", "fast", "auto", NULL };
-_Static_assert(KN_PRECISION_EXACT == 0 && KN_PRECISION_FAST == 1 && KN_PRECISION_AUTO == 2,
-	       "precision_names follows the precision values");
+static const char *const precision_names[] = KN_PRECISION_CONF_NAMES;
 
 #define OFF(f) offsetof(struct wk_config, f)
 #define DAY_MS (24 * 3600 * 1000LL)
@@ -170,21 +167,7 @@ int wk_config_validate(const struct wk_config *cfg, struct fr_error *err)
 
 int wk_config_device(const char *device, int *ret, struct fr_error *err)
 {
-	int64_t n;
-
-	if (!device || !strcmp(device, "cpu")) {
-		*ret = WK_DEVICE_CPU;
-		return 0;
-	}
-	if (!strcmp(device, "twin")) {
-		*ret = WK_DEVICE_TWIN;
-		return 0;
-	}
-	if (strncmp(device, "cuda:", 5) || fr_parse_i64(device + 5, 0, 1023, &n) < 0)
-		return fr_error_set(err, -EINVAL, "[compute] device: '%s' is not cpu, cuda:N "
-				    "(N in [0, 1023]) or twin", device);
-	*ret = (int)n;
-	return 0;
+	return conf_parse_device("[compute] device", device, ret, err);
 }
 
 /* worker.name defaults to the host name, cut at the first '.' (a short name reads better

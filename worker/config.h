@@ -87,8 +87,8 @@ int wk_config_validate(const struct wk_config *cfg, struct fr_error *err);
 
 /* [compute] device as a number: WK_DEVICE_CPU for cpu, N for cuda:N, WK_DEVICE_TWIN for
  * twin; -EINVAL (err says why) for anything else. */
-#define WK_DEVICE_CPU (-1)
-#define WK_DEVICE_TWIN (-2)
+#define WK_DEVICE_CPU CONF_DEVICE_CPU
+#define WK_DEVICE_TWIN CONF_DEVICE_TWIN
 int wk_config_device(const char *device, int *ret, struct fr_error *err);
 
 void wk_config_free(struct wk_config *cfg);
