@@ -15,6 +15,13 @@ if [ ! -d "$golden" ]; then
   echo "bundle: no golden sets at $golden (set FERRY_GOLDEN)" >&2
   exit 1
 fi
+# Meson 1.0 gives nvcc no dependency file: a .cu object is not rebuilt when only a header it
+# includes changed (kn_cuda.h, cuda-internal.h, kernels.h), and a stale one would run with
+# another struct layout. Rebuild them all before bundling.
+if [ -d "$build/kernels/cuda" ]; then
+  find "$build/kernels/cuda" -name '*.cu.o' -delete
+  ninja -C "$build" > /dev/null
+fi
 for f in $bins moe/libferry-gpu.so; do
   if [ ! -e "$build/$f" ]; then
     echo "bundle: $build/$f is missing: configure with -Dcuda=enabled and run ninja -C $build" >&2
