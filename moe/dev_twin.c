@@ -119,19 +119,16 @@ static int twin_compute_dev(void *ctx, void *const *dev, int n_slots, int hidden
 {
 	struct twin *t = ctx;
 	size_t n = (size_t)b->n_tok * hidden;
+	float *p;
 	int rc;
 
-	if ((x_dt != KN_DTYPE_F32 && x_dt != KN_DTYPE_BF16) ||
-	    (out_dt != KN_DTYPE_F32 && out_dt != KN_DTYPE_BF16))
-		return -EINVAL;
 	if (n > t->cap) {
-		float *x = realloc(t->x, n * sizeof(*x)), *o;
-		if (x)
-			t->x = x;
-		o = x ? realloc(t->out, n * sizeof(*o)) : NULL;
-		if (!o)
+		if (!(p = realloc(t->x, n * sizeof(*p))))
 			return -ENOMEM;
-		t->out = o;
+		t->x = p;
+		if (!(p = realloc(t->out, n * sizeof(*p))))
+			return -ENOMEM;
+		t->out = p;
 		t->cap = n;
 	}
 	kn_to_f32(t->x, b->x, x_dt, n);

@@ -198,12 +198,19 @@ static int compute_prepare(struct moe_gpu *g, void *const *dev, int n_slots, siz
 	return 0;
 }
 
-/* A layer's status: a CUDA failure is logged with its message, and is -EIO. */
+/* An op's status on the compute stream: a CUDA failure is logged once here, with its
+ * message (who: "moe gpu", "engine gpu"), and becomes -EIO. */
+static int cuda_rc(struct moe_gpu *g, const char *who, int rc)
+{
+	if (rc >= 0 || rc == -ENOMEM || rc == -EINVAL)
+		return rc;
+	fprintf(stderr, "%s: %s\n", who, kn_cuda_error(g->compute));
+	return -EIO;
+}
+
 static int compute_rc(struct moe_gpu *g, int rc)
 {
-	if (rc < 0 && rc != -ENOMEM && rc != -EINVAL)
-		fprintf(stderr, "moe gpu: %s\n", kn_cuda_error(g->compute));
-	return rc == 0 || rc == -ENOMEM || rc == -EINVAL ? rc : -EIO;
+	return cuda_rc(g, "moe gpu", rc);
 }
 
 static int gpu_compute(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
@@ -252,9 +259,6 @@ static int gpu_compute_dev(void *ctx, void *const *dev, int n_slots, int hidden,
 	size_t n = (size_t)b->n_tok * hidden;
 	int rc;
 
-	if ((x_dt != KN_DTYPE_F32 && x_dt != KN_DTYPE_BF16) ||
-	    (out_dt != KN_DTYPE_F32 && out_dt != KN_DTYPE_BF16))
-		return -EINVAL;
 	pthread_mutex_lock(&g->lock);
 	struct kn_cuda_moe_batch kb = { b->n_tok, (const float *)b->x, b->pair_off, b->slot,
 					b->weight };
@@ -330,12 +334,9 @@ struct dev_mat {
 	int rows, cols;
 };
 
-/* An op's status: a CUDA failure is logged once here, with its message. */
 static int dev_rc(struct moe_gpu *g, int rc)
 {
-	if (rc < 0 && rc != -ENOMEM && rc != -EINVAL)
-		fprintf(stderr, "engine gpu: %s\n", kn_cuda_error(g->compute));
-	return rc < 0 && rc != -ENOMEM && rc != -EINVAL ? -EIO : rc;
+	return cuda_rc(g, "engine gpu", rc);
 }
 
 static int dev_alloc(void *ctx, size_t bytes, void **ret)

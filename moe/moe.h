@@ -194,8 +194,8 @@ struct moe_device_ops {
 	int (*to_host)(void *ctx, void *host, const void *dev, size_t bytes);
 	int (*to_dev)(void *ctx, void *dev, const void *host, size_t bytes);
 	/* compute() with b->x in device memory in dtype x_dt (KN_DTYPE_F32 or _BF16: the
-	 * wire's), the partials into device memory at out in out_dt; returns once they are
-	 * there (a put may read them at once). */
+	 * wire's, checked by moe_compute_dev), the partials into device memory at out in
+	 * out_dt (the same two); returns once they are there (a put may read them at once). */
 	int (*compute_dev)(void *ctx, void *const *dev, int n_slots, int hidden, int inter,
 			   const struct moe_batch *b, enum kn_dtype x_dt, bool exact, void *out,
 			   enum kn_dtype out_dt);

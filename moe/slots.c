@@ -246,6 +246,14 @@ static int batch_check(const struct moe_slots *s, int moe_layer, const struct mo
 	return 0;
 }
 
+/* A device table's handles of layer moe_layer's slots (NULL: empty), in s->dev_list. */
+static void *const *dev_handles(struct moe_slots *s, int moe_layer)
+{
+	for (int i = 0; i < s->n_slots; i++)
+		s->dev_list[i] = slot_at(s, moe_layer, i)->dev;
+	return s->dev_list;
+}
+
 bool moe_slots_device(const struct moe_slots *s, const struct moe_device_ops **ops, void **ctx)
 {
 	*ops = s->dev_ops;
@@ -261,12 +269,13 @@ int moe_compute_dev(struct moe_slots *s, int moe_layer, const struct moe_batch *
 
 	if (rc < 0)
 		return rc;
+	if ((x_dt != KN_DTYPE_F32 && x_dt != KN_DTYPE_BF16) ||
+	    (out_dt != KN_DTYPE_F32 && out_dt != KN_DTYPE_BF16))
+		return -EINVAL;
 	if (!s->dev_ops || !s->dev_ops->compute_dev)
 		return -EOPNOTSUPP;
-	for (int i = 0; i < s->n_slots; i++)
-		s->dev_list[i] = slot_at(s, moe_layer, i)->dev;
 	if (b->n_tok &&
-	    (rc = s->dev_ops->compute_dev(s->dev_ctx, s->dev_list, s->n_slots,
+	    (rc = s->dev_ops->compute_dev(s->dev_ctx, dev_handles(s, moe_layer), s->n_slots,
 					  s->cfg->hidden_size, s->cfg->moe_intermediate_size, b,
 					  x_dt, kn_precision() == KN_PRECISION_EXACT, out,
 					  out_dt)) < 0)
@@ -287,11 +296,10 @@ int moe_compute(struct moe_slots *s, int moe_layer, const struct moe_batch *b, f
 		return rc;
 	n_pairs = (size_t)b->pair_off[b->n_tok];
 	if (s->dev_ops) {
-		for (int i = 0; i < s->n_slots; i++)
-			s->dev_list[i] = slot_at(s, moe_layer, i)->dev;
 		if (b->n_tok &&
-		    (rc = s->dev_ops->compute(s->dev_ctx, s->dev_list, s->n_slots, h, w, b,
-					      kn_precision() == KN_PRECISION_EXACT, out)) < 0)
+		    (rc = s->dev_ops->compute(s->dev_ctx, dev_handles(s, moe_layer), s->n_slots,
+					      h, w, b, kn_precision() == KN_PRECISION_EXACT,
+					      out)) < 0)
 			return rc;
 		s->last_ns[moe_layer] = fr_now_ns() - t0;
 		return 0;
