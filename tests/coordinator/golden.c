@@ -61,8 +61,6 @@ static struct co_device dev;
 /* FERRY_WORKER_DEVICE=cuda:N: the in-process workers' experts on that GPU */
 static struct co_device wdev;
 static bool wtwin; /* FERRY_WORKER_DEVICE=twin: their device path on the CPU (moe_dev_twin_ops) */
-static const struct moe_gpu_module *wmod;
-static struct moe_gpu *wgpu;
 
 /* The reference row's top-1 minus top-2. */
 static float top_gap(const float *f, int vocab)
@@ -176,8 +174,9 @@ static void run_set(const char *dir, int workers, int mbs)
 		CHECK(0, "%s: the workers' CPU twin: out of memory", dir);
 		goto out;
 	}
-	if (moe_local_create_on(ck, workers, wgpu ? wmod->ops : wtwin ? &moe_dev_twin_ops : NULL,
-				wgpu ? (void *)wgpu : twin, &moe, &err) < 0) {
+	if (moe_local_create_on(ck, workers,
+				wdev.gpu ? wdev.gpu_mod->ops : wtwin ? &moe_dev_twin_ops : NULL,
+				wdev.gpu ? (void *)wdev.gpu : twin, &moe, &err) < 0) {
 		CHECK(0, "%s: %s", dir, err.msg);
 		goto out;
 	}
@@ -348,16 +347,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "FAIL FERRY_WORKER_DEVICE=%s: %s\n", wname, err.msg);
 		return 1;
 	}
-	wmod = wdev.gpu_mod;
-	wgpu = wdev.gpu;
-	if (dev.gpu || wgpu) { /* bf16 activations on the tensor cores, or f32 on the CUDA cores */
+	if (dev.gpu || wdev.gpu) { /* bf16 activations on the tensor cores, or f32 on the CUDA cores */
 		fast = kn_precision() == KN_PRECISION_FAST;
 		tol = TOL_GPU_EXACT;
 	}
 	printf("isa=%s threads=%d precision=%s engine=%s workers=%s\n", kn_ops()->name,
 	       kn_threads(), fast ? "fast" : "exact",
 	       dev.twin ? "device path on the CPU twin" : dev.where,
-	       wgpu ? wmod->describe(wgpu) : wtwin ? "device path on the CPU twin" : "the CPU");
+	       wdev.gpu ? wdev.where : wtwin ? "device path on the CPU twin" : "the CPU");
 	if (argc > 1) {
 		for (int i = 1; i < argc; i++, n_sets++) {
 			run_set(argv[i], 1, 1);
