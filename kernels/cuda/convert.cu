@@ -25,7 +25,7 @@ static __global__ void bf16_to_f32_kernel(float *dst, const uint16_t *src, size_
 {
 	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
 	     i += (size_t)gridDim.x * blockDim.x)
-		dst[i] = __uint_as_float((uint32_t)src[i] << 16);
+		dst[i] = kn_cuda__widen(src[i]);
 }
 
 extern "C" int kn_cuda_bf16_to_f32(struct kn_cuda *c, float *dst, const uint16_t *src, size_t n)

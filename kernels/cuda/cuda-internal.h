@@ -84,4 +84,15 @@ static __device__ __forceinline__ uint16_t kn_cuda__to_bf16(float f)
 	return *reinterpret_cast<uint16_t *>(&h);
 }
 
+/* A weight or activation as f32: bf16 widened exactly (kn_bf16_to_f32()), f32 as it is. */
+static __device__ __forceinline__ float kn_cuda__widen(uint16_t bf16)
+{
+	return __uint_as_float((uint32_t)bf16 << 16);
+}
+
+static __device__ __forceinline__ float kn_cuda__widen(float f)
+{
+	return f;
+}
+
 #endif /* FERRY_KN_CUDA_INTERNAL_H */

@@ -6,16 +6,6 @@
  */
 #include "kernels/cuda/cuda-internal.h"
 
-static __device__ __forceinline__ float widen(uint16_t b)
-{
-	return __uint_as_float((uint32_t)b << 16);
-}
-
-static __device__ __forceinline__ float widen(float f)
-{
-	return f;
-}
-
 template <typename T>
 static __global__ void embed_kernel(float *out, const T *table, const int32_t *ids, int vocab,
 				    int dim)
@@ -24,7 +14,7 @@ static __global__ void embed_kernel(float *out, const T *table, const int32_t *i
 	float *o = out + (size_t)blockIdx.x * dim;
 
 	for (int i = threadIdx.x; i < dim; i += blockDim.x)
-		o[i] = id >= 0 && id < vocab ? widen(table[(size_t)id * dim + i])
+		o[i] = id >= 0 && id < vocab ? kn_cuda__widen(table[(size_t)id * dim + i])
 					     : __int_as_float(0x7fc00000);
 }
 

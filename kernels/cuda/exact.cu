@@ -15,16 +15,6 @@
 #define TOK 8   /* tokens per warp */
 #define WARPS 8 /* weight rows per block */
 
-static __device__ __forceinline__ float widen(uint16_t b)
-{
-	return __uint_as_float((uint32_t)b << 16); /* bf16 widened exactly */
-}
-
-static __device__ __forceinline__ float widen(float f)
-{
-	return f;
-}
-
 template <typename W>
 static __global__ void matmul_f32_kernel(float *y, const float *x, const W *w, int n, int rows,
 					 int cols)
@@ -41,7 +31,7 @@ static __global__ void matmul_f32_kernel(float *y, const float *x, const W *w, i
 	for (int j = 0; j < TOK; j++)
 		acc[j] = 0.0f;
 	for (int k = lane; k < cols; k += 32) {
-		float wv = widen(wr[k]);
+		float wv = kn_cuda__widen(wr[k]);
 #pragma unroll
 		for (int j = 0; j < TOK; j++)
 			if (j < nt)
